@@ -1,0 +1,333 @@
+// Implementation of the C API (engine/include/dp420/dp420.h) over the C++
+// engine. Every entry point catches everything: no exception crosses it.
+#include "dp420/dp420.h"
+
+#include <atomic>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/control/topology.h"
+#include "engine/core/backup.h"
+#include "engine/core/repo.h"
+#include "engine/core/restore.h"
+#include "engine/core/verify.h"
+
+struct dp420_ctx {
+  std::string errmsg;
+  dp420_progress_fn progress = nullptr;
+  void* progress_user = nullptr;
+  std::atomic<bool> cancel{false};
+};
+
+struct dp420_repo {
+  std::unique_ptr<dp420::Repository> repo;
+};
+
+struct dp420_snapshot_list {
+  std::vector<dp420::Manifest> manifests;
+  std::vector<std::string> json;
+};
+
+namespace {
+
+using dp420::Code;
+using dp420::Status;
+
+int ErrorCode(Code code) {
+  switch (code) {
+    case Code::kOk: return DP420_OK;
+    case Code::kInvalidArgument: return DP420_EINVAL;
+    case Code::kNotFound: return DP420_ENOENT;
+    case Code::kIOError: return DP420_EIO;
+    case Code::kCorruption: return DP420_ECORRUPT;
+    case Code::kNoSpace: return DP420_ENOSPC;
+    case Code::kVersion: return DP420_EVERSION;
+    case Code::kExists: return DP420_EEXIST;
+    case Code::kBusy: return DP420_EBUSY;
+    case Code::kNoMemory: return DP420_ENOMEM;
+    case Code::kPermission: return DP420_EPERM;
+    case Code::kCanceled: return DP420_ECANCELED;
+    case Code::kInternal: return DP420_EINTERNAL;
+  }
+  return DP420_EINTERNAL;
+}
+
+int Fail(dp420_ctx_t* ctx, const Status& s) {
+  if (ctx) ctx->errmsg = s.message();
+  return -ErrorCode(s.code());
+}
+
+int Ok(dp420_ctx_t* ctx) {
+  if (ctx) ctx->errmsg.clear();
+  return 0;
+}
+
+// Runs `fn` and turns anything it throws into DP420_EINTERNAL / ENOMEM.
+template <typename Fn>
+int Guard(dp420_ctx_t* ctx, Fn&& fn) {
+  if (!ctx) return -DP420_EINVAL;
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    return Fail(ctx, Status::NoMemory("out of memory"));
+  } catch (const std::exception& e) {
+    return Fail(ctx, Status::Internal(e.what()));
+  } catch (...) {
+    return Fail(ctx, Status::Internal("unknown exception"));
+  }
+}
+
+dp420::JobControl Control(dp420_ctx_t* ctx) {
+  ctx->cancel.store(false);
+  dp420::JobControl control;
+  control.cancel = &ctx->cancel;
+  if (ctx->progress) {
+    control.progress = [ctx](const dp420::Progress& p) {
+      dp420_progress_t cp{p.phase, p.bytes_done, p.bytes_total};
+      ctx->progress(ctx->progress_user, &cp);
+    };
+  }
+  return control;
+}
+
+void CopyId(char* dst, size_t cap, const std::string& src) {
+  std::strncpy(dst, src.c_str(), cap - 1);
+  dst[cap - 1] = '\0';
+}
+
+bool Missing(const char* s) { return s == nullptr || *s == '\0'; }
+
+}  // namespace
+
+extern "C" {
+
+uint32_t dp420_version(void) { return DP420_VERSION; }
+
+const char* dp420_version_string(void) { return "0.1.0"; }
+
+const char* dp420_strerror(int code) {
+  switch (code < 0 ? -code : code) {
+    case DP420_OK: return "success";
+    case DP420_EINVAL: return "invalid argument";
+    case DP420_ENOENT: return "not found";
+    case DP420_EIO: return "I/O error";
+    case DP420_ECORRUPT: return "damaged data";
+    case DP420_ENOSPC: return "no space left on device";
+    case DP420_EVERSION: return "unsupported format version";
+    case DP420_EEXIST: return "refusing to overwrite";
+    case DP420_EBUSY: return "locked by another process";
+    case DP420_ENOMEM: return "out of memory";
+    case DP420_EPERM: return "permission denied";
+    case DP420_ECANCELED: return "canceled";
+    case DP420_EINTERNAL: return "internal error";
+  }
+  return "unknown error";
+}
+
+dp420_ctx_t* dp420_ctx_new(void) {
+  try {
+    return new dp420_ctx();
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void dp420_ctx_free(dp420_ctx_t* ctx) { delete ctx; }
+
+const char* dp420_errmsg(const dp420_ctx_t* ctx) { return ctx ? ctx->errmsg.c_str() : ""; }
+
+void dp420_set_progress(dp420_ctx_t* ctx, dp420_progress_fn fn, void* user) {
+  if (!ctx) return;
+  ctx->progress = fn;
+  ctx->progress_user = user;
+}
+
+void dp420_cancel(dp420_ctx_t* ctx) {
+  if (ctx) ctx->cancel.store(true);
+}
+
+int dp420_repo_init(dp420_ctx_t* ctx, const char* path) {
+  return Guard(ctx, [&] {
+    if (Missing(path)) return Fail(ctx, Status::InvalidArgument("repository path is empty"));
+    Status s = dp420::Repository::Init(dp420::control::AbsolutePath(path));
+    return s.ok() ? Ok(ctx) : Fail(ctx, s);
+  });
+}
+
+int dp420_repo_open(dp420_ctx_t* ctx, const char* path, dp420_repo_t** out) {
+  return Guard(ctx, [&] {
+    if (Missing(path) || !out) return Fail(ctx, Status::InvalidArgument("repository path is empty"));
+    auto repo = dp420::Repository::Open(dp420::control::AbsolutePath(path));
+    if (!repo.ok()) return Fail(ctx, repo.status());
+    *out = new dp420_repo{std::move(repo).value()};
+    return Ok(ctx);
+  });
+}
+
+void dp420_repo_close(dp420_repo_t* repo) { delete repo; }
+
+void dp420_backup_opts_init(dp420_backup_opts_t* opts) {
+  std::memset(opts, 0, sizeof(*opts));
+  opts->struct_size = sizeof(*opts);
+}
+
+int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t* opts,
+                 dp420_backup_result_t* result) {
+  return Guard(ctx, [&] {
+    if (!repo || !opts || opts->struct_size < sizeof(dp420_backup_opts_t)) {
+      return Fail(ctx, Status::InvalidArgument("dp420_backup: bad arguments"));
+    }
+    if (Missing(opts->volume)) return Fail(ctx, Status::InvalidArgument("no volume name given"));
+    if (Missing(opts->source)) return Fail(ctx, Status::InvalidArgument("no source given"));
+    dp420::BackupOptions o;
+    o.volume = opts->volume;
+    o.source_path = dp420::control::AbsolutePath(opts->source);
+    o.block_size = opts->block_size;
+    o.threads = opts->threads;
+    o.node_topology = dp420::control::LocalTopology(o.volume, o.source_path);
+    o.tool_version = std::string("dp420 ") + dp420_version_string();
+    o.control = Control(ctx);
+    auto r = dp420::RunBackup(*repo->repo, o);
+    if (!r.ok()) return Fail(ctx, r.status());
+    if (result && result->struct_size >= sizeof(dp420_backup_result_t)) {
+      const dp420::Manifest& m = r->manifest;
+      CopyId(result->snapshot_id, sizeof(result->snapshot_id), m.snapshot_id);
+      CopyId(result->parent, sizeof(result->parent), m.parent);
+      CopyId(result->checksum_sha256, sizeof(result->checksum_sha256), m.checksum_sha256);
+      result->sequence = m.sequence;
+      result->volume_size = m.volume_size;
+      result->block_size = m.block_size;
+      result->bytes_read = r->bytes_read;
+      result->blocks_total = m.blocks_total;
+      result->blocks_changed = m.blocks_changed;
+      result->blocks_zero = m.blocks_zero;
+      result->blocks_stored = m.blocks_stored;
+      result->bytes_written = r->bytes_written;
+      result->seconds = r->seconds;
+      result->threads = r->threads;
+      result->direct_io = r->direct_io;
+      result->registered_buffers = r->registered_buffers;
+    }
+    return Ok(ctx);
+  });
+}
+
+int dp420_snapshots(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
+                    dp420_snapshot_list_t** out) {
+  return Guard(ctx, [&] {
+    if (!repo || !out) return Fail(ctx, Status::InvalidArgument("dp420_snapshots: bad arguments"));
+    std::string vol = volume ? volume : "";
+    if (!vol.empty() && !dp420::ValidVolumeName(vol)) {
+      return Fail(ctx, Status::InvalidArgument("invalid volume name '" + vol + "'"));
+    }
+    auto list = std::make_unique<dp420_snapshot_list>();
+    std::vector<dp420::DamagedFile> damaged;
+    Status s = repo->repo->ListManifests(vol, &list->manifests, &damaged);
+    if (!s.ok()) return Fail(ctx, s);
+    for (const auto& m : list->manifests) {
+      dp420::Json j = m.ToJson();
+      j["manifest_sha256"] = m.seal;
+      list->json.push_back(j.dump());
+    }
+    *out = list.release();
+    return Ok(ctx);
+  });
+}
+
+size_t dp420_snapshot_count(const dp420_snapshot_list_t* list) {
+  return list ? list->manifests.size() : 0;
+}
+
+const char* dp420_snapshot_id(const dp420_snapshot_list_t* list, size_t i) {
+  return list && i < list->manifests.size() ? list->manifests[i].snapshot_id.c_str() : nullptr;
+}
+
+const char* dp420_snapshot_volume(const dp420_snapshot_list_t* list, size_t i) {
+  return list && i < list->manifests.size() ? list->manifests[i].volume.c_str() : nullptr;
+}
+
+const char* dp420_snapshot_json(const dp420_snapshot_list_t* list, size_t i) {
+  return list && i < list->json.size() ? list->json[i].c_str() : nullptr;
+}
+
+void dp420_snapshot_list_free(dp420_snapshot_list_t* list) { delete list; }
+
+void dp420_restore_opts_init(dp420_restore_opts_t* opts) {
+  std::memset(opts, 0, sizeof(*opts));
+  opts->struct_size = sizeof(*opts);
+}
+
+int dp420_restore(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_restore_opts_t* opts,
+                  dp420_restore_result_t* result) {
+  return Guard(ctx, [&] {
+    if (!repo || !opts || opts->struct_size < sizeof(dp420_restore_opts_t)) {
+      return Fail(ctx, Status::InvalidArgument("dp420_restore: bad arguments"));
+    }
+    if (Missing(opts->volume)) return Fail(ctx, Status::InvalidArgument("no volume name given"));
+    if (Missing(opts->target)) return Fail(ctx, Status::InvalidArgument("no target given"));
+    dp420::RestoreOptions o;
+    o.volume = opts->volume;
+    o.snapshot = Missing(opts->snapshot) ? "latest" : opts->snapshot;
+    o.target_path = dp420::control::AbsolutePath(opts->target);
+    o.force = opts->force != 0;
+    o.threads = opts->threads;
+    o.control = Control(ctx);
+    auto r = dp420::RunRestore(*repo->repo, o);
+    if (!r.ok()) return Fail(ctx, r.status());
+    if (result && result->struct_size >= sizeof(dp420_restore_result_t)) {
+      CopyId(result->snapshot_id, sizeof(result->snapshot_id), r->manifest.snapshot_id);
+      CopyId(result->checksum_sha256, sizeof(result->checksum_sha256),
+             r->manifest.checksum_sha256);
+      result->volume_size = r->manifest.volume_size;
+      result->bytes_written = r->bytes_written;
+      result->blocks_restored = r->blocks_restored;
+      result->blocks_zero = r->blocks_zero;
+      result->seconds = r->seconds;
+    }
+    return Ok(ctx);
+  });
+}
+
+void dp420_verify_opts_init(dp420_verify_opts_t* opts) {
+  std::memset(opts, 0, sizeof(*opts));
+  opts->struct_size = sizeof(*opts);
+}
+
+int dp420_verify(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_verify_opts_t* opts,
+                 dp420_verify_result_t* result) {
+  return Guard(ctx, [&] {
+    if (!repo || !opts || opts->struct_size < sizeof(dp420_verify_opts_t)) {
+      return Fail(ctx, Status::InvalidArgument("dp420_verify: bad arguments"));
+    }
+    dp420::VerifyOptions o;
+    o.volume = opts->volume ? opts->volume : "";
+    o.snapshot = opts->snapshot ? opts->snapshot : "";
+    o.read_data = opts->read_data != 0;
+    o.control = Control(ctx);
+    auto r = dp420::RunVerify(*repo->repo, o);
+    if (!r.ok()) return Fail(ctx, r.status());
+    if (opts->on_problem) {
+      for (const auto& p : r->problems) {
+        std::string snaps;
+        for (const auto& id : p.snapshots) snaps += (snaps.empty() ? "" : ",") + id;
+        opts->on_problem(opts->user, p.object.c_str(), p.message.c_str(), snaps.c_str());
+      }
+    }
+    if (result && result->struct_size >= sizeof(dp420_verify_result_t)) {
+      result->snapshots_checked = r->snapshots_checked;
+      result->packs_checked = r->packs_checked;
+      result->pages_checked = r->pages_checked;
+      result->blocks_checked = r->blocks_checked;
+      result->bytes_read = r->bytes_read;
+      result->unreferenced_packs = r->unreferenced_packs;
+      result->problems_found = r->problems.size();
+      result->snapshots_broken = r->broken_snapshots.size();
+    }
+    return Ok(ctx);
+  });
+}
+
+}  // extern "C"

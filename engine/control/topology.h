@@ -1,0 +1,21 @@
+// Node topology recorded in every manifest: which node and device a snapshot
+// was taken from, and (for consistency groups, later) every member.
+//
+// Thread safety: pure function of the machine's state.
+#pragma once
+
+#include <string>
+
+#include "engine/core/manifest.h"
+
+namespace dp420::control {
+
+// {"node_id": /etc/machine-id, "host": hostname, "device": source,
+//  "members": [{"node_id", "host", "volume", "device"}]}
+Json LocalTopology(const std::string& volume, const std::string& source_path);
+
+// Makes `path` absolute against the working directory and removes "." and
+// ".." components and duplicate slashes (without resolving symlinks).
+std::string AbsolutePath(const std::string& path);
+
+}  // namespace dp420::control

@@ -1,0 +1,46 @@
+// Backup: reads a volume (file or block device) with one io_uring worker per
+// thread, hashes every block, diffs it against the parent snapshot's table,
+// appends changed blocks to packs, and commits a new snapshot durably.
+//
+// Pipeline and threads: docs/ARCHITECTURE.md. Commit order: data packs
+// durable -> table pages durable -> manifest written, fsynced, renamed, the
+// directory fsynced. A failure at any point leaves the repository as it was
+// (the packs this backup created are deleted now, or by the next writer when
+// the process died).
+//
+// Thread safety: RunBackup is re-entrant; it takes the volume's lock.
+#pragma once
+
+#include <string>
+
+#include "engine/core/job.h"
+#include "engine/core/manifest.h"
+#include "engine/core/repo.h"
+
+namespace dp420 {
+
+struct BackupOptions {
+  std::string volume;
+  std::string source_path;    // absolute
+  uint32_t block_size = 0;    // 0: the parent's, or kDefaultBlockSize
+  unsigned threads = 0;       // 0: DefaultThreads()
+  Json node_topology = Json::object();
+  std::string tool_version;
+  JobControl control;
+};
+
+struct BackupResult {
+  Manifest manifest;          // the committed snapshot
+  uint64_t bytes_read = 0;
+  uint64_t bytes_written = 0; // data + table pages + pack trailers
+  uint64_t table_pages_written = 0;
+  uint64_t table_pages_reused = 0;
+  double seconds = 0;
+  unsigned threads = 0;
+  bool direct_io = false;     // the source was read with O_DIRECT
+  bool registered_buffers = false;
+};
+
+Result<BackupResult> RunBackup(const Repository& repo, const BackupOptions& options);
+
+}  // namespace dp420

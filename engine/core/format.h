@@ -1,0 +1,111 @@
+// On-disk format of a dp420 repository (version 1). docs/FORMAT.md describes
+// every file byte by byte; this header is the source of truth for layouts.
+//
+// All integers are little-endian. Structures here are the exact bytes on disk
+// (static_assert'ed sizes); the build is little-endian only (asserted).
+//
+//   REPO/config                 JSON line + "sha256 <hex>" line (format stamp)
+//   REPO/keys/hash.key          192-byte secret for the keyed XXH3-128 block hash
+//   REPO/packs/XXXXXXXX.pack    data and table pages; immutable once closed
+//   REPO/snapshots/VOL/SEQ-ID.manifest   JSON line + "sha256 <hex>" line
+//   REPO/locks/VOL.lock         flock()ed by the one writer of a volume
+//   REPO/tmp/                   journals of unfinished backups, temp files
+//
+// Thread safety: plain data.
+#pragma once
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace dp420 {
+
+static_assert(std::endian::native == std::endian::little, "dp420 formats are little-endian");
+
+inline constexpr uint32_t kFormatVersion = 1;  // repository, pack and manifest format
+inline constexpr uint32_t kRecordAlign = 4096;  // every pack record starts on 4 KiB
+inline constexpr uint32_t kPageEntries = 256;   // entries per table page
+inline constexpr uint64_t kPackMaxBytes = 1ull << 30;  // a pack is closed past 1 GiB
+
+// Object flags (ObjRef::flags).
+enum ObjFlags : uint16_t {
+  kObjZero = 1u << 0,       // an all-zero block: not stored, restored as a hole
+  kObjTableLeaf = 1u << 1,  // a table page of block entries
+  kObjTableInner = 1u << 2, // a table page of child page entries
+  kObjZstd = 1u << 8,       // reserved: record compressed with zstd
+  kObjAesGcm = 1u << 9,     // reserved: record encrypted (AES-256-GCM, key_id)
+};
+
+// Where an object lives and what it must hash to. 48 bytes.
+struct ObjRef {
+  uint8_t sha256[32];    // SHA-256 of the object's raw (uncompressed, plain) bytes
+  uint32_t pack_id;      // 0 when not stored (kObjZero)
+  uint32_t offset_4k;    // record offset in the pack, in 4 KiB units
+  uint32_t stored_len;   // bytes stored in the pack (== raw length while uncompressed)
+  uint16_t flags;        // ObjFlags
+  uint16_t key_id;       // reserved for encryption; 0
+  uint64_t offset_bytes() const { return uint64_t{offset_4k} * kRecordAlign; }
+  bool stored() const { return pack_id != 0; }
+};
+static_assert(sizeof(ObjRef) == 48);
+
+// One table entry. 64 bytes. In a leaf page: `id` is the keyed XXH3-128 of the
+// block (canonical bytes) and `ref` locates the block. In an inner page: `id`
+// is the first 16 bytes of the child page's SHA-256 and `ref` locates it.
+struct Entry {
+  uint8_t id[16];
+  ObjRef ref;
+};
+static_assert(sizeof(Entry) == 64);
+inline constexpr size_t kPageBytes = kPageEntries * sizeof(Entry);  // 16 KiB
+
+// Pack file header: the first 4096 bytes of every pack.
+struct PackHeader {
+  char magic[8];          // "DP420PK\0"
+  uint32_t version;       // kFormatVersion
+  uint32_t pack_id;       // equals the file name
+  uint8_t repo_id[16];    // the repository this pack belongs to
+  uint64_t created_unix_ns;
+  uint8_t reserved[4052];
+  uint32_t crc32c;        // CRC-32C of the preceding 4092 bytes
+};
+static_assert(sizeof(PackHeader) == 4096);
+
+// Pack footer: the last 64 bytes of a closed pack. The trailer index
+// (record_count ObjRefs, pack_id filled in) starts at index_offset, which is
+// 4 KiB aligned; zero padding follows it up to the footer.
+struct PackFooter {
+  char magic[8];          // "DP420PF\0"
+  uint32_t version;
+  uint32_t pack_id;
+  uint64_t index_offset;  // byte offset of the trailer index
+  uint32_t record_count;
+  uint32_t index_crc32c;  // CRC-32C of the index bytes
+  uint64_t data_end;      // end of the last record (== index_offset)
+  uint8_t reserved[16];
+  uint32_t unused;
+  uint32_t crc32c;        // CRC-32C of the preceding 60 bytes
+};
+static_assert(sizeof(PackFooter) == 64);
+
+inline constexpr char kPackMagic[8] = {'D', 'P', '4', '2', '0', 'P', 'K', '\0'};
+inline constexpr char kFooterMagic[8] = {'D', 'P', '4', '2', '0', 'P', 'F', '\0'};
+
+inline uint64_t RoundUp(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
+inline uint64_t DivCeil(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+// "1a2b3c4d" for pack id 0x1a2b3c4d, and the path "packs/1a2b3c4d.pack".
+std::string PackName(uint32_t pack_id);
+
+// Table geometry: how many pages each level of a tree over `blocks` blocks has.
+// Level 0 holds leaves. levels() >= 1; the top level has exactly one page.
+struct TableShape {
+  uint64_t blocks = 0;
+  uint32_t levels = 1;
+  uint64_t PagesAt(uint32_t level) const;  // DivCeil(blocks, 256^(level+1)), at least 1
+  static TableShape For(uint64_t blocks);
+};
+
+}  // namespace dp420

@@ -1,0 +1,164 @@
+#include "engine/core/manifest.h"
+
+#include <cstdio>
+
+#include "simd/simd.h"
+
+namespace dp420 {
+
+std::string SealJson(const Json& doc, std::string* seal_hex) {
+  std::string line = doc.dump() + "\n";
+  uint8_t digest[32];
+  simd::Sha256(reinterpret_cast<const uint8_t*>(line.data()), line.size(), digest);
+  std::string hex = simd::ToHex(digest, 32);
+  if (seal_hex) *seal_hex = hex;
+  return line + "sha256 " + hex + "\n";
+}
+
+Result<Json> UnsealJson(const std::string& text, const std::string& what,
+                        std::string* seal_hex) {
+  size_t nl = text.find('\n');
+  if (nl == std::string::npos) return Status::Corruption(what + ": not a sealed file");
+  std::string line = text.substr(0, nl + 1);
+  std::string rest = text.substr(nl + 1);
+  uint8_t digest[32];
+  simd::Sha256(reinterpret_cast<const uint8_t*>(line.data()), line.size(), digest);
+  std::string hex = simd::ToHex(digest, 32);
+  if (rest != "sha256 " + hex + "\n") {
+    return Status::Corruption(what + ": checksum mismatch (the file was edited or damaged)");
+  }
+  Json j = Json::parse(line, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return Status::Corruption(what + ": not valid JSON");
+  }
+  if (seal_hex) *seal_hex = hex;
+  return j;
+}
+
+Json ObjRefToJson(const ObjRef& ref) {
+  return Json{{"sha256", simd::ToHex(ref.sha256, 32)},
+              {"pack", PackName(ref.pack_id)},
+              {"offset_4k", ref.offset_4k},
+              {"stored_len", ref.stored_len},
+              {"flags", ref.flags},
+              {"key_id", ref.key_id}};
+}
+
+Result<ObjRef> ObjRefFromJson(const Json& j) {
+  ObjRef ref{};
+  try {
+    if (!simd::FromHex(j.at("sha256").get<std::string>(), ref.sha256, 32)) {
+      return Status::Corruption("bad sha256 in object reference");
+    }
+    ref.pack_id = static_cast<uint32_t>(std::stoul(j.at("pack").get<std::string>(), nullptr, 16));
+    ref.offset_4k = j.at("offset_4k").get<uint32_t>();
+    ref.stored_len = j.at("stored_len").get<uint32_t>();
+    ref.flags = j.at("flags").get<uint16_t>();
+    ref.key_id = j.at("key_id").get<uint16_t>();
+  } catch (const std::exception& e) {
+    return Status::Corruption(std::string("bad object reference: ") + e.what());
+  }
+  return ref;
+}
+
+Json Manifest::ToJson() const {
+  Json j;
+  j["format"] = "dp420-manifest";
+  j["format_version"] = format_version;
+  j["repo_id"] = repo_id;
+  j["snapshot_id"] = snapshot_id;
+  j["volume"] = volume;
+  j["parent"] = parent.empty() ? Json(nullptr) : Json(parent);
+  j["parent_manifest_sha256"] =
+      parent_manifest_sha256.empty() ? Json(nullptr) : Json(parent_manifest_sha256);
+  j["sequence"] = sequence;
+  j["created"] = created;
+  j["created_unix_ns"] = created_unix_ns;
+  j["block_size"] = block_size;
+  j["volume_size"] = volume_size;
+  j["blocks_total"] = blocks_total;
+  j["blocks_changed"] = blocks_changed;
+  j["blocks_zero"] = blocks_zero;
+  j["blocks_stored"] = blocks_stored;
+  j["bytes_written"] = bytes_written;
+  j["bytes_read"] = bytes_read;
+  j["seconds"] = seconds;
+  j["table"] = Json{{"levels", table_levels}, {"root", ObjRefToJson(table_root)}};
+  j["checksum_sha256"] = checksum_sha256;
+  j["checksum_algorithm"] = "sha256-of-block-sha256";
+  j["source"] = Json{{"path", source_path}, {"kind", source_kind}};
+  j["node_topology"] = node_topology;
+  j["tool_version"] = tool_version;
+  return j;
+}
+
+Result<Manifest> Manifest::FromJson(const Json& j, const std::string& what) {
+  Manifest m;
+  try {
+    if (j.at("format").get<std::string>() != "dp420-manifest") {
+      return Status::Corruption(what + ": not a dp420 manifest");
+    }
+    m.format_version = j.at("format_version").get<uint32_t>();
+    if (m.format_version > kFormatVersion) {
+      return Status::Version(what + ": manifest format version " +
+                             std::to_string(m.format_version) +
+                             " is newer than this dp420 supports (" +
+                             std::to_string(kFormatVersion) + ")");
+    }
+    m.repo_id = j.at("repo_id").get<std::string>();
+    m.snapshot_id = j.at("snapshot_id").get<std::string>();
+    m.volume = j.at("volume").get<std::string>();
+    if (!j.at("parent").is_null()) m.parent = j.at("parent").get<std::string>();
+    if (!j.at("parent_manifest_sha256").is_null()) {
+      m.parent_manifest_sha256 = j.at("parent_manifest_sha256").get<std::string>();
+    }
+    m.sequence = j.at("sequence").get<uint64_t>();
+    m.created = j.at("created").get<std::string>();
+    m.created_unix_ns = j.at("created_unix_ns").get<uint64_t>();
+    m.block_size = j.at("block_size").get<uint32_t>();
+    m.volume_size = j.at("volume_size").get<uint64_t>();
+    m.blocks_total = j.at("blocks_total").get<uint64_t>();
+    m.blocks_changed = j.at("blocks_changed").get<uint64_t>();
+    m.blocks_zero = j.at("blocks_zero").get<uint64_t>();
+    m.blocks_stored = j.at("blocks_stored").get<uint64_t>();
+    m.bytes_written = j.at("bytes_written").get<uint64_t>();
+    m.bytes_read = j.value("bytes_read", uint64_t{0});
+    m.seconds = j.value("seconds", 0.0);
+    m.table_levels = j.at("table").at("levels").get<uint32_t>();
+    auto root = ObjRefFromJson(j.at("table").at("root"));
+    if (!root.ok()) return root.status().Prefix(what);
+    m.table_root = root.value();
+    m.checksum_sha256 = j.at("checksum_sha256").get<std::string>();
+    m.source_path = j.at("source").at("path").get<std::string>();
+    m.source_kind = j.at("source").at("kind").get<std::string>();
+    m.node_topology = j.at("node_topology");
+    m.tool_version = j.value("tool_version", "");
+  } catch (const std::exception& e) {
+    return Status::Corruption(what + ": missing or malformed field (" + e.what() + ")");
+  }
+  if (m.block_size == 0 || m.blocks_total != DivCeil(m.volume_size, m.block_size)) {
+    return Status::Corruption(what + ": block_size/volume_size/blocks_total disagree");
+  }
+  if (TableShape::For(m.blocks_total).levels != m.table_levels) {
+    return Status::Corruption(what + ": table levels disagree with blocks_total");
+  }
+  return m;
+}
+
+std::string Manifest::FileName() const {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%010llu-", static_cast<unsigned long long>(sequence));
+  return buf + snapshot_id + ".manifest";
+}
+
+bool ValidVolumeName(const std::string& name) {
+  if (name.empty() || name.size() > 64 || name[0] == '.') return false;
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+}  // namespace dp420

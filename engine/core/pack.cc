@@ -1,0 +1,203 @@
+#include "engine/core/pack.h"
+
+#include <fcntl.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <memory>
+
+#include "io/assert.h"
+#include "simd/simd.h"
+
+namespace dp420 {
+
+namespace {
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+using AlignedBuf = std::unique_ptr<uint8_t, FreeDeleter>;
+
+AlignedBuf AllocAligned(size_t bytes) {
+  void* p = nullptr;
+  if (posix_memalign(&p, kRecordAlign, bytes) != 0) return nullptr;
+  std::memset(p, 0, bytes);
+  return AlignedBuf(static_cast<uint8_t*>(p));
+}
+
+uint32_t RandomPackId() {
+  uint32_t id = 0;
+  while (id == 0) {
+    if (getrandom(&id, sizeof(id), 0) != sizeof(id)) id = 0;
+  }
+  return id;
+}
+
+uint64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
+}  // namespace
+
+bool FooterValid(const PackFooter& footer) {
+  if (std::memcmp(footer.magic, kFooterMagic, 8) != 0) return false;
+  if (footer.version != kFormatVersion) return false;
+  return simd::Crc32c(0, reinterpret_cast<const uint8_t*>(&footer), 60) == footer.crc32c;
+}
+
+Result<PackWriter> PackWriter::Create(const std::string& packs_dir, const uint8_t repo_id[16],
+                                      bool direct, const OnCreate& on_create) {
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    uint32_t id = RandomPackId();
+    std::string path = packs_dir + "/" + PackName(id) + ".pack";
+    if (access(path.c_str(), F_OK) == 0) continue;
+    DP420_RETURN_IF_ERROR(on_create(id));
+    auto file = io::File::OpenWrite(path, O_CREAT | O_EXCL | O_WRONLY, direct);
+    if (!file.ok()) {
+      if (file.status().code() == Code::kExists) continue;
+      return file.status();
+    }
+    PackWriter writer;
+    writer.file_ = std::move(file).value();
+    writer.pack_id_ = id;
+    AlignedBuf header_buf = AllocAligned(sizeof(PackHeader));
+    if (!header_buf) return Status::NoMemory("pack header buffer");
+    auto* header = reinterpret_cast<PackHeader*>(header_buf.get());
+    std::memcpy(header->magic, kPackMagic, 8);
+    header->version = kFormatVersion;
+    header->pack_id = id;
+    std::memcpy(header->repo_id, repo_id, 16);
+    header->created_unix_ns = NowNs();
+    header->crc32c = simd::Crc32c(0, header_buf.get(), sizeof(PackHeader) - 4);
+    Status s = writer.file_.WriteAt(0, header_buf.get(), sizeof(PackHeader));
+    if (!s.ok()) {
+      writer.Abandon();
+      return s;
+    }
+    writer.next_offset_ = sizeof(PackHeader);
+    return writer;
+  }
+  return Status::IOError("could not find a free pack id in " + packs_dir);
+}
+
+void PackWriter::Reserve(uint32_t stored_len, ObjRef* ref) {
+  DP420_ASSERT(next_offset_ % kRecordAlign == 0);
+  ref->pack_id = pack_id_;
+  ref->offset_4k = static_cast<uint32_t>(next_offset_ / kRecordAlign);
+  ref->stored_len = stored_len;
+  next_offset_ += RoundUp(stored_len, kRecordAlign);
+  index_.push_back(*ref);
+}
+
+Status PackWriter::WriteRecord(const uint8_t* data, uint32_t len, ObjRef* ref) {
+  Reserve(len, ref);
+  size_t padded = RoundUp(len, kRecordAlign);
+  AlignedBuf buf = AllocAligned(padded);
+  if (!buf) return Status::NoMemory("pack record buffer");
+  std::memcpy(buf.get(), data, len);
+  return file_.WriteAt(ref->offset_bytes(), buf.get(), padded).Prefix(path());
+}
+
+Status PackWriter::Finish() {
+  DP420_ASSERT(file_.fd() >= 0);
+  uint64_t index_offset = next_offset_;
+  size_t index_bytes = index_.size() * sizeof(ObjRef);
+  size_t total = RoundUp(index_bytes + sizeof(PackFooter), kRecordAlign);
+  AlignedBuf buf = AllocAligned(total);
+  if (!buf) return Status::NoMemory("pack trailer buffer");
+  std::memcpy(buf.get(), index_.data(), index_bytes);
+  auto* footer = reinterpret_cast<PackFooter*>(buf.get() + total - sizeof(PackFooter));
+  std::memcpy(footer->magic, kFooterMagic, 8);
+  footer->version = kFormatVersion;
+  footer->pack_id = pack_id_;
+  footer->index_offset = index_offset;
+  footer->record_count = static_cast<uint32_t>(index_.size());
+  footer->index_crc32c = simd::Crc32c(0, buf.get(), index_bytes);
+  footer->data_end = index_offset;
+  footer->crc32c = simd::Crc32c(0, reinterpret_cast<const uint8_t*>(footer), 60);
+  DP420_RETURN_IF_ERROR(file_.WriteAt(index_offset, buf.get(), total).Prefix(path()));
+  DP420_RETURN_IF_ERROR(file_.Sync().Prefix(path()));
+  final_size_ = index_offset + total;
+  file_.Close();
+  return Status::Ok();
+}
+
+void PackWriter::Abandon() {
+  if (file_.fd() < 0 && file_.path().empty()) return;
+  std::string path = file_.path();
+  file_.Close();
+  if (!path.empty()) unlink(path.c_str());
+}
+
+Result<PackReader> PackReader::Open(const std::string& path, uint32_t expected_id) {
+  DP420_ASSIGN_OR_RETURN(io::File file, io::File::OpenRead(path, false));
+  PackHeader header;
+  if (file.info().size_bytes < sizeof(PackHeader) + sizeof(PackFooter)) {
+    return Status::Corruption(path + ": truncated pack (" +
+                              std::to_string(file.info().size_bytes) + " bytes)");
+  }
+  DP420_RETURN_IF_ERROR(file.ReadAt(0, &header, sizeof(header)));
+  uint32_t crc = simd::Crc32c(0, reinterpret_cast<const uint8_t*>(&header), sizeof(header) - 4);
+  if (std::memcmp(header.magic, kPackMagic, 8) != 0 || crc != header.crc32c) {
+    return Status::Corruption(path + ": pack header is damaged");
+  }
+  if (header.version > kFormatVersion) {
+    return Status::Version(path + ": pack format version " + std::to_string(header.version) +
+                           " is newer than this dp420 supports (" +
+                           std::to_string(kFormatVersion) + ")");
+  }
+  if (header.pack_id != expected_id) {
+    return Status::Corruption(path + ": pack header names pack " + PackName(header.pack_id));
+  }
+  PackReader reader;
+  reader.file_ = std::move(file);
+  reader.pack_id_ = expected_id;
+  return reader;
+}
+
+Result<std::vector<ObjRef>> PackReader::ReadIndex() const {
+  uint64_t size = file_.info().size_bytes;
+  PackFooter footer;
+  if (size % kRecordAlign != 0) {
+    return Status::Corruption(path() + ": truncated pack (size " + std::to_string(size) +
+                              " is not a multiple of 4096)");
+  }
+  DP420_RETURN_IF_ERROR(file_.ReadAt(size - sizeof(footer), &footer, sizeof(footer)));
+  if (!FooterValid(footer) || footer.pack_id != pack_id_ || footer.index_offset > size) {
+    return Status::Corruption(path() + ": pack footer is missing or damaged (truncated?)");
+  }
+  uint64_t index_bytes = uint64_t{footer.record_count} * sizeof(ObjRef);
+  if (footer.index_offset + index_bytes + sizeof(footer) > size) {
+    return Status::Corruption(path() + ": pack index runs past the end of the file");
+  }
+  std::vector<ObjRef> index(footer.record_count);
+  DP420_RETURN_IF_ERROR(file_.ReadAt(footer.index_offset, index.data(), index_bytes));
+  if (simd::Crc32c(0, reinterpret_cast<const uint8_t*>(index.data()), index_bytes) !=
+      footer.index_crc32c) {
+    return Status::Corruption(path() + ": pack index fails its CRC-32C");
+  }
+  return index;
+}
+
+Status PackReader::ReadRecord(const ObjRef& ref, uint8_t* buf) const {
+  uint64_t offset = ref.offset_bytes();
+  if (offset + ref.stored_len > size_bytes()) {
+    return Status::Corruption(path() + ": record at offset " + std::to_string(offset) +
+                              " runs past the end of the pack (truncated?)");
+  }
+  DP420_RETURN_IF_ERROR(file_.ReadAt(offset, buf, ref.stored_len));
+  uint8_t digest[32];
+  simd::Sha256(buf, ref.stored_len, digest);
+  if (std::memcmp(digest, ref.sha256, 32) != 0) {
+    return Status::Corruption(path() + ": record at offset " + std::to_string(offset) +
+                              " fails its SHA-256");
+  }
+  return Status::Ok();
+}
+
+}  // namespace dp420

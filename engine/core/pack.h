@@ -1,0 +1,86 @@
+// Packs: append-only files of 4 KiB-aligned records (blocks and table pages)
+// with a trailer index. See format.h for the layout and docs/FORMAT.md.
+//
+// PackWriter creates a pack under a fresh random id (O_EXCL, so concurrent
+// writers never collide), hands out record offsets, and on Finish() writes
+// the trailer index and footer and makes the file durable. Record bytes are
+// written either through WriteRecord() (synchronous) or by the caller through
+// its own io_uring against fd() at the offset Reserve() returned.
+//
+// PackReader opens a closed pack, checks its header and footer, and reads
+// records, checking each against its SHA-256.
+//
+// Thread safety: one thread per writer/reader object.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/core/format.h"
+#include "io/file.h"
+#include "io/status.h"
+
+namespace dp420 {
+
+class PackWriter {
+ public:
+  // Called with the new pack id before the file is created (journaling).
+  using OnCreate = std::function<Status(uint32_t pack_id)>;
+
+  // Creates packs_dir/XXXXXXXX.pack with its header. `direct`: try O_DIRECT.
+  static Result<PackWriter> Create(const std::string& packs_dir, const uint8_t repo_id[16],
+                                   bool direct, const OnCreate& on_create);
+
+  uint32_t pack_id() const { return pack_id_; }
+  int fd() const { return file_.fd(); }
+  bool direct() const { return file_.direct(); }
+  const std::string& path() const { return file_.path(); }
+  uint64_t size_bytes() const { return next_offset_; }
+  // The file's size once Finish() succeeded (header, records, trailer).
+  uint64_t final_size() const { return final_size_; }
+  bool Full(uint64_t more_bytes) const { return next_offset_ + more_bytes > kPackMaxBytes; }
+
+  // Allocates room for a record of `stored_len` bytes; fills ref->pack_id,
+  // offset_4k and stored_len and records it in the trailer index.
+  void Reserve(uint32_t stored_len, ObjRef* ref);
+  // Reserve() + a synchronous write of `data` (padded to 4 KiB).
+  Status WriteRecord(const uint8_t* data, uint32_t len, ObjRef* ref);
+  // Writes the trailer index and footer, fdatasyncs and closes. The caller
+  // must have completed every write it issued against fd().
+  Status Finish();
+  // Closes and deletes an unfinished pack (error paths).
+  void Abandon();
+
+ private:
+  io::File file_;
+  uint32_t pack_id_ = 0;
+  uint64_t next_offset_ = 0;
+  uint64_t final_size_ = 0;
+  std::vector<ObjRef> index_;
+};
+
+class PackReader {
+ public:
+  // Opens `path` and checks the header; errors name the file.
+  static Result<PackReader> Open(const std::string& path, uint32_t expected_id);
+
+  // Reads the footer and trailer index (kCorruption when truncated/damaged).
+  Result<std::vector<ObjRef>> ReadIndex() const;
+  // Reads the record `ref` into `buf` (at least RoundUp(stored_len, 4096)
+  // bytes when direct) and checks its SHA-256. kCorruption names the pack,
+  // the offset and what failed.
+  Status ReadRecord(const ObjRef& ref, uint8_t* buf) const;
+  uint64_t size_bytes() const { return file_.info().size_bytes; }
+  const std::string& path() const { return file_.path(); }
+  int fd() const { return file_.fd(); }
+
+ private:
+  io::File file_;
+  uint32_t pack_id_ = 0;
+};
+
+// Checks a footer's magic, version and CRC.
+bool FooterValid(const PackFooter& footer);
+
+}  // namespace dp420

@@ -1,0 +1,327 @@
+#include "engine/core/repo.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <ctime>
+
+#include "io/file.h"
+
+namespace dp420 {
+
+namespace {
+
+constexpr const char* kSubdirs[] = {"packs", "snapshots", "locks", "tmp", "keys"};
+
+Status RandomBytes(uint8_t* out, size_t len) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = getrandom(out + done, len - done, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return PosixError("getrandom", errno);
+    }
+    done += size_t(n);
+  }
+  return Status::Ok();
+}
+
+std::string UtcNow() {
+  time_t now = time(nullptr);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  char buf[32];
+  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = opendir(dir.c_str());
+  if (!d) return names;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+}  // namespace
+
+VolumeLock::~VolumeLock() {
+  if (fd_ >= 0) close(fd_);
+}
+
+VolumeLock& VolumeLock::operator=(VolumeLock&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) close(fd_);
+    fd_ = std::exchange(o.fd_, -1);
+  }
+  return *this;
+}
+
+Status Repository::Init(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) return Status::Exists(path + " exists and is not a directory");
+    if (!ListDir(path).empty()) {
+      return Status::Exists(path + " is not empty (a repository already, or other files)");
+    }
+  }
+  DP420_RETURN_IF_ERROR(io::MakeDirs(path));
+  chmod(path.c_str(), 0700);
+  for (const char* sub : kSubdirs) DP420_RETURN_IF_ERROR(io::MakeDirs(path + "/" + sub));
+  uint8_t key[simd::kHashSecretBytes];
+  uint8_t repo_id[16];
+  DP420_RETURN_IF_ERROR(RandomBytes(key, sizeof(key)));
+  DP420_RETURN_IF_ERROR(RandomBytes(repo_id, sizeof(repo_id)));
+  DP420_RETURN_IF_ERROR(io::WriteFileAtomic(
+      path + "/keys/hash.key", std::string(reinterpret_cast<char*>(key), sizeof(key))));
+  uint8_t key_digest[32];
+  simd::Sha256(key, sizeof(key), key_digest);
+  Json config;
+  config["format"] = "dp420-repository";
+  config["format_version"] = kFormatVersion;
+  config["repo_id"] = simd::ToHex(repo_id, 16);
+  config["created"] = UtcNow();
+  config["block_hash"] = "xxh3-128-keyed";
+  config["key_sha256"] = simd::ToHex(key_digest, 32);
+  // The config is written last: its presence is what makes a repository.
+  DP420_RETURN_IF_ERROR(io::WriteFileAtomic(path + "/config", SealJson(config)));
+  return io::SyncDir(path);
+}
+
+Result<std::unique_ptr<Repository>> Repository::Open(const std::string& path) {
+  auto text = io::ReadFile(path + "/config");
+  if (!text.ok()) {
+    if (text.status().code() == Code::kNotFound) {
+      return Status::NotFound(path + " is not a dp420 repository (no config file)");
+    }
+    return text.status();
+  }
+  DP420_ASSIGN_OR_RETURN(Json config, UnsealJson(text.value(), path + "/config"));
+  std::unique_ptr<Repository> repo(new Repository());
+  repo->path_ = path;
+  try {
+    if (config.at("format").get<std::string>() != "dp420-repository") {
+      return Status::Corruption(path + "/config: not a dp420 repository config");
+    }
+    uint32_t version = config.at("format_version").get<uint32_t>();
+    if (version > kFormatVersion) {
+      return Status::Version(path + ": repository format version " + std::to_string(version) +
+                             " is newer than this dp420 supports (" +
+                             std::to_string(kFormatVersion) + "); upgrade dp420");
+    }
+    if (!simd::FromHex(config.at("repo_id").get<std::string>(), repo->repo_id_, 16)) {
+      return Status::Corruption(path + "/config: bad repo_id");
+    }
+    DP420_ASSIGN_OR_RETURN(std::string key, io::ReadFile(path + "/keys/hash.key"));
+    if (key.size() != simd::kHashSecretBytes) {
+      return Status::Corruption(path + "/keys/hash.key: wrong size");
+    }
+    uint8_t key_digest[32];
+    simd::Sha256(reinterpret_cast<const uint8_t*>(key.data()), key.size(), key_digest);
+    if (simd::ToHex(key_digest, 32) != config.at("key_sha256").get<std::string>()) {
+      return Status::Corruption(path + "/keys/hash.key: does not match the config's key_sha256");
+    }
+    std::span<const uint8_t, simd::kHashSecretBytes> secret(
+        reinterpret_cast<const uint8_t*>(key.data()), simd::kHashSecretBytes);
+    repo->hasher_ = std::make_unique<simd::BlockHasher>(secret);
+  } catch (const std::exception& e) {
+    return Status::Corruption(path + "/config: malformed (" + e.what() + ")");
+  }
+  return repo;
+}
+
+std::string Repository::repo_id_hex() const { return simd::ToHex(repo_id_, 16); }
+
+std::string Repository::PackPath(uint32_t pack_id) const {
+  return PacksDir() + "/" + PackName(pack_id) + ".pack";
+}
+
+std::string Repository::SnapshotsDir(const std::string& volume) const {
+  return path_ + "/snapshots/" + volume;
+}
+
+std::vector<std::string> Repository::ListVolumes() const {
+  std::vector<std::string> out;
+  for (auto& name : ListDir(path_ + "/snapshots")) {
+    if (ValidVolumeName(name)) out.push_back(name);
+  }
+  return out;
+}
+
+Status Repository::ListManifests(const std::string& volume, std::vector<Manifest>* out,
+                                 std::vector<DamagedFile>* damaged) const {
+  std::vector<std::string> volumes = volume.empty() ? ListVolumes()
+                                                    : std::vector<std::string>{volume};
+  for (const auto& vol : volumes) {
+    for (const auto& name : ListDir(SnapshotsDir(vol))) {
+      if (name.size() < 9 || name.substr(name.size() - 9) != ".manifest") continue;
+      std::string rel = "snapshots/" + vol + "/" + name;
+      Status status;
+      auto text = io::ReadFile(path_ + "/" + rel);
+      if (text.ok()) {
+        std::string seal;
+        auto json = UnsealJson(text.value(), rel, &seal);
+        if (json.ok()) {
+          auto m = Manifest::FromJson(json.value(), rel);
+          if (m.ok()) {
+            m->seal = seal;
+            m->file_name = name;
+            if (m->FileName() != name || m->volume != vol) {
+              status = Status::Corruption(rel + ": file name does not match its content");
+            } else if (m->repo_id != repo_id_hex()) {
+              status = Status::Corruption(rel + ": belongs to another repository");
+            } else {
+              out->push_back(std::move(m).value());
+              continue;
+            }
+          } else {
+            status = m.status();
+          }
+        } else {
+          status = json.status();
+        }
+      } else {
+        status = text.status().Prefix(rel);
+      }
+      if (!damaged) return status;
+      damaged->push_back({rel, status});
+    }
+  }
+  return Status::Ok();
+}
+
+Result<Manifest> Repository::FindSnapshot(const std::string& volume,
+                                          const std::string& id) const {
+  if (!ValidVolumeName(volume)) return Status::InvalidArgument("invalid volume name '" + volume + "'");
+  std::vector<Manifest> all;
+  DP420_RETURN_IF_ERROR(ListManifests(volume, &all, nullptr));
+  if (all.empty()) return Status::NotFound("volume '" + volume + "' has no snapshots in " + path_);
+  if (id == "latest") return all.back();
+  if (id.size() < 4) return Status::InvalidArgument("snapshot id '" + id + "' is too short");
+  const Manifest* found = nullptr;
+  for (const auto& m : all) {
+    if (m.snapshot_id.compare(0, id.size(), id) == 0) {
+      if (found) return Status::InvalidArgument("snapshot id prefix '" + id + "' is ambiguous");
+      found = &m;
+    }
+  }
+  if (!found) return Status::NotFound("snapshot '" + id + "' of volume '" + volume + "' not found");
+  return *found;
+}
+
+Result<VolumeLock> Repository::LockVolume(const std::string& volume) const {
+  std::string path = path_ + "/locks/" + volume + ".lock";
+  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return PosixError(path, errno);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    close(fd);
+    if (err == EWOULDBLOCK) {
+      return Status::Busy("volume '" + volume + "' is locked by another dp420 process (" +
+                          path + ")");
+    }
+    return PosixError(path, err);
+  }
+  return VolumeLock(fd);
+}
+
+BackupJournal::BackupJournal(BackupJournal&& o) noexcept { *this = std::move(o); }
+
+BackupJournal& BackupJournal::operator=(BackupJournal&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) close(fd_);
+    repo_ = o.repo_;
+    path_ = std::move(o.path_);
+    fd_ = std::exchange(o.fd_, -1);
+    packs_ = std::move(o.packs_);
+  }
+  return *this;
+}
+
+BackupJournal::~BackupJournal() {
+  if (fd_ >= 0) close(fd_);
+}
+
+Status BackupJournal::Recover(const Repository& repo, const std::string& volume) {
+  std::string path = repo.path() + "/tmp/" + volume + ".journal";
+  auto text = io::ReadFile(path);
+  if (!text.ok()) return Status::Ok();  // no journal: nothing to roll back
+  std::string snapshot_id;
+  std::vector<uint32_t> packs;
+  size_t pos = 0;
+  const std::string& t = text.value();
+  while (pos < t.size()) {
+    size_t nl = t.find('\n', pos);
+    if (nl == std::string::npos) break;  // a torn last line names nothing durable
+    std::string line = t.substr(pos, nl - pos);
+    pos = nl + 1;
+    if (line.rfind("snapshot ", 0) == 0) snapshot_id = line.substr(9);
+    if (line.rfind("pack ", 0) == 0) packs.push_back(uint32_t(std::stoul(line.substr(5), nullptr, 16)));
+  }
+  bool committed = false;
+  for (const auto& name : ListDir(repo.SnapshotsDir(volume))) {
+    if (!snapshot_id.empty() && name.find("-" + snapshot_id + ".manifest") != std::string::npos) {
+      committed = true;
+    }
+  }
+  if (!committed) {
+    for (uint32_t id : packs) unlink(repo.PackPath(id).c_str());
+    DP420_RETURN_IF_ERROR(io::SyncDir(repo.PacksDir()));
+  }
+  unlink(path.c_str());
+  return io::SyncDir(repo.path() + "/tmp");
+}
+
+Result<BackupJournal> BackupJournal::Start(const Repository& repo, const std::string& volume,
+                                           const std::string& snapshot_id) {
+  DP420_RETURN_IF_ERROR(Recover(repo, volume));
+  BackupJournal j;
+  j.repo_ = &repo;
+  j.path_ = repo.path() + "/tmp/" + volume + ".journal";
+  j.fd_ = open(j.path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+  if (j.fd_ < 0) return PosixError(j.path_, errno);
+  std::string line = "snapshot " + snapshot_id + "\n";
+  if (write(j.fd_, line.data(), line.size()) != ssize_t(line.size()) || fdatasync(j.fd_) != 0) {
+    return PosixError(j.path_, errno);
+  }
+  DP420_RETURN_IF_ERROR(io::SyncDir(repo.path() + "/tmp"));
+  return j;
+}
+
+Status BackupJournal::AddPack(uint32_t pack_id) {
+  std::string line = "pack " + PackName(pack_id) + "\n";
+  if (write(fd_, line.data(), line.size()) != ssize_t(line.size()) || fdatasync(fd_) != 0) {
+    return PosixError(path_, errno);
+  }
+  packs_.push_back(pack_id);
+  return Status::Ok();
+}
+
+void BackupJournal::Commit() {
+  if (fd_ < 0) return;
+  close(fd_);
+  fd_ = -1;
+  unlink(path_.c_str());
+}
+
+void BackupJournal::Rollback() {
+  if (fd_ < 0) return;
+  for (uint32_t id : packs_) unlink(repo_->PackPath(id).c_str());
+  (void)io::SyncDir(repo_->PacksDir());
+  close(fd_);
+  fd_ = -1;
+  unlink(path_.c_str());
+}
+
+}  // namespace dp420

@@ -1,0 +1,106 @@
+// Repository: a directory holding packs, manifests, the config and the hash
+// key (layout in format.h, bytes in docs/FORMAT.md).
+//
+// Readers need no lock: everything a manifest references is immutable and
+// durable before the manifest appears. Writers of a volume hold its lock
+// (flock on locks/VOL.lock); a backup journals the packs it creates in
+// tmp/VOL.journal so the next writer can delete the packs of a backup that
+// died before committing.
+//
+// Thread safety: a Repository is immutable after Open() and may be shared
+// by threads; BackupJournal and VolumeLock belong to one thread.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/core/manifest.h"
+#include "io/status.h"
+#include "simd/simd.h"
+
+namespace dp420 {
+
+class VolumeLock {
+ public:
+  VolumeLock() = default;
+  explicit VolumeLock(int fd) : fd_(fd) {}
+  ~VolumeLock();
+  VolumeLock(VolumeLock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  VolumeLock& operator=(VolumeLock&& o) noexcept;
+
+ private:
+  int fd_ = -1;
+};
+
+struct DamagedFile {
+  std::string path;  // relative to the repository
+  Status status;
+};
+
+class Repository {
+ public:
+  // Creates a repository at `path` (an absent or empty directory). kExists
+  // when `path` already holds files.
+  static Status Init(const std::string& path);
+  // Opens and checks config and key. kNotFound when `path` is not a
+  // repository; kVersion when its format is newer than this build.
+  static Result<std::unique_ptr<Repository>> Open(const std::string& path);
+
+  const std::string& path() const { return path_; }
+  const uint8_t* repo_id() const { return repo_id_; }
+  std::string repo_id_hex() const;
+  const simd::BlockHasher& hasher() const { return *hasher_; }
+
+  std::string PacksDir() const { return path_ + "/packs"; }
+  std::string PackPath(uint32_t pack_id) const;
+  std::string SnapshotsDir(const std::string& volume) const;
+
+  std::vector<std::string> ListVolumes() const;
+  // Manifests of `volume` (every volume when empty), ordered by volume and
+  // sequence. Unreadable or damaged manifests go to `damaged` when given,
+  // else the first one fails the call.
+  Status ListManifests(const std::string& volume, std::vector<Manifest>* out,
+                       std::vector<DamagedFile>* damaged) const;
+  // `id` is "latest", a snapshot id, or a unique prefix of at least 4 digits.
+  Result<Manifest> FindSnapshot(const std::string& volume, const std::string& id) const;
+
+  // Takes the writer lock of `volume` (kBusy when another process holds it).
+  Result<VolumeLock> LockVolume(const std::string& volume) const;
+
+ private:
+  Repository() = default;
+  std::string path_;
+  uint8_t repo_id_[16] = {};
+  std::unique_ptr<simd::BlockHasher> hasher_;
+};
+
+// Journal of an unfinished backup: tmp/VOL.journal lists the snapshot being
+// made and every pack created for it, each line durable before the pack is.
+class BackupJournal {
+ public:
+  // Rolls back what a dead backup of `volume` left (its packs, unless its
+  // manifest exists), then starts a journal for `snapshot_id`. Requires the
+  // volume lock.
+  static Result<BackupJournal> Start(const Repository& repo, const std::string& volume,
+                                     const std::string& snapshot_id);
+  BackupJournal() = default;
+  BackupJournal(BackupJournal&& o) noexcept;
+  BackupJournal& operator=(BackupJournal&& o) noexcept;
+  ~BackupJournal();
+  Status AddPack(uint32_t pack_id);
+  // After the manifest is durable: removes the journal.
+  void Commit();
+  // After a failed backup: deletes the packs it created and the journal.
+  void Rollback();
+
+ private:
+  static Status Recover(const Repository& repo, const std::string& volume);
+  const Repository* repo_ = nullptr;
+  std::string path_;
+  int fd_ = -1;
+  std::vector<uint32_t> packs_;
+};
+
+}  // namespace dp420

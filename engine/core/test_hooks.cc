@@ -1,0 +1,47 @@
+#include "engine/core/test_hooks.h"
+
+#include <signal.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace dp420 {
+
+namespace {
+struct CrashSpec {
+  std::string point;
+  uint64_t after_data = 0;  // 0: no data crash point
+};
+
+const CrashSpec& Spec() {
+  static const CrashSpec spec = [] {
+    CrashSpec s;
+    const char* env = std::getenv("DP420_TEST_CRASH");
+    if (env == nullptr) return s;
+    s.point = env;
+    if (s.point.rfind("after-data:", 0) == 0) {
+      s.after_data = std::strtoull(env + 11, nullptr, 10);
+    }
+    return s;
+  }();
+  return spec;
+}
+
+[[noreturn]] void Die() {
+  raise(SIGKILL);
+  std::abort();
+}
+}  // namespace
+
+void CrashPoint(const char* point) {
+  const CrashSpec& s = Spec();
+  if (!s.point.empty() && s.point == point) Die();
+}
+
+void CrashAfterData(uint64_t blocks_written) {
+  const CrashSpec& s = Spec();
+  if (s.after_data != 0 && blocks_written >= s.after_data) Die();
+}
+
+}  // namespace dp420

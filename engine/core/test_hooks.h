@@ -1,0 +1,18 @@
+// Test-only crash points. When the environment variable DP420_TEST_CRASH
+// names a point, the process SIGKILLs itself there, so end-to-end tests can
+// prove that a crash at that instant leaves every committed snapshot intact.
+// Points: "after-data:N" (the N-th stored data block's write has completed),
+// "before-table", "before-manifest", "before-rename", "after-rename".
+// Unset (the normal case), each check is one predictable branch.
+#pragma once
+
+#include <cstdint>
+
+namespace dp420 {
+
+// Kills the process if DP420_TEST_CRASH equals `point`.
+void CrashPoint(const char* point);
+// Kills the process once `blocks_written` reaches N of "after-data:N".
+void CrashAfterData(uint64_t blocks_written);
+
+}  // namespace dp420

@@ -1,0 +1,200 @@
+/*
+ * dp420.h — the stable C API of the dp420 backup engine.
+ *
+ * dp420 backs up volumes (regular files or block devices) block by block into
+ * a repository, incrementally, and restores any snapshot bit-exact.
+ *
+ * Conventions
+ *   - Every function that can fail returns 0 or a negative DP420_E* code; the
+ *     detail ("which path, which snapshot, what was wrong") is in
+ *     dp420_errmsg(ctx) until the next call on that context.
+ *   - Handles are opaque. Strings are UTF-8, NUL-terminated, owned by the
+ *     library when returned, and valid until the handle that returned them is
+ *     freed (or, for dp420_errmsg, until the next call on the context).
+ *   - Option structs start with `struct_size`: set it to sizeof(the struct) so
+ *     later versions can add fields without breaking binaries built today.
+ *     Initialise them with the dp420_*_opts_init() functions.
+ *   - No C++ exception crosses this API.
+ *
+ * Thread safety
+ *   A dp420_ctx_t must be used by one thread at a time. dp420_cancel() is the
+ *   exception: it may be called from any thread or a signal handler. Different
+ *   contexts may run operations concurrently, on the same repository too
+ *   (backups of one volume exclude each other with a lock: DP420_EBUSY).
+ */
+#ifndef DP420_DP420_H_
+#define DP420_DP420_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(DP420_BUILDING_LIBRARY)
+#define DP420_EXPORT __attribute__((visibility("default")))
+#else
+#define DP420_EXPORT
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DP420_VERSION_MAJOR 0
+#define DP420_VERSION_MINOR 1
+#define DP420_VERSION_PATCH 0
+#define DP420_MAKE_VERSION(maj, min, pat) (((maj) << 16) | ((min) << 8) | (pat))
+#define DP420_VERSION \
+  DP420_MAKE_VERSION(DP420_VERSION_MAJOR, DP420_VERSION_MINOR, DP420_VERSION_PATCH)
+
+/* Error codes (returned negated). */
+enum {
+  DP420_OK = 0,
+  DP420_EINVAL = 1,    /* invalid argument */
+  DP420_ENOENT = 2,    /* repository, volume, snapshot or source not found */
+  DP420_EIO = 3,       /* I/O error */
+  DP420_ECORRUPT = 4,  /* stored data fails its checks */
+  DP420_ENOSPC = 5,    /* no space left on a device */
+  DP420_EVERSION = 6,  /* format newer than this library */
+  DP420_EEXIST = 7,    /* refusing to overwrite */
+  DP420_EBUSY = 8,     /* locked by another process */
+  DP420_ENOMEM = 9,    /* out of memory (or RLIMIT_MEMLOCK) */
+  DP420_EPERM = 10,    /* permission denied */
+  DP420_ECANCELED = 11,/* dp420_cancel() was called */
+  DP420_EINTERNAL = 12 /* a bug in dp420 */
+};
+
+typedef struct dp420_ctx dp420_ctx_t;
+typedef struct dp420_repo dp420_repo_t;
+typedef struct dp420_snapshot_list dp420_snapshot_list_t;
+
+/* Progress of a long operation; called on the calling thread. */
+typedef struct dp420_progress {
+  const char* phase;     /* "backup", "restore", "verify" */
+  uint64_t bytes_done;
+  uint64_t bytes_total;
+} dp420_progress_t;
+typedef void (*dp420_progress_fn)(void* user, const dp420_progress_t* progress);
+
+/* Library version (DP420_VERSION of the library actually loaded). */
+DP420_EXPORT uint32_t dp420_version(void);
+DP420_EXPORT const char* dp420_version_string(void);
+/* A static, human-readable name of an error code (either sign). */
+DP420_EXPORT const char* dp420_strerror(int code);
+
+/* Contexts: error state, progress callback, cancellation. */
+DP420_EXPORT dp420_ctx_t* dp420_ctx_new(void);
+DP420_EXPORT void dp420_ctx_free(dp420_ctx_t* ctx);
+DP420_EXPORT const char* dp420_errmsg(const dp420_ctx_t* ctx);
+DP420_EXPORT void dp420_set_progress(dp420_ctx_t* ctx, dp420_progress_fn fn, void* user);
+/* Asks the running operation on `ctx` to stop; it returns -DP420_ECANCELED
+ * and leaves the repository as it was. Async-signal-safe. */
+DP420_EXPORT void dp420_cancel(dp420_ctx_t* ctx);
+
+/* Repositories. `path` is made absolute. */
+DP420_EXPORT int dp420_repo_init(dp420_ctx_t* ctx, const char* path);
+DP420_EXPORT int dp420_repo_open(dp420_ctx_t* ctx, const char* path, dp420_repo_t** out);
+DP420_EXPORT void dp420_repo_close(dp420_repo_t* repo);
+
+/* Backup. The first backup of a volume is full; later ones are incremental
+ * against the volume's latest snapshot. */
+typedef struct dp420_backup_opts {
+  size_t struct_size;
+  const char* volume;     /* required: 1-64 chars of A-Z a-z 0-9 . _ - */
+  const char* source;     /* required: regular file or block device */
+  uint32_t block_size;    /* 0: the chain's, or 65536 for a new volume */
+  uint32_t threads;       /* 0: the CPUs available */
+} dp420_backup_opts_t;
+
+typedef struct dp420_backup_result {
+  size_t struct_size;
+  char snapshot_id[17];
+  char parent[17];        /* "" for a full backup */
+  char checksum_sha256[65];
+  uint64_t sequence;
+  uint64_t volume_size;
+  uint32_t block_size;
+  uint64_t bytes_read;
+  uint64_t blocks_total;
+  uint64_t blocks_changed;
+  uint64_t blocks_zero;
+  uint64_t blocks_stored;
+  uint64_t bytes_written;
+  double seconds;
+  uint32_t threads;
+  int direct_io;           /* source read with O_DIRECT */
+  int registered_buffers;  /* io_uring registered buffers in use */
+} dp420_backup_result_t;
+
+DP420_EXPORT void dp420_backup_opts_init(dp420_backup_opts_t* opts);
+DP420_EXPORT int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo,
+                              const dp420_backup_opts_t* opts, dp420_backup_result_t* result);
+
+/* Snapshots of a volume (all volumes when `volume` is NULL), oldest first. */
+DP420_EXPORT int dp420_snapshots(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
+                                 dp420_snapshot_list_t** out);
+DP420_EXPORT size_t dp420_snapshot_count(const dp420_snapshot_list_t* list);
+DP420_EXPORT const char* dp420_snapshot_id(const dp420_snapshot_list_t* list, size_t i);
+DP420_EXPORT const char* dp420_snapshot_volume(const dp420_snapshot_list_t* list, size_t i);
+/* The snapshot's manifest as one JSON object (see docs/FORMAT.md). */
+DP420_EXPORT const char* dp420_snapshot_json(const dp420_snapshot_list_t* list, size_t i);
+DP420_EXPORT void dp420_snapshot_list_free(dp420_snapshot_list_t* list);
+
+/* Restore. Every block and the volume checksum are verified on the way. */
+typedef struct dp420_restore_opts {
+  size_t struct_size;
+  const char* volume;     /* required */
+  const char* snapshot;   /* id, unique prefix (>= 4) or "latest"; NULL = "latest" */
+  const char* target;     /* required: file (written sparse) or block device */
+  int force;              /* overwrite a non-empty file or a block device */
+  uint32_t threads;
+} dp420_restore_opts_t;
+
+typedef struct dp420_restore_result {
+  size_t struct_size;
+  char snapshot_id[17];
+  char checksum_sha256[65];
+  uint64_t volume_size;
+  uint64_t bytes_written;
+  uint64_t blocks_restored;
+  uint64_t blocks_zero;
+  double seconds;
+} dp420_restore_result_t;
+
+DP420_EXPORT void dp420_restore_opts_init(dp420_restore_opts_t* opts);
+DP420_EXPORT int dp420_restore(dp420_ctx_t* ctx, dp420_repo_t* repo,
+                               const dp420_restore_opts_t* opts, dp420_restore_result_t* result);
+
+/* Verify. Each damaged object is reported once through `on_problem`, with
+ * the ids of the snapshots it breaks (comma-separated, may be ""). Returns 0
+ * when verify ran (check problems_found), or -DP420_E* when it could not. */
+typedef void (*dp420_problem_fn)(void* user, const char* object, const char* message,
+                                 const char* snapshots);
+typedef struct dp420_verify_opts {
+  size_t struct_size;
+  const char* volume;     /* NULL: every volume */
+  const char* snapshot;   /* NULL: every snapshot */
+  int read_data;          /* re-read and re-hash every stored block */
+  dp420_problem_fn on_problem;
+  void* user;
+} dp420_verify_opts_t;
+
+typedef struct dp420_verify_result {
+  size_t struct_size;
+  uint64_t snapshots_checked;
+  uint64_t packs_checked;
+  uint64_t pages_checked;
+  uint64_t blocks_checked;
+  uint64_t bytes_read;
+  uint64_t unreferenced_packs;
+  uint64_t problems_found;
+  uint64_t snapshots_broken;
+} dp420_verify_result_t;
+
+DP420_EXPORT void dp420_verify_opts_init(dp420_verify_opts_t* opts);
+DP420_EXPORT int dp420_verify(dp420_ctx_t* ctx, dp420_repo_t* repo,
+                              const dp420_verify_opts_t* opts, dp420_verify_result_t* result);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DP420_DP420_H_ */

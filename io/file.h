@@ -1,0 +1,81 @@
+// Files and block devices: open, probe size and O_DIRECT alignment, durable
+// writes of small metadata files. Knows nothing of backups.
+//
+// Thread safety: File is a move-only owner of one descriptor; not shared.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "io/status.h"
+
+namespace dp420::io {
+
+struct FileInfo {
+  uint64_t size_bytes = 0;        // st_size, or BLKGETSIZE64 for a block device
+  bool is_block_device = false;
+  bool is_regular = false;
+  // O_DIRECT alignment from statx(STATX_DIOALIGN), or BLKSSZGET for block
+  // devices. 0 when the file system reports none (e.g. tmpfs): not direct.
+  uint32_t dio_mem_align = 0;
+  uint32_t dio_offset_align = 0;
+};
+
+class File {
+ public:
+  File() = default;
+  ~File();
+  File(File&& other) noexcept;
+  File& operator=(File&& other) noexcept;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+
+  // Opens `path` for reading. With `want_direct`, uses O_DIRECT when the file
+  // reports DIO alignment and the open succeeds; otherwise buffered. Errors
+  // name the path (kNotFound, kPermission, kIOError); a directory or other
+  // non-regular, non-block file is kInvalidArgument.
+  static Result<File> OpenRead(const std::string& path, bool want_direct);
+  // Opens for writing with `flags` (O_CREAT, O_EXCL, O_TRUNC ... as needed;
+  // O_WRONLY/O_RDWR added by caller), mode 0600 when created. With
+  // `want_direct`, tries O_DIRECT and falls back to buffered when refused.
+  static Result<File> OpenWrite(const std::string& path, int flags, bool want_direct);
+  // Adopts an existing descriptor (closed by the destructor).
+  static File Adopt(int fd, std::string path, bool direct);
+
+  int fd() const { return fd_; }
+  bool direct() const { return direct_; }
+  const std::string& path() const { return path_; }
+  const FileInfo& info() const { return info_; }
+  // Re-reads size and alignment.
+  Status Refresh();
+
+  // Plain pread/pwrite loops that retry EINTR and short transfers. A read
+  // past EOF returns kCorruption naming the path and offset. For metadata.
+  Status ReadAt(uint64_t offset, void* buf, size_t len) const;
+  Status WriteAt(uint64_t offset, const void* buf, size_t len) const;
+  Status Sync() const;       // fdatasync
+  Status Truncate(uint64_t size) const;
+  void Close();
+
+ private:
+  int fd_ = -1;
+  bool direct_ = false;
+  std::string path_;
+  FileInfo info_;
+};
+
+// Probes an open descriptor (statx with STATX_DIOALIGN; BLKGETSIZE64 and
+// BLKSSZGET for block devices).
+Result<FileInfo> Probe(int fd, const std::string& path);
+
+// Writes `data` to `path` atomically and durably: temp file in the same
+// directory, write, fsync, rename over `path`, fsync the directory. Mode 0600.
+Status WriteFileAtomic(const std::string& path, const std::string& data);
+// Reads a whole (small) file.
+Result<std::string> ReadFile(const std::string& path);
+// fsync of a directory.
+Status SyncDir(const std::string& dir);
+// mkdir -p with mode 0700 for each created component.
+Status MakeDirs(const std::string& dir);
+
+}  // namespace dp420::io

@@ -1,0 +1,134 @@
+// Ring: the one wrapper around liburing. Callers describe I/O as IoOp structs
+// that outlive their completion; the ring prepares SQEs (flushing when the SQ
+// is full), submits once per turn, reaps completions in batches, and hides the
+// retry rules of the io_uring boundary:
+//   - EINTR / EAGAIN: resubmitted (bounded by kMaxRetries);
+//   - short read or write: the remainder is requeued (a read returning 0
+//     before `len` bytes is end-of-file: result -ENODATA);
+//   - EBADF / EFAULT: a bug, asserted.
+// Every other error is reported in IoOp::result as -errno for the caller to
+// turn into a Status (see IoOpStatus()).
+//
+// Fault injection (the seam tests use): SetFaultHook() installs a function
+// consulted before each op is submitted; returning a negative errno completes
+// the op with that error instead of touching the kernel. The environment
+// variable DP420_FAULT ("read:EIO:N" or "write:ENOSPC:N": fail the Nth op of
+// that kind, 1-based, process-wide, and every later one) installs a hook in
+// every Ring created by the process; it is how end-to-end tests inject faults
+// into the real binary.
+//
+// Thread safety: none; one Ring per thread (IORING_SETUP_SINGLE_ISSUER).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/status.h"
+
+// liburing and <sys/uio.h> types, declared at global scope so that the
+// `struct io_uring` below names liburing's type, not a new dp420::io one.
+struct io_uring;
+struct io_uring_sqe;
+struct iovec;
+
+namespace dp420::io {
+
+struct IoOp {
+  enum Kind : uint8_t { kRead = 0, kWrite = 1, kFsync = 2 };
+  Kind kind = kRead;
+  int fd = -1;             // a descriptor, or a registered file index when fixed_file
+  bool fixed_file = false;
+  int buf_index = -1;      // registered buffer index, or -1 for plain read/write
+  uint8_t* buf = nullptr;
+  uint32_t len = 0;
+  uint64_t offset = 0;
+  // Filled by the ring:
+  uint32_t done_bytes = 0;  // bytes transferred so far (short I/O progress)
+  int result = 0;           // 0 on success, else -errno (-ENODATA: EOF on read)
+  uint16_t retries = 0;
+  // For the caller; the ring never touches these.
+  void* owner = nullptr;
+  uint64_t tag = 0;
+};
+
+struct RingOptions {
+  unsigned depth = 32;          // SQ entries; CQ is 2x
+  bool single_issuer = true;    // IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN, if supported
+};
+
+class Ring {
+ public:
+  static constexpr uint16_t kMaxRetries = 16;
+
+  ~Ring();
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+
+  // Creates a ring; falls back to fewer setup flags when the kernel refuses
+  // them. Errors: kNoMemory (with the RLIMIT_MEMLOCK hint), kIOError.
+  static Result<std::unique_ptr<Ring>> Create(const RingOptions& options);
+
+  // Registers files for fixed-file ops; indices follow `fds`.
+  Status RegisterFiles(const std::vector<int>& fds);
+  Status RegisterBuffers(const struct iovec* iovs, unsigned count);
+
+  // Queues `op` (prepares its SQE; submits first if the SQ is full). The op
+  // must stay alive and untouched until it is returned by Wait(). Resets the
+  // ring-filled fields. At most cq_entries() (>= 2 x depth) ops may be in
+  // flight at once (asserted): the completion queue must never overflow.
+  void Queue(IoOp* op);
+
+  // Submits everything queued and waits until at least `min_complete` ops
+  // have finished (or none is in flight). Appends finished ops to `done`
+  // (success or final error; retries and short I/O handled inside). Returns
+  // kIOError only when io_uring_enter itself fails.
+  Status Wait(unsigned min_complete, std::vector<IoOp*>* done);
+
+  unsigned in_flight() const { return in_flight_; }
+  unsigned depth() const { return depth_; }
+  unsigned cq_entries() const { return cq_entries_; }
+  // The IORING_SETUP_* flags the kernel accepted (see Create()).
+  uint32_t setup_flags() const { return setup_flags_; }
+  struct io_uring* raw() { return ring_.get(); }
+
+  using FaultHook = std::function<int(const IoOp&)>;
+  void SetFaultHook(FaultHook hook) { fault_hook_ = std::move(hook); }
+
+ private:
+  Ring() = default;
+  struct BufferRange {
+    const uint8_t* base;
+    size_t bytes;
+  };
+  void Prep(IoOp* op);
+  struct io_uring_sqe* GetSqe(int* error);
+  Status Enter(unsigned wait_nr);
+  unsigned Reap(std::vector<IoOp*>* done);
+  bool Complete(IoOp* op, int res);
+  bool CompleteNoProgress(IoOp* op);
+  void Finish(IoOp* op, int result, std::vector<IoOp*>* done);
+  unsigned TakeInjected(std::vector<IoOp*>* done);
+  void Drain();
+  std::unique_ptr<struct io_uring> ring_;
+  unsigned depth_ = 0;
+  unsigned cq_entries_ = 0;
+  uint32_t setup_flags_ = 0;
+  unsigned in_flight_ = 0;
+  std::vector<BufferRange> buffers_;  // registered buffers, to check fixed ops
+  std::vector<IoOp*> injected_;  // ops completed by the fault hook, not the kernel
+  FaultHook fault_hook_;
+};
+
+// Parses a fault spec in the DP420_FAULT syntax: comma-separated
+// "<read|write|fsync>:<ERRNO name or number>:<N>" items, each failing the Nth
+// op of its kind (1-based) and every later one. The hook's counters are shared
+// by all copies of it and are atomic. kInvalidArgument on a malformed spec.
+Result<Ring::FaultHook> MakeFaultHook(const std::string& spec);
+
+// Turns a finished op into a Status naming `what` (e.g. a path) and the offset.
+Status IoOpStatus(const IoOp& op, const std::string& what);
+
+}  // namespace dp420::io

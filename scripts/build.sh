@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Configures and builds dp420 with CMake.
+#
+#   scripts/build.sh [--debug] [--sanitize=address|undefined|thread] [--target NAME]...
+#
+# Release builds go to build/, others to build-debug/, build-asan/, build-ubsan/,
+# build-tsan/ (or build-debug-asan/ ...). CI=true adds -DDP420_WERROR=ON.
+# Extra CMake cache options: DP420_CMAKE_ARGS="-DFOO=BAR ...".
+set -euo pipefail
+
+readonly ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+usage() {
+  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+log() { printf 'build: %s\n' "$*" >&2; }
+
+build_type=Release
+sanitize=""
+targets=()
+while (($# > 0)); do
+  case "$1" in
+    --debug) build_type=Debug ;;
+    --sanitize=*) sanitize="${1#--sanitize=}" ;;
+    --target) [[ $# -ge 2 ]] || usage; targets+=("$2"); shift ;;
+    --target=*) targets+=("${1#--target=}") ;;
+    -h | --help) usage ;;
+    *) log "unknown argument: $1"; usage ;;
+  esac
+  shift
+done
+
+dir_suffix=""
+[[ "${build_type}" == Debug ]] && dir_suffix="-debug"
+case "${sanitize}" in
+  "") ;;
+  address) dir_suffix+="-asan" ;;
+  undefined) dir_suffix+="-ubsan" ;;
+  thread) dir_suffix+="-tsan" ;;
+  *) log "unknown sanitizer '${sanitize}' (use address, undefined or thread)"; exit 2 ;;
+esac
+# Sanitized builds keep optimisation but add debug info for readable reports.
+if [[ -n "${sanitize}" && "${build_type}" == Release ]]; then
+  build_type=RelWithDebInfo
+fi
+
+readonly BUILD_DIR="${ROOT}/build${dir_suffix}"
+cmake_args=(-S "${ROOT}" -B "${BUILD_DIR}" "-DCMAKE_BUILD_TYPE=${build_type}"
+  "-DDP420_SANITIZE=${sanitize}")
+if [[ "${CI:-}" == "true" ]]; then
+  cmake_args+=(-DDP420_WERROR=ON)
+fi
+if [[ -n "${DP420_CMAKE_ARGS:-}" ]]; then
+  read -r -a extra <<<"${DP420_CMAKE_ARGS}"
+  cmake_args+=("${extra[@]}")
+fi
+
+jobs="$(nproc)"
+log "configuring ${build_type}${sanitize:+ with ${sanitize} sanitizer} in ${BUILD_DIR}"
+cmake "${cmake_args[@]}"
+build_args=(--build "${BUILD_DIR}" -j "${jobs}")
+if ((${#targets[@]} > 0)); then
+  build_args+=(--target "${targets[@]}")
+fi
+log "building${targets:+ ${targets[*]}} with ${jobs} jobs"
+start_s=${SECONDS}
+cmake "${build_args[@]}"
+log "done in $((SECONDS - start_s)) s: ${BUILD_DIR}"

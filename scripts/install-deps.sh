@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages dp420 needs to build, test, demo and measure.
+# Only missing packages are installed; `apt-get update` runs only when something is missing.
+# Not root and something missing: prints the exact command to run and exits 1.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+readonly PACKAGES=(
+  build-essential cmake pkg-config
+  liburing-dev libisal-dev libxxhash-dev libjemalloc-dev libssl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
+  e2fsprogs util-linux mount diffutils coreutils fio xxhash python3 time
+)
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+
+is_installed() {
+  local status
+  status="$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)"
+  [[ "${status}" == "installed" ]]
+}
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  log "dpkg-query not found: this script supports Debian 12 (bookworm) only"
+  exit 1
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  is_installed "${pkg}" || missing+=("${pkg}")
+done
+
+if ((${#missing[@]} == 0)); then
+  log "all ${#PACKAGES[@]} packages already installed"
+  exit 0
+fi
+
+log "missing: ${missing[*]}"
+if ((EUID != 0)); then
+  log "not root; run this as root:"
+  printf '  sudo env DEBIAN_FRONTEND=noninteractive sh -c "apt-get update && apt-get install -y --no-install-recommends %s"\n' \
+    "${missing[*]}" >&2
+  exit 1
+fi
+
+apt-get update
+apt-get install -y --no-install-recommends "${missing[@]}"
+
+still_missing=()
+for pkg in "${missing[@]}"; do
+  is_installed "${pkg}" || still_missing+=("${pkg}")
+done
+if ((${#still_missing[@]} > 0)); then
+  log "still missing after apt-get install: ${still_missing[*]}"
+  exit 1
+fi
+log "installed: ${missing[*]}"

@@ -1,0 +1,119 @@
+# shellcheck shell=bash
+# Shell helpers shared by scripts/demo.sh, perf/run.sh and tests/e2e: realistic ext4
+# volumes made from real files, changed through a loop mount (root) or debugfs (not root),
+# with every mount undone by an EXIT trap. Source it; it sets that trap.
+
+E2E_SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+E2E_CLEANUPS=()
+
+e2e_log() { printf '%s: %s\n' "${E2E_LOG_TAG:-e2e}" "$*" >&2; }
+e2e_die() { e2e_log "error: $*"; exit 1; }
+
+# Runs the registered cleanups, newest first; failures do not stop the others.
+e2e_run_cleanups() {
+  local i
+  for ((i = ${#E2E_CLEANUPS[@]} - 1; i >= 0; i--)); do
+    eval "${E2E_CLEANUPS[i]}" || true
+  done
+  E2E_CLEANUPS=()
+}
+e2e_add_cleanup() { E2E_CLEANUPS+=("$1"); }
+e2e_pop_cleanup() { unset 'E2E_CLEANUPS[${#E2E_CLEANUPS[@]}-1]'; }
+trap 'e2e_run_cleanups' EXIT
+trap 'e2e_log "interrupted"; exit 130' INT TERM HUP
+
+e2e_is_root() { ((EUID == 0)); }
+
+# True when loop devices can be used: root, /dev/loop-control and a free device.
+e2e_can_loop() {
+  e2e_is_root && [[ -e /dev/loop-control ]] && losetup -f >/dev/null 2>&1
+}
+
+# e2e_stage DIR REAL_MIB RANDOM_MIB [ROOTS]: real files plus random files in DIR.
+e2e_stage() {
+  local dir="$1" real_mib="$2" random_mib="$3" roots="${4:-}"
+  rm -rf "${dir}"
+  local args=(stage "${dir}" --real-mib "${real_mib}" --random-mib "${random_mib}")
+  [[ -n "${roots}" ]] && args+=(--roots "${roots}")
+  python3 "${E2E_SCRIPTS_DIR}/e2e-volume.py" "${args[@]}"
+}
+
+# e2e_make_image STAGING IMAGE SIZE: an ext4 image of SIZE (e.g. 1G) holding STAGING's
+# files, made without root. Inode tables and journal are initialised now so that a later
+# mount does not rewrite them in the background (which would look like a huge change).
+e2e_make_image() {
+  local staging="$1" image="$2" size="$3"
+  rm -f "${image}"
+  mkfs.ext4 -F -q -E lazy_itable_init=0,lazy_journal_init=0 -d "${staging}" "${image}" "${size}"
+}
+
+# e2e_mount_loop IMAGE MNT: mounts IMAGE on MNT through a loop device; the EXIT trap
+# unmounts it if the caller does not (e2e_umount).
+e2e_mount_loop() {
+  local image="$1" mnt="$2"
+  mkdir -p "${mnt}"
+  mount -o loop "${image}" "${mnt}"
+  e2e_add_cleanup "umount '${mnt}' 2>/dev/null || umount -l '${mnt}' 2>/dev/null"
+}
+e2e_umount() {
+  local mnt="$1"
+  sync
+  umount "${mnt}"
+  e2e_pop_cleanup
+}
+
+# e2e_mutate_image IMAGE STAGING PERCENT SEED: changes about PERCENT % of the image's
+# files (patch, append, delete, add). As root through a loop mount; otherwise through
+# `debugfs -w` replaying the same kind of changes made to STAGING (which must mirror the
+# image's files, and is changed too). Prints how it was done.
+e2e_mutate_image() {
+  local image="$1" staging="$2" percent="$3" seed="$4"
+  local tool="${E2E_SCRIPTS_DIR}/e2e-volume.py"
+  if e2e_can_loop; then
+    local mnt
+    mnt="$(mktemp -d "${TMPDIR:-/tmp}/dp420-mnt.XXXXXX")"
+    e2e_add_cleanup "rmdir '${mnt}' 2>/dev/null"
+    e2e_mount_loop "${image}" "${mnt}"
+    python3 "${tool}" mutate "${mnt}" --percent "${percent}" --seed "${seed}"
+    e2e_umount "${mnt}"
+    rmdir "${mnt}"
+    e2e_pop_cleanup
+    e2e_log "changed ${image} through a loop mount"
+  else
+    local why="not root"
+    e2e_is_root && why="no free loop device"
+    e2e_log "loop mount skipped (${why}); changing ${image} with debugfs -w instead"
+    [[ -d "${staging}" ]] || e2e_die "debugfs mode needs the staging tree ${staging}"
+    python3 "${tool}" mutate "${staging}" --percent "${percent}" --seed "${seed}" \
+      --debugfs-image "${image}"
+  fi
+}
+
+# e2e_drop_caches: writes dirty data back and empties the page cache (root only).
+# Returns 1 (after saying so) when it cannot.
+e2e_drop_caches() {
+  sync
+  if e2e_is_root && echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
+    return 0
+  fi
+  return 1
+}
+
+# e2e_sha256 FILE: hex SHA-256 of a file or device (OpenSSL through Python's hashlib,
+# several times faster here than coreutils' sha256sum).
+e2e_sha256() {
+  python3 - "$1" <<'PY'
+import hashlib, sys
+h = hashlib.sha256()
+with open(sys.argv[1], "rb", buffering=0) as f:
+    buf = bytearray(4 << 20)
+    view = memoryview(buf)
+    while n := f.readinto(buf):
+        h.update(view[:n])
+print(h.hexdigest())
+PY
+}
+
+# e2e_now: seconds since the epoch with nanoseconds, for wall-clock timing.
+e2e_now() { date +%s.%N; }
+e2e_elapsed() { python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.3f}")' "$1" "$2"; }

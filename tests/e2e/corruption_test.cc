@@ -1,0 +1,192 @@
+// Damage to a repository: verify --read-data finds and names it, restores of what it
+// breaks fail without leaving a wrong target, and what it does not break still restores.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "e2e_util.h"
+
+namespace dp420::e2e {
+namespace {
+
+struct Snap {
+  std::string volume;
+  std::string id;
+  std::string sha256;
+};
+
+bool Mentions(const Result& r, const std::string& what) {
+  return r.All().find(what) != std::string::npos;
+}
+
+// Changes one hex digit of the manifest's checksum_sha256; the JSON stays valid.
+void ChangeChecksumDigit(std::string* line) {
+  size_t key = line->find("\"checksum_sha256\"");
+  if (key == std::string::npos) Fail("no checksum_sha256 in the manifest line: " + *line);
+  size_t quote = line->find('"', line->find(':', key) + 1);
+  if (quote == std::string::npos || quote + 1 >= line->size()) Fail("unexpected manifest line");
+  char& digit = (*line)[quote + 1];
+  digit = digit == '0' ? '1' : '0';
+}
+
+// A repository with a volume "other" (backed up first, on its own) and a chain of three
+// snapshots of an ext4 volume "vol".
+class CorruptionTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    repo_ = InitRepo(dir_);
+    std::string other = dir_ / "other.raw";
+    WritePatternFile(other, 16 << 20, 21, 3);
+    snaps_.push_back(Take("other", other));
+
+    Ext4Volume vol = MakeExt4Volume(dir_, "vol", 128, 64, 8);
+    std::vector<std::string> before = ListPacks(repo_);
+    snaps_.push_back(Take("vol", vol.image));
+    for (const auto& pack : ListPacks(repo_)) {
+      if (!std::binary_search(before.begin(), before.end(), pack)) full_packs_.push_back(pack);
+    }
+    for (int seed : {31, 32}) {
+      MutateExt4Volume(vol, dir_, seed, 2.0);
+      snaps_.push_back(Take("vol", vol.image));
+    }
+  }
+
+  Snap Take(const std::string& volume, const std::string& source) {
+    Json j = Backup(repo_, volume, source);
+    return Snap{volume, j.at("snapshot_id").get<std::string>(), Sha256File(source)};
+  }
+
+  const Snap& other() const { return snaps_[0]; }
+  const Snap& s1() const { return snaps_[1]; }
+  const Snap& s2() const { return snaps_[2]; }
+
+  // The largest pack the full backup of "vol" wrote: it holds data records.
+  std::string BiggestFullPack() {
+    if (full_packs_.empty()) Fail("the full backup wrote no pack");
+    return *std::max_element(full_packs_.begin(), full_packs_.end(),
+                             [&](const std::string& a, const std::string& b) {
+                               return FileSize(PackPath(a)) < FileSize(PackPath(b));
+                             });
+  }
+  std::string PackPath(const std::string& name) const { return repo_ + "/packs/" + name; }
+
+  Result VerifyReadData() { return Cli({"verify", "--repo", repo_, "--read-data"}); }
+
+  // A failed restore must not leave a target behind; a good one must be exact.
+  void ExpectRestoreFails(const Snap& s, int exit_code) {
+    std::string target = dir_ / ("restore-" + s.id + ".img");
+    Result r = Restore(repo_, s.volume, s.id, target);
+    EXPECT_EQ(r.exit_code, exit_code) << "restore of broken snapshot " << s.id << "\n"
+                                      << r.Describe();
+    EXPECT_FALSE(Exists(target)) << "a failed restore left " << target;
+  }
+  void ExpectRestoresExactly(const Snap& s) {
+    std::string target = dir_ / ("restore-" + s.id + ".img");
+    Result r = Restore(repo_, s.volume, s.id, target);
+    EXPECT_EQ(r.exit_code, kExitOk) << "restore of intact snapshot " << s.id << "\n"
+                                    << r.Describe();
+    if (r.exit_code == kExitOk) {
+      EXPECT_EQ(Sha256File(target), s.sha256) << "snapshot " << s.id;
+    }
+    std::filesystem::remove(target);
+  }
+  // Every snapshot verify names must fail to restore, every other must restore exactly.
+  void ExpectRestoresAgreeWithVerify(const Result& verify) {
+    for (const auto& s : snaps_) {
+      SCOPED_TRACE("snapshot " + s.id + " of " + s.volume);
+      if (Mentions(verify, s.id)) {
+        ExpectRestoreFails(s, kExitDamage);
+      } else {
+        ExpectRestoresExactly(s);
+      }
+    }
+  }
+
+  TempDir dir_;
+  std::string repo_;
+  std::vector<Snap> snaps_;
+  std::vector<std::string> full_packs_;
+};
+
+TEST_F(CorruptionTest, FlippedBitInDataRecordIsFoundAndNamed) {
+  std::string pack = BiggestFullPack();
+  ASSERT_GT(FileSize(PackPath(pack)), 3u * 4096) << pack;
+  FlipBit(PackPath(pack), 4096 + 2048 + 5, 3);
+
+  Result verify = VerifyReadData();
+  DP420_EXPECT_EXIT(verify, kExitDamage);
+  EXPECT_TRUE(Mentions(verify, "packs/" + pack)) << "names the damaged pack\n"
+                                                 << verify.Describe();
+  EXPECT_TRUE(Mentions(verify, s1().id)) << "names the snapshot it breaks\n"
+                                         << verify.Describe();
+  EXPECT_FALSE(Mentions(verify, other().id)) << "\"other\" does not use that pack\n"
+                                             << verify.Describe();
+  Result verify_other = Cli({"verify", "--repo", repo_, "--volume", "other", "--read-data"});
+  DP420_EXPECT_EXIT(verify_other, kExitOk);
+  ExpectRestoresAgreeWithVerify(verify);
+}
+
+TEST_F(CorruptionTest, TruncatedPackIsFoundAndNamed) {
+  std::string pack = BiggestFullPack();
+  uint64_t size = FileSize(PackPath(pack));
+  Truncate(PackPath(pack), size / 2);
+
+  Result verify = VerifyReadData();
+  DP420_EXPECT_EXIT(verify, kExitDamage);
+  EXPECT_TRUE(Mentions(verify, "packs/" + pack)) << verify.Describe();
+  EXPECT_TRUE(Mentions(verify, s1().id)) << verify.Describe();
+  EXPECT_FALSE(Mentions(verify, other().id)) << verify.Describe();
+  ExpectRestoresAgreeWithVerify(verify);
+}
+
+TEST_F(CorruptionTest, DeletedManifestIsFoundAndNamed) {
+  std::string manifest = FindManifest(repo_, "vol", s2().id);
+  ASSERT_FALSE(manifest.empty()) << "no manifest for " << s2().id;
+  std::filesystem::remove(manifest);
+
+  Result verify = VerifyReadData();
+  DP420_EXPECT_EXIT(verify, kExitDamage);
+  EXPECT_TRUE(Mentions(verify, s2().id))
+      << "the next snapshot's parent is gone; verify names it\n" << verify.Describe();
+  ExpectRestoreFails(s2(), kExitNotFound);
+  ExpectRestoresExactly(s1());
+  ExpectRestoresExactly(other());
+}
+
+TEST_F(CorruptionTest, EditedManifestIsFoundAndNamed) {
+  std::string manifest = FindManifest(repo_, "vol", s2().id);
+  ASSERT_FALSE(manifest.empty());
+  EditSignedFile(manifest, ChangeChecksumDigit, /*fix_digest=*/false);
+
+  Result verify = VerifyReadData();
+  DP420_EXPECT_EXIT(verify, kExitDamage);
+  std::string name = std::filesystem::path(manifest).filename().string();
+  EXPECT_TRUE(Mentions(verify, name)) << "names the manifest file\n" << verify.Describe();
+  EXPECT_TRUE(Mentions(verify, s2().id)) << verify.Describe();
+  EXPECT_FALSE(Mentions(verify, other().id)) << verify.Describe();
+  ExpectRestoreFails(s2(), kExitDamage);
+  ExpectRestoresExactly(s1());
+  ExpectRestoresExactly(other());
+}
+
+// The manifest's own digest line is recomputed, so only the data proves the lie.
+TEST_F(CorruptionTest, ForgedManifestChecksumIsFoundByReadingData) {
+  std::string manifest = FindManifest(repo_, "vol", s2().id);
+  ASSERT_FALSE(manifest.empty());
+  EditSignedFile(manifest, ChangeChecksumDigit, /*fix_digest=*/true);
+
+  Result verify = VerifyReadData();
+  DP420_EXPECT_EXIT(verify, kExitDamage);
+  EXPECT_TRUE(Mentions(verify, s2().id)) << verify.Describe();
+  EXPECT_FALSE(Mentions(verify, other().id)) << verify.Describe();
+  ExpectRestoreFails(s2(), kExitDamage);
+  ExpectRestoresExactly(s1());
+  ExpectRestoresExactly(other());
+}
+
+}  // namespace
+}  // namespace dp420::e2e

@@ -1,0 +1,55 @@
+// Shared helpers for engine tests: a temporary directory and deterministic
+// volume images.
+#pragma once
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace dp420::testing {
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/var/tmp/dp420-engine-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() { std::system(("rm -rf '" + path_ + "'").c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+inline std::vector<uint8_t> ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)), {});
+}
+
+inline void WriteAll(const std::string& path, const std::vector<uint8_t>& data) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(data.data()), std::streamsize(data.size()));
+}
+
+// Random bytes with zero runs: every 7th 64 KiB stretch is zero.
+inline std::vector<uint8_t> MakeVolume(size_t bytes, uint32_t seed) {
+  std::vector<uint8_t> v(bytes);
+  std::mt19937_64 rng(seed);
+  for (size_t i = 0; i < bytes; i += 8) {
+    uint64_t x = rng();
+    for (size_t j = 0; j < 8 && i + j < bytes; ++j) v[i + j] = uint8_t(x >> (8 * j));
+  }
+  for (size_t off = 0; off < bytes; off += 7 * 65536) {
+    for (size_t i = off; i < off + 65536 && i < bytes; ++i) v[i] = 0;
+  }
+  return v;
+}
+
+}  // namespace dp420::testing
