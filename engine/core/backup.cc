@@ -594,7 +594,7 @@ struct Committer {
   }
 };
 
-Status WriteManifest(const Repository& repo, Manifest* m) {
+Status WriteManifest(const Repository& repo, Manifest* m, bool* renamed) {
   std::string dir = repo.SnapshotsDir(m->volume);
   DP420_RETURN_IF_ERROR(io::MakeDirs(dir));
   std::string text = SealJson(m->ToJson(), &m->seal);
@@ -613,7 +613,15 @@ Status WriteManifest(const Repository& repo, Manifest* m) {
     return s;
   }
   CrashPoint("after-rename");
-  return io::SyncDir(dir);
+  // The snapshot is visible now: from here on a failure must not roll back.
+  *renamed = true;
+  Status synced = io::SyncDir(dir);
+  if (!synced.ok()) synced = io::SyncDir(dir);
+  if (!synced.ok()) {
+    return synced.Prefix("snapshot " + m->snapshot_id + " was written but its directory could "
+                         "not be made durable");
+  }
+  return Status::Ok();
 }
 
 Result<BackupResult> Commit(Job& job, Committer& committer, TableBuilder& builder,
@@ -637,8 +645,10 @@ Result<BackupResult> Commit(Job& job, Committer& committer, TableBuilder& builde
   }
   m.bytes_written += committer.bytes_written;
   m.bytes_read = job.bytes_read.load();
-  DP420_RETURN_IF_ERROR(WriteManifest(job.repo, &m));
-  job.journal.Commit();
+  bool renamed = false;
+  Status written = WriteManifest(job.repo, &m, &renamed);
+  if (renamed) job.journal.Commit();  // referenced now: never delete these packs
+  DP420_RETURN_IF_ERROR(written);
   BackupResult r;
   r.manifest = m;
   r.bytes_read = m.bytes_read;

@@ -205,7 +205,18 @@ Result<Manifest> Repository::FindSnapshot(const std::string& volume,
                                           const std::string& id) const {
   if (!ValidVolumeName(volume)) return Status::InvalidArgument("invalid volume name '" + volume + "'");
   std::vector<Manifest> all;
-  DP420_RETURN_IF_ERROR(ListManifests(volume, &all, nullptr));
+  std::vector<DamagedFile> damaged;
+  DP420_RETURN_IF_ERROR(ListManifests(volume, &all, &damaged));
+  // A damaged manifest only matters when it is the one asked for (or might
+  // be the latest): other snapshots of the volume stay restorable.
+  for (const auto& d : damaged) {
+    std::string name = d.path.substr(d.path.find_last_of('/') + 1);
+    size_t dash = name.find('-');
+    std::string damaged_id = dash == std::string::npos ? "" : name.substr(dash + 1, 16);
+    if (id == "latest" || (id.size() >= 4 && damaged_id.compare(0, id.size(), id) == 0)) {
+      return Status::Corruption(d.status.message());
+    }
+  }
   if (all.empty()) return Status::NotFound("volume '" + volume + "' has no snapshots in " + path_);
   if (id == "latest") return all.back();
   if (id.size() < 4) return Status::InvalidArgument("snapshot id '" + id + "' is too short");
@@ -274,6 +285,9 @@ Status BackupJournal::Recover(const Repository& repo, const std::string& volume)
     if (!snapshot_id.empty() && name.find("-" + snapshot_id + ".manifest") != std::string::npos) {
       committed = true;
     }
+  }
+  if (!snapshot_id.empty()) {
+    unlink((repo.path() + "/tmp/" + snapshot_id + ".manifest.tmp").c_str());
   }
   if (!committed) {
     for (uint32_t id : packs) unlink(repo.PackPath(id).c_str());

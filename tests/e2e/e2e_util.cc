@@ -13,6 +13,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -170,6 +171,20 @@ std::string Result::Describe() const {
   if (timed_out) os << " (timed out)";
   os << "\n--- stdout ---\n" << Cut(out) << "\n--- stderr ---\n" << Cut(err) << "\n";
   return os.str();
+}
+
+bool ContainsIgnoringCase(const std::string& text, const std::string& needle) {
+  auto lower = [](std::string s) {
+    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+  };
+  return lower(text).find(lower(needle)) != std::string::npos;
+}
+
+bool IsSha256Hex(const std::string& s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
 }
 
 std::string ShellQuote(const std::string& s) {

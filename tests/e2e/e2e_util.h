@@ -85,6 +85,11 @@ Result Cli(const std::vector<std::string>& args, const Env& env = {});
 std::string CliPath();
 std::string SourceDir();
 
+// True when `text` contains `needle`, ignoring ASCII case.
+bool ContainsIgnoringCase(const std::string& text, const std::string& needle);
+// True for 64 lower-case hex digits (a SHA-256 in hex).
+bool IsSha256Hex(const std::string& s);
+
 // Single-quotes `s` for bash.
 std::string ShellQuote(const std::string& s);
 
