@@ -110,7 +110,7 @@ Status PackWriter::Finish() {
   size_t total = RoundUp(index_bytes + sizeof(PackFooter), kRecordAlign);
   AlignedBuf buf = AllocAligned(total);
   if (!buf) return Status::NoMemory("pack trailer buffer");
-  std::memcpy(buf.get(), index_.data(), index_bytes);
+  if (index_bytes) std::memcpy(buf.get(), index_.data(), index_bytes);
   auto* footer = reinterpret_cast<PackFooter*>(buf.get() + total - sizeof(PackFooter));
   std::memcpy(footer->magic, kFooterMagic, 8);
   footer->version = kFormatVersion;
@@ -168,7 +168,8 @@ Result<std::vector<ObjRef>> PackReader::ReadIndex() const {
                               " is not a multiple of 4096)");
   }
   DP420_RETURN_IF_ERROR(file_.ReadAt(size - sizeof(footer), &footer, sizeof(footer)));
-  if (!FooterValid(footer) || footer.pack_id != pack_id_ || footer.index_offset > size) {
+  if (!FooterValid(footer) || footer.pack_id != pack_id_ || footer.index_offset > size ||
+      footer.index_offset % kRecordAlign != 0 || footer.data_end != footer.index_offset) {
     return Status::Corruption(path() + ": pack footer is missing or damaged (truncated?)");
   }
   uint64_t index_bytes = uint64_t{footer.record_count} * sizeof(ObjRef);

@@ -278,7 +278,11 @@ Status BackupJournal::Recover(const Repository& repo, const std::string& volume)
     std::string line = t.substr(pos, nl - pos);
     pos = nl + 1;
     if (line.rfind("snapshot ", 0) == 0) snapshot_id = line.substr(9);
-    if (line.rfind("pack ", 0) == 0) packs.push_back(uint32_t(std::stoul(line.substr(5), nullptr, 16)));
+    if (line.rfind("pack ", 0) == 0 && line.size() == 13) {
+      char* end = nullptr;
+      unsigned long id = std::strtoul(line.c_str() + 5, &end, 16);
+      if (end == line.c_str() + 13 && id != 0) packs.push_back(uint32_t(id));
+    }
   }
   bool committed = false;
   for (const auto& name : ListDir(repo.SnapshotsDir(volume))) {

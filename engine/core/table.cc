@@ -44,6 +44,7 @@ Status TableReader::ReadPage(const ObjRef& ref, uint32_t count, std::vector<Entr
   out->resize(count);
   uint8_t* bytes = reinterpret_cast<uint8_t*>(out->data());
   if (count == 0) {
+    if (ref.pack_id != 0) return Status::Corruption(where + ": an empty page must not be stored");
     uint8_t digest[32];
     simd::Sha256(bytes, 0, digest);
     if (std::memcmp(digest, ref.sha256, 32) != 0) return Status::Corruption(where + ": bad digest");
