@@ -8,8 +8,10 @@ dp420 backups also carry their --json output under "dp420". Per operation the ta
 medians over the pairs; ratios are the medians of per-pair ratios, since a shared machine
 drifts between pairs but much less within one.
 
-Ratio to yardstick: backups against fio's O_DIRECT read of the same image in the same
-pair (fio's own runtime), the restore against `cp --sparse=always` + sync.
+Ratio to yardstick (wall / yardstick wall, same pair): the incremental backup against
+fio's O_DIRECT read of the changed image (fio's own runtime); the full backup and the
+restore against `cp --sparse=always` of the volume + sync. Backups also get ratio_fio,
+against fio's read of the same image, as in MEASURED.md's table of peers.
 Target: the incremental backup's throughput at least TARGET x fio's (ratio <= 1/TARGET).
 With --enforce the exit code is 1 when a target is missed.
 """
@@ -19,14 +21,14 @@ import sys
 
 GIB = 1 << 30
 
-# label -> (row name, yardstick label or None)
+# label, row name, yardstick label, fio read of the same image
 ROWS = [
-    ("fio-base", "fio read, base image", None),
-    ("full", "dp420 full backup", "fio-base"),
-    ("fio-changed", "fio read, changed image", None),
-    ("incremental", "dp420 incremental backup", "fio-changed"),
-    ("cp", "cp --sparse=always + sync", None),
-    ("restore", "dp420 restore + sync", "cp"),
+    ("fio-base", "fio read, base image", None, None),
+    ("full", "dp420 full backup", "cp", "fio-base"),
+    ("fio-changed", "fio read, changed image", None, None),
+    ("incremental", "dp420 incremental backup", "fio-changed", "fio-changed"),
+    ("cp", "cp --sparse=always + sync", None, None),
+    ("restore", "dp420 restore + sync", "cp", None),
 ]
 
 
@@ -43,6 +45,16 @@ def yardstick_s(rec: dict) -> float:
     return rec["wall_s"]
 
 
+def pair_ratios(recs: dict, yard_recs: dict) -> list:
+    """wall / yardstick time for every pair where both succeeded."""
+    out = []
+    for pair, rec in recs.items():
+        yard = yard_recs.get(pair)
+        if rec["exit_code"] == 0 and yard and yard["exit_code"] == 0:
+            out.append(rec["wall_s"] / yardstick_s(yard))
+    return out
+
+
 def summarise(records: list, ctx: dict) -> dict:
     by_label = {}
     for rec in records:
@@ -50,7 +62,7 @@ def summarise(records: list, ctx: dict) -> dict:
     target = float(ctx["incremental_target"])
     volume_gib = ctx["volume_size"] / GIB
     rows = []
-    for label, name, yard_label in ROWS:
+    for label, name, yard_label, fio_label in ROWS:
         recs = by_label.get(label, {})
         if not recs:
             continue
@@ -73,14 +85,13 @@ def summarise(records: list, ctx: dict) -> dict:
             reported = [r["dp420"]["bytes_written"] for r in ok if r.get("dp420")]
             if reported:
                 row["dp420_bytes_written"] = statistics.median(reported)
-        ratios = []
-        for pair, rec in recs.items():
-            yard = by_label.get(yard_label, {}).get(pair) if yard_label else None
-            if rec["exit_code"] == 0 and yard and yard["exit_code"] == 0:
-                ratios.append(rec["wall_s"] / yardstick_s(yard))
+        ratios = pair_ratios(recs, by_label.get(yard_label, {}))
         if ratios:
             row["ratio"] = statistics.median(ratios)
             row["yardstick"] = yard_label
+        fio_ratios = pair_ratios(recs, by_label.get(fio_label, {}))
+        if fio_ratios:
+            row["ratio_fio"] = statistics.median(fio_ratios)
         if label == "incremental":
             row["target"] = f"throughput >= {target:g} x fio (ratio <= {1 / target:.2f})"
             row["pass"] = bool(ratios) and not row["failed_runs"] and row["ratio"] <= 1 / target
@@ -111,7 +122,8 @@ def print_table(summary: dict, out) -> None:
         print(f"blocks that differ between the base and the changed image: {', '.join(changed)}; "
               f"all-zero 4 KiB blocks: {ds.get('zero_4k_blocks_pct', '?')} %", file=out)
     head = (f"{'operation':<27} {'wall s':>7} {'CPU s':>7} {'CPU-s/GiB':>9} {'peak RSS':>10} "
-            f"{'written':>10} {'GB/s':>6} {'ratio':>6}  {'target':<40} {'result'}")
+            f"{'written':>10} {'GB/s':>6} {'yardstick':>11} {'ratio':>6} {'vs fio':>6}  "
+            f"{'target':<40} {'result'}")
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in summary["rows"]:
@@ -119,13 +131,17 @@ def print_table(summary: dict, out) -> None:
             print(f"{r['operation']:<27} all {r['runs']} run(s) failed", file=out)
             continue
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        ratio_fio = f"{r['ratio_fio']:.2f}" if "ratio_fio" in r else "-"
+        yard = r.get("yardstick", "-")
         result = "-" if "pass" not in r else ("pass" if r["pass"] else "FAIL")
         print(f"{r['operation']:<27} {r['wall_s']:>7.2f} {r['cpu_s']:>7.2f} {r['cpu_s_per_gib']:>9.2f} "
               f"{fmt_bytes(r['max_rss_kib'] * 1024):>10} {fmt_bytes(r['written_bytes']):>10} "
-              f"{r['throughput_bytes_s'] / 1e9:>6.2f} {ratio:>6}  {r.get('target', '-'):<40} {result}",
+              f"{r['throughput_bytes_s'] / 1e9:>6.2f} {yard:>11} {ratio:>6} {ratio_fio:>6}  "
+              f"{r.get('target', '-'):<40} {result}",
               file=out)
-    print("ratio: wall / yardstick wall in the same pair (backups: fio read of the same image; "
-          "restore: cp + sync); written: bytes the kernel counted as written by the command", file=out)
+    print("ratio: wall / the yardstick's wall in the same pair (fio: its own runtime); "
+          "vs fio: wall / fio read of the same image; GB/s: volume bytes / wall; "
+          "written: bytes the kernel counted as written by the command", file=out)
 
 
 def main(argv: list) -> int:

@@ -19,12 +19,13 @@
 # DP420_BIN=/path/to/dp420 measures that binary instead of building build/.
 set -euo pipefail
 
-readonly ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ROOT
 E2E_LOG_TAG=perf
 # shellcheck source=scripts/lib-e2e.sh
 source "${ROOT}/scripts/lib-e2e.sh"
 
-usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2; }
 
 quick=0
 json=0
@@ -62,7 +63,8 @@ readonly STAMP="${DATA_DIR}/dataset.json"
 readonly REPO="${PERF_DIR}/repo"
 readonly RESTORED="${PERF_DIR}/restored.img"
 readonly YARDSTICK_COPY="${PERF_DIR}/yardstick.img"
-readonly RUN_DIR="${PERF_DIR}/runs/$(date -u +%Y%m%dT%H%M%SZ)"
+RUN_DIR="${PERF_DIR}/runs/$(date -u +%Y%m%dT%H%M%SZ)"
+readonly RUN_DIR
 readonly RESULTS="${RUN_DIR}/results.jsonl"
 readonly MEASURE="${ROOT}/perf/measure.py"
 
@@ -165,10 +167,12 @@ for ((pair = 1; pair <= pairs; pair++)); do
   measure incremental "${pair}" --stdout "${RUN_DIR}/incremental-${pair}.json" --parse dp420 -- \
     "${DP420}" backup --repo "${REPO}" --volume perf --json "${CHANGED}" || failures=$((failures + 1))
   cold
+  # shellcheck disable=SC2016 # the inner bash expands $1..$3
   measure cp "${pair}" -- bash -c 'cp --sparse=always "$1" "$2" && sync' _ "${BASE}" "${YARDSTICK_COPY}" ||
     failures=$((failures + 1))
   rm -f "${YARDSTICK_COPY}"
   cold
+  # shellcheck disable=SC2016
   measure restore "${pair}" -- bash -c '"$1" restore --repo "$2" --volume perf --snapshot latest "$3" && sync' \
     _ "${DP420}" "${REPO}" "${RESTORED}" || failures=$((failures + 1))
 done

@@ -8,7 +8,8 @@
 # DP420_BIN=/path/to/dp420 uses that binary instead of building build/.
 set -euo pipefail
 
-readonly ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ROOT
 E2E_LOG_TAG=demo
 # shellcheck source=scripts/lib-e2e.sh
 source "${ROOT}/scripts/lib-e2e.sh"

@@ -4,6 +4,9 @@
 # with every mount undone by an EXIT trap. Source it; it sets that trap.
 
 E2E_SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# mkfs.ext4, e2fsck, debugfs and losetup live in /usr/sbin, outside a normal user's PATH.
+case ":${PATH}:" in *:/usr/sbin:*) ;; *) PATH="${PATH}:/usr/sbin:/sbin" ;; esac
+export PATH
 E2E_CLEANUPS=()
 
 e2e_log() { printf '%s: %s\n' "${E2E_LOG_TAG:-e2e}" "$*" >&2; }

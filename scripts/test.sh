@@ -11,11 +11,12 @@
 # Ends with a summary line "summary: N passed, N failed, N skipped"; exits 1 on failure.
 set -euo pipefail
 
-readonly ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ROOT
 readonly BUILD_DIR="${DP420_BUILD_DIR:-${ROOT}/build}"
 
 log() { printf 'test: %s\n' "$*" >&2; }
-usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2; }
 
 long=0
 build=1

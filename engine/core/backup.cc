@@ -230,11 +230,14 @@ Status Worker::Setup() {
   uint64_t per_worker = kInFlightBytes / job_.threads;
   queue_depth_ = static_cast<unsigned>(std::max<uint64_t>(4, per_worker / g.extent_bytes));
   unsigned buffers = queue_depth_ + queue_depth_ / 2;
-  DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = queue_depth_ * 2}));
+  // Every block may need its own write (changed and unchanged blocks
+  // alternating), so the ring has room for one read per buffer plus one write
+  // per block of every buffer: in-flight ops never exceed its capacity.
+  uint32_t max_writes = buffers * g.blocks_per_extent;
+  DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = buffers + max_writes}));
   DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(g.extent_bytes, buffers));
   if (!pool_.Register(*ring_).ok()) job_.registered.store(false);
   reads_.resize(buffers);
-  uint32_t max_writes = buffers * g.blocks_per_extent;
   writes_.resize(max_writes);
   for (auto& w : writes_) free_writes_.push_back(&w);
   if (job_.parent) parent_ = std::make_unique<TableReader>(job_.repo, *job_.parent);

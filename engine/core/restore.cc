@@ -107,11 +107,13 @@ class RestoreWorker {
 Status RestoreWorker::Setup() {
   uint64_t per_worker = kInFlightBytes / job_.threads;
   depth_ = static_cast<unsigned>(std::max<uint64_t>(4, per_worker / job_.extent_bytes));
-  DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = depth_ * 4}));
+  // At most one read and one write per block of every buffer are in flight;
+  // the ring has room for all of them.
+  ops_.resize(size_t{depth_} * job_.blocks_per_extent * 2);
+  DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = unsigned(ops_.size())}));
   DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(job_.extent_bytes, depth_));
   (void)pool_.Register(*ring_);  // unregistered I/O works too (RLIMIT_MEMLOCK)
   slots_.resize(depth_);
-  ops_.resize(size_t{depth_} * job_.blocks_per_extent * 2);
   for (auto& op : ops_) free_ops_.push_back(&op);
   next_page_ = id_;
   next_block_ = next_page_ * kPageEntries;
@@ -275,7 +277,7 @@ Status RestoreWorker::Loop() {
   Status first_error;
   for (;;) {
     bool stop = !first_error.ok() || job_.failed.load() || job_.options.control.Canceled();
-    while (!stop && next_page_ < job_.pages && ring_->in_flight() < depth_ * 2) {
+    while (!stop && next_page_ < job_.pages) {
       auto buffer = pool_.Acquire();
       if (!buffer) break;
       bool started = false;

@@ -68,15 +68,17 @@ TEST_P(CrashPointTest, CommittedSnapshotsSurviveAndNextBackupWorks) {
   TempDir dir;
   Ext4Volume vol = MakeExt4Volume(dir, "vol", 128, 48, 8);
   std::string repo = InitRepo(dir);
-  Json s1 = Backup(repo, "vol", vol.image);
+  // 64 KiB blocks, so that the change below spans well over 50 changed blocks.
+  const std::vector<std::string> block_size{"--block-size", "65536"};
+  Json s1 = Backup(repo, "vol", vol.image, block_size);
   const std::string s1_id = s1.at("snapshot_id").get<std::string>();
   const std::string s1_sha = Sha256File(vol.image);
-  // Enough new data for after-data:50 at any block size up to 256 KiB.
   MutateExt4Volume(vol, dir, 41, 2.0, /*add_file_mib=*/16);
   const std::string s2_sha = Sha256File(vol.image);
   std::vector<std::string> before = SnapshotIds(repo);
 
-  Result crashed = Cli({"backup", "--repo", repo, "--volume", "vol", "--json", vol.image},
+  Result crashed = Cli({"backup", "--repo", repo, "--volume", "vol", "--block-size", "65536",
+                        "--json", vol.image},
                        {{"DP420_TEST_CRASH", point}});
   ASSERT_EQ(crashed.term_signal, SIGKILL)
       << "the backup did not crash at " << point << "\n" << crashed.Describe();
@@ -93,8 +95,12 @@ TEST_P(CrashPointTest, CommittedSnapshotsSurviveAndNextBackupWorks) {
   ExpectVerifyClean(repo);
 
   // The next backup finds the repository usable (no stale lock, no half-written state).
-  Json next = Backup(repo, "vol", vol.image);
-  EXPECT_EQ(next.at("parent"), listed.back().at("snapshot_id")) << "parent is the latest snapshot";
+  Json next = Backup(repo, "vol", vol.image, block_size);
+  auto latest = std::max_element(listed.begin(), listed.end(), [](const Json& a, const Json& b) {
+    return a.at("sequence").get<int64_t>() < b.at("sequence").get<int64_t>();
+  });
+  ASSERT_NE(latest, listed.end());
+  EXPECT_EQ(next.at("parent"), latest->at("snapshot_id")) << "parent is the latest snapshot";
   ExpectListedSnapshotsRestoreExactly(repo, dir, expected);
   ExpectVerifyClean(repo);
 }

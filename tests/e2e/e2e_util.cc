@@ -73,19 +73,39 @@ std::string ReadAllFd(int fd) {
   return data;
 }
 
-// This process's environment without the crash and fault hooks, plus `extra`.
+// This process's environment without the crash and fault hooks, plus `extra`. PATH gets
+// /usr/sbin (mkfs.ext4, e2fsck, losetup), which a normal user's PATH lacks.
 std::vector<std::string> ChildEnvironment(const Env& extra) {
   std::vector<std::string> out;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string entry(*e);
     std::string key = entry.substr(0, entry.find('='));
     if (key == "DP420_TEST_CRASH" || key == "DP420_FAULT") continue;
+    if (key == "PATH" && (":" + entry.substr(5) + ":").find(":/usr/sbin:") == std::string::npos) {
+      entry += ":/usr/sbin:/sbin";
+    }
     bool overridden = std::any_of(extra.begin(), extra.end(),
                                   [&](const auto& kv) { return kv.first == key; });
     if (!overridden) out.push_back(entry);
   }
   for (const auto& [key, value] : extra) out.push_back(key + "=" + value);
   return out;
+}
+
+// argv[0] as execve needs it: looked up in the child's PATH unless it has a slash.
+std::string ResolveProgram(const std::string& name, const std::vector<std::string>& env) {
+  if (name.find('/') != std::string::npos) return name;
+  std::string path = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+  for (const auto& entry : env) {
+    if (entry.rfind("PATH=", 0) == 0) path = entry.substr(5);
+  }
+  std::istringstream dirs(path);
+  std::string dir;
+  while (std::getline(dirs, dir, ':')) {
+    std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return name;  // execve fails and the child says so
 }
 
 std::vector<char*> CStrings(std::vector<std::string>& strings) {
@@ -208,6 +228,7 @@ std::unique_ptr<Process> Process::Start(const std::vector<std::string>& argv, co
   if (p->out_fd_ < 0 || p->err_fd_ < 0) Fail(std::string("memfd_create: ") + std::strerror(errno));
   std::vector<std::string> args = argv;
   std::vector<std::string> envs = ChildEnvironment(env);
+  const std::string program = ResolveProgram(argv[0], envs);
   std::vector<char*> c_args = CStrings(args);
   std::vector<char*> c_envs = CStrings(envs);
   std::fflush(nullptr);
@@ -219,7 +240,7 @@ std::unique_ptr<Process> Process::Start(const std::vector<std::string>& argv, co
     dup2(p->out_fd_, STDOUT_FILENO);
     dup2(p->err_fd_, STDERR_FILENO);
     setpgid(0, 0);  // its own group, so a timeout can kill whatever it started
-    execvpe(c_args[0], c_args.data(), c_envs.data());
+    execve(program.c_str(), c_args.data(), c_envs.data());
     dprintf(STDERR_FILENO, "exec %s: %s\n", c_args[0], std::strerror(errno));
     _exit(127);
   }
