@@ -19,7 +19,7 @@ namespace dp420::io {
 
 namespace {
 
-constexpr unsigned kMaxDepth = 4096;
+constexpr unsigned kMaxDepth = 32768;  // the kernel's IORING_MAX_ENTRIES
 // Consecutive EINTR/EAGAIN/EBUSY from io_uring_enter before Wait() gives up.
 // Generous: a profiler's signals may interrupt many waits in a row.
 constexpr unsigned kMaxEnterRetries = 1024;

@@ -62,7 +62,8 @@ def main(argv: list) -> int:
     if os.access(GNU_TIME, os.X_OK):
         wrapped = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file.name] + cmd
     start = time.monotonic()
-    proc = subprocess.Popen(wrapped, stdout=out)
+    # Without --stdout the command's output goes to stderr: stdout is for results.
+    proc = subprocess.Popen(wrapped, stdout=out if out else sys.stderr)
     _, status, usage = os.wait4(proc.pid, 0)
     wall_s = time.monotonic() - start
     proc.returncode = os.waitstatus_to_exitcode(status)

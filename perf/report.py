@@ -68,7 +68,8 @@ def summarise(records: list, ctx: dict) -> dict:
             continue
         ok = [r for r in recs.values() if r["exit_code"] == 0]
         med = lambda key: statistics.median(r[key] for r in ok) if ok else None
-        row = {"label": label, "operation": name, "runs": len(recs), "failed_runs": len(recs) - len(ok)}
+        row = {"label": label, "operation": name, "runs": len(recs),
+               "failed_runs": len(recs) - len(ok)}
         if ok:
             row.update({
                 "wall_s": med("wall_s"),
@@ -117,7 +118,8 @@ def print_table(summary: dict, out) -> None:
     print(f"\nvolume {fmt_bytes(ctx['volume_size'])} ({ctx.get('volume_note', '')}), "
           f"{ctx['pairs']} pair(s), caches {ctx['caches']}, medians", file=out)
     ds = ctx.get("dataset", {})
-    changed = [f"{k.split('_')[-1]} {v} %" for k, v in ds.items() if k.startswith("changed_blocks_pct_")]
+    changed = [f"{k.split('_')[-1]} {v} %" for k, v in ds.items()
+               if k.startswith("changed_blocks_pct_")]
     if changed:
         print(f"blocks that differ between the base and the changed image: {', '.join(changed)}; "
               f"all-zero 4 KiB blocks: {ds.get('zero_4k_blocks_pct', '?')} %", file=out)
@@ -134,7 +136,8 @@ def print_table(summary: dict, out) -> None:
         ratio_fio = f"{r['ratio_fio']:.2f}" if "ratio_fio" in r else "-"
         yard = r.get("yardstick", "-")
         result = "-" if "pass" not in r else ("pass" if r["pass"] else "FAIL")
-        print(f"{r['operation']:<27} {r['wall_s']:>7.2f} {r['cpu_s']:>7.2f} {r['cpu_s_per_gib']:>9.2f} "
+        print(f"{r['operation']:<27} {r['wall_s']:>7.2f} {r['cpu_s']:>7.2f} "
+              f"{r['cpu_s_per_gib']:>9.2f} "
               f"{fmt_bytes(r['max_rss_kib'] * 1024):>10} {fmt_bytes(r['written_bytes']):>10} "
               f"{r['throughput_bytes_s'] / 1e9:>6.2f} {yard:>11} {ratio:>6} {ratio_fio:>6}  "
               f"{r.get('target', '-'):<40} {result}",

@@ -73,7 +73,7 @@ if [[ -n "${DP420_BIN:-}" ]]; then
   DP420="${DP420_BIN}"
 else
   "${ROOT}/scripts/build.sh" --target dp420_cli >&2
-  DP420="${ROOT}/build/engine/cli/dp420"
+  DP420="$(e2e_find_cli "${ROOT}/build")"
 fi
 [[ -x "${DP420}" ]] || e2e_die "no dp420 binary at ${DP420}"
 command -v fio >/dev/null || e2e_die "fio is missing: run scripts/install-deps.sh"
@@ -185,7 +185,7 @@ else
   failures=$((failures + 1))
 fi
 repo_bytes="$(du -sb "${REPO}" 2>/dev/null | cut -f1 || echo 0)"
-rm -f "${RESTORED}"
+rm -rf "${RESTORED}" "${REPO}"
 
 python3 - "${STAMP}" "${RUN_DIR}/context.json" <<PY
 import json, os, platform, sys

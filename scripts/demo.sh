@@ -32,7 +32,8 @@ if [[ -n "${DP420_BIN:-}" ]]; then
 else
   e2e_log "step 2/9: Release build of the dp420 CLI"
   "${ROOT}/scripts/build.sh" --target dp420_cli
-  readonly DP420="${ROOT}/build/engine/cli/dp420"
+  DP420="$(e2e_find_cli "${ROOT}/build")"
+  readonly DP420
 fi
 [[ -x "${DP420}" ]] || e2e_die "the build did not produce ${DP420}"
 

@@ -143,7 +143,8 @@ def cmd_stage(args) -> int:
         f"{stager.links} symlinks from {', '.join(roots)}; "
         f"{count} random files ({args.random_mib} MiB) in {args.dest}")
     if stager.copied_bytes < args.real_mib * MIB * 0.9:
-        log(f"warning: only {stager.copied_bytes / MIB:.1f} of {args.real_mib} MiB real files found")
+        log(f"warning: only {stager.copied_bytes / MIB:.1f} of {args.real_mib} MiB "
+            "real files found")
     return 0
 
 

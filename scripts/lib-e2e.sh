@@ -92,6 +92,20 @@ e2e_mutate_image() {
   fi
 }
 
+# e2e_find_cli BUILD_DIR: prints the path of the built dp420 CLI (CMake target dp420_cli).
+e2e_find_cli() {
+  local build_dir="$1" candidate
+  for candidate in "${build_dir}/engine/cli/dp420" "${build_dir}/engine/dp420"; do
+    if [[ -f "${candidate}" && -x "${candidate}" ]]; then
+      echo "${candidate}"
+      return 0
+    fi
+  done
+  candidate="$(find "${build_dir}" -type f -name dp420 -perm -u+x -print -quit 2>/dev/null || true)"
+  [[ -n "${candidate}" ]] || e2e_die "no dp420 CLI under ${build_dir}: build it with scripts/build.sh"
+  echo "${candidate}"
+}
+
 # e2e_drop_caches: writes dirty data back and empties the page cache (root only).
 # Returns 1 (after saying so) when it cannot.
 e2e_drop_caches() {

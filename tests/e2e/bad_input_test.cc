@@ -1,9 +1,8 @@
 // Wrong input and failing storage: the contract's exit codes, messages that name what is
 // wrong, and a repository left as it was (the same snapshots listed, verify clean).
 
-#include <sys/stat.h>
-
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <string>
 #include <vector>
@@ -63,9 +62,9 @@ TEST_F(BadInputTest, UsageErrorsExit2) {
   ExpectCleanExit(Cli({}), kExitUsage);
   ExpectCleanExit(Cli({"no-such-command"}), kExitUsage);
   ExpectCleanExit(Cli({"backup", "--repo", repo_}), kExitUsage);
-  ExpectCleanExit(Cli({"backup", "--repo", repo_, "--volume", "v", "--block-size", "banana",
-                       source_}),
-                  kExitUsage);
+  ExpectCleanExit(
+      Cli({"backup", "--repo", repo_, "--volume", "v", "--block-size", "banana", source_}),
+      kExitUsage);
   ExpectRepositoryUntouched();
 }
 
@@ -164,18 +163,29 @@ TEST_F(BadInputTest, InitOnExistingRepositoryExits6) {
   ExpectRepositoryUntouched();
 }
 
+// The fault seam fails the Nth I/O operation of a kind and every later one. Writes of
+// neighbouring changed blocks are merged into one operation, so the volume holds 64 MiB
+// of new data: many reads and writes, whatever the read size.
 TEST_F(BadInputTest, InjectedWriteEnospcExits1AndLeavesRepositoryClean) {
-  OverwriteRange(source_, 0, 2 << 20, 73);
-  Result r = BackupOf(source_, {{"DP420_FAULT", "write:ENOSPC:5"}});
+  std::string big = dir_ / "big.raw";
+  WritePatternFile(big, 64 << 20, 73);
+  Result r =
+      Cli({"backup", "--repo", repo_, "--volume", "big", big}, {{"DP420_FAULT", "write:ENOSPC:5"}});
   ExpectCleanExit(r, kExitFailed);
   EXPECT_TRUE(ContainsIgnoringCase(r.All(), "space")) << r.Describe();
   ExpectRepositoryUntouched();
+  // The same backup without the fault then works.
+  Json j = Backup(repo_, "big", big);
+  EXPECT_TRUE(j.at("parent").is_null()) << j.dump();
 }
 
 TEST_F(BadInputTest, InjectedReadEioExits1AndLeavesRepositoryClean) {
-  OverwriteRange(source_, 0, 2 << 20, 74);
-  Result r = BackupOf(source_, {{"DP420_FAULT", "read:EIO:3"}});
+  std::string big = dir_ / "big.raw";
+  WritePatternFile(big, 64 << 20, 74);
+  Result r =
+      Cli({"backup", "--repo", repo_, "--volume", "big", big}, {{"DP420_FAULT", "read:EIO:3"}});
   ExpectCleanExit(r, kExitFailed);
+  EXPECT_TRUE(Mentions(r, big)) << "names the source that failed\n" << r.Describe();
   ExpectRepositoryUntouched();
 }
 

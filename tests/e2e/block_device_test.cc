@@ -35,8 +35,8 @@ TEST(BlockDeviceTest, LoopDeviceSourceRestoresBitExactOntoLoopDevice) {
   {
     auto mount = Mount::Create(source->device(), dir / "mnt", "ext4", "", &why);
     ASSERT_TRUE(mount) << why;
-    Result r = RunCommand({"python3", SourceDir() + "/scripts/e2e-volume.py", "mutate", mount->target(),
-                    "--seed", "11", "--percent", "2"});
+    Result r = RunCommand({"python3", SourceDir() + "/scripts/e2e-volume.py", "mutate",
+                           mount->target(), "--seed", "11", "--percent", "2"});
     ASSERT_EQ(r.exit_code, 0) << r.Describe();
     ASSERT_TRUE(mount->Unmount(&why)) << why;
   }

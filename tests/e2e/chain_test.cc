@@ -30,8 +30,8 @@ void ExpectBackupFields(const Json& j) {
 
 void ExpectManifestFields(const Json& m) {
   for (const auto& field : ManifestJsonFields()) {
-    EXPECT_TRUE(m.contains(field)) << "snapshots --json entry lacks \"" << field
-                                   << "\": " << m.dump();
+    EXPECT_TRUE(m.contains(field))
+        << "snapshots --json entry lacks \"" << field << "\": " << m.dump();
   }
 }
 
@@ -52,8 +52,8 @@ void ExpectConsistentBackup(const Json& j, uint64_t source_size) {
 }
 
 // Restores `t` into a fresh file and checks it byte for byte.
-void ExpectRestoresExactly(const std::string& repo, const std::string& volume,
-                           const Taken& t, const std::string& target) {
+void ExpectRestoresExactly(const std::string& repo, const std::string& volume, const Taken& t,
+                           const std::string& target) {
   Result r = Restore(repo, volume, t.id, target);
   DP420_ASSERT_EXIT(r, kExitOk);
   EXPECT_EQ(FileSize(target), t.size) << "snapshot " << t.id;
@@ -93,8 +93,8 @@ TEST(ChainTest, SnapshotsOfChangingExt4VolumeRestoreBitExact) {
       std::cout << "[ info ] incremental " << i << ": " << changed << " of " << total
                 << " blocks changed" << std::endl;
       EXPECT_GT(changed, 0u) << "files changed but no block did";
-      EXPECT_LE(changed * 100, total * 25) << "an incremental of a ~1 % change rewrote "
-                                           << changed << " of " << total << " blocks";
+      EXPECT_LE(changed * 100, total * 25)
+          << "an incremental of a ~1 % change rewrote " << changed << " of " << total << " blocks";
     }
     taken.push_back(t);
   }
@@ -219,9 +219,11 @@ TEST(VolumeSizeTest, DifferentBlockSizeOnExistingChainIsRefused) {
   EXPECT_NE(r.exit_code, 0) << r.Describe();
   EXPECT_LT(r.exit_code, 128) << "no crash: " << r.Describe();
   const std::string text = r.All();
-  EXPECT_TRUE(ContainsIgnoringCase(text, "block size") || ContainsIgnoringCase(text, "block-size") ||
+  EXPECT_TRUE(ContainsIgnoringCase(text, "block size") ||
+              ContainsIgnoringCase(text, "block-size") ||
               ContainsIgnoringCase(text, "block_size") || ContainsIgnoringCase(text, "blocksize"))
-      << "the message should say the block size differs:\n" << r.Describe();
+      << "the message should say the block size differs:\n"
+      << r.Describe();
   EXPECT_EQ(SnapshotIds(repo), before);
 
   // Without --block-size the chain's own is used.

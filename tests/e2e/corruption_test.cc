@@ -119,10 +119,8 @@ TEST_F(CorruptionTest, FlippedBitInDataRecordIsFoundAndNamed) {
 
   Result verify = VerifyReadData();
   DP420_EXPECT_EXIT(verify, kExitDamage);
-  EXPECT_TRUE(Mentions(verify, "packs/" + pack)) << "names the damaged pack\n"
-                                                 << verify.Describe();
-  EXPECT_TRUE(Mentions(verify, s1().id)) << "names the snapshot it breaks\n"
-                                         << verify.Describe();
+  EXPECT_TRUE(Mentions(verify, "packs/" + pack)) << "names the damaged pack\n" << verify.Describe();
+  EXPECT_TRUE(Mentions(verify, s1().id)) << "names the snapshot it breaks\n" << verify.Describe();
   EXPECT_FALSE(Mentions(verify, other().id)) << "\"other\" does not use that pack\n"
                                              << verify.Describe();
   Result verify_other = Cli({"verify", "--repo", repo_, "--volume", "other", "--read-data"});
@@ -150,8 +148,8 @@ TEST_F(CorruptionTest, DeletedManifestIsFoundAndNamed) {
 
   Result verify = VerifyReadData();
   DP420_EXPECT_EXIT(verify, kExitDamage);
-  EXPECT_TRUE(Mentions(verify, s2().id))
-      << "the next snapshot's parent is gone; verify names it\n" << verify.Describe();
+  EXPECT_TRUE(Mentions(verify, s2().id)) << "the next snapshot's parent is gone; verify names it\n"
+                                         << verify.Describe();
   ExpectRestoreFails(s2(), kExitNotFound);
   ExpectRestoresExactly(s1());
   ExpectRestoresExactly(other());

@@ -1,9 +1,8 @@
 // Crashes during a backup (the CLI's DP420_TEST_CRASH hook, and kill -9 at random
 // moments): committed snapshots survive intact, verify stays clean, the next backup works.
 
-#include <signal.h>
-
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <cctype>
@@ -77,13 +76,15 @@ TEST_P(CrashPointTest, CommittedSnapshotsSurviveAndNextBackupWorks) {
   const std::string s2_sha = Sha256File(vol.image);
   std::vector<std::string> before = SnapshotIds(repo);
 
-  Result crashed = Cli({"backup", "--repo", repo, "--volume", "vol", "--block-size", "65536",
-                        "--json", vol.image},
-                       {{"DP420_TEST_CRASH", point}});
-  ASSERT_EQ(crashed.term_signal, SIGKILL)
-      << "the backup did not crash at " << point << "\n" << crashed.Describe();
+  Result crashed = Cli(
+      {"backup", "--repo", repo, "--volume", "vol", "--block-size", "65536", "--json", vol.image},
+      {{"DP420_TEST_CRASH", point}});
+  ASSERT_EQ(crashed.term_signal, SIGKILL) << "the backup did not crash at " << point << "\n"
+                                          << crashed.Describe();
 
-  ExpectedSha expected = [&](const Json& m) { return m.at("snapshot_id") == s1_id ? s1_sha : s2_sha; };
+  ExpectedSha expected = [&](const Json& m) {
+    return m.at("snapshot_id") == s1_id ? s1_sha : s2_sha;
+  };
   Json listed = ExpectListedSnapshotsRestoreExactly(repo, dir, expected);
   EXPECT_TRUE(Listed(listed, s1_id)) << "the committed snapshot vanished: " << listed.dump();
   if (point != "after-rename") {
@@ -139,7 +140,9 @@ TEST(CrashTest, KillAtRandomMomentOfLargeBackup) {
   std::string big = dir / "big.raw";
   WritePatternFile(big, 384ull << 20, 62, 7);
   const std::string big_sha = Sha256File(big);
-  ExpectedSha expected = [&](const Json& m) { return m.at("volume") == "small" ? small_sha : big_sha; };
+  ExpectedSha expected = [&](const Json& m) {
+    return m.at("volume") == "small" ? small_sha : big_sha;
+  };
 
   // How long an undisturbed backup of the big volume takes, in a scratch repository.
   std::string scratch = InitRepo(dir, "scratch");
@@ -159,14 +162,15 @@ TEST(CrashTest, KillAtRandomMomentOfLargeBackup) {
   for (int attempt = 0; attempt < kAttempts; ++attempt) {
     SCOPED_TRACE("attempt " + std::to_string(attempt));
     double delay_s = moment(rng) * full_s;
-    auto backup = Process::Start(
-        {CliPath(), "backup", "--repo", repo, "--volume", "big", "--json", big});
+    auto backup =
+        Process::Start({CliPath(), "backup", "--repo", repo, "--volume", "big", "--json", big});
     std::this_thread::sleep_for(std::chrono::duration<double>(delay_s));
     backup->Kill(SIGKILL);
     Result r = backup->Wait();
     std::cout << "[ info ] attempt " << attempt << ": kill -9 after " << delay_s << " s: "
-              << (r.term_signal == SIGKILL ? "killed" : "had already finished, exit " +
-                                                            std::to_string(r.exit_code))
+              << (r.term_signal == SIGKILL
+                      ? "killed"
+                      : "had already finished, exit " + std::to_string(r.exit_code))
               << std::endl;
     if (r.term_signal != SIGKILL) {
       EXPECT_EQ(r.exit_code, kExitOk) << r.Describe();

@@ -1,6 +1,8 @@
 #include "e2e_util.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -9,8 +11,6 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <openssl/evp.h>
 
 #include <algorithm>
 #include <cctype>
@@ -24,8 +24,6 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 extern char** environ;
 
@@ -84,8 +82,8 @@ std::vector<std::string> ChildEnvironment(const Env& extra) {
     if (key == "PATH" && (":" + entry.substr(5) + ":").find(":/usr/sbin:") == std::string::npos) {
       entry += ":/usr/sbin:/sbin";
     }
-    bool overridden = std::any_of(extra.begin(), extra.end(),
-                                  [&](const auto& kv) { return kv.first == key; });
+    bool overridden =
+        std::any_of(extra.begin(), extra.end(), [&](const auto& kv) { return kv.first == key; });
     if (!overridden) out.push_back(entry);
   }
   for (const auto& [key, value] : extra) out.push_back(key + "=" + value);
@@ -161,7 +159,8 @@ void FillRandom(std::mt19937_64& rng, std::vector<char>* buf) {
   size_t words = buf->size() / sizeof(uint64_t);
   auto* p = reinterpret_cast<uint64_t*>(buf->data());
   for (size_t i = 0; i < words; ++i) p[i] = rng();
-  for (size_t i = words * sizeof(uint64_t); i < buf->size(); ++i) (*buf)[i] = static_cast<char>(rng());
+  for (size_t i = words * sizeof(uint64_t); i < buf->size(); ++i)
+    (*buf)[i] = static_cast<char>(rng());
 }
 
 std::string ToHex(const unsigned char* digest, unsigned int length) {
@@ -306,7 +305,7 @@ Result Process::Wait(std::chrono::milliseconds timeout) {
 }
 
 Result RunCommand(const std::vector<std::string>& argv, const Env& env,
-           std::chrono::milliseconds timeout) {
+                  std::chrono::milliseconds timeout) {
   return Process::Start(argv, env)->Wait(timeout);
 }
 
@@ -450,8 +449,8 @@ std::string Sha256File(const std::string& path) {
 }
 
 std::string VolumeChecksum(const std::string& path, uint64_t block_size) {
-  Result r = RunOrFail({"python3", SourceDir() + "/scripts/volume-checksum.py", path,
-                        std::to_string(block_size)});
+  Result r = RunOrFail(
+      {"python3", SourceDir() + "/scripts/volume-checksum.py", path, std::to_string(block_size)});
   return Trim(r.out);
 }
 
@@ -534,22 +533,23 @@ void WriteFile(const std::string& path, const std::string& data) {
   if (!out) Fail("cannot write " + path);
 }
 
-Ext4Volume MakeExt4Volume(const TempDir& dir, const std::string& name, int size_mib,
-                          int real_mib, int random_mib) {
+Ext4Volume MakeExt4Volume(const TempDir& dir, const std::string& name, int size_mib, int real_mib,
+                          int random_mib) {
   Ext4Volume v{dir / (name + ".img"), dir / (name + "-staging")};
-  RunOrFail({"python3", SourceDir() + "/scripts/e2e-volume.py", "stage", v.staging,
-             "--real-mib", std::to_string(real_mib), "--random-mib", std::to_string(random_mib)});
+  RunOrFail({"python3", SourceDir() + "/scripts/e2e-volume.py", "stage", v.staging, "--real-mib",
+             std::to_string(real_mib), "--random-mib", std::to_string(random_mib)});
   RunOrFail({"mkfs.ext4", "-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-d",
              v.staging, v.image, std::to_string(size_mib) + "M"});
   return v;
 }
 
-std::string MutateExt4Volume(const Ext4Volume& volume, const TempDir& dir, int seed,
-                             double percent, int add_file_mib) {
-  std::vector<std::string> argv{"python3", SourceDir() + "/scripts/e2e-volume.py", "mutate",
-                                "", "--seed", std::to_string(seed), "--percent",
-                                std::to_string(percent), "--add-file-mib",
-                                std::to_string(add_file_mib)};
+std::string MutateExt4Volume(const Ext4Volume& volume, const TempDir& dir, int seed, double percent,
+                             int add_file_mib) {
+  std::vector<std::string> argv{"python3",        SourceDir() + "/scripts/e2e-volume.py",
+                                "mutate",         "",
+                                "--seed",         std::to_string(seed),
+                                "--percent",      std::to_string(percent),
+                                "--add-file-mib", std::to_string(add_file_mib)};
   std::string why;
   if (CanUseLoop(&why)) {
     std::string mnt = dir / "mnt";
@@ -595,8 +595,8 @@ Json Backup(const std::string& repo, const std::string& volume, const std::strin
 
 Result Restore(const std::string& repo, const std::string& volume, const std::string& snapshot,
                const std::string& target, bool force) {
-  std::vector<std::string> args{"restore", "--repo", repo, "--volume", volume, "--snapshot",
-                                snapshot};
+  std::vector<std::string> args{"restore", "--repo",     repo,    "--volume",
+                                volume,    "--snapshot", snapshot};
   if (force) args.push_back("--force");
   args.push_back(target);
   return Cli(args);
@@ -652,9 +652,8 @@ void EditSignedFile(const std::string& path, const std::function<void(std::strin
   if (first_nl == std::string::npos) Fail(path + " has no second line");
   size_t second_nl = text.find('\n', first_nl + 1);
   std::string line1 = text.substr(0, first_nl);
-  std::string line2 = text.substr(first_nl + 1, second_nl == std::string::npos
-                                                    ? std::string::npos
-                                                    : second_nl - first_nl - 1);
+  std::string line2 = text.substr(
+      first_nl + 1, second_nl == std::string::npos ? std::string::npos : second_nl - first_nl - 1);
   std::string rest = second_nl == std::string::npos ? "" : text.substr(second_nl);
   if (line2.rfind("sha256 ", 0) != 0) Fail(path + ": line 2 is not `sha256 <hex>`: " + line2);
   std::string before = line1;
@@ -666,17 +665,16 @@ void EditSignedFile(const std::string& path, const std::function<void(std::strin
 
 const std::vector<std::string>& BackupJsonFields() {
   static const std::vector<std::string> kFields{
-      "snapshot_id", "parent",        "volume_size",   "bytes_read",
-      "blocks_total", "blocks_changed", "blocks_zero",  "bytes_written",
+      "snapshot_id",  "parent",          "volume_size", "bytes_read",
+      "blocks_total", "blocks_changed",  "blocks_zero", "bytes_written",
       "seconds",      "checksum_sha256", "block_size"};
   return kFields;
 }
 
 const std::vector<std::string>& ManifestJsonFields() {
   static const std::vector<std::string> kFields{
-      "snapshot_id", "volume",      "parent",       "created",        "checksum_sha256",
-      "sequence",    "block_size",  "volume_size",  "blocks_total",   "blocks_changed",
-      "blocks_zero"};
+      "snapshot_id", "volume",      "parent",       "created",        "checksum_sha256", "sequence",
+      "block_size",  "volume_size", "blocks_total", "blocks_changed", "blocks_zero"};
   return kFields;
 }
 

@@ -14,11 +14,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace dp420::e2e {
 
@@ -56,8 +55,7 @@ struct Result {
 // plus `env`. Wait() kills it (SIGKILL) when the timeout passes.
 class Process {
  public:
-  static std::unique_ptr<Process> Start(const std::vector<std::string>& argv,
-                                        const Env& env = {});
+  static std::unique_ptr<Process> Start(const std::vector<std::string>& argv, const Env& env = {});
   ~Process();
   Process(const Process&) = delete;
   Process& operator=(const Process&) = delete;
@@ -77,7 +75,7 @@ class Process {
 };
 
 Result RunCommand(const std::vector<std::string>& argv, const Env& env = {},
-           std::chrono::milliseconds timeout = kDefaultTimeout);
+                  std::chrono::milliseconds timeout = kDefaultTimeout);
 // `bash -c "set -euo pipefail; <script>"`.
 Result Sh(const std::string& script);
 // The dp420 CLI under test.
@@ -160,8 +158,7 @@ bool Exists(const std::string& path);
 
 // Writes `size` bytes of seeded pseudo-random data; every `zero_every`-th 64 KiB block
 // (0: none) is all zero, so volumes have holes to detect.
-void WritePatternFile(const std::string& path, uint64_t size, uint64_t seed,
-                      int zero_every = 0);
+void WritePatternFile(const std::string& path, uint64_t size, uint64_t seed, int zero_every = 0);
 // Overwrites `length` bytes at `offset` with seeded pseudo-random data.
 void OverwriteRange(const std::string& path, uint64_t offset, uint64_t length, uint64_t seed);
 void Truncate(const std::string& path, uint64_t size);
@@ -175,14 +172,14 @@ struct Ext4Volume {
   std::string image;
   std::string staging;
 };
-Ext4Volume MakeExt4Volume(const TempDir& dir, const std::string& name, int size_mib,
-                          int real_mib, int random_mib);
+Ext4Volume MakeExt4Volume(const TempDir& dir, const std::string& name, int size_mib, int real_mib,
+                          int random_mib);
 // Changes about `percent` % of the volume's files (patch, append, delete, add) and, when
 // add_file_mib > 0, adds a random file of that size. Through a loop mount when possible,
 // else through debugfs on the image; returns how, with the reason the loop mount was
 // skipped.
-std::string MutateExt4Volume(const Ext4Volume& volume, const TempDir& dir, int seed,
-                             double percent, int add_file_mib = 0);
+std::string MutateExt4Volume(const Ext4Volume& volume, const TempDir& dir, int seed, double percent,
+                             int add_file_mib = 0);
 
 // Repository helpers built on the CLI. They throw std::runtime_error (which gtest reports
 // as a failure of the test, after unwinding every guard) when the CLI fails.
@@ -218,9 +215,7 @@ const std::vector<std::string>& ManifestJsonFields();
 
 }  // namespace dp420::e2e
 
-#define DP420_ASSERT_EXIT(result, code) \
-  ASSERT_EQ((result).exit_code, (code)) << (result).Describe()
-#define DP420_EXPECT_EXIT(result, code) \
-  EXPECT_EQ((result).exit_code, (code)) << (result).Describe()
+#define DP420_ASSERT_EXIT(result, code) ASSERT_EQ((result).exit_code, (code)) << (result).Describe()
+#define DP420_EXPECT_EXIT(result, code) EXPECT_EQ((result).exit_code, (code)) << (result).Describe()
 
 #endif  // DP420_TESTS_E2E_E2E_UTIL_H_
