@@ -1,0 +1,173 @@
+// Unit tests of the on-disk pieces: table geometry, sealed JSON, packs,
+// manifests, the repository's refusals.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include "engine/core/manifest.h"
+#include "engine/core/pack.h"
+#include "engine/core/repo.h"
+#include "engine/core/table.h"
+#include "io/file.h"
+#include "simd/simd.h"
+#include "tests/engine/engine_test_util.h"
+
+namespace dp420 {
+namespace {
+
+using testing::ReadAll;
+using testing::TempDir;
+using testing::WriteAll;
+
+TEST(TableShapeTest, LevelsAndPageCounts) {
+  EXPECT_EQ(TableShape::For(0).levels, 1u);
+  EXPECT_EQ(TableShape::For(256).levels, 1u);
+  EXPECT_EQ(TableShape::For(257).levels, 2u);
+  EXPECT_EQ(TableShape::For(65536).levels, 2u);
+  EXPECT_EQ(TableShape::For(65537).levels, 3u);
+  TableShape s = TableShape::For(1000);
+  EXPECT_EQ(s.PagesAt(0), 4u);
+  EXPECT_EQ(s.PagesAt(1), 1u);
+  EXPECT_EQ(PageEntryCount(s, 0, 3), 1000u - 768u);
+  EXPECT_EQ(PageEntryCount(s, 1, 0), 4u);
+  EXPECT_EQ(PageEntryCount(s, 0, 4), 0u);
+}
+
+TEST(SealedJsonTest, RoundTripAndTamperDetected) {
+  Json doc = {{"a", 1}, {"b", "x"}};
+  std::string seal;
+  std::string text = SealJson(doc, &seal);
+  std::string seal2;
+  auto back = UnsealJson(text, "f", &seal2);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back.value(), doc);
+  EXPECT_EQ(seal, seal2);
+  std::string tampered = text;
+  tampered[6] ^= 1;
+  auto bad = UnsealJson(tampered, "snapshots/v/x.manifest");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), Code::kCorruption);
+  EXPECT_NE(bad.status().message().find("snapshots/v/x.manifest"), std::string::npos);
+  EXPECT_FALSE(UnsealJson("garbage", "f").ok());
+}
+
+TEST(ManifestTest, JsonRoundTripAndNewerVersionRefused) {
+  Manifest m;
+  m.repo_id = std::string(32, 'a');
+  m.snapshot_id = "0123456789abcdef";
+  m.volume = "vm-1";
+  m.sequence = 7;
+  m.block_size = 65536;
+  m.volume_size = 65536 * 300 + 5;
+  m.blocks_total = 301;
+  m.table_levels = 2;
+  m.table_root.pack_id = 0x1234;
+  m.table_root.flags = kObjTableInner;
+  m.checksum_sha256 = std::string(64, 'f');
+  auto back = Manifest::FromJson(m.ToJson(), "m");
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->FileName(), "0000000007-0123456789abcdef.manifest");
+  EXPECT_EQ(back->table_root.pack_id, 0x1234u);
+  Json newer = m.ToJson();
+  newer["format_version"] = 999;
+  EXPECT_EQ(Manifest::FromJson(newer, "m").status().code(), Code::kVersion);
+  Json inconsistent = m.ToJson();
+  inconsistent["blocks_total"] = 5;
+  EXPECT_EQ(Manifest::FromJson(inconsistent, "m").status().code(), Code::kCorruption);
+}
+
+TEST(VolumeNameTest, Validation) {
+  EXPECT_TRUE(ValidVolumeName("vm1.disk_0-a"));
+  EXPECT_FALSE(ValidVolumeName(""));
+  EXPECT_FALSE(ValidVolumeName(".hidden"));
+  EXPECT_FALSE(ValidVolumeName("a/b"));
+  EXPECT_FALSE(ValidVolumeName("../x"));
+  EXPECT_FALSE(ValidVolumeName(std::string(65, 'a')));
+}
+
+TEST(PackTest, WriteReadIndexAndDetectDamage) {
+  TempDir dir;
+  uint8_t repo_id[16] = {1, 2, 3};
+  std::vector<uint32_t> created;
+  auto w = PackWriter::Create(dir.path(), repo_id, true, [&](uint32_t id) {
+    created.push_back(id);
+    return Status::Ok();
+  });
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  std::vector<uint8_t> a(10000, 0xab), b(4096, 0xcd);
+  ObjRef ra{}, rb{};
+  simd::Sha256(a.data(), a.size(), ra.sha256);
+  simd::Sha256(b.data(), b.size(), rb.sha256);
+  ASSERT_TRUE(w->WriteRecord(a.data(), uint32_t(a.size()), &ra).ok());
+  ASSERT_TRUE(w->WriteRecord(b.data(), uint32_t(b.size()), &rb).ok());
+  EXPECT_EQ(ra.offset_4k, 1u);
+  EXPECT_EQ(rb.offset_4k, 4u);  // 10000 bytes padded to 3 pages
+  uint32_t id = w->pack_id();
+  ASSERT_EQ(created, std::vector<uint32_t>{id});
+  ASSERT_TRUE(w->Finish().ok());
+  std::string path = dir.path() + "/" + PackName(id) + ".pack";
+  EXPECT_EQ(w->final_size() % 4096, 0u);
+
+  auto r = PackReader::Open(path, id);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto index = r->ReadIndex();
+  ASSERT_TRUE(index.ok());
+  ASSERT_EQ(index->size(), 2u);
+  EXPECT_EQ(std::memcmp((*index)[1].sha256, rb.sha256, 32), 0);
+  std::vector<uint8_t> buf(12288);
+  EXPECT_TRUE(r->ReadRecord(ra, buf.data()).ok());
+  EXPECT_FALSE(PackReader::Open(path, id + 1).ok());  // header names another pack
+
+  // A flipped byte in a record, then a truncated trailer.
+  auto bytes = ReadAll(path);
+  bytes[4096 + 5] ^= 1;
+  WriteAll(path, bytes);
+  auto r2 = PackReader::Open(path, id);
+  ASSERT_TRUE(r2.ok());
+  Status s = r2->ReadRecord(ra, buf.data());
+  EXPECT_EQ(s.code(), Code::kCorruption);
+  EXPECT_NE(s.message().find("offset 4096"), std::string::npos);
+  ASSERT_EQ(truncate(path.c_str(), off_t(bytes.size() - 4096)), 0);
+  auto r3 = PackReader::Open(path, id);
+  ASSERT_TRUE(r3.ok());
+  EXPECT_EQ(r3->ReadIndex().status().code(), Code::kCorruption);
+}
+
+TEST(RepositoryTest, InitRefusesNonEmptyAndOpenRefusesNonRepo) {
+  TempDir dir;
+  WriteAll(dir.path() + "/file", {1, 2, 3});
+  EXPECT_EQ(Repository::Init(dir.path()).code(), Code::kExists);
+  auto open = Repository::Open(dir.path());
+  EXPECT_EQ(open.status().code(), Code::kNotFound);
+  EXPECT_NE(open.status().message().find("not a dp420 repository"), std::string::npos);
+  std::string repo = dir.path() + "/repo";
+  ASSERT_TRUE(Repository::Init(repo).ok());
+  struct stat st;
+  ASSERT_EQ(stat((repo + "/keys/hash.key").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(stat(repo.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  // A damaged key is caught at open, not silently used.
+  auto key = ReadAll(repo + "/keys/hash.key");
+  key[0] ^= 1;
+  WriteAll(repo + "/keys/hash.key", key);
+  EXPECT_EQ(Repository::Open(repo).status().code(), Code::kCorruption);
+}
+
+TEST(RepositoryTest, VolumeLockExcludesSecondWriter) {
+  TempDir dir;
+  std::string path = dir.path() + "/repo";
+  ASSERT_TRUE(Repository::Init(path).ok());
+  auto repo = Repository::Open(path);
+  ASSERT_TRUE(repo.ok());
+  auto first = (*repo)->LockVolume("v");
+  ASSERT_TRUE(first.ok());
+  // flock locks belong to open file descriptions: a second open conflicts.
+  auto second = (*repo)->LockVolume("v");
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), Code::kBusy);
+  EXPECT_TRUE((*repo)->LockVolume("other").ok());
+}
+
+}  // namespace
+}  // namespace dp420
