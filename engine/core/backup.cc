@@ -220,6 +220,7 @@ class Worker {
   std::map<uint64_t, std::unique_ptr<LeafPage>> open_pages_;
   unsigned queue_depth_ = 0;
   unsigned reads_in_flight_ = 0;
+  bool fixed_source_ = false;
   uint64_t next_page_ = 0;
   uint64_t next_block_ = 0;      // next block to read within next_page_
   std::vector<io::IoOp*> done_;
@@ -237,6 +238,8 @@ Status Worker::Setup() {
   DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = buffers + max_writes}));
   DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(g.extent_bytes, buffers));
   if (!pool_.Register(*ring_).ok()) job_.registered.store(false);
+  // The source as registered files: index 0 direct, 1 buffered (tail).
+  fixed_source_ = ring_->RegisterFiles({job_.source_direct.fd(), job_.source_buffered.fd()}).ok();
   reads_.resize(buffers);
   writes_.resize(max_writes);
   for (auto& w : writes_) free_writes_.push_back(&w);
@@ -295,7 +298,12 @@ Status Worker::QueueRead(unsigned buffer) {
   bool aligned = len % job_.source_align == 0;
   io::IoOp& op = slot.op;
   op.kind = io::IoOp::kRead;
-  op.fd = aligned ? job_.source_direct.fd() : job_.source_buffered.fd();
+  if (fixed_source_) {
+    op.fd = aligned ? 0 : 1;
+    op.fixed_file = true;
+  } else {
+    op.fd = aligned ? job_.source_direct.fd() : job_.source_buffered.fd();
+  }
   op.buf = pool_.data(buffer);
   op.buf_index = pool_.registered() ? int(buffer) : -1;
   op.len = static_cast<uint32_t>(len);
