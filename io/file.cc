@@ -4,6 +4,7 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -303,6 +304,36 @@ Status MakeDirs(const std::string& dir) {
     DP420_RETURN_IF_ERROR(MakeOneDir(dir.substr(0, slash)));
   }
   return MakeOneDir(dir);
+}
+
+}  // namespace dp420::io
+
+namespace dp420::io {
+
+namespace {
+// cachestat(2): not in this distribution's headers yet.
+constexpr long kSysCachestat = 451;
+struct CachestatRange {
+  uint64_t off;
+  uint64_t len;
+};
+struct Cachestat {
+  uint64_t nr_cache;
+  uint64_t nr_dirty;
+  uint64_t nr_writeback;
+  uint64_t nr_evicted;
+  uint64_t nr_recently_evicted;
+};
+}  // namespace
+
+double CachedFraction(int fd, uint64_t size_bytes) {
+  if (size_bytes == 0) return 1.0;
+  CachestatRange range{0, size_bytes};
+  Cachestat cs{};
+  if (syscall(kSysCachestat, fd, &range, &cs, 0) != 0) return -1.0;
+  uint64_t pages = (size_bytes + 4095) / 4096;
+  double fraction = double(cs.nr_cache) / double(pages);
+  return fraction > 1.0 ? 1.0 : fraction;
 }
 
 }  // namespace dp420::io

@@ -68,6 +68,12 @@ class File {
 // BLKSSZGET for block devices).
 Result<FileInfo> Probe(int fd, const std::string& path);
 
+// Fraction of the first `size_bytes` of `fd` resident in the page cache, from
+// cachestat(2) (Linux 6.5+); a negative value when the kernel cannot tell.
+// Reading a file that is mostly cached through O_DIRECT would go to the device
+// instead: callers use this to pick buffered reads for warm input.
+double CachedFraction(int fd, uint64_t size_bytes);
+
 // Writes `data` to `path` atomically and durably: temp file in the same
 // directory, write, fsync, rename over `path`, fsync the directory. Mode 0600.
 Status WriteFileAtomic(const std::string& path, const std::string& data);

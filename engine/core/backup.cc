@@ -528,9 +528,19 @@ Result<uint32_t> ChooseBlockSize(const BackupOptions& o, const Manifest* parent)
   return bs;
 }
 
+// Share of the source that must be cached for backup to read it buffered.
+constexpr double kWarmFraction = 0.5;
+
 Status OpenSource(Job& job) {
   const std::string& path = job.options.source_path;
-  DP420_ASSIGN_OR_RETURN(job.source_direct, io::File::OpenRead(path, true));
+  // Warm input (mostly in the page cache) is read buffered: O_DIRECT would
+  // fetch it from the device again.
+  bool warm = false;
+  {
+    DP420_ASSIGN_OR_RETURN(io::File probe, io::File::OpenRead(path, false));
+    warm = io::CachedFraction(probe.fd(), probe.info().size_bytes) >= kWarmFraction;
+  }
+  DP420_ASSIGN_OR_RETURN(job.source_direct, io::File::OpenRead(path, !warm));
   DP420_ASSIGN_OR_RETURN(job.source_buffered, io::File::OpenRead(path, false));
   const io::FileInfo& info = job.source_direct.info();
   job.source_align = job.source_direct.direct() ? std::max<uint32_t>(info.dio_offset_align, 1) : 1;

@@ -253,5 +253,20 @@ TEST(FileTest, MakeDirsAndSyncDir) {
   EXPECT_EQ(SyncDir(dir.Join("missing")).code(), Code::kNotFound);
 }
 
+TEST(FileTest, CachedFractionSeesWarmAndColdFiles) {
+  TempDir dir;
+  std::string path = dir.Join("warm");
+  testing::WriteWholeFile(path, testing::RandomBytes(8 << 20, 11));
+  Result<File> file = File::OpenRead(path, false);
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  double warm = CachedFraction(file->fd(), file->info().size_bytes);
+  if (warm < 0) GTEST_SKIP() << "cachestat(2) is not available on this kernel";
+  EXPECT_GT(warm, 0.9) << "a file just written is in the page cache";
+  ASSERT_EQ(fdatasync(file->fd()), 0);
+  ASSERT_EQ(posix_fadvise(file->fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
+  EXPECT_LT(CachedFraction(file->fd(), file->info().size_bytes), 0.1);
+  EXPECT_EQ(CachedFraction(file->fd(), 0), 1.0);
+}
+
 }  // namespace
 }  // namespace dp420::io
