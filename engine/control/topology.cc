@@ -14,7 +14,9 @@ Json LocalTopology(const std::string& volume, const std::string& source_path) {
   auto id = io::ReadFile("/etc/machine-id");
   if (id.ok()) {
     node_id = id.value();
-    while (!node_id.empty() && (node_id.back() == '\n' || node_id.back() == ' ')) node_id.pop_back();
+    while (!node_id.empty() && (node_id.back() == '\n' || node_id.back() == ' ')) {
+      node_id.pop_back();
+    }
   }
   char host[HOST_NAME_MAX + 1] = {};
   gethostname(host, sizeof(host) - 1);

@@ -622,7 +622,8 @@ Status WriteManifest(const Repository& repo, Manifest* m, bool* renamed) {
   m->file_name = m->FileName();
   std::string tmp = repo.path() + "/tmp/" + m->snapshot_id + ".manifest.tmp";
   {
-    DP420_ASSIGN_OR_RETURN(io::File f, io::File::OpenWrite(tmp, O_CREAT | O_TRUNC | O_WRONLY, false));
+    DP420_ASSIGN_OR_RETURN(io::File f,
+                           io::File::OpenWrite(tmp, O_CREAT | O_TRUNC | O_WRONLY, false));
     DP420_RETURN_IF_ERROR(f.WriteAt(0, text.data(), text.size()));
     DP420_RETURN_IF_ERROR(f.Sync());
   }
@@ -682,7 +683,8 @@ Result<BackupResult> Commit(Job& job, Committer& committer, TableBuilder& builde
   return r;
 }
 
-Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o, const Manifest* parent) {
+Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
+                            const Manifest* parent) {
   auto start = Clock::now();
   unsigned threads = o.threads ? o.threads : DefaultThreads();
   // Room for every page a worker can have in flight, plus slack.

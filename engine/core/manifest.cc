@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "engine/core/job.h"
 #include "simd/simd.h"
 
 namespace dp420 {
@@ -136,7 +137,12 @@ Result<Manifest> Manifest::FromJson(const Json& j, const std::string& what) {
   } catch (const std::exception& e) {
     return Status::Corruption(what + ": missing or malformed field (" + e.what() + ")");
   }
-  if (m.block_size == 0 || m.blocks_total != DivCeil(m.volume_size, m.block_size)) {
+  bool power_of_two = m.block_size != 0 && (m.block_size & (m.block_size - 1)) == 0;
+  if (!power_of_two || m.block_size < kMinBlockSize || m.block_size > kMaxBlockSize) {
+    return Status::Corruption(what + ": block_size " + std::to_string(m.block_size) +
+                              " is not a power of two from 4096 to 4194304");
+  }
+  if (m.blocks_total != DivCeil(m.volume_size, m.block_size)) {
     return Status::Corruption(what + ": block_size/volume_size/blocks_total disagree");
   }
   if (TableShape::For(m.blocks_total).levels != m.table_levels) {

@@ -203,7 +203,9 @@ Status Repository::ListManifests(const std::string& volume, std::vector<Manifest
 
 Result<Manifest> Repository::FindSnapshot(const std::string& volume,
                                           const std::string& id) const {
-  if (!ValidVolumeName(volume)) return Status::InvalidArgument("invalid volume name '" + volume + "'");
+  if (!ValidVolumeName(volume)) {
+    return Status::InvalidArgument("invalid volume name '" + volume + "'");
+  }
   std::vector<Manifest> all;
   std::vector<DamagedFile> damaged;
   DP420_RETURN_IF_ERROR(ListManifests(volume, &all, &damaged));
