@@ -3,6 +3,7 @@
 #include "dp420/dp420.h"
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -11,6 +12,7 @@
 
 #include "engine/control/topology.h"
 #include "engine/core/backup.h"
+#include "engine/core/bench.h"
 #include "engine/core/repo.h"
 #include "engine/core/restore.h"
 #include "engine/core/verify.h"
@@ -329,5 +331,42 @@ int dp420_verify(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_verify_opts_t
     return Ok(ctx);
   });
 }
+
+// ---- Storage benchmark ----
+
+void dp420_bench_opts_init(dp420_bench_opts_t* opts) {
+  std::memset(opts, 0, sizeof(*opts));
+  opts->struct_size = sizeof(*opts);
+  opts->seconds_per_point = dp420::kBenchDefaultSecondsPerPoint;
+}
+
+int dp420_bench(dp420_ctx_t* ctx, const dp420_bench_opts_t* opts, char** report_json) {
+  return Guard(ctx, [&] {
+    if (!opts || !report_json || opts->struct_size < sizeof(dp420_bench_opts_t)) {
+      return Fail(ctx, Status::InvalidArgument("dp420_bench: bad arguments"));
+    }
+    *report_json = nullptr;
+    if (Missing(opts->source)) return Fail(ctx, Status::InvalidArgument("no source given"));
+    dp420::BenchOptions o;
+    o.source_path = dp420::control::AbsolutePath(opts->source);
+    if (!Missing(opts->write_test)) {
+      o.write_test_path = dp420::control::AbsolutePath(opts->write_test);
+    }
+    o.seconds_per_point = opts->seconds_per_point == 0 ? dp420::kBenchDefaultSecondsPerPoint
+                                                       : opts->seconds_per_point;
+    o.quick = opts->quick != 0;
+    o.control = Control(ctx);
+    auto r = dp420::RunBench(o);
+    if (!r.ok()) return Fail(ctx, r.status());
+    std::string text = r->dump();
+    auto* out = static_cast<char*>(std::malloc(text.size() + 1));
+    if (!out) return Fail(ctx, Status::NoMemory("out of memory"));
+    std::memcpy(out, text.c_str(), text.size() + 1);
+    *report_json = out;
+    return Ok(ctx);
+  });
+}
+
+void dp420_free(void* p) { std::free(p); }
 
 }  // extern "C"

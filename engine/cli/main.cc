@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -304,6 +305,184 @@ void AddCommon(CLI::App* cmd, Common* c, bool repo_option) {
   cmd->add_flag("-q,--quiet", c->quiet, "No progress bar, minimal output");
 }
 
+// ---- bench ----
+
+struct BenchArgs {
+  std::string source, write_test;
+  double seconds = 0;  // 0: the library's default
+  bool quick = false;
+};
+
+// The bench reports measured points, not bytes: its own one-line bar.
+class BenchProgress {
+ public:
+  explicit BenchProgress(bool enabled) : enabled_(enabled) {}
+  void Update(const char* phase, uint64_t done, uint64_t total) {
+    if (!enabled_) return;
+    int width = 24;
+    int filled = total ? int(double(done) / double(total) * width) : width;
+    std::string bar(size_t(width), '.');
+    for (int i = 0; i < filled && i < width; ++i) bar[size_t(i)] = '#';
+    std::fprintf(stderr, "\r%-15s [%s] %llu/%llu points   ", phase, bar.c_str(),
+                 (unsigned long long)done, (unsigned long long)total);
+    std::fflush(stderr);
+    drawn_ = true;
+  }
+  void Finish() {
+    if (!drawn_) return;
+    std::fprintf(stderr, "\r%80s\r", "");
+    std::fflush(stderr);
+    drawn_ = false;
+  }
+
+ private:
+  bool enabled_;
+  bool drawn_ = false;
+};
+
+void OnBenchProgress(void* user, const dp420_progress_t* p) {
+  static_cast<BenchProgress*>(user)->Update(p->phase, p->bytes_done, p->bytes_total);
+}
+
+std::string BenchSize(uint64_t bytes) {
+  if (bytes % (1u << 20) == 0) return std::to_string(bytes >> 20) + " MiB";
+  return std::to_string(bytes >> 10) + " KiB";
+}
+
+double Num(const Json& j, const char* key) { return j.at(key).get<double>(); }
+
+void PrintBenchDevice(const Json& d) {
+  char size[32];
+  std::printf("device   %s (%s, %s, %s", d["path"].get<std::string>().c_str(),
+              d["kind"].get<std::string>().c_str(),
+              dp420cli::HumanBytes(d["size_bytes"].get<uint64_t>(), size, sizeof(size)),
+              d["direct"].get<bool>() ? "O_DIRECT" : "buffered");
+  if (d["direct"].get<bool>()) {
+    std::printf(", alignment %u/%u", d["dio_mem_align_bytes"].get<unsigned>(),
+                d["dio_offset_align_bytes"].get<unsigned>());
+  }
+  std::printf(", %s buffers)\n", d["registered_buffers"].get<bool>() ? "registered" : "plain");
+  if (d.contains("note")) std::printf("  note: %s\n", d["note"].get<std::string>().c_str());
+}
+
+// The read or write points: one row per queue depth x request size.
+void PrintBenchIo(const char* title, const Json& points, bool write) {
+  std::printf("\n%s\n  %5s %9s %8s %9s %9s %9s %9s %9s %9s%s\n", title, "QD", "request",
+              "GB/s", "IOPS", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us",
+              write ? "  fdatasync ms" : "");
+  for (const Json& p : points) {
+    const Json& l = p["lat_us"];
+    std::printf("  %5u %9s %8.3f %9.0f %9.1f %9.1f %9.1f %9.1f %9.1f", p["qd"].get<unsigned>(),
+                BenchSize(p["request_bytes"].get<uint64_t>()).c_str(), Num(p, "gbps"),
+                Num(p, "iops"), Num(l, "p50"), Num(l, "p90"), Num(l, "p99"), Num(l, "p999"),
+                Num(l, "max"));
+    if (write) std::printf("  %12.1f", Num(p, "fdatasync_ms"));
+    std::printf("\n");
+  }
+}
+
+void PrintBenchKernels(const Json& kernels, const Json& cpu) {
+  std::printf("\nkernels (GB/s, one core, in cache, %s, %u CPUs)\n  %-8s",
+              cpu["simd_level"].get<std::string>().c_str(),
+              cpu["threads_available"].get<unsigned>(), "");
+  std::vector<uint64_t> sizes;
+  for (const Json& k : kernels) {
+    uint64_t b = k["block_bytes"].get<uint64_t>();
+    if (std::find(sizes.begin(), sizes.end(), b) == sizes.end()) sizes.push_back(b);
+  }
+  for (uint64_t b : sizes) std::printf(" %9s", BenchSize(b).c_str());
+  for (const char* name : {"hash", "is_zero", "crc32c", "sha256"}) {
+    std::printf("\n  %-8s", name);
+    for (uint64_t b : sizes) {
+      for (const Json& k : kernels) {
+        if (k["kernel"] == name && k["block_bytes"].get<uint64_t>() == b) {
+          std::printf(" %9.2f", Num(k, "gbps"));
+        }
+      }
+    }
+  }
+  std::printf("\n");
+}
+
+void PrintBenchPipeline(const Json& pipeline) {
+  std::printf("\npipeline (read QD 16 x 1 MiB per thread, 64 KiB blocks)\n"
+              "  %7s  %-26s %8s %8s %10s %7s\n",
+              "threads", "per block", "GB/s", "CPU s", "CPU s/GiB", "busy");
+  for (const Json& p : pipeline) {
+    bool sha = p["mode"] == "sha256";
+    std::printf("  %7u  %-26s %8.3f %8.2f %10.3f %6.0f%%\n", p["threads"].get<unsigned>(),
+                sha ? "zero, hash, diff, SHA-256" : "zero, hash, diff", Num(p, "gbps"),
+                Num(p, "cpu_seconds"), Num(p, "cpu_seconds_per_gib"),
+                100 * Num(p, "cores_busy"));
+  }
+}
+
+void PrintBenchVerdict(const Json& v, bool first) {
+  std::printf("%sverdict\n  limit (incremental): %s\n", first ? "" : "\n",
+              v["limit"].get<std::string>().c_str());
+  if (v.contains("recommended_block_size")) {
+    std::printf("  limit (full backup): %s\n  recommended: --block-size %llu (%s) "
+                "--threads %u\n",
+                v["full_backup_limit"].get<std::string>().c_str(),
+                (unsigned long long)v["recommended_block_size"].get<uint64_t>(),
+                BenchSize(v["recommended_block_size"].get<uint64_t>()).c_str(),
+                v["recommended_threads"].get<unsigned>());
+  }
+  std::printf("  %s\n", v["reason"].get<std::string>().c_str());
+}
+
+void PrintBench(const Json& j, bool quiet) {
+  if (!quiet) {
+    PrintBenchDevice(j["device"]);
+    PrintBenchIo("read (sequential from a random offset)", j["read"], false);
+    PrintBenchKernels(j["kernels"], j["cpu"]);
+    PrintBenchPipeline(j["pipeline"]);
+    if (j.contains("write")) {
+      std::string title = "write (" + j["write_file"]["path"].get<std::string>() +
+                          (j["write_file"]["direct"].get<bool>() ? ", O_DIRECT" : ", buffered") +
+                          "; GB/s include the fdatasync; file deleted)";
+      PrintBenchIo(title.c_str(), j["write"], true);
+    }
+  }
+  PrintBenchVerdict(j["verdict"], quiet);
+}
+
+int CmdBench(const Common& c, const BenchArgs& a) {
+  dp420_bench_opts_t o;
+  dp420_bench_opts_init(&o);
+  o.source = a.source.c_str();
+  o.write_test = a.write_test.empty() ? nullptr : a.write_test.c_str();
+  if (a.seconds > 0) o.seconds_per_point = a.seconds;
+  o.quick = a.quick;
+  BenchProgress bar(ShowProgress(c));
+  dp420_set_progress(g_ctx, OnBenchProgress, &bar);
+  char* report = nullptr;
+  int rc = dp420_bench(g_ctx, &o, &report);
+  bar.Finish();
+  if (rc != 0) return Report(c, "bench", rc);
+  Json j = Json::parse(report);
+  dp420_free(report);
+  if (c.json) {
+    std::cout << j.dump() << std::endl;
+  } else {
+    PrintBench(j, c.quiet);
+  }
+  return kExitOk;
+}
+
+CLI::App* AddBenchCommand(CLI::App* app, Common* c, BenchArgs* a) {
+  auto* bench = app->add_subcommand("bench", "Measure the device and CPU (SOURCE is only read)");
+  AddCommon(bench, c, false);
+  bench->add_option("SOURCE", a->source, "Regular file or block device (opened read-only)")
+      ->required();
+  bench->add_option("--write-test", a->write_test,
+                    "Also measure writes on this new scratch file (must not exist; deleted)");
+  bench->add_option("--seconds", a->seconds, "Time bound of each measured point (default 0.5)")
+      ->check(CLI::Range(0.001, 60.0));
+  bench->add_flag("--quick", a->quick, "Small grid: QD 1, 32 x 64 KiB, 1 MiB");
+  return bench;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -314,6 +493,7 @@ int main(int argc, char** argv) {
   BackupArgs b;
   RestoreArgs r;
   VerifyArgs v;
+  BenchArgs bn;
   std::string list_volume;
 
   auto* init = app.add_subcommand("init", "Create a repository");
@@ -344,6 +524,7 @@ int main(int argc, char** argv) {
   verify->add_option("--volume", v.volume, "Only this volume");
   verify->add_option("--snapshot", v.snapshot, "Only this snapshot");
   verify->add_flag("--read-data", v.read_data, "Re-read and re-hash every stored block");
+  auto* bench = AddBenchCommand(&app, &c, &bn);
 
   try {
     app.parse(argc, argv);
@@ -363,6 +544,7 @@ int main(int argc, char** argv) {
   if (*snaps) code = CmdSnapshots(c, list_volume);
   if (*restore) code = CmdRestore(c, r);
   if (*verify) code = CmdVerify(c, v);
+  if (*bench) code = CmdBench(c, bn);
   dp420_ctx_free(g_ctx);
   return code;
 }

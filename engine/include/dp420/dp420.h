@@ -193,6 +193,41 @@ DP420_EXPORT void dp420_verify_opts_init(dp420_verify_opts_t* opts);
 DP420_EXPORT int dp420_verify(dp420_ctx_t* ctx, dp420_repo_t* repo,
                               const dp420_verify_opts_t* opts, dp420_verify_result_t* result);
 
+/* ---- Storage benchmark ------------------------------------------------------
+ * dp420_bench measures what a backup of `source` can reach on this machine:
+ * O_DIRECT read throughput and per-request latency over queue depths and
+ * request sizes, the hashing kernels on this CPU, the read -> hash -> diff
+ * pipeline (with and without SHA-256 per block), and, with `write_test`,
+ * O_DIRECT write throughput and fdatasync on a scratch file. It ends with a
+ * verdict: what limits the pipeline, a block size and a thread count.
+ *
+ * `source` is opened read-only and never written. `write_test` must not exist
+ * (-DP420_EEXIST otherwise, before anything is measured); it is created,
+ * sized min(1 GiB, free space / 4) and deleted again, also on failure and on
+ * dp420_cancel().
+ *
+ * On success *report_json is one JSON object (device, cpu, settings, read,
+ * kernels, pipeline, write and write_file when measured, verdict, seconds;
+ * GB/s are 10^9 bytes per second), owned by the caller: release it with
+ * dp420_free(). Progress phases are "bench read", "bench kernels",
+ * "bench pipeline" and "bench write"; there bytes_done and bytes_total count
+ * measured points, not bytes.
+ * Errors: -DP420_EINVAL, -DP420_ENOENT (source, or write_test's directory),
+ * -DP420_EEXIST, -DP420_ENOSPC, -DP420_EIO, -DP420_ENOMEM, -DP420_ECANCELED. */
+typedef struct dp420_bench_opts {
+  size_t struct_size;
+  const char* source;        /* required: regular file or block device */
+  const char* write_test;    /* NULL: no write test; else a file that must not exist */
+  double seconds_per_point;  /* time bound of each measured point, (0, 60]; 0: 0.5 */
+  int quick;                 /* small read grid: QD 1, 32 x 64 KiB, 1 MiB */
+} dp420_bench_opts_t;
+
+DP420_EXPORT void dp420_bench_opts_init(dp420_bench_opts_t* opts);
+DP420_EXPORT int dp420_bench(dp420_ctx_t* ctx, const dp420_bench_opts_t* opts,
+                             char** report_json); /* caller frees with dp420_free */
+/* Frees memory the library returned to the caller (dp420_bench's report). */
+DP420_EXPORT void dp420_free(void* p);
+
 #ifdef __cplusplus
 }
 #endif
