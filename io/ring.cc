@@ -352,6 +352,19 @@ Status Ring::Wait(unsigned min_complete, std::vector<IoOp*>* done) {
   return Status::Ok();
 }
 
+Status Ring::Submit() {
+  if (io_uring_sq_ready(ring_.get()) == 0) return Status::Ok();
+  for (unsigned attempt = 0;; ++attempt) {
+    int ret = io_uring_submit(ring_.get());
+    if (ret >= 0) return Status::Ok();
+    bool transient = ret == -EINTR || ret == -EAGAIN || ret == -EBUSY;
+    if (ret == -EEXIST) return Status::IOError(std::string("io_uring_enter: ") + kWrongThread);
+    if (!transient || attempt + 1 >= kMaxEnterRetries) {
+      return Status::IOError(std::string("io_uring_enter: ") + std::strerror(-ret));
+    }
+  }
+}
+
 // Submits the SQ and waits for `wait_nr` CQEs. With wait_nr == 0 it still
 // enters the kernel: under DEFER_TASKRUN that is what posts completions.
 Status Ring::Enter(unsigned wait_nr) {

@@ -87,6 +87,10 @@ class Ring {
   // kIOError only when io_uring_enter itself fails.
   Status Wait(unsigned min_complete, std::vector<IoOp*>* done);
 
+  // Submits everything queued without waiting or reaping, so new requests
+  // reach the device while the caller keeps working on earlier completions.
+  Status Submit();
+
   unsigned in_flight() const { return in_flight_; }
   unsigned depth() const { return depth_; }
   unsigned cq_entries() const { return cq_entries_; }

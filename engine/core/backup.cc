@@ -200,6 +200,7 @@ class Worker {
   bool NextExtent(uint64_t* first_block, uint32_t* nblocks);
   Status StartPage(uint64_t page_index);
   Status QueueRead(unsigned buffer);
+  unsigned Fill(Status* first_error, bool may_block);
   Status OnRead(ReadSlot* slot);
   Status OnWrite(WriteSlot* w);
   Status StoreBlock(ReadSlot* slot, uint32_t block_in_extent, uint32_t len, Entry* entry,
@@ -210,8 +211,10 @@ class Worker {
 
   Job& job_;
   unsigned id_;
-  std::unique_ptr<io::Ring> ring_;
+  // The pool is declared before the ring so the ring (which waits for its
+  // in-flight ops when destroyed) goes first and no op outlives its buffer.
   io::BufferPool pool_;
+  std::unique_ptr<io::Ring> ring_;
   std::unique_ptr<TableReader> parent_;
   std::vector<ReadSlot> reads_;
   std::vector<WriteSlot> writes_;
@@ -448,20 +451,32 @@ Status Worker::FinishClosedPacks(bool all) {
   return Status::Ok();
 }
 
+// Queues reads while buffers, depth and the page window allow. Returns the
+// number queued; the caller submits. Waits for room in the window only with
+// `may_block` and nothing in flight: a caller still holding unprocessed
+// completions must never block, since they may complete the page the
+// committer needs next.
+unsigned Worker::Fill(Status* first_error, bool may_block) {
+  unsigned queued = 0;
+  bool stop = !first_error->ok() || job_.Stopped() || job_.options.control.Canceled();
+  while (!stop && reads_in_flight_ < queue_depth_ && next_page_ < job_.geo.pages) {
+    if (!open_pages_.count(next_page_) && !job_.queue.HasRoom(next_page_)) {
+      if (!may_block || ring_->in_flight() > 0) break;  // completions first, then room
+      if (!job_.queue.WaitForRoom(next_page_)) break;
+    }
+    auto buffer = pool_.Acquire();
+    if (!buffer) break;
+    *first_error = QueueRead(*buffer);
+    if (!first_error->ok()) break;
+    ++queued;
+  }
+  return queued;
+}
+
 Status Worker::Loop() {
   Status first_error;
   for (;;) {
-    bool stop = !first_error.ok() || job_.Stopped() || job_.options.control.Canceled();
-    while (!stop && reads_in_flight_ < queue_depth_ && next_page_ < job_.geo.pages) {
-      if (!open_pages_.count(next_page_) && !job_.queue.HasRoom(next_page_)) {
-        if (ring_->in_flight() > 0) break;  // completions first, then room
-        if (!job_.queue.WaitForRoom(next_page_)) break;
-      }
-      auto buffer = pool_.Acquire();
-      if (!buffer) break;
-      first_error = QueueRead(*buffer);
-      if (!first_error.ok()) break;
-    }
+    Fill(&first_error, /*may_block=*/true);
     if (ring_->in_flight() == 0) break;
     done_.clear();
     DP420_RETURN_IF_ERROR(ring_->Wait(1, &done_));
@@ -469,6 +484,9 @@ Status Worker::Loop() {
       Status s = op->tag == kTagRead ? OnRead(static_cast<ReadSlot*>(op->owner))
                                      : OnWrite(static_cast<WriteSlot*>(op->owner));
       if (first_error.ok() && !s.ok()) first_error = s;
+      // Refill as soon as a buffer is free, so the device keeps working
+      // while this thread hashes the rest of the batch.
+      if (Fill(&first_error, /*may_block=*/false) > 0) DP420_RETURN_IF_ERROR(ring_->Submit());
     }
     if (first_error.ok()) first_error = FinishClosedPacks(false);
   }

@@ -92,8 +92,8 @@ class RestoreWorker {
   RestoreJob& job_;
   unsigned id_;
   TableReader table_;
+  io::BufferPool pool_;               // declared before the ring: destroyed after it
   std::unique_ptr<io::Ring> ring_;
-  io::BufferPool pool_;
   std::vector<Slot> slots_;
   std::vector<Op> ops_;
   std::vector<Op*> free_ops_;
