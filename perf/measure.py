@@ -1,15 +1,23 @@
 #!/usr/bin/env python3
 """Runs one command and records what it cost.
 
-    measure.py RESULTS.jsonl LABEL [--stdout FILE [--parse fio|KEY]] [--meta JSON] -- CMD...
+    measure.py RESULTS.jsonl LABEL [--stdout FILE [--parse fio|KEY]] [--meta JSON] [--du PATH]
+               [--disk NAME] -- CMD...
 
 Appends one JSON object to RESULTS.jsonl: label, argv, exit code, wall seconds, user and
 system CPU seconds, peak RSS and the bytes the command (and every child it waited for)
 read from and wrote to storage, as the kernel counts them for getrusage(2):
 ru_inblock/ru_oublock in 512-byte units. Exits with the command's exit code.
 
---parse fio adds the read bandwidth, bytes and runtime from fio's JSON output (in FILE);
+--parse fio adds the bandwidth, bytes and runtime of fio's reads (or, for a write job, its
+writes) from fio's JSON output (in FILE);
 --parse KEY adds FILE's JSON object under KEY (dp420 --json output).
+--du PATH adds `du -sb PATH` before and after the command (repo_before_bytes,
+repo_after_bytes, repo_growth_bytes; a missing PATH counts 0), measured outside the timing.
+--disk NAME adds what the block device NAME (as in /proc/diskstats) did meanwhile: read and
+write requests and bytes, and the milliseconds it had I/O in flight (dev_busy_ms). The
+device is shared: these count every process's I/O, which is the point when asking whether
+the disk was the limit.
 
 Peak RSS comes from GNU time (/usr/bin/time): a child forked from this Python process
 would report at least Python's own RSS, since exec keeps the old image's high-water mark.
@@ -32,9 +40,28 @@ def parse_output(path: str, kind: str) -> dict:
     doc = json.loads(text[text.index("{"):])
     if kind != "fio":
         return {kind: doc}
-    read = doc["jobs"][0]["read"]
-    return {"fio": {"bw_bytes": read["bw_bytes"], "io_bytes": read["io_bytes"],
-                    "runtime_ms": read["runtime"], "iops": read["iops"]}}
+    job = doc["jobs"][0]
+    rw = "read" if job["read"]["io_bytes"] > 0 else "write"
+    side = job[rw]
+    return {"fio": {"rw": rw, "bw_bytes": side["bw_bytes"], "io_bytes": side["io_bytes"],
+                    "runtime_ms": side["runtime"], "iops": side["iops"]}}
+
+
+def du_bytes(path: str) -> int:
+    if not os.path.exists(path):
+        return 0
+    out = subprocess.run(["du", "-sb", path], check=True, capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
+def diskstats(name: str):
+    with open("/proc/diskstats") as f:
+        for line in f:
+            x = line.split()
+            if len(x) >= 14 and x[2] == name:
+                return {"reads": int(x[3]), "read_bytes": int(x[5]) * 512, "writes": int(x[7]),
+                        "write_bytes": int(x[9]) * 512, "busy_ms": int(x[12])}
+    return None
 
 
 def main(argv: list) -> int:
@@ -44,7 +71,7 @@ def main(argv: list) -> int:
     sep = argv.index("--")
     opts, cmd = argv[1:sep], argv[sep + 1:]
     results, label = opts[0], opts[1]
-    stdout_path, parse, meta = None, None, {}
+    stdout_path, parse, meta, du_path, disk = None, None, {}, None, None
     rest = opts[2:]
     while rest:
         if rest[0] == "--stdout" and len(rest) >= 2:
@@ -53,19 +80,26 @@ def main(argv: list) -> int:
             parse, rest = rest[1], rest[2:]
         elif rest[0] == "--meta" and len(rest) >= 2:
             meta, rest = json.loads(rest[1]), rest[2:]
+        elif rest[0] == "--du" and len(rest) >= 2:
+            du_path, rest = rest[1], rest[2:]
+        elif rest[0] == "--disk" and len(rest) >= 2:
+            disk, rest = rest[1], rest[2:]
         else:
             print(f"measure.py: unknown option {rest[0]}", file=sys.stderr)
             return 2
+    repo_before = du_bytes(du_path) if du_path else None
     out = open(stdout_path, "wb") if stdout_path else None
     rss_file = tempfile.NamedTemporaryFile("r", suffix=".rss")
     wrapped = cmd
     if os.access(GNU_TIME, os.X_OK):
         wrapped = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file.name] + cmd
+    disk_before = diskstats(disk) if disk else None
     start = time.monotonic()
     # Without --stdout the command's output goes to stderr: stdout is for results.
     proc = subprocess.Popen(wrapped, stdout=out if out else sys.stderr)
     _, status, usage = os.wait4(proc.pid, 0)
     wall_s = time.monotonic() - start
+    disk_after = diskstats(disk) if disk_before else None
     proc.returncode = os.waitstatus_to_exitcode(status)
     if out:
         out.close()
@@ -87,6 +121,12 @@ def main(argv: list) -> int:
         "read_bytes": usage.ru_inblock * 512,
         "written_bytes": usage.ru_oublock * 512,
     }
+    if disk_before and disk_after:
+        record.update({f"dev_{k}": disk_after[k] - disk_before[k] for k in disk_before})
+    if du_path:
+        repo_after = du_bytes(du_path)
+        record.update({"repo_before_bytes": repo_before, "repo_after_bytes": repo_after,
+                       "repo_growth_bytes": repo_after - repo_before})
     record.update(meta)
     if parse and stdout_path and rc == 0:
         try:
