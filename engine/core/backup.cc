@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sched.h>
-#include <sys/random.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,6 +20,7 @@
 #include "io/assert.h"
 #include "io/buffer_pool.h"
 #include "io/file.h"
+#include "io/random.h"
 #include "io/ring.h"
 #include "simd/simd.h"
 
@@ -506,8 +506,8 @@ void Worker::Run() {
 }
 
 std::string NewSnapshotId() {
-  uint8_t raw[8];
-  while (getrandom(raw, sizeof(raw), 0) != sizeof(raw)) {
+  uint8_t raw[8] = {};
+  while (!io::FillRandom(raw, sizeof(raw)).ok()) {
   }
   return simd::ToHex(raw, sizeof(raw));
 }

@@ -1,7 +1,6 @@
 #include "engine/core/pack.h"
 
 #include <fcntl.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -10,6 +9,7 @@
 #include <memory>
 
 #include "io/assert.h"
+#include "io/random.h"
 #include "simd/simd.h"
 
 namespace dp420 {
@@ -31,7 +31,7 @@ AlignedBuf AllocAligned(size_t bytes) {
 uint32_t RandomPackId() {
   uint32_t id = 0;
   while (id == 0) {
-    if (getrandom(&id, sizeof(id), 0) != sizeof(id)) id = 0;
+    if (!io::FillRandom(&id, sizeof(id)).ok()) id = 0;
   }
   return id;
 }

@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,25 +11,13 @@
 #include <ctime>
 
 #include "io/file.h"
+#include "io/random.h"
 
 namespace dp420 {
 
 namespace {
 
 constexpr const char* kSubdirs[] = {"packs", "snapshots", "locks", "tmp", "keys"};
-
-Status RandomBytes(uint8_t* out, size_t len) {
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = getrandom(out + done, len - done, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return PosixError("getrandom", errno);
-    }
-    done += size_t(n);
-  }
-  return Status::Ok();
-}
 
 std::string UtcNow() {
   time_t now = time(nullptr);
@@ -81,8 +68,8 @@ Status Repository::Init(const std::string& path) {
   for (const char* sub : kSubdirs) DP420_RETURN_IF_ERROR(io::MakeDirs(path + "/" + sub));
   uint8_t key[simd::kHashSecretBytes];
   uint8_t repo_id[16];
-  DP420_RETURN_IF_ERROR(RandomBytes(key, sizeof(key)));
-  DP420_RETURN_IF_ERROR(RandomBytes(repo_id, sizeof(repo_id)));
+  DP420_RETURN_IF_ERROR(io::FillRandom(key, sizeof(key)));
+  DP420_RETURN_IF_ERROR(io::FillRandom(repo_id, sizeof(repo_id)));
   DP420_RETURN_IF_ERROR(io::WriteFileAtomic(
       path + "/keys/hash.key", std::string(reinterpret_cast<char*>(key), sizeof(key))));
   uint8_t key_digest[32];

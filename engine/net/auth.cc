@@ -4,7 +4,6 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +13,7 @@
 
 #include "engine/core/manifest.h"
 #include "io/file.h"
+#include "io/random.h"
 #include "simd/simd.h"
 
 namespace dp420::net {
@@ -38,18 +38,7 @@ bool ProofsEqual(const uint8_t a[kProofBytes], const uint8_t b[kProofBytes]) {
   return CRYPTO_memcmp(a, b, kProofBytes) == 0;
 }
 
-Status RandomNonce(uint8_t* out, size_t len) {
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = getrandom(out + done, len - done, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return PosixError("getrandom", errno);
-    }
-    done += size_t(n);
-  }
-  return Status::Ok();
-}
+Status RandomNonce(uint8_t* out, size_t len) { return io::FillRandom(out, len); }
 
 bool ValidClientName(const std::string& name) { return ValidVolumeName(name); }
 
