@@ -161,7 +161,9 @@ int dp420_repo_init(dp420_ctx_t* ctx, const char* path) {
 
 int dp420_repo_open(dp420_ctx_t* ctx, const char* path, dp420_repo_t** out) {
   return Guard(ctx, [&] {
-    if (Missing(path) || !out) return Fail(ctx, Status::InvalidArgument("repository path is empty"));
+    if (Missing(path) || !out) {
+      return Fail(ctx, Status::InvalidArgument("repository path is empty"));
+    }
     auto repo = dp420::Repository::Open(dp420::control::AbsolutePath(path));
     if (!repo.ok()) return Fail(ctx, repo.status());
     *out = new dp420_repo{std::move(repo).value()};

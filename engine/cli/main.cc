@@ -275,7 +275,9 @@ int CmdVerify(const Common& c, const VerifyArgs& a) {
     } else {
       for (const auto& p : problems) {
         std::string snaps;
-        for (const auto& s : p["snapshots"]) snaps += (snaps.empty() ? "" : ", ") + s.get<std::string>();
+        for (const auto& s : p["snapshots"]) {
+          snaps += (snaps.empty() ? "" : ", ") + s.get<std::string>();
+        }
         std::printf("damaged: %s: %s%s%s\n", p["object"].get<std::string>().c_str(),
                     p["message"].get<std::string>().c_str(),
                     snaps.empty() ? "" : " — breaks snapshot(s) ", snaps.c_str());
