@@ -2,10 +2,14 @@
 # Installs the Debian 12 packages dp420 needs to build, test, demo and measure.
 # Only missing packages are installed; `apt-get update` runs only when something is missing.
 # Not root and something missing: prints the exact command to run and exits 1.
+#
+#   scripts/install-deps.sh [--check] [PACKAGE...]
+# PACKAGE...: install these instead of the project's list (scripts/install-peers.sh).
+# --check: exit 1 when any is missing, install nothing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-readonly PACKAGES=(
+DEFAULT_PACKAGES=(
   build-essential cmake pkg-config
   liburing-dev libisal-dev libxxhash-dev libjemalloc-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
@@ -14,6 +18,17 @@ readonly PACKAGES=(
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
+
+check_only=0
+PACKAGES=()
+for arg in "$@"; do
+  case "${arg}" in
+    --check) check_only=1 ;;
+    -*) log "usage: $0 [--check] [PACKAGE...]"; exit 2 ;;
+    *) PACKAGES+=("${arg}") ;;
+  esac
+done
+((${#PACKAGES[@]} > 0)) || PACKAGES=("${DEFAULT_PACKAGES[@]}")
 
 is_installed() {
   local status
@@ -37,6 +52,7 @@ if ((${#missing[@]} == 0)); then
 fi
 
 log "missing: ${missing[*]}"
+((check_only)) && exit 1
 if ((EUID != 0)); then
   log "not root; run this as root:"
   printf '  sudo env DEBIAN_FRONTEND=noninteractive sh -c "apt-get update && apt-get install -y --no-install-recommends %s"\n' \
