@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "simd/simd.h"
 
 namespace dp420::simd {
@@ -31,16 +32,9 @@ constexpr size_t kBlockSizes[] = {size_t{4} << 10, size_t{64} << 10, size_t{1} <
 enum class Kernel { kHash, kIsZero, kCrc32c, kSha256 };
 enum class Content { kUnset, kRandom, kZero };
 
-// Random bytes (xorshift64*: cheap enough to fill 256 MiB at start-up).
 void FillRandom(uint8_t* data, size_t len) {
-  uint64_t x = 0x9E3779B97F4A7C15ULL;
-  for (size_t i = 0; i + 8 <= len; i += 8) {
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    const uint64_t word = x * 0x2545F4914F6CDD1DULL;
-    std::memcpy(data + i, &word, sizeof(word));
-  }
+  uint64_t state = 0x9E3779B97F4A7C15ULL;
+  bench::FillPseudoRandom(&state, data, len);
 }
 
 void Fill(uint8_t* data, size_t len, Content content) {

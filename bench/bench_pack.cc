@@ -42,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/core/format.h"
 #include "engine/core/manifest.h"
 #include "engine/core/pack.h"
@@ -62,18 +63,6 @@ constexpr size_t kHugePageBytes = size_t{2} << 20;
 
 enum class WritePath { kWriteRecord, kReservePwrite };
 
-// xorshift64*: cheap enough to fill the arenas at start-up.
-void FillRandom(uint64_t* state, uint8_t* data, size_t len) {
-  uint64_t x = *state;
-  for (size_t i = 0; i + 8 <= len; i += 8) {
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    const uint64_t word = x * 0x2545F4914F6CDD1DULL;
-    std::memcpy(data + i, &word, sizeof(word));
-  }
-  *state = x;
-}
 
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
@@ -173,7 +162,7 @@ Status Workspace::Create() {
   DP420_ASSIGN_OR_RETURN(repo_, Repository::Open(dir_ + "/repo"));
   blocks_ = AllocArena(kArenaBytes);
   uint64_t state = 0x9E3779B97F4A7C15ULL;
-  FillRandom(&state, blocks_.get(), kArenaBytes);
+  bench::FillPseudoRandom(&state, blocks_.get(), kArenaBytes);
   FillLeaves();
   return Status::Ok();
 }
@@ -188,8 +177,8 @@ void Workspace::FillLeaves() {
   uint64_t state = 0xD1B54A32D192ED03ULL;
   for (uint64_t i = 0; i < kTableBlocks; ++i) {
     Entry e{};
-    FillRandom(&state, e.id, sizeof(e.id));
-    FillRandom(&state, e.ref.sha256, sizeof(e.ref.sha256));
+    bench::FillPseudoRandom(&state, e.id, sizeof(e.id));
+    bench::FillPseudoRandom(&state, e.ref.sha256, sizeof(e.ref.sha256));
     e.ref.pack_id = 1;
     e.ref.offset_4k = static_cast<uint32_t>(1 + i * (kBlockBytes / kRecordAlign));
     e.ref.stored_len = kBlockBytes;

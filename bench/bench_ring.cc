@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "io/assert.h"
 #include "io/buffer_pool.h"
 #include "io/file.h"
@@ -62,18 +63,6 @@ const char* ModeName(Mode mode) {
   return "?";
 }
 
-// xorshift64*: fast enough to fill 1 GiB at start-up.
-void FillRandom(uint64_t* state, uint8_t* data, size_t len) {
-  uint64_t x = *state;
-  for (size_t i = 0; i + 8 <= len; i += 8) {
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    const uint64_t word = x * 0x2545F4914F6CDD1DULL;
-    std::memcpy(data + i, &word, sizeof(word));
-  }
-  *state = x;
-}
 
 // The path the signal handler unlinks; set once the file exists.
 char g_scratch_path[4096];
@@ -140,7 +129,7 @@ Status ScratchFile::Fill(const File& file) {
   std::vector<uint8_t> chunk(kFillChunkBytes);
   uint64_t state = 0x9E3779B97F4A7C15ULL;
   for (uint64_t offset = 0; offset < kFileBytes; offset += chunk.size()) {
-    FillRandom(&state, chunk.data(), chunk.size());
+    bench::FillPseudoRandom(&state, chunk.data(), chunk.size());
     DP420_RETURN_IF_ERROR(file.WriteAt(offset, chunk.data(), chunk.size()));
   }
   return Status::Ok();
