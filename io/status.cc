@@ -21,6 +21,8 @@ const char* CodeName(Code code) {
     case Code::kPermission: return "permission denied";
     case Code::kCanceled: return "canceled";
     case Code::kInternal: return "internal error";
+    case Code::kNetwork: return "network error";
+    case Code::kClockSkew: return "clock skew";
   }
   return "error";
 }

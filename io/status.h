@@ -28,6 +28,8 @@ enum class Code : int {
   kPermission = 10,      // EACCES / EPERM
   kCanceled = 11,        // the caller asked to stop
   kInternal = 12,        // a bug: an invariant did not hold
+  kNetwork = 13,         // a peer unreachable, lost, or speaking the protocol wrong
+  kClockSkew = 14,       // this clock and the server's differ beyond the allowed skew
 };
 
 class [[nodiscard]] Status {
@@ -46,6 +48,8 @@ class [[nodiscard]] Status {
   static Status NoMemory(std::string m) { return Status(Code::kNoMemory, std::move(m)); }
   static Status Canceled(std::string m) { return Status(Code::kCanceled, std::move(m)); }
   static Status Internal(std::string m) { return Status(Code::kInternal, std::move(m)); }
+  static Status Network(std::string m) { return Status(Code::kNetwork, std::move(m)); }
+  static Status ClockSkew(std::string m) { return Status(Code::kClockSkew, std::move(m)); }
 
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }

@@ -39,6 +39,12 @@ struct BackupResult {
   unsigned threads = 0;
   bool direct_io = false;     // the source was read with O_DIRECT
   bool registered_buffers = false;
+  // Network backups (engine/net/agent_backup.cc); 0 for a local one.
+  uint64_t bytes_sent = 0;             // frame bytes put on the wire (headers and data)
+  uint64_t bytes_sent_zerocopy = 0;    // block bytes sent with send_zc
+  uint64_t bytes_zerocopy_copied = 0;  // ... of which the kernel copied anyway
+  uint64_t bytes_resent = 0;           // block bytes sent again after a reconnect
+  uint64_t reconnects = 0;
 };
 
 Result<BackupResult> RunBackup(const Repository& repo, const BackupOptions& options);

@@ -90,6 +90,7 @@ Json Manifest::ToJson() const {
   j["source"] = Json{{"path", source_path}, {"kind", source_kind}};
   j["node_topology"] = node_topology;
   j["tool_version"] = tool_version;
+  if (!client.empty()) j["client"] = client;
   return j;
 }
 
@@ -134,6 +135,7 @@ Result<Manifest> Manifest::FromJson(const Json& j, const std::string& what) {
     m.source_kind = j.at("source").at("kind").get<std::string>();
     m.node_topology = j.at("node_topology");
     m.tool_version = j.value("tool_version", "");
+    m.client = j.value("client", "");
   } catch (const std::exception& e) {
     return Status::Corruption(what + ": missing or malformed field (" + e.what() + ")");
   }

@@ -57,6 +57,7 @@ struct Manifest {
   std::string source_kind;         // "file" or "block-device"
   Json node_topology = Json::object();
   std::string tool_version;
+  std::string client;              // the server client that owns the volume ("" local)
 
   // Derived when read:
   std::string seal;                // SHA-256 of this manifest's JSON line

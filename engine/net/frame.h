@@ -28,7 +28,27 @@ enum class FrameType : uint16_t {
   kError = 5,      // either way: code + message; the sender closes
   kPing = 6,       // heartbeat with the sender's clock (ns)
   kPong = 7,       // answer: echoes the ping's clock, adds the responder's
-  kMaxType = 7,
+  // Requests on a control connection and their answers (docs/PROTOCOL.md).
+  kList = 8,          // a -> s: string volume ("" = all the client may see)
+  kSnapshot = 9,      // s -> a: string sealed manifest text
+  kDone = 10,         // s -> a: string JSON summary; ends an answer
+  kVerify = 11,       // a -> s: string volume, string snapshot, u8 read_data
+  kProblem = 12,      // s -> a: string object, string message, string snapshots
+  kRestore = 13,      // a -> s: string volume, string snapshot
+  kRestorePage = 14,  // s -> a: u64 page, u32 count, count x (u8 kind, sha256[32])
+  kRestoreData = 15,  // s -> a: u64 first_block, u32 nblocks, block bytes
+  kBackupBegin = 16,  // a -> s: see PROTOCOL.md
+  kBackupReady = 17,  // s -> a: token, snapshot id, block size, parent manifest, hash key
+  kParentReq = 18,    // a -> s: u64 first_page, u32 pages
+  kParentPage = 19,   // s -> a: u64 page, u32 count, count x (id[16], u8 zero)
+  kStripeJoin = 20,   // a -> s (data connection): string token, u32 stripe
+  kStripeReady = 21,  // s -> a: u64 next page of the stripe to send
+  kBlocks = 22,       // a -> s: u64 first_block, u32 n, n x (id[16], sha256[32]), bytes
+  kPage = 23,         // a -> s: u64 page, u32 count, count x (u8 kind, id[16])
+  kAck = 24,          // s -> a: u64 page (its blocks are written)
+  kCommit = 25,       // a -> s: every stripe is acknowledged; commit the snapshot
+  kCommitted = 26,    // s -> a: string sealed manifest text of the new snapshot
+  kMaxType = 26,
 };
 
 // The 32 bytes before every payload, little-endian.

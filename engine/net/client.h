@@ -1,0 +1,78 @@
+// RemoteRepository: the agent's view of a repository served by `dp420 serve`
+// (docs/PROTOCOL.md). It authenticates with the client's key, measures the
+// clock offset against the server, and runs the same operations as a local
+// Repository: list snapshots, verify, restore and backup.
+//
+// Thread safety: one thread per object (a backup starts its own threads).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/core/backup.h"
+#include "engine/core/manifest.h"
+#include "engine/core/restore.h"
+#include "engine/core/verify.h"
+#include "engine/net/conn.h"
+
+namespace dp420::net {
+
+struct RemoteOptions {
+  std::string address;    // HOST:PORT
+  std::string client;     // client name registered on the server
+  std::string key_file;   // the client's key (mode 0600)
+  Millis connect_timeout{10000};
+  Millis heartbeat_interval{5000};
+  unsigned heartbeat_misses = 3;     // the peer is lost after this many silent intervals
+  Millis retry_for{60000};           // reconnect attempts after a loss, at most this long
+  Millis max_clock_skew{500};        // backup refuses to start beyond this offset
+  std::string cache_dir;             // parent block-id cache; "" = DefaultCacheDir()
+  JobControl control;                // progress and cancellation of the operations
+  // The peer is declared lost after heartbeat_interval * heartbeat_misses of silence.
+  Millis LossTimeout() const { return heartbeat_interval * heartbeat_misses; }
+};
+
+// $DP420_CACHE_DIR, else /var/cache/dp420 for root, else
+// $XDG_CACHE_HOME/dp420, else $HOME/.cache/dp420.
+std::string DefaultCacheDir();
+
+class RemoteRepository {
+ public:
+  // Reads the key, connects, authenticates and measures the clock offset.
+  static Result<std::unique_ptr<RemoteRepository>> Connect(const RemoteOptions& options);
+  ~RemoteRepository();
+
+  const RemoteOptions& options() const { return options_; }
+  const ClockOffset& clock() const { return clock_; }
+  // The server's repository id (hex), learned at connect.
+  const std::string& repo_id() const { return repo_id_; }
+
+  // Manifests of `volume` ("" = every volume this client may see), oldest first.
+  Status ListManifests(const std::string& volume, std::vector<Manifest>* out);
+  // Verify runs on the server (on the client's volumes only); the report
+  // comes back with its problems.
+  Result<VerifyReport> Verify(const VerifyOptions& options);
+  // Every block checked against its SHA-256 and the volume checksum before
+  // the target is committed (RestoreTarget).
+  Result<RestoreResult> Restore(const RestoreOptions& options);
+  // engine/net/agent_backup.cc.
+  Result<BackupResult> Backup(const BackupOptions& options);
+
+  // A fresh authenticated connection (for stripes and reconnects).
+  Result<std::unique_ptr<Conn>> OpenConnection() const;
+  Conn& control() { return *control_; }
+  // Replaces a lost control connection (with backoff, up to retry_for).
+  Status ReconnectControl();
+
+ private:
+  RemoteRepository() = default;
+  RemoteOptions options_;
+  uint8_t key_[kKeyBytes] = {};
+  std::unique_ptr<Conn> control_;
+  ClockOffset clock_;
+  std::string repo_id_;
+};
+
+}  // namespace dp420::net

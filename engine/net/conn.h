@@ -1,0 +1,115 @@
+// Conn: one TCP connection speaking dp420 frames (frame.h), with timeouts on
+// every blocking step, and the handshake and clock measurement both sides run
+// on it (docs/PROTOCOL.md).
+//
+// Control traffic (requests, answers, heartbeats, the handshake) goes through
+// Send/Recv: blocking sockets bounded by poll(2) deadlines. Bulk data has its
+// own paths: the agent sends blocks with io_uring send_zc from its registered
+// buffers on the fd() of a stripe connection, and the server receives block
+// payloads straight into its registered buffers with RecvHeader + RecvExact.
+//
+// Errors: kNetwork for a timeout, a reset, an end of stream or a refused
+// connection (the message names the peer and what happened); kCorruption for
+// a frame that fails its checks; kVersion for another protocol version.
+//
+// Thread safety: Send may be called from several threads at once (frames are
+// never interleaved); one thread receives. Shutdown may be called from any
+// thread and makes blocked calls in other threads return kNetwork.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/net/auth.h"
+#include "engine/net/frame.h"
+#include "io/status.h"
+
+namespace dp420::net {
+
+using Millis = std::chrono::milliseconds;
+
+struct Frame {
+  FrameHeader header{};
+  FrameType type() const { return static_cast<FrameType>(header.type); }
+  std::vector<uint8_t> payload;
+};
+
+class Conn {
+ public:
+  // Connects to "HOST:PORT" ("[v6]:PORT" for IPv6 literals; names resolved),
+  // with TCP_NODELAY and keepalive.
+  static Result<std::unique_ptr<Conn>> Connect(const std::string& address, Millis timeout);
+  // Takes ownership of an accepted socket; `peer` names it in messages.
+  Conn(int fd, std::string peer);
+  ~Conn();
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+
+  int fd() const { return fd_; }
+  const std::string& peer() const { return peer_; }
+
+  // Sends one whole frame within `timeout`.
+  Status Send(FrameType type, uint64_t request_id, std::span<const uint8_t> payload,
+              Millis timeout);
+  // Receives one frame within `timeout`: header checked (CheckHeader), then
+  // the payload read and checked (CheckPayload).
+  Result<Frame> Recv(Millis timeout);
+  // Receives and checks only a header; the caller then reads exactly
+  // header.payload_len bytes with RecvExact and checks them itself.
+  Result<FrameHeader> RecvHeader(Millis timeout);
+  Status RecvExact(uint8_t* buf, size_t len, Millis timeout);
+  // shutdown(SHUT_RDWR): wakes blocked calls on other threads; idempotent.
+  void Shutdown();
+
+  uint64_t bytes_sent() const { return bytes_sent_; }
+  uint64_t bytes_received() const { return bytes_received_; }
+
+ private:
+  Status SendAll(const uint8_t* data, size_t len, std::chrono::steady_clock::time_point deadline);
+  int fd_ = -1;
+  std::string peer_;
+  std::mutex send_mu_;
+  uint64_t bytes_sent_ = 0;
+  uint64_t bytes_received_ = 0;
+};
+
+// ERROR frames: u16 code (the Status code), string message (<= 4096 bytes).
+Status SendError(Conn& conn, const Status& status, Millis timeout);
+// The Status an ERROR frame carries (kNetwork for a malformed one), prefixed
+// with "server: " / the peer's name as the caller chooses.
+Status StatusFromError(const Frame& frame, const std::string& peer);
+// When `frame` is an ERROR frame: its Status; when it is not of `expected`
+// type: kNetwork naming both types; else OK.
+Status ExpectFrame(const Frame& frame, FrameType expected, const std::string& peer);
+
+// The agent side of the handshake (HELLO, CHALLENGE, AUTH, AUTH_OK). Checks
+// the server's proof before returning. `server_time_ns` receives the time the
+// server sent in AUTH_OK.
+Status ClientHandshake(Conn& conn, const std::string& client, const uint8_t key[kKeyBytes],
+                       Millis timeout, uint64_t* server_time_ns);
+// The server side: on success `*client` is the authenticated client (name,
+// role). An unknown client and a wrong proof both get ERROR "authentication
+// failed" and kPermission here.
+Status ServerHandshake(Conn& conn, const ClientRegistry& clients, Millis timeout,
+                       ClientKey* client);
+
+// NTP-style clock offset of the server against this host: `samples` PINGs,
+// the one with the smallest round trip wins. offset = server - local.
+struct ClockOffset {
+  int64_t offset_ns = 0;
+  int64_t error_ns = 0;   // half the winning round trip
+  int64_t rtt_ns = 0;
+};
+Result<ClockOffset> MeasureClockOffset(Conn& conn, unsigned samples, Millis timeout);
+// Answers a PING frame with a PONG carrying this host's clock.
+Status AnswerPing(Conn& conn, const Frame& ping, Millis timeout);
+
+// CLOCK_REALTIME in Unix nanoseconds.
+uint64_t WallClockNs();
+
+}  // namespace dp420::net

@@ -1,0 +1,82 @@
+// The repository server (`dp420 serve`): accepts agents on TCP with io_uring,
+// authenticates each connection (conn.h), and serves list, verify, restore
+// and backup sessions of many agents at once, one thread per connection.
+// A client reads and writes only the volumes it owns (Manifest::client);
+// an "admin" client sees every volume.
+//
+// Stop: setting *stop (SIGTERM in the CLI) stops accepting, lets running
+// sessions finish their current request up to `drain_timeout`, then closes
+// the rest; backups that did not commit are rolled back (repo.h journal).
+//
+// Thread safety: RunServer blocks the calling thread; Logger is thread-safe.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/core/repo.h"
+#include "engine/net/auth.h"
+#include "engine/net/conn.h"
+
+namespace dp420::net {
+
+// One log line per event, on stderr: "TIME LEVEL event key=value ..." or, with
+// json, one JSON object per line {"time":…,"level":…,"event":…, fields…}.
+class Logger {
+ public:
+  explicit Logger(bool json) : json_(json) {}
+  void Log(const char* level, const char* event, const nlohmann::ordered_json& fields);
+  void Info(const char* event, const nlohmann::ordered_json& fields) { Log("info", event, fields); }
+  void Warn(const char* event, const nlohmann::ordered_json& fields) { Log("warn", event, fields); }
+
+ private:
+  bool json_;
+  std::mutex mu_;
+};
+
+struct ServerOptions {
+  std::string repo_path;
+  std::string listen = "127.0.0.1:4420";  // HOST:PORT; port 0 picks a free port
+  std::string clients_file;               // absolute (auth.h ClientRegistry)
+  bool json_log = false;
+  Millis heartbeat_interval{5000};
+  unsigned heartbeat_misses = 3;          // an agent is lost after this many silent intervals
+  Millis resume_grace{120000};            // a lost backup waits this long for its agent
+  Millis drain_timeout{30000};
+  const std::atomic<bool>* stop = nullptr;
+  // Called once listening, with the bound port (tests use port 0).
+  std::function<void(uint16_t port)> on_listening;
+  Millis LossTimeout() const { return heartbeat_interval * heartbeat_misses; }
+};
+
+// Who is on the other end of an authenticated connection.
+struct SessionInfo {
+  std::string client;
+  std::string role;     // "append" or "admin"
+  std::string peer;     // "ADDR:PORT"
+  uint64_t session_id = 0;
+};
+
+class BackupRegistry;  // engine/net/store.h
+
+// What request handlers share.
+struct ServerContext {
+  const Repository& repo;
+  const ServerOptions& options;
+  Logger& log;
+  BackupRegistry& backups;
+  const std::atomic<bool>& stopping;
+};
+
+// kPermission unless `who` may use `volume` (it owns it, it is new, or who is admin).
+Status CheckVolumeAccess(const Repository& repo, const SessionInfo& who,
+                         const std::string& volume);
+
+Status RunServer(const ServerOptions& options);
+
+}  // namespace dp420::net
