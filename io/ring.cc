@@ -15,6 +15,15 @@
 
 #include "io/assert.h"
 
+// Linux 6.2 UAPI (io_uring.h) values that Debian 12's liburing 2.3 headers
+// predate: ask send_zc to report whether the kernel copied the data.
+#ifndef IORING_SEND_ZC_REPORT_USAGE
+#define IORING_SEND_ZC_REPORT_USAGE (1U << 3)
+#endif
+#ifndef IORING_NOTIF_USAGE_ZC_COPIED
+#define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
+#endif
+
 namespace dp420::io {
 
 namespace {
@@ -55,6 +64,9 @@ const char* KindName(IoOp::Kind kind) {
     case IoOp::kRead: return "read";
     case IoOp::kWrite: return "write";
     case IoOp::kFsync: return "fsync";
+    case IoOp::kSend: return "send";
+    case IoOp::kSendZc: return "send_zc";
+    case IoOp::kRecv: return "recv";
   }
   return "op";
 }
@@ -116,7 +128,7 @@ bool ParseRule(std::string_view item, FaultRule* rule) {
 }
 
 int ApplyFaults(FaultState& state, const IoOp& op) {
-  DP420_ASSERT(op.kind <= IoOp::kFsync);
+  if (op.kind > IoOp::kFsync) return 0;  // sockets: faults come from the network tests
   uint64_t seen = state.counts[op.kind].fetch_add(1, std::memory_order_relaxed) + 1;
   for (const FaultRule& rule : state.rules) {
     if (rule.kind == op.kind && seen >= rule.nth) return -rule.err;
@@ -227,7 +239,10 @@ void Ring::Drain() {
     if (ret < 0 && (ret != -EINTR || ++interrupts >= kMaxEnterRetries)) break;
     struct io_uring_cqe* cqe = nullptr;
     while (io_uring_peek_cqe(ring_.get(), &cqe) == 0) {
-      if (io_uring_cqe_get_data(cqe) != nullptr) --in_flight_;
+      // A send_zc posts two CQEs; the first (IORING_CQE_F_MORE) does not end it.
+      if (io_uring_cqe_get_data(cqe) != nullptr && !(cqe->flags & IORING_CQE_F_MORE)) {
+        --in_flight_;
+      }
       io_uring_cqe_seen(ring_.get(), cqe);
     }
   }
@@ -254,10 +269,13 @@ Status Ring::RegisterBuffers(const struct iovec* iovs, unsigned count) {
 
 void Ring::Queue(IoOp* op) {
   DP420_ASSERT(op != nullptr);
-  DP420_ASSERT(op->kind <= IoOp::kFsync);
+  DP420_ASSERT(op->kind <= IoOp::kRecv);
   op->done_bytes = 0;
   op->result = 0;
   op->retries = 0;
+  op->zc_copied = false;
+  op->zc_notif_due = false;
+  op->zc_done = false;
   if (fault_hook_) {
     int injected = fault_hook_(*op);
     DP420_ASSERT(injected <= 0);
@@ -328,6 +346,21 @@ void Ring::Prep(IoOp* op) {
     case IoOp::kFsync:
       io_uring_prep_fsync(sqe, op->fd, IORING_FSYNC_DATASYNC);
       break;
+    case IoOp::kSend:
+      io_uring_prep_send(sqe, op->fd, addr, len, MSG_NOSIGNAL | MSG_WAITALL);
+      break;
+    case IoOp::kSendZc:
+      if (op->buf_index >= 0) {
+        io_uring_prep_send_zc_fixed(sqe, op->fd, addr, len, MSG_NOSIGNAL | MSG_WAITALL,
+                                    IORING_SEND_ZC_REPORT_USAGE, op->buf_index);
+      } else {
+        io_uring_prep_send_zc(sqe, op->fd, addr, len, MSG_NOSIGNAL | MSG_WAITALL,
+                              IORING_SEND_ZC_REPORT_USAGE);
+      }
+      break;
+    case IoOp::kRecv:
+      io_uring_prep_recv(sqe, op->fd, addr, len, 0);
+      break;
   }
   if (op->fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data(sqe, op);
@@ -388,15 +421,44 @@ unsigned Ring::Reap(std::vector<IoOp*>* done) {
     std::array<struct io_uring_cqe*, kReapBatch> cqes;
     unsigned count = io_uring_peek_batch_cqe(ring_.get(), cqes.data(), kReapBatch);
     if (count == 0) return finished;
-    std::array<std::pair<IoOp*, int>, kReapBatch> batch;
+    struct Cqe {
+      IoOp* op;
+      int res;
+      uint32_t flags;
+    };
+    std::array<Cqe, kReapBatch> batch;
     for (unsigned i = 0; i < count; ++i) {
-      batch[i] = {static_cast<IoOp*>(io_uring_cqe_get_data(cqes[i])), cqes[i]->res};
+      batch[i] = {static_cast<IoOp*>(io_uring_cqe_get_data(cqes[i])), cqes[i]->res,
+                  cqes[i]->flags};
     }
     io_uring_cq_advance(ring_.get(), count);
     for (unsigned i = 0; i < count; ++i) {
-      IoOp* op = batch[i].first;
+      IoOp* op = batch[i].op;
       DP420_ASSERT(op != nullptr);
-      if (Complete(op, batch[i].second)) {
+      if (op->kind == IoOp::kSendZc) {
+        // Two CQEs per send_zc: the send's result (IORING_CQE_F_MORE when a
+        // notification follows), then the notification (IORING_CQE_F_NOTIF)
+        // once the kernel no longer needs the buffer. Decide on the first,
+        // act on the last.
+        if (batch[i].flags & IORING_CQE_F_NOTIF) {
+          if (static_cast<uint32_t>(batch[i].res) & IORING_NOTIF_USAGE_ZC_COPIED) {
+            op->zc_copied = true;
+          }
+          op->zc_notif_due = false;
+        } else {
+          op->zc_done = Complete(op, batch[i].res);
+          op->zc_notif_due = (batch[i].flags & IORING_CQE_F_MORE) != 0;
+        }
+        if (op->zc_notif_due) continue;
+        if (op->zc_done) {
+          Finish(op, op->result, done);
+          ++finished;
+        } else {
+          Prep(op);
+        }
+        continue;
+      }
+      if (Complete(op, batch[i].res)) {
         Finish(op, op->result, done);
         ++finished;
       } else {
@@ -428,6 +490,10 @@ bool Ring::Complete(IoOp* op, int res) {
   DP420_ASSERT(static_cast<uint32_t>(res) <= remaining);
   if (res == 0 && remaining > 0) return CompleteNoProgress(op);
   op->done_bytes += static_cast<uint32_t>(res);
+  if (op->kind == IoOp::kRecv) {  // whatever arrived
+    op->result = 0;
+    return true;
+  }
   if (op->done_bytes < op->len) return false;
   op->result = 0;
   return true;
@@ -436,7 +502,7 @@ bool Ring::Complete(IoOp* op, int res) {
 // A transfer of 0 bytes: end of file for a read; for a write, retried a
 // bounded number of times, then EIO.
 bool Ring::CompleteNoProgress(IoOp* op) {
-  if (op->kind == IoOp::kRead) {
+  if (op->kind == IoOp::kRead || op->kind == IoOp::kRecv) {
     op->result = -ENODATA;
     return true;
   }
@@ -470,6 +536,11 @@ Status IoOpStatus(const IoOp& op, const std::string& what) {
   if (op.result == 0) return Status::Ok();
   DP420_ASSERT(op.result < 0);
   if (op.kind == IoOp::kFsync) return PosixError("fsync " + what, -op.result);
+  if (op.kind >= IoOp::kSend) {
+    if (op.result == -ENODATA) return Status::Network(what + ": connection closed by peer");
+    return Status::Network(std::string(KindName(op.kind)) + " " + what + ": " +
+                           std::strerror(-op.result));
+  }
   uint64_t offset = op.offset + op.done_bytes;
   if (op.kind == IoOp::kRead && op.result == -ENODATA) {
     return Status::IOError(what + ": unexpected end of file at offset " +

@@ -37,7 +37,14 @@ struct iovec;
 namespace dp420::io {
 
 struct IoOp {
-  enum Kind : uint8_t { kRead = 0, kWrite = 1, kFsync = 2 };
+  // kSend / kSendZc / kRecv work on a connected stream socket (offset unused).
+  // kSend and kSendZc send all of `len` (MSG_WAITALL; a short send is sent on).
+  // kSendZc is io_uring send_zc (from the registered buffer when buf_index >= 0):
+  // the op finishes only after the kernel's notification, so the buffer may be
+  // reused as soon as Wait() returns it; zc_copied tells whether the kernel
+  // copied the data anyway. kRecv finishes with the first bytes that arrive
+  // (done_bytes of them; -ENODATA when the peer closed).
+  enum Kind : uint8_t { kRead = 0, kWrite = 1, kFsync = 2, kSend = 3, kSendZc = 4, kRecv = 5 };
   Kind kind = kRead;
   int fd = -1;             // a descriptor, or a registered file index when fixed_file
   bool fixed_file = false;
@@ -49,6 +56,9 @@ struct IoOp {
   uint32_t done_bytes = 0;  // bytes transferred so far (short I/O progress)
   int result = 0;           // 0 on success, else -errno (-ENODATA: EOF on read)
   uint16_t retries = 0;
+  bool zc_copied = false;    // kSendZc: the kernel copied (some of) the data
+  bool zc_notif_due = false; // kSendZc: a notification is still to come (internal)
+  bool zc_done = false;      // kSendZc: the send part is finished (internal)
   // For the caller; the ring never touches these.
   void* owner = nullptr;
   uint64_t tag = 0;

@@ -1,0 +1,294 @@
+#include "engine/core/scanner.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "io/assert.h"
+
+namespace dp420 {
+
+ScanGeometry ScanGeometry::For(uint64_t volume_size, uint32_t block_size) {
+  ScanGeometry g;
+  g.volume_size = volume_size;
+  g.block_size = block_size;
+  g.blocks = DivCeil(volume_size, block_size);
+  g.pages = DivCeil(g.blocks, kPageEntries);
+  g.extent_bytes = std::max(block_size, kMinExtentBytes);
+  g.blocks_per_extent = g.extent_bytes / block_size;
+  return g;
+}
+
+// Share of the source that must be cached for backup to read it buffered.
+constexpr double kWarmFraction = 0.5;
+
+Result<ScanSource> ScanSource::Open(const std::string& path) {
+  ScanSource s;
+  // Warm input (mostly in the page cache) is read buffered: O_DIRECT would
+  // fetch it from the device again.
+  bool warm = false;
+  {
+    DP420_ASSIGN_OR_RETURN(io::File probe, io::File::OpenRead(path, false));
+    warm = io::CachedFraction(probe.fd(), probe.info().size_bytes) >= kWarmFraction;
+  }
+  DP420_ASSIGN_OR_RETURN(s.direct, io::File::OpenRead(path, !warm));
+  DP420_ASSIGN_OR_RETURN(s.buffered, io::File::OpenRead(path, false));
+  s.align = s.direct.direct() ? std::max<uint32_t>(s.direct.info().dio_offset_align, 1) : 1;
+  return s;
+}
+
+Entry ZeroBlockEntry(const simd::BlockHasher& hasher, uint32_t len) {
+  std::vector<uint8_t> zeros(len, 0);
+  Entry e{};
+  hasher.Hash(zeros.data(), len).ToBytes(e.id);
+  simd::Sha256(zeros.data(), len, e.ref.sha256);
+  e.ref.stored_len = 0;
+  e.ref.flags = kObjZero;
+  return e;
+}
+
+Status Scanner::Setup() {
+  const ScanGeometry& g = ctx_.geo;
+  uint64_t per_worker = kInFlightBytes / ctx_.threads;
+  queue_depth_ = static_cast<unsigned>(std::max<uint64_t>(4, per_worker / g.extent_bytes));
+  buffers_ = queue_depth_ + queue_depth_ / 2;
+  // One read per buffer plus what the sink may keep in flight per buffer:
+  // in-flight ops never exceed the ring's capacity.
+  unsigned sink_ops = buffers_ * sink_->OpsPerBuffer(g.blocks_per_extent);
+  DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = buffers_ + sink_ops}));
+  DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(g.extent_bytes, buffers_));
+  if (!pool_.Register(*ring_).ok()) ctx_.registered.store(false);
+  // The source as registered files: index 0 direct, 1 buffered (tail).
+  fixed_source_ =
+      ring_->RegisterFiles({ctx_.source->direct.fd(), ctx_.source->buffered.fd()}).ok();
+  reads_.resize(buffers_);
+  Restart(id_);
+  return sink_->Setup(*this);
+}
+
+void Scanner::Restart(uint64_t page) {
+  next_page_ = page;
+  next_block_ = next_page_ * kPageEntries;
+}
+
+bool Scanner::NextExtent(uint64_t* first_block, uint32_t* nblocks) {
+  const ScanGeometry& g = ctx_.geo;
+  if (next_page_ >= g.pages) return false;
+  uint64_t page_end = std::min<uint64_t>((next_page_ + 1) * kPageEntries, g.blocks);
+  *first_block = next_block_;
+  *nblocks = static_cast<uint32_t>(std::min<uint64_t>(g.blocks_per_extent, page_end - next_block_));
+  next_block_ += *nblocks;
+  if (next_block_ >= page_end) Restart(next_page_ + ctx_.threads);
+  return true;
+}
+
+Status Scanner::StartPage(uint64_t page_index) {
+  auto page = std::make_unique<LeafPage>();
+  page->index = page_index;
+  uint64_t first = page_index * kPageEntries;
+  page->count = static_cast<uint32_t>(std::min<uint64_t>(kPageEntries, ctx_.geo.blocks - first));
+  page->remaining = page->count;
+  DP420_RETURN_IF_ERROR(sink_->ParentLeaf(page_index, page->parent, &page->parent_count));
+  open_pages_.emplace(page_index, std::move(page));
+  return Status::Ok();
+}
+
+Status Scanner::QueueRead(unsigned buffer) {
+  uint64_t first_block = 0;
+  uint32_t nblocks = 0;
+  if (!NextExtent(&first_block, &nblocks)) return Status::Ok();
+  uint64_t page_index = first_block / kPageEntries;
+  if (!open_pages_.count(page_index)) DP420_RETURN_IF_ERROR(StartPage(page_index));
+  const ScanGeometry& g = ctx_.geo;
+  ScanRead& read = reads_[buffer];
+  read = ScanRead{};
+  read.buffer = buffer;
+  read.first_block = first_block;
+  read.nblocks = nblocks;
+  read.page = open_pages_[page_index].get();
+  read.data = pool_.data(buffer);
+  uint64_t offset = first_block * g.block_size;
+  uint64_t len = std::min<uint64_t>(uint64_t{nblocks} * g.block_size, g.volume_size - offset);
+  bool aligned = len % ctx_.source->align == 0;
+  io::IoOp& op = read.op;
+  op.kind = io::IoOp::kRead;
+  if (fixed_source_) {
+    op.fd = aligned ? 0 : 1;
+    op.fixed_file = true;
+  } else {
+    op.fd = aligned ? ctx_.source->direct.fd() : ctx_.source->buffered.fd();
+  }
+  op.buf = read.data;
+  op.buf_index = pool_.registered() ? int(buffer) : -1;
+  op.len = static_cast<uint32_t>(len);
+  op.offset = offset;
+  op.owner = &read;
+  op.tag = kTagRead;
+  ring_->Queue(&op);
+  ++reads_in_flight_;
+  return Status::Ok();
+}
+
+Status Scanner::OnRead(ScanRead* read) {
+  --reads_in_flight_;
+  if (read->op.result != 0) {
+    pool_.Release(read->buffer);
+    return io::IoOpStatus(read->op, ctx_.source->direct.path());
+  }
+  ctx_.bytes_read.fetch_add(read->op.len, std::memory_order_relaxed);
+  const ScanGeometry& g = ctx_.geo;
+  const simd::BlockHasher& hasher = *ctx_.hasher;
+  LeafPage* page = read->page;
+  // The buffer stays ours until every block is handed over.
+  ++read->holds;
+  Status status;
+  for (uint32_t b = 0; b < read->nblocks && status.ok(); ++b) {
+    uint64_t block = read->first_block + b;
+    uint32_t len = g.BlockLen(block);
+    const uint8_t* data = read->data + uint64_t{b} * g.block_size;
+    uint32_t at = static_cast<uint32_t>(block - page->index * kPageEntries);
+    Entry& e = page->entries[at];
+    bool zero = simd::IsZero(data, len);
+    if (zero) {
+      e = ctx_.ZeroEntry(len);
+      ++stats.blocks_zero;
+    } else {
+      hasher.Hash(data, len).ToBytes(e.id);
+    }
+    const Entry* old = at < page->parent_count ? &page->parent[at] : nullptr;
+    if (old && std::memcmp(old->id, e.id, 16) == 0 &&
+        (old->ref.flags & kObjZero) == (zero ? kObjZero : 0)) {
+      e.ref = old->ref;  // unchanged: reference the parent's copy, no I/O
+      page->verdict[at] = kUnchanged;
+      continue;
+    }
+    if (zero) {
+      // A zero block is a change only where the parent had data there.
+      if (old) ++stats.blocks_changed;
+      page->verdict[at] = kZero;
+      continue;
+    }
+    ++stats.blocks_changed;
+    page->verdict[at] = kData;
+    e.ref = ObjRef{};
+    simd::Sha256(data, len, e.ref.sha256);
+    status = sink_->Changed(*read, b, len, e);
+    if (status.ok()) ++stats.blocks_stored;
+  }
+  if (status.ok()) status = sink_->ReadDone(*read);
+  if (status.ok()) {
+    page->remaining -= read->nblocks;
+    if (page->remaining == 0) {
+      auto it = open_pages_.find(page->index);
+      std::unique_ptr<LeafPage> done = std::move(it->second);
+      open_pages_.erase(it);
+      status = sink_->PageDone(std::move(done));
+    }
+  }
+  Unhold(read);
+  return status;
+}
+
+void Scanner::Unhold(ScanRead* read) {
+  DP420_ASSERT(read->holds > 0);
+  if (--read->holds == 0) pool_.Release(read->buffer);
+}
+
+// Queues reads while buffers, depth and the page window allow. Returns the
+// number queued; the caller submits. Waits for room in the window only with
+// `may_block` and nothing in flight: a caller still holding unprocessed
+// completions must never block, since they may complete the page the
+// committer needs next.
+unsigned Scanner::Fill(Status* first_error, bool may_block) {
+  unsigned queued = 0;
+  bool stop = !first_error->ok() || ctx_.Stopped();
+  while (!stop && reads_in_flight_ < queue_depth_ && next_page_ < ctx_.geo.pages) {
+    if (ctx_.window && !open_pages_.count(next_page_) && !ctx_.window->HasRoom(next_page_)) {
+      if (!may_block || ring_->in_flight() > 0) break;  // completions first, then room
+      if (!ctx_.window->WaitForRoom(next_page_)) break;
+    }
+    auto buffer = pool_.Acquire();
+    if (!buffer) break;
+    *first_error = QueueRead(*buffer);
+    if (!first_error->ok()) {
+      pool_.Release(*buffer);
+      break;
+    }
+    ++queued;
+  }
+  return queued;
+}
+
+// After a lost connection: waits for every op in flight (reads are dropped,
+// the sink's ops finish with errors), and forgets the unfinished pages.
+Status Scanner::Drain() {
+  while (ring_->in_flight() > 0) {
+    done_.clear();
+    DP420_RETURN_IF_ERROR(ring_->Wait(1, &done_));
+    for (io::IoOp* op : done_) {
+      if (op->tag == kTagRead) {
+        --reads_in_flight_;
+        pool_.Release(static_cast<ScanRead*>(op->owner)->buffer);
+      } else {
+        (void)sink_->OnOp(op);
+      }
+    }
+  }
+  open_pages_.clear();
+  return Status::Ok();
+}
+
+Status Scanner::Loop() {
+  Status first_error;
+  for (;;) {
+    if (first_error.code() == Code::kNetwork && !ctx_.Stopped()) {
+      DP420_RETURN_IF_ERROR(Drain());
+      DP420_ASSIGN_OR_RETURN(uint64_t page, sink_->Recover(first_error));
+      DP420_ASSERT(page >= ctx_.geo.pages || page % ctx_.threads == id_);
+      Restart(page);
+      first_error = Status::Ok();
+    }
+    Fill(&first_error, /*may_block=*/true);
+    bool read_all = next_page_ >= ctx_.geo.pages && reads_in_flight_ == 0 && open_pages_.empty();
+    if (first_error.ok() && !ctx_.Stopped() && read_all) {
+      Result<bool> finished = sink_->Finish();
+      if (!finished.ok()) {
+        first_error = finished.status();
+        continue;
+      }
+      if (*finished) {
+        DP420_ASSERT(ring_->in_flight() == 0);
+        break;
+      }
+      DP420_ASSERT(ring_->in_flight() > 0);
+    }
+    if (ring_->in_flight() == 0) {
+      if (first_error.code() == Code::kNetwork && !ctx_.Stopped()) continue;
+      break;
+    }
+    done_.clear();
+    DP420_RETURN_IF_ERROR(ring_->Wait(1, &done_));
+    for (io::IoOp* op : done_) {
+      Status s = op->tag == kTagRead ? OnRead(static_cast<ScanRead*>(op->owner))
+                                     : sink_->OnOp(op);
+      if (first_error.ok() && !s.ok()) first_error = s;
+      // Refill as soon as a buffer is free, so the device keeps working
+      // while this thread hashes the rest of the batch.
+      if (Fill(&first_error, /*may_block=*/false) > 0) DP420_RETURN_IF_ERROR(ring_->Submit());
+    }
+    if (first_error.ok()) first_error = sink_->Turn();
+  }
+  if (!first_error.ok() || ctx_.Stopped()) {
+    sink_->Abort();
+    DP420_RETURN_IF_ERROR(Drain());
+  }
+  DP420_RETURN_IF_ERROR(first_error);
+  if (ctx_.control.Canceled()) return Status::Canceled("backup canceled");
+  return Status::Ok();
+}
+
+Status Scanner::Run() {
+  DP420_RETURN_IF_ERROR(Setup());
+  return Loop();
+}
+
+}  // namespace dp420

@@ -1,0 +1,182 @@
+// Scanner: the read -> hash -> diff half of a backup, one per worker thread,
+// shared by the local backup (backup.cc, blocks go to packs) and the network
+// agent (engine/net/agent_backup.cc, blocks go on the wire). Where changed
+// blocks and finished leaf pages go is the ScanSink's business.
+//
+// A scanner owns an io_uring and registered buffers; it reads its stripe of
+// leaf pages (w, w+N, w+2N, ... for worker w of N) in extents of
+// kMinExtentBytes, refilling reads as soon as a buffer frees, hashes every
+// block (keyed XXH3-128; ISA-L zero check), and compares it with the parent's
+// entry. A changed non-zero block gets its SHA-256 and goes to the sink,
+// which may keep the buffer (ScanRead::holds) until its own ops on the same
+// ring complete.
+//
+// When the sink reports a lost connection (kNetwork), the scanner drains its
+// ring, drops its unfinished pages, asks the sink to Recover, and restarts
+// its stripe at the page the sink names.
+//
+// Thread safety: a Scanner and its sink belong to one thread; ScanContext is
+// shared read-only (its atomics excepted).
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "engine/core/format.h"
+#include "engine/core/job.h"
+#include "engine/core/snapshot.h"
+#include "io/buffer_pool.h"
+#include "io/file.h"
+#include "io/ring.h"
+#include "simd/simd.h"
+
+namespace dp420 {
+
+struct ScanGeometry {
+  uint64_t volume_size = 0;
+  uint32_t block_size = 0;
+  uint64_t blocks = 0;
+  uint64_t pages = 0;            // leaf pages holding blocks (0 for an empty volume)
+  uint32_t extent_bytes = 0;     // one read request
+  uint32_t blocks_per_extent = 0;
+  static ScanGeometry For(uint64_t volume_size, uint32_t block_size);
+  uint32_t BlockLen(uint64_t block) const {
+    uint64_t left = volume_size - block * block_size;
+    return static_cast<uint32_t>(left < block_size ? left : block_size);
+  }
+};
+
+// The volume being read: O_DIRECT where possible, buffered when it is mostly
+// in the page cache already (cachestat) and for an unaligned tail.
+struct ScanSource {
+  io::File direct;
+  io::File buffered;
+  uint32_t align = 1;
+  static Result<ScanSource> Open(const std::string& path);
+  uint64_t size() const { return direct.info().size_bytes; }
+  bool block_device() const { return direct.info().is_block_device; }
+};
+
+// The entry of an all-zero block of `len` bytes under `hasher`.
+Entry ZeroBlockEntry(const simd::BlockHasher& hasher, uint32_t len);
+
+struct ScanContext {
+  ScanGeometry geo;
+  const ScanSource* source = nullptr;
+  const simd::BlockHasher* hasher = nullptr;
+  Entry zero_full{};
+  Entry zero_tail{};
+  unsigned threads = 1;
+  PageQueue* window = nullptr;       // bounds pages in flight; null: no bound
+  JobControl control;
+  std::atomic<bool>* stop = nullptr; // another worker failed
+  std::atomic<uint64_t> bytes_read{0};
+  std::atomic<bool> registered{true};
+  const Entry& ZeroEntry(uint32_t len) const {
+    return len == geo.block_size ? zero_full : zero_tail;
+  }
+  bool Stopped() const { return (stop && stop->load(std::memory_order_relaxed)) ||
+                                control.Canceled(); }
+};
+
+// One read buffer's extent.
+struct ScanRead {
+  io::IoOp op;
+  unsigned buffer = 0;
+  uint64_t first_block = 0;
+  uint32_t nblocks = 0;
+  uint32_t holds = 0;   // sink ops still using the buffer
+  LeafPage* page = nullptr;
+  uint8_t* data = nullptr;
+};
+
+class Scanner;
+
+class ScanSink {
+ public:
+  virtual ~ScanSink() = default;
+  // Ops the sink may have in flight per read buffer (sizes the ring).
+  virtual unsigned OpsPerBuffer(uint32_t blocks_per_extent) const = 0;
+  // The ring and buffers exist now.
+  virtual Status Setup(Scanner& scanner) = 0;
+  // The parent's entries of leaf `page` (id and ref.flags are compared);
+  // *count = 0 when the parent has no such page.
+  virtual Status ParentLeaf(uint64_t page, Entry* out, uint32_t* count) = 0;
+  // A changed non-zero block: entry.id and entry.ref.sha256 are set.
+  virtual Status Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& entry) = 0;
+  // Every block of `read` was diffed.
+  virtual Status ReadDone(ScanRead& read) = 0;
+  // Every block of the page was diffed (after its reads' ReadDone).
+  virtual Status PageDone(std::unique_ptr<LeafPage> page) = 0;
+  // One of the sink's own ops on the ring finished.
+  virtual Status OnOp(io::IoOp* op) = 0;
+  // Between batches of completions.
+  virtual Status Turn() { return Status::Ok(); }
+  // Called once the stripe is read and every page handed over, and again
+  // after each batch of completions until it returns true: the sink is done
+  // and has nothing in flight. While false, it must have ops in flight.
+  virtual Result<bool> Finish() = 0;
+  // The scanner stops on an error or on a stop request: end the ops that
+  // would not end by themselves (e.g. a receive). The ring is drained next.
+  virtual void Abort() {}
+  // After a kNetwork error and a drained ring: reconnect, and return the
+  // page of this stripe to read next. The default gives up.
+  virtual Result<uint64_t> Recover(const Status& lost) { return lost; }
+};
+
+struct ScanStats {
+  uint64_t blocks_changed = 0;
+  uint64_t blocks_zero = 0;
+  uint64_t blocks_stored = 0;
+};
+
+class Scanner {
+ public:
+  Scanner(ScanContext& ctx, unsigned id, ScanSink* sink) : ctx_(ctx), id_(id), sink_(sink) {}
+  Status Run();
+
+  unsigned id() const { return id_; }
+  const ScanContext& ctx() const { return ctx_; }
+  io::Ring& ring() { return *ring_; }
+  io::BufferPool& pool() { return pool_; }
+  unsigned buffers() const { return buffers_; }
+  // A sink op that used `read`'s buffer is done.
+  void Unhold(ScanRead* read);
+  // Queues `op` (tag must not be kTagRead).
+  void QueueSinkOp(io::IoOp* op) { ring_->Queue(op); }
+  ScanStats stats;
+
+  static constexpr uint64_t kTagRead = 1;
+
+ private:
+  Status Setup();
+  Status Loop();
+  bool NextExtent(uint64_t* first_block, uint32_t* nblocks);
+  Status StartPage(uint64_t page_index);
+  Status QueueRead(unsigned buffer);
+  unsigned Fill(Status* first_error, bool may_block);
+  Status OnRead(ScanRead* read);
+  Status Drain();
+  void Restart(uint64_t page);
+
+  ScanContext& ctx_;
+  unsigned id_;
+  ScanSink* sink_;
+  // The pool is declared before the ring so the ring (which waits for its
+  // in-flight ops when destroyed) goes first and no op outlives its buffer.
+  io::BufferPool pool_;
+  std::unique_ptr<io::Ring> ring_;
+  std::vector<ScanRead> reads_;
+  std::map<uint64_t, std::unique_ptr<LeafPage>> open_pages_;
+  unsigned buffers_ = 0;
+  unsigned queue_depth_ = 0;
+  unsigned reads_in_flight_ = 0;
+  bool fixed_source_ = false;
+  uint64_t next_page_ = 0;
+  uint64_t next_block_ = 0;      // next block to read within next_page_
+  std::vector<io::IoOp*> done_;
+};
+
+}  // namespace dp420

@@ -1,0 +1,287 @@
+#include "engine/core/snapshot.h"
+
+#include <fcntl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <vector>
+
+#include "engine/core/test_hooks.h"
+#include "io/assert.h"
+#include "io/file.h"
+#include "io/random.h"
+#include "simd/simd.h"
+
+namespace dp420 {
+
+// ---- PageQueue ----
+
+void PageQueue::Put(std::unique_ptr<LeafPage> page) {
+  std::lock_guard lock(mu_);
+  ready_.emplace(page->index, std::move(page));
+  cv_get_.notify_all();
+}
+
+bool PageQueue::HasRoom(uint64_t page_index) {
+  std::lock_guard lock(mu_);
+  return page_index < next_ + window_;
+}
+
+bool PageQueue::WaitForRoom(uint64_t page_index) {
+  std::unique_lock lock(mu_);
+  cv_put_.wait(lock, [&] { return aborted_ || page_index < next_ + window_; });
+  return !aborted_;
+}
+
+bool PageQueue::WaitForRoomFor(uint64_t page_index, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  bool room = cv_put_.wait_for(lock, timeout,
+                               [&] { return aborted_ || page_index < next_ + window_; });
+  return room && !aborted_;
+}
+
+std::unique_ptr<LeafPage> PageQueue::Take(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  cv_get_.wait_for(lock, timeout, [&] { return aborted_ || ready_.count(next_); });
+  auto it = ready_.find(next_);
+  if (aborted_ || it == ready_.end()) return nullptr;
+  auto page = std::move(it->second);
+  ready_.erase(it);
+  ++next_;
+  cv_put_.notify_all();
+  return page;
+}
+
+void PageQueue::Abort() {
+  std::lock_guard lock(mu_);
+  aborted_ = true;
+  cv_put_.notify_all();
+  cv_get_.notify_all();
+}
+
+bool PageQueue::aborted() {
+  std::lock_guard lock(mu_);
+  return aborted_;
+}
+
+uint64_t DefaultPageWindow(unsigned threads) {
+  // Room for every page a worker can have in flight, plus slack.
+  uint64_t pages_in_flight = kInFlightBytes / (uint64_t{kPageEntries} * kMinBlockSize);
+  return pages_in_flight + uint64_t{threads} * 4;
+}
+
+// ---- helpers ----
+
+namespace {
+
+std::string NewSnapshotId() {
+  uint8_t raw[8] = {};
+  while (!io::FillRandom(raw, sizeof(raw)).ok()) {
+  }
+  return simd::ToHex(raw, sizeof(raw));
+}
+
+}  // namespace
+
+std::string Rfc3339(uint64_t unix_ns) {
+  time_t secs = static_cast<time_t>(unix_ns / 1000000000ull);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(buf + n, sizeof(buf) - n, ".%06lluZ",
+           static_cast<unsigned long long>((unix_ns / 1000) % 1000000));
+  return buf;
+}
+
+uint64_t NowUnixNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
+Result<uint32_t> ChooseBlockSize(const std::string& volume, uint32_t bs, const Manifest* parent) {
+  if (bs == 0) return parent ? parent->block_size : kDefaultBlockSize;
+  if (bs < kMinBlockSize || bs > kMaxBlockSize || (bs & (bs - 1)) != 0) {
+    return Status::InvalidArgument("block size " + std::to_string(bs) +
+                                   " must be a power of two from 4096 to 4194304");
+  }
+  if (parent && parent->block_size != bs) {
+    return Status::InvalidArgument(
+        "volume '" + volume + "' was backed up with block size " +
+        std::to_string(parent->block_size) + "; --block-size " + std::to_string(bs) +
+        " differs (a chain keeps one block size: use another volume name for a new chain)");
+  }
+  return bs;
+}
+
+// ---- SnapshotBuilder ----
+
+Result<std::unique_ptr<SnapshotBuilder>> SnapshotBuilder::Start(const Repository& repo,
+                                                                const std::string& volume,
+                                                                const Manifest* parent,
+                                                                uint32_t requested_block_size,
+                                                                uint64_t volume_size,
+                                                                uint64_t page_window) {
+  DP420_ASSIGN_OR_RETURN(uint32_t block_size,
+                         ChooseBlockSize(volume, requested_block_size, parent));
+  std::unique_ptr<SnapshotBuilder> b(new SnapshotBuilder(repo, page_window));
+  Manifest& m = b->m_;
+  m.repo_id = repo.repo_id_hex();
+  m.snapshot_id = NewSnapshotId();
+  m.volume = volume;
+  if (parent) {
+    m.parent = parent->snapshot_id;
+    m.parent_manifest_sha256 = parent->seal;
+    m.sequence = parent->sequence + 1;
+  } else {
+    m.sequence = 1;
+  }
+  m.created_unix_ns = NowUnixNs();
+  m.created = Rfc3339(m.created_unix_ns);
+  m.block_size = block_size;
+  m.volume_size = volume_size;
+  m.blocks_total = DivCeil(volume_size, block_size);
+  m.table_levels = TableShape::For(m.blocks_total).levels;
+
+  const simd::BlockHasher& hasher = repo.hasher();
+  std::vector<uint8_t> zeros(block_size, 0);
+  auto make_zero = [&](uint32_t len, Entry* e) {
+    *e = Entry{};
+    hasher.Hash(zeros.data(), len).ToBytes(e->id);
+    simd::Sha256(zeros.data(), len, e->ref.sha256);
+    e->ref.stored_len = 0;
+    e->ref.flags = kObjZero;
+  };
+  make_zero(block_size, &b->zero_full_);
+  make_zero(m.blocks_total ? b->BlockLen(m.blocks_total - 1) : 0, &b->zero_tail_);
+
+  DP420_ASSIGN_OR_RETURN(b->journal_, BackupJournal::Start(repo, volume, m.snapshot_id));
+  if (parent) b->parent_reader_ = std::make_unique<TableReader>(repo, *parent);
+  SnapshotBuilder* self = b.get();
+  b->builder_ = std::make_unique<TableBuilder>(
+      TableShape::For(m.blocks_total), b->parent_reader_.get(),
+      [self](const uint8_t* bytes, uint32_t len, ObjRef* ref) {
+        return self->WritePage(bytes, len, ref);
+      });
+  return b;
+}
+
+SnapshotBuilder::~SnapshotBuilder() {
+  if (!committed_) Rollback();
+}
+
+uint32_t SnapshotBuilder::BlockLen(uint64_t block) const {
+  uint64_t left = m_.volume_size - block * m_.block_size;
+  return static_cast<uint32_t>(left < m_.block_size ? left : m_.block_size);
+}
+
+Result<PackWriter> SnapshotBuilder::NewPack(bool direct) {
+  return PackWriter::Create(repo_.PacksDir(), repo_.repo_id(), direct, [&](uint32_t id) {
+    std::lock_guard lock(journal_mu_);
+    return journal_.AddPack(id);
+  });
+}
+
+Status SnapshotBuilder::WritePage(const uint8_t* bytes, uint32_t len, ObjRef* ref) {
+  if (!table_pack_) {
+    DP420_ASSIGN_OR_RETURN(PackWriter w, NewPack(false));
+    table_pack_ = std::make_unique<PackWriter>(std::move(w));
+  }
+  return table_pack_->WriteRecord(bytes, len, ref);
+}
+
+Status SnapshotBuilder::Consume(const std::function<bool()>& stopped,
+                                const std::function<void()>& tick) {
+  if (tick) tick();
+  if (pages() == 0) {
+    if (!empty_done_) DP420_RETURN_IF_ERROR(builder_->AddLeaf(nullptr, 0));
+    empty_done_ = true;
+    return Status::Ok();
+  }
+  while (consumed_ < pages()) {
+    auto page = queue_.Take(std::chrono::milliseconds(100));
+    if (tick) tick();
+    if (!page) {
+      if (stopped()) return Status::Ok();
+      continue;
+    }
+    DP420_ASSERT(page->index == consumed_);
+    for (uint32_t i = 0; i < page->count; ++i) volume_sha_.Update(page->entries[i].ref.sha256, 32);
+    DP420_RETURN_IF_ERROR(builder_->AddLeaf(page->entries, page->count));
+    ++consumed_;
+  }
+  return Status::Ok();
+}
+
+Status SnapshotBuilder::WriteManifest(bool* renamed) {
+  std::string dir = repo_.SnapshotsDir(m_.volume);
+  DP420_RETURN_IF_ERROR(io::MakeDirs(dir));
+  std::string text = SealJson(m_.ToJson(), &m_.seal);
+  m_.file_name = m_.FileName();
+  std::string tmp = repo_.path() + "/tmp/" + m_.snapshot_id + ".manifest.tmp";
+  {
+    DP420_ASSIGN_OR_RETURN(io::File f,
+                           io::File::OpenWrite(tmp, O_CREAT | O_TRUNC | O_WRONLY, false));
+    DP420_RETURN_IF_ERROR(f.WriteAt(0, text.data(), text.size()));
+    DP420_RETURN_IF_ERROR(f.Sync());
+  }
+  CrashPoint("before-rename");
+  std::string final_path = dir + "/" + m_.file_name;
+  if (rename(tmp.c_str(), final_path.c_str()) != 0) {
+    Status s = PosixError("rename " + tmp + " -> " + final_path, errno);
+    unlink(tmp.c_str());
+    return s;
+  }
+  CrashPoint("after-rename");
+  // The snapshot is visible now: from here on a failure must not roll back.
+  *renamed = true;
+  Status synced = io::SyncDir(dir);
+  if (!synced.ok()) synced = io::SyncDir(dir);
+  if (!synced.ok()) {
+    return synced.Prefix("snapshot " + m_.snapshot_id + " was written but its directory could "
+                         "not be made durable");
+  }
+  return Status::Ok();
+}
+
+Result<Manifest> SnapshotBuilder::Commit(const SnapshotStats& stats) {
+  DP420_ASSERT(!committed_);
+  if (!complete()) return Status::Internal("commit before every leaf page was consumed");
+  CrashPoint("before-table");
+  DP420_ASSIGN_OR_RETURN(m_.table_root, builder_->Finish());
+  uint64_t table_bytes = 0;
+  if (table_pack_) {
+    DP420_RETURN_IF_ERROR(table_pack_->Finish());
+    table_bytes = table_pack_->final_size();
+  }
+  DP420_RETURN_IF_ERROR(io::SyncDir(repo_.PacksDir()));
+  CrashPoint("before-manifest");
+  uint8_t checksum[32];
+  volume_sha_.Final(checksum);
+  m_.checksum_sha256 = simd::ToHex(checksum, 32);
+  m_.blocks_changed = stats.blocks_changed;
+  m_.blocks_zero = stats.blocks_zero;
+  m_.blocks_stored = stats.blocks_stored;
+  m_.bytes_written = stats.bytes_written + table_bytes;
+  m_.bytes_read = stats.bytes_read;
+  bool renamed = false;
+  Status written = WriteManifest(&renamed);
+  if (renamed) {
+    committed_ = true;
+    journal_.Commit();  // referenced now: never delete these packs
+  }
+  DP420_RETURN_IF_ERROR(written);
+  return m_;
+}
+
+void SnapshotBuilder::Rollback() {
+  if (committed_) return;
+  queue_.Abort();
+  if (table_pack_) table_pack_->Abandon();
+  table_pack_.reset();
+  journal_.Rollback();
+}
+
+}  // namespace dp420
