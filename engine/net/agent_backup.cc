@@ -1,9 +1,851 @@
+// The agent side of a network backup (docs/PROTOCOL.md, "Backup"): the
+// local Scanner reads, hashes and diffs the volume against the parent's block
+// ids; each worker sends its changed blocks on its own stripe connection with
+// io_uring send_zc from the registered buffer the block was read into, then
+// a PAGE frame with the verdict of every block of the page. The server checks
+// and stores them, acknowledges each page, and commits on COMMIT.
+//
+// The parent's ids come from a local cache that is used only while its seal
+// equals the server's parent manifest seal; otherwise they are fetched.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "engine/core/scanner.h"
 #include "engine/net/client.h"
+#include "io/assert.h"
+#include "io/file.h"
+#include "simd/simd.h"
 
 namespace dp420::net {
 
-Result<BackupResult> RemoteRepository::Backup(const BackupOptions&) {
-  return Status::Internal("network backup is not available in this build");
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// ---- the parent id cache: <cache_dir>/<repo_id>/<volume>.ids ----
+// 64-byte header (magic "DP420IDC", u32 version 1, u32 block_size,
+// u64 blocks, the parent manifest's seal as 32 bytes, 8 reserved), then
+// 17 bytes per block: the keyed id and 1 for an all-zero block.
+constexpr char kCacheMagic[8] = {'D', 'P', '4', '2', '0', 'I', 'D', 'C'};
+constexpr size_t kCacheHeader = 64;
+constexpr size_t kCacheRecord = 17;
+
+struct CacheHeader {
+  char magic[8];
+  uint32_t version;
+  uint32_t block_size;
+  uint64_t blocks;
+  uint8_t seal[32];
+  uint8_t reserved[8];
+};
+static_assert(sizeof(CacheHeader) == kCacheHeader);
+
+CacheHeader MakeCacheHeader(const Manifest& m) {
+  CacheHeader h{};
+  std::memcpy(h.magic, kCacheMagic, 8);
+  h.version = 1;
+  h.block_size = m.block_size;
+  h.blocks = m.blocks_total;
+  if (m.seal.size() == 64) (void)simd::FromHex(m.seal, h.seal, 32);
+  return h;
+}
+
+Status WriteAll(int fd, uint64_t offset, const void* data, size_t len, const std::string& path) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  while (len > 0) {
+    ssize_t n = pwrite(fd, p, len, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return PosixError("write " + path, n < 0 ? errno : EIO);
+    p += n;
+    len -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return Status::Ok();
+}
+
+// Stripe connections, so the control thread can wake every worker at once
+// when the server is lost.
+class StripeSockets {
+ public:
+  void Set(unsigned stripe, int fd) {
+    std::lock_guard lock(mu_);
+    if (fds_.size() <= stripe) fds_.resize(stripe + 1, -1);
+    fds_[stripe] = fd;
+  }
+  void ShutdownAll() {
+    std::lock_guard lock(mu_);
+    for (int fd : fds_) {
+      if (fd >= 0) shutdown(fd, SHUT_RDWR);
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<int> fds_;
+};
+
+// What the workers of one backup attempt share.
+struct AgentJob {
+  RemoteRepository& remote;
+  const BackupOptions& options;
+  std::string token;
+  unsigned stripes = 1;
+  int parent_cache_fd = -1;      // parent ids, or -1 (no parent)
+  uint64_t parent_blocks = 0;
+  int new_cache_fd = -1;         // this snapshot's ids
+  std::string new_cache_path;
+  StripeSockets sockets;
+  std::atomic<bool> failed{false};
+  std::atomic<int64_t> retry_deadline_ns{0};  // steady clock; set while reconnecting
+  std::mutex mu;
+  Status error;
+  std::atomic<uint64_t> bytes_sent{0}, bytes_zc{0}, bytes_zc_copied{0}, bytes_resent{0};
+  std::atomic<uint64_t> reconnects{0};
+  std::atomic<bool> zc_unsupported{false};
+
+  AgentJob(RemoteRepository& r, const BackupOptions& o) : remote(r), options(o) {}
+  void Fail(Status s) {
+    {
+      std::lock_guard lock(mu);
+      if (error.ok()) error = std::move(s);
+    }
+    failed.store(true);
+    sockets.ShutdownAll();
+  }
+  // The end of the current reconnect window (starts one when none is open).
+  Clock::time_point RetryDeadline() {
+    int64_t now = Clock::now().time_since_epoch().count();
+    int64_t d = retry_deadline_ns.load();
+    if (d == 0 || d < now - std::chrono::nanoseconds(remote.options().retry_for).count()) {
+      d = now + std::chrono::nanoseconds(remote.options().retry_for).count();
+      retry_deadline_ns.store(d);
+    }
+    return Clock::time_point(Clock::duration(d));
+  }
+};
+
+// Sleeps for the attempt's backoff: 250 ms doubling to 8 s, +-25 % jitter.
+void Backoff(unsigned attempt) {
+  static thread_local std::mt19937 rng{std::random_device{}()};
+  double base = std::min(8000.0, 250.0 * std::pow(2.0, std::min(attempt, 6u)));
+  std::uniform_real_distribution<double> jitter(0.75, 1.25);
+  std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(base * jitter(rng))));
+}
+
+// ---- the per-worker sink ----
+
+class NetSink : public ScanSink {
+ public:
+  NetSink(AgentJob& job, unsigned stripe) : job_(job), stripe_(stripe) {}
+  ~NetSink() override {
+    job_.sockets.Set(stripe_, -1);
+  }
+
+  unsigned OpsPerBuffer(uint32_t blocks_per_extent) const override {
+    return 2 * blocks_per_extent + 2;  // header + data per run; page frames; the receive
+  }
+  Status Setup(Scanner& scanner) override {
+    scanner_ = &scanner;
+    uint64_t next = 0;
+    DP420_RETURN_IF_ERROR(Join(&next));
+    if (next != stripe_) return Status::Network("server resumed a fresh stripe at page " +
+                                                std::to_string(next));
+    return Status::Ok();
+  }
+  Status ParentLeaf(uint64_t page, Entry* out, uint32_t* count) override;
+  Status Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& entry) override;
+  Status ReadDone(ScanRead&) override { return FlushRun(); }
+  Status PageDone(std::unique_ptr<LeafPage> page) override;
+  Status OnOp(io::IoOp* op) override;
+  Status Turn() override {
+    Kick();
+    return Status::Ok();
+  }
+  Result<bool> Finish() override;
+  void Abort() override { Break(); }
+  Result<uint64_t> Recover(const Status& lost) override;
+
+ private:
+  struct SendItem {
+    std::vector<uint8_t> bytes;     // copied bytes (headers, metadata, pages)
+    const uint8_t* zc = nullptr;    // or a run of blocks in a read buffer
+    uint32_t zc_len = 0;
+    ScanRead* read = nullptr;
+    uint64_t page = 0;
+  };
+  static constexpr uint64_t kTagSend = 2;
+  static constexpr uint64_t kTagRecv = 3;
+  static constexpr size_t kRecvBytes = 64 * 1024;
+
+  Status Join(uint64_t* next_page);
+  Status FlushRun();
+  void Kick();
+  void Break();
+  void ArmRecv();
+  Status OnReceived();
+  bool AllAcked() const;
+
+  AgentJob& job_;
+  unsigned stripe_;
+  Scanner* scanner_ = nullptr;
+  std::unique_ptr<Conn> conn_;
+  bool broken_ = false;
+  bool closing_ = false;
+  bool peer_closed_ = false;
+  // The open run of consecutive changed blocks of one read.
+  ScanRead* run_read_ = nullptr;
+  uint32_t run_first_ = 0;
+  uint32_t run_count_ = 0;
+  uint32_t run_bytes_ = 0;
+  std::vector<uint8_t> run_meta_;
+  std::deque<SendItem> sends_;
+  bool send_in_flight_ = false;
+  io::IoOp send_op_;
+  io::IoOp recv_op_;
+  bool recv_in_flight_ = false;
+  std::vector<uint8_t> recv_buf_ = std::vector<uint8_t>(kRecvBytes);
+  std::vector<uint8_t> pending_;      // received bytes not yet parsed
+  int64_t acked_page_ = -1;           // highest acknowledged page of this stripe
+  int64_t last_page_ = -1;            // highest page handed over for sending
+  int64_t resend_until_ = -1;         // pages up to this one were sent before a loss
+  Status received_error_;
+};
+
+Status NetSink::Join(uint64_t* next_page) {
+  DP420_ASSIGN_OR_RETURN(conn_, job_.remote.OpenConnection());
+  Millis timeout = job_.remote.options().LossTimeout();
+  PayloadWriter w;
+  w.String(job_.token);
+  w.U32(stripe_);
+  DP420_RETURN_IF_ERROR(conn_->Send(FrameType::kStripeJoin, 0, w.bytes(), timeout));
+  DP420_ASSIGN_OR_RETURN(Frame f, conn_->Recv(timeout));
+  DP420_RETURN_IF_ERROR(ExpectFrame(f, FrameType::kStripeReady, conn_->peer()));
+  PayloadReader r(f.payload);
+  *next_page = r.U64();
+  DP420_RETURN_IF_ERROR(r.Finish("STRIPE_READY"));
+  int one = 1;
+  setsockopt(conn_->fd(), SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+  job_.sockets.Set(stripe_, conn_->fd());
+  broken_ = closing_ = peer_closed_ = false;
+  pending_.clear();
+  acked_page_ = static_cast<int64_t>(*next_page) - static_cast<int64_t>(job_.stripes);
+  ArmRecv();
+  return Status::Ok();
+}
+
+Status NetSink::ParentLeaf(uint64_t page, Entry* out, uint32_t* count) {
+  *count = 0;
+  if (job_.parent_cache_fd < 0) return Status::Ok();
+  uint64_t first = page * kPageEntries;
+  if (first >= job_.parent_blocks) return Status::Ok();
+  uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(kPageEntries, job_.parent_blocks - first));
+  uint8_t raw[kPageEntries * kCacheRecord];
+  size_t want = n * kCacheRecord;
+  ssize_t got = pread(job_.parent_cache_fd, raw, want,
+                      static_cast<off_t>(kCacheHeader + first * kCacheRecord));
+  if (got != static_cast<ssize_t>(want)) {
+    return Status::IOError("reading the parent id cache failed (delete it to refetch)");
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    out[i] = Entry{};
+    std::memcpy(out[i].id, raw + i * kCacheRecord, 16);
+    out[i].ref.flags = raw[i * kCacheRecord + 16] ? kObjZero : 0;
+  }
+  *count = n;
+  return Status::Ok();
+}
+
+Status NetSink::Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& entry) {
+  if (run_read_ != &read || run_first_ + run_count_ != index ||
+      run_meta_.size() + 48 + 12 + run_bytes_ + len > kMaxPayloadBytes) {
+    DP420_RETURN_IF_ERROR(FlushRun());
+    run_read_ = &read;
+    run_first_ = index;
+  }
+  run_meta_.insert(run_meta_.end(), entry.id, entry.id + 16);
+  run_meta_.insert(run_meta_.end(), entry.ref.sha256, entry.ref.sha256 + 32);
+  ++run_count_;
+  run_bytes_ += len;
+  return Status::Ok();
+}
+
+FrameHeader HeaderFor(FrameType type, uint32_t payload_len, uint32_t payload_crc) {
+  FrameHeader h{};
+  h.magic = kFrameMagic;
+  h.version = kProtocolVersion;
+  h.type = static_cast<uint16_t>(type);
+  h.payload_len = payload_len;
+  h.payload_crc32c = payload_crc;
+  h.header_crc32c = simd::Crc32c(0, reinterpret_cast<const uint8_t*>(&h), 28);
+  return h;
+}
+
+// One BLOCKS frame for the open run: header and metadata copied, the block
+// bytes sent zero-copy from the read buffer.
+Status NetSink::FlushRun() {
+  if (run_count_ == 0) return Status::Ok();
+  ScanRead& read = *run_read_;
+  const ScanGeometry& g = scanner_->ctx().geo;
+  PayloadWriter fixed;
+  fixed.U64(read.first_block + run_first_);
+  fixed.U32(run_count_);
+  const uint8_t* data = read.data + uint64_t{run_first_} * g.block_size;
+  uint32_t crc = simd::Crc32c(0, fixed.bytes().data(), fixed.bytes().size());
+  crc = simd::Crc32c(crc, run_meta_.data(), run_meta_.size());
+  crc = simd::Crc32c(crc, data, run_bytes_);
+  uint32_t payload_len =
+      static_cast<uint32_t>(fixed.bytes().size() + run_meta_.size() + run_bytes_);
+  FrameHeader h = HeaderFor(FrameType::kBlocks, payload_len, crc);
+  SendItem head;
+  head.bytes.resize(sizeof(h));
+  std::memcpy(head.bytes.data(), &h, sizeof(h));
+  head.bytes.insert(head.bytes.end(), fixed.bytes().begin(), fixed.bytes().end());
+  head.bytes.insert(head.bytes.end(), run_meta_.begin(), run_meta_.end());
+  SendItem body;
+  body.zc = data;
+  body.zc_len = run_bytes_;
+  body.read = &read;
+  body.page = (read.first_block + run_first_) / kPageEntries;
+  ++read.holds;
+  sends_.push_back(std::move(head));
+  sends_.push_back(std::move(body));
+  run_read_ = nullptr;
+  run_count_ = 0;
+  run_bytes_ = 0;
+  run_meta_.clear();
+  Kick();
+  return Status::Ok();
+}
+
+Status NetSink::PageDone(std::unique_ptr<LeafPage> page) {
+  // This snapshot's ids, for the next backup's cache.
+  if (job_.new_cache_fd >= 0) {
+    uint8_t raw[kPageEntries * kCacheRecord];
+    for (uint32_t i = 0; i < page->count; ++i) {
+      std::memcpy(raw + i * kCacheRecord, page->entries[i].id, 16);
+      raw[i * kCacheRecord + 16] = (page->entries[i].ref.flags & kObjZero) ? 1 : 0;
+    }
+    DP420_RETURN_IF_ERROR(WriteAll(job_.new_cache_fd,
+                                   kCacheHeader + page->index * kPageEntries * kCacheRecord, raw,
+                                   page->count * kCacheRecord, job_.new_cache_path));
+  }
+  PayloadWriter w;
+  w.U64(page->index);
+  w.U32(page->count);
+  for (uint32_t i = 0; i < page->count; ++i) {
+    w.U8(page->verdict[i]);
+    w.Bytes({page->entries[i].id, 16});
+  }
+  FrameHeader h = HeaderFor(FrameType::kPage, static_cast<uint32_t>(w.bytes().size()),
+                            simd::Crc32c(0, w.bytes().data(), w.bytes().size()));
+  SendItem item;
+  item.bytes.resize(sizeof(h));
+  std::memcpy(item.bytes.data(), &h, sizeof(h));
+  item.bytes.insert(item.bytes.end(), w.bytes().begin(), w.bytes().end());
+  item.page = page->index;
+  sends_.push_back(std::move(item));
+  last_page_ = std::max<int64_t>(last_page_, static_cast<int64_t>(page->index));
+  Kick();
+  return Status::Ok();
+}
+
+// Frames leave in order: one send on the socket at a time.
+void NetSink::Kick() {
+  if (send_in_flight_ || broken_ || sends_.empty()) return;
+  SendItem& item = sends_.front();
+  send_op_ = io::IoOp{};
+  send_op_.fd = conn_->fd();
+  if (item.zc) {
+    send_op_.kind = job_.zc_unsupported.load() ? io::IoOp::kSend : io::IoOp::kSendZc;
+    send_op_.buf = const_cast<uint8_t*>(item.zc);
+    send_op_.len = item.zc_len;
+    send_op_.buf_index = scanner_->pool().registered() ? int(item.read->buffer) : -1;
+    if (send_op_.kind == io::IoOp::kSend) send_op_.buf_index = -1;
+  } else {
+    send_op_.kind = io::IoOp::kSend;
+    send_op_.buf = item.bytes.data();
+    send_op_.len = static_cast<uint32_t>(item.bytes.size());
+  }
+  send_op_.owner = this;
+  send_op_.tag = kTagSend;
+  send_in_flight_ = true;
+  scanner_->QueueSinkOp(&send_op_);
+}
+
+void NetSink::ArmRecv() {
+  if (recv_in_flight_ || peer_closed_) return;
+  recv_op_ = io::IoOp{};
+  recv_op_.kind = io::IoOp::kRecv;
+  recv_op_.fd = conn_->fd();
+  recv_op_.buf = recv_buf_.data();
+  recv_op_.len = static_cast<uint32_t>(recv_buf_.size());
+  recv_op_.owner = this;
+  recv_op_.tag = kTagRecv;
+  recv_in_flight_ = true;
+  scanner_->QueueSinkOp(&recv_op_);
+}
+
+void NetSink::Break() {
+  broken_ = true;
+  if (conn_) conn_->Shutdown();
+}
+
+Status NetSink::OnReceived() {
+  size_t at = 0;
+  while (pending_.size() - at >= sizeof(FrameHeader)) {
+    FrameHeader h;
+    std::memcpy(&h, pending_.data() + at, sizeof(h));
+    DP420_RETURN_IF_ERROR(CheckHeader(h));
+    if (pending_.size() - at < sizeof(h) + h.payload_len) break;
+    Frame f;
+    f.header = h;
+    f.payload.assign(pending_.begin() + at + sizeof(h),
+                     pending_.begin() + at + sizeof(h) + h.payload_len);
+    at += sizeof(h) + h.payload_len;
+    DP420_RETURN_IF_ERROR(CheckPayload(h, f.payload));
+    if (f.type() == FrameType::kAck) {
+      PayloadReader r(f.payload);
+      int64_t page = static_cast<int64_t>(r.U64());
+      DP420_RETURN_IF_ERROR(r.Finish("ACK"));
+      acked_page_ = std::max(acked_page_, page);
+    } else if (f.type() == FrameType::kError) {
+      return StatusFromError(f, "server " + conn_->peer());
+    } else if (f.type() != FrameType::kPing && f.type() != FrameType::kPong) {
+      return Status::Network("unexpected frame type " + std::to_string(h.type) + " on a stripe");
+    }
+  }
+  pending_.erase(pending_.begin(), pending_.begin() + static_cast<ptrdiff_t>(at));
+  return Status::Ok();
+}
+
+Status NetSink::OnOp(io::IoOp* op) {
+  if (op->tag == kTagRecv) {
+    recv_in_flight_ = false;
+    if (op->result == -ENODATA) {
+      peer_closed_ = true;
+      if (closing_ && AllAcked()) return Status::Ok();
+      Break();
+      return received_error_.ok() ? Status::Network("server " + conn_->peer() +
+                                                    " closed the stripe connection")
+                                  : received_error_;
+    }
+    if (op->result != 0) {
+      Break();
+      return io::IoOpStatus(*op, "stripe to " + conn_->peer());
+    }
+    pending_.insert(pending_.end(), recv_buf_.begin(), recv_buf_.begin() + op->done_bytes);
+    Status s = OnReceived();
+    if (!s.ok()) {
+      received_error_ = s;
+      Break();
+      return s;
+    }
+    if (!broken_) ArmRecv();
+    return Status::Ok();
+  }
+  DP420_ASSERT(op->tag == kTagSend && send_in_flight_);
+  send_in_flight_ = false;
+  SendItem item = std::move(sends_.front());
+  sends_.pop_front();
+  if (item.read) scanner_->Unhold(item.read);
+  if (op->result != 0) {
+    if (op->kind == io::IoOp::kSendZc && (op->result == -EINVAL || op->result == -EOPNOTSUPP) &&
+        !job_.zc_unsupported.exchange(true)) {
+      // This kernel or socket cannot send_zc: plain sends from now on, and
+      // the connection is redone (the stream is incomplete).
+    }
+    Break();
+    return io::IoOpStatus(*op, "stripe to " + conn_->peer());
+  }
+  job_.bytes_sent.fetch_add(op->len, std::memory_order_relaxed);
+  if (item.zc) {
+    if (op->kind == io::IoOp::kSendZc) {
+      job_.bytes_zc.fetch_add(op->len, std::memory_order_relaxed);
+      if (op->zc_copied) job_.bytes_zc_copied.fetch_add(op->len, std::memory_order_relaxed);
+    }
+    if (static_cast<int64_t>(item.page) <= resend_until_) {
+      job_.bytes_resent.fetch_add(op->len, std::memory_order_relaxed);
+    }
+  }
+  Kick();
+  return Status::Ok();
+}
+
+bool NetSink::AllAcked() const { return sends_.empty() && acked_page_ >= last_page_; }
+
+Result<bool> NetSink::Finish() {
+  if (!received_error_.ok()) return received_error_;
+  if (!sends_.empty() || send_in_flight_ || acked_page_ < last_page_) {
+    Kick();
+    if (!recv_in_flight_ && !send_in_flight_) {
+      return Status::Network("stripe " + std::to_string(stripe_) + " stalled");
+    }
+    return false;
+  }
+  if (!closing_) {
+    // Every page is acknowledged: close our side; the server closes its side.
+    closing_ = true;
+    shutdown(conn_->fd(), SHUT_WR);
+  }
+  if (recv_in_flight_) return false;
+  return true;
+}
+
+Result<uint64_t> NetSink::Recover(const Status& lost) {
+  // Unsent items still hold their read buffers.
+  for (SendItem& item : sends_) {
+    if (item.read) scanner_->Unhold(item.read);
+  }
+  sends_.clear();
+  run_read_ = nullptr;
+  run_count_ = 0;
+  run_bytes_ = 0;
+  run_meta_.clear();
+  resend_until_ = std::max(resend_until_, last_page_);
+  job_.sockets.Set(stripe_, -1);
+  conn_.reset();
+  Clock::time_point deadline = job_.RetryDeadline();
+  Status last = lost;
+  for (unsigned attempt = 0;; ++attempt) {
+    if (job_.failed.load() || job_.options.control.Canceled()) return lost;
+    if (Clock::now() >= deadline) {
+      return Status::Network("stripe " + std::to_string(stripe_) + " lost (" + lost.message() +
+                             "); reconnecting for " +
+                             std::to_string(job_.remote.options().retry_for.count() / 1000) +
+                             " s failed: " + last.message());
+    }
+    Backoff(attempt);
+    uint64_t next = 0;
+    Status joined = Join(&next);
+    if (joined.ok()) {
+      job_.reconnects.fetch_add(1);
+      last_page_ = static_cast<int64_t>(next) - static_cast<int64_t>(job_.stripes);
+      return next;
+    }
+    last = joined;
+    conn_.reset();
+    if (joined.code() != Code::kNetwork) return joined;  // e.g. the session is gone
+  }
+}
+
+// ---- cache files ----
+
+std::string CachePath(const RemoteRepository& remote, const std::string& volume) {
+  std::string dir = remote.options().cache_dir.empty() ? DefaultCacheDir()
+                                                       : remote.options().cache_dir;
+  return dir + "/" + remote.repo_id() + "/" + volume + ".ids";
+}
+
+bool CacheValid(int fd, const Manifest& parent) {
+  CacheHeader h{};
+  if (pread(fd, &h, sizeof(h), 0) != static_cast<ssize_t>(sizeof(h))) return false;
+  CacheHeader want = MakeCacheHeader(parent);
+  struct stat st;
+  if (fstat(fd, &st) != 0) return false;
+  return std::memcmp(&h, &want, sizeof(h)) == 0 &&
+         static_cast<uint64_t>(st.st_size) == kCacheHeader + parent.blocks_total * kCacheRecord;
+}
+
+}  // namespace
+
+Result<BackupResult> RemoteRepository::Backup(const BackupOptions& o) {
+  auto start = Clock::now();
+  if (!ValidVolumeName(o.volume)) {
+    return Status::InvalidArgument("invalid volume name '" + o.volume +
+                                   "' (1-64 characters of A-Z a-z 0-9 . _ -)");
+  }
+  int64_t skew_ms = clock_.offset_ns / 1000000;
+  if (std::llabs(clock_.offset_ns) > std::chrono::nanoseconds(options_.max_clock_skew).count()) {
+    return Status::ClockSkew("this host's clock differs from the server's by " +
+                             std::to_string(skew_ms) + " ms (more than the allowed " +
+                             std::to_string(options_.max_clock_skew.count()) +
+                             " ms; fix the clocks or raise --max-clock-skew)");
+  }
+  DP420_ASSIGN_OR_RETURN(ScanSource source, ScanSource::Open(o.source_path));
+  unsigned threads = o.threads ? o.threads : DefaultThreads();
+  Millis timeout = options_.LossTimeout();
+  DP420_RETURN_IF_ERROR(EnsureControl());
+
+  AgentJob job(*this, o);
+  job.stripes = threads;
+  auto begin = [&](const std::string& resume) -> Result<Frame> {
+    PayloadWriter w;
+    w.String(o.volume);
+    w.U32(o.block_size);
+    w.U64(source.size());
+    w.U32(threads);
+    w.String(o.source_path);
+    w.String(source.block_device() ? "block-device" : "file");
+    w.String(o.node_topology.dump());
+    w.String(o.tool_version);
+    w.String(resume);
+    DP420_RETURN_IF_ERROR(control_->Send(FrameType::kBackupBegin, 0, w.bytes(), timeout));
+    DP420_ASSIGN_OR_RETURN(Frame f, control_->Recv(timeout));
+    DP420_RETURN_IF_ERROR(ExpectFrame(f, FrameType::kBackupReady, control_->peer()));
+    return f;
+  };
+  DP420_ASSIGN_OR_RETURN(Frame ready, begin(""));
+  PayloadReader r(ready.payload);
+  job.token = r.String(64);
+  std::string snapshot_id = r.String(64);
+  uint32_t block_size = r.U32();
+  std::string parent_text = r.String(1 << 20);
+  uint8_t key[simd::kHashSecretBytes];
+  r.Bytes(key, sizeof(key));
+  r.U64();  // server time
+  DP420_RETURN_IF_ERROR(r.Finish("BACKUP_READY"));
+  simd::BlockHasher hasher(std::span<const uint8_t, simd::kHashSecretBytes>(key, sizeof(key)));
+
+  // The parent's ids: the cache when its seal matches, else fetched.
+  std::unique_ptr<Manifest> parent;
+  std::string cache_path = CachePath(*this, o.volume);
+  io::File parent_cache;
+  if (!parent_text.empty()) {
+    std::string seal;
+    DP420_ASSIGN_OR_RETURN(Json doc, UnsealJson(parent_text, "parent manifest", &seal));
+    DP420_ASSIGN_OR_RETURN(Manifest pm, Manifest::FromJson(doc, "parent manifest"));
+    pm.seal = seal;
+    parent = std::make_unique<Manifest>(pm);
+  }
+  std::string dir = cache_path.substr(0, cache_path.find_last_of('/'));
+  DP420_RETURN_IF_ERROR(io::MakeDirs(dir).Prefix("parent id cache (--cache-dir)"));
+  if (parent) {
+    auto cached = io::File::OpenRead(cache_path, false);
+    if (cached.ok() && CacheValid(cached->fd(), *parent)) {
+      parent_cache = std::move(cached).value();
+    } else {
+      std::string tmp = cache_path + ".fetch";
+      DP420_ASSIGN_OR_RETURN(io::File f,
+                             io::File::OpenWrite(tmp, O_CREAT | O_TRUNC | O_RDWR, false));
+      uint64_t pages = DivCeil(parent->blocks_total, kPageEntries);
+      PayloadWriter w;
+      w.U64(0);
+      w.U32(static_cast<uint32_t>(pages));
+      DP420_RETURN_IF_ERROR(control_->Send(FrameType::kParentReq, 7, w.bytes(), timeout));
+      for (;;) {
+        DP420_ASSIGN_OR_RETURN(Frame pf, control_->Recv(timeout));
+        if (pf.type() == FrameType::kDone) break;
+        if (pf.type() == FrameType::kPing) {
+          DP420_RETURN_IF_ERROR(AnswerPing(*control_, pf, timeout));
+          continue;
+        }
+        DP420_RETURN_IF_ERROR(ExpectFrame(pf, FrameType::kParentPage, control_->peer()));
+        PayloadReader pr(pf.payload);
+        uint64_t page = pr.U64();
+        uint32_t count = pr.U32();
+        if (count > kPageEntries || pf.payload.size() != 12 + count * kCacheRecord) {
+          return Status::Network("malformed PARENT_PAGE from the server");
+        }
+        DP420_RETURN_IF_ERROR(WriteAll(f.fd(), kCacheHeader + page * kPageEntries * kCacheRecord,
+                                       pf.payload.data() + 12, count * kCacheRecord, tmp));
+      }
+      CacheHeader h = MakeCacheHeader(*parent);
+      DP420_RETURN_IF_ERROR(f.Truncate(kCacheHeader + parent->blocks_total * kCacheRecord));
+      DP420_RETURN_IF_ERROR(WriteAll(f.fd(), 0, &h, sizeof(h), tmp));
+      if (rename(tmp.c_str(), cache_path.c_str()) != 0) {
+        return PosixError("rename " + tmp + " -> " + cache_path, errno);
+      }
+      DP420_ASSIGN_OR_RETURN(parent_cache, io::File::OpenRead(cache_path, false));
+    }
+    job.parent_cache_fd = parent_cache.fd();
+    job.parent_blocks = parent->blocks_total;
+  }
+  job.new_cache_path = cache_path + ".new";
+  DP420_ASSIGN_OR_RETURN(io::File new_cache,
+                         io::File::OpenWrite(job.new_cache_path, O_CREAT | O_TRUNC | O_RDWR,
+                                             false));
+  job.new_cache_fd = new_cache.fd();
+
+  ScanContext ctx;
+  ctx.geo = ScanGeometry::For(source.size(), block_size);
+  ctx.source = &source;
+  ctx.hasher = &hasher;
+  ctx.zero_full = ZeroBlockEntry(hasher, block_size);
+  ctx.zero_tail = ZeroBlockEntry(hasher, ctx.geo.blocks ? ctx.geo.BlockLen(ctx.geo.blocks - 1) : 0);
+  ctx.threads = threads;
+  ctx.control = o.control;
+  ctx.stop = &job.failed;
+  DP420_RETURN_IF_ERROR(new_cache.Truncate(kCacheHeader + ctx.geo.blocks * kCacheRecord));
+
+  std::vector<std::unique_ptr<NetSink>> sinks;
+  std::vector<std::unique_ptr<Scanner>> scanners;
+  for (unsigned i = 0; i < threads; ++i) {
+    sinks.push_back(std::make_unique<NetSink>(job, i));
+    scanners.push_back(std::make_unique<Scanner>(ctx, i, sinks.back().get()));
+  }
+  std::atomic<unsigned> finished{0};
+  std::vector<std::thread> pool;
+  for (unsigned i = 0; i < threads; ++i) {
+    pool.emplace_back([&, i] {
+      Status s = scanners[i]->Run();
+      if (!s.ok()) job.Fail(s);
+      finished.fetch_add(1);
+    });
+  }
+
+  // The control connection: heartbeats both ways while the workers send.
+  auto last_rx = Clock::now();
+  auto last_tx = Clock::now();
+  auto last_progress = Clock::now() - std::chrono::seconds(1);
+  auto reconnect = [&](const Status& why) -> Status {
+    job.sockets.ShutdownAll();  // the stripes reconnect on their own
+    Clock::time_point deadline = job.RetryDeadline();
+    Status last = why;
+    for (unsigned attempt = 0; Clock::now() < deadline && !job.failed.load(); ++attempt) {
+      Backoff(attempt);
+      auto conn = OpenConnection();
+      if (!conn.ok()) {
+        last = conn.status();
+        if (last.code() != Code::kNetwork) return last;
+        continue;
+      }
+      control_ = std::move(conn).value();
+      auto resumed = begin(job.token);
+      if (resumed.ok()) {
+        job.reconnects.fetch_add(1);
+        last_rx = last_tx = Clock::now();
+        return Status::Ok();
+      }
+      last = resumed.status();
+      control_.reset();
+      if (last.code() != Code::kNetwork) return last;
+    }
+    return Status::Network("server " + options_.address + " lost (" + why.message() +
+                           "); reconnecting for " +
+                           std::to_string(options_.retry_for.count() / 1000) +
+                           " s failed: " + last.message());
+  };
+  while (finished.load() < threads) {
+    if (o.control.progress && Clock::now() - last_progress > std::chrono::milliseconds(200)) {
+      last_progress = Clock::now();
+      o.control.progress({"backup", ctx.bytes_read.load(), ctx.geo.volume_size});
+    }
+    if (job.failed.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      continue;
+    }
+    pollfd pfd{control_->fd(), POLLIN, 0};
+    int ready_fds = poll(&pfd, 1, 100);
+    Status lost;
+    if (ready_fds > 0) {
+      auto f = control_->Recv(timeout);
+      if (!f.ok()) {
+        lost = f.status();
+      } else {
+        last_rx = Clock::now();
+        if (f->type() == FrameType::kPing) {
+          lost = AnswerPing(*control_, *f, timeout);
+        } else if (f->type() == FrameType::kError) {
+          job.Fail(StatusFromError(*f, "server " + control_->peer()));
+        }
+      }
+    }
+    if (lost.ok() && Clock::now() - last_tx >= options_.heartbeat_interval) {
+      PayloadWriter ping;
+      ping.U64(WallClockNs());
+      lost = control_->Send(FrameType::kPing, 0, ping.bytes(), timeout);
+      last_tx = Clock::now();
+    }
+    if (lost.ok() && Clock::now() - last_rx > timeout) {
+      lost = Status::Network("no answer from server " + options_.address + " for " +
+                             std::to_string(timeout.count() / 1000.0).substr(0, 4) + " s");
+    }
+    if (!lost.ok() && lost.code() == Code::kNetwork) {
+      Status s = reconnect(lost);
+      if (!s.ok()) job.Fail(s);
+    } else if (!lost.ok()) {
+      job.Fail(lost);
+    }
+  }
+  for (auto& t : pool) t.join();
+  if (!job.error.ok()) {
+    unlink(job.new_cache_path.c_str());
+    return job.error;
+  }
+
+  // Commit: the server builds the table and writes the manifest.
+  Result<Manifest> committed = Status::Network("no answer to COMMIT");
+  for (unsigned attempt = 0; attempt < 3; ++attempt) {
+    Status sent = control_->Send(FrameType::kCommit, 9, {}, timeout);
+    while (sent.ok()) {
+      auto f = control_->Recv(timeout);
+      if (!f.ok()) {
+        sent = f.status();
+        break;
+      }
+      if (f->type() == FrameType::kPing) {
+        sent = AnswerPing(*control_, *f, timeout);
+        continue;
+      }
+      if (f->type() == FrameType::kPong) continue;
+      Status expected = ExpectFrame(*f, FrameType::kCommitted, control_->peer());
+      if (!expected.ok()) {
+        unlink(job.new_cache_path.c_str());
+        return expected;
+      }
+      PayloadReader cr(f->payload);
+      std::string text = cr.String(1 << 20);
+      DP420_RETURN_IF_ERROR(cr.Finish("COMMITTED"));
+      std::string seal;
+      DP420_ASSIGN_OR_RETURN(Json doc, UnsealJson(text, "committed manifest", &seal));
+      committed = Manifest::FromJson(doc, "committed manifest");
+      if (committed.ok()) committed->seal = seal;
+      break;
+    }
+    if (committed.ok() || sent.code() != Code::kNetwork) {
+      if (!sent.ok() && !committed.ok()) committed = sent;
+      break;
+    }
+    // Lost during the commit: the snapshot may exist already.
+    Status back = reconnect(sent);
+    if (!back.ok()) {
+      std::vector<Manifest> list;
+      if (EnsureControl().ok() && ListManifests(o.volume, &list).ok()) {
+        for (const Manifest& m : list) {
+          if (m.snapshot_id == snapshot_id) committed = m;
+        }
+      }
+      if (!committed.ok()) committed = back;
+      break;
+    }
+  }
+  if (!committed.ok()) {
+    unlink(job.new_cache_path.c_str());
+    return committed.status();
+  }
+  // The new snapshot's ids become the cache for the next backup.
+  CacheHeader h = MakeCacheHeader(*committed);
+  if (WriteAll(new_cache.fd(), 0, &h, sizeof(h), job.new_cache_path).ok() &&
+      rename(job.new_cache_path.c_str(), cache_path.c_str()) != 0) {
+    unlink(job.new_cache_path.c_str());
+  }
+
+  BackupResult result;
+  result.manifest = *committed;
+  result.bytes_read = ctx.bytes_read.load();
+  result.bytes_written = committed->bytes_written;
+  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  result.threads = threads;
+  result.direct_io = source.direct.direct();
+  result.registered_buffers = ctx.registered.load();
+  result.bytes_sent = job.bytes_sent.load();
+  result.bytes_sent_zerocopy = job.bytes_zc.load();
+  result.bytes_zerocopy_copied = job.bytes_zc_copied.load();
+  result.bytes_resent = job.bytes_resent.load();
+  result.reconnects = job.reconnects.load();
+  if (o.control.progress) o.control.progress({"backup", ctx.geo.volume_size, ctx.geo.volume_size});
+  return result;
 }
 
 }  // namespace dp420::net

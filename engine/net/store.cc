@@ -1,18 +1,774 @@
 #include "engine/net/store.h"
 
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "engine/core/snapshot.h"
+#include "io/assert.h"
+#include "io/buffer_pool.h"
+#include "io/file.h"
+#include "io/random.h"
+#include "io/ring.h"
+#include "simd/simd.h"
+
 namespace dp420::net {
 
-BackupRegistry::~BackupRegistry() = default;
-void BackupRegistry::Add(const std::string&, std::shared_ptr<BackupSession>) {}
-std::shared_ptr<BackupSession> BackupRegistry::Find(const std::string&) { return nullptr; }
-void BackupRegistry::Remove(const std::string&) {}
-void BackupRegistry::AbortAll() {}
+namespace {
 
-Status HandleBackup(ServerContext&, Conn&, const SessionInfo&, const Frame&) {
-  return Status::Internal("network backup is not available in this build");
+using Clock = std::chrono::steady_clock;
+
+constexpr uint32_t kMaxStripes = 64;
+constexpr unsigned kStripeBuffers = 4;  // payloads received while earlier ones are written
+
+std::string NewToken() {
+  uint8_t raw[16] = {};
+  while (!io::FillRandom(raw, sizeof(raw)).ok()) {
+  }
+  return simd::ToHex(raw, sizeof(raw));
 }
-Status HandleStripe(ServerContext&, Conn&, const SessionInfo&, const Frame&) {
-  return Status::Internal("network backup is not available in this build");
+
+}  // namespace
+
+// One stripe of a backup: its packs and resume point survive connections.
+struct StripeState {
+  std::mutex mu;                 // held by the connection serving the stripe
+  Conn* conn = nullptr;          // the connection serving it (guarded by owner_mu)
+  uint64_t next_page = 0;        // first page not acknowledged yet
+  std::unique_ptr<PackWriter> pack;
+  uint64_t bytes_written = 0;    // finished packs
+  uint64_t blocks_stored = 0;
+  uint64_t blocks_changed = 0;
+  uint64_t blocks_zero = 0;
+  uint64_t bytes_received = 0;
+};
+
+class BackupSession {
+ public:
+  BackupSession(ServerContext& ctx, SessionInfo who, VolumeLock lock,
+                std::unique_ptr<SnapshotBuilder> builder, std::unique_ptr<Manifest> parent,
+                uint32_t stripes)
+      : ctx_(ctx), who_(std::move(who)), lock_(std::move(lock)), builder_(std::move(builder)),
+        parent_(std::move(parent)), stripes_(stripes) {
+    for (uint32_t i = 0; i < stripes; ++i) {
+      stripe_.push_back(std::make_unique<StripeState>());
+      stripe_.back()->next_page = i;
+    }
+    consumer_ = std::thread([this] {
+      Status s = builder_->Consume([this] { return aborted_.load(); }, nullptr);
+      std::lock_guard lock(mu_);
+      consumed_ = true;
+      consume_status_ = s;
+      cv_.notify_all();
+    });
+  }
+  ~BackupSession() {
+    Abort("session ended");
+    if (consumer_.joinable()) consumer_.join();
+  }
+
+  const SessionInfo& who() const { return who_; }
+  SnapshotBuilder& builder() { return *builder_; }
+  const Manifest* parent() const { return parent_.get(); }
+  uint32_t stripes() const { return stripes_; }
+  StripeState& stripe(uint32_t i) { return *stripe_[i]; }
+  bool aborted() const { return aborted_.load(); }
+  std::string token;
+
+  void Abort(const std::string& why) {
+    if (aborted_.exchange(true)) return;
+    builder_->queue().Abort();
+    std::lock_guard lock(owner_mu_);
+    for (auto& s : stripe_) {
+      if (s->conn) s->conn->Shutdown();
+    }
+    if (control_) control_->Shutdown();
+    (void)why;
+  }
+
+  // The control connection: a newer one replaces (and wakes) an older one.
+  void AttachControl(Conn* conn) {
+    std::lock_guard lock(owner_mu_);
+    if (control_) control_->Shutdown();
+    control_ = conn;
+    ++control_generation_;
+    cv_.notify_all();
+  }
+  uint64_t control_generation() {
+    std::lock_guard lock(owner_mu_);
+    return control_generation_;
+  }
+  void DetachControl(Conn* conn) {
+    std::lock_guard lock(owner_mu_);
+    if (control_ == conn) control_ = nullptr;
+  }
+  // Waits up to `grace` for another control connection; false when none came.
+  bool WaitForNewControl(uint64_t generation, Millis grace) {
+    std::unique_lock lock(owner_mu_);
+    return cv_.wait_for(lock, grace, [&] {
+      return aborted_.load() || control_generation_ != generation;
+    }) && !aborted_.load();
+  }
+  void AttachStripe(StripeState& s, Conn* conn) {
+    std::lock_guard lock(owner_mu_);
+    if (s.conn) s.conn->Shutdown();
+    s.conn = conn;
+  }
+  void DetachStripe(StripeState& s, Conn* conn) {
+    std::lock_guard lock(owner_mu_);
+    if (s.conn == conn) s.conn = nullptr;
+  }
+  // Waits (answering nothing) until every leaf page was consumed, or `timeout`.
+  Result<bool> WaitConsumed(Millis timeout) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return consumed_; });
+    if (!consumed_) return false;
+    DP420_RETURN_IF_ERROR(consume_status_);
+    return builder_->complete();
+  }
+
+ private:
+  ServerContext& ctx_;
+  SessionInfo who_;
+  VolumeLock lock_;
+  std::unique_ptr<SnapshotBuilder> builder_;
+  std::unique_ptr<Manifest> parent_;
+  uint32_t stripes_;
+  std::vector<std::unique_ptr<StripeState>> stripe_;
+  std::atomic<bool> aborted_{false};
+  std::mutex owner_mu_;
+  Conn* control_ = nullptr;
+  uint64_t control_generation_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool consumed_ = false;
+  Status consume_status_;
+  std::thread consumer_;
+};
+
+// ---- BackupRegistry ----
+
+BackupRegistry::~BackupRegistry() { AbortAll(); }
+
+void BackupRegistry::Add(const std::string& token, std::shared_ptr<BackupSession> session) {
+  std::lock_guard lock(mu_);
+  sessions_[token] = std::move(session);
+}
+
+std::shared_ptr<BackupSession> BackupRegistry::Find(const std::string& token) {
+  std::lock_guard lock(mu_);
+  auto it = sessions_.find(token);
+  return it == sessions_.end() ? nullptr : it->second;
+}
+
+void BackupRegistry::Remove(const std::string& token) {
+  std::shared_ptr<BackupSession> gone;
+  {
+    std::lock_guard lock(mu_);
+    auto it = sessions_.find(token);
+    if (it == sessions_.end()) return;
+    gone = std::move(it->second);
+    sessions_.erase(it);
+  }
+  gone->Abort("removed");
+}
+
+void BackupRegistry::AbortAll() {
+  std::map<std::string, std::shared_ptr<BackupSession>> all;
+  {
+    std::lock_guard lock(mu_);
+    all.swap(sessions_);
+  }
+  for (auto& [token, session] : all) session->Abort("server stopping");
+}
+
+// ---- control connection ----
+
+namespace {
+
+struct BeginRequest {
+  std::string volume;
+  uint32_t block_size = 0;
+  uint64_t volume_size = 0;
+  uint32_t stripes = 0;
+  std::string source_path;
+  std::string source_kind;
+  std::string topology;
+  std::string tool_version;
+  std::string resume_token;
+};
+
+Result<BeginRequest> ParseBegin(const Frame& f) {
+  PayloadReader r(f.payload);
+  BeginRequest b;
+  b.volume = r.String(64);
+  b.block_size = r.U32();
+  b.volume_size = r.U64();
+  b.stripes = r.U32();
+  b.source_path = r.String(4096);
+  b.source_kind = r.String(32);
+  b.topology = r.String(1 << 20);
+  b.tool_version = r.String(256);
+  b.resume_token = r.String(64);
+  DP420_RETURN_IF_ERROR(r.Finish("BACKUP_BEGIN"));
+  if (!ValidVolumeName(b.volume)) {
+    return Status::InvalidArgument("invalid volume name '" + b.volume + "'");
+  }
+  if (b.stripes == 0 || b.stripes > kMaxStripes) {
+    return Status::InvalidArgument("BACKUP_BEGIN: " + std::to_string(b.stripes) +
+                                   " stripes (1.." + std::to_string(kMaxStripes) + ")");
+  }
+  return b;
+}
+
+// The manifest file's sealed text, as on disk.
+Result<std::string> SealedText(const Repository& repo, const Manifest& m) {
+  return io::ReadFile(repo.SnapshotsDir(m.volume) + "/" + m.file_name);
+}
+
+Status SendReady(ServerContext& ctx, Conn& conn, BackupSession& s, Millis timeout) {
+  const Manifest& m = s.builder().manifest();
+  std::string parent_text;
+  if (s.parent()) {
+    DP420_ASSIGN_OR_RETURN(parent_text, SealedText(ctx.repo, *s.parent()));
+  }
+  DP420_ASSIGN_OR_RETURN(std::string key, io::ReadFile(ctx.repo.path() + "/keys/hash.key"));
+  if (key.size() != simd::kHashSecretBytes) {
+    return Status::Corruption("keys/hash.key: wrong size");
+  }
+  PayloadWriter w;
+  w.String(s.token);
+  w.String(m.snapshot_id);
+  w.U32(m.block_size);
+  w.String(parent_text);
+  w.Bytes({reinterpret_cast<const uint8_t*>(key.data()), key.size()});
+  w.U64(NowUnixNs());
+  return conn.Send(FrameType::kBackupReady, 0, w.bytes(), timeout);
+}
+
+// PARENT_REQ: the parent's leaf pages as (id, zero) pairs, then DONE.
+Status SendParentIds(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f,
+                     Millis timeout) {
+  PayloadReader r(f.payload);
+  uint64_t first = r.U64();
+  uint32_t count = r.U32();
+  DP420_RETURN_IF_ERROR(r.Finish("PARENT_REQ"));
+  if (!s.parent()) return Status::InvalidArgument("PARENT_REQ: the volume has no parent snapshot");
+  TableReader table(ctx.repo, *s.parent());
+  uint64_t pages = table.shape().PagesAt(0);
+  if (table.shape().blocks == 0) pages = 0;
+  uint64_t end = std::min<uint64_t>(pages, first + count);
+  for (uint64_t p = first; p < end; ++p) {
+    uint32_t n = 0;
+    DP420_ASSIGN_OR_RETURN(const Entry* entries, table.Leaf(p, &n));
+    PayloadWriter w;
+    w.U64(p);
+    w.U32(n);
+    for (uint32_t i = 0; i < n; ++i) {
+      w.Bytes({entries[i].id, 16});
+      w.U8((entries[i].ref.flags & kObjZero) ? 1 : 0);
+    }
+    DP420_RETURN_IF_ERROR(conn.Send(FrameType::kParentPage, f.header.request_id, w.bytes(),
+                                    timeout));
+  }
+  PayloadWriter done;
+  done.String("{}");
+  return conn.Send(FrameType::kDone, f.header.request_id, done.bytes(), timeout);
+}
+
+// COMMIT: every stripe is acknowledged. Waits for the table builder, closes
+// the stripes' packs and commits; answers COMMITTED with the manifest.
+Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, Millis timeout) {
+  auto deadline = Clock::now() + ctx.options.LossTimeout() * 4;
+  for (;;) {
+    DP420_ASSIGN_OR_RETURN(bool done, s.WaitConsumed(ctx.options.heartbeat_interval));
+    if (done) break;
+    if (s.aborted()) return Status::Network("backup aborted");
+    if (Clock::now() > deadline) {
+      return Status::InvalidArgument("COMMIT before every page was sent and acknowledged");
+    }
+    PayloadWriter ping;
+    ping.U64(WallClockNs());
+    DP420_RETURN_IF_ERROR(conn.Send(FrameType::kPing, 0, ping.bytes(), timeout));
+  }
+  SnapshotStats stats;
+  for (uint32_t i = 0; i < s.stripes(); ++i) {
+    StripeState& st = s.stripe(i);
+    std::lock_guard lock(st.mu);
+    if (st.pack) {
+      DP420_RETURN_IF_ERROR(st.pack->Finish());
+      st.bytes_written += st.pack->final_size();
+      st.pack.reset();
+    }
+    stats.blocks_changed += st.blocks_changed;
+    stats.blocks_zero += st.blocks_zero;
+    stats.blocks_stored += st.blocks_stored;
+    stats.bytes_written += st.bytes_written;
+  }
+  DP420_RETURN_IF_ERROR(io::SyncDir(ctx.repo.PacksDir()));
+  Manifest& m = s.builder().manifest();
+  stats.bytes_read = m.volume_size;  // the agent read the whole volume
+  m.seconds = static_cast<double>(NowUnixNs() - m.created_unix_ns) / 1e9;
+  DP420_ASSIGN_OR_RETURN(Manifest committed, s.builder().Commit(stats));
+  DP420_ASSIGN_OR_RETURN(std::string text, SealedText(ctx.repo, committed));
+  ctx.log.Info("backup committed", {{"client", s.who().client},
+                                    {"volume", committed.volume},
+                                    {"snapshot", committed.snapshot_id},
+                                    {"blocks_stored", committed.blocks_stored},
+                                    {"bytes_written", committed.bytes_written}});
+  PayloadWriter w;
+  w.String(text);
+  return conn.Send(FrameType::kCommitted, f.header.request_id, w.bytes(), timeout);
+}
+
+Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const SessionInfo& who,
+                                                    const BeginRequest& b) {
+  DP420_RETURN_IF_ERROR(CheckVolumeAccess(ctx.repo, who, b.volume));
+  DP420_ASSIGN_OR_RETURN(VolumeLock lock, ctx.repo.LockVolume(b.volume));
+  std::vector<Manifest> chain;
+  std::vector<DamagedFile> damaged;
+  DP420_RETURN_IF_ERROR(ctx.repo.ListManifests(b.volume, &chain, &damaged));
+  if (!damaged.empty()) {
+    return Status::Corruption(damaged.front().status.message() +
+                              " — the server's operator must run `dp420 verify`");
+  }
+  std::unique_ptr<Manifest> parent;
+  if (!chain.empty()) parent = std::make_unique<Manifest>(chain.back());
+  DP420_ASSIGN_OR_RETURN(auto builder,
+                         SnapshotBuilder::Start(ctx.repo, b.volume, parent.get(), b.block_size,
+                                                b.volume_size, DefaultPageWindow(b.stripes)));
+  Manifest& m = builder->manifest();
+  m.source_path = b.source_path;
+  m.source_kind = b.source_kind == "block-device" ? "block-device" : "file";
+  m.tool_version = b.tool_version;
+  m.client = who.client;
+  Json topology = Json::parse(b.topology, nullptr, false);
+  m.node_topology = topology.is_discarded() || !topology.is_object() ? Json::object() : topology;
+  auto session = std::make_shared<BackupSession>(ctx, who, std::move(lock), std::move(builder),
+                                                 std::move(parent), b.stripes);
+  session->token = NewToken();
+  ctx.backups.Add(session->token, session);
+  return session;
+}
+
+}  // namespace
+
+Status HandleBackup(ServerContext& ctx, Conn& conn, const SessionInfo& who, const Frame& begin) {
+  Millis timeout = ctx.options.LossTimeout();
+  auto parsed = ParseBegin(begin);
+  if (!parsed.ok()) {
+    (void)SendError(conn, parsed.status(), timeout);
+    return parsed.status();
+  }
+  const BeginRequest& b = *parsed;
+  std::shared_ptr<BackupSession> s;
+  if (!b.resume_token.empty()) {
+    s = ctx.backups.Find(b.resume_token);
+    if (!s || s->who().client != who.client || s->builder().manifest().volume != b.volume) {
+      Status gone = Status::NotFound("backup session " + b.resume_token +
+                                     " is unknown to the server (it restarted or gave up)");
+      (void)SendError(conn, gone, timeout);
+      return gone;
+    }
+    ctx.log.Info("backup resumed", {{"client", who.client}, {"volume", b.volume},
+                                    {"peer", conn.peer()}});
+  } else {
+    auto started = StartSession(ctx, who, b);
+    if (!started.ok()) {
+      (void)SendError(conn, started.status(), timeout);
+      return started.status();
+    }
+    s = *started;
+    ctx.log.Info("backup started", {{"client", who.client},
+                                    {"volume", b.volume},
+                                    {"snapshot", s->builder().manifest().snapshot_id},
+                                    {"parent", s->builder().manifest().parent},
+                                    {"stripes", b.stripes},
+                                    {"peer", conn.peer()}});
+  }
+  s->AttachControl(&conn);
+  uint64_t generation = s->control_generation();
+  Status status = SendReady(ctx, conn, *s, timeout);
+  while (status.ok()) {
+    auto frame = conn.Recv(timeout);
+    if (!frame.ok()) {
+      status = frame.status();
+      break;
+    }
+    switch (frame->type()) {
+      case FrameType::kPing: status = AnswerPing(conn, *frame, timeout); break;
+      case FrameType::kPong: break;
+      case FrameType::kParentReq: status = SendParentIds(ctx, conn, *s, *frame, timeout); break;
+      case FrameType::kCommit: {
+        Status committed = Commit(ctx, conn, *s, *frame, timeout);
+        if (!committed.ok()) (void)SendError(conn, committed, timeout);
+        s->DetachControl(&conn);
+        ctx.backups.Remove(s->token);
+        return committed;
+      }
+      case FrameType::kError: status = StatusFromError(*frame, conn.peer()); break;
+      default:
+        status = Status::Network("unexpected frame type " +
+                                 std::to_string(frame->header.type) + " in a backup session");
+        (void)SendError(conn, status, timeout);
+    }
+  }
+  s->DetachControl(&conn);
+  if (s->aborted()) {
+    ctx.backups.Remove(s->token);
+    return status;
+  }
+  if (status.code() != Code::kNetwork) {
+    // A protocol or repository error: the backup cannot go on.
+    ctx.log.Warn("backup failed", {{"client", who.client}, {"error", status.ToString()}});
+    ctx.backups.Remove(s->token);
+    return status;
+  }
+  // Lost agent: keep the session for a while so it can reconnect and resume.
+  ctx.log.Warn("backup agent lost", {{"client", who.client},
+                                     {"volume", b.volume},
+                                     {"error", status.message()},
+                                     {"grace_s", ctx.options.resume_grace.count() / 1000.0}});
+  if (!s->WaitForNewControl(generation, ctx.options.resume_grace)) {
+    if (!s->aborted()) {
+      ctx.log.Warn("backup abandoned", {{"client", who.client}, {"volume", b.volume}});
+    }
+    ctx.backups.Remove(s->token);  // rolls back
+  }
+  return status;
+}
+
+// ---- stripe connection ----
+
+namespace {
+
+// Receives a stripe's BLOCKS and PAGE frames, checks and stores them.
+class StripeReceiver {
+ public:
+  StripeReceiver(ServerContext& ctx, Conn& conn, BackupSession& s, StripeState& st, uint32_t id)
+      : ctx_(ctx), conn_(conn), s_(s), st_(st), id_(id),
+        block_size_(s.builder().manifest().block_size) {}
+
+  Status Setup() {
+    // A payload holds at most one extent of blocks (plus the padding of a
+    // short last block up to 4 KiB).
+    buffer_bytes_ = RoundUp(std::max<uint64_t>(block_size_, kMinExtentBytes) + kRecordAlign,
+                            kRecordAlign);
+    DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = kStripeBuffers * 2}));
+    DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(buffer_bytes_, kStripeBuffers));
+    (void)pool_.Register(*ring_);
+    writes_.resize(kStripeBuffers);
+    if (s_.parent()) parent_ = std::make_unique<TableReader>(ctx_.repo, *s_.parent());
+    return Status::Ok();
+  }
+
+  Status Run();
+
+ private:
+  struct Write {
+    io::IoOp op;
+    bool busy = false;
+  };
+  Status OnBlocks(const FrameHeader& h);
+  Status OnPage(const Frame& f);
+  Status WaitWrites(bool all);
+  Status EnsurePack(uint64_t bytes);
+  Result<unsigned> FreeBuffer();
+
+  ServerContext& ctx_;
+  Conn& conn_;
+  BackupSession& s_;
+  StripeState& st_;
+  uint32_t id_;
+  uint32_t block_size_;
+  uint64_t buffer_bytes_ = 0;
+  io::BufferPool pool_;  // before the ring: the ring drains first
+  std::unique_ptr<io::Ring> ring_;
+  std::vector<Write> writes_;
+  std::unique_ptr<TableReader> parent_;
+  std::map<uint64_t, Entry> received_;  // blocks of the current page, by block number
+  std::vector<io::IoOp*> done_;
+};
+
+Status StripeReceiver::WaitWrites(bool all) {
+  while (ring_->in_flight() > 0) {
+    done_.clear();
+    DP420_RETURN_IF_ERROR(ring_->Wait(1, &done_));
+    Status first;
+    for (io::IoOp* op : done_) {
+      Write* w = static_cast<Write*>(op->owner);
+      w->busy = false;
+      pool_.Release(static_cast<unsigned>(w - writes_.data()));
+      if (first.ok() && op->result != 0) first = io::IoOpStatus(*op, st_.pack->path());
+    }
+    DP420_RETURN_IF_ERROR(first);
+    if (!all) break;
+  }
+  return Status::Ok();
+}
+
+Result<unsigned> StripeReceiver::FreeBuffer() {
+  for (;;) {
+    auto b = pool_.Acquire();
+    if (b) return *b;
+    DP420_RETURN_IF_ERROR(WaitWrites(false));
+  }
+}
+
+Status StripeReceiver::EnsurePack(uint64_t bytes) {
+  if (st_.pack && !st_.pack->Full(bytes)) return Status::Ok();
+  if (st_.pack) {
+    DP420_RETURN_IF_ERROR(WaitWrites(true));
+    DP420_RETURN_IF_ERROR(st_.pack->Finish());
+    st_.bytes_written += st_.pack->final_size();
+    st_.pack.reset();
+  }
+  DP420_ASSIGN_OR_RETURN(PackWriter w, s_.builder().NewPack(true));
+  st_.pack = std::make_unique<PackWriter>(std::move(w));
+  return Status::Ok();
+}
+
+// BLOCKS: u64 first_block, u32 n, n x (id[16], sha256[32]), then the bytes
+// of blocks first_block .. first_block+n-1.
+Status StripeReceiver::OnBlocks(const FrameHeader& h) {
+  Millis timeout = ctx_.options.LossTimeout();
+  uint8_t fixed[12];
+  if (h.payload_len < sizeof(fixed)) return Status::Network("BLOCKS frame too short");
+  DP420_RETURN_IF_ERROR(conn_.RecvExact(fixed, sizeof(fixed), timeout));
+  PayloadReader r({fixed, sizeof(fixed)});
+  uint64_t first = r.U64();
+  uint32_t n = r.U32();
+  const SnapshotBuilder& b = s_.builder();
+  uint64_t page = st_.next_page;
+  if (n == 0 || n > kPageEntries || first / kPageEntries != page ||
+      (first + n - 1) / kPageEntries != page || first + n > b.blocks()) {
+    return Status::Network("BLOCKS " + std::to_string(first) + "+" + std::to_string(n) +
+                           " outside page " + std::to_string(page) + " of stripe " +
+                           std::to_string(id_));
+  }
+  uint64_t data_len = 0;
+  for (uint32_t i = 0; i < n; ++i) data_len += b.BlockLen(first + i);
+  uint64_t meta_len = uint64_t{n} * 48;
+  if (h.payload_len != sizeof(fixed) + meta_len + data_len || data_len + kRecordAlign > buffer_bytes_) {
+    return Status::Network("BLOCKS frame length " + std::to_string(h.payload_len) +
+                           " does not match its " + std::to_string(n) + " blocks");
+  }
+  std::vector<uint8_t> meta(meta_len);
+  DP420_RETURN_IF_ERROR(conn_.RecvExact(meta.data(), meta.size(), timeout));
+  DP420_ASSIGN_OR_RETURN(unsigned buffer, FreeBuffer());
+  uint8_t* data = pool_.data(buffer);
+  Status received = conn_.RecvExact(data, data_len, timeout);
+  if (!received.ok()) {
+    pool_.Release(buffer);
+    return received;
+  }
+  uint32_t crc = simd::Crc32c(0, fixed, sizeof(fixed));
+  crc = simd::Crc32c(crc, meta.data(), meta.size());
+  crc = simd::Crc32c(crc, data, data_len);
+  if (crc != h.payload_crc32c) {
+    pool_.Release(buffer);
+    return Status::Network("BLOCKS frame fails its CRC-32C");
+  }
+  // Every block must hash to what the agent claims: SHA-256 and keyed id.
+  uint64_t off = 0;
+  std::vector<Entry> entries(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    uint32_t len = b.BlockLen(first + i);
+    Entry& e = entries[i];
+    std::memcpy(e.id, &meta[i * 48], 16);
+    std::memcpy(e.ref.sha256, &meta[i * 48 + 16], 32);
+    uint8_t sha[32];
+    simd::Sha256(data + off, len, sha);
+    uint8_t id[16];
+    ctx_.repo.hasher().Hash(data + off, len).ToBytes(id);
+    if (std::memcmp(sha, e.ref.sha256, 32) != 0 || std::memcmp(id, e.id, 16) != 0) {
+      pool_.Release(buffer);
+      return Status::Corruption("block " + std::to_string(first + i) +
+                                " does not match its digest (refused)");
+    }
+    off += len;
+  }
+  uint64_t padded = RoundUp(data_len, kRecordAlign);
+  if (padded != data_len) std::memset(data + data_len, 0, padded - data_len);
+  Status packed = EnsurePack(padded);
+  if (!packed.ok()) {
+    pool_.Release(buffer);
+    return packed;
+  }
+  uint64_t pack_offset = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    uint32_t len = b.BlockLen(first + i);
+    st_.pack->Reserve(len, &entries[i].ref);
+    if (i == 0) pack_offset = entries[i].ref.offset_bytes();
+    received_[first + i] = entries[i];
+  }
+  Write& w = writes_[buffer];
+  w.busy = true;
+  w.op = io::IoOp{};
+  w.op.kind = io::IoOp::kWrite;
+  w.op.fd = st_.pack->fd();
+  w.op.buf = data;
+  w.op.buf_index = pool_.registered() ? int(buffer) : -1;
+  w.op.len = static_cast<uint32_t>(padded);
+  w.op.offset = pack_offset;
+  w.op.owner = &w;
+  ring_->Queue(&w.op);
+  DP420_RETURN_IF_ERROR(ring_->Submit());
+  st_.bytes_received += data_len;
+  return Status::Ok();
+}
+
+// PAGE: u64 page, u32 count, count x (u8 verdict, id[16]). Builds the leaf
+// from the parent's entries, the zero entry and the received blocks, and
+// never from what the agent claims alone.
+Status StripeReceiver::OnPage(const Frame& f) {
+  PayloadReader r(f.payload);
+  uint64_t page = r.U64();
+  uint32_t count = r.U32();
+  const SnapshotBuilder& b = s_.builder();
+  uint64_t expect = std::min<uint64_t>(kPageEntries, b.blocks() - std::min(b.blocks(), page * kPageEntries));
+  if (!r.ok() || page != st_.next_page || count != expect) {
+    return Status::Network("PAGE " + std::to_string(page) + " out of order on stripe " +
+                           std::to_string(id_) + " (expected page " +
+                           std::to_string(st_.next_page) + ")");
+  }
+  auto leaf = std::make_unique<LeafPage>();
+  leaf->index = page;
+  leaf->count = count;
+  const Entry* parent = nullptr;
+  uint32_t parent_count = 0;
+  if (parent_ && page < parent_->shape().PagesAt(0) &&
+      page * kPageEntries < parent_->shape().blocks) {
+    DP420_ASSIGN_OR_RETURN(parent, parent_->Leaf(page, &parent_count));
+  }
+  uint64_t changed = 0, zero = 0, stored = 0;
+  for (uint32_t i = 0; i < count; ++i) {
+    uint8_t verdict = r.U8();
+    uint8_t id[16];
+    r.Bytes(id, 16);
+    if (!r.ok()) break;
+    uint64_t block = page * kPageEntries + i;
+    uint32_t len = b.BlockLen(block);
+    Entry& e = leaf->entries[i];
+    const Entry* old = i < parent_count ? &parent[i] : nullptr;
+    std::string where = "block " + std::to_string(block);
+    if (verdict == kUnchanged) {
+      if (!old || std::memcmp(old->id, id, 16) != 0) {
+        return Status::InvalidArgument(
+            where + ": the agent's copy of the parent table differs from the server's "
+                    "(its cache is stale); nothing was committed");
+      }
+      e = *old;
+    } else if (verdict == kZero) {
+      e = b.ZeroEntry(len);
+      if (std::memcmp(e.id, id, 16) != 0) {
+        return Status::Network(where + ": announced as zero with another id");
+      }
+      if (old && !(old->ref.flags & kObjZero)) ++changed;
+    } else if (verdict == kData) {
+      auto it = received_.find(block);
+      if (it == received_.end() || std::memcmp(it->second.id, id, 16) != 0) {
+        return Status::Network(where + ": announced as changed but its data was not received");
+      }
+      e = it->second;
+      ++changed;
+      ++stored;
+    } else {
+      return Status::Network(where + ": unknown verdict " + std::to_string(verdict));
+    }
+    if (e.ref.flags & kObjZero) ++zero;
+  }
+  DP420_RETURN_IF_ERROR(r.Finish("PAGE"));
+  if (received_.size() != stored) {
+    return Status::Network("page " + std::to_string(page) +
+                           ": blocks were sent that the page does not reference");
+  }
+  // The page's data must be in the pack before it is acknowledged.
+  DP420_RETURN_IF_ERROR(WaitWrites(true));
+  while (!s_.builder().queue().WaitForRoomFor(page, ctx_.options.heartbeat_interval)) {
+    if (s_.aborted() || s_.builder().queue().aborted()) return Status::Network("backup aborted");
+  }
+  s_.builder().queue().Put(std::move(leaf));
+  received_.clear();
+  st_.blocks_changed += changed;
+  st_.blocks_zero += zero;
+  st_.blocks_stored += stored;
+  st_.next_page = page + s_.stripes();
+  PayloadWriter ack;
+  ack.U64(page);
+  return conn_.Send(FrameType::kAck, 0, ack.bytes(), ctx_.options.LossTimeout());
+}
+
+Status StripeReceiver::Run() {
+  Millis timeout = ctx_.options.LossTimeout();
+  for (;;) {
+    auto header = conn_.RecvHeader(timeout);
+    if (!header.ok()) {
+      // The agent closes its side once every page of the stripe is acknowledged.
+      if (st_.next_page >= s_.builder().pages() && header.status().code() == Code::kNetwork) {
+        return Status::Ok();
+      }
+      return header.status();
+    }
+    FrameType type = static_cast<FrameType>(header->type);
+    if (type == FrameType::kBlocks) {
+      DP420_RETURN_IF_ERROR(OnBlocks(*header));
+      continue;
+    }
+    Frame f;
+    f.header = *header;
+    f.payload.resize(header->payload_len);
+    DP420_RETURN_IF_ERROR(conn_.RecvExact(f.payload.data(), f.payload.size(), timeout));
+    DP420_RETURN_IF_ERROR(CheckPayload(*header, f.payload));
+    switch (type) {
+      case FrameType::kPage: DP420_RETURN_IF_ERROR(OnPage(f)); break;
+      case FrameType::kPing: DP420_RETURN_IF_ERROR(AnswerPing(conn_, f, timeout)); break;
+      case FrameType::kPong: break;
+      case FrameType::kError: return StatusFromError(f, conn_.peer());
+      default:
+        return Status::Network("unexpected frame type " + std::to_string(header->type) +
+                               " on a stripe");
+    }
+  }
+}
+
+}  // namespace
+
+Status HandleStripe(ServerContext& ctx, Conn& conn, const SessionInfo& who, const Frame& join) {
+  Millis timeout = ctx.options.LossTimeout();
+  PayloadReader r(join.payload);
+  std::string token = r.String(64);
+  uint32_t stripe = r.U32();
+  Status parsed = r.Finish("STRIPE_JOIN");
+  std::shared_ptr<BackupSession> s = parsed.ok() ? ctx.backups.Find(token) : nullptr;
+  if (!parsed.ok() || !s || s->who().client != who.client || stripe >= s->stripes()) {
+    Status gone = parsed.ok() ? Status::NotFound("backup session " + token +
+                                                 " is unknown to the server (it restarted or "
+                                                 "gave up)")
+                              : parsed;
+    (void)SendError(conn, gone, timeout);
+    return gone;
+  }
+  StripeState& st = s->stripe(stripe);
+  s->AttachStripe(st, &conn);  // wakes a connection still serving it
+  std::lock_guard lock(st.mu);
+  if (s->aborted()) return Status::Network("backup aborted");
+  PayloadWriter w;
+  w.U64(st.next_page);
+  DP420_RETURN_IF_ERROR(conn.Send(FrameType::kStripeReady, 0, w.bytes(), timeout));
+  StripeReceiver receiver(ctx, conn, *s, st, stripe);
+  Status status = receiver.Setup();
+  if (status.ok()) status = receiver.Run();
+  s->DetachStripe(st, &conn);
+  if (!status.ok() && status.code() != Code::kNetwork) {
+    // The agent sent something unacceptable: the whole backup fails.
+    (void)SendError(conn, status, timeout);
+    ctx.log.Warn("backup refused", {{"client", who.client}, {"error", status.ToString()}});
+    ctx.backups.Remove(token);
+  }
+  return status;
 }
 
 }  // namespace dp420::net
