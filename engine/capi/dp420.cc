@@ -2,7 +2,12 @@
 // engine. Every entry point catches everything: no exception crosses it.
 #include "dp420/dp420.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <chrono>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -16,16 +21,28 @@
 #include "engine/core/repo.h"
 #include "engine/core/restore.h"
 #include "engine/core/verify.h"
+#include "engine/net/auth.h"
+#include "engine/net/client.h"
+#include "engine/net/server.h"
 
 struct dp420_ctx {
   std::string errmsg;
   dp420_progress_fn progress = nullptr;
   void* progress_user = nullptr;
   std::atomic<bool> cancel{false};
+  // The cancel flag of the remote repository the running operation uses (its
+  // RemoteOptions.control points there), or null. dp420_cancel sets both.
+  std::atomic<std::atomic<bool>*> linked_cancel{nullptr};
 };
 
+// Exactly one of `repo` (local) and `remote` is set.
 struct dp420_repo {
   std::unique_ptr<dp420::Repository> repo;
+  std::unique_ptr<dp420::net::RemoteRepository> remote;
+  // A remote handle outlives the context it was connected with, so its
+  // RemoteOptions.control points here, and each operation links its context.
+  std::atomic<bool> cancel{false};
+  dp420_ctx* active = nullptr;  // the context of the running operation
 };
 
 struct dp420_snapshot_list {
@@ -53,6 +70,8 @@ int ErrorCode(Code code) {
     case Code::kPermission: return DP420_EPERM;
     case Code::kCanceled: return DP420_ECANCELED;
     case Code::kInternal: return DP420_EINTERNAL;
+    case Code::kNetwork: return DP420_ENET;
+    case Code::kClockSkew: return DP420_ESKEW;
   }
   return DP420_EINTERNAL;
 }
@@ -102,6 +121,83 @@ void CopyId(char* dst, size_t cap, const std::string& src) {
 
 bool Missing(const char* s) { return s == nullptr || *s == '\0'; }
 
+// dp420_backup_result_t up to registered_buffers: what callers built before
+// the network counters were appended pass this struct_size.
+constexpr size_t kBackupResultV1Size = offsetof(dp420_backup_result_t, bytes_sent);
+static_assert(kBackupResultV1Size == 208);
+static_assert(std::atomic<std::atomic<bool>*>::is_always_lock_free);
+
+// For the running operation on a remote handle: routes the handle's progress
+// callback and cancel flag to `ctx`; undone when it goes out of scope.
+class RemoteLink {
+ public:
+  RemoteLink(dp420_ctx_t* ctx, dp420_repo_t* repo) : ctx_(ctx) {
+    if (!repo || !repo->remote) return;
+    repo_ = repo;
+    repo_->cancel.store(false);
+    repo_->active = ctx;
+    ctx_->linked_cancel.store(&repo_->cancel);
+  }
+  ~RemoteLink() {
+    if (!repo_) return;
+    ctx_->linked_cancel.store(nullptr);
+    repo_->active = nullptr;
+  }
+  RemoteLink(const RemoteLink&) = delete;
+  RemoteLink& operator=(const RemoteLink&) = delete;
+
+ private:
+  dp420_ctx_t* ctx_;
+  dp420_repo_t* repo_ = nullptr;
+};
+
+// The control a remote handle keeps for its whole life (RemoteOptions).
+dp420::JobControl HandleControl(dp420_repo_t* handle) {
+  dp420::JobControl control;
+  control.cancel = &handle->cancel;
+  control.progress = [handle](const dp420::Progress& p) {
+    dp420_ctx_t* ctx = handle->active;
+    if (!ctx || !ctx->progress) return;
+    dp420_progress_t cp{p.phase, p.bytes_done, p.bytes_total};
+    ctx->progress(ctx->progress_user, &cp);
+  };
+  return control;
+}
+
+dp420::net::Millis MillisOr(uint32_t ms, uint32_t fallback) {
+  return dp420::net::Millis(ms == 0 ? fallback : ms);
+}
+
+// The key file named by the options, else $DP420_KEY_FILE, made absolute.
+dp420::Result<std::string> KeyFilePath(const dp420_remote_opts_t* opts) {
+  const char* path = opts->key_file;
+  if (Missing(path)) path = std::getenv("DP420_KEY_FILE");
+  if (Missing(path)) {
+    return Status::InvalidArgument("no key file given (set key_file or DP420_KEY_FILE)");
+  }
+  return dp420::control::AbsolutePath(path);
+}
+
+// A network error whose message does not name the address gets it prefixed.
+Status NameAddress(const Status& s, const std::string& address) {
+  if (s.code() != Code::kNetwork || s.message().find(address) != std::string::npos) return s;
+  return s.Prefix(address);
+}
+
+bool PathExists(const std::string& path) {
+  struct stat st;
+  return lstat(path.c_str(), &st) == 0;
+}
+
+// The clients file, or an empty registry when it does not exist yet.
+dp420::Result<dp420::net::ClientRegistry> LoadOrNewRegistry(const std::string& path) {
+  auto reg = dp420::net::ClientRegistry::Load(path);
+  if (!reg.ok() && reg.status().code() == Code::kNotFound && !PathExists(path)) {
+    return dp420::net::ClientRegistry();
+  }
+  return reg;
+}
+
 }  // namespace
 
 extern "C" {
@@ -125,6 +221,8 @@ const char* dp420_strerror(int code) {
     case DP420_EPERM: return "permission denied";
     case DP420_ECANCELED: return "canceled";
     case DP420_EINTERNAL: return "internal error";
+    case DP420_ENET: return "network error";
+    case DP420_ESKEW: return "clock skew too large";
   }
   return "unknown error";
 }
@@ -148,7 +246,11 @@ void dp420_set_progress(dp420_ctx_t* ctx, dp420_progress_fn fn, void* user) {
 }
 
 void dp420_cancel(dp420_ctx_t* ctx) {
-  if (ctx) ctx->cancel.store(true);
+  if (!ctx) return;
+  ctx->cancel.store(true);
+  // Lock-free atomics only: this runs in signal handlers.
+  std::atomic<bool>* linked = ctx->linked_cancel.load();
+  if (linked) linked->store(true);
 }
 
 int dp420_repo_init(dp420_ctx_t* ctx, const char* path) {
@@ -173,6 +275,52 @@ int dp420_repo_open(dp420_ctx_t* ctx, const char* path, dp420_repo_t** out) {
 
 void dp420_repo_close(dp420_repo_t* repo) { delete repo; }
 
+void dp420_remote_opts_init(dp420_remote_opts_t* opts) {
+  std::memset(opts, 0, sizeof(*opts));
+  opts->struct_size = sizeof(*opts);
+}
+
+int dp420_repo_connect(dp420_ctx_t* ctx, const dp420_remote_opts_t* opts, dp420_repo_t** out) {
+  return Guard(ctx, [&] {
+    if (!opts || !out || opts->struct_size < sizeof(dp420_remote_opts_t)) {
+      return Fail(ctx, Status::InvalidArgument("dp420_repo_connect: bad arguments"));
+    }
+    if (Missing(opts->address)) return Fail(ctx, Status::InvalidArgument("no address given"));
+    if (Missing(opts->client)) return Fail(ctx, Status::InvalidArgument("no client name given"));
+    auto key_file = KeyFilePath(opts);
+    if (!key_file.ok()) return Fail(ctx, key_file.status());
+    // Refuse a missing or loosely protected key before touching the network.
+    uint8_t key[dp420::net::kKeyBytes];
+    Status key_ok = dp420::net::ReadKeyFile(*key_file, key);
+    std::memset(key, 0, sizeof(key));
+    if (!key_ok.ok()) return Fail(ctx, key_ok);
+    auto handle = std::make_unique<dp420_repo>();
+    dp420::net::RemoteOptions o;
+    o.address = opts->address;
+    o.client = opts->client;
+    o.key_file = *key_file;
+    o.heartbeat_interval = MillisOr(opts->heartbeat_interval_ms, 5000);
+    o.max_clock_skew = MillisOr(opts->max_clock_skew_ms, 500);
+    o.retry_for = MillisOr(opts->retry_ms, 60000);
+    if (!Missing(opts->cache_dir)) o.cache_dir = dp420::control::AbsolutePath(opts->cache_dir);
+    o.control = HandleControl(handle.get());
+    ctx->cancel.store(false);
+    handle->active = ctx;
+    ctx->linked_cancel.store(&handle->cancel);
+    auto remote = dp420::net::RemoteRepository::Connect(o);
+    ctx->linked_cancel.store(nullptr);
+    handle->active = nullptr;
+    if (!remote.ok()) return Fail(ctx, NameAddress(remote.status(), o.address));
+    handle->remote = std::move(remote).value();
+    *out = handle.release();
+    return Ok(ctx);
+  });
+}
+
+int64_t dp420_repo_clock_offset_ns(const dp420_repo_t* repo) {
+  return repo && repo->remote ? repo->remote->clock().offset_ns : 0;
+}
+
 void dp420_backup_opts_init(dp420_backup_opts_t* opts) {
   std::memset(opts, 0, sizeof(*opts));
   opts->struct_size = sizeof(*opts);
@@ -194,9 +342,10 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
     o.node_topology = dp420::control::LocalTopology(o.volume, o.source_path);
     o.tool_version = std::string("dp420 ") + dp420_version_string();
     o.control = Control(ctx);
-    auto r = dp420::RunBackup(*repo->repo, o);
+    RemoteLink link(ctx, repo);
+    auto r = repo->remote ? repo->remote->Backup(o) : dp420::RunBackup(*repo->repo, o);
     if (!r.ok()) return Fail(ctx, r.status());
-    if (result && result->struct_size >= sizeof(dp420_backup_result_t)) {
+    if (result && result->struct_size >= kBackupResultV1Size) {
       const dp420::Manifest& m = r->manifest;
       CopyId(result->snapshot_id, sizeof(result->snapshot_id), m.snapshot_id);
       CopyId(result->parent, sizeof(result->parent), m.parent);
@@ -215,6 +364,13 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
       result->direct_io = r->direct_io;
       result->registered_buffers = r->registered_buffers;
     }
+    if (result && result->struct_size >= sizeof(dp420_backup_result_t)) {
+      result->bytes_sent = r->bytes_sent;
+      result->bytes_sent_zerocopy = r->bytes_sent_zerocopy;
+      result->bytes_zerocopy_copied = r->bytes_zerocopy_copied;
+      result->bytes_resent = r->bytes_resent;
+      result->reconnects = r->reconnects;
+    }
     return Ok(ctx);
   });
 }
@@ -223,13 +379,17 @@ int dp420_snapshots(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
                     dp420_snapshot_list_t** out) {
   return Guard(ctx, [&] {
     if (!repo || !out) return Fail(ctx, Status::InvalidArgument("dp420_snapshots: bad arguments"));
+    *out = nullptr;
     std::string vol = volume ? volume : "";
     if (!vol.empty() && !dp420::ValidVolumeName(vol)) {
       return Fail(ctx, Status::InvalidArgument("invalid volume name '" + vol + "'"));
     }
     auto list = std::make_unique<dp420_snapshot_list>();
     std::vector<dp420::DamagedFile> damaged;
-    Status s = repo->repo->ListManifests(vol, &list->manifests, &damaged);
+    ctx->cancel.store(false);
+    RemoteLink link(ctx, repo);
+    Status s = repo->remote ? repo->remote->ListManifests(vol, &list->manifests, &damaged)
+                            : repo->repo->ListManifests(vol, &list->manifests, &damaged);
     if (!s.ok()) return Fail(ctx, s);
     for (const auto& m : list->manifests) {
       dp420::Json j = m.ToJson();
@@ -279,7 +439,8 @@ int dp420_restore(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_restore_opts
     o.force = opts->force != 0;
     o.threads = opts->threads;
     o.control = Control(ctx);
-    auto r = dp420::RunRestore(*repo->repo, o);
+    RemoteLink link(ctx, repo);
+    auto r = repo->remote ? repo->remote->Restore(o) : dp420::RunRestore(*repo->repo, o);
     if (!r.ok()) return Fail(ctx, r.status());
     if (result && result->struct_size >= sizeof(dp420_restore_result_t)) {
       CopyId(result->snapshot_id, sizeof(result->snapshot_id), r->manifest.snapshot_id);
@@ -311,7 +472,8 @@ int dp420_verify(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_verify_opts_t
     o.snapshot = opts->snapshot ? opts->snapshot : "";
     o.read_data = opts->read_data != 0;
     o.control = Control(ctx);
-    auto r = dp420::RunVerify(*repo->repo, o);
+    RemoteLink link(ctx, repo);
+    auto r = repo->remote ? repo->remote->Verify(o) : dp420::RunVerify(*repo->repo, o);
     if (!r.ok()) return Fail(ctx, r.status());
     if (opts->on_problem) {
       for (const auto& p : r->problems) {
@@ -370,5 +532,85 @@ int dp420_bench(dp420_ctx_t* ctx, const dp420_bench_opts_t* opts, char** report_
 }
 
 void dp420_free(void* p) { std::free(p); }
+
+// ---- Repository server ----
+
+void dp420_serve_opts_init(dp420_serve_opts_t* opts) {
+  std::memset(opts, 0, sizeof(*opts));
+  opts->struct_size = sizeof(*opts);
+}
+
+int dp420_serve(dp420_ctx_t* ctx, const dp420_serve_opts_t* opts) {
+  return Guard(ctx, [&] {
+    if (!opts || opts->struct_size < sizeof(dp420_serve_opts_t)) {
+      return Fail(ctx, Status::InvalidArgument("dp420_serve: bad arguments"));
+    }
+    if (Missing(opts->repo)) return Fail(ctx, Status::InvalidArgument("no repository given"));
+    if (Missing(opts->listen)) return Fail(ctx, Status::InvalidArgument("no listen address given"));
+    if (Missing(opts->clients)) return Fail(ctx, Status::InvalidArgument("no clients file given"));
+    dp420::net::ServerOptions o;
+    o.repo_path = dp420::control::AbsolutePath(opts->repo);
+    o.listen = opts->listen;
+    o.clients_file = dp420::control::AbsolutePath(opts->clients);
+    o.json_log = opts->json_log != 0;
+    o.heartbeat_interval = MillisOr(opts->heartbeat_interval_ms, 5000);
+    o.stop = &ctx->cancel;
+    if (opts->on_listening) {
+      auto fn = opts->on_listening;
+      void* user = opts->user;
+      o.on_listening = [fn, user](uint16_t port) { fn(user, port); };
+    }
+    ctx->cancel.store(false);
+    Status s = dp420::net::RunServer(o);
+    // Stopping is how a server ends: a cancel is its success.
+    if (!s.ok() && s.code() != Code::kCanceled) return Fail(ctx, s);
+    return Ok(ctx);
+  });
+}
+
+int dp420_client_add(dp420_ctx_t* ctx, const char* clients_file, const char* name,
+                     const char* role, const char* key_out) {
+  return Guard(ctx, [&] {
+    if (Missing(clients_file)) return Fail(ctx, Status::InvalidArgument("no clients file given"));
+    if (Missing(name)) return Fail(ctx, Status::InvalidArgument("no client name given"));
+    if (Missing(key_out)) return Fail(ctx, Status::InvalidArgument("no key file given"));
+    std::string path = dp420::control::AbsolutePath(clients_file);
+    std::string key_path = dp420::control::AbsolutePath(key_out);
+    auto reg = LoadOrNewRegistry(path);
+    if (!reg.ok()) return Fail(ctx, reg.status());
+    // Every refusal comes before the first write: nothing is ever half done.
+    if (reg->Find(name)) {
+      return Fail(ctx, Status::Exists("client '" + std::string(name) +
+                                      "' is already registered in " + path));
+    }
+    if (PathExists(key_path)) {
+      return Fail(ctx, Status::Exists(key_path + " exists; a key file is never overwritten"));
+    }
+    auto key = reg->Add(name, Missing(role) ? "append" : role);
+    if (!key.ok()) return Fail(ctx, key.status());
+    Status s = dp420::net::WriteKeyFile(key_path, key->key);
+    if (!s.ok()) return Fail(ctx, s);
+    s = reg->Save(path);
+    if (!s.ok()) {
+      unlink(key_path.c_str());
+      return Fail(ctx, s);
+    }
+    return Ok(ctx);
+  });
+}
+
+int dp420_client_remove(dp420_ctx_t* ctx, const char* clients_file, const char* name) {
+  return Guard(ctx, [&] {
+    if (Missing(clients_file)) return Fail(ctx, Status::InvalidArgument("no clients file given"));
+    if (Missing(name)) return Fail(ctx, Status::InvalidArgument("no client name given"));
+    std::string path = dp420::control::AbsolutePath(clients_file);
+    auto reg = dp420::net::ClientRegistry::Load(path);
+    if (!reg.ok()) return Fail(ctx, reg.status());
+    Status s = reg->Remove(name);
+    if (!s.ok()) return Fail(ctx, s.Prefix(path));
+    s = reg->Save(path);
+    return s.ok() ? Ok(ctx) : Fail(ctx, s);
+  });
+}
 
 }  // extern "C"

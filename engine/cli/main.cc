@@ -1,15 +1,21 @@
 // dp420: the command-line client of the dp420 C API (dp420/dp420.h only).
 //
-// Exit codes (README.md): 0 ok, 1 operation failed, 2 usage error,
-// 3 damage found, 4 not found, 5 busy, 6 refused to overwrite,
-// 7 unsupported format version, 130 interrupted.
+// Exit codes (README.md):
+//   0 ok                      1 the operation failed       2 usage error
+//   3 damage found            4 not found                  5 busy (volume locked)
+//   6 refused to overwrite    7 unsupported format version
+//   8 network error (server unreachable, connection lost, protocol error)
+//   9 clock skew against the server beyond --max-clock-skew
+//   130 interrupted
 #include <dp420/dp420.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -30,6 +36,8 @@ enum Exit : int {
   kExitBusy = 5,
   kExitRefused = 6,
   kExitVersion = 7,
+  kExitNetwork = 8,
+  kExitClockSkew = 9,
   kExitInterrupted = 130,
 };
 
@@ -47,6 +55,8 @@ int ExitFor(int rc) {
     case DP420_EEXIST: return kExitRefused;
     case DP420_EVERSION: return kExitVersion;
     case DP420_ECANCELED: return kExitInterrupted;
+    case DP420_ENET: return kExitNetwork;
+    case DP420_ESKEW: return kExitClockSkew;
     default: return kExitFailed;
   }
 }
@@ -55,7 +65,19 @@ struct Common {
   std::string repo;
   bool json = false;
   bool quiet = false;
+  // A repository served by `dp420 serve` instead of --repo.
+  std::string remote;        // HOST:PORT
+  std::string client;
+  std::string key_file;      // "" = $DP420_KEY_FILE
+  uint32_t max_clock_skew_ms = 500;
+  double heartbeat_seconds = 5;
+  double retry_seconds = 60;
 };
+
+// Seconds from the command line as milliseconds, at least 1.
+uint32_t Millis(double seconds) {
+  return uint32_t(std::max(1.0, std::min(std::round(seconds * 1000), 4e9)));
+}
 
 // Reports a failed call: message on stderr, and a JSON error document on
 // stdout with --json. Returns the exit code.
@@ -78,11 +100,60 @@ void OnProgress(void* user, const dp420_progress_t* p) {
   static_cast<dp420cli::ProgressBar*>(user)->Update(p->phase, p->bytes_done, p->bytes_total);
 }
 
-// Opens the repository, runs `body`, closes it.
+// A usage error found after parsing: message on stderr (and the JSON error
+// document with --json). Returns kExitUsage.
+int UsageError(const Common& c, const char* what, const std::string& msg) {
+  std::fprintf(stderr, "dp420 %s: %s\nRun with --help for more information.\n", what,
+               msg.c_str());
+  if (c.json) {
+    Json j = {{"error", {{"code", "usage"}, {"exit_code", kExitUsage}, {"message", msg}}}};
+    std::cout << j.dump() << std::endl;
+  }
+  return kExitUsage;
+}
+
+// Exactly one of --repo and --remote; the remote options only with --remote.
+// Returns "" when the choice is valid, else what is wrong.
+std::string CheckRepoChoice(const Common& c) {
+  if (!c.repo.empty() && !c.remote.empty()) {
+    return "--repo and --remote exclude each other: give one of them";
+  }
+  if (c.repo.empty() && c.remote.empty()) {
+    return "give --repo REPO, or --remote HOST:PORT --client NAME --key-file KEYFILE";
+  }
+  if (c.remote.empty()) {
+    if (!c.client.empty() || !c.key_file.empty()) return "--client and --key-file need --remote";
+    return "";
+  }
+  if (c.client.empty()) return "--remote needs --client NAME";
+  const char* env = std::getenv("DP420_KEY_FILE");
+  if (c.key_file.empty() && (env == nullptr || *env == '\0')) {
+    return "--remote needs --key-file KEYFILE (or DP420_KEY_FILE in the environment); "
+           "a key is never accepted on the command line";
+  }
+  return "";
+}
+
+int OpenRepo(const Common& c, dp420_repo_t** repo) {
+  if (c.remote.empty()) return dp420_repo_open(g_ctx, c.repo.c_str(), repo);
+  dp420_remote_opts_t o;
+  dp420_remote_opts_init(&o);
+  o.address = c.remote.c_str();
+  o.client = c.client.c_str();
+  o.key_file = c.key_file.empty() ? nullptr : c.key_file.c_str();
+  o.heartbeat_interval_ms = Millis(c.heartbeat_seconds);
+  o.max_clock_skew_ms = c.max_clock_skew_ms;
+  o.retry_ms = Millis(c.retry_seconds);
+  return dp420_repo_connect(g_ctx, &o, repo);
+}
+
+// Opens (or connects to) the repository, runs `body`, closes it.
 template <typename Body>
 int WithRepo(const Common& c, const char* what, Body&& body) {
+  std::string wrong = CheckRepoChoice(c);
+  if (!wrong.empty()) return UsageError(c, what, wrong);
   dp420_repo_t* repo = nullptr;
-  int rc = dp420_repo_open(g_ctx, c.repo.c_str(), &repo);
+  int rc = OpenRepo(c, &repo);
   if (rc != 0) return Report(c, what, rc);
   int code = body(repo);
   dp420_repo_close(repo);
@@ -100,6 +171,17 @@ int CmdInit(const Common& c) {
     std::cout << "created dp420 repository at " << c.repo << std::endl;
   }
   return kExitOk;
+}
+
+void PrintNetworkSummary(const dp420_backup_result_t& r) {
+  char sent[32], zc[32], copied[32], resent[32];
+  std::printf("  sent %s to the server (%s zero-copy, %s of it copied by the kernel),"
+              " %s resent, %llu reconnect(s)\n",
+              dp420cli::HumanBytes(r.bytes_sent, sent, sizeof(sent)),
+              dp420cli::HumanBytes(r.bytes_sent_zerocopy, zc, sizeof(zc)),
+              dp420cli::HumanBytes(r.bytes_zerocopy_copied, copied, sizeof(copied)),
+              dp420cli::HumanBytes(r.bytes_resent, resent, sizeof(resent)),
+              (unsigned long long)r.reconnects);
 }
 
 struct BackupArgs {
@@ -140,6 +222,13 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
                 {"threads", r.threads},
                 {"direct_io", bool(r.direct_io)},
                 {"registered_buffers", bool(r.registered_buffers)}};
+      if (!c.remote.empty()) {
+        j["bytes_sent"] = r.bytes_sent;
+        j["bytes_sent_zerocopy"] = r.bytes_sent_zerocopy;
+        j["bytes_zerocopy_copied"] = r.bytes_zerocopy_copied;
+        j["bytes_resent"] = r.bytes_resent;
+        j["reconnects"] = r.reconnects;
+      }
       std::cout << j.dump() << std::endl;
     } else if (c.quiet) {
       std::cout << r.snapshot_id << std::endl;
@@ -153,6 +242,7 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
                   Mbps(r.bytes_read, r.seconds), (unsigned long long)r.blocks_changed,
                   (unsigned long long)r.blocks_total, (unsigned long long)r.blocks_zero,
                   dp420cli::HumanBytes(r.bytes_written, wr, sizeof(wr)));
+      if (!c.remote.empty()) PrintNetworkSummary(r);
     }
     return kExitOk;
   });
@@ -301,10 +391,123 @@ int CmdVerify(const Common& c, const VerifyArgs& a) {
   });
 }
 
-void AddCommon(CLI::App* cmd, Common* c, bool repo_option) {
-  if (repo_option) cmd->add_option("--repo", c->repo, "Repository directory")->required();
+void AddCommon(CLI::App* cmd, Common* c) {
   cmd->add_flag("--json", c->json, "Print one JSON document on stdout");
   cmd->add_flag("-q,--quiet", c->quiet, "No progress bar, minimal output");
+}
+
+// --repo, or --remote with the client's credentials and the network knobs
+// (checked by CheckRepoChoice: the two exclude each other).
+void AddRepoOptions(CLI::App* cmd, Common* c) {
+  AddCommon(cmd, c);
+  cmd->add_option("--repo", c->repo, "Repository directory (or --remote)");
+  auto* g = cmd->add_option_group("remote", "A repository served by `dp420 serve`");
+  g->add_option("--remote", c->remote, "Server address HOST:PORT (instead of --repo)");
+  g->add_option("--client", c->client, "Client name registered on the server");
+  g->add_option("--key-file", c->key_file,
+                "The client's key file, mode 0600 (default: $DP420_KEY_FILE)");
+  g->add_option("--max-clock-skew", c->max_clock_skew_ms,
+                "Largest clock offset from the server a backup accepts, in ms (default 500)")
+      ->check(CLI::Range(1u, 3600000u));
+  g->add_option("--heartbeat-interval", c->heartbeat_seconds,
+                "Seconds between heartbeats; the peer is lost after 3 missed (default 5)")
+      ->check(CLI::Range(0.01, 3600.0));
+  g->add_option("--retry-for", c->retry_seconds,
+                "Seconds to keep reconnecting after a lost connection (default 60)")
+      ->check(CLI::Range(0.0, 86400.0));
+}
+
+// ---- serve, client-add, client-remove ----
+
+struct ServeArgs {
+  std::string repo, listen, clients;
+  bool json_log = false;
+  double heartbeat_seconds = 5;
+};
+
+// "HOST:PORT" with the bound port: the host part of --listen as given.
+void OnListening(void* user, uint16_t port) {
+  const std::string& listen = static_cast<ServeArgs*>(user)->listen;
+  size_t colon = listen.rfind(':');
+  std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+  std::fprintf(stderr, "dp420 serve: listening on %s:%u\n", host.c_str(), unsigned(port));
+  std::fflush(stderr);
+}
+
+int CmdServe(ServeArgs* a) {
+  dp420_serve_opts_t o;
+  dp420_serve_opts_init(&o);
+  o.repo = a->repo.c_str();
+  o.listen = a->listen.c_str();
+  o.clients = a->clients.c_str();
+  o.json_log = a->json_log;
+  o.heartbeat_interval_ms = Millis(a->heartbeat_seconds);
+  o.on_listening = OnListening;
+  o.user = a;
+  int rc = dp420_serve(g_ctx, &o);
+  if (rc != 0) return Report(Common{}, "serve", rc);
+  std::fprintf(stderr, "dp420 serve: stopped\n");
+  return kExitOk;
+}
+
+CLI::App* AddServeCommand(CLI::App* app, ServeArgs* a) {
+  auto* serve = app->add_subcommand("serve", "Serve a repository to backup agents over TCP");
+  serve->add_option("--repo", a->repo, "Repository directory")->required();
+  serve->add_option("--listen", a->listen, "Address to listen on, ADDR:PORT (port 0: any free)")
+      ->required();
+  serve->add_option("--clients", a->clients, "Clients file (dp420 client-add)")->required();
+  serve->add_flag("--json-log", a->json_log, "Log one JSON object per line on stderr");
+  serve->add_option("--heartbeat-interval", a->heartbeat_seconds,
+                    "Seconds between heartbeats; an agent is lost after 3 missed (default 5)")
+      ->check(CLI::Range(0.01, 3600.0));
+  return serve;
+}
+
+struct ClientArgs {
+  std::string clients, name, key_out, role = "append";
+};
+
+int CmdClientAdd(const Common& c, const ClientArgs& a) {
+  int rc = dp420_client_add(g_ctx, a.clients.c_str(), a.name.c_str(), a.role.c_str(),
+                            a.key_out.c_str());
+  if (rc != 0) return Report(c, "client-add", rc);
+  if (c.json) {
+    Json j = {{"client", a.name}, {"role", a.role}, {"clients", a.clients},
+              {"key_file", a.key_out}};
+    std::cout << j.dump() << std::endl;
+  } else if (!c.quiet) {
+    std::printf("registered client %s (%s) in %s; its key is in %s (mode 0600): copy it to "
+                "the client and pass it with --key-file\n",
+                a.name.c_str(), a.role.c_str(), a.clients.c_str(), a.key_out.c_str());
+  }
+  return kExitOk;
+}
+
+int CmdClientRemove(const Common& c, const ClientArgs& a) {
+  int rc = dp420_client_remove(g_ctx, a.clients.c_str(), a.name.c_str());
+  if (rc != 0) return Report(c, "client-remove", rc);
+  if (c.json) {
+    std::cout << Json{{"client", a.name}, {"clients", a.clients}, {"removed", true}}.dump()
+              << std::endl;
+  } else if (!c.quiet) {
+    std::printf("removed client %s from %s\n", a.name.c_str(), a.clients.c_str());
+  }
+  return kExitOk;
+}
+
+void AddClientCommands(CLI::App* app, Common* c, ClientArgs* a, CLI::App** add,
+                       CLI::App** remove) {
+  *add = app->add_subcommand("client-add", "Register a client with a new key");
+  AddCommon(*add, c);
+  (*add)->add_option("--clients", a->clients, "Clients file (created when absent)")->required();
+  (*add)->add_option("--client", a->name, "Client name")->required();
+  (*add)->add_option("--key-out", a->key_out, "New key file to write (mode 0600)")->required();
+  (*add)->add_option("--role", a->role, "append (default) or admin")
+      ->check(CLI::IsMember({"append", "admin"}));
+  *remove = app->add_subcommand("client-remove", "Unregister a client");
+  AddCommon(*remove, c);
+  (*remove)->add_option("--clients", a->clients, "Clients file")->required();
+  (*remove)->add_option("--client", a->name, "Client name")->required();
 }
 
 // ---- bench ----
@@ -474,7 +677,7 @@ int CmdBench(const Common& c, const BenchArgs& a) {
 
 CLI::App* AddBenchCommand(CLI::App* app, Common* c, BenchArgs* a) {
   auto* bench = app->add_subcommand("bench", "Measure the device and CPU (SOURCE is only read)");
-  AddCommon(bench, c, false);
+  AddCommon(bench, c);
   bench->add_option("SOURCE", a->source, "Regular file or block device (opened read-only)")
       ->required();
   bench->add_option("--write-test", a->write_test,
@@ -483,6 +686,20 @@ CLI::App* AddBenchCommand(CLI::App* app, Common* c, BenchArgs* a) {
       ->check(CLI::Range(0.001, 60.0));
   bench->add_flag("--quick", a->quick, "Small grid: QD 1, 32 x 64 KiB, 1 MiB");
   return bench;
+}
+
+// A key on the command line would show in ps(1) and shell histories: say so
+// instead of a generic "unexpected argument".
+bool KeyOnCommandLine(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--key" || arg.rfind("--key=", 0) == 0) {
+      std::fprintf(stderr, "dp420: a key is never accepted on the command line: pass its file "
+                           "with --key-file KEYFILE or DP420_KEY_FILE\n");
+      return true;
+    }
+  }
+  return false;
 }
 
 }  // namespace
@@ -496,25 +713,27 @@ int main(int argc, char** argv) {
   RestoreArgs r;
   VerifyArgs v;
   BenchArgs bn;
+  ServeArgs sv;
+  ClientArgs cl;
   std::string list_volume;
 
   auto* init = app.add_subcommand("init", "Create a repository");
   init->add_option("REPO", c.repo, "Repository directory")->required();
-  AddCommon(init, &c, false);
+  AddCommon(init, &c);
 
   auto* backup = app.add_subcommand("backup", "Back up a volume (full first, then incremental)");
-  AddCommon(backup, &c, true);
+  AddRepoOptions(backup, &c);
   backup->add_option("--volume", b.volume, "Volume name")->required();
   backup->add_option("SOURCE", b.source, "Regular file or block device")->required();
   backup->add_option("--block-size", b.block_size, "Block size in bytes (power of two)");
   backup->add_option("--threads", b.threads, "Worker threads (default: CPUs available)");
 
   auto* snaps = app.add_subcommand("snapshots", "List snapshots");
-  AddCommon(snaps, &c, true);
+  AddRepoOptions(snaps, &c);
   snaps->add_option("--volume", list_volume, "Only this volume");
 
   auto* restore = app.add_subcommand("restore", "Restore a snapshot to a file or block device");
-  AddCommon(restore, &c, true);
+  AddRepoOptions(restore, &c);
   restore->add_option("--volume", r.volume, "Volume name")->required();
   restore->add_option("--snapshot", r.snapshot, "Snapshot id, unique prefix, or latest");
   restore->add_option("TARGET", r.target, "File (written sparse) or block device")->required();
@@ -522,12 +741,17 @@ int main(int argc, char** argv) {
   restore->add_option("--threads", r.threads, "Worker threads");
 
   auto* verify = app.add_subcommand("verify", "Check the repository");
-  AddCommon(verify, &c, true);
+  AddRepoOptions(verify, &c);
   verify->add_option("--volume", v.volume, "Only this volume");
   verify->add_option("--snapshot", v.snapshot, "Only this snapshot");
   verify->add_flag("--read-data", v.read_data, "Re-read and re-hash every stored block");
   auto* bench = AddBenchCommand(&app, &c, &bn);
+  auto* serve = AddServeCommand(&app, &sv);
+  CLI::App* client_add = nullptr;
+  CLI::App* client_remove = nullptr;
+  AddClientCommands(&app, &c, &cl, &client_add, &client_remove);
 
+  if (KeyOnCommandLine(argc, argv)) return kExitUsage;
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -547,6 +771,9 @@ int main(int argc, char** argv) {
   if (*restore) code = CmdRestore(c, r);
   if (*verify) code = CmdVerify(c, v);
   if (*bench) code = CmdBench(c, bn);
+  if (*serve) code = CmdServe(&sv);
+  if (*client_add) code = CmdClientAdd(c, cl);
+  if (*client_remove) code = CmdClientRemove(c, cl);
   dp420_ctx_free(g_ctx);
   return code;
 }

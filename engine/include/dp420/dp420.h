@@ -59,7 +59,9 @@ enum {
   DP420_ENOMEM = 9,    /* out of memory (or RLIMIT_MEMLOCK) */
   DP420_EPERM = 10,    /* permission denied */
   DP420_ECANCELED = 11,/* dp420_cancel() was called */
-  DP420_EINTERNAL = 12 /* a bug in dp420 */
+  DP420_EINTERNAL = 12,/* a bug in dp420 */
+  DP420_ENET = 13,     /* network: peer unreachable, connection lost, protocol error */
+  DP420_ESKEW = 14     /* this clock and the server's differ beyond the allowed skew */
 };
 
 typedef struct dp420_ctx dp420_ctx_t;
@@ -94,6 +96,43 @@ DP420_EXPORT int dp420_repo_init(dp420_ctx_t* ctx, const char* path);
 DP420_EXPORT int dp420_repo_open(dp420_ctx_t* ctx, const char* path, dp420_repo_t** out);
 DP420_EXPORT void dp420_repo_close(dp420_repo_t* repo);
 
+/* ---- Remote repositories ----------------------------------------------------
+ * dp420_repo_connect opens a repository served by dp420_serve() (`dp420
+ * serve`) on another host: it reads the client's key, connects to `address`,
+ * authenticates both ways and measures the clock offset against the server.
+ * The handle works with dp420_backup, dp420_snapshots, dp420_restore and
+ * dp420_verify exactly like a local one (the client sees only its own
+ * volumes, unless its role is "admin"); release it with dp420_repo_close().
+ * dp420_cancel() and the progress callback of the context an operation runs
+ * on apply to remote operations too.
+ *
+ * The key file must be mode 0600 (or stricter): one readable by group or
+ * others is refused with -DP420_EPERM naming the file. Keys are never passed
+ * as strings.
+ * Errors: -DP420_EINVAL (no address, client or key file), -DP420_ENOENT (key
+ * file missing), -DP420_EPERM (key file mode, or the server refused the
+ * client's credentials), -DP420_ENET (server unreachable or not speaking the
+ * protocol; the message names the address), -DP420_EVERSION,
+ * -DP420_ECANCELED. A backup whose clock offset exceeds max_clock_skew_ms
+ * fails with -DP420_ESKEW before it reads the source. */
+typedef struct dp420_remote_opts {
+  size_t struct_size;
+  const char* address;            /* required: "HOST:PORT" ("[v6]:PORT" for IPv6) */
+  const char* client;             /* required: the client name registered on the server */
+  const char* key_file;           /* NULL: $DP420_KEY_FILE */
+  uint32_t heartbeat_interval_ms; /* 0: 5000; the peer is lost after 3 silent intervals */
+  uint32_t max_clock_skew_ms;     /* 0: 500 */
+  uint32_t retry_ms;              /* reconnect attempts after a loss, this long; 0: 60000 */
+  const char* cache_dir;          /* NULL: $DP420_CACHE_DIR, else a per-user default */
+} dp420_remote_opts_t;
+
+DP420_EXPORT void dp420_remote_opts_init(dp420_remote_opts_t* opts);
+DP420_EXPORT int dp420_repo_connect(dp420_ctx_t* ctx, const dp420_remote_opts_t* opts,
+                                    dp420_repo_t** out);
+/* The server's clock minus this host's, in nanoseconds, measured at connect;
+ * 0 for a local repository. */
+DP420_EXPORT int64_t dp420_repo_clock_offset_ns(const dp420_repo_t* repo);
+
 /* Backup. The first backup of a volume is full; later ones are incremental
  * against the volume's latest snapshot. */
 typedef struct dp420_backup_opts {
@@ -122,13 +161,21 @@ typedef struct dp420_backup_result {
   uint32_t threads;
   int direct_io;           /* source read with O_DIRECT */
   int registered_buffers;  /* io_uring registered buffers in use */
+  /* Network backups (dp420_repo_connect); 0 for a local one. Filled only
+   * when struct_size covers them. */
+  uint64_t bytes_sent;            /* frame bytes put on the wire (headers and data) */
+  uint64_t bytes_sent_zerocopy;   /* block bytes sent without a copy (send_zc) */
+  uint64_t bytes_zerocopy_copied; /* ... of which the kernel copied anyway */
+  uint64_t bytes_resent;          /* block bytes sent again after a reconnect */
+  uint64_t reconnects;
 } dp420_backup_result_t;
 
 DP420_EXPORT void dp420_backup_opts_init(dp420_backup_opts_t* opts);
 DP420_EXPORT int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo,
                               const dp420_backup_opts_t* opts, dp420_backup_result_t* result);
 
-/* Snapshots of a volume (all volumes when `volume` is NULL), oldest first. */
+/* Snapshots of a volume (all volumes when `volume` is NULL), oldest first.
+ * On failure *out is NULL. */
 DP420_EXPORT int dp420_snapshots(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
                                  dp420_snapshot_list_t** out);
 DP420_EXPORT size_t dp420_snapshot_count(const dp420_snapshot_list_t* list);
@@ -227,6 +274,48 @@ DP420_EXPORT int dp420_bench(dp420_ctx_t* ctx, const dp420_bench_opts_t* opts,
                              char** report_json); /* caller frees with dp420_free */
 /* Frees memory the library returned to the caller (dp420_bench's report). */
 DP420_EXPORT void dp420_free(void* p);
+
+/* ---- Repository server ------------------------------------------------------
+ * dp420_serve serves the repository `repo` to backup agents
+ * (dp420_repo_connect) on TCP `listen` ("HOST:PORT"; port 0 picks a free
+ * port), authenticating them against the `clients` file
+ * (dp420_client_add). It logs one line per event on stderr (one JSON object
+ * per line with json_log), calls on_listening(user, port) once listening,
+ * and blocks until dp420_cancel(ctx): then it stops accepting, lets running
+ * sessions finish their current request, closes the rest (backups that did
+ * not commit are rolled back) and returns 0.
+ * Errors: -DP420_EINVAL, -DP420_ENOENT (repository or clients file),
+ * -DP420_ECORRUPT (damaged clients file), -DP420_ENET (cannot listen on
+ * that address), -DP420_EPERM. */
+typedef struct dp420_serve_opts {
+  size_t struct_size;
+  const char* repo;                /* required; made absolute */
+  const char* listen;              /* required: "HOST:PORT" */
+  const char* clients;             /* required: the clients file; made absolute */
+  int json_log;                    /* log JSON lines instead of text */
+  uint32_t heartbeat_interval_ms;  /* 0: 5000; an agent is lost after 3 silent intervals */
+  void (*on_listening)(void* user, uint16_t port); /* may be NULL */
+  void* user;
+} dp420_serve_opts_t;
+
+DP420_EXPORT void dp420_serve_opts_init(dp420_serve_opts_t* opts);
+DP420_EXPORT int dp420_serve(dp420_ctx_t* ctx, const dp420_serve_opts_t* opts);
+
+/* Clients of a server. dp420_client_add registers `name` with a fresh random
+ * key in `clients_file` (created, mode 0600, when absent) and writes the key
+ * to the new file `key_out` (mode 0600). `role` is "append" (NULL: back up,
+ * list, restore and verify its own volumes) or "admin" (also every other
+ * client's volumes, and deleting). Nothing is changed when it fails:
+ * -DP420_EEXIST for a name already registered or an existing key_out,
+ * -DP420_EINVAL for a bad name or role, -DP420_ENOENT for a missing
+ * directory, -DP420_ECORRUPT for a damaged clients file.
+ * dp420_client_remove unregisters `name` (-DP420_ENOENT when it is not
+ * registered or the file is missing); its key file is left alone.
+ * Paths are made absolute. */
+DP420_EXPORT int dp420_client_add(dp420_ctx_t* ctx, const char* clients_file, const char* name,
+                                  const char* role, const char* key_out);
+DP420_EXPORT int dp420_client_remove(dp420_ctx_t* ctx, const char* clients_file,
+                                     const char* name);
 
 #ifdef __cplusplus
 }
