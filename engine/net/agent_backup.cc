@@ -17,7 +17,9 @@
 #include <cmath>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
+#include <set>
 #include <random>
 #include <thread>
 
@@ -190,6 +192,7 @@ class NetSink : public ScanSink {
 
   Status Join(uint64_t* next_page);
   Status FlushRun();
+  void Stage(SendItem item, bool ends_page);
   void Kick();
   void Break();
   void ArmRecv();
@@ -209,6 +212,14 @@ class NetSink : public ScanSink {
   uint32_t run_count_ = 0;
   uint32_t run_bytes_ = 0;
   std::vector<uint8_t> run_meta_;
+  // Frames leave in page order (the server takes a stripe's pages in
+  // order), though a worker finishes its open pages in any order: items of
+  // later pages wait here until every earlier page of the stripe has left.
+  // This cannot deadlock: an earlier page's reads were queued first, so they
+  // hold their buffers already.
+  std::map<uint64_t, std::deque<SendItem>> staged_;
+  std::set<uint64_t> staged_done_;    // pages whose PAGE frame is staged
+  uint64_t send_page_ = 0;            // the page whose frames may leave now
   std::deque<SendItem> sends_;
   bool send_in_flight_ = false;
   io::IoOp send_op_;
@@ -239,6 +250,7 @@ Status NetSink::Join(uint64_t* next_page) {
   job_.sockets.Set(stripe_, conn_->fd());
   broken_ = closing_ = peer_closed_ = false;
   pending_.clear();
+  send_page_ = *next_page;
   acked_page_ = static_cast<int64_t>(*next_page) - static_cast<int64_t>(job_.stripes);
   ArmRecv();
   return Status::Ok();
@@ -317,9 +329,10 @@ Status NetSink::FlushRun() {
   body.zc_len = run_bytes_;
   body.read = &read;
   body.page = (read.first_block + run_first_) / kPageEntries;
+  head.page = body.page;
   ++read.holds;
-  sends_.push_back(std::move(head));
-  sends_.push_back(std::move(body));
+  Stage(std::move(head), false);
+  Stage(std::move(body), false);
   run_read_ = nullptr;
   run_count_ = 0;
   run_bytes_ = 0;
@@ -354,10 +367,26 @@ Status NetSink::PageDone(std::unique_ptr<LeafPage> page) {
   std::memcpy(item.bytes.data(), &h, sizeof(h));
   item.bytes.insert(item.bytes.end(), w.bytes().begin(), w.bytes().end());
   item.page = page->index;
-  sends_.push_back(std::move(item));
   last_page_ = std::max<int64_t>(last_page_, static_cast<int64_t>(page->index));
+  Stage(std::move(item), true);
   Kick();
   return Status::Ok();
+}
+
+void NetSink::Stage(SendItem item, bool ends_page) {
+  uint64_t page = item.page;
+  staged_[page].push_back(std::move(item));
+  if (ends_page) staged_done_.insert(page);
+  // Release everything of the current page; move on while pages are complete.
+  for (;;) {
+    auto it = staged_.find(send_page_);
+    if (it != staged_.end()) {
+      for (SendItem& i : it->second) sends_.push_back(std::move(i));
+      staged_.erase(it);
+    }
+    if (!staged_done_.erase(send_page_)) break;
+    send_page_ += job_.stripes;
+  }
 }
 
 // Frames leave in order: one send on the socket at a time.
@@ -482,11 +511,13 @@ Status NetSink::OnOp(io::IoOp* op) {
   return Status::Ok();
 }
 
-bool NetSink::AllAcked() const { return sends_.empty() && acked_page_ >= last_page_; }
+bool NetSink::AllAcked() const {
+  return sends_.empty() && staged_.empty() && acked_page_ >= last_page_;
+}
 
 Result<bool> NetSink::Finish() {
   if (!received_error_.ok()) return received_error_;
-  if (!sends_.empty() || send_in_flight_ || acked_page_ < last_page_) {
+  if (!sends_.empty() || !staged_.empty() || send_in_flight_ || acked_page_ < last_page_) {
     Kick();
     if (!recv_in_flight_ && !send_in_flight_) {
       return Status::Network("stripe " + std::to_string(stripe_) + " stalled");
@@ -508,6 +539,13 @@ Result<uint64_t> NetSink::Recover(const Status& lost) {
     if (item.read) scanner_->Unhold(item.read);
   }
   sends_.clear();
+  for (auto& [page, items] : staged_) {
+    for (SendItem& item : items) {
+      if (item.read) scanner_->Unhold(item.read);
+    }
+  }
+  staged_.clear();
+  staged_done_.clear();
   run_read_ = nullptr;
   run_count_ = 0;
   run_bytes_ = 0;
@@ -769,7 +807,11 @@ Result<BackupResult> RemoteRepository::Backup(const BackupOptions& o) {
     }
   }
   for (auto& t : pool) t.join();
+  if (!job.error.ok() && o.control.Canceled()) job.error = Status::Canceled("backup canceled");
   if (!job.error.ok()) {
+    // Tell the server to roll back now rather than wait for this agent.
+    if (control_) (void)SendError(*control_, job.error, timeout);
+    control_.reset();
     unlink(job.new_cache_path.c_str());
     return job.error;
   }

@@ -85,7 +85,12 @@ class BackupSession {
       if (s->conn) s->conn->Shutdown();
     }
     if (control_) control_->Shutdown();
+    cv_control_.notify_all();
     (void)why;
+  }
+  bool has_control() {
+    std::lock_guard lock(owner_mu_);
+    return control_ != nullptr;
   }
 
   // The control connection: a newer one replaces (and wakes) an older one.
@@ -94,7 +99,7 @@ class BackupSession {
     if (control_) control_->Shutdown();
     control_ = conn;
     ++control_generation_;
-    cv_.notify_all();
+    cv_control_.notify_all();
   }
   uint64_t control_generation() {
     std::lock_guard lock(owner_mu_);
@@ -107,7 +112,7 @@ class BackupSession {
   // Waits up to `grace` for another control connection; false when none came.
   bool WaitForNewControl(uint64_t generation, Millis grace) {
     std::unique_lock lock(owner_mu_);
-    return cv_.wait_for(lock, grace, [&] {
+    return cv_control_.wait_for(lock, grace, [&] {
       return aborted_.load() || control_generation_ != generation;
     }) && !aborted_.load();
   }
@@ -139,6 +144,7 @@ class BackupSession {
   std::vector<std::unique_ptr<StripeState>> stripe_;
   std::atomic<bool> aborted_{false};
   std::mutex owner_mu_;
+  std::condition_variable cv_control_;  // with owner_mu_
   Conn* control_ = nullptr;
   uint64_t control_generation_ = 0;
   std::mutex mu_;
@@ -155,6 +161,14 @@ BackupRegistry::~BackupRegistry() { AbortAll(); }
 void BackupRegistry::Add(const std::string& token, std::shared_ptr<BackupSession> session) {
   std::lock_guard lock(mu_);
   sessions_[token] = std::move(session);
+}
+
+std::shared_ptr<BackupSession> BackupRegistry::FindVolume(const std::string& volume) {
+  std::lock_guard lock(mu_);
+  for (auto& [token, session] : sessions_) {
+    if (session->builder().manifest().volume == volume) return session;
+  }
+  return nullptr;
 }
 
 std::shared_ptr<BackupSession> BackupRegistry::Find(const std::string& token) {
@@ -326,7 +340,27 @@ Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, 
 Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const SessionInfo& who,
                                                     const BeginRequest& b) {
   DP420_RETURN_IF_ERROR(CheckVolumeAccess(ctx.repo, who, b.volume));
-  DP420_ASSIGN_OR_RETURN(VolumeLock lock, ctx.repo.LockVolume(b.volume));
+  auto locked = ctx.repo.LockVolume(b.volume);
+  if (!locked.ok() && locked.status().code() == Code::kBusy) {
+    // A backup of this volume whose agent was lost waits for it to resume;
+    // a new backup by the same client supersedes it.
+    auto old = ctx.backups.FindVolume(b.volume);
+    if (old && old->who().client == who.client && !old->has_control()) {
+      ctx.log.Warn("backup superseded", {{"client", who.client}, {"volume", b.volume}});
+      ctx.backups.Remove(old->token);
+      old.reset();
+      auto until = Clock::now() + std::chrono::seconds(5);
+      while (Clock::now() < until) {
+        locked = ctx.repo.LockVolume(b.volume);
+        if (locked.ok() || locked.status().code() != Code::kBusy) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    }
+  }
+  if (!locked.ok()) {
+    return locked.status().Prefix("a backup of volume '" + b.volume + "' is in progress");
+  }
+  VolumeLock lock = std::move(locked).value();
   std::vector<Manifest> chain;
   std::vector<DamagedFile> damaged;
   DP420_RETURN_IF_ERROR(ctx.repo.ListManifests(b.volume, &chain, &damaged));
@@ -410,8 +444,9 @@ Status HandleBackup(ServerContext& ctx, Conn& conn, const SessionInfo& who, cons
       }
       case FrameType::kError: status = StatusFromError(*frame, conn.peer()); break;
       default:
-        status = Status::Network("unexpected frame type " +
-                                 std::to_string(frame->header.type) + " in a backup session");
+        status = Status::InvalidArgument("protocol violation: unexpected frame type " +
+                                         std::to_string(frame->header.type) +
+                                         " in a backup session");
         (void)SendError(conn, status, timeout);
     }
   }
@@ -465,8 +500,15 @@ class StripeReceiver {
   }
 
   Status Run();
+  // The agent broke the protocol (as opposed to the connection failing).
+  bool violated() const { return violated_; }
 
  private:
+  Status Violation(const std::string& what) {
+    violated_ = true;
+    return Status::Network("protocol violation: " + what);
+  }
+  bool violated_ = false;
   struct Write {
     io::IoOp op;
     bool busy = false;
@@ -535,7 +577,7 @@ Status StripeReceiver::EnsurePack(uint64_t bytes) {
 Status StripeReceiver::OnBlocks(const FrameHeader& h) {
   Millis timeout = ctx_.options.LossTimeout();
   uint8_t fixed[12];
-  if (h.payload_len < sizeof(fixed)) return Status::Network("BLOCKS frame too short");
+  if (h.payload_len < sizeof(fixed)) return Violation("BLOCKS frame too short");
   DP420_RETURN_IF_ERROR(conn_.RecvExact(fixed, sizeof(fixed), timeout));
   PayloadReader r({fixed, sizeof(fixed)});
   uint64_t first = r.U64();
@@ -544,7 +586,7 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
   uint64_t page = st_.next_page;
   if (n == 0 || n > kPageEntries || first / kPageEntries != page ||
       (first + n - 1) / kPageEntries != page || first + n > b.blocks()) {
-    return Status::Network("BLOCKS " + std::to_string(first) + "+" + std::to_string(n) +
+    return Violation("BLOCKS " + std::to_string(first) + "+" + std::to_string(n) +
                            " outside page " + std::to_string(page) + " of stripe " +
                            std::to_string(id_));
   }
@@ -552,7 +594,7 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
   for (uint32_t i = 0; i < n; ++i) data_len += b.BlockLen(first + i);
   uint64_t meta_len = uint64_t{n} * 48;
   if (h.payload_len != sizeof(fixed) + meta_len + data_len || data_len + kRecordAlign > buffer_bytes_) {
-    return Status::Network("BLOCKS frame length " + std::to_string(h.payload_len) +
+    return Violation("BLOCKS frame length " + std::to_string(h.payload_len) +
                            " does not match its " + std::to_string(n) + " blocks");
   }
   std::vector<uint8_t> meta(meta_len);
@@ -569,7 +611,7 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
   crc = simd::Crc32c(crc, data, data_len);
   if (crc != h.payload_crc32c) {
     pool_.Release(buffer);
-    return Status::Network("BLOCKS frame fails its CRC-32C");
+    return Violation("BLOCKS frame fails its CRC-32C");
   }
   // Every block must hash to what the agent claims: SHA-256 and keyed id.
   uint64_t off = 0;
@@ -630,7 +672,7 @@ Status StripeReceiver::OnPage(const Frame& f) {
   const SnapshotBuilder& b = s_.builder();
   uint64_t expect = std::min<uint64_t>(kPageEntries, b.blocks() - std::min(b.blocks(), page * kPageEntries));
   if (!r.ok() || page != st_.next_page || count != expect) {
-    return Status::Network("PAGE " + std::to_string(page) + " out of order on stripe " +
+    return Violation("PAGE " + std::to_string(page) + " out of order on stripe " +
                            std::to_string(id_) + " (expected page " +
                            std::to_string(st_.next_page) + ")");
   }
@@ -664,25 +706,25 @@ Status StripeReceiver::OnPage(const Frame& f) {
     } else if (verdict == kZero) {
       e = b.ZeroEntry(len);
       if (std::memcmp(e.id, id, 16) != 0) {
-        return Status::Network(where + ": announced as zero with another id");
+        return Violation(where + ": announced as zero with another id");
       }
       if (old && !(old->ref.flags & kObjZero)) ++changed;
     } else if (verdict == kData) {
       auto it = received_.find(block);
       if (it == received_.end() || std::memcmp(it->second.id, id, 16) != 0) {
-        return Status::Network(where + ": announced as changed but its data was not received");
+        return Violation(where + ": announced as changed but its data was not received");
       }
       e = it->second;
       ++changed;
       ++stored;
     } else {
-      return Status::Network(where + ": unknown verdict " + std::to_string(verdict));
+      return Violation(where + ": unknown verdict " + std::to_string(verdict));
     }
     if (e.ref.flags & kObjZero) ++zero;
   }
   DP420_RETURN_IF_ERROR(r.Finish("PAGE"));
   if (received_.size() != stored) {
-    return Status::Network("page " + std::to_string(page) +
+    return Violation("page " + std::to_string(page) +
                            ": blocks were sent that the page does not reference");
   }
   // The page's data must be in the pack before it is acknowledged.
@@ -728,7 +770,7 @@ Status StripeReceiver::Run() {
       case FrameType::kPong: break;
       case FrameType::kError: return StatusFromError(f, conn_.peer());
       default:
-        return Status::Network("unexpected frame type " + std::to_string(header->type) +
+        return Violation("unexpected frame type " + std::to_string(header->type) +
                                " on a stripe");
     }
   }
@@ -762,7 +804,7 @@ Status HandleStripe(ServerContext& ctx, Conn& conn, const SessionInfo& who, cons
   Status status = receiver.Setup();
   if (status.ok()) status = receiver.Run();
   s->DetachStripe(st, &conn);
-  if (!status.ok() && status.code() != Code::kNetwork) {
+  if (!status.ok() && (status.code() != Code::kNetwork || receiver.violated())) {
     // The agent sent something unacceptable: the whole backup fails.
     (void)SendError(conn, status, timeout);
     ctx.log.Warn("backup refused", {{"client", who.client}, {"error", status.ToString()}});

@@ -27,6 +27,8 @@ class BackupRegistry {
   ~BackupRegistry();
   void Add(const std::string& token, std::shared_ptr<BackupSession> session);
   std::shared_ptr<BackupSession> Find(const std::string& token);
+  // The session backing up `volume`, if any.
+  std::shared_ptr<BackupSession> FindVolume(const std::string& volume);
   void Remove(const std::string& token);
   // Aborts every session (server stopping): their packs are rolled back.
   void AbortAll();
