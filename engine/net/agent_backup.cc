@@ -115,6 +115,7 @@ struct AgentJob {
   std::atomic<uint64_t> bytes_sent{0}, bytes_zc{0}, bytes_zc_copied{0}, bytes_resent{0};
   std::atomic<uint64_t> reconnects{0};
   std::atomic<bool> zc_unsupported{false};
+  std::atomic<bool> session_lost{false};  // the server no longer knows this backup
 
   AgentJob(RemoteRepository& r, const BackupOptions& o) : remote(r), options(o) {}
   void Fail(Status s) {
@@ -573,6 +574,7 @@ Result<uint64_t> NetSink::Recover(const Status& lost) {
     }
     last = joined;
     conn_.reset();
+    if (joined.code() == Code::kNotFound) job_.session_lost.store(true);
     if (joined.code() != Code::kNetwork) return joined;  // e.g. the session is gone
   }
 }
@@ -597,7 +599,33 @@ bool CacheValid(int fd, const Manifest& parent) {
 
 }  // namespace
 
+// A backup the server lost (it restarted: what it had acknowledged is gone)
+// starts over, while reconnecting is allowed (retry_for); the bytes sent by
+// the lost attempt count as resent.
 Result<BackupResult> RemoteRepository::Backup(const BackupOptions& o) {
+  auto start = Clock::now();
+  uint64_t resent = 0, reconnects = 0;
+  for (unsigned attempt = 0;; ++attempt) {
+    bool session_lost = false;
+    uint64_t sent = 0;
+    Result<BackupResult> r = BackupAttempt(o, &session_lost, &sent, &reconnects);
+    if (r.ok()) {
+      r->bytes_resent += resent;
+      r->reconnects = reconnects;
+      r->seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      return r;
+    }
+    if (!session_lost || o.control.Canceled() ||
+        Clock::now() - start > options_.retry_for * (attempt + 2)) {
+      return r.status();
+    }
+    resent += sent;
+  }
+}
+
+Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, bool* session_lost,
+                                                     uint64_t* bytes_sent,
+                                                     uint64_t* reconnects) {
   auto start = Clock::now();
   if (!ValidVolumeName(o.volume)) {
     return Status::InvalidArgument("invalid volume name '" + o.volume +
@@ -757,6 +785,7 @@ Result<BackupResult> RemoteRepository::Backup(const BackupOptions& o) {
       }
       last = resumed.status();
       control_.reset();
+      if (last.code() == Code::kNotFound) job.session_lost.store(true);
       if (last.code() != Code::kNetwork) return last;
     }
     return Status::Network("server " + options_.address + " lost (" + why.message() +
@@ -807,6 +836,9 @@ Result<BackupResult> RemoteRepository::Backup(const BackupOptions& o) {
     }
   }
   for (auto& t : pool) t.join();
+  *session_lost = job.session_lost.load();
+  *bytes_sent = job.bytes_zc.load();
+  *reconnects += job.reconnects.load();
   if (!job.error.ok() && o.control.Canceled()) job.error = Status::Canceled("backup canceled");
   if (!job.error.ok()) {
     // Tell the server to roll back now rather than wait for this agent.
@@ -885,7 +917,7 @@ Result<BackupResult> RemoteRepository::Backup(const BackupOptions& o) {
   result.bytes_sent_zerocopy = job.bytes_zc.load();
   result.bytes_zerocopy_copied = job.bytes_zc_copied.load();
   result.bytes_resent = job.bytes_resent.load();
-  result.reconnects = job.reconnects.load();
+  result.reconnects = *reconnects;
   if (o.control.progress) o.control.progress({"backup", ctx.geo.volume_size, ctx.geo.volume_size});
   return result;
 }

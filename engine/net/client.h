@@ -50,7 +50,10 @@ class RemoteRepository {
   const std::string& repo_id() const { return repo_id_; }
 
   // Manifests of `volume` ("" = every volume this client may see), oldest first.
-  Status ListManifests(const std::string& volume, std::vector<Manifest>* out);
+  // Manifests the server found damaged go to `damaged` when given, else the
+  // first one fails the call (kCorruption), as Repository::ListManifests.
+  Status ListManifests(const std::string& volume, std::vector<Manifest>* out,
+                       std::vector<DamagedFile>* damaged = nullptr);
   // Verify runs on the server (on the client's volumes only); the report
   // comes back with its problems.
   Result<VerifyReport> Verify(const VerifyOptions& options);
@@ -63,12 +66,21 @@ class RemoteRepository {
   // A fresh authenticated connection (for stripes and reconnects).
   Result<std::unique_ptr<Conn>> OpenConnection() const;
   Conn& control() { return *control_; }
-  // Replaces a lost control connection (with backoff, up to retry_for).
+  // Replaces a lost control connection (with backoff, up to retry_for). After
+  // a failed call (a lost server, an ERROR, a cancellation) the control
+  // connection is dropped; the next call reconnects.
   Status ReconnectControl();
 
  private:
   RemoteRepository() = default;
+  // One try of Backup(); `session_lost` when the server forgot the backup.
+  Result<BackupResult> BackupAttempt(const BackupOptions& options, bool* session_lost,
+                                     uint64_t* bytes_sent, uint64_t* reconnects);
+  // The control connection, reconnected when a previous call dropped it.
+  Status EnsureControl();
+  uint64_t NextRequestId() { return next_request_id_++; }
   RemoteOptions options_;
+  uint64_t next_request_id_ = 1;
   uint8_t key_[kKeyBytes] = {};
   std::unique_ptr<Conn> control_;
   ClockOffset clock_;
