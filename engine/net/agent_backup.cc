@@ -851,7 +851,12 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   // Commit: the server builds the table and writes the manifest.
   Result<Manifest> committed = Status::Network("no answer to COMMIT");
   for (unsigned attempt = 0; attempt < 3; ++attempt) {
-    Status sent = control_->Send(FrameType::kCommit, 9, {}, timeout);
+    PayloadWriter counters;  // for the server's log
+    counters.U64(job.bytes_sent.load());
+    counters.U64(job.bytes_zc.load());
+    counters.U64(job.bytes_zc_copied.load());
+    counters.U64(job.bytes_resent.load());
+    Status sent = control_->Send(FrameType::kCommit, 9, counters.bytes(), timeout);
     while (sent.ok()) {
       auto f = control_->Recv(timeout);
       if (!f.ok()) {

@@ -325,13 +325,25 @@ Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, 
   Manifest& m = s.builder().manifest();
   stats.bytes_read = m.volume_size;  // the agent read the whole volume
   m.seconds = static_cast<double>(NowUnixNs() - m.created_unix_ns) / 1e9;
+  // The agent's send counters, for the log.
+  PayloadReader counters(f.payload);
+  uint64_t sent = counters.U64(), zc = counters.U64(), copied = counters.U64(),
+           resent = counters.U64();
+  DP420_RETURN_IF_ERROR(counters.Finish("COMMIT"));
+  uint64_t received = 0;
+  for (uint32_t i = 0; i < s.stripes(); ++i) received += s.stripe(i).bytes_received;
   DP420_ASSIGN_OR_RETURN(Manifest committed, s.builder().Commit(stats));
   DP420_ASSIGN_OR_RETURN(std::string text, SealedText(ctx.repo, committed));
   ctx.log.Info("backup committed", {{"client", s.who().client},
                                     {"volume", committed.volume},
                                     {"snapshot", committed.snapshot_id},
                                     {"blocks_stored", committed.blocks_stored},
-                                    {"bytes_written", committed.bytes_written}});
+                                    {"bytes_written", committed.bytes_written},
+                                    {"block_bytes_received", received},
+                                    {"bytes_sent", sent},
+                                    {"bytes_sent_zerocopy", zc},
+                                    {"bytes_zerocopy_copied", copied},
+                                    {"bytes_resent", resent}});
   PayloadWriter w;
   w.String(text);
   return conn.Send(FrameType::kCommitted, f.header.request_id, w.bytes(), timeout);
