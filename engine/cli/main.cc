@@ -445,9 +445,7 @@ int CmdServe(ServeArgs* a) {
   o.on_listening = OnListening;
   o.user = a;
   int rc = dp420_serve(g_ctx, &o);
-  if (rc != 0) return Report(Common{}, "serve", rc);
-  std::fprintf(stderr, "dp420 serve: stopped\n");
-  return kExitOk;
+  return rc == 0 ? kExitOk : Report(Common{}, "serve", rc);
 }
 
 CLI::App* AddServeCommand(CLI::App* app, ServeArgs* a) {

@@ -285,7 +285,7 @@ DP420_EXPORT void dp420_free(void* p);
  * sessions finish their current request, closes the rest (backups that did
  * not commit are rolled back) and returns 0.
  * Errors: -DP420_EINVAL, -DP420_ENOENT (repository or clients file),
- * -DP420_ECORRUPT (damaged clients file), -DP420_ENET (cannot listen on
+ * -DP420_ECORRUPT (damaged clients file), -DP420_EIO (cannot listen on
  * that address), -DP420_EPERM. */
 typedef struct dp420_serve_opts {
   size_t struct_size;
