@@ -17,6 +17,7 @@
 // thread and makes blocked calls in other threads return kNetwork.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -28,6 +29,8 @@
 #include "engine/net/auth.h"
 #include "engine/net/frame.h"
 #include "io/status.h"
+
+struct iovec;
 
 namespace dp420::net {
 
@@ -65,20 +68,42 @@ class Conn {
   Status RecvExact(uint8_t* buf, size_t len, Millis timeout);
   // shutdown(SHUT_RDWR): wakes blocked calls on other threads; idempotent.
   void Shutdown();
+  // True once the transport failed (reset, end of stream, shutdown, a timeout
+  // in the middle of a frame): nothing more can be exchanged on this
+  // connection. A timeout before a frame's first byte leaves it usable.
+  bool broken() const { return broken_.load(); }
+  // True once a receive met the end of the stream (the peer closed).
+  bool closed_by_peer() const { return closed_by_peer_.load(); }
 
-  uint64_t bytes_sent() const { return bytes_sent_; }
-  uint64_t bytes_received() const { return bytes_received_; }
+  uint64_t bytes_sent() const { return bytes_sent_.load(std::memory_order_relaxed); }
+  uint64_t bytes_received() const { return bytes_received_.load(std::memory_order_relaxed); }
 
  private:
   Status SendAll(const uint8_t* data, size_t len, std::chrono::steady_clock::time_point deadline);
+  // `frame_start`: `buf`/`iov` begin a frame, so a timeout before the first
+  // byte leaves the stream usable.
+  Status SendIov(struct iovec* iov, int count, std::chrono::steady_clock::time_point deadline,
+                 Millis timeout, bool frame_start);
+  Status RecvUntil(uint8_t* buf, size_t len, std::chrono::steady_clock::time_point deadline,
+                   Millis timeout, bool frame_start);
+  Status Failure(int err, const char* doing, Millis timeout, bool breaks = true);
   int fd_ = -1;
   std::string peer_;
   std::mutex send_mu_;
-  uint64_t bytes_sent_ = 0;
-  uint64_t bytes_received_ = 0;
+  std::atomic<uint64_t> bytes_sent_{0};
+  std::atomic<uint64_t> bytes_received_{0};
+  std::atomic<bool> shut_down_{false};
+  std::atomic<bool> broken_{false};  // a send or receive failed: the stream is unusable
+  std::atomic<bool> closed_by_peer_{false};
 };
 
+// Splits "HOST:PORT" / "[V6]:PORT" (kInvalidArgument naming `address`).
+Status ParseHostPort(const std::string& address, std::string* host, std::string* port);
+// "HELLO", "RESTORE_DATA", ... ("type N" for an unknown one).
+std::string FrameTypeName(uint16_t type);
+
 // ERROR frames: u16 code (the Status code), string message (<= 4096 bytes).
+// Does nothing on a connection whose stream already failed.
 Status SendError(Conn& conn, const Status& status, Millis timeout);
 // The Status an ERROR frame carries (kNetwork for a malformed one), prefixed
 // with "server: " / the peer's name as the caller chooses.
@@ -89,14 +114,17 @@ Status ExpectFrame(const Frame& frame, FrameType expected, const std::string& pe
 
 // The agent side of the handshake (HELLO, CHALLENGE, AUTH, AUTH_OK). Checks
 // the server's proof before returning. `server_time_ns` receives the time the
-// server sent in AUTH_OK.
+// server sent in AUTH_OK, `repo_id` (16 bytes, may be null) the id of the
+// repository it serves. `timeout` bounds the whole handshake.
 Status ClientHandshake(Conn& conn, const std::string& client, const uint8_t key[kKeyBytes],
-                       Millis timeout, uint64_t* server_time_ns);
+                       Millis timeout, uint64_t* server_time_ns, uint8_t* repo_id = nullptr);
 // The server side: on success `*client` is the authenticated client (name,
 // role). An unknown client and a wrong proof both get ERROR "authentication
-// failed" and kPermission here.
+// failed" and kPermission here. Before authentication succeeds the server sends
+// nothing but CHALLENGE and ERROR. `repo_id` (16 bytes; zeros when null) goes
+// into AUTH_OK. `timeout` bounds the whole handshake.
 Status ServerHandshake(Conn& conn, const ClientRegistry& clients, Millis timeout,
-                       ClientKey* client);
+                       ClientKey* client, const uint8_t* repo_id = nullptr);
 
 // NTP-style clock offset of the server against this host: `samples` PINGs,
 // the one with the smallest round trip wins. offset = server - local.

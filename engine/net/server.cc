@@ -1,2 +1,828 @@
-// Placeholder until the implementation lands.
 #include "engine/net/server.h"
+
+#include <liburing.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <list>
+#include <set>
+#include <thread>
+
+#include "engine/core/table.h"
+#include "engine/core/verify.h"
+#include "engine/net/store.h"
+#include "io/assert.h"
+#include "io/buffer_pool.h"
+#include "io/file.h"
+
+namespace dp420::net {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using OJson = nlohmann::ordered_json;
+
+constexpr size_t kMaxSessions = 1024;     // more connections are refused (kBusy)
+constexpr size_t kRequestStringMax = 256;  // volume names and snapshot ids
+constexpr Millis kAcceptPoll{100};         // how often the accept loop checks *stop
+constexpr Millis kErrorSendTimeout{1000};  // best effort: ERROR before closing
+constexpr uint64_t kAcceptTag = 1;
+constexpr uint64_t kCancelTag = 2;
+
+std::string UtcNowMillis() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm;
+  gmtime_r(&ts.tv_sec, &tm);
+  char buf[48];
+  size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(buf + n, sizeof(buf) - n, ".%03ldZ", ts.tv_nsec / 1000000);
+  return buf;
+}
+
+std::string Dump(const OJson& j) {
+  // Peer-supplied strings may hold invalid UTF-8: replaced, never thrown.
+  return j.dump(-1, ' ', false, OJson::error_handler_t::replace);
+}
+
+// A text-log value: bare when it is one simple token, else JSON-quoted.
+std::string TextValue(const OJson& v) {
+  if (!v.is_string()) return Dump(v);
+  const std::string& s = v.get_ref<const std::string&>();
+  bool bare = !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) {
+    return c > 0x20 && c < 0x7f && c != '"' && c != '=' && c != '\\';
+  });
+  return bare ? s : Dump(v);
+}
+
+std::string PeerName(const sockaddr_storage& addr) {
+  char host[NI_MAXHOST];
+  char port[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), sizeof(addr), host, sizeof(host),
+                  port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    return "unknown-peer";
+  }
+  std::string name;
+  bool v6 = addr.ss_family == AF_INET6;
+  name.append(v6 ? "[" : "").append(host).append(v6 ? "]:" : ":").append(port);
+  return name;
+}
+
+std::string JoinComma(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
+  return out;
+}
+
+// The volumes `who` owns: every valid manifest of the volume names it.
+std::set<std::string> OwnedVolumes(const std::vector<Manifest>& manifests,
+                                   const std::string& client) {
+  std::set<std::string> owned, foreign;
+  for (const auto& m : manifests) (m.client == client ? owned : foreign).insert(m.volume);
+  for (const auto& v : foreign) owned.erase(v);
+  return owned;
+}
+
+std::string VolumeOf(const DamagedFile& d) {
+  // "snapshots/VOL/FILE"
+  size_t first = d.path.find('/');
+  size_t last = d.path.rfind('/');
+  return first < last ? d.path.substr(first + 1, last - first - 1) : "";
+}
+
+Status Malformed(const std::string& what, const Status& s) {
+  return Status::Network("malformed " + what + " request: " + s.message());
+}
+
+// Reads a volume name from a request and checks that `who` may use it.
+Status CheckRequestVolume(const Repository& repo, const SessionInfo& who,
+                          const std::string& volume) {
+  if (volume.empty()) return Status::Ok();
+  if (!ValidVolumeName(volume)) return Status::InvalidArgument("invalid volume name '" + volume + "'");
+  return CheckVolumeAccess(repo, who, volume);
+}
+
+// A request handler's view of its session.
+struct Request {
+  ServerContext& ctx;
+  Conn& conn;
+  const SessionInfo& who;
+  const Frame& frame;
+  uint64_t id() const { return frame.header.request_id; }
+  Millis timeout() const { return ctx.options.LossTimeout(); }
+  Status Send(FrameType type, const PayloadWriter& w) {
+    last_send = Clock::now();
+    return conn.Send(type, id(), w.bytes(), timeout());
+  }
+  // A PING when nothing went out for a heartbeat interval.
+  Status Tick() {
+    if (Clock::now() - last_send < ctx.options.heartbeat_interval) return Status::Ok();
+    PayloadWriter w;
+    w.U64(WallClockNs());
+    return Send(FrameType::kPing, w);
+  }
+  Status Done(const OJson& summary) {
+    PayloadWriter w;
+    w.String(Dump(summary));
+    return Send(FrameType::kDone, w);
+  }
+  Clock::time_point last_send = Clock::now();
+};
+
+// ---- LIST ----
+
+Status HandleList(Request& rq) {
+  PayloadReader r(rq.frame.payload);
+  std::string volume = r.String(kRequestStringMax);
+  if (Status s = r.Finish("LIST"); !s.ok()) return Malformed("LIST", s);
+  const Repository& repo = rq.ctx.repo;
+  DP420_RETURN_IF_ERROR(CheckRequestVolume(repo, rq.who, volume));
+  std::vector<Manifest> manifests;
+  std::vector<DamagedFile> damaged;
+  DP420_RETURN_IF_ERROR(repo.ListManifests(volume, &manifests, &damaged));
+  if (volume.empty() && rq.who.role != "admin") {
+    std::set<std::string> owned = OwnedVolumes(manifests, rq.who.client);
+    std::erase_if(manifests, [&](const Manifest& m) { return !owned.count(m.volume); });
+    std::erase_if(damaged, [&](const DamagedFile& d) { return !owned.count(VolumeOf(d)); });
+  }
+  for (const auto& m : manifests) {
+    std::string rel = "snapshots/" + m.volume + "/" + m.file_name;
+    auto text = io::ReadFile(repo.path() + "/" + rel);
+    if (!text.ok()) {
+      damaged.push_back({rel, text.status()});
+      continue;
+    }
+    PayloadWriter w;
+    w.String(text.value());
+    if (w.bytes().size() > kMaxPayloadBytes) {
+      damaged.push_back({rel, Status::Corruption(rel + " is too large to send")});
+      continue;
+    }
+    DP420_RETURN_IF_ERROR(rq.Send(FrameType::kSnapshot, w));
+  }
+  OJson list = OJson::array();
+  for (const auto& d : damaged) list.push_back({{"path", d.path}, {"error", d.status.message()}});
+  return rq.Done({{"damaged", list}});
+}
+
+// ---- VERIFY ----
+
+void Merge(VerifyReport& total, VerifyReport&& r) {
+  total.snapshots_checked += r.snapshots_checked;
+  total.packs_checked += r.packs_checked;
+  total.pages_checked += r.pages_checked;
+  total.blocks_checked += r.blocks_checked;
+  total.bytes_read += r.bytes_read;
+  total.unreferenced_packs += r.unreferenced_packs;
+  for (auto& p : r.problems) total.problems.push_back(std::move(p));
+  total.broken_snapshots.insert(total.broken_snapshots.end(), r.broken_snapshots.begin(),
+                                r.broken_snapshots.end());
+  std::sort(total.broken_snapshots.begin(), total.broken_snapshots.end());
+  total.broken_snapshots.erase(
+      std::unique(total.broken_snapshots.begin(), total.broken_snapshots.end()),
+      total.broken_snapshots.end());
+}
+
+// Keeps the connection alive while `done` is false: PINGs after a silent
+// heartbeat interval, PONGs (and PINGs) from the agent read and answered.
+// kNetwork when the agent stays silent for the loss timeout or breaks the
+// protocol.
+Status KeepAliveUntil(Request& rq, const std::atomic<bool>& done) {
+  const ServerOptions& o = rq.ctx.options;
+  auto last_heard = Clock::now();
+  // Wake often enough to PING on time, and to see the worker finish.
+  int slice_ms = int(std::clamp<int64_t>(o.heartbeat_interval.count() / 2, 1, 50));
+  while (!done.load()) {
+    pollfd p{rq.conn.fd(), POLLIN, 0};
+    int r = poll(&p, 1, slice_ms);
+    if (r < 0 && errno != EINTR) return PosixError("poll " + rq.conn.peer(), errno);
+    if (r > 0) {
+      DP420_ASSIGN_OR_RETURN(Frame f, rq.conn.Recv(o.LossTimeout()));
+      last_heard = Clock::now();
+      if (f.type() == FrameType::kPing) {
+        DP420_RETURN_IF_ERROR(AnswerPing(rq.conn, f, o.LossTimeout()));
+      } else if (f.type() != FrameType::kPong) {
+        return Status::Network("agent sent " + FrameTypeName(f.header.type) +
+                               " while its request was running");
+      }
+    }
+    if (Clock::now() - last_heard > o.LossTimeout()) {
+      return Status::Network("agent " + rq.conn.peer() + " stopped answering heartbeats");
+    }
+    DP420_RETURN_IF_ERROR(rq.Tick());
+  }
+  return Status::Ok();
+}
+
+OJson ReportJson(const VerifyReport& r) {
+  return {{"snapshots_checked", r.snapshots_checked}, {"packs_checked", r.packs_checked},
+          {"pages_checked", r.pages_checked},         {"blocks_checked", r.blocks_checked},
+          {"bytes_read", r.bytes_read},               {"unreferenced_packs", r.unreferenced_packs},
+          {"broken_snapshots", r.broken_snapshots}};
+}
+
+Status HandleVerify(Request& rq) {
+  PayloadReader r(rq.frame.payload);
+  std::string volume = r.String(kRequestStringMax);
+  std::string snapshot = r.String(kRequestStringMax);
+  uint8_t read_data = r.U8();
+  Status s = r.Finish("VERIFY");
+  if (s.ok() && read_data > 1) s = Status::Corruption("read_data must be 0 or 1");
+  if (!s.ok()) return Malformed("VERIFY", s);
+  const Repository& repo = rq.ctx.repo;
+  DP420_RETURN_IF_ERROR(CheckRequestVolume(repo, rq.who, volume));
+  if (!snapshot.empty() && volume.empty()) {
+    return Status::InvalidArgument("snapshot '" + snapshot + "' needs its volume");
+  }
+  std::vector<std::string> volumes{volume};
+  if (volume.empty() && rq.who.role != "admin") {
+    // An append client verifies its own volumes only: it never learns of
+    // other clients' objects, and unreferenced packs are not counted.
+    std::vector<Manifest> all;
+    DP420_RETURN_IF_ERROR(repo.ListManifests("", &all, nullptr));
+    std::set<std::string> owned = OwnedVolumes(all, rq.who.client);
+    volumes.assign(owned.begin(), owned.end());
+  }
+  std::atomic<bool> cancel{false};
+  std::atomic<bool> done{false};
+  Status result;
+  VerifyReport total;
+  std::thread worker([&] {
+    for (const auto& vol : volumes) {
+      VerifyOptions o;
+      o.volume = vol;
+      o.snapshot = snapshot;
+      o.read_data = read_data != 0;
+      o.control.cancel = &cancel;
+      auto one = RunVerify(repo, o);
+      if (!one.ok()) {
+        result = one.status();
+        break;
+      }
+      Merge(total, std::move(one).value());
+    }
+    done.store(true);
+  });
+  s = KeepAliveUntil(rq, done);
+  if (!s.ok()) cancel.store(true);
+  worker.join();
+  DP420_RETURN_IF_ERROR(s);
+  DP420_RETURN_IF_ERROR(result);
+  for (const auto& p : total.problems) {
+    PayloadWriter w;
+    w.String(p.object);
+    w.String(p.message.substr(0, 4096));
+    w.String(JoinComma(p.snapshots));
+    DP420_RETURN_IF_ERROR(rq.Send(FrameType::kProblem, w));
+  }
+  return rq.Done(ReportJson(total));
+}
+
+// ---- RESTORE ----
+
+struct RestoreStream {
+  Request& rq;
+  const Manifest& m;
+  PackCache packs;
+  io::BufferPool buffer;     // one buffer: payload prefix, then block data 4 KiB aligned
+  uint32_t run_max = 0;      // blocks per RESTORE_DATA frame
+  static constexpr size_t kDataOffset = 4096;
+  static constexpr size_t kPrefixBytes = 12;  // u64 first_block, u32 nblocks
+
+  uint32_t BlockLen(uint64_t block) const {
+    uint64_t left = m.volume_size - block * m.block_size;
+    return uint32_t(std::min<uint64_t>(left, m.block_size));
+  }
+
+  Status Setup() {
+    run_max = uint32_t((kMaxPayloadBytes - kPrefixBytes) / m.block_size);
+    DP420_ASSERT(run_max >= 1);
+    size_t bytes = RoundUp(kDataOffset + uint64_t(run_max) * m.block_size, kRecordAlign);
+    DP420_ASSIGN_OR_RETURN(buffer, io::BufferPool::Create(bytes, 1));
+    return Status::Ok();
+  }
+
+  Status SendPage(uint64_t page, const Entry* entries, uint32_t count) {
+    PayloadWriter w;
+    w.U64(page);
+    w.U32(count);
+    for (uint32_t i = 0; i < count; ++i) {
+      w.U8(entries[i].ref.stored() ? 1 : 0);
+      w.Bytes({entries[i].ref.sha256, 32});
+    }
+    return rq.Send(FrameType::kRestorePage, w);
+  }
+
+  // Reads blocks [first, first+n) (all stored) into the buffer and sends them.
+  Status SendRun(uint64_t first, const Entry* entries, uint32_t n) {
+    uint8_t* base = buffer.data(0);
+    uint8_t* data = base + kDataOffset;
+    uint64_t bytes = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+      const ObjRef& ref = entries[i].ref;
+      uint64_t block = first + i;
+      uint32_t len = BlockLen(block);
+      if (ref.stored_len != len || (ref.flags & (kObjZstd | kObjAesGcm))) {
+        return Status::Corruption("snapshot " + m.snapshot_id + ": block " +
+                                  std::to_string(block) +
+                                  " has a table entry of the wrong size or kind");
+      }
+      auto pack = packs.Get(ref.pack_id);
+      Status s = pack.ok() ? pack.value()->ReadRecord(ref, data + bytes) : pack.status();
+      if (!s.ok()) {
+        return Status::Corruption("snapshot " + m.snapshot_id + " is damaged: block " +
+                                  std::to_string(block) + ": " + s.message());
+      }
+      bytes += len;
+      DP420_RETURN_IF_ERROR(rq.Tick());
+    }
+    uint8_t* prefix = data - kPrefixBytes;
+    std::memcpy(prefix, &first, 8);
+    std::memcpy(prefix + 8, &n, 4);
+    rq.last_send = Clock::now();
+    return rq.conn.Send(FrameType::kRestoreData, rq.id(), {prefix, kPrefixBytes + bytes},
+                        rq.timeout());
+  }
+
+  Status SendLeaf(uint64_t page, const Entry* entries, uint32_t count) {
+    DP420_RETURN_IF_ERROR(SendPage(page, entries, count));
+    uint64_t first_block = page * kPageEntries;
+    uint32_t i = 0;
+    while (i < count) {
+      if (!entries[i].ref.stored()) {
+        ++i;
+        continue;
+      }
+      uint32_t end = i;
+      while (end < count && end - i < run_max && entries[end].ref.stored()) ++end;
+      DP420_RETURN_IF_ERROR(SendRun(first_block + i, entries + i, end - i));
+      i = end;
+    }
+    return Status::Ok();
+  }
+};
+
+Status HandleRestore(Request& rq) {
+  PayloadReader r(rq.frame.payload);
+  std::string volume = r.String(kRequestStringMax);
+  std::string snapshot = r.String(kRequestStringMax);
+  if (Status s = r.Finish("RESTORE"); !s.ok()) return Malformed("RESTORE", s);
+  if (volume.empty()) return Status::InvalidArgument("restore needs a volume");
+  const Repository& repo = rq.ctx.repo;
+  DP420_RETURN_IF_ERROR(CheckRequestVolume(repo, rq.who, volume));
+  DP420_ASSIGN_OR_RETURN(Manifest m, repo.FindSnapshot(volume, snapshot.empty() ? "latest" : snapshot));
+  std::string rel = "snapshots/" + m.volume + "/" + m.file_name;
+  DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(repo.path() + "/" + rel));
+  PayloadWriter w;
+  w.String(text);
+  DP420_RETURN_IF_ERROR(rq.Send(FrameType::kSnapshot, w));
+
+  RestoreStream stream{rq, m, PackCache(repo)};
+  DP420_RETURN_IF_ERROR(stream.Setup());
+  TableReader table(repo, m);
+  uint64_t pages = DivCeil(m.blocks_total, kPageEntries);
+  for (uint64_t p = 0; p < pages; ++p) {
+    uint32_t count = 0;
+    auto entries = table.Leaf(p, &count);
+    if (!entries.ok()) {
+      return Status::Corruption("snapshot " + m.snapshot_id + " is damaged: " +
+                                entries.status().message());
+    }
+    DP420_RETURN_IF_ERROR(stream.SendLeaf(p, entries.value(), count));
+  }
+  return rq.Done(OJson::object());
+}
+
+// ---- The server ----
+
+struct Session {
+  uint64_t id = 0;
+  std::unique_ptr<Conn> conn;
+  std::thread thread;
+  std::atomic<bool> busy{false};
+  std::atomic<bool> finished{false};
+};
+
+class Server {
+ public:
+  explicit Server(const ServerOptions& o) : o_(o), log_(o.json_log) {}
+  Status Run();
+
+ private:
+  Status LoadClients();
+  std::shared_ptr<const ClientRegistry> Clients();
+  Status Listen();
+  Status AcceptLoop();
+  void StartSession(int fd, const std::string& peer);
+  void Serve(Session& s);
+  void RequestLoop(ServerContext& ctx, Session& s, const SessionInfo& who);
+  void Fail(Session& s, const SessionInfo& who, const char* op, const Status& status);
+  void Reap(bool all);
+  void Drain();
+  bool Stopping() const { return o_.stop && o_.stop->load(); }
+
+  const ServerOptions& o_;
+  Logger log_;
+  std::unique_ptr<Repository> repo_;
+  BackupRegistry backups_;
+  std::atomic<bool> stopping_{false};
+  std::unique_ptr<ServerContext> ctx_;
+  int listen_fd_ = -1;
+  uint64_t next_session_ = 1;
+
+  std::mutex clients_mu_;
+  std::shared_ptr<const ClientRegistry> clients_;
+  struct stat clients_stat_ {};
+
+  std::mutex sessions_mu_;
+  std::list<std::unique_ptr<Session>> sessions_;
+};
+
+bool SameFile(const struct stat& a, const struct stat& b) {
+  return a.st_ino == b.st_ino && a.st_dev == b.st_dev && a.st_size == b.st_size &&
+         a.st_mtim.tv_sec == b.st_mtim.tv_sec && a.st_mtim.tv_nsec == b.st_mtim.tv_nsec &&
+         a.st_ctim.tv_sec == b.st_ctim.tv_sec && a.st_ctim.tv_nsec == b.st_ctim.tv_nsec;
+}
+
+Status Server::LoadClients() {
+  struct stat st {};
+  if (stat(o_.clients_file.c_str(), &st) != 0) return PosixError(o_.clients_file, errno);
+  DP420_ASSIGN_OR_RETURN(ClientRegistry reg, ClientRegistry::Load(o_.clients_file));
+  std::lock_guard lock(clients_mu_);
+  clients_ = std::make_shared<const ClientRegistry>(std::move(reg));
+  clients_stat_ = st;
+  return Status::Ok();
+}
+
+// The clients file as of now: reloaded when it changed, so client-add and
+// client-remove take effect without a restart. A damaged file keeps the
+// previous registry (logged).
+std::shared_ptr<const ClientRegistry> Server::Clients() {
+  struct stat st {};
+  bool changed = stat(o_.clients_file.c_str(), &st) != 0;
+  {
+    std::lock_guard lock(clients_mu_);
+    if (!changed) changed = !SameFile(st, clients_stat_);
+    if (!changed) return clients_;
+  }
+  Status s = LoadClients();
+  if (!s.ok()) log_.Warn("clients_reload_failed", {{"error", s.ToString()}});
+  std::lock_guard lock(clients_mu_);
+  return clients_;
+}
+
+Status Server::Listen() {
+  std::string host, port;
+  DP420_RETURN_IF_ERROR(ParseHostPort(o_.listen, &host, &port));
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* list = nullptr;
+  int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &list);
+  if (rc != 0) return Status::InvalidArgument("cannot resolve " + o_.listen + ": " + gai_strerror(rc));
+  Status error = Status::IOError("cannot listen on " + o_.listen + ": no address");
+  for (addrinfo* ai = list; ai && listen_fd_ < 0; ai = ai->ai_next) {
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+      error = PosixError("cannot listen on " + o_.listen, errno);
+      continue;
+    }
+    int one = 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+      error = PosixError("cannot listen on " + o_.listen, errno);
+      close(fd);
+      continue;
+    }
+    listen_fd_ = fd;
+  }
+  freeaddrinfo(list);
+  if (listen_fd_ < 0) return error;
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  uint16_t bound = 0;
+  if (getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    bound = addr.ss_family == AF_INET6
+                ? ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port)
+                : ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+  }
+  log_.Info("listening", {{"address", o_.listen}, {"port", bound}, {"repo", repo_->path()}});
+  if (o_.on_listening) o_.on_listening(bound);
+  return Status::Ok();
+}
+
+// Accepts with io_uring; the wait is bounded so *stop is seen within ~100 ms.
+Status Server::AcceptLoop() {
+  struct io_uring ring;
+  int rc = io_uring_queue_init(8, &ring, 0);
+  if (rc < 0) return PosixError("io_uring_queue_init (accept)", -rc);
+  sockaddr_storage addr{};
+  socklen_t addr_len = sizeof(addr);
+  bool armed = false;
+  Status status;
+  while (!Stopping()) {
+    if (!armed) {
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+      DP420_ASSERT(sqe != nullptr);
+      addr_len = sizeof(addr);
+      io_uring_prep_accept(sqe, listen_fd_, reinterpret_cast<sockaddr*>(&addr), &addr_len,
+                           SOCK_CLOEXEC);
+      io_uring_sqe_set_data64(sqe, kAcceptTag);
+      rc = io_uring_submit(&ring);
+      if (rc < 0) {
+        status = PosixError("io_uring_submit (accept)", -rc);
+        break;
+      }
+      armed = true;
+    }
+    __kernel_timespec ts{0, std::chrono::nanoseconds(kAcceptPoll).count()};
+    io_uring_cqe* cqe = nullptr;
+    rc = io_uring_wait_cqe_timeout(&ring, &cqe, &ts);
+    Reap(false);
+    if (rc == -ETIME || rc == -EINTR) continue;
+    if (rc < 0) {
+      status = PosixError("io_uring_wait_cqe (accept)", -rc);
+      break;
+    }
+    int res = cqe->res;
+    io_uring_cqe_seen(&ring, cqe);
+    armed = false;
+    if (res >= 0) {
+      StartSession(res, PeerName(addr));
+    } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
+      log_.Warn("accept_failed", {{"error", std::strerror(-res)}});
+      std::this_thread::sleep_for(kAcceptPoll);
+    } else if (res != -EINTR && res != -EAGAIN && res != -ECONNABORTED) {
+      log_.Warn("accept_failed", {{"error", std::strerror(-res)}});
+    }
+  }
+  if (armed) {
+    // The pending accept writes into `addr`: cancel it and wait for its end
+    // before the ring and `addr` go away.
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    DP420_ASSERT(sqe != nullptr);
+    io_uring_prep_cancel64(sqe, kAcceptTag, 0);
+    io_uring_sqe_set_data64(sqe, kCancelTag);
+    io_uring_submit(&ring);
+    for (int pending = 2; pending > 0;) {
+      io_uring_cqe* cqe = nullptr;
+      __kernel_timespec ts{1, 0};
+      if (io_uring_wait_cqe_timeout(&ring, &cqe, &ts) != 0) break;
+      if (io_uring_cqe_get_data64(cqe) == kAcceptTag && cqe->res >= 0) close(cqe->res);
+      io_uring_cqe_seen(&ring, cqe);
+      --pending;
+    }
+  }
+  io_uring_queue_exit(&ring);
+  close(listen_fd_);
+  listen_fd_ = -1;
+  return status;
+}
+
+void Server::StartSession(int fd, const std::string& peer) {
+  std::lock_guard lock(sessions_mu_);
+  auto session = std::make_unique<Session>();
+  session->id = next_session_++;
+  session->conn = std::make_unique<Conn>(fd, peer);
+  if (sessions_.size() >= kMaxSessions) {
+    log_.Warn("refused", {{"peer", peer}, {"reason", "too many connections"}});
+    (void)SendError(*session->conn,
+                    Status::Busy("server is at its limit of " + std::to_string(kMaxSessions) +
+                                 " connections"),
+                    kErrorSendTimeout);
+    return;
+  }
+  Session* s = session.get();
+  try {
+    s->thread = std::thread([this, s] {
+      Serve(*s);
+      // The peer sees the end of the session now, not when the thread is reaped.
+      s->conn->Shutdown();
+      s->finished.store(true);
+    });
+  } catch (const std::system_error& e) {
+    log_.Warn("refused", {{"peer", peer}, {"reason", e.what()}});
+    return;
+  }
+  sessions_.push_back(std::move(session));
+}
+
+void Server::Serve(Session& s) {
+  Conn& conn = *s.conn;
+  log_.Info("accept", {{"peer", conn.peer()}, {"session", s.id}});
+  auto clients = Clients();
+  ClientKey key;
+  Status st = ServerHandshake(conn, *clients, o_.LossTimeout(), &key, repo_->repo_id());
+  if (!st.ok()) {
+    log_.Warn("auth_failed", {{"peer", conn.peer()}, {"session", s.id}, {"error", st.ToString()}});
+    return;
+  }
+  SessionInfo who{key.name, key.role, conn.peer(), s.id};
+  log_.Info("auth_ok", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
+                        {"role", who.role}});
+  RequestLoop(*ctx_, s, who);
+  log_.Info("close", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
+                      {"bytes_sent", conn.bytes_sent()},
+                      {"bytes_received", conn.bytes_received()}});
+}
+
+void Server::Fail(Session& s, const SessionInfo& who, const char* op, const Status& status) {
+  log_.Warn("request_failed", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
+                               {"request", op}, {"error", status.ToString()}});
+  (void)SendError(*s.conn, status, kErrorSendTimeout);
+}
+
+void Server::RequestLoop(ServerContext& ctx, Session& s, const SessionInfo& who) {
+  Conn& conn = *s.conn;
+  while (!stopping_.load()) {
+    uint64_t received_at_frame = conn.bytes_received();
+    auto received = conn.Recv(o_.LossTimeout());
+    if (!received.ok()) {
+      if (stopping_.load()) return;
+      if (conn.closed_by_peer() && conn.bytes_received() == received_at_frame) {
+        log_.Info("disconnected", {{"peer", who.peer}, {"session", s.id}, {"client", who.client}});
+      } else if (received.status().code() == Code::kNetwork) {  // silent, reset or closed
+        log_.Warn("lost", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
+                           {"error", received.status().ToString()}});
+      } else {
+        Fail(s, who, "frame", received.status());
+      }
+      return;
+    }
+    const Frame& f = received.value();
+    Status st;
+    const char* op = nullptr;
+    switch (f.type()) {
+      case FrameType::kPing:
+        st = AnswerPing(conn, f, o_.LossTimeout());
+        if (!st.ok()) return Fail(s, who, "PING", st);
+        continue;
+      case FrameType::kPong:
+        continue;  // a late answer to a heartbeat
+      case FrameType::kList:
+      case FrameType::kVerify:
+      case FrameType::kRestore: {
+        s.busy.store(true);
+        auto start = Clock::now();
+        Request rq{ctx, conn, who, f};
+        op = f.type() == FrameType::kList ? "list" : f.type() == FrameType::kVerify ? "verify"
+                                                                                     : "restore";
+        st = f.type() == FrameType::kList     ? HandleList(rq)
+             : f.type() == FrameType::kVerify ? HandleVerify(rq)
+                                              : HandleRestore(rq);
+        s.busy.store(false);
+        if (!st.ok()) return Fail(s, who, op, st);
+        double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+        log_.Info("request", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
+                              {"request", op}, {"seconds", seconds}});
+        continue;
+      }
+      case FrameType::kBackupBegin:
+      case FrameType::kStripeJoin: {
+        s.busy.store(true);
+        bool backup = f.type() == FrameType::kBackupBegin;
+        op = backup ? "backup" : "stripe";
+        st = backup ? HandleBackup(ctx, conn, who, f) : HandleStripe(ctx, conn, who, f);
+        s.busy.store(false);
+        if (!st.ok()) return Fail(s, who, op, st);
+        log_.Info("request", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
+                              {"request", op}});
+        return;
+      }
+      default:
+        return Fail(s, who, "frame",
+                    Status::Network("unexpected " + FrameTypeName(f.header.type) +
+                                    " frame from the agent"));
+    }
+  }
+}
+
+void Server::Reap(bool all) {
+  std::list<std::unique_ptr<Session>> done;
+  {
+    std::lock_guard lock(sessions_mu_);
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      if (all || (*it)->finished.load()) {
+        done.push_back(std::move(*it));
+        it = sessions_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& s : done) s->thread.join();
+}
+
+// Idle sessions are closed at once; busy ones get drain_timeout to finish
+// their request, then every connection is shut down.
+void Server::Drain() {
+  stopping_.store(true);
+  size_t count = 0;
+  {
+    std::lock_guard lock(sessions_mu_);
+    count = sessions_.size();
+  }
+  log_.Info("stopping", {{"sessions", count}, {"drain_ms", o_.drain_timeout.count()}});
+  auto deadline = Clock::now() + o_.drain_timeout;
+  for (;;) {
+    bool all_done = true;
+    {
+      std::lock_guard lock(sessions_mu_);
+      for (auto& s : sessions_) {
+        if (s->finished.load()) continue;
+        all_done = false;
+        if (!s->busy.load()) s->conn->Shutdown();
+      }
+    }
+    if (all_done || Clock::now() >= deadline) break;
+    std::this_thread::sleep_for(Millis(20));
+  }
+  {
+    std::lock_guard lock(sessions_mu_);
+    for (auto& s : sessions_) s->conn->Shutdown();
+  }
+  Reap(true);
+}
+
+Status Server::Run() {
+  DP420_ASSIGN_OR_RETURN(repo_, Repository::Open(o_.repo_path));
+  DP420_RETURN_IF_ERROR(LoadClients());
+  ctx_.reset(new ServerContext{*repo_, o_, log_, backups_, stopping_});
+  DP420_RETURN_IF_ERROR(Listen());
+  Status s = AcceptLoop();
+  Drain();
+  backups_.AbortAll();
+  if (!s.ok()) {
+    log_.Warn("stopped", {{"error", s.ToString()}});
+    return s;
+  }
+  log_.Info("stopped", {});
+  return Status::Ok();
+}
+
+}  // namespace
+
+void Logger::Log(const char* level, const char* event, const nlohmann::ordered_json& fields) {
+  std::string line;
+  if (json_) {
+    OJson j;
+    j["time"] = UtcNowMillis();
+    j["level"] = level;
+    j["event"] = event;
+    if (fields.is_object()) {
+      for (auto it = fields.begin(); it != fields.end(); ++it) j[it.key()] = it.value();
+    }
+    line = Dump(j);
+  } else {
+    line = UtcNowMillis() + " " + level + " " + event;
+    if (fields.is_object()) {
+      for (auto it = fields.begin(); it != fields.end(); ++it) {
+        line += " " + it.key() + "=" + TextValue(it.value());
+      }
+    }
+  }
+  line += '\n';
+  std::lock_guard lock(mu_);
+  (void)fwrite(line.data(), 1, line.size(), stderr);
+  fflush(stderr);
+}
+
+Status CheckVolumeAccess(const Repository& repo, const SessionInfo& who,
+                         const std::string& volume) {
+  if (who.role == "admin") return Status::Ok();
+  if (!ValidVolumeName(volume)) return Status::InvalidArgument("invalid volume name '" + volume + "'");
+  std::vector<Manifest> manifests;
+  std::vector<DamagedFile> damaged;
+  DP420_RETURN_IF_ERROR(repo.ListManifests(volume, &manifests, &damaged));
+  for (const auto& m : manifests) {
+    if (m.client != who.client) {
+      return Status::Make(Code::kPermission, "volume '" + volume + "' belongs to another client");
+    }
+  }
+  if (manifests.empty() && !damaged.empty()) {
+    return Status::Make(Code::kPermission, "volume '" + volume +
+                                               "' has only damaged manifests: its owner cannot "
+                                               "be established");
+  }
+  return Status::Ok();
+}
+
+Status RunServer(const ServerOptions& options) {
+  if (options.heartbeat_interval.count() <= 0 || options.heartbeat_misses == 0) {
+    return Status::InvalidArgument("heartbeat interval and misses must be positive");
+  }
+  Server server(options);
+  return server.Run();
+}
+
+}  // namespace dp420::net
