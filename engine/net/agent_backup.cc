@@ -609,6 +609,8 @@ Result<BackupResult> RemoteRepository::Backup(const BackupOptions& o) {
     bool session_lost = false;
     uint64_t sent = 0;
     Result<BackupResult> r = BackupAttempt(o, &session_lost, &sent, &reconnects);
+    // The server ends the connection with the backup; the next call reconnects.
+    control_.reset();
     if (r.ok()) {
       r->bytes_resent += resent;
       r->reconnects = reconnects;
