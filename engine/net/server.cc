@@ -751,6 +751,9 @@ void Server::Drain() {
     std::lock_guard lock(sessions_mu_);
     for (auto& s : sessions_) s->conn->Shutdown();
   }
+  // No agent can come back to a stopping server: backups waiting for their
+  // agent to resume end now, rolled back, instead of after resume_grace.
+  backups_.AbortAll();
   Reap(true);
 }
 
