@@ -2,7 +2,7 @@
 """Runs one command and records what it cost.
 
     measure.py RESULTS.jsonl LABEL [--stdout FILE [--parse fio|KEY]] [--meta JSON] [--du PATH]
-               [--disk NAME] -- CMD...
+               [--disk NAME] [--server-pid PID] -- CMD...
 
 Appends one JSON object to RESULTS.jsonl: label, argv, exit code, wall seconds, user and
 system CPU seconds, peak RSS and the bytes the command (and every child it waited for)
@@ -18,6 +18,11 @@ repo_after_bytes, repo_growth_bytes; a missing PATH counts 0), measured outside 
 write requests and bytes, and the milliseconds it had I/O in flight (dev_busy_ms). The
 device is shared: these count every process's I/O, which is the point when asking whether
 the disk was the limit.
+--server-pid PID adds what another, already running process (the `dp420 serve` a remote
+backup talks to) spent meanwhile, from /proc/PID/stat and /proc/PID/io: server_user_s,
+server_sys_s, server_cpu_s (every thread, clock-tick resolution), server_read_bytes and
+server_written_bytes (storage I/O), and afterwards its peak RSS so far (server_max_rss_kib,
+VmHWM). A PID that is gone by the end records server_alive false and fails the step.
 
 Peak RSS comes from GNU time (/usr/bin/time): a child forked from this Python process
 would report at least Python's own RSS, since exec keeps the old image's high-water mark.
@@ -64,6 +69,44 @@ def diskstats(name: str):
     return None
 
 
+def proc_usage(pid: int):
+    """utime and stime in seconds and storage bytes of a running process; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # Fields after the command name, which may hold spaces: state is field 3.
+            x = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {"user_s": int(x[11]) / tick, "sys_s": int(x[12]) / tick}
+        with open(f"/proc/{pid}/io") as f:
+            io = dict(line.split(": ") for line in f.read().splitlines())
+        out.update({"read_bytes": int(io["read_bytes"]), "written_bytes": int(io["write_bytes"])})
+        return out
+    except (OSError, IndexError, KeyError, ValueError):
+        return None
+
+
+def peak_rss_kib(pid: int):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def server_delta(pid: int, before, after) -> dict:
+    if not before or not after:
+        return {"server_pid": pid, "server_alive": False}
+    d = {k: after[k] - before[k] for k in before}
+    return {"server_pid": pid, "server_alive": True,
+            "server_user_s": round(d["user_s"], 4), "server_sys_s": round(d["sys_s"], 4),
+            "server_cpu_s": round(d["user_s"] + d["sys_s"], 4),
+            "server_read_bytes": d["read_bytes"], "server_written_bytes": d["written_bytes"],
+            "server_max_rss_kib": peak_rss_kib(pid)}
+
+
 def main(argv: list) -> int:
     if "--" not in argv or len(argv) < 5:
         print(__doc__, file=sys.stderr)
@@ -71,7 +114,7 @@ def main(argv: list) -> int:
     sep = argv.index("--")
     opts, cmd = argv[1:sep], argv[sep + 1:]
     results, label = opts[0], opts[1]
-    stdout_path, parse, meta, du_path, disk = None, None, {}, None, None
+    stdout_path, parse, meta, du_path, disk, server = None, None, {}, None, None, None
     rest = opts[2:]
     while rest:
         if rest[0] == "--stdout" and len(rest) >= 2:
@@ -84,6 +127,8 @@ def main(argv: list) -> int:
             du_path, rest = rest[1], rest[2:]
         elif rest[0] == "--disk" and len(rest) >= 2:
             disk, rest = rest[1], rest[2:]
+        elif rest[0] == "--server-pid" and len(rest) >= 2 and rest[1].isdigit():
+            server, rest = int(rest[1]), rest[2:]
         else:
             print(f"measure.py: unknown option {rest[0]}", file=sys.stderr)
             return 2
@@ -94,11 +139,13 @@ def main(argv: list) -> int:
     if os.access(GNU_TIME, os.X_OK):
         wrapped = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file.name] + cmd
     disk_before = diskstats(disk) if disk else None
+    server_before = proc_usage(server) if server else None
     start = time.monotonic()
     # Without --stdout the command's output goes to stderr: stdout is for results.
     proc = subprocess.Popen(wrapped, stdout=out if out else sys.stderr)
     _, status, usage = os.wait4(proc.pid, 0)
     wall_s = time.monotonic() - start
+    server_after = proc_usage(server) if server else None
     disk_after = diskstats(disk) if disk_before else None
     proc.returncode = os.waitstatus_to_exitcode(status)
     if out:
@@ -123,6 +170,12 @@ def main(argv: list) -> int:
     }
     if disk_before and disk_after:
         record.update({f"dev_{k}": disk_after[k] - disk_before[k] for k in disk_before})
+    if server:
+        record.update(server_delta(server, server_before, server_after))
+        if not record["server_alive"]:
+            print(f"measure.py: {label}: process {server} is gone", file=sys.stderr)
+            rc = rc or 1
+            record["exit_code"] = rc
     if du_path:
         repo_after = du_bytes(du_path)
         record.update({"repo_before_bytes": repo_before, "repo_after_bytes": repo_after,

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Summarises perf/run.sh measurements: the main table, the targets, peers, block sizes.
+"""Summarises perf/run.sh measurements: the main table, the targets, peers, block sizes,
+the network backup.
 
     report.py RESULTS.jsonl CONTEXT.json [--json] [--markdown] [--enforce]
 
 RESULTS.jsonl holds one measure.py record per command, each with its phase, tool, op,
 mode (cold / warm input) and pair; dp420 records carry dp420's --json output under
 "dp420", fio records fio's bandwidth under "fio", repository-writing records the
-repository's size before and after (du -sb).
+repository's size before and after (du -sb), remote backups the server's CPU and I/O
+meanwhile (server_*, sampled from /proc/PID by measure.py --server-pid).
 
 Figures are medians over the pairs; peak RSS is the maximum. A ratio is the median of
 per-pair ratios (subject and yardstick measured in the same pair, in alternating order),
@@ -37,6 +39,12 @@ META_MAX_RATIO = 2.0         # metadata of the same change, 64 GiB vs 4 GiB volu
 PEER_WARM_INCR_MIN = 5.0     # warm incremental >= 5 x faster than the fastest peer
 PEER_WARM_FULL_MIN = 2.0     # warm full >= 2 x faster
 PEER_CPU_FRACTION = 0.25     # incremental CPU-s/GiB <= 1/4 of the most frugal peer's
+REMOTE_INCR_MIN_VS_LOCAL = 0.9  # remote incremental throughput >= 0.9 x the local one
+# The phase (perf/run.sh --only) whose records a target needs; peers-* need "peers".
+TARGET_PHASE = {"incr-vs-fio": "core", "full-vs-cp": "core", "restore-vs-cp": "core",
+                "chain-restore": "chain", "warm-incr-vs-xxh": "core", "incr-cpu": "core",
+                "rss-4g": "core", "rss-64g": "64g", "metadata-64g-vs-4g": "64g",
+                "remote-incr-vs-local": "remote"}
 
 # Peers whose repository growth counts for the growth target: versioned, uncompressed.
 PEER_NOTES = {
@@ -133,6 +141,45 @@ def stats(recs: dict, volume_bytes: int) -> dict:
     if metas:
         out["metadata_bytes"] = statistics.median(metas)
         out["blocks_stored"] = statistics.median(r["dp420"]["blocks_stored"] for r in ok_recs)
+    return out
+
+
+def pair_values(num: dict, den: dict, fn=None, fd=None) -> list:
+    """fn(num) / fd(den) per pair, in pair order (the evidence behind a median)."""
+    fn = fn or (lambda r: r["wall_s"])
+    fd = fd or (lambda r: r["wall_s"])
+    return [fn(num[p]) / fd(den[p]) for p in sorted(num)
+            if ok(num[p]) and ok(den.get(p)) and fd(den[p]) > 0]
+
+
+REMOTE_COUNTERS = ("bytes_sent", "bytes_sent_zerocopy", "bytes_zerocopy_copied", "bytes_resent",
+                   "reconnects")
+
+
+def remote_stats(recs: dict, volume_bytes: int) -> dict:
+    """stats() plus the server's side and the agent's network counters (--json)."""
+    out = stats(recs, volume_bytes)
+    ok_recs = good(recs)
+    if not ok_recs:
+        return out
+    med = lambda f: statistics.median(f(r) for r in ok_recs)
+    if all("server_cpu_s" in r for r in ok_recs):
+        out["server_cpu_s"] = med(lambda r: r["server_cpu_s"])
+        out["server_user_s"] = med(lambda r: r["server_user_s"])
+        out["server_sys_s"] = med(lambda r: r["server_sys_s"])
+        out["server_cpu_s_per_gib"] = out["server_cpu_s"] / (volume_bytes / GIB)
+        out["server_written_bytes"] = med(lambda r: r["server_written_bytes"])
+        out["server_max_rss_kib"] = max(r.get("server_max_rss_kib") or 0 for r in ok_recs)
+        out["cores_both"] = med(lambda r: (r["cpu_s"] + r["server_cpu_s"]) / r["wall_s"]
+                                if r["wall_s"] > 0 else 0)
+    out["user_s"] = med(lambda r: r["user_s"])
+    out["sys_s"] = med(lambda r: r["sys_s"])
+    dp = [r["dp420"] for r in ok_recs if r.get("dp420")]
+    for k in REMOTE_COUNTERS:
+        if dp and all(k in d for d in dp):
+            out[k] = statistics.median(d[k] for d in dp)
+    if out.get("bytes_sent") and "server_cpu_s" in out:
+        out["server_cpu_s_per_gib_received"] = out["server_cpu_s"] / (out["bytes_sent"] / GIB)
     return out
 
 
@@ -301,6 +348,23 @@ def summarise(records: list, ctx: dict) -> dict:
         })
     recommendation = recommend(sweep)
 
+    # --- network backup over loopback: the same pairs run local and remote ---
+    rem = lambda tool, op: runs.get("remote", tool, op)
+    fio_r = rem("fio", "read-changed")
+    remote_rows = []
+    remote_ratio = {}
+    if fio_r or rem("dp420-remote", "full") or rem("dp420-remote", "incremental"):
+        remote_rows.append({"operation": "fio read, changed image (cold)", **stats(fio_r, vol)})
+        for op in ("full", "incremental"):
+            local, remote = rem("dp420", op), rem("dp420-remote", op)
+            remote_ratio[op] = pair_ratio(local, remote, fd=lambda r: r["wall_s"])
+            remote_rows.append({"operation": f"dp420 local {op} (cold)", **remote_stats(local, vol),
+                                "vs_fio": pair_ratio(local, fio_r)})
+            remote_rows.append({"operation": f"dp420 remote {op}, loopback (cold)",
+                                **remote_stats(remote, vol), "vs_fio": pair_ratio(remote, fio_r),
+                                "vs_local": remote_ratio[op],
+                                "vs_local_pairs": pair_values(local, remote)})
+
     # --- targets ---
     targets = []
 
@@ -367,6 +431,13 @@ def summarise(records: list, ctx: dict) -> dict:
            None if meta_ratio is None else meta_ratio <= META_MAX_RATIO,
            "" if meta_ratio is None else
            f"{fmt_bytes(big_meta['metadata_bytes'])} vs {fmt_bytes(meta4['metadata_bytes'])}")
+    r = remote_ratio.get("incremental")
+    s_ri = remote_stats(rem("dp420-remote", "incremental"), vol)
+    s_li = remote_stats(rem("dp420", "incremental"), vol)
+    target("remote-incr-vs-local", "remote incremental (loopback) throughput >= 0.9 x the local incremental",
+           fmt_x(r), f">= {REMOTE_INCR_MIN_VS_LOCAL} x",
+           None if r is None else r >= REMOTE_INCR_MIN_VS_LOCAL,
+           notes.get("skipped_remote", "remote phase not run") if r is None else remote_evidence(s_ri, s_li))
     skipped_why = notes.get("peers_skipped", "peers not run (--quick without --peers, or --no-peers)")
 
     s_fw = st("core", "fio", "write-data")
@@ -411,7 +482,8 @@ def summarise(records: list, ctx: dict) -> dict:
            + "; casync (zstd only) and rsync (no history) are shown but not counted")
 
     return {"context": ctx, "ratios": ratios, "rows": rows, "targets": targets,
-            "peers": peer_rows, "block_sizes": sweep, "block_size_recommendation": recommendation}
+            "peers": peer_rows, "block_sizes": sweep, "block_size_recommendation": recommendation,
+            "remote": remote_rows}
 
 
 def describe(s: dict) -> str:
@@ -438,6 +510,20 @@ def evidence_io(s: dict, yard: dict, detail: bool = False) -> str:
     if detail:
         return f"{describe(s)}{io_detail(s)} vs {describe(yard)}{io_detail(yard)}"
     return f"{describe(s)} vs {describe(yard)}"
+
+
+def remote_evidence(remote: dict, local: dict) -> str:
+    if "wall_s" not in remote or "wall_s" not in local:
+        return ""
+    out = f"remote {describe(remote)}"
+    if "server_cpu_s" in remote:
+        out += (f", server {remote['server_cpu_s']:.2f} CPU-s ({remote['cores_both']:.2f} cores "
+                f"with the agent)")
+    if remote.get("bytes_sent_zerocopy") is not None:
+        out += (f", sent {fmt_bytes(remote.get('bytes_sent'))}, zero-copy "
+                f"{fmt_bytes(remote['bytes_sent_zerocopy'])} of which the kernel copied "
+                f"{fmt_bytes(remote.get('bytes_zerocopy_copied'))}")
+    return out + f" vs local {describe(local)}"
 
 
 def cached_evidence(s: dict, vol: int) -> str:
@@ -534,21 +620,24 @@ def print_all(summary: dict, out, markdown: bool = False) -> None:
         print(f"blocks that differ between the base and the changed image: {', '.join(changed)}; "
               f"all-zero 4 KiB blocks: {ds.get('zero_4k_blocks_pct', '?')} %", file=out)
 
-    title("Operations")
     head = ["operation", "wall s", "CPU s", "CPU-s/GiB", "cores", "disk busy", "peak RSS", "written",
             "repo size/growth", "GB/s", "yardstick", "ratio", "target", "result"]
     rows = []
     for r in summary["rows"]:
+        if not r.get("runs"):
+            continue  # a phase that did not run
         if "wall_s" not in r:
-            rows.append([r["operation"]] + ["failed" if r.get("runs") else "-"] + ["-"] * (len(head) - 2))
+            rows.append([r["operation"], "failed"] + ["-"] * (len(head) - 2))
             continue
         busy = "-" if r.get("disk_busy") is None else f"{100 * r['disk_busy']:.0f} %"
         rows.append([r["operation"], f2(r["wall_s"]), f2(r["cpu_s"]), f2(r["cpu_s_per_gib"], 3),
                      f2(r.get("cores")), busy, fmt_bytes(r["max_rss_kib"] * 1024), fmt_bytes(r["written_bytes"]),
                      repo_cell(r), f2(r["throughput_bytes_s"] / 1e9), r.get("yardstick", "-"),
                      f2(r.get("ratio")), r.get("target", "-"), r.get("result", "-")])
-    table(head, rows, markdown, out)
-    if not markdown:
+    if rows:
+        title("Operations")
+        table(head, rows, markdown, out)
+    if rows and not markdown:
         print("ratio, per the yardstick column: (speed) = dp420's throughput / the yardstick's, "
               "(wall) = dp420's wall / the yardstick's, (metadata) = metadata / the smaller volume's; "
               "medians of per-pair ratios. fio rows: fio's own runtime. cores: CPU s / wall s. "
@@ -556,10 +645,17 @@ def print_all(summary: dict, out, markdown: bool = False) -> None:
               "written: bytes the kernel counted as written by the command. repo: du -sb after a "
               "full, growth for an incremental.", file=out)
 
+    if summary.get("remote"):
+        print_remote(summary["remote"], title, markdown, out)
+
     title("Targets")
     head = ["target", "measured", "threshold", "result", "evidence"]
+    # With --only, the targets of the phases that did not run are left out (not failed).
+    phases = ctx.get("phases")
+    shown = [t for t in summary["targets"] if phases is None or t["result"] != "skipped"
+             or TARGET_PHASE.get(t["id"], t["id"].split("-")[0]) in phases]
     table(head, [[t["target"], t["measured"], t["threshold"], t["result"], t["evidence"]]
-                 for t in summary["targets"]], markdown, out)
+                 for t in shown], markdown, out)
 
     if summary["peers"]:
         title("Peers (same volume, same pairs)")
@@ -624,6 +720,47 @@ def print_all(summary: dict, out, markdown: bool = False) -> None:
         skips.append(f"peers: {notes['peers_skipped']}")
     if skips and not markdown:
         print("skipped: " + "; ".join(skips), file=out)
+
+
+def print_remote(remote_rows: list, title, markdown: bool, out) -> None:
+    title("Network backup (dp420 serve on 127.0.0.1, same file system, cold)")
+    head = ["operation", "wall s", "GB/s", "vs fio (wall)", "vs local (speed)", "agent CPU s",
+            "agent CPU-s/GiB", "server CPU s", "server CPU-s/GiB", "cores (both)", "disk busy",
+            "agent peak RSS", "server peak RSS", "sent", "zero-copy sent", "zc copied",
+            "repo size/growth"]
+    rows = []
+    for r in remote_rows:
+        if "wall_s" not in r:
+            rows.append([r["operation"], "failed" if r.get("runs") else "-"] + ["-"] * (len(head) - 2))
+            continue
+        remote = "bytes_sent" in r
+        busy = "-" if r.get("disk_busy") is None else f"{100 * r['disk_busy']:.0f} %"
+        repo = "-"
+        if "repo_after_bytes" in r:
+            repo = fmt_bytes(r["repo_after_bytes"]) if " full" in r["operation"] else \
+                f"+{fmt_bytes(r['repo_growth_bytes'])}"
+        rows.append([r["operation"], f2(r["wall_s"]), f2(r["throughput_bytes_s"] / 1e9), f2(r.get("vs_fio")),
+                     f2(r.get("vs_local")), f2(r["cpu_s"]), f2(r["cpu_s_per_gib"], 3),
+                     f2(r.get("server_cpu_s")), f2(r.get("server_cpu_s_per_gib"), 3),
+                     f2(r.get("cores_both", r.get("cores"))), busy, fmt_bytes(r["max_rss_kib"] * 1024),
+                     fmt_bytes(r["server_max_rss_kib"] * 1024) if r.get("server_max_rss_kib") else "-",
+                     fmt_bytes(r["bytes_sent"]) if remote else "-",
+                     fmt_bytes(r.get("bytes_sent_zerocopy")) if remote else "-",
+                     fmt_bytes(r.get("bytes_zerocopy_copied")) if remote else "-", repo])
+    table(head, rows, markdown, out)
+    if not markdown:
+        print("vs fio: wall / fio's runtime reading the changed image (the same size as the base); "
+              "vs local: the local backup's wall / the remote one's in the same pair (median); "
+              "CPU-s/GiB per GiB of volume; server: dp420 serve's user + system CPU during the step "
+              "(/proc/PID/stat); cores (both): agent + server CPU s / wall s; sent: bytes on the wire; "
+              "zero-copy sent: block bytes sent with send_zc; zc copied: of those, bytes the kernel "
+              "copied anyway (all of them on loopback).", file=out)
+        for r in remote_rows:
+            if r.get("vs_local_pairs"):
+                print(f"{r['operation']}: vs local per pair "
+                      + ", ".join(f"{v:.2f}" for v in r["vs_local_pairs"])
+                      + (f"; server {r['server_cpu_s_per_gib_received']:.3f} CPU-s per GiB received"
+                         if r.get("server_cpu_s_per_gib_received") else ""), file=out)
 
 
 def main(argv: list) -> int:

@@ -4,12 +4,15 @@
 #
 #   perf/run.sh [--quick] [--pairs N] [--json] [--enforce]
 #               [--peers | --no-peers] [--block-sizes | --no-block-sizes]
-#               [--with-64g | --no-64g] [--chain N]
+#               [--with-64g | --no-64g] [--remote | --no-remote] [--chain N]
+#               [--only PHASE,...]
 #
 # Full run (default): 4 GiB volume, 3 alternating pairs, peers, a 10-snapshot chain, a
-# 64 GiB sparse volume and the block size sweep (about 30 minutes). --quick: 512 MiB
-# volume, 1 pair, a 4-snapshot chain; peers, block sizes and the 64 GiB volume only when
-# asked for with --peers, --block-sizes, --with-64g.
+# 64 GiB sparse volume, the block size sweep and the network backup over loopback (about
+# 30 minutes). --quick: 512 MiB volume, 1 pair, a 4-snapshot chain and the network
+# backup; peers, block sizes and the 64 GiB volume only when asked for with --peers,
+# --block-sizes, --with-64g. --only runs just the phases listed (core, peers, chain, 64g,
+# block-sizes, remote), e.g. `--only remote`.
 #
 # Volume: an ext4 image holding ~2.5 GiB of real files and ~300 MiB of random files, and a
 # copy with ~1 % of its files changed (patched, deleted, added); both written densely and
@@ -28,6 +31,11 @@
 #   64g      a 64 GiB sparse volume: full, the same 64 MiB change, restore (cold)
 #   sweep    16 KiB, 64 KiB, 256 KiB, 1 MiB blocks: a full backup each, then per pair fio
 #            and the incremental (cold), the parent restored by an unmeasured backup
+#   remote   per pair, fio of the changed image, local full + incremental, and full +
+#            incremental through a `dp420 serve` on 127.0.0.1 whose repository is on the
+#            same file system (cold; fresh repositories and parent id cache per pair);
+#            the server's CPU is sampled around each remote step; the last remote
+#            snapshot is checked with verify --read-data and a byte-for-byte restore
 #
 # Every measured command also records what the repository's disk did meanwhile
 # (/proc/diskstats: requests, bytes, busy time), to show what limits a step.
@@ -47,8 +55,8 @@ source "${ROOT}/scripts/lib-e2e.sh"
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2; }
 
-quick=0 json=0 enforce=0 pairs="" chain_len=""
-opt_peers="" opt_sweep="" opt_big=""
+quick=0 json=0 enforce=0 pairs="" chain_len="" only=""
+opt_peers="" opt_sweep="" opt_big="" opt_remote=""
 while (($# > 0)); do
   case "$1" in
     --quick) quick=1 ;;
@@ -64,6 +72,10 @@ while (($# > 0)); do
     --no-block-sizes) opt_sweep=0 ;;
     --with-64g) opt_big=1 ;;
     --no-64g) opt_big=0 ;;
+    --remote) opt_remote=1 ;;
+    --no-remote) opt_remote=0 ;;
+    --only) [[ $# -ge 2 ]] || usage; only="$2"; shift ;;
+    --only=*) only="${1#--only=}" ;;
     -h | --help) usage ;;
     *) e2e_log "unknown argument: $1"; usage ;;
   esac
@@ -82,6 +94,23 @@ chain_len="${chain_len:-${default_chain}}"
 with_peers="${opt_peers:-${default_peers}}"
 with_sweep="${opt_sweep:-${default_sweep}}"
 with_big="${opt_big:-${default_big}}"
+with_remote="${opt_remote:-1}"
+with_core=1 with_chain=1
+if [[ -n "${only}" ]]; then
+  with_core=0 with_peers=0 with_chain=0 with_big=0 with_sweep=0 with_remote=0
+  IFS=, read -ra only_list <<<"${only}"
+  for phase in "${only_list[@]}"; do
+    case "${phase}" in
+      core) with_core=1 ;;
+      peers) with_peers=1 ;;
+      chain) with_chain=1 ;;
+      64g) with_big=1 ;;
+      block-sizes) with_sweep=1 ;;
+      remote) with_remote=1 ;;
+      *) e2e_die "--only: unknown phase '${phase}' (core, peers, chain, 64g, block-sizes, remote)" ;;
+    esac
+  done
+fi
 [[ "${pairs}" =~ ^[1-9][0-9]*$ ]] || e2e_die "--pairs needs a positive integer, got '${pairs}'"
 if ! [[ "${chain_len}" =~ ^[0-9]+$ ]] || ((chain_len < 2)); then
   e2e_die "--chain needs an integer >= 2, got '${chain_len}'"
@@ -115,6 +144,7 @@ readonly CHAIN_DIR="${PERF_DIR}/chain"
 readonly BIG_WORK="${PERF_DIR}/big"
 readonly SWEEP_REPO="${PERF_DIR}/sweep-repo"
 readonly FIO_WRITE_FILE="${PERF_DIR}/fio-write.tmp"
+readonly REMOTE_DIR="${PERF_DIR}/remote"
 RUN_DIR="${PERF_DIR}/runs/$(date -u +%Y%m%dT%H%M%SZ)"
 readonly RUN_DIR
 readonly RESULTS="${RUN_DIR}/results.jsonl"
@@ -124,7 +154,8 @@ readonly VOLUME_PY="${ROOT}/perf/volume.py"
 
 clean_work() {
   rm -rf "${REPO}" "${RESTORED}" "${YARDSTICK_COPY}" "${PEER_SRC}" "${PEER_REPO}" "${PEER_HOME}" \
-    "${PEER_RESTORE}" "${CHAIN_DIR}" "${BIG_WORK}" "${SWEEP_REPO}" "${SWEEP_REPO}"-* "${FIO_WRITE_FILE}"
+    "${PEER_RESTORE}" "${CHAIN_DIR}" "${BIG_WORK}" "${SWEEP_REPO}" "${SWEEP_REPO}"-* "${FIO_WRITE_FILE}" \
+    "${REMOTE_DIR}"
 }
 
 # --- the binaries -------------------------------------------------------------
@@ -561,12 +592,134 @@ sweep_phase() {
   for bs in "${BLOCK_SIZES[@]}"; do rm -rf "${SWEEP_REPO}-${bs}"; done
 }
 
+# --- remote: backup over loopback, against the local path -------------------------------
+# A `dp420 serve` on 127.0.0.1 (a free port) serves a repository on the same file system as
+# the local one. Each pair starts from empty repositories on both sides and an empty parent
+# id cache (DP420_CACHE_DIR, under REMOTE_DIR), so each remote full has no parent and each
+# remote incremental finds the cache its full left, as a nightly agent would.
+readonly REMOTE_CLIENT=perf
+readonly REMOTE_SERVER_REPO="${REMOTE_DIR}/server-repo" REMOTE_LOCAL_REPO="${REMOTE_DIR}/local-repo"
+readonly REMOTE_KEY="${REMOTE_DIR}/${REMOTE_CLIENT}.key" REMOTE_CACHE="${REMOTE_DIR}/cache"
+SERVER_PID="" SERVER_PORT="" REMOTE_LAST_JSON=""
+alive() {  # alive PID: true while PID runs (a zombie does not count)
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+start_server() {  # start_server REPO LOG: sets SERVER_PID and SERVER_PORT, false on failure
+  local i
+  "${DP420}" serve --repo "$1" --listen 127.0.0.1:0 --clients "${REMOTE_DIR}/clients.json" 2>"$2" &
+  SERVER_PID=$!
+  for ((i = 0; i < 100; i++)); do
+    SERVER_PORT="$(sed -n 's/^dp420 serve: listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$2")"
+    [[ -n "${SERVER_PORT}" ]] && return 0
+    alive "${SERVER_PID}" || break
+    sleep 0.1
+  done
+  e2e_log "remote: dp420 serve did not start: $(tail -3 "$2")"
+  stop_server
+  return 1
+}
+stop_server() {  # SIGTERM; SIGKILL after 40 s (a server drains running requests for 30 s)
+  local pid="${SERVER_PID}" i
+  [[ -n "${pid}" ]] || return 0
+  SERVER_PID="" SERVER_PORT=""
+  kill -TERM "${pid}" 2>/dev/null || true
+  for ((i = 0; i < 400; i++)); do alive "${pid}" || break; sleep 0.1; done
+  if alive "${pid}"; then
+    e2e_log "remote: dp420 serve (pid ${pid}) still runs 40 s after SIGTERM; killing it"
+    kill -KILL "${pid}" 2>/dev/null || true
+  fi
+  wait "${pid}" 2>/dev/null || true
+}
+dp420_remote_backup() {  # dp420_remote_backup META IMAGE: also the server's CPU and I/O
+  local out
+  out="${RUN_DIR}/dp420-$(date +%s%N).json"
+  measure "$1" --stdout "${out}" --parse dp420 --du "${REMOTE_SERVER_REPO}" --server-pid "${SERVER_PID}" -- \
+    env DP420_CACHE_DIR="${REMOTE_CACHE}" "${DP420}" backup --remote "127.0.0.1:${SERVER_PORT}" \
+    --client "${REMOTE_CLIENT}" --key-file "${REMOTE_KEY}" --volume perf --json "$2"
+  REMOTE_LAST_JSON="${out}"
+}
+remote_pair() {  # remote_pair PAIR: false when the server cannot start
+  local p="$1"
+  stop_server
+  rm -rf "${REMOTE_SERVER_REPO}" "${REMOTE_LOCAL_REPO}" "${REMOTE_CACHE}"
+  "${DP420}" init "${REMOTE_SERVER_REPO}" >/dev/null
+  "${DP420}" init "${REMOTE_LOCAL_REPO}" >/dev/null
+  start_server "${REMOTE_SERVER_REPO}" "${RUN_DIR}/serve-${p}.log" || return 1
+  do_local() {
+    cold
+    dp420_backup "$(meta phase=remote tool=dp420 op=full mode=cold pair="${p}")" "${REMOTE_LOCAL_REPO}" "${BASE}"
+    cold
+    dp420_backup "$(meta phase=remote tool=dp420 op=incremental mode=cold pair="${p}")" \
+      "${REMOTE_LOCAL_REPO}" "${CHANGED}"
+    rm -rf "${REMOTE_LOCAL_REPO}"
+  }
+  do_remote() {
+    cold
+    dp420_remote_backup "$(meta phase=remote tool=dp420-remote op=full mode=cold pair="${p}")" "${BASE}"
+    cold
+    dp420_remote_backup "$(meta phase=remote tool=dp420-remote op=incremental mode=cold pair="${p}")" "${CHANGED}"
+  }
+  local m_fio
+  m_fio="$(meta phase=remote tool=fio op=read-changed mode=cold pair="${p}")"
+  if ((p % 2)); then
+    fio_read "${m_fio}" "${CHANGED}"; do_local; do_remote
+  else
+    do_remote; do_local; fio_read "${m_fio}" "${CHANGED}"
+  fi
+}
+remote_check() {  # the last remote snapshot: verify --read-data, restore compared to the image
+  local id restored="${REMOTE_DIR}/restored.img"
+  id="$(json_field "${REMOTE_LAST_JSON}" snapshot_id)"
+  if [[ -z "${id}" ]]; then
+    e2e_log "remote: the last remote backup failed, nothing to check"
+    note check_remote_verify "no snapshot (the backup failed)"
+    failures=$((failures + 1))
+    return 0
+  fi
+  if "${DP420}" verify --repo "${REMOTE_SERVER_REPO}" --volume perf --snapshot "${id}" --read-data --json \
+    >"${RUN_DIR}/remote-verify.json"; then
+    note check_remote_verify ok
+  else
+    note check_remote_verify "FAILED (${RUN_DIR}/remote-verify.json)"
+    failures=$((failures + 1))
+  fi
+  if "${DP420}" restore --repo "${REMOTE_SERVER_REPO}" --volume perf --snapshot "${id}" -q "${restored}" >&2; then
+    check_same remote_restore "${CHANGED}" "${restored}"
+  else
+    note check_remote_restore "FAILED (dp420 restore)"
+    failures=$((failures + 1))
+  fi
+  rm -f "${restored}"
+}
+remote_phase() {
+  local p
+  rm -rf "${REMOTE_DIR}"
+  mkdir -p "${REMOTE_DIR}"
+  "${DP420}" client-add --clients "${REMOTE_DIR}/clients.json" --client "${REMOTE_CLIENT}" \
+    --key-out "${REMOTE_KEY}" -q >&2
+  for ((p = 1; p <= pairs; p++)); do
+    if ! remote_pair "${p}"; then
+      note check_remote_server "dp420 serve did not start (${RUN_DIR}/serve-${p}.log)"
+      failures=$((failures + 1))
+      break
+    fi
+  done
+  # The server stops first: the checks read its repository directly.
+  stop_server
+  if [[ -n "${REMOTE_LAST_JSON}" ]]; then remote_check; fi
+  rm -rf "${REMOTE_DIR}"
+}
+
 # --- the run ----------------------------------------------------------------------------
 clean_work
 e2e_add_cleanup clean_work
+e2e_add_cleanup stop_server  # runs before clean_work (newest first)
 t_start="$(e2e_now)"
-core_ok=1
-need_space $((3 * VOLUME_BYTES)) core || core_ok=0
+core_ok=${with_core}
+if ((core_ok)) && ! need_space $((3 * VOLUME_BYTES)) core; then core_ok=0; fi
 if ((with_peers)) && ! need_space $((3 * VOLUME_BYTES)) peers; then with_peers=0; fi
 for ((p = 1; p <= pairs; p++)); do
   order=()
@@ -577,8 +730,13 @@ for ((p = 1; p <= pairs; p++)); do
   for tool in "${order[@]}"; do peer_pair "${tool}" "${p}"; done
   if ((core_ok && !(p % 2))); then core_pair "${p}"; fi
 done
-if need_space $((4 * VOLUME_BYTES)) chain; then chain_phase; fi
-if ((with_big)); then big_phase; else note skipped_64g "not asked for (--quick without --with-64g, or --no-64g)"; fi
+if ((with_remote)); then
+  if need_space $((3 * VOLUME_BYTES)) remote; then remote_phase; fi
+else
+  note skipped_remote "not asked for (--no-remote, or --only without remote)"
+fi
+if ((with_chain)) && need_space $((4 * VOLUME_BYTES)) chain; then chain_phase; fi
+if ((with_big)); then big_phase; else note skipped_64g "not asked for (--quick without --with-64g, --no-64g, or --only without 64g)"; fi
 if ((with_sweep)) && need_space $((9 * VOLUME_BYTES / 2)) block_sizes; then sweep_phase; fi
 clean_work
 note run_seconds "$(e2e_elapsed "${t_start}" "$(e2e_now)")"
@@ -621,6 +779,10 @@ ctx = {
     "peers": ${with_peers} and "${PEERS[*]}".split() or [],
     "peer_commands": json.loads(sys.argv[4]),
     "block_sizes": [int(x) for x in "${BLOCK_SIZES[*]}".split()] if ${with_sweep} else [],
+    "remote": bool(${with_remote}),
+    "phases": [name for name, on in (("core", ${with_core}), ("peers", ${with_peers}),
+               ("chain", ${with_chain}), ("64g", ${with_big}), ("block-sizes", ${with_sweep}),
+               ("remote", ${with_remote})) if on],
     "notes": notes,
     "dp420": os.path.realpath("${DP420}"),
     "kernel": platform.release(),
