@@ -1,7 +1,11 @@
 #include "engine/net/store.h"
 
 #include <algorithm>
+#include <poll.h>
+
 #include <condition_variable>
+#include <deque>
+#include <set>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -21,7 +25,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr uint32_t kMaxStripes = 64;
-constexpr unsigned kStripeBuffers = 4;  // payloads received while earlier ones are written
+// Payloads a stripe receives while earlier ones are still being written: the
+// pack writes share the disk with the agent's reads (on one machine) and may
+// wait tens of ms, during which the socket must keep being read.
+constexpr unsigned kStripeBuffers = 16;
 
 std::string NewToken() {
   uint8_t raw[16] = {};
@@ -503,7 +510,7 @@ class StripeReceiver {
     // short last block up to 4 KiB).
     buffer_bytes_ = RoundUp(std::max<uint64_t>(block_size_, kMinExtentBytes) + kRecordAlign,
                             kRecordAlign);
-    DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = kStripeBuffers * 2}));
+    DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = kStripeBuffers}));
     DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(buffer_bytes_, kStripeBuffers));
     (void)pool_.Register(*ring_);
     writes_.resize(kStripeBuffers);
@@ -512,6 +519,11 @@ class StripeReceiver {
   }
 
   Status Run();
+  // Waits for every pack write; the first write error, if any.
+  Status Flush() {
+    Status s = WaitWrites(true);
+    return write_error_.ok() ? s : write_error_;
+  }
   // The agent broke the protocol (as opposed to the connection failing).
   bool violated() const { return violated_; }
 
@@ -523,11 +535,13 @@ class StripeReceiver {
   bool violated_ = false;
   struct Write {
     io::IoOp op;
-    bool busy = false;
+    uint64_t seq = 0;
   };
   Status OnBlocks(const FrameHeader& h);
   Status OnPage(const Frame& f);
   Status WaitWrites(bool all);
+  Status Reap(bool wait_one);
+  Status SendAcks();
   Status EnsurePack(uint64_t bytes);
   Result<unsigned> FreeBuffer();
 
@@ -544,21 +558,41 @@ class StripeReceiver {
   std::unique_ptr<TableReader> parent_;
   std::map<uint64_t, Entry> received_;  // blocks of the current page, by block number
   std::vector<io::IoOp*> done_;
+  // Pages are acknowledged once every write queued before their PAGE frame
+  // completed: (page, writes queued by then).
+  std::deque<std::pair<uint64_t, uint64_t>> acks_;
+  std::set<uint64_t> writes_in_flight_;  // sequence numbers
+  uint64_t next_write_seq_ = 0;
+  Status write_error_;
 };
 
+Status StripeReceiver::Reap(bool wait_one) {
+  if (ring_->in_flight() == 0) return Status::Ok();
+  done_.clear();
+  DP420_RETURN_IF_ERROR(ring_->Wait(wait_one ? 1 : 0, &done_));
+  for (io::IoOp* op : done_) {
+    Write* w = static_cast<Write*>(op->owner);
+    writes_in_flight_.erase(w->seq);
+    pool_.Release(static_cast<unsigned>(w - writes_.data()));
+    if (write_error_.ok() && op->result != 0) write_error_ = io::IoOpStatus(*op, st_.pack->path());
+  }
+  return write_error_;
+}
+
 Status StripeReceiver::WaitWrites(bool all) {
-  while (ring_->in_flight() > 0) {
-    done_.clear();
-    DP420_RETURN_IF_ERROR(ring_->Wait(1, &done_));
-    Status first;
-    for (io::IoOp* op : done_) {
-      Write* w = static_cast<Write*>(op->owner);
-      w->busy = false;
-      pool_.Release(static_cast<unsigned>(w - writes_.data()));
-      if (first.ok() && op->result != 0) first = io::IoOpStatus(*op, st_.pack->path());
-    }
-    DP420_RETURN_IF_ERROR(first);
-    if (!all) break;
+  do {
+    DP420_RETURN_IF_ERROR(Reap(true));
+  } while (all && ring_->in_flight() > 0);
+  return Status::Ok();
+}
+
+Status StripeReceiver::SendAcks() {
+  uint64_t done_below = writes_in_flight_.empty() ? next_write_seq_ : *writes_in_flight_.begin();
+  while (!acks_.empty() && acks_.front().second <= done_below) {
+    PayloadWriter ack;
+    ack.U64(acks_.front().first);
+    acks_.pop_front();
+    DP420_RETURN_IF_ERROR(conn_.Send(FrameType::kAck, 0, ack.bytes(), ctx_.options.LossTimeout()));
   }
   return Status::Ok();
 }
@@ -659,7 +693,8 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
     received_[first + i] = entries[i];
   }
   Write& w = writes_[buffer];
-  w.busy = true;
+  w.seq = next_write_seq_++;
+  writes_in_flight_.insert(w.seq);
   w.op = io::IoOp{};
   w.op.kind = io::IoOp::kWrite;
   w.op.fd = st_.pack->fd();
@@ -739,8 +774,6 @@ Status StripeReceiver::OnPage(const Frame& f) {
     return Violation("page " + std::to_string(page) +
                            ": blocks were sent that the page does not reference");
   }
-  // The page's data must be in the pack before it is acknowledged.
-  DP420_RETURN_IF_ERROR(WaitWrites(true));
   while (!s_.builder().queue().WaitForRoomFor(page, ctx_.options.heartbeat_interval)) {
     if (s_.aborted() || s_.builder().queue().aborted()) return Status::Network("backup aborted");
   }
@@ -750,14 +783,21 @@ Status StripeReceiver::OnPage(const Frame& f) {
   st_.blocks_zero += zero;
   st_.blocks_stored += stored;
   st_.next_page = page + s_.stripes();
-  PayloadWriter ack;
-  ack.U64(page);
-  return conn_.Send(FrameType::kAck, 0, ack.bytes(), ctx_.options.LossTimeout());
+  // Acknowledged once its blocks are in the pack (SendAcks).
+  acks_.emplace_back(page, next_write_seq_);
+  return Status::Ok();
 }
 
 Status StripeReceiver::Run() {
   Millis timeout = ctx_.options.LossTimeout();
   for (;;) {
+    DP420_RETURN_IF_ERROR(Reap(false));
+    if (!acks_.empty()) {
+      // Nothing more to read right now: finish the writes and acknowledge.
+      pollfd pfd{conn_.fd(), POLLIN, 0};
+      if (poll(&pfd, 1, 0) == 0) DP420_RETURN_IF_ERROR(WaitWrites(true));
+      DP420_RETURN_IF_ERROR(SendAcks());
+    }
     auto header = conn_.RecvHeader(timeout);
     if (!header.ok()) {
       // The agent closes its side once every page of the stripe is acknowledged.
@@ -815,6 +855,10 @@ Status HandleStripe(ServerContext& ctx, Conn& conn, const SessionInfo& who, cons
   StripeReceiver receiver(ctx, conn, *s, st, stripe);
   Status status = receiver.Setup();
   if (status.ok()) status = receiver.Run();
+  // Pages were handed to the table before their writes completed: a failed
+  // write must fail the backup, whatever happened to the connection.
+  Status flushed = receiver.Flush();
+  if (!flushed.ok() && flushed.code() != Code::kNetwork) status = flushed;
   s->DetachStripe(st, &conn);
   if (!status.ok() && (status.code() != Code::kNetwork || receiver.violated())) {
     // The agent sent something unacceptable: the whole backup fails.
