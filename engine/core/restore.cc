@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -14,15 +15,97 @@
 #include "engine/core/table.h"
 #include "io/assert.h"
 #include "io/buffer_pool.h"
-#include "io/file.h"
 #include "io/ring.h"
 #include "simd/simd.h"
 
 namespace dp420 {
 
+// ---- RestoreTarget ----------------------------------------------------------
+
+Result<std::unique_ptr<RestoreTarget>> RestoreTarget::Open(const std::string& path,
+                                                           uint64_t volume_size, bool force) {
+  struct stat st;
+  bool exists = stat(path.c_str(), &st) == 0;
+  if (exists && S_ISDIR(st.st_mode)) {
+    return Status::InvalidArgument(path + " is a directory; give a file or block device");
+  }
+  bool block_device = exists && S_ISBLK(st.st_mode);
+  if (exists && !force && (block_device || st.st_size > 0)) {
+    return Status::Exists(path + (block_device ? " is a block device" : " is not empty") +
+                          ": restore would overwrite it; pass --force");
+  }
+  std::unique_ptr<RestoreTarget> t(new RestoreTarget());
+  t->path_ = path;
+  t->block_device_ = block_device;
+  if (block_device) {
+    DP420_ASSIGN_OR_RETURN(t->direct_, io::File::OpenWrite(path, O_WRONLY, true));
+    DP420_ASSIGN_OR_RETURN(t->buffered_, io::File::OpenWrite(path, O_WRONLY, false));
+    if (t->direct_.info().size_bytes < volume_size) {
+      return Status::InvalidArgument(path + " holds " +
+                                     std::to_string(t->direct_.info().size_bytes) +
+                                     " bytes; the snapshot needs " + std::to_string(volume_size));
+    }
+  } else {
+    // Set before the open: from here on the destructor removes the partial file.
+    t->partial_path_ = path + ".dp420-partial";
+    unlink(t->partial_path_.c_str());
+    DP420_ASSIGN_OR_RETURN(
+        t->direct_, io::File::OpenWrite(t->partial_path_, O_CREAT | O_EXCL | O_WRONLY, true));
+    DP420_ASSIGN_OR_RETURN(t->buffered_, io::File::OpenWrite(t->partial_path_, O_WRONLY, false));
+    DP420_RETURN_IF_ERROR(t->buffered_.Truncate(volume_size));
+  }
+  t->align_ = t->direct_.direct()
+                  ? std::max<uint32_t>(t->direct_.info().dio_offset_align, 512)
+                  : 1;
+  return t;
+}
+
+RestoreTarget::~RestoreTarget() {
+  if (!partial_path_.empty()) unlink(partial_path_.c_str());
+}
+
+Status RestoreTarget::ZeroRange(uint64_t offset, uint64_t len) {
+  if (!block_device_) return Status::Ok();  // a fresh sparse file is already zero
+  if (fallocate(buffered_.fd(), FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                static_cast<off_t>(offset), static_cast<off_t>(len)) == 0) {
+    return Status::Ok();
+  }
+  std::vector<uint8_t> zeros(std::min<uint64_t>(len, 1 << 20), 0);
+  for (uint64_t done = 0; done < len;) {
+    uint64_t n = std::min<uint64_t>(zeros.size(), len - done);
+    DP420_RETURN_IF_ERROR(buffered_.WriteAt(offset + done, zeros.data(), n));
+    done += n;
+  }
+  return Status::Ok();
+}
+
+Status RestoreTarget::Commit() {
+  DP420_RETURN_IF_ERROR(buffered_.Sync());
+  if (partial_path_.empty()) return Status::Ok();
+  if (rename(partial_path_.c_str(), path_.c_str()) != 0) {
+    return PosixError("rename " + partial_path_ + " -> " + path_, errno);
+  }
+  partial_path_.clear();  // TARGET's now: never deleted
+  size_t slash = path_.find_last_of('/');
+  std::string dir = slash == std::string::npos ? "." : path_.substr(0, slash);
+  return io::SyncDir(dir.empty() ? "/" : dir);
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Reads are planned over a window of the volume at once (a worker's buffer):
+// at most this much, and never past a leaf page (a worker's stripe unit).
+constexpr uint64_t kWindowBytesMax = 4ull << 20;
+// One pack read, stale bytes included: a whole window. A window is written
+// only once all its reads are back, so smaller reads would not start writing
+// sooner; the block layer splits what the device cannot take whole.
+constexpr uint64_t kReadBytesMax = kWindowBytesMax;
+// Stale pack bytes a read may run through to join the next record of the same
+// pack. In a chain, a block that a later snapshot replaced leaves its old
+// version between two records the snapshot still uses.
+constexpr uint64_t kGapBytesMax = 128ull << 10;
 
 struct RestoreJob {
   const Repository& repo;
@@ -30,12 +113,10 @@ struct RestoreJob {
   Manifest m;
   unsigned threads = 1;
   uint64_t pages = 0;
-  uint32_t extent_bytes = 0;
-  uint32_t blocks_per_extent = 0;
-  bool block_device = false;
-  io::File target_direct;
-  io::File target_buffered;
-  uint32_t target_align = 1;
+  uint32_t window_blocks = 0;  // blocks per buffer, <= kPageEntries
+  uint32_t spare_blocks = 0;   // extra room per buffer for displaced blocks
+  unsigned depth = 0;          // buffers per worker
+  std::unique_ptr<RestoreTarget> target;
   std::mutex mu;
   Status error;
   std::atomic<bool> failed{false};
@@ -43,12 +124,14 @@ struct RestoreJob {
   std::atomic<uint64_t> bytes_written{0};
   std::atomic<uint64_t> blocks_restored{0};
   std::atomic<uint64_t> blocks_zero{0};
+  std::atomic<uint64_t> pack_reads{0};
 
   RestoreJob(const Repository& r, const RestoreOptions& o) : repo(r), options(o) {}
   uint32_t BlockLen(uint64_t block) const {
     uint64_t left = m.volume_size - block * m.block_size;
     return static_cast<uint32_t>(left < m.block_size ? left : m.block_size);
   }
+  uint64_t BufferBytes() const { return uint64_t{window_blocks + spare_blocks} * m.block_size; }
   void Fail(Status s) {
     std::lock_guard lock(mu);
     if (error.ok()) error = std::move(s);
@@ -56,7 +139,29 @@ struct RestoreJob {
   }
 };
 
-// One restore worker: its ring and buffers, leaf pages w, w+N, ...
+// Buffers of a worker: its share of kInFlightBytes in at least 4 buffers, each
+// a window of 1 to 4 MiB (whole blocks, never past a leaf page) plus an eighth
+// of spare room for blocks displaced by reads run through stale records.
+void SizeBuffers(RestoreJob& job) {
+  const uint64_t bs = job.m.block_size;
+  uint64_t per_worker = kInFlightBytes / job.threads;
+  uint64_t extent = std::max<uint64_t>(bs, kMinExtentBytes);
+  uint64_t window = std::clamp<uint64_t>(per_worker / 4, extent, std::max(extent, kWindowBytesMax));
+  job.window_blocks = static_cast<uint32_t>(std::min<uint64_t>(window / bs, kPageEntries));
+  job.spare_blocks = job.window_blocks / 8;
+  uint64_t window_bytes = uint64_t{job.window_blocks} * bs;
+  job.depth = static_cast<unsigned>(std::max<uint64_t>(4, per_worker / window_bytes));
+  DP420_ASSERT(job.window_blocks >= 1);
+  DP420_ASSERT(job.window_blocks <= kPageEntries);
+}
+
+// One restore worker: its ring and buffers, leaf pages w, w+N, ... taken a
+// window at a time.
+//
+// A window's buffer holds its stored blocks packed densely in volume order
+// (each at its "home"; zero blocks take no room), then spare room. Dense
+// homes make a run of stored blocks one write, and records that lie next to
+// each other in a pack (zero blocks are not stored) one read.
 class RestoreWorker {
  public:
   RestoreWorker(RestoreJob& job, unsigned id) : job_(job), id_(id), table_(job.repo, job.m) {}
@@ -71,20 +176,36 @@ class RestoreWorker {
     unsigned buffer = 0;
     uint64_t first_block = 0;
     uint32_t nblocks = 0;
+    uint32_t stored = 0;  // stored blocks: homes [0, stored * block_size)
+    uint32_t spare_next = 0;  // next free byte of the spare room
     uint32_t pending = 0;
     bool writing = false;
     Entry entries[kPageEntries];
+    uint32_t home[kPageEntries];    // buffer offset of block b (stored blocks)
+    uint32_t landed[kPageEntries];  // where b's read puts it: home, or spare room
   };
   struct Op {
     io::IoOp op;
     Slot* slot = nullptr;
   };
+  // Read planning, per window (scratch, reused).
+  enum Placement : uint8_t { kUnplanned, kAtHome, kDisplaced };
+  struct Planned {
+    uint32_t pack_blocks;  // blocks of this pack in the window: the larger first
+    uint32_t pack_id;
+    uint32_t offset_4k;
+    uint32_t block;
+  };
 
   Status Setup();
   Status Loop();
-  Status StartExtent(unsigned buffer, bool* started);
+  Status StartWindow(unsigned buffer, bool* started);
+  Status PlaceBlocks(Slot& slot);
+  Status PlanReads(Slot& slot);
+  bool CanJoin(Slot& slot, const io::IoOp& read, int fd, uint64_t offset, uint32_t dst,
+               uint32_t len);
+  bool Displace(Slot& slot, uint32_t from, uint32_t bytes);
   Status OnReadsDone(Slot* slot);
-  Status ZeroRange(uint64_t offset, uint64_t len);
   Result<int> PackFd(uint32_t pack_id);
   Op* NewOp(Slot* slot);
   void Finish(Slot* slot);
@@ -102,19 +223,24 @@ class RestoreWorker {
   uint64_t next_page_ = 0;
   uint64_t next_block_ = 0;
   std::vector<io::IoOp*> done_;
+  std::vector<Planned> order_;
+  std::vector<std::pair<uint32_t, uint32_t>> pack_blocks_;  // (pack id, blocks)
+  uint32_t home_block_[kPageEntries];  // home k -> block
+  Placement placement_[kPageEntries];
 };
 
 Status RestoreWorker::Setup() {
-  uint64_t per_worker = kInFlightBytes / job_.threads;
-  depth_ = static_cast<unsigned>(std::max<uint64_t>(4, per_worker / job_.extent_bytes));
+  depth_ = job_.depth;
   // At most one read and one write per block of every buffer are in flight;
   // the ring has room for all of them.
-  ops_.resize(size_t{depth_} * job_.blocks_per_extent * 2);
+  ops_.resize(size_t{depth_} * job_.window_blocks * 2);
   DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = unsigned(ops_.size())}));
-  DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(job_.extent_bytes, depth_));
+  DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(job_.BufferBytes(), depth_));
   (void)pool_.Register(*ring_);  // unregistered I/O works too (RLIMIT_MEMLOCK)
   slots_.resize(depth_);
   for (auto& op : ops_) free_ops_.push_back(&op);
+  order_.reserve(kPageEntries);
+  pack_blocks_.reserve(kPageEntries);
   next_page_ = id_;
   next_block_ = next_page_ * kPageEntries;
   return Status::Ok();
@@ -144,9 +270,8 @@ RestoreWorker::Op* RestoreWorker::NewOp(Slot* slot) {
   return op;
 }
 
-// Takes the next extent of this worker's stripe and queues the pack reads of
-// its stored blocks (adjacent records in one pack become one read).
-Status RestoreWorker::StartExtent(unsigned buffer, bool* started) {
+// Takes the next window of this worker's stripe and queues its pack reads.
+Status RestoreWorker::StartWindow(unsigned buffer, bool* started) {
   *started = false;
   if (next_page_ >= job_.pages) return Status::Ok();
   uint64_t page = next_page_;
@@ -157,7 +282,7 @@ Status RestoreWorker::StartExtent(unsigned buffer, bool* started) {
   slot.buffer = buffer;
   slot.first_block = next_block_;
   slot.nblocks = static_cast<uint32_t>(
-      std::min<uint64_t>(job_.blocks_per_extent, page_end - next_block_));
+      std::min<uint64_t>(job_.window_blocks, page_end - next_block_));
   slot.pending = 0;
   slot.writing = false;
   std::memcpy(slot.entries, entries + (next_block_ - page * kPageEntries),
@@ -168,8 +293,16 @@ Status RestoreWorker::StartExtent(unsigned buffer, bool* started) {
     next_block_ = next_page_ * kPageEntries;
   }
   *started = true;
-  uint8_t* base = pool_.data(buffer);
-  Op* open = nullptr;
+  DP420_RETURN_IF_ERROR(PlaceBlocks(slot));
+  DP420_RETURN_IF_ERROR(PlanReads(slot));
+  if (slot.pending == 0) return OnReadsDone(&slot);
+  return Status::Ok();
+}
+
+// Checks the window's entries and gives each stored block its home.
+Status RestoreWorker::PlaceBlocks(Slot& slot) {
+  const uint32_t bs = job_.m.block_size;
+  uint32_t k = 0;
   for (uint32_t b = 0; b < slot.nblocks; ++b) {
     const ObjRef& ref = slot.entries[b].ref;
     if (!ref.stored()) continue;
@@ -179,49 +312,130 @@ Status RestoreWorker::StartExtent(unsigned buffer, bool* started) {
                                 std::to_string(slot.first_block + b) +
                                 " has a table entry of the wrong size or kind");
     }
+    slot.home[b] = k * bs;
+    slot.landed[b] = slot.home[b];
+    placement_[b] = kUnplanned;
+    home_block_[k++] = b;
+  }
+  slot.stored = k;
+  slot.spare_next = k * bs;
+  return Status::Ok();
+}
+
+// Queues the window's pack reads. Records go in (pack, offset) order, the
+// pack holding most of the window's blocks first: a read of it may run
+// through stale records, whose bytes land on homes of blocks that live in
+// other packs. Those blocks are "displaced": read into spare room and copied
+// home once every read of the window is back. Every read's memory is disjoint
+// from every other's: it covers homes of its own blocks and of displaced ones.
+Status RestoreWorker::PlanReads(Slot& slot) {
+  pack_blocks_.clear();
+  for (uint32_t k = 0; k < slot.stored; ++k) {
+    uint32_t pack_id = slot.entries[home_block_[k]].ref.pack_id;
+    auto it = std::find_if(pack_blocks_.begin(), pack_blocks_.end(),
+                           [&](const auto& p) { return p.first == pack_id; });
+    if (it == pack_blocks_.end()) {
+      pack_blocks_.emplace_back(pack_id, 1);
+    } else {
+      ++it->second;
+    }
+  }
+  order_.clear();
+  for (uint32_t k = 0; k < slot.stored; ++k) {
+    const ObjRef& ref = slot.entries[home_block_[k]].ref;
+    auto it = std::find_if(pack_blocks_.begin(), pack_blocks_.end(),
+                           [&](const auto& p) { return p.first == ref.pack_id; });
+    order_.push_back({it->second, ref.pack_id, ref.offset_4k, home_block_[k]});
+  }
+  std::sort(order_.begin(), order_.end(), [](const Planned& a, const Planned& b) {
+    if (a.pack_blocks != b.pack_blocks) return a.pack_blocks > b.pack_blocks;
+    if (a.pack_id != b.pack_id) return a.pack_id < b.pack_id;
+    if (a.offset_4k != b.offset_4k) return a.offset_4k < b.offset_4k;
+    return a.block < b.block;
+  });
+  uint8_t* base = pool_.data(slot.buffer);
+  Op* open = nullptr;
+  for (const Planned& p : order_) {
+    const uint32_t b = p.block;
+    const ObjRef& ref = slot.entries[b].ref;
+    uint32_t padded = static_cast<uint32_t>(
+        RoundUp(job_.BlockLen(slot.first_block + b), kRecordAlign));
     DP420_ASSIGN_OR_RETURN(int fd, PackFd(ref.pack_id));
-    uint8_t* dst = base + uint64_t{b} * job_.m.block_size;
-    uint32_t padded = static_cast<uint32_t>(RoundUp(len, kRecordAlign));
-    if (open && open->op.fd == fd && open->op.buf + open->op.len == dst &&
-        open->op.offset + open->op.len == ref.offset_bytes()) {
-      open->op.len += padded;
+    if (placement_[b] == kUnplanned) placement_[b] = kAtHome;
+    uint32_t dst = slot.landed[b];
+    if (open && CanJoin(slot, open->op, fd, ref.offset_bytes(), dst, padded)) {
+      open->op.len = static_cast<uint32_t>(ref.offset_bytes() + padded - open->op.offset);
       continue;
     }
     if (open) ring_->Queue(&open->op);
     open = NewOp(&slot);
     open->op.kind = io::IoOp::kRead;
     open->op.fd = fd;
-    open->op.buf = dst;
-    open->op.buf_index = pool_.registered() ? int(buffer) : -1;
+    open->op.buf = base + dst;
+    open->op.buf_index = pool_.registered() ? int(slot.buffer) : -1;
     open->op.len = padded;
     open->op.offset = ref.offset_bytes();
+    job_.pack_reads.fetch_add(1, std::memory_order_relaxed);
   }
   if (open) ring_->Queue(&open->op);
-  if (slot.pending == 0) return OnReadsDone(&slot);
   return Status::Ok();
 }
 
-Status RestoreWorker::ZeroRange(uint64_t offset, uint64_t len) {
-  if (!job_.block_device) return Status::Ok();  // a fresh sparse file is already zero
-  if (fallocate(job_.target_buffered.fd(), FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
-                static_cast<off_t>(offset), static_cast<off_t>(len)) == 0) {
-    return Status::Ok();
-  }
-  std::vector<uint8_t> zeros(std::min<uint64_t>(len, 1 << 20), 0);
-  for (uint64_t done = 0; done < len;) {
-    uint64_t n = std::min<uint64_t>(zeros.size(), len - done);
-    DP420_RETURN_IF_ERROR(job_.target_buffered.WriteAt(offset + done, zeros.data(), n));
-    done += n;
-  }
-  return Status::Ok();
+// Whether `read` can grow to end with the record at pack `offset` (`len`
+// bytes) landing at buffer offset `dst`: same pack, a stale gap of at most
+// kGapBytesMax that can be displaced, at most kReadBytesMax in all.
+bool RestoreWorker::CanJoin(Slot& slot, const io::IoOp& read, int fd, uint64_t offset,
+                            uint32_t dst, uint32_t len) {
+  uint64_t end = read.offset + read.len;
+  if (read.fd != fd || offset < end) return false;
+  uint64_t gap = offset - end;
+  if (gap > kGapBytesMax || offset + len - read.offset > kReadBytesMax) return false;
+  uint32_t read_end = static_cast<uint32_t>(read.buf + read.len - pool_.data(slot.buffer));
+  if (uint64_t{read_end} + gap != dst) return false;
+  return gap == 0 || Displace(slot, read_end, static_cast<uint32_t>(gap));
 }
 
-// Every read of the extent is back: check each block, then write runs of
-// stored blocks to the target and zero runs of zero blocks.
+// Frees the homes in [from, from + bytes) for a read's stale bytes: their
+// blocks not yet read are given spare room instead. False (nothing changed)
+// when the range is not whole homes, a home there is already a read's target,
+// or the spare room is short.
+bool RestoreWorker::Displace(Slot& slot, uint32_t from, uint32_t bytes) {
+  const uint32_t bs = job_.m.block_size;
+  if (from % bs != 0 || bytes % bs != 0) return false;
+  uint32_t first = from / bs;
+  uint32_t last = first + bytes / bs;  // exclusive
+  if (last > slot.stored) return false;
+  uint64_t need = 0;
+  for (uint32_t k = first; k < last; ++k) {
+    Placement p = placement_[home_block_[k]];
+    if (p == kAtHome) return false;
+    if (p == kUnplanned) need += bs;
+  }
+  if (slot.spare_next + need > job_.BufferBytes()) return false;
+  for (uint32_t k = first; k < last; ++k) {
+    uint32_t b = home_block_[k];
+    if (placement_[b] != kUnplanned) continue;
+    placement_[b] = kDisplaced;
+    slot.landed[b] = slot.spare_next;
+    slot.spare_next += bs;
+  }
+  return true;
+}
+
+// Every read of the window is back: bring displaced blocks home, check each
+// block, then write runs of stored blocks to the target and zero runs of zero
+// blocks.
 Status RestoreWorker::OnReadsDone(Slot* slot) {
   uint8_t* base = pool_.data(slot->buffer);
   const uint32_t bs = job_.m.block_size;
+  RestoreTarget& target = *job_.target;
   slot->writing = true;
+  for (uint32_t b = 0; b < slot->nblocks; ++b) {
+    if (!slot->entries[b].ref.stored() || slot->landed[b] == slot->home[b]) continue;
+    DP420_ASSERT(slot->landed[b] >= slot->stored * bs);
+    std::memcpy(base + slot->home[b], base + slot->landed[b],
+                job_.BlockLen(slot->first_block + b));
+  }
   uint32_t b = 0;
   while (b < slot->nblocks) {
     bool stored = slot->entries[b].ref.stored();
@@ -231,8 +445,9 @@ Status RestoreWorker::OnReadsDone(Slot* slot) {
       uint64_t block = slot->first_block + end;
       uint32_t len = job_.BlockLen(block);
       if (stored) {
+        DP420_DASSERT(slot->home[end] == slot->home[b] + run_bytes);
         uint8_t digest[32];
-        simd::Sha256(base + uint64_t{end} * bs, len, digest);
+        simd::Sha256(base + slot->home[end], len, digest);
         const ObjRef& ref = slot->entries[end].ref;
         if (std::memcmp(digest, ref.sha256, 32) != 0) {
           return Status::Corruption(
@@ -246,14 +461,14 @@ Status RestoreWorker::OnReadsDone(Slot* slot) {
     }
     uint64_t offset = (slot->first_block + b) * bs;
     if (!stored) {
-      DP420_RETURN_IF_ERROR(ZeroRange(offset, run_bytes));
+      DP420_RETURN_IF_ERROR(target.ZeroRange(offset, run_bytes));
       job_.blocks_zero.fetch_add(end - b);
     } else {
-      bool aligned = run_bytes % job_.target_align == 0;
+      bool aligned = run_bytes % target.align() == 0;
       Op* op = NewOp(slot);
       op->op.kind = io::IoOp::kWrite;
-      op->op.fd = aligned ? job_.target_direct.fd() : job_.target_buffered.fd();
-      op->op.buf = base + uint64_t{b} * bs;
+      op->op.fd = aligned ? target.direct_fd() : target.buffered_fd();
+      op->op.buf = base + slot->home[b];
       op->op.buf_index = pool_.registered() ? int(slot->buffer) : -1;
       op->op.len = static_cast<uint32_t>(run_bytes);
       op->op.offset = offset;
@@ -281,7 +496,7 @@ Status RestoreWorker::Loop() {
       auto buffer = pool_.Acquire();
       if (!buffer) break;
       bool started = false;
-      first_error = StartExtent(*buffer, &started);
+      first_error = StartWindow(*buffer, &started);
       if (!started) pool_.Release(*buffer);
       if (!first_error.ok()) break;
     }
@@ -345,40 +560,6 @@ Status CheckTable(RestoreJob& job) {
   return Status::Ok();
 }
 
-Status OpenTarget(RestoreJob& job, std::string* temp_path) {
-  const std::string& target = job.options.target_path;
-  struct stat st;
-  bool exists = stat(target.c_str(), &st) == 0;
-  if (exists && S_ISDIR(st.st_mode)) {
-    return Status::InvalidArgument(target + " is a directory; give a file or block device");
-  }
-  job.block_device = exists && S_ISBLK(st.st_mode);
-  if (exists && !job.options.force && (job.block_device || st.st_size > 0)) {
-    return Status::Exists(target + (job.block_device ? " is a block device" : " is not empty") +
-                          ": restore would overwrite it; pass --force");
-  }
-  if (job.block_device) {
-    DP420_ASSIGN_OR_RETURN(job.target_direct, io::File::OpenWrite(target, O_WRONLY, true));
-    DP420_ASSIGN_OR_RETURN(job.target_buffered, io::File::OpenWrite(target, O_WRONLY, false));
-    if (job.target_direct.info().size_bytes < job.m.volume_size) {
-      return Status::InvalidArgument(
-          target + " holds " + std::to_string(job.target_direct.info().size_bytes) +
-          " bytes; the snapshot needs " + std::to_string(job.m.volume_size));
-    }
-  } else {
-    *temp_path = target + ".dp420-partial";
-    unlink(temp_path->c_str());
-    DP420_ASSIGN_OR_RETURN(job.target_direct,
-                           io::File::OpenWrite(*temp_path, O_CREAT | O_EXCL | O_WRONLY, true));
-    DP420_ASSIGN_OR_RETURN(job.target_buffered, io::File::OpenWrite(*temp_path, O_WRONLY, false));
-    DP420_RETURN_IF_ERROR(job.target_buffered.Truncate(job.m.volume_size));
-  }
-  job.target_align = job.target_direct.direct()
-                         ? std::max<uint32_t>(job.target_direct.info().dio_offset_align, 512)
-                         : 1;
-  return Status::Ok();
-}
-
 Status RunWorkers(RestoreJob& job) {
   std::vector<std::unique_ptr<RestoreWorker>> workers;
   std::vector<std::thread> threads;
@@ -409,31 +590,19 @@ Result<RestoreResult> RunRestore(const Repository& repo, const RestoreOptions& o
   DP420_ASSIGN_OR_RETURN(job.m, repo.FindSnapshot(o.volume, o.snapshot));
   job.threads = o.threads ? o.threads : DefaultThreads();
   job.pages = DivCeil(job.m.blocks_total, kPageEntries);
-  job.extent_bytes = std::max(job.m.block_size, kMinExtentBytes);
-  job.blocks_per_extent = job.extent_bytes / job.m.block_size;
+  SizeBuffers(job);
   DP420_RETURN_IF_ERROR(CheckTable(job));
-  std::string temp;
-  Status s = OpenTarget(job, &temp);
-  if (s.ok()) s = RunWorkers(job);
-  if (s.ok()) s = job.target_buffered.Sync();
-  if (s.ok() && !temp.empty()) {
-    if (rename(temp.c_str(), o.target_path.c_str()) != 0) {
-      s = PosixError("rename " + temp + " -> " + o.target_path, errno);
-    } else {
-      std::string dir = o.target_path.substr(0, o.target_path.find_last_of('/'));
-      s = io::SyncDir(dir.empty() ? "/" : dir);
-      temp.clear();
-    }
-  }
-  if (!s.ok()) {
-    if (!temp.empty()) unlink(temp.c_str());
-    return s;
-  }
+  // On any error below, job.target's destructor deletes the partial file.
+  DP420_ASSIGN_OR_RETURN(job.target,
+                         RestoreTarget::Open(o.target_path, job.m.volume_size, o.force));
+  DP420_RETURN_IF_ERROR(RunWorkers(job));
+  DP420_RETURN_IF_ERROR(job.target->Commit());
   RestoreResult r;
   r.manifest = job.m;
   r.bytes_written = job.bytes_written.load();
   r.blocks_restored = job.blocks_restored.load();
   r.blocks_zero = job.blocks_zero.load();
+  r.pack_reads = job.pack_reads.load();
   r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   if (o.control.progress) o.control.progress({"restore", job.m.volume_size, job.m.volume_size});
   return r;

@@ -1,0 +1,301 @@
+// Restore's read planning (windows read in pack order, reads run through
+// stale records, displaced blocks copied home) and RestoreTarget, through the
+// engine's C++ API on real files.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <set>
+
+#include "engine/core/backup.h"
+#include "engine/core/restore.h"
+#include "engine/core/table.h"
+#include "tests/engine/engine_test_util.h"
+
+namespace dp420 {
+namespace {
+
+using testing::MakeVolume;
+using testing::ReadAll;
+using testing::TempDir;
+using testing::WriteAll;
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+class RestoreWindowTest : public ::testing::Test {
+ protected:
+  void SetUp() override { UseRepo("repo"); }
+  void UseRepo(const std::string& name) {
+    repo_path_ = dir_.path() + "/" + name;
+    ASSERT_TRUE(Repository::Init(repo_path_).ok());
+    auto repo = Repository::Open(repo_path_);
+    ASSERT_TRUE(repo.ok()) << repo.status().ToString();
+    repo_ = std::move(repo).value();
+    source_ = dir_.path() + "/source.img";
+  }
+  // Writes `v` as the source and backs it up; the new snapshot's id.
+  std::string Backup(const std::vector<uint8_t>& v, uint32_t block_size, unsigned threads) {
+    WriteAll(source_, v);
+    BackupOptions o;
+    o.volume = "vol";
+    o.source_path = source_;
+    o.block_size = block_size;
+    o.threads = threads;
+    auto r = RunBackup(*repo_, o);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? r->manifest.snapshot_id : "";
+  }
+  Result<RestoreResult> Restore(const std::string& id, unsigned threads) {
+    RestoreOptions o;
+    o.volume = "vol";
+    o.snapshot = id;
+    o.target_path = Target(id);
+    o.threads = threads;
+    return RunRestore(*repo_, o);
+  }
+  std::string Target(const std::string& id) const { return dir_.path() + "/restored-" + id; }
+  // Gives `count` distinct blocks, none adjacent to another, none of them the
+  // first or last and none all zero, fresh random non-zero bytes. Returns
+  // their indices.
+  static std::set<size_t> ChangeBlocks(std::vector<uint8_t>* v, uint32_t bs, size_t count,
+                                       uint32_t seed) {
+    std::mt19937_64 rng(seed);
+    size_t blocks = (v->size() + bs - 1) / bs;
+    std::set<size_t> changed;
+    while (changed.size() < count) {
+      size_t b = 1 + rng() % (blocks - 2);
+      if (changed.count(b) || changed.count(b - 1) || changed.count(b + 1)) continue;
+      auto begin = v->begin() + b * bs, end = v->begin() + std::min(v->size(), (b + 1) * bs);
+      if (std::all_of(begin, end, [](uint8_t x) { return x == 0; })) continue;
+      changed.insert(b);
+      for (size_t i = b * bs; i < std::min(v->size(), (b + 1) * bs); ++i) {
+        (*v)[i] = static_cast<uint8_t>(rng() | 1);
+      }
+    }
+    return changed;
+  }
+  // Where snapshot `id` keeps block `block`.
+  ObjRef RefOf(const std::string& id, uint64_t block) {
+    auto m = repo_->FindSnapshot("vol", id);
+    EXPECT_TRUE(m.ok());
+    TableReader table(*repo_, *m);
+    uint32_t count = 0;
+    auto entries = table.Leaf(block / kPageEntries, &count);
+    EXPECT_TRUE(entries.ok());
+    return entries.value()[block % kPageEntries].ref;
+  }
+  void Scribble(const ObjRef& ref) {
+    int fd = open(repo_->PackPath(ref.pack_id).c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    uint8_t junk[512];
+    std::memset(junk, 0xa5, sizeof(junk));
+    ASSERT_EQ(pwrite(fd, junk, sizeof(junk), off_t(ref.offset_bytes() + 1000)), 512);
+    close(fd);
+  }
+  TempDir dir_;
+  std::string repo_path_, source_;
+  std::unique_ptr<Repository> repo_;
+};
+
+// Every snapshot of a chain of scattered changes restores bit-exact, for
+// block sizes, thread counts (packs written and read in other stripes) and a
+// short last block.
+TEST_F(RestoreWindowTest, ChainRestoresBitExact) {
+  struct Case {
+    uint32_t block_size;
+    unsigned backup_threads, restore_threads;
+  };
+  for (Case c : {Case{65536, 1, 1}, Case{65536, 2, 2}, Case{65536, 2, 3}, Case{4096, 3, 2}}) {
+    SCOPED_TRACE(std::to_string(c.block_size) + " " + std::to_string(c.backup_threads) + "/" +
+                 std::to_string(c.restore_threads));
+    UseRepo("repo-" + std::to_string(c.block_size) + "-" + std::to_string(c.restore_threads));
+    auto v = MakeVolume(24 * 1024 * 1024 + 4097, c.block_size + c.backup_threads);
+    std::vector<std::pair<std::string, std::vector<uint8_t>>> snapshots;
+    for (uint32_t i = 0; i < 5; ++i) {
+      if (i > 0) {
+        ChangeBlocks(&v, c.block_size, 40, i);
+        // A stored block turns zero and a zero block turns stored.
+        std::fill(v.begin() + 3 * 65536, v.begin() + 4 * 65536, uint8_t{0});
+        std::fill(v.begin() + 7 * 65536, v.begin() + 7 * 65536 + 100, uint8_t(i));
+      }
+      snapshots.emplace_back(Backup(v, c.block_size, c.backup_threads), v);
+    }
+    for (const auto& [id, want] : snapshots) {
+      auto r = Restore(id, c.restore_threads);
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+      EXPECT_EQ(ReadAll(Target(id)), want) << id;
+    }
+  }
+}
+
+// A block a later snapshot replaced leaves its old record between two records
+// the later snapshot still uses. Restore reads through it: each changed block
+// costs one more read (its own), not three (splitting the run around it).
+TEST_F(RestoreWindowTest, StaleRecordsAreReadThrough) {
+  const uint32_t bs = 65536;
+  auto v1 = MakeVolume(32 << 20, 11);
+  std::string first = Backup(v1, bs, 1);
+  auto v2 = v1;
+  auto changed = ChangeBlocks(&v2, bs, 24, 5);
+  std::string second = Backup(v2, bs, 1);
+
+  auto r1 = Restore(first, 1);
+  ASSERT_TRUE(r1.ok()) << r1.status().ToString();
+  auto r2 = Restore(second, 1);
+  ASSERT_TRUE(r2.ok()) << r2.status().ToString();
+  EXPECT_EQ(ReadAll(Target(first)), v1);
+  EXPECT_EQ(ReadAll(Target(second)), v2);
+  // One pack written in volume order, zero blocks not stored: each 4 MiB
+  // window is one read, across its zero blocks.
+  EXPECT_LE(r1->pack_reads, (32u << 20) / (4u << 20));
+  EXPECT_LE(r2->pack_reads, r1->pack_reads + changed.size());
+}
+
+// The stale bytes a read runs through never reach the target: damage the old
+// record of a replaced block; the snapshot that replaced it still restores,
+// the one that uses it fails its SHA-256 and leaves nothing behind.
+TEST_F(RestoreWindowTest, StaleBytesAreNeverWritten) {
+  const uint32_t bs = 65536;
+  auto v1 = MakeVolume(16 << 20, 12);
+  std::string first = Backup(v1, bs, 1);
+  auto v2 = v1;
+  auto changed = ChangeBlocks(&v2, bs, 8, 6);
+  std::string second = Backup(v2, bs, 1);
+  for (size_t b : changed) {
+    if (RefOf(first, b).stored()) Scribble(RefOf(first, b));
+  }
+
+  auto r2 = Restore(second, 1);
+  ASSERT_TRUE(r2.ok()) << r2.status().ToString();
+  EXPECT_EQ(ReadAll(Target(second)), v2);
+  auto r1 = Restore(first, 1);
+  ASSERT_FALSE(r1.ok());
+  EXPECT_EQ(r1.status().code(), Code::kCorruption);
+  EXPECT_NE(r1.status().message().find("fails its SHA-256"), std::string::npos);
+  EXPECT_FALSE(Exists(Target(first)));
+  EXPECT_FALSE(Exists(Target(first) + ".dp420-partial"));
+}
+
+// A displaced block (read into spare room, then copied home) is checked like
+// any other: damage the new record of a changed block.
+TEST_F(RestoreWindowTest, DisplacedBlockIsChecked) {
+  const uint32_t bs = 65536;
+  auto v1 = MakeVolume(16 << 20, 13);
+  std::string first = Backup(v1, bs, 1);
+  auto v2 = v1;
+  auto changed = ChangeBlocks(&v2, bs, 8, 7);
+  std::string second = Backup(v2, bs, 1);
+  size_t victim = *std::next(changed.begin(), 3);
+  Scribble(RefOf(second, victim));
+
+  auto r2 = Restore(second, 1);
+  ASSERT_FALSE(r2.ok());
+  EXPECT_EQ(r2.status().code(), Code::kCorruption);
+  EXPECT_NE(r2.status().message().find("block " + std::to_string(victim) + " "),
+            std::string::npos)
+      << r2.status().message();
+  EXPECT_FALSE(Exists(Target(second)));
+  auto r1 = Restore(first, 1);
+  ASSERT_TRUE(r1.ok()) << r1.status().ToString();
+  EXPECT_EQ(ReadAll(Target(first)), v1);
+}
+
+// Every other block of a window replaced: more displaced blocks than spare
+// room. Reads fall back to not running through, and stay correct.
+TEST_F(RestoreWindowTest, DenseChangesOutgrowSpareRoom) {
+  const uint32_t bs = 65536;
+  std::vector<uint8_t> v1(12 << 20);
+  std::mt19937_64 rng(14);
+  for (auto& byte : v1) byte = static_cast<uint8_t>(rng() | 1);
+  std::string first = Backup(v1, bs, 1);
+  auto v2 = v1;
+  for (size_t b = 1; b < v2.size() / bs; b += 2) {
+    for (size_t i = b * bs; i < (b + 1) * bs; ++i) v2[i] ^= 0x3c;
+  }
+  std::string second = Backup(v2, bs, 1);
+  for (unsigned threads : {1u, 2u}) {
+    auto r = Restore(second, threads);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(ReadAll(Target(second)), v2);
+    ASSERT_EQ(unlink(Target(second).c_str()), 0);
+  }
+}
+
+// ---- RestoreTarget ---------------------------------------------------------
+
+TEST(RestoreTargetTest, PartialFileIsRenamedOnCommit) {
+  TempDir dir;
+  std::string path = dir.path() + "/out.img";
+  auto t = RestoreTarget::Open(path, 3 * 65536 + 5, false);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  RestoreTarget& target = **t;
+  EXPECT_FALSE(target.block_device());
+  EXPECT_EQ(target.path(), path);
+  EXPECT_FALSE(Exists(path));
+  struct stat st;
+  ASSERT_EQ(stat((path + ".dp420-partial").c_str(), &st), 0);
+  EXPECT_EQ(uint64_t(st.st_size), 3 * 65536 + 5u);
+  EXPECT_GE(target.align(), 1u);
+  EXPECT_EQ(target.align() & (target.align() - 1), 0u);
+  EXPECT_GE(target.direct_fd(), 0);
+  EXPECT_GE(target.buffered_fd(), 0);
+  ASSERT_EQ(pwrite(target.buffered_fd(), "dp420", 5, 65536), 5);
+  EXPECT_TRUE(target.ZeroRange(0, 65536).ok());  // a fresh file: nothing to do
+  ASSERT_TRUE(target.Commit().ok());
+  t->reset();
+  EXPECT_FALSE(Exists(path + ".dp420-partial"));
+  auto bytes = ReadAll(path);
+  ASSERT_EQ(bytes.size(), 3 * 65536 + 5u);
+  EXPECT_EQ(std::string(bytes.begin() + 65536, bytes.begin() + 65541), "dp420");
+  EXPECT_EQ(bytes[0], 0);
+}
+
+TEST(RestoreTargetTest, NotCommittedLeavesNothing) {
+  TempDir dir;
+  std::string path = dir.path() + "/out.img";
+  WriteAll(path + ".dp420-partial", std::vector<uint8_t>(100, 1));  // a stale one
+  {
+    auto t = RestoreTarget::Open(path, 1 << 20, false);
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+  }
+  EXPECT_FALSE(Exists(path));
+  EXPECT_FALSE(Exists(path + ".dp420-partial"));
+}
+
+TEST(RestoreTargetTest, RefusesDirectoryAndNonEmptyFileWithoutForce) {
+  TempDir dir;
+  auto d = RestoreTarget::Open(dir.path(), 4096, true);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(d.status().message().find("is a directory"), std::string::npos);
+
+  std::string path = dir.path() + "/old.img";
+  WriteAll(path, std::vector<uint8_t>(10, 7));
+  auto refused = RestoreTarget::Open(path, 4096, false);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Code::kExists);
+  EXPECT_NE(refused.status().message().find("is not empty"), std::string::npos);
+
+  // With force the old file stays until Commit, and stays if never committed.
+  {
+    auto t = RestoreTarget::Open(path, 4096, true);
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    EXPECT_EQ(ReadAll(path).size(), 10u);
+  }
+  EXPECT_EQ(ReadAll(path), std::vector<uint8_t>(10, 7));
+  auto t = RestoreTarget::Open(path, 4096, true);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE((*t)->Commit().ok());
+  EXPECT_EQ(ReadAll(path), std::vector<uint8_t>(4096, 0));
+}
+
+}  // namespace
+}  // namespace dp420
