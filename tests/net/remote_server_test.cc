@@ -1,0 +1,680 @@
+// The repository server (RunServer) and RemoteRepository over real loopback
+// sockets: list, verify and restore against repositories made with RunBackup,
+// volume ownership, the clients file reloaded while running, fuzzed streams,
+// a lost server behind a paused DelayProxy, heartbeats during a long verify,
+// reconnect backoff and the stop/drain sequence.
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "delay_proxy.h"
+#include "engine/core/backup.h"
+#include "engine/core/verify.h"
+#include "engine/net/client.h"
+#include "engine/net/server.h"
+#include "io/file.h"
+#include "simd/simd.h"
+#include "socket_util.h"
+#include "tests/engine/engine_test_util.h"
+
+namespace dp420::net {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using dp420::testing::MakeVolume;
+using dp420::testing::ReadAll;
+using dp420::testing::TempDir;
+using dp420::testing::WriteAll;
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') names.push_back(e->d_name);
+    }
+    closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+// Gives every manifest of `volume` to `client`, re-sealing the hash chain, as
+// a network backup by that client would have written them.
+void SetOwner(const std::string& repo, const std::string& volume, const std::string& client) {
+  std::string dir = repo + "/snapshots/" + volume;
+  std::string parent_seal;
+  for (const auto& name : ListDir(dir)) {
+    auto text = io::ReadFile(dir + "/" + name);
+    ASSERT_TRUE(text.ok());
+    auto json = UnsealJson(text.value(), name);
+    ASSERT_TRUE(json.ok()) << json.status().ToString();
+    Json j = json.value();
+    j["client"] = client;
+    if (j.contains("parent") && j["parent"].is_string() && !j["parent"].get<std::string>().empty()) {
+      j["parent_manifest_sha256"] = parent_seal;
+    }
+    ASSERT_TRUE(io::WriteFileAtomic(dir + "/" + name, SealJson(j, &parent_seal)).ok());
+  }
+}
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+class RemoteTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    repo_path_ = dir_.path() + "/repo";
+    ASSERT_TRUE(Repository::Init(repo_path_).ok());
+    auto repo = Repository::Open(repo_path_);
+    ASSERT_TRUE(repo.ok()) << repo.status().ToString();
+    repo_ = std::move(repo).value();
+    clients_file_ = dir_.path() + "/clients.json";
+    ClientRegistry registry;
+    for (auto [name, role] : {std::pair{"alice", "append"}, {"bob", "append"}, {"root", "admin"}}) {
+      auto key = registry.Add(name, role);
+      ASSERT_TRUE(key.ok());
+      ASSERT_TRUE(WriteKeyFile(KeyFile(name), key->key).ok());
+    }
+    ASSERT_TRUE(registry.Save(clients_file_).ok());
+    so_.repo_path = repo_path_;
+    so_.listen = "127.0.0.1:0";
+    so_.clients_file = clients_file_;
+    so_.heartbeat_interval = 1000ms;
+    so_.drain_timeout = 2000ms;
+    so_.stop = &stop_;
+  }
+  void TearDown() override { StopServer(); }
+
+  std::string KeyFile(const std::string& client) const { return dir_.path() + "/" + client + ".key"; }
+
+  // Backs `bytes` up as `volume` and gives the volume to `client` ("" = local).
+  void Backup(const std::string& volume, const std::vector<uint8_t>& bytes,
+              const std::string& client) {
+    std::string source = dir_.path() + "/" + volume + ".img";
+    WriteAll(source, bytes);
+    BackupOptions o;
+    o.volume = volume;
+    o.source_path = source;
+    o.threads = 2;
+    auto r = RunBackup(*repo_, o);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    unlink(source.c_str());
+    if (!client.empty()) SetOwner(repo_path_, volume, client);
+  }
+
+  // Volumes of the common tests: "av" (alice, two snapshots), "bv" (bob).
+  void MakeVolumes() {
+    av1_ = MakeVolume(6 * 1024 * 1024 + 12345, 1);
+    Backup("av", av1_, "alice");
+    av2_ = av1_;
+    for (size_t off : {size_t{0}, size_t{3 << 20}, av2_.size() - 1}) av2_[off] ^= 0x5a;
+    Backup("av", av2_, "alice");
+    bv_ = MakeVolume(3 * 1024 * 1024, 2);
+    Backup("bv", bv_, "bob");
+  }
+
+  void StartServer() {
+    {
+      std::lock_guard lock(mu_);
+      port_ = -1;
+    }
+    stop_.store(false);
+    so_.on_listening = [this](uint16_t port) {
+      std::lock_guard lock(mu_);
+      port_ = port;
+      cv_.notify_all();
+    };
+    server_ = std::thread([this] {
+      server_status_ = RunServer(so_);
+      std::lock_guard lock(mu_);
+      if (port_ < 0) port_ = 0;
+      server_done_ = true;
+      cv_.notify_all();
+    });
+    std::unique_lock lock(mu_);
+    ASSERT_TRUE(cv_.wait_for(lock, 10s, [this] { return port_ >= 0; }));
+    ASSERT_GT(port_, 0) << server_status_.ToString();
+    address_ = "127.0.0.1:" + std::to_string(port_);
+  }
+
+  // Sets *stop and waits for RunServer; its duration in seconds.
+  double StopServer() {
+    if (!server_.joinable()) return 0;
+    auto start = Clock::now();
+    stop_.store(true);
+    server_.join();
+    return SecondsSince(start);
+  }
+
+  bool ServerRunning() {
+    std::lock_guard lock(mu_);
+    return server_.joinable() && !server_done_;
+  }
+
+  RemoteOptions Options(const std::string& client, const std::string& address = "") const {
+    RemoteOptions o;
+    o.address = address.empty() ? address_ : address;
+    o.client = client;
+    o.key_file = KeyFile(client);
+    o.connect_timeout = 2000ms;
+    o.heartbeat_interval = 1000ms;
+    o.retry_for = 2000ms;
+    return o;
+  }
+
+  std::unique_ptr<RemoteRepository> ConnectAs(const std::string& client,
+                                              const std::string& address = "") {
+    auto r = RemoteRepository::Connect(Options(client, address));
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? std::move(r).value() : nullptr;
+  }
+
+  RestoreOptions RestoreTo(const std::string& volume, const std::string& snapshot,
+                           const std::string& name) const {
+    RestoreOptions o;
+    o.volume = volume;
+    o.snapshot = snapshot;
+    o.target_path = dir_.path() + "/" + name;
+    return o;
+  }
+
+  TempDir dir_;
+  std::string repo_path_, clients_file_, address_;
+  std::unique_ptr<Repository> repo_;
+  std::vector<uint8_t> av1_, av2_, bv_;
+  ServerOptions so_;
+  std::atomic<bool> stop_{false};
+  std::thread server_;
+  Status server_status_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int port_ = -1;
+  bool server_done_ = false;
+};
+
+TEST_F(RemoteTest, ListVerifyAndRestoreOverLoopback) {
+  MakeVolumes();
+  StartServer();
+  auto alice = ConnectAs("alice");
+  ASSERT_NE(alice, nullptr);
+  EXPECT_EQ(alice->repo_id(), repo_->repo_id_hex());
+  EXPECT_LE(std::abs(alice->clock().offset_ns), alice->clock().error_ns + 2000000);
+
+  std::vector<Manifest> local;
+  ASSERT_TRUE(repo_->ListManifests("av", &local, nullptr).ok());
+  ASSERT_EQ(local.size(), 2u);
+  for (const std::string volume : {"", "av"}) {
+    std::vector<Manifest> listed;
+    Status s = alice->ListManifests(volume, &listed);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    ASSERT_EQ(listed.size(), 2u) << "volume '" << volume << "'";
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_EQ(listed[i].snapshot_id, local[i].snapshot_id);
+      EXPECT_EQ(listed[i].seal, local[i].seal);
+      EXPECT_EQ(listed[i].file_name, local[i].file_name);
+      EXPECT_EQ(listed[i].client, "alice");
+    }
+  }
+
+  VerifyOptions vo;
+  vo.read_data = true;
+  auto report = alice->Verify(vo);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->snapshots_checked, 2u);
+  EXPECT_GT(report->blocks_checked, 0u);
+  EXPECT_TRUE(report->problems.empty());
+  EXPECT_TRUE(report->broken_snapshots.empty());
+
+  std::vector<Progress> progress;
+  RestoreOptions ro = RestoreTo("av", "latest", "av-latest");
+  ro.control.progress = [&](const Progress& p) { progress.push_back(p); };
+  auto latest = alice->Restore(ro);
+  ASSERT_TRUE(latest.ok()) << latest.status().ToString();
+  EXPECT_EQ(ReadAll(ro.target_path), av2_);
+  EXPECT_EQ(latest->manifest.snapshot_id, local[1].snapshot_id);
+  EXPECT_EQ(latest->blocks_restored + latest->blocks_zero, local[1].blocks_total);
+  EXPECT_GT(latest->blocks_zero, 0u);
+  ASSERT_FALSE(progress.empty());
+  EXPECT_STREQ(progress.back().phase, "restore");
+  EXPECT_EQ(progress.back().bytes_done, av2_.size());
+
+  RestoreOptions first = RestoreTo("av", local[0].snapshot_id.substr(0, 6), "av-first");
+  auto older = alice->Restore(first);
+  ASSERT_TRUE(older.ok()) << older.status().ToString();
+  EXPECT_EQ(ReadAll(first.target_path), av1_);
+  // An existing target is not overwritten without force.
+  EXPECT_EQ(alice->Restore(first).status().code(), Code::kExists);
+  first.force = true;
+  EXPECT_TRUE(alice->Restore(first).ok());
+
+  auto root = ConnectAs("root");
+  ASSERT_NE(root, nullptr);
+  std::vector<Manifest> all;
+  ASSERT_TRUE(root->ListManifests("", &all).ok());
+  EXPECT_EQ(all.size(), 3u);
+  auto full = root->Verify(VerifyOptions{});
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  EXPECT_EQ(full->snapshots_checked, 3u);
+  EXPECT_EQ(full->unreferenced_packs, 0u);
+  auto bv = root->Restore(RestoreTo("bv", "latest", "bv"));
+  ASSERT_TRUE(bv.ok()) << bv.status().ToString();
+  EXPECT_EQ(ReadAll(dir_.path() + "/bv"), bv_);
+}
+
+TEST_F(RemoteTest, CanceledRestoreLeavesNoTarget) {
+  MakeVolumes();
+  StartServer();
+  auto alice = ConnectAs("alice");
+  ASSERT_NE(alice, nullptr);
+  std::atomic<bool> cancel{false};
+  RestoreOptions ro = RestoreTo("av", "latest", "av");
+  ro.control.cancel = &cancel;
+  ro.control.progress = [&](const Progress&) { cancel.store(true); };
+  auto r = alice->Restore(ro);
+  EXPECT_EQ(r.status().code(), Code::kCanceled) << r.status().ToString();
+  EXPECT_FALSE(Exists(ro.target_path));
+  EXPECT_FALSE(Exists(ro.target_path + ".dp420-partial"));
+  // The handle goes on with a fresh connection.
+  ro.control = JobControl{};
+  auto again = alice->Restore(ro);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(ReadAll(ro.target_path), av2_);
+}
+
+TEST_F(RemoteTest, OtherClientsVolumesAreRefused) {
+  MakeVolumes();
+  Backup("local", MakeVolume(256 * 1024, 3), "");  // a local backup: nobody's client
+  StartServer();
+  auto alice = ConnectAs("alice");
+  ASSERT_NE(alice, nullptr);
+  for (const std::string volume : {"bv", "local"}) {
+    std::vector<Manifest> listed;
+    Status s = alice->ListManifests(volume, &listed);
+    EXPECT_EQ(s.code(), Code::kPermission) << s.ToString();
+    EXPECT_NE(s.message().find("volume '" + volume + "' belongs to another client"),
+              std::string::npos)
+        << s.message();
+    EXPECT_TRUE(listed.empty());
+    auto r = alice->Restore(RestoreTo(volume, "latest", "stolen"));
+    EXPECT_EQ(r.status().code(), Code::kPermission) << r.status().ToString();
+    EXPECT_FALSE(Exists(dir_.path() + "/stolen"));
+    EXPECT_FALSE(Exists(dir_.path() + "/stolen.dp420-partial"));
+    VerifyOptions vo;
+    vo.volume = volume;
+    EXPECT_EQ(alice->Verify(vo).status().code(), Code::kPermission);
+  }
+  // After the refusals the next call reconnects and sees alice's own volume only.
+  std::vector<Manifest> mine;
+  ASSERT_TRUE(alice->ListManifests("", &mine).ok());
+  ASSERT_EQ(mine.size(), 2u);
+  for (const auto& m : mine) EXPECT_EQ(m.volume, "av");
+  auto bob = ConnectAs("bob");
+  ASSERT_NE(bob, nullptr);
+  std::vector<Manifest> bobs;
+  ASSERT_TRUE(bob->ListManifests("", &bobs).ok());
+  ASSERT_EQ(bobs.size(), 1u);
+  EXPECT_EQ(bobs[0].volume, "bv");
+  auto report = bob->Verify(VerifyOptions{});
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->snapshots_checked, 1u);
+  // Bad requests are refused, not crashes.
+  EXPECT_EQ(alice->ListManifests("../etc", &mine).code(), Code::kInvalidArgument);
+}
+
+TEST_F(RemoteTest, DamagedBlockEndsRestoreWithCorruption) {
+  MakeVolumes();
+  std::vector<std::string> before = ListDir(repo_path_ + "/packs");
+  Backup("cv", MakeVolume(2 * 1024 * 1024, 9), "bob");
+  std::vector<std::string> after = ListDir(repo_path_ + "/packs");
+  // The largest new pack holds cv's blocks: damage its first record.
+  std::string data_pack;
+  uint64_t largest = 0;
+  for (const auto& name : after) {
+    if (std::find(before.begin(), before.end(), name) != before.end()) continue;
+    struct stat st;
+    ASSERT_EQ(stat((repo_path_ + "/packs/" + name).c_str(), &st), 0);
+    if (uint64_t(st.st_size) > largest) {
+      largest = st.st_size;
+      data_pack = repo_path_ + "/packs/" + name;
+    }
+  }
+  ASSERT_FALSE(data_pack.empty());
+  chmod(data_pack.c_str(), 0600);
+  auto bytes = ReadAll(data_pack);
+  bytes[4096 + 100] ^= 0xff;
+  WriteAll(data_pack, bytes);
+
+  StartServer();
+  auto bob = ConnectAs("bob");
+  ASSERT_NE(bob, nullptr);
+  RestoreOptions ro = RestoreTo("cv", "latest", "cv");
+  auto r = bob->Restore(ro);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kCorruption) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("block"), std::string::npos) << r.status().message();
+  EXPECT_FALSE(Exists(ro.target_path));
+  EXPECT_FALSE(Exists(ro.target_path + ".dp420-partial"));
+
+  VerifyOptions vo;
+  vo.read_data = true;
+  auto root = ConnectAs("root");
+  ASSERT_NE(root, nullptr);
+  auto all = root->Verify(vo);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_FALSE(all->problems.empty());
+  ASSERT_EQ(all->broken_snapshots.size(), 1u);
+  // Alice's verify of everything she may see knows nothing of bob's damage.
+  auto alice = ConnectAs("alice");
+  ASSERT_NE(alice, nullptr);
+  auto mine = alice->Verify(vo);
+  ASSERT_TRUE(mine.ok()) << mine.status().ToString();
+  EXPECT_TRUE(mine->problems.empty());
+  EXPECT_EQ(mine->snapshots_checked, 2u);
+  // The other volumes still restore.
+  EXPECT_TRUE(bob->Restore(RestoreTo("bv", "latest", "bv")).ok());
+}
+
+TEST_F(RemoteTest, ClientsFileReloadedWithoutRestart) {
+  StartServer();
+  auto registry = ClientRegistry::Load(clients_file_);
+  ASSERT_TRUE(registry.ok());
+  auto carol = registry->Add("carol", "append");
+  ASSERT_TRUE(carol.ok());
+  ASSERT_TRUE(WriteKeyFile(KeyFile("carol"), carol->key).ok());
+  ASSERT_TRUE(registry->Remove("bob").ok());
+  ASSERT_TRUE(registry->Save(clients_file_).ok());
+  EXPECT_NE(ConnectAs("carol"), nullptr);
+  auto bob = RemoteRepository::Connect(Options("bob"));
+  ASSERT_FALSE(bob.ok());
+  EXPECT_EQ(bob.status().code(), Code::kPermission);
+  EXPECT_NE(bob.status().message().find("authentication failed"), std::string::npos);
+}
+
+TEST_F(RemoteTest, IdleControlConnectionIsReplaced) {
+  MakeVolumes();
+  so_.heartbeat_interval = 100ms;  // the server drops agents silent for 0.3 s
+  StartServer();
+  RemoteOptions o = Options("alice");
+  o.heartbeat_interval = 100ms;
+  auto alice = RemoteRepository::Connect(o);
+  ASSERT_TRUE(alice.ok()) << alice.status().ToString();
+  std::this_thread::sleep_for(600ms);
+  std::vector<Manifest> listed;
+  Status s = alice.value()->ListManifests("av", &listed);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(listed.size(), 2u);
+}
+
+// Frames with valid checksums around random payloads.
+std::vector<uint8_t> EncodeFrame(FrameType type, const std::vector<uint8_t>& payload) {
+  FrameHeader h = MakeHeader(type, 1, payload);
+  std::vector<uint8_t> out(sizeof(h) + payload.size());
+  std::memcpy(out.data(), &h, sizeof(h));
+  if (!payload.empty()) std::memcpy(out.data() + sizeof(h), payload.data(), payload.size());
+  return out;
+}
+
+// Sends `bytes`, half-closes, and waits for the server to close (true) within 5 s.
+bool SendAndWaitForClose(int fd, const std::vector<uint8_t>& bytes) {
+  std::string error;
+  // The server may close before everything is sent: that is fine.
+  (void)testnet::SendAll(fd, bytes.data(), bytes.size(), testnet::DeadlineIn(2000ms), &error);
+  shutdown(fd, SHUT_WR);
+  auto deadline = testnet::DeadlineIn(5000ms);
+  char buf[4096];
+  for (;;) {
+    ssize_t n = testnet::RecvSome(fd, buf, sizeof(buf), deadline, &error);
+    if (n == 0 || n == -1) return true;
+    if (n == -2) return false;
+  }
+}
+
+TEST_F(RemoteTest, FuzzedStreamsNeitherCrashNorDisturbOtherSessions) {
+  MakeVolumes();
+  StartServer();
+  auto registry = ClientRegistry::Load(clients_file_);
+  ASSERT_TRUE(registry.ok());
+  ASSERT_NE(registry->Find("bob"), nullptr);
+  const ClientKey bob = *registry->Find("bob");
+
+  // Another session keeps working while the fuzzing runs.
+  std::atomic<bool> fuzzing{true};
+  std::atomic<int> lists_ok{0}, lists_failed{0};
+  std::thread other([&] {
+    auto alice = RemoteRepository::Connect(Options("alice"));
+    if (!alice.ok()) {
+      ++lists_failed;
+      return;
+    }
+    while (fuzzing.load()) {
+      std::vector<Manifest> listed;
+      Status s = alice.value()->ListManifests("av", &listed);
+      (s.ok() && listed.size() == 2 ? lists_ok : lists_failed)++;
+      std::this_thread::sleep_for(5ms);
+    }
+  });
+
+  std::mt19937_64 rng(420);
+  auto random_bytes = [&](size_t n) {
+    std::vector<uint8_t> v(n);
+    for (auto& b : v) b = uint8_t(rng());
+    return v;
+  };
+  PayloadWriter hello;
+  hello.U16(kProtocolVersion);
+  hello.String("bob");
+  hello.Bytes(random_bytes(kNonceBytes));
+  const std::vector<uint8_t> valid_hello = EncodeFrame(FrameType::kHello, hello.bytes());
+  int closed = 0;
+  constexpr int kRounds = 400;
+  for (int i = 0; i < kRounds; ++i) {
+    std::string error;
+    testnet::UniqueFd fd = testnet::ConnectTcp("127.0.0.1", uint16_t(port_), 2000ms, &error);
+    ASSERT_TRUE(fd.valid()) << error;
+    std::vector<uint8_t> stream;
+    switch (i % 4) {
+      case 0:  // noise
+        stream = random_bytes(1 + rng() % 4096);
+        break;
+      case 1: {  // a valid HELLO with one bit flipped
+        stream = valid_hello;
+        size_t bit = rng() % (stream.size() * 8);
+        stream[bit / 8] ^= uint8_t(1u << (bit % 8));
+        break;
+      }
+      case 2: {  // a correct header announcing an oversize or unknown frame
+        FrameHeader h = MakeHeader(FrameType::kHello, 0, {});
+        h.payload_len = uint32_t(kMaxPayloadBytes + 1 + rng() % (1u << 30));
+        if (rng() % 2) h.type = uint16_t(27 + rng() % 1000);
+        h.header_crc32c = simd::Crc32c(0, reinterpret_cast<const uint8_t*>(&h), 28);
+        stream.resize(sizeof(h));
+        std::memcpy(stream.data(), &h, sizeof(h));
+        break;
+      }
+      case 3: {  // authenticated, then random requests with valid checksums
+        Conn conn(fd.Release(), "server");
+        uint64_t t = 0;
+        ASSERT_TRUE(ClientHandshake(conn, "bob", bob.key, 2000ms, &t).ok());
+        for (int k = 0; k < 3; ++k) {
+          auto type = FrameType(1 + rng() % uint16_t(FrameType::kMaxType));
+          std::vector<uint8_t> payload = random_bytes(rng() % 48);
+          if (rng() % 2 && payload.size() >= 4) {  // a plausible string length
+            uint32_t len = uint32_t(payload.size() - 4);
+            std::memcpy(payload.data(), &len, 4);
+          }
+          auto frame = EncodeFrame(type, payload);
+          if (rng() % 3 == 0) frame[rng() % frame.size()] ^= uint8_t(1 + rng() % 255);
+          stream.insert(stream.end(), frame.begin(), frame.end());
+        }
+        int copy = ::dup(conn.fd());
+        ASSERT_GE(copy, 0);
+        fd.Reset(copy);
+        break;
+      }
+    }
+    closed += SendAndWaitForClose(fd.get(), stream) ? 1 : 0;
+  }
+  fuzzing.store(false);
+  other.join();
+  EXPECT_EQ(closed, kRounds);
+  EXPECT_TRUE(ServerRunning());
+  EXPECT_GT(lists_ok.load(), 0);
+  EXPECT_EQ(lists_failed.load(), 0);
+
+  // The repository is untouched and the server still serves.
+  auto report = RunVerify(*repo_, VerifyOptions{.read_data = true});
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->problems.empty());
+  EXPECT_EQ(report->snapshots_checked, 3u);
+  auto alice = ConnectAs("alice");
+  ASSERT_NE(alice, nullptr);
+  auto restored = alice->Restore(RestoreTo("av", "latest", "av"));
+  ASSERT_TRUE(restored.ok()) << restored.status().ToString();
+  EXPECT_EQ(ReadAll(dir_.path() + "/av"), av2_);
+}
+
+TEST_F(RemoteTest, StopClosesIdleSessionsAndReturns) {
+  MakeVolumes();
+  so_.drain_timeout = 10000ms;
+  StartServer();
+  auto alice = ConnectAs("alice");
+  ASSERT_NE(alice, nullptr);
+  std::vector<Manifest> listed;
+  ASSERT_TRUE(alice->ListManifests("", &listed).ok());
+  // An idle session does not hold the stop for drain_timeout.
+  double seconds = StopServer();
+  EXPECT_LT(seconds, 2.0);
+  EXPECT_TRUE(server_status_.ok()) << server_status_.ToString();
+  // Nothing listens any more.
+  auto again = RemoteRepository::Connect(Options("alice"));
+  EXPECT_EQ(again.status().code(), Code::kNetwork);
+  Status s = alice->ListManifests("", &listed);
+  EXPECT_EQ(s.code(), Code::kNetwork);
+}
+
+TEST_F(RemoteTest, ReconnectBacksOffAndNamesAttempts) {
+  StartServer();
+  auto alice = ConnectAs("alice");
+  ASSERT_NE(alice, nullptr);
+  StopServer();
+  auto start = Clock::now();
+  Status s = alice->ReconnectControl();
+  double seconds = SecondsSince(start);
+  EXPECT_EQ(s.code(), Code::kNetwork);
+  EXPECT_NE(s.message().find(address_), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("attempts"), std::string::npos) << s.message();
+  // retry_for is 2 s: 250 ms, 500 ms, 1 s ... with jitter, then the last try.
+  EXPECT_GE(seconds, 1.9);
+  EXPECT_LT(seconds, 4.0);
+  // A server that comes back is found again.
+  StartServer();
+  RemoteOptions o = Options("alice");
+  auto fresh = RemoteRepository::Connect(o);
+  ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+}
+
+TEST_F(RemoteTest, LostServerEndsCallsWithinLossTimeout) {
+  MakeVolumes();
+  auto big = MakeVolume(32 * 1024 * 1024, 5);
+  Backup("big", big, "alice");
+  so_.drain_timeout = 300ms;
+  StartServer();
+  testnet::DelayProxy proxy;
+  std::string error;
+  ASSERT_TRUE(proxy.Start("127.0.0.1", uint16_t(port_), {}, &error)) << error;
+  std::string via = "127.0.0.1:" + std::to_string(proxy.port());
+  auto alice = ConnectAs("alice", via);
+  ASSERT_NE(alice, nullptr);
+  const double loss = 3.0;  // heartbeat 1 s x 3 misses
+
+  proxy.Pause();
+  std::vector<Manifest> listed;
+  auto start = Clock::now();
+  Status s = alice->ListManifests("", &listed);
+  double seconds = SecondsSince(start);
+  EXPECT_EQ(s.code(), Code::kNetwork) << s.ToString();
+  EXPECT_NE(s.message().find(via), std::string::npos) << s.message();
+  EXPECT_GE(seconds, loss - 0.2);
+  EXPECT_LT(seconds, loss + 2.0);
+  proxy.Resume();
+
+  // Mid-restore: the proxy stalls once the snapshot has arrived.
+  RestoreOptions ro = RestoreTo("big", "latest", "big");
+  ro.control.progress = [&](const Progress&) { proxy.Pause(); };
+  start = Clock::now();
+  auto r = alice->Restore(ro);
+  seconds = SecondsSince(start);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kNetwork) << r.status().ToString();
+  EXPECT_GE(seconds, loss - 0.2);
+  EXPECT_LT(seconds, loss + 2.5);
+  EXPECT_FALSE(Exists(ro.target_path));
+  EXPECT_FALSE(Exists(ro.target_path + ".dp420-partial"));
+
+  // A stop while a restore is stuck sending: drain_timeout, then closed.
+  proxy.Resume();
+  auto second = ConnectAs("alice", via);
+  ASSERT_NE(second, nullptr);
+  std::atomic<bool> paused{false};
+  RestoreOptions stuck = RestoreTo("big", "latest", "big-2");
+  stuck.control.progress = [&](const Progress&) {
+    proxy.Pause();
+    paused.store(true);
+  };
+  std::thread client([&] { (void)second->Restore(stuck); });
+  while (!paused.load()) std::this_thread::sleep_for(10ms);
+  std::this_thread::sleep_for(500ms);  // the server's sends are blocked by now
+  double stop_seconds = StopServer();
+  EXPECT_GE(stop_seconds, 0.25);
+  EXPECT_LT(stop_seconds, 2.0);
+  EXPECT_TRUE(server_status_.ok());
+  proxy.Kill();
+  client.join();
+  EXPECT_FALSE(Exists(stuck.target_path));
+}
+
+TEST_F(RemoteTest, LongVerifyKeepsTheAgentAlive) {
+  auto big = MakeVolume(128 * 1024 * 1024, 6);
+  Backup("big", big, "alice");
+  big.clear();
+  so_.heartbeat_interval = 10ms;
+  so_.heartbeat_misses = 50;  // the server waits 0.5 s for the agent's PONGs
+  StartServer();
+  RemoteOptions o = Options("alice");
+  o.heartbeat_interval = 10ms;
+  o.heartbeat_misses = 5;  // the agent gives up after 50 ms of silence
+  auto alice = RemoteRepository::Connect(o);
+  ASSERT_TRUE(alice.ok()) << alice.status().ToString();
+  VerifyOptions vo;
+  vo.read_data = true;
+  auto start = Clock::now();
+  auto report = alice.value()->Verify(vo);
+  double seconds = SecondsSince(start);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_TRUE(report->problems.empty());
+  EXPECT_GT(report->bytes_read, 100u << 20);
+  // 128 MiB of SHA-256 takes far longer than the agent's loss timeout: only
+  // the server's PINGs kept the call alive.
+  EXPECT_GT(seconds, 0.05);
+}
+
+}  // namespace
+}  // namespace dp420::net
