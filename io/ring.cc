@@ -239,8 +239,17 @@ void Ring::Drain() {
     if (ret < 0 && (ret != -EINTR || ++interrupts >= kMaxEnterRetries)) break;
     struct io_uring_cqe* cqe = nullptr;
     while (io_uring_peek_cqe(ring_.get(), &cqe) == 0) {
-      // A send_zc posts two CQEs; the first (IORING_CQE_F_MORE) does not end it.
-      if (io_uring_cqe_get_data(cqe) != nullptr && !(cqe->flags & IORING_CQE_F_MORE)) {
+      auto* op = static_cast<IoOp*>(io_uring_cqe_get_data(cqe));
+      if (op != nullptr && op->kind == IoOp::kSendZc) {
+        // A send_zc ends with its last notification (see Reap).
+        if (cqe->flags & IORING_CQE_F_NOTIF) {
+          if (op->zc_notifs > 0) --op->zc_notifs;
+        } else {
+          if (cqe->flags & IORING_CQE_F_MORE) ++op->zc_notifs;
+          op->zc_done = true;
+        }
+        if (op->zc_done && op->zc_notifs == 0) --in_flight_;
+      } else if (op != nullptr) {
         --in_flight_;
       }
       io_uring_cqe_seen(ring_.get(), cqe);
@@ -274,8 +283,9 @@ void Ring::Queue(IoOp* op) {
   op->result = 0;
   op->retries = 0;
   op->zc_copied = false;
-  op->zc_notif_due = false;
   op->zc_done = false;
+  op->zc_notifs = 0;
+  op->zc_release_pending = false;
   if (fault_hook_) {
     int injected = fault_hook_(*op);
     DP420_ASSERT(injected <= 0);
@@ -436,25 +446,41 @@ unsigned Ring::Reap(std::vector<IoOp*>* done) {
       IoOp* op = batch[i].op;
       DP420_ASSERT(op != nullptr);
       if (op->kind == IoOp::kSendZc) {
-        // Two CQEs per send_zc: the send's result (IORING_CQE_F_MORE when a
-        // notification follows), then the notification (IORING_CQE_F_NOTIF)
-        // once the kernel no longer needs the buffer. Decide on the first,
-        // act on the last.
+        // Two CQEs per send_zc SQE: the send's result (IORING_CQE_F_MORE when
+        // a notification follows), then the notification (IORING_CQE_F_NOTIF)
+        // once the kernel no longer needs those bytes. A short send goes on at
+        // once (waiting for its notification would wait for the peer's ACK);
+        // the op ends when every byte is sent and every notification is in.
         if (batch[i].flags & IORING_CQE_F_NOTIF) {
           if (static_cast<uint32_t>(batch[i].res) & IORING_NOTIF_USAGE_ZC_COPIED) {
             op->zc_copied = true;
           }
-          op->zc_notif_due = false;
+          DP420_ASSERT(op->zc_notifs > 0);
+          --op->zc_notifs;
         } else {
+          if (batch[i].flags & IORING_CQE_F_MORE) ++op->zc_notifs;
           op->zc_done = Complete(op, batch[i].res);
-          op->zc_notif_due = (batch[i].flags & IORING_CQE_F_MORE) != 0;
+          if (!op->zc_done) {
+            Prep(op);
+            continue;
+          }
+          if (op->zc_notifs > 0 && op->zc_report_sent) {
+            op->zc_release_pending = true;  // sent; still in flight
+            done->push_back(op);
+            ++finished;
+            continue;
+          }
         }
-        if (op->zc_notif_due) continue;
-        if (op->zc_done) {
+        if (op->zc_done && op->zc_notifs == 0) {
+          // A "sent" report the caller has not seen yet merges into this one.
+          auto seen = std::find(done->begin(), done->end(), op);
+          if (seen != done->end()) {
+            done->erase(seen);
+            --finished;
+          }
+          op->zc_release_pending = false;
           Finish(op, op->result, done);
           ++finished;
-        } else {
-          Prep(op);
         }
         continue;
       }

@@ -40,9 +40,10 @@ struct IoOp {
   // kSend / kSendZc / kRecv work on a connected stream socket (offset unused).
   // kSend and kSendZc send all of `len` (MSG_WAITALL; a short send is sent on).
   // kSendZc is io_uring send_zc (from the registered buffer when buf_index >= 0):
-  // the op finishes only after the kernel's notification, so the buffer may be
-  // reused as soon as Wait() returns it; zc_copied tells whether the kernel
-  // copied the data anyway. kRecv finishes with the first bytes that arrive
+  // a short send is continued at once, and the op finishes only after the
+  // kernel's notification for every part, so the buffer may be reused as soon
+  // as Wait() returns it; zc_copied tells whether the kernel copied the data
+  // anyway. kRecv finishes with the first bytes that arrive
   // (done_bytes of them; -ENODATA when the peer closed).
   enum Kind : uint8_t { kRead = 0, kWrite = 1, kFsync = 2, kSend = 3, kSendZc = 4, kRecv = 5 };
   Kind kind = kRead;
@@ -56,9 +57,15 @@ struct IoOp {
   uint32_t done_bytes = 0;  // bytes transferred so far (short I/O progress)
   int result = 0;           // 0 on success, else -errno (-ENODATA: EOF on read)
   uint16_t retries = 0;
+  // kSendZc with zc_report_sent: Wait() returns the op twice, first when its
+  // bytes are sent while the kernel still holds the buffer (zc_release_pending
+  // set; the op is still in flight), then once the buffer is released. This
+  // lets a caller send the next frame without waiting for the peer's ACK.
+  bool zc_report_sent = false;
+  bool zc_release_pending = false;
   bool zc_copied = false;    // kSendZc: the kernel copied (some of) the data
-  bool zc_notif_due = false; // kSendZc: a notification is still to come (internal)
-  bool zc_done = false;      // kSendZc: the send part is finished (internal)
+  bool zc_done = false;      // kSendZc: every byte is sent (internal)
+  uint16_t zc_notifs = 0;    // kSendZc: notifications still to come (internal)
   // For the caller; the ring never touches these.
   void* owner = nullptr;
   uint64_t tag = 0;

@@ -10,11 +10,15 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -126,13 +130,16 @@ struct AgentJob {
     failed.store(true);
     sockets.ShutdownAll();
   }
-  // The end of the current reconnect window (starts one when none is open).
+  // The end of the current reconnect window: the workers and the control
+  // connection that lose the server at about the same time share one window;
+  // a loss after the window closed (or after a reconnect succeeded) opens a
+  // new one.
   Clock::time_point RetryDeadline() {
     int64_t now = Clock::now().time_since_epoch().count();
     int64_t d = retry_deadline_ns.load();
-    if (d == 0 || d < now - std::chrono::nanoseconds(remote.options().retry_for).count()) {
-      d = now + std::chrono::nanoseconds(remote.options().retry_for).count();
-      retry_deadline_ns.store(d);
+    if (d == 0 || d < now) {
+      int64_t fresh = now + std::chrono::nanoseconds(remote.options().retry_for).count();
+      if (retry_deadline_ns.compare_exchange_strong(d, fresh)) d = fresh;
     }
     return Clock::time_point(Clock::duration(d));
   }
@@ -144,6 +151,20 @@ void Backoff(unsigned attempt) {
   double base = std::min(8000.0, 250.0 * std::pow(2.0, std::min(attempt, 6u)));
   std::uniform_real_distribution<double> jitter(0.75, 1.25);
   std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(base * jitter(rng))));
+}
+
+// The largest send buffer TCP autotuning may use (tcp_wmem's third field).
+int TcpWmemMax() {
+  static const int value = [] {
+    int low = 0, def = 0, max = 0;
+    FILE* f = std::fopen("/proc/sys/net/ipv4/tcp_wmem", "r");
+    if (f != nullptr) {
+      if (std::fscanf(f, "%d %d %d", &low, &def, &max) != 3) max = 0;
+      std::fclose(f);
+    }
+    return max > 0 ? max : 4 << 20;
+  }();
+  return value;
 }
 
 // ---- the per-worker sink ----
@@ -222,8 +243,17 @@ class NetSink : public ScanSink {
   std::set<uint64_t> staged_done_;    // pages whose PAGE frame is staged
   uint64_t send_page_ = 0;            // the page whose frames may leave now
   std::deque<SendItem> sends_;
-  bool send_in_flight_ = false;
-  io::IoOp send_op_;
+  // Send ops: one at a time in its sending stage (frames stay in order);
+  // zero-copy ones stay in flight until the kernel releases their buffer.
+  struct SendOp {
+    io::IoOp op;
+    SendItem item;
+    bool sent = false;
+  };
+  std::deque<SendOp> send_ops_;
+  std::vector<SendOp*> free_send_ops_;
+  unsigned send_ops_in_flight_ = 0;
+  bool send_in_flight_ = false;       // a send in its sending stage
   io::IoOp recv_op_;
   bool recv_in_flight_ = false;
   std::vector<uint8_t> recv_buf_ = std::vector<uint8_t>(kRecvBytes);
@@ -248,6 +278,21 @@ Status NetSink::Join(uint64_t* next_page) {
   DP420_RETURN_IF_ERROR(r.Finish("STRIPE_READY"));
   int one = 1;
   setsockopt(conn_->fd(), SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+  // Data the peer has not acknowledged for the loss timeout ends the
+  // connection: a zero-copy send's buffer is released only then, so a silent
+  // peer cannot hold a worker (and the backup) forever.
+  // A fixed send buffer as large as autotuning's maximum: zero-copy sends
+  // charge the send buffer more than copies do, and autotuning then keeps it
+  // at a few segments on links without segmentation offload (measured: one
+  // 1448-byte segment per delayed ACK). SO_SNDBUFFORCE passes wmem_max when
+  // allowed (root).
+  int sndbuf = TcpWmemMax();
+  if (setsockopt(conn_->fd(), SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) != 0) {
+    setsockopt(conn_->fd(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+  }
+  unsigned user_timeout_ms = static_cast<unsigned>(timeout.count());
+  setsockopt(conn_->fd(), IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms,
+             sizeof(user_timeout_ms));
   job_.sockets.Set(stripe_, conn_->fd());
   broken_ = closing_ = peer_closed_ = false;
   pending_.clear();
@@ -390,27 +435,41 @@ void NetSink::Stage(SendItem item, bool ends_page) {
   }
 }
 
-// Frames leave in order: one send on the socket at a time.
+// Frames leave in order: one send in its sending stage on the socket at a
+// time; a zero-copy send that is sent but whose buffer the kernel still holds
+// (until the peer acknowledges it) no longer blocks the next one.
 void NetSink::Kick() {
   if (send_in_flight_ || broken_ || sends_.empty()) return;
-  SendItem& item = sends_.front();
-  send_op_ = io::IoOp{};
-  send_op_.fd = conn_->fd();
-  if (item.zc) {
-    send_op_.kind = job_.zc_unsupported.load() ? io::IoOp::kSend : io::IoOp::kSendZc;
-    send_op_.buf = const_cast<uint8_t*>(item.zc);
-    send_op_.len = item.zc_len;
-    send_op_.buf_index = scanner_->pool().registered() ? int(item.read->buffer) : -1;
-    if (send_op_.kind == io::IoOp::kSend) send_op_.buf_index = -1;
-  } else {
-    send_op_.kind = io::IoOp::kSend;
-    send_op_.buf = item.bytes.data();
-    send_op_.len = static_cast<uint32_t>(item.bytes.size());
+  if (free_send_ops_.empty()) {
+    send_ops_.emplace_back();
+    free_send_ops_.push_back(&send_ops_.back());
   }
-  send_op_.owner = this;
-  send_op_.tag = kTagSend;
+  SendOp* so = free_send_ops_.back();
+  free_send_ops_.pop_back();
+  so->item = std::move(sends_.front());
+  sends_.pop_front();
+  so->sent = false;
+  const SendItem& item = so->item;
+  io::IoOp& op = so->op;
+  op = io::IoOp{};
+  op.fd = conn_->fd();
+  if (item.zc) {
+    op.kind = job_.zc_unsupported.load() ? io::IoOp::kSend : io::IoOp::kSendZc;
+    op.buf = const_cast<uint8_t*>(item.zc);
+    op.len = item.zc_len;
+    op.buf_index = scanner_->pool().registered() ? int(item.read->buffer) : -1;
+    if (op.kind == io::IoOp::kSend) op.buf_index = -1;
+    op.zc_report_sent = true;
+  } else {
+    op.kind = io::IoOp::kSend;
+    op.buf = const_cast<uint8_t*>(item.bytes.data());
+    op.len = static_cast<uint32_t>(item.bytes.size());
+  }
+  op.owner = so;
+  op.tag = kTagSend;
   send_in_flight_ = true;
-  scanner_->QueueSinkOp(&send_op_);
+  ++send_ops_in_flight_;
+  scanner_->QueueSinkOp(&op);
 }
 
 void NetSink::ArmRecv() {
@@ -484,32 +543,43 @@ Status NetSink::OnOp(io::IoOp* op) {
     if (!broken_) ArmRecv();
     return Status::Ok();
   }
-  DP420_ASSERT(op->tag == kTagSend && send_in_flight_);
-  send_in_flight_ = false;
-  SendItem item = std::move(sends_.front());
-  sends_.pop_front();
-  if (item.read) scanner_->Unhold(item.read);
-  if (op->result != 0) {
-    if (op->kind == io::IoOp::kSendZc && (op->result == -EINVAL || op->result == -EOPNOTSUPP) &&
-        !job_.zc_unsupported.exchange(true)) {
-      // This kernel or socket cannot send_zc: plain sends from now on, and
-      // the connection is redone (the stream is incomplete).
+  DP420_ASSERT(op->tag == kTagSend);
+  SendOp* so = static_cast<SendOp*>(op->owner);
+  const SendItem& item = so->item;
+  Status status;
+  if (!so->sent) {  // the sending stage ended
+    so->sent = true;
+    send_in_flight_ = false;
+    if (op->result != 0) {
+      if (op->kind == io::IoOp::kSendZc &&
+          (op->result == -EINVAL || op->result == -EOPNOTSUPP)) {
+        // This kernel or socket cannot send_zc: plain sends from now on; the
+        // connection is redone (the stream is incomplete).
+        job_.zc_unsupported.store(true);
+      }
+      Break();
+      status = io::IoOpStatus(*op, "stripe to " + conn_->peer());
+    } else {
+      job_.bytes_sent.fetch_add(op->len, std::memory_order_relaxed);
+      if (item.zc && op->kind == io::IoOp::kSendZc) {
+        job_.bytes_zc.fetch_add(op->len, std::memory_order_relaxed);
+      }
+      if (item.zc && static_cast<int64_t>(item.page) <= resend_until_) {
+        job_.bytes_resent.fetch_add(op->len, std::memory_order_relaxed);
+      }
     }
-    Break();
-    return io::IoOpStatus(*op, "stripe to " + conn_->peer());
   }
-  job_.bytes_sent.fetch_add(op->len, std::memory_order_relaxed);
-  if (item.zc) {
-    if (op->kind == io::IoOp::kSendZc) {
-      job_.bytes_zc.fetch_add(op->len, std::memory_order_relaxed);
-      if (op->zc_copied) job_.bytes_zc_copied.fetch_add(op->len, std::memory_order_relaxed);
+  if (!op->zc_release_pending) {  // the buffer is free again
+    if (op->result == 0 && item.zc && op->zc_copied) {
+      job_.bytes_zc_copied.fetch_add(op->len, std::memory_order_relaxed);
     }
-    if (static_cast<int64_t>(item.page) <= resend_until_) {
-      job_.bytes_resent.fetch_add(op->len, std::memory_order_relaxed);
-    }
+    if (item.read) scanner_->Unhold(item.read);
+    so->item = SendItem{};
+    free_send_ops_.push_back(so);
+    --send_ops_in_flight_;
   }
-  Kick();
-  return Status::Ok();
+  if (status.ok()) Kick();
+  return status;
 }
 
 bool NetSink::AllAcked() const {
@@ -518,9 +588,10 @@ bool NetSink::AllAcked() const {
 
 Result<bool> NetSink::Finish() {
   if (!received_error_.ok()) return received_error_;
-  if (!sends_.empty() || !staged_.empty() || send_in_flight_ || acked_page_ < last_page_) {
+  if (!sends_.empty() || !staged_.empty() || send_ops_in_flight_ > 0 ||
+      acked_page_ < last_page_) {
     Kick();
-    if (!recv_in_flight_ && !send_in_flight_) {
+    if (!recv_in_flight_ && send_ops_in_flight_ == 0) {
       return Status::Network("stripe " + std::to_string(stripe_) + " stalled");
     }
     return false;
@@ -569,6 +640,7 @@ Result<uint64_t> NetSink::Recover(const Status& lost) {
     Status joined = Join(&next);
     if (joined.ok()) {
       job_.reconnects.fetch_add(1);
+      job_.retry_deadline_ns.store(0);
       last_page_ = static_cast<int64_t>(next) - static_cast<int64_t>(job_.stripes);
       return next;
     }
@@ -617,7 +689,8 @@ Result<BackupResult> RemoteRepository::Backup(const BackupOptions& o) {
       r->seconds = std::chrono::duration<double>(Clock::now() - start).count();
       return r;
     }
-    if (!session_lost || o.control.Canceled() ||
+    // Only a backup the server forgot starts over (not one it refused).
+    if (!session_lost || r.status().code() != Code::kNotFound || o.control.Canceled() ||
         Clock::now() - start > options_.retry_for * (attempt + 2)) {
       return r.status();
     }
@@ -646,6 +719,10 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   DP420_RETURN_IF_ERROR(EnsureControl());
 
   AgentJob job(*this, o);
+  // DP420_NO_ZEROCOPY=1: plain sends (a copy each) instead of send_zc.
+  if (const char* no_zc = std::getenv("DP420_NO_ZEROCOPY"); no_zc && *no_zc == '1') {
+    job.zc_unsupported.store(true);
+  }
   job.stripes = threads;
   auto begin = [&](const std::string& resume) -> Result<Frame> {
     PayloadWriter w;
@@ -782,6 +859,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
       auto resumed = begin(job.token);
       if (resumed.ok()) {
         job.reconnects.fetch_add(1);
+        job.retry_deadline_ns.store(0);
         last_rx = last_tx = Clock::now();
         return Status::Ok();
       }

@@ -72,7 +72,7 @@ class BackupSession {
     });
   }
   ~BackupSession() {
-    Abort("session ended");
+    Abort(Status::Ok());
     if (consumer_.joinable()) consumer_.join();
   }
 
@@ -84,16 +84,19 @@ class BackupSession {
   bool aborted() const { return aborted_.load(); }
   std::string token;
 
-  void Abort(const std::string& why) {
+  // Ends the session (its packs are rolled back when the last reference
+  // goes). A non-OK `why` is sent to the agent's control connection first,
+  // so the agent reports the reason instead of a lost connection.
+  void Abort(const Status& why) {
     if (aborted_.exchange(true)) return;
     builder_->queue().Abort();
     std::lock_guard lock(owner_mu_);
     for (auto& s : stripe_) {
       if (s->conn) s->conn->Shutdown();
     }
+    if (control_ && !why.ok()) (void)SendError(*control_, why, Millis(1000));
     if (control_) control_->Shutdown();
     cv_control_.notify_all();
-    (void)why;
   }
   bool has_control() {
     std::lock_guard lock(owner_mu_);
@@ -184,7 +187,7 @@ std::shared_ptr<BackupSession> BackupRegistry::Find(const std::string& token) {
   return it == sessions_.end() ? nullptr : it->second;
 }
 
-void BackupRegistry::Remove(const std::string& token) {
+void BackupRegistry::Remove(const std::string& token, const Status& why) {
   std::shared_ptr<BackupSession> gone;
   {
     std::lock_guard lock(mu_);
@@ -193,7 +196,7 @@ void BackupRegistry::Remove(const std::string& token) {
     gone = std::move(it->second);
     sessions_.erase(it);
   }
-  gone->Abort("removed");
+  gone->Abort(why);
 }
 
 void BackupRegistry::AbortAll() {
@@ -202,7 +205,7 @@ void BackupRegistry::AbortAll() {
     std::lock_guard lock(mu_);
     all.swap(sessions_);
   }
-  for (auto& [token, session] : all) session->Abort("server stopping");
+  for (auto& [token, session] : all) session->Abort(Status::Ok());
 }
 
 // ---- control connection ----
@@ -363,10 +366,15 @@ Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const Se
   if (!locked.ok() && locked.status().code() == Code::kBusy) {
     // A backup of this volume whose agent was lost waits for it to resume;
     // a new backup by the same client supersedes it.
+    // A session that just ended may still be releasing the lock: wait a little.
     auto old = ctx.backups.FindVolume(b.volume);
-    if (old && old->who().client == who.client && !old->has_control()) {
-      ctx.log.Warn("backup superseded", {{"client", who.client}, {"volume", b.volume}});
-      ctx.backups.Remove(old->token);
+    bool supersede = old && old->who().client == who.client &&
+                     (old->aborted() || !old->has_control());
+    if (!old || supersede) {
+      if (supersede) {
+        ctx.log.Warn("backup superseded", {{"client", who.client}, {"volume", b.volume}});
+        ctx.backups.Remove(old->token);
+      }
       old.reset();
       auto until = Clock::now() + std::chrono::seconds(5);
       while (Clock::now() < until) {
@@ -864,7 +872,7 @@ Status HandleStripe(ServerContext& ctx, Conn& conn, const SessionInfo& who, cons
     // The agent sent something unacceptable: the whole backup fails.
     (void)SendError(conn, status, timeout);
     ctx.log.Warn("backup refused", {{"client", who.client}, {"error", status.ToString()}});
-    ctx.backups.Remove(token);
+    ctx.backups.Remove(token, status);
   }
   return status;
 }

@@ -29,7 +29,8 @@ class BackupRegistry {
   std::shared_ptr<BackupSession> Find(const std::string& token);
   // The session backing up `volume`, if any.
   std::shared_ptr<BackupSession> FindVolume(const std::string& volume);
-  void Remove(const std::string& token);
+  // Ends a session; a non-OK `why` is reported to its agent first.
+  void Remove(const std::string& token, const Status& why = Status::Ok());
   // Aborts every session (server stopping): their packs are rolled back.
   void AbortAll();
 
