@@ -1,5 +1,7 @@
 #include "engine/core/scanner.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -23,8 +25,8 @@ constexpr double kWarmFraction = 0.5;
 
 Result<ScanSource> ScanSource::Open(const std::string& path) {
   ScanSource s;
-  // Warm input (mostly in the page cache) is read buffered: O_DIRECT would
-  // fetch it from the device again.
+  // Warm input (mostly in the page cache) is not read with O_DIRECT, which
+  // would fetch it from the device again.
   bool warm = false;
   {
     DP420_ASSIGN_OR_RETURN(io::File probe, io::File::OpenRead(path, false));
@@ -33,7 +35,30 @@ Result<ScanSource> ScanSource::Open(const std::string& path) {
   DP420_ASSIGN_OR_RETURN(s.direct, io::File::OpenRead(path, !warm));
   DP420_ASSIGN_OR_RETURN(s.buffered, io::File::OpenRead(path, false));
   s.align = s.direct.direct() ? std::max<uint32_t>(s.direct.info().dio_offset_align, 1) : 1;
+  if (warm && !s.block_device() && s.size() > 0) {
+    void* map = mmap(nullptr, s.size(), PROT_READ, MAP_SHARED, s.buffered.fd(), 0);
+    if (map != MAP_FAILED) s.map = static_cast<const uint8_t*>(map);
+  }
   return s;
+}
+
+ScanSource::ScanSource(ScanSource&& o) noexcept
+    : direct(std::move(o.direct)), buffered(std::move(o.buffered)), align(o.align),
+      map(std::exchange(o.map, nullptr)) {}
+
+ScanSource& ScanSource::operator=(ScanSource&& o) noexcept {
+  if (this != &o) {
+    if (map) munmap(const_cast<uint8_t*>(map), size());
+    direct = std::move(o.direct);
+    buffered = std::move(o.buffered);
+    align = o.align;
+    map = std::exchange(o.map, nullptr);
+  }
+  return *this;
+}
+
+ScanSource::~ScanSource() {
+  if (map) munmap(const_cast<uint8_t*>(map), size());
 }
 
 Entry ZeroBlockEntry(const simd::BlockHasher& hasher, uint32_t len) {
@@ -128,6 +153,48 @@ Status Scanner::QueueRead(unsigned buffer) {
   return Status::Ok();
 }
 
+Status Scanner::MappedRead(unsigned buffer) {
+  uint64_t first_block = 0;
+  uint32_t nblocks = 0;
+  if (!NextExtent(&first_block, &nblocks)) {
+    pool_.Release(buffer);
+    return Status::Ok();
+  }
+  uint64_t page_index = first_block / kPageEntries;
+  if (!open_pages_.count(page_index)) {
+    Status started = StartPage(page_index);
+    if (!started.ok()) {
+      pool_.Release(buffer);
+      return started;
+    }
+  }
+  const ScanGeometry& g = ctx_.geo;
+  ScanRead& read = reads_[buffer];
+  read = ScanRead{};
+  read.buffer = buffer;
+  read.first_block = first_block;
+  read.nblocks = nblocks;
+  read.page = open_pages_[page_index].get();
+  read.data = pool_.data(buffer);
+  uint64_t offset = first_block * g.block_size;
+  uint64_t len = std::min<uint64_t>(uint64_t{nblocks} * g.block_size, g.volume_size - offset);
+  read.op.kind = io::IoOp::kRead;
+  read.op.len = static_cast<uint32_t>(len);
+  read.op.offset = offset;
+  // Map the extent's pages in one call rather than one fault per 64 KiB; a
+  // range past the end of a file that shrank fails here (EFAULT), not with
+  // SIGBUS while hashing.
+  const uint8_t* at = ctx_.source->map + offset;
+  uint8_t* page_start = const_cast<uint8_t*>(at - (offset % 4096));
+  if (madvise(page_start, len + (offset % 4096), MADV_POPULATE_READ) != 0 && errno == EFAULT) {
+    pool_.Release(buffer);
+    return Status::IOError(ctx_.source->direct.path() + " shrank while it was read (offset " +
+                           std::to_string(offset) + ")");
+  }
+  ++reads_in_flight_;
+  return OnRead(&read);
+}
+
 Status Scanner::OnRead(ScanRead* read) {
   --reads_in_flight_;
   if (read->op.result != 0) {
@@ -138,13 +205,17 @@ Status Scanner::OnRead(ScanRead* read) {
   const ScanGeometry& g = ctx_.geo;
   const simd::BlockHasher& hasher = *ctx_.hasher;
   LeafPage* page = read->page;
+  // Blocks are hashed where they are: in the buffer, or in the mapping.
+  const uint8_t* source = ctx_.source->map
+                              ? ctx_.source->map + read->first_block * g.block_size
+                              : read->data;
   // The buffer stays ours until every block is handed over.
   ++read->holds;
   Status status;
   for (uint32_t b = 0; b < read->nblocks && status.ok(); ++b) {
     uint64_t block = read->first_block + b;
     uint32_t len = g.BlockLen(block);
-    const uint8_t* data = read->data + uint64_t{b} * g.block_size;
+    const uint8_t* data = source + uint64_t{b} * g.block_size;
     uint32_t at = static_cast<uint32_t>(block - page->index * kPageEntries);
     Entry& e = page->entries[at];
     bool zero = simd::IsZero(data, len);
@@ -170,6 +241,11 @@ Status Scanner::OnRead(ScanRead* read) {
     ++stats.blocks_changed;
     page->verdict[at] = kData;
     e.ref = ObjRef{};
+    if (data != read->data + uint64_t{b} * g.block_size) {
+      // Mapped: the sink writes or sends from the (registered) buffer.
+      std::memcpy(read->data + uint64_t{b} * g.block_size, data, len);
+      data = read->data + uint64_t{b} * g.block_size;
+    }
     simd::Sha256(data, len, e.ref.sha256);
     status = sink_->Changed(*read, b, len, e);
     if (status.ok()) ++stats.blocks_stored;
@@ -208,6 +284,13 @@ unsigned Scanner::Fill(Status* first_error, bool may_block) {
     }
     auto buffer = pool_.Acquire();
     if (!buffer) break;
+    if (ctx_.source->map) {
+      // No I/O: the extent is processed now (the buffer is released here
+      // unless changed blocks went to the sink).
+      *first_error = MappedRead(*buffer);
+      if (!first_error->ok()) break;
+      continue;
+    }
     *first_error = QueueRead(*buffer);
     if (!first_error->ok()) {
       pool_.Release(*buffer);

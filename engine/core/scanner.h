@@ -48,13 +48,20 @@ struct ScanGeometry {
   }
 };
 
-// The volume being read: O_DIRECT where possible, buffered when it is mostly
-// in the page cache already (cachestat) and for an unaligned tail.
+// The volume being read: O_DIRECT where possible, buffered for an unaligned
+// tail. A regular file that is mostly in the page cache already (cachestat)
+// is mapped instead: its blocks are hashed where they lie in the page cache,
+// and only changed blocks are copied into a buffer (for the sink).
 struct ScanSource {
   io::File direct;
   io::File buffered;
   uint32_t align = 1;
+  const uint8_t* map = nullptr;   // the whole file, read-only, when warm
   static Result<ScanSource> Open(const std::string& path);
+  ScanSource() = default;
+  ScanSource(ScanSource&& o) noexcept;
+  ScanSource& operator=(ScanSource&& o) noexcept;
+  ~ScanSource();
   uint64_t size() const { return direct.info().size_bytes; }
   bool block_device() const { return direct.info().is_block_device; }
 };
@@ -158,6 +165,8 @@ class Scanner {
   Status QueueRead(unsigned buffer);
   unsigned Fill(Status* first_error, bool may_block);
   Status OnRead(ScanRead* read);
+  // Mapped source: "reads" the extent from the mapping (no I/O).
+  Status MappedRead(unsigned buffer);
   Status Drain();
   void Restart(uint64_t page);
 
