@@ -117,6 +117,10 @@ class Ring {
 
   using FaultHook = std::function<int(const IoOp&)>;
   void SetFaultHook(FaultHook hook) { fault_hook_ = std::move(hook); }
+  // The fault the hook injects into `op` (0 or -errno) without queueing it:
+  // for transfers done without the kernel's help (a mapped source), so the
+  // same fault specs reach them.
+  int InjectedFault(const IoOp& op) const { return fault_hook_ ? fault_hook_(op) : 0; }
 
  private:
   Ring() = default;

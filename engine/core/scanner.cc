@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include "io/assert.h"
@@ -186,10 +187,15 @@ Status Scanner::MappedRead(unsigned buffer) {
   // SIGBUS while hashing.
   const uint8_t* at = ctx_.source->map + offset;
   uint8_t* page_start = const_cast<uint8_t*>(at - (offset % 4096));
-  if (madvise(page_start, len + (offset % 4096), MADV_POPULATE_READ) != 0 && errno == EFAULT) {
+  read.op.result = ring_->InjectedFault(read.op);
+  if (read.op.result == 0 &&
+      madvise(page_start, len + (offset % 4096), MADV_POPULATE_READ) != 0 &&
+      (errno == EFAULT || errno == EIO || errno == EHWPOISON)) {
+    read.op.result = -EIO;  // an I/O error, or the file shrank under us
+  }
+  if (read.op.result != 0) {
     pool_.Release(buffer);
-    return Status::IOError(ctx_.source->direct.path() + " shrank while it was read (offset " +
-                           std::to_string(offset) + ")");
+    return io::IoOpStatus(read.op, ctx_.source->direct.path());
   }
   ++reads_in_flight_;
   return OnRead(&read);
