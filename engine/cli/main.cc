@@ -72,6 +72,7 @@ struct Common {
   uint32_t max_clock_skew_ms = 500;
   double heartbeat_seconds = 5;
   double retry_seconds = 60;
+  std::string cache_dir;     // "" = $DP420_CACHE_DIR or the default
 };
 
 // Seconds from the command line as milliseconds, at least 1.
@@ -144,6 +145,7 @@ int OpenRepo(const Common& c, dp420_repo_t** repo) {
   o.heartbeat_interval_ms = Millis(c.heartbeat_seconds);
   o.max_clock_skew_ms = c.max_clock_skew_ms;
   o.retry_ms = Millis(c.retry_seconds);
+  o.cache_dir = c.cache_dir.empty() ? nullptr : c.cache_dir.c_str();
   return dp420_repo_connect(g_ctx, &o, repo);
 }
 
@@ -415,6 +417,9 @@ void AddRepoOptions(CLI::App* cmd, Common* c) {
   g->add_option("--retry-for", c->retry_seconds,
                 "Seconds to keep reconnecting after a lost connection (default 60)")
       ->check(CLI::Range(0.0, 86400.0));
+  g->add_option("--cache-dir", c->cache_dir,
+                "Where the agent keeps the parent's block ids (default: $DP420_CACHE_DIR, "
+                "/var/cache/dp420 as root, else ~/.cache/dp420)");
 }
 
 // ---- serve, client-add, client-remove ----
