@@ -118,7 +118,11 @@ Status Scanner::StartPage(uint64_t page_index) {
   return Status::Ok();
 }
 
-Status Scanner::QueueRead(unsigned buffer) {
+// Takes the next extent of the stripe for `buffer`: fills its ScanRead (the
+// op's length and offset included) and opens its page. *read is null at the
+// end of the stripe.
+Status Scanner::NextRead(unsigned buffer, ScanRead** out) {
+  *out = nullptr;
   uint64_t first_block = 0;
   uint32_t nblocks = 0;
   if (!NextExtent(&first_block, &nblocks)) return Status::Ok();
@@ -133,55 +137,45 @@ Status Scanner::QueueRead(unsigned buffer) {
   read.page = open_pages_[page_index].get();
   read.data = pool_.data(buffer);
   uint64_t offset = first_block * g.block_size;
-  uint64_t len = std::min<uint64_t>(uint64_t{nblocks} * g.block_size, g.volume_size - offset);
-  bool aligned = len % ctx_.source->align == 0;
-  io::IoOp& op = read.op;
-  op.kind = io::IoOp::kRead;
+  read.op.kind = io::IoOp::kRead;
+  read.op.len = static_cast<uint32_t>(
+      std::min<uint64_t>(uint64_t{nblocks} * g.block_size, g.volume_size - offset));
+  read.op.offset = offset;
+  read.op.owner = &read;
+  read.op.tag = kTagRead;
+  *out = &read;
+  return Status::Ok();
+}
+
+Status Scanner::QueueRead(unsigned buffer) {
+  ScanRead* read = nullptr;
+  DP420_RETURN_IF_ERROR(NextRead(buffer, &read));
+  if (read == nullptr) return Status::Ok();
+  io::IoOp& op = read->op;
+  bool aligned = op.len % ctx_.source->align == 0;
   if (fixed_source_) {
     op.fd = aligned ? 0 : 1;
     op.fixed_file = true;
   } else {
     op.fd = aligned ? ctx_.source->direct.fd() : ctx_.source->buffered.fd();
   }
-  op.buf = read.data;
+  op.buf = read->data;
   op.buf_index = pool_.registered() ? int(buffer) : -1;
-  op.len = static_cast<uint32_t>(len);
-  op.offset = offset;
-  op.owner = &read;
-  op.tag = kTagRead;
   ring_->Queue(&op);
   ++reads_in_flight_;
   return Status::Ok();
 }
 
 Status Scanner::MappedRead(unsigned buffer) {
-  uint64_t first_block = 0;
-  uint32_t nblocks = 0;
-  if (!NextExtent(&first_block, &nblocks)) {
+  ScanRead* found = nullptr;
+  Status next = NextRead(buffer, &found);
+  if (!next.ok() || found == nullptr) {
     pool_.Release(buffer);
-    return Status::Ok();
+    return next;
   }
-  uint64_t page_index = first_block / kPageEntries;
-  if (!open_pages_.count(page_index)) {
-    Status started = StartPage(page_index);
-    if (!started.ok()) {
-      pool_.Release(buffer);
-      return started;
-    }
-  }
-  const ScanGeometry& g = ctx_.geo;
-  ScanRead& read = reads_[buffer];
-  read = ScanRead{};
-  read.buffer = buffer;
-  read.first_block = first_block;
-  read.nblocks = nblocks;
-  read.page = open_pages_[page_index].get();
-  read.data = pool_.data(buffer);
-  uint64_t offset = first_block * g.block_size;
-  uint64_t len = std::min<uint64_t>(uint64_t{nblocks} * g.block_size, g.volume_size - offset);
-  read.op.kind = io::IoOp::kRead;
-  read.op.len = static_cast<uint32_t>(len);
-  read.op.offset = offset;
+  ScanRead& read = *found;
+  uint64_t offset = read.op.offset;
+  uint64_t len = read.op.len;
   // Map the extent's pages in one call rather than one fault per 64 KiB; a
   // range past the end of a file that shrank fails here (EFAULT), not with
   // SIGBUS while hashing.
