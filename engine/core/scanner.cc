@@ -192,7 +192,21 @@ Status Scanner::MappedRead(unsigned buffer) {
     return io::IoOpStatus(read.op, ctx_.source->direct.path());
   }
   ++reads_in_flight_;
-  return OnRead(&read);
+  uint64_t end_block = read.first_block + read.nblocks;
+  Status status = OnRead(&read);
+  // At the end of a leaf page, unmap it: its pages stay in the page cache,
+  // and this process's resident set stays at the pages it works on (changed
+  // blocks were copied out). Once per page, not per extent: each call costs
+  // a TLB flush.
+  const ScanGeometry& g = ctx_.geo;
+  if (end_block % kPageEntries == 0 || end_block == g.blocks) {
+    uint64_t page_offset = (end_block - 1) / kPageEntries * kPageEntries * g.block_size;
+    (void)madvise(const_cast<uint8_t*>(ctx_.source->map + page_offset),
+                  std::min<uint64_t>(uint64_t{kPageEntries} * g.block_size,
+                                     g.volume_size - page_offset),
+                  MADV_DONTNEED);
+  }
+  return status;
 }
 
 Status Scanner::OnRead(ScanRead* read) {
