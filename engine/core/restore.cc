@@ -106,6 +106,11 @@ constexpr uint64_t kReadBytesMax = kWindowBytesMax;
 // pack. In a chain, a block that a later snapshot replaced leaves its old
 // version between two records the snapshot still uses.
 constexpr uint64_t kGapBytesMax = 128ull << 10;
+// Read-ahead of lone records (see RestoreWorker): leaf pages of the stripe
+// looked at ahead of the one being restored, and lines of read-ahead per worker,
+// sharing one extra buffer.
+constexpr unsigned kAheadPages = 8;
+constexpr unsigned kLines = 8;
 
 struct RestoreJob {
   const Repository& repo;
@@ -162,6 +167,15 @@ void SizeBuffers(RestoreJob& job) {
 // (each at its "home"; zero blocks take no room), then spare room. Dense
 // homes make a run of stored blocks one write, and records that lie next to
 // each other in a pack (zero blocks are not stored) one read.
+//
+// Lone records: a block whose pack has no other block in its window, as the
+// scattered changes of a later snapshot are. Its pack holds the snapshot's
+// changes in volume order, so the lone records of the next windows of the
+// stripe often follow it there. The worker reads them together into a "line"
+// of read-ahead; each window copies its record from the line, waiting for the
+// line's read if need be. A line is freed when every record it was read for
+// has been taken (or the worker has passed them all) and no window still
+// copies from it.
 class RestoreWorker {
  public:
   RestoreWorker(RestoreJob& job, unsigned id) : job_(job), id_(id), table_(job.repo, job.m) {}
@@ -180,16 +194,42 @@ class RestoreWorker {
     uint32_t spare_next = 0;  // next free byte of the spare room
     uint32_t pending = 0;
     bool writing = false;
+    uint32_t nlines = 0;       // lines it copies from
+    uint8_t lines[kLines];
     Entry entries[kPageEntries];
     uint32_t home[kPageEntries];    // buffer offset of block b (stored blocks)
     uint32_t landed[kPageEntries];  // where b's read puts it: home, or spare room
+    const uint8_t* from_line[kPageEntries];  // or b's bytes in a line (else null)
   };
   struct Op {
     io::IoOp op;
-    Slot* slot = nullptr;
+    Slot* slot = nullptr;  // the window it reads or writes for, or null
+    int line = -1;         // the line it reads, or -1
+  };
+  struct Line {
+    bool live = false;
+    bool reading = false;
+    uint32_t pack_id = 0;
+    uint64_t begin = 0;       // pack bytes [begin, end) are at mem
+    uint64_t end = 0;
+    uint8_t* mem = nullptr;
+    uint32_t uses = 0;        // records it was read for, not yet taken
+    uint32_t linked = 0;      // windows that copy from it
+    uint64_t last_block = 0;  // the last block it was read for
+    std::vector<Slot*> waiters;  // windows waiting for its read (capacity: depth)
+  };
+  struct AheadPage {
+    uint64_t page = 0;
+    uint32_t count = 0;
+    Entry entries[kPageEntries];
+  };
+  struct Lone {
+    uint32_t pack_id;
+    uint32_t offset_4k;
+    uint64_t block;
   };
   // Read planning, per window (scratch, reused).
-  enum Placement : uint8_t { kUnplanned, kAtHome, kDisplaced };
+  enum Placement : uint8_t { kUnplanned, kAtHome, kDisplaced, kFromLine };
   struct Planned {
     uint32_t pack_blocks;  // blocks of this pack in the window: the larger first
     uint32_t pack_id;
@@ -199,8 +239,19 @@ class RestoreWorker {
 
   Status Setup();
   Status Loop();
+  void Complete(Op* op, Status* first_error);
+  void Step(Slot* slot, Status* first_error);
+  Status FillAhead();
+  void IndexLoneRecords();
+  void CountPacks(const Entry* entries, uint32_t n);
+  uint32_t PackBlocks(uint32_t pack_id) const;
   Status StartWindow(unsigned buffer, bool* started);
   Status PlaceBlocks(Slot& slot);
+  Status TakeFromLines(Slot& slot);
+  Result<int> StartLine(const Slot& slot, const ObjRef& ref, uint32_t padded);
+  int FindLine(uint32_t pack_id, uint64_t offset, uint32_t len) const;
+  void ReleaseLines(Slot* slot);
+  void FreeDoneLines();
   Status PlanReads(Slot& slot);
   bool CanJoin(Slot& slot, const io::IoOp& read, int fd, uint64_t offset, uint32_t dst,
                uint32_t len);
@@ -209,6 +260,9 @@ class RestoreWorker {
   Result<int> PackFd(uint32_t pack_id);
   Op* NewOp(Slot* slot);
   void Finish(Slot* slot);
+  uint32_t Padded(uint64_t block) const {
+    return static_cast<uint32_t>(RoundUp(job_.BlockLen(block), kRecordAlign));
+  }
 
   RestoreJob& job_;
   unsigned id_;
@@ -227,22 +281,47 @@ class RestoreWorker {
   std::vector<std::pair<uint32_t, uint32_t>> pack_blocks_;  // (pack id, blocks)
   uint32_t home_block_[kPageEntries];  // home k -> block
   Placement placement_[kPageEntries];
+  // Pages ahead: a ring whose first page is next_page_'s.
+  std::vector<AheadPage> ahead_;
+  unsigned ahead_first_ = 0;
+  unsigned ahead_count_ = 0;
+  uint64_t ahead_next_page_ = 0;
+  std::vector<Lone> lone_;  // lone records of the pages ahead, by (pack, offset)
+  std::vector<Line> lines_;  // empty when windows are too small to have lone records
+  uint32_t line_bytes_ = 0;
+  int line_buffer_ = -1;
 };
 
 Status RestoreWorker::Setup() {
   depth_ = job_.depth;
-  // At most one read and one write per block of every buffer are in flight;
-  // the ring has room for all of them.
-  ops_.resize(size_t{depth_} * job_.window_blocks * 2);
+  // Lines only pay off with windows of many blocks (those have spare room).
+  bool lines = job_.spare_blocks > 0;
+  unsigned buffers = depth_ + (lines ? 1 : 0);
+  // At most one read and one write per block of every window, and one read
+  // per line, are in flight; the ring has room for all of them.
+  ops_.resize(size_t{depth_} * job_.window_blocks * 2 + (lines ? kLines : 0));
   DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = unsigned(ops_.size())}));
-  DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(job_.BufferBytes(), depth_));
+  DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(job_.BufferBytes(), buffers));
   (void)pool_.Register(*ring_);  // unregistered I/O works too (RLIMIT_MEMLOCK)
-  slots_.resize(depth_);
+  slots_.resize(buffers);
   for (auto& op : ops_) free_ops_.push_back(&op);
   order_.reserve(kPageEntries);
   pack_blocks_.reserve(kPageEntries);
+  if (lines) {
+    unsigned line_buffer = *pool_.Acquire();  // never released: the lines' memory
+    line_bytes_ = static_cast<uint32_t>(job_.BufferBytes() / kLines / kRecordAlign * kRecordAlign);
+    lines_.resize(kLines);
+    for (unsigned i = 0; i < kLines; ++i) {
+      lines_[i].mem = pool_.data(line_buffer) + uint64_t{i} * line_bytes_;
+      lines_[i].waiters.reserve(depth_);
+    }
+    line_buffer_ = int(line_buffer);
+  }
+  ahead_.resize(lines ? kAheadPages + 1 : 1);
+  lone_.reserve(ahead_.size() * kPageEntries);
   next_page_ = id_;
   next_block_ = next_page_ * kPageEntries;
+  ahead_next_page_ = next_page_;
   return Status::Ok();
 }
 
@@ -266,18 +345,79 @@ RestoreWorker::Op* RestoreWorker::NewOp(Slot* slot) {
   *op = Op{};
   op->slot = slot;
   op->op.owner = op;
-  ++slot->pending;
+  if (slot) ++slot->pending;
   return op;
+}
+
+// Keeps the stripe's pages from next_page_ on read, as many as the ring holds.
+Status RestoreWorker::FillAhead() {
+  bool added = false;
+  while (ahead_count_ < ahead_.size() && ahead_next_page_ < job_.pages) {
+    AheadPage& p = ahead_[(ahead_first_ + ahead_count_) % ahead_.size()];
+    DP420_ASSIGN_OR_RETURN(const Entry* entries, table_.Leaf(ahead_next_page_, &p.count));
+    std::memcpy(p.entries, entries, p.count * sizeof(Entry));
+    p.page = ahead_next_page_;
+    ahead_next_page_ += job_.threads;
+    ++ahead_count_;
+    added = true;
+  }
+  if (added && !lines_.empty()) IndexLoneRecords();
+  return Status::Ok();
+}
+
+// Lists the lone records of the pages ahead, cut into windows as
+// StartWindow() will cut them.
+void RestoreWorker::IndexLoneRecords() {
+  lone_.clear();
+  for (unsigned i = 0; i < ahead_count_; ++i) {
+    const AheadPage& p = ahead_[(ahead_first_ + i) % ahead_.size()];
+    for (uint32_t w = 0; w < p.count; w += job_.window_blocks) {
+      uint32_t n = std::min(job_.window_blocks, p.count - w);
+      CountPacks(p.entries + w, n);
+      for (uint32_t b = w; b < w + n; ++b) {
+        const ObjRef& ref = p.entries[b].ref;
+        if (!ref.stored() || PackBlocks(ref.pack_id) != 1) continue;
+        lone_.push_back({ref.pack_id, ref.offset_4k, p.page * kPageEntries + b});
+      }
+    }
+  }
+  std::sort(lone_.begin(), lone_.end(), [](const Lone& a, const Lone& b) {
+    return a.pack_id != b.pack_id ? a.pack_id < b.pack_id : a.offset_4k < b.offset_4k;
+  });
+}
+
+// Fills pack_blocks_ with how many of `entries` each pack holds.
+void RestoreWorker::CountPacks(const Entry* entries, uint32_t n) {
+  pack_blocks_.clear();
+  for (uint32_t i = 0; i < n; ++i) {
+    uint32_t pack_id = entries[i].ref.pack_id;
+    if (pack_id == 0) continue;
+    auto it = std::find_if(pack_blocks_.begin(), pack_blocks_.end(),
+                           [&](const auto& p) { return p.first == pack_id; });
+    if (it == pack_blocks_.end()) {
+      pack_blocks_.emplace_back(pack_id, 1);
+    } else {
+      ++it->second;
+    }
+  }
+}
+
+uint32_t RestoreWorker::PackBlocks(uint32_t pack_id) const {
+  for (const auto& [id, n] : pack_blocks_) {
+    if (id == pack_id) return n;
+  }
+  return 0;
 }
 
 // Takes the next window of this worker's stripe and queues its pack reads.
 Status RestoreWorker::StartWindow(unsigned buffer, bool* started) {
   *started = false;
   if (next_page_ >= job_.pages) return Status::Ok();
-  uint64_t page = next_page_;
-  uint32_t count = 0;
-  DP420_ASSIGN_OR_RETURN(const Entry* entries, table_.Leaf(page, &count));
-  uint64_t page_end = page * kPageEntries + count;
+  DP420_RETURN_IF_ERROR(FillAhead());
+  const AheadPage& page = ahead_[ahead_first_];
+  DP420_ASSERT(ahead_count_ > 0);
+  DP420_ASSERT(page.page == next_page_);
+  uint64_t page_end = page.page * kPageEntries + page.count;
   Slot& slot = slots_[buffer];
   slot.buffer = buffer;
   slot.first_block = next_block_;
@@ -285,16 +425,22 @@ Status RestoreWorker::StartWindow(unsigned buffer, bool* started) {
       std::min<uint64_t>(job_.window_blocks, page_end - next_block_));
   slot.pending = 0;
   slot.writing = false;
-  std::memcpy(slot.entries, entries + (next_block_ - page * kPageEntries),
+  slot.nlines = 0;
+  std::memcpy(slot.entries, page.entries + (next_block_ - page.page * kPageEntries),
               slot.nblocks * sizeof(Entry));
   next_block_ += slot.nblocks;
   if (next_block_ >= page_end) {
+    ahead_first_ = (ahead_first_ + 1) % ahead_.size();
+    --ahead_count_;
     next_page_ += job_.threads;
     next_block_ = next_page_ * kPageEntries;
   }
   *started = true;
   DP420_RETURN_IF_ERROR(PlaceBlocks(slot));
+  CountPacks(slot.entries, slot.nblocks);
+  DP420_RETURN_IF_ERROR(TakeFromLines(slot));
   DP420_RETURN_IF_ERROR(PlanReads(slot));
+  FreeDoneLines();
   if (slot.pending == 0) return OnReadsDone(&slot);
   return Status::Ok();
 }
@@ -314,12 +460,125 @@ Status RestoreWorker::PlaceBlocks(Slot& slot) {
     }
     slot.home[b] = k * bs;
     slot.landed[b] = slot.home[b];
+    slot.from_line[b] = nullptr;
     placement_[b] = kUnplanned;
     home_block_[k++] = b;
   }
   slot.stored = k;
   slot.spare_next = k * bs;
   return Status::Ok();
+}
+
+// Takes the window's records that a line holds, and starts a line for each
+// lone record with lone records of windows ahead after it in its pack.
+Status RestoreWorker::TakeFromLines(Slot& slot) {
+  if (lines_.empty()) return Status::Ok();
+  for (uint32_t b = 0; b < slot.nblocks; ++b) {
+    const ObjRef& ref = slot.entries[b].ref;
+    if (!ref.stored()) continue;
+    uint32_t padded = Padded(slot.first_block + b);
+    int index = FindLine(ref.pack_id, ref.offset_bytes(), padded);
+    if (index < 0 && PackBlocks(ref.pack_id) == 1) {
+      DP420_ASSIGN_OR_RETURN(index, StartLine(slot, ref, padded));
+    }
+    if (index < 0) continue;
+    Line& line = lines_[index];
+    placement_[b] = kFromLine;
+    slot.from_line[b] = line.mem + (ref.offset_bytes() - line.begin);
+    if (line.uses > 0) --line.uses;
+    if (std::find(slot.lines, slot.lines + slot.nlines, index) != slot.lines + slot.nlines) {
+      continue;
+    }
+    DP420_ASSERT(slot.nlines < kLines);
+    slot.lines[slot.nlines++] = static_cast<uint8_t>(index);
+    ++line.linked;
+    if (line.reading) {
+      DP420_ASSERT(line.waiters.size() < depth_);
+      line.waiters.push_back(&slot);
+      ++slot.pending;
+    }
+  }
+  return Status::Ok();
+}
+
+// Reads the lone record `ref` and the lone records of windows ahead that
+// follow it in its pack (stale gaps of at most kGapBytesMax between them) into
+// a free line. -1 when none follows or every line is in use.
+Result<int> RestoreWorker::StartLine(const Slot& slot, const ObjRef& ref, uint32_t padded) {
+  const uint64_t ahead_from = slot.first_block + slot.nblocks;
+  auto it = std::upper_bound(lone_.begin(), lone_.end(), Lone{ref.pack_id, ref.offset_4k, 0},
+                             [](const Lone& a, const Lone& b) {
+                               return a.pack_id != b.pack_id ? a.pack_id < b.pack_id
+                                                             : a.offset_4k < b.offset_4k;
+                             });
+  uint64_t end = ref.offset_bytes() + padded;
+  uint32_t found = 0;
+  uint64_t last_block = 0;
+  for (; it != lone_.end() && it->pack_id == ref.pack_id; ++it) {
+    uint64_t offset = uint64_t{it->offset_4k} * kRecordAlign;
+    uint32_t len = Padded(it->block);
+    if (it->block < ahead_from || offset < end) continue;  // behind, or a duplicate
+    if (offset - end > kGapBytesMax || offset + len - ref.offset_bytes() > line_bytes_) break;
+    end = offset + len;
+    last_block = std::max(last_block, it->block);
+    ++found;
+  }
+  if (found == 0) return -1;
+  auto free_line = std::find_if(lines_.begin(), lines_.end(), [](const Line& l) { return !l.live; });
+  if (free_line == lines_.end()) return -1;
+  DP420_ASSIGN_OR_RETURN(int fd, PackFd(ref.pack_id));
+  Line& line = *free_line;
+  DP420_ASSERT(line.linked == 0);
+  DP420_ASSERT(line.waiters.empty());
+  line.live = true;
+  line.reading = true;
+  line.pack_id = ref.pack_id;
+  line.begin = ref.offset_bytes();
+  line.end = end;
+  line.uses = found + 1;
+  line.last_block = last_block;
+  Op* op = NewOp(nullptr);
+  op->line = static_cast<int>(free_line - lines_.begin());
+  op->op.kind = io::IoOp::kRead;
+  op->op.fd = fd;
+  op->op.buf = line.mem;
+  op->op.buf_index = pool_.registered() ? line_buffer_ : -1;
+  op->op.len = static_cast<uint32_t>(end - line.begin);
+  op->op.offset = line.begin;
+  ring_->Queue(&op->op);
+  job_.pack_reads.fetch_add(1, std::memory_order_relaxed);
+  return op->line;
+}
+
+int RestoreWorker::FindLine(uint32_t pack_id, uint64_t offset, uint32_t len) const {
+  for (size_t i = 0; i < lines_.size(); ++i) {
+    const Line& l = lines_[i];
+    if (l.live && l.pack_id == pack_id && offset >= l.begin && offset + len <= l.end) {
+      return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
+// The window has copied what it needed from its lines.
+void RestoreWorker::ReleaseLines(Slot* slot) {
+  for (uint32_t i = 0; i < slot->nlines; ++i) {
+    Line& line = lines_[slot->lines[i]];
+    DP420_ASSERT(line.linked > 0);
+    --line.linked;
+  }
+  slot->nlines = 0;
+  FreeDoneLines();
+}
+
+// Frees the lines no window copies from whose records have all been taken,
+// or lie behind the windows started so far.
+void RestoreWorker::FreeDoneLines() {
+  uint64_t started_to = next_page_ >= job_.pages ? UINT64_MAX : next_block_;
+  for (Line& line : lines_) {
+    if (!line.live || line.reading || line.linked > 0) continue;
+    if (line.uses == 0 || line.last_block < started_to) line.live = false;
+  }
 }
 
 // Queues the window's pack reads. Records go in (pack, offset) order, the
@@ -329,23 +588,12 @@ Status RestoreWorker::PlaceBlocks(Slot& slot) {
 // home once every read of the window is back. Every read's memory is disjoint
 // from every other's: it covers homes of its own blocks and of displaced ones.
 Status RestoreWorker::PlanReads(Slot& slot) {
-  pack_blocks_.clear();
-  for (uint32_t k = 0; k < slot.stored; ++k) {
-    uint32_t pack_id = slot.entries[home_block_[k]].ref.pack_id;
-    auto it = std::find_if(pack_blocks_.begin(), pack_blocks_.end(),
-                           [&](const auto& p) { return p.first == pack_id; });
-    if (it == pack_blocks_.end()) {
-      pack_blocks_.emplace_back(pack_id, 1);
-    } else {
-      ++it->second;
-    }
-  }
   order_.clear();
   for (uint32_t k = 0; k < slot.stored; ++k) {
-    const ObjRef& ref = slot.entries[home_block_[k]].ref;
-    auto it = std::find_if(pack_blocks_.begin(), pack_blocks_.end(),
-                           [&](const auto& p) { return p.first == ref.pack_id; });
-    order_.push_back({it->second, ref.pack_id, ref.offset_4k, home_block_[k]});
+    uint32_t b = home_block_[k];
+    if (placement_[b] == kFromLine) continue;
+    const ObjRef& ref = slot.entries[b].ref;
+    order_.push_back({PackBlocks(ref.pack_id), ref.pack_id, ref.offset_4k, b});
   }
   std::sort(order_.begin(), order_.end(), [](const Planned& a, const Planned& b) {
     if (a.pack_blocks != b.pack_blocks) return a.pack_blocks > b.pack_blocks;
@@ -358,8 +606,7 @@ Status RestoreWorker::PlanReads(Slot& slot) {
   for (const Planned& p : order_) {
     const uint32_t b = p.block;
     const ObjRef& ref = slot.entries[b].ref;
-    uint32_t padded = static_cast<uint32_t>(
-        RoundUp(job_.BlockLen(slot.first_block + b), kRecordAlign));
+    uint32_t padded = Padded(slot.first_block + b);
     DP420_ASSIGN_OR_RETURN(int fd, PackFd(ref.pack_id));
     if (placement_[b] == kUnplanned) placement_[b] = kAtHome;
     uint32_t dst = slot.landed[b];
@@ -422,20 +669,25 @@ bool RestoreWorker::Displace(Slot& slot, uint32_t from, uint32_t bytes) {
   return true;
 }
 
-// Every read of the window is back: bring displaced blocks home, check each
-// block, then write runs of stored blocks to the target and zero runs of zero
-// blocks.
+// Every read of the window (and of the lines it copies from) is back: bring
+// displaced blocks and blocks from lines home, check each block, then write
+// runs of stored blocks to the target and zero runs of zero blocks.
 Status RestoreWorker::OnReadsDone(Slot* slot) {
   uint8_t* base = pool_.data(slot->buffer);
   const uint32_t bs = job_.m.block_size;
   RestoreTarget& target = *job_.target;
   slot->writing = true;
   for (uint32_t b = 0; b < slot->nblocks; ++b) {
-    if (!slot->entries[b].ref.stored() || slot->landed[b] == slot->home[b]) continue;
-    DP420_ASSERT(slot->landed[b] >= slot->stored * bs);
-    std::memcpy(base + slot->home[b], base + slot->landed[b],
-                job_.BlockLen(slot->first_block + b));
+    if (!slot->entries[b].ref.stored()) continue;
+    uint32_t len = job_.BlockLen(slot->first_block + b);
+    if (slot->from_line[b]) {
+      std::memcpy(base + slot->home[b], slot->from_line[b], len);
+    } else if (slot->landed[b] != slot->home[b]) {
+      DP420_ASSERT(slot->landed[b] >= slot->stored * bs);
+      std::memcpy(base + slot->home[b], base + slot->landed[b], len);
+    }
   }
+  ReleaseLines(slot);
   uint32_t b = 0;
   while (b < slot->nblocks) {
     bool stored = slot->entries[b].ref.stored();
@@ -506,34 +758,52 @@ Status RestoreWorker::Loop() {
     }
     done_.clear();
     DP420_RETURN_IF_ERROR(ring_->Wait(1, &done_));
-    for (io::IoOp* iop : done_) {
-      Op* op = static_cast<Op*>(iop->owner);
-      Slot* slot = op->slot;
-      Status s;
-      if (iop->result != 0) {
-        s = iop->kind == io::IoOp::kRead
-                ? io::IoOpStatus(*iop, "packs/ (snapshot " + job_.m.snapshot_id + ")")
-                : io::IoOpStatus(*iop, job_.options.target_path);
-        if (iop->kind == io::IoOp::kRead) s = Status::Corruption(s.message());
-      } else if (iop->kind == io::IoOp::kWrite) {
-        job_.bytes_written.fetch_add(iop->len, std::memory_order_relaxed);
-      }
-      free_ops_.push_back(op);
-      --slot->pending;
-      if (first_error.ok() && !s.ok()) first_error = s;
-      if (slot->pending == 0) {
-        if (!slot->writing && first_error.ok()) {
-          s = OnReadsDone(slot);
-          if (!s.ok()) first_error = s;
-        } else if (slot->writing) {
-          Finish(slot);
-        }
-      }
-    }
+    for (io::IoOp* iop : done_) Complete(static_cast<Op*>(iop->owner), &first_error);
   }
   DP420_RETURN_IF_ERROR(first_error);
   if (job_.options.control.Canceled()) return Status::Canceled("restore canceled");
   return Status::Ok();
+}
+
+// A finished read or write: of a window, or of a line (whose waiting windows
+// then move on).
+void RestoreWorker::Complete(Op* op, Status* first_error) {
+  const io::IoOp& iop = op->op;
+  Status s;
+  if (iop.result != 0) {
+    s = iop.kind == io::IoOp::kRead
+            ? io::IoOpStatus(iop, "packs/ (snapshot " + job_.m.snapshot_id + ")")
+            : io::IoOpStatus(iop, job_.options.target_path);
+    if (iop.kind == io::IoOp::kRead) s = Status::Corruption(s.message());
+  } else if (iop.kind == io::IoOp::kWrite) {
+    job_.bytes_written.fetch_add(iop.len, std::memory_order_relaxed);
+  }
+  if (first_error->ok() && !s.ok()) *first_error = s;
+  Slot* slot = op->slot;
+  int line_index = op->line;
+  free_ops_.push_back(op);
+  if (slot) {
+    Step(slot, first_error);
+    return;
+  }
+  Line& line = lines_[line_index];
+  DP420_ASSERT(line.reading);
+  line.reading = false;
+  for (Slot* waiter : line.waiters) Step(waiter, first_error);
+  line.waiters.clear();
+  FreeDoneLines();
+}
+
+// One of the window's reads or writes (or a line it waits for) is done.
+void RestoreWorker::Step(Slot* slot, Status* first_error) {
+  DP420_ASSERT(slot->pending > 0);
+  if (--slot->pending > 0) return;
+  if (!slot->writing && first_error->ok()) {
+    Status s = OnReadsDone(slot);
+    if (!s.ok()) *first_error = s;
+  } else if (slot->writing) {
+    Finish(slot);
+  }
 }
 
 // Recomputes checksum_sha256 from the table before anything is written, so a

@@ -7,10 +7,13 @@
 //
 // Reads are planned per window of the volume (up to 4 MiB): the window's
 // stored blocks are read in (pack, offset) order, records adjacent in a pack
-// become one read of up to 1 MiB, and a read may run through a few stale
-// records of the pack (older versions of blocks this snapshot replaced), so a
-// chain's 10th snapshot costs the disk about as many requests as its 1st.
-// Writes stay one per run of stored blocks, in volume order.
+// become one read of up to a window, and a read may run through a few stale
+// records of the pack (older versions of blocks this snapshot replaced). A
+// block that is alone in its window with its pack (a later snapshot's
+// scattered change) is read together with the lone records of the windows
+// ahead that follow it in that pack. So a chain's 10th snapshot costs the
+// disk few more requests than its 1st. Writes stay one per run of stored
+// blocks, in volume order.
 //
 // Thread safety: RunRestore is re-entrant. A RestoreTarget may be written
 // through its descriptors and ZeroRange() from several threads at once;
