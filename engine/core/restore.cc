@@ -524,7 +524,8 @@ Result<int> RestoreWorker::StartLine(const Slot& slot, const ObjRef& ref, uint32
     ++found;
   }
   if (found == 0) return -1;
-  auto free_line = std::find_if(lines_.begin(), lines_.end(), [](const Line& l) { return !l.live; });
+  auto free_line =
+      std::find_if(lines_.begin(), lines_.end(), [](const Line& l) { return !l.live; });
   if (free_line == lines_.end()) return -1;
   DP420_ASSIGN_OR_RETURN(int fd, PackFd(ref.pack_id));
   Line& line = *free_line;
