@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -24,7 +23,6 @@
 #include <map>
 #include <mutex>
 #include <set>
-#include <random>
 #include <thread>
 
 #include "engine/core/scanner.h"
@@ -145,13 +143,8 @@ struct AgentJob {
   }
 };
 
-// Sleeps for the attempt's backoff: 250 ms doubling to 8 s, +-25 % jitter.
-void Backoff(unsigned attempt) {
-  static thread_local std::mt19937 rng{std::random_device{}()};
-  double base = std::min(8000.0, 250.0 * std::pow(2.0, std::min(attempt, 6u)));
-  std::uniform_real_distribution<double> jitter(0.75, 1.25);
-  std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(base * jitter(rng))));
-}
+// Sleeps for the attempt's reconnect delay (conn.h).
+void Backoff(unsigned attempt) { std::this_thread::sleep_for(ReconnectDelay(attempt)); }
 
 // The largest send buffer TCP autotuning may use (tcp_wmem's third field).
 int TcpWmemMax() {
@@ -338,17 +331,6 @@ Status NetSink::Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& ent
   return Status::Ok();
 }
 
-FrameHeader HeaderFor(FrameType type, uint32_t payload_len, uint32_t payload_crc) {
-  FrameHeader h{};
-  h.magic = kFrameMagic;
-  h.version = kProtocolVersion;
-  h.type = static_cast<uint16_t>(type);
-  h.payload_len = payload_len;
-  h.payload_crc32c = payload_crc;
-  h.header_crc32c = simd::Crc32c(0, reinterpret_cast<const uint8_t*>(&h), 28);
-  return h;
-}
-
 // One BLOCKS frame for the open run: header and metadata copied, the block
 // bytes sent zero-copy from the read buffer.
 Status NetSink::FlushRun() {
@@ -364,7 +346,7 @@ Status NetSink::FlushRun() {
   crc = simd::Crc32c(crc, data, run_bytes_);
   uint32_t payload_len =
       static_cast<uint32_t>(fixed.bytes().size() + run_meta_.size() + run_bytes_);
-  FrameHeader h = HeaderFor(FrameType::kBlocks, payload_len, crc);
+  FrameHeader h = MakeHeaderWithCrc(FrameType::kBlocks, 0, payload_len, crc);
   SendItem head;
   head.bytes.resize(sizeof(h));
   std::memcpy(head.bytes.data(), &h, sizeof(h));
@@ -406,8 +388,7 @@ Status NetSink::PageDone(std::unique_ptr<LeafPage> page) {
     w.U8(page->verdict[i]);
     w.Bytes({page->entries[i].id, 16});
   }
-  FrameHeader h = HeaderFor(FrameType::kPage, static_cast<uint32_t>(w.bytes().size()),
-                            simd::Crc32c(0, w.bytes().data(), w.bytes().size()));
+  FrameHeader h = MakeHeader(FrameType::kPage, 0, w.bytes());
   SendItem item;
   item.bytes.resize(sizeof(h));
   std::memcpy(item.bytes.data(), &h, sizeof(h));

@@ -25,8 +25,6 @@ using Clock = std::chrono::steady_clock;
 
 constexpr unsigned kClockSamples = 5;
 constexpr Millis kPollSlice{100};          // cancellation is seen within this
-constexpr Millis kBackoffFirst{250};
-constexpr Millis kBackoffMax{8000};
 constexpr unsigned kRestoreBuffers = 8;    // RESTORE_DATA frames being written at once
 constexpr size_t kDataOffset = 4096;       // block bytes start 4 KiB aligned in a buffer
 constexpr size_t kDataPrefix = 12;         // u64 first_block, u32 nblocks
@@ -216,9 +214,6 @@ Result<std::unique_ptr<Conn>> RemoteRepository::OpenConnection() const {
 Status RemoteRepository::ReconnectControl() {
   control_.reset();
   auto start = Clock::now();
-  Millis delay = kBackoffFirst;
-  std::mt19937_64 rng(std::random_device{}());
-  std::uniform_real_distribution<double> jitter(0.75, 1.25);
   unsigned attempts = 0;
   Status last;
   for (;;) {
@@ -239,13 +234,12 @@ Status RemoteRepository::ReconnectControl() {
     if (last.code() != Code::kNetwork) return last;
     auto elapsed = Clock::now() - start;
     if (elapsed >= options_.retry_for) break;
-    auto pause = std::chrono::duration_cast<Millis>(delay * jitter(rng));
+    Millis pause = ReconnectDelay(attempts - 1);
     auto until = Clock::now() + std::min<Clock::duration>(pause, options_.retry_for - elapsed);
     while (Clock::now() < until) {
       if (options_.control.Canceled()) return Status::Canceled("reconnect canceled");
       std::this_thread::sleep_for(std::min<Clock::duration>(kPollSlice, until - Clock::now()));
     }
-    delay = std::min(delay * 2, kBackoffMax);
   }
   return Status::Network("cannot reconnect to " + options_.address + ": " +
                          std::to_string(attempts) + " attempts in " +

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <random>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -555,6 +556,13 @@ uint64_t WallClockNs() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
+Millis ReconnectDelay(unsigned attempt) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::uniform_real_distribution<double> jitter(0.75, 1.25);
+  double base = 250.0 * static_cast<double>(1u << std::min(attempt, 5u));  // 8 s at 5
+  return Millis(static_cast<int64_t>(base * jitter(rng)));
 }
 
 }  // namespace dp420::net

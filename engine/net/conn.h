@@ -137,6 +137,11 @@ Result<ClockOffset> MeasureClockOffset(Conn& conn, unsigned samples, Millis time
 // Answers a PING frame with a PONG carrying this host's clock.
 Status AnswerPing(Conn& conn, const Frame& ping, Millis timeout);
 
+// The pause before reconnect attempt `attempt` (0-based): 250 ms doubling up
+// to 8 s, with +-25 % jitter so that agents lost together do not return
+// together.
+Millis ReconnectDelay(unsigned attempt);
+
 // CLOCK_REALTIME in Unix nanoseconds.
 uint64_t WallClockNs();
 

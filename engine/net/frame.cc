@@ -6,17 +6,23 @@
 
 namespace dp420::net {
 
-FrameHeader MakeHeader(FrameType type, uint64_t request_id, std::span<const uint8_t> payload) {
+FrameHeader MakeHeaderWithCrc(FrameType type, uint64_t request_id, uint32_t payload_len,
+                              uint32_t payload_crc32c) {
   FrameHeader h{};
   h.magic = kFrameMagic;
   h.version = kProtocolVersion;
   h.type = static_cast<uint16_t>(type);
-  h.payload_len = static_cast<uint32_t>(payload.size());
-  h.payload_crc32c = simd::Crc32c(0, payload.data(), payload.size());
+  h.payload_len = payload_len;
+  h.payload_crc32c = payload_crc32c;
   h.request_id = request_id;
   h.flags = 0;
   h.header_crc32c = simd::Crc32c(0, reinterpret_cast<const uint8_t*>(&h), 28);
   return h;
+}
+
+FrameHeader MakeHeader(FrameType type, uint64_t request_id, std::span<const uint8_t> payload) {
+  return MakeHeaderWithCrc(type, request_id, static_cast<uint32_t>(payload.size()),
+                           simd::Crc32c(0, payload.data(), payload.size()));
 }
 
 Status CheckHeader(const FrameHeader& h) {

@@ -66,6 +66,10 @@ static_assert(sizeof(FrameHeader) == 32);
 
 // Builds a header for `payload` (computes both CRCs).
 FrameHeader MakeHeader(FrameType type, uint64_t request_id, std::span<const uint8_t> payload);
+// The same for a payload the caller sends in pieces and whose CRC-32C it
+// computed itself (Crc32c chains across pieces).
+FrameHeader MakeHeaderWithCrc(FrameType type, uint64_t request_id, uint32_t payload_len,
+                              uint32_t payload_crc32c);
 
 // Checks magic, version, type, header CRC and the payload bound. kCorruption
 // (or kVersion for another protocol version) with the reason.
