@@ -566,6 +566,8 @@ class StripeReceiver {
   std::unique_ptr<TableReader> parent_;
   std::map<uint64_t, Entry> received_;  // blocks of the current page, by block number
   std::vector<io::IoOp*> done_;
+  std::vector<uint8_t> meta_;     // a BLOCKS frame's ids and digests
+  std::vector<Entry> entries_;    // ... as entries
   // Pages are acknowledged once every write queued before their PAGE frame
   // completed: (page, writes queued by then).
   std::deque<std::pair<uint64_t, uint64_t>> acks_;
@@ -651,7 +653,8 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
     return Violation("BLOCKS frame length " + std::to_string(h.payload_len) +
                            " does not match its " + std::to_string(n) + " blocks");
   }
-  std::vector<uint8_t> meta(meta_len);
+  std::vector<uint8_t>& meta = meta_;  // reused: no allocation per frame
+  meta.resize(meta_len);
   DP420_RETURN_IF_ERROR(conn_.RecvExact(meta.data(), meta.size(), timeout));
   DP420_ASSIGN_OR_RETURN(unsigned buffer, FreeBuffer());
   uint8_t* data = pool_.data(buffer);
@@ -669,7 +672,8 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
   }
   // Every block must hash to what the agent claims: SHA-256 and keyed id.
   uint64_t off = 0;
-  std::vector<Entry> entries(n);
+  std::vector<Entry>& entries = entries_;
+  entries.assign(n, Entry{});
   for (uint32_t i = 0; i < n; ++i) {
     uint32_t len = b.BlockLen(first + i);
     Entry& e = entries[i];
