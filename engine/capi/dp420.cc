@@ -125,6 +125,8 @@ bool Missing(const char* s) { return s == nullptr || *s == '\0'; }
 // the network counters were appended pass this struct_size.
 constexpr size_t kBackupResultV1Size = offsetof(dp420_backup_result_t, bytes_sent);
 static_assert(kBackupResultV1Size == 208);
+// dp420_restore_opts_t before read_through was appended.
+constexpr size_t kRestoreOptsV1Size = offsetof(dp420_restore_opts_t, read_through);
 static_assert(std::atomic<std::atomic<bool>*>::is_always_lock_free);
 
 // For the running operation on a remote handle: routes the handle's progress
@@ -427,7 +429,7 @@ void dp420_restore_opts_init(dp420_restore_opts_t* opts) {
 int dp420_restore(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_restore_opts_t* opts,
                   dp420_restore_result_t* result) {
   return Guard(ctx, [&] {
-    if (!repo || !opts || opts->struct_size < sizeof(dp420_restore_opts_t)) {
+    if (!repo || !opts || opts->struct_size < kRestoreOptsV1Size) {
       return Fail(ctx, Status::InvalidArgument("dp420_restore: bad arguments"));
     }
     if (Missing(opts->volume)) return Fail(ctx, Status::InvalidArgument("no volume name given"));
@@ -438,6 +440,19 @@ int dp420_restore(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_restore_opts
     o.target_path = dp420::control::AbsolutePath(opts->target);
     o.force = opts->force != 0;
     o.threads = opts->threads;
+    if (opts->struct_size >= sizeof(dp420_restore_opts_t)) {
+      o.read_through_bytes = opts->read_through;
+    }
+    if (o.read_through_bytes > (4u << 20)) {
+      return Fail(ctx, Status::InvalidArgument("read_through is " +
+                                               std::to_string(o.read_through_bytes) +
+                                               " bytes; at most 4 MiB (4194304)"));
+    }
+    if (repo->remote && o.read_through_bytes > 0) {
+      return Fail(ctx, Status::InvalidArgument(
+                           "read_through applies to a local repository; the server reads "
+                           "the packs of a remote one"));
+    }
     o.control = Control(ctx);
     RemoteLink link(ctx, repo);
     auto r = repo->remote ? repo->remote->Restore(o) : dp420::RunRestore(*repo->repo, o);

@@ -286,6 +286,7 @@ struct RestoreArgs {
   std::string volume, snapshot = "latest", target;
   bool force = false;
   uint32_t threads = 0;
+  uint64_t read_through = 0;
 };
 
 int CmdRestore(const Common& c, const RestoreArgs& a) {
@@ -297,6 +298,7 @@ int CmdRestore(const Common& c, const RestoreArgs& a) {
     o.target = a.target.c_str();
     o.force = a.force;
     o.threads = a.threads;
+    o.read_through = a.read_through;
     dp420_restore_result_t r{};
     r.struct_size = sizeof(r);
     dp420cli::ProgressBar bar(ShowProgress(c));
@@ -742,6 +744,9 @@ int main(int argc, char** argv) {
   restore->add_option("TARGET", r.target, "File (written sparse) or block device")->required();
   restore->add_flag("--force", r.force, "Overwrite a non-empty file or a block device");
   restore->add_option("--threads", r.threads, "Worker threads");
+  restore->add_option("--read-through", r.read_through,
+                      "Stale pack bytes a read may run through to save a request, for disks "
+                      "that seek (default 0; at most 4194304)");
 
   auto* verify = app.add_subcommand("verify", "Check the repository");
   AddRepoOptions(verify, &c);

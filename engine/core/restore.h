@@ -6,14 +6,20 @@
 // TARGET's name.
 //
 // Reads are planned per window of the volume (up to 4 MiB): the window's
-// stored blocks are read in (pack, offset) order, records adjacent in a pack
-// become one read of up to a window, and a read may run through a few stale
-// records of the pack (older versions of blocks this snapshot replaced). A
-// block that is alone in its window with its pack (a later snapshot's
-// scattered change) is read together with the lone records of the windows
-// ahead that follow it in that pack. So a chain's 10th snapshot costs the
-// disk few more requests than its 1st. Writes stay one per run of stored
-// blocks, in volume order.
+// stored blocks are read in (pack, offset) order, and records adjacent in a
+// pack become one read of up to a window. A block that is alone in its window
+// with its pack (a later snapshot's scattered change) is read together with
+// the lone records of the windows ahead that follow it in that pack. With
+// RestoreOptions::read_through_bytes, a read may also run through that many
+// stale bytes (older versions of blocks this snapshot replaced) to join the
+// next record: fewer requests for more bytes, which pays on devices where a
+// request costs more than its bytes (disks that seek); the default reads
+// exactly what the snapshot holds.
+//
+// Once a window's reads are back, its stored blocks are checked in pieces of
+// up to 512 KiB and each piece's write is submitted as soon as it checked
+// out, so the device writes while the next piece is hashed and nothing
+// unchecked reaches the target. Zero blocks stay holes in a file target.
 //
 // Thread safety: RunRestore is re-entrant. A RestoreTarget may be written
 // through its descriptors and ZeroRange() from several threads at once;
@@ -37,6 +43,8 @@ struct RestoreOptions {
   std::string target_path;          // absolute
   bool force = false;               // overwrite a non-empty file / any block device
   unsigned threads = 0;
+  // Stale pack bytes a read may run through (capped at 4 MiB); 0 = none.
+  uint64_t read_through_bytes = 0;
   JobControl control;
 };
 

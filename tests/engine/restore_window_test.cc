@@ -1,6 +1,7 @@
 // Restore's read planning (windows read in pack order, reads run through
-// stale records, displaced blocks copied home, lone records read ahead) and
-// RestoreTarget, through the engine's C++ API on real files.
+// stale records when asked to, displaced blocks copied home, lone records read
+// ahead), its checked writes, and RestoreTarget, through the engine's C++ API
+// on real files.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -53,14 +54,18 @@ class RestoreWindowTest : public ::testing::Test {
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     return r.ok() ? r->manifest.snapshot_id : "";
   }
-  Result<RestoreResult> Restore(const std::string& id, unsigned threads) {
+  Result<RestoreResult> Restore(const std::string& id, unsigned threads,
+                                uint64_t read_through = kReadThrough) {
     RestoreOptions o;
     o.volume = "vol";
     o.snapshot = id;
     o.target_path = Target(id);
     o.threads = threads;
+    o.read_through_bytes = read_through;
     return RunRestore(*repo_, o);
   }
+  // What the tests of the read-through machinery run with (the default is 0).
+  static constexpr uint64_t kReadThrough = 128 << 10;
   std::string Target(const std::string& id) const { return dir_.path() + "/restored-" + id; }
   // Gives `count` distinct blocks, none adjacent to another, none of them the
   // first or last and none all zero, fresh random non-zero bytes. Returns
@@ -128,10 +133,13 @@ TEST_F(RestoreWindowTest, ChainRestoresBitExact) {
       }
       snapshots.emplace_back(Backup(v, c.block_size, c.backup_threads), v);
     }
-    for (const auto& [id, want] : snapshots) {
-      auto r = Restore(id, c.restore_threads);
-      ASSERT_TRUE(r.ok()) << r.status().ToString();
-      EXPECT_EQ(ReadAll(Target(id)), want) << id;
+    for (uint64_t read_through : {uint64_t{0}, kReadThrough}) {
+      for (const auto& [id, want] : snapshots) {
+        auto r = Restore(id, c.restore_threads, read_through);
+        ASSERT_TRUE(r.ok()) << r.status().ToString();
+        EXPECT_EQ(ReadAll(Target(id)), want) << id << " read_through " << read_through;
+        ASSERT_EQ(unlink(Target(id).c_str()), 0);
+      }
     }
   }
 }
@@ -157,6 +165,15 @@ TEST_F(RestoreWindowTest, StaleRecordsAreReadThrough) {
   // window is one read, across its zero blocks.
   EXPECT_LE(r1->pack_reads, (32u << 20) / (4u << 20));
   EXPECT_LE(r2->pack_reads, r1->pack_reads + changed.size());
+
+  // By default a read never runs through: each changed block splits its
+  // window's run of the first pack in two, and is read on its own (records
+  // of neighbouring windows may still share a read).
+  ASSERT_EQ(unlink(Target(second).c_str()), 0);
+  auto exact = Restore(second, 1, 0);
+  ASSERT_TRUE(exact.ok()) << exact.status().ToString();
+  EXPECT_EQ(ReadAll(Target(second)), v2);
+  EXPECT_GE(exact->pack_reads, r1->pack_reads + changed.size() * 3 / 2);
 }
 
 // The stale bytes a read runs through never reach the target: damage the old

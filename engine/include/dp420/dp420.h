@@ -193,6 +193,12 @@ typedef struct dp420_restore_opts {
   const char* target;     /* required: file (written sparse) or block device */
   int force;              /* overwrite a non-empty file or a block device */
   uint32_t threads;
+  /* Stale pack bytes one read may run through to join the next record it
+   * needs (at most 4 MiB): fewer, larger reads for more bytes, for disks that
+   * seek. 0 (the default) reads only what the snapshot holds. Local
+   * repositories only: a remote handle refuses a non-zero value. Callers
+   * built before this field existed pass a smaller struct_size and get 0. */
+  uint64_t read_through;
 } dp420_restore_opts_t;
 
 typedef struct dp420_restore_result {
