@@ -443,16 +443,6 @@ int dp420_restore(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_restore_opts
     if (opts->struct_size >= sizeof(dp420_restore_opts_t)) {
       o.read_through_bytes = opts->read_through;
     }
-    if (o.read_through_bytes > (4u << 20)) {
-      return Fail(ctx, Status::InvalidArgument("read_through is " +
-                                               std::to_string(o.read_through_bytes) +
-                                               " bytes; at most 4 MiB (4194304)"));
-    }
-    if (repo->remote && o.read_through_bytes > 0) {
-      return Fail(ctx, Status::InvalidArgument(
-                           "read_through applies to a local repository; the server reads "
-                           "the packs of a remote one"));
-    }
     o.control = Control(ctx);
     RemoteLink link(ctx, repo);
     auto r = repo->remote ? repo->remote->Restore(o) : dp420::RunRestore(*repo->repo, o);

@@ -103,8 +103,7 @@ constexpr uint64_t kWindowBytesMax = 4ull << 20;
 // only once all its reads are back, so smaller reads would not start writing
 // sooner; the block layer splits what the device cannot take whole.
 constexpr uint64_t kReadBytesMax = kWindowBytesMax;
-// Stale pack bytes a read may run through to join the next record of the same
-// pack (RestoreOptions::read_through_bytes) are capped at a window.
+static_assert(kReadThroughBytesMax <= kReadBytesMax);
 // Read-ahead of lone records (see RestoreWorker): leaf pages of the stripe
 // looked at ahead of the one being restored, and lines of read-ahead per worker,
 // sharing one extra buffer.
@@ -125,7 +124,6 @@ struct RestoreJob {
   uint64_t pages = 0;
   uint32_t window_blocks = 0;  // blocks per buffer, <= kPageEntries
   uint32_t spare_blocks = 0;   // extra room per buffer for displaced blocks
-  uint64_t gap_max = 0;        // stale bytes a read may run through
   unsigned depth = 0;          // buffers per worker
   std::unique_ptr<RestoreTarget> target;
   std::mutex mu;
@@ -527,7 +525,7 @@ Result<int> RestoreWorker::StartLine(const Slot& slot, const ObjRef& ref, uint32
     uint64_t offset = uint64_t{it->offset_4k} * kRecordAlign;
     uint32_t len = Padded(it->block);
     if (it->block < ahead_from || offset < end) continue;  // behind, or a duplicate
-    if (offset - end > job_.gap_max || offset + len - ref.offset_bytes() > line_bytes_) break;
+    if (offset - end > job_.options.read_through_bytes || offset + len - ref.offset_bytes() > line_bytes_) break;
     end = offset + len;
     last_block = std::max(last_block, it->block);
     ++found;
@@ -646,7 +644,9 @@ bool RestoreWorker::CanJoin(Slot& slot, const io::IoOp& read, int fd, uint64_t o
   uint64_t end = read.offset + read.len;
   if (read.fd != fd || offset < end) return false;
   uint64_t gap = offset - end;
-  if (gap > job_.gap_max || offset + len - read.offset > kReadBytesMax) return false;
+  if (gap > job_.options.read_through_bytes || offset + len - read.offset > kReadBytesMax) {
+    return false;
+  }
   uint32_t read_end = static_cast<uint32_t>(read.buf + read.len - pool_.data(slot.buffer));
   if (uint64_t{read_end} + gap != dst) return false;
   return gap == 0 || Displace(slot, read_end, static_cast<uint32_t>(gap));
@@ -888,13 +888,16 @@ Status RunWorkers(RestoreJob& job) {
 }  // namespace
 
 Result<RestoreResult> RunRestore(const Repository& repo, const RestoreOptions& o) {
+  if (o.read_through_bytes > kReadThroughBytesMax) {
+    return Status::InvalidArgument("read_through is " + std::to_string(o.read_through_bytes) +
+                                   " bytes; at most " + std::to_string(kReadThroughBytesMax));
+  }
   auto start = Clock::now();
   RestoreJob job(repo, o);
   DP420_ASSIGN_OR_RETURN(job.m, repo.FindSnapshot(o.volume, o.snapshot));
   job.threads = o.threads ? o.threads : DefaultThreads();
   job.pages = DivCeil(job.m.blocks_total, kPageEntries);
   SizeBuffers(job);
-  job.gap_max = std::min(o.read_through_bytes, kWindowBytesMax);
   DP420_RETURN_IF_ERROR(CheckTable(job));
   // On any error below, job.target's destructor deletes the partial file.
   DP420_ASSIGN_OR_RETURN(job.target,

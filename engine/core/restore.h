@@ -37,13 +37,17 @@
 
 namespace dp420 {
 
+// The largest RestoreOptions::read_through_bytes: a read is at most a window.
+inline constexpr uint64_t kReadThroughBytesMax = 4ull << 20;
+
 struct RestoreOptions {
   std::string volume;
   std::string snapshot = "latest";  // id, unique prefix or "latest"
   std::string target_path;          // absolute
   bool force = false;               // overwrite a non-empty file / any block device
   unsigned threads = 0;
-  // Stale pack bytes a read may run through (capped at 4 MiB); 0 = none.
+  // Stale pack bytes a read may run through, at most kReadThroughBytesMax;
+  // 0 = none. Local repositories only.
   uint64_t read_through_bytes = 0;
   JobControl control;
 };

@@ -665,6 +665,11 @@ Result<RestoreResult> RemoteRepository::Restore(const RestoreOptions& options) {
     return Status::InvalidArgument("restore target '" + options.target_path +
                                    "' must be an absolute path");
   }
+  if (options.read_through_bytes > 0) {
+    return Status::InvalidArgument(
+        "read_through applies to a local repository; the server reads the packs of a "
+        "remote one");
+  }
   DP420_RETURN_IF_ERROR(EnsureControl());
   Result<RestoreResult> result = Status::Internal("restore did not run");
   {

@@ -19,10 +19,8 @@ class BackupTest : public ::testing::Test {
  protected:
   void SetUp() override {
     repo_path_ = dir_.path() + "/repo";
-    ASSERT_TRUE(Repository::Init(repo_path_).ok());
-    auto repo = Repository::Open(repo_path_);
-    ASSERT_TRUE(repo.ok()) << repo.status().ToString();
-    repo_ = std::move(repo).value();
+    repo_ = testing::NewRepository(repo_path_);
+    ASSERT_NE(repo_, nullptr);
     source_ = dir_.path() + "/source.img";
   }
   Result<BackupResult> Backup(uint32_t block_size = 0, unsigned threads = 2) {

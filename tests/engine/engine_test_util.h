@@ -1,5 +1,5 @@
-// Shared helpers for engine tests: a temporary directory and deterministic
-// volume images.
+// Shared helpers for engine tests: a temporary directory, deterministic
+// volume images, file checks and a fresh repository.
 #pragma once
 
 #include <sys/stat.h>
@@ -9,9 +9,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <gtest/gtest.h>
+
+#include "engine/core/repo.h"
 
 namespace dp420::testing {
 
@@ -50,6 +55,31 @@ inline std::vector<uint8_t> MakeVolume(size_t bytes, uint32_t seed) {
     for (size_t i = off; i < off + 65536 && i < bytes; ++i) v[i] = 0;
   }
   return v;
+}
+
+inline bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+inline uint64_t FileSize(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
+
+// Creates a repository at `path` and opens it; null after a test failure.
+inline std::unique_ptr<Repository> NewRepository(const std::string& path) {
+  Status init = Repository::Init(path);
+  if (!init.ok()) {
+    ADD_FAILURE() << "init " << path << ": " << init.ToString();
+    return nullptr;
+  }
+  auto repo = Repository::Open(path);
+  if (!repo.ok()) {
+    ADD_FAILURE() << "open " << path << ": " << repo.status().ToString();
+    return nullptr;
+  }
+  return std::move(repo).value();
 }
 
 }  // namespace dp420::testing

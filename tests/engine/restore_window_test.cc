@@ -21,14 +21,18 @@
 namespace dp420 {
 namespace {
 
+using testing::Exists;
 using testing::MakeVolume;
 using testing::ReadAll;
 using testing::TempDir;
 using testing::WriteAll;
 
-bool Exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0;
+// Random bytes without a single zero block.
+std::vector<uint8_t> DenseVolume(size_t bytes, uint32_t seed) {
+  std::vector<uint8_t> v(bytes);
+  std::mt19937_64 rng(seed);
+  for (auto& byte : v) byte = static_cast<uint8_t>(rng() | 1);
+  return v;
 }
 
 class RestoreWindowTest : public ::testing::Test {
@@ -36,10 +40,8 @@ class RestoreWindowTest : public ::testing::Test {
   void SetUp() override { UseRepo("repo"); }
   void UseRepo(const std::string& name) {
     repo_path_ = dir_.path() + "/" + name;
-    ASSERT_TRUE(Repository::Init(repo_path_).ok());
-    auto repo = Repository::Open(repo_path_);
-    ASSERT_TRUE(repo.ok()) << repo.status().ToString();
-    repo_ = std::move(repo).value();
+    repo_ = testing::NewRepository(repo_path_);
+    ASSERT_NE(repo_, nullptr);
     source_ = dir_.path() + "/source.img";
   }
   // Writes `v` as the source and backs it up; the new snapshot's id.
@@ -96,6 +98,22 @@ class RestoreWindowTest : public ::testing::Test {
     auto entries = table.Leaf(block / kPageEntries, &count);
     EXPECT_TRUE(entries.ok());
     return entries.value()[block % kPageEntries].ref;
+  }
+  // Restoring `id` fails its SHA-256 check (on block `block`, unless
+  // UINT64_MAX) and leaves nothing behind.
+  void ExpectDamaged(const std::string& id, uint64_t block = UINT64_MAX) {
+    auto r = Restore(id, 1);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Code::kCorruption);
+    EXPECT_NE(r.status().message().find("fails its SHA-256"), std::string::npos)
+        << r.status().message();
+    if (block != UINT64_MAX) {
+      EXPECT_NE(r.status().message().find("block " + std::to_string(block) + " "),
+                std::string::npos)
+          << r.status().message();
+    }
+    EXPECT_FALSE(Exists(Target(id)));
+    EXPECT_FALSE(Exists(Target(id) + ".dp420-partial"));
   }
   void Scribble(const ObjRef& ref) {
     int fd = open(repo_->PackPath(ref.pack_id).c_str(), O_WRONLY);
@@ -193,12 +211,7 @@ TEST_F(RestoreWindowTest, StaleBytesAreNeverWritten) {
   auto r2 = Restore(second, 1);
   ASSERT_TRUE(r2.ok()) << r2.status().ToString();
   EXPECT_EQ(ReadAll(Target(second)), v2);
-  auto r1 = Restore(first, 1);
-  ASSERT_FALSE(r1.ok());
-  EXPECT_EQ(r1.status().code(), Code::kCorruption);
-  EXPECT_NE(r1.status().message().find("fails its SHA-256"), std::string::npos);
-  EXPECT_FALSE(Exists(Target(first)));
-  EXPECT_FALSE(Exists(Target(first) + ".dp420-partial"));
+  ExpectDamaged(first);
 }
 
 // A displaced block (read into spare room, then copied home) is checked like
@@ -213,13 +226,7 @@ TEST_F(RestoreWindowTest, DisplacedBlockIsChecked) {
   size_t victim = *std::next(changed.begin(), 3);
   Scribble(RefOf(second, victim));
 
-  auto r2 = Restore(second, 1);
-  ASSERT_FALSE(r2.ok());
-  EXPECT_EQ(r2.status().code(), Code::kCorruption);
-  EXPECT_NE(r2.status().message().find("block " + std::to_string(victim) + " "),
-            std::string::npos)
-      << r2.status().message();
-  EXPECT_FALSE(Exists(Target(second)));
+  ExpectDamaged(second, victim);
   auto r1 = Restore(first, 1);
   ASSERT_TRUE(r1.ok()) << r1.status().ToString();
   EXPECT_EQ(ReadAll(Target(first)), v1);
@@ -231,9 +238,7 @@ TEST_F(RestoreWindowTest, DisplacedBlockIsChecked) {
 TEST_F(RestoreWindowTest, LoneRecordsAreReadAhead) {
   const uint32_t bs = 65536;
   const size_t window = 4 << 20;
-  std::vector<uint8_t> v1(64 << 20);
-  std::mt19937_64 rng(15);
-  for (auto& byte : v1) byte = static_cast<uint8_t>(rng() | 1);
+  auto v1 = DenseVolume(64 << 20, 15);
   std::string first = Backup(v1, bs, 1);
   auto v2 = v1;
   std::vector<size_t> changed;
@@ -254,22 +259,14 @@ TEST_F(RestoreWindowTest, LoneRecordsAreReadAhead) {
   // A damaged record taken from a line fails its SHA-256 like any other.
   size_t victim = changed[changed.size() / 2];
   Scribble(RefOf(second, victim));
-  auto bad = Restore(second, 1);
-  ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.status().code(), Code::kCorruption);
-  EXPECT_NE(bad.status().message().find("block " + std::to_string(victim) + " "),
-            std::string::npos)
-      << bad.status().message();
-  EXPECT_FALSE(Exists(Target(second)));
+  ExpectDamaged(second, victim);
 }
 
 // Every other block of a window replaced: more displaced blocks than spare
 // room. Reads fall back to not running through, and stay correct.
 TEST_F(RestoreWindowTest, DenseChangesOutgrowSpareRoom) {
   const uint32_t bs = 65536;
-  std::vector<uint8_t> v1(12 << 20);
-  std::mt19937_64 rng(14);
-  for (auto& byte : v1) byte = static_cast<uint8_t>(rng() | 1);
+  auto v1 = DenseVolume(12 << 20, 14);
   std::string first = Backup(v1, bs, 1);
   auto v2 = v1;
   for (size_t b = 1; b < v2.size() / bs; b += 2) {
