@@ -80,6 +80,8 @@ class Ring {
  public:
   static constexpr uint16_t kMaxRetries = 16;
 
+  // Cancels and waits for the ops in flight, reading them: destroy the ring
+  // before the ops and the buffers they use.
   ~Ring();
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;

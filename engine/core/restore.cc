@@ -273,10 +273,12 @@ class RestoreWorker {
   RestoreJob& job_;
   unsigned id_;
   TableReader table_;
-  io::BufferPool pool_;               // declared before the ring: destroyed after it
-  std::unique_ptr<io::Ring> ring_;
+  // The ops and buffers outlive the ring, whose destructor waits for the
+  // ops still in flight.
   std::vector<Slot> slots_;
   std::vector<Op> ops_;
+  io::BufferPool pool_;
+  std::unique_ptr<io::Ring> ring_;
   std::vector<Op*> free_ops_;
   std::map<uint32_t, io::File> packs_;
   unsigned depth_ = 0;

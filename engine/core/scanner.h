@@ -176,9 +176,11 @@ class Scanner {
   ScanSink* sink_;
   // The pool is declared before the ring so the ring (which waits for its
   // in-flight ops when destroyed) goes first and no op outlives its buffer.
+  // The reads and buffers outlive the ring, whose destructor waits for the
+  // ops still in flight.
+  std::vector<ScanRead> reads_;
   io::BufferPool pool_;
   std::unique_ptr<io::Ring> ring_;
-  std::vector<ScanRead> reads_;
   std::map<uint64_t, std::unique_ptr<LeafPage>> open_pages_;
   unsigned buffers_ = 0;
   unsigned queue_depth_ = 0;

@@ -904,7 +904,6 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   if (!job.error.ok()) {
     // Tell the server to roll back now rather than wait for this agent.
     if (control_) (void)SendError(*control_, job.error, timeout);
-    control_.reset();
     unlink(job.new_cache_path.c_str());
     return job.error;
   }

@@ -111,16 +111,6 @@ class Reader {
   Clock::time_point last_heard_ = Clock::now();
 };
 
-Status Unexpected(const Frame& f, const std::string& server, const char* during) {
-  if (f.type() == FrameType::kError) return StatusFromError(f, server);
-  return Status::Network(server + " sent " + FrameTypeName(f.header.type) + " during " + during);
-}
-
-Status Malformed(const Frame& f, const std::string& server, const Status& why) {
-  return Status::Network(server + " sent a malformed " + FrameTypeName(f.header.type) +
-                         " frame (" + why.message() + ")");
-}
-
 // A kDone payload: one JSON string.
 Result<Json> DoneJson(const Frame& f, const std::string& server) {
   PayloadReader r(f.payload);
@@ -160,8 +150,7 @@ Result<std::unique_ptr<Conn>> Dial(const RemoteOptions& o, const uint8_t key[kKe
   auto deadline = Clock::now() + o.connect_timeout;
   DP420_ASSIGN_OR_RETURN(std::unique_ptr<Conn> conn, Conn::Connect(o.address, o.connect_timeout));
   auto left = std::max(std::chrono::ceil<Millis>(deadline - Clock::now()), Millis(1));
-  uint64_t server_time = 0;
-  DP420_RETURN_IF_ERROR(ClientHandshake(*conn, o.client, key, left, &server_time, repo_id));
+  DP420_RETURN_IF_ERROR(ClientHandshake(*conn, o.client, key, left, nullptr, repo_id));
   return conn;
 }
 
@@ -281,7 +270,7 @@ Status RemoteRepository::ListManifests(const std::string& volume, std::vector<Ma
         out->push_back(std::move(m));
         continue;
       }
-      if (f.type() != FrameType::kDone) return Unexpected(f, reader.server(), "list");
+      DP420_RETURN_IF_ERROR(ExpectFrame(f, FrameType::kDone, reader.server()));
       DP420_ASSIGN_OR_RETURN(Json done, DoneJson(f, reader.server()));
       try {
         for (const auto& d : done.at("damaged")) {
@@ -362,7 +351,7 @@ Result<VerifyReport> RemoteRepository::Verify(const VerifyOptions& options) {
         report.problems.push_back(std::move(p));
         continue;
       }
-      if (f.type() != FrameType::kDone) return Unexpected(f, reader.server(), "verify");
+      DP420_RETURN_IF_ERROR(ExpectFrame(f, FrameType::kDone, reader.server()));
       DP420_ASSIGN_OR_RETURN(Json done, DoneJson(f, reader.server()));
       return ParseReport(done, reader.server(), &report);
     }
@@ -386,12 +375,6 @@ class RemoteRestore {
                 const std::string& repo_id)
       : conn_(conn), ro_(ro), o_(o), repo_id_(repo_id), control_{o.control, ro.control},
         reader_(conn, ro, control_, "restore") {}
-  ~RemoteRestore() {
-    // Every write must be finished before the buffers go (the ring's
-    // destructor also waits; this keeps the order explicit).
-    if (ring_) (void)WaitWrites(ring_->in_flight());
-  }
-
   Result<RestoreResult> Run(uint64_t request_id);
 
  private:
@@ -431,9 +414,11 @@ class RemoteRestore {
 
   Manifest m_;
   std::unique_ptr<RestoreTarget> target_;
-  io::BufferPool pool_;  // declared before the ring: destroyed after it
-  std::unique_ptr<io::Ring> ring_;
+  // The ops and buffers outlive the ring, whose destructor waits for the
+  // ops still in flight.
   std::vector<WriteOp> ops_;
+  io::BufferPool pool_;
+  std::unique_ptr<io::Ring> ring_;
   std::vector<io::IoOp*> done_;
   simd::Sha256Stream volume_sha_;
 
@@ -468,7 +453,7 @@ Result<RestoreResult> RemoteRestore::Run(uint64_t request_id) {
   w.String(o_.snapshot);
   DP420_RETURN_IF_ERROR(conn_.Send(FrameType::kRestore, request_id, w.bytes(), ro_.LossTimeout()));
   DP420_ASSIGN_OR_RETURN(Frame first, reader_.Next());
-  if (first.type() != FrameType::kSnapshot) return Unexpected(first, reader_.server(), "restore");
+  DP420_RETURN_IF_ERROR(ExpectFrame(first, FrameType::kSnapshot, reader_.server()));
   DP420_ASSIGN_OR_RETURN(m_, ParseManifest(first, reader_.server(), repo_id_));
   bool latest = o_.snapshot.empty() || o_.snapshot == "latest";
   if (m_.volume != o_.volume ||
@@ -491,7 +476,7 @@ Result<RestoreResult> RemoteRestore::Run(uint64_t request_id) {
       DP420_RETURN_IF_ERROR(Finish(f));
       break;
     } else {
-      return Unexpected(f, reader_.server(), "restore");
+      return ExpectFrame(f, FrameType::kRestorePage, reader_.server());  // an error
     }
   }
   RestoreResult r;

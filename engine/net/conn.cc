@@ -114,10 +114,6 @@ int ConnectOne(const addrinfo* ai, const std::string& address, Deadline deadline
 
 void PutBytes(PayloadWriter& w, const uint8_t* data, size_t len) { w.Bytes({data, len}); }
 
-Status Malformed(const Frame& frame, const std::string& peer, const Status& why) {
-  return Status::Network(peer + " sent a malformed " + FrameTypeName(frame.header.type) +
-                         " frame (" + why.message() + ")");
-}
 
 Millis Left(Deadline deadline) {
   auto left = std::chrono::ceil<Millis>(deadline - Clock::now());
@@ -347,6 +343,11 @@ Status StatusFromError(const Frame& frame, const std::string& peer) {
                            ": " + message);
   }
   return Status::Make(Code(code), peer.empty() ? message : peer + ": " + message);
+}
+
+Status Malformed(const Frame& frame, const std::string& peer, const Status& why) {
+  return Status::Network(peer + " sent a malformed " + FrameTypeName(frame.header.type) +
+                         " frame (" + why.message() + ")");
 }
 
 Status ExpectFrame(const Frame& frame, FrameType expected, const std::string& peer) {

@@ -111,6 +111,8 @@ Status StatusFromError(const Frame& frame, const std::string& peer);
 // When `frame` is an ERROR frame: its Status; when it is not of `expected`
 // type: kNetwork naming both types; else OK.
 Status ExpectFrame(const Frame& frame, FrameType expected, const std::string& peer);
+// A frame whose payload did not parse (`why`), from `peer`: kNetwork.
+Status Malformed(const Frame& frame, const std::string& peer, const Status& why);
 
 // The agent side of the handshake (HELLO, CHALLENGE, AUTH, AUTH_OK). Checks
 // the server's proof before returning. `server_time_ns` receives the time the

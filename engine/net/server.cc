@@ -764,7 +764,6 @@ Status Server::Run() {
   DP420_RETURN_IF_ERROR(Listen());
   Status s = AcceptLoop();
   Drain();
-  backups_.AbortAll();
   if (!s.ok()) {
     log_.Warn("stopped", {{"error", s.ToString()}});
     return s;

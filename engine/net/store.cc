@@ -5,7 +5,6 @@
 
 #include <condition_variable>
 #include <deque>
-#include <set>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -368,8 +367,8 @@ Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const Se
     // a new backup by the same client supersedes it.
     // A session that just ended may still be releasing the lock: wait a little.
     auto old = ctx.backups.FindVolume(b.volume);
-    bool supersede = old && old->who().client == who.client &&
-                     (old->aborted() || !old->has_control());
+    // (Sessions are aborted only once out of the registry.)
+    bool supersede = old && old->who().client == who.client && !old->has_control();
     if (!old || supersede) {
       if (supersede) {
         ctx.log.Warn("backup superseded", {{"client", who.client}, {"volume", b.volume}});
@@ -528,10 +527,7 @@ class StripeReceiver {
 
   Status Run();
   // Waits for every pack write; the first write error, if any.
-  Status Flush() {
-    Status s = WaitWrites(true);
-    return write_error_.ok() ? s : write_error_;
-  }
+  Status Flush() { return WaitWrites(true); }
   // The agent broke the protocol (as opposed to the connection failing).
   bool violated() const { return violated_; }
 
@@ -541,9 +537,10 @@ class StripeReceiver {
     return Status::Network("protocol violation: " + what);
   }
   bool violated_ = false;
+  static constexpr uint64_t kNoWrite = UINT64_MAX;
   struct Write {
     io::IoOp op;
-    uint64_t seq = 0;
+    uint64_t seq = kNoWrite;  // its sequence number while in flight
   };
   Status OnBlocks(const FrameHeader& h);
   Status OnPage(const Frame& f);
@@ -560,29 +557,33 @@ class StripeReceiver {
   uint32_t id_;
   uint32_t block_size_;
   uint64_t buffer_bytes_ = 0;
-  io::BufferPool pool_;  // before the ring: the ring drains first
-  std::unique_ptr<io::Ring> ring_;
+  // The writes and buffers outlive the ring, whose destructor waits for the
+  // writes still in flight.
   std::vector<Write> writes_;
+  io::BufferPool pool_;
+  std::unique_ptr<io::Ring> ring_;
   std::unique_ptr<TableReader> parent_;
-  std::map<uint64_t, Entry> received_;  // blocks of the current page, by block number
+  // Blocks of the current page received so far, by index in the page.
+  std::vector<Entry> received_ = std::vector<Entry>(kPageEntries);
+  std::vector<uint8_t> have_ = std::vector<uint8_t>(kPageEntries);
+  uint32_t received_count_ = 0;
   std::vector<io::IoOp*> done_;
   std::vector<uint8_t> meta_;     // a BLOCKS frame's ids and digests
   std::vector<Entry> entries_;    // ... as entries
   // Pages are acknowledged once every write queued before their PAGE frame
   // completed: (page, writes queued by then).
   std::deque<std::pair<uint64_t, uint64_t>> acks_;
-  std::set<uint64_t> writes_in_flight_;  // sequence numbers
   uint64_t next_write_seq_ = 0;
   Status write_error_;
 };
 
 Status StripeReceiver::Reap(bool wait_one) {
-  if (ring_->in_flight() == 0) return Status::Ok();
+  if (ring_->in_flight() == 0) return write_error_;
   done_.clear();
   DP420_RETURN_IF_ERROR(ring_->Wait(wait_one ? 1 : 0, &done_));
   for (io::IoOp* op : done_) {
     Write* w = static_cast<Write*>(op->owner);
-    writes_in_flight_.erase(w->seq);
+    w->seq = kNoWrite;
     pool_.Release(static_cast<unsigned>(w - writes_.data()));
     if (write_error_.ok() && op->result != 0) write_error_ = io::IoOpStatus(*op, st_.pack->path());
   }
@@ -597,7 +598,10 @@ Status StripeReceiver::WaitWrites(bool all) {
 }
 
 Status StripeReceiver::SendAcks() {
-  uint64_t done_below = writes_in_flight_.empty() ? next_write_seq_ : *writes_in_flight_.begin();
+  if (acks_.empty()) return Status::Ok();
+  // Every write numbered below the oldest one still in flight has completed.
+  uint64_t done_below = next_write_seq_;
+  for (const Write& w : writes_) done_below = std::min(done_below, w.seq);
   while (!acks_.empty() && acks_.front().second <= done_below) {
     PayloadWriter ack;
     ack.U64(acks_.front().first);
@@ -702,11 +706,13 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
     uint32_t len = b.BlockLen(first + i);
     st_.pack->Reserve(len, &entries[i].ref);
     if (i == 0) pack_offset = entries[i].ref.offset_bytes();
-    received_[first + i] = entries[i];
+    uint32_t k = static_cast<uint32_t>((first + i) % kPageEntries);
+    received_count_ += have_[k] ? 0 : 1;
+    have_[k] = 1;
+    received_[k] = entries[i];
   }
   Write& w = writes_[buffer];
   w.seq = next_write_seq_++;
-  writes_in_flight_.insert(w.seq);
   w.op = io::IoOp{};
   w.op.kind = io::IoOp::kWrite;
   w.op.fd = st_.pack->fd();
@@ -715,8 +721,7 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
   w.op.len = static_cast<uint32_t>(padded);
   w.op.offset = pack_offset;
   w.op.owner = &w;
-  ring_->Queue(&w.op);
-  DP420_RETURN_IF_ERROR(ring_->Submit());
+  ring_->Queue(&w.op);  // submitted by the next Reap, with what finished
   st_.bytes_received += data_len;
   return Status::Ok();
 }
@@ -754,35 +759,34 @@ Status StripeReceiver::OnPage(const Frame& f) {
     uint32_t len = b.BlockLen(block);
     Entry& e = leaf->entries[i];
     const Entry* old = i < parent_count ? &parent[i] : nullptr;
-    std::string where = "block " + std::to_string(block);
+    auto where = [block] { return "block " + std::to_string(block); };
     if (verdict == kUnchanged) {
       if (!old || std::memcmp(old->id, id, 16) != 0) {
         return Status::InvalidArgument(
-            where + ": the agent's copy of the parent table differs from the server's "
+            where() + ": the agent's copy of the parent table differs from the server's "
                     "(its cache is stale); nothing was committed");
       }
       e = *old;
     } else if (verdict == kZero) {
       e = b.ZeroEntry(len);
       if (std::memcmp(e.id, id, 16) != 0) {
-        return Violation(where + ": announced as zero with another id");
+        return Violation(where() + ": announced as zero with another id");
       }
       if (old && !(old->ref.flags & kObjZero)) ++changed;
     } else if (verdict == kData) {
-      auto it = received_.find(block);
-      if (it == received_.end() || std::memcmp(it->second.id, id, 16) != 0) {
-        return Violation(where + ": announced as changed but its data was not received");
+      if (!have_[i] || std::memcmp(received_[i].id, id, 16) != 0) {
+        return Violation(where() + ": announced as changed but its data was not received");
       }
-      e = it->second;
+      e = received_[i];
       ++changed;
       ++stored;
     } else {
-      return Violation(where + ": unknown verdict " + std::to_string(verdict));
+      return Violation(where() + ": unknown verdict " + std::to_string(verdict));
     }
     if (e.ref.flags & kObjZero) ++zero;
   }
   DP420_RETURN_IF_ERROR(r.Finish("PAGE"));
-  if (received_.size() != stored) {
+  if (received_count_ != stored) {
     return Violation("page " + std::to_string(page) +
                            ": blocks were sent that the page does not reference");
   }
@@ -790,7 +794,8 @@ Status StripeReceiver::OnPage(const Frame& f) {
     if (s_.aborted() || s_.builder().queue().aborted()) return Status::Network("backup aborted");
   }
   s_.builder().queue().Put(std::move(leaf));
-  received_.clear();
+  std::fill(have_.begin(), have_.end(), 0);
+  received_count_ = 0;
   st_.blocks_changed += changed;
   st_.blocks_zero += zero;
   st_.blocks_stored += stored;
@@ -804,11 +809,14 @@ Status StripeReceiver::Run() {
   Millis timeout = ctx_.options.LossTimeout();
   for (;;) {
     DP420_RETURN_IF_ERROR(Reap(false));
+    DP420_RETURN_IF_ERROR(SendAcks());
     if (!acks_.empty()) {
       // Nothing more to read right now: finish the writes and acknowledge.
       pollfd pfd{conn_.fd(), POLLIN, 0};
-      if (poll(&pfd, 1, 0) == 0) DP420_RETURN_IF_ERROR(WaitWrites(true));
-      DP420_RETURN_IF_ERROR(SendAcks());
+      if (poll(&pfd, 1, 0) == 0) {
+        DP420_RETURN_IF_ERROR(WaitWrites(true));
+        DP420_RETURN_IF_ERROR(SendAcks());
+      }
     }
     auto header = conn_.RecvHeader(timeout);
     if (!header.ok()) {
