@@ -33,6 +33,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
+using dp420::testing::Exists;
 using dp420::testing::MakeVolume;
 using dp420::testing::ReadAll;
 using dp420::testing::TempDir;
@@ -48,11 +49,6 @@ std::vector<std::string> ListDir(const std::string& dir) {
   }
   std::sort(names.begin(), names.end());
   return names;
-}
-
-bool Exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0;
 }
 
 // Gives every manifest of `volume` to `client`, re-sealing the hash chain, as
@@ -82,10 +78,8 @@ class RemoteTest : public ::testing::Test {
  protected:
   void SetUp() override {
     repo_path_ = dir_.path() + "/repo";
-    ASSERT_TRUE(Repository::Init(repo_path_).ok());
-    auto repo = Repository::Open(repo_path_);
-    ASSERT_TRUE(repo.ok()) << repo.status().ToString();
-    repo_ = std::move(repo).value();
+    repo_ = dp420::testing::NewRepository(repo_path_);
+    ASSERT_NE(repo_, nullptr);
     clients_file_ = dir_.path() + "/clients.json";
     ClientRegistry registry;
     for (auto [name, role] : {std::pair{"alice", "append"}, {"bob", "append"}, {"root", "admin"}}) {
@@ -471,6 +465,15 @@ TEST_F(RemoteTest, FuzzedStreamsNeitherCrashNorDisturbOtherSessions) {
       std::this_thread::sleep_for(5ms);
     }
   });
+  // Joined on every way out, a failed ASSERT included.
+  struct StopOther {
+    std::atomic<bool>& fuzzing;
+    std::thread& other;
+    ~StopOther() {
+      fuzzing.store(false);
+      if (other.joinable()) other.join();
+    }
+  } stop_other{fuzzing, other};
 
   std::mt19937_64 rng(420);
   auto random_bytes = [&](size_t n) {
@@ -640,7 +643,13 @@ TEST_F(RemoteTest, LostServerEndsCallsWithinLossTimeout) {
     paused.store(true);
   };
   std::thread client([&] { (void)second->Restore(stuck); });
-  while (!paused.load()) std::this_thread::sleep_for(10ms);
+  auto give_up = Clock::now() + 10s;
+  while (!paused.load() && Clock::now() < give_up) std::this_thread::sleep_for(10ms);
+  if (!paused.load()) {
+    proxy.Kill();
+    client.join();
+    FAIL() << "the restore never reported progress";
+  }
   std::this_thread::sleep_for(500ms);  // the server's sends are blocked by now
   double stop_seconds = StopServer();
   EXPECT_GE(stop_seconds, 0.25);
