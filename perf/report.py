@@ -149,14 +149,6 @@ def stats(recs: dict, volume_bytes: int) -> dict:
     return out
 
 
-def pair_values(num: dict, den: dict, fn=None, fd=None) -> list:
-    """fn(num) / fd(den) per pair, in pair order (the evidence behind a median)."""
-    fn = fn or (lambda r: r["wall_s"])
-    fd = fd or (lambda r: r["wall_s"])
-    return [fn(num[p]) / fd(den[p]) for p in sorted(num)
-            if ok(num[p]) and ok(den.get(p)) and fd(den[p]) > 0]
-
-
 REMOTE_COUNTERS = ("bytes_sent", "bytes_sent_zerocopy", "bytes_zerocopy_copied", "bytes_resent",
                    "reconnects")
 
@@ -218,6 +210,8 @@ def summarise(records: list, ctx: dict) -> dict:
         return stats(runs.get(phase, tool, op, mode, bs), volume)
 
     core = lambda tool, op, mode="cold": runs.get("core", tool, op, mode)
+    chain_pairs = pair_ratios(runs.get("chain", "dp420", "restore-last"),
+                              runs.get("chain", "dp420", "restore-first"), fd=lambda r: r["wall_s"])
     ratios = {
         "incr_vs_fio": pair_ratio(core("dp420", "incremental"), core("fio", "read-changed")),
         "full_vs_fio": pair_ratio(core("dp420", "full"), core("fio", "read-base")),
@@ -227,9 +221,7 @@ def summarise(records: list, ctx: dict) -> dict:
                                        core("xxh128sum", "hash-changed", "warm")),
         "warm_full_vs_xxh": pair_ratio(core("dp420", "full", "warm"),
                                        core("xxh128sum", "hash-changed", "warm")),
-        "chain": pair_ratio(runs.get("chain", "dp420", "restore-last"),
-                            runs.get("chain", "dp420", "restore-first"),
-                            fd=lambda r: r["wall_s"]),
+        "chain": statistics.median(chain_pairs) if chain_pairs else None,
     }
     peer_ratio = {}
     if peers:
@@ -368,7 +360,7 @@ def summarise(records: list, ctx: dict) -> dict:
             remote_rows.append({"operation": f"dp420 remote {op}, loopback (cold)",
                                 **remote_stats(remote, vol), "vs_fio": pair_ratio(remote, fio_r),
                                 "vs_local": remote_ratio[op],
-                                "vs_local_pairs": pair_values(local, remote)})
+                                "vs_local_pairs": pair_ratios(local, remote, fd=lambda r: r["wall_s"])})
 
     # --- targets ---
     targets = []
@@ -402,12 +394,10 @@ def summarise(records: list, ctx: dict) -> dict:
            fmt_x(r), f">= {RESTORE_MIN_VS_CP} x", None if r is None else r >= RESTORE_MIN_VS_CP,
            evidence_io(s_rest, s_cp))
     r = ratios["chain"]
-    each = pair_ratios(runs.get("chain", "dp420", "restore-last"),
-                       runs.get("chain", "dp420", "restore-first"), fd=lambda x: x["wall_s"])
     target("chain-restore", f"restore of snapshot {chain_n} no slower than of snapshot 1",
            fmt_x(r), f"<= {CHAIN_MAX:.2f} x", None if r is None else r <= CHAIN_MAX,
            evidence_io(st("chain", "dp420", "restore-last"), st("chain", "dp420", "restore-first"), True)
-           + (f"; pairs {', '.join(f'{v:.2f}' for v in each)}" if each else ""))
+           + (f"; pairs {', '.join(f'{v:.2f}' for v in chain_pairs)}" if chain_pairs else ""))
     r = inv(ratios["warm_incr_vs_xxh"])
     target("warm-incr-vs-xxh", "warm incremental throughput >= 1.5 x xxh128sum of the cached file",
            fmt_x(r), f">= {WARM_MIN_VS_XXH} x", None if r is None else r >= WARM_MIN_VS_XXH,
