@@ -26,10 +26,11 @@
 #            the page cache and dp420 full/incremental (warm input); with peers, each peer's
 #            full, incremental, restore (cold) and full, incremental (warm input). The order
 #            of yardstick and subject, and of the tools, alternates from pair to pair.
-#   chain    N snapshots with small changes, restore of the 1st and the Nth (cold) in
-#            2 x pairs + 1 alternating pairs (a restore takes seconds; more pairs steady a
-#            median between two nearly equal times), then one backup of a 64 MiB change at
-#            fixed offsets (metadata at this volume size)
+#   chain    N snapshots, each change rewriting data in place (every snapshot holds the
+#            same bytes, so only the chain's depth differs); 2 x pairs + 1 rounds of cold
+#            restores of the 1st, the Nth and the 1st again (a restore takes seconds; more
+#            rounds steady a median between two nearly equal times), then one backup of a
+#            64 MiB change at fixed offsets (metadata at this volume size)
 #   64g      a 64 GiB sparse volume: full, the same 64 MiB change, restore (cold)
 #   sweep    16 KiB, 64 KiB, 256 KiB, 1 MiB blocks: a full backup each, then per pair fio
 #            and the incremental (cold), the parent restored by an unmeasured backup
@@ -499,7 +500,7 @@ chain_phase() {
   for ((i = 1; i <= chain_len; i++)); do
     if ((i > 1)); then
       python3 "${VOLUME_PY}" patch "${img}" --mib "${chain_step_mib}" --chunk-kib 64 \
-        --span "${VOLUME_BYTES}" --seed $((100 + i))
+        --span "${VOLUME_BYTES}" --seed $((100 + i)) --over-data
     fi
     cold
     dp420_backup "$(meta phase=chain tool=dp420 op=chain-backup mode=cold seq="${i}" pair=1)" "${repo}" "${img}"
@@ -510,17 +511,23 @@ chain_phase() {
     e2e_log "chain: a backup failed, no restores"
     return 0
   fi
+  # Rounds of three cold restores: the 1st snapshot, the Nth, the 1st again. The Nth is
+  # judged against the mean of the two around it (drift cancels), and the 1st against
+  # itself gives the noise of one comparison, measured in the same run.
+  local r1="${CHAIN_DIR}/restored-first.img" rn="${CHAIN_DIR}/restored-last.img"
   for ((p = 1; p <= 2 * pairs + 1; p++)); do
-    local r1="${CHAIN_DIR}/restored-first.img" rn="${CHAIN_DIR}/restored-last.img"
     rm -f "${r1}" "${rn}"
-    do_first() { cold; dp420_restore "$(meta phase=chain tool=dp420 op=restore-first mode=cold pair="${p}")" "${repo}" "${first_id}" "${r1}"; }
-    do_last() { cold; dp420_restore "$(meta phase=chain tool=dp420 op=restore-last mode=cold pair="${p}")" "${repo}" "${last_id}" "${rn}"; }
-    if ((p % 2)); then do_first; do_last; else do_last; do_first; fi
-    if ((p == 1)); then
-      check_same chain_restore_first "${BASE}" "${r1}"
-      check_same chain_restore_last "${img}" "${rn}"
-    fi
-    rm -f "${r1}" "${rn}"
+    cold
+    dp420_restore "$(meta phase=chain tool=dp420 op=restore-first mode=cold pair="${p}")" "${repo}" "${first_id}" "${r1}"
+    if ((p == 1)); then check_same chain_restore_first "${BASE}" "${r1}"; fi
+    rm -f "${r1}"
+    cold
+    dp420_restore "$(meta phase=chain tool=dp420 op=restore-last mode=cold pair="${p}")" "${repo}" "${last_id}" "${rn}"
+    if ((p == 1)); then check_same chain_restore_last "${img}" "${rn}"; fi
+    rm -f "${rn}"
+    cold
+    dp420_restore "$(meta phase=chain tool=dp420 op=restore-first-again mode=cold pair="${p}")" "${repo}" "${first_id}" "${r1}"
+    rm -f "${r1}"
   done
   python3 "${VOLUME_PY}" patch "${img}" --mib "${CHANGE_MIB}" --chunk-kib "${CHANGE_PIECE_KIB}" \
     --span "${CHANGE_SPAN}" --seed "${CHANGE_SEED}"

@@ -5,11 +5,14 @@
         A sparse file of BYTES holding N MiB of random data in 1 MiB pieces at scattered,
         1 MiB-aligned offsets (deterministic for a seed); the rest are holes.
 
-    volume.py patch IMAGE --mib M --chunk-kib K --span BYTES --seed S
+    volume.py patch IMAGE --mib M --chunk-kib K --span BYTES --seed S [--over-data]
         Overwrites M MiB of IMAGE with random data, in pieces of K KiB at distinct
         offsets below SPAN, each a multiple of max(K KiB, 1 MiB) when SPAN allows, else
         of K KiB. The same arguments write the same bytes at the same offsets into any
         image at least SPAN long: "the same absolute change" for two volume sizes.
+        --over-data: only offsets whose K KiB already hold a non-zero byte, so the change
+        rewrites data in place (as a database or VM image changes) and the image holds
+        as many non-zero blocks of K KiB or more afterwards as before.
 
     volume.py cmp IMAGE_A IMAGE_B
         Exit 0 when both files have the same size and bytes. Reads only the ranges where
@@ -61,6 +64,16 @@ def make_sparse(args) -> int:
     return 0
 
 
+def data_slots(path: str, slots: range, align: int, piece: int) -> list:
+    """The slots whose piece (at slot * align) holds a non-zero byte."""
+    zero = bytes(piece)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return [s for s in slots if os.pread(fd, piece, s * align) != zero]
+    finally:
+        os.close(fd)
+
+
 def patch(args) -> int:
     piece = args.chunk_kib << 10
     span = parse_size(args.span)
@@ -68,16 +81,19 @@ def patch(args) -> int:
     align = max(piece, MIB)
     if span // align < count:
         align = piece
-    slots = span // align
-    if slots < count:
-        print(f"volume.py: {args.mib} MiB in {args.chunk_kib} KiB pieces do not fit in {span} bytes",
-              file=sys.stderr)
-        return 2
+    slots = range(span // align)
     if os.path.getsize(args.image) < span:
         print(f"volume.py: {args.image} is shorter than the span {span}", file=sys.stderr)
         return 2
+    if args.over_data:
+        slots = data_slots(args.image, slots, align, piece)
+    if len(slots) < count:
+        where = "pieces holding data" if args.over_data else f"{span} bytes"
+        print(f"volume.py: {args.mib} MiB in {args.chunk_kib} KiB pieces do not fit in {where}",
+              file=sys.stderr)
+        return 2
     rng = random.Random(args.seed)
-    offsets = sorted(rng.sample(range(slots), count))
+    offsets = sorted(rng.sample(slots, count))
     write_pieces(args.image, [o * align for o in offsets], piece, rng)
     return 0
 
@@ -140,6 +156,7 @@ def main() -> int:
     s.add_argument("--chunk-kib", type=int, default=256)
     s.add_argument("--span", required=True)
     s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--over-data", action="store_true")
     s = sub.add_parser("cmp")
     s.add_argument("a")
     s.add_argument("b")
