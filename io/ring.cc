@@ -221,6 +221,21 @@ Ring::~Ring() {
   io_uring_queue_exit(ring_.get());
 }
 
+// Counts one send_zc CQE against its op's notifications: a notification
+// (IORING_CQE_F_NOTIF, which also says whether the kernel copied the bytes)
+// ends one; the send's own result announces one with IORING_CQE_F_MORE.
+// True for the send's own result.
+static bool CountZcCqe(IoOp* op, int res, uint32_t flags) {
+  if (flags & IORING_CQE_F_NOTIF) {
+    if (static_cast<uint32_t>(res) & IORING_NOTIF_USAGE_ZC_COPIED) op->zc_copied = true;
+    DP420_ASSERT(op->zc_notifs > 0);
+    --op->zc_notifs;
+    return false;
+  }
+  if (flags & IORING_CQE_F_MORE) ++op->zc_notifs;
+  return true;
+}
+
 // Cancels what can be canceled and waits for every op in flight, so that no
 // kernel write lands in a buffer after the ring is gone.
 void Ring::Drain() {
@@ -242,12 +257,7 @@ void Ring::Drain() {
       auto* op = static_cast<IoOp*>(io_uring_cqe_get_data(cqe));
       if (op != nullptr && op->kind == IoOp::kSendZc) {
         // A send_zc ends with its last notification (see Reap).
-        if (cqe->flags & IORING_CQE_F_NOTIF) {
-          if (op->zc_notifs > 0) --op->zc_notifs;
-        } else {
-          if (cqe->flags & IORING_CQE_F_MORE) ++op->zc_notifs;
-          op->zc_done = true;
-        }
+        if (CountZcCqe(op, cqe->res, cqe->flags)) op->zc_done = true;
         if (op->zc_done && op->zc_notifs == 0) --in_flight_;
       } else if (op != nullptr) {
         --in_flight_;
@@ -451,14 +461,7 @@ unsigned Ring::Reap(std::vector<IoOp*>* done) {
         // once the kernel no longer needs those bytes. A short send goes on at
         // once (waiting for its notification would wait for the peer's ACK);
         // the op ends when every byte is sent and every notification is in.
-        if (batch[i].flags & IORING_CQE_F_NOTIF) {
-          if (static_cast<uint32_t>(batch[i].res) & IORING_NOTIF_USAGE_ZC_COPIED) {
-            op->zc_copied = true;
-          }
-          DP420_ASSERT(op->zc_notifs > 0);
-          --op->zc_notifs;
-        } else {
-          if (batch[i].flags & IORING_CQE_F_MORE) ++op->zc_notifs;
+        if (CountZcCqe(op, batch[i].res, batch[i].flags)) {
           op->zc_done = Complete(op, batch[i].res);
           if (!op->zc_done) {
             Prep(op);

@@ -95,6 +95,11 @@ inline constexpr char kFooterMagic[8] = {'D', 'P', '4', '2', '0', 'P', 'F', '\0'
 
 inline uint64_t RoundUp(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
 inline uint64_t DivCeil(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+// Bytes of block `block` of a volume: block_size, less for a short last block.
+inline uint32_t BlockLen(uint64_t volume_size, uint32_t block_size, uint64_t block) {
+  uint64_t left = volume_size - block * block_size;
+  return static_cast<uint32_t>(left < block_size ? left : block_size);
+}
 
 // "1a2b3c4d" for pack id 0x1a2b3c4d, and the path "packs/1a2b3c4d.pack".
 std::string PackName(uint32_t pack_id);

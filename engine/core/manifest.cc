@@ -159,6 +159,15 @@ std::string Manifest::FileName() const {
   return buf + snapshot_id + ".manifest";
 }
 
+Result<Manifest> Manifest::Parse(const std::string& sealed, const std::string& what) {
+  std::string seal;
+  DP420_ASSIGN_OR_RETURN(Json j, UnsealJson(sealed, what, &seal));
+  DP420_ASSIGN_OR_RETURN(Manifest m, FromJson(j, what));
+  m.seal = std::move(seal);
+  m.file_name = m.FileName();
+  return m;
+}
+
 bool ValidVolumeName(const std::string& name) {
   if (name.empty() || name.size() > 64 || name[0] == '.') return false;
   for (char c : name) {

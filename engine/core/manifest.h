@@ -65,7 +65,11 @@ struct Manifest {
 
   Json ToJson() const;
   static Result<Manifest> FromJson(const Json& j, const std::string& what);
+  // A sealed manifest file's text: unsealed, parsed, with seal and file_name set;
+  // kCorruption naming `what` when anything is wrong.
+  static Result<Manifest> Parse(const std::string& sealed, const std::string& what);
   std::string FileName() const;    // "%010llu-<id>.manifest"
+  uint32_t BlockLen(uint64_t block) const { return dp420::BlockLen(volume_size, block_size, block); }
 };
 
 // True for names of 1..64 chars of [A-Za-z0-9._-] not starting with '.'.

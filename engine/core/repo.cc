@@ -157,26 +157,16 @@ Status Repository::ListManifests(const std::string& volume, std::vector<Manifest
       Status status;
       auto text = io::ReadFile(path_ + "/" + rel);
       if (text.ok()) {
-        std::string seal;
-        auto json = UnsealJson(text.value(), rel, &seal);
-        if (json.ok()) {
-          auto m = Manifest::FromJson(json.value(), rel);
-          if (m.ok()) {
-            m->seal = seal;
-            m->file_name = name;
-            if (m->FileName() != name || m->volume != vol) {
-              status = Status::Corruption(rel + ": file name does not match its content");
-            } else if (m->repo_id != repo_id_hex()) {
-              status = Status::Corruption(rel + ": belongs to another repository");
-            } else {
-              out->push_back(std::move(m).value());
-              continue;
-            }
-          } else {
-            status = m.status();
-          }
+        auto m = Manifest::Parse(text.value(), rel);
+        if (!m.ok()) {
+          status = m.status();
+        } else if (m->file_name != name || m->volume != vol) {
+          status = Status::Corruption(rel + ": file name does not match its content");
+        } else if (m->repo_id != repo_id_hex()) {
+          status = Status::Corruption(rel + ": belongs to another repository");
         } else {
-          status = json.status();
+          out->push_back(std::move(m).value());
+          continue;
         }
       } else {
         status = text.status().Prefix(rel);

@@ -136,10 +136,7 @@ struct RestoreJob {
   std::atomic<uint64_t> pack_reads{0};
 
   RestoreJob(const Repository& r, const RestoreOptions& o) : repo(r), options(o) {}
-  uint32_t BlockLen(uint64_t block) const {
-    uint64_t left = m.volume_size - block * m.block_size;
-    return static_cast<uint32_t>(left < m.block_size ? left : m.block_size);
-  }
+  uint32_t BlockLen(uint64_t block) const { return m.BlockLen(block); }
   uint64_t BufferBytes() const { return uint64_t{window_blocks + spare_blocks} * m.block_size; }
   void Fail(Status s) {
     std::lock_guard lock(mu);

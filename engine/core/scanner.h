@@ -42,10 +42,7 @@ struct ScanGeometry {
   uint32_t extent_bytes = 0;     // one read request
   uint32_t blocks_per_extent = 0;
   static ScanGeometry For(uint64_t volume_size, uint32_t block_size);
-  uint32_t BlockLen(uint64_t block) const {
-    uint64_t left = volume_size - block * block_size;
-    return static_cast<uint32_t>(left < block_size ? left : block_size);
-  }
+  uint32_t BlockLen(uint64_t block) const { return dp420::BlockLen(volume_size, block_size, block); }
 };
 
 // The volume being read: O_DIRECT where possible, buffered for an unaligned

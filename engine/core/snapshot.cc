@@ -172,10 +172,7 @@ SnapshotBuilder::~SnapshotBuilder() {
   if (!committed_) Rollback();
 }
 
-uint32_t SnapshotBuilder::BlockLen(uint64_t block) const {
-  uint64_t left = m_.volume_size - block * m_.block_size;
-  return static_cast<uint32_t>(left < m_.block_size ? left : m_.block_size);
-}
+uint32_t SnapshotBuilder::BlockLen(uint64_t block) const { return m_.BlockLen(block); }
 
 Result<PackWriter> SnapshotBuilder::NewPack(bool direct) {
   return PackWriter::Create(repo_.PacksDir(), repo_.repo_id(), direct, [&](uint32_t id) {

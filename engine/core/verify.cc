@@ -536,8 +536,7 @@ void Verifier::CheckEntries(const Manifest& m, const Entry* e, uint32_t count, u
 
 // What is wrong with the leaf entry of `block`, or "".
 std::string Verifier::EntryDefect(const Manifest& m, const Entry& e, uint64_t block) {
-  uint64_t start = block * m.block_size;
-  uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(m.block_size, m.volume_size - start));
+  uint32_t len = m.BlockLen(block);
   const ObjRef& ref = e.ref;
   std::string what;  // stays empty (no allocation) for a good entry
   if (ref.flags & kObjZero) {

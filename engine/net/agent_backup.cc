@@ -143,9 +143,6 @@ struct AgentJob {
   }
 };
 
-// Sleeps for the attempt's reconnect delay (conn.h).
-void Backoff(unsigned attempt) { std::this_thread::sleep_for(ReconnectDelay(attempt)); }
-
 // The largest send buffer TCP autotuning may use (tcp_wmem's third field).
 int TcpWmemMax() {
   static const int value = [] {
@@ -616,7 +613,11 @@ Result<uint64_t> NetSink::Recover(const Status& lost) {
                              std::to_string(job_.remote.options().retry_for.count() / 1000) +
                              " s failed: " + last.message());
     }
-    Backoff(attempt);
+    if (!PauseBeforeReconnect(attempt, deadline, [&] {
+          return job_.failed.load() || job_.options.control.Canceled();
+        })) {
+      return lost;
+    }
     uint64_t next = 0;
     Status joined = Join(&next);
     if (joined.ok()) {
@@ -738,11 +739,8 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   std::string cache_path = CachePath(*this, o.volume);
   io::File parent_cache;
   if (!parent_text.empty()) {
-    std::string seal;
-    DP420_ASSIGN_OR_RETURN(Json doc, UnsealJson(parent_text, "parent manifest", &seal));
-    DP420_ASSIGN_OR_RETURN(Manifest pm, Manifest::FromJson(doc, "parent manifest"));
-    pm.seal = seal;
-    parent = std::make_unique<Manifest>(pm);
+    DP420_ASSIGN_OR_RETURN(Manifest pm, Manifest::Parse(parent_text, "parent manifest"));
+    parent = std::make_unique<Manifest>(std::move(pm));
   }
   std::string dir = cache_path.substr(0, cache_path.find_last_of('/'));
   DP420_RETURN_IF_ERROR(io::MakeDirs(dir).Prefix("parent id cache (--cache-dir)"));
@@ -828,8 +826,11 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     job.sockets.ShutdownAll();  // the stripes reconnect on their own
     Clock::time_point deadline = job.RetryDeadline();
     Status last = why;
-    for (unsigned attempt = 0; Clock::now() < deadline && !job.failed.load(); ++attempt) {
-      Backoff(attempt);
+    for (unsigned attempt = 0; Clock::now() < deadline; ++attempt) {
+      if (!PauseBeforeReconnect(attempt, deadline,
+                                [&] { return job.failed.load() || o.control.Canceled(); })) {
+        break;
+      }
       auto conn = OpenConnection();
       if (!conn.ok()) {
         last = conn.status();
@@ -936,10 +937,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
       PayloadReader cr(f->payload);
       std::string text = cr.String(1 << 20);
       DP420_RETURN_IF_ERROR(cr.Finish("COMMITTED"));
-      std::string seal;
-      DP420_ASSIGN_OR_RETURN(Json doc, UnsealJson(text, "committed manifest", &seal));
-      committed = Manifest::FromJson(doc, "committed manifest");
-      if (committed.ok()) committed->seal = seal;
+      committed = Manifest::Parse(text, "committed manifest");
       break;
     }
     if (committed.ok() || sent.code() != Code::kNetwork) {

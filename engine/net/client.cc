@@ -68,13 +68,8 @@ class Reader {
     }
   }
   Result<Frame> ReadPayload(const FrameHeader& h) {
-    Frame f;
-    f.header = h;
-    f.payload.resize(h.payload_len);
-    DP420_RETURN_IF_ERROR(conn_.RecvExact(f.payload.data(), f.payload.size(), o_.LossTimeout()));
-    last_heard_ = Clock::now();
-    Status s = CheckPayload(h, f.payload);
-    if (!s.ok()) return s.Prefix(FrameTypeName(h.type) + " frame from " + conn_.peer());
+    auto f = conn_.RecvPayload(h, o_.LossTimeout());
+    if (f.ok()) last_heard_ = Clock::now();
     return f;
   }
   Result<Frame> Next() {
@@ -131,12 +126,8 @@ Result<Manifest> ParseManifest(const Frame& f, const std::string& server,
   std::string text = r.String(kStringMax);
   Status s = r.Finish("SNAPSHOT");
   if (!s.ok()) return Malformed(f, server, s);
-  std::string seal;
   const std::string what = "manifest from " + server;
-  DP420_ASSIGN_OR_RETURN(Json j, UnsealJson(text, what, &seal));
-  DP420_ASSIGN_OR_RETURN(Manifest m, Manifest::FromJson(j, what));
-  m.seal = seal;
-  m.file_name = m.FileName();
+  DP420_ASSIGN_OR_RETURN(Manifest m, Manifest::Parse(text, what));
   if (!repo_id.empty() && m.repo_id != repo_id) {
     return Status::Corruption(what + ": snapshot " + m.snapshot_id +
                               " belongs to another repository (" + m.repo_id + ")");
@@ -223,11 +214,9 @@ Status RemoteRepository::ReconnectControl() {
     if (last.code() != Code::kNetwork) return last;
     auto elapsed = Clock::now() - start;
     if (elapsed >= options_.retry_for) break;
-    Millis pause = ReconnectDelay(attempts - 1);
-    auto until = Clock::now() + std::min<Clock::duration>(pause, options_.retry_for - elapsed);
-    while (Clock::now() < until) {
-      if (options_.control.Canceled()) return Status::Canceled("reconnect canceled");
-      std::this_thread::sleep_for(std::min<Clock::duration>(kPollSlice, until - Clock::now()));
+    if (!PauseBeforeReconnect(attempts - 1, start + options_.retry_for,
+                              [&] { return options_.control.Canceled(); })) {
+      return Status::Canceled("reconnect canceled");
     }
   }
   return Status::Network("cannot reconnect to " + options_.address + ": " +
@@ -390,10 +379,7 @@ class RemoteRestore {
   Status Write(unsigned buffer, uint8_t* data, uint64_t offset, uint64_t len);
   Status WaitWrites(unsigned count);
   Status Finish(const Frame& done);
-  uint32_t BlockLen(uint64_t block) const {
-    uint64_t left = m_.volume_size - block * m_.block_size;
-    return uint32_t(std::min<uint64_t>(left, m_.block_size));
-  }
+  uint32_t BlockLen(uint64_t block) const { return m_.BlockLen(block); }
   uint64_t PageEnd() const { return page_first_ + page_count_; }
   void SkipZeros() {
     while (expect_ < PageEnd() && !kinds_[expect_ - page_first_]) ++expect_;

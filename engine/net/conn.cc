@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <random>
+#include <thread>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -307,20 +308,31 @@ Status Conn::RecvExact(uint8_t* buf, size_t len, Millis timeout) {
   return RecvUntil(buf, len, Clock::now() + timeout, timeout, false);
 }
 
-Result<Frame> Conn::Recv(Millis timeout) {
-  Deadline deadline = Clock::now() + timeout;
+Result<Frame> Conn::RecvPayloadUntil(const FrameHeader& header, Deadline deadline,
+                                     Millis timeout) {
   Frame frame;
-  DP420_RETURN_IF_ERROR(RecvUntil(reinterpret_cast<uint8_t*>(&frame.header),
-                                  sizeof(frame.header), deadline, timeout, true));
-  Status s = CheckHeader(frame.header);
-  if (!s.ok()) return s.Prefix("frame from " + peer_);
-  // The length is bounded by CheckHeader before anything is allocated.
-  frame.payload.resize(frame.header.payload_len);
+  frame.header = header;
+  // The length was bounded by CheckHeader before anything is allocated.
+  frame.payload.resize(header.payload_len);
   DP420_RETURN_IF_ERROR(
       RecvUntil(frame.payload.data(), frame.payload.size(), deadline, timeout, false));
-  s = CheckPayload(frame.header, frame.payload);
-  if (!s.ok()) return s.Prefix(FrameTypeName(frame.header.type) + " frame from " + peer_);
+  Status s = CheckPayload(header, frame.payload);
+  if (!s.ok()) return s.Prefix(FrameTypeName(header.type) + " frame from " + peer_);
   return frame;
+}
+
+Result<Frame> Conn::RecvPayload(const FrameHeader& header, Millis timeout) {
+  return RecvPayloadUntil(header, Clock::now() + timeout, timeout);
+}
+
+Result<Frame> Conn::Recv(Millis timeout) {
+  Deadline deadline = Clock::now() + timeout;
+  FrameHeader header;
+  DP420_RETURN_IF_ERROR(RecvUntil(reinterpret_cast<uint8_t*>(&header), sizeof(header), deadline,
+                                  timeout, true));
+  Status s = CheckHeader(header);
+  if (!s.ok()) return s.Prefix("frame from " + peer_);
+  return RecvPayloadUntil(header, deadline, timeout);
 }
 
 Status SendError(Conn& conn, const Status& status, Millis timeout) {
@@ -564,6 +576,18 @@ Millis ReconnectDelay(unsigned attempt) {
   std::uniform_real_distribution<double> jitter(0.75, 1.25);
   double base = 250.0 * static_cast<double>(1u << std::min(attempt, 5u));  // 8 s at 5
   return Millis(static_cast<int64_t>(base * jitter(rng)));
+}
+
+bool PauseBeforeReconnect(unsigned attempt, Clock::time_point deadline,
+                          const std::function<bool()>& stop) {
+  constexpr Millis kSlice{100};
+  Clock::time_point until = std::min(Clock::now() + ReconnectDelay(attempt), deadline);
+  for (;;) {
+    if (stop()) return false;
+    Clock::time_point now = Clock::now();
+    if (now >= until) return true;
+    std::this_thread::sleep_for(std::min<Clock::duration>(kSlice, until - now));
+  }
 }
 
 }  // namespace dp420::net

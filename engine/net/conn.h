@@ -20,6 +20,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -62,9 +63,12 @@ class Conn {
   // Receives one frame within `timeout`: header checked (CheckHeader), then
   // the payload read and checked (CheckPayload).
   Result<Frame> Recv(Millis timeout);
-  // Receives and checks only a header; the caller then reads exactly
-  // header.payload_len bytes with RecvExact and checks them itself.
+  // Receives and checks only a header; the caller then reads the payload:
+  // with RecvPayload, or exactly header.payload_len bytes with RecvExact
+  // into its own buffer, checking them itself.
   Result<FrameHeader> RecvHeader(Millis timeout);
+  // The payload of `header` (from RecvHeader) within `timeout`, checked.
+  Result<Frame> RecvPayload(const FrameHeader& header, Millis timeout);
   Status RecvExact(uint8_t* buf, size_t len, Millis timeout);
   // shutdown(SHUT_RDWR): wakes blocked calls on other threads; idempotent.
   void Shutdown();
@@ -86,6 +90,8 @@ class Conn {
                  Millis timeout, bool frame_start);
   Status RecvUntil(uint8_t* buf, size_t len, std::chrono::steady_clock::time_point deadline,
                    Millis timeout, bool frame_start);
+  Result<Frame> RecvPayloadUntil(const FrameHeader& header,
+                                 std::chrono::steady_clock::time_point deadline, Millis timeout);
   Status Failure(int err, const char* doing, Millis timeout, bool breaks = true);
   int fd_ = -1;
   std::string peer_;
@@ -143,6 +149,10 @@ Status AnswerPing(Conn& conn, const Frame& ping, Millis timeout);
 // to 8 s, with +-25 % jitter so that agents lost together do not return
 // together.
 Millis ReconnectDelay(unsigned attempt);
+// Sleeps for ReconnectDelay(attempt), but not past `deadline`, looking at
+// `stop` every 100 ms; false when `stop` said so.
+bool PauseBeforeReconnect(unsigned attempt, std::chrono::steady_clock::time_point deadline,
+                          const std::function<bool()>& stop);
 
 // CLOCK_REALTIME in Unix nanoseconds.
 uint64_t WallClockNs();

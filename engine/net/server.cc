@@ -298,10 +298,7 @@ struct RestoreStream {
   static constexpr size_t kDataOffset = 4096;
   static constexpr size_t kPrefixBytes = 12;  // u64 first_block, u32 nblocks
 
-  uint32_t BlockLen(uint64_t block) const {
-    uint64_t left = m.volume_size - block * m.block_size;
-    return uint32_t(std::min<uint64_t>(left, m.block_size));
-  }
+  uint32_t BlockLen(uint64_t block) const { return m.BlockLen(block); }
 
   Status Setup() {
     run_max = uint32_t((kMaxPayloadBytes - kPrefixBytes) / m.block_size);

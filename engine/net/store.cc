@@ -831,11 +831,7 @@ Status StripeReceiver::Run() {
       DP420_RETURN_IF_ERROR(OnBlocks(*header));
       continue;
     }
-    Frame f;
-    f.header = *header;
-    f.payload.resize(header->payload_len);
-    DP420_RETURN_IF_ERROR(conn_.RecvExact(f.payload.data(), f.payload.size(), timeout));
-    DP420_RETURN_IF_ERROR(CheckPayload(*header, f.payload));
+    DP420_ASSIGN_OR_RETURN(Frame f, conn_.RecvPayload(*header, timeout));
     switch (type) {
       case FrameType::kPage: DP420_RETURN_IF_ERROR(OnPage(f)); break;
       case FrameType::kPing: DP420_RETURN_IF_ERROR(AnswerPing(conn_, f, timeout)); break;
