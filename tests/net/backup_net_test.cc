@@ -795,7 +795,7 @@ testnet::DelayProxyOptions ThrottledProxy() {
   return po;
 }
 
-TEST_F(BackupNetTest, TwentySecondPartitionMidBackupResumesOrFailsCleanly) {
+TEST_F(BackupNetTest, TwentySecondPartitionMidBackupResumes) {
   constexpr uint64_t kBlocks = 1024;  // 64 MiB, ~51 MiB of data: ~5 s through the proxy
   ServerOptions so = ServerDefaults();
   so.resume_grace = 60s;  // longer than the partition: the session waits for the agent
@@ -821,7 +821,9 @@ TEST_F(BackupNetTest, TwentySecondPartitionMidBackupResumesOrFailsCleanly) {
   std::this_thread::sleep_for(20s);
   EXPECT_FALSE(backup.done()) << "the backup gave up during a 20 s partition with 30 s of retry";
   proxy.Resume();
-  ASSERT_TRUE(backup.Wait(90s)) << "backup hung after the partition";
+  // ~40 MiB left at the proxy's pace, after at most one 8 s backoff: well within 45 s,
+  // and the test's waits (30 + 20 + 45 s) stay inside its 120 s limit.
+  ASSERT_TRUE(backup.Wait(45s)) << "backup hung after the partition";
   Result<BackupResult>& result = backup.result();
   std::printf("[ timing ] partition at %.1f MiB, backup ended after %.1f s: %s\n",
               static_cast<double>(at_partition) / kMiB, SecondsSince(start),

@@ -5,6 +5,9 @@
 // reconnect backoff and the stop/drain sequence.
 #include <dirent.h>
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -410,11 +413,22 @@ TEST_F(RemoteTest, IdleControlConnectionIsReplaced) {
   o.heartbeat_interval = 100ms;
   auto alice = RemoteRepository::Connect(o);
   ASSERT_TRUE(alice.ok()) << alice.status().ToString();
-  std::this_thread::sleep_for(600ms);
+  // The connection's own end: a new connection to the same server gets another port.
+  auto local_port = [&] {
+    sockaddr_in a{};
+    socklen_t len = sizeof(a);
+    EXPECT_EQ(getsockname(alice.value()->control().fd(), reinterpret_cast<sockaddr*>(&a), &len), 0);
+    return ntohs(a.sin_port);
+  };
+  uint16_t first_port = local_port();
+  // Silent between calls, the agent is dropped: the server closes its end.
+  pollfd p{alice.value()->control().fd(), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 5000), 1) << "the server kept a silent agent's connection for 5 s";
   std::vector<Manifest> listed;
   Status s = alice.value()->ListManifests("av", &listed);
   EXPECT_TRUE(s.ok()) << s.ToString();
   EXPECT_EQ(listed.size(), 2u);
+  EXPECT_NE(local_port(), first_port) << "the call did not open a new control connection";
 }
 
 // Frames with valid checksums around random payloads.
