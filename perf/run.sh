@@ -34,9 +34,11 @@
 #   64g      a 64 GiB sparse volume: full, the same 64 MiB change, restore (cold)
 #   sweep    16 KiB, 64 KiB, 256 KiB, 1 MiB blocks: a full backup each, then per pair fio
 #            and the incremental (cold), the parent restored by an unmeasured backup
-#   remote   per pair, fio of the changed image, local full + incremental, and full +
-#            incremental through a `dp420 serve` on 127.0.0.1 whose repository is on the
-#            same file system (cold; fresh repositories and parent id cache per pair);
+#   remote   in 2 x pairs + 1 pairs (a pair takes ~20 s; the two sides differ by a few
+#            per cent, less than one pair's noise): fio of the changed image, local full +
+#            incremental, and full + incremental through a `dp420 serve` on 127.0.0.1
+#            whose repository is on the same file system (cold; fresh repositories and
+#            parent id cache per pair);
 #            the server's CPU is sampled around each remote step; the last remote
 #            snapshot is checked with verify --read-data and a byte-for-byte restore
 #
@@ -709,7 +711,7 @@ remote_phase() {
   mkdir -p "${REMOTE_DIR}"
   "${DP420}" client-add --clients "${REMOTE_DIR}/clients.json" --client "${REMOTE_CLIENT}" \
     --key-out "${REMOTE_KEY}" -q >&2
-  for ((p = 1; p <= pairs; p++)); do
+  for ((p = 1; p <= 2 * pairs + 1; p++)); do
     if ! remote_pair "${p}"; then
       note check_remote_server "dp420 serve did not start (${RUN_DIR}/serve-${p}.log)"
       failures=$((failures + 1))
@@ -782,6 +784,7 @@ ctx = {
     "caches": "${caches}",
     "chain_length": ${chain_len},
     "chain_pairs": $((2 * pairs + 1)),
+    "remote_pairs": $((2 * pairs + 1)),
     "chain_step_mib": ${chain_step_mib},
     "data_mib": ${DATA_MIB},
     "change": "${CHANGE_MIB} MiB in ${CHANGE_PIECE_KIB} KiB pieces at 1 MiB-aligned offsets below ${CHANGE_SPAN} (seed ${CHANGE_SEED})",
