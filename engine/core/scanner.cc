@@ -187,13 +187,10 @@ Status Scanner::MappedRead(unsigned buffer) {
       (errno == EFAULT || errno == EIO || errno == EHWPOISON)) {
     read.op.result = -EIO;  // an I/O error, or the file shrank under us
   }
-  if (read.op.result != 0) {
-    pool_.Release(buffer);
-    return io::IoOpStatus(read.op, ctx_.source->direct.path());
-  }
+  // As if the ring had completed it: OnRead reports a failed read.
   ++reads_in_flight_;
   uint64_t end_block = read.first_block + read.nblocks;
-  Status status = OnRead(&read);
+  DP420_RETURN_IF_ERROR(OnRead(&read));
   // At the end of a leaf page, unmap it: its pages stay in the page cache,
   // and this process's resident set stays at the pages it works on (changed
   // blocks were copied out). Once per page, not per extent: each call costs
@@ -208,8 +205,7 @@ Status Scanner::MappedRead(unsigned buffer) {
   }
   // The sink's writes or sends for this extent leave now, while the next
   // extent is hashed, not at the next wait.
-  if (status.ok()) status = ring_->Submit();
-  return status;
+  return ring_->Submit();
 }
 
 Status Scanner::OnRead(ScanRead* read) {

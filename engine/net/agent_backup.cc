@@ -238,12 +238,11 @@ class NetSink : public ScanSink {
   struct SendOp {
     io::IoOp op;
     SendItem item;
-    bool sent = false;
   };
   std::deque<SendOp> send_ops_;
   std::vector<SendOp*> free_send_ops_;
-  unsigned send_ops_in_flight_ = 0;
-  bool send_in_flight_ = false;       // a send in its sending stage
+  SendOp* sending_ = nullptr;         // the send in its sending stage
+  size_t SendOpsInFlight() const { return send_ops_.size() - free_send_ops_.size(); }
   io::IoOp recv_op_;
   bool recv_in_flight_ = false;
   std::vector<uint8_t> recv_buf_ = std::vector<uint8_t>(kRecvBytes);
@@ -417,7 +416,7 @@ void NetSink::Stage(SendItem item, bool ends_page) {
 // time; a zero-copy send that is sent but whose buffer the kernel still holds
 // (until the peer acknowledges it) no longer blocks the next one.
 void NetSink::Kick() {
-  if (send_in_flight_ || broken_ || sends_.empty()) return;
+  if (sending_ || broken_ || sends_.empty()) return;
   if (free_send_ops_.empty()) {
     send_ops_.emplace_back();
     free_send_ops_.push_back(&send_ops_.back());
@@ -426,7 +425,6 @@ void NetSink::Kick() {
   free_send_ops_.pop_back();
   so->item = std::move(sends_.front());
   sends_.pop_front();
-  so->sent = false;
   const SendItem& item = so->item;
   io::IoOp& op = so->op;
   op = io::IoOp{};
@@ -445,8 +443,7 @@ void NetSink::Kick() {
   }
   op.owner = so;
   op.tag = kTagSend;
-  send_in_flight_ = true;
-  ++send_ops_in_flight_;
+  sending_ = so;
   scanner_->QueueSinkOp(&op);
 }
 
@@ -525,9 +522,8 @@ Status NetSink::OnOp(io::IoOp* op) {
   SendOp* so = static_cast<SendOp*>(op->owner);
   const SendItem& item = so->item;
   Status status;
-  if (!so->sent) {  // the sending stage ended
-    so->sent = true;
-    send_in_flight_ = false;
+  if (so == sending_) {  // the sending stage ended
+    sending_ = nullptr;
     if (op->result != 0) {
       if (op->kind == io::IoOp::kSendZc &&
           (op->result == -EINVAL || op->result == -EOPNOTSUPP)) {
@@ -554,7 +550,6 @@ Status NetSink::OnOp(io::IoOp* op) {
     if (item.read) scanner_->Unhold(item.read);
     so->item = SendItem{};
     free_send_ops_.push_back(so);
-    --send_ops_in_flight_;
   }
   if (status.ok()) Kick();
   return status;
@@ -566,10 +561,10 @@ bool NetSink::AllAcked() const {
 
 Result<bool> NetSink::Finish() {
   if (!received_error_.ok()) return received_error_;
-  if (!sends_.empty() || !staged_.empty() || send_ops_in_flight_ > 0 ||
+  if (!sends_.empty() || !staged_.empty() || SendOpsInFlight() > 0 ||
       acked_page_ < last_page_) {
     Kick();
-    if (!recv_in_flight_ && send_ops_in_flight_ == 0) {
+    if (!recv_in_flight_ && SendOpsInFlight() == 0) {
       return Status::Network("stripe " + std::to_string(stripe_) + " stalled");
     }
     return false;
