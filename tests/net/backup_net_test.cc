@@ -42,6 +42,7 @@
 #include "engine/net/server.h"
 #include "net_test_util.h"
 #include "netns.h"
+#include "server_thread.h"
 #include "simd/simd.h"
 #include "tests/engine/engine_test_util.h"
 
@@ -103,7 +104,7 @@ void WriteVolume(const std::string& path, uint64_t blocks, uint64_t seed) {
     for (uint64_t i = 0; i < n; ++i) {
       FillBlock(ZeroAtStart(first + i) ? 0 : seed, first + i, chunk.data() + i * kBlockBytes);
     }
-    PwriteAll(fd, chunk.data(), n * kBlockBytes, first * kBlockBytes);
+    ASSERT_NO_FATAL_FAILURE(PwriteAll(fd, chunk.data(), n * kBlockBytes, first * kBlockBytes));
   }
   close(fd);
 }
@@ -115,7 +116,7 @@ void RewriteBlocks(const std::string& path, const std::vector<uint64_t>& blocks,
   std::vector<uint8_t> block(kBlockBytes);
   for (uint64_t b : blocks) {
     FillBlock(seed, b, block.data());
-    PwriteAll(fd, block.data(), kBlockBytes, b * kBlockBytes);
+    ASSERT_NO_FATAL_FAILURE(PwriteAll(fd, block.data(), kBlockBytes, b * kBlockBytes));
   }
   close(fd);
 }
@@ -205,72 +206,6 @@ class StderrCapture {
  private:
   std::string path_;
   int saved_ = -1;
-};
-
-// ---- the server on a thread ----
-
-// RunServer on its own thread (inside a network namespace when given one). Stop() or the
-// destructor sets the stop flag and joins.
-class ServerThread {
- public:
-  ServerThread() = default;
-  ~ServerThread() { (void)Stop(); }
-  ServerThread(const ServerThread&) = delete;
-  ServerThread& operator=(const ServerThread&) = delete;
-
-  // Starts the server and waits (10 s at most) until it listens. False with `*error` when
-  // it ended or did not listen in time.
-  bool Start(const ServerOptions& options, int netns_fd, std::string* error) {
-    options_ = options;
-    options_.stop = &stop_;
-    options_.on_listening = [this](uint16_t port) {
-      std::lock_guard lock(mu_);
-      port_ = port;
-      listening_ = true;
-      cv_.notify_all();
-    };
-    thread_ = std::thread([this, netns_fd] {
-      Status status;
-      if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) != 0) {
-        status = PosixError("setns", errno);
-      } else {
-        status = RunServer(options_);
-      }
-      std::lock_guard lock(mu_);
-      ended_ = true;
-      status_ = status;
-      cv_.notify_all();
-    });
-    std::unique_lock lock(mu_);
-    cv_.wait_for(lock, 10s, [&] { return listening_ || ended_; });
-    if (listening_) return true;
-    *error = ended_ ? "server ended: " + status_.ToString() : "server did not listen in 10 s";
-    return false;
-  }
-
-  // Sets the stop flag and joins. Returns RunServer's status; `*seconds` (may be null)
-  // gets how long stopping took.
-  Status Stop(double* seconds = nullptr) {
-    auto start = Clock::now();
-    stop_.store(true);
-    if (thread_.joinable()) thread_.join();
-    if (seconds != nullptr) *seconds = SecondsSince(start);
-    std::lock_guard lock(mu_);
-    return status_;
-  }
-
-  uint16_t port() const { return port_; }
-
- private:
-  ServerOptions options_;
-  std::atomic<bool> stop_{false};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool listening_ = false;
-  bool ended_ = false;
-  uint16_t port_ = 0;
-  Status status_;
-  std::thread thread_;
 };
 
 // ---- a backup on its own thread ----
@@ -795,15 +730,30 @@ testnet::DelayProxyOptions ThrottledProxy() {
   return po;
 }
 
+// Starts `server` with `so`, and `proxy` (ThrottledProxy) in front of it.
+void StartBehindThrottledProxy(ServerThread& server, const ServerOptions& so,
+                               testnet::DelayProxy& proxy) {
+  std::string error;
+  ASSERT_TRUE(server.Start(so, -1, &error)) << error;
+  ASSERT_TRUE(proxy.Start("127.0.0.1", server.port(), ThrottledProxy(), &error)) << error;
+}
+
+// Waits until `bytes` of the running backup went through `proxy`; fails when the
+// backup ended first.
+void WaitForwarded(testnet::DelayProxy& proxy, AsyncBackup& backup, uint64_t bytes) {
+  ASSERT_TRUE(WaitUntil([&] { return proxy.bytes_forwarded() >= bytes || backup.done(); },
+                        30s));
+  ASSERT_FALSE(backup.done()) << "the backup ended before " << bytes / kMiB
+                              << " MiB went through the proxy";
+}
+
 TEST_F(BackupNetTest, TwentySecondPartitionMidBackupResumes) {
   constexpr uint64_t kBlocks = 1024;  // 64 MiB, ~51 MiB of data: ~5 s through the proxy
   ServerOptions so = ServerDefaults();
   so.resume_grace = 60s;  // longer than the partition: the session waits for the agent
   ServerThread server;
-  std::string error;
-  ASSERT_TRUE(server.Start(so, -1, &error)) << error;
   testnet::DelayProxy proxy;
-  ASSERT_TRUE(proxy.Start("127.0.0.1", server.port(), ThrottledProxy(), &error)) << error;
+  ASSERT_NO_FATAL_FAILURE(StartBehindThrottledProxy(server, so, proxy));
   RemoteOptions ro = RemoteDefaults("alice", Loopback(proxy.port()));
   ro.retry_for = 30s;
   std::unique_ptr<RemoteRepository> remote = Connect(ro);
@@ -813,9 +763,7 @@ TEST_F(BackupNetTest, TwentySecondPartitionMidBackupResumes) {
 
   auto start = Clock::now();
   AsyncBackup backup(*remote, BackupOf("vol1", source, kSmallBlockBytes));
-  ASSERT_TRUE(WaitUntil([&] { return proxy.bytes_forwarded() >= 12 * kMiB || backup.done(); },
-                        30s));
-  ASSERT_FALSE(backup.done()) << "the backup ended before the partition";
+  ASSERT_NO_FATAL_FAILURE(WaitForwarded(proxy, backup, 12 * kMiB));
   uint64_t at_partition = proxy.bytes_forwarded();
   proxy.Pause();
   std::this_thread::sleep_for(20s);
@@ -853,10 +801,8 @@ TEST_F(BackupNetTest, SilentPeerEndsTheBackupWithNetworkErrorInBoundedTime) {
   ServerOptions so = ServerDefaults();
   so.resume_grace = 2s;
   ServerThread server;
-  std::string error;
-  ASSERT_TRUE(server.Start(so, -1, &error)) << error;
   testnet::DelayProxy proxy;
-  ASSERT_TRUE(proxy.Start("127.0.0.1", server.port(), ThrottledProxy(), &error)) << error;
+  ASSERT_NO_FATAL_FAILURE(StartBehindThrottledProxy(server, so, proxy));
   RemoteOptions ro = RemoteDefaults("alice", Loopback(proxy.port()));
   ro.retry_for = 5s;
   ro.connect_timeout = 2s;
@@ -866,9 +812,7 @@ TEST_F(BackupNetTest, SilentPeerEndsTheBackupWithNetworkErrorInBoundedTime) {
   ASSERT_NO_FATAL_FAILURE(WriteVolume(source, 1024, 13));
 
   AsyncBackup backup(*remote, BackupOf("vol1", source, kSmallBlockBytes));
-  ASSERT_TRUE(WaitUntil([&] { return proxy.bytes_forwarded() >= 4 * kMiB || backup.done(); },
-                        30s));
-  ASSERT_FALSE(backup.done()) << "the backup ended before the peer went silent";
+  ASSERT_NO_FATAL_FAILURE(WaitForwarded(proxy, backup, 4 * kMiB));
   proxy.Pause();
   auto silent_since = Clock::now();
   // Loss is noticed after LossTimeout; reconnecting goes on for retry_for; an attempt
@@ -905,11 +849,9 @@ TEST_F(BackupNetTest, ServerRestartMidBackupThenANewBackupSucceeds) {
   so.drain_timeout = 1s;
   so.resume_grace = 5s;
   auto first = std::make_unique<ServerThread>();
-  std::string error;
-  ASSERT_TRUE(first->Start(so, -1, &error)) << error;
-  uint16_t port = first->port();
   testnet::DelayProxy proxy;
-  ASSERT_TRUE(proxy.Start("127.0.0.1", port, ThrottledProxy(), &error)) << error;
+  ASSERT_NO_FATAL_FAILURE(StartBehindThrottledProxy(*first, so, proxy));
+  uint16_t port = first->port();
   RemoteOptions ro = RemoteDefaults("alice", Loopback(proxy.port()));
   ro.retry_for = 20s;
   std::unique_ptr<RemoteRepository> remote = Connect(ro);
@@ -920,9 +862,7 @@ TEST_F(BackupNetTest, ServerRestartMidBackupThenANewBackupSucceeds) {
   std::optional<Result<BackupResult>> interrupted;
   {
     AsyncBackup backup(*remote, BackupOf("vol1", source, kSmallBlockBytes));
-    ASSERT_TRUE(WaitUntil([&] { return proxy.bytes_forwarded() >= 8 * kMiB || backup.done(); },
-                          30s));
-    ASSERT_FALSE(backup.done()) << "the backup ended before the server was stopped";
+    ASSERT_NO_FATAL_FAILURE(WaitForwarded(proxy, backup, 8 * kMiB));
     double stop_seconds = 0;
     Status stopped = first->Stop(&stop_seconds);
     EXPECT_TRUE(stopped.ok()) << stopped.ToString();
@@ -931,6 +871,7 @@ TEST_F(BackupNetTest, ServerRestartMidBackupThenANewBackupSucceeds) {
     first.reset();
     so.listen = Loopback(port);  // the same address: the agent reconnects to it
     ServerThread second;
+    std::string error;
     ASSERT_TRUE(second.Start(so, -1, &error)) << error;
     ASSERT_TRUE(backup.Wait(60s)) << "backup hung after the server restarted";
     interrupted.emplace(std::move(backup.result()));
@@ -966,10 +907,8 @@ TEST_F(BackupNetTest, ServerStopDoesNotWaitOutTheResumeGrace) {
   so.drain_timeout = 1s;
   so.resume_grace = 30s;
   ServerThread server;
-  std::string error;
-  ASSERT_TRUE(server.Start(so, -1, &error)) << error;
   testnet::DelayProxy proxy;
-  ASSERT_TRUE(proxy.Start("127.0.0.1", server.port(), ThrottledProxy(), &error)) << error;
+  ASSERT_NO_FATAL_FAILURE(StartBehindThrottledProxy(server, so, proxy));
   RemoteOptions ro = RemoteDefaults("alice", Loopback(proxy.port()));
   ro.retry_for = 2s;
   std::unique_ptr<RemoteRepository> remote = Connect(ro);
@@ -977,9 +916,7 @@ TEST_F(BackupNetTest, ServerStopDoesNotWaitOutTheResumeGrace) {
   std::string source = Path("vol1");
   ASSERT_NO_FATAL_FAILURE(WriteVolume(source, 1024, 16));
   AsyncBackup backup(*remote, BackupOf("vol1", source, kSmallBlockBytes));
-  ASSERT_TRUE(WaitUntil([&] { return proxy.bytes_forwarded() >= 4 * kMiB || backup.done(); },
-                        30s));
-  ASSERT_FALSE(backup.done());
+  ASSERT_NO_FATAL_FAILURE(WaitForwarded(proxy, backup, 4 * kMiB));
   double stop_seconds = 0;
   Status stopped = server.Stop(&stop_seconds);
   EXPECT_TRUE(stopped.ok()) << stopped.ToString();
@@ -993,15 +930,20 @@ TEST_F(BackupNetTest, ServerStopDoesNotWaitOutTheResumeGrace) {
 // ---- 7. two agents at once ----
 
 TEST_F(BackupNetTest, TwoAgentsBackingUpAtOnceBothRestoreBitExact) {
+  // Each agent reaches the server through its own throttled proxy (~5 MiB/s a
+  // connection), so that both backups take seconds and the test can see both moving
+  // data at the same time.
   ServerThread server;
+  testnet::DelayProxy proxies[2];
+  ASSERT_NO_FATAL_FAILURE(StartBehindThrottledProxy(server, ServerDefaults(), proxies[0]));
   std::string error;
-  ASSERT_TRUE(server.Start(ServerDefaults(), -1, &error)) << error;
+  ASSERT_TRUE(proxies[1].Start("127.0.0.1", server.port(), ThrottledProxy(), &error)) << error;
   const char* clients[2] = {"alice", "bob"};
   std::string sources[2] = {Path("vola"), Path("volb")};
   ASSERT_NO_FATAL_FAILURE(WriteVolume(sources[0], 768, 21));
   ASSERT_NO_FATAL_FAILURE(WriteVolume(sources[1], 640, 31));
-  RemoteOptions options[2] = {RemoteDefaults(clients[0], Loopback(server.port())),
-                              RemoteDefaults(clients[1], Loopback(server.port()))};
+  RemoteOptions options[2] = {RemoteDefaults(clients[0], Loopback(proxies[0].port())),
+                              RemoteDefaults(clients[1], Loopback(proxies[1].port()))};
   std::unique_ptr<RemoteRepository> remotes[2];
   for (int i = 0; i < 2; ++i) {
     remotes[i] = Connect(options[i]);
@@ -1010,12 +952,17 @@ TEST_F(BackupNetTest, TwoAgentsBackingUpAtOnceBothRestoreBitExact) {
   std::optional<AsyncBackup> backups[2];
   backups[0].emplace(*remotes[0], BackupOf("vola", sources[0]));
   backups[1].emplace(*remotes[1], BackupOf("volb", sources[1]));
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_NO_FATAL_FAILURE(WaitForwarded(proxies[i], *backups[i], 4 * kMiB)) << clients[i];
+  }
+  EXPECT_FALSE(backups[0]->done()) << "alice's backup ended before bob's had sent 4 MiB";
   for (int i = 0; i < 2; ++i) ASSERT_TRUE(backups[i]->Wait(60s)) << clients[i] << " hung";
   for (int i = 0; i < 2; ++i) {
     Result<BackupResult>& r = backups[i]->result();
     ASSERT_TRUE(r.ok()) << clients[i] << ": " << r.status().ToString();
     EXPECT_EQ(r->manifest.client, clients[i]);
-    ASSERT_NO_FATAL_FAILURE(ExpectRestoresBitExact(&options[i], r->manifest, sources[i]));
+    RemoteOptions direct = RemoteDefaults(clients[i], Loopback(server.port()));
+    ASSERT_NO_FATAL_FAILURE(ExpectRestoresBitExact(&direct, r->manifest, sources[i]));
     ASSERT_NO_FATAL_FAILURE(ExpectSnapshots(r->manifest.volume, {r->manifest.snapshot_id}));
   }
   ASSERT_NO_FATAL_FAILURE(ExpectRepositoryClean());

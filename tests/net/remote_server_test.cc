@@ -15,9 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
-#include <mutex>
 #include <random>
 #include <thread>
 
@@ -28,6 +26,7 @@
 #include "engine/net/server.h"
 #include "io/file.h"
 #include "simd/simd.h"
+#include "server_thread.h"
 #include "socket_util.h"
 #include "tests/engine/engine_test_util.h"
 
@@ -96,7 +95,6 @@ class RemoteTest : public ::testing::Test {
     so_.clients_file = clients_file_;
     so_.heartbeat_interval = 1000ms;
     so_.drain_timeout = 2000ms;
-    so_.stop = &stop_;
   }
   void TearDown() override { StopServer(); }
 
@@ -129,42 +127,24 @@ class RemoteTest : public ::testing::Test {
   }
 
   void StartServer() {
-    {
-      std::lock_guard lock(mu_);
-      port_ = -1;
-    }
-    stop_.store(false);
-    so_.on_listening = [this](uint16_t port) {
-      std::lock_guard lock(mu_);
-      port_ = port;
-      cv_.notify_all();
-    };
-    server_ = std::thread([this] {
-      server_status_ = RunServer(so_);
-      std::lock_guard lock(mu_);
-      if (port_ < 0) port_ = 0;
-      server_done_ = true;
-      cv_.notify_all();
-    });
-    std::unique_lock lock(mu_);
-    ASSERT_TRUE(cv_.wait_for(lock, 10s, [this] { return port_ >= 0; }));
-    ASSERT_GT(port_, 0) << server_status_.ToString();
+    server_ = std::make_unique<ServerThread>();
+    std::string error;
+    ASSERT_TRUE(server_->Start(so_, -1, &error)) << error;
+    port_ = server_->port();
     address_ = "127.0.0.1:" + std::to_string(port_);
   }
 
-  // Sets *stop and waits for RunServer; its duration in seconds.
+  // Stops the server (server_status_ gets RunServer's status); how long that took, in
+  // seconds.
   double StopServer() {
-    if (!server_.joinable()) return 0;
-    auto start = Clock::now();
-    stop_.store(true);
-    server_.join();
-    return SecondsSince(start);
+    if (!server_) return 0;
+    double seconds = 0;
+    server_status_ = server_->Stop(&seconds);
+    server_.reset();
+    return seconds;
   }
 
-  bool ServerRunning() {
-    std::lock_guard lock(mu_);
-    return server_.joinable() && !server_done_;
-  }
+  bool ServerRunning() { return server_ && server_->running(); }
 
   RemoteOptions Options(const std::string& client, const std::string& address = "") const {
     RemoteOptions o;
@@ -198,18 +178,14 @@ class RemoteTest : public ::testing::Test {
   std::unique_ptr<Repository> repo_;
   std::vector<uint8_t> av1_, av2_, bv_;
   ServerOptions so_;
-  std::atomic<bool> stop_{false};
-  std::thread server_;
+  std::unique_ptr<ServerThread> server_;
   Status server_status_;
-  std::mutex mu_;
-  std::condition_variable cv_;
   int port_ = -1;
-  bool server_done_ = false;
 };
 
 TEST_F(RemoteTest, ListVerifyAndRestoreOverLoopback) {
-  MakeVolumes();
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(MakeVolumes());
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   auto alice = ConnectAs("alice");
   ASSERT_NE(alice, nullptr);
   EXPECT_EQ(alice->repo_id(), repo_->repo_id_hex());
@@ -277,8 +253,8 @@ TEST_F(RemoteTest, ListVerifyAndRestoreOverLoopback) {
 }
 
 TEST_F(RemoteTest, CanceledRestoreLeavesNoTarget) {
-  MakeVolumes();
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(MakeVolumes());
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   auto alice = ConnectAs("alice");
   ASSERT_NE(alice, nullptr);
   std::atomic<bool> cancel{false};
@@ -297,9 +273,9 @@ TEST_F(RemoteTest, CanceledRestoreLeavesNoTarget) {
 }
 
 TEST_F(RemoteTest, OtherClientsVolumesAreRefused) {
-  MakeVolumes();
+  ASSERT_NO_FATAL_FAILURE(MakeVolumes());
   Backup("local", MakeVolume(256 * 1024, 3), "");  // a local backup: nobody's client
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   auto alice = ConnectAs("alice");
   ASSERT_NE(alice, nullptr);
   for (const std::string volume : {"bv", "local"}) {
@@ -337,7 +313,7 @@ TEST_F(RemoteTest, OtherClientsVolumesAreRefused) {
 }
 
 TEST_F(RemoteTest, DamagedBlockEndsRestoreWithCorruption) {
-  MakeVolumes();
+  ASSERT_NO_FATAL_FAILURE(MakeVolumes());
   std::vector<std::string> before = ListDir(repo_path_ + "/packs");
   Backup("cv", MakeVolume(2 * 1024 * 1024, 9), "bob");
   std::vector<std::string> after = ListDir(repo_path_ + "/packs");
@@ -359,7 +335,7 @@ TEST_F(RemoteTest, DamagedBlockEndsRestoreWithCorruption) {
   bytes[4096 + 100] ^= 0xff;
   WriteAll(data_pack, bytes);
 
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   auto bob = ConnectAs("bob");
   ASSERT_NE(bob, nullptr);
   RestoreOptions ro = RestoreTo("cv", "latest", "cv");
@@ -390,7 +366,7 @@ TEST_F(RemoteTest, DamagedBlockEndsRestoreWithCorruption) {
 }
 
 TEST_F(RemoteTest, ClientsFileReloadedWithoutRestart) {
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   auto registry = ClientRegistry::Load(clients_file_);
   ASSERT_TRUE(registry.ok());
   auto carol = registry->Add("carol", "append");
@@ -406,9 +382,9 @@ TEST_F(RemoteTest, ClientsFileReloadedWithoutRestart) {
 }
 
 TEST_F(RemoteTest, IdleControlConnectionIsReplaced) {
-  MakeVolumes();
+  ASSERT_NO_FATAL_FAILURE(MakeVolumes());
   so_.heartbeat_interval = 100ms;  // the server drops agents silent for 0.3 s
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   RemoteOptions o = Options("alice");
   o.heartbeat_interval = 100ms;
   auto alice = RemoteRepository::Connect(o);
@@ -456,8 +432,8 @@ bool SendAndWaitForClose(int fd, const std::vector<uint8_t>& bytes) {
 }
 
 TEST_F(RemoteTest, FuzzedStreamsNeitherCrashNorDisturbOtherSessions) {
-  MakeVolumes();
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(MakeVolumes());
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   auto registry = ClientRegistry::Load(clients_file_);
   ASSERT_TRUE(registry.ok());
   ASSERT_NE(registry->Find("bob"), nullptr);
@@ -569,9 +545,9 @@ TEST_F(RemoteTest, FuzzedStreamsNeitherCrashNorDisturbOtherSessions) {
 }
 
 TEST_F(RemoteTest, StopClosesIdleSessionsAndReturns) {
-  MakeVolumes();
+  ASSERT_NO_FATAL_FAILURE(MakeVolumes());
   so_.drain_timeout = 10000ms;
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   auto alice = ConnectAs("alice");
   ASSERT_NE(alice, nullptr);
   std::vector<Manifest> listed;
@@ -588,7 +564,7 @@ TEST_F(RemoteTest, StopClosesIdleSessionsAndReturns) {
 }
 
 TEST_F(RemoteTest, ReconnectBacksOffAndNamesAttempts) {
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   auto alice = ConnectAs("alice");
   ASSERT_NE(alice, nullptr);
   StopServer();
@@ -602,18 +578,18 @@ TEST_F(RemoteTest, ReconnectBacksOffAndNamesAttempts) {
   EXPECT_GE(seconds, 1.9);
   EXPECT_LT(seconds, 4.0);
   // A server that comes back is found again.
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   RemoteOptions o = Options("alice");
   auto fresh = RemoteRepository::Connect(o);
   ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
 }
 
 TEST_F(RemoteTest, LostServerEndsCallsWithinLossTimeout) {
-  MakeVolumes();
+  ASSERT_NO_FATAL_FAILURE(MakeVolumes());
   auto big = MakeVolume(32 * 1024 * 1024, 5);
   Backup("big", big, "alice");
   so_.drain_timeout = 300ms;
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   testnet::DelayProxy proxy;
   std::string error;
   ASSERT_TRUE(proxy.Start("127.0.0.1", uint16_t(port_), {}, &error)) << error;
@@ -680,7 +656,7 @@ TEST_F(RemoteTest, LongVerifyKeepsTheAgentAlive) {
   big.clear();
   so_.heartbeat_interval = 10ms;
   so_.heartbeat_misses = 50;  // the server waits 0.5 s for the agent's PONGs
-  StartServer();
+  ASSERT_NO_FATAL_FAILURE(StartServer());
   RemoteOptions o = Options("alice");
   o.heartbeat_interval = 10ms;
   o.heartbeat_misses = 5;  // the agent gives up after 50 ms of silence
