@@ -21,8 +21,10 @@ the disk was the limit.
 --server-pid PID adds what another, already running process (the `dp420 serve` a remote
 backup talks to) spent meanwhile, from /proc/PID/stat and /proc/PID/io: server_user_s,
 server_sys_s, server_cpu_s (every thread, clock-tick resolution), server_read_bytes and
-server_written_bytes (storage I/O), and afterwards its peak RSS so far (server_max_rss_kib,
-VmHWM). A PID that is gone by the end records server_alive false and fails the step.
+server_written_bytes (storage I/O), and afterwards its peak RSS (server_max_rss_kib, VmHWM):
+during the step when the peak could be reset before it (`5` written to /proc/PID/clear_refs;
+server_rss_scope "step"), else over the process's life so far (server_rss_scope "lifetime").
+A PID that is gone by the end records server_alive false and fails the step.
 
 Peak RSS comes from GNU time (/usr/bin/time): a child forked from this Python process
 would report at least Python's own RSS, since exec keeps the old image's high-water mark.
@@ -96,6 +98,16 @@ def peak_rss_kib(pid: int):
     return None
 
 
+def reset_peak_rss(pid: int) -> bool:
+    """Resets the process's VmHWM to its current RSS (Linux clear_refs 5)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def server_delta(pid: int, before, after) -> dict:
     if not before or not after:
         return {"server_pid": pid, "server_alive": False}
@@ -139,6 +151,7 @@ def main(argv: list) -> int:
     if os.access(GNU_TIME, os.X_OK):
         wrapped = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file.name] + cmd
     disk_before = diskstats(disk) if disk else None
+    server_rss_scope = ("step" if reset_peak_rss(server) else "lifetime") if server else None
     server_before = proc_usage(server) if server else None
     start = time.monotonic()
     # Without --stdout the command's output goes to stderr: stdout is for results.
@@ -172,6 +185,7 @@ def main(argv: list) -> int:
         record.update({f"dev_{k}": disk_after[k] - disk_before[k] for k in disk_before})
     if server:
         record.update(server_delta(server, server_before, server_after))
+        record["server_rss_scope"] = server_rss_scope
         if not record["server_alive"]:
             print(f"measure.py: {label}: process {server} is gone", file=sys.stderr)
             rc = rc or 1

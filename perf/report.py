@@ -188,6 +188,8 @@ def remote_stats(recs: dict, volume_bytes: int) -> dict:
         out["server_cpu_s_per_gib"] = out["server_cpu_s"] / (volume_bytes / GIB)
         out["server_written_bytes"] = med(lambda r: r["server_written_bytes"])
         out["server_max_rss_kib"] = max(r.get("server_max_rss_kib") or 0 for r in ok_recs)
+        # The peak of the step itself, unless it could not be reset before it.
+        out["server_rss_lifetime"] = any(r.get("server_rss_scope") != "step" for r in ok_recs)
         out["cores_both"] = med(lambda r: (r["cpu_s"] + r["server_cpu_s"]) / r["wall_s"]
                                 if r["wall_s"] > 0 else 0)
     out["user_s"] = med(lambda r: r["user_s"])
@@ -773,7 +775,9 @@ def print_remote(remote_rows: list, title, markdown: bool, out) -> None:
                      f2(r.get("vs_local")), f2(r["cpu_s"]), f2(r["cpu_s_per_gib"], 3),
                      f2(r.get("server_cpu_s")), f2(r.get("server_cpu_s_per_gib"), 3),
                      f2(r.get("cores_both", r.get("cores"))), busy, fmt_bytes(r["max_rss_kib"] * 1024),
-                     fmt_bytes(r["server_max_rss_kib"] * 1024) if r.get("server_max_rss_kib") else "-",
+                     (fmt_bytes(r["server_max_rss_kib"] * 1024)
+                      + (" (lifetime)" if r.get("server_rss_lifetime") else ""))
+                     if r.get("server_max_rss_kib") else "-",
                      fmt_bytes(r["bytes_sent"]) if remote else "-",
                      fmt_bytes(r.get("bytes_sent_zerocopy")) if remote else "-",
                      fmt_bytes(r.get("bytes_zerocopy_copied")) if remote else "-", repo])
