@@ -9,6 +9,7 @@
 // equals the server's parent manifest seal; otherwise they are fetched.
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -804,12 +805,19 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     scanners.push_back(std::make_unique<Scanner>(ctx, i, sinks.back().get()));
   }
   std::atomic<unsigned> finished{0};
+  // A worker that ends wakes the control loop at once: the commit follows the
+  // last worker without waiting out the loop's poll.
+  int wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd < 0) return PosixError("eventfd", errno);
+  io::File wake = io::File::Adopt(wake_fd, "eventfd", false);
   std::vector<std::thread> pool;
   for (unsigned i = 0; i < threads; ++i) {
     pool.emplace_back([&, i] {
       Status s = scanners[i]->Run();
       if (!s.ok()) job.Fail(s);
       finished.fetch_add(1);
+      uint64_t one = 1;
+      (void)!write(wake.fd(), &one, sizeof(one));
     });
   }
 
@@ -859,10 +867,14 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
       continue;
     }
-    pollfd pfd{control_->fd(), POLLIN, 0};
-    int ready_fds = poll(&pfd, 1, 100);
+    pollfd pfd[2] = {{control_->fd(), POLLIN, 0}, {wake.fd(), POLLIN, 0}};
+    (void)poll(pfd, 2, 100);
+    if (pfd[1].revents & POLLIN) {
+      uint64_t count = 0;
+      (void)!read(wake.fd(), &count, sizeof(count));
+    }
     Status lost;
-    if (ready_fds > 0) {
+    if (pfd[0].revents != 0) {
       auto f = control_->Recv(timeout);
       if (!f.ok()) {
         lost = f.status();
