@@ -136,7 +136,6 @@ struct RestoreJob {
   std::atomic<uint64_t> pack_reads{0};
 
   RestoreJob(const Repository& r, const RestoreOptions& o) : repo(r), options(o) {}
-  uint32_t BlockLen(uint64_t block) const { return m.BlockLen(block); }
   uint64_t BufferBytes() const { return uint64_t{window_blocks + spare_blocks} * m.block_size; }
   void Fail(Status s) {
     std::lock_guard lock(mu);
@@ -264,7 +263,7 @@ class RestoreWorker {
   Op* NewOp(Slot* slot);
   void Finish(Slot* slot);
   uint32_t Padded(uint64_t block) const {
-    return static_cast<uint32_t>(RoundUp(job_.BlockLen(block), kRecordAlign));
+    return static_cast<uint32_t>(RoundUp(job_.m.BlockLen(block), kRecordAlign));
   }
 
   RestoreJob& job_;
@@ -458,7 +457,7 @@ Status RestoreWorker::PlaceBlocks(Slot& slot) {
   for (uint32_t b = 0; b < slot.nblocks; ++b) {
     const ObjRef& ref = slot.entries[b].ref;
     if (!ref.stored()) continue;
-    uint32_t len = job_.BlockLen(slot.first_block + b);
+    uint32_t len = job_.m.BlockLen(slot.first_block + b);
     if (ref.stored_len != len || ref.flags & (kObjZstd | kObjAesGcm)) {
       return Status::Corruption("snapshot " + job_.m.snapshot_id + ": block " +
                                 std::to_string(slot.first_block + b) +
@@ -688,7 +687,7 @@ void RestoreWorker::OnReadsDone(Slot* slot) {
   slot->verify_next = 0;
   for (uint32_t b = 0; b < slot->nblocks; ++b) {
     if (!slot->entries[b].ref.stored()) continue;
-    uint32_t len = job_.BlockLen(slot->first_block + b);
+    uint32_t len = job_.m.BlockLen(slot->first_block + b);
     if (slot->from_line[b]) {
       std::memcpy(base + slot->home[b], slot->from_line[b], len);
     } else if (slot->landed[b] != slot->home[b]) {
@@ -717,7 +716,7 @@ Status RestoreWorker::VerifySome(Slot* slot) {
   while (end < slot->nblocks && slot->entries[end].ref.stored() == stored &&
          (!stored || run_bytes < kWriteBytesMax)) {
     uint64_t block = slot->first_block + end;
-    uint32_t len = job_.BlockLen(block);
+    uint32_t len = job_.m.BlockLen(block);
     if (stored) {
       DP420_DASSERT(slot->home[end] == slot->home[b] + run_bytes);
       uint8_t digest[32];
@@ -760,7 +759,7 @@ Status RestoreWorker::VerifySome(Slot* slot) {
 
 void RestoreWorker::Finish(Slot* slot) {
   uint64_t bytes = 0;
-  for (uint32_t b = 0; b < slot->nblocks; ++b) bytes += job_.BlockLen(slot->first_block + b);
+  for (uint32_t b = 0; b < slot->nblocks; ++b) bytes += job_.m.BlockLen(slot->first_block + b);
   job_.bytes_done.fetch_add(bytes, std::memory_order_relaxed);
   pool_.Release(slot->buffer);
 }

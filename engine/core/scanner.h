@@ -171,8 +171,6 @@ class Scanner {
   ScanContext& ctx_;
   unsigned id_;
   ScanSink* sink_;
-  // The pool is declared before the ring so the ring (which waits for its
-  // in-flight ops when destroyed) goes first and no op outlives its buffer.
   // The reads and buffers outlive the ring, whose destructor waits for the
   // ops still in flight.
   std::vector<ScanRead> reads_;

@@ -379,7 +379,6 @@ class RemoteRestore {
   Status Write(unsigned buffer, uint8_t* data, uint64_t offset, uint64_t len);
   Status WaitWrites(unsigned count);
   Status Finish(const Frame& done);
-  uint32_t BlockLen(uint64_t block) const { return m_.BlockLen(block); }
   uint64_t PageEnd() const { return page_first_ + page_count_; }
   void SkipZeros() {
     while (expect_ < PageEnd() && !kinds_[expect_ - page_first_]) ++expect_;
@@ -504,7 +503,7 @@ Status RemoteRestore::OnPage(const Frame& f) {
     }
     uint32_t end = i;
     uint64_t len = 0;
-    while (end < count && !kinds_[end]) len += BlockLen(page_first_ + end++);
+    while (end < count && !kinds_[end]) len += m_.BlockLen(page_first_ + end++);
     DP420_RETURN_IF_ERROR(target_->ZeroRange((page_first_ + i) * m_.block_size, len));
     blocks_zero_ += end - i;
     bytes_done_ += len;
@@ -528,13 +527,13 @@ Status RemoteRestore::CheckRun(uint64_t first, uint32_t n, const uint8_t* data, 
   uint64_t want = 0;
   for (uint32_t i = 0; i < n; ++i) {
     if (!kinds_[first + i - page_first_]) return Protocol("sent data for a zero block");
-    want += BlockLen(first + i);
+    want += m_.BlockLen(first + i);
   }
   if (want != bytes) return Protocol("sent a RESTORE_DATA frame of the wrong length");
   uint64_t off = 0;
   for (uint32_t i = 0; i < n; ++i) {
     uint64_t block = first + i;
-    uint32_t len = BlockLen(block);
+    uint32_t len = m_.BlockLen(block);
     uint8_t digest[32];
     simd::Sha256(data + off, len, digest);
     if (std::memcmp(digest, digests_[block - page_first_], 32) != 0) {

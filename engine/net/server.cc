@@ -298,8 +298,6 @@ struct RestoreStream {
   static constexpr size_t kDataOffset = 4096;
   static constexpr size_t kPrefixBytes = 12;  // u64 first_block, u32 nblocks
 
-  uint32_t BlockLen(uint64_t block) const { return m.BlockLen(block); }
-
   Status Setup() {
     run_max = uint32_t((kMaxPayloadBytes - kPrefixBytes) / m.block_size);
     DP420_ASSERT(run_max >= 1);
@@ -327,7 +325,7 @@ struct RestoreStream {
     for (uint32_t i = 0; i < n; ++i) {
       const ObjRef& ref = entries[i].ref;
       uint64_t block = first + i;
-      uint32_t len = BlockLen(block);
+      uint32_t len = m.BlockLen(block);
       if (ref.stored_len != len || (ref.flags & (kObjZstd | kObjAesGcm))) {
         return Status::Corruption("snapshot " + m.snapshot_id + ": block " +
                                   std::to_string(block) +
