@@ -863,18 +863,18 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
       last_progress = Clock::now();
       o.control.progress({"backup", ctx.bytes_read.load(), ctx.geo.volume_size});
     }
-    if (job.failed.load()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      continue;
-    }
-    pollfd pfd[2] = {{control_->fd(), POLLIN, 0}, {wake.fd(), POLLIN, 0}};
+    // Once the job failed, only the workers' ends matter (the control
+    // connection may be gone).
+    bool failed = job.failed.load();
+    pollfd pfd[2] = {{wake.fd(), POLLIN, 0}, {failed ? -1 : control_->fd(), POLLIN, 0}};
     (void)poll(pfd, 2, 100);
-    if (pfd[1].revents & POLLIN) {
+    if (pfd[0].revents & POLLIN) {
       uint64_t count = 0;
       (void)!read(wake.fd(), &count, sizeof(count));
     }
+    if (failed) continue;
     Status lost;
-    if (pfd[0].revents != 0) {
+    if (pfd[1].revents != 0) {
       auto f = control_->Recv(timeout);
       if (!f.ok()) {
         lost = f.status();
