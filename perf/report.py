@@ -233,7 +233,7 @@ def summarise(records: list, ctx: dict) -> dict:
         return stats(runs.get(phase, tool, op, mode, bs), volume)
 
     core = lambda tool, op, mode="cold": runs.get("core", tool, op, mode)
-    chain_pairs, chain_aa = chain_rounds(runs)
+    chain_ratios, chain_aa = chain_rounds(runs)
     # The noise of one comparison: how far the 1st snapshot's restore lands from itself.
     chain_noise = statistics.median(abs(v - 1) for v in chain_aa) if chain_aa else 0.0
     chain_max = CHAIN_MAX + chain_noise
@@ -246,7 +246,7 @@ def summarise(records: list, ctx: dict) -> dict:
                                        core("xxh128sum", "hash-changed", "warm")),
         "warm_full_vs_xxh": pair_ratio(core("dp420", "full", "warm"),
                                        core("xxh128sum", "hash-changed", "warm")),
-        "chain": statistics.median(chain_pairs) if chain_pairs else None,
+        "chain": statistics.median(chain_ratios) if chain_ratios else None,
         "chain_self": statistics.median(chain_aa) if chain_aa else None,
         "chain_noise": chain_noise if chain_aa else None,
     }
@@ -429,7 +429,7 @@ def summarise(records: list, ctx: dict) -> dict:
            "(the same bytes; within the noise of snapshot 1 against itself)",
            fmt_x(r), f"<= {chain_max:.2f} x", None if r is None else r <= chain_max,
            evidence_io(st("chain", "dp420", "restore-last"), st("chain", "dp420", "restore-first"), True)
-           + (f"; rounds {', '.join(f'{v:.2f}' for v in chain_pairs)}" if chain_pairs else "")
+           + (f"; rounds {', '.join(f'{v:.2f}' for v in chain_ratios)}" if chain_ratios else "")
            + (f"; snapshot 1 against itself {', '.join(f'{v:.2f}' for v in chain_aa)}"
               f" (noise {chain_noise:.3f})" if chain_aa else ""))
     r = inv(ratios["warm_incr_vs_xxh"])
@@ -645,7 +645,10 @@ def print_all(summary: dict, out, markdown: bool = False) -> None:
     ctx = summary["context"]
     title = (lambda t: print(f"\n**{t}**\n", file=out)) if markdown else (lambda t: print(f"\n{t}", file=out))
     print(f"\nvolume {fmt_bytes(ctx['volume_size'])} ({ctx.get('volume_note', '')}), "
-          f"{ctx['pairs']} pair(s), caches {ctx['caches']}, medians", file=out)
+          f"{ctx['pairs']} pair(s)"
+          + (f" (chain restores: {ctx['chain_pairs']} rounds, network: {ctx['remote_pairs']} pairs)"
+             if "remote_pairs" in ctx else "")
+          + f", caches {ctx['caches']}, medians", file=out)
     ds = ctx.get("dataset", {})
     changed = [f"{k.split('_')[-1]} {v} %" for k, v in ds.items() if k.startswith("changed_blocks_pct_")]
     if changed:
