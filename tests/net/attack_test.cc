@@ -70,8 +70,20 @@ struct ServerSide {
   uint8_t key[kKeyBytes] = {};  // alice's key
 };
 
+// Writes alice's key file, pinning the server's identity where the clients file has one.
+// (`Key` is a parameter so that only the branch taken is compiled.)
+template <typename Registry, typename Key>
+Status WriteAliceKeyFile(Registry& registry, const std::string& path, const Key* key) {
+  if constexpr (requires { registry.EnsureIdentity(); }) {
+    DP420_RETURN_IF_ERROR(registry.EnsureIdentity());
+    return WriteKeyFile(path, key, registry.identity()->FingerprintHex());
+  } else {
+    return WriteKeyFile(path, key);
+  }
+}
+
 // Creates the repository, registers alice in a fresh clients file (which gives the
-// server its identity) and writes her key file.
+// server its own identity) and writes her key file.
 void MakeServerSide(const std::string& dir, ServerSide* side) {
   ASSERT_EQ(mkdir(dir.c_str(), 0700), 0) << dir;
   side->repo = dir + "/repo";
@@ -82,10 +94,10 @@ void MakeServerSide(const std::string& dir, ServerSide* side) {
   Result<ClientKey> key = registry.Add("alice", "append");
   ASSERT_TRUE(key.ok()) << key.status().ToString();
   std::memcpy(side->key, key->key, kKeyBytes);
+  Status written = WriteAliceKeyFile(registry, side->key_file, key->key);
+  ASSERT_TRUE(written.ok()) << written.ToString();
   Status saved = registry.Save(side->clients);
   ASSERT_TRUE(saved.ok()) << saved.ToString();
-  Status written = WriteKeyFile(side->key_file, key->key);
-  ASSERT_TRUE(written.ok()) << written.ToString();
 }
 
 // A second server that knows alice's key (it was stolen, or the admin registered her on
