@@ -5,6 +5,7 @@
 #include <climits>
 #include <vector>
 
+#include "engine/core/text.h"
 #include "io/file.h"
 
 namespace dp420::control {
@@ -18,12 +19,17 @@ Json LocalTopology(const std::string& volume, const std::string& source_path) {
       node_id.pop_back();
     }
   }
-  char host[HOST_NAME_MAX + 1] = {};
-  gethostname(host, sizeof(host) - 1);
-  Json member = {{"node_id", node_id}, {"host", host}, {"volume", volume}, {"device", source_path}};
+  char name[HOST_NAME_MAX + 1] = {};
+  gethostname(name, sizeof(name) - 1);
+  // Any of these may hold bytes that are not UTF-8 (a device path surely
+  // can), and a manifest is JSON: escaped as `source.path` is.
+  node_id = EscapeBytes(node_id);
+  std::string host = EscapeBytes(name);
+  std::string device = EscapeBytes(source_path);
+  Json member = {{"node_id", node_id}, {"host", host}, {"volume", EscapeBytes(volume)}, {"device", device}};
   return Json{{"node_id", node_id},
               {"host", host},
-              {"device", source_path},
+              {"device", device},
               {"members", Json::array({member})}};
 }
 

@@ -11,7 +11,8 @@
 namespace dp420::control {
 
 // {"node_id": /etc/machine-id, "host": hostname, "device": source,
-//  "members": [{"node_id", "host", "volume", "device"}]}
+//  "members": [{"node_id", "host", "volume", "device"}]}, every string
+// escaped into UTF-8 with EscapeBytes (engine/core/text.h).
 Json LocalTopology(const std::string& volume, const std::string& source_path);
 
 // Makes `path` absolute against the working directory and removes "." and

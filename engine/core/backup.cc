@@ -19,6 +19,7 @@
 #include "engine/core/snapshot.h"
 #include "engine/core/table.h"
 #include "engine/core/test_hooks.h"
+#include "engine/core/text.h"
 #include "io/assert.h"
 #include "io/buffer_pool.h"
 #include "io/file.h"
@@ -211,7 +212,8 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
                          SnapshotBuilder::Start(repo, o.volume, parent, o.block_size,
                                                 source.size(), DefaultPageWindow(threads)));
   Manifest& m = builder->manifest();
-  m.source_path = o.source_path;
+  // A file name may be any bytes; the manifest is JSON (docs/FORMAT.md).
+  m.source_path = EscapeBytes(o.source_path);
   m.source_kind = source.block_device() ? "block-device" : "file";
   m.node_topology = o.node_topology;
   m.tool_version = o.tool_version;

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/core/format.h"
+#include "engine/core/text.h"  // EscapeBytes: how source_path is written
 #include "io/status.h"
 
 namespace dp420 {
@@ -53,7 +54,7 @@ struct Manifest {
   uint32_t table_levels = 1;
   ObjRef table_root{};
   std::string checksum_sha256;     // hex; see docs/FORMAT.md
-  std::string source_path;         // absolute
+  std::string source_path;         // absolute, EscapeBytes'd: any bytes as UTF-8
   std::string source_kind;         // "file" or "block-device"
   Json node_topology = Json::object();
   std::string tool_version;

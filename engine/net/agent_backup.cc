@@ -708,7 +708,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     w.U32(o.block_size);
     w.U64(source.size());
     w.U32(threads);
-    w.String(o.source_path);
+    w.String(EscapeBytes(o.source_path));  // the manifest's form: valid UTF-8
     w.String(source.block_device() ? "block-device" : "file");
     w.String(o.node_topology.dump());
     w.String(o.tool_version);

@@ -285,5 +285,35 @@ TEST(CliRemoteTest, BackupRestoreRoundTripOverTheNetwork) {
   DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
 }
 
+// A source whose name is not UTF-8 (0xff 0xfe): the agent sends the escaped
+// name (docs/FORMAT.md, `source.path`), the server accepts it, and the
+// snapshot lists and restores like any other.
+TEST(CliRemoteTest, SourceNameNotUtf8BacksUpOverTheNetwork) {
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  std::string key = AddClient(dir, "db1");
+  Server server(dir, repo);
+  Env env = {{"DP420_CACHE_DIR", dir / "cache"}};
+  std::vector<std::string> remote = Remote(server, "db1", key);
+  std::string source = dir / "vol-\xff\xfe.img";
+  WritePatternFile(source, (2ull << 20) + 4321, 13, 4);
+
+  Result backup = Cli(Join({"backup", "--volume", "v", "--json", source}, remote), env);
+  DP420_ASSERT_EXIT(backup, kExitOk) << server.Log();
+  Result list = Cli(Join({"snapshots", "--volume", "v", "--json"}, remote), env);
+  DP420_ASSERT_EXIT(list, kExitOk) << server.Log();
+  Json snaps = ParseJson(list);
+  ASSERT_EQ(snaps.size(), 1u) << snaps.dump();
+  EXPECT_EQ(snaps[0].at("source").at("path"), dir.path() + "/vol-\\xff\\xfe.img")
+      << snaps.dump();
+
+  std::string target = dir / "restored.img";
+  Result restore = Cli(Join({"restore", "--volume", "v", "--json", target}, remote), env);
+  DP420_ASSERT_EXIT(restore, kExitOk) << server.Log();
+  EXPECT_EQ(Sha256File(target), Sha256File(source)) << "restored bytes differ";
+  Result stopped = server.Stop();
+  DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
+}
+
 }  // namespace
 }  // namespace dp420::e2e
