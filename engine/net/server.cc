@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "engine/core/table.h"
+#include "engine/core/text.h"
 #include "engine/core/verify.h"
 #include "engine/net/store.h"
 #include "io/assert.h"
@@ -144,6 +145,7 @@ Status HandleList(Request& rq) {
   PayloadReader r(rq.frame.payload);
   std::string volume = r.String(kRequestStringMax);
   if (Status s = r.Finish("LIST"); !s.ok()) return Malformed("LIST", s);
+  DP420_RETURN_IF_ERROR(CheckTextField("volume", volume, kRequestStringMax));
   const Repository& repo = rq.ctx.repo;
   DP420_RETURN_IF_ERROR(CheckRequestVolume(repo, rq.who, volume));
   std::vector<Manifest> manifests;
@@ -238,6 +240,8 @@ Status HandleVerify(Request& rq) {
   Status s = r.Finish("VERIFY");
   if (s.ok() && read_data > 1) s = Status::Corruption("read_data must be 0 or 1");
   if (!s.ok()) return Malformed("VERIFY", s);
+  DP420_RETURN_IF_ERROR(CheckTextField("volume", volume, kRequestStringMax));
+  DP420_RETURN_IF_ERROR(CheckTextField("snapshot", snapshot, kRequestStringMax));
   const Repository& repo = rq.ctx.repo;
   DP420_RETURN_IF_ERROR(CheckRequestVolume(repo, rq.who, volume));
   if (!snapshot.empty() && volume.empty()) {
@@ -263,7 +267,7 @@ Status HandleVerify(Request& rq) {
       o.snapshot = snapshot;
       o.read_data = read_data != 0;
       o.control.cancel = &cancel;
-      auto one = RunVerify(repo, o);
+      auto one = RunGuarded("verify", [&] { return RunVerify(repo, o); });
       if (!one.ok()) {
         result = one.status();
         break;
@@ -272,7 +276,8 @@ Status HandleVerify(Request& rq) {
     }
     done.store(true);
   });
-  s = KeepAliveUntil(rq, done);
+  // Guarded: an exception must not unwind past the running worker.
+  s = RunGuarded("verify", [&] { return KeepAliveUntil(rq, done); });
   if (!s.ok()) cancel.store(true);
   worker.join();
   DP420_RETURN_IF_ERROR(s);
@@ -371,6 +376,8 @@ Status HandleRestore(Request& rq) {
   std::string volume = r.String(kRequestStringMax);
   std::string snapshot = r.String(kRequestStringMax);
   if (Status s = r.Finish("RESTORE"); !s.ok()) return Malformed("RESTORE", s);
+  DP420_RETURN_IF_ERROR(CheckTextField("volume", volume, kRequestStringMax));
+  DP420_RETURN_IF_ERROR(CheckTextField("snapshot", snapshot, kRequestStringMax));
   if (volume.empty()) return Status::InvalidArgument("restore needs a volume");
   const Repository& repo = rq.ctx.repo;
   DP420_RETURN_IF_ERROR(CheckRequestVolume(repo, rq.who, volume));
@@ -420,7 +427,9 @@ class Server {
   void StartSession(int fd, const std::string& peer);
   void Serve(Session& s);
   void RequestLoop(ServerContext& ctx, Session& s, const SessionInfo& who);
-  void Fail(Session& s, const SessionInfo& who, const char* op, const Status& status);
+  void Fail(Session& s, const SessionInfo& who, const char* op, const Status& status,
+            bool threw = false);
+  void SessionFailed(Session& s, const char* reason);
   void Reap(bool all);
   void Drain();
   bool Stopping() const { return o_.stop && o_.stop->load(); }
@@ -600,7 +609,13 @@ void Server::StartSession(int fd, const std::string& peer) {
   Session* s = session.get();
   try {
     s->thread = std::thread([this, s] {
-      Serve(*s);
+      try {
+        Serve(*s);
+      } catch (const std::exception& e) {
+        SessionFailed(*s, e.what());
+      } catch (...) {
+        SessionFailed(*s, "unknown exception");
+      }
       // The peer sees the end of the session now, not when the thread is reaped.
       s->conn->Shutdown();
       s->finished.store(true);
@@ -631,10 +646,24 @@ void Server::Serve(Session& s) {
                       {"bytes_received", conn.bytes_received()}});
 }
 
-void Server::Fail(Session& s, const SessionInfo& who, const char* op, const Status& status) {
-  log_.Warn("request_failed", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
-                               {"request", op}, {"error", status.ToString()}});
+void Server::Fail(Session& s, const SessionInfo& who, const char* op, const Status& status,
+                  bool threw) {
+  // An exception is a bug on this side, not the agent's fault: logged apart.
+  log_.Warn(threw ? "session_failed" : "request_failed",
+            {{"peer", who.peer}, {"session", s.id}, {"client", who.client}, {"request", op},
+             {"error", status.ToString()}});
   (void)SendError(*s.conn, status, kErrorSendTimeout);
+}
+
+// An exception escaped a session outside its requests (requests catch their
+// own): the session ends, logged; the server and other sessions go on.
+void Server::SessionFailed(Session& s, const char* reason) {
+  try {
+    log_.Warn("session_failed", {{"peer", s.conn->peer()}, {"session", s.id},
+                                 {"error", std::string("unexpected exception: ") + reason}});
+  } catch (...) {
+    // Nothing left to report with; the session still ends cleanly.
+  }
 }
 
 void Server::RequestLoop(ServerContext& ctx, Session& s, const SessionInfo& who) {
@@ -672,11 +701,15 @@ void Server::RequestLoop(ServerContext& ctx, Session& s, const SessionInfo& who)
         Request rq{ctx, conn, who, f};
         op = f.type() == FrameType::kList ? "list" : f.type() == FrameType::kVerify ? "verify"
                                                                                      : "restore";
-        st = f.type() == FrameType::kList     ? HandleList(rq)
-             : f.type() == FrameType::kVerify ? HandleVerify(rq)
-                                              : HandleRestore(rq);
+        bool threw = false;
+        st = RunGuarded(op, [&] {
+          if (o_.on_session_point) o_.on_session_point(op);
+          return f.type() == FrameType::kList     ? HandleList(rq)
+                 : f.type() == FrameType::kVerify ? HandleVerify(rq)
+                                                  : HandleRestore(rq);
+        }, &threw);
         s.busy.store(false);
-        if (!st.ok()) return Fail(s, who, op, st);
+        if (!st.ok()) return Fail(s, who, op, st, threw);
         double seconds = std::chrono::duration<double>(Clock::now() - start).count();
         log_.Info("request", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
                               {"request", op}, {"seconds", seconds}});
@@ -687,9 +720,15 @@ void Server::RequestLoop(ServerContext& ctx, Session& s, const SessionInfo& who)
         s.busy.store(true);
         bool backup = f.type() == FrameType::kBackupBegin;
         op = backup ? "backup" : "stripe";
-        st = backup ? HandleBackup(ctx, conn, who, f) : HandleStripe(ctx, conn, who, f);
+        // Both handlers catch their own exceptions (they must detach from the
+        // backup first); this guard is the last line.
+        bool threw = false;
+        st = RunGuarded(op, [&] {
+          if (o_.on_session_point) o_.on_session_point(op);
+          return backup ? HandleBackup(ctx, conn, who, f) : HandleStripe(ctx, conn, who, f);
+        }, &threw);
         s.busy.store(false);
-        if (!st.ok()) return Fail(s, who, op, st);
+        if (!st.ok()) return Fail(s, who, op, st, threw);
         log_.Info("request", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
                               {"request", op}});
         return;

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -51,6 +52,11 @@ struct ServerOptions {
   const std::atomic<bool>* stop = nullptr;
   // Called once listening, with the bound port (tests use port 0).
   std::function<void(uint16_t port)> on_listening;
+  // Test seam, called on session threads at named points: "list", "verify",
+  // "restore", "backup", "stripe" as such a request starts, "commit" before a
+  // backup commits. Tests throw from it to show that an exception ends only
+  // its own session.
+  std::function<void(const char* point)> on_session_point;
   Millis LossTimeout() const { return heartbeat_interval * heartbeat_misses; }
 };
 
@@ -72,6 +78,23 @@ struct ServerContext {
   BackupRegistry& backups;
   const std::atomic<bool>& stopping;
 };
+
+// Runs `body` and returns what it returns; an exception becomes kInternal
+// naming `what` (and sets *threw). Every thread of a session runs its work
+// through this: an exception must end that session, never the whole server
+// (an exception leaving a thread calls std::terminate).
+template <typename F>
+auto RunGuarded(const std::string& what, F&& body, bool* threw = nullptr) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    if (threw != nullptr) *threw = true;
+    return Status::Internal(what + ": unexpected exception: " + e.what());
+  } catch (...) {
+    if (threw != nullptr) *threw = true;
+    return Status::Internal(what + ": unexpected exception");
+  }
+}
 
 // kPermission unless `who` may use `volume` (it owns it, it is new, or who is admin).
 Status CheckVolumeAccess(const Repository& repo, const SessionInfo& who,

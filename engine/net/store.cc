@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/core/snapshot.h"
+#include "engine/core/text.h"
 #include "io/assert.h"
 #include "io/buffer_pool.h"
 #include "io/file.h"
@@ -63,7 +64,9 @@ class BackupSession {
       stripe_.back()->next_page = i;
     }
     consumer_ = std::thread([this] {
-      Status s = builder_->Consume([this] { return aborted_.load(); }, nullptr);
+      Status s = RunGuarded("table builder", [this] {
+        return builder_->Consume([this] { return aborted_.load(); }, nullptr);
+      });
       std::lock_guard lock(mu_);
       consumed_ = true;
       consume_status_ = s;
@@ -211,6 +214,17 @@ void BackupRegistry::AbortAll() {
 
 namespace {
 
+// Bounds of BACKUP_BEGIN's strings (docs/PROTOCOL.md). Everything the agent
+// sends ends up in the manifest, so it must be valid UTF-8 (or the commit's
+// JSON dump fails) and small. A path is at most PATH_MAX (4096) bytes, which
+// escaping (engine/core/text.h) makes at most 4 times longer; the topology
+// holds the source path twice.
+constexpr size_t kMaxTokenBytes = 64;
+constexpr size_t kMaxSourcePathBytes = 4 * 4096;
+constexpr size_t kMaxTopologyBytes = 64 * 1024;
+constexpr size_t kMaxTopologyDepth = 16;
+constexpr size_t kMaxToolVersionBytes = 64;
+
 struct BeginRequest {
   std::string volume;
   uint32_t block_size = 0;
@@ -218,27 +232,55 @@ struct BeginRequest {
   uint32_t stripes = 0;
   std::string source_path;
   std::string source_kind;
-  std::string topology;
+  std::string topology_text;
+  Json topology;
   std::string tool_version;
   std::string resume_token;
 };
 
+// Every string of BACKUP_BEGIN against its bound and UTF-8, the source kind
+// against its set, the topology as a JSON object of bounded nesting (parsed
+// into b->topology). Messages name the field, never quote a bad value.
+Status CheckBeginFields(BeginRequest* b) {
+  DP420_RETURN_IF_ERROR(CheckTextField("volume", b->volume, 64));
+  if (!ValidVolumeName(b->volume)) {
+    return Status::InvalidArgument("invalid volume name '" + b->volume + "'");
+  }
+  DP420_RETURN_IF_ERROR(CheckTextField("source_path", b->source_path, kMaxSourcePathBytes));
+  if (b->source_kind != "file" && b->source_kind != "block-device") {
+    return Status::InvalidArgument("source_kind must be \"file\" or \"block-device\"");
+  }
+  DP420_RETURN_IF_ERROR(CheckTextField("node_topology", b->topology_text, kMaxTopologyBytes));
+  DP420_RETURN_IF_ERROR(CheckTextField("tool_version", b->tool_version, kMaxToolVersionBytes));
+  DP420_RETURN_IF_ERROR(CheckTextField("resume_token", b->resume_token, kMaxTokenBytes));
+  // Bounded before parsing: nlohmann::json dumps and destroys recursively.
+  if (JsonNestingDepth(b->topology_text) > kMaxTopologyDepth) {
+    return Status::InvalidArgument("node_topology nests deeper than " +
+                                   std::to_string(kMaxTopologyDepth) + " levels");
+  }
+  b->topology = Json::parse(b->topology_text, nullptr, false);
+  if (b->topology.is_discarded() || !b->topology.is_object()) {
+    return Status::InvalidArgument("node_topology is not a JSON object");
+  }
+  return Status::Ok();
+}
+
 Result<BeginRequest> ParseBegin(const Frame& f) {
   PayloadReader r(f.payload);
   BeginRequest b;
-  b.volume = r.String(64);
+  // Strings are read up to the frame's bound and checked by CheckBeginFields,
+  // whose refusals name the field.
+  b.volume = r.String(kMaxPayloadBytes);
   b.block_size = r.U32();
   b.volume_size = r.U64();
   b.stripes = r.U32();
-  b.source_path = r.String(4096);
-  b.source_kind = r.String(32);
-  b.topology = r.String(1 << 20);
-  b.tool_version = r.String(256);
-  b.resume_token = r.String(64);
+  b.source_path = r.String(kMaxPayloadBytes);
+  b.source_kind = r.String(kMaxPayloadBytes);
+  b.topology_text = r.String(kMaxPayloadBytes);
+  b.tool_version = r.String(kMaxPayloadBytes);
+  b.resume_token = r.String(kMaxPayloadBytes);
   DP420_RETURN_IF_ERROR(r.Finish("BACKUP_BEGIN"));
-  if (!ValidVolumeName(b.volume)) {
-    return Status::InvalidArgument("invalid volume name '" + b.volume + "'");
-  }
+  DP420_RETURN_IF_ERROR(CheckBeginFields(&b).Prefix("BACKUP_BEGIN refused"));
   if (b.stripes == 0 || b.stripes > kMaxStripes) {
     return Status::InvalidArgument("BACKUP_BEGIN: " + std::to_string(b.stripes) +
                                    " stripes (1.." + std::to_string(kMaxStripes) + ")");
@@ -304,6 +346,7 @@ Status SendParentIds(ServerContext& ctx, Conn& conn, BackupSession& s, const Fra
 // COMMIT: every stripe is acknowledged. Waits for the table builder, closes
 // the stripes' packs and commits; answers COMMITTED with the manifest.
 Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, Millis timeout) {
+  if (ctx.options.on_session_point) ctx.options.on_session_point("commit");
   auto deadline = Clock::now() + ctx.options.LossTimeout() * 4;
   for (;;) {
     DP420_ASSIGN_OR_RETURN(bool done, s.WaitConsumed(ctx.options.heartbeat_interval));
@@ -400,17 +443,82 @@ Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const Se
                          SnapshotBuilder::Start(ctx.repo, b.volume, parent.get(), b.block_size,
                                                 b.volume_size, DefaultPageWindow(b.stripes)));
   Manifest& m = builder->manifest();
+  // All checked by ParseBegin: valid UTF-8, bounded.
   m.source_path = b.source_path;
-  m.source_kind = b.source_kind == "block-device" ? "block-device" : "file";
+  m.source_kind = b.source_kind;
   m.tool_version = b.tool_version;
   m.client = who.client;
-  Json topology = Json::parse(b.topology, nullptr, false);
-  m.node_topology = topology.is_discarded() || !topology.is_object() ? Json::object() : topology;
+  m.node_topology = b.topology;
   auto session = std::make_shared<BackupSession>(ctx, who, std::move(lock), std::move(builder),
                                                  std::move(parent), b.stripes);
   session->token = NewToken();
   ctx.backups.Add(session->token, session);
   return session;
+}
+
+}  // namespace
+
+namespace {
+
+// The session BACKUP_BEGIN names: the one `resume_token` names, or a new one.
+// Refusals are sent to the agent here.
+Result<std::shared_ptr<BackupSession>> OpenBackup(ServerContext& ctx, Conn& conn,
+                                                  const SessionInfo& who, const BeginRequest& b) {
+  Millis timeout = ctx.options.LossTimeout();
+  if (!b.resume_token.empty()) {
+    auto s = ctx.backups.Find(b.resume_token);
+    if (!s || s->who().client != who.client || s->builder().manifest().volume != b.volume) {
+      Status gone = Status::NotFound("backup session " + b.resume_token +
+                                     " is unknown to the server (it restarted or gave up)");
+      (void)SendError(conn, gone, timeout);
+      return gone;
+    }
+    ctx.log.Info("backup resumed", {{"client", who.client}, {"volume", b.volume},
+                                    {"peer", conn.peer()}});
+    return s;
+  }
+  auto started = StartSession(ctx, who, b);
+  if (!started.ok()) {
+    (void)SendError(conn, started.status(), timeout);
+    return started.status();
+  }
+  auto s = *started;
+  ctx.log.Info("backup started", {{"client", who.client},
+                                  {"volume", b.volume},
+                                  {"snapshot", s->builder().manifest().snapshot_id},
+                                  {"parent", s->builder().manifest().parent},
+                                  {"stripes", b.stripes},
+                                  {"peer", conn.peer()}});
+  return s;
+}
+
+// The control connection's frames after BACKUP_READY, until COMMIT was
+// answered (*commit_seen) or the session failed.
+Status ServeControl(ServerContext& ctx, Conn& conn, BackupSession& s, bool* commit_seen) {
+  Millis timeout = ctx.options.LossTimeout();
+  DP420_RETURN_IF_ERROR(SendReady(ctx, conn, s, timeout));
+  for (;;) {
+    DP420_ASSIGN_OR_RETURN(Frame frame, conn.Recv(timeout));
+    Status status;
+    switch (frame.type()) {
+      case FrameType::kPing: status = AnswerPing(conn, frame, timeout); break;
+      case FrameType::kPong: break;
+      case FrameType::kParentReq: status = SendParentIds(ctx, conn, s, frame, timeout); break;
+      case FrameType::kCommit: {
+        *commit_seen = true;
+        Status committed = Commit(ctx, conn, s, frame, timeout);
+        if (!committed.ok()) (void)SendError(conn, committed, timeout);
+        return committed;
+      }
+      case FrameType::kError: return StatusFromError(frame, conn.peer());
+      default:
+        status = Status::InvalidArgument("protocol violation: unexpected frame type " +
+                                         std::to_string(frame.header.type) +
+                                         " in a backup session");
+        (void)SendError(conn, status, timeout);
+    }
+    DP420_RETURN_IF_ERROR(status);
+  }
 }
 
 }  // namespace
@@ -423,61 +531,21 @@ Status HandleBackup(ServerContext& ctx, Conn& conn, const SessionInfo& who, cons
     return parsed.status();
   }
   const BeginRequest& b = *parsed;
-  std::shared_ptr<BackupSession> s;
-  if (!b.resume_token.empty()) {
-    s = ctx.backups.Find(b.resume_token);
-    if (!s || s->who().client != who.client || s->builder().manifest().volume != b.volume) {
-      Status gone = Status::NotFound("backup session " + b.resume_token +
-                                     " is unknown to the server (it restarted or gave up)");
-      (void)SendError(conn, gone, timeout);
-      return gone;
-    }
-    ctx.log.Info("backup resumed", {{"client", who.client}, {"volume", b.volume},
-                                    {"peer", conn.peer()}});
-  } else {
-    auto started = StartSession(ctx, who, b);
-    if (!started.ok()) {
-      (void)SendError(conn, started.status(), timeout);
-      return started.status();
-    }
-    s = *started;
-    ctx.log.Info("backup started", {{"client", who.client},
-                                    {"volume", b.volume},
-                                    {"snapshot", s->builder().manifest().snapshot_id},
-                                    {"parent", s->builder().manifest().parent},
-                                    {"stripes", b.stripes},
-                                    {"peer", conn.peer()}});
-  }
+  bool threw = false;
+  auto opened = RunGuarded("backup", [&] { return OpenBackup(ctx, conn, who, b); }, &threw);
+  if (threw) (void)SendError(conn, opened.status(), timeout);
+  DP420_RETURN_IF_ERROR(opened.status());
+  std::shared_ptr<BackupSession> s = *opened;
   s->AttachControl(&conn);
   uint64_t generation = s->control_generation();
-  Status status = SendReady(ctx, conn, *s, timeout);
-  while (status.ok()) {
-    auto frame = conn.Recv(timeout);
-    if (!frame.ok()) {
-      status = frame.status();
-      break;
-    }
-    switch (frame->type()) {
-      case FrameType::kPing: status = AnswerPing(conn, *frame, timeout); break;
-      case FrameType::kPong: break;
-      case FrameType::kParentReq: status = SendParentIds(ctx, conn, *s, *frame, timeout); break;
-      case FrameType::kCommit: {
-        Status committed = Commit(ctx, conn, *s, *frame, timeout);
-        if (!committed.ok()) (void)SendError(conn, committed, timeout);
-        s->DetachControl(&conn);
-        ctx.backups.Remove(s->token);
-        return committed;
-      }
-      case FrameType::kError: status = StatusFromError(*frame, conn.peer()); break;
-      default:
-        status = Status::InvalidArgument("protocol violation: unexpected frame type " +
-                                         std::to_string(frame->header.type) +
-                                         " in a backup session");
-        (void)SendError(conn, status, timeout);
-    }
-  }
+  bool commit_seen = false;
+  // An exception ends this backup like any other failure: detached, rolled
+  // back, and reported to the agent.
+  Status status =
+      RunGuarded("backup", [&] { return ServeControl(ctx, conn, *s, &commit_seen); }, &threw);
+  if (threw) (void)SendError(conn, status, timeout);
   s->DetachControl(&conn);
-  if (s->aborted()) {
+  if (commit_seen || s->aborted()) {
     ctx.backups.Remove(s->token);
     return status;
   }
@@ -852,6 +920,8 @@ Status HandleStripe(ServerContext& ctx, Conn& conn, const SessionInfo& who, cons
   std::string token = r.String(64);
   uint32_t stripe = r.U32();
   Status parsed = r.Finish("STRIPE_JOIN");
+  // The token is quoted in the refusal below: it must be text.
+  if (parsed.ok()) parsed = CheckTextField("STRIPE_JOIN token", token, kMaxTokenBytes);
   std::shared_ptr<BackupSession> s = parsed.ok() ? ctx.backups.Find(token) : nullptr;
   if (!parsed.ok() || !s || s->who().client != who.client || stripe >= s->stripes()) {
     Status gone = parsed.ok() ? Status::NotFound("backup session " + token +
@@ -869,8 +939,11 @@ Status HandleStripe(ServerContext& ctx, Conn& conn, const SessionInfo& who, cons
   w.U64(st.next_page);
   DP420_RETURN_IF_ERROR(conn.Send(FrameType::kStripeReady, 0, w.bytes(), timeout));
   StripeReceiver receiver(ctx, conn, *s, st, stripe);
-  Status status = receiver.Setup();
-  if (status.ok()) status = receiver.Run();
+  // An exception fails the whole backup (below) after the stripe detached.
+  Status status = RunGuarded("stripe " + std::to_string(stripe), [&] {
+    DP420_RETURN_IF_ERROR(receiver.Setup());
+    return receiver.Run();
+  });
   // Pages were handed to the table before their writes completed: a failed
   // write must fail the backup, whatever happened to the connection.
   Status flushed = receiver.Flush();
