@@ -293,8 +293,9 @@ int dp420_repo_connect(dp420_ctx_t* ctx, const dp420_remote_opts_t* opts, dp420_
     if (!key_file.ok()) return Fail(ctx, key_file.status());
     // Refuse a missing or loosely protected key before touching the network.
     uint8_t key[dp420::net::kKeyBytes];
-    Status key_ok = dp420::net::ReadKeyFile(*key_file, key);
-    std::memset(key, 0, sizeof(key));
+    uint8_t server_id[dp420::net::kFingerprintBytes];
+    Status key_ok = dp420::net::ReadKeyFile(*key_file, key, server_id);
+    dp420::net::Cleanse(key, sizeof(key));
     if (!key_ok.ok()) return Fail(ctx, key_ok);
     auto handle = std::make_unique<dp420_repo>();
     dp420::net::RemoteOptions o;
@@ -593,7 +594,9 @@ int dp420_client_add(dp420_ctx_t* ctx, const char* clients_file, const char* nam
     }
     auto key = reg->Add(name, Missing(role) ? "append" : role);
     if (!key.ok()) return Fail(ctx, key.status());
-    Status s = dp420::net::WriteKeyFile(key_path, key->key);
+    Status s = reg->EnsureIdentity();
+    if (!s.ok()) return Fail(ctx, s);
+    s = dp420::net::WriteKeyFile(key_path, key->key, reg->identity()->FingerprintHex());
     if (!s.ok()) return Fail(ctx, s);
     s = reg->Save(path);
     if (!s.ok()) {

@@ -192,12 +192,20 @@ class NetSink : public ScanSink {
   Result<uint64_t> Recover(const Status& lost) override;
 
  private:
+  // A piece of a frame. Frames are sealed when they are released for
+  // sending (Release), in the order they go on the wire: a head's bytes
+  // start with room for the header, a zero-copy run is sealed in place in
+  // its read buffer, and the frame's last piece is followed by its tag.
   struct SendItem {
-    std::vector<uint8_t> bytes;     // copied bytes (headers, metadata, pages)
+    std::vector<uint8_t> bytes;     // copied bytes (headers, metadata, pages, tags)
     const uint8_t* zc = nullptr;    // or a run of blocks in a read buffer
     uint32_t zc_len = 0;
     ScanRead* read = nullptr;
     uint64_t page = 0;
+    FrameType type = FrameType::kBlocks;  // a head: the frame's type
+    uint32_t plain_len = 0;               // a head: the frame's payload length
+    bool head = false;                    // bytes start a frame (header room first)
+    bool last = false;                    // the frame's last piece
   };
   static constexpr uint64_t kTagSend = 2;
   static constexpr uint64_t kTagRecv = 3;
@@ -206,6 +214,7 @@ class NetSink : public ScanSink {
   Status Join(uint64_t* next_page);
   Status FlushRun();
   void Stage(SendItem item, bool ends_page);
+  void Release(SendItem item);
   void Kick();
   void Break();
   void ArmRecv();
@@ -316,7 +325,7 @@ Status NetSink::ParentLeaf(uint64_t page, Entry* out, uint32_t* count) {
 
 Status NetSink::Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& entry) {
   if (run_read_ != &read || run_first_ + run_count_ != index ||
-      run_meta_.size() + 48 + 12 + run_bytes_ + len > kMaxPayloadBytes) {
+      run_meta_.size() + 48 + 12 + run_bytes_ + len > kMaxPlainBytes) {
     DP420_RETURN_IF_ERROR(FlushRun());
     run_read_ = &read;
     run_first_ = index;
@@ -329,7 +338,7 @@ Status NetSink::Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& ent
 }
 
 // One BLOCKS frame for the open run: header and metadata copied, the block
-// bytes sent zero-copy from the read buffer.
+// bytes sealed in place and sent zero-copy from the read buffer.
 Status NetSink::FlushRun() {
   if (run_count_ == 0) return Status::Ok();
   ScanRead& read = *run_read_;
@@ -338,15 +347,12 @@ Status NetSink::FlushRun() {
   fixed.U64(read.first_block + run_first_);
   fixed.U32(run_count_);
   const uint8_t* data = read.data + uint64_t{run_first_} * g.block_size;
-  uint32_t crc = simd::Crc32c(0, fixed.bytes().data(), fixed.bytes().size());
-  crc = simd::Crc32c(crc, run_meta_.data(), run_meta_.size());
-  crc = simd::Crc32c(crc, data, run_bytes_);
-  uint32_t payload_len =
-      static_cast<uint32_t>(fixed.bytes().size() + run_meta_.size() + run_bytes_);
-  FrameHeader h = MakeHeaderWithCrc(FrameType::kBlocks, 0, payload_len, crc);
   SendItem head;
-  head.bytes.resize(sizeof(h));
-  std::memcpy(head.bytes.data(), &h, sizeof(h));
+  head.head = true;
+  head.type = FrameType::kBlocks;
+  head.plain_len =
+      static_cast<uint32_t>(fixed.bytes().size() + run_meta_.size() + run_bytes_);
+  head.bytes.resize(sizeof(FrameHeader));
   head.bytes.insert(head.bytes.end(), fixed.bytes().begin(), fixed.bytes().end());
   head.bytes.insert(head.bytes.end(), run_meta_.begin(), run_meta_.end());
   SendItem body;
@@ -354,6 +360,7 @@ Status NetSink::FlushRun() {
   body.zc_len = run_bytes_;
   body.read = &read;
   body.page = (read.first_block + run_first_) / kPageEntries;
+  body.last = true;
   head.page = body.page;
   ++read.holds;
   Stage(std::move(head), false);
@@ -385,10 +392,11 @@ Status NetSink::PageDone(std::unique_ptr<LeafPage> page) {
     w.U8(page->verdict[i]);
     w.Bytes({page->entries[i].id, 16});
   }
-  FrameHeader h = MakeHeader(FrameType::kPage, 0, w.bytes());
   SendItem item;
-  item.bytes.resize(sizeof(h));
-  std::memcpy(item.bytes.data(), &h, sizeof(h));
+  item.head = item.last = true;
+  item.type = FrameType::kPage;
+  item.plain_len = static_cast<uint32_t>(w.bytes().size());
+  item.bytes.resize(sizeof(FrameHeader));
   item.bytes.insert(item.bytes.end(), w.bytes().begin(), w.bytes().end());
   item.page = page->index;
   last_page_ = std::max<int64_t>(last_page_, static_cast<int64_t>(page->index));
@@ -405,12 +413,44 @@ void NetSink::Stage(SendItem item, bool ends_page) {
   for (;;) {
     auto it = staged_.find(send_page_);
     if (it != staged_.end()) {
-      for (SendItem& i : it->second) sends_.push_back(std::move(i));
+      for (SendItem& i : it->second) Release(std::move(i));
       staged_.erase(it);
     }
     if (!staged_done_.erase(send_page_)) break;
     send_page_ += job_.stripes;
   }
+}
+
+// Seals `item` and queues it for sending. A zero-copy run is encrypted in
+// its read buffer, which the scanner no longer reads (the blocks are hashed)
+// and which goes back to the pool after the send: nothing is copied.
+void NetSink::Release(SendItem item) {
+  if (item.head) {
+    FrameHeader h = conn_->BeginSeal(item.type, 0, item.plain_len);
+    std::memcpy(item.bytes.data(), &h, sizeof(h));
+    uint8_t* payload = item.bytes.data() + sizeof(h);
+    conn_->SealPiece(payload, payload, item.bytes.size() - sizeof(h));
+  } else {
+    DP420_ASSERT(item.zc != nullptr);
+    uint8_t* run = const_cast<uint8_t*>(item.zc);
+    conn_->SealPiece(run, run, item.zc_len);
+  }
+  if (!item.last) {
+    sends_.push_back(std::move(item));
+    return;
+  }
+  uint8_t tag[kTagBytes];
+  conn_->EndSeal(tag);
+  if (!item.zc) {
+    item.bytes.insert(item.bytes.end(), tag, tag + kTagBytes);
+    sends_.push_back(std::move(item));
+    return;
+  }
+  SendItem trailer;
+  trailer.bytes.assign(tag, tag + kTagBytes);
+  trailer.page = item.page;
+  sends_.push_back(std::move(item));
+  sends_.push_back(std::move(trailer));
 }
 
 // Frames leave in order: one send in its sending stage on the socket at a
@@ -478,7 +518,8 @@ Status NetSink::OnReceived() {
     f.payload.assign(pending_.begin() + at + sizeof(h),
                      pending_.begin() + at + sizeof(h) + h.payload_len);
     at += sizeof(h) + h.payload_len;
-    DP420_RETURN_IF_ERROR(CheckPayload(h, f.payload));
+    DP420_RETURN_IF_ERROR(conn_->OpenInPlace(h, f.payload.data()));
+    f.payload.resize(Conn::PlainLen(h));
     if (f.type() == FrameType::kAck) {
       PayloadReader r(f.payload);
       int64_t page = static_cast<int64_t>(r.U64());

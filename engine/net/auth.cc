@@ -18,20 +18,15 @@
 
 namespace dp420::net {
 
-void ComputeProof(const uint8_t key[kKeyBytes], ProofSide side, const std::string& client_name,
-                  const uint8_t client_nonce[kNonceBytes],
-                  const uint8_t server_nonce[kNonceBytes], uint8_t out[kProofBytes]) {
-  static const char kLabel[] = "dp420-auth-v1";
-  std::string msg(kLabel, sizeof(kLabel) - 1);
-  msg.push_back(side == ProofSide::kClient ? 'C' : 'S');
-  uint32_t len = static_cast<uint32_t>(client_name.size());
-  msg.append(reinterpret_cast<const char*>(&len), 4);
-  msg += client_name;
-  msg.append(reinterpret_cast<const char*>(client_nonce), kNonceBytes);
-  msg.append(reinterpret_cast<const char*>(server_nonce), kNonceBytes);
+void ComputeProof(const uint8_t key[kKeyBytes], ProofSide side,
+                  const uint8_t transcript_hash[32], uint8_t out[kProofBytes]) {
+  static const char kLabel[] = "dp420-auth-v2";
+  uint8_t msg[sizeof(kLabel) - 1 + 1 + 32];
+  std::memcpy(msg, kLabel, sizeof(kLabel) - 1);
+  msg[sizeof(kLabel) - 1] = side == ProofSide::kClient ? 'C' : 'S';
+  std::memcpy(msg + sizeof(kLabel), transcript_hash, 32);
   unsigned int out_len = kProofBytes;
-  HMAC(EVP_sha256(), key, kKeyBytes, reinterpret_cast<const unsigned char*>(msg.data()),
-       msg.size(), out, &out_len);
+  HMAC(EVP_sha256(), key, kKeyBytes, msg, sizeof(msg), out, &out_len);
 }
 
 bool ProofsEqual(const uint8_t a[kProofBytes], const uint8_t b[kProofBytes]) {
@@ -53,8 +48,16 @@ Result<ClientRegistry> ClientRegistry::Load(const std::string& path) {
     if (doc.at("format").get<std::string>() != "dp420-clients") {
       return Status::Corruption(path + ": not a dp420 clients file");
     }
-    if (doc.at("format_version").get<uint32_t>() > 1) {
+    if (doc.at("format_version").get<uint32_t>() > 2) {
       return Status::Version(path + ": clients file format is newer than this dp420");
+    }
+    if (doc.contains("server_identity")) {
+      uint8_t seed[32];
+      bool hex = simd::FromHex(doc.at("server_identity").get<std::string>(), seed, 32);
+      auto id = hex ? ServerIdentity::FromSeed(seed) : Status::Corruption("not 64 hex digits");
+      Cleanse(seed, sizeof(seed));
+      if (!id.ok()) return Status::Corruption(path + ": bad server_identity");
+      reg.identity_ = std::make_shared<const ServerIdentity>(std::move(id).value());
     }
     for (const auto& c : doc.at("clients")) {
       ClientKey k;
@@ -78,7 +81,8 @@ Status ClientRegistry::Save(const std::string& path) const {
   for (const auto& c : clients_) {
     list.push_back({{"name", c.name}, {"key", simd::ToHex(c.key, kKeyBytes)}, {"role", c.role}});
   }
-  Json doc = {{"format", "dp420-clients"}, {"format_version", 1}, {"clients", list}};
+  Json doc = {{"format", "dp420-clients"}, {"format_version", 2}, {"clients", list}};
+  if (identity_) doc["server_identity"] = simd::ToHex(identity_->seed().data(), 32);
   return io::WriteFileAtomic(path, SealJson(doc));
 }
 
@@ -87,6 +91,17 @@ const ClientKey* ClientRegistry::Find(const std::string& name) const {
     if (c.name == name) return &c;
   }
   return nullptr;
+}
+
+Status ClientRegistry::EnsureIdentity() {
+  if (identity_) return Status::Ok();
+  return RotateIdentity();
+}
+
+Status ClientRegistry::RotateIdentity() {
+  DP420_ASSIGN_OR_RETURN(ServerIdentity id, ServerIdentity::Generate());
+  identity_ = std::make_shared<const ServerIdentity>(std::move(id));
+  return Status::Ok();
 }
 
 Result<ClientKey> ClientRegistry::Add(const std::string& name, const std::string& role) {
@@ -116,12 +131,14 @@ Status ClientRegistry::Remove(const std::string& name) {
   return Status::NotFound("client '" + name + "' is not registered");
 }
 
-Status WriteKeyFile(const std::string& path, const uint8_t key[kKeyBytes]) {
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+Status WriteKeyFile(const std::string& path, const uint8_t key[kKeyBytes],
+                    const std::string& server_id_hex) {
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) return PosixError(path, errno);
-  std::string line = simd::ToHex(key, kKeyBytes) + "\n";
-  bool ok = write(fd, line.data(), line.size()) == ssize_t(line.size()) && fsync(fd) == 0;
+  std::string text = simd::ToHex(key, kKeyBytes) + "\nserver-id " + server_id_hex + "\n";
+  bool ok = write(fd, text.data(), text.size()) == ssize_t(text.size()) && fsync(fd) == 0;
   int err = errno;
+  Cleanse(text.data(), text.size());
   close(fd);
   if (!ok) {
     unlink(path.c_str());
@@ -130,7 +147,8 @@ Status WriteKeyFile(const std::string& path, const uint8_t key[kKeyBytes]) {
   return Status::Ok();
 }
 
-Status ReadKeyFile(const std::string& path, uint8_t key[kKeyBytes]) {
+Status ReadKeyFile(const std::string& path, uint8_t key[kKeyBytes],
+                   uint8_t server_id[kFingerprintBytes]) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0) return PosixError(path, errno);
   if (st.st_mode & 077) {
@@ -141,9 +159,23 @@ Status ReadKeyFile(const std::string& path, uint8_t key[kKeyBytes]) {
                                                ")");
   }
   DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(path));
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  if (!simd::FromHex(text, key, kKeyBytes)) {
+  size_t eol = text.find('\n');
+  std::string first = text.substr(0, eol);
+  std::string rest = eol == std::string::npos ? "" : text.substr(eol + 1);
+  while (!rest.empty() && (rest.back() == '\n' || rest.back() == ' ')) rest.pop_back();
+  bool key_ok = simd::FromHex(first, key, kKeyBytes);
+  Cleanse(text.data(), text.size());
+  Cleanse(first.data(), first.size());
+  if (!key_ok) {
     return Status::InvalidArgument(path + " does not hold a dp420 key (64 hex digits)");
+  }
+  static const std::string kPrefix = "server-id ";
+  if (rest.compare(0, kPrefix.size(), kPrefix) != 0 ||
+      !simd::FromHex(rest.substr(kPrefix.size()), server_id, kFingerprintBytes)) {
+    return Status::InvalidArgument(
+        path + " pins no server identity: add the line 'server-id <fingerprint>' that "
+               "`dp420 serve` logs at start (or `client-add` prints), so that no other "
+               "server can pose as yours");
   }
   return Status::Ok();
 }

@@ -1,21 +1,25 @@
 // Client authentication for the repository server: per-client 32-byte keys,
-// an HMAC-SHA-256 challenge-response in both directions (docs/PROTOCOL.md),
-// and the clients file the server reads them from.
+// HMAC-SHA-256 proofs in both directions over the handshake's transcript
+// (docs/PROTOCOL.md), and the clients file the server reads them from.
 //
 // The clients file is a sealed JSON file (engine/core/manifest.h), mode 0600:
-//   {"format":"dp420-clients","format_version":1,
+//   {"format":"dp420-clients","format_version":2,
+//    "server_identity":"<64 hex: the server's Ed25519 seed>",
 //    "clients":[{"name":"db1","key":"<64 hex>","role":"append"}, ...]}
 // role "append" may back up, list, restore and verify its own volumes;
 // "admin" may also delete (prune) — so a compromised backup client cannot
-// erase its history. A key file holds one line: the key as 64 hex digits.
+// erase its history. A key file holds the key as 64 hex digits and the
+// server's pinned identity: a second line "server-id <64 hex>".
 //
 // Thread safety: pure functions; ClientRegistry is a value.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "engine/net/channel.h"
 #include "io/status.h"
 
 namespace dp420::net {
@@ -34,11 +38,11 @@ struct ClientKey {
 // kClientProof; the server then proves it holds the same key with kServerProof.
 enum class ProofSide { kClient, kServer };
 
-// HMAC-SHA-256(key, "dp420-auth-v1" || side || u32 len(name) || name ||
-// client_nonce || server_nonce).
-void ComputeProof(const uint8_t key[kKeyBytes], ProofSide side, const std::string& client_name,
-                  const uint8_t client_nonce[kNonceBytes],
-                  const uint8_t server_nonce[kNonceBytes], uint8_t out[kProofBytes]);
+// HMAC-SHA-256(key, "dp420-auth-v2" || side || transcript_hash), where the
+// transcript hash covers both ephemeral keys, the client's name and the
+// server's identity (conn.cc).
+void ComputeProof(const uint8_t key[kKeyBytes], ProofSide side,
+                  const uint8_t transcript_hash[32], uint8_t out[kProofBytes]);
 // Constant-time comparison of two proofs.
 bool ProofsEqual(const uint8_t a[kProofBytes], const uint8_t b[kProofBytes]);
 // Fills `out` from the kernel's CSPRNG.
@@ -56,6 +60,13 @@ class ClientRegistry {
   Status Save(const std::string& path) const;
 
   const ClientKey* Find(const std::string& name) const;
+  // The server's identity; null for a file written before identities.
+  const ServerIdentity* identity() const { return identity_.get(); }
+  // Creates the identity when there is none (the caller saves the file).
+  Status EnsureIdentity();
+  // Replaces the identity with a fresh one: every key file must then be
+  // given the new server-id.
+  Status RotateIdentity();
   // Adds `name` with a fresh random key (kExists when present).
   Result<ClientKey> Add(const std::string& name, const std::string& role);
   Status Remove(const std::string& name);
@@ -63,11 +74,16 @@ class ClientRegistry {
 
  private:
   std::vector<ClientKey> clients_;
+  std::shared_ptr<const ServerIdentity> identity_;
 };
 
-// Key files: one line of 64 hex digits, mode 0600. WriteKeyFile refuses to
-// overwrite. ReadKeyFile refuses a file readable by group or others.
-Status WriteKeyFile(const std::string& path, const uint8_t key[kKeyBytes]);
-Status ReadKeyFile(const std::string& path, uint8_t key[kKeyBytes]);
+// Key files, mode 0600: the key as 64 hex digits, then "server-id " and the
+// server's fingerprint (64 hex digits). WriteKeyFile refuses to overwrite.
+// ReadKeyFile refuses a file readable by group or others, and one without a
+// server-id (kInvalidArgument saying how to add it).
+Status WriteKeyFile(const std::string& path, const uint8_t key[kKeyBytes],
+                    const std::string& server_id_hex);
+Status ReadKeyFile(const std::string& path, uint8_t key[kKeyBytes],
+                   uint8_t server_id[kFingerprintBytes]);
 
 }  // namespace dp420::net

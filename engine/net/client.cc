@@ -137,11 +137,12 @@ Result<Manifest> ParseManifest(const Frame& f, const std::string& server,
 
 // Connects and authenticates within options.connect_timeout.
 Result<std::unique_ptr<Conn>> Dial(const RemoteOptions& o, const uint8_t key[kKeyBytes],
+                                   const uint8_t server_id[kFingerprintBytes],
                                    uint8_t repo_id[16]) {
   auto deadline = Clock::now() + o.connect_timeout;
   DP420_ASSIGN_OR_RETURN(std::unique_ptr<Conn> conn, Conn::Connect(o.address, o.connect_timeout));
   auto left = std::max(std::chrono::ceil<Millis>(deadline - Clock::now()), Millis(1));
-  DP420_RETURN_IF_ERROR(ClientHandshake(*conn, o.client, key, left, nullptr, repo_id));
+  DP420_RETURN_IF_ERROR(ClientHandshake(*conn, o.client, key, server_id, left, nullptr, repo_id));
   return conn;
 }
 
@@ -170,9 +171,9 @@ Result<std::unique_ptr<RemoteRepository>> RemoteRepository::Connect(const Remote
   }
   std::unique_ptr<RemoteRepository> r(new RemoteRepository());
   r->options_ = options;
-  DP420_RETURN_IF_ERROR(ReadKeyFile(options.key_file, r->key_));
+  DP420_RETURN_IF_ERROR(ReadKeyFile(options.key_file, r->key_, r->server_id_));
   uint8_t id[16];
-  DP420_ASSIGN_OR_RETURN(r->control_, Dial(options, r->key_, id));
+  DP420_ASSIGN_OR_RETURN(r->control_, Dial(options, r->key_, r->server_id_, id));
   r->repo_id_ = simd::ToHex(id, sizeof(id));
   DP420_ASSIGN_OR_RETURN(r->clock_,
                          MeasureClockOffset(*r->control_, kClockSamples, options.LossTimeout()));
@@ -183,7 +184,7 @@ RemoteRepository::~RemoteRepository() = default;
 
 Result<std::unique_ptr<Conn>> RemoteRepository::OpenConnection() const {
   uint8_t id[16];
-  DP420_ASSIGN_OR_RETURN(std::unique_ptr<Conn> conn, Dial(options_, key_, id));
+  DP420_ASSIGN_OR_RETURN(std::unique_ptr<Conn> conn, Dial(options_, key_, server_id_, id));
   if (!repo_id_.empty() && simd::ToHex(id, sizeof(id)) != repo_id_) {
     return Status::Network("server " + options_.address + " now serves repository " +
                            simd::ToHex(id, sizeof(id)) + ", not " + repo_id_);
@@ -547,7 +548,7 @@ Status RemoteRestore::CheckRun(uint64_t first, uint32_t n, const uint8_t* data, 
 }
 
 Status RemoteRestore::OnData(const FrameHeader& h) {
-  if (h.payload_len < kDataPrefix) return Protocol("sent a short RESTORE_DATA frame");
+  if (Conn::PlainLen(h) < kDataPrefix) return Protocol("sent a short RESTORE_DATA frame");
   std::optional<unsigned> buffer = pool_.Acquire();
   while (!buffer) {
     DP420_RETURN_IF_ERROR(WaitWrites(1));
@@ -555,13 +556,14 @@ Status RemoteRestore::OnData(const FrameHeader& h) {
   }
   uint8_t* data = pool_.data(*buffer) + kDataOffset;
   uint8_t* payload = data - kDataPrefix;
+  // The frame's tag lands after its blocks: the buffer has room for it.
   Status s = conn_.RecvExact(payload, h.payload_len, ro_.LossTimeout());
-  if (s.ok()) s = CheckPayload(h, {payload, h.payload_len});
+  if (s.ok()) s = conn_.OpenInPlace(h, payload);
   uint64_t first = 0;
   uint32_t n = 0;
   std::memcpy(&first, payload, 8);
   std::memcpy(&n, payload + 8, 4);
-  uint64_t bytes = h.payload_len - kDataPrefix;
+  uint64_t bytes = Conn::PlainLen(h) - kDataPrefix;
   if (s.ok()) s = CheckRun(first, n, data, bytes);
   if (!s.ok()) {
     pool_.Release(*buffer);

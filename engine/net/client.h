@@ -82,6 +82,7 @@ class RemoteRepository {
   RemoteOptions options_;
   uint64_t next_request_id_ = 1;
   uint8_t key_[kKeyBytes] = {};
+  uint8_t server_id_[kFingerprintBytes] = {};  // the pinned server identity
   std::unique_ptr<Conn> control_;
   ClockOffset clock_;
   std::string repo_id_;

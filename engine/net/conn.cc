@@ -17,7 +17,10 @@
 #include <climits>
 #include <cstring>
 
+#include <openssl/crypto.h>
+
 #include "io/assert.h"
+#include "simd/simd.h"
 
 namespace dp420::net {
 
@@ -257,18 +260,88 @@ Status Conn::SendAll(const uint8_t* data, size_t len, Deadline deadline) {
   return SendIov(&iov, 1, deadline, std::chrono::ceil<Millis>(deadline - Clock::now()), false);
 }
 
+void Conn::StartSealing(const SessionKeys& keys, bool agent) {
+  DP420_ASSERT(!sealed());
+  const SecretKey& out = agent ? keys.agent_to_server : keys.server_to_agent;
+  const SecretKey& in = agent ? keys.server_to_agent : keys.agent_to_server;
+  ChannelDir out_dir = agent ? ChannelDir::kAgentToServer : ChannelDir::kServerToAgent;
+  ChannelDir in_dir = agent ? ChannelDir::kServerToAgent : ChannelDir::kAgentToServer;
+  std::lock_guard lock(send_mu_);
+  send_cipher_ = std::make_unique<FrameCipher>(out, out_dir, true);
+  recv_cipher_ = std::make_unique<FrameCipher>(in, in_dir, false);
+}
+
 Status Conn::Send(FrameType type, uint64_t request_id, std::span<const uint8_t> payload,
                   Millis timeout) {
-  if (payload.size() > kMaxPayloadBytes) {
+  uint32_t limit = sealed() ? kMaxPlainBytes : kMaxPayloadBytes;
+  if (payload.size() > limit) {
     return Status::Internal(FrameTypeName(uint16_t(type)) + " payload of " +
                             std::to_string(payload.size()) + " bytes exceeds the frame limit");
   }
-  FrameHeader header = MakeHeader(type, request_id, payload);
-  iovec iov[2] = {{&header, sizeof(header)},
-                  {const_cast<uint8_t*>(payload.data()), payload.size()}};
   std::lock_guard lock(send_mu_);
   if (broken_.load()) return Failure(EPIPE, "sending", timeout);
-  return SendIov(iov, payload.empty() ? 1 : 2, Clock::now() + timeout, timeout, true);
+  if (!sealed()) {
+    FrameHeader header = MakeHeader(type, request_id, payload);
+    iovec iov[2] = {{&header, sizeof(header)},
+                    {const_cast<uint8_t*>(payload.data()), payload.size()}};
+    return SendIov(iov, payload.empty() ? 1 : 2, Clock::now() + timeout, timeout, true);
+  }
+  FrameHeader header =
+      MakeSealedHeader(type, request_id, static_cast<uint32_t>(payload.size() + kTagBytes));
+  send_scratch_.resize(payload.size() + kTagBytes);
+  send_cipher_->Begin(header);
+  send_cipher_->Update(payload.data(), send_scratch_.data(), payload.size());
+  send_cipher_->Seal(send_scratch_.data() + payload.size());
+  iovec iov[2] = {{&header, sizeof(header)}, {send_scratch_.data(), send_scratch_.size()}};
+  return SendIov(iov, 2, Clock::now() + timeout, timeout, true);
+}
+
+Status Conn::SendInPlace(FrameType type, uint64_t request_id, uint8_t* payload, size_t len,
+                         size_t capacity, Millis timeout) {
+  if (!sealed()) return Send(type, request_id, {payload, len}, timeout);
+  DP420_ASSERT(capacity >= len + kTagBytes);
+  if (len > kMaxPlainBytes) {
+    return Status::Internal(FrameTypeName(uint16_t(type)) + " payload of " +
+                            std::to_string(len) + " bytes exceeds the frame limit");
+  }
+  std::lock_guard lock(send_mu_);
+  if (broken_.load()) return Failure(EPIPE, "sending", timeout);
+  FrameHeader header =
+      MakeSealedHeader(type, request_id, static_cast<uint32_t>(len + kTagBytes));
+  send_cipher_->Begin(header);
+  send_cipher_->Update(payload, payload, len);
+  send_cipher_->Seal(payload + len);
+  iovec iov[2] = {{&header, sizeof(header)}, {payload, len + kTagBytes}};
+  return SendIov(iov, 2, Clock::now() + timeout, timeout, true);
+}
+
+FrameHeader Conn::BeginSeal(FrameType type, uint64_t request_id, uint32_t plain_len) {
+  DP420_ASSERT(sealed());
+  DP420_ASSERT(plain_len <= kMaxPlainBytes);
+  FrameHeader header = MakeSealedHeader(type, request_id, plain_len + uint32_t(kTagBytes));
+  send_cipher_->Begin(header);
+  return header;
+}
+
+void Conn::SealPiece(const uint8_t* in, uint8_t* out, size_t len) {
+  send_cipher_->Update(in, out, len);
+}
+
+void Conn::EndSeal(uint8_t tag[kTagBytes]) { send_cipher_->Seal(tag); }
+
+Status Conn::CheckSealing(const FrameHeader& header) {
+  if (IsSealed(header) == sealed()) return Status::Ok();
+  // A refusal of the handshake itself comes in the clear where the first
+  // sealed frame was due (the refusing side may not know the keys). It can
+  // only end the connection.
+  if (!IsSealed(header) && header.type == uint16_t(FrameType::kError) &&
+      recv_cipher_->frames() == 0) {
+    return Status::Ok();
+  }
+  broken_.store(true);
+  return Status::Corruption(std::string(FrameTypeName(header.type)) + " frame from " + peer_ +
+                            (sealed() ? " is not sealed on a sealed connection"
+                                      : " is sealed before the handshake"));
 }
 
 Status Conn::RecvUntil(uint8_t* buf, size_t len, Deadline deadline, Millis timeout,
@@ -300,6 +373,7 @@ Result<FrameHeader> Conn::RecvHeader(Millis timeout) {
   DP420_RETURN_IF_ERROR(RecvUntil(reinterpret_cast<uint8_t*>(&header), sizeof(header),
                                   Clock::now() + timeout, timeout, true));
   Status s = CheckHeader(header);
+  if (s.ok()) s = CheckSealing(header);
   if (!s.ok()) return s.Prefix("frame from " + peer_);
   return header;
 }
@@ -308,16 +382,74 @@ Status Conn::RecvExact(uint8_t* buf, size_t len, Millis timeout) {
   return RecvUntil(buf, len, Clock::now() + timeout, timeout, false);
 }
 
+Status Conn::BeginOpen(const FrameHeader& header) {
+  DP420_RETURN_IF_ERROR(CheckSealing(header));
+  open_header_ = header;
+  if (IsSealed(header)) {
+    recv_cipher_->Begin(header);
+  } else {
+    open_crc_ = 0;
+  }
+  return Status::Ok();
+}
+
+Status Conn::RecvOpen(uint8_t* buf, size_t len, Millis timeout) {
+  DP420_RETURN_IF_ERROR(RecvExact(buf, len, timeout));
+  if (IsSealed(open_header_)) {
+    recv_cipher_->Update(buf, buf, len);
+  } else {
+    open_crc_ = simd::Crc32c(open_crc_, buf, len);
+  }
+  return Status::Ok();
+}
+
+Status Conn::EndOpen(Millis timeout) {
+  const std::string what = FrameTypeName(open_header_.type) + " frame from " + peer_;
+  if (!IsSealed(open_header_)) {
+    if (open_crc_ == open_header_.payload_crc32c) return Status::Ok();
+    broken_.store(true);
+    return Status::Corruption(what + ": payload fails its CRC-32C");
+  }
+  uint8_t tag[kTagBytes];
+  Status s = RecvExact(tag, kTagBytes, timeout);
+  if (!s.ok()) {
+    (void)recv_cipher_->Open(tag);  // ends the frame; the stream is broken anyway
+    return s;
+  }
+  if (recv_cipher_->Open(tag)) return Status::Ok();
+  broken_.store(true);
+  return Status::Corruption(what + " fails its authentication tag (altered, replayed or "
+                            "forged on the way)");
+}
+
+Status Conn::OpenInPlace(const FrameHeader& header, uint8_t* payload) {
+  DP420_RETURN_IF_ERROR(CheckSealing(header));
+  if (!IsSealed(header)) {
+    Status s = CheckPayload(header, {payload, header.payload_len});
+    if (!s.ok()) broken_.store(true);
+    return s.ok() ? s : s.Prefix(FrameTypeName(header.type) + " frame from " + peer_);
+  }
+  uint32_t plain = PlainLen(header);
+  recv_cipher_->Begin(header);
+  recv_cipher_->Update(payload, payload, plain);
+  if (recv_cipher_->Open(payload + plain)) return Status::Ok();
+  broken_.store(true);
+  return Status::Corruption(FrameTypeName(header.type) + " frame from " + peer_ +
+                            " fails its authentication tag (altered, replayed or forged on "
+                            "the way)");
+}
+
 Result<Frame> Conn::RecvPayloadUntil(const FrameHeader& header, Deadline deadline,
                                      Millis timeout) {
+  DP420_RETURN_IF_ERROR(CheckSealing(header));
   Frame frame;
   frame.header = header;
   // The length was bounded by CheckHeader before anything is allocated.
   frame.payload.resize(header.payload_len);
   DP420_RETURN_IF_ERROR(
       RecvUntil(frame.payload.data(), frame.payload.size(), deadline, timeout, false));
-  Status s = CheckPayload(header, frame.payload);
-  if (!s.ok()) return s.Prefix(FrameTypeName(header.type) + " frame from " + peer_);
+  DP420_RETURN_IF_ERROR(OpenInPlace(header, frame.payload.data()));
+  frame.payload.resize(PlainLen(header));
   return frame;
 }
 
@@ -371,34 +503,101 @@ Status ExpectFrame(const Frame& frame, FrameType expected, const std::string& pe
   return Status::Ok();
 }
 
+namespace {
+
+constexpr char kTranscriptLabel[] = "dp420-handshake-v2";
+constexpr char kSignatureLabel[] = "dp420-server-signature-v2";
+
+// SHA-256 over the label, HELLO's payload and CHALLENGE's payload up to its
+// signature: both ephemeral keys, the client's name and the server's
+// identity. The signature, the proofs and the session keys all bind it.
+void TranscriptHash(std::span<const uint8_t> hello, std::span<const uint8_t> challenge_signed,
+                    uint8_t out[32]) {
+  simd::Sha256Stream h;
+  h.Update(reinterpret_cast<const uint8_t*>(kTranscriptLabel), sizeof(kTranscriptLabel) - 1);
+  uint32_t len = static_cast<uint32_t>(hello.size());
+  h.Update(reinterpret_cast<const uint8_t*>(&len), 4);
+  h.Update(hello.data(), hello.size());
+  h.Update(challenge_signed.data(), challenge_signed.size());
+  h.Final(out);
+}
+
+std::vector<uint8_t> SignedMessage(const uint8_t transcript[32]) {
+  constexpr size_t kLabel = sizeof(kSignatureLabel) - 1;
+  std::vector<uint8_t> msg(kLabel + 32);
+  std::memcpy(msg.data(), kSignatureLabel, kLabel);
+  std::memcpy(msg.data() + kLabel, transcript, 32);
+  return msg;
+}
+
+// The CHALLENGE fields the signature covers, then the signature.
+constexpr size_t kChallengeSigned = kEphemeralBytes + kIdentityBytes;
+constexpr size_t kChallengeBytes = kChallengeSigned + kSignatureBytes;
+
+// Checks CHALLENGE: the server's identity is the pinned one and it signed
+// this handshake. Fills `server_ephemeral` and `transcript`.
+Status CheckChallenge(const Frame& challenge, std::span<const uint8_t> hello,
+                      const uint8_t pin[kFingerprintBytes], const std::string& server,
+                      uint8_t server_ephemeral[kEphemeralBytes], uint8_t transcript[32]) {
+  if (challenge.payload.size() != kChallengeBytes) {
+    return Malformed(challenge, server, Status::Corruption("CHALLENGE of the wrong length"));
+  }
+  const uint8_t* p = challenge.payload.data();
+  std::memcpy(server_ephemeral, p, kEphemeralBytes);
+  const uint8_t* identity = p + kEphemeralBytes;
+  uint8_t fingerprint[kFingerprintBytes];
+  IdentityFingerprint(identity, fingerprint);
+  if (CRYPTO_memcmp(fingerprint, pin, kFingerprintBytes) != 0) {
+    return Status::Make(Code::kPermission,
+                        server + " is not the server this key file was made for: its identity " +
+                            simd::ToHex(fingerprint, kFingerprintBytes) +
+                            " is not the pinned server-id " + simd::ToHex(pin, kFingerprintBytes) +
+                            " (an impostor or a relay, or the server's clients file was "
+                            "replaced)");
+  }
+  TranscriptHash(hello, {p, kChallengeSigned}, transcript);
+  if (!VerifySignature(identity, SignedMessage(transcript), p + kChallengeSigned)) {
+    return Status::Make(Code::kPermission,
+                        server + " presented the pinned identity but did not sign this "
+                                 "handshake with it: refused");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status ClientHandshake(Conn& conn, const std::string& client, const uint8_t key[kKeyBytes],
-                       Millis timeout, uint64_t* server_time_ns, uint8_t* repo_id) {
+                       const uint8_t server_fingerprint[kFingerprintBytes], Millis timeout,
+                       uint64_t* server_time_ns, uint8_t* repo_id) {
   if (!ValidClientName(client)) {
     return Status::InvalidArgument("invalid client name '" + client + "'");
   }
   Deadline deadline = Clock::now() + timeout;
   const std::string server = "server " + conn.peer();
-  uint8_t client_nonce[kNonceBytes];
-  DP420_RETURN_IF_ERROR(RandomNonce(client_nonce, kNonceBytes));
+  DP420_ASSIGN_OR_RETURN(Ephemeral mine, Ephemeral::Generate());
   PayloadWriter hello;
   hello.U16(kProtocolVersion);
   hello.String(client);
-  PutBytes(hello, client_nonce, kNonceBytes);
+  PutBytes(hello, mine.public_key(), kEphemeralBytes);
   DP420_RETURN_IF_ERROR(conn.Send(FrameType::kHello, 0, hello.bytes(), Left(deadline)));
 
   DP420_ASSIGN_OR_RETURN(Frame challenge, conn.Recv(Left(deadline)));
   DP420_RETURN_IF_ERROR(ExpectFrame(challenge, FrameType::kChallenge, server));
-  uint8_t server_nonce[kNonceBytes];
-  PayloadReader cr(challenge.payload);
-  cr.Bytes(server_nonce, kNonceBytes);
-  cr.U64();
-  Status s = cr.Finish("CHALLENGE");
-  if (!s.ok()) return Malformed(challenge, server, s);
+  uint8_t server_ephemeral[kEphemeralBytes];
+  uint8_t transcript[32];
+  DP420_RETURN_IF_ERROR(CheckChallenge(challenge, hello.bytes(), server_fingerprint, server,
+                                       server_ephemeral, transcript));
+  SecretKey shared;
+  DP420_RETURN_IF_ERROR(mine.Agree(server_ephemeral, &shared).Prefix(server));
 
   uint8_t proof[kProofBytes];
-  ComputeProof(key, ProofSide::kClient, client, client_nonce, server_nonce, proof);
+  ComputeProof(key, ProofSide::kClient, transcript, proof);
   DP420_RETURN_IF_ERROR(conn.Send(FrameType::kAuth, 0, {proof, kProofBytes}, Left(deadline)));
+  SessionKeys keys;
+  DeriveSessionKeys(shared, key, transcript, &keys);
+  conn.StartSealing(keys, /*agent=*/true);
 
+  // AUTH_OK is the first sealed frame; an ERROR in its place is in the clear.
   DP420_ASSIGN_OR_RETURN(Frame ok, conn.Recv(Left(deadline)));
   DP420_RETURN_IF_ERROR(ExpectFrame(ok, FrameType::kAuthOk, server));
   uint8_t server_proof[kProofBytes];
@@ -407,10 +606,10 @@ Status ClientHandshake(Conn& conn, const std::string& client, const uint8_t key[
   r.Bytes(server_proof, kProofBytes);
   uint64_t server_time = r.U64();
   r.Bytes(id, sizeof(id));
-  s = r.Finish("AUTH_OK");
+  Status s = r.Finish("AUTH_OK");
   if (!s.ok()) return Malformed(ok, server, s);
   uint8_t expected[kProofBytes];
-  ComputeProof(key, ProofSide::kServer, client, client_nonce, server_nonce, expected);
+  ComputeProof(key, ProofSide::kServer, transcript, expected);
   if (!ProofsEqual(expected, server_proof)) {
     return Status::Make(Code::kPermission,
                         server + " failed to prove that it holds client '" + client +
@@ -423,10 +622,48 @@ Status ClientHandshake(Conn& conn, const std::string& client, const uint8_t key[
 
 namespace {
 
-// Refuses a handshake: ERROR to the agent (best effort), `why` to the caller.
+// Refuses a handshake: ERROR to the agent (best effort) with `to_peer`, which
+// names no detail; `why` to the caller, for the log.
 Status Refuse(Conn& conn, const Status& to_peer, const Status& why, Millis timeout) {
   (void)SendError(conn, to_peer, std::min(timeout, Millis(1000)));
   return why;
+}
+
+Status HandshakeFailed() { return Status::Make(Code::kPermission, "handshake failed"); }
+
+struct Hello {
+  std::string name;
+  uint8_t ephemeral[kEphemeralBytes];
+};
+
+// Receives and parses HELLO. Every refusal is answered without detail,
+// except another protocol version, which the agent's operator needs.
+Status ReceiveHello(Conn& conn, Deadline deadline, Millis timeout, Frame* frame, Hello* hello) {
+  const std::string& peer = conn.peer();
+  auto received = conn.Recv(Left(deadline));
+  if (!received.ok()) {
+    Status to_peer = received.status().code() == Code::kVersion ? received.status()
+                                                                : HandshakeFailed();
+    return Refuse(conn, to_peer, received.status(), timeout);
+  }
+  *frame = std::move(received).value();
+  if (frame->type() != FrameType::kHello) {
+    Status s = Status::Network(peer + " sent " + FrameTypeName(frame->header.type) +
+                               " before HELLO");
+    return Refuse(conn, HandshakeFailed(), s, timeout);
+  }
+  PayloadReader hr(frame->payload);
+  uint16_t version = hr.U16();
+  hello->name = hr.String(kClientNameMax);
+  hr.Bytes(hello->ephemeral, kEphemeralBytes);
+  Status s = hr.Finish("HELLO");
+  if (version != kProtocolVersion && hr.ok()) {
+    s = Status::Version("agent speaks protocol version " + std::to_string(version) +
+                        "; this server speaks " + std::to_string(kProtocolVersion));
+    return Refuse(conn, s, s.Prefix(peer), timeout);
+  }
+  if (!s.ok()) return Refuse(conn, HandshakeFailed(), Malformed(*frame, peer, s), timeout);
+  return Status::Ok();
 }
 
 }  // namespace
@@ -435,77 +672,66 @@ Status ServerHandshake(Conn& conn, const ClientRegistry& clients, Millis timeout
                        ClientKey* client, const uint8_t* repo_id) {
   Deadline deadline = Clock::now() + timeout;
   const std::string& peer = conn.peer();
-  auto received = conn.Recv(Left(deadline));
-  if (!received.ok()) {
-    // A frame that fails its checks (or speaks another version) is answered;
-    // a broken transport is not.
-    return Refuse(conn, received.status(), received.status(), timeout);
-  }
-  Frame hello = std::move(received).value();
-  if (hello.type() != FrameType::kHello) {
-    Status s = Status::Network(peer + " sent " + FrameTypeName(hello.header.type) +
-                               " before HELLO");
-    return Refuse(conn, Status::Network("expected HELLO"), s, timeout);
-  }
-  PayloadReader hr(hello.payload);
-  uint16_t version = hr.U16();
-  std::string name = hr.String(kClientNameMax);
-  uint8_t client_nonce[kNonceBytes];
-  hr.Bytes(client_nonce, kNonceBytes);
-  Status s = hr.Finish("HELLO");
-  if (!s.ok()) {
-    s = Malformed(hello, peer, s);
-    return Refuse(conn, s, s, timeout);
-  }
-  if (version != kProtocolVersion) {
-    s = Status::Version("agent speaks protocol version " + std::to_string(version) +
-                        "; this server speaks " + std::to_string(kProtocolVersion));
-    return Refuse(conn, s, s.Prefix(peer), timeout);
-  }
+  const ServerIdentity* identity = clients.identity();
+  if (identity == nullptr) return Status::Internal("the server has no identity");
+  Frame hello_frame;
+  Hello hello;
+  DP420_RETURN_IF_ERROR(ReceiveHello(conn, deadline, timeout, &hello_frame, &hello));
 
-  uint8_t server_nonce[kNonceBytes];
-  DP420_RETURN_IF_ERROR(RandomNonce(server_nonce, kNonceBytes));
+  DP420_ASSIGN_OR_RETURN(Ephemeral mine, Ephemeral::Generate());
   PayloadWriter cw;
-  PutBytes(cw, server_nonce, kNonceBytes);
-  cw.U64(WallClockNs());
+  PutBytes(cw, mine.public_key(), kEphemeralBytes);
+  PutBytes(cw, identity->public_key(), kIdentityBytes);
+  uint8_t transcript[32];
+  TranscriptHash(hello_frame.payload, cw.bytes(), transcript);
+  uint8_t sig[kSignatureBytes];
+  DP420_RETURN_IF_ERROR(identity->Sign(SignedMessage(transcript), sig));
+  PutBytes(cw, sig, kSignatureBytes);
   DP420_RETURN_IF_ERROR(conn.Send(FrameType::kChallenge, 0, cw.bytes(), Left(deadline)));
 
-  received = conn.Recv(Left(deadline));
-  if (!received.ok()) return Refuse(conn, received.status(), received.status(), timeout);
+  auto received = conn.Recv(Left(deadline));
+  if (!received.ok()) return Refuse(conn, HandshakeFailed(), received.status(), timeout);
   Frame auth = std::move(received).value();
   uint8_t proof[kProofBytes] = {};
   PayloadReader ar(auth.payload);
   ar.Bytes(proof, kProofBytes);
-  s = ar.Finish("AUTH");
+  Status s = ar.Finish("AUTH");
   if (auth.type() != FrameType::kAuth || !s.ok()) {
     s = auth.type() != FrameType::kAuth
             ? Status::Network(peer + " sent " + FrameTypeName(auth.header.type) + " instead of AUTH")
             : Malformed(auth, peer, s);
-    return Refuse(conn, Status::Network("expected AUTH"), s, timeout);
+    return Refuse(conn, HandshakeFailed(), s, timeout);
   }
 
   // An unknown client is checked against a random key, so both refusals cost
   // the same and look the same to the peer.
-  const ClientKey* known = clients.Find(name);
-  uint8_t key[kKeyBytes];
+  const ClientKey* known = clients.Find(hello.name);
+  SecretKey key;
   if (known) {
-    std::memcpy(key, known->key, kKeyBytes);
+    std::memcpy(key.data(), known->key, kKeyBytes);
   } else {
-    DP420_RETURN_IF_ERROR(RandomNonce(key, kKeyBytes));
+    DP420_RETURN_IF_ERROR(RandomNonce(key.data(), kKeyBytes));
   }
   uint8_t expected[kProofBytes];
-  ComputeProof(key, ProofSide::kClient, name, client_nonce, server_nonce, expected);
+  ComputeProof(key.data(), ProofSide::kClient, transcript, expected);
   bool proof_ok = ProofsEqual(expected, proof);
-  if (!known || !proof_ok) {
+  SecretKey shared;
+  Status agreed = mine.Agree(hello.ephemeral, &shared);
+  if (!known || !proof_ok || !agreed.ok()) {
     Status why = Status::Make(Code::kPermission,
-                              "authentication of client '" + name + "' from " + peer +
-                                  " failed: " + (known ? "wrong key" : "unknown client"));
+                              "authentication of client '" + hello.name + "' from " + peer +
+                                  " failed: " +
+                                  (!known ? "unknown client"
+                                          : !proof_ok ? "wrong key" : agreed.message()));
     return Refuse(conn, Status::Make(Code::kPermission, "authentication failed"), why, timeout);
   }
 
+  SessionKeys keys;
+  DeriveSessionKeys(shared, key.data(), transcript, &keys);
+  conn.StartSealing(keys, /*agent=*/false);
   PayloadWriter ow;
   uint8_t server_proof[kProofBytes];
-  ComputeProof(key, ProofSide::kServer, name, client_nonce, server_nonce, server_proof);
+  ComputeProof(key.data(), ProofSide::kServer, transcript, server_proof);
   PutBytes(ow, server_proof, kProofBytes);
   ow.U64(WallClockNs());
   uint8_t id[16] = {};

@@ -2,11 +2,15 @@
 // every blocking step, and the handshake and clock measurement both sides run
 // on it (docs/PROTOCOL.md).
 //
-// Control traffic (requests, answers, heartbeats, the handshake) goes through
-// Send/Recv: blocking sockets bounded by poll(2) deadlines. Bulk data has its
-// own paths: the agent sends blocks with io_uring send_zc from its registered
-// buffers on the fd() of a stripe connection, and the server receives block
-// payloads straight into its registered buffers with RecvHeader + RecvExact.
+// After the handshake every frame is sealed (channel.h): Send and Recv seal
+// and open frames themselves. Control traffic (requests, answers,
+// heartbeats, the handshake) goes through Send/Recv: blocking sockets
+// bounded by poll(2) deadlines. Bulk data has its own paths, still sealed:
+// the agent seals blocks in place in its registered buffers (BeginSeal,
+// SealPiece, EndSeal) and sends them with io_uring send_zc on the fd() of a
+// stripe connection; the server opens block payloads straight into its
+// registered buffers (RecvHeader, BeginOpen, RecvOpen, EndOpen); the
+// agent's restore opens whole payloads in its buffers (OpenInPlace).
 //
 // Errors: kNetwork for a timeout, a reset, an end of stream or a refused
 // connection (the message names the peer and what happened); kCorruption for
@@ -28,6 +32,7 @@
 #include <vector>
 
 #include "engine/net/auth.h"
+#include "engine/net/channel.h"
 #include "engine/net/frame.h"
 #include "io/status.h"
 
@@ -57,9 +62,33 @@ class Conn {
   int fd() const { return fd_; }
   const std::string& peer() const { return peer_; }
 
-  // Sends one whole frame within `timeout`.
+  // From now on every frame in both directions is sealed with `keys`;
+  // `agent` says which side of the connection this is.
+  void StartSealing(const SessionKeys& keys, bool agent);
+  bool sealed() const { return send_cipher_ != nullptr; }
+
+  // Sends one whole frame within `timeout` (sealed once sealing started:
+  // the payload is copied and encrypted).
   Status Send(FrameType type, uint64_t request_id, std::span<const uint8_t> payload,
               Millis timeout);
+  // As Send, but seals `payload` in place and writes the tag right after it:
+  // `capacity` must be at least len + kTagBytes. No copy of the payload.
+  Status SendInPlace(FrameType type, uint64_t request_id, uint8_t* payload, size_t len,
+                     size_t capacity, Millis timeout);
+
+  // Sealing for a sender that puts frames on the wire itself (io_uring): the
+  // header of a frame of `plain_len` payload bytes, then its payload in
+  // pieces, then the tag that must follow the payload. Frames must reach
+  // the wire in the order BeginSeal was called; the caller is then the
+  // connection's only sender. Needs sealed().
+  FrameHeader BeginSeal(FrameType type, uint64_t request_id, uint32_t plain_len);
+  void SealPiece(const uint8_t* in, uint8_t* out, size_t len);
+  void EndSeal(uint8_t tag[kTagBytes]);
+
+  // The payload bytes a frame carries, its tag excluded.
+  static uint32_t PlainLen(const FrameHeader& h) {
+    return IsSealed(h) ? h.payload_len - uint32_t(kTagBytes) : h.payload_len;
+  }
   // Receives one frame within `timeout`: header checked (CheckHeader), then
   // the payload read and checked (CheckPayload).
   Result<Frame> Recv(Millis timeout);
@@ -70,6 +99,16 @@ class Conn {
   // The payload of `header` (from RecvHeader) within `timeout`, checked.
   Result<Frame> RecvPayload(const FrameHeader& header, Millis timeout);
   Status RecvExact(uint8_t* buf, size_t len, Millis timeout);
+  // Receiving a payload in pieces (after RecvHeader): BeginOpen, then
+  // RecvOpen for PlainLen(header) bytes in all, then EndOpen, which reads
+  // the tag (or checks the CRC of a payload in the clear). Bytes RecvOpen
+  // delivered must not be acted on before EndOpen succeeded.
+  Status BeginOpen(const FrameHeader& header);
+  Status RecvOpen(uint8_t* buf, size_t len, Millis timeout);
+  Status EndOpen(Millis timeout);
+  // Opens a payload already received (header.payload_len bytes at
+  // `payload`) in place; the plaintext is the first PlainLen(header) bytes.
+  Status OpenInPlace(const FrameHeader& header, uint8_t* payload);
   // shutdown(SHUT_RDWR): wakes blocked calls on other threads; idempotent.
   void Shutdown();
   // True once the transport failed (reset, end of stream, shutdown, a timeout
@@ -93,6 +132,8 @@ class Conn {
   Result<Frame> RecvPayloadUntil(const FrameHeader& header,
                                  std::chrono::steady_clock::time_point deadline, Millis timeout);
   Status Failure(int err, const char* doing, Millis timeout, bool breaks = true);
+  // kCorruption unless the header's sealing matches the connection's.
+  Status CheckSealing(const FrameHeader& header);
   int fd_ = -1;
   std::string peer_;
   std::mutex send_mu_;
@@ -101,6 +142,12 @@ class Conn {
   std::atomic<bool> shut_down_{false};
   std::atomic<bool> broken_{false};  // a send or receive failed: the stream is unusable
   std::atomic<bool> closed_by_peer_{false};
+  // Set once by StartSealing, before any other thread uses the connection.
+  std::unique_ptr<FrameCipher> send_cipher_;   // guarded by send_mu_
+  std::unique_ptr<FrameCipher> recv_cipher_;   // the receiving thread's
+  std::vector<uint8_t> send_scratch_;          // Send's ciphertext; guarded by send_mu_
+  uint32_t open_crc_ = 0;                      // BeginOpen..EndOpen of a frame in the clear
+  FrameHeader open_header_{};
 };
 
 // Splits "HOST:PORT" / "[V6]:PORT" (kInvalidArgument naming `address`).
@@ -120,17 +167,23 @@ Status ExpectFrame(const Frame& frame, FrameType expected, const std::string& pe
 // A frame whose payload did not parse (`why`), from `peer`: kNetwork.
 Status Malformed(const Frame& frame, const std::string& peer, const Status& why);
 
-// The agent side of the handshake (HELLO, CHALLENGE, AUTH, AUTH_OK). Checks
-// the server's proof before returning. `server_time_ns` receives the time the
-// server sent in AUTH_OK, `repo_id` (16 bytes, may be null) the id of the
-// repository it serves. `timeout` bounds the whole handshake.
+// The agent side of the handshake (HELLO, CHALLENGE, AUTH, AUTH_OK;
+// docs/PROTOCOL.md). Refuses (kPermission) a server whose identity is not
+// `server_fingerprint` (SHA-256 of its public key, from the key file) or
+// that cannot prove it holds the client's key; then seals the connection.
+// `server_time_ns` receives the time the server sent in AUTH_OK, `repo_id`
+// (16 bytes, may be null) the id of the repository it serves. `timeout`
+// bounds the whole handshake.
 Status ClientHandshake(Conn& conn, const std::string& client, const uint8_t key[kKeyBytes],
-                       Millis timeout, uint64_t* server_time_ns, uint8_t* repo_id = nullptr);
-// The server side: on success `*client` is the authenticated client (name,
-// role). An unknown client and a wrong proof both get ERROR "authentication
-// failed" and kPermission here. Before authentication succeeds the server sends
-// nothing but CHALLENGE and ERROR. `repo_id` (16 bytes; zeros when null) goes
-// into AUTH_OK. `timeout` bounds the whole handshake.
+                       const uint8_t server_fingerprint[kFingerprintBytes], Millis timeout,
+                       uint64_t* server_time_ns, uint8_t* repo_id = nullptr);
+// The server side, signing with `clients.identity()`: on success `*client`
+// is the authenticated client (name, role) and the connection is sealed. An
+// unknown client and a wrong proof both get ERROR "authentication failed"
+// and kPermission here. Before authentication succeeds the server sends
+// nothing but CHALLENGE and ERROR, and its errors name no detail (the
+// returned Status does, for the log). `repo_id` (16 bytes; zeros when null)
+// goes into AUTH_OK. `timeout` bounds the whole handshake.
 Status ServerHandshake(Conn& conn, const ClientRegistry& clients, Millis timeout,
                        ClientKey* client, const uint8_t* repo_id = nullptr);
 

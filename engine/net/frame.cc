@@ -20,6 +20,13 @@ FrameHeader MakeHeaderWithCrc(FrameType type, uint64_t request_id, uint32_t payl
   return h;
 }
 
+FrameHeader MakeSealedHeader(FrameType type, uint64_t request_id, uint32_t sealed_len) {
+  FrameHeader h = MakeHeaderWithCrc(type, request_id, sealed_len, 0);
+  h.flags = kFlagSealed;
+  h.header_crc32c = simd::Crc32c(0, reinterpret_cast<const uint8_t*>(&h), 28);
+  return h;
+}
+
 FrameHeader MakeHeader(FrameType type, uint64_t request_id, std::span<const uint8_t> payload) {
   return MakeHeaderWithCrc(type, request_id, static_cast<uint32_t>(payload.size()),
                            simd::Crc32c(0, payload.data(), payload.size()));
@@ -41,7 +48,10 @@ Status CheckHeader(const FrameHeader& h) {
     return Status::Corruption("frame payload of " + std::to_string(h.payload_len) +
                               " bytes exceeds the limit of " + std::to_string(kMaxPayloadBytes));
   }
-  if (h.flags != 0) return Status::Corruption("frame flags must be 0");
+  if ((h.flags & ~kFlagSealed) != 0) return Status::Corruption("unknown frame flags");
+  if (IsSealed(h) && (h.payload_len < 16 || h.payload_crc32c != 0)) {
+    return Status::Corruption("sealed frame too short for its tag");
+  }
   return Status::Ok();
 }
 

@@ -17,8 +17,11 @@
 namespace dp420::net {
 
 inline constexpr uint32_t kFrameMagic = 0x57345044;  // "DP4W" little-endian
-inline constexpr uint16_t kProtocolVersion = 1;
+inline constexpr uint16_t kProtocolVersion = 2;
 inline constexpr uint32_t kMaxPayloadBytes = (4u << 20) + 4096;  // a 4 MiB block + its entry
+// FrameHeader::flags: the payload is AES-256-GCM ciphertext and a 16-byte tag,
+// the header its associated data (channel.h); payload_crc32c is 0.
+inline constexpr uint32_t kFlagSealed = 1;
 
 enum class FrameType : uint16_t {
   kHello = 1,      // client -> server: version, client name, client nonce
@@ -59,22 +62,27 @@ struct FrameHeader {
   uint32_t payload_len;
   uint32_t payload_crc32c;
   uint64_t request_id;   // correlates a response with its request; 0 = none
-  uint32_t flags;        // reserved, 0
+  uint32_t flags;        // 0, or kFlagSealed
   uint32_t header_crc32c;  // CRC-32C of bytes 0..27
 };
 static_assert(sizeof(FrameHeader) == 32);
 
-// Builds a header for `payload` (computes both CRCs).
+// Builds a header for a payload in the clear (computes both CRCs).
 FrameHeader MakeHeader(FrameType type, uint64_t request_id, std::span<const uint8_t> payload);
 // The same for a payload the caller sends in pieces and whose CRC-32C it
 // computed itself (Crc32c chains across pieces).
 FrameHeader MakeHeaderWithCrc(FrameType type, uint64_t request_id, uint32_t payload_len,
                               uint32_t payload_crc32c);
 
-// Checks magic, version, type, header CRC and the payload bound. kCorruption
-// (or kVersion for another protocol version) with the reason.
+// The header of a sealed frame whose payload is `sealed_len` bytes
+// (ciphertext and tag); payload_crc32c is 0.
+FrameHeader MakeSealedHeader(FrameType type, uint64_t request_id, uint32_t sealed_len);
+inline bool IsSealed(const FrameHeader& h) { return (h.flags & kFlagSealed) != 0; }
+
+// Checks magic, version, type, header CRC, flags and the payload bound.
+// kCorruption (or kVersion for another protocol version) with the reason.
 Status CheckHeader(const FrameHeader& header);
-// Checks the payload against the header's CRC.
+// Checks a payload in the clear against the header's CRC.
 Status CheckPayload(const FrameHeader& header, std::span<const uint8_t> payload);
 
 // A little-endian field writer/reader for payloads. Reader errors are sticky:

@@ -304,9 +304,11 @@ struct RestoreStream {
   static constexpr size_t kPrefixBytes = 12;  // u64 first_block, u32 nblocks
 
   Status Setup() {
-    run_max = uint32_t((kMaxPayloadBytes - kPrefixBytes) / m.block_size);
+    run_max = uint32_t((kMaxPlainBytes - kPrefixBytes) / m.block_size);
     DP420_ASSERT(run_max >= 1);
-    size_t bytes = RoundUp(kDataOffset + uint64_t(run_max) * m.block_size, kRecordAlign);
+    // Room for the frame's tag after the blocks: sealed in place, no copy.
+    size_t bytes =
+        RoundUp(kDataOffset + uint64_t(run_max) * m.block_size + kTagBytes, kRecordAlign);
     DP420_ASSIGN_OR_RETURN(buffer, io::BufferPool::Create(bytes, 1));
     return Status::Ok();
   }
@@ -349,8 +351,9 @@ struct RestoreStream {
     std::memcpy(prefix, &first, 8);
     std::memcpy(prefix + 8, &n, 4);
     rq.last_send = Clock::now();
-    return rq.conn.Send(FrameType::kRestoreData, rq.id(), {prefix, kPrefixBytes + bytes},
-                        rq.timeout());
+    size_t capacity = buffer.buffer_bytes() - (kDataOffset - kPrefixBytes);
+    return rq.conn.SendInPlace(FrameType::kRestoreData, rq.id(), prefix, kPrefixBytes + bytes,
+                               capacity, rq.timeout());
   }
 
   Status SendLeaf(uint64_t page, const Entry* entries, uint32_t count) {
@@ -461,6 +464,25 @@ Status Server::LoadClients() {
   struct stat st {};
   if (stat(o_.clients_file.c_str(), &st) != 0) return PosixError(o_.clients_file, errno);
   DP420_ASSIGN_OR_RETURN(ClientRegistry reg, ClientRegistry::Load(o_.clients_file));
+  std::shared_ptr<const ClientRegistry> previous;
+  {
+    std::lock_guard lock(clients_mu_);
+    previous = clients_;
+  }
+  if (reg.identity() == nullptr) {
+    if (previous) {
+      return Status::Corruption(o_.clients_file + " lost the server's identity (kept the "
+                                "previous clients)");
+    }
+    // A clients file from before server identities: this server gets one now.
+    DP420_RETURN_IF_ERROR(reg.EnsureIdentity());
+    DP420_RETURN_IF_ERROR(reg.Save(o_.clients_file));
+    if (stat(o_.clients_file.c_str(), &st) != 0) return PosixError(o_.clients_file, errno);
+  } else if (previous && std::memcmp(reg.identity()->public_key(),
+                                     previous->identity()->public_key(), kIdentityBytes) != 0) {
+    return Status::Corruption(o_.clients_file + " changed the server's identity while it "
+                              "runs (kept the previous clients; restart to change it)");
+  }
   std::lock_guard lock(clients_mu_);
   clients_ = std::make_shared<const ClientRegistry>(std::move(reg));
   clients_stat_ = st;
@@ -520,7 +542,8 @@ Status Server::Listen() {
                 ? ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port)
                 : ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
   }
-  log_.Info("listening", {{"address", o_.listen}, {"port", bound}, {"repo", repo_->path()}});
+  log_.Info("listening", {{"address", o_.listen}, {"port", bound}, {"repo", repo_->path()},
+                         {"server_id", Clients()->identity()->FingerprintHex()}});
   if (o_.on_listening) o_.on_listening(bound);
   return Status::Ok();
 }

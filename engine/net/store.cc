@@ -705,8 +705,12 @@ Status StripeReceiver::EnsurePack(uint64_t bytes) {
 Status StripeReceiver::OnBlocks(const FrameHeader& h) {
   Millis timeout = ctx_.options.LossTimeout();
   uint8_t fixed[12];
-  if (h.payload_len < sizeof(fixed)) return Violation("BLOCKS frame too short");
-  DP420_RETURN_IF_ERROR(conn_.RecvExact(fixed, sizeof(fixed), timeout));
+  const uint32_t plain_len = Conn::PlainLen(h);
+  if (plain_len < sizeof(fixed)) return Violation("BLOCKS frame too short");
+  // What RecvOpen delivers is checked for bounds only until EndOpen has
+  // authenticated the whole frame; nothing is written before that.
+  DP420_RETURN_IF_ERROR(conn_.BeginOpen(h));
+  DP420_RETURN_IF_ERROR(conn_.RecvOpen(fixed, sizeof(fixed), timeout));
   PayloadReader r({fixed, sizeof(fixed)});
   uint64_t first = r.U64();
   uint32_t n = r.U32();
@@ -721,26 +725,20 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
   uint64_t data_len = 0;
   for (uint32_t i = 0; i < n; ++i) data_len += b.BlockLen(first + i);
   uint64_t meta_len = uint64_t{n} * 48;
-  if (h.payload_len != sizeof(fixed) + meta_len + data_len || data_len + kRecordAlign > buffer_bytes_) {
-    return Violation("BLOCKS frame length " + std::to_string(h.payload_len) +
+  if (plain_len != sizeof(fixed) + meta_len + data_len || data_len + kRecordAlign > buffer_bytes_) {
+    return Violation("BLOCKS frame length " + std::to_string(plain_len) +
                            " does not match its " + std::to_string(n) + " blocks");
   }
   std::vector<uint8_t>& meta = meta_;  // reused: no allocation per frame
   meta.resize(meta_len);
-  DP420_RETURN_IF_ERROR(conn_.RecvExact(meta.data(), meta.size(), timeout));
+  DP420_RETURN_IF_ERROR(conn_.RecvOpen(meta.data(), meta.size(), timeout));
   DP420_ASSIGN_OR_RETURN(unsigned buffer, FreeBuffer());
   uint8_t* data = pool_.data(buffer);
-  Status received = conn_.RecvExact(data, data_len, timeout);
+  Status received = conn_.RecvOpen(data, data_len, timeout);
+  if (received.ok()) received = conn_.EndOpen(timeout);
   if (!received.ok()) {
     pool_.Release(buffer);
     return received;
-  }
-  uint32_t crc = simd::Crc32c(0, fixed, sizeof(fixed));
-  crc = simd::Crc32c(crc, meta.data(), meta.size());
-  crc = simd::Crc32c(crc, data, data_len);
-  if (crc != h.payload_crc32c) {
-    pool_.Release(buffer);
-    return Violation("BLOCKS frame fails its CRC-32C");
   }
   // Every block must hash to what the agent claims: SHA-256 and keyed id.
   uint64_t off = 0;

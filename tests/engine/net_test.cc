@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <random>
 
 #include "engine/net/auth.h"
+#include "engine/net/channel.h"
 #include "engine/net/frame.h"
 #include "simd/simd.h"
 #include "tests/engine/engine_test_util.h"
@@ -66,7 +68,7 @@ TEST(FrameTest, OversizedUnknownAndForeignFramesRefusedWithReason) {
   EXPECT_NE(s.message().find("exceeds the limit"), std::string::npos);
 
   FrameHeader newer = MakeHeader(FrameType::kPing, 0, {});
-  newer.version = 2;
+  newer.version = kProtocolVersion + 1;
   newer.header_crc32c = simd::Crc32c(0, reinterpret_cast<const uint8_t*>(&newer), 28);
   EXPECT_EQ(CheckHeader(newer).code(), Code::kVersion);
 
@@ -98,40 +100,160 @@ TEST(FrameTest, RandomGarbageNeverPassesAndReaderNeverOverruns) {
   }
 }
 
-TEST(AuthTest, ProofsBindKeyNameNoncesAndSide) {
-  uint8_t key[kKeyBytes], other[kKeyBytes], cn[kNonceBytes], sn[kNonceBytes];
+// ---- The channel (channel.h) ----
+
+struct SealedFrame {
+  FrameHeader header;
+  std::vector<uint8_t> payload;  // ciphertext, then the tag
+};
+
+SealedFrame Seal(FrameCipher& c, FrameType type, const std::vector<uint8_t>& plain) {
+  SealedFrame f;
+  f.header = MakeSealedHeader(type, 7, uint32_t(plain.size() + kTagBytes));
+  f.payload.resize(plain.size() + kTagBytes);
+  c.Begin(f.header);
+  // In two pieces, as the agent seals a BLOCKS frame.
+  size_t half = plain.size() / 2;
+  c.Update(plain.data(), f.payload.data(), half);
+  c.Update(plain.data() + half, f.payload.data() + half, plain.size() - half);
+  c.Seal(f.payload.data() + plain.size());
+  return f;
+}
+
+bool Open(FrameCipher& c, SealedFrame f, std::vector<uint8_t>* plain) {
+  size_t len = f.payload.size() - kTagBytes;
+  c.Begin(f.header);
+  c.Update(f.payload.data(), f.payload.data(), len);
+  bool ok = c.Open(f.payload.data() + len);
+  plain->assign(f.payload.begin(), f.payload.begin() + long(len));
+  return ok;
+}
+
+SessionKeys TestKeys() {
+  SecretKey shared;
+  uint8_t client_key[32], transcript[32];
+  EXPECT_TRUE(RandomNonce(shared.data(), 32).ok());
+  EXPECT_TRUE(RandomNonce(client_key, 32).ok());
+  EXPECT_TRUE(RandomNonce(transcript, 32).ok());
+  SessionKeys keys;
+  DeriveSessionKeys(shared, client_key, transcript, &keys);
+  return keys;
+}
+
+TEST(ChannelTest, SealedFramesOpenOnlyUnalteredInOrderAndInTheirDirection) {
+  SessionKeys keys = TestKeys();
+  EXPECT_NE(std::memcmp(keys.agent_to_server.data(), keys.server_to_agent.data(), 32), 0);
+  FrameCipher send(keys.agent_to_server, ChannelDir::kAgentToServer, true);
+  std::vector<uint8_t> plain(1000);
+  for (size_t i = 0; i < plain.size(); ++i) plain[i] = uint8_t(i * 7);
+  SealedFrame first = Seal(send, FrameType::kBlocks, plain);
+  SealedFrame second = Seal(send, FrameType::kPage, plain);
+  EXPECT_NE(first.payload, second.payload);  // a fresh nonce per frame
+  EXPECT_EQ(std::search(first.payload.begin(), first.payload.end(), plain.begin(),
+                        plain.begin() + 32),
+            first.payload.end());  // nothing of the plaintext shows
+
+  std::vector<uint8_t> out;
+  {
+    FrameCipher recv(keys.agent_to_server, ChannelDir::kAgentToServer, false);
+    ASSERT_TRUE(Open(recv, first, &out));
+    EXPECT_EQ(out, plain);
+    ASSERT_TRUE(Open(recv, second, &out));
+  }
+  {
+    // Replayed: the first frame again where the second is due.
+    FrameCipher recv(keys.agent_to_server, ChannelDir::kAgentToServer, false);
+    ASSERT_TRUE(Open(recv, first, &out));
+    EXPECT_FALSE(Open(recv, first, &out));
+  }
+  {
+    // Dropped: the second frame where the first is due.
+    FrameCipher recv(keys.agent_to_server, ChannelDir::kAgentToServer, false);
+    EXPECT_FALSE(Open(recv, second, &out));
+  }
+  {
+    // Reflected: the same key and counter, but the other direction's nonce.
+    FrameCipher recv(keys.agent_to_server, ChannelDir::kServerToAgent, false);
+    EXPECT_FALSE(Open(recv, first, &out));
+  }
+  {
+    FrameCipher recv(keys.server_to_agent, ChannelDir::kAgentToServer, false);
+    EXPECT_FALSE(Open(recv, first, &out));  // another connection's keys
+  }
+  // Every flipped bit of the header (associated data), ciphertext or tag.
+  for (size_t bit = 0; bit < (sizeof(FrameHeader) + first.payload.size()) * 8; bit += 7) {
+    SealedFrame bad = first;
+    size_t byte = bit / 8;
+    uint8_t mask = uint8_t(1u << (bit % 8));
+    if (byte < sizeof(FrameHeader)) {
+      reinterpret_cast<uint8_t*>(&bad.header)[byte] ^= mask;
+    } else {
+      bad.payload[byte - sizeof(FrameHeader)] ^= mask;
+    }
+    FrameCipher recv(keys.agent_to_server, ChannelDir::kAgentToServer, false);
+    EXPECT_FALSE(Open(recv, bad, &out)) << "bit " << bit;
+  }
+}
+
+TEST(ChannelTest, IdentitySignsAndItsFingerprintIsStable) {
+  auto id = ServerIdentity::Generate();
+  ASSERT_TRUE(id.ok());
+  auto again = ServerIdentity::FromSeed(id->seed().data());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->FingerprintHex(), id->FingerprintHex());
+  EXPECT_EQ(id->FingerprintHex().size(), 64u);
+  std::vector<uint8_t> msg = {1, 2, 3, 4};
+  uint8_t sig[kSignatureBytes];
+  ASSERT_TRUE(id->Sign(msg, sig).ok());
+  EXPECT_TRUE(VerifySignature(id->public_key(), msg, sig));
+  msg[0] ^= 1;
+  EXPECT_FALSE(VerifySignature(id->public_key(), msg, sig));
+  auto other = ServerIdentity::Generate();
+  ASSERT_TRUE(other.ok());
+  msg[0] ^= 1;
+  EXPECT_FALSE(VerifySignature(other->public_key(), msg, sig));
+}
+
+TEST(ChannelTest, KeyExchangeAgreesAndRefusesALowOrderPoint) {
+  auto a = Ephemeral::Generate();
+  auto b = Ephemeral::Generate();
+  ASSERT_TRUE(a.ok() && b.ok());
+  SecretKey ab, ba;
+  ASSERT_TRUE(a->Agree(b->public_key(), &ab).ok());
+  ASSERT_TRUE(b->Agree(a->public_key(), &ba).ok());
+  EXPECT_EQ(std::memcmp(ab.data(), ba.data(), 32), 0);
+  uint8_t zero[kEphemeralBytes] = {};  // a low-order point: the shared secret would be 0
+  EXPECT_EQ(a->Agree(zero, &ab).code(), Code::kPermission);
+}
+
+TEST(AuthTest, ProofsBindKeyTranscriptAndSide) {
+  uint8_t key[kKeyBytes], other[kKeyBytes], t1[32], t2[32];
   ASSERT_TRUE(RandomNonce(key, sizeof(key)).ok());
   ASSERT_TRUE(RandomNonce(other, sizeof(other)).ok());
-  ASSERT_TRUE(RandomNonce(cn, sizeof(cn)).ok());
-  ASSERT_TRUE(RandomNonce(sn, sizeof(sn)).ok());
+  ASSERT_TRUE(RandomNonce(t1, sizeof(t1)).ok());
+  ASSERT_TRUE(RandomNonce(t2, sizeof(t2)).ok());
   uint8_t a[kProofBytes], b[kProofBytes];
-  ComputeProof(key, ProofSide::kClient, "db1", cn, sn, a);
-  ComputeProof(key, ProofSide::kClient, "db1", cn, sn, b);
+  ComputeProof(key, ProofSide::kClient, t1, a);
+  ComputeProof(key, ProofSide::kClient, t1, b);
   EXPECT_TRUE(ProofsEqual(a, b));
-  ComputeProof(other, ProofSide::kClient, "db1", cn, sn, b);
+  ComputeProof(other, ProofSide::kClient, t1, b);
   EXPECT_FALSE(ProofsEqual(a, b));
-  ComputeProof(key, ProofSide::kServer, "db1", cn, sn, b);
+  ComputeProof(key, ProofSide::kServer, t1, b);
   EXPECT_FALSE(ProofsEqual(a, b));
-  ComputeProof(key, ProofSide::kClient, "db2", cn, sn, b);
-  EXPECT_FALSE(ProofsEqual(a, b));
-  ComputeProof(key, ProofSide::kClient, "db1", sn, cn, b);
+  ComputeProof(key, ProofSide::kClient, t2, b);
   EXPECT_FALSE(ProofsEqual(a, b));
 }
 
 TEST(AuthTest, ProofKnownAnswer) {
-  // HMAC-SHA-256 over the message docs/PROTOCOL.md specifies, computed
-  // independently (Python's hmac module) for this key, name and nonces.
+  // HMAC-SHA-256(key, "dp420-auth-v2" || 'C' || transcript hash), computed
+  // independently (Python's hmac module) for this key and transcript.
   uint8_t key[kKeyBytes] = {};
   std::memset(key, 0x0b, 20);
-  uint8_t cn[kNonceBytes], sn[kNonceBytes];
-  for (int i = 0; i < 32; ++i) {
-    cn[i] = uint8_t(i);
-    sn[i] = uint8_t(32 + i);
-  }
+  uint8_t transcript[32];
+  for (int i = 0; i < 32; ++i) transcript[i] = uint8_t(i);
   uint8_t proof[kProofBytes];
-  ComputeProof(key, ProofSide::kClient, "db1", cn, sn, proof);
-  EXPECT_EQ(simd::ToHex(proof, kProofBytes),
-            "4807c08d637806d4334953168a369aef02959367ef7cc7961e77d683752986ee");
+  ComputeProof(key, ProofSide::kClient, transcript, proof);
+  EXPECT_EQ(simd::ToHex(proof, kProofBytes), "9a03f856da5243b6405d22efa93dc3d912278076f48b737fbd74750ca058600c");
 }
 
 TEST(AuthTest, RegistryAndKeyFiles) {
@@ -161,13 +283,24 @@ TEST(AuthTest, RegistryAndKeyFiles) {
   EXPECT_EQ(loaded->Remove("ops").code(), Code::kNotFound);
 
   std::string keyfile = dir.path() + "/db1.key";
-  ASSERT_TRUE(WriteKeyFile(keyfile, db1->key).ok());
-  EXPECT_EQ(WriteKeyFile(keyfile, db1->key).code(), Code::kExists);
-  uint8_t back[kKeyBytes];
-  ASSERT_TRUE(ReadKeyFile(keyfile, back).ok());
+  const std::string pin(64, 'a');
+  ASSERT_TRUE(WriteKeyFile(keyfile, db1->key, pin).ok());
+  EXPECT_EQ(WriteKeyFile(keyfile, db1->key, pin).code(), Code::kExists);
+  uint8_t back[kKeyBytes], server_id[kFingerprintBytes];
+  ASSERT_TRUE(ReadKeyFile(keyfile, back, server_id).ok());
   EXPECT_EQ(std::memcmp(back, db1->key, kKeyBytes), 0);
+  EXPECT_EQ(simd::ToHex(server_id, kFingerprintBytes), pin);
+  // A key file that pins no server (as written before identities) is refused
+  // with the way to add the pin.
+  std::string unpinned = dir.path() + "/unpinned.key";
+  std::string line = simd::ToHex(db1->key, kKeyBytes) + "\n";
+  dp420::testing::WriteAll(unpinned, std::vector<uint8_t>(line.begin(), line.end()));
+  chmod(unpinned.c_str(), 0600);
+  Status no_pin = ReadKeyFile(unpinned, back, server_id);
+  EXPECT_EQ(no_pin.code(), Code::kInvalidArgument);
+  EXPECT_NE(no_pin.message().find("server-id"), std::string::npos);
   chmod(keyfile.c_str(), 0644);
-  Status open_key = ReadKeyFile(keyfile, back);
+  Status open_key = ReadKeyFile(keyfile, back, server_id);
   EXPECT_EQ(open_key.code(), Code::kPermission);
   EXPECT_NE(open_key.message().find("644"), std::string::npos);
 

@@ -269,10 +269,12 @@ class BackupNetTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_TRUE(Repository::Init(repo_path_).ok());
     ClientRegistry registry;
+    ASSERT_TRUE(registry.EnsureIdentity().ok());
     for (const char* name : {"alice", "bob"}) {
       Result<ClientKey> key = registry.Add(name, "append");
       ASSERT_TRUE(key.ok()) << key.status().ToString();
-      ASSERT_TRUE(WriteKeyFile(KeyFile(name), key->key).ok());
+      const std::string pin = registry.identity()->FingerprintHex();
+      ASSERT_TRUE(WriteKeyFile(KeyFile(name), key->key, pin).ok());
     }
     Status saved = registry.Save(clients_path_);
     ASSERT_TRUE(saved.ok()) << saved.ToString();
@@ -978,7 +980,9 @@ TEST_F(BackupNetTest, WrongKeyAndForeignVolumeAreRefused) {
 
   uint8_t wrong[kKeyBytes];
   ASSERT_TRUE(RandomNonce(wrong, sizeof(wrong)).ok());
-  ASSERT_TRUE(WriteKeyFile(Path("wrong.key"), wrong).ok());
+  auto registry = ClientRegistry::Load(clients_path_);
+  ASSERT_TRUE(registry.ok());
+  ASSERT_TRUE(WriteKeyFile(Path("wrong.key"), wrong, registry->identity()->FingerprintHex()).ok());
   for (const char* client : {"alice", "mallory"}) {
     RemoteOptions o = RemoteDefaults(client, address);
     o.key_file = Path("wrong.key");

@@ -212,10 +212,14 @@ TEST(ConnTest, ErrorFramesCarryCodeAndMessage) {
 }
 
 // Keys and a registry of two clients for the handshake tests.
+// `pin` is the server identity's fingerprint, as in the clients' key files.
 struct Clients {
   ClientRegistry registry;
   ClientKey alice, admin;
+  uint8_t pin[kFingerprintBytes] = {};
   Clients() {
+    EXPECT_TRUE(registry.EnsureIdentity().ok());
+    IdentityFingerprint(registry.identity()->public_key(), pin);
     alice = registry.Add("alice", "append").value();
     admin = registry.Add("root", "admin").value();
   }
@@ -256,7 +260,8 @@ TEST(HandshakeTest, AuthenticatesBothSidesAndReturnsRepoId) {
   HandshakeServer server(*p.server, c.registry, kRepoId);
   uint64_t server_time = 0;
   uint8_t repo_id[16] = {};
-  Status s = ClientHandshake(*p.client, "root", c.admin.key, 2000ms, &server_time, repo_id);
+  Status s = ClientHandshake(*p.client, "root", c.admin.key, c.pin, 2000ms, &server_time,
+                             repo_id);
   ASSERT_TRUE(s.ok()) << s.ToString();
   EXPECT_EQ(std::memcmp(repo_id, kRepoId, 16), 0);
   int64_t skew = int64_t(server_time) - int64_t(WallClockNs());
@@ -284,7 +289,7 @@ TEST(HandshakeTest, WrongKeyAndUnknownClientRefusedIdentically) {
     ASSERT_TRUE(p.client && p.server);
     HandshakeServer server(*p.server, c.registry, kRepoId);
     uint64_t t = 0;
-    Status s = ClientHandshake(*p.client, a.name, a.key, 2000ms, &t);
+    Status s = ClientHandshake(*p.client, a.name, a.key, c.pin, 2000ms, &t);
     server.Join();
     p.server.reset();  // as the server does after a refusal
     // The ERROR was the last frame: the stream ends.
@@ -306,32 +311,68 @@ TEST(HandshakeTest, WrongKeyAndUnknownClientRefusedIdentically) {
   EXPECT_NE(seen_by_server[1].message().find("unknown client"), std::string::npos);
 }
 
-TEST(HandshakeTest, AgentRefusesAServerThatCannotProveTheKey) {
-  // A server that accepts any proof and answers with a proof made without
-  // the client's key.
+TEST(HandshakeTest, AgentRefusesAServerWithAnotherIdentity) {
+  // A real server that knows alice's key (its clients file was copied) but
+  // has another identity than the one alice's key file pins.
+  Clients c;
+  ClientRegistry impostor = c.registry;
+  ASSERT_TRUE(impostor.RotateIdentity().ok());
+  Pair p = MakePair();
+  ASSERT_TRUE(p.client && p.server);
+  HandshakeServer server(*p.server, impostor, kRepoId);
+  uint64_t t = 0;
+  Status s = ClientHandshake(*p.client, "alice", c.alice.key, c.pin, 2000ms, &t);
+  EXPECT_EQ(s.code(), Code::kPermission);
+  EXPECT_NE(s.message().find("is not the server this key file was made for"),
+            std::string::npos)
+      << s.message();
+  p.client->Shutdown();
+}
+
+TEST(HandshakeTest, AgentRefusesAPinnedIdentityThatDidNotSign) {
+  // The pinned public key replayed from the real server, without its
+  // private key: the signature cannot be made for this handshake.
   Clients c;
   Pair p = MakePair();
   ASSERT_TRUE(p.client && p.server);
   std::thread impostor([&] {
     if (!p.server->Recv(2000ms).ok()) return;
     PayloadWriter cw;
-    std::vector<uint8_t> nonce(kNonceBytes, 7);
-    cw.Bytes(nonce);
-    cw.U64(WallClockNs());
-    if (!p.server->Send(FrameType::kChallenge, 0, cw.bytes(), 1000ms).ok()) return;
-    if (!p.server->Recv(2000ms).ok()) return;
-    PayloadWriter ow;
-    std::vector<uint8_t> proof(kProofBytes, 9), id(16, 0);
-    ow.Bytes(proof);
-    ow.U64(WallClockNs());
-    ow.Bytes(id);
-    (void)p.server->Send(FrameType::kAuthOk, 0, ow.bytes(), 1000ms);
+    auto eph = Ephemeral::Generate();
+    if (!eph.ok()) return;
+    cw.Bytes({eph->public_key(), kEphemeralBytes});
+    cw.Bytes({c.registry.identity()->public_key(), kIdentityBytes});
+    std::vector<uint8_t> sig(kSignatureBytes, 9);
+    cw.Bytes(sig);
+    (void)p.server->Send(FrameType::kChallenge, 0, cw.bytes(), 1000ms);
   });
   uint64_t t = 0;
-  Status s = ClientHandshake(*p.client, "alice", c.alice.key, 2000ms, &t);
+  Status s = ClientHandshake(*p.client, "alice", c.alice.key, c.pin, 2000ms, &t);
   impostor.join();
   EXPECT_EQ(s.code(), Code::kPermission);
-  EXPECT_NE(s.message().find("failed to prove"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("did not sign"), std::string::npos) << s.message();
+}
+
+TEST(HandshakeTest, FramesAfterTheHandshakeAreSealedAndTamperingBreaksTheConnection) {
+  Clients c;
+  Pair p = MakePair();
+  ASSERT_TRUE(p.client && p.server);
+  HandshakeServer server(*p.server, c.registry, kRepoId);
+  uint64_t t = 0;
+  ASSERT_TRUE(ClientHandshake(*p.client, "alice", c.alice.key, c.pin, 2000ms, &t).ok());
+  EXPECT_TRUE(p.client->sealed());
+  // A frame in the clear on the sealed connection is refused.
+  PayloadWriter w;
+  w.U64(WallClockNs());
+  FrameHeader h = MakeHeader(FrameType::kPing, 0, w.bytes());
+  std::vector<uint8_t> raw(sizeof(h));
+  std::memcpy(raw.data(), &h, sizeof(h));
+  raw.insert(raw.end(), w.bytes().begin(), w.bytes().end());
+  ASSERT_EQ(::send(p.client->fd(), raw.data(), raw.size(), MSG_NOSIGNAL), ssize_t(raw.size()));
+  server.Join();  // the server's receive failed: it ended the session
+  p.server.reset();
+  auto after = p.client->Recv(2000ms);
+  EXPECT_FALSE(after.ok());
 }
 
 TEST(HandshakeTest, AnotherProtocolVersionIsNamed) {
@@ -349,7 +390,9 @@ TEST(HandshakeTest, AnotherProtocolVersionIsNamed) {
   ASSERT_TRUE(f.ok()) << f.status().ToString();
   Status s = ExpectFrame(f.value(), FrameType::kChallenge, "server");
   EXPECT_EQ(s.code(), Code::kVersion);
-  EXPECT_NE(s.message().find("protocol version 2"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("this server speaks " + std::to_string(kProtocolVersion)),
+            std::string::npos)
+      << s.message();
   server.Join();
   EXPECT_EQ(server.status().code(), Code::kVersion);
 }
@@ -379,7 +422,7 @@ TEST(HandshakeTest, ClockOffsetOfALocalPeerIsTiny) {
   ASSERT_TRUE(p.client && p.server);
   HandshakeServer server(*p.server, c.registry, kRepoId);
   uint64_t t = 0;
-  ASSERT_TRUE(ClientHandshake(*p.client, "alice", c.alice.key, 2000ms, &t).ok());
+  ASSERT_TRUE(ClientHandshake(*p.client, "alice", c.alice.key, c.pin, 2000ms, &t).ok());
   auto clock = MeasureClockOffset(*p.client, 5, 2000ms);
   ASSERT_TRUE(clock.ok()) << clock.status().ToString();
   // Same host, same clock: the offset is within the measurement's error.

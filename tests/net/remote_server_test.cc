@@ -84,10 +84,12 @@ class RemoteTest : public ::testing::Test {
     ASSERT_NE(repo_, nullptr);
     clients_file_ = dir_.path() + "/clients.json";
     ClientRegistry registry;
+    ASSERT_TRUE(registry.EnsureIdentity().ok());
     for (auto [name, role] : {std::pair{"alice", "append"}, {"bob", "append"}, {"root", "admin"}}) {
       auto key = registry.Add(name, role);
       ASSERT_TRUE(key.ok());
-      ASSERT_TRUE(WriteKeyFile(KeyFile(name), key->key).ok());
+      const std::string pin = registry.identity()->FingerprintHex();
+      ASSERT_TRUE(WriteKeyFile(KeyFile(name), key->key, pin).ok());
     }
     ASSERT_TRUE(registry.Save(clients_file_).ok());
     so_.repo_path = repo_path_;
@@ -371,7 +373,8 @@ TEST_F(RemoteTest, ClientsFileReloadedWithoutRestart) {
   ASSERT_TRUE(registry.ok());
   auto carol = registry->Add("carol", "append");
   ASSERT_TRUE(carol.ok());
-  ASSERT_TRUE(WriteKeyFile(KeyFile("carol"), carol->key).ok());
+  const std::string pin = registry->identity()->FingerprintHex();
+  ASSERT_TRUE(WriteKeyFile(KeyFile("carol"), carol->key, pin).ok());
   ASSERT_TRUE(registry->Remove("bob").ok());
   ASSERT_TRUE(registry->Save(clients_file_).ok());
   EXPECT_NE(ConnectAs("carol"), nullptr);
@@ -438,6 +441,8 @@ TEST_F(RemoteTest, FuzzedStreamsNeitherCrashNorDisturbOtherSessions) {
   ASSERT_TRUE(registry.ok());
   ASSERT_NE(registry->Find("bob"), nullptr);
   const ClientKey bob = *registry->Find("bob");
+  uint8_t pin[kFingerprintBytes];
+  IdentityFingerprint(registry->identity()->public_key(), pin);
 
   // Another session keeps working while the fuzzing runs.
   std::atomic<bool> fuzzing{true};
@@ -502,10 +507,10 @@ TEST_F(RemoteTest, FuzzedStreamsNeitherCrashNorDisturbOtherSessions) {
         std::memcpy(stream.data(), &h, sizeof(h));
         break;
       }
-      case 3: {  // authenticated, then random requests with valid checksums
+      case 3: {  // authenticated, then random requests, sealed as the server expects
         Conn conn(fd.Release(), "server");
         uint64_t t = 0;
-        ASSERT_TRUE(ClientHandshake(conn, "bob", bob.key, 2000ms, &t).ok());
+        ASSERT_TRUE(ClientHandshake(conn, "bob", bob.key, pin, 2000ms, &t).ok());
         for (int k = 0; k < 3; ++k) {
           auto type = FrameType(1 + rng() % uint16_t(FrameType::kMaxType));
           std::vector<uint8_t> payload = random_bytes(rng() % 48);
@@ -513,9 +518,12 @@ TEST_F(RemoteTest, FuzzedStreamsNeitherCrashNorDisturbOtherSessions) {
             uint32_t len = uint32_t(payload.size() - 4);
             std::memcpy(payload.data(), &len, 4);
           }
-          auto frame = EncodeFrame(type, payload);
-          if (rng() % 3 == 0) frame[rng() % frame.size()] ^= uint8_t(1 + rng() % 255);
-          stream.insert(stream.end(), frame.begin(), frame.end());
+          if (!conn.Send(type, 1, payload, 2000ms).ok()) break;  // the server closed
+        }
+        if (rng() % 3 == 0) {
+          // Then bytes no one sealed: the server must end the session.
+          stream = EncodeFrame(FrameType::kList, random_bytes(8));
+          stream[rng() % stream.size()] ^= uint8_t(1 + rng() % 255);
         }
         int copy = ::dup(conn.fd());
         ASSERT_GE(copy, 0);
