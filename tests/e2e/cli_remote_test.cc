@@ -103,8 +103,10 @@ TEST(CliRemoteTest, ClientAddWritesA0600KeyAndRefusesToOverwrite) {
   EXPECT_EQ(Mode(key), 0600u);
   EXPECT_EQ(Mode(clients), 0600u);
   std::string key_text = ReadFile(key);
-  ASSERT_EQ(key_text.size(), 65u) << "64 hex digits and a newline";
+  ASSERT_EQ(key_text.size(), 65u + 10u + 65u) << "the key, then 'server-id ' and the pin";
   EXPECT_TRUE(IsSha256Hex(key_text.substr(0, 64))) << "a key is 64 lower-case hex digits";
+  EXPECT_EQ(key_text.substr(65, 10), "server-id ");
+  EXPECT_TRUE(IsSha256Hex(key_text.substr(75, 64))) << "the server's fingerprint";
   std::string clients_text = ReadFile(clients);
 
   // Another client into the same key file: refused, nothing changed.
