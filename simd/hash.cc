@@ -5,6 +5,7 @@
 // Keep the plain and the _dispatch names apart: by default xxh_x86dispatch.h
 // #defines XXH3_128bits_withSecret to the dispatcher.
 #define XXH_DISPATCH_DISABLE_REPLACE
+#include <openssl/crypto.h>
 #include <xxh_x86dispatch.h>
 #include <xxhash.h>
 
@@ -44,6 +45,8 @@ BlockHasher::BlockHasher(std::span<const uint8_t, kHashSecretBytes> secret) {
   static_assert(kHashSecretBytes >= XXH3_SECRET_SIZE_MIN);
   std::copy(secret.begin(), secret.end(), secret_);
 }
+
+BlockHasher::~BlockHasher() { OPENSSL_cleanse(secret_, sizeof(secret_)); }
 
 Hash128 BlockHasher::Hash(const uint8_t* data, size_t len) const {
   DP420_SIMD_CHECK(data != nullptr || len == 0);

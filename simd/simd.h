@@ -49,11 +49,15 @@ const char* LevelName(Level level);
 inline constexpr size_t kHashSecretBytes = 192;
 
 // Keyed XXH3-128 over a block: XXH3_128bits_withSecret(data, len, secret).
-// The secret is per repository, so nobody outside can craft collisions.
+// The secret is per volume (engine/core/repo.h), so nobody without it can
+// craft collisions. The copy of the secret is cleansed on destruction.
 class BlockHasher {
  public:
   // `secret` must be exactly kHashSecretBytes bytes of high-entropy data.
   explicit BlockHasher(std::span<const uint8_t, kHashSecretBytes> secret);
+  ~BlockHasher();
+  BlockHasher(const BlockHasher&) = delete;
+  BlockHasher& operator=(const BlockHasher&) = delete;
   Hash128 Hash(const uint8_t* data, size_t len) const;
 
  private:

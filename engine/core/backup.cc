@@ -223,7 +223,7 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   ScanContext ctx;
   ctx.geo = ScanGeometry::For(m.volume_size, m.block_size);
   ctx.source = &source;
-  ctx.hasher = &repo.hasher();
+  ctx.hasher = &builder->hasher();
   ctx.zero_full = builder->ZeroEntry(m.block_size);
   ctx.zero_tail = builder->ZeroEntry(ctx.geo.blocks ? ctx.geo.BlockLen(ctx.geo.blocks - 1) : 0);
   ctx.threads = threads;

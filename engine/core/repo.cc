@@ -8,8 +8,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <ctime>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "io/assert.h"
 #include "io/file.h"
 #include "io/random.h"
 
@@ -86,6 +92,35 @@ Status Repository::Init(const std::string& path) {
   return io::SyncDir(path);
 }
 
+Repository::~Repository() { OPENSSL_cleanse(hash_key_.data(), hash_key_.size()); }
+
+// Six HMAC-SHA-256 outputs under keys/hash.key, each over
+// "dp420 block ids v1" || 0x00 || i || volume, make the volume's 192 bytes.
+void Repository::VolumeSecret(const std::string& volume, uint8_t* out) const {
+  static constexpr char kLabel[] = "dp420 block ids v1";
+  static_assert(simd::kHashSecretBytes % 32 == 0);
+  std::string msg(kLabel, sizeof(kLabel));  // the label and its NUL
+  msg.push_back('\0');
+  msg += volume;
+  for (size_t i = 0; i < simd::kHashSecretBytes / 32; ++i) {
+    msg[sizeof(kLabel)] = static_cast<char>(i);
+    unsigned len = 0;
+    uint8_t* r = HMAC(EVP_sha256(), hash_key_.data(), static_cast<int>(hash_key_.size()),
+                      reinterpret_cast<const uint8_t*>(msg.data()), msg.size(), out + i * 32,
+                      &len);
+    DP420_ASSERT(r != nullptr && len == 32);
+  }
+}
+
+std::unique_ptr<simd::BlockHasher> Repository::VolumeHasher(const std::string& volume) const {
+  std::array<uint8_t, simd::kHashSecretBytes> secret;
+  VolumeSecret(volume, secret.data());
+  auto hasher = std::make_unique<simd::BlockHasher>(
+      std::span<const uint8_t, simd::kHashSecretBytes>(secret));
+  OPENSSL_cleanse(secret.data(), secret.size());
+  return hasher;
+}
+
 Result<std::unique_ptr<Repository>> Repository::Open(const std::string& path) {
   auto text = io::ReadFile(path + "/config");
   if (!text.ok()) {
@@ -119,9 +154,8 @@ Result<std::unique_ptr<Repository>> Repository::Open(const std::string& path) {
     if (simd::ToHex(key_digest, 32) != config.at("key_sha256").get<std::string>()) {
       return Status::Corruption(path + "/keys/hash.key: does not match the config's key_sha256");
     }
-    std::span<const uint8_t, simd::kHashSecretBytes> secret(
-        reinterpret_cast<const uint8_t*>(key.data()), simd::kHashSecretBytes);
-    repo->hasher_ = std::make_unique<simd::BlockHasher>(secret);
+    std::memcpy(repo->hash_key_.data(), key.data(), simd::kHashSecretBytes);
+    OPENSSL_cleanse(key.data(), key.size());
   } catch (const std::exception& e) {
     return Status::Corruption(path + "/config: malformed (" + e.what() + ")");
   }

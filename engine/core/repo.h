@@ -11,6 +11,7 @@
 // by threads; BackupJournal and VolumeLock belong to one thread.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <string>
 #include <utility>
@@ -51,7 +52,17 @@ class Repository {
   const std::string& path() const { return path_; }
   const uint8_t* repo_id() const { return repo_id_; }
   std::string repo_id_hex() const;
-  const simd::BlockHasher& hasher() const { return *hasher_; }
+  ~Repository();
+  Repository(const Repository&) = delete;
+  Repository& operator=(const Repository&) = delete;
+
+  // The block-id hasher of `volume` (docs/FORMAT.md "Block ids"): keyed with
+  // a secret derived from keys/hash.key and the volume's name, so the secret
+  // of one volume, handed to the agent that backs it up, tells nothing about
+  // another volume's ids or the repository key.
+  std::unique_ptr<simd::BlockHasher> VolumeHasher(const std::string& volume) const;
+  // That volume's secret (simd::kHashSecretBytes bytes).
+  void VolumeSecret(const std::string& volume, uint8_t* out) const;
 
   std::string PacksDir() const { return path_ + "/packs"; }
   std::string PackPath(uint32_t pack_id) const;
@@ -73,7 +84,7 @@ class Repository {
   Repository() = default;
   std::string path_;
   uint8_t repo_id_[16] = {};
-  std::unique_ptr<simd::BlockHasher> hasher_;
+  std::array<uint8_t, simd::kHashSecretBytes> hash_key_{};  // cleansed on destruction
 };
 
 // Journal of an unfinished backup: tmp/VOL.journal lists the snapshot being

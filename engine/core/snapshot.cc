@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "engine/core/scanner.h"
 #include "engine/core/test_hooks.h"
 #include "io/assert.h"
 #include "io/file.h"
@@ -145,17 +146,9 @@ Result<std::unique_ptr<SnapshotBuilder>> SnapshotBuilder::Start(const Repository
   m.blocks_total = DivCeil(volume_size, block_size);
   m.table_levels = TableShape::For(m.blocks_total).levels;
 
-  const simd::BlockHasher& hasher = repo.hasher();
-  std::vector<uint8_t> zeros(block_size, 0);
-  auto make_zero = [&](uint32_t len, Entry* e) {
-    *e = Entry{};
-    hasher.Hash(zeros.data(), len).ToBytes(e->id);
-    simd::Sha256(zeros.data(), len, e->ref.sha256);
-    e->ref.stored_len = 0;
-    e->ref.flags = kObjZero;
-  };
-  make_zero(block_size, &b->zero_full_);
-  make_zero(m.blocks_total ? b->BlockLen(m.blocks_total - 1) : 0, &b->zero_tail_);
+  b->hasher_ = repo.VolumeHasher(volume);
+  b->zero_full_ = ZeroBlockEntry(*b->hasher_, block_size);
+  b->zero_tail_ = ZeroBlockEntry(*b->hasher_, m.blocks_total ? b->BlockLen(m.blocks_total - 1) : 0);
 
   DP420_ASSIGN_OR_RETURN(b->journal_, BackupJournal::Start(repo, volume, m.snapshot_id));
   if (parent) b->parent_reader_ = std::make_unique<TableReader>(repo, *parent);

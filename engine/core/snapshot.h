@@ -104,6 +104,8 @@ class SnapshotBuilder {
   uint64_t blocks() const { return m_.blocks_total; }
   uint64_t pages() const { return DivCeil(m_.blocks_total, kPageEntries); }
   uint32_t BlockLen(uint64_t block) const;
+  // The volume's block-id hasher (Repository::VolumeHasher).
+  const simd::BlockHasher& hasher() const { return *hasher_; }
   // The entry of an all-zero block of `len` bytes.
   const Entry& ZeroEntry(uint32_t len) const {
     return len == m_.block_size ? zero_full_ : zero_tail_;
@@ -138,6 +140,7 @@ class SnapshotBuilder {
   std::mutex journal_mu_;
   BackupJournal journal_;
   std::unique_ptr<TableReader> parent_reader_;
+  std::unique_ptr<simd::BlockHasher> hasher_;
   std::unique_ptr<TableBuilder> builder_;
   std::unique_ptr<PackWriter> table_pack_;
   simd::Sha256Stream volume_sha_;

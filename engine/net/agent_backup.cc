@@ -26,8 +26,11 @@
 #include <set>
 #include <thread>
 
+#include <openssl/crypto.h>
+
 #include "engine/core/scanner.h"
 #include "engine/net/client.h"
+#include "engine/net/id_cache.h"
 #include "io/assert.h"
 #include "io/file.h"
 #include "simd/simd.h"
@@ -37,34 +40,6 @@ namespace dp420::net {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// ---- the parent id cache: <cache_dir>/<repo_id>/<volume>.ids ----
-// 64-byte header (magic "DP420IDC", u32 version 1, u32 block_size,
-// u64 blocks, the parent manifest's seal as 32 bytes, 8 reserved), then
-// 17 bytes per block: the keyed id and 1 for an all-zero block.
-constexpr char kCacheMagic[8] = {'D', 'P', '4', '2', '0', 'I', 'D', 'C'};
-constexpr size_t kCacheHeader = 64;
-constexpr size_t kCacheRecord = 17;
-
-struct CacheHeader {
-  char magic[8];
-  uint32_t version;
-  uint32_t block_size;
-  uint64_t blocks;
-  uint8_t seal[32];
-  uint8_t reserved[8];
-};
-static_assert(sizeof(CacheHeader) == kCacheHeader);
-
-CacheHeader MakeCacheHeader(const Manifest& m) {
-  CacheHeader h{};
-  std::memcpy(h.magic, kCacheMagic, 8);
-  h.version = 1;
-  h.block_size = m.block_size;
-  h.blocks = m.blocks_total;
-  if (m.seal.size() == 64) (void)simd::FromHex(m.seal, h.seal, 32);
-  return h;
-}
 
 Status WriteAll(int fd, uint64_t offset, const void* data, size_t len, const std::string& path) {
   const uint8_t* p = static_cast<const uint8_t*>(data);
@@ -308,17 +283,9 @@ Status NetSink::ParentLeaf(uint64_t page, Entry* out, uint32_t* count) {
   if (first >= job_.parent_blocks) return Status::Ok();
   uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(kPageEntries, job_.parent_blocks - first));
   uint8_t raw[kPageEntries * kCacheRecord];
-  size_t want = n * kCacheRecord;
-  ssize_t got = pread(job_.parent_cache_fd, raw, want,
-                      static_cast<off_t>(kCacheHeader + first * kCacheRecord));
-  if (got != static_cast<ssize_t>(want)) {
-    return Status::IOError("reading the parent id cache failed (delete it to refetch)");
-  }
-  for (uint32_t i = 0; i < n; ++i) {
-    out[i] = Entry{};
-    std::memcpy(out[i].id, raw + i * kCacheRecord, 16);
-    out[i].ref.flags = raw[i * kCacheRecord + 16] ? kObjZero : 0;
-  }
+  Status read = ReadCacheRecords(job_.parent_cache_fd, first, n, raw);
+  if (!read.ok()) return read.Prefix("parent id cache (delete it to fetch it again)");
+  for (uint32_t i = 0; i < n; ++i) out[i] = GetCacheRecord(raw + i * kCacheRecord);
   *count = n;
   return Status::Ok();
 }
@@ -378,8 +345,7 @@ Status NetSink::PageDone(std::unique_ptr<LeafPage> page) {
   if (job_.new_cache_fd >= 0) {
     uint8_t raw[kPageEntries * kCacheRecord];
     for (uint32_t i = 0; i < page->count; ++i) {
-      std::memcpy(raw + i * kCacheRecord, page->entries[i].id, 16);
-      raw[i * kCacheRecord + 16] = (page->entries[i].ref.flags & kObjZero) ? 1 : 0;
+      PutCacheRecord(page->entries[i], raw + i * kCacheRecord);
     }
     DP420_RETURN_IF_ERROR(WriteAll(job_.new_cache_fd,
                                    kCacheHeader + page->index * kPageEntries * kCacheRecord, raw,
@@ -678,17 +644,48 @@ std::string CachePath(const RemoteRepository& remote, const std::string& volume)
   return dir + "/" + remote.repo_id() + "/" + volume + ".ids";
 }
 
-bool CacheValid(int fd, const Manifest& parent) {
-  CacheHeader h{};
-  if (pread(fd, &h, sizeof(h), 0) != static_cast<ssize_t>(sizeof(h))) return false;
-  CacheHeader want = MakeCacheHeader(parent);
-  struct stat st;
-  if (fstat(fd, &st) != 0) return false;
-  return std::memcmp(&h, &want, sizeof(h)) == 0 &&
-         static_cast<uint64_t>(st.st_size) == kCacheHeader + parent.blocks_total * kCacheRecord;
-}
-
 }  // namespace
+
+// The parent's ids and digests: the cache when it is the parent's (its seal
+// matches), else fetched from the server (PARENT_REQ) into a new cache.
+Result<io::File> RemoteRepository::OpenParentCache(const Manifest& parent,
+                                                   const std::string& cache_path,
+                                                   Millis timeout) {
+  auto cached = io::File::OpenRead(cache_path, false);
+  if (cached.ok() && CacheValid(cached->fd(), parent)) return std::move(cached).value();
+  std::string tmp = cache_path + ".fetch";
+  DP420_ASSIGN_OR_RETURN(io::File f, io::File::OpenWrite(tmp, O_CREAT | O_TRUNC | O_RDWR, false));
+  uint64_t pages = DivCeil(parent.blocks_total, kPageEntries);
+  PayloadWriter w;
+  w.U64(0);
+  w.U32(static_cast<uint32_t>(pages));
+  DP420_RETURN_IF_ERROR(control_->Send(FrameType::kParentReq, 7, w.bytes(), timeout));
+  for (;;) {
+    DP420_ASSIGN_OR_RETURN(Frame pf, control_->Recv(timeout));
+    if (pf.type() == FrameType::kDone) break;
+    if (pf.type() == FrameType::kPing) {
+      DP420_RETURN_IF_ERROR(AnswerPing(*control_, pf, timeout));
+      continue;
+    }
+    DP420_RETURN_IF_ERROR(ExpectFrame(pf, FrameType::kParentPage, control_->peer()));
+    PayloadReader pr(pf.payload);
+    uint64_t page = pr.U64();
+    uint32_t count = pr.U32();
+    if (count > kPageEntries || page >= pages ||
+        pf.payload.size() != 12 + count * kCacheRecord) {
+      return Status::Network("malformed PARENT_PAGE from the server");
+    }
+    DP420_RETURN_IF_ERROR(WriteAll(f.fd(), kCacheHeader + page * kPageEntries * kCacheRecord,
+                                   pf.payload.data() + 12, count * kCacheRecord, tmp));
+  }
+  CacheHeader h = MakeCacheHeader(parent);
+  DP420_RETURN_IF_ERROR(f.Truncate(kCacheHeader + parent.blocks_total * kCacheRecord));
+  DP420_RETURN_IF_ERROR(WriteAll(f.fd(), 0, &h, sizeof(h), tmp));
+  if (rename(tmp.c_str(), cache_path.c_str()) != 0) {
+    return PosixError("rename " + tmp + " -> " + cache_path, errno);
+  }
+  return io::File::OpenRead(cache_path, false);
+}
 
 // A backup the server lost (it restarted: what it had acknowledged is gone)
 // starts over, while reconnecting is allowed (retry_for); the bytes sent by
@@ -771,54 +768,18 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   DP420_RETURN_IF_ERROR(r.Finish("BACKUP_READY"));
   simd::BlockHasher hasher(std::span<const uint8_t, simd::kHashSecretBytes>(key, sizeof(key)));
 
+  OPENSSL_cleanse(key, sizeof(key));
+
   // The parent's ids: the cache when its seal matches, else fetched.
   std::unique_ptr<Manifest> parent;
   std::string cache_path = CachePath(*this, o.volume);
   io::File parent_cache;
+  std::string dir = cache_path.substr(0, cache_path.find_last_of('/'));
+  DP420_RETURN_IF_ERROR(io::MakeDirs(dir).Prefix("parent id cache (--cache-dir)"));
   if (!parent_text.empty()) {
     DP420_ASSIGN_OR_RETURN(Manifest pm, Manifest::Parse(parent_text, "parent manifest"));
     parent = std::make_unique<Manifest>(std::move(pm));
-  }
-  std::string dir = cache_path.substr(0, cache_path.find_last_of('/'));
-  DP420_RETURN_IF_ERROR(io::MakeDirs(dir).Prefix("parent id cache (--cache-dir)"));
-  if (parent) {
-    auto cached = io::File::OpenRead(cache_path, false);
-    if (cached.ok() && CacheValid(cached->fd(), *parent)) {
-      parent_cache = std::move(cached).value();
-    } else {
-      std::string tmp = cache_path + ".fetch";
-      DP420_ASSIGN_OR_RETURN(io::File f,
-                             io::File::OpenWrite(tmp, O_CREAT | O_TRUNC | O_RDWR, false));
-      uint64_t pages = DivCeil(parent->blocks_total, kPageEntries);
-      PayloadWriter w;
-      w.U64(0);
-      w.U32(static_cast<uint32_t>(pages));
-      DP420_RETURN_IF_ERROR(control_->Send(FrameType::kParentReq, 7, w.bytes(), timeout));
-      for (;;) {
-        DP420_ASSIGN_OR_RETURN(Frame pf, control_->Recv(timeout));
-        if (pf.type() == FrameType::kDone) break;
-        if (pf.type() == FrameType::kPing) {
-          DP420_RETURN_IF_ERROR(AnswerPing(*control_, pf, timeout));
-          continue;
-        }
-        DP420_RETURN_IF_ERROR(ExpectFrame(pf, FrameType::kParentPage, control_->peer()));
-        PayloadReader pr(pf.payload);
-        uint64_t page = pr.U64();
-        uint32_t count = pr.U32();
-        if (count > kPageEntries || pf.payload.size() != 12 + count * kCacheRecord) {
-          return Status::Network("malformed PARENT_PAGE from the server");
-        }
-        DP420_RETURN_IF_ERROR(WriteAll(f.fd(), kCacheHeader + page * kPageEntries * kCacheRecord,
-                                       pf.payload.data() + 12, count * kCacheRecord, tmp));
-      }
-      CacheHeader h = MakeCacheHeader(*parent);
-      DP420_RETURN_IF_ERROR(f.Truncate(kCacheHeader + parent->blocks_total * kCacheRecord));
-      DP420_RETURN_IF_ERROR(WriteAll(f.fd(), 0, &h, sizeof(h), tmp));
-      if (rename(tmp.c_str(), cache_path.c_str()) != 0) {
-        return PosixError("rename " + tmp + " -> " + cache_path, errno);
-      }
-      DP420_ASSIGN_OR_RETURN(parent_cache, io::File::OpenRead(cache_path, false));
-    }
+    DP420_ASSIGN_OR_RETURN(parent_cache, OpenParentCache(*parent, cache_path, timeout));
     job.parent_cache_fd = parent_cache.fd();
     job.parent_blocks = parent->blocks_total;
   }
@@ -1003,6 +964,22 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
       }
       if (!committed.ok()) committed = back;
       break;
+    }
+  }
+  if (committed.ok()) {
+    SentSnapshot sent{snapshot_id, parent ? parent->snapshot_id : "", block_size,
+                      source.size(), ctx.geo.blocks};
+    Status checked = CheckCommitted(*committed, sent, new_cache.fd(), job.parent_cache_fd,
+                                    job.parent_blocks);
+    if (!checked.ok()) {
+      // Either side may be wrong: the server, or this host's cache of the
+      // parent. The cache goes, so the next backup fetches the parent's records.
+      if (parent) unlink(cache_path.c_str());
+      committed = Status::Corruption(
+          checked.message() + (parent ? " (the local id cache " + cache_path +
+                                            " was removed: if the next backup passes this "
+                                            "check, that cache had been damaged)"
+                                      : ""));
     }
   }
   if (!committed.ok()) {

@@ -16,6 +16,7 @@
 #include "engine/core/restore.h"
 #include "engine/core/verify.h"
 #include "engine/net/conn.h"
+#include "io/file.h"
 
 namespace dp420::net {
 
@@ -78,6 +79,8 @@ class RemoteRepository {
                                      uint64_t* bytes_sent, uint64_t* reconnects);
   // The control connection, reconnected when a previous call dropped it.
   Status EnsureControl();
+  Result<io::File> OpenParentCache(const Manifest& parent, const std::string& cache_path,
+                                   Millis timeout);
   uint64_t NextRequestId() { return next_request_id_++; }
   RemoteOptions options_;
   uint64_t next_request_id_ = 1;

@@ -1,13 +1,16 @@
 #include "engine/net/store.h"
 
-#include <algorithm>
 #include <poll.h>
 
+#include <algorithm>
+#include <array>
 #include <condition_variable>
-#include <deque>
 #include <cstring>
+#include <deque>
 #include <thread>
 #include <vector>
+
+#include <openssl/crypto.h>
 
 #include "engine/core/snapshot.h"
 #include "engine/core/text.h"
@@ -299,21 +302,21 @@ Status SendReady(ServerContext& ctx, Conn& conn, BackupSession& s, Millis timeou
   if (s.parent()) {
     DP420_ASSIGN_OR_RETURN(parent_text, SealedText(ctx.repo, *s.parent()));
   }
-  DP420_ASSIGN_OR_RETURN(std::string key, io::ReadFile(ctx.repo.path() + "/keys/hash.key"));
-  if (key.size() != simd::kHashSecretBytes) {
-    return Status::Corruption("keys/hash.key: wrong size");
-  }
+  // The volume's block-id secret, never the repository's key.
+  std::array<uint8_t, simd::kHashSecretBytes> key;
+  ctx.repo.VolumeSecret(m.volume, key.data());
   PayloadWriter w;
   w.String(s.token);
   w.String(m.snapshot_id);
   w.U32(m.block_size);
   w.String(parent_text);
-  w.Bytes({reinterpret_cast<const uint8_t*>(key.data()), key.size()});
+  w.Bytes({key.data(), key.size()});
+  OPENSSL_cleanse(key.data(), key.size());
   w.U64(NowUnixNs());
   return conn.Send(FrameType::kBackupReady, 0, w.bytes(), timeout);
 }
 
-// PARENT_REQ: the parent's leaf pages as (id, zero) pairs, then DONE.
+// PARENT_REQ: the parent's leaf pages as (id, SHA-256, zero) records, then DONE.
 Status SendParentIds(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f,
                      Millis timeout) {
   PayloadReader r(f.payload);
@@ -333,6 +336,7 @@ Status SendParentIds(ServerContext& ctx, Conn& conn, BackupSession& s, const Fra
     w.U32(n);
     for (uint32_t i = 0; i < n; ++i) {
       w.Bytes({entries[i].id, 16});
+      w.Bytes({entries[i].ref.sha256, 32});
       w.U8((entries[i].ref.flags & kObjZero) ? 1 : 0);
     }
     DP420_RETURN_IF_ERROR(conn.Send(FrameType::kParentPage, f.header.request_id, w.bytes(),
@@ -752,7 +756,7 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
     uint8_t sha[32];
     simd::Sha256(data + off, len, sha);
     uint8_t id[16];
-    ctx_.repo.hasher().Hash(data + off, len).ToBytes(id);
+    b.hasher().Hash(data + off, len).ToBytes(id);
     if (std::memcmp(sha, e.ref.sha256, 32) != 0 || std::memcmp(id, e.id, 16) != 0) {
       pool_.Release(buffer);
       return Status::Corruption("block " + std::to_string(first + i) +

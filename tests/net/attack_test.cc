@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -42,6 +43,7 @@
 #include "simd/simd.h"
 #include "tamper_relay.h"
 #include "tests/engine/engine_test_util.h"
+#include "tests/engine/xxh3_collision.h"
 
 namespace dp420::net {
 namespace {
@@ -662,6 +664,39 @@ TEST_F(AttackTest, TamperedVerifyAnswerDetected) {
 }
 
 // ---- confidentiality and the server's identity ----
+
+// ---- block ids ----
+
+// Another client ("bob") is given the secret of his own volume only. Two
+// blocks with equal ids under it are built; alice's volume first holds one,
+// then the other. Her incremental must store the change and restore it: with
+// one repository-wide secret, handed to every client, it reported
+// "blocks_changed 0" and restored the old block.
+TEST_F(AttackTest, CollisionBuiltWithAnotherVolumesSecretIsSeenAsChanged) {
+  auto repo = Repository::Open(side_.repo);
+  ASSERT_TRUE(repo.ok()) << repo.status().ToString();
+  std::array<uint8_t, simd::kHashSecretBytes> bob{};
+  (*repo)->VolumeSecret("bob-vol", bob.data());  // what BACKUP_READY gives bob's agent
+  std::vector<uint8_t> x, y;
+  dp420::testing::BuildCollision(bob, kBlockBytes, 17, &x, &y);
+  ASSERT_EQ(simd::BlockHasher(bob).Hash(x.data(), x.size()),
+            simd::BlockHasher(bob).Hash(y.data(), y.size()));
+  auto put = [&](const std::vector<uint8_t>& block) {
+    int fd = open(source_.c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, block.data(), block.size(), 5 * kBlockBytes),
+              static_cast<ssize_t>(block.size()));
+    close(fd);
+  };
+  ASSERT_NO_FATAL_FAILURE(put(x));
+  FullBackupDirect();
+  ASSERT_NO_FATAL_FAILURE(put(y));
+  Result<BackupResult> inc = BackupVia(Direct());
+  ASSERT_TRUE(inc.ok()) << inc.status().ToString();
+  EXPECT_EQ(inc->manifest.blocks_changed, 1u);
+  EXPECT_EQ(inc->manifest.blocks_stored, 1u);
+  ASSERT_NO_FATAL_FAILURE(ExpectRestoresBitExact(inc->manifest.snapshot_id));
+}
 
 TEST_F(AttackTest, SecretNeverOnTheWire) {
   // A marker written all over the volume: it must not be readable on the path.

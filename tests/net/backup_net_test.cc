@@ -59,8 +59,8 @@ constexpr uint32_t kBlockBytes = 64 * 1024;  // the volumes' pattern; most backu
 constexpr uint32_t kSmallBlockBytes = 4096;
 constexpr uint64_t kMiB = 1 << 20;
 constexpr unsigned kStripes = 2;
-constexpr uint64_t kCacheHeaderBytes = 64;  // agent_backup.cc: header, then 17 bytes a block
-constexpr uint64_t kCacheRecordBytes = 17;
+constexpr uint64_t kCacheHeaderBytes = 64;  // id_cache.h: header, then 49 bytes a block
+constexpr uint64_t kCacheRecordBytes = 49;  // id[16], sha256[32], zero flag
 
 double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -478,7 +478,7 @@ TEST_F(BackupNetTest, FullAndIncrementalOverLoopbackSendExactlyTheChangedBlocks)
     bool zero_now = ReadRange(source, b * kBlockBytes, kBlockBytes) ==
                     std::vector<uint8_t>(kBlockBytes, 0);
     for (size_t i = 0; i < 16; i += 3) record[i] ^= 0xa5;
-    if (b % 64 == 0) record[16] ^= 1;  // the zero flag too
+    if (b % 64 == 0) record[48] ^= 1;  // the zero flag too
     ASSERT_NO_FATAL_FAILURE(
         WriteRange(fresh_cache, kCacheHeaderBytes + b * kCacheRecordBytes, record));
     if (!zero_now) expect_stored.insert(b);
@@ -491,6 +491,44 @@ TEST_F(BackupNetTest, FullAndIncrementalOverLoopbackSendExactlyTheChangedBlocks)
   ASSERT_NO_FATAL_FAILURE(ExpectRestoresBitExact(&fresh_ro, corrupted->manifest, source));
   ASSERT_NO_FATAL_FAILURE(ExpectSnapshots("vol1", ids));
   ASSERT_NO_FATAL_FAILURE(ExpectRepositoryClean());
+}
+
+// The agent holds the committed snapshot against its own reads. A digest
+// damaged in its local cache makes the check fail (the agent cannot tell that
+// from a server that committed other digests); the cache is removed, and the
+// next backup, fetching the parent's records from the server, passes.
+TEST_F(BackupNetTest, DamagedDigestInTheLocalCacheFailsTheCommitCheckThenHeals) {
+  constexpr uint64_t kBlocks = 64;
+  ServerThread server;
+  std::string error;
+  ASSERT_TRUE(server.Start(ServerDefaults(), -1, &error)) << error;
+  RemoteOptions ro = RemoteDefaults("alice", Loopback(server.port()));
+  std::string source = Path("vol1");
+  ASSERT_NO_FATAL_FAILURE(WriteVolume(source, kBlocks, 12));
+  Result<BackupResult> full = BackupVia(ro, "vol1", source);
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  std::string cache = ro.cache_dir + "/" + full->manifest.repo_id + "/vol1.ids";
+  const uint64_t victim = 9;  // a data block that stays unchanged
+  ASSERT_FALSE(ZeroAtStart(victim));
+  std::vector<uint8_t> record = ReadRange(cache, kCacheHeaderBytes + victim * kCacheRecordBytes,
+                                          kCacheRecordBytes);
+  ASSERT_EQ(record.size(), kCacheRecordBytes);
+  record[16 + 5] ^= 0x40;  // its SHA-256; id and zero flag intact
+  ASSERT_NO_FATAL_FAILURE(
+      WriteRange(cache, kCacheHeaderBytes + victim * kCacheRecordBytes, record));
+  ASSERT_NO_FATAL_FAILURE(RewriteBlocks(source, {3}, 5));
+
+  Result<BackupResult> refused = BackupVia(ro, "vol1", source);
+  ASSERT_FALSE(refused.ok()) << "a committed snapshot that does not match the agent's reads "
+                                "was accepted";
+  EXPECT_EQ(refused.status().code(), Code::kCorruption) << refused.status().ToString();
+  EXPECT_NE(refused.status().message().find("checksum_sha256"), std::string::npos)
+      << refused.status().ToString();
+  EXPECT_FALSE(Exists(cache)) << "the damaged cache is still there";
+
+  Result<BackupResult> healed = BackupVia(ro, "vol1", source);
+  ASSERT_TRUE(healed.ok()) << healed.status().ToString();
+  ASSERT_NO_FATAL_FAILURE(ExpectRestoresBitExact(&ro, healed->manifest, source));
 }
 
 // A stale parent id cache: its header names the parent, its ids are the grandparent's,
