@@ -9,6 +9,7 @@
 //   130 interrupted
 #include <dp420/dp420.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -710,6 +711,9 @@ bool KeyOnCommandLine(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Every command may hold secrets (the repository's key, client keys, session
+  // keys): no core dump and no ptrace by other processes of the same user.
+  (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   CLI::App app{"dp420: block-level incremental backup of volumes"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("dp420 ") + dp420_version_string());

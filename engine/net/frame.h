@@ -41,9 +41,9 @@ enum class FrameType : uint16_t {
   kRestorePage = 14,  // s -> a: u64 page, u32 count, count x (u8 kind, sha256[32])
   kRestoreData = 15,  // s -> a: u64 first_block, u32 nblocks, block bytes
   kBackupBegin = 16,  // a -> s: see PROTOCOL.md
-  kBackupReady = 17,  // s -> a: token, snapshot id, block size, parent manifest, hash key
+  kBackupReady = 17,  // s -> a: token, snapshot id, block size, parent manifest, volume secret
   kParentReq = 18,    // a -> s: u64 first_page, u32 pages
-  kParentPage = 19,   // s -> a: u64 page, u32 count, count x (id[16], u8 zero)
+  kParentPage = 19,   // s -> a: u64 page, u32 count, count x (id[16], sha256[32], u8 zero)
   kStripeJoin = 20,   // a -> s (data connection): string token, u32 stripe
   kStripeReady = 21,  // s -> a: u64 next page of the stripe to send
   kBlocks = 22,       // a -> s: u64 first_block, u32 n, n x (id[16], sha256[32]), bytes

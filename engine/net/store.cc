@@ -352,13 +352,22 @@ Status SendParentIds(ServerContext& ctx, Conn& conn, BackupSession& s, const Fra
 Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, Millis timeout) {
   if (ctx.options.on_session_point) ctx.options.on_session_point("commit");
   auto deadline = Clock::now() + ctx.options.LossTimeout() * 4;
+  auto last_ping = Clock::now();
   for (;;) {
-    DP420_ASSIGN_OR_RETURN(bool done, s.WaitConsumed(ctx.options.heartbeat_interval));
+    DP420_ASSIGN_OR_RETURN(bool done, s.WaitConsumed(std::min<Millis>(
+                                          ctx.options.heartbeat_interval, Millis(200))));
     if (done) break;
     if (s.aborted()) return Status::Network("backup aborted");
     if (Clock::now() > deadline) {
       return Status::InvalidArgument("COMMIT before every page was sent and acknowledged");
     }
+    // An agent that hung up after COMMIT gives the volume back at once.
+    pollfd pfd{conn.fd(), POLLRDHUP, 0};
+    if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+      return Status::Network("the agent closed the connection while its COMMIT waited");
+    }
+    if (Clock::now() - last_ping < ctx.options.heartbeat_interval) continue;
+    last_ping = Clock::now();
     PayloadWriter ping;
     ping.U64(WallClockNs());
     DP420_RETURN_IF_ERROR(conn.Send(FrameType::kPing, 0, ping.bytes(), timeout));
