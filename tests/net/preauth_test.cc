@@ -333,7 +333,9 @@ TEST_F(PreAuthTest, PerSourceLimitPendingLimitAndDeadlineCloseConnections) {
   // 4 pending from 127.0.4.1; 6 more from two other addresses: the two
   // oldest of all (127.0.4.1's) make room.
   std::vector<UniqueFd> b;
-  for (int i = 0; i < 6; ++i) ASSERT_NO_FATAL_FAILURE(open_from(i < 3 ? "127.0.4.2" : "127.0.4.3", &b));
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_NO_FATAL_FAILURE(open_from(i < 3 ? "127.0.4.2" : "127.0.4.3", &b));
+  }
   auto last_opened = Clock::now();
   for (int i = 2; i < 4; ++i) {
     Ending e = AwaitClose(a[i].get(), testnet::DeadlineIn(1000ms));
