@@ -382,6 +382,25 @@ Status Conn::RecvExact(uint8_t* buf, size_t len, Millis timeout) {
   return RecvUntil(buf, len, Clock::now() + timeout, timeout, false);
 }
 
+Result<size_t> Conn::RecvAvailable(uint8_t* buf, size_t len) {
+  for (;;) {
+    ssize_t n = recv(fd_, buf, len, MSG_DONTWAIT);
+    if (n > 0) {
+      bytes_received_.fetch_add(uint64_t(n), std::memory_order_relaxed);
+      return size_t(n);
+    }
+    if (n == 0 && len > 0) {
+      closed_by_peer_.store(true);
+      return Failure(0, "receiving", Millis(0));
+    }
+    if (n == 0) return size_t(0);
+    int err = errno;
+    if (err == EINTR) continue;
+    if (err == EAGAIN || err == EWOULDBLOCK) return size_t(0);
+    return Failure(err, "receiving", Millis(0));
+  }
+}
+
 Status Conn::BeginOpen(const FrameHeader& header) {
   DP420_RETURN_IF_ERROR(CheckSealing(header));
   open_header_ = header;
@@ -631,114 +650,212 @@ Status Refuse(Conn& conn, const Status& to_peer, const Status& why, Millis timeo
 
 Status HandshakeFailed() { return Status::Make(Code::kPermission, "handshake failed"); }
 
-struct Hello {
-  std::string name;
-  uint8_t ephemeral[kEphemeralBytes];
+}  // namespace
+
+struct ServerHandshakeSteps::Secrets {
+  Ephemeral mine;
+  uint8_t transcript[32] = {};
+  uint8_t client_ephemeral[kEphemeralBytes] = {};
 };
 
-// Receives and parses HELLO. Every refusal is answered without detail,
-// except another protocol version, which the agent's operator needs.
-Status ReceiveHello(Conn& conn, Deadline deadline, Millis timeout, Frame* frame, Hello* hello) {
-  const std::string& peer = conn.peer();
-  auto received = conn.Recv(Left(deadline));
-  if (!received.ok()) {
-    Status to_peer = received.status().code() == Code::kVersion ? received.status()
-                                                                : HandshakeFailed();
-    return Refuse(conn, to_peer, received.status(), timeout);
+ServerHandshakeSteps::ServerHandshakeSteps(Conn& conn, const ClientRegistry& clients,
+                                           const uint8_t* repo_id)
+    : conn_(conn), clients_(clients) {
+  if (repo_id) std::memcpy(repo_id_, repo_id, sizeof(repo_id_));
+}
+
+ServerHandshakeSteps::~ServerHandshakeSteps() = default;
+
+std::span<uint8_t> ServerHandshakeSteps::Want() {
+  DP420_ASSERT(state_ == State::kHello || state_ == State::kAuth);
+  DP420_ASSERT(have_ < need_ && need_ <= sizeof(buf_));
+  return {buf_ + have_, need_ - have_};
+}
+
+Status ServerHandshakeSteps::Refuse(const Status& to_peer, const Status& why,
+                                    Millis send_timeout) {
+  state_ = State::kFailed;
+  return net::Refuse(conn_, to_peer, why, send_timeout);
+}
+
+Status ServerHandshakeSteps::Abandon(const Status& why, Millis send_timeout) {
+  return Refuse(HandshakeFailed(), why, send_timeout);
+}
+
+Status ServerHandshakeSteps::Received(size_t n, Millis send_timeout) {
+  DP420_ASSERT(n > 0 && have_ + n <= need_);
+  have_ += n;
+  if (have_ < need_) return Status::Ok();
+  if (need_ == sizeof(FrameHeader)) {
+    DP420_RETURN_IF_ERROR(OnHeader(send_timeout));
+    if (need_ > have_) return Status::Ok();  // the payload follows
   }
-  *frame = std::move(received).value();
-  if (frame->type() != FrameType::kHello) {
-    Status s = Status::Network(peer + " sent " + FrameTypeName(frame->header.type) +
-                               " before HELLO");
-    return Refuse(conn, HandshakeFailed(), s, timeout);
+  return OnFrame(send_timeout);
+}
+
+// Checks a header before its payload is read: the payload bound is the
+// pre-authentication one, and nothing before AUTH_OK may be sealed. Only
+// another protocol version is named to the peer.
+Status ServerHandshakeSteps::OnHeader(Millis send_timeout) {
+  FrameHeader header;
+  std::memcpy(&header, buf_, sizeof(header));
+  const std::string what = "frame from " + conn_.peer();
+  Status s = CheckHeader(header);
+  if (!s.ok()) {
+    return Refuse(s.code() == Code::kVersion ? s : HandshakeFailed(), s.Prefix(what),
+                  send_timeout);
   }
-  PayloadReader hr(frame->payload);
+  if (IsSealed(header)) {
+    return Refuse(HandshakeFailed(),
+                  Status::Corruption(what + ": " + FrameTypeName(header.type) +
+                                     " is sealed before the handshake"),
+                  send_timeout);
+  }
+  if (header.payload_len > kMaxPreAuthPayload) {
+    return Refuse(HandshakeFailed(),
+                  Status::Corruption(what + ": " + FrameTypeName(header.type) + " declares " +
+                                     std::to_string(header.payload_len) +
+                                     " payload bytes before authentication (at most " +
+                                     std::to_string(kMaxPreAuthPayload) + ")"),
+                  send_timeout);
+  }
+  need_ = sizeof(FrameHeader) + header.payload_len;
+  return Status::Ok();
+}
+
+Status ServerHandshakeSteps::OnFrame(Millis send_timeout) {
+  FrameHeader header;
+  std::memcpy(&header, buf_, sizeof(header));
+  std::span<const uint8_t> payload{buf_ + sizeof(header), header.payload_len};
+  have_ = 0;
+  need_ = sizeof(FrameHeader);
+  Status s = CheckPayload(header, payload);
+  if (!s.ok()) {
+    return Refuse(HandshakeFailed(), s.Prefix(FrameTypeName(header.type) + " frame from " +
+                                              conn_.peer()),
+                  send_timeout);
+  }
+  if (state_ == State::kHello) {
+    if (header.type != uint16_t(FrameType::kHello)) {
+      return Refuse(HandshakeFailed(),
+                    Status::Network(conn_.peer() + " sent " + FrameTypeName(header.type) +
+                                    " before HELLO"),
+                    send_timeout);
+    }
+    return OnHello(payload, send_timeout);
+  }
+  return OnAuth(header, payload, send_timeout);
+}
+
+// Parses HELLO and answers with CHALLENGE. Every refusal is answered without
+// detail, except another protocol version, which the agent's operator needs.
+Status ServerHandshakeSteps::OnHello(std::span<const uint8_t> payload, Millis send_timeout) {
+  const std::string& peer = conn_.peer();
+  const ServerIdentity* identity = clients_.identity();
+  if (identity == nullptr) return Refuse(HandshakeFailed(),
+                                         Status::Internal("the server has no identity"),
+                                         send_timeout);
+  auto secrets = std::make_unique<Secrets>();
+  PayloadReader hr(payload);
   uint16_t version = hr.U16();
-  hello->name = hr.String(kClientNameMax);
-  hr.Bytes(hello->ephemeral, kEphemeralBytes);
+  client_name_ = hr.String(kClientNameMax);
+  hr.Bytes(secrets->client_ephemeral, kEphemeralBytes);
   Status s = hr.Finish("HELLO");
   if (version != kProtocolVersion && hr.ok()) {
     s = Status::Version("agent speaks protocol version " + std::to_string(version) +
                         "; this server speaks " + std::to_string(kProtocolVersion));
-    return Refuse(conn, s, s.Prefix(peer), timeout);
+    return Refuse(s, s.Prefix(peer), send_timeout);
   }
-  if (!s.ok()) return Refuse(conn, HandshakeFailed(), Malformed(*frame, peer, s), timeout);
-  return Status::Ok();
+  if (!s.ok()) {
+    return Refuse(HandshakeFailed(),
+                  Status::Network(peer + " sent a malformed HELLO frame (" + s.message() + ")"),
+                  send_timeout);
+  }
+  auto mine = Ephemeral::Generate();
+  if (!mine.ok()) return Refuse(HandshakeFailed(), mine.status(), send_timeout);
+  secrets->mine = std::move(mine).value();
+  PayloadWriter cw;
+  PutBytes(cw, secrets->mine.public_key(), kEphemeralBytes);
+  PutBytes(cw, identity->public_key(), kIdentityBytes);
+  TranscriptHash(payload, cw.bytes(), secrets->transcript);
+  uint8_t sig[kSignatureBytes];
+  s = identity->Sign(SignedMessage(secrets->transcript), sig);
+  if (!s.ok()) return Refuse(HandshakeFailed(), s, send_timeout);
+  PutBytes(cw, sig, kSignatureBytes);
+  secrets_ = std::move(secrets);
+  state_ = State::kAuth;
+  s = conn_.Send(FrameType::kChallenge, 0, cw.bytes(), send_timeout);
+  if (!s.ok()) state_ = State::kFailed;
+  return s;
 }
 
-}  // namespace
-
-Status ServerHandshake(Conn& conn, const ClientRegistry& clients, Millis timeout,
-                       ClientKey* client, const uint8_t* repo_id) {
-  Deadline deadline = Clock::now() + timeout;
-  const std::string& peer = conn.peer();
-  const ServerIdentity* identity = clients.identity();
-  if (identity == nullptr) return Status::Internal("the server has no identity");
-  Frame hello_frame;
-  Hello hello;
-  DP420_RETURN_IF_ERROR(ReceiveHello(conn, deadline, timeout, &hello_frame, &hello));
-
-  DP420_ASSIGN_OR_RETURN(Ephemeral mine, Ephemeral::Generate());
-  PayloadWriter cw;
-  PutBytes(cw, mine.public_key(), kEphemeralBytes);
-  PutBytes(cw, identity->public_key(), kIdentityBytes);
-  uint8_t transcript[32];
-  TranscriptHash(hello_frame.payload, cw.bytes(), transcript);
-  uint8_t sig[kSignatureBytes];
-  DP420_RETURN_IF_ERROR(identity->Sign(SignedMessage(transcript), sig));
-  PutBytes(cw, sig, kSignatureBytes);
-  DP420_RETURN_IF_ERROR(conn.Send(FrameType::kChallenge, 0, cw.bytes(), Left(deadline)));
-
-  auto received = conn.Recv(Left(deadline));
-  if (!received.ok()) return Refuse(conn, HandshakeFailed(), received.status(), timeout);
-  Frame auth = std::move(received).value();
+// Checks AUTH; on success seals the connection and sends AUTH_OK. An unknown
+// client is checked against a random key, so both refusals cost the same and
+// look the same to the peer.
+Status ServerHandshakeSteps::OnAuth(const FrameHeader& header, std::span<const uint8_t> payload,
+                                    Millis send_timeout) {
+  DP420_ASSERT(state_ == State::kAuth && secrets_ != nullptr);
+  const std::string& peer = conn_.peer();
   uint8_t proof[kProofBytes] = {};
-  PayloadReader ar(auth.payload);
+  PayloadReader ar(payload);
   ar.Bytes(proof, kProofBytes);
   Status s = ar.Finish("AUTH");
-  if (auth.type() != FrameType::kAuth || !s.ok()) {
-    s = auth.type() != FrameType::kAuth
-            ? Status::Network(peer + " sent " + FrameTypeName(auth.header.type) + " instead of AUTH")
-            : Malformed(auth, peer, s);
-    return Refuse(conn, HandshakeFailed(), s, timeout);
+  if (header.type != uint16_t(FrameType::kAuth) || !s.ok()) {
+    s = header.type != uint16_t(FrameType::kAuth)
+            ? Status::Network(peer + " sent " + FrameTypeName(header.type) + " instead of AUTH")
+            : Status::Network(peer + " sent a malformed AUTH frame (" + s.message() + ")");
+    return Refuse(HandshakeFailed(), s, send_timeout);
   }
-
-  // An unknown client is checked against a random key, so both refusals cost
-  // the same and look the same to the peer.
-  const ClientKey* known = clients.Find(hello.name);
+  const ClientKey* known = clients_.Find(client_name_);
   SecretKey key;
   if (known) {
     std::memcpy(key.data(), known->key, kKeyBytes);
-  } else {
-    DP420_RETURN_IF_ERROR(RandomNonce(key.data(), kKeyBytes));
+  } else if (Status r = RandomNonce(key.data(), kKeyBytes); !r.ok()) {
+    return Refuse(HandshakeFailed(), r, send_timeout);
   }
+  const uint8_t* transcript = secrets_->transcript;
   uint8_t expected[kProofBytes];
   ComputeProof(key.data(), ProofSide::kClient, transcript, expected);
   bool proof_ok = ProofsEqual(expected, proof);
   SecretKey shared;
-  Status agreed = mine.Agree(hello.ephemeral, &shared);
+  Status agreed = secrets_->mine.Agree(secrets_->client_ephemeral, &shared);
   if (!known || !proof_ok || !agreed.ok()) {
     Status why = Status::Make(Code::kPermission,
-                              "authentication of client '" + hello.name + "' from " + peer +
+                              "authentication of client '" + client_name_ + "' from " + peer +
                                   " failed: " +
                                   (!known ? "unknown client"
                                           : !proof_ok ? "wrong key" : agreed.message()));
-    return Refuse(conn, Status::Make(Code::kPermission, "authentication failed"), why, timeout);
+    return Refuse(Status::Make(Code::kPermission, "authentication failed"), why, send_timeout);
   }
-
   SessionKeys keys;
   DeriveSessionKeys(shared, key.data(), transcript, &keys);
-  conn.StartSealing(keys, /*agent=*/false);
+  conn_.StartSealing(keys, /*agent=*/false);
   PayloadWriter ow;
   uint8_t server_proof[kProofBytes];
   ComputeProof(key.data(), ProofSide::kServer, transcript, server_proof);
   PutBytes(ow, server_proof, kProofBytes);
   ow.U64(WallClockNs());
-  uint8_t id[16] = {};
-  if (repo_id) std::memcpy(id, repo_id, sizeof(id));
-  PutBytes(ow, id, sizeof(id));
-  DP420_RETURN_IF_ERROR(conn.Send(FrameType::kAuthOk, 0, ow.bytes(), Left(deadline)));
-  *client = *known;
+  PutBytes(ow, repo_id_, sizeof(repo_id_));
+  secrets_.reset();
+  state_ = State::kFailed;
+  DP420_RETURN_IF_ERROR(conn_.Send(FrameType::kAuthOk, 0, ow.bytes(), send_timeout));
+  client_ = *known;
+  state_ = State::kDone;
+  return Status::Ok();
+}
+
+Status ServerHandshake(Conn& conn, const ClientRegistry& clients, Millis timeout,
+                       ClientKey* client, const uint8_t* repo_id) {
+  Deadline deadline = Clock::now() + timeout;
+  if (clients.identity() == nullptr) return Status::Internal("the server has no identity");
+  ServerHandshakeSteps steps(conn, clients, repo_id);
+  while (!steps.done()) {
+    std::span<uint8_t> want = steps.Want();
+    Status s = conn.RecvExact(want.data(), want.size(), Left(deadline));
+    if (!s.ok()) return steps.Abandon(s, timeout);
+    DP420_RETURN_IF_ERROR(steps.Received(want.size(), Left(deadline)));
+  }
+  *client = steps.client();
   return Status::Ok();
 }
 

@@ -99,6 +99,10 @@ class Conn {
   // The payload of `header` (from RecvHeader) within `timeout`, checked.
   Result<Frame> RecvPayload(const FrameHeader& header, Millis timeout);
   Status RecvExact(uint8_t* buf, size_t len, Millis timeout);
+  // Receives what has arrived, up to `len` bytes, without waiting: the
+  // count, 0 when nothing is there yet, kNetwork at the end of the stream or
+  // on an error (for a caller that polls the socket itself).
+  Result<size_t> RecvAvailable(uint8_t* buf, size_t len);
   // Receiving a payload in pieces (after RecvHeader): BeginOpen, then
   // RecvOpen for PlainLen(header) bytes in all, then EndOpen, which reads
   // the tag (or checks the CRC of a payload in the clear). Bytes RecvOpen
@@ -186,6 +190,69 @@ Status ClientHandshake(Conn& conn, const std::string& client, const uint8_t key[
 // goes into AUTH_OK. `timeout` bounds the whole handshake.
 Status ServerHandshake(Conn& conn, const ClientRegistry& clients, Millis timeout,
                        ClientKey* client, const uint8_t* repo_id = nullptr);
+
+// The most payload a frame before authentication may declare: HELLO and AUTH
+// are far smaller. A larger header is refused before anything is allocated.
+inline constexpr uint32_t kMaxPreAuthPayload = 1024;
+
+// The server side of the handshake as a small state machine over bytes, for
+// a caller that moves them itself: ServerHandshake (blocking) and the
+// server's event loop (non-blocking, server.cc). The caller receives exactly
+// Want().size() bytes into Want(), then calls Received(); the machine checks
+// each frame as it completes (header first: payload_len > kMaxPreAuthPayload
+// is refused before the payload is read), answers HELLO with CHALLENGE and
+// AUTH with AUTH_OK (sealing `conn`), and sends generic refusals as
+// ServerHandshake does. It needs a few KiB: one fixed frame buffer and, after
+// HELLO, the ephemeral key.
+//
+// Thread safety: one thread at a time; `conn` and `clients` must outlive it.
+class ServerHandshakeSteps {
+ public:
+  // `repo_id`: 16 bytes for AUTH_OK, copied (zeros when null).
+  ServerHandshakeSteps(Conn& conn, const ClientRegistry& clients, const uint8_t* repo_id);
+  ~ServerHandshakeSteps();
+  ServerHandshakeSteps(const ServerHandshakeSteps&) = delete;
+  ServerHandshakeSteps& operator=(const ServerHandshakeSteps&) = delete;
+
+  // Where the next bytes of the current frame go; never past its end, so the
+  // caller cannot read into the sealed stream that follows AUTH_OK.
+  std::span<uint8_t> Want();
+  // `n` bytes were written at the start of Want() (0 < n <= Want().size()).
+  // Sends within `send_timeout` (0: never wait; a few hundred bytes always
+  // fit a new socket's send buffer). An error ends the handshake: the peer
+  // got a generic ERROR (best effort), the Status names the detail for the log.
+  Status Received(size_t n, Millis send_timeout);
+  // Ends the handshake for `why` (a timeout, a failed receive): a generic
+  // ERROR to the peer, best effort within `send_timeout`; returns `why`.
+  Status Abandon(const Status& why, Millis send_timeout);
+  // AUTH_OK went out; the connection is sealed and client() is who it is.
+  bool done() const { return state_ == State::kDone; }
+  // True once a byte of the current frame arrived (a receive timeout then
+  // breaks the stream).
+  bool mid_frame() const { return have_ > 0; }
+  const ClientKey& client() const { return client_; }
+
+ private:
+  enum class State { kHello, kAuth, kDone, kFailed };
+  struct Secrets;  // the ephemeral key and transcript between HELLO and AUTH
+  Status OnHeader(Millis send_timeout);
+  Status OnFrame(Millis send_timeout);
+  Status OnHello(std::span<const uint8_t> payload, Millis send_timeout);
+  Status OnAuth(const FrameHeader& header, std::span<const uint8_t> payload,
+                Millis send_timeout);
+  Status Refuse(const Status& to_peer, const Status& why, Millis send_timeout);
+
+  Conn& conn_;
+  const ClientRegistry& clients_;
+  uint8_t repo_id_[16] = {};
+  State state_ = State::kHello;
+  size_t have_ = 0;   // bytes of the current frame in buf_
+  size_t need_ = sizeof(FrameHeader);
+  std::unique_ptr<Secrets> secrets_;
+  std::string client_name_;
+  ClientKey client_;
+  alignas(8) uint8_t buf_[sizeof(FrameHeader) + kMaxPreAuthPayload];
+};
 
 // NTP-style clock offset of the server against this host: `samples` PINGs,
 // the one with the smallest round trip wins. offset = server - local.

@@ -1,9 +1,11 @@
 #include "engine/net/server.h"
 
-#include <liburing.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -14,8 +16,10 @@
 #include <cstdio>
 #include <cstring>
 #include <list>
+#include <map>
 #include <set>
 #include <thread>
+#include <unordered_map>
 
 #include "engine/core/table.h"
 #include "engine/core/text.h"
@@ -32,12 +36,11 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using OJson = nlohmann::ordered_json;
 
-constexpr size_t kMaxSessions = 1024;     // more connections are refused (kBusy)
 constexpr size_t kRequestStringMax = 256;  // volume names and snapshot ids
 constexpr Millis kAcceptPoll{100};         // how often the accept loop checks *stop
 constexpr Millis kErrorSendTimeout{1000};  // best effort: ERROR before closing
-constexpr uint64_t kAcceptTag = 1;
-constexpr uint64_t kCancelTag = 2;
+constexpr uint64_t kListenId = 0;          // epoll key of the listening socket
+constexpr size_t kEpollBatch = 64;         // events per wait, accepts per turn
 
 std::string UtcNowMillis() {
   timespec ts;
@@ -407,6 +410,59 @@ Status HandleRestore(Request& rq) {
   return rq.Done(OJson::object());
 }
 
+// ---- Before authentication ----
+
+// Warnings of the pre-authentication path, at most one line per event and
+// second: a flood must not flood the log. The lines held back are counted in
+// the next line's "suppressed".
+class WarnLimiter {
+ public:
+  explicit WarnLimiter(Logger& log) : log_(log) {}
+  void Warn(const char* event, OJson fields) {
+    Entry& e = entries_[event];
+    auto now = Clock::now();
+    if (e.logged && now - e.last < std::chrono::seconds(1)) {
+      ++e.suppressed;
+      return;
+    }
+    if (e.suppressed > 0) fields["suppressed"] = e.suppressed;
+    log_.Warn(event, fields);
+    e = Entry{true, now, 0};
+  }
+
+ private:
+  struct Entry {
+    bool logged = false;
+    Clock::time_point last{};
+    uint64_t suppressed = 0;
+  };
+  Logger& log_;
+  std::map<std::string, Entry> entries_;
+};
+
+// The IP address of a peer: the key of the per-source limit.
+std::string SourceOf(const sockaddr_storage& addr) {
+  char host[INET6_ADDRSTRLEN] = "unknown";
+  if (addr.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&addr)->sin_addr, host,
+              sizeof(host));
+  } else if (addr.ss_family == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_addr, host,
+              sizeof(host));
+  }
+  return host;
+}
+
+// One unauthenticated connection: its socket and handshake state, a few KiB.
+struct Pending {
+  uint64_t id = 0;  // epoll's key for it (0 is the listening socket)
+  std::string source;
+  Clock::time_point deadline;
+  std::shared_ptr<const ClientRegistry> clients;  // as of the accept
+  std::unique_ptr<Conn> conn;
+  std::unique_ptr<ServerHandshakeSteps> steps;
+};
+
 // ---- The server ----
 
 struct Session {
@@ -427,8 +483,16 @@ class Server {
   std::shared_ptr<const ClientRegistry> Clients();
   Status Listen();
   Status AcceptLoop();
-  void StartSession(int fd, const std::string& peer);
-  void Serve(Session& s);
+  int WaitMillis() const;
+  void AcceptReady();
+  void Admit(int fd, const sockaddr_storage& addr);
+  void PendingReady(uint64_t id);
+  void ExpirePending();
+  std::unique_ptr<Conn> TakePending(std::list<Pending>::iterator it);
+  void ClosePending(std::list<Pending>::iterator it);
+  void Promote(std::list<Pending>::iterator it);
+  void StartSession(std::unique_ptr<Conn> conn, const ClientKey& key);
+  void Serve(Session& s, const SessionInfo& who);
   void RequestLoop(ServerContext& ctx, Session& s, const SessionInfo& who);
   void Fail(Session& s, const SessionInfo& who, const char* op, const Status& status,
             bool threw = false);
@@ -439,12 +503,20 @@ class Server {
 
   const ServerOptions& o_;
   Logger log_;
+  WarnLimiter warn_{log_};  // the accept loop's
   std::unique_ptr<Repository> repo_;
   BackupRegistry backups_;
   std::atomic<bool> stopping_{false};
   std::unique_ptr<ServerContext> ctx_;
   int listen_fd_ = -1;
   uint64_t next_session_ = 1;
+
+  // The accept loop's alone.
+  int epoll_fd_ = -1;
+  uint64_t next_pending_ = 1;
+  std::list<Pending> pending_;  // in accept order, so in deadline order
+  std::unordered_map<uint64_t, std::list<Pending>::iterator> pending_by_id_;
+  std::unordered_map<std::string, size_t> pending_per_source_;
 
   std::mutex clients_mu_;
   std::shared_ptr<const ClientRegistry> clients_;
@@ -548,92 +620,206 @@ Status Server::Listen() {
   return Status::Ok();
 }
 
-// Accepts with io_uring; the wait is bounded so *stop is seen within ~100 ms.
+// One thread runs accept and every handshake: epoll over the listening
+// socket and the unauthenticated connections, waking at least every
+// kAcceptPoll to see *stop and the deadlines.
 Status Server::AcceptLoop() {
-  struct io_uring ring;
-  int rc = io_uring_queue_init(8, &ring, 0);
-  if (rc < 0) return PosixError("io_uring_queue_init (accept)", -rc);
-  sockaddr_storage addr{};
-  socklen_t addr_len = sizeof(addr);
-  bool armed = false;
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) return PosixError("epoll_create1", errno);
+  int flags = fcntl(listen_fd_, F_GETFL);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenId;
   Status status;
-  while (!Stopping()) {
-    if (!armed) {
-      io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-      DP420_ASSERT(sqe != nullptr);
-      addr_len = sizeof(addr);
-      io_uring_prep_accept(sqe, listen_fd_, reinterpret_cast<sockaddr*>(&addr), &addr_len,
-                           SOCK_CLOEXEC);
-      io_uring_sqe_set_data64(sqe, kAcceptTag);
-      rc = io_uring_submit(&ring);
-      if (rc < 0) {
-        status = PosixError("io_uring_submit (accept)", -rc);
-        break;
-      }
-      armed = true;
-    }
-    __kernel_timespec ts{0, std::chrono::nanoseconds(kAcceptPoll).count()};
-    io_uring_cqe* cqe = nullptr;
-    rc = io_uring_wait_cqe_timeout(&ring, &cqe, &ts);
-    Reap(false);
-    if (rc == -ETIME || rc == -EINTR) continue;
-    if (rc < 0) {
-      status = PosixError("io_uring_wait_cqe (accept)", -rc);
+  if (flags < 0 || fcntl(listen_fd_, F_SETFL, flags | O_NONBLOCK) != 0 ||
+      epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev) != 0) {
+    status = PosixError("cannot watch the listening socket", errno);
+  }
+  epoll_event events[kEpollBatch];
+  while (status.ok() && !Stopping()) {
+    int n = epoll_wait(epoll_fd_, events, kEpollBatch, WaitMillis());
+    if (n < 0 && errno != EINTR) {
+      status = PosixError("epoll_wait", errno);
       break;
     }
-    int res = cqe->res;
-    io_uring_cqe_seen(&ring, cqe);
-    armed = false;
-    if (res >= 0) {
-      StartSession(res, PeerName(addr));
-    } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
-      log_.Warn("accept_failed", {{"error", std::strerror(-res)}});
-      std::this_thread::sleep_for(kAcceptPoll);
-    } else if (res != -EINTR && res != -EAGAIN && res != -ECONNABORTED) {
-      log_.Warn("accept_failed", {{"error", std::strerror(-res)}});
+    for (int i = 0; i < n; ++i) {
+      if (events[i].data.u64 == kListenId) {
+        AcceptReady();
+      } else {
+        PendingReady(events[i].data.u64);
+      }
     }
+    ExpirePending();
+    Reap(false);
   }
-  if (armed) {
-    // The pending accept writes into `addr`: cancel it and wait for its end
-    // before the ring and `addr` go away.
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-    DP420_ASSERT(sqe != nullptr);
-    io_uring_prep_cancel64(sqe, kAcceptTag, 0);
-    io_uring_sqe_set_data64(sqe, kCancelTag);
-    io_uring_submit(&ring);
-    for (int pending = 2; pending > 0;) {
-      io_uring_cqe* cqe = nullptr;
-      __kernel_timespec ts{1, 0};
-      if (io_uring_wait_cqe_timeout(&ring, &cqe, &ts) != 0) break;
-      if (io_uring_cqe_get_data64(cqe) == kAcceptTag && cqe->res >= 0) close(cqe->res);
-      io_uring_cqe_seen(&ring, cqe);
-      --pending;
-    }
-  }
-  io_uring_queue_exit(&ring);
+  while (!pending_.empty()) ClosePending(pending_.begin());
+  close(epoll_fd_);
+  epoll_fd_ = -1;
   close(listen_fd_);
   listen_fd_ = -1;
   return status;
 }
 
-void Server::StartSession(int fd, const std::string& peer) {
+// Until the first pending deadline, at most kAcceptPoll.
+int Server::WaitMillis() const {
+  Millis wait = kAcceptPoll;
+  if (!pending_.empty()) {
+    auto left = std::chrono::ceil<Millis>(pending_.front().deadline - Clock::now());
+    wait = std::clamp(left, Millis(0), kAcceptPoll);
+  }
+  return int(wait.count());
+}
+
+// Accepts what is queued, a batch per turn so handshakes keep moving.
+void Server::AcceptReady() {
+  for (size_t i = 0; i < kEpollBatch; ++i) {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      Admit(fd, addr);
+      continue;
+    }
+    int err = errno;
+    if (err == EAGAIN || err == EWOULDBLOCK) return;
+    if (err == EINTR || err == ECONNABORTED) continue;
+    warn_.Warn("accept_failed", {{"error", std::strerror(err)}});
+    // Out of descriptors or memory: the queue stays readable, so pause
+    // instead of spinning on it.
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+      std::this_thread::sleep_for(kAcceptPoll);
+    }
+    return;
+  }
+}
+
+// A new unauthenticated connection. Over a limit, the oldest one of its
+// source (else the oldest of all) is closed to make room: refusing the new
+// one instead would let idle sockets keep every agent out.
+void Server::Admit(int fd, const sockaddr_storage& addr) {
+  std::string source = SourceOf(addr);
+  std::string peer = PeerName(addr);
+  if (pending_per_source_[source] >= o_.max_pending_per_source) {
+    auto oldest = std::find_if(pending_.begin(), pending_.end(),
+                               [&](const Pending& p) { return p.source == source; });
+    DP420_ASSERT(oldest != pending_.end());
+    warn_.Warn("preauth_limit", {{"peer", oldest->conn->peer()}, {"limit", "per_source"},
+                                 {"max", o_.max_pending_per_source}});
+    ClosePending(oldest);
+  } else if (pending_.size() >= o_.max_pending) {
+    warn_.Warn("preauth_limit", {{"peer", pending_.front().conn->peer()}, {"limit", "pending"},
+                                 {"max", o_.max_pending}});
+    ClosePending(pending_.begin());
+  }
+  Pending& p = pending_.emplace_back();
+  auto it = std::prev(pending_.end());
+  p.id = next_pending_++;
+  p.source = std::move(source);
+  p.deadline = Clock::now() + o_.handshake_timeout;
+  p.clients = Clients();
+  p.conn = std::make_unique<Conn>(fd, std::move(peer));
+  p.steps = std::make_unique<ServerHandshakeSteps>(*p.conn, *p.clients, repo_->repo_id());
+  ++pending_per_source_[p.source];
+  pending_by_id_[p.id] = it;
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLRDHUP;
+  ev.data.u64 = p.id;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    warn_.Warn("accept_failed", {{"peer", p.conn->peer()}, {"error", std::strerror(errno)}});
+    ClosePending(it);
+  }
+  DP420_ASSERT(pending_.size() <= o_.max_pending);
+}
+
+// Takes an unauthenticated connection out of the loop; returns its Conn.
+std::unique_ptr<Conn> Server::TakePending(std::list<Pending>::iterator it) {
+  (void)epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, it->conn->fd(), nullptr);
+  auto count = pending_per_source_.find(it->source);
+  DP420_ASSERT(count != pending_per_source_.end() && count->second > 0);
+  if (--count->second == 0) pending_per_source_.erase(count);
+  pending_by_id_.erase(it->id);
+  it->steps.reset();  // refers to the Conn
+  std::unique_ptr<Conn> conn = std::move(it->conn);
+  pending_.erase(it);
+  return conn;
+}
+
+// Closes an unauthenticated connection: the peer sees the end of the stream.
+void Server::ClosePending(std::list<Pending>::iterator it) { (void)TakePending(it); }
+
+// Moves the handshake of connection `id` on with what has arrived.
+void Server::PendingReady(uint64_t id) {
+  auto found = pending_by_id_.find(id);
+  if (found == pending_by_id_.end()) return;  // closed earlier in this batch
+  auto it = found->second;
+  Pending& p = *it;
+  for (;;) {
+    std::span<uint8_t> want = p.steps->Want();
+    auto got = p.conn->RecvAvailable(want.data(), want.size());
+    Status s = got.ok() ? Status::Ok() : p.steps->Abandon(got.status(), Millis(0));
+    if (s.ok() && got.value() == 0) return;  // the rest has not arrived yet
+    if (s.ok()) s = p.steps->Received(got.value(), Millis(0));
+    if (!s.ok()) {
+      warn_.Warn(s.code() == Code::kPermission ? "auth_failed" : "handshake_failed",
+                 {{"peer", p.conn->peer()}, {"error", s.ToString()}});
+      ClosePending(it);
+      return;
+    }
+    if (p.steps->done()) {
+      Promote(it);
+      return;
+    }
+  }
+}
+
+// Ends the handshakes whose deadline passed (the oldest come first).
+void Server::ExpirePending() {
+  auto now = Clock::now();
+  while (!pending_.empty() && pending_.front().deadline <= now) {
+    Pending& p = pending_.front();
+    Status why = Status::Network("handshake with " + p.conn->peer() + " did not finish in " +
+                                 std::to_string(o_.handshake_timeout.count()) + " ms");
+    warn_.Warn("handshake_timeout", {{"peer", p.conn->peer()},
+                                     {"error", p.steps->Abandon(why, Millis(0)).ToString()}});
+    ClosePending(pending_.begin());
+  }
+}
+
+// An authenticated connection leaves the loop for a session thread, its
+// sealed state with it.
+void Server::Promote(std::list<Pending>::iterator it) {
+  ClientKey key = it->steps->client();
+  std::unique_ptr<Conn> conn = TakePending(it);
+  // Session threads block in their own receives.
+  int flags = fcntl(conn->fd(), F_GETFL);
+  if (flags >= 0) (void)fcntl(conn->fd(), F_SETFL, flags & ~O_NONBLOCK);
+  StartSession(std::move(conn), key);
+}
+
+void Server::StartSession(std::unique_ptr<Conn> conn, const ClientKey& key) {
   std::lock_guard lock(sessions_mu_);
   auto session = std::make_unique<Session>();
   session->id = next_session_++;
-  session->conn = std::make_unique<Conn>(fd, peer);
-  if (sessions_.size() >= kMaxSessions) {
-    log_.Warn("refused", {{"peer", peer}, {"reason", "too many connections"}});
+  session->conn = std::move(conn);
+  SessionInfo who{key.name, key.role, session->conn->peer(), session->id};
+  if (sessions_.size() >= o_.max_sessions) {
+    warn_.Warn("refused", {{"peer", who.peer}, {"client", who.client},
+                           {"reason", "too many sessions"}});
+    // The client is authenticated: it may learn why (sealed).
     (void)SendError(*session->conn,
-                    Status::Busy("server is at its limit of " + std::to_string(kMaxSessions) +
-                                 " connections"),
-                    kErrorSendTimeout);
+                    Status::Busy("server is at its limit of " + std::to_string(o_.max_sessions) +
+                                 " sessions"),
+                    Millis(0));
     return;
   }
+  log_.Info("auth_ok", {{"peer", who.peer}, {"session", who.session_id}, {"client", who.client},
+                        {"role", who.role}});
   Session* s = session.get();
   try {
-    s->thread = std::thread([this, s] {
+    s->thread = std::thread([this, s, who] {
       try {
-        Serve(*s);
+        Serve(*s, who);
       } catch (const std::exception& e) {
         SessionFailed(*s, e.what());
       } catch (...) {
@@ -644,29 +830,17 @@ void Server::StartSession(int fd, const std::string& peer) {
       s->finished.store(true);
     });
   } catch (const std::system_error& e) {
-    log_.Warn("refused", {{"peer", peer}, {"reason", e.what()}});
+    warn_.Warn("refused", {{"peer", who.peer}, {"reason", e.what()}});
     return;
   }
   sessions_.push_back(std::move(session));
 }
 
-void Server::Serve(Session& s) {
-  Conn& conn = *s.conn;
-  log_.Info("accept", {{"peer", conn.peer()}, {"session", s.id}});
-  auto clients = Clients();
-  ClientKey key;
-  Status st = ServerHandshake(conn, *clients, o_.LossTimeout(), &key, repo_->repo_id());
-  if (!st.ok()) {
-    log_.Warn("auth_failed", {{"peer", conn.peer()}, {"session", s.id}, {"error", st.ToString()}});
-    return;
-  }
-  SessionInfo who{key.name, key.role, conn.peer(), s.id};
-  log_.Info("auth_ok", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
-                        {"role", who.role}});
+void Server::Serve(Session& s, const SessionInfo& who) {
   RequestLoop(*ctx_, s, who);
   log_.Info("close", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
-                      {"bytes_sent", conn.bytes_sent()},
-                      {"bytes_received", conn.bytes_received()}});
+                      {"bytes_sent", s.conn->bytes_sent()},
+                      {"bytes_received", s.conn->bytes_received()}});
 }
 
 void Server::Fail(Session& s, const SessionInfo& who, const char* op, const Status& status,
@@ -879,6 +1053,12 @@ Status CheckVolumeAccess(const Repository& repo, const SessionInfo& who,
 Status RunServer(const ServerOptions& options) {
   if (options.heartbeat_interval.count() <= 0 || options.heartbeat_misses == 0) {
     return Status::InvalidArgument("heartbeat interval and misses must be positive");
+  }
+  if (options.max_pending == 0 || options.max_pending_per_source == 0 ||
+      options.max_sessions == 0 || options.handshake_timeout.count() <= 0) {
+    return Status::InvalidArgument(
+        "max_pending, max_pending_per_source, max_sessions and handshake_timeout must be "
+        "positive");
   }
   Server server(options);
   return server.Run();

@@ -1,6 +1,8 @@
-// The repository server (`dp420 serve`): accepts agents on TCP with io_uring,
-// authenticates each connection (conn.h), and serves list, verify, restore
-// and backup sessions of many agents at once, one thread per connection.
+// The repository server (`dp420 serve`): accepts agents on TCP and runs
+// every connection's handshake (conn.h ServerHandshakeSteps) on one event
+// loop (epoll) with a few KiB per connection, within the limits below; only
+// an authenticated connection gets a session thread, which serves list,
+// verify, restore and backup requests of many agents at once.
 // A client reads and writes only the volumes it owns (Manifest::client);
 // an "admin" client sees every volume.
 //
@@ -49,6 +51,16 @@ struct ServerOptions {
   unsigned heartbeat_misses = 3;          // an agent is lost after this many silent intervals
   Millis resume_grace{120000};            // a lost backup waits this long for its agent
   Millis drain_timeout{30000};
+  // Before authentication (docs/PROTOCOL.md "Limits before authentication").
+  // A new connection over a limit closes the oldest unauthenticated one
+  // (of its source address first), so a flood of idle sockets cannot keep
+  // an agent out; an unauthenticated connection ends at its deadline.
+  size_t max_pending = 256;             // unauthenticated connections at once
+  // Of them from one IP address: an agent opens up to 64 stripes at once.
+  size_t max_pending_per_source = 64;
+  Millis handshake_timeout{5000};       // from accept to AUTH_OK
+  // Authenticated sessions (a thread each); the next one gets ERROR kBusy.
+  size_t max_sessions = 1024;
   const std::atomic<bool>* stop = nullptr;
   // Called once listening, with the bound port (tests use port 0).
   std::function<void(uint16_t port)> on_listening;
