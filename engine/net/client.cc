@@ -1,4 +1,5 @@
 #include "engine/net/client.h"
+#include "engine/net/volumes.h"
 
 #include <poll.h>
 #include <pwd.h>
@@ -237,7 +238,7 @@ Status RemoteRepository::EnsureControl() {
 
 Status RemoteRepository::ListManifests(const std::string& volume, std::vector<Manifest>* out,
                                        std::vector<DamagedFile>* damaged) {
-  if (!volume.empty() && !ValidVolumeName(volume)) {
+  if (!volume.empty() && !ValidRequestVolumeName(volume)) {
     return Status::InvalidArgument("invalid volume name '" + volume + "'");
   }
   DP420_RETURN_IF_ERROR(EnsureControl());
@@ -319,7 +320,7 @@ Status ParseReport(const Json& j, const std::string& server, VerifyReport* r) {
 }  // namespace
 
 Result<VerifyReport> RemoteRepository::Verify(const VerifyOptions& options) {
-  if (!options.volume.empty() && !ValidVolumeName(options.volume)) {
+  if (!options.volume.empty() && !ValidRequestVolumeName(options.volume)) {
     return Status::InvalidArgument("invalid volume name '" + options.volume + "'");
   }
   DP420_RETURN_IF_ERROR(EnsureControl());
@@ -630,7 +631,7 @@ Status RemoteRestore::Finish(const Frame& done) {
 }  // namespace
 
 Result<RestoreResult> RemoteRepository::Restore(const RestoreOptions& options) {
-  if (!ValidVolumeName(options.volume)) {
+  if (!ValidRequestVolumeName(options.volume)) {
     return Status::InvalidArgument("invalid volume name '" + options.volume + "'");
   }
   if (options.target_path.empty() || options.target_path[0] != '/') {
