@@ -408,6 +408,9 @@ int dp420_snapshots(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
     for (const auto& m : list->manifests) {
       dp420::Json j = m.ToJson();
       j["manifest_sha256"] = m.seal;
+      // A remote client's volume, by the name it is known by (engine/net/volumes.h).
+      std::string qualified = dp420::net::QualifiedName(m.volume);
+      if (qualified != m.volume) j["client_volume"] = qualified;
       list->json.push_back(j.dump());
     }
     *out = list.release();

@@ -274,7 +274,7 @@ int CmdSnapshots(const Common& c, const std::string& volume) {
       char size[32], written[32];
       std::printf("%-16s  %-12s  %4llu  %-27s  %10s  %9llu  %10s\n",
                   m["snapshot_id"].get<std::string>().c_str(),
-                  m["volume"].get<std::string>().c_str(),
+                  m.value("client_volume", m["volume"].get<std::string>()).c_str(),
                   (unsigned long long)m["sequence"].get<uint64_t>(),
                   m["created"].get<std::string>().c_str(),
                   dp420cli::HumanBytes(m["volume_size"].get<uint64_t>(), size, sizeof(size)),

@@ -254,7 +254,7 @@ Status RemoteRepository::ListManifests(const std::string& volume, std::vector<Ma
       DP420_ASSIGN_OR_RETURN(Frame f, reader.Next());
       if (f.type() == FrameType::kSnapshot) {
         DP420_ASSIGN_OR_RETURN(Manifest m, ParseManifest(f, reader.server(), repo_id_));
-        if (!volume.empty() && m.volume != volume) {
+        if (!volume.empty() && !AnswersRequest(m.volume, volume, options_.client)) {
           return Status::Network(reader.server() + " listed a manifest of volume '" + m.volume +
                                  "' for volume '" + volume + "'");
         }
@@ -443,7 +443,7 @@ Result<RestoreResult> RemoteRestore::Run(uint64_t request_id) {
   DP420_RETURN_IF_ERROR(ExpectFrame(first, FrameType::kSnapshot, reader_.server()));
   DP420_ASSIGN_OR_RETURN(m_, ParseManifest(first, reader_.server(), repo_id_));
   bool latest = o_.snapshot.empty() || o_.snapshot == "latest";
-  if (m_.volume != o_.volume ||
+  if (!AnswersRequest(m_.volume, o_.volume, ro_.client) ||
       (!latest && m_.snapshot_id.compare(0, o_.snapshot.size(), o_.snapshot) != 0)) {
     return Protocol("sent snapshot " + m_.snapshot_id + " of volume '" + m_.volume +
                     "' for snapshot '" + o_.snapshot + "' of volume '" + o_.volume + "'");

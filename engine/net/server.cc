@@ -139,7 +139,6 @@ Status HandleList(Request& rq) {
     for (const auto& m : manifests) {
       std::string rel = "snapshots/" + m.volume + "/" + m.file_name;
       auto text = io::ReadFile(repo.path() + "/" + rel);
-      if (text.ok()) text = PresentManifest(text.value(), vol.shown);
       if (!text.ok()) {
         damaged.push_back({rel, text.status()});
         continue;
@@ -373,7 +372,6 @@ Status HandleRestore(Request& rq) {
   DP420_ASSIGN_OR_RETURN(Manifest m, repo.FindSnapshot(v.repo, snapshot.empty() ? "latest" : snapshot));
   std::string rel = "snapshots/" + m.volume + "/" + m.file_name;
   DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(repo.path() + "/" + rel));
-  DP420_ASSIGN_OR_RETURN(text, PresentManifest(text, v.shown));
   PayloadWriter w;
   w.String(text);
   DP420_RETURN_IF_ERROR(rq.Send(FrameType::kSnapshot, w));

@@ -125,14 +125,18 @@ Result<ResolvedVolume> ResolveVolume(const Repository& repo, const SessionInfo& 
   if (!ValidVolumeName(requested)) {
     return Status::InvalidArgument("invalid volume name '" + requested + "'");
   }
+  std::string c, v;
+  bool namespaced = SplitNamespacedVolume(requested, &c, &v);
+  if (namespaced && (c == who.client || admin)) {
+    // Its own volume by its repository name, as its manifests name it.
+    return ResolveIn(repo, c, v, requested);
+  }
   // The namespaced volume first, then a legacy volume of that plain name:
   // both are always looked at, so that the answer takes the same work
   // whether a foreign legacy volume exists or not.
   auto own = ResolveIn(repo, who.client, requested, requested);
   DP420_ASSIGN_OR_RETURN(Ownership legacy, OwnerOf(repo, requested));
   if (!own.ok() || own->exists) return own;
-  std::string c, v;
-  bool namespaced = SplitNamespacedVolume(requested, &c, &v);
   if (legacy.exists && !namespaced && (admin || legacy.owner == who.client)) {
     ResolvedVolume r{requested, requested, legacy.owner, true};
     return r;
@@ -174,11 +178,12 @@ Status VisibleVolumes(const Repository& repo, const SessionInfo& who,
   return Status::Ok();
 }
 
-Result<std::string> PresentManifest(const std::string& sealed_text, const std::string& shown) {
-  DP420_ASSIGN_OR_RETURN(Json doc, UnsealJson(sealed_text, "manifest"));
-  if (doc.value("volume", "") == shown) return sealed_text;
-  doc["volume"] = shown;
-  return SealJson(doc);
+bool AnswersRequest(const std::string& stored, const std::string& requested,
+                    const std::string& client) {
+  if (stored == requested) return true;
+  size_t slash = requested.find('/');
+  if (slash == std::string::npos) return stored == NamespacedVolume(client, requested);
+  return stored == NamespacedVolume(requested.substr(0, slash), requested.substr(slash + 1));
 }
 
 }  // namespace dp420::net

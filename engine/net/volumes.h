@@ -40,13 +40,15 @@ bool ValidRequestVolumeName(const std::string& name);
 // A volume as a request names it, resolved for one client.
 struct ResolvedVolume {
   std::string repo;    // the repository volume name
-  std::string shown;   // how it is shown to this client
+  std::string shown;   // the name the client gave
   std::string owner;   // the client owning it
   bool exists = false; // it has manifests (valid or damaged)
 };
 
 // Resolves `requested` for `who` (docs/PROTOCOL.md, "Authorization"):
 //  - "C/V": admins only (another client gets the answer of a missing volume);
+//  - the repository name of a namespaced volume: the client's own (admins:
+//    anyone's), as manifests name it;
 //  - V: the client's namespaced volume if it exists, else a legacy volume V
 //    it owns (admins: any legacy volume V), else its new namespaced volume.
 // An append client gets the same answer for a foreign volume as for a
@@ -58,7 +60,7 @@ Result<ResolvedVolume> ResolveVolume(const Repository& repo, const SessionInfo& 
                                      const std::string& requested, bool for_backup = false);
 
 // The repository volumes `who` may see (admins: every one), each with the
-// name shown to it.
+// name it knows it by.
 struct VisibleVolume {
   std::string repo;
   std::string shown;
@@ -70,8 +72,10 @@ Status VisibleVolumes(const Repository& repo, const SessionInfo& who,
 // else the plain name.
 std::string QualifiedName(const std::string& repo_volume);
 
-// Rewrites a sealed manifest text so that its volume reads `shown`,
-// re-sealed. Unchanged when the manifest already says so.
-Result<std::string> PresentManifest(const std::string& sealed_text, const std::string& shown);
+// Whether a manifest of repository volume `stored`, sent by the server,
+// answers `client`'s request for `requested`: the name itself (a legacy
+// volume), the client's namespaced volume, or for "C/V" C's volume V.
+bool AnswersRequest(const std::string& stored, const std::string& requested,
+                    const std::string& client);
 
 }  // namespace dp420::net

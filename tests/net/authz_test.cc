@@ -281,7 +281,8 @@ TEST_F(AuthzTest, TwoClientsEachHaveTheirOwnVolumeOfTheSameName) {
     auto listed = List(client, "db");
     ASSERT_TRUE(listed.ok()) << listed.status().ToString();
     ASSERT_EQ(listed->size(), 1u);
-    EXPECT_EQ((*listed)[0].volume, "db");  // shown in its own namespace
+    // The stored manifest, unchanged: its volume is the repository's name.
+    EXPECT_EQ((*listed)[0].volume, NamespacedVolume(client, "db"));
     EXPECT_EQ((*listed)[0].client, client);
     auto all = List(client, "");
     ASSERT_TRUE(all.ok());
@@ -296,7 +297,8 @@ TEST_F(AuthzTest, TwoClientsEachHaveTheirOwnVolumeOfTheSameName) {
   ASSERT_TRUE(all.ok()) << all.status().ToString();
   std::vector<std::string> names;
   for (const auto& m : *all) names.push_back(m.volume);
-  EXPECT_EQ(names, (std::vector<std::string>{"alice/db", "bob/db"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"alice_.db", "bob_.db"}));
+  EXPECT_EQ(QualifiedName(names[0]), "alice/db");
   std::string target = dir_.path() + "/admin.restored";
   Status s = Restore("root", "bob/db", target);
   ASSERT_TRUE(s.ok()) << s.ToString();
@@ -360,7 +362,7 @@ TEST_F(AuthzTest, AForeignVolumeAnswersAsAMissingOneAndLegacyVolumesKeepWorking)
   ASSERT_TRUE(admin.ok());
   std::vector<std::string> names;
   for (const auto& m : *admin) names.push_back(m.volume);
-  EXPECT_EQ(names, (std::vector<std::string>{"bob/old", "old", "old"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"bob_.old", "old", "old"}));
 }
 
 // ---- revocation ----

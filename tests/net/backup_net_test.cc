@@ -383,7 +383,7 @@ class BackupNetTest : public ::testing::Test {
     for (const DamagedFile& d : damaged) ADD_FAILURE() << d.path << ": " << d.status.ToString();
     std::vector<std::string> got;
     for (const Manifest& m : list) got.push_back(m.snapshot_id);
-    EXPECT_EQ(got, ids) << "snapshots of " << volume;
+    EXPECT_EQ(got, ids) << "snapshots of " << volume << " (" << repo_volume << ")";
   }
 
   // RunVerify with read_data over the whole repository: no problem, no broken snapshot.
