@@ -440,6 +440,8 @@ class Server {
   std::mutex clients_mu_;
   std::shared_ptr<const ClientRegistry> clients_;
   struct stat clients_stat_ {};
+  bool reload_failed_ = false;  // the file as of failed_stat_ did not load
+  struct stat failed_stat_ {};
 
   std::mutex sessions_mu_;
   std::list<std::unique_ptr<Session>> sessions_;
@@ -490,14 +492,21 @@ Status Server::LoadClients() {
 std::shared_ptr<const ClientRegistry> Server::Clients() {
   struct stat st {};
   bool changed = stat(o_.clients_file.c_str(), &st) != 0;
+  if (changed) st = {};  // missing: compared as all zeros
   {
     std::lock_guard lock(clients_mu_);
     if (!changed) changed = !SameFile(st, clients_stat_);
     if (!changed) return clients_;
+    // A file that failed to load is tried again only once it changes again.
+    if (reload_failed_ && SameFile(st, failed_stat_)) return clients_;
   }
   Status s = LoadClients();
-  if (!s.ok()) log_.Warn("clients_reload_failed", {{"error", s.ToString()}});
   std::lock_guard lock(clients_mu_);
+  reload_failed_ = !s.ok();
+  if (!s.ok()) {
+    failed_stat_ = st;
+    log_.Warn("clients_reload_failed", {{"error", s.ToString()}});
+  }
   return clients_;
 }
 

@@ -1,9 +1,11 @@
 #include "engine/net/store.h"
 
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -111,10 +113,15 @@ class BackupSession {
     }
     builder_->queue().Abort();
     std::lock_guard lock(owner_mu_);
+    // The reason goes out on every connection before any is shut down, so
+    // that whichever the agent reads first tells it why.
+    if (control_ && !why.ok()) (void)SendError(*control_, why, Millis(1000));
+    for (auto& s : stripe_) {
+      if (s->conn && !why.ok()) (void)SendError(*s->conn, why, Millis(100));
+    }
     for (auto& s : stripe_) {
       if (s->conn) s->conn->Shutdown();
     }
-    if (control_ && !why.ok()) (void)SendError(*control_, why, Millis(1000));
     if (control_) control_->Shutdown();
     cv_control_.notify_all();
   }
@@ -1201,6 +1208,31 @@ Status StripeReceiver::Run() {
 
 }  // namespace
 
+namespace {
+
+// After an ERROR on a stripe the agent may still be sending blocks: closing
+// with them unread would reset the connection, and a reset can discard the
+// ERROR before the agent reads it. So the sending side is shut, and what
+// arrives is read and dropped until the agent closes (it does on reading
+// the ERROR), for at most `most`.
+void LingerAfterError(Conn& conn, Millis most) {
+  if (::shutdown(conn.fd(), SHUT_WR) != 0) return;
+  auto until = Clock::now() + most;
+  char sink[64 * 1024];
+  for (;;) {
+    auto left = std::chrono::duration_cast<Millis>(until - Clock::now()).count();
+    if (left <= 0) return;
+    pollfd p{conn.fd(), POLLIN, 0};
+    int r = poll(&p, 1, int(left));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return;
+    ssize_t n = ::recv(conn.fd(), sink, sizeof(sink), MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) return;
+  }
+}
+
+}  // namespace
+
 Status HandleStripe(ServerContext& ctx, Conn& conn, const SessionInfo& who, const Frame& join) {
   Millis timeout = ctx.options.LossTimeout();
   PayloadReader r(join.payload);
@@ -1242,6 +1274,7 @@ Status HandleStripe(ServerContext& ctx, Conn& conn, const SessionInfo& who, cons
     (void)SendError(conn, status, timeout);
     ctx.log.Warn("backup refused", {{"client", who.client}, {"error", status.ToString()}});
     ctx.backups.Remove(token, status);
+    LingerAfterError(conn, Millis(1000));
   }
   return status;
 }
