@@ -12,6 +12,7 @@
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "engine/net/auth.h"
 #include "engine/net/client.h"
 #include "engine/net/server.h"
+#include "engine/net/volumes.h"
 
 struct dp420_ctx {
   std::string errmsg;
@@ -198,6 +200,14 @@ dp420::Result<dp420::net::ClientRegistry> LoadOrNewRegistry(const std::string& p
     return dp420::net::ClientRegistry();
   }
   return reg;
+}
+
+// A remote client's volume named "CLIENT/VOLUME" in a local repository is
+// the repository volume engine/net/volumes.h maps it to.
+std::string LocalVolumeName(const std::string& volume) {
+  size_t slash = volume.find('/');
+  if (slash == std::string::npos || !dp420::net::ValidRequestVolumeName(volume)) return volume;
+  return dp420::net::NamespacedVolume(volume.substr(0, slash), volume.substr(slash + 1));
 }
 
 }  // namespace
@@ -384,9 +394,10 @@ int dp420_snapshots(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
     if (!repo || !out) return Fail(ctx, Status::InvalidArgument("dp420_snapshots: bad arguments"));
     *out = nullptr;
     std::string vol = volume ? volume : "";
-    if (!vol.empty() && !dp420::ValidVolumeName(vol)) {
+    if (!vol.empty() && !dp420::net::ValidRequestVolumeName(vol)) {
       return Fail(ctx, Status::InvalidArgument("invalid volume name '" + vol + "'"));
     }
+    if (!repo->remote) vol = LocalVolumeName(vol);
     auto list = std::make_unique<dp420_snapshot_list>();
     std::vector<dp420::DamagedFile> damaged;
     ctx->cancel.store(false);
@@ -397,6 +408,9 @@ int dp420_snapshots(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
     for (const auto& m : list->manifests) {
       dp420::Json j = m.ToJson();
       j["manifest_sha256"] = m.seal;
+      // A remote client's volume, by the name it is known by (engine/net/volumes.h).
+      std::string qualified = dp420::net::QualifiedName(m.volume);
+      if (qualified != m.volume) j["client_volume"] = qualified;
       list->json.push_back(j.dump());
     }
     *out = list.release();
@@ -436,7 +450,7 @@ int dp420_restore(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_restore_opts
     if (Missing(opts->volume)) return Fail(ctx, Status::InvalidArgument("no volume name given"));
     if (Missing(opts->target)) return Fail(ctx, Status::InvalidArgument("no target given"));
     dp420::RestoreOptions o;
-    o.volume = opts->volume;
+    o.volume = repo->remote ? opts->volume : LocalVolumeName(opts->volume);
     o.snapshot = Missing(opts->snapshot) ? "latest" : opts->snapshot;
     o.target_path = dp420::control::AbsolutePath(opts->target);
     o.force = opts->force != 0;
@@ -475,6 +489,7 @@ int dp420_verify(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_verify_opts_t
     }
     dp420::VerifyOptions o;
     o.volume = opts->volume ? opts->volume : "";
+    if (!repo->remote) o.volume = LocalVolumeName(o.volume);
     o.snapshot = opts->snapshot ? opts->snapshot : "";
     o.read_data = opts->read_data != 0;
     o.control = Control(ctx);
@@ -582,6 +597,8 @@ int dp420_client_add(dp420_ctx_t* ctx, const char* clients_file, const char* nam
     if (Missing(key_out)) return Fail(ctx, Status::InvalidArgument("no key file given"));
     std::string path = dp420::control::AbsolutePath(clients_file);
     std::string key_path = dp420::control::AbsolutePath(key_out);
+    auto lock = dp420::net::ClientsFileLock::Acquire(path);
+    if (!lock.ok()) return Fail(ctx, lock.status());
     auto reg = LoadOrNewRegistry(path);
     if (!reg.ok()) return Fail(ctx, reg.status());
     // Every refusal comes before the first write: nothing is ever half done.
@@ -612,11 +629,55 @@ int dp420_client_remove(dp420_ctx_t* ctx, const char* clients_file, const char* 
     if (Missing(clients_file)) return Fail(ctx, Status::InvalidArgument("no clients file given"));
     if (Missing(name)) return Fail(ctx, Status::InvalidArgument("no client name given"));
     std::string path = dp420::control::AbsolutePath(clients_file);
+    auto lock = dp420::net::ClientsFileLock::Acquire(path);
+    if (!lock.ok()) return Fail(ctx, lock.status());
     auto reg = dp420::net::ClientRegistry::Load(path);
     if (!reg.ok()) return Fail(ctx, reg.status());
     Status s = reg->Remove(name);
     if (!s.ok()) return Fail(ctx, s.Prefix(path));
     s = reg->Save(path);
+    return s.ok() ? Ok(ctx) : Fail(ctx, s);
+  });
+}
+
+void dp420_client_limits_init(dp420_client_limits_t* limits) {
+  if (!limits) return;
+  limits->max_volumes = limits->max_bytes = limits->max_backups = limits->max_waiting =
+      limits->max_stripe_memory = DP420_LIMIT_UNCHANGED;
+}
+
+int dp420_client_set_limits(dp420_ctx_t* ctx, const char* clients_file, const char* name,
+                            const dp420_client_limits_t* limits) {
+  return Guard(ctx, [&] {
+    if (Missing(clients_file)) return Fail(ctx, Status::InvalidArgument("no clients file given"));
+    if (Missing(name)) return Fail(ctx, Status::InvalidArgument("no client name given"));
+    if (!limits) return Fail(ctx, Status::InvalidArgument("no limits given"));
+    std::string path = dp420::control::AbsolutePath(clients_file);
+    auto lock = dp420::net::ClientsFileLock::Acquire(path);
+    if (!lock.ok()) return Fail(ctx, lock.status());
+    auto reg = dp420::net::ClientRegistry::Load(path);
+    if (!reg.ok()) return Fail(ctx, reg.status());
+    const dp420::net::ClientKey* key = reg->Find(name);
+    if (!key) {
+      return Fail(ctx, Status::NotFound("client '" + std::string(name) + "' is not registered in " +
+                                        path));
+    }
+    dp420::net::ClientLimits l = key->limits;
+    std::pair<int64_t, std::optional<uint64_t>*> fields[] = {
+        {limits->max_volumes, &l.max_volumes},
+        {limits->max_bytes, &l.max_bytes},
+        {limits->max_backups, &l.max_backups},
+        {limits->max_waiting, &l.max_waiting},
+        {limits->max_stripe_memory, &l.max_stripe_memory}};
+    for (auto& [value, field] : fields) {
+      if (value < DP420_LIMIT_DEFAULT) {
+        return Fail(ctx, Status::InvalidArgument("a limit must be at least 0 (0: no limit)"));
+      }
+      if (value == DP420_LIMIT_DEFAULT) field->reset();
+      if (value >= 0) *field = static_cast<uint64_t>(value);
+    }
+    Status s = reg->SetLimits(name, l);
+    if (s.ok()) s = reg->Save(path);
     return s.ok() ? Ok(ctx) : Fail(ctx, s);
   });
 }

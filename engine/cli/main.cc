@@ -6,6 +6,7 @@
 //   6 refused to overwrite    7 unsupported format version
 //   8 network error (server unreachable, connection lost, protocol error)
 //   9 clock skew against the server beyond --max-clock-skew
+//  10 no space: a device is full, or a quota or limit of the server is reached
 //   130 interrupted
 #include <dp420/dp420.h>
 #include <signal.h>
@@ -39,6 +40,7 @@ enum Exit : int {
   kExitVersion = 7,
   kExitNetwork = 8,
   kExitClockSkew = 9,
+  kExitNoSpace = 10,
   kExitInterrupted = 130,
 };
 
@@ -58,6 +60,7 @@ int ExitFor(int rc) {
     case DP420_ECANCELED: return kExitInterrupted;
     case DP420_ENET: return kExitNetwork;
     case DP420_ESKEW: return kExitClockSkew;
+    case DP420_ENOSPC: return kExitNoSpace;
     default: return kExitFailed;
   }
 }
@@ -271,7 +274,7 @@ int CmdSnapshots(const Common& c, const std::string& volume) {
       char size[32], written[32];
       std::printf("%-16s  %-12s  %4llu  %-27s  %10s  %9llu  %10s\n",
                   m["snapshot_id"].get<std::string>().c_str(),
-                  m["volume"].get<std::string>().c_str(),
+                  m.value("client_volume", m["volume"].get<std::string>()).c_str(),
                   (unsigned long long)m["sequence"].get<uint64_t>(),
                   m["created"].get<std::string>().c_str(),
                   dp420cli::HumanBytes(m["volume_size"].get<uint64_t>(), size, sizeof(size)),
@@ -425,7 +428,7 @@ void AddRepoOptions(CLI::App* cmd, Common* c) {
                 "/var/cache/dp420 as root, else ~/.cache/dp420)");
 }
 
-// ---- serve, client-add, client-remove ----
+// ---- serve, client-add, client-remove, client-set ----
 
 struct ServeArgs {
   std::string repo, listen, clients;
@@ -471,12 +474,79 @@ CLI::App* AddServeCommand(CLI::App* app, ServeArgs* a) {
 
 struct ClientArgs {
   std::string clients, name, key_out, role = "append";
+  // --max-*: "" unchanged, "default" the server's default, else a number
+  // (0: no limit) with an optional K, M, G or T (powers of 1024).
+  std::string max_volumes, max_bytes, max_backups, max_waiting, max_stripe_memory;
+  bool any_limit() const {
+    return !(max_volumes + max_bytes + max_backups + max_waiting + max_stripe_memory).empty();
+  }
 };
 
+// A --max-* value as dp420_client_limits_t wants it; false when malformed.
+bool ParseLimit(const std::string& text, int64_t* out) {
+  if (text.empty()) return (*out = DP420_LIMIT_UNCHANGED), true;
+  if (text == "default") return (*out = DP420_LIMIT_DEFAULT), true;
+  size_t used = 0;
+  unsigned long long n = 0;
+  try {
+    n = std::stoull(text, &used);
+  } catch (const std::exception&) {
+    return false;
+  }
+  if (text[0] == '-') return false;
+  std::string unit = text.substr(used);
+  int shift = unit == "" ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30
+            : unit == "T" ? 40 : -1;
+  if (shift < 0 || n > (uint64_t(INT64_MAX) >> shift)) return false;
+  *out = int64_t(n << shift);
+  return true;
+}
+
+// Sets the limits given on the command line; kExitOk when none were.
+int SetClientLimits(const Common& c, const char* what, const ClientArgs& a) {
+  if (!a.any_limit()) return kExitOk;
+  dp420_client_limits_t l;
+  dp420_client_limits_init(&l);
+  std::pair<const std::string*, int64_t*> fields[] = {
+      {&a.max_volumes, &l.max_volumes}, {&a.max_bytes, &l.max_bytes},
+      {&a.max_backups, &l.max_backups}, {&a.max_waiting, &l.max_waiting},
+      {&a.max_stripe_memory, &l.max_stripe_memory}};
+  for (auto& [text, value] : fields) {
+    if (!ParseLimit(*text, value)) {
+      return UsageError(c, what, "bad limit '" + *text + "': a number (0: no limit) with an "
+                                 "optional K, M, G or T, or 'default'");
+    }
+  }
+  int rc = dp420_client_set_limits(g_ctx, a.clients.c_str(), a.name.c_str(), &l);
+  return rc == 0 ? kExitOk : Report(c, what, rc);
+}
+
+int CmdClientSet(const Common& c, const ClientArgs& a) {
+  if (!a.any_limit()) return UsageError(c, "client-set", "no limit given (--max-...)");
+  int code = SetClientLimits(c, "client-set", a);
+  if (code != kExitOk) return code;
+  if (c.json) {
+    std::cout << Json{{"client", a.name}, {"clients", a.clients}, {"updated", true}}.dump()
+              << std::endl;
+  } else if (!c.quiet) {
+    std::printf("updated the limits of client %s in %s\n", a.name.c_str(), a.clients.c_str());
+  }
+  return kExitOk;
+}
+
 int CmdClientAdd(const Common& c, const ClientArgs& a) {
+  int64_t check = 0;
+  for (const std::string* v : {&a.max_volumes, &a.max_bytes, &a.max_backups, &a.max_waiting,
+                               &a.max_stripe_memory}) {
+    if (!ParseLimit(*v, &check)) {
+      return UsageError(c, "client-add", "bad limit '" + *v + "': a number (0: no limit) with "
+                                         "an optional K, M, G or T, or 'default'");
+    }
+  }
   int rc = dp420_client_add(g_ctx, a.clients.c_str(), a.name.c_str(), a.role.c_str(),
                             a.key_out.c_str());
   if (rc != 0) return Report(c, "client-add", rc);
+  if (int code = SetClientLimits(c, "client-add", a); code != kExitOk) return code;
   if (c.json) {
     Json j = {{"client", a.name}, {"role", a.role}, {"clients", a.clients},
               {"key_file", a.key_out}};
@@ -501,8 +571,20 @@ int CmdClientRemove(const Common& c, const ClientArgs& a) {
   return kExitOk;
 }
 
+void AddLimitOptions(CLI::App* cmd, ClientArgs* a) {
+  cmd->add_option("--max-volumes", a->max_volumes, "Volumes it may own (default 256)");
+  cmd->add_option("--max-bytes", a->max_bytes,
+                  "Quota: bytes its snapshots may have written, e.g. 500G (default: none)");
+  cmd->add_option("--max-backups", a->max_backups,
+                  "Backups at once, running or awaiting resume (default 8)");
+  cmd->add_option("--max-waiting", a->max_waiting,
+                  "Backups awaiting their agent's resume; the oldest is rolled back (default 2)");
+  cmd->add_option("--max-stripe-memory", a->max_stripe_memory,
+                  "Receive buffers its stripes may pin, e.g. 512M (default 512M)");
+}
+
 void AddClientCommands(CLI::App* app, Common* c, ClientArgs* a, CLI::App** add,
-                       CLI::App** remove) {
+                       CLI::App** remove, CLI::App** set) {
   *add = app->add_subcommand("client-add", "Register a client with a new key");
   AddCommon(*add, c);
   (*add)->add_option("--clients", a->clients, "Clients file (created when absent)")->required();
@@ -510,6 +592,13 @@ void AddClientCommands(CLI::App* app, Common* c, ClientArgs* a, CLI::App** add,
   (*add)->add_option("--key-out", a->key_out, "New key file to write (mode 0600)")->required();
   (*add)->add_option("--role", a->role, "append (default) or admin")
       ->check(CLI::IsMember({"append", "admin"}));
+  AddLimitOptions(*add, a);
+  *set = app->add_subcommand("client-set",
+                             "Change a client's limits (a number, 0 for none, or 'default')");
+  AddCommon(*set, c);
+  (*set)->add_option("--clients", a->clients, "Clients file")->required();
+  (*set)->add_option("--client", a->name, "Client name")->required();
+  AddLimitOptions(*set, a);
   *remove = app->add_subcommand("client-remove", "Unregister a client");
   AddCommon(*remove, c);
   (*remove)->add_option("--clients", a->clients, "Clients file")->required();
@@ -761,7 +850,8 @@ int main(int argc, char** argv) {
   auto* serve = AddServeCommand(&app, &sv);
   CLI::App* client_add = nullptr;
   CLI::App* client_remove = nullptr;
-  AddClientCommands(&app, &c, &cl, &client_add, &client_remove);
+  CLI::App* client_set = nullptr;
+  AddClientCommands(&app, &c, &cl, &client_add, &client_remove, &client_set);
 
   if (KeyOnCommandLine(argc, argv)) return kExitUsage;
   try {
@@ -786,6 +876,7 @@ int main(int argc, char** argv) {
   if (*serve) code = CmdServe(&sv);
   if (*client_add) code = CmdClientAdd(c, cl);
   if (*client_remove) code = CmdClientRemove(c, cl);
+  if (*client_set) code = CmdClientSet(c, cl);
   dp420_ctx_free(g_ctx);
   return code;
 }

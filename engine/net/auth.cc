@@ -4,6 +4,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -37,11 +38,122 @@ Status RandomNonce(uint8_t* out, size_t len) { return io::FillRandom(out, len); 
 
 bool ValidClientName(const std::string& name) { return ValidVolumeName(name); }
 
+namespace {
+
+constexpr const char* kLimitFields[] = {"max_volumes", "max_bytes", "max_backups", "max_waiting",
+                                        "max_stripe_memory"};
+
+std::optional<uint64_t>* LimitField(ClientLimits& l, int i) {
+  std::optional<uint64_t>* f[] = {&l.max_volumes, &l.max_bytes, &l.max_backups, &l.max_waiting,
+                                  &l.max_stripe_memory};
+  return f[i];
+}
+
+// Refuses a clients file that another user could have written: it decides
+// who may back up and delete.
+Status CheckClientsFileSafe(const std::string& path, const struct stat& st) {
+  char mode[8];
+  std::snprintf(mode, sizeof(mode), "%04o", unsigned(st.st_mode & 07777));
+  std::string about = path + " (mode " + mode + ", owner uid " + std::to_string(st.st_uid) + ")";
+  if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(path + " is not a regular file");
+  if (st.st_uid != geteuid()) {
+    return Status::Make(Code::kPermission,
+                        "clients file " + about + " is not owned by the server's user (uid " +
+                            std::to_string(geteuid()) + "): another user could grant "
+                            "themselves access; fix with chown " + std::to_string(geteuid()) +
+                            " " + path);
+  }
+  if (st.st_mode & 022) {
+    return Status::Make(Code::kPermission, "clients file " + about +
+                                               " is writable by group or others; fix with "
+                                               "chmod 600 " + path);
+  }
+  return Status::Ok();
+}
+
+// Reads the clients file through one descriptor: the checked file is the read one.
+Result<std::string> ReadClientsFile(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return PosixError("open " + path, errno);
+  io::File file = io::File::Adopt(fd, path, false);
+  struct stat st;
+  if (fstat(fd, &st) != 0) return PosixError("stat " + path, errno);
+  DP420_RETURN_IF_ERROR(CheckClientsFileSafe(path, st));
+  std::string text;
+  char chunk[16 * 1024];
+  for (;;) {
+    ssize_t n = read(fd, chunk, sizeof(chunk));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return PosixError("read " + path, errno);
+    if (n == 0) break;
+    text.append(chunk, size_t(n));
+  }
+  return text;
+}
+
+Status ParseLimits(const Json& c, ClientLimits* l) {
+  for (int i = 0; i < 5; ++i) {
+    if (!c.contains(kLimitFields[i])) continue;
+    const Json& v = c.at(kLimitFields[i]);
+    if (!v.is_number_unsigned()) return Status::Corruption(std::string(kLimitFields[i]) +
+                                                           " is not a non-negative integer");
+    *LimitField(*l, i) = v.get<uint64_t>();
+  }
+  return Status::Ok();
+}
+
+std::string DirOf(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+}  // namespace
+
+ClientLimits ClientLimits::Over(const ClientLimits& defaults) const {
+  auto pick = [](const std::optional<uint64_t>& own, const std::optional<uint64_t>& dflt) {
+    return own ? own : dflt;
+  };
+  ClientLimits out;
+  out.max_volumes = pick(max_volumes, defaults.max_volumes);
+  out.max_bytes = pick(max_bytes, defaults.max_bytes);
+  out.max_backups = pick(max_backups, defaults.max_backups);
+  out.max_waiting = pick(max_waiting, defaults.max_waiting);
+  out.max_stripe_memory = pick(max_stripe_memory, defaults.max_stripe_memory);
+  return out;
+}
+
+uint64_t ClientLimits::Bound(const std::optional<uint64_t>& v) {
+  return !v || *v == 0 ? UINT64_MAX : *v;
+}
+
+std::string KeyDigest(const ClientKey& k) {
+  uint8_t digest[32];
+  simd::Sha256(k.key, kKeyBytes, digest);
+  return simd::ToHex(digest, 32);
+}
+
+Result<ClientsFileLock> ClientsFileLock::Acquire(const std::string& clients_path) {
+  std::string path = clients_path + ".lock";
+  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
+  if (fd < 0) return PosixError("open " + path + " (the clients file's lock)", errno);
+  while (flock(fd, LOCK_EX) != 0) {
+    if (errno == EINTR) continue;
+    int err = errno;
+    close(fd);
+    return PosixError("flock " + path, err);
+  }
+  return ClientsFileLock(fd);
+}
+
+ClientsFileLock::~ClientsFileLock() {
+  if (fd_ >= 0) close(fd_);  // releases the flock
+}
+
 Result<ClientRegistry> ClientRegistry::Load(const std::string& path) {
   if (path.empty() || path[0] != '/') {
     return Status::InvalidArgument("clients file path '" + path + "' must be absolute");
   }
-  DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(path));
+  DP420_ASSIGN_OR_RETURN(std::string text, ReadClientsFile(path));
   DP420_ASSIGN_OR_RETURN(Json doc, UnsealJson(text, path));
   ClientRegistry reg;
   try {
@@ -67,6 +179,9 @@ Result<ClientRegistry> ClientRegistry::Load(const std::string& path) {
           !simd::FromHex(c.at("key").get<std::string>(), k.key, kKeyBytes)) {
         return Status::Corruption(path + ": bad entry for client '" + k.name + "'");
       }
+      if (Status l = ParseLimits(c, &k.limits); !l.ok()) {
+        return l.Prefix(path + ": client '" + k.name + "'");
+      }
       if (reg.Find(k.name)) return Status::Corruption(path + ": client '" + k.name + "' twice");
       reg.clients_.push_back(k);
     }
@@ -79,11 +194,52 @@ Result<ClientRegistry> ClientRegistry::Load(const std::string& path) {
 Status ClientRegistry::Save(const std::string& path) const {
   Json list = Json::array();
   for (const auto& c : clients_) {
-    list.push_back({{"name", c.name}, {"key", simd::ToHex(c.key, kKeyBytes)}, {"role", c.role}});
+    Json entry = {{"name", c.name}, {"key", simd::ToHex(c.key, kKeyBytes)}, {"role", c.role}};
+    ClientLimits l = c.limits;
+    for (int i = 0; i < 5; ++i) {
+      if (*LimitField(l, i)) entry[kLimitFields[i]] = **LimitField(l, i);
+    }
+    list.push_back(entry);
   }
   Json doc = {{"format", "dp420-clients"}, {"format_version", 2}, {"clients", list}};
   if (identity_) doc["server_identity"] = simd::ToHex(identity_->seed().data(), 32);
-  return io::WriteFileAtomic(path, SealJson(doc));
+  std::string text = SealJson(doc);
+  // A random temp name, created exclusively and never through a symlink:
+  // nothing planted in the directory can redirect the write.
+  uint8_t raw[12];
+  DP420_RETURN_IF_ERROR(io::FillRandom(raw, sizeof(raw)));
+  size_t slash = path.rfind('/');
+  std::string tmp = DirOf(path) + "/." + path.substr(slash + 1) + "." +
+                    simd::ToHex(raw, sizeof(raw)) + ".tmp";
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY,
+                0600);
+  if (fd < 0) return PosixError("create " + tmp, errno);
+  bool ok = write(fd, text.data(), text.size()) == ssize_t(text.size()) && fsync(fd) == 0;
+  int err = errno;
+  Cleanse(text.data(), text.size());
+  if (close(fd) != 0 && ok) {
+    ok = false;
+    err = errno;
+  }
+  if (ok && rename(tmp.c_str(), path.c_str()) != 0) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) {
+    unlink(tmp.c_str());
+    return PosixError("write " + path, err);
+  }
+  return io::SyncDir(DirOf(path));
+}
+
+Status ClientRegistry::SetLimits(const std::string& name, const ClientLimits& limits) {
+  for (auto& c : clients_) {
+    if (c.name == name) {
+      c.limits = limits;
+      return Status::Ok();
+    }
+  }
+  return Status::NotFound("client '" + name + "' is not registered");
 }
 
 const ClientKey* ClientRegistry::Find(const std::string& name) const {

@@ -2,10 +2,12 @@
 // HMAC-SHA-256 proofs in both directions over the handshake's transcript
 // (docs/PROTOCOL.md), and the clients file the server reads them from.
 //
-// The clients file is a sealed JSON file (engine/core/manifest.h), mode 0600:
+// The clients file is a sealed JSON file (engine/core/manifest.h), mode 0600,
+// owned by the server's user:
 //   {"format":"dp420-clients","format_version":2,
 //    "server_identity":"<64 hex: the server's Ed25519 seed>",
-//    "clients":[{"name":"db1","key":"<64 hex>","role":"append"}, ...]}
+//    "clients":[{"name":"db1","key":"<64 hex>","role":"append",
+//                "max_bytes":N, ...optional limits (ClientLimits)}, ...]}
 // role "append" may back up, list, restore and verify its own volumes;
 // "admin" may also delete (prune) — so a compromised backup client cannot
 // erase its history. A key file holds the key as 64 hex digits and the
@@ -16,6 +18,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,10 +31,42 @@ inline constexpr size_t kKeyBytes = 32;
 inline constexpr size_t kNonceBytes = 32;
 inline constexpr size_t kProofBytes = 32;
 
+// Per-client limits (docs/FORMAT.md, "The clients file"). Absent: the
+// server's default (ServerOptions::client_defaults); 0: no limit.
+struct ClientLimits {
+  std::optional<uint64_t> max_volumes;        // volumes it may own
+  std::optional<uint64_t> max_bytes;          // bytes its snapshots may have written (quota)
+  std::optional<uint64_t> max_backups;        // backups at once, running or awaiting resume
+  std::optional<uint64_t> max_waiting;        // backups awaiting their agent's resume
+  std::optional<uint64_t> max_stripe_memory;  // bytes of receive buffers its stripes may pin
+  // Each limit: this one when set, else `defaults`' (0: none).
+  ClientLimits Over(const ClientLimits& defaults) const;
+  // The value of a limit as a bound: UINT64_MAX for 0 or absent.
+  static uint64_t Bound(const std::optional<uint64_t>& v);
+};
+
 struct ClientKey {
   std::string name;
   uint8_t key[kKeyBytes] = {};
   std::string role = "append";  // "append" or "admin"
+  ClientLimits limits;
+};
+
+// SHA-256 of a client's key, hex: identifies the key without holding it.
+std::string KeyDigest(const ClientKey& k);
+
+// The lock every writer of a clients file holds from reading it to renaming
+// the new one in place: an exclusive flock on "PATH.lock" (created 0600).
+class ClientsFileLock {
+ public:
+  static Result<ClientsFileLock> Acquire(const std::string& clients_path);
+  ClientsFileLock(ClientsFileLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  ClientsFileLock& operator=(ClientsFileLock&&) = delete;
+  ~ClientsFileLock();
+
+ private:
+  explicit ClientsFileLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
 };
 
 // Which side proves: the client answers the server's challenge with
@@ -54,10 +89,17 @@ bool ValidClientName(const std::string& name);
 class ClientRegistry {
  public:
   // Loads `path` (absolute). kNotFound when absent; kCorruption with the
-  // reason for a damaged or malformed file; kInvalidArgument for a relative path.
+  // reason for a damaged or malformed file; kInvalidArgument for a relative
+  // path; kPermission (naming the file, its mode and owner, and the fix)
+  // unless it is owned by this process's user and not writable by group or
+  // others.
   static Result<ClientRegistry> Load(const std::string& path);
-  // Writes atomically (0600).
+  // Writes atomically, mode 0600: a new temp file of a random name in the
+  // same directory (O_EXCL|O_NOFOLLOW), fsynced, renamed over `path`, and
+  // the directory fsynced. The caller holds ClientsFileLock.
   Status Save(const std::string& path) const;
+  // Sets `name`'s limits (kNotFound when it is not registered).
+  Status SetLimits(const std::string& name, const ClientLimits& limits);
 
   const ClientKey* Find(const std::string& name) const;
   // The server's identity; null for a file written before identities.

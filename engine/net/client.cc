@@ -1,4 +1,5 @@
 #include "engine/net/client.h"
+#include "engine/net/volumes.h"
 
 #include <poll.h>
 #include <pwd.h>
@@ -237,7 +238,7 @@ Status RemoteRepository::EnsureControl() {
 
 Status RemoteRepository::ListManifests(const std::string& volume, std::vector<Manifest>* out,
                                        std::vector<DamagedFile>* damaged) {
-  if (!volume.empty() && !ValidVolumeName(volume)) {
+  if (!volume.empty() && !ValidRequestVolumeName(volume)) {
     return Status::InvalidArgument("invalid volume name '" + volume + "'");
   }
   DP420_RETURN_IF_ERROR(EnsureControl());
@@ -253,7 +254,7 @@ Status RemoteRepository::ListManifests(const std::string& volume, std::vector<Ma
       DP420_ASSIGN_OR_RETURN(Frame f, reader.Next());
       if (f.type() == FrameType::kSnapshot) {
         DP420_ASSIGN_OR_RETURN(Manifest m, ParseManifest(f, reader.server(), repo_id_));
-        if (!volume.empty() && m.volume != volume) {
+        if (!volume.empty() && !AnswersRequest(m.volume, volume, options_.client)) {
           return Status::Network(reader.server() + " listed a manifest of volume '" + m.volume +
                                  "' for volume '" + volume + "'");
         }
@@ -319,7 +320,7 @@ Status ParseReport(const Json& j, const std::string& server, VerifyReport* r) {
 }  // namespace
 
 Result<VerifyReport> RemoteRepository::Verify(const VerifyOptions& options) {
-  if (!options.volume.empty() && !ValidVolumeName(options.volume)) {
+  if (!options.volume.empty() && !ValidRequestVolumeName(options.volume)) {
     return Status::InvalidArgument("invalid volume name '" + options.volume + "'");
   }
   DP420_RETURN_IF_ERROR(EnsureControl());
@@ -442,7 +443,7 @@ Result<RestoreResult> RemoteRestore::Run(uint64_t request_id) {
   DP420_RETURN_IF_ERROR(ExpectFrame(first, FrameType::kSnapshot, reader_.server()));
   DP420_ASSIGN_OR_RETURN(m_, ParseManifest(first, reader_.server(), repo_id_));
   bool latest = o_.snapshot.empty() || o_.snapshot == "latest";
-  if (m_.volume != o_.volume ||
+  if (!AnswersRequest(m_.volume, o_.volume, ro_.client) ||
       (!latest && m_.snapshot_id.compare(0, o_.snapshot.size(), o_.snapshot) != 0)) {
     return Protocol("sent snapshot " + m_.snapshot_id + " of volume '" + m_.volume +
                     "' for snapshot '" + o_.snapshot + "' of volume '" + o_.volume + "'");
@@ -630,7 +631,7 @@ Status RemoteRestore::Finish(const Frame& done) {
 }  // namespace
 
 Result<RestoreResult> RemoteRepository::Restore(const RestoreOptions& options) {
-  if (!ValidVolumeName(options.volume)) {
+  if (!ValidRequestVolumeName(options.volume)) {
     return Status::InvalidArgument("invalid volume name '" + options.volume + "'");
   }
   if (options.target_path.empty() || options.target_path[0] != '/') {

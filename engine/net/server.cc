@@ -25,6 +25,7 @@
 #include "engine/core/text.h"
 #include "engine/core/verify.h"
 #include "engine/net/store.h"
+#include "engine/net/volumes.h"
 #include "io/assert.h"
 #include "io/buffer_pool.h"
 #include "io/file.h"
@@ -41,6 +42,7 @@ constexpr Millis kAcceptPoll{100};         // how often the accept loop checks *
 constexpr Millis kErrorSendTimeout{1000};  // best effort: ERROR before closing
 constexpr uint64_t kListenId = 0;          // epoll key of the listening socket
 constexpr size_t kEpollBatch = 64;         // events per wait, accepts per turn
+constexpr Millis kRevocationPoll{100};     // how often the clients file is checked for changes
 
 std::string UtcNowMillis() {
   timespec ts;
@@ -87,32 +89,8 @@ std::string JoinComma(const std::vector<std::string>& v) {
   return out;
 }
 
-// The volumes `who` owns: every valid manifest of the volume names it.
-std::set<std::string> OwnedVolumes(const std::vector<Manifest>& manifests,
-                                   const std::string& client) {
-  std::set<std::string> owned, foreign;
-  for (const auto& m : manifests) (m.client == client ? owned : foreign).insert(m.volume);
-  for (const auto& v : foreign) owned.erase(v);
-  return owned;
-}
-
-std::string VolumeOf(const DamagedFile& d) {
-  // "snapshots/VOL/FILE"
-  size_t first = d.path.find('/');
-  size_t last = d.path.rfind('/');
-  return first < last ? d.path.substr(first + 1, last - first - 1) : "";
-}
-
 Status Malformed(const std::string& what, const Status& s) {
   return Status::Network("malformed " + what + " request: " + s.message());
-}
-
-// Reads a volume name from a request and checks that `who` may use it.
-Status CheckRequestVolume(const Repository& repo, const SessionInfo& who,
-                          const std::string& volume) {
-  if (volume.empty()) return Status::Ok();
-  if (!ValidVolumeName(volume)) return Status::InvalidArgument("invalid volume name '" + volume + "'");
-  return CheckVolumeAccess(repo, who, volume);
 }
 
 // A request handler's view of its session.
@@ -150,29 +128,32 @@ Status HandleList(Request& rq) {
   if (Status s = r.Finish("LIST"); !s.ok()) return Malformed("LIST", s);
   DP420_RETURN_IF_ERROR(CheckTextField("volume", volume, kRequestStringMax));
   const Repository& repo = rq.ctx.repo;
-  DP420_RETURN_IF_ERROR(CheckRequestVolume(repo, rq.who, volume));
-  std::vector<Manifest> manifests;
-  std::vector<DamagedFile> damaged;
-  DP420_RETURN_IF_ERROR(repo.ListManifests(volume, &manifests, &damaged));
-  if (volume.empty() && rq.who.role != "admin") {
-    std::set<std::string> owned = OwnedVolumes(manifests, rq.who.client);
-    std::erase_if(manifests, [&](const Manifest& m) { return !owned.count(m.volume); });
-    std::erase_if(damaged, [&](const DamagedFile& d) { return !owned.count(VolumeOf(d)); });
+  std::vector<VisibleVolume> volumes;
+  if (volume.empty()) {
+    DP420_RETURN_IF_ERROR(VisibleVolumes(repo, rq.who, &volumes));
+  } else {
+    DP420_ASSIGN_OR_RETURN(ResolvedVolume v, ResolveVolume(repo, rq.who, volume));
+    volumes.push_back({v.repo, v.shown});
   }
-  for (const auto& m : manifests) {
-    std::string rel = "snapshots/" + m.volume + "/" + m.file_name;
-    auto text = io::ReadFile(repo.path() + "/" + rel);
-    if (!text.ok()) {
-      damaged.push_back({rel, text.status()});
-      continue;
+  std::vector<DamagedFile> damaged;
+  for (const auto& vol : volumes) {
+    std::vector<Manifest> manifests;
+    DP420_RETURN_IF_ERROR(repo.ListManifests(vol.repo, &manifests, &damaged));
+    for (const auto& m : manifests) {
+      std::string rel = "snapshots/" + m.volume + "/" + m.file_name;
+      auto text = io::ReadFile(repo.path() + "/" + rel);
+      if (!text.ok()) {
+        damaged.push_back({rel, text.status()});
+        continue;
+      }
+      PayloadWriter w;
+      w.String(text.value());
+      if (w.bytes().size() > kMaxPayloadBytes) {
+        damaged.push_back({rel, Status::Corruption(rel + " is too large to send")});
+        continue;
+      }
+      DP420_RETURN_IF_ERROR(rq.Send(FrameType::kSnapshot, w));
     }
-    PayloadWriter w;
-    w.String(text.value());
-    if (w.bytes().size() > kMaxPayloadBytes) {
-      damaged.push_back({rel, Status::Corruption(rel + " is too large to send")});
-      continue;
-    }
-    DP420_RETURN_IF_ERROR(rq.Send(FrameType::kSnapshot, w));
   }
   OJson list = OJson::array();
   for (const auto& d : damaged) list.push_back({{"path", d.path}, {"error", d.status.message()}});
@@ -246,18 +227,21 @@ Status HandleVerify(Request& rq) {
   DP420_RETURN_IF_ERROR(CheckTextField("volume", volume, kRequestStringMax));
   DP420_RETURN_IF_ERROR(CheckTextField("snapshot", snapshot, kRequestStringMax));
   const Repository& repo = rq.ctx.repo;
-  DP420_RETURN_IF_ERROR(CheckRequestVolume(repo, rq.who, volume));
   if (!snapshot.empty() && volume.empty()) {
     return Status::InvalidArgument("snapshot '" + snapshot + "' needs its volume");
   }
-  std::vector<std::string> volumes{volume};
-  if (volume.empty() && rq.who.role != "admin") {
+  std::vector<std::string> volumes{""};  // an admin's "": the whole repository
+  if (!volume.empty()) {
+    DP420_ASSIGN_OR_RETURN(ResolvedVolume v, ResolveVolume(repo, rq.who, volume));
+    if (!v.exists) return Status::NotFound("volume '" + v.shown + "' has no snapshots");
+    volumes = {v.repo};
+  } else if (rq.who.role != "admin") {
     // An append client verifies its own volumes only: it never learns of
     // other clients' objects, and unreferenced packs are not counted.
-    std::vector<Manifest> all;
-    DP420_RETURN_IF_ERROR(repo.ListManifests("", &all, nullptr));
-    std::set<std::string> owned = OwnedVolumes(all, rq.who.client);
-    volumes.assign(owned.begin(), owned.end());
+    std::vector<VisibleVolume> visible;
+    DP420_RETURN_IF_ERROR(VisibleVolumes(repo, rq.who, &visible));
+    volumes.clear();
+    for (const auto& v : visible) volumes.push_back(v.repo);
   }
   std::atomic<bool> cancel{false};
   std::atomic<bool> done{false};
@@ -386,8 +370,9 @@ Status HandleRestore(Request& rq) {
   DP420_RETURN_IF_ERROR(CheckTextField("snapshot", snapshot, kRequestStringMax));
   if (volume.empty()) return Status::InvalidArgument("restore needs a volume");
   const Repository& repo = rq.ctx.repo;
-  DP420_RETURN_IF_ERROR(CheckRequestVolume(repo, rq.who, volume));
-  DP420_ASSIGN_OR_RETURN(Manifest m, repo.FindSnapshot(volume, snapshot.empty() ? "latest" : snapshot));
+  DP420_ASSIGN_OR_RETURN(ResolvedVolume v, ResolveVolume(repo, rq.who, volume));
+  if (!v.exists) return Status::NotFound("volume '" + v.shown + "' has no snapshots");
+  DP420_ASSIGN_OR_RETURN(Manifest m, repo.FindSnapshot(v.repo, snapshot.empty() ? "latest" : snapshot));
   std::string rel = "snapshots/" + m.volume + "/" + m.file_name;
   DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(repo.path() + "/" + rel));
   PayloadWriter w;
@@ -471,6 +456,9 @@ struct Session {
   std::thread thread;
   std::atomic<bool> busy{false};
   std::atomic<bool> finished{false};
+  // Who authenticated (guarded by Server::sessions_mu_); empty client before.
+  SessionInfo who;
+  std::atomic<bool> revoked{false};
 };
 
 class Server {
@@ -499,6 +487,9 @@ class Server {
   void SessionFailed(Session& s, const char* reason);
   void Reap(bool all);
   void Drain();
+  bool Authenticated(Session& s, const SessionInfo& who);
+  void WatchClients();
+  void Revoke(const ClientRegistry& clients);
   bool Stopping() const { return o_.stop && o_.stop->load(); }
 
   const ServerOptions& o_;
@@ -521,9 +512,12 @@ class Server {
   std::mutex clients_mu_;
   std::shared_ptr<const ClientRegistry> clients_;
   struct stat clients_stat_ {};
+  bool reload_failed_ = false;  // the file as of failed_stat_ did not load
+  struct stat failed_stat_ {};
 
   std::mutex sessions_mu_;
   std::list<std::unique_ptr<Session>> sessions_;
+  std::thread watcher_;  // WatchClients
 };
 
 bool SameFile(const struct stat& a, const struct stat& b) {
@@ -546,7 +540,10 @@ Status Server::LoadClients() {
       return Status::Corruption(o_.clients_file + " lost the server's identity (kept the "
                                 "previous clients)");
     }
-    // A clients file from before server identities: this server gets one now.
+    // A clients file from before server identities: this server gets one now
+    // (read again under the writers' lock, so that no change is lost).
+    DP420_ASSIGN_OR_RETURN(ClientsFileLock locked, ClientsFileLock::Acquire(o_.clients_file));
+    DP420_ASSIGN_OR_RETURN(reg, ClientRegistry::Load(o_.clients_file));
     DP420_RETURN_IF_ERROR(reg.EnsureIdentity());
     DP420_RETURN_IF_ERROR(reg.Save(o_.clients_file));
     if (stat(o_.clients_file.c_str(), &st) != 0) return PosixError(o_.clients_file, errno);
@@ -567,14 +564,21 @@ Status Server::LoadClients() {
 std::shared_ptr<const ClientRegistry> Server::Clients() {
   struct stat st {};
   bool changed = stat(o_.clients_file.c_str(), &st) != 0;
+  if (changed) st = {};  // missing: compared as all zeros
   {
     std::lock_guard lock(clients_mu_);
     if (!changed) changed = !SameFile(st, clients_stat_);
     if (!changed) return clients_;
+    // A file that failed to load is tried again only once it changes again.
+    if (reload_failed_ && SameFile(st, failed_stat_)) return clients_;
   }
   Status s = LoadClients();
-  if (!s.ok()) log_.Warn("clients_reload_failed", {{"error", s.ToString()}});
   std::lock_guard lock(clients_mu_);
+  reload_failed_ = !s.ok();
+  if (!s.ok()) {
+    failed_stat_ = st;
+    log_.Warn("clients_reload_failed", {{"error", s.ToString()}});
+  }
   return clients_;
 }
 
@@ -802,7 +806,7 @@ void Server::StartSession(std::unique_ptr<Conn> conn, const ClientKey& key) {
   auto session = std::make_unique<Session>();
   session->id = next_session_++;
   session->conn = std::move(conn);
-  SessionInfo who{key.name, key.role, session->conn->peer(), session->id};
+  SessionInfo who{key.name, key.role, session->conn->peer(), session->id, KeyDigest(key)};
   if (sessions_.size() >= o_.max_sessions) {
     warn_.Warn("refused", {{"peer", who.peer}, {"client", who.client},
                            {"reason", "too many sessions"}});
@@ -837,10 +841,72 @@ void Server::StartSession(std::unique_ptr<Conn> conn, const ClientKey& key) {
 }
 
 void Server::Serve(Session& s, const SessionInfo& who) {
+  if (!Authenticated(s, who)) return;
   RequestLoop(*ctx_, s, who);
   log_.Info("close", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
                       {"bytes_sent", s.conn->bytes_sent()},
                       {"bytes_received", s.conn->bytes_received()}});
+}
+
+// Records who the session belongs to, then checks it against the clients
+// file as of now: a client revoked while it authenticated (against the
+// registry of the moment it connected) is turned away here, and one revoked
+// later is found by WatchClients through s.who.
+bool Server::Authenticated(Session& s, const SessionInfo& who) {
+  {
+    std::lock_guard lock(sessions_mu_);
+    s.who = who;
+  }
+  if (StillAuthorized(*Clients(), who)) return true;
+  log_.Warn("revoked", {{"peer", who.peer}, {"session", s.id}, {"client", who.client},
+                        {"reason", "the client's entry changed while it authenticated"}});
+  (void)SendError(*s.conn, Status::Make(Code::kPermission, "client '" + who.client +
+                                                               "' is no longer authorized"),
+                  kErrorSendTimeout);
+  return false;
+}
+
+// Reloads the clients file every kRevocationPoll; when it changed, every
+// session of a client that was removed or whose key or role changed ends.
+void Server::WatchClients() {
+  std::shared_ptr<const ClientRegistry> seen = Clients();
+  while (!stopping_.load()) {
+    std::this_thread::sleep_for(kRevocationPoll);
+    auto now = RunGuarded("clients file", [&]() -> Result<std::shared_ptr<const ClientRegistry>> {
+      return Clients();
+    });
+    if (!now.ok() || *now == seen) continue;
+    seen = *now;
+    Revoke(*seen);
+  }
+}
+
+// Shuts down the connections of every session, and aborts every backup
+// (running or waiting for its agent), of clients `clients` no longer
+// authorizes. A backup aborted before its commit is never committed.
+void Server::Revoke(const ClientRegistry& clients) {
+  size_t ended = 0;
+  {
+    std::lock_guard lock(sessions_mu_);
+    for (auto& s : sessions_) {
+      if (s->who.client.empty() || s->finished.load() || StillAuthorized(clients, s->who)) {
+        continue;
+      }
+      if (!s->revoked.exchange(true)) {
+        log_.Warn("revoked", {{"peer", s->who.peer}, {"session", s->id},
+                              {"client", s->who.client}});
+        ++ended;
+      }
+      s->conn->Shutdown();
+    }
+  }
+  size_t backups = backups_.AbortIf(
+      [&](const SessionInfo& who) { return !StillAuthorized(clients, who); },
+      Status::Make(Code::kPermission, "the client's authorization was revoked on the server; "
+                                      "the backup was not committed"));
+  if (ended > 0 || backups > 0) {
+    log_.Info("revocation", {{"sessions_ended", ended}, {"backups_aborted", backups}});
+  }
 }
 
 void Server::Fail(Session& s, const SessionInfo& who, const char* op, const Status& status,
@@ -958,6 +1024,7 @@ void Server::Reap(bool all) {
 // their request, then every connection is shut down.
 void Server::Drain() {
   stopping_.store(true);
+  if (watcher_.joinable()) watcher_.join();
   size_t count = 0;
   {
     std::lock_guard lock(sessions_mu_);
@@ -991,8 +1058,14 @@ void Server::Drain() {
 Status Server::Run() {
   DP420_ASSIGN_OR_RETURN(repo_, Repository::Open(o_.repo_path));
   DP420_RETURN_IF_ERROR(LoadClients());
-  ctx_.reset(new ServerContext{*repo_, o_, log_, backups_, stopping_});
+  ctx_.reset(new ServerContext{*repo_, o_, log_, backups_, stopping_,
+                               [this] { return Clients(); }});
   DP420_RETURN_IF_ERROR(Listen());
+  try {
+    watcher_ = std::thread([this] { WatchClients(); });
+  } catch (const std::system_error& e) {
+    return Status::Internal(std::string("cannot start the clients file watcher: ") + e.what());
+  }
   Status s = AcceptLoop();
   Drain();
   if (!s.ok()) {
@@ -1030,24 +1103,9 @@ void Logger::Log(const char* level, const char* event, const nlohmann::ordered_j
   fflush(stderr);
 }
 
-Status CheckVolumeAccess(const Repository& repo, const SessionInfo& who,
-                         const std::string& volume) {
-  if (who.role == "admin") return Status::Ok();
-  if (!ValidVolumeName(volume)) return Status::InvalidArgument("invalid volume name '" + volume + "'");
-  std::vector<Manifest> manifests;
-  std::vector<DamagedFile> damaged;
-  DP420_RETURN_IF_ERROR(repo.ListManifests(volume, &manifests, &damaged));
-  for (const auto& m : manifests) {
-    if (m.client != who.client) {
-      return Status::Make(Code::kPermission, "volume '" + volume + "' belongs to another client");
-    }
-  }
-  if (manifests.empty() && !damaged.empty()) {
-    return Status::Make(Code::kPermission, "volume '" + volume +
-                                               "' has only damaged manifests: its owner cannot "
-                                               "be established");
-  }
-  return Status::Ok();
+bool StillAuthorized(const ClientRegistry& clients, const SessionInfo& who) {
+  const ClientKey* k = clients.Find(who.client);
+  return k != nullptr && k->role == who.role && KeyDigest(*k) == who.key_digest;
 }
 
 Status RunServer(const ServerOptions& options) {

@@ -3,8 +3,9 @@
 // loop (epoll) with a few KiB per connection, within the limits below; only
 // an authenticated connection gets a session thread, which serves list,
 // verify, restore and backup requests of many agents at once.
-// A client reads and writes only the volumes it owns (Manifest::client);
-// an "admin" client sees every volume.
+// Each client has its own namespace of volume names (volumes.h); an
+// "admin" client sees every volume. Removing a client, or changing its key
+// or role, ends its live sessions within a second (revocation).
 //
 // Stop: setting *stop (SIGTERM in the CLI) stops accepting, lets running
 // sessions finish their current request up to `drain_timeout`, then closes
@@ -17,6 +18,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -42,6 +44,19 @@ class Logger {
   std::mutex mu_;
 };
 
+// The server-wide defaults of the per-client limits: 256 volumes, no byte
+// quota, 8 backups at once of which 2 may await their agent's resume, and
+// 512 MiB of stripe receive buffers.
+inline ClientLimits DefaultClientLimits() {
+  ClientLimits l;
+  l.max_volumes = 256;
+  l.max_bytes = 0;
+  l.max_backups = 8;
+  l.max_waiting = 2;
+  l.max_stripe_memory = uint64_t{512} << 20;
+  return l;
+}
+
 struct ServerOptions {
   std::string repo_path;
   std::string listen = "127.0.0.1:4420";  // HOST:PORT; port 0 picks a free port
@@ -61,6 +76,9 @@ struct ServerOptions {
   Millis handshake_timeout{5000};       // from accept to AUTH_OK
   // Authenticated sessions (a thread each); the next one gets ERROR kBusy.
   size_t max_sessions = 1024;
+  // Limits of a client whose entry in the clients file does not set them
+  // (docs/FORMAT.md): 0 means no limit.
+  ClientLimits client_defaults = DefaultClientLimits();
   const std::atomic<bool>* stop = nullptr;
   // Called once listening, with the bound port (tests use port 0).
   std::function<void(uint16_t port)> on_listening;
@@ -78,6 +96,7 @@ struct SessionInfo {
   std::string role;     // "append" or "admin"
   std::string peer;     // "ADDR:PORT"
   uint64_t session_id = 0;
+  std::string key_digest;  // SHA-256 of its key: a changed key revokes the session
 };
 
 class BackupRegistry;  // engine/net/store.h
@@ -89,6 +108,9 @@ struct ServerContext {
   Logger& log;
   BackupRegistry& backups;
   const std::atomic<bool>& stopping;
+  // The clients file as of now (reloaded when it changed): limits, and the
+  // authorization check repeated before a commit.
+  std::function<std::shared_ptr<const ClientRegistry>()> clients;
 };
 
 // Runs `body` and returns what it returns; an exception becomes kInternal
@@ -108,9 +130,10 @@ auto RunGuarded(const std::string& what, F&& body, bool* threw = nullptr) -> dec
   }
 }
 
-// kPermission unless `who` may use `volume` (it owns it, it is new, or who is admin).
-Status CheckVolumeAccess(const Repository& repo, const SessionInfo& who,
-                         const std::string& volume);
+// Whether `who` still holds the key and role it authenticated with (the
+// clients file may have changed since): false once it was removed, or its
+// key or role changed. Sessions of such a client are ended (revocation).
+bool StillAuthorized(const ClientRegistry& clients, const SessionInfo& who);
 
 Status RunServer(const ServerOptions& options);
 

@@ -1,9 +1,11 @@
 #include "engine/net/store.h"
 
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -14,6 +16,7 @@
 
 #include "engine/core/snapshot.h"
 #include "engine/core/text.h"
+#include "engine/net/volumes.h"
 #include "io/assert.h"
 #include "io/buffer_pool.h"
 #include "io/file.h"
@@ -55,13 +58,21 @@ struct StripeState {
   uint64_t bytes_received = 0;
 };
 
+// What a client's backup may use, and what its client had stored when it began.
+struct BackupLimits {
+  ClientLimits limits;        // effective (ClientLimits::Over the server's defaults)
+  uint64_t committed_bytes = 0;
+};
+
 class BackupSession {
  public:
+  // Takes over a backup slot already taken for who.client (TakeSlot).
   BackupSession(ServerContext& ctx, SessionInfo who, VolumeLock lock,
                 std::unique_ptr<SnapshotBuilder> builder, std::unique_ptr<Manifest> parent,
-                uint32_t stripes)
-      : ctx_(ctx), who_(std::move(who)), lock_(std::move(lock)), builder_(std::move(builder)),
-        parent_(std::move(parent)), stripes_(stripes) {
+                uint32_t stripes, BackupLimits limits)
+      : registry_(ctx.backups), who_(std::move(who)), lock_(std::move(lock)),
+        builder_(std::move(builder)), parent_(std::move(parent)), stripes_(stripes),
+        limits_(std::move(limits)) {
     for (uint32_t i = 0; i < stripes; ++i) {
       stripe_.push_back(std::make_unique<StripeState>());
       stripe_.back()->next_page = i;
@@ -79,6 +90,8 @@ class BackupSession {
   ~BackupSession() {
     Abort(Status::Ok());
     if (consumer_.joinable()) consumer_.join();
+    registry_.Uncharge(who_.client, charged_.load());
+    registry_.ReleaseSlot(who_.client);
   }
 
   const SessionInfo& who() const { return who_; }
@@ -93,13 +106,22 @@ class BackupSession {
   // goes). A non-OK `why` is sent to the agent's control connection first,
   // so the agent reports the reason instead of a lost connection.
   void Abort(const Status& why) {
-    if (aborted_.exchange(true)) return;
+    {
+      // Never while a commit runs: an aborted backup is never committed.
+      std::lock_guard commit(commit_mu_);
+      if (aborted_.exchange(true)) return;
+    }
     builder_->queue().Abort();
     std::lock_guard lock(owner_mu_);
+    // The reason goes out on every connection before any is shut down, so
+    // that whichever the agent reads first tells it why.
+    if (control_ && !why.ok()) (void)SendError(*control_, why, Millis(1000));
+    for (auto& s : stripe_) {
+      if (s->conn && !why.ok()) (void)SendError(*s->conn, why, Millis(100));
+    }
     for (auto& s : stripe_) {
       if (s->conn) s->conn->Shutdown();
     }
-    if (control_ && !why.ok()) (void)SendError(*control_, why, Millis(1000));
     if (control_) control_->Shutdown();
     cv_control_.notify_all();
   }
@@ -108,9 +130,46 @@ class BackupSession {
     return control_ != nullptr;
   }
 
+  // Held across the commit; Abort waits for it.
+  std::mutex& commit_mu() { return commit_mu_; }
+  const BackupLimits& limits() const { return limits_; }
+
+  // Counts `bytes` received against the client's quota; false when over it.
+  bool Charge(uint64_t bytes) {
+    uint64_t bound = ClientLimits::Bound(limits_.limits.max_bytes);
+    if (bound == UINT64_MAX) return true;
+    if (!registry_.Charge(who_.client, bytes, limits_.committed_bytes, bound)) return false;
+    charged_ += bytes;
+    return true;
+  }
+  Status QuotaExceeded() const {
+    uint64_t bound = ClientLimits::Bound(limits_.limits.max_bytes);
+    return Status::NoSpace("client '" + who_.client + "' is over its quota (max_bytes " +
+                           std::to_string(bound) + "): its snapshots hold " +
+                           std::to_string(limits_.committed_bytes) +
+                           " bytes and this backup needs more; nothing was committed (the "
+                           "server's operator may raise it with `dp420 client-set`)");
+  }
+  // Receive buffers of `each` bytes for one stripe, within the client's
+  // bound: a fair share of it for each stripe of this backup, 2 to 16.
+  unsigned ReserveBuffers(uint64_t each, unsigned most) {
+    uint64_t bound = ClientLimits::Bound(limits_.limits.max_stripe_memory);
+    uint64_t share = bound == UINT64_MAX ? most : bound / (each * stripes_);
+    unsigned want = unsigned(std::clamp<uint64_t>(share, 2, most));
+    return registry_.ReserveBuffers(who_.client, each, want, 2, bound);
+  }
+  void ReleaseBuffers(uint64_t bytes) { registry_.ReleaseBuffers(who_.client, bytes); }
+
+  // Awaiting its agent since (steady clock ns), 0 while a control connection serves it.
+  int64_t waiting_since() const { return waiting_since_.load(); }
+  void MarkWaiting() {
+    waiting_since_.store(Clock::now().time_since_epoch().count());
+  }
+
   // The control connection: a newer one replaces (and wakes) an older one.
   void AttachControl(Conn* conn) {
     std::lock_guard lock(owner_mu_);
+    waiting_since_.store(0);
     if (control_) control_->Shutdown();
     control_ = conn;
     ++control_generation_;
@@ -150,12 +209,16 @@ class BackupSession {
   }
 
  private:
-  ServerContext& ctx_;
+  BackupRegistry& registry_;
   SessionInfo who_;
   VolumeLock lock_;
   std::unique_ptr<SnapshotBuilder> builder_;
   std::unique_ptr<Manifest> parent_;
   uint32_t stripes_;
+  BackupLimits limits_;
+  std::atomic<uint64_t> charged_{0};
+  std::atomic<int64_t> waiting_since_{0};
+  std::mutex commit_mu_;
   std::vector<std::unique_ptr<StripeState>> stripe_;
   std::atomic<bool> aborted_{false};
   std::mutex owner_mu_;
@@ -211,6 +274,116 @@ void BackupRegistry::AbortAll() {
     all.swap(sessions_);
   }
   for (auto& [token, session] : all) session->Abort(Status::Ok());
+}
+
+size_t BackupRegistry::AbortIf(const std::function<bool(const SessionInfo&)>& revoked,
+                               const Status& why) {
+  std::vector<std::shared_ptr<BackupSession>> gone;
+  {
+    std::lock_guard lock(mu_);
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      if (revoked(it->second->who())) {
+        gone.push_back(std::move(it->second));
+        it = sessions_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& s : gone) s->Abort(why);
+  return gone.size();
+}
+
+std::shared_ptr<BackupSession> BackupRegistry::OldestWaiting(const std::string& client) {
+  std::shared_ptr<BackupSession> oldest;
+  for (auto& [token, s] : sessions_) {
+    if (s->who().client != client || s->waiting_since() == 0 || s->aborted()) continue;
+    if (!oldest || s->waiting_since() < oldest->waiting_since()) oldest = s;
+  }
+  return oldest;
+}
+
+Status BackupRegistry::TakeSlot(const std::string& client, uint64_t bound) {
+  auto deadline = Clock::now() + std::chrono::seconds(2);
+  bool rolled_back = false;
+  for (;;) {
+    std::shared_ptr<BackupSession> victim;
+    {
+      std::lock_guard lock(mu_);
+      Usage& u = usage_[client];
+      if (u.slots < bound) {
+        ++u.slots;
+        return Status::Ok();
+      }
+      if (!rolled_back) victim = OldestWaiting(client);
+    }
+    if (victim) {
+      // Its handler wakes, ends, and frees the slot when the last reference goes.
+      Remove(victim->token);
+      rolled_back = true;
+    }
+    if (!rolled_back || Clock::now() > deadline) {
+      return Status::Busy("client '" + client + "' has " + std::to_string(bound) +
+                          " backups in progress, its limit (max_backups): wait for one to "
+                          "finish");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+void BackupRegistry::ReleaseSlot(const std::string& client) {
+  std::lock_guard lock(mu_);
+  Usage& u = usage_[client];
+  if (u.slots > 0) --u.slots;
+}
+
+void BackupRegistry::TrimWaiting(const std::string& client, uint64_t bound) {
+  for (;;) {
+    std::shared_ptr<BackupSession> oldest;
+    {
+      std::lock_guard lock(mu_);
+      uint64_t waiting = 0;
+      for (auto& [token, s] : sessions_) {
+        waiting += s->who().client == client && s->waiting_since() != 0 && !s->aborted();
+      }
+      if (waiting <= bound) return;
+      oldest = OldestWaiting(client);
+    }
+    if (!oldest) return;
+    Remove(oldest->token);
+  }
+}
+
+unsigned BackupRegistry::ReserveBuffers(const std::string& client, uint64_t each, unsigned want,
+                                        unsigned least, uint64_t bound) {
+  std::lock_guard lock(mu_);
+  Usage& u = usage_[client];
+  uint64_t room = bound > u.buffer_bytes ? bound - u.buffer_bytes : 0;
+  unsigned n = unsigned(std::min<uint64_t>(want, room / each));
+  if (n < least) return 0;
+  u.buffer_bytes += n * each;
+  return n;
+}
+
+void BackupRegistry::ReleaseBuffers(const std::string& client, uint64_t bytes) {
+  std::lock_guard lock(mu_);
+  Usage& u = usage_[client];
+  u.buffer_bytes -= std::min(u.buffer_bytes, bytes);
+}
+
+bool BackupRegistry::Charge(const std::string& client, uint64_t bytes, uint64_t committed,
+                            uint64_t bound) {
+  std::lock_guard lock(mu_);
+  Usage& u = usage_[client];
+  if (committed + u.charged + bytes > bound) return false;
+  u.charged += bytes;
+  return true;
+}
+
+void BackupRegistry::Uncharge(const std::string& client, uint64_t bytes) {
+  std::lock_guard lock(mu_);
+  Usage& u = usage_[client];
+  u.charged -= std::min(u.charged, bytes);
 }
 
 // ---- control connection ----
@@ -347,6 +520,29 @@ Status SendParentIds(ServerContext& ctx, Conn& conn, BackupSession& s, const Fra
   return conn.Send(FrameType::kDone, f.header.request_id, done.bytes(), timeout);
 }
 
+// The access checks again, under the volume lock, just before the commit:
+// the client still holds its key and role, and the volume is still its own.
+Status CheckStillAllowed(ServerContext& ctx, BackupSession& s) {
+  const SessionInfo& who = s.who();
+  auto clients = ctx.clients ? ctx.clients() : nullptr;
+  if (clients && !StillAuthorized(*clients, who)) {
+    return Status::Make(Code::kPermission, "client '" + who.client +
+                                               "' is no longer authorized (removed, or its "
+                                               "key or role changed): nothing was committed");
+  }
+  const std::string& volume = s.builder().manifest().volume;
+  std::vector<Manifest> chain;
+  std::vector<DamagedFile> damaged;
+  DP420_RETURN_IF_ERROR(ctx.repo.ListManifests(volume, &chain, &damaged));
+  for (const auto& m : chain) {
+    if (m.client != who.client) {
+      return Status::Make(Code::kPermission, "the volume's snapshots are not all client '" +
+                                                 who.client + "''s: nothing was committed");
+    }
+  }
+  return Status::Ok();
+}
+
 // COMMIT: every stripe is acknowledged. Waits for the table builder, closes
 // the stripes' packs and commits; answers COMMITTED with the manifest.
 Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, Millis timeout) {
@@ -397,7 +593,13 @@ Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, 
   DP420_RETURN_IF_ERROR(counters.Finish("COMMIT"));
   uint64_t received = 0;
   for (uint32_t i = 0; i < s.stripes(); ++i) received += s.stripe(i).bytes_received;
+  // Revocation aborts under this lock: either it came first and nothing is
+  // committed, or the commit completes first.
+  std::unique_lock commit_lock(s.commit_mu());
+  if (s.aborted()) return Status::Network("backup aborted");
+  DP420_RETURN_IF_ERROR(CheckStillAllowed(ctx, s));
   DP420_ASSIGN_OR_RETURN(Manifest committed, s.builder().Commit(stats));
+  commit_lock.unlock();
   DP420_ASSIGN_OR_RETURN(std::string text, SealedText(ctx.repo, committed));
   ctx.log.Info("backup committed", {{"client", s.who().client},
                                     {"volume", committed.volume},
@@ -414,38 +616,98 @@ Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, 
   return conn.Send(FrameType::kCommitted, f.header.request_id, w.bytes(), timeout);
 }
 
-Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const SessionInfo& who,
-                                                    const BeginRequest& b) {
-  DP420_RETURN_IF_ERROR(CheckVolumeAccess(ctx.repo, who, b.volume));
-  auto locked = ctx.repo.LockVolume(b.volume);
+// Locks repository volume `volume` for a backup by `who`. A backup of it
+// whose agent was lost waits for it to resume; a new backup by the same
+// client supersedes it.
+Result<VolumeLock> LockForBackup(ServerContext& ctx, const SessionInfo& who,
+                                 const std::string& volume, const std::string& shown) {
+  auto locked = ctx.repo.LockVolume(volume);
   if (!locked.ok() && locked.status().code() == Code::kBusy) {
-    // A backup of this volume whose agent was lost waits for it to resume;
-    // a new backup by the same client supersedes it.
     // A session that just ended may still be releasing the lock: wait a little.
-    auto old = ctx.backups.FindVolume(b.volume);
+    auto old = ctx.backups.FindVolume(volume);
     // (Sessions are aborted only once out of the registry.)
     bool supersede = old && old->who().client == who.client && !old->has_control();
     if (!old || supersede) {
       if (supersede) {
-        ctx.log.Warn("backup superseded", {{"client", who.client}, {"volume", b.volume}});
+        ctx.log.Warn("backup superseded", {{"client", who.client}, {"volume", volume}});
         ctx.backups.Remove(old->token);
       }
       old.reset();
       auto until = Clock::now() + std::chrono::seconds(5);
       while (Clock::now() < until) {
-        locked = ctx.repo.LockVolume(b.volume);
+        locked = ctx.repo.LockVolume(volume);
         if (locked.ok() || locked.status().code() != Code::kBusy) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
     }
   }
   if (!locked.ok()) {
-    return locked.status().Prefix("a backup of volume '" + b.volume + "' is in progress");
+    return locked.status().Prefix("a backup of volume '" + shown + "' is in progress");
   }
-  VolumeLock lock = std::move(locked).value();
+  return std::move(locked).value();
+}
+
+// The client's limits, and what it stores: kNoSpace when it may not create
+// `vol` (max_volumes) or is at its quota already (max_bytes).
+Result<BackupLimits> CheckLimits(ServerContext& ctx, const SessionInfo& who,
+                                 const ResolvedVolume& vol) {
+  auto clients = ctx.clients ? ctx.clients() : nullptr;
+  const ClientKey* key = clients ? clients->Find(who.client) : nullptr;
+  if (clients && (!key || !StillAuthorized(*clients, who))) {
+    return Status::Make(Code::kPermission, "client '" + who.client + "' is no longer authorized");
+  }
+  BackupLimits out;
+  out.limits = (key ? key->limits : ClientLimits{}).Over(ctx.options.client_defaults);
+  std::vector<Manifest> all;
+  DP420_RETURN_IF_ERROR(ctx.repo.ListManifests("", &all, nullptr));
+  for (const auto& m : all) out.committed_bytes += m.client == who.client ? m.bytes_written : 0;
+  uint64_t max_bytes = ClientLimits::Bound(out.limits.max_bytes);
+  if (out.committed_bytes >= max_bytes) {
+    return Status::NoSpace("client '" + who.client + "' is at its quota (max_bytes " +
+                           std::to_string(max_bytes) + "): its snapshots hold " +
+                           std::to_string(out.committed_bytes) + " bytes");
+  }
+  uint64_t max_volumes = ClientLimits::Bound(out.limits.max_volumes);
+  if (!vol.exists && max_volumes != UINT64_MAX) {
+    SessionInfo own = who;
+    own.role = "append";  // its own volumes only
+    std::vector<VisibleVolume> volumes;
+    DP420_RETURN_IF_ERROR(VisibleVolumes(ctx.repo, own, &volumes));
+    if (volumes.size() >= max_volumes) {
+      return Status::NoSpace("client '" + who.client + "' has " +
+                             std::to_string(volumes.size()) + " volumes, its limit "
+                             "(max_volumes): volume '" + vol.shown + "' cannot be created");
+    }
+  }
+  return out;
+}
+
+// Releases a backup slot unless a session took it over.
+struct SlotGuard {
+  BackupRegistry& registry;
+  std::string client;
+  bool held = true;
+  ~SlotGuard() {
+    if (held) registry.ReleaseSlot(client);
+  }
+};
+
+Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const SessionInfo& who,
+                                                    const BeginRequest& b) {
+  DP420_ASSIGN_OR_RETURN(ResolvedVolume vol, ResolveVolume(ctx.repo, who, b.volume, true));
+  DP420_ASSIGN_OR_RETURN(BackupLimits limits, CheckLimits(ctx, who, vol));
+  DP420_RETURN_IF_ERROR(
+      ctx.backups.TakeSlot(who.client, ClientLimits::Bound(limits.limits.max_backups)));
+  SlotGuard slot{ctx.backups, who.client};
+  DP420_ASSIGN_OR_RETURN(VolumeLock lock, LockForBackup(ctx, who, vol.repo, vol.shown));
+  // Again under the lock: the volume it resolved to is still the one to use.
+  DP420_ASSIGN_OR_RETURN(ResolvedVolume again, ResolveVolume(ctx.repo, who, b.volume, true));
+  if (again.repo != vol.repo || again.owner != who.client) {
+    return Status::Busy("volume '" + vol.shown + "' changed while the backup began: retry");
+  }
   std::vector<Manifest> chain;
   std::vector<DamagedFile> damaged;
-  DP420_RETURN_IF_ERROR(ctx.repo.ListManifests(b.volume, &chain, &damaged));
+  DP420_RETURN_IF_ERROR(ctx.repo.ListManifests(vol.repo, &chain, &damaged));
   if (!damaged.empty()) {
     return Status::Corruption(damaged.front().status.message() +
                               " — the server's operator must run `dp420 verify`");
@@ -453,7 +715,7 @@ Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const Se
   std::unique_ptr<Manifest> parent;
   if (!chain.empty()) parent = std::make_unique<Manifest>(chain.back());
   DP420_ASSIGN_OR_RETURN(auto builder,
-                         SnapshotBuilder::Start(ctx.repo, b.volume, parent.get(), b.block_size,
+                         SnapshotBuilder::Start(ctx.repo, vol.repo, parent.get(), b.block_size,
                                                 b.volume_size, DefaultPageWindow(b.stripes)));
   Manifest& m = builder->manifest();
   // All checked by ParseBegin: valid UTF-8, bounded.
@@ -463,7 +725,8 @@ Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const Se
   m.client = who.client;
   m.node_topology = b.topology;
   auto session = std::make_shared<BackupSession>(ctx, who, std::move(lock), std::move(builder),
-                                                 std::move(parent), b.stripes);
+                                                 std::move(parent), b.stripes, limits);
+  slot.held = false;
   session->token = NewToken();
   ctx.backups.Add(session->token, session);
   return session;
@@ -480,7 +743,9 @@ Result<std::shared_ptr<BackupSession>> OpenBackup(ServerContext& ctx, Conn& conn
   Millis timeout = ctx.options.LossTimeout();
   if (!b.resume_token.empty()) {
     auto s = ctx.backups.Find(b.resume_token);
-    if (!s || s->who().client != who.client || s->builder().manifest().volume != b.volume) {
+    auto vol = ResolveVolume(ctx.repo, who, b.volume, true);
+    if (!s || s->who().client != who.client || !vol.ok() ||
+        s->builder().manifest().volume != vol->repo) {
       Status gone = Status::NotFound("backup session " + b.resume_token +
                                      " is unknown to the server (it restarted or gave up)");
       (void)SendError(conn, gone, timeout);
@@ -568,11 +833,14 @@ Status HandleBackup(ServerContext& ctx, Conn& conn, const SessionInfo& who, cons
     ctx.backups.Remove(s->token);
     return status;
   }
-  // Lost agent: keep the session for a while so it can reconnect and resume.
+  // Lost agent: keep the session for a while so it can reconnect and resume
+  // (no more than max_waiting of a client's: its oldest are rolled back).
   ctx.log.Warn("backup agent lost", {{"client", who.client},
                                      {"volume", b.volume},
                                      {"error", status.message()},
                                      {"grace_s", ctx.options.resume_grace.count() / 1000.0}});
+  s->MarkWaiting();
+  ctx.backups.TrimWaiting(who.client, ClientLimits::Bound(s->limits().limits.max_waiting));
   if (!s->WaitForNewControl(generation, ctx.options.resume_grace)) {
     if (!s->aborted()) {
       ctx.log.Warn("backup abandoned", {{"client", who.client}, {"volume", b.volume}});
@@ -592,23 +860,33 @@ class StripeReceiver {
   StripeReceiver(ServerContext& ctx, Conn& conn, BackupSession& s, StripeState& st, uint32_t id)
       : ctx_(ctx), conn_(conn), s_(s), st_(st), id_(id),
         block_size_(s.builder().manifest().block_size) {}
+  ~StripeReceiver() { s_.ReleaseBuffers(uint64_t{buffers_} * buffer_bytes_); }
 
   Status Setup() {
     // A payload holds at most one extent of blocks (plus the padding of a
     // short last block up to 4 KiB).
     buffer_bytes_ = RoundUp(std::max<uint64_t>(block_size_, kMinExtentBytes) + kRecordAlign,
                             kRecordAlign);
+    // Within the client's bound on pinned receive buffers (max_stripe_memory).
+    buffers_ = s_.ReserveBuffers(buffer_bytes_, kStripeBuffers);
+    if (buffers_ == 0) {
+      return Status::Busy("client '" + s_.who().client + "' holds its limit of stripe "
+                          "receive buffers (max_stripe_memory " +
+                          std::to_string(ClientLimits::Bound(
+                              s_.limits().limits.max_stripe_memory)) +
+                          " bytes) in other stripes");
+    }
     DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = kStripeBuffers}));
-    DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(buffer_bytes_, kStripeBuffers));
+    DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(buffer_bytes_, buffers_));
     (void)pool_.Register(*ring_);
-    writes_.resize(kStripeBuffers);
+    writes_.resize(buffers_);
     if (s_.parent()) parent_ = std::make_unique<TableReader>(ctx_.repo, *s_.parent());
     return Status::Ok();
   }
 
   Status Run();
   // Waits for every pack write; the first write error, if any.
-  Status Flush() { return WaitWrites(true); }
+  Status Flush() { return ring_ ? WaitWrites(true) : Status::Ok(); }
   // The agent broke the protocol (as opposed to the connection failing).
   bool violated() const { return violated_; }
 
@@ -638,6 +916,7 @@ class StripeReceiver {
   uint32_t id_;
   uint32_t block_size_;
   uint64_t buffer_bytes_ = 0;
+  unsigned buffers_ = 0;  // receive buffers reserved (ReserveBuffers)
   // The writes and buffers outlive the ring, whose destructor waits for the
   // writes still in flight.
   std::vector<Write> writes_;
@@ -774,6 +1053,10 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
     off += len;
   }
   uint64_t padded = RoundUp(data_len, kRecordAlign);
+  if (!s_.Charge(padded)) {
+    pool_.Release(buffer);
+    return s_.QuotaExceeded();
+  }
   if (padded != data_len) std::memset(data + data_len, 0, padded - data_len);
   Status packed = EnsurePack(padded);
   if (!packed.ok()) {
@@ -925,6 +1208,31 @@ Status StripeReceiver::Run() {
 
 }  // namespace
 
+namespace {
+
+// After an ERROR on a stripe the agent may still be sending blocks: closing
+// with them unread would reset the connection, and a reset can discard the
+// ERROR before the agent reads it. So the sending side is shut, and what
+// arrives is read and dropped until the agent closes (it does on reading
+// the ERROR), for at most `most`.
+void LingerAfterError(Conn& conn, Millis most) {
+  if (::shutdown(conn.fd(), SHUT_WR) != 0) return;
+  auto until = Clock::now() + most;
+  char sink[64 * 1024];
+  for (;;) {
+    auto left = std::chrono::duration_cast<Millis>(until - Clock::now()).count();
+    if (left <= 0) return;
+    pollfd p{conn.fd(), POLLIN, 0};
+    int r = poll(&p, 1, int(left));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return;
+    ssize_t n = ::recv(conn.fd(), sink, sizeof(sink), MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) return;
+  }
+}
+
+}  // namespace
+
 Status HandleStripe(ServerContext& ctx, Conn& conn, const SessionInfo& who, const Frame& join) {
   Millis timeout = ctx.options.LossTimeout();
   PayloadReader r(join.payload);
@@ -946,13 +1254,14 @@ Status HandleStripe(ServerContext& ctx, Conn& conn, const SessionInfo& who, cons
   s->AttachStripe(st, &conn);  // wakes a connection still serving it
   std::lock_guard lock(st.mu);
   if (s->aborted()) return Status::Network("backup aborted");
-  PayloadWriter w;
-  w.U64(st.next_page);
-  DP420_RETURN_IF_ERROR(conn.Send(FrameType::kStripeReady, 0, w.bytes(), timeout));
   StripeReceiver receiver(ctx, conn, *s, st, stripe);
   // An exception fails the whole backup (below) after the stripe detached.
+  // STRIPE_READY goes out once the stripe's buffers are reserved.
   Status status = RunGuarded("stripe " + std::to_string(stripe), [&] {
     DP420_RETURN_IF_ERROR(receiver.Setup());
+    PayloadWriter w;
+    w.U64(st.next_page);
+    DP420_RETURN_IF_ERROR(conn.Send(FrameType::kStripeReady, 0, w.bytes(), timeout));
     return receiver.Run();
   });
   // Pages were handed to the table before their writes completed: a failed
@@ -965,6 +1274,7 @@ Status HandleStripe(ServerContext& ctx, Conn& conn, const SessionInfo& who, cons
     (void)SendError(conn, status, timeout);
     ctx.log.Warn("backup refused", {{"client", who.client}, {"error", status.ToString()}});
     ctx.backups.Remove(token, status);
+    LingerAfterError(conn, Millis(1000));
   }
   return status;
 }

@@ -317,5 +317,41 @@ TEST(CliRemoteTest, SourceNameNotUtf8BacksUpOverTheNetwork) {
   DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
 }
 
+// A client over its quota: the backup fails with exit code 10 naming the
+// quota, nothing is committed; `client-set` lifts the limit on the running
+// server, and `snapshots` shows the volume as CLIENT/VOLUME, remotely and on
+// the repository itself.
+TEST(CliRemoteTest, QuotaExceededExits10AndClientSetLiftsIt) {
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  std::string key = AddClient(dir, "db1");
+  std::string clients = dir / "clients.json";
+  Result set = Cli({"client-set", "--clients", clients, "--client", "db1", "--max-bytes", "1M"});
+  DP420_ASSERT_EXIT(set, kExitOk);
+  Server server(dir, repo);
+  Env env = {{"DP420_CACHE_DIR", dir / "cache"}};
+  std::vector<std::string> remote = Remote(server, "db1", key);
+  std::string source = dir / "source.img";
+  WritePatternFile(source, 4ull << 20, 17);
+
+  Result over = Cli(Join({"backup", "--volume", "pg", source}, remote), env);
+  DP420_EXPECT_EXIT(over, kExitNoSpace) << server.Log();
+  EXPECT_NE(over.err.find("quota"), std::string::npos) << over.Describe();
+  EXPECT_TRUE(SnapshotIds(repo).empty());
+
+  Result lift = Cli({"client-set", "--clients", clients, "--client", "db1", "--max-bytes", "0"});
+  DP420_ASSERT_EXIT(lift, kExitOk);
+  Result backup = Cli(Join({"backup", "--volume", "pg", source}, remote), env);
+  DP420_ASSERT_EXIT(backup, kExitOk) << server.Log();
+  Result list = Cli(Join({"snapshots", "--volume", "pg"}, remote), env);
+  DP420_ASSERT_EXIT(list, kExitOk);
+  EXPECT_NE(list.out.find("db1/pg"), std::string::npos) << list.Describe();
+  Result local = Cli({"snapshots", "--repo", repo, "--volume", "db1/pg"});
+  DP420_ASSERT_EXIT(local, kExitOk);
+  EXPECT_NE(local.out.find("db1/pg"), std::string::npos) << local.Describe();
+  Result stopped = server.Stop();
+  DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
+}
+
 }  // namespace
 }  // namespace dp420::e2e

@@ -33,6 +33,7 @@ inline constexpr int kExitNotFound = 4;
 inline constexpr int kExitBusy = 5;
 inline constexpr int kExitRefused = 6;
 inline constexpr int kExitUnsupported = 7;
+inline constexpr int kExitNoSpace = 10;  // a device full, or a server quota or limit
 
 inline constexpr std::chrono::seconds kDefaultTimeout{300};
 

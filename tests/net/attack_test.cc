@@ -36,6 +36,7 @@
 #include "engine/core/repo.h"
 #include "engine/net/auth.h"
 #include "engine/net/client.h"
+#include "engine/net/volumes.h"
 #include "engine/net/frame.h"
 #include "engine/net/server.h"
 #include "io/file.h"
@@ -354,7 +355,8 @@ class AttackTest : public ::testing::Test {
     if (!repo.ok()) return ids;
     std::vector<Manifest> list;
     std::vector<DamagedFile> damaged;
-    Status s = (*repo)->ListManifests("vol1", &list, &damaged);
+    // alice's volume vol1 (engine/net/volumes.h).
+    Status s = (*repo)->ListManifests(NamespacedVolume("alice", "vol1"), &list, &damaged);
     EXPECT_TRUE(s.ok()) << s.ToString();
     EXPECT_TRUE(damaged.empty());
     for (const Manifest& m : list) ids.push_back(m.snapshot_id);

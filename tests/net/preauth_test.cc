@@ -103,8 +103,8 @@ std::vector<uint8_t> HelloBytes(const std::string& client) {
   uint8_t ephemeral[kEphemeralBytes] = {9};
   w.Bytes({ephemeral, sizeof(ephemeral)});
   FrameHeader h = MakeHeader(FrameType::kHello, 0, w.bytes());
-  std::vector<uint8_t> bytes(reinterpret_cast<uint8_t*>(&h),
-                             reinterpret_cast<uint8_t*>(&h) + sizeof(h));
+  std::vector<uint8_t> bytes(sizeof(h));
+  std::memcpy(bytes.data(), &h, sizeof(h));
   bytes.insert(bytes.end(), w.bytes().begin(), w.bytes().end());
   return bytes;
 }

@@ -24,6 +24,7 @@
 #include "engine/net/client.h"
 #include "engine/net/conn.h"
 #include "engine/net/server.h"
+#include "engine/net/volumes.h"
 #include "server_thread.h"
 #include "tests/engine/engine_test_util.h"
 
@@ -194,7 +195,8 @@ class RobustnessTest : public ::testing::Test {
   // journal once the server rolled it back (just after its ERROR went out).
   void ExpectNothingCommitted(const std::string& volume) {
     std::vector<Manifest> manifests;
-    ASSERT_TRUE(repo_->ListManifests(volume, &manifests, nullptr).ok());
+    ASSERT_TRUE(
+        repo_->ListManifests(NamespacedVolume("alice", volume), &manifests, nullptr).ok());
     EXPECT_TRUE(manifests.empty());
     auto deadline = std::chrono::steady_clock::now() + 5s;
     while (!ListDir(repo_path_ + "/tmp").empty() && std::chrono::steady_clock::now() < deadline) {

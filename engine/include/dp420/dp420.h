@@ -323,6 +323,27 @@ DP420_EXPORT int dp420_client_add(dp420_ctx_t* ctx, const char* clients_file, co
 DP420_EXPORT int dp420_client_remove(dp420_ctx_t* ctx, const char* clients_file,
                                      const char* name);
 
+/* Per-client limits in the clients file (docs/FORMAT.md, "The clients
+ * file"); a running server applies them to backups that begin afterwards.
+ * Each field: DP420_LIMIT_UNCHANGED leaves it as it is, DP420_LIMIT_DEFAULT
+ * gives the client the server's default, 0 means no limit, N > 0 is the
+ * limit. dp420_client_limits_init sets every field to DP420_LIMIT_UNCHANGED.
+ * dp420_client_set_limits: -DP420_ENOENT when `name` is not registered,
+ * -DP420_EINVAL for a value below DP420_LIMIT_DEFAULT. */
+#define DP420_LIMIT_UNCHANGED (-1)
+#define DP420_LIMIT_DEFAULT (-2)
+typedef struct dp420_client_limits {
+  int64_t max_volumes;        /* volumes the client may own */
+  int64_t max_bytes;          /* bytes its snapshots may have written (quota) */
+  int64_t max_backups;        /* its backups at once, running or awaiting resume */
+  int64_t max_waiting;        /* its backups awaiting their agent's resume */
+  int64_t max_stripe_memory;  /* bytes of receive buffers its stripes may pin */
+} dp420_client_limits_t;
+
+DP420_EXPORT void dp420_client_limits_init(dp420_client_limits_t* limits);
+DP420_EXPORT int dp420_client_set_limits(dp420_ctx_t* ctx, const char* clients_file,
+                                         const char* name, const dp420_client_limits_t* limits);
+
 #ifdef __cplusplus
 }
 #endif
