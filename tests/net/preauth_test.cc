@@ -103,9 +103,9 @@ std::vector<uint8_t> HelloBytes(const std::string& client) {
   uint8_t ephemeral[kEphemeralBytes] = {9};
   w.Bytes({ephemeral, sizeof(ephemeral)});
   FrameHeader h = MakeHeader(FrameType::kHello, 0, w.bytes());
-  std::vector<uint8_t> bytes(sizeof(h));
+  std::vector<uint8_t> bytes(sizeof(h) + w.bytes().size());
   std::memcpy(bytes.data(), &h, sizeof(h));
-  bytes.insert(bytes.end(), w.bytes().begin(), w.bytes().end());
+  std::memcpy(bytes.data() + sizeof(h), w.bytes().data(), w.bytes().size());
   return bytes;
 }
 
