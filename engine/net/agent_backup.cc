@@ -967,8 +967,9 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     }
   }
   if (committed.ok()) {
-    SentSnapshot sent{snapshot_id, parent ? parent->snapshot_id : "", block_size,
-                      source.size(), ctx.geo.blocks};
+    SentSnapshot sent{options_.client, o.volume, snapshot_id,
+                      parent ? parent->snapshot_id : "", block_size, source.size(),
+                      ctx.geo.blocks};
     Status checked = CheckCommitted(*committed, sent, new_cache.fd(), job.parent_cache_fd,
                                     job.parent_blocks);
     if (!checked.ok()) {

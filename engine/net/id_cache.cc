@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "engine/net/volumes.h"
 #include "simd/simd.h"
 
 namespace dp420::net {
@@ -121,6 +122,10 @@ Status CheckCommitted(const Manifest& c, const SentSnapshot& sent, int new_fd, i
                               ": the snapshot does not hold what was read; do not rely on it");
   };
   auto num = [](uint64_t v) { return std::to_string(v); };
+  DP420_RETURN_IF_ERROR(check("client", c.client, sent.client));
+  if (c.volume != NamespacedVolume(sent.client, sent.volume)) {
+    DP420_RETURN_IF_ERROR(check("volume", c.volume, sent.volume));
+  }
   DP420_RETURN_IF_ERROR(check("snapshot_id", c.snapshot_id, sent.snapshot_id));
   DP420_RETURN_IF_ERROR(check("parent", c.parent, sent.parent));
   DP420_RETURN_IF_ERROR(check("block_size", num(c.block_size), num(sent.block_size)));

@@ -48,6 +48,8 @@ Status ReadCacheRecords(int fd, uint64_t first, uint32_t n, uint8_t* raw);
 
 // What the agent knows of the snapshot it sent, to hold the commit against.
 struct SentSnapshot {
+  std::string client;       // this agent's client name
+  std::string volume;       // as this agent named it
   std::string snapshot_id;  // from BACKUP_READY
   std::string parent;       // "" for a full backup
   uint32_t block_size = 0;
@@ -56,7 +58,8 @@ struct SentSnapshot {
 };
 
 // kCorruption naming the first field of `committed` that differs from what
-// the agent read and sent: snapshot id, parent, geometry, blocks_zero,
+// the agent read and sent: owner and volume (the client's own, plain or in
+// its namespace: volumes.h), snapshot id, parent, geometry, blocks_zero,
 // blocks_stored, blocks_changed (counted as the server counts them) and
 // checksum_sha256 over the digests in the new cache `new_fd`, against the
 // parent's cache `parent_fd` (-1 for a full backup). The digests of unchanged

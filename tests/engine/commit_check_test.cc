@@ -70,7 +70,8 @@ class CommitCheckTest : public ::testing::Test {
   }
 
   static SentSnapshot Sent(const Manifest& m) {
-    return SentSnapshot{m.snapshot_id, m.parent, m.block_size, m.volume_size, m.blocks_total};
+    return SentSnapshot{m.client, m.volume, m.snapshot_id, m.parent, m.block_size,
+                        m.volume_size, m.blocks_total};
   }
 
   TempDir dir_;
@@ -119,6 +120,13 @@ TEST_F(CommitCheckTest, ServerThatMisreportsTheSnapshotIsCaught) {
     void (*edit)(Manifest&, SentSnapshot&);
   };
   const Case cases[] = {
+      {"client", [](Manifest& m, SentSnapshot&) { m.client = "mallory"; }},
+      {"volume", [](Manifest& m, SentSnapshot&) { m.volume = "other"; }},
+      {"volume", [](Manifest& m, SentSnapshot& s) {
+         s.client = "db1";
+         m.client = "db1";
+         m.volume = "db2_.vol";  // another client's namespace
+       }},
       {"snapshot_id", [](Manifest& m, SentSnapshot&) { m.snapshot_id = "0123456789abcdef"; }},
       {"parent", [](Manifest& m, SentSnapshot&) { m.parent = "0123456789abcdef"; }},
       {"volume_size", [](Manifest& m, SentSnapshot&) { m.volume_size += 4096; }},
