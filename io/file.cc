@@ -8,9 +8,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <utility>
 
 #include "io/assert.h"
+#include "io/random.h"
 
 #ifndef STATX_DIOALIGN
 #define STATX_DIOALIGN 0x2000U
@@ -252,8 +254,12 @@ void File::Close() {
 }
 
 Status WriteFileAtomic(const std::string& path, const std::string& data) {
-  std::string tmp = path + ".tmp." + std::to_string(getpid());
-  int fd = OpenRetry(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY, 0600);
+  uint8_t raw[8];
+  DP420_RETURN_IF_ERROR(FillRandom(raw, sizeof(raw)));
+  char suffix[2 * sizeof(raw) + 1];
+  for (size_t i = 0; i < sizeof(raw); ++i) std::snprintf(suffix + 2 * i, 3, "%02x", raw[i]);
+  std::string tmp = path + ".tmp." + suffix;
+  int fd = OpenRetry(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
   if (fd < 0) return PosixError("open " + tmp, errno);
   Status status = WriteSyncClose(fd, data, tmp);
   if (status.ok() && rename(tmp.c_str(), path.c_str()) != 0) {
@@ -266,13 +272,15 @@ Status WriteFileAtomic(const std::string& path, const std::string& data) {
   return SyncDir(DirName(path));
 }
 
-Result<std::string> ReadFile(const std::string& path) {
+Result<std::string> ReadFile(const std::string& path,
+                             const std::function<Status(const struct stat&)>& check) {
   int fd = OpenRetry(path, O_RDONLY | O_CLOEXEC | O_NOCTTY, 0);
   if (fd < 0) return PosixError("open " + path, errno);
   File file = File::Adopt(fd, path, false);  // closes fd on every return
   struct stat st;
   if (fstat(fd, &st) != 0) return PosixError("stat " + path, errno);
   if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(path + " is not a regular file");
+  if (check) DP420_RETURN_IF_ERROR(check(st));
   std::string data;
   data.reserve(static_cast<size_t>(st.st_size));
   char chunk[64 * 1024];

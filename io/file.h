@@ -5,6 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <sys/stat.h>
+
+#include <functional>
 #include <string>
 
 #include "io/status.h"
@@ -74,11 +77,16 @@ Result<FileInfo> Probe(int fd, const std::string& path);
 // instead: callers use this to pick buffered reads for warm input.
 double CachedFraction(int fd, uint64_t size_bytes);
 
-// Writes `data` to `path` atomically and durably: temp file in the same
-// directory, write, fsync, rename over `path`, fsync the directory. Mode 0600.
+// Writes `data` to `path` atomically and durably: a temp file in the same
+// directory with a random name, created with O_EXCL|O_NOFOLLOW (nothing
+// planted there can redirect the write), write, fsync, rename over `path`,
+// fsync the directory. Mode 0600.
 Status WriteFileAtomic(const std::string& path, const std::string& data);
-// Reads a whole (small) file.
-Result<std::string> ReadFile(const std::string& path);
+// Reads a whole (small) file. `check`, when given, sees the opened file's
+// stat before anything is read (the checked file is the one read) and may
+// refuse it.
+Result<std::string> ReadFile(const std::string& path,
+                             const std::function<Status(const struct stat&)>& check = nullptr);
 // fsync of a directory.
 Status SyncDir(const std::string& dir);
 // mkdir -p with mode 0700 for each created component.

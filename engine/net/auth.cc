@@ -55,7 +55,6 @@ Status CheckClientsFileSafe(const std::string& path, const struct stat& st) {
   char mode[8];
   std::snprintf(mode, sizeof(mode), "%04o", unsigned(st.st_mode & 07777));
   std::string about = path + " (mode " + mode + ", owner uid " + std::to_string(st.st_uid) + ")";
-  if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(path + " is not a regular file");
   if (st.st_uid != geteuid()) {
     return Status::Make(Code::kPermission,
                         "clients file " + about + " is not owned by the server's user (uid " +
@@ -71,26 +70,6 @@ Status CheckClientsFileSafe(const std::string& path, const struct stat& st) {
   return Status::Ok();
 }
 
-// Reads the clients file through one descriptor: the checked file is the read one.
-Result<std::string> ReadClientsFile(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) return PosixError("open " + path, errno);
-  io::File file = io::File::Adopt(fd, path, false);
-  struct stat st;
-  if (fstat(fd, &st) != 0) return PosixError("stat " + path, errno);
-  DP420_RETURN_IF_ERROR(CheckClientsFileSafe(path, st));
-  std::string text;
-  char chunk[16 * 1024];
-  for (;;) {
-    ssize_t n = read(fd, chunk, sizeof(chunk));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return PosixError("read " + path, errno);
-    if (n == 0) break;
-    text.append(chunk, size_t(n));
-  }
-  return text;
-}
-
 Status ParseLimits(const Json& c, ClientLimits* l) {
   for (int i = 0; i < 5; ++i) {
     if (!c.contains(kLimitFields[i])) continue;
@@ -100,11 +79,6 @@ Status ParseLimits(const Json& c, ClientLimits* l) {
     *LimitField(*l, i) = v.get<uint64_t>();
   }
   return Status::Ok();
-}
-
-std::string DirOf(const std::string& path) {
-  size_t slash = path.rfind('/');
-  return slash == 0 ? "/" : path.substr(0, slash);
 }
 
 }  // namespace
@@ -153,7 +127,11 @@ Result<ClientRegistry> ClientRegistry::Load(const std::string& path) {
   if (path.empty() || path[0] != '/') {
     return Status::InvalidArgument("clients file path '" + path + "' must be absolute");
   }
-  DP420_ASSIGN_OR_RETURN(std::string text, ReadClientsFile(path));
+  // The checked file is the one read (one descriptor).
+  DP420_ASSIGN_OR_RETURN(std::string text,
+                         io::ReadFile(path, [&](const struct stat& st) {
+                           return CheckClientsFileSafe(path, st);
+                         }));
   DP420_ASSIGN_OR_RETURN(Json doc, UnsealJson(text, path));
   ClientRegistry reg;
   try {
@@ -204,32 +182,9 @@ Status ClientRegistry::Save(const std::string& path) const {
   Json doc = {{"format", "dp420-clients"}, {"format_version", 2}, {"clients", list}};
   if (identity_) doc["server_identity"] = simd::ToHex(identity_->seed().data(), 32);
   std::string text = SealJson(doc);
-  // A random temp name, created exclusively and never through a symlink:
-  // nothing planted in the directory can redirect the write.
-  uint8_t raw[12];
-  DP420_RETURN_IF_ERROR(io::FillRandom(raw, sizeof(raw)));
-  size_t slash = path.rfind('/');
-  std::string tmp = DirOf(path) + "/." + path.substr(slash + 1) + "." +
-                    simd::ToHex(raw, sizeof(raw)) + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY,
-                0600);
-  if (fd < 0) return PosixError("create " + tmp, errno);
-  bool ok = write(fd, text.data(), text.size()) == ssize_t(text.size()) && fsync(fd) == 0;
-  int err = errno;
+  Status written = io::WriteFileAtomic(path, text);
   Cleanse(text.data(), text.size());
-  if (close(fd) != 0 && ok) {
-    ok = false;
-    err = errno;
-  }
-  if (ok && rename(tmp.c_str(), path.c_str()) != 0) {
-    ok = false;
-    err = errno;
-  }
-  if (!ok) {
-    unlink(tmp.c_str());
-    return PosixError("write " + path, err);
-  }
-  return io::SyncDir(DirOf(path));
+  return written;
 }
 
 Status ClientRegistry::SetLimits(const std::string& name, const ClientLimits& limits) {
