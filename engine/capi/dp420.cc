@@ -21,6 +21,7 @@
 #include "engine/core/bench.h"
 #include "engine/core/repo.h"
 #include "engine/core/restore.h"
+#include "engine/core/upgrade.h"
 #include "engine/core/verify.h"
 #include "engine/net/auth.h"
 #include "engine/net/client.h"
@@ -286,6 +287,18 @@ int dp420_repo_open(dp420_ctx_t* ctx, const char* path, dp420_repo_t** out) {
 }
 
 void dp420_repo_close(dp420_repo_t* repo) { delete repo; }
+
+int dp420_repo_upgrade(dp420_ctx_t* ctx, const char* path, uint32_t* from_version,
+                       uint64_t* manifests_resealed) {
+  return Guard(ctx, [&] {
+    if (Missing(path)) return Fail(ctx, Status::InvalidArgument("repository path is empty"));
+    auto r = dp420::UpgradeRepository(dp420::control::AbsolutePath(path));
+    if (!r.ok()) return Fail(ctx, r.status());
+    if (from_version) *from_version = r->from_version;
+    if (manifests_resealed) *manifests_resealed = r->manifests_resealed;
+    return Ok(ctx);
+  });
+}
 
 void dp420_remote_opts_init(dp420_remote_opts_t* opts) {
   std::memset(opts, 0, sizeof(*opts));

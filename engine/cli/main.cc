@@ -179,6 +179,26 @@ int CmdInit(const Common& c) {
   return kExitOk;
 }
 
+int CmdUpgrade(const Common& c) {
+  uint32_t from = 0;
+  uint64_t resealed = 0;
+  int rc = dp420_repo_upgrade(g_ctx, c.repo.c_str(), &from, &resealed);
+  if (rc != 0) return Report(c, "upgrade", rc);
+  if (c.json) {
+    std::cout << Json{{"repository", c.repo}, {"from_version", from},
+                      {"manifests_resealed", resealed}}.dump()
+              << std::endl;
+  } else if (!c.quiet) {
+    if (resealed == 0 && from != 1) {
+      std::cout << c.repo << " is already at the current format" << std::endl;
+    } else {
+      std::cout << "upgraded " << c.repo << " from format " << from << ": " << resealed
+                << " manifest(s) re-sealed with the repository key" << std::endl;
+    }
+  }
+  return kExitOk;
+}
+
 void PrintNetworkSummary(const dp420_backup_result_t& r) {
   char sent[32], zc[32], copied[32], resent[32];
   std::printf("  sent %s to the server (%s zero-copy, %s of it copied by the kernel),"
@@ -819,6 +839,10 @@ int main(int argc, char** argv) {
   init->add_option("REPO", c.repo, "Repository directory")->required();
   AddCommon(init, &c);
 
+  auto* upgrade = app.add_subcommand("upgrade", "Bring a format-1 repository to this format");
+  upgrade->add_option("REPO", c.repo, "Repository directory")->required();
+  AddCommon(upgrade, &c);
+
   auto* backup = app.add_subcommand("backup", "Back up a volume (full first, then incremental)");
   AddRepoOptions(backup, &c);
   backup->add_option("--volume", b.volume, "Volume name")->required();
@@ -868,6 +892,7 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   int code = kExitUsage;
   if (*init) code = CmdInit(c);
+  if (*upgrade) code = CmdUpgrade(c);
   if (*backup) code = CmdBackup(c, b);
   if (*snaps) code = CmdSnapshots(c, list_volume);
   if (*restore) code = CmdRestore(c, r);

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <thread>
 
+#include "engine/core/history.h"
 #include "engine/core/pack.h"
 #include "engine/core/scanner.h"
 #include "engine/core/snapshot.h"
@@ -304,15 +305,8 @@ Result<BackupResult> RunBackup(const Repository& repo, const BackupOptions& o) {
                                    "' (1-64 characters of A-Z a-z 0-9 . _ -)");
   }
   DP420_ASSIGN_OR_RETURN(VolumeLock lock, repo.LockVolume(o.volume));
-  std::vector<Manifest> chain;
-  std::vector<DamagedFile> damaged;
-  DP420_RETURN_IF_ERROR(repo.ListManifests(o.volume, &chain, &damaged));
-  if (!damaged.empty()) {
-    return Status::Corruption(damaged.front().status.message() +
-                              " — run `dp420 verify` before backing up this volume again");
-  }
-  const Manifest* parent = chain.empty() ? nullptr : &chain.back();
-  return Backup(repo, o, parent);
+  DP420_ASSIGN_OR_RETURN(std::optional<Manifest> parent, ParentOfNextBackup(repo, o.volume));
+  return Backup(repo, o, parent ? &*parent : nullptr);
 }
 
 }  // namespace dp420

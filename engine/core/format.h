@@ -1,13 +1,14 @@
-// On-disk format of a dp420 repository (version 1). docs/FORMAT.md describes
+// On-disk format of a dp420 repository (version 2). docs/FORMAT.md describes
 // every file byte by byte; this header is the source of truth for layouts.
 //
 // All integers are little-endian. Structures here are the exact bytes on disk
 // (static_assert'ed sizes); the build is little-endian only (asserted).
 //
-//   REPO/config                 JSON line + "sha256 <hex>" line (format stamp)
+//   REPO/config                 JSON line + "hmac-sha256 <hex>" line (format stamp)
 //   REPO/keys/hash.key          192-byte secret for the keyed XXH3-128 block hash
 //   REPO/packs/XXXXXXXX.pack    data and table pages; immutable once closed
-//   REPO/snapshots/VOL/SEQ-ID.manifest   JSON line + "sha256 <hex>" line
+//   REPO/snapshots/VOL/SEQ-ID.manifest   JSON line + "hmac-sha256 <hex>" line
+//   REPO/snapshots/VOL/HEAD     the volume's newest snapshot and generation (sealed)
 //   REPO/locks/VOL.lock         flock()ed by the one writer of a volume
 //   REPO/tmp/                   journals of unfinished backups, temp files
 //
@@ -24,7 +25,11 @@ namespace dp420 {
 
 static_assert(std::endian::native == std::endian::little, "dp420 formats are little-endian");
 
-inline constexpr uint32_t kFormatVersion = 1;  // repository, pack and manifest format
+// Repository (config, manifests, heads) format. Version 2 seals them with a
+// keyed MAC and adds the volume heads; version 1 repositories are upgraded in
+// place by `dp420 upgrade`.
+inline constexpr uint32_t kFormatVersion = 2;
+inline constexpr uint32_t kPackFormatVersion = 1;  // pack header and footer
 inline constexpr uint32_t kRecordAlign = 4096;  // every pack record starts on 4 KiB
 inline constexpr uint32_t kPageEntries = 256;   // entries per table page
 inline constexpr uint64_t kPackMaxBytes = 1ull << 30;  // a pack is closed past 1 GiB

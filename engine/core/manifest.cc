@@ -1,37 +1,120 @@
 #include "engine/core/manifest.h"
 
 #include <cstdio>
+#include <cstring>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include "engine/core/job.h"
+#include "io/assert.h"
 #include "simd/simd.h"
 
 namespace dp420 {
 
-std::string SealJson(const Json& doc, std::string* seal_hex) {
-  std::string line = doc.dump() + "\n";
+namespace {
+
+constexpr char kKeyedTag[] = "hmac-sha256 ";
+constexpr char kPlainTag[] = "sha256 ";
+
+std::string Sha256Hex(const std::string& bytes) {
   uint8_t digest[32];
-  simd::Sha256(reinterpret_cast<const uint8_t*>(line.data()), line.size(), digest);
-  std::string hex = simd::ToHex(digest, 32);
-  if (seal_hex) *seal_hex = hex;
-  return line + "sha256 " + hex + "\n";
+  simd::Sha256(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), digest);
+  return simd::ToHex(digest, 32);
 }
 
-Result<Json> UnsealJson(const std::string& text, const std::string& what,
-                        std::string* seal_hex) {
+// Splits a sealed file into its JSON line (with newline) and its seal line's
+// hex after `tag`; false when the shape is wrong.
+bool SplitSealed(const std::string& text, const char* tag, std::string* line, std::string* hex) {
   size_t nl = text.find('\n');
-  if (nl == std::string::npos) return Status::Corruption(what + ": not a sealed file");
-  std::string line = text.substr(0, nl + 1);
+  if (nl == std::string::npos) return false;
   std::string rest = text.substr(nl + 1);
-  uint8_t digest[32];
-  simd::Sha256(reinterpret_cast<const uint8_t*>(line.data()), line.size(), digest);
-  std::string hex = simd::ToHex(digest, 32);
-  if (rest != "sha256 " + hex + "\n") {
+  size_t tag_len = std::strlen(tag);
+  if (rest.size() != tag_len + 65 || rest.compare(0, tag_len, tag) != 0 || rest.back() != '\n') {
+    return false;
+  }
+  *line = text.substr(0, nl + 1);
+  *hex = rest.substr(tag_len, 64);
+  return true;
+}
+
+Result<Json> ParseLine(const std::string& line, const std::string& what) {
+  Json j = Json::parse(line, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Status::Corruption(what + ": not valid JSON");
+  return j;
+}
+
+bool EqualHex(const std::string& a, const std::string& b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+}  // namespace
+
+SealKey SealKey::Derive(const uint8_t* repo_key, size_t len) {
+  static constexpr char kLabel[] = "dp420 seals v1";
+  SealKey k;
+  unsigned out_len = 0;
+  uint8_t* r = HMAC(EVP_sha256(), repo_key, static_cast<int>(len),
+                    reinterpret_cast<const uint8_t*>(kLabel), sizeof(kLabel) - 1,
+                    k.key_.data(), &out_len);
+  DP420_ASSERT(r != nullptr && out_len == kBytes);
+  return k;
+}
+
+SealKey::~SealKey() { OPENSSL_cleanse(key_.data(), key_.size()); }
+
+std::string SealKey::Mac(const std::string& bytes) const {
+  uint8_t mac[32];
+  unsigned len = 0;
+  uint8_t* r = HMAC(EVP_sha256(), key_.data(), static_cast<int>(key_.size()),
+                    reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), mac, &len);
+  DP420_ASSERT(r != nullptr && len == 32);
+  return simd::ToHex(mac, 32);
+}
+
+std::string SealJson(const Json& doc, const SealKey& key, std::string* seal_hex) {
+  std::string line = doc.dump() + "\n";
+  std::string hex = key.Mac(line);
+  if (seal_hex) *seal_hex = hex;
+  return line + kKeyedTag + hex + "\n";
+}
+
+Result<Json> UnsealJson(const std::string& text, const std::string& what, const SealKey* key,
+                        std::string* seal_hex) {
+  std::string line, hex;
+  if (!SplitSealed(text, kKeyedTag, &line, &hex)) {
+    if (SplitSealed(text, kPlainTag, &line, &hex)) {
+      return Status::Corruption(what + ": sealed with a bare SHA-256, not the repository key "
+                                "(a version-1 file, or one forged without the key)");
+    }
+    return Status::Corruption(what + ": not a sealed file");
+  }
+  if (key && !EqualHex(hex, key->Mac(line))) {
+    return Status::Corruption(what + ": seal mismatch (the file was edited, damaged or forged)");
+  }
+  DP420_ASSIGN_OR_RETURN(Json j, ParseLine(line, what));
+  if (seal_hex) *seal_hex = hex;
+  return j;
+}
+
+std::string SealJsonPlain(const Json& doc, std::string* seal_hex) {
+  std::string line = doc.dump() + "\n";
+  std::string hex = Sha256Hex(line);
+  if (seal_hex) *seal_hex = hex;
+  return line + kPlainTag + hex + "\n";
+}
+
+Result<Json> UnsealJsonPlain(const std::string& text, const std::string& what,
+                             std::string* seal_hex) {
+  std::string line, hex;
+  if (!SplitSealed(text, kPlainTag, &line, &hex)) {
+    return Status::Corruption(what + ": not a sealed file");
+  }
+  if (!EqualHex(hex, Sha256Hex(line))) {
     return Status::Corruption(what + ": checksum mismatch (the file was edited or damaged)");
   }
-  Json j = Json::parse(line, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) {
-    return Status::Corruption(what + ": not valid JSON");
-  }
+  DP420_ASSIGN_OR_RETURN(Json j, ParseLine(line, what));
   if (seal_hex) *seal_hex = hex;
   return j;
 }
@@ -159,9 +242,10 @@ std::string Manifest::FileName() const {
   return buf + snapshot_id + ".manifest";
 }
 
-Result<Manifest> Manifest::Parse(const std::string& sealed, const std::string& what) {
+Result<Manifest> Manifest::Parse(const std::string& sealed, const std::string& what,
+                                 const SealKey* key) {
   std::string seal;
-  DP420_ASSIGN_OR_RETURN(Json j, UnsealJson(sealed, what, &seal));
+  DP420_ASSIGN_OR_RETURN(Json j, UnsealJson(sealed, what, key, &seal));
   DP420_ASSIGN_OR_RETURN(Manifest m, FromJson(j, what));
   m.seal = std::move(seal);
   m.file_name = m.FileName();

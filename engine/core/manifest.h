@@ -1,14 +1,21 @@
-// Manifests and other sealed JSON files (config).
+// Manifests and other sealed JSON files (config, volume heads).
 //
 // A sealed file is two lines: a JSON document on one line, then
-// "sha256 <hex>" where <hex> is the SHA-256 of the first line's bytes
-// including its newline. The seal is checked on every read; a manifest's
-// seal is also its identity in the snapshot hash chain (a child records its
-// parent's seal as parent_manifest_sha256).
+// "hmac-sha256 <hex>" where <hex> is the HMAC-SHA-256 of the first line's
+// bytes (including its newline) under the repository's seal key, derived from
+// keys/hash.key. Only a holder of the repository key can write a file that
+// reads back: an edited, re-sealed or forged manifest is refused. A
+// manifest's seal is also its identity in the snapshot hash chain (a child
+// records its parent's seal as parent_manifest_sha256).
 //
-// Thread safety: plain data and pure functions.
+// Plain files ("sha256 <hex>", a bare SHA-256) are the version-1 repository
+// seal, still read by `dp420 upgrade`, and the seal of files that live outside
+// a repository (the server's clients file): they catch damage, not forgery.
+//
+// Thread safety: plain data and pure functions; a SealKey is immutable.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 
@@ -22,11 +29,39 @@ namespace dp420 {
 
 using Json = nlohmann::ordered_json;
 
-// Serializes `doc` as a sealed file. `seal_hex` (optional) receives the seal.
-std::string SealJson(const Json& doc, std::string* seal_hex = nullptr);
-// Parses a sealed file; kCorruption naming `what` when the seal or JSON is bad.
-Result<Json> UnsealJson(const std::string& text, const std::string& what,
+// The key that seals a repository's JSON files: HMAC-SHA-256 under
+// "dp420 seals v1" of keys/hash.key, so the repository keeps one secret.
+// Cleansed on destruction.
+class SealKey {
+ public:
+  static constexpr size_t kBytes = 32;
+  // Derives the seal key from the repository key's bytes.
+  static SealKey Derive(const uint8_t* repo_key, size_t len);
+  SealKey() = default;
+  ~SealKey();
+  SealKey(const SealKey& o) : key_(o.key_) {}
+  SealKey& operator=(const SealKey& o) = default;
+  // Hex HMAC-SHA-256 of `bytes` under this key.
+  std::string Mac(const std::string& bytes) const;
+
+ private:
+  std::array<uint8_t, kBytes> key_{};
+};
+
+// Serializes `doc` as a file sealed under `key`; `seal_hex` (optional)
+// receives the seal.
+std::string SealJson(const Json& doc, const SealKey& key, std::string* seal_hex = nullptr);
+// Parses a file sealed under `key`; kCorruption naming `what` when the seal
+// or JSON is bad. With `key` null the seal is read but cannot be checked:
+// only for a reader that holds no repository key and got the text from the
+// repository's server over the authenticated channel (the agent).
+Result<Json> UnsealJson(const std::string& text, const std::string& what, const SealKey* key,
                         std::string* seal_hex = nullptr);
+// The plain seal ("sha256 <hex>"): repository format 1, and files outside a
+// repository (the clients file).
+std::string SealJsonPlain(const Json& doc, std::string* seal_hex = nullptr);
+Result<Json> UnsealJsonPlain(const std::string& text, const std::string& what,
+                             std::string* seal_hex = nullptr);
 
 Json ObjRefToJson(const ObjRef& ref);
 Result<ObjRef> ObjRefFromJson(const Json& j);
@@ -61,14 +96,16 @@ struct Manifest {
   std::string client;              // the server client that owns the volume ("" local)
 
   // Derived when read:
-  std::string seal;                // SHA-256 of this manifest's JSON line
+  std::string seal;                // the seal of this manifest's JSON line (hex)
   std::string file_name;           // "SEQ-ID.manifest"
 
   Json ToJson() const;
   static Result<Manifest> FromJson(const Json& j, const std::string& what);
-  // A sealed manifest file's text: unsealed, parsed, with seal and file_name set;
-  // kCorruption naming `what` when anything is wrong.
-  static Result<Manifest> Parse(const std::string& sealed, const std::string& what);
+  // A sealed manifest file's text: unsealed under `key` (see UnsealJson for a
+  // null key), parsed, with seal and file_name set; kCorruption naming `what`
+  // when anything is wrong.
+  static Result<Manifest> Parse(const std::string& sealed, const std::string& what,
+                                const SealKey* key);
   std::string FileName() const;    // "%010llu-<id>.manifest"
   uint32_t BlockLen(uint64_t block) const { return dp420::BlockLen(volume_size, block_size, block); }
 };

@@ -46,7 +46,7 @@ uint64_t NowNs() {
 
 bool FooterValid(const PackFooter& footer) {
   if (std::memcmp(footer.magic, kFooterMagic, 8) != 0) return false;
-  if (footer.version != kFormatVersion) return false;
+  if (footer.version != kPackFormatVersion) return false;
   return simd::Crc32c(0, reinterpret_cast<const uint8_t*>(&footer), 60) == footer.crc32c;
 }
 
@@ -69,7 +69,7 @@ Result<PackWriter> PackWriter::Create(const std::string& packs_dir, const uint8_
     if (!header_buf) return Status::NoMemory("pack header buffer");
     auto* header = reinterpret_cast<PackHeader*>(header_buf.get());
     std::memcpy(header->magic, kPackMagic, 8);
-    header->version = kFormatVersion;
+    header->version = kPackFormatVersion;
     header->pack_id = id;
     std::memcpy(header->repo_id, repo_id, 16);
     header->created_unix_ns = NowNs();
@@ -113,7 +113,7 @@ Status PackWriter::Finish() {
   if (index_bytes) std::memcpy(buf.get(), index_.data(), index_bytes);
   auto* footer = reinterpret_cast<PackFooter*>(buf.get() + total - sizeof(PackFooter));
   std::memcpy(footer->magic, kFooterMagic, 8);
-  footer->version = kFormatVersion;
+  footer->version = kPackFormatVersion;
   footer->pack_id = pack_id_;
   footer->index_offset = index_offset;
   footer->record_count = static_cast<uint32_t>(index_.size());
@@ -146,10 +146,10 @@ Result<PackReader> PackReader::Open(const std::string& path, uint32_t expected_i
   if (std::memcmp(header.magic, kPackMagic, 8) != 0 || crc != header.crc32c) {
     return Status::Corruption(path + ": pack header is damaged");
   }
-  if (header.version > kFormatVersion) {
+  if (header.version > kPackFormatVersion) {
     return Status::Version(path + ": pack format version " + std::to_string(header.version) +
                            " is newer than this dp420 supports (" +
-                           std::to_string(kFormatVersion) + ")");
+                           std::to_string(kPackFormatVersion) + ")");
   }
   if (header.pack_id != expected_id) {
     return Status::Corruption(path + ": pack header names pack " + PackName(header.pack_id));

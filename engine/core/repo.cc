@@ -15,6 +15,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "engine/core/history.h"
 #include "io/assert.h"
 #include "io/file.h"
 #include "io/random.h"
@@ -88,7 +89,9 @@ Status Repository::Init(const std::string& path) {
   config["block_hash"] = "xxh3-128-keyed";
   config["key_sha256"] = simd::ToHex(key_digest, 32);
   // The config is written last: its presence is what makes a repository.
-  DP420_RETURN_IF_ERROR(io::WriteFileAtomic(path + "/config", SealJson(config)));
+  SealKey seal_key = SealKey::Derive(key, sizeof(key));
+  OPENSSL_cleanse(key, sizeof(key));
+  DP420_RETURN_IF_ERROR(io::WriteFileAtomic(path + "/config", SealJson(config, seal_key)));
   return io::SyncDir(path);
 }
 
@@ -122,42 +125,79 @@ std::unique_ptr<simd::BlockHasher> Repository::VolumeHasher(const std::string& v
 }
 
 Result<std::unique_ptr<Repository>> Repository::Open(const std::string& path) {
-  auto text = io::ReadFile(path + "/config");
+  return OpenAny(path, false);
+}
+
+Result<std::unique_ptr<Repository>> Repository::OpenForUpgrade(const std::string& path) {
+  return OpenAny(path, true);
+}
+
+// Reads keys/hash.key, checks it against the config's key_sha256 and derives
+// the seal key.
+Status Repository::LoadKey(const Json& config) {
+  DP420_ASSIGN_OR_RETURN(std::string key, io::ReadFile(path_ + "/keys/hash.key"));
+  if (key.size() != simd::kHashSecretBytes) {
+    OPENSSL_cleanse(key.data(), key.size());
+    return Status::Corruption(path_ + "/keys/hash.key: wrong size");
+  }
+  uint8_t key_digest[32];
+  simd::Sha256(reinterpret_cast<const uint8_t*>(key.data()), key.size(), key_digest);
+  std::memcpy(hash_key_.data(), key.data(), simd::kHashSecretBytes);
+  OPENSSL_cleanse(key.data(), key.size());
+  if (simd::ToHex(key_digest, 32) != config.at("key_sha256").get<std::string>()) {
+    return Status::Corruption(path_ + "/keys/hash.key: does not match the config's key_sha256");
+  }
+  seal_key_ = SealKey::Derive(hash_key_.data(), hash_key_.size());
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
+                                                        bool legacy_ok) {
+  const std::string what = path + "/config";
+  auto text = io::ReadFile(what);
   if (!text.ok()) {
     if (text.status().code() == Code::kNotFound) {
       return Status::NotFound(path + " is not a dp420 repository (no config file)");
     }
     return text.status();
   }
-  DP420_ASSIGN_OR_RETURN(Json config, UnsealJson(text.value(), path + "/config"));
+  // A plain seal is format 1; the keyed seal is read first and checked once
+  // the key is loaded.
+  auto plain = UnsealJsonPlain(text.value(), what);
+  Result<Json> config = plain.ok() ? std::move(plain) : UnsealJson(text.value(), what, nullptr);
+  if (!config.ok()) return config.status();
   std::unique_ptr<Repository> repo(new Repository());
   repo->path_ = path;
   try {
-    if (config.at("format").get<std::string>() != "dp420-repository") {
-      return Status::Corruption(path + "/config: not a dp420 repository config");
+    const Json& c = config.value();
+    if (c.at("format").get<std::string>() != "dp420-repository") {
+      return Status::Corruption(what + ": not a dp420 repository config");
     }
-    uint32_t version = config.at("format_version").get<uint32_t>();
-    if (version > kFormatVersion) {
-      return Status::Version(path + ": repository format version " + std::to_string(version) +
+    repo->format_version_ = c.at("format_version").get<uint32_t>();
+    if (repo->format_version_ > kFormatVersion) {
+      return Status::Version(path + ": repository format version " +
+                             std::to_string(repo->format_version_) +
                              " is newer than this dp420 supports (" +
                              std::to_string(kFormatVersion) + "); upgrade dp420");
     }
-    if (!simd::FromHex(config.at("repo_id").get<std::string>(), repo->repo_id_, 16)) {
-      return Status::Corruption(path + "/config: bad repo_id");
+    if ((repo->format_version_ < 2) != plain.ok()) {
+      return Status::Corruption(what + ": its seal does not fit its format version");
     }
-    DP420_ASSIGN_OR_RETURN(std::string key, io::ReadFile(path + "/keys/hash.key"));
-    if (key.size() != simd::kHashSecretBytes) {
-      return Status::Corruption(path + "/keys/hash.key: wrong size");
+    if (repo->format_version_ < 2 && !legacy_ok) {
+      return Status::Version(path + ": repository format " +
+                             std::to_string(repo->format_version_) +
+                             " (seals without a key); run `dp420 upgrade " + path +
+                             "` once to bring it to format " + std::to_string(kFormatVersion));
     }
-    uint8_t key_digest[32];
-    simd::Sha256(reinterpret_cast<const uint8_t*>(key.data()), key.size(), key_digest);
-    if (simd::ToHex(key_digest, 32) != config.at("key_sha256").get<std::string>()) {
-      return Status::Corruption(path + "/keys/hash.key: does not match the config's key_sha256");
+    if (!simd::FromHex(c.at("repo_id").get<std::string>(), repo->repo_id_, 16)) {
+      return Status::Corruption(what + ": bad repo_id");
     }
-    std::memcpy(repo->hash_key_.data(), key.data(), simd::kHashSecretBytes);
-    OPENSSL_cleanse(key.data(), key.size());
+    DP420_RETURN_IF_ERROR(repo->LoadKey(c));
   } catch (const std::exception& e) {
-    return Status::Corruption(path + "/config: malformed (" + e.what() + ")");
+    return Status::Corruption(what + ": malformed (" + e.what() + ")");
+  }
+  if (!plain.ok()) {
+    DP420_RETURN_IF_ERROR(UnsealJson(text.value(), what, &repo->seal_key_).status());
   }
   return repo;
 }
@@ -191,7 +231,11 @@ Status Repository::ListManifests(const std::string& volume, std::vector<Manifest
       Status status;
       auto text = io::ReadFile(path_ + "/" + rel);
       if (text.ok()) {
-        auto m = Manifest::Parse(text.value(), rel);
+        // A format-1 repository is only opened to be upgraded, which reads
+        // its manifests itself.
+        Result<Manifest> m = format_version_ < 2
+                                 ? Result<Manifest>(Status::Version(rel + ": format 1 manifest"))
+                                 : Manifest::Parse(text.value(), rel, &seal_key_);
         if (!m.ok()) {
           status = m.status();
         } else if (m->file_name != name || m->volume != vol) {
@@ -217,24 +261,22 @@ Result<Manifest> Repository::FindSnapshot(const std::string& volume,
   if (!ValidVolumeName(volume)) {
     return Status::InvalidArgument("invalid volume name '" + volume + "'");
   }
-  std::vector<Manifest> all;
-  std::vector<DamagedFile> damaged;
-  DP420_RETURN_IF_ERROR(ListManifests(volume, &all, &damaged));
-  // A damaged manifest only matters when it is the one asked for (or might
-  // be the latest): other snapshots of the volume stay restorable.
-  for (const auto& d : damaged) {
+  DP420_ASSIGN_OR_RETURN(VolumeHistory h, LoadHistory(*this, volume));
+  if (id == "latest") {
+    DP420_ASSIGN_OR_RETURN(const Manifest* newest, h.Newest(path_));
+    return *newest;
+  }
+  if (id.size() < 4) return Status::InvalidArgument("snapshot id '" + id + "' is too short");
+  // A damaged manifest only matters when it is the one asked for: the
+  // volume's other snapshots stay restorable.
+  for (const auto& d : h.damaged) {
     std::string name = d.path.substr(d.path.find_last_of('/') + 1);
     size_t dash = name.find('-');
     std::string damaged_id = dash == std::string::npos ? "" : name.substr(dash + 1, 16);
-    if (id == "latest" || (id.size() >= 4 && damaged_id.compare(0, id.size(), id) == 0)) {
-      return Status::Corruption(d.status.message());
-    }
+    if (damaged_id.compare(0, id.size(), id) == 0) return Status::Corruption(d.status.message());
   }
-  if (all.empty()) return Status::NotFound("volume '" + volume + "' has no snapshots in " + path_);
-  if (id == "latest") return all.back();
-  if (id.size() < 4) return Status::InvalidArgument("snapshot id '" + id + "' is too short");
   const Manifest* found = nullptr;
-  for (const auto& m : all) {
+  for (const auto& m : h.manifests) {
     if (m.snapshot_id.compare(0, id.size(), id) == 0) {
       if (found) return Status::InvalidArgument("snapshot id prefix '" + id + "' is ambiguous");
       found = &m;

@@ -46,8 +46,13 @@ class Repository {
   // when `path` already holds files.
   static Status Init(const std::string& path);
   // Opens and checks config and key. kNotFound when `path` is not a
-  // repository; kVersion when its format is newer than this build.
+  // repository; kVersion when its format is newer than this build, or is
+  // format 1 (unkeyed seals), which `dp420 upgrade` brings to this format.
   static Result<std::unique_ptr<Repository>> Open(const std::string& path);
+  // Opens a format-1 repository for UpgradeRepository (engine/core/upgrade.h),
+  // checking its config's plain seal; a current one opens as with Open().
+  static Result<std::unique_ptr<Repository>> OpenForUpgrade(const std::string& path);
+  uint32_t format_version() const { return format_version_; }
 
   const std::string& path() const { return path_; }
   const uint8_t* repo_id() const { return repo_id_; }
@@ -64,6 +69,9 @@ class Repository {
   // That volume's secret (simd::kHashSecretBytes bytes).
   void VolumeSecret(const std::string& volume, uint8_t* out) const;
 
+  // The key that seals config, manifests and heads (derived from keys/hash.key).
+  const SealKey& seal_key() const { return seal_key_; }
+
   std::string PacksDir() const { return path_ + "/packs"; }
   std::string PackPath(uint32_t pack_id) const;
   std::string SnapshotsDir(const std::string& volume) const;
@@ -74,7 +82,10 @@ class Repository {
   // else the first one fails the call.
   Status ListManifests(const std::string& volume, std::vector<Manifest>* out,
                        std::vector<DamagedFile>* damaged) const;
-  // `id` is "latest", a snapshot id, or a unique prefix of at least 4 digits.
+  // `id` is "latest" (the newest snapshot of the volume's history, see
+  // history.h: kCorruption when that history was rolled back, forked or its
+  // newest snapshot is damaged), a snapshot id, or a unique prefix of at
+  // least 4 digits.
   Result<Manifest> FindSnapshot(const std::string& volume, const std::string& id) const;
 
   // Takes the writer lock of `volume` (kBusy when another process holds it).
@@ -82,7 +93,11 @@ class Repository {
 
  private:
   Repository() = default;
+  static Result<std::unique_ptr<Repository>> OpenAny(const std::string& path, bool legacy_ok);
+  Status LoadKey(const Json& config);
   std::string path_;
+  uint32_t format_version_ = kFormatVersion;
+  SealKey seal_key_;
   uint8_t repo_id_[16] = {};
   std::array<uint8_t, simd::kHashSecretBytes> hash_key_{};  // cleansed on destruction
 };

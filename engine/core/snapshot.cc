@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "engine/core/history.h"
 #include "engine/core/scanner.h"
 #include "engine/core/test_hooks.h"
 #include "io/assert.h"
@@ -208,7 +209,7 @@ Status SnapshotBuilder::Consume(const std::function<bool()>& stopped,
 Status SnapshotBuilder::WriteManifest(bool* renamed) {
   std::string dir = repo_.SnapshotsDir(m_.volume);
   DP420_RETURN_IF_ERROR(io::MakeDirs(dir));
-  std::string text = SealJson(m_.ToJson(), &m_.seal);
+  std::string text = SealJson(m_.ToJson(), repo_.seal_key(), &m_.seal);
   m_.file_name = m_.FileName();
   std::string tmp = repo_.path() + "/tmp/" + m_.snapshot_id + ".manifest.tmp";
   {
@@ -232,6 +233,14 @@ Status SnapshotBuilder::WriteManifest(bool* renamed) {
   if (!synced.ok()) {
     return synced.Prefix("snapshot " + m_.snapshot_id + " was written but its directory could "
                          "not be made durable");
+  }
+  CrashPoint("before-head");
+  // Until the head names it, the snapshot is the newest by descent from the
+  // head (history.h), so a failure here loses nothing; it is still reported.
+  Status head = AdvanceHead(repo_, m_.volume, &m_);
+  if (!head.ok()) {
+    return head.Prefix("snapshot " + m_.snapshot_id + " was written but the volume's head "
+                       "could not be advanced");
   }
   return Status::Ok();
 }

@@ -18,6 +18,7 @@
 #include <unordered_set>
 
 #include "engine/core/format.h"
+#include "engine/core/history.h"
 #include "engine/core/pack.h"
 #include "engine/core/table.h"
 #include "io/assert.h"
@@ -187,6 +188,7 @@ class Verifier {
   Result<std::string> ResolveAmongFiles() const;
   bool InScope(const std::string& id) const { return scope_id_.empty() || id == scope_id_; }
 
+  void CheckHistories();
   void CheckChains();
   void CheckVolumeChain(const std::vector<const Manifest*>& valid,
                         const std::vector<const DamagedFile*>& damaged);
@@ -228,6 +230,7 @@ class Verifier {
   std::vector<Manifest> manifests_;  // every valid manifest listed
   std::vector<DamagedFile> damaged_;
   std::vector<const Manifest*> selected_;
+  std::map<std::string, VolumeHistory> histories_;  // by volume
   std::string scope_id_;  // the one selected snapshot, or empty for all
   std::map<uint32_t, PackState> packs_;
   std::unordered_map<uint64_t, PageState> pages_;  // by RecordKey
@@ -244,6 +247,7 @@ class Verifier {
 Result<VerifyReport> Verifier::Run() {
   DP420_RETURN_IF_ERROR(Select());
   report_.snapshots_checked = selected_.size();
+  CheckHistories();
   CheckChains();
   DP420_RETURN_IF_ERROR(CheckTables());
   DP420_RETURN_IF_ERROR(CheckPacks());
@@ -264,20 +268,24 @@ Status Verifier::Select() {
     return Status::InvalidArgument("snapshot '" + options_.snapshot + "' needs its volume");
   }
   DP420_RETURN_IF_ERROR(repo_.ListManifests(volume, &manifests_, &damaged_));
-  if (!volume.empty() && manifests_.empty() && damaged_.empty()) {
+  std::set<std::string> volumes = {volume};
+  if (volume.empty()) {
+    volumes.clear();
+    for (const auto& v : repo_.ListVolumes()) volumes.insert(v);
+    for (const auto& v : AnchoredVolumes(repo_)) volumes.insert(v);
+  }
+  for (const auto& v : volumes) {
+    DP420_ASSIGN_OR_RETURN(histories_[v], LoadHistory(repo_, v));
+  }
+  if (!volume.empty() && manifests_.empty() && damaged_.empty() &&
+      histories_[volume].problems.empty()) {
     return Status::NotFound("volume '" + volume + "' has no snapshots in " + repo_.path());
   }
   if (options_.snapshot.empty()) {
     for (const auto& m : manifests_) selected_.push_back(&m);
     return Status::Ok();
   }
-  if (damaged_.empty()) {
-    DP420_ASSIGN_OR_RETURN(Manifest found, repo_.FindSnapshot(volume, options_.snapshot));
-    scope_id_ = found.snapshot_id;
-  } else {
-    // FindSnapshot fails on a damaged manifest: resolve among every file.
-    DP420_ASSIGN_OR_RETURN(scope_id_, ResolveAmongFiles());
-  }
+  DP420_ASSIGN_OR_RETURN(scope_id_, ResolveAmongFiles());
   const std::string& id = scope_id_;
   for (const auto& m : manifests_) {
     if (m.snapshot_id == id) selected_.push_back(&m);
@@ -286,8 +294,13 @@ Status Verifier::Select() {
 }
 
 // Resolves options_.snapshot as Repository::FindSnapshot does, over valid and
-// damaged manifest files alike (a damaged one is known by its file name).
+// damaged manifest files alike (a damaged one is known by its file name), and
+// "latest" as the volume's head names it even when that file is damaged or
+// missing, so its problem is reported.
 Result<std::string> Verifier::ResolveAmongFiles() const {
+  const VolumeHistory& h = histories_.at(options_.volume);
+  if (options_.snapshot == "latest" && h.tip) return h.tip->snapshot_id;
+  if (options_.snapshot == "latest" && !h.head.snapshot_id.empty()) return h.head.snapshot_id;
   std::map<uint64_t, std::string> files;  // sequence -> id
   for (const auto& m : manifests_) files[m.sequence] = m.snapshot_id;
   for (const auto& d : damaged_) {
@@ -312,6 +325,21 @@ Result<std::string> Verifier::ResolveAmongFiles() const {
                             "' not found");
   }
   return found;
+}
+
+// ---- Volume histories ---------------------------------------------------------
+
+// Rollbacks, forks and missing or damaged heads (history.h): each a problem
+// of the volume's head, breaking the snapshot the head names.
+void Verifier::CheckHistories() {
+  for (const auto& [volume, h] : histories_) {
+    for (const auto& message : h.problems) {
+      size_t problem = problems_.Add("snapshots/" + volume + "/HEAD", message);
+      if (!h.head.snapshot_id.empty() && InScope(h.head.snapshot_id)) {
+        problems_.Break(problem, h.head.snapshot_id);
+      }
+    }
+  }
 }
 
 // ---- Snapshot hash chain -----------------------------------------------------

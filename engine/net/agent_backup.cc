@@ -777,7 +777,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   std::string dir = cache_path.substr(0, cache_path.find_last_of('/'));
   DP420_RETURN_IF_ERROR(io::MakeDirs(dir).Prefix("parent id cache (--cache-dir)"));
   if (!parent_text.empty()) {
-    DP420_ASSIGN_OR_RETURN(Manifest pm, Manifest::Parse(parent_text, "parent manifest"));
+    DP420_ASSIGN_OR_RETURN(Manifest pm, Manifest::Parse(parent_text, "parent manifest", nullptr));
     parent = std::make_unique<Manifest>(std::move(pm));
     DP420_ASSIGN_OR_RETURN(parent_cache, OpenParentCache(*parent, cache_path, timeout));
     job.parent_cache_fd = parent_cache.fd();
@@ -946,7 +946,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
       PayloadReader cr(f->payload);
       std::string text = cr.String(1 << 20);
       DP420_RETURN_IF_ERROR(cr.Finish("COMMITTED"));
-      committed = Manifest::Parse(text, "committed manifest");
+      committed = Manifest::Parse(text, "committed manifest", nullptr);
       break;
     }
     if (committed.ok() || sent.code() != Code::kNetwork) {

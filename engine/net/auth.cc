@@ -132,7 +132,7 @@ Result<ClientRegistry> ClientRegistry::Load(const std::string& path) {
                          io::ReadFile(path, [&](const struct stat& st) {
                            return CheckClientsFileSafe(path, st);
                          }));
-  DP420_ASSIGN_OR_RETURN(Json doc, UnsealJson(text, path));
+  DP420_ASSIGN_OR_RETURN(Json doc, UnsealJsonPlain(text, path));
   ClientRegistry reg;
   try {
     if (doc.at("format").get<std::string>() != "dp420-clients") {
@@ -181,7 +181,7 @@ Status ClientRegistry::Save(const std::string& path) const {
   }
   Json doc = {{"format", "dp420-clients"}, {"format_version", 2}, {"clients", list}};
   if (identity_) doc["server_identity"] = simd::ToHex(identity_->seed().data(), 32);
-  std::string text = SealJson(doc);
+  std::string text = SealJsonPlain(doc);
   Status written = io::WriteFileAtomic(path, text);
   Cleanse(text.data(), text.size());
   return written;

@@ -128,7 +128,7 @@ Result<Manifest> ParseManifest(const Frame& f, const std::string& server,
   Status s = r.Finish("SNAPSHOT");
   if (!s.ok()) return Malformed(f, server, s);
   const std::string what = "manifest from " + server;
-  DP420_ASSIGN_OR_RETURN(Manifest m, Manifest::Parse(text, what));
+  DP420_ASSIGN_OR_RETURN(Manifest m, Manifest::Parse(text, what, nullptr));
   if (!repo_id.empty() && m.repo_id != repo_id) {
     return Status::Corruption(what + ": snapshot " + m.snapshot_id +
                               " belongs to another repository (" + m.repo_id + ")");

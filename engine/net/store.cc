@@ -14,6 +14,7 @@
 
 #include <openssl/crypto.h>
 
+#include "engine/core/history.h"
 #include "engine/core/snapshot.h"
 #include "engine/core/text.h"
 #include "engine/net/volumes.h"
@@ -705,15 +706,13 @@ Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const Se
   if (again.repo != vol.repo || again.owner != who.client) {
     return Status::Busy("volume '" + vol.shown + "' changed while the backup began: retry");
   }
-  std::vector<Manifest> chain;
-  std::vector<DamagedFile> damaged;
-  DP420_RETURN_IF_ERROR(ctx.repo.ListManifests(vol.repo, &chain, &damaged));
-  if (!damaged.empty()) {
-    return Status::Corruption(damaged.front().status.message() +
-                              " — the server's operator must run `dp420 verify`");
+  auto newest = ParentOfNextBackup(ctx.repo, vol.repo);
+  if (!newest.ok()) {
+    return Status::Make(newest.status().code(), newest.status().message() +
+                                                    " (the server's operator must act)");
   }
   std::unique_ptr<Manifest> parent;
-  if (!chain.empty()) parent = std::make_unique<Manifest>(chain.back());
+  if (newest->has_value()) parent = std::make_unique<Manifest>(**newest);
   DP420_ASSIGN_OR_RETURN(auto builder,
                          SnapshotBuilder::Start(ctx.repo, vol.repo, parent.get(), b.block_size,
                                                 b.volume_size, DefaultPageWindow(b.stripes)));

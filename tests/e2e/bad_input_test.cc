@@ -121,7 +121,7 @@ TEST_F(BadInputTest, NotARepositoryExits4NamingIt) {
 TEST_F(BadInputTest, NewerFormatVersionExits7) {
   std::string config = repo_ + "/config";
   EditSignedFile(
-      config,
+      repo_, config,
       [](std::string* line) {
         size_t key = line->find("\"format_version\"");
         if (key == std::string::npos) Fail("no format_version in config: " + *line);
@@ -130,7 +130,7 @@ TEST_F(BadInputTest, NewerFormatVersionExits7) {
         if (begin == std::string::npos) Fail("format_version is not a number: " + *line);
         line->replace(begin, end - begin, "999");
       },
-      /*fix_digest=*/true);
+      Reseal::kRepositoryKey);
   ExpectCleanExit(Cli({"snapshots", "--repo", repo_}), kExitUnsupported);
   ExpectCleanExit(BackupOf(source_), kExitUnsupported);
   ExpectCleanExit(Restore(repo_, "v", snapshot_, dir_ / "r.img"), kExitUnsupported);

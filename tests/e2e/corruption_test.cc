@@ -44,6 +44,7 @@ class CorruptionTest : public testing::Test {
     snaps_.push_back(Take("other", other));
 
     Ext4Volume vol = MakeExt4Volume(dir_, "vol", 128, 64, 8);
+    vol_image_ = vol.image;
     std::vector<std::string> before = ListPacks(repo_);
     snaps_.push_back(Take("vol", vol.image));
     for (const auto& pack : ListPacks(repo_)) {
@@ -63,6 +64,7 @@ class CorruptionTest : public testing::Test {
   const Snap& other() const { return snaps_[0]; }
   const Snap& s1() const { return snaps_[1]; }
   const Snap& s2() const { return snaps_[2]; }
+  const Snap& s3() const { return snaps_[3]; }
 
   // The largest pack the full backup of "vol" wrote: it holds data records.
   std::string BiggestFullPack() {
@@ -110,6 +112,7 @@ class CorruptionTest : public testing::Test {
   std::string repo_;
   std::vector<Snap> snaps_;
   std::vector<std::string> full_packs_;
+  std::string vol_image_;
 };
 
 TEST_F(CorruptionTest, FlippedBitInDataRecordIsFoundAndNamed) {
@@ -158,7 +161,7 @@ TEST_F(CorruptionTest, DeletedManifestIsFoundAndNamed) {
 TEST_F(CorruptionTest, EditedManifestIsFoundAndNamed) {
   std::string manifest = FindManifest(repo_, "vol", s2().id);
   ASSERT_FALSE(manifest.empty());
-  EditSignedFile(manifest, ChangeChecksumDigit, /*fix_digest=*/false);
+  EditSignedFile(repo_, manifest, ChangeChecksumDigit, Reseal::kKeep);
 
   Result verify = VerifyReadData();
   DP420_EXPECT_EXIT(verify, kExitDamage);
@@ -171,11 +174,11 @@ TEST_F(CorruptionTest, EditedManifestIsFoundAndNamed) {
   ExpectRestoresExactly(other());
 }
 
-// The manifest's own digest line is recomputed, so only the data proves the lie.
-TEST_F(CorruptionTest, ForgedManifestChecksumIsFoundByReadingData) {
+// Whoever stole the repository key can seal a lie: only the data proves it.
+TEST_F(CorruptionTest, ManifestResealedWithTheStolenKeyIsFoundByReadingData) {
   std::string manifest = FindManifest(repo_, "vol", s2().id);
   ASSERT_FALSE(manifest.empty());
-  EditSignedFile(manifest, ChangeChecksumDigit, /*fix_digest=*/true);
+  EditSignedFile(repo_, manifest, ChangeChecksumDigit, Reseal::kRepositoryKey);
 
   Result verify = VerifyReadData();
   DP420_EXPECT_EXIT(verify, kExitDamage);
@@ -184,6 +187,90 @@ TEST_F(CorruptionTest, ForgedManifestChecksumIsFoundByReadingData) {
   ExpectRestoreFails(s2(), kExitDamage);
   ExpectRestoresExactly(s1());
   ExpectRestoresExactly(other());
+}
+
+// Without the key, an edited manifest cannot be sealed again: the bare SHA-256
+// that format 1 used is refused as a forgery.
+TEST_F(CorruptionTest, ManifestForgedWithoutTheKeyIsRefused) {
+  std::string manifest = FindManifest(repo_, "vol", s2().id);
+  ASSERT_FALSE(manifest.empty());
+  EditSignedFile(repo_, manifest, ChangeChecksumDigit, Reseal::kBareSha256);
+
+  Result verify = VerifyReadData();
+  DP420_EXPECT_EXIT(verify, kExitDamage);
+  EXPECT_TRUE(Mentions(verify, s2().id)) << verify.Describe();
+  EXPECT_TRUE(Mentions(verify, "bare SHA-256")) << verify.Describe();
+  ExpectRestoreFails(s2(), kExitDamage);
+  ExpectRestoresExactly(s1());
+  ExpectRestoresExactly(other());
+}
+
+// Deleting the newest manifest must not quietly make the one before it "latest".
+TEST_F(CorruptionTest, DeletedNewestManifestIsFoundAndLatestRefused) {
+  std::string manifest = FindManifest(repo_, "vol", s3().id);
+  ASSERT_FALSE(manifest.empty());
+  std::filesystem::remove(manifest);
+
+  Result verify = VerifyReadData();
+  DP420_EXPECT_EXIT(verify, kExitDamage);
+  EXPECT_TRUE(Mentions(verify, s3().id)) << verify.Describe();
+  EXPECT_TRUE(Mentions(verify, "missing")) << verify.Describe();
+  Result latest = Restore(repo_, "vol", "latest", dir_ / "latest.img");
+  DP420_EXPECT_EXIT(latest, kExitDamage);
+  EXPECT_FALSE(Exists(dir_ / "latest.img"));
+  DP420_EXPECT_EXIT(Cli({"backup", "--repo", repo_, "--volume", "vol", vol_image_}), kExitDamage);
+  ExpectRestoresExactly(s2());
+  ExpectRestoresExactly(other());
+}
+
+// The whole folder of a volume put back as it was, head included: only the
+// anchor this machine keeps can tell, and it does; removing the anchor (what
+// the message says to do after a deliberate restore of the repository) accepts
+// the older state.
+TEST_F(CorruptionTest, SnapshotsFolderPutBackAsItWasIsFound) {
+  std::filesystem::path folder = std::filesystem::path(repo_) / "snapshots" / "vol";
+  std::filesystem::path saved = dir_ / "saved-vol";
+  std::filesystem::copy(folder, saved, std::filesystem::copy_options::recursive);
+  Json newer = Backup(repo_, "vol", vol_image_);
+  std::filesystem::remove_all(folder);
+  std::filesystem::copy(saved, folder, std::filesystem::copy_options::recursive);
+
+  Result verify = VerifyReadData();
+  DP420_EXPECT_EXIT(verify, kExitDamage);
+  EXPECT_TRUE(Mentions(verify, "rolled back")) << verify.Describe();
+  DP420_EXPECT_EXIT(Restore(repo_, "vol", "latest", dir_ / "latest.img"), kExitDamage);
+  DP420_EXPECT_EXIT(Cli({"backup", "--repo", repo_, "--volume", "vol", vol_image_}), kExitDamage);
+
+  std::string text = verify.All();
+  size_t at = text.find("remove /");
+  ASSERT_NE(at, std::string::npos) << verify.Describe();
+  std::string anchor = text.substr(at + 7, text.find_first_of("\"\n ;", at + 7) - at - 7);
+  ASSERT_TRUE(std::filesystem::remove(anchor)) << anchor;
+  DP420_EXPECT_EXIT(VerifyReadData(), kExitOk);
+  Result latest = Restore(repo_, "vol", "latest", dir_ / "latest.img");
+  DP420_EXPECT_EXIT(latest, kExitOk);
+  EXPECT_EQ(Sha256File(dir_ / "latest.img"), s3().sha256);
+}
+
+// A holder of the key writes a second snapshot 3: the history forked.
+TEST_F(CorruptionTest, ForkedHistoryIsFound) {
+  std::string manifest = FindManifest(repo_, "vol", s3().id);
+  ASSERT_FALSE(manifest.empty());
+  std::string twin_id = "feedfacefeedface";
+  std::string twin = manifest.substr(0, manifest.size() - 25) + twin_id + ".manifest";
+  std::filesystem::copy_file(manifest, twin);
+  EditSignedFile(repo_, twin, [&](std::string* line) {
+    size_t at = line->find(s3().id);
+    ASSERT_NE(at, std::string::npos);
+    line->replace(at, s3().id.size(), twin_id);
+  }, Reseal::kRepositoryKey);
+
+  Result verify = VerifyReadData();
+  DP420_EXPECT_EXIT(verify, kExitDamage);
+  EXPECT_TRUE(Mentions(verify, "fork")) << verify.Describe();
+  EXPECT_TRUE(Mentions(verify, twin_id)) << verify.Describe();
+  DP420_EXPECT_EXIT(Restore(repo_, "vol", "latest", dir_ / "latest.img"), kExitDamage);
+  ExpectRestoresExactly(s2());
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -645,8 +646,34 @@ std::vector<std::string> ListPacks(const std::string& repo) {
   return names;
 }
 
-void EditSignedFile(const std::string& path, const std::function<void(std::string*)>& edit,
-                    bool fix_digest) {
+namespace {
+
+// HMAC-SHA-256 of `data` under `key`, hex.
+std::string HmacSha256Hex(const std::string& key, const std::string& data) {
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+       reinterpret_cast<const unsigned char*>(data.data()), data.size(), mac, &length);
+  return ToHex(mac, length);
+}
+
+std::string FromHexOrFail(const std::string& hex) {
+  std::string out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string RepositorySealHex(const std::string& repo, const std::string& line) {
+  std::string seal_key_hex = HmacSha256Hex(ReadFile(repo + "/keys/hash.key"), "dp420 seals v1");
+  return HmacSha256Hex(FromHexOrFail(seal_key_hex), line);
+}
+
+void EditSignedFile(const std::string& repo, const std::string& path,
+                    const std::function<void(std::string*)>& edit, Reseal how) {
   std::string text = ReadFile(path);
   size_t first_nl = text.find('\n');
   if (first_nl == std::string::npos) Fail(path + " has no second line");
@@ -655,11 +682,14 @@ void EditSignedFile(const std::string& path, const std::function<void(std::strin
   std::string line2 = text.substr(
       first_nl + 1, second_nl == std::string::npos ? std::string::npos : second_nl - first_nl - 1);
   std::string rest = second_nl == std::string::npos ? "" : text.substr(second_nl);
-  if (line2.rfind("sha256 ", 0) != 0) Fail(path + ": line 2 is not `sha256 <hex>`: " + line2);
+  if (line2.rfind("hmac-sha256 ", 0) != 0) {
+    Fail(path + ": line 2 is not `hmac-sha256 <hex>`: " + line2);
+  }
   std::string before = line1;
   edit(&line1);
   if (line1 == before) Fail("the edit did not change " + path);
-  if (fix_digest) line2 = "sha256 " + Sha256Hex(line1 + "\n");
+  if (how == Reseal::kBareSha256) line2 = "sha256 " + Sha256Hex(line1 + "\n");
+  if (how == Reseal::kRepositoryKey) line2 = "hmac-sha256 " + RepositorySealHex(repo, line1 + "\n");
   WriteFile(path, line1 + "\n" + line2 + rest);
 }
 

@@ -204,11 +204,21 @@ std::string FindManifest(const std::string& repo, const std::string& volume,
                          const std::string& snapshot_id);
 // File names (not paths) in REPO/packs/.
 std::vector<std::string> ListPacks(const std::string& repo);
-// Rewrites a two-line signed file (line 1 JSON, line 2 `sha256 <hex of line 1 + \n>`):
-// `edit` changes line 1 (without its newline); the sha256 line is recomputed when
-// `fix_digest`, else kept as it was.
-void EditSignedFile(const std::string& path, const std::function<void(std::string*)>& edit,
-                    bool fix_digest);
+// The keyed seal of `line` (with its newline) in repository `repo`, hex.
+std::string RepositorySealHex(const std::string& repo, const std::string& line);
+// How EditSignedFile seals what it edited.
+enum class Reseal {
+  kKeep,           // the old seal line stays: plain damage
+  kBareSha256,     // `sha256 <hex>`: a forger without the repository key
+  kRepositoryKey,  // `hmac-sha256 <hex>` under the key derived from REPO/keys/hash.key:
+                   // someone who stole the key (or a writer with a bug)
+};
+// Rewrites a two-line sealed file of repository `repo` (line 1 JSON, line 2 the
+// seal): `edit` changes line 1 (without its newline), then the seal line is made
+// as `how` says. The keyed seal is computed here with OpenSSL from the key file,
+// as docs/FORMAT.md describes it, independently of the engine.
+void EditSignedFile(const std::string& repo, const std::string& path,
+                    const std::function<void(std::string*)>& edit, Reseal how);
 
 // The fields the contract promises in `backup --json` and in `snapshots --json`.
 const std::vector<std::string>& BackupJsonFields();

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <memory>
 #include <random>
@@ -20,7 +21,9 @@
 
 #include <gtest/gtest.h>
 
+#include "engine/core/history.h"
 #include "engine/core/repo.h"
+#include "io/file.h"
 
 namespace dp420::testing {
 
@@ -96,6 +99,33 @@ inline std::unique_ptr<Repository> NewRepository(const std::string& path) {
     return nullptr;
   }
   return std::move(repo).value();
+}
+
+// Rewrites `volume`'s manifests as only a holder of the repository key can:
+// `edit` changes each one's JSON (its sequence index, 0 first), the chain of
+// seals is rebuilt and the head moved to the newest. What a trusted writer
+// with a bug, or an attacker who stole keys/hash.key, could do.
+inline void RewriteManifests(const std::string& repo_path, const std::string& volume,
+                             const std::function<void(Json&, size_t)>& edit) {
+  auto repo = Repository::Open(repo_path);
+  ASSERT_TRUE(repo.ok()) << repo.status().ToString();
+  std::vector<Manifest> list;
+  ASSERT_TRUE((*repo)->ListManifests(volume, &list, nullptr).ok());
+  std::string dir = (*repo)->SnapshotsDir(volume);
+  std::string parent_seal;
+  for (size_t i = 0; i < list.size(); ++i) {
+    Json j = list[i].ToJson();
+    if (i > 0) j["parent_manifest_sha256"] = parent_seal;
+    edit(j, i);
+    std::string text = SealJson(j, (*repo)->seal_key(), &parent_seal);
+    ASSERT_TRUE(io::WriteFileAtomic(dir + "/" + list[i].file_name, text).ok());
+  }
+  if (list.empty()) return;
+  auto text = io::ReadFile(dir + "/" + list.back().file_name);
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  auto newest = Manifest::Parse(text.value(), "newest", &(*repo)->seal_key());
+  ASSERT_TRUE(newest.ok()) << newest.status().ToString();
+  ASSERT_TRUE(AdvanceHead(**repo, volume, &newest.value()).ok());
 }
 
 }  // namespace dp420::testing

@@ -33,22 +33,52 @@ TEST(TableShapeTest, LevelsAndPageCounts) {
   EXPECT_EQ(PageEntryCount(s, 0, 4), 0u);
 }
 
+SealKey TestKey(uint8_t fill) {
+  std::vector<uint8_t> bytes(192, fill);
+  return SealKey::Derive(bytes.data(), bytes.size());
+}
+
 TEST(SealedJsonTest, RoundTripAndTamperDetected) {
+  SealKey key = TestKey(1);
   Json doc = {{"a", 1}, {"b", "x"}};
   std::string seal;
-  std::string text = SealJson(doc, &seal);
+  std::string text = SealJson(doc, key, &seal);
+  EXPECT_EQ(text.substr(text.find('\n') + 1, 12), "hmac-sha256 ");
   std::string seal2;
-  auto back = UnsealJson(text, "f", &seal2);
+  auto back = UnsealJson(text, "f", &key, &seal2);
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(back.value(), doc);
   EXPECT_EQ(seal, seal2);
   std::string tampered = text;
   tampered[6] ^= 1;
-  auto bad = UnsealJson(tampered, "snapshots/v/x.manifest");
+  auto bad = UnsealJson(tampered, "snapshots/v/x.manifest", &key);
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), Code::kCorruption);
   EXPECT_NE(bad.status().message().find("snapshots/v/x.manifest"), std::string::npos);
-  EXPECT_FALSE(UnsealJson("garbage", "f").ok());
+  EXPECT_FALSE(UnsealJson("garbage", "f", &key).ok());
+}
+
+// Whoever edits a repository without its key cannot seal what it wrote: not
+// under another key, and not with the bare SHA-256 of format 1.
+TEST(SealedJsonTest, ForgedSealsAreRefused) {
+  SealKey key = TestKey(1);
+  Json doc = {{"sequence", 9}};
+  auto other = UnsealJson(SealJson(doc, TestKey(2)), "m", &key);
+  ASSERT_FALSE(other.ok());
+  EXPECT_NE(other.status().message().find("seal mismatch"), std::string::npos);
+  auto plain = UnsealJson(SealJsonPlain(doc), "m", &key);
+  ASSERT_FALSE(plain.ok());
+  EXPECT_NE(plain.status().message().find("bare SHA-256"), std::string::npos);
+  // The plain seal still catches damage where it is used (the clients file).
+  std::string text = SealJsonPlain(doc);
+  EXPECT_TRUE(UnsealJsonPlain(text, "c").ok());
+  text[3] ^= 1;
+  EXPECT_FALSE(UnsealJsonPlain(text, "c").ok());
+  // A reader without the key (an agent) reads the seal it cannot check.
+  std::string seal, read;
+  std::string keyed = SealJson(doc, key, &seal);
+  ASSERT_TRUE(UnsealJson(keyed, "m", nullptr, &read).ok());
+  EXPECT_EQ(read, seal);
 }
 
 TEST(ManifestTest, JsonRoundTripAndNewerVersionRefused) {

@@ -26,16 +26,22 @@ Manifest SampleManifest() {
   return m;
 }
 
+SealKey TestKey() {
+  std::vector<uint8_t> bytes(192, 7);
+  return SealKey::Derive(bytes.data(), bytes.size());
+}
+
 TEST(ParseRobustnessTest, EveryTruncationAndByteFlipOfASealedManifestIsRefused) {
-  std::string text = SealJson(SampleManifest().ToJson());
+  SealKey key = TestKey();
+  std::string text = SealJson(SampleManifest().ToJson(), key);
   std::mt19937_64 rng(7);
   for (size_t cut = 0; cut < text.size(); ++cut) {
-    EXPECT_FALSE(UnsealJson(text.substr(0, cut), "m").ok()) << cut;
+    EXPECT_FALSE(UnsealJson(text.substr(0, cut), "m", &key).ok()) << cut;
   }
   for (int i = 0; i < 5000; ++i) {
     std::string bad = text;
     bad[rng() % bad.size()] ^= uint8_t(1 + rng() % 255);
-    auto j = UnsealJson(bad, "m");
+    auto j = UnsealJson(bad, "m", &key);
     EXPECT_FALSE(j.ok());
     EXPECT_EQ(j.status().code(), Code::kCorruption);
   }
@@ -51,6 +57,7 @@ TEST(ParseRobustnessTest, ResealedRandomEditsParseOrFailCleanly) {
   const Json kValues[] = {nullptr, -1, 0, 1, 4294967296ull, "x", Json::array(), Json::object(),
                           3.5, true, std::string(1000, 'z'), 65536, 1u << 30};
   int parsed = 0;
+  SealKey key = TestKey();
   for (int i = 0; i < 20000; ++i) {
     Json doc = good;
     int edits = 1 + int(rng() % 3);
@@ -62,7 +69,7 @@ TEST(ParseRobustnessTest, ResealedRandomEditsParseOrFailCleanly) {
         doc[key] = kValues[rng() % std::size(kValues)];
       }
     }
-    auto j = UnsealJson(SealJson(doc), "m");
+    auto j = UnsealJson(SealJson(doc, key), "m", &key);
     ASSERT_TRUE(j.ok());
     auto m = Manifest::FromJson(j.value(), "snapshots/vm1/x.manifest");
     if (m.ok()) {

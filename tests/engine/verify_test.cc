@@ -21,6 +21,7 @@
 #include "engine/core/pack.h"
 #include "engine/core/table.h"
 #include "io/file.h"
+#include "tests/engine/engine_test_util.h"
 
 namespace dp420 {
 namespace {
@@ -334,13 +335,9 @@ TEST_F(VerifyTest, SelectedDamagedManifestIsReported) {
 TEST_F(VerifyTest, ChecksumMismatchIsFound) {
   // Re-seal the newest manifest with a wrong checksum_sha256: only the
   // recomputation from the table can tell.
-  std::string path = ManifestPath(2);
-  auto text = io::ReadFile(path);
-  ASSERT_TRUE(text.ok());
-  auto doc = UnsealJson(text.value(), path);
-  ASSERT_TRUE(doc.ok());
-  (*doc)["checksum_sha256"] = std::string(64, '0');
-  ASSERT_TRUE(io::WriteFileAtomic(path, SealJson(doc.value())).ok());
+  dp420::testing::RewriteManifests(dir_ + "/repo", "vm1", [](Json& j, size_t i) {
+    if (i == 2) j["checksum_sha256"] = std::string(64, '0');
+  });
   VerifyReport r = Verify(false);
   ASSERT_EQ(r.problems.size(), 1u) << Describe(r);
   EXPECT_EQ(r.problems[0].object, ManifestObject(2));

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "engine/core/backup.h"
+#include "engine/core/history.h"
 #include "engine/core/manifest.h"
 #include "engine/net/auth.h"
 #include "engine/net/client.h"
@@ -311,19 +312,32 @@ TEST_F(AuthzTest, TwoClientsEachHaveTheirOwnVolumeOfTheSameName) {
 // Moves alice's namespaced volume `volume` to the plain name, as a volume
 // written before namespacing was (its manifests name alice as their client).
 void MakeLegacy(const std::string& repo_path, const std::string& volume) {
-  std::string from = repo_path + "/snapshots/" + NamespacedVolume("alice", volume);
-  std::string to = repo_path + "/snapshots/" + volume;
+  auto repo = Repository::Open(repo_path);
+  ASSERT_TRUE(repo.ok()) << repo.status().ToString();
+  const std::string old_name = NamespacedVolume("alice", volume);
+  std::vector<Manifest> list;
+  ASSERT_TRUE((*repo)->ListManifests(old_name, &list, nullptr).ok());
+  ASSERT_FALSE(list.empty());
+  std::string from = (*repo)->SnapshotsDir(old_name);
+  std::string to = (*repo)->SnapshotsDir(volume);
   ASSERT_EQ(mkdir(to.c_str(), 0700), 0);
-  for (const auto& name : ListDir(from)) {
-    auto text = io::ReadFile(from + "/" + name);
-    ASSERT_TRUE(text.ok());
-    auto doc = UnsealJson(*text, name);
-    ASSERT_TRUE(doc.ok());
-    (*doc)["volume"] = volume;
-    ASSERT_TRUE(io::WriteFileAtomic(to + "/" + name, SealJson(*doc)).ok());
-    ASSERT_EQ(unlink((from + "/" + name).c_str()), 0);
+  std::string seal;
+  for (size_t i = 0; i < list.size(); ++i) {
+    Json j = list[i].ToJson();
+    j["volume"] = volume;
+    if (i > 0) j["parent_manifest_sha256"] = seal;
+    std::string text = SealJson(j, (*repo)->seal_key(), &seal);
+    ASSERT_TRUE(io::WriteFileAtomic(to + "/" + list[i].file_name, text).ok());
+    ASSERT_EQ(unlink((from + "/" + list[i].file_name).c_str()), 0);
   }
+  Manifest newest = list.back();
+  newest.volume = volume;
+  newest.seal = seal;
+  ASSERT_TRUE(AdvanceHead(**repo, volume, &newest).ok());
+  ASSERT_EQ(unlink((from + "/HEAD").c_str()), 0);
   ASSERT_EQ(rmdir(from.c_str()), 0);
+  // This machine saw the namespaced volume: it moved on purpose.
+  unlink((AnchorDir(**repo) + "/" + old_name).c_str());
 }
 
 TEST_F(AuthzTest, AForeignVolumeAnswersAsAMissingOneAndLegacyVolumesKeepWorking) {

@@ -39,6 +39,7 @@ using Clock = std::chrono::steady_clock;
 using dp420::testing::Exists;
 using dp420::testing::MakeVolume;
 using dp420::testing::ReadAll;
+using dp420::testing::RewriteManifests;
 using dp420::testing::TempDir;
 using dp420::testing::WriteAll;
 
@@ -57,20 +58,7 @@ std::vector<std::string> ListDir(const std::string& dir) {
 // Gives every manifest of `volume` to `client`, re-sealing the hash chain, as
 // a network backup by that client would have written them.
 void SetOwner(const std::string& repo, const std::string& volume, const std::string& client) {
-  std::string dir = repo + "/snapshots/" + volume;
-  std::string parent_seal;
-  for (const auto& name : ListDir(dir)) {
-    auto text = io::ReadFile(dir + "/" + name);
-    ASSERT_TRUE(text.ok());
-    auto json = UnsealJson(text.value(), name);
-    ASSERT_TRUE(json.ok()) << json.status().ToString();
-    Json j = json.value();
-    j["client"] = client;
-    if (j.contains("parent") && j["parent"].is_string() && !j["parent"].get<std::string>().empty()) {
-      j["parent_manifest_sha256"] = parent_seal;
-    }
-    ASSERT_TRUE(io::WriteFileAtomic(dir + "/" + name, SealJson(j, &parent_seal)).ok());
-  }
+  RewriteManifests(repo, volume, [&](Json& j, size_t) { j["client"] = client; });
 }
 
 double SecondsSince(Clock::time_point start) {

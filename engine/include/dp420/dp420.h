@@ -95,6 +95,14 @@ DP420_EXPORT void dp420_cancel(dp420_ctx_t* ctx);
 DP420_EXPORT int dp420_repo_init(dp420_ctx_t* ctx, const char* path);
 DP420_EXPORT int dp420_repo_open(dp420_ctx_t* ctx, const char* path, dp420_repo_t** out);
 DP420_EXPORT void dp420_repo_close(dp420_repo_t* repo);
+/* Brings a format-1 repository (seals without a key) to the current format:
+ * every manifest is checked and re-sealed with the repository key and every
+ * volume gets its head. Run alone; safe to run again after an interruption.
+ * `from_version` (optional) receives the format it had; an up-to-date
+ * repository is left as it is. -DP420_ECORRUPT when a manifest fails its old
+ * seal or chain, or the repository looks downgraded. Since 0.3. */
+DP420_EXPORT int dp420_repo_upgrade(dp420_ctx_t* ctx, const char* path, uint32_t* from_version,
+                                    uint64_t* manifests_resealed);
 
 /* ---- Remote repositories ----------------------------------------------------
  * dp420_repo_connect opens a repository served by dp420_serve() (`dp420

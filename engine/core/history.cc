@@ -1,0 +1,335 @@
+#include "engine/core/history.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <map>
+
+#include "engine/core/snapshot.h"  // NowUnixNs, Rfc3339
+#include "io/file.h"
+
+namespace dp420 {
+
+namespace {
+
+std::string HeadPath(const Repository& repo, const std::string& volume) {
+  return repo.SnapshotsDir(volume) + "/HEAD";
+}
+
+std::string HeadRel(const std::string& volume) { return "snapshots/" + volume + "/HEAD"; }
+
+std::string Describe(const VolumeHead& h) {
+  if (h.snapshot_id.empty()) return "generation " + std::to_string(h.generation) + ", no snapshot";
+  return "generation " + std::to_string(h.generation) + ", snapshot " + h.snapshot_id +
+         " (sequence " + std::to_string(h.sequence) + ")";
+}
+
+Json HeadToJson(const Repository& repo, const std::string& volume, const VolumeHead& h) {
+  Json j;
+  j["format"] = "dp420-head";
+  j["format_version"] = kFormatVersion;
+  j["repo_id"] = repo.repo_id_hex();
+  j["volume"] = volume;
+  j["generation"] = h.generation;
+  j["sequence"] = h.sequence;
+  j["snapshot_id"] = h.snapshot_id.empty() ? Json(nullptr) : Json(h.snapshot_id);
+  j["manifest_seal"] = h.seal.empty() ? Json(nullptr) : Json(h.seal);
+  j["updated"] = Rfc3339(NowUnixNs());
+  return j;
+}
+
+Result<VolumeHead> HeadFromJson(const Repository& repo, const std::string& volume,
+                                const Json& j, const std::string& what) {
+  VolumeHead h;
+  try {
+    if (j.at("format").get<std::string>() != "dp420-head" ||
+        j.at("repo_id").get<std::string>() != repo.repo_id_hex() ||
+        j.at("volume").get<std::string>() != volume) {
+      return Status::Corruption(what + ": not this volume's head");
+    }
+    h.generation = j.at("generation").get<uint64_t>();
+    h.sequence = j.at("sequence").get<uint64_t>();
+    if (!j.at("snapshot_id").is_null()) h.snapshot_id = j.at("snapshot_id").get<std::string>();
+    if (!j.at("manifest_seal").is_null()) h.seal = j.at("manifest_seal").get<std::string>();
+  } catch (const std::exception& e) {
+    return Status::Corruption(what + ": missing or malformed field (" + e.what() + ")");
+  }
+  if (h.generation == 0 || h.snapshot_id.empty() != h.seal.empty()) {
+    return Status::Corruption(what + ": inconsistent fields");
+  }
+  return h;
+}
+
+// ---- Anchors: one line "generation sequence snapshot_id seal" per volume. ----
+
+std::string StateDir() {
+  if (const char* d = std::getenv("DP420_STATE_DIR"); d && *d) return d;
+  if (const char* d = std::getenv("XDG_STATE_HOME"); d && *d) return std::string(d) + "/dp420";
+  if (const char* d = std::getenv("HOME"); d && *d) return std::string(d) + "/.local/state/dp420";
+  return "";
+}
+
+std::string AnchorPath(const Repository& repo, const std::string& volume) {
+  std::string dir = AnchorDir(repo);
+  return dir.empty() ? "" : dir + "/" + volume;
+}
+
+Result<VolumeHead> ReadAnchor(const std::string& path) {
+  auto text = io::ReadFile(path);
+  if (!text.ok()) {
+    if (text.status().code() == Code::kNotFound) return VolumeHead{};
+    return text.status();
+  }
+  VolumeHead a;
+  char id[32] = {}, seal[80] = {};
+  unsigned long long gen = 0, seq = 0;
+  int n = std::sscanf(text->c_str(), "%llu %llu %31s %79s", &gen, &seq, id, seal);
+  if (n < 2) return Status::Corruption(path + ": not an anchor line");
+  a.generation = gen;
+  a.sequence = seq;
+  if (n == 4 && std::string(id) != "-") {
+    a.snapshot_id = id;
+    a.seal = seal;
+  }
+  return a;
+}
+
+// Raises the anchor at `path` to `head` unless it is already as high; the
+// read-compare-write runs under a lock so racing processes never lower it.
+Status RaiseAnchor(const std::string& path, const VolumeHead& head) {
+  std::string dir = path.substr(0, path.find_last_of('/'));
+  DP420_RETURN_IF_ERROR(io::MakeDirs(dir));
+  std::string lock_path = dir + "/.lock";
+  int fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return PosixError(lock_path, errno);
+  io::File lock = io::File::Adopt(fd, lock_path, false);
+  if (flock(fd, LOCK_EX) != 0) return PosixError("flock " + lock_path, errno);
+  DP420_ASSIGN_OR_RETURN(VolumeHead now, ReadAnchor(path));
+  if (now.generation >= head.generation) return Status::Ok();
+  std::string line = std::to_string(head.generation) + " " + std::to_string(head.sequence) +
+                     " " + (head.snapshot_id.empty() ? "- -" : head.snapshot_id + " " + head.seal) +
+                     "\n";
+  return io::WriteFileAtomic(path, line);
+}
+
+// ---- The chain from the head to the tip. ----
+
+// The manifest a damaged file's name says it holds ("SEQ-ID.manifest").
+bool DamagedHolds(const DamagedFile& d, const std::string& id) {
+  return d.path.find("-" + id + ".manifest") != std::string::npos;
+}
+
+// Where the walk to the tip starts: the head's snapshot (or "before the first
+// snapshot"); false with a problem when that cannot be trusted.
+bool FindStart(VolumeHistory& h, const Manifest** start) {
+  *start = nullptr;
+  if (!h.head_present) {
+    // A first backup that died between its manifest and its head leaves one
+    // parentless snapshot and no head; anything more means the head is gone.
+    bool lone_first = h.manifests.size() == 1 && h.damaged.empty() &&
+                      h.manifests[0].sequence == 1 && h.manifests[0].parent.empty();
+    if (h.manifests.empty() && h.damaged.empty()) return true;
+    if (lone_first) return true;
+    h.problems.push_back(HeadRel(h.volume) + " is missing (deleted?): the newest snapshot "
+                         "cannot be told; `dp420 repair` rebuilds it");
+    return false;
+  }
+  if (h.head.snapshot_id.empty()) return true;
+  for (const auto& m : h.manifests) {
+    if (m.snapshot_id != h.head.snapshot_id) continue;
+    if (m.seal != h.head.seal || m.sequence != h.head.sequence) {
+      h.problems.push_back("the newest snapshot " + m.snapshot_id + " is not the one the head "
+                           "recorded (replaced)");
+      return false;
+    }
+    *start = &m;
+    return true;
+  }
+  for (const auto& d : h.damaged) {
+    if (DamagedHolds(d, h.head.snapshot_id)) {
+      h.problems.push_back("the newest snapshot " + h.head.snapshot_id + " is damaged (" +
+                           d.status.message() + "); older snapshots can be restored by id, "
+                           "`dp420 repair` rolls the volume back to the newest intact one");
+      return false;
+    }
+  }
+  h.problems.push_back("the newest snapshot " + h.head.snapshot_id + " (sequence " +
+                       std::to_string(h.head.sequence) + ") that the head records is missing: "
+                       "deleted, or the volume was rolled back");
+  return false;
+}
+
+// Follows children from `start` (the parentless snapshot when null).
+const Manifest* WalkToTip(VolumeHistory& h, const Manifest* start) {
+  const Manifest* cur = start;
+  for (;;) {
+    const Manifest* next = nullptr;
+    for (const auto& m : h.manifests) {
+      bool child = cur ? (m.parent == cur->snapshot_id && m.parent_manifest_sha256 == cur->seal)
+                       : (m.parent.empty() && m.sequence > h.head.sequence);
+      if (!child) continue;
+      if (next) {
+        h.problems.push_back("fork: snapshots " + next->snapshot_id + " and " + m.snapshot_id +
+                             " both follow " + (cur ? cur->snapshot_id : "the head"));
+        return nullptr;
+      }
+      next = &m;
+    }
+    if (!next) return cur;
+    cur = next;
+  }
+}
+
+// Two snapshots with one sequence or one parent: the volume's history forked.
+void FindForks(VolumeHistory& h) {
+  std::map<uint64_t, const Manifest*> by_sequence;
+  std::map<std::string, const Manifest*> by_parent;
+  for (const auto& m : h.manifests) {
+    auto [s, fresh_s] = by_sequence.emplace(m.sequence, &m);
+    if (!fresh_s) {
+      h.problems.push_back("fork: snapshots " + s->second->snapshot_id + " and " +
+                           m.snapshot_id + " share sequence " + std::to_string(m.sequence));
+    }
+    if (m.parent.empty()) continue;
+    auto [p, fresh_p] = by_parent.emplace(m.parent, &m);
+    if (!fresh_p) {
+      h.problems.push_back("fork: snapshots " + p->second->snapshot_id + " and " +
+                           m.snapshot_id + " share parent " + m.parent);
+    }
+  }
+}
+
+void CheckAnchor(const Repository& repo, VolumeHistory& h) {
+  std::string path = AnchorPath(repo, h.volume);
+  if (path.empty()) {
+    h.anchor_error = "no state folder (set DP420_STATE_DIR or HOME)";
+    return;
+  }
+  auto anchor = ReadAnchor(path);
+  if (!anchor.ok()) {
+    h.anchor_error = anchor.status().message();
+    return;
+  }
+  h.anchor = anchor.value();
+  const VolumeHead& a = h.anchor;
+  bool older = a.generation > h.head.generation;
+  bool replaced = a.generation == h.head.generation && a.generation != 0 &&
+                  (a.snapshot_id != h.head.snapshot_id || a.seal != h.head.seal);
+  if (older || replaced) {
+    h.problems.push_back(
+        std::string(older ? "rolled back" : "replaced") + ": this machine has seen " +
+        Describe(a) + " of volume '" + h.volume + "', the repository's head is at " +
+        Describe(h.head) + ". If the repository was restored from an older copy on purpose, "
+        "remove " + path);
+    return;
+  }
+  if (h.head_present && h.head.generation > a.generation && h.problems.empty()) {
+    Status raised = RaiseAnchor(path, h.head);
+    if (!raised.ok()) h.anchor_error = raised.message();
+  }
+}
+
+}  // namespace
+
+std::string AnchorDir(const Repository& repo) {
+  std::string state = StateDir();
+  return state.empty() ? "" : state + "/repos/" + repo.repo_id_hex();
+}
+
+std::vector<std::string> AnchoredVolumes(const Repository& repo) {
+  std::vector<std::string> out;
+  std::string dir = AnchorDir(repo);
+  if (dir.empty()) return out;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      if (ValidVolumeName(e->d_name)) out.push_back(e->d_name);
+    }
+    closedir(d);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Result<VolumeHead> ReadHead(const Repository& repo, const std::string& volume) {
+  std::string rel = HeadRel(volume);
+  DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(HeadPath(repo, volume)));
+  DP420_ASSIGN_OR_RETURN(Json j, UnsealJson(text, rel, &repo.seal_key()));
+  return HeadFromJson(repo, volume, j, rel);
+}
+
+Result<const Manifest*> VolumeHistory::Newest(const std::string& where) const {
+  if (!problems.empty()) {
+    std::string all;
+    for (const auto& p : problems) all += (all.empty() ? "" : "; ") + p;
+    return Status::Corruption("volume '" + volume + "': " + all);
+  }
+  if (!tip) return Status::NotFound("volume '" + volume + "' has no snapshots in " + where);
+  return tip;
+}
+
+Result<VolumeHistory> LoadHistory(const Repository& repo, const std::string& volume) {
+  VolumeHistory h;
+  h.volume = volume;
+  DP420_RETURN_IF_ERROR(repo.ListManifests(volume, &h.manifests, &h.damaged));
+  auto head = ReadHead(repo, volume);
+  if (head.ok()) {
+    h.head = head.value();
+    h.head_present = true;
+  } else if (head.status().code() != Code::kNotFound) {
+    h.problems.push_back(head.status().message() + "; `dp420 repair` rebuilds it");
+  }
+  const Manifest* start = nullptr;
+  if (h.problems.empty() && FindStart(h, &start)) h.tip = WalkToTip(h, start);
+  FindForks(h);
+  if (h.tip) {
+    for (const auto& m : h.manifests) {
+      if (m.sequence > h.tip->sequence) {
+        h.problems.push_back("snapshot " + m.snapshot_id + " (sequence " +
+                             std::to_string(m.sequence) + ") is newer than the newest snapshot " +
+                             h.tip->snapshot_id + " but does not descend from it (fork)");
+      }
+    }
+  }
+  CheckAnchor(repo, h);
+  if (!h.problems.empty()) h.tip = nullptr;
+  return h;
+}
+
+Result<std::optional<Manifest>> ParentOfNextBackup(const Repository& repo,
+                                                   const std::string& volume) {
+  DP420_ASSIGN_OR_RETURN(VolumeHistory h, LoadHistory(repo, volume));
+  auto newest = h.Newest(repo.path());
+  if (newest.ok()) return std::optional<Manifest>(*newest.value());
+  if (newest.status().code() == Code::kNotFound) return std::optional<Manifest>();
+  return Status::Make(newest.status().code(),
+                      newest.status().message() + " — run `dp420 verify` and `dp420 repair` "
+                      "before backing up this volume again");
+}
+
+Status AdvanceHead(const Repository& repo, const std::string& volume, const Manifest* newest) {
+  VolumeHead next;
+  auto now = ReadHead(repo, volume);
+  if (now.ok()) next.generation = now->generation;
+  std::string anchor_path = AnchorPath(repo, volume);
+  if (!anchor_path.empty()) {
+    auto anchor = ReadAnchor(anchor_path);
+    if (anchor.ok()) next.generation = std::max(next.generation, anchor->generation);
+  }
+  next.generation += 1;
+  if (newest) {
+    next.sequence = newest->sequence;
+    next.snapshot_id = newest->snapshot_id;
+    next.seal = newest->seal;
+  }
+  std::string text = SealJson(HeadToJson(repo, volume, next), repo.seal_key());
+  DP420_RETURN_IF_ERROR(io::WriteFileAtomic(HeadPath(repo, volume), text));
+  if (!anchor_path.empty()) (void)RaiseAnchor(anchor_path, next);  // best effort
+  return Status::Ok();
+}
+
+}  // namespace dp420

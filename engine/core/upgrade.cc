@@ -1,0 +1,140 @@
+#include "engine/core/upgrade.h"
+
+#include <dirent.h>
+
+#include <algorithm>
+#include <map>
+#include <vector>
+
+#include "engine/core/history.h"
+#include "engine/core/repo.h"
+#include "io/file.h"
+
+namespace dp420 {
+
+namespace {
+
+struct OldManifest {
+  Manifest m;
+  std::string old_seal;  // the seal it had (plain, or keyed after an interrupted upgrade)
+  std::string rel;
+};
+
+std::vector<std::string> ManifestNames(const std::string& dir) {
+  std::vector<std::string> names;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      std::string name = e->d_name;
+      if (name.size() > 9 && name.compare(name.size() - 9, 9, ".manifest") == 0) {
+        names.push_back(name);
+      }
+    }
+    closedir(d);
+  }
+  return names;
+}
+
+// Reads one manifest under its plain seal, or its keyed one when an earlier,
+// interrupted upgrade already re-sealed it.
+Result<OldManifest> ReadOld(const Repository& repo, const std::string& volume,
+                            const std::string& name) {
+  OldManifest o;
+  o.rel = "snapshots/" + volume + "/" + name;
+  DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(repo.path() + "/" + o.rel));
+  auto plain = UnsealJsonPlain(text, o.rel, &o.old_seal);
+  Result<Json> doc = plain.ok() ? std::move(plain)
+                                : UnsealJson(text, o.rel, &repo.seal_key(), &o.old_seal);
+  if (!doc.ok()) return doc.status().Prefix("cannot upgrade");
+  DP420_ASSIGN_OR_RETURN(o.m, Manifest::FromJson(doc.value(), o.rel));
+  if (o.m.FileName() != name || o.m.volume != volume || o.m.repo_id != repo.repo_id_hex()) {
+    return Status::Corruption(o.rel + ": file name, volume or repository does not match");
+  }
+  return o;
+}
+
+// Re-seals one volume's manifests in sequence order, each child pointing at
+// its parent's new seal; returns the newest.
+Result<Manifest> UpgradeVolume(const Repository& repo, const std::string& volume,
+                               uint64_t* resealed) {
+  std::vector<OldManifest> list;
+  for (const auto& name : ManifestNames(repo.SnapshotsDir(volume))) {
+    DP420_ASSIGN_OR_RETURN(OldManifest o, ReadOld(repo, volume, name));
+    list.push_back(std::move(o));
+  }
+  std::sort(list.begin(), list.end(),
+            [](const OldManifest& a, const OldManifest& b) { return a.m.sequence < b.m.sequence; });
+  std::map<std::string, std::pair<std::string, std::string>> seals;  // id -> (old, new)
+  for (size_t i = 0; i < list.size(); ++i) {
+    Manifest& m = list[i].m;
+    if (i > 0 && list[i - 1].m.sequence == m.sequence) {
+      return Status::Corruption("volume '" + volume + "' forked: " + list[i - 1].rel + " and " +
+                                list[i].rel + " share a sequence; not upgraded");
+    }
+    if (!m.parent.empty()) {
+      auto p = seals.find(m.parent);
+      bool linked = p != seals.end() && (m.parent_manifest_sha256 == p->second.first ||
+                                         m.parent_manifest_sha256 == p->second.second);
+      if (!linked) {
+        return Status::Corruption(list[i].rel + ": its parent " + m.parent +
+                                  " is missing or does not match; not upgraded");
+      }
+      m.parent_manifest_sha256 = p->second.second;
+    }
+    m.format_version = kFormatVersion;
+    std::string text = SealJson(m.ToJson(), repo.seal_key(), &m.seal);
+    DP420_RETURN_IF_ERROR(io::WriteFileAtomic(repo.path() + "/" + list[i].rel, text));
+    seals[m.snapshot_id] = {list[i].old_seal, m.seal};
+    ++*resealed;
+  }
+  if (list.empty()) return Status::NotFound("volume '" + volume + "' has no snapshots");
+  return list.back().m;
+}
+
+Status RewriteConfig(const Repository& repo) {
+  std::string path = repo.path() + "/config";
+  DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(path));
+  DP420_ASSIGN_OR_RETURN(Json config, UnsealJsonPlain(text, path));
+  config["format_version"] = kFormatVersion;
+  return io::WriteFileAtomic(path, SealJson(config, repo.seal_key()));
+}
+
+}  // namespace
+
+Result<UpgradeReport> UpgradeRepository(const std::string& path) {
+  DP420_ASSIGN_OR_RETURN(std::unique_ptr<Repository> repo, Repository::OpenForUpgrade(path));
+  UpgradeReport r;
+  r.from_version = repo->format_version();
+  r.to_version = kFormatVersion;
+  if (r.from_version == kFormatVersion) return r;
+  // Anchors exist only for volumes seen at the current format: each must
+  // already be upgraded (an interrupted run), or the config was put back.
+  for (const auto& volume : AnchoredVolumes(*repo)) {
+    if (!ReadHead(*repo, volume).ok()) {
+      return Status::Corruption(path + ": this machine has seen volume '" + volume +
+                                "' of this repository at format " +
+                                std::to_string(kFormatVersion) + " (" + AnchorDir(*repo) +
+                                "), yet the config says format " +
+                                std::to_string(r.from_version) + ": downgraded; refusing");
+    }
+  }
+  std::vector<VolumeLock> locks;
+  for (const auto& volume : repo->ListVolumes()) {
+    DP420_ASSIGN_OR_RETURN(VolumeLock lock, repo->LockVolume(volume));
+    locks.push_back(std::move(lock));
+  }
+  for (const auto& volume : repo->ListVolumes()) {
+    // A head is written once a volume is fully re-sealed: an interrupted
+    // upgrade left it done. Anything plain-sealed there now is refused by
+    // every reader as a forgery.
+    if (ReadHead(*repo, volume).ok()) continue;
+    auto newest = UpgradeVolume(*repo, volume, &r.manifests_resealed);
+    if (!newest.ok() && newest.status().code() == Code::kNotFound) continue;
+    if (!newest.ok()) return newest.status();
+    DP420_RETURN_IF_ERROR(AdvanceHead(*repo, volume, &newest.value()));
+    ++r.volumes;
+  }
+  DP420_RETURN_IF_ERROR(RewriteConfig(*repo));
+  return r;
+}
+
+}  // namespace dp420
