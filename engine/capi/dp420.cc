@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -14,12 +15,14 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/control/topology.h"
 #include "engine/core/backup.h"
 #include "engine/core/bench.h"
 #include "engine/core/repo.h"
+#include "engine/core/repair.h"
 #include "engine/core/restore.h"
 #include "engine/core/upgrade.h"
 #include "engine/core/verify.h"
@@ -401,6 +404,44 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
   });
 }
 
+namespace {
+
+// A damaged manifest stays in the list, known by its file name: a stub whose
+// node_topology carries the problem (SnapshotJson shows it as such).
+void ListDamaged(const std::vector<dp420::DamagedFile>& damaged,
+                 std::vector<dp420::Manifest>* out) {
+  for (const auto& d : damaged) {
+    dp420::Manifest stub;
+    size_t slash = d.path.find_last_of('/');
+    size_t first = d.path.find('/');
+    stub.volume = d.path.substr(first + 1, slash - first - 1);
+    if (!dp420::ParseManifestName(d.path.substr(slash + 1), &stub.sequence, &stub.snapshot_id)) {
+      stub.snapshot_id = d.path.substr(slash + 1);
+    }
+    stub.format_version = 0;  // marks the stub
+    stub.node_topology = dp420::Json{{"file", d.path}, {"problem", d.status.message()}};
+    out->push_back(std::move(stub));
+  }
+}
+
+std::string SnapshotJson(const dp420::Manifest& m) {
+  dp420::Json j;
+  if (m.format_version == 0) {
+    j = {{"snapshot_id", m.snapshot_id}, {"volume", m.volume}, {"sequence", m.sequence},
+         {"damaged", true}, {"file", m.node_topology["file"]},
+         {"problem", m.node_topology["problem"]}};
+  } else {
+    j = m.ToJson();
+    j["manifest_sha256"] = m.seal;
+  }
+  // A remote client's volume, by the name it is known by (engine/net/volumes.h).
+  std::string qualified = dp420::net::QualifiedName(m.volume);
+  if (qualified != m.volume) j["client_volume"] = qualified;
+  return j.dump();
+}
+
+}  // namespace
+
 int dp420_snapshots(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
                     dp420_snapshot_list_t** out) {
   return Guard(ctx, [&] {
@@ -418,14 +459,12 @@ int dp420_snapshots(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
     Status s = repo->remote ? repo->remote->ListManifests(vol, &list->manifests, &damaged)
                             : repo->repo->ListManifests(vol, &list->manifests, &damaged);
     if (!s.ok()) return Fail(ctx, s);
-    for (const auto& m : list->manifests) {
-      dp420::Json j = m.ToJson();
-      j["manifest_sha256"] = m.seal;
-      // A remote client's volume, by the name it is known by (engine/net/volumes.h).
-      std::string qualified = dp420::net::QualifiedName(m.volume);
-      if (qualified != m.volume) j["client_volume"] = qualified;
-      list->json.push_back(j.dump());
-    }
+    ListDamaged(damaged, &list->manifests);
+    std::stable_sort(list->manifests.begin(), list->manifests.end(),
+                     [](const dp420::Manifest& a, const dp420::Manifest& b) {
+                       return std::tie(a.volume, a.sequence) < std::tie(b.volume, b.sequence);
+                     });
+    for (const auto& m : list->manifests) list->json.push_back(SnapshotJson(m));
     *out = list.release();
     return Ok(ctx);
   });
@@ -530,6 +569,61 @@ int dp420_verify(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_verify_opts_t
   });
 }
 
+// ---- Repair ----
+
+void dp420_repair_opts_init(dp420_repair_opts_t* opts) {
+  std::memset(opts, 0, sizeof(*opts));
+  opts->struct_size = sizeof(*opts);
+}
+
+namespace {
+
+dp420::Json RepairJson(const dp420::RepairReport& r) {
+  dp420::Json quarantined = dp420::Json::array();
+  for (const auto& q : r.quarantined) quarantined.push_back({{"file", q.file}, {"reason", q.reason}});
+  dp420::Json newest = nullptr;
+  if (!r.newest_id.empty()) {
+    newest = {{"snapshot_id", r.newest_id}, {"sequence", r.newest_sequence}};
+  }
+  return {{"volume", dp420::net::QualifiedName(r.volume)}, {"problems", r.problems},
+          {"newest", newest}, {"quarantined", quarantined},
+          {"quarantine_dir", r.quarantine_dir}, {"head_rewritten", r.head_rewritten},
+          {"dry_run", r.dry_run}};
+}
+
+char* CopyOut(const std::string& text) {
+  auto* out = static_cast<char*>(std::malloc(text.size() + 1));
+  if (out) std::memcpy(out, text.c_str(), text.size() + 1);
+  return out;
+}
+
+}  // namespace
+
+int dp420_repair(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_repair_opts_t* opts,
+                 char** report_json) {
+  return Guard(ctx, [&] {
+    if (!repo || !opts || !report_json || opts->struct_size < sizeof(dp420_repair_opts_t) ||
+        Missing(opts->volume)) {
+      return Fail(ctx, Status::InvalidArgument("dp420_repair: bad arguments (volume required)"));
+    }
+    *report_json = nullptr;
+    if (repo->remote) {
+      return Fail(ctx, Status::InvalidArgument(
+                           "repair runs where the repository is: on the server, by its operator"));
+    }
+    dp420::RepairOptions o;
+    o.volume = LocalVolumeName(opts->volume);
+    o.dry_run = opts->dry_run != 0;
+    o.read_data = opts->read_data != 0;
+    o.control = Control(ctx);
+    auto r = dp420::RunRepair(*repo->repo, o);
+    if (!r.ok()) return Fail(ctx, r.status());
+    *report_json = CopyOut(RepairJson(r.value()).dump());
+    if (!*report_json) return Fail(ctx, Status::NoMemory("out of memory"));
+    return Ok(ctx);
+  });
+}
+
 // ---- Storage benchmark ----
 
 void dp420_bench_opts_init(dp420_bench_opts_t* opts) {
@@ -556,11 +650,8 @@ int dp420_bench(dp420_ctx_t* ctx, const dp420_bench_opts_t* opts, char** report_
     o.control = Control(ctx);
     auto r = dp420::RunBench(o);
     if (!r.ok()) return Fail(ctx, r.status());
-    std::string text = r->dump();
-    auto* out = static_cast<char*>(std::malloc(text.size() + 1));
-    if (!out) return Fail(ctx, Status::NoMemory("out of memory"));
-    std::memcpy(out, text.c_str(), text.size() + 1);
-    *report_json = out;
+    *report_json = CopyOut(r->dump());
+    if (!*report_json) return Fail(ctx, Status::NoMemory("out of memory"));
     return Ok(ctx);
   });
 }

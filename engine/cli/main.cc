@@ -199,6 +199,52 @@ int CmdUpgrade(const Common& c) {
   return kExitOk;
 }
 
+struct RepairArgs {
+  std::string volume;
+  bool dry_run = false, read_data = false;
+};
+
+void PrintRepair(const Json& r) {
+  for (const auto& p : r["problems"]) std::printf("problem: %s\n", p.get<std::string>().c_str());
+  bool dry = r["dry_run"].get<bool>();
+  for (const auto& q : r["quarantined"]) {
+    std::printf("%s %s: %s\n", dry ? "would quarantine" : "quarantined",
+                q["file"].get<std::string>().c_str(), q["reason"].get<std::string>().c_str());
+  }
+  if (!r["quarantine_dir"].get<std::string>().empty()) {
+    std::printf("moved to %s\n", r["quarantine_dir"].get<std::string>().c_str());
+  }
+  std::string newest = r["newest"].is_null() ? "no snapshot"
+                                             : r["newest"]["snapshot_id"].get<std::string>();
+  if (r["head_rewritten"].get<bool>()) {
+    std::printf("%s the volume's newest snapshot: %s\n", dry ? "would make" : "made",
+                newest.c_str());
+  } else if (r["quarantined"].empty()) {
+    std::printf("nothing to repair: the newest snapshot is %s\n", newest.c_str());
+  }
+}
+
+int CmdRepair(const Common& c, const RepairArgs& a) {
+  return WithRepo(c, "repair", [&](dp420_repo_t* repo) -> int {
+    dp420_repair_opts_t o;
+    dp420_repair_opts_init(&o);
+    o.volume = a.volume.c_str();
+    o.dry_run = a.dry_run;
+    o.read_data = a.read_data;
+    char* text = nullptr;
+    int rc = dp420_repair(g_ctx, repo, &o, &text);
+    if (rc != 0) return Report(c, "repair", rc);
+    Json r = Json::parse(text);
+    dp420_free(text);
+    if (c.json) {
+      std::cout << r.dump() << std::endl;
+    } else if (!c.quiet) {
+      PrintRepair(r);
+    }
+    return kExitOk;
+  });
+}
+
 void PrintNetworkSummary(const dp420_backup_result_t& r) {
   char sent[32], zc[32], copied[32], resent[32];
   std::printf("  sent %s to the server (%s zero-copy, %s of it copied by the kernel),"
@@ -291,6 +337,13 @@ int CmdSnapshots(const Common& c, const std::string& volume) {
     std::printf("%-16s  %-12s  %4s  %-27s  %10s  %9s  %10s\n", "ID", "VOLUME", "SEQ", "CREATED",
                 "SIZE", "CHANGED", "WRITTEN");
     for (const auto& m : all) {
+      if (m.value("damaged", false)) {
+        std::printf("%-16s  %-12s  %4llu  DAMAGED: %s\n", m["snapshot_id"].get<std::string>().c_str(),
+                    m.value("client_volume", m["volume"].get<std::string>()).c_str(),
+                    (unsigned long long)m["sequence"].get<uint64_t>(),
+                    m["problem"].get<std::string>().c_str());
+        continue;
+      }
       char size[32], written[32];
       std::printf("%-16s  %-12s  %4llu  %-27s  %10s  %9llu  %10s\n",
                   m["snapshot_id"].get<std::string>().c_str(),
@@ -843,6 +896,14 @@ int main(int argc, char** argv) {
   upgrade->add_option("REPO", c.repo, "Repository directory")->required();
   AddCommon(upgrade, &c);
 
+  RepairArgs rp;
+  auto* repair = app.add_subcommand(
+      "repair", "Roll a volume back to the newest snapshot its data supports, quarantining the rest");
+  AddRepoOptions(repair, &c);
+  repair->add_option("--volume", rp.volume, "Volume name")->required();
+  repair->add_flag("--dry-run", rp.dry_run, "Report what would be done; change nothing");
+  repair->add_flag("--read-data", rp.read_data, "Re-read the blocks of the candidates too");
+
   auto* backup = app.add_subcommand("backup", "Back up a volume (full first, then incremental)");
   AddRepoOptions(backup, &c);
   backup->add_option("--volume", b.volume, "Volume name")->required();
@@ -893,6 +954,7 @@ int main(int argc, char** argv) {
   int code = kExitUsage;
   if (*init) code = CmdInit(c);
   if (*upgrade) code = CmdUpgrade(c);
+  if (*repair) code = CmdRepair(c, rp);
   if (*backup) code = CmdBackup(c, b);
   if (*snaps) code = CmdSnapshots(c, list_volume);
   if (*restore) code = CmdRestore(c, r);

@@ -1,5 +1,6 @@
 #include "engine/core/manifest.h"
 
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 
@@ -250,6 +251,22 @@ Result<Manifest> Manifest::Parse(const std::string& sealed, const std::string& w
   m.seal = std::move(seal);
   m.file_name = m.FileName();
   return m;
+}
+
+bool ParseManifestName(const std::string& name, uint64_t* sequence, std::string* id) {
+  static const std::string kSuffix = ".manifest";
+  size_t dash = name.find('-');
+  if (dash == 0 || dash == std::string::npos || name.size() <= dash + 1 + kSuffix.size()) {
+    return false;
+  }
+  if (name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0) return false;
+  if (dash > 19) return false;  // more digits than a uint64_t holds
+  for (size_t i = 0; i < dash; ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(name[i]))) return false;
+  }
+  *sequence = std::stoull(name.substr(0, dash));
+  *id = name.substr(dash + 1, name.size() - dash - 1 - kSuffix.size());
+  return true;
 }
 
 bool ValidVolumeName(const std::string& name) {

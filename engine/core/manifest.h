@@ -110,6 +110,10 @@ struct Manifest {
   uint32_t BlockLen(uint64_t block) const { return dp420::BlockLen(volume_size, block_size, block); }
 };
 
+// Splits a manifest file name "SEQUENCE-ID.manifest"; false when it is not
+// one. What a damaged manifest is known by.
+bool ParseManifestName(const std::string& name, uint64_t* sequence, std::string* id);
+
 // True for names of 1..64 chars of [A-Za-z0-9._-] not starting with '.'.
 bool ValidVolumeName(const std::string& name);
 

@@ -270,9 +270,11 @@ Result<Manifest> Repository::FindSnapshot(const std::string& volume,
   // A damaged manifest only matters when it is the one asked for: the
   // volume's other snapshots stay restorable.
   for (const auto& d : h.damaged) {
-    std::string name = d.path.substr(d.path.find_last_of('/') + 1);
-    size_t dash = name.find('-');
-    std::string damaged_id = dash == std::string::npos ? "" : name.substr(dash + 1, 16);
+    uint64_t sequence = 0;
+    std::string damaged_id;
+    if (!ParseManifestName(d.path.substr(d.path.find_last_of('/') + 1), &sequence, &damaged_id)) {
+      continue;
+    }
     if (damaged_id.compare(0, id.size(), id) == 0) return Status::Corruption(d.status.message());
   }
   const Manifest* found = nullptr;

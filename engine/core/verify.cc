@@ -56,22 +56,6 @@ std::string Lower(std::string s) {
 }
 
 // "0000000003-<id>.manifest" -> 3 and <id>. False for any other form.
-bool ParseManifestName(const std::string& name, uint64_t* sequence, std::string* id) {
-  static const std::string kSuffix = ".manifest";
-  size_t dash = name.find('-');
-  if (dash == 0 || dash == std::string::npos || name.size() <= dash + 1 + kSuffix.size()) {
-    return false;
-  }
-  if (name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0) return false;
-  if (dash > 19) return false;  // more digits than a uint64_t holds
-  for (size_t i = 0; i < dash; ++i) {
-    if (!std::isdigit(static_cast<unsigned char>(name[i]))) return false;
-  }
-  *sequence = std::stoull(name.substr(0, dash));
-  *id = name.substr(dash + 1, name.size() - dash - 1 - kSuffix.size());
-  return true;
-}
-
 // "snapshots/VOL/NAME" -> VOL and NAME.
 void SplitManifestPath(const std::string& rel, std::string* volume, std::string* name) {
   size_t first = rel.find('/');
@@ -247,8 +231,10 @@ class Verifier {
 Result<VerifyReport> Verifier::Run() {
   DP420_RETURN_IF_ERROR(Select());
   report_.snapshots_checked = selected_.size();
-  CheckHistories();
-  CheckChains();
+  if (options_.check_history) {
+    CheckHistories();
+    CheckChains();
+  }
   DP420_RETURN_IF_ERROR(CheckTables());
   DP420_RETURN_IF_ERROR(CheckPacks());
   DP420_RETURN_IF_ERROR(MapBadRecords());
@@ -301,8 +287,8 @@ Result<std::string> Verifier::ResolveAmongFiles() const {
   const VolumeHistory& h = histories_.at(options_.volume);
   if (options_.snapshot == "latest" && h.tip) return h.tip->snapshot_id;
   if (options_.snapshot == "latest" && !h.head.snapshot_id.empty()) return h.head.snapshot_id;
-  std::map<uint64_t, std::string> files;  // sequence -> id
-  for (const auto& m : manifests_) files[m.sequence] = m.snapshot_id;
+  std::set<std::pair<uint64_t, std::string>> files;  // (sequence, id); a fork holds two
+  for (const auto& m : manifests_) files.emplace(m.sequence, m.snapshot_id);
   for (const auto& d : damaged_) {
     std::string volume, name, id;
     uint64_t sequence = 0;

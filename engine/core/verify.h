@@ -19,6 +19,10 @@ struct VerifyOptions {
   std::string volume;      // empty: every volume
   std::string snapshot;    // empty: every snapshot (of `volume`); else an id/prefix/"latest"
   bool read_data = false;
+  // Check the volume's history: rollbacks, forks, head problems (history.h)
+  // and the chain of manifest seals. Repair turns it off to judge a snapshot
+  // by its own table and data alone.
+  bool check_history = true;
   JobControl control;
 };
 

@@ -52,7 +52,11 @@ class CorruptionTest : public testing::Test {
     }
     for (int seed : {31, 32}) {
       MutateExt4Volume(vol, dir_, seed, 2.0);
+      before = ListPacks(repo_);
       snaps_.push_back(Take("vol", vol.image));
+    }
+    for (const auto& pack : ListPacks(repo_)) {
+      if (!std::binary_search(before.begin(), before.end(), pack)) last_packs_.push_back(pack);
     }
   }
 
@@ -77,6 +81,18 @@ class CorruptionTest : public testing::Test {
   std::string PackPath(const std::string& name) const { return repo_ + "/packs/" + name; }
 
   Result VerifyReadData() { return Cli({"verify", "--repo", repo_, "--read-data"}); }
+  Result Repair(const std::string& volume) {
+    return Cli({"repair", "--repo", repo_, "--volume", volume, "--json"});
+  }
+  // After a repair: `s` is the volume's latest and restores exactly.
+  void ExpectLatestIs(const Snap& s) {
+    std::string target = dir_ / "latest.img";
+    std::filesystem::remove(target);
+    Result r = Restore(repo_, s.volume, "latest", target);
+    DP420_EXPECT_EXIT(r, kExitOk);
+    if (r.exit_code == kExitOk) EXPECT_EQ(Sha256File(target), s.sha256);
+    std::filesystem::remove(target);
+  }
 
   // A failed restore must not leave a target behind; a good one must be exact.
   void ExpectRestoreFails(const Snap& s, int exit_code) {
@@ -112,6 +128,7 @@ class CorruptionTest : public testing::Test {
   std::string repo_;
   std::vector<Snap> snaps_;
   std::vector<std::string> full_packs_;
+  std::vector<std::string> last_packs_;  // written by s3
   std::string vol_image_;
 };
 
@@ -221,6 +238,43 @@ TEST_F(CorruptionTest, DeletedNewestManifestIsFoundAndLatestRefused) {
   DP420_EXPECT_EXIT(Cli({"backup", "--repo", repo_, "--volume", "vol", vol_image_}), kExitDamage);
   ExpectRestoresExactly(s2());
   ExpectRestoresExactly(other());
+
+  Result dry = Cli({"repair", "--repo", repo_, "--volume", "vol", "--dry-run", "--json"});
+  DP420_EXPECT_EXIT(dry, kExitOk);
+  DP420_EXPECT_EXIT(Restore(repo_, "vol", "latest", dir_ / "latest.img"), kExitDamage);
+  Result repaired = Repair("vol");
+  DP420_EXPECT_EXIT(repaired, kExitOk);
+  Json report = Json::parse(repaired.out);
+  EXPECT_EQ(report["newest"]["snapshot_id"], s2().id) << repaired.Describe();
+  EXPECT_TRUE(report["head_rewritten"].get<bool>());
+  ExpectLatestIs(s2());
+  DP420_EXPECT_EXIT(Cli({"backup", "--repo", repo_, "--volume", "vol", vol_image_}), kExitOk);
+  DP420_EXPECT_EXIT(VerifyReadData(), kExitOk);
+}
+
+// The seed's "metadata ahead of data": the newest snapshot's packs are gone.
+// Repair rolls the volume back to the snapshot the data still supports and
+// keeps the orphaned manifest in quarantine, not deleted.
+TEST_F(CorruptionTest, NewestWhosePacksAreGoneIsRepairedToTheOneBefore) {
+  ASSERT_FALSE(last_packs_.empty());
+  for (const auto& pack : last_packs_) std::filesystem::remove(PackPath(pack));
+  Result verify = VerifyReadData();
+  DP420_EXPECT_EXIT(verify, kExitDamage);
+  EXPECT_TRUE(Mentions(verify, s3().id)) << verify.Describe();
+
+  Result repaired = Repair("vol");
+  DP420_EXPECT_EXIT(repaired, kExitOk);
+  Json report = Json::parse(repaired.out);
+  EXPECT_EQ(report["newest"]["snapshot_id"], s2().id) << repaired.Describe();
+  ASSERT_EQ(report["quarantined"].size(), 1u) << repaired.Describe();
+  std::string kept = repo_ + "/" + report["quarantine_dir"].get<std::string>();
+  EXPECT_TRUE(Exists(kept + "/" + std::filesystem::path(
+                                         report["quarantined"][0]["file"].get<std::string>())
+                                         .filename()
+                                         .string()));
+  ExpectLatestIs(s2());
+  DP420_EXPECT_EXIT(Cli({"verify", "--repo", repo_, "--volume", "vol", "--read-data"}), kExitOk);
+  DP420_EXPECT_EXIT(Cli({"backup", "--repo", repo_, "--volume", "vol", vol_image_}), kExitOk);
 }
 
 // The whole folder of a volume put back as it was, head included: only the
@@ -271,6 +325,15 @@ TEST_F(CorruptionTest, ForkedHistoryIsFound) {
   EXPECT_TRUE(Mentions(verify, twin_id)) << verify.Describe();
   DP420_EXPECT_EXIT(Restore(repo_, "vol", "latest", dir_ / "latest.img"), kExitDamage);
   ExpectRestoresExactly(s2());
+
+  Result repaired = Repair("vol");
+  DP420_EXPECT_EXIT(repaired, kExitOk);
+  Json report = Json::parse(repaired.out);
+  EXPECT_EQ(report["newest"]["snapshot_id"], s3().id) << "the head's side of the fork stays";
+  ASSERT_EQ(report["quarantined"].size(), 1u) << repaired.Describe();
+  EXPECT_NE(report["quarantined"][0]["file"].get<std::string>().find(twin_id), std::string::npos);
+  ExpectLatestIs(s3());
+  DP420_EXPECT_EXIT(VerifyReadData(), kExitOk);
 }
 
 }  // namespace

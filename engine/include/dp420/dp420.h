@@ -254,6 +254,25 @@ DP420_EXPORT void dp420_verify_opts_init(dp420_verify_opts_t* opts);
 DP420_EXPORT int dp420_verify(dp420_ctx_t* ctx, dp420_repo_t* repo,
                               const dp420_verify_opts_t* opts, dp420_verify_result_t* result);
 
+/* Repair (local repositories). Brings a volume whose history cannot be
+ * trusted (a missing, damaged or rolled-back newest snapshot, a fork, a
+ * snapshot whose data is gone) back to the newest snapshot its data supports:
+ * what cannot stay is moved to REPO/quarantine/VOLUME/STAMP/, never deleted,
+ * and the volume's head is rewritten. On success *report_json is one JSON
+ * object: volume, problems[], newest {snapshot_id, sequence} or null,
+ * quarantined [{file, reason}], quarantine_dir, head_rewritten, dry_run;
+ * the caller frees it with dp420_free. Since 0.3. */
+typedef struct dp420_repair_opts {
+  size_t struct_size;
+  const char* volume;  /* required */
+  int dry_run;         /* report only */
+  int read_data;       /* re-read every block of the candidates */
+} dp420_repair_opts_t;
+
+DP420_EXPORT void dp420_repair_opts_init(dp420_repair_opts_t* opts);
+DP420_EXPORT int dp420_repair(dp420_ctx_t* ctx, dp420_repo_t* repo,
+                              const dp420_repair_opts_t* opts, char** report_json);
+
 /* ---- Storage benchmark ------------------------------------------------------
  * dp420_bench measures what a backup of `source` can reach on this machine:
  * O_DIRECT read throughput and per-request latency over queue depths and
