@@ -613,7 +613,7 @@ int dp420_client_add(dp420_ctx_t* ctx, const char* clients_file, const char* nam
     if (!key.ok()) return Fail(ctx, key.status());
     Status s = reg->EnsureIdentity();
     if (!s.ok()) return Fail(ctx, s);
-    s = dp420::net::WriteKeyFile(key_path, key->key, reg->identity()->FingerprintHex());
+    s = dp420::net::WriteKeyFile(key_path, key->key.data(), reg->identity()->FingerprintHex());
     if (!s.ok()) return Fail(ctx, s);
     s = reg->Save(path);
     if (!s.ok()) {

@@ -102,7 +102,7 @@ uint64_t ClientLimits::Bound(const std::optional<uint64_t>& v) {
 
 std::string KeyDigest(const ClientKey& k) {
   uint8_t digest[32];
-  simd::Sha256(k.key, kKeyBytes, digest);
+  simd::Sha256(k.key.data(), kKeyBytes, digest);
   return simd::ToHex(digest, 32);
 }
 
@@ -154,7 +154,7 @@ Result<ClientRegistry> ClientRegistry::Load(const std::string& path) {
       k.name = c.at("name").get<std::string>();
       k.role = c.at("role").get<std::string>();
       if (!ValidClientName(k.name) || (k.role != "append" && k.role != "admin") ||
-          !simd::FromHex(c.at("key").get<std::string>(), k.key, kKeyBytes)) {
+          !simd::FromHex(c.at("key").get<std::string>(), k.key.data(), kKeyBytes)) {
         return Status::Corruption(path + ": bad entry for client '" + k.name + "'");
       }
       if (Status l = ParseLimits(c, &k.limits); !l.ok()) {
@@ -172,7 +172,7 @@ Result<ClientRegistry> ClientRegistry::Load(const std::string& path) {
 Status ClientRegistry::Save(const std::string& path) const {
   Json list = Json::array();
   for (const auto& c : clients_) {
-    Json entry = {{"name", c.name}, {"key", simd::ToHex(c.key, kKeyBytes)}, {"role", c.role}};
+    Json entry = {{"name", c.name}, {"key", simd::ToHex(c.key.data(), kKeyBytes)}, {"role", c.role}};
     ClientLimits l = c.limits;
     for (int i = 0; i < 5; ++i) {
       if (*LimitField(l, i)) entry[kLimitFields[i]] = **LimitField(l, i);
@@ -227,7 +227,7 @@ Result<ClientKey> ClientRegistry::Add(const std::string& name, const std::string
   ClientKey k;
   k.name = name;
   k.role = role;
-  DP420_RETURN_IF_ERROR(RandomNonce(k.key, kKeyBytes));
+  DP420_RETURN_IF_ERROR(RandomNonce(k.key.data(), kKeyBytes));
   clients_.push_back(k);
   return k;
 }

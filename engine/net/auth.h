@@ -45,9 +45,11 @@ struct ClientLimits {
   static uint64_t Bound(const std::optional<uint64_t>& v);
 };
 
+// A registered client. The key lives in a SecretKey (channel.h): on a page
+// excluded from core dumps and cleansed when this or any copy goes away.
 struct ClientKey {
   std::string name;
-  uint8_t key[kKeyBytes] = {};
+  SecretKey key;  // kKeyBytes
   std::string role = "append";  // "append" or "admin"
   ClientLimits limits;
 };

@@ -37,16 +37,21 @@ std::string AddClient(const TempDir& dir, const std::string& name,
 
 // `dp420 serve` on 127.0.0.1 with a port the kernel picks, its stderr in a log
 // file (read while it runs). The destructor kills it if Stop() was not called.
+// `run_as`, when given, is a command prefix (e.g. setpriv) that execs dp420
+// in the same process, so pid() is the server's.
 class Server {
  public:
-  Server(const TempDir& dir, const std::string& repo) : log_(dir / "serve.log") {
-    std::string command = "exec " + ShellQuote(CliPath()) + " serve --repo " + ShellQuote(repo) +
-                          " --listen 127.0.0.1:0 --clients " + ShellQuote(dir / "clients.json") +
-                          " --heartbeat-interval 1 2>" + ShellQuote(log_);
+  Server(const TempDir& dir, const std::string& repo, const std::string& run_as = "")
+      : log_(dir / "serve.log") {
+    std::string command = "exec " + run_as + ShellQuote(CliPath()) + " serve --repo " +
+                          ShellQuote(repo) + " --listen 127.0.0.1:0 --clients " +
+                          ShellQuote(dir / "clients.json") + " --heartbeat-interval 1 2>" +
+                          ShellQuote(log_);
     process_ = Process::Start({"bash", "-c", command});
     WaitListening();
   }
   const std::string& address() const { return address_; }
+  pid_t pid() const { return process_->pid(); }
   std::string Log() const { return Exists(log_) ? ReadFile(log_) : ""; }
 
   // SIGTERM, as a service manager stops it; the finished process.
@@ -152,6 +157,50 @@ TEST(CliRemoteTest, ServeReportsItsPortAndStopsOnSigterm) {
   Result refused = Cli(Join({"snapshots"}, Remote(server, "db1", key)), env);
   DP420_EXPECT_EXIT(refused, kExitNetwork);
   EXPECT_NE(refused.err.find(server.address()), std::string::npos) << refused.Describe();
+}
+
+// The value of `field` in /proc/PID/status ("Uid:\t65534\t65534..." gives
+// "65534\t65534..."); empty when absent.
+std::string StatusField(pid_t pid, const std::string& field) {
+  std::string status = ReadFile("/proc/" + std::to_string(pid) + "/status");
+  std::smatch m;
+  std::regex line("(^|\n)" + field + ":\\s*([^\n]*)");
+  return std::regex_search(status, m, line) ? m[2].str() : "";
+}
+
+// The server holds client keys and session keys: it must not be dumpable
+// even when it runs as an unprivileged user, who could otherwise read its
+// memory through ptrace or /proc/PID/mem, or get a core dump. The kernel
+// gives the files under /proc/PID of a non-dumpable process to root, and
+// refuses the process's own user what needs ptrace access (environ, mem).
+TEST(CliRemoteTest, ServeAsAnUnprivilegedUserIsNotDumpable) {
+  if (!IsRoot()) GTEST_SKIP() << "skipped: needs root to run the server as uid 65534";
+  if (!Exists("/usr/bin/setpriv") && !Exists("/bin/setpriv")) {
+    GTEST_SKIP() << "skipped: setpriv (util-linux) is not installed";
+  }
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  std::string key = AddClient(dir, "db1");
+  // The server's user owns what it serves; the clients file stays 0600.
+  Result owned = Sh("chown -R 65534:65534 " + ShellQuote(dir.path()) + " && chmod 0755 " +
+                    ShellQuote(dir.path()) + " && chmod 0600 " + ShellQuote(dir / "clients.json"));
+  DP420_ASSERT_EXIT(owned, kExitOk);
+  Server server(dir, repo, "setpriv --reuid=65534 --regid=65534 --clear-groups ");
+  std::string proc = "/proc/" + std::to_string(server.pid());
+  EXPECT_EQ(StatusField(server.pid(), "Uid").substr(0, 5), "65534") << server.Log();
+  struct stat st {};
+  ASSERT_EQ(stat((proc + "/status").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 0u) << proc << "/status is owned by uid " << st.st_uid
+                           << ": the server is dumpable";
+  Result peek = Sh("setpriv --reuid=65534 --regid=65534 --clear-groups cat " + proc +
+                   "/environ >/dev/null");
+  EXPECT_NE(peek.exit_code, 0) << "its own user read " << proc << "/environ: " << peek.Describe();
+  // It still serves: the client gets in.
+  Env env = {{"DP420_CACHE_DIR", dir / "cache"}};
+  Result list = Cli(Join({"snapshots", "--json"}, Remote(server, "db1", key)), env);
+  DP420_EXPECT_EXIT(list, kExitOk) << server.Log();
+  Result stopped = server.Stop();
+  DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
 }
 
 TEST(CliRemoteTest, WrongOrExposedKeysAreRefusedClearly) {

@@ -96,8 +96,8 @@ void MakeServerSide(const std::string& dir, ServerSide* side) {
   ClientRegistry registry;
   Result<ClientKey> key = registry.Add("alice", "append");
   ASSERT_TRUE(key.ok()) << key.status().ToString();
-  std::memcpy(side->key, key->key, kKeyBytes);
-  Status written = WriteAliceKeyFile(registry, side->key_file, key->key);
+  std::memcpy(side->key, key->key.data(), kKeyBytes);
+  Status written = WriteAliceKeyFile(registry, side->key_file, key->key.data());
   ASSERT_TRUE(written.ok()) << written.ToString();
   Status saved = registry.Save(side->clients);
   ASSERT_TRUE(saved.ok()) << saved.ToString();

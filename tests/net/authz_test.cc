@@ -93,7 +93,7 @@ class AuthzTest : public ::testing::Test {
       auto key = registry.Add(name, role);
       ASSERT_TRUE(key.ok());
       ASSERT_TRUE(
-          WriteKeyFile(KeyFile(name), key->key, registry.identity()->FingerprintHex()).ok());
+          WriteKeyFile(KeyFile(name), key->key.data(), registry.identity()->FingerprintHex()).ok());
     }
     ASSERT_TRUE(registry.Save(ClientsFile()).ok());
     so_.repo_path = repo_path_;

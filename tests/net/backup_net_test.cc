@@ -275,7 +275,7 @@ class BackupNetTest : public ::testing::Test {
       Result<ClientKey> key = registry.Add(name, "append");
       ASSERT_TRUE(key.ok()) << key.status().ToString();
       const std::string pin = registry.identity()->FingerprintHex();
-      ASSERT_TRUE(WriteKeyFile(KeyFile(name), key->key, pin).ok());
+      ASSERT_TRUE(WriteKeyFile(KeyFile(name), key->key.data(), pin).ok());
     }
     Status saved = registry.Save(clients_path_);
     ASSERT_TRUE(saved.ok()) << saved.ToString();

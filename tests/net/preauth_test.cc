@@ -157,7 +157,7 @@ class PreAuthTest : public ::testing::Test {
       auto key = registry.Add(name, name == std::string("bob") ? "admin" : "append");
       ASSERT_TRUE(key.ok());
       ASSERT_TRUE(
-          WriteKeyFile(KeyFile(name), key->key, registry.identity()->FingerprintHex()).ok());
+          WriteKeyFile(KeyFile(name), key->key.data(), registry.identity()->FingerprintHex()).ok());
     }
     ASSERT_TRUE(registry.Save(dir_.path() + "/clients.json").ok());
     so_.repo_path = repo_path_;

@@ -90,7 +90,7 @@ class RemoteTest : public ::testing::Test {
       auto key = registry.Add(name, role);
       ASSERT_TRUE(key.ok());
       const std::string pin = registry.identity()->FingerprintHex();
-      ASSERT_TRUE(WriteKeyFile(KeyFile(name), key->key, pin).ok());
+      ASSERT_TRUE(WriteKeyFile(KeyFile(name), key->key.data(), pin).ok());
     }
     ASSERT_TRUE(registry.Save(clients_file_).ok());
     so_.repo_path = repo_path_;
@@ -375,7 +375,7 @@ TEST_F(RemoteTest, ClientsFileReloadedWithoutRestart) {
   auto carol = registry->Add("carol", "append");
   ASSERT_TRUE(carol.ok());
   const std::string pin = registry->identity()->FingerprintHex();
-  ASSERT_TRUE(WriteKeyFile(KeyFile("carol"), carol->key, pin).ok());
+  ASSERT_TRUE(WriteKeyFile(KeyFile("carol"), carol->key.data(), pin).ok());
   ASSERT_TRUE(registry->Remove("bob").ok());
   ASSERT_TRUE(registry->Save(clients_file_).ok());
   EXPECT_NE(ConnectAs("carol"), nullptr);
@@ -512,7 +512,7 @@ TEST_F(RemoteTest, FuzzedStreamsNeitherCrashNorDisturbOtherSessions) {
       case 3: {  // authenticated, then random requests, sealed as the server expects
         Conn conn(fd.Release(), "server");
         uint64_t t = 0;
-        ASSERT_TRUE(ClientHandshake(conn, "bob", bob.key, pin, 2000ms, &t).ok());
+        ASSERT_TRUE(ClientHandshake(conn, "bob", bob.key.data(), pin, 2000ms, &t).ok());
         for (int k = 0; k < 3; ++k) {
           auto type = FrameType(1 + rng() % uint16_t(FrameType::kMaxType));
           std::vector<uint8_t> payload = random_bytes(rng() % 48);
@@ -575,7 +575,7 @@ class Sentinel {
     testnet::UniqueFd fd = testnet::ConnectTcp("127.0.0.1", port, 2000ms, &error);
     Conn conn(fd.Release(), "server");
     uint64_t t = 0;
-    if (!ClientHandshake(conn, key.name, key.key, pin, 2000ms, &t).ok()) {
+    if (!ClientHandshake(conn, key.name, key.key.data(), pin, 2000ms, &t).ok()) {
       ++missed;
       return;
     }
@@ -609,7 +609,7 @@ void FuzzOneBackup(uint16_t port, const ClientKey& key, const uint8_t* pin, std:
     if (!fd.valid()) return nullptr;
     auto conn = std::make_unique<Conn>(fd.Release(), "server");
     uint64_t t = 0;
-    if (!ClientHandshake(*conn, key.name, key.key, pin, 2000ms, &t).ok()) return nullptr;
+    if (!ClientHandshake(*conn, key.name, key.key.data(), pin, 2000ms, &t).ok()) return nullptr;
     return conn;
   };
   std::unique_ptr<Conn> control;

@@ -73,7 +73,7 @@ class RobustnessTest : public ::testing::Test {
     ASSERT_TRUE(registry.EnsureIdentity().ok());
     auto key = registry.Add("alice", "append");
     ASSERT_TRUE(key.ok());
-    ASSERT_TRUE(WriteKeyFile(KeyFile(), key->key, registry.identity()->FingerprintHex()).ok());
+    ASSERT_TRUE(WriteKeyFile(KeyFile(), key->key.data(), registry.identity()->FingerprintHex()).ok());
     ASSERT_TRUE(registry.Save(dir_.path() + "/clients.json").ok());
     so_.repo_path = repo_path_;
     so_.listen = "127.0.0.1:0";
