@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 
 #include "engine/core/manifest.h"
 #include "io/file.h"
@@ -40,12 +41,14 @@ bool ValidClientName(const std::string& name) { return ValidVolumeName(name); }
 
 namespace {
 
-constexpr const char* kLimitFields[] = {"max_volumes", "max_bytes", "max_backups", "max_waiting",
-                                        "max_stripe_memory"};
+constexpr const char* kLimitFields[] = {"max_volumes", "max_bytes",         "max_backups",
+                                        "max_waiting", "max_stripe_memory", "max_sessions"};
+constexpr int kLimitCount = int(std::size(kLimitFields));
 
 std::optional<uint64_t>* LimitField(ClientLimits& l, int i) {
-  std::optional<uint64_t>* f[] = {&l.max_volumes, &l.max_bytes, &l.max_backups, &l.max_waiting,
-                                  &l.max_stripe_memory};
+  std::optional<uint64_t>* f[] = {&l.max_volumes, &l.max_bytes,         &l.max_backups,
+                                  &l.max_waiting, &l.max_stripe_memory, &l.max_sessions};
+  static_assert(std::size(f) == std::size(kLimitFields));
   return f[i];
 }
 
@@ -71,7 +74,7 @@ Status CheckClientsFileSafe(const std::string& path, const struct stat& st) {
 }
 
 Status ParseLimits(const Json& c, ClientLimits* l) {
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < kLimitCount; ++i) {
     if (!c.contains(kLimitFields[i])) continue;
     const Json& v = c.at(kLimitFields[i]);
     if (!v.is_number_unsigned()) return Status::Corruption(std::string(kLimitFields[i]) +
@@ -93,6 +96,7 @@ ClientLimits ClientLimits::Over(const ClientLimits& defaults) const {
   out.max_backups = pick(max_backups, defaults.max_backups);
   out.max_waiting = pick(max_waiting, defaults.max_waiting);
   out.max_stripe_memory = pick(max_stripe_memory, defaults.max_stripe_memory);
+  out.max_sessions = pick(max_sessions, defaults.max_sessions);
   return out;
 }
 
@@ -174,7 +178,7 @@ Status ClientRegistry::Save(const std::string& path) const {
   for (const auto& c : clients_) {
     Json entry = {{"name", c.name}, {"key", simd::ToHex(c.key.data(), kKeyBytes)}, {"role", c.role}};
     ClientLimits l = c.limits;
-    for (int i = 0; i < 5; ++i) {
+    for (int i = 0; i < kLimitCount; ++i) {
       if (*LimitField(l, i)) entry[kLimitFields[i]] = **LimitField(l, i);
     }
     list.push_back(entry);

@@ -39,6 +39,7 @@ struct ClientLimits {
   std::optional<uint64_t> max_backups;        // backups at once, running or awaiting resume
   std::optional<uint64_t> max_waiting;        // backups awaiting their agent's resume
   std::optional<uint64_t> max_stripe_memory;  // bytes of receive buffers its stripes may pin
+  std::optional<uint64_t> max_sessions;       // authenticated connections at once (stripes too)
   // Each limit: this one when set, else `defaults`' (0: none).
   ClientLimits Over(const ClientLimits& defaults) const;
   // The value of a limit as a bound: UINT64_MAX for 0 or absent.

@@ -2,11 +2,18 @@
 // started and stopped like a service, and backup, snapshots, restore and verify
 // with --remote against it on this host.
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <regex>
 #include <string>
@@ -41,12 +48,14 @@ std::string AddClient(const TempDir& dir, const std::string& name,
 // in the same process, so pid() is the server's.
 class Server {
  public:
-  Server(const TempDir& dir, const std::string& repo, const std::string& run_as = "")
+  // `flags`: more options of serve, shell words.
+  Server(const TempDir& dir, const std::string& repo, const std::string& run_as = "",
+         const std::string& flags = "")
       : log_(dir / "serve.log") {
     std::string command = "exec " + run_as + ShellQuote(CliPath()) + " serve --repo " +
                           ShellQuote(repo) + " --listen 127.0.0.1:0 --clients " +
-                          ShellQuote(dir / "clients.json") + " --heartbeat-interval 1 2>" +
-                          ShellQuote(log_);
+                          ShellQuote(dir / "clients.json") + " --heartbeat-interval 1 " + flags +
+                          " 2>" + ShellQuote(log_);
     process_ = Process::Start({"bash", "-c", command});
     WaitListening();
   }
@@ -201,6 +210,80 @@ TEST(CliRemoteTest, ServeAsAnUnprivilegedUserIsNotDumpable) {
   DP420_EXPECT_EXIT(list, kExitOk) << server.Log();
   Result stopped = server.Stop();
   DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
+}
+
+// A TCP connection to `address` ("127.0.0.1:PORT") that sends nothing.
+int ConnectIdle(const std::string& address) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(uint16_t(std::stoi(address.substr(address.rfind(':') + 1))));
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+    Fail("connect to " + address + ": " + std::strerror(errno));
+  }
+  return fd;
+}
+
+// Whether the server closed `fd` within `ms` (end of stream or reset; any
+// ERROR frame before it is read past).
+bool ClosedWithin(int fd, int ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  for (;;) {
+    int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(
+                       deadline - std::chrono::steady_clock::now()).count());
+    pollfd p{fd, POLLIN, 0};
+    if (left <= 0 || poll(&p, 1, left) <= 0) return false;
+    char buf[256];
+    if (recv(fd, buf, sizeof(buf), 0) <= 0) return true;
+  }
+}
+
+// The limits before authentication come from serve's flags: with
+// --max-pending-per-source 2 the third idle socket from one address closes
+// the oldest, and --handshake-timeout ends the rest.
+TEST(CliRemoteTest, ServeLimitFlagsTakeEffect) {
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  std::string key = AddClient(dir, "db1");
+  Server server(dir, repo, "", "--max-pending-per-source 2 --handshake-timeout 1.5");
+  std::vector<int> fds;
+  for (int i = 0; i < 3; ++i) {
+    fds.push_back(ConnectIdle(server.address()));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // accepted in this order
+  }
+  EXPECT_TRUE(ClosedWithin(fds[0], 1000)) << "the oldest over the per-source limit stayed open";
+  EXPECT_FALSE(ClosedWithin(fds[1], 200)) << server.Log();
+  EXPECT_FALSE(ClosedWithin(fds[2], 200)) << server.Log();
+  EXPECT_TRUE(ClosedWithin(fds[1], 3000)) << "the handshake deadline did not end it";
+  EXPECT_TRUE(ClosedWithin(fds[2], 3000));
+  for (int fd : fds) close(fd);
+  Env env = {{"DP420_CACHE_DIR", dir / "cache"}};
+  Result list = Cli(Join({"snapshots", "--json"}, Remote(server, "db1", key)), env);
+  DP420_EXPECT_EXIT(list, kExitOk) << server.Log();
+  Result stopped = server.Stop();
+  DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
+}
+
+TEST(CliRemoteTest, ServeLimitFlagsOutOfRangeAreUsageErrors) {
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  AddClient(dir, "db1");
+  std::vector<std::string> serve = {"serve", "--repo", repo, "--listen", "127.0.0.1:0",
+                                    "--clients", dir / "clients.json"};
+  for (std::vector<std::string> bad : std::vector<std::vector<std::string>>{
+           {"--max-pending", "0"}, {"--max-pending-per-source", "-1"},
+           {"--handshake-timeout", "0"}, {"--max-sessions", "x"},
+           {"--default-max-sessions", "-3"}}) {
+    Result r = Cli(Join(serve, bad));
+    DP420_EXPECT_EXIT(r, kExitUsage);
+    EXPECT_NE(r.err.find(bad[0]), std::string::npos) << r.Describe();
+  }
+  // Each in range, but more per source than in all.
+  Result r = Cli(Join(serve, {"--max-pending", "4", "--max-pending-per-source", "8"}));
+  EXPECT_NE(r.exit_code, kExitOk);
+  EXPECT_NE(r.err.find("max_pending_per_source (8) is above max_pending (4)"), std::string::npos)
+      << r.Describe();
 }
 
 TEST(CliRemoteTest, WrongOrExposedKeysAreRefusedClearly) {

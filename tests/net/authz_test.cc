@@ -567,6 +567,58 @@ TEST_F(AuthzTest, AbandonedBackupsOfOneClientDoNotBlockAnother) {
   EXPECT_NE(refused.status().message().find("max_backups"), std::string::npos);
 }
 
+// LIST of every volume on an authenticated connection: OK at DONE, else
+// the server's answer.
+Status ListOn(Conn& conn) {
+  PayloadWriter list;
+  list.String("");
+  DP420_RETURN_IF_ERROR(conn.Send(FrameType::kList, 3, list.bytes(), kTimeout));
+  for (;;) {
+    DP420_ASSIGN_OR_RETURN(Frame f, conn.Recv(kTimeout));
+    if (f.type() == FrameType::kPing) {
+      DP420_RETURN_IF_ERROR(AnswerPing(conn, f, kTimeout));
+    } else if (f.type() == FrameType::kError) {
+      return StatusFromError(f, "server");
+    } else if (f.type() == FrameType::kDone) {
+      return Status::Ok();
+    }
+  }
+}
+
+TEST_F(AuthzTest, AClientBeyondItsSessionCapIsBusyWhileAnotherGetsIn) {
+  ClientLimits l;
+  l.max_sessions = 3;
+  SetLimits("alice", l);
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  std::vector<std::unique_ptr<Conn>> alice;
+  for (int i = 0; i < 3; ++i) {
+    alice.push_back(Authenticated("alice"));
+    ASSERT_NE(alice.back(), nullptr);
+    ASSERT_TRUE(ListOn(*alice.back()).ok()) << "session " << i;
+  }
+  // The fourth authenticates (its key is good), then gets the sealed kBusy.
+  auto extra = Authenticated("alice");
+  ASSERT_NE(extra, nullptr);
+  Status busy = ListOn(*extra);
+  EXPECT_EQ(busy.code(), Code::kBusy) << busy.ToString();
+  EXPECT_NE(busy.message().find("max_sessions"), std::string::npos) << busy.ToString();
+  // Bob is not held back by alice's sessions.
+  auto bob = Authenticated("bob");
+  ASSERT_NE(bob, nullptr);
+  EXPECT_TRUE(ListOn(*bob).ok());
+  // A session that ends makes room again.
+  alice.pop_back();
+  Status again = Status::Busy("not tried");
+  auto deadline = Clock::now() + 5s;
+  while (again.code() == Code::kBusy && Clock::now() < deadline) {
+    auto conn = Authenticated("alice");
+    ASSERT_NE(conn, nullptr);
+    again = ListOn(*conn);
+    if (again.code() == Code::kBusy) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(again.ok()) << again.ToString();
+}
+
 TEST_F(AuthzTest, IdleStripesCannotPinMoreThanTheClientsBufferBound) {
   constexpr uint64_t kBound = 64ull << 20;
   constexpr uint32_t kBlock = 4u << 20;
