@@ -30,6 +30,7 @@
 #include "engine/net/volumes.h"
 #include "io/file.h"
 #include "server_thread.h"
+#include "test_clients.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace dp420::net {
@@ -87,20 +88,10 @@ class AuthzTest : public ::testing::Test {
     repo_path_ = dir_.path() + "/repo";
     repo_ = dp420::testing::NewRepository(repo_path_);
     ASSERT_NE(repo_, nullptr);
-    ClientRegistry registry;
-    ASSERT_TRUE(registry.EnsureIdentity().ok());
-    for (auto [name, role] : {std::pair{"alice", "append"}, {"bob", "append"}, {"root", "admin"}}) {
-      auto key = registry.Add(name, role);
-      ASSERT_TRUE(key.ok());
-      ASSERT_TRUE(
-          WriteKeyFile(KeyFile(name), key->key.data(), registry.identity()->FingerprintHex()).ok());
-    }
-    ASSERT_TRUE(registry.Save(ClientsFile()).ok());
-    so_.repo_path = repo_path_;
-    so_.listen = "127.0.0.1:0";
-    so_.clients_file = ClientsFile();
-    so_.heartbeat_interval = 1000ms;
-    so_.drain_timeout = 2000ms;
+    auto clients = testnet::WriteTestClients(ClientsFile(), dir_.path(),
+                                             {{"alice"}, {"bob"}, {"root", "admin"}});
+    ASSERT_TRUE(clients.ok()) << clients.status().ToString();
+    so_ = testnet::TestServerOptions(repo_path_, ClientsFile());
     so_.resume_grace = 60000ms;
   }
 
@@ -113,7 +104,7 @@ class AuthzTest : public ::testing::Test {
 
   std::string ClientsFile() const { return dir_.path() + "/clients.json"; }
   std::string KeyFile(const std::string& client) const {
-    return dir_.path() + "/" + client + ".key";
+    return testnet::TestKeyFile(dir_.path(), client);
   }
 
   // Rewrites the clients file as client-add and client-remove do.

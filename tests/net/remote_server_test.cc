@@ -29,6 +29,7 @@
 #include "simd/simd.h"
 #include "server_thread.h"
 #include "socket_util.h"
+#include "test_clients.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace dp420::net {
@@ -84,24 +85,16 @@ class RemoteTest : public ::testing::Test {
     repo_ = dp420::testing::NewRepository(repo_path_);
     ASSERT_NE(repo_, nullptr);
     clients_file_ = dir_.path() + "/clients.json";
-    ClientRegistry registry;
-    ASSERT_TRUE(registry.EnsureIdentity().ok());
-    for (auto [name, role] : {std::pair{"alice", "append"}, {"bob", "append"}, {"root", "admin"}}) {
-      auto key = registry.Add(name, role);
-      ASSERT_TRUE(key.ok());
-      const std::string pin = registry.identity()->FingerprintHex();
-      ASSERT_TRUE(WriteKeyFile(KeyFile(name), key->key.data(), pin).ok());
-    }
-    ASSERT_TRUE(registry.Save(clients_file_).ok());
-    so_.repo_path = repo_path_;
-    so_.listen = "127.0.0.1:0";
-    so_.clients_file = clients_file_;
-    so_.heartbeat_interval = 1000ms;
-    so_.drain_timeout = 2000ms;
+    auto clients = testnet::WriteTestClients(clients_file_, dir_.path(),
+                                             {{"alice"}, {"bob"}, {"root", "admin"}});
+    ASSERT_TRUE(clients.ok()) << clients.status().ToString();
+    so_ = testnet::TestServerOptions(repo_path_, clients_file_);
   }
   void TearDown() override { StopServer(); }
 
-  std::string KeyFile(const std::string& client) const { return dir_.path() + "/" + client + ".key"; }
+  std::string KeyFile(const std::string& client) const {
+    return testnet::TestKeyFile(dir_.path(), client);
+  }
 
   // Backs `bytes` up as `volume` and gives the volume to `client` ("" = local).
   void Backup(const std::string& volume, const std::vector<uint8_t>& bytes,
