@@ -19,6 +19,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
+E2E_LOG_TAG=idle_sockets
+# shellcheck source=scripts/lib-e2e.sh
+source "${ROOT}/scripts/lib-e2e.sh"
 DP420="${DP420_BIN:-${ROOT}/build/engine/dp420}"
 sockets=1000 size_mib=1024 rounds=2
 while (($# > 0)); do
@@ -60,16 +63,8 @@ log "writing a ${size_mib} MiB random file"
 head -c "$((size_mib << 20))" /dev/urandom >"${WORK}/vol.img"
 cat "${WORK}/vol.img" >/dev/null
 
-"${DP420}" serve --repo "${WORK}/repo" --listen 127.0.0.1:0 --clients "${WORK}/clients.json" \
-  >/dev/null 2>"${WORK}/serve.log" &
-SERVER_PID=$!
-port=""
-for ((i = 0; i < 100; i++)); do
-  port="$(sed -n 's/^dp420 serve: listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "${WORK}/serve.log")"
-  [[ -n "${port}" ]] && break
-  sleep 0.1
-done
-[[ -n "${port}" ]] || { log "dp420 serve did not start: $(tail -3 "${WORK}/serve.log")"; exit 1; }
+e2e_start_server "${DP420}" "${WORK}/repo" "${WORK}/clients.json" "${WORK}/serve.log" || exit 1
+SERVER_PID="${E2E_SERVER_PID}" port="${E2E_SERVER_PORT}"
 
 backup_seconds() {  # backup_seconds VOLUME: one full remote backup, its wall time or FAILED
   local start end

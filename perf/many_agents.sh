@@ -78,16 +78,8 @@ for ((i = 0; i <= agents; i++)); do
 done
 chmod 600 "${WORK}/clients.json"
 
-"${DP420}" serve --repo "${REPO}" --listen 127.0.0.1:0 --clients "${WORK}/clients.json" \
-  2>"${LOGS}/serve.log" &
-SERVER_PID=$!
-port=""
-for ((i = 0; i < 100; i++)); do
-  port="$(sed -n 's/^dp420 serve: listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "${LOGS}/serve.log")"
-  [[ -n "${port}" ]] && break
-  sleep 0.1
-done
-[[ -n "${port}" ]] || e2e_die "dp420 serve did not start: $(tail -3 "${LOGS}/serve.log")"
+e2e_start_server "${DP420}" "${REPO}" "${WORK}/clients.json" "${LOGS}/serve.log" || exit 1
+SERVER_PID="${E2E_SERVER_PID}" port="${E2E_SERVER_PORT}"
 
 status_kib() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/${SERVER_PID}/status"; }
 rss_idle_kib="$(status_kib VmRSS)"

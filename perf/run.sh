@@ -612,33 +612,17 @@ readonly REMOTE_CLIENT=perf
 readonly REMOTE_SERVER_REPO="${REMOTE_DIR}/server-repo" REMOTE_LOCAL_REPO="${REMOTE_DIR}/local-repo"
 readonly REMOTE_KEY="${REMOTE_DIR}/${REMOTE_CLIENT}.key" REMOTE_CACHE="${REMOTE_DIR}/cache"
 SERVER_PID="" SERVER_PORT="" REMOTE_LAST_JSON=""
-alive() {  # alive PID: true while PID runs (a zombie does not count)
-  local stat
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-  stat="${stat##*) }"
-  [[ "${stat:0:1}" != Z ]]
-}
 start_server() {  # start_server REPO LOG: sets SERVER_PID and SERVER_PORT, false on failure
-  local i
-  "${DP420}" serve --repo "$1" --listen 127.0.0.1:0 --clients "${REMOTE_DIR}/clients.json" 2>"$2" &
-  SERVER_PID=$!
-  for ((i = 0; i < 100; i++)); do
-    SERVER_PORT="$(sed -n 's/^dp420 serve: listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$2")"
-    [[ -n "${SERVER_PORT}" ]] && return 0
-    alive "${SERVER_PID}" || break
-    sleep 0.1
-  done
-  e2e_log "remote: dp420 serve did not start: $(tail -3 "$2")"
-  stop_server
-  return 1
+  e2e_start_server "${DP420}" "$1" "${REMOTE_DIR}/clients.json" "$2" || return 1
+  SERVER_PID="${E2E_SERVER_PID}" SERVER_PORT="${E2E_SERVER_PORT}"
 }
 stop_server() {  # SIGTERM; SIGKILL after 40 s (a server drains running requests for 30 s)
   local pid="${SERVER_PID}" i
   [[ -n "${pid}" ]] || return 0
   SERVER_PID="" SERVER_PORT=""
   kill -TERM "${pid}" 2>/dev/null || true
-  for ((i = 0; i < 400; i++)); do alive "${pid}" || break; sleep 0.1; done
-  if alive "${pid}"; then
+  for ((i = 0; i < 400; i++)); do e2e_alive "${pid}" || break; sleep 0.1; done
+  if e2e_alive "${pid}"; then
     e2e_log "remote: dp420 serve (pid ${pid}) still runs 40 s after SIGTERM; killing it"
     kill -KILL "${pid}" 2>/dev/null || true
   fi
@@ -690,14 +674,15 @@ remote_check() {  # the last remote snapshot: verify --read-data, restore compar
     failures=$((failures + 1))
     return 0
   fi
-  if "${DP420}" verify --repo "${REMOTE_SERVER_REPO}" --volume perf --snapshot "${id}" --read-data --json \
+  # Read directly, the server's repository holds the volume in its client's namespace.
+  if "${DP420}" verify --repo "${REMOTE_SERVER_REPO}" --volume "${REMOTE_CLIENT}/perf" --snapshot "${id}" --read-data --json \
     >"${RUN_DIR}/remote-verify.json"; then
     note check_remote_verify ok
   else
     note check_remote_verify "FAILED (${RUN_DIR}/remote-verify.json)"
     failures=$((failures + 1))
   fi
-  if "${DP420}" restore --repo "${REMOTE_SERVER_REPO}" --volume perf --snapshot "${id}" -q "${restored}" >&2; then
+  if "${DP420}" restore --repo "${REMOTE_SERVER_REPO}" --volume "${REMOTE_CLIENT}/perf" --snapshot "${id}" -q "${restored}" >&2; then
     check_same remote_restore "${CHANGED}" "${restored}"
   else
     note check_remote_restore "FAILED (dp420 restore)"

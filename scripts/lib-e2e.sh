@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shell helpers shared by scripts/demo.sh, perf/run.sh and tests/e2e: realistic ext4
+# Shell helpers shared by scripts/demo.sh, perf/*.sh and tests/e2e: realistic ext4
 # volumes made from real files, changed through a loop mount (root) or debugfs (not root),
 # with every mount undone by an EXIT trap. Source it; it sets that trap.
 
@@ -26,6 +26,38 @@ trap 'e2e_run_cleanups' EXIT
 trap 'e2e_log "interrupted"; exit 130' INT TERM HUP
 
 e2e_is_root() { ((EUID == 0)); }
+
+# e2e_alive PID: true while PID runs (a zombie does not count).
+e2e_alive() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+
+# e2e_start_server DP420 REPO CLIENTS LOG [SERVE OPTION...]: starts `DP420 serve` in the
+# background on 127.0.0.1 (a free port), its stderr in LOG, and waits up to 10 s for its
+# "listening" line. Sets E2E_SERVER_PID and E2E_SERVER_PORT. When it does not start: says
+# why (LOG's last lines), stops it and returns 1 with E2E_SERVER_PID empty.
+e2e_start_server() {
+  local dp420="$1" repo="$2" clients="$3" log="$4" i
+  shift 4
+  E2E_SERVER_PORT=""
+  "${dp420}" serve --repo "${repo}" --listen 127.0.0.1:0 --clients "${clients}" "$@" \
+    >/dev/null 2>"${log}" &
+  E2E_SERVER_PID=$!
+  for ((i = 0; i < 100; i++)); do
+    E2E_SERVER_PORT="$(sed -n 's/^dp420 serve: listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "${log}")"
+    [[ -n "${E2E_SERVER_PORT}" ]] && return 0
+    e2e_alive "${E2E_SERVER_PID}" || break
+    sleep 0.1
+  done
+  e2e_log "dp420 serve did not start: $(tail -3 "${log}")"
+  kill -TERM "${E2E_SERVER_PID}" 2>/dev/null || true
+  wait "${E2E_SERVER_PID}" 2>/dev/null || true
+  E2E_SERVER_PID=""
+  return 1
+}
 
 # True when loop devices can be used: root, /dev/loop-control and a free device.
 e2e_can_loop() {

@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "engine/control/topology.h"
@@ -133,6 +134,10 @@ constexpr size_t kBackupResultV1Size = offsetof(dp420_backup_result_t, bytes_sen
 static_assert(kBackupResultV1Size == 208);
 // dp420_restore_opts_t before read_through was appended.
 constexpr size_t kRestoreOptsV1Size = offsetof(dp420_restore_opts_t, read_through);
+// dp420_serve_opts_t before its limits were appended.
+constexpr size_t kServeOptsV1Size = offsetof(dp420_serve_opts_t, max_pending);
+// dp420_client_limits2_t as first published.
+constexpr size_t kClientLimits2V1Size = sizeof(dp420_client_limits2_t);
 static_assert(std::atomic<std::atomic<bool>*>::is_always_lock_free);
 
 // For the running operation on a remote handle: routes the handle's progress
@@ -212,6 +217,45 @@ std::string LocalVolumeName(const std::string& volume) {
   size_t slash = volume.find('/');
   if (slash == std::string::npos || !dp420::net::ValidRequestVolumeName(volume)) return volume;
   return dp420::net::NamespacedVolume(volume.substr(0, slash), volume.substr(slash + 1));
+}
+
+// Applies `in` to *out: DP420_LIMIT_UNCHANGED keeps a limit,
+// DP420_LIMIT_DEFAULT clears it (with keep_on_default, keeps it too), a
+// value >= 0 sets it.
+Status ApplyLimits(const dp420_client_limits2_t& in, bool keep_on_default,
+                   dp420::net::ClientLimits* out) {
+  std::pair<int64_t, std::optional<uint64_t>*> fields[] = {
+      {in.max_volumes, &out->max_volumes},   {in.max_bytes, &out->max_bytes},
+      {in.max_backups, &out->max_backups},   {in.max_waiting, &out->max_waiting},
+      {in.max_stripe_memory, &out->max_stripe_memory},
+      {in.max_sessions, &out->max_sessions}};
+  for (auto& [value, field] : fields) {
+    if (value < DP420_LIMIT_DEFAULT) {
+      return Status::InvalidArgument("a limit must be at least 0 (0: no limit)");
+    }
+    if (value == DP420_LIMIT_DEFAULT && !keep_on_default) field->reset();
+    if (value >= 0) *field = static_cast<uint64_t>(value);
+  }
+  return Status::Ok();
+}
+
+// The limits of dp420_serve_opts_t (0: the default) into ServerOptions.
+Status ApplyServeLimits(const dp420_serve_opts_t& in, dp420::net::ServerOptions* o) {
+  if (in.max_pending) o->max_pending = in.max_pending;
+  if (in.max_pending_per_source) o->max_pending_per_source = in.max_pending_per_source;
+  if (in.handshake_timeout_ms) o->handshake_timeout = dp420::net::Millis(in.handshake_timeout_ms);
+  if (in.max_sessions) o->max_sessions = in.max_sessions;
+  if (o->max_pending_per_source > o->max_pending) {
+    return Status::InvalidArgument("max_pending_per_source (" +
+                                   std::to_string(o->max_pending_per_source) +
+                                   ") is above max_pending (" + std::to_string(o->max_pending) +
+                                   ")");
+  }
+  if (in.client_defaults == nullptr) return Status::Ok();
+  if (in.client_defaults->struct_size < kClientLimits2V1Size) {
+    return Status::InvalidArgument("client_defaults: bad struct_size");
+  }
+  return ApplyLimits(*in.client_defaults, /*keep_on_default=*/true, &o->client_defaults);
 }
 
 }  // namespace
@@ -667,7 +711,7 @@ void dp420_serve_opts_init(dp420_serve_opts_t* opts) {
 
 int dp420_serve(dp420_ctx_t* ctx, const dp420_serve_opts_t* opts) {
   return Guard(ctx, [&] {
-    if (!opts || opts->struct_size < sizeof(dp420_serve_opts_t)) {
+    if (!opts || opts->struct_size < kServeOptsV1Size) {
       return Fail(ctx, Status::InvalidArgument("dp420_serve: bad arguments"));
     }
     if (Missing(opts->repo)) return Fail(ctx, Status::InvalidArgument("no repository given"));
@@ -679,6 +723,10 @@ int dp420_serve(dp420_ctx_t* ctx, const dp420_serve_opts_t* opts) {
     o.clients_file = dp420::control::AbsolutePath(opts->clients);
     o.json_log = opts->json_log != 0;
     o.heartbeat_interval = MillisOr(opts->heartbeat_interval_ms, 5000);
+    if (opts->struct_size >= sizeof(dp420_serve_opts_t)) {
+      Status s = ApplyServeLimits(*opts, &o);
+      if (!s.ok()) return Fail(ctx, s);
+    }
     o.stop = &ctx->cancel;
     if (opts->on_listening) {
       auto fn = opts->on_listening;
@@ -717,7 +765,7 @@ int dp420_client_add(dp420_ctx_t* ctx, const char* clients_file, const char* nam
     if (!key.ok()) return Fail(ctx, key.status());
     Status s = reg->EnsureIdentity();
     if (!s.ok()) return Fail(ctx, s);
-    s = dp420::net::WriteKeyFile(key_path, key->key, reg->identity()->FingerprintHex());
+    s = dp420::net::WriteKeyFile(key_path, key->key.data(), reg->identity()->FingerprintHex());
     if (!s.ok()) return Fail(ctx, s);
     s = reg->Save(path);
     if (!s.ok()) {
@@ -750,12 +798,34 @@ void dp420_client_limits_init(dp420_client_limits_t* limits) {
       limits->max_stripe_memory = DP420_LIMIT_UNCHANGED;
 }
 
+void dp420_client_limits2_init(dp420_client_limits2_t* limits) {
+  if (!limits) return;
+  limits->struct_size = sizeof(*limits);
+  limits->max_volumes = limits->max_bytes = limits->max_backups = limits->max_waiting =
+      limits->max_stripe_memory = limits->max_sessions = DP420_LIMIT_UNCHANGED;
+}
+
 int dp420_client_set_limits(dp420_ctx_t* ctx, const char* clients_file, const char* name,
                             const dp420_client_limits_t* limits) {
+  if (!limits) return dp420_client_set_limits2(ctx, clients_file, name, nullptr);
+  dp420_client_limits2_t l;
+  dp420_client_limits2_init(&l);
+  l.max_volumes = limits->max_volumes;
+  l.max_bytes = limits->max_bytes;
+  l.max_backups = limits->max_backups;
+  l.max_waiting = limits->max_waiting;
+  l.max_stripe_memory = limits->max_stripe_memory;
+  return dp420_client_set_limits2(ctx, clients_file, name, &l);
+}
+
+int dp420_client_set_limits2(dp420_ctx_t* ctx, const char* clients_file, const char* name,
+                             const dp420_client_limits2_t* limits) {
   return Guard(ctx, [&] {
     if (Missing(clients_file)) return Fail(ctx, Status::InvalidArgument("no clients file given"));
     if (Missing(name)) return Fail(ctx, Status::InvalidArgument("no client name given"));
-    if (!limits) return Fail(ctx, Status::InvalidArgument("no limits given"));
+    if (!limits || limits->struct_size < kClientLimits2V1Size) {
+      return Fail(ctx, Status::InvalidArgument("no limits given"));
+    }
     std::string path = dp420::control::AbsolutePath(clients_file);
     auto lock = dp420::net::ClientsFileLock::Acquire(path);
     if (!lock.ok()) return Fail(ctx, lock.status());
@@ -767,20 +837,8 @@ int dp420_client_set_limits(dp420_ctx_t* ctx, const char* clients_file, const ch
                                         path));
     }
     dp420::net::ClientLimits l = key->limits;
-    std::pair<int64_t, std::optional<uint64_t>*> fields[] = {
-        {limits->max_volumes, &l.max_volumes},
-        {limits->max_bytes, &l.max_bytes},
-        {limits->max_backups, &l.max_backups},
-        {limits->max_waiting, &l.max_waiting},
-        {limits->max_stripe_memory, &l.max_stripe_memory}};
-    for (auto& [value, field] : fields) {
-      if (value < DP420_LIMIT_DEFAULT) {
-        return Fail(ctx, Status::InvalidArgument("a limit must be at least 0 (0: no limit)"));
-      }
-      if (value == DP420_LIMIT_DEFAULT) field->reset();
-      if (value >= 0) *field = static_cast<uint64_t>(value);
-    }
-    Status s = reg->SetLimits(name, l);
+    Status s = ApplyLimits(*limits, /*keep_on_default=*/false, &l);
+    if (s.ok()) s = reg->SetLimits(name, l);
     if (s.ok()) s = reg->Save(path);
     return s.ok() ? Ok(ctx) : Fail(ctx, s);
   });

@@ -21,6 +21,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/cli/progress.h"
@@ -503,59 +504,18 @@ void AddRepoOptions(CLI::App* cmd, Common* c) {
 
 // ---- serve, client-add, client-remove, client-set ----
 
-struct ServeArgs {
-  std::string repo, listen, clients;
-  bool json_log = false;
-  double heartbeat_seconds = 5;
-};
-
-// "HOST:PORT" with the bound port: the host part of --listen as given.
-void OnListening(void* user, uint16_t port) {
-  const std::string& listen = static_cast<ServeArgs*>(user)->listen;
-  size_t colon = listen.rfind(':');
-  std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
-  std::fprintf(stderr, "dp420 serve: listening on %s:%u\n", host.c_str(), unsigned(port));
-  std::fflush(stderr);
-}
-
-int CmdServe(ServeArgs* a) {
-  dp420_serve_opts_t o;
-  dp420_serve_opts_init(&o);
-  o.repo = a->repo.c_str();
-  o.listen = a->listen.c_str();
-  o.clients = a->clients.c_str();
-  o.json_log = a->json_log;
-  o.heartbeat_interval_ms = Millis(a->heartbeat_seconds);
-  o.on_listening = OnListening;
-  o.user = a;
-  int rc = dp420_serve(g_ctx, &o);
-  return rc == 0 ? kExitOk : Report(Common{}, "serve", rc);
-}
-
-CLI::App* AddServeCommand(CLI::App* app, ServeArgs* a) {
-  auto* serve = app->add_subcommand("serve", "Serve a repository to backup agents over TCP");
-  serve->add_option("--repo", a->repo, "Repository directory")->required();
-  serve->add_option("--listen", a->listen, "Address to listen on, ADDR:PORT (port 0: any free)")
-      ->required();
-  serve->add_option("--clients", a->clients, "Clients file (dp420 client-add)")->required();
-  serve->add_flag("--json-log", a->json_log, "Log one JSON object per line on stderr");
-  serve->add_option("--heartbeat-interval", a->heartbeat_seconds,
-                    "Seconds between heartbeats; an agent is lost after 3 missed (default 5)")
-      ->check(CLI::Range(0.01, 3600.0));
-  return serve;
-}
-
-struct ClientArgs {
-  std::string clients, name, key_out, role = "append";
-  // --max-*: "" unchanged, "default" the server's default, else a number
-  // (0: no limit) with an optional K, M, G or T (powers of 1024).
-  std::string max_volumes, max_bytes, max_backups, max_waiting, max_stripe_memory;
-  bool any_limit() const {
-    return !(max_volumes + max_bytes + max_backups + max_waiting + max_stripe_memory).empty();
+// The --max-* (client-add, client-set) or --default-max-* (serve) options:
+// "" unchanged, "default" the server's default, else a number (0: no limit)
+// with an optional K, M, G or T (powers of 1024).
+struct LimitArgs {
+  std::string max_volumes, max_bytes, max_backups, max_waiting, max_stripe_memory, max_sessions;
+  bool any() const {
+    return !(max_volumes + max_bytes + max_backups + max_waiting + max_stripe_memory +
+             max_sessions).empty();
   }
 };
 
-// A --max-* value as dp420_client_limits_t wants it; false when malformed.
+// A --max-* value as dp420_client_limits2_t wants it; false when malformed.
 bool ParseLimit(const std::string& text, int64_t* out) {
   if (text.empty()) return (*out = DP420_LIMIT_UNCHANGED), true;
   if (text == "default") return (*out = DP420_LIMIT_DEFAULT), true;
@@ -575,22 +535,120 @@ bool ParseLimit(const std::string& text, int64_t* out) {
   return true;
 }
 
+// `a`, the options --PREFIX-*, as limits; "" when well formed, else the
+// usage error.
+std::string ParseLimits(const LimitArgs& a, const std::string& prefix,
+                        dp420_client_limits2_t* l) {
+  dp420_client_limits2_init(l);
+  std::tuple<const char*, const std::string*, int64_t*> fields[] = {
+      {"volumes", &a.max_volumes, &l->max_volumes},
+      {"bytes", &a.max_bytes, &l->max_bytes},
+      {"backups", &a.max_backups, &l->max_backups},
+      {"waiting", &a.max_waiting, &l->max_waiting},
+      {"stripe-memory", &a.max_stripe_memory, &l->max_stripe_memory},
+      {"sessions", &a.max_sessions, &l->max_sessions}};
+  for (auto& [name, text, value] : fields) {
+    if (!ParseLimit(*text, value)) {
+      return "bad --" + prefix + "-" + name + " '" + *text + "': a number (0: no limit) with an "
+             "optional K, M, G or T, or 'default'";
+    }
+  }
+  return "";
+}
+
+struct ServeArgs {
+  std::string repo, listen, clients;
+  bool json_log = false;
+  double heartbeat_seconds = 5;
+  // 0: the server's default (server.h ServerOptions).
+  uint32_t max_pending = 0, max_pending_per_source = 0, max_sessions = 0;
+  double handshake_timeout_seconds = 0;
+  LimitArgs client_defaults;  // --default-max-*
+};
+
+// "HOST:PORT" with the bound port: the host part of --listen as given.
+void OnListening(void* user, uint16_t port) {
+  const std::string& listen = static_cast<ServeArgs*>(user)->listen;
+  size_t colon = listen.rfind(':');
+  std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+  std::fprintf(stderr, "dp420 serve: listening on %s:%u\n", host.c_str(), unsigned(port));
+  std::fflush(stderr);
+}
+
+int CmdServe(ServeArgs* a) {
+  dp420_serve_opts_t o;
+  dp420_serve_opts_init(&o);
+  o.repo = a->repo.c_str();
+  o.listen = a->listen.c_str();
+  o.clients = a->clients.c_str();
+  o.json_log = a->json_log;
+  o.heartbeat_interval_ms = Millis(a->heartbeat_seconds);
+  o.max_pending = a->max_pending;
+  o.max_pending_per_source = a->max_pending_per_source;
+  o.handshake_timeout_ms =
+      a->handshake_timeout_seconds > 0 ? Millis(a->handshake_timeout_seconds) : 0;
+  o.max_sessions = a->max_sessions;
+  dp420_client_limits2_t defaults;
+  std::string bad = ParseLimits(a->client_defaults, "default-max", &defaults);
+  if (!bad.empty()) return UsageError(Common{}, "serve", bad);
+  o.client_defaults = &defaults;
+  o.on_listening = OnListening;
+  o.user = a;
+  int rc = dp420_serve(g_ctx, &o);
+  return rc == 0 ? kExitOk : Report(Common{}, "serve", rc);
+}
+
+void AddLimitOptions(CLI::App* cmd, LimitArgs* a, const std::string& prefix);
+
+// docs/PROTOCOL.md, "Limits before authentication" and "Per-client limits".
+void AddServeLimitOptions(CLI::App* serve, ServeArgs* a) {
+  serve->add_option("--max-pending", a->max_pending,
+                    "Unauthenticated connections at once; over it the oldest is closed "
+                    "(default 256)")
+      ->check(CLI::Range(1, 1 << 20));
+  serve->add_option("--max-pending-per-source", a->max_pending_per_source,
+                    "Of them from one IP address, at most --max-pending (default 64)")
+      ->check(CLI::Range(1, 1 << 20));
+  serve->add_option("--handshake-timeout", a->handshake_timeout_seconds,
+                    "Seconds from accept to authenticated (default 5)")
+      ->check(CLI::Range(0.1, 600.0));
+  serve->add_option("--max-sessions", a->max_sessions,
+                    "Authenticated connections at once, of all clients (default 1024)")
+      ->check(CLI::Range(1, 1 << 20));
+  auto* defaults = serve->add_option_group(
+      "client defaults", "Limits of clients whose entry in the clients file does not set them "
+                         "(a number, 0 for none)");
+  AddLimitOptions(defaults, &a->client_defaults, "default-max");
+}
+
+CLI::App* AddServeCommand(CLI::App* app, ServeArgs* a) {
+  auto* serve = app->add_subcommand("serve", "Serve a repository to backup agents over TCP");
+  serve->add_option("--repo", a->repo, "Repository directory")->required();
+  serve->add_option("--listen", a->listen, "Address to listen on, ADDR:PORT (port 0: any free)")
+      ->required();
+  serve->add_option("--clients", a->clients, "Clients file (dp420 client-add)")->required();
+  serve->add_flag("--json-log", a->json_log, "Log one JSON object per line on stderr");
+  serve->add_option("--heartbeat-interval", a->heartbeat_seconds,
+                    "Seconds between heartbeats; an agent is lost after 3 missed (default 5)")
+      ->check(CLI::Range(0.01, 3600.0));
+  AddServeLimitOptions(serve, a);
+  return serve;
+}
+
+struct ClientArgs {
+  std::string clients, name, key_out, role = "append";
+  LimitArgs limits;
+  bool any_limit() const { return limits.any(); }
+};
+
 // Sets the limits given on the command line; kExitOk when none were.
 int SetClientLimits(const Common& c, const char* what, const ClientArgs& a) {
   if (!a.any_limit()) return kExitOk;
-  dp420_client_limits_t l;
-  dp420_client_limits_init(&l);
-  std::pair<const std::string*, int64_t*> fields[] = {
-      {&a.max_volumes, &l.max_volumes}, {&a.max_bytes, &l.max_bytes},
-      {&a.max_backups, &l.max_backups}, {&a.max_waiting, &l.max_waiting},
-      {&a.max_stripe_memory, &l.max_stripe_memory}};
-  for (auto& [text, value] : fields) {
-    if (!ParseLimit(*text, value)) {
-      return UsageError(c, what, "bad limit '" + *text + "': a number (0: no limit) with an "
-                                 "optional K, M, G or T, or 'default'");
-    }
+  dp420_client_limits2_t l;
+  if (std::string bad = ParseLimits(a.limits, "max", &l); !bad.empty()) {
+    return UsageError(c, what, bad);
   }
-  int rc = dp420_client_set_limits(g_ctx, a.clients.c_str(), a.name.c_str(), &l);
+  int rc = dp420_client_set_limits2(g_ctx, a.clients.c_str(), a.name.c_str(), &l);
   return rc == 0 ? kExitOk : Report(c, what, rc);
 }
 
@@ -608,13 +666,9 @@ int CmdClientSet(const Common& c, const ClientArgs& a) {
 }
 
 int CmdClientAdd(const Common& c, const ClientArgs& a) {
-  int64_t check = 0;
-  for (const std::string* v : {&a.max_volumes, &a.max_bytes, &a.max_backups, &a.max_waiting,
-                               &a.max_stripe_memory}) {
-    if (!ParseLimit(*v, &check)) {
-      return UsageError(c, "client-add", "bad limit '" + *v + "': a number (0: no limit) with "
-                                         "an optional K, M, G or T, or 'default'");
-    }
+  dp420_client_limits2_t check;
+  if (std::string bad = ParseLimits(a.limits, "max", &check); !bad.empty()) {
+    return UsageError(c, "client-add", bad);
   }
   int rc = dp420_client_add(g_ctx, a.clients.c_str(), a.name.c_str(), a.role.c_str(),
                             a.key_out.c_str());
@@ -644,16 +698,20 @@ int CmdClientRemove(const Common& c, const ClientArgs& a) {
   return kExitOk;
 }
 
-void AddLimitOptions(CLI::App* cmd, ClientArgs* a) {
-  cmd->add_option("--max-volumes", a->max_volumes, "Volumes it may own (default 256)");
-  cmd->add_option("--max-bytes", a->max_bytes,
+// The limit options as --PREFIX-volumes and so on (client-add and
+// client-set: "max"; serve, for the defaults: "default-max").
+void AddLimitOptions(CLI::App* cmd, LimitArgs* a, const std::string& prefix) {
+  cmd->add_option("--" + prefix + "-volumes", a->max_volumes, "Volumes it may own (default 256)");
+  cmd->add_option("--" + prefix + "-bytes", a->max_bytes,
                   "Quota: bytes its snapshots may have written, e.g. 500G (default: none)");
-  cmd->add_option("--max-backups", a->max_backups,
+  cmd->add_option("--" + prefix + "-backups", a->max_backups,
                   "Backups at once, running or awaiting resume (default 8)");
-  cmd->add_option("--max-waiting", a->max_waiting,
+  cmd->add_option("--" + prefix + "-waiting", a->max_waiting,
                   "Backups awaiting their agent's resume; the oldest is rolled back (default 2)");
-  cmd->add_option("--max-stripe-memory", a->max_stripe_memory,
+  cmd->add_option("--" + prefix + "-stripe-memory", a->max_stripe_memory,
                   "Receive buffers its stripes may pin, e.g. 512M (default 512M)");
+  cmd->add_option("--" + prefix + "-sessions", a->max_sessions,
+                  "Authenticated connections at once, each stripe one (default 128)");
 }
 
 void AddClientCommands(CLI::App* app, Common* c, ClientArgs* a, CLI::App** add,
@@ -665,13 +723,13 @@ void AddClientCommands(CLI::App* app, Common* c, ClientArgs* a, CLI::App** add,
   (*add)->add_option("--key-out", a->key_out, "New key file to write (mode 0600)")->required();
   (*add)->add_option("--role", a->role, "append (default) or admin")
       ->check(CLI::IsMember({"append", "admin"}));
-  AddLimitOptions(*add, a);
+  AddLimitOptions(*add, &a->limits, "max");
   *set = app->add_subcommand("client-set",
                              "Change a client's limits (a number, 0 for none, or 'default')");
   AddCommon(*set, c);
   (*set)->add_option("--clients", a->clients, "Clients file")->required();
   (*set)->add_option("--client", a->name, "Client name")->required();
-  AddLimitOptions(*set, a);
+  AddLimitOptions(*set, &a->limits, "max");
   *remove = app->add_subcommand("client-remove", "Unregister a client");
   AddCommon(*remove, c);
   (*remove)->add_option("--clients", a->clients, "Clients file")->required();

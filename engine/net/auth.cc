@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 
 #include "engine/core/manifest.h"
 #include "io/file.h"
@@ -40,12 +41,14 @@ bool ValidClientName(const std::string& name) { return ValidVolumeName(name); }
 
 namespace {
 
-constexpr const char* kLimitFields[] = {"max_volumes", "max_bytes", "max_backups", "max_waiting",
-                                        "max_stripe_memory"};
+constexpr const char* kLimitFields[] = {"max_volumes", "max_bytes",         "max_backups",
+                                        "max_waiting", "max_stripe_memory", "max_sessions"};
+constexpr int kLimitCount = int(std::size(kLimitFields));
 
 std::optional<uint64_t>* LimitField(ClientLimits& l, int i) {
-  std::optional<uint64_t>* f[] = {&l.max_volumes, &l.max_bytes, &l.max_backups, &l.max_waiting,
-                                  &l.max_stripe_memory};
+  std::optional<uint64_t>* f[] = {&l.max_volumes, &l.max_bytes,         &l.max_backups,
+                                  &l.max_waiting, &l.max_stripe_memory, &l.max_sessions};
+  static_assert(std::size(f) == std::size(kLimitFields));
   return f[i];
 }
 
@@ -71,7 +74,7 @@ Status CheckClientsFileSafe(const std::string& path, const struct stat& st) {
 }
 
 Status ParseLimits(const Json& c, ClientLimits* l) {
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < kLimitCount; ++i) {
     if (!c.contains(kLimitFields[i])) continue;
     const Json& v = c.at(kLimitFields[i]);
     if (!v.is_number_unsigned()) return Status::Corruption(std::string(kLimitFields[i]) +
@@ -93,6 +96,7 @@ ClientLimits ClientLimits::Over(const ClientLimits& defaults) const {
   out.max_backups = pick(max_backups, defaults.max_backups);
   out.max_waiting = pick(max_waiting, defaults.max_waiting);
   out.max_stripe_memory = pick(max_stripe_memory, defaults.max_stripe_memory);
+  out.max_sessions = pick(max_sessions, defaults.max_sessions);
   return out;
 }
 
@@ -102,7 +106,7 @@ uint64_t ClientLimits::Bound(const std::optional<uint64_t>& v) {
 
 std::string KeyDigest(const ClientKey& k) {
   uint8_t digest[32];
-  simd::Sha256(k.key, kKeyBytes, digest);
+  simd::Sha256(k.key.data(), kKeyBytes, digest);
   return simd::ToHex(digest, 32);
 }
 
@@ -154,7 +158,7 @@ Result<ClientRegistry> ClientRegistry::Load(const std::string& path) {
       k.name = c.at("name").get<std::string>();
       k.role = c.at("role").get<std::string>();
       if (!ValidClientName(k.name) || (k.role != "append" && k.role != "admin") ||
-          !simd::FromHex(c.at("key").get<std::string>(), k.key, kKeyBytes)) {
+          !simd::FromHex(c.at("key").get<std::string>(), k.key.data(), kKeyBytes)) {
         return Status::Corruption(path + ": bad entry for client '" + k.name + "'");
       }
       if (Status l = ParseLimits(c, &k.limits); !l.ok()) {
@@ -172,9 +176,9 @@ Result<ClientRegistry> ClientRegistry::Load(const std::string& path) {
 Status ClientRegistry::Save(const std::string& path) const {
   Json list = Json::array();
   for (const auto& c : clients_) {
-    Json entry = {{"name", c.name}, {"key", simd::ToHex(c.key, kKeyBytes)}, {"role", c.role}};
+    Json entry = {{"name", c.name}, {"key", simd::ToHex(c.key.data(), kKeyBytes)}, {"role", c.role}};
     ClientLimits l = c.limits;
-    for (int i = 0; i < 5; ++i) {
+    for (int i = 0; i < kLimitCount; ++i) {
       if (*LimitField(l, i)) entry[kLimitFields[i]] = **LimitField(l, i);
     }
     list.push_back(entry);
@@ -227,7 +231,7 @@ Result<ClientKey> ClientRegistry::Add(const std::string& name, const std::string
   ClientKey k;
   k.name = name;
   k.role = role;
-  DP420_RETURN_IF_ERROR(RandomNonce(k.key, kKeyBytes));
+  DP420_RETURN_IF_ERROR(RandomNonce(k.key.data(), kKeyBytes));
   clients_.push_back(k);
   return k;
 }

@@ -39,15 +39,18 @@ struct ClientLimits {
   std::optional<uint64_t> max_backups;        // backups at once, running or awaiting resume
   std::optional<uint64_t> max_waiting;        // backups awaiting their agent's resume
   std::optional<uint64_t> max_stripe_memory;  // bytes of receive buffers its stripes may pin
+  std::optional<uint64_t> max_sessions;       // authenticated connections at once (stripes too)
   // Each limit: this one when set, else `defaults`' (0: none).
   ClientLimits Over(const ClientLimits& defaults) const;
   // The value of a limit as a bound: UINT64_MAX for 0 or absent.
   static uint64_t Bound(const std::optional<uint64_t>& v);
 };
 
+// A registered client. The key lives in a SecretKey (channel.h): on a page
+// excluded from core dumps and cleansed when this or any copy goes away.
 struct ClientKey {
   std::string name;
-  uint8_t key[kKeyBytes] = {};
+  SecretKey key;  // kKeyBytes
   std::string role = "append";  // "append" or "admin"
   ClientLimits limits;
 };

@@ -809,7 +809,7 @@ Status ServerHandshakeSteps::OnAuth(const FrameHeader& header, std::span<const u
   const ClientKey* known = clients_.Find(client_name_);
   SecretKey key;
   if (known) {
-    std::memcpy(key.data(), known->key, kKeyBytes);
+    key = known->key;
   } else if (Status r = RandomNonce(key.data(), kKeyBytes); !r.ok()) {
     return Refuse(HandshakeFailed(), r, send_timeout);
   }

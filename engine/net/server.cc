@@ -456,6 +456,7 @@ struct Session {
   std::thread thread;
   std::atomic<bool> busy{false};
   std::atomic<bool> finished{false};
+  std::string client;  // set before the thread starts (sessions_mu_)
   // Who authenticated (guarded by Server::sessions_mu_); empty client before.
   SessionInfo who;
   std::atomic<bool> revoked{false};
@@ -480,6 +481,7 @@ class Server {
   void ClosePending(std::list<Pending>::iterator it);
   void Promote(std::list<Pending>::iterator it);
   void StartSession(std::unique_ptr<Conn> conn, const ClientKey& key);
+  Status SessionRoom(const ClientKey& key);
   void Serve(Session& s, const SessionInfo& who);
   void RequestLoop(ServerContext& ctx, Session& s, const SessionInfo& who);
   void Fail(Session& s, const SessionInfo& who, const char* op, const Status& status,
@@ -807,16 +809,14 @@ void Server::StartSession(std::unique_ptr<Conn> conn, const ClientKey& key) {
   session->id = next_session_++;
   session->conn = std::move(conn);
   SessionInfo who{key.name, key.role, session->conn->peer(), session->id, KeyDigest(key)};
-  if (sessions_.size() >= o_.max_sessions) {
+  if (Status room = SessionRoom(key); !room.ok()) {
     warn_.Warn("refused", {{"peer", who.peer}, {"client", who.client},
-                           {"reason", "too many sessions"}});
+                           {"reason", room.message()}});
     // The client is authenticated: it may learn why (sealed).
-    (void)SendError(*session->conn,
-                    Status::Busy("server is at its limit of " + std::to_string(o_.max_sessions) +
-                                 " sessions"),
-                    Millis(0));
+    (void)SendError(*session->conn, room, Millis(0));
     return;
   }
+  session->client = key.name;
   log_.Info("auth_ok", {{"peer", who.peer}, {"session", who.session_id}, {"client", who.client},
                         {"role", who.role}});
   Session* s = session.get();
@@ -838,6 +838,25 @@ void Server::StartSession(std::unique_ptr<Conn> conn, const ClientKey& key) {
     return;
   }
   sessions_.push_back(std::move(session));
+}
+
+// kBusy when the server is at max_sessions, or `key`'s client at its own
+// max_sessions (sessions that finished but are not reaped yet do not count).
+// Called with sessions_mu_ held.
+Status Server::SessionRoom(const ClientKey& key) {
+  if (sessions_.size() >= o_.max_sessions) {
+    return Status::Busy("server is at its limit of " + std::to_string(o_.max_sessions) +
+                        " sessions");
+  }
+  uint64_t bound = ClientLimits::Bound(key.limits.Over(o_.client_defaults).max_sessions);
+  uint64_t own = std::count_if(sessions_.begin(), sessions_.end(), [&](const auto& s) {
+    return !s->finished.load() && s->client == key.name;
+  });
+  if (own >= bound) {
+    return Status::Busy("client '" + key.name + "' is at its limit of " + std::to_string(bound) +
+                        " connections at once (max_sessions)");
+  }
+  return Status::Ok();
 }
 
 void Server::Serve(Session& s, const SessionInfo& who) {

@@ -45,8 +45,10 @@ class Logger {
 };
 
 // The server-wide defaults of the per-client limits: 256 volumes, no byte
-// quota, 8 backups at once of which 2 may await their agent's resume, and
-// 512 MiB of stripe receive buffers.
+// quota, 8 backups at once of which 2 may await their agent's resume,
+// 512 MiB of stripe receive buffers, and 128 authenticated connections (an
+// eighth of max_sessions, so that no client takes every session; a backup
+// at the most stripes takes 65).
 inline ClientLimits DefaultClientLimits() {
   ClientLimits l;
   l.max_volumes = 256;
@@ -54,6 +56,7 @@ inline ClientLimits DefaultClientLimits() {
   l.max_backups = 8;
   l.max_waiting = 2;
   l.max_stripe_memory = uint64_t{512} << 20;
+  l.max_sessions = 128;
   return l;
 }
 

@@ -84,6 +84,35 @@ static int Exists(const char* path) {
   return stat(path, &st) == 0;
 }
 
+/* Limits of client db2, through the first limits struct and through the one
+ * with a struct_size (max_sessions). */
+static void TestClientLimits(dp420_ctx_t* ctx, const char* clients) {
+  dp420_client_limits_t v1;
+  dp420_client_limits_init(&v1);
+  v1.max_backups = 3;
+  CHECK(dp420_client_set_limits(ctx, clients, "db2", &v1) == 0);
+  dp420_client_limits2_t l;
+  dp420_client_limits2_init(&l);
+  CHECK(l.struct_size == sizeof(l) && l.max_sessions == DP420_LIMIT_UNCHANGED);
+  l.max_sessions = 7;
+  CHECK(dp420_client_set_limits2(ctx, clients, "db2", &l) == 0);
+  char* text = ReadAll(clients);
+  CHECK(text != NULL && strstr(text, "\"max_sessions\":7") != NULL);
+  CHECK(text != NULL && strstr(text, "\"max_backups\":3") != NULL);
+  free(text);
+  l.max_sessions = -5;
+  CHECK(dp420_client_set_limits2(ctx, clients, "db2", &l) == -DP420_EINVAL);
+  l.max_sessions = DP420_LIMIT_DEFAULT;
+  CHECK(dp420_client_set_limits2(ctx, clients, "nobody", &l) == -DP420_ENOENT);
+  l.struct_size = sizeof(size_t);  /* no fields: refused */
+  CHECK(dp420_client_set_limits2(ctx, clients, "db2", &l) == -DP420_EINVAL);
+  l.struct_size = sizeof(l);
+  CHECK(dp420_client_set_limits2(ctx, clients, "db2", &l) == 0);
+  text = ReadAll(clients);
+  CHECK(text != NULL && strstr(text, "max_sessions") == NULL);
+  free(text);
+}
+
 /* client_add / client_remove: the round trip, and refusals that change nothing. */
 static void TestClients(dp420_ctx_t* ctx, const char* work) {
   char clients[1024], key1[1024], key2[1024], missing[1024];
@@ -114,6 +143,7 @@ static void TestClients(dp420_ctx_t* ctx, const char* work) {
   CHECK(!Exists(key2));
 
   CHECK(dp420_client_add(ctx, clients, "db2", "admin", key2) == 0);
+  TestClientLimits(ctx, clients);
   CHECK(dp420_client_remove(ctx, clients, "db2") == 0);
   CHECK(dp420_client_remove(ctx, clients, "db2") == -DP420_ENOENT);
   CHECK(strstr(dp420_errmsg(ctx), "db2") != NULL);

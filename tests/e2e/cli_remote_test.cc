@@ -2,11 +2,18 @@
 // started and stopped like a service, and backup, snapshots, restore and verify
 // with --remote against it on this host.
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <regex>
 #include <string>
@@ -37,16 +44,23 @@ std::string AddClient(const TempDir& dir, const std::string& name,
 
 // `dp420 serve` on 127.0.0.1 with a port the kernel picks, its stderr in a log
 // file (read while it runs). The destructor kills it if Stop() was not called.
+// `run_as`, when given, is a command prefix (e.g. setpriv) that execs dp420
+// in the same process, so pid() is the server's.
 class Server {
  public:
-  Server(const TempDir& dir, const std::string& repo) : log_(dir / "serve.log") {
-    std::string command = "exec " + ShellQuote(CliPath()) + " serve --repo " + ShellQuote(repo) +
-                          " --listen 127.0.0.1:0 --clients " + ShellQuote(dir / "clients.json") +
-                          " --heartbeat-interval 1 2>" + ShellQuote(log_);
+  // `flags`: more options of serve, shell words.
+  Server(const TempDir& dir, const std::string& repo, const std::string& run_as = "",
+         const std::string& flags = "")
+      : log_(dir / "serve.log") {
+    std::string command = "exec " + run_as + ShellQuote(CliPath()) + " serve --repo " +
+                          ShellQuote(repo) + " --listen 127.0.0.1:0 --clients " +
+                          ShellQuote(dir / "clients.json") + " --heartbeat-interval 1 " + flags +
+                          " 2>" + ShellQuote(log_);
     process_ = Process::Start({"bash", "-c", command});
     WaitListening();
   }
   const std::string& address() const { return address_; }
+  pid_t pid() const { return process_->pid(); }
   std::string Log() const { return Exists(log_) ? ReadFile(log_) : ""; }
 
   // SIGTERM, as a service manager stops it; the finished process.
@@ -152,6 +166,124 @@ TEST(CliRemoteTest, ServeReportsItsPortAndStopsOnSigterm) {
   Result refused = Cli(Join({"snapshots"}, Remote(server, "db1", key)), env);
   DP420_EXPECT_EXIT(refused, kExitNetwork);
   EXPECT_NE(refused.err.find(server.address()), std::string::npos) << refused.Describe();
+}
+
+// The value of `field` in /proc/PID/status ("Uid:\t65534\t65534..." gives
+// "65534\t65534..."); empty when absent.
+std::string StatusField(pid_t pid, const std::string& field) {
+  std::string status = ReadFile("/proc/" + std::to_string(pid) + "/status");
+  std::smatch m;
+  std::regex line("(^|\n)" + field + ":\\s*([^\n]*)");
+  return std::regex_search(status, m, line) ? m[2].str() : "";
+}
+
+// The server holds client keys and session keys: it must not be dumpable
+// even when it runs as an unprivileged user, who could otherwise read its
+// memory through ptrace or /proc/PID/mem, or get a core dump. The kernel
+// gives the files under /proc/PID of a non-dumpable process to root, and
+// refuses the process's own user what needs ptrace access (environ, mem).
+TEST(CliRemoteTest, ServeAsAnUnprivilegedUserIsNotDumpable) {
+  if (!IsRoot()) GTEST_SKIP() << "skipped: needs root to run the server as uid 65534";
+  if (!Exists("/usr/bin/setpriv") && !Exists("/bin/setpriv")) {
+    GTEST_SKIP() << "skipped: setpriv (util-linux) is not installed";
+  }
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  std::string key = AddClient(dir, "db1");
+  // The server's user owns what it serves; the clients file stays 0600.
+  Result owned = Sh("chown -R 65534:65534 " + ShellQuote(dir.path()) + " && chmod 0755 " +
+                    ShellQuote(dir.path()) + " && chmod 0600 " + ShellQuote(dir / "clients.json"));
+  DP420_ASSERT_EXIT(owned, kExitOk);
+  Server server(dir, repo, "setpriv --reuid=65534 --regid=65534 --clear-groups ");
+  std::string proc = "/proc/" + std::to_string(server.pid());
+  EXPECT_EQ(StatusField(server.pid(), "Uid").substr(0, 5), "65534") << server.Log();
+  struct stat st {};
+  ASSERT_EQ(stat((proc + "/status").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 0u) << proc << "/status is owned by uid " << st.st_uid
+                           << ": the server is dumpable";
+  Result peek = Sh("setpriv --reuid=65534 --regid=65534 --clear-groups cat " + proc +
+                   "/environ >/dev/null");
+  EXPECT_NE(peek.exit_code, 0) << "its own user read " << proc << "/environ: " << peek.Describe();
+  // It still serves: the client gets in.
+  Env env = {{"DP420_CACHE_DIR", dir / "cache"}};
+  Result list = Cli(Join({"snapshots", "--json"}, Remote(server, "db1", key)), env);
+  DP420_EXPECT_EXIT(list, kExitOk) << server.Log();
+  Result stopped = server.Stop();
+  DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
+}
+
+// A TCP connection to `address` ("127.0.0.1:PORT") that sends nothing.
+int ConnectIdle(const std::string& address) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(uint16_t(std::stoi(address.substr(address.rfind(':') + 1))));
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+    Fail("connect to " + address + ": " + std::strerror(errno));
+  }
+  return fd;
+}
+
+// Whether the server closed `fd` within `ms` (end of stream or reset; any
+// ERROR frame before it is read past).
+bool ClosedWithin(int fd, int ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  for (;;) {
+    int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(
+                       deadline - std::chrono::steady_clock::now()).count());
+    pollfd p{fd, POLLIN, 0};
+    if (left <= 0 || poll(&p, 1, left) <= 0) return false;
+    char buf[256];
+    if (recv(fd, buf, sizeof(buf), 0) <= 0) return true;
+  }
+}
+
+// The limits before authentication come from serve's flags: with
+// --max-pending-per-source 2 the third idle socket from one address closes
+// the oldest, and --handshake-timeout ends the rest.
+TEST(CliRemoteTest, ServeLimitFlagsTakeEffect) {
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  std::string key = AddClient(dir, "db1");
+  Server server(dir, repo, "", "--max-pending-per-source 2 --handshake-timeout 1.5");
+  std::vector<int> fds;
+  for (int i = 0; i < 3; ++i) {
+    fds.push_back(ConnectIdle(server.address()));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // accepted in this order
+  }
+  EXPECT_TRUE(ClosedWithin(fds[0], 1000)) << "the oldest over the per-source limit stayed open";
+  EXPECT_FALSE(ClosedWithin(fds[1], 200)) << server.Log();
+  EXPECT_FALSE(ClosedWithin(fds[2], 200)) << server.Log();
+  EXPECT_TRUE(ClosedWithin(fds[1], 3000)) << "the handshake deadline did not end it";
+  EXPECT_TRUE(ClosedWithin(fds[2], 3000));
+  for (int fd : fds) close(fd);
+  Env env = {{"DP420_CACHE_DIR", dir / "cache"}};
+  Result list = Cli(Join({"snapshots", "--json"}, Remote(server, "db1", key)), env);
+  DP420_EXPECT_EXIT(list, kExitOk) << server.Log();
+  Result stopped = server.Stop();
+  DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
+}
+
+TEST(CliRemoteTest, ServeLimitFlagsOutOfRangeAreUsageErrors) {
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  AddClient(dir, "db1");
+  std::vector<std::string> serve = {"serve", "--repo", repo, "--listen", "127.0.0.1:0",
+                                    "--clients", dir / "clients.json"};
+  for (std::vector<std::string> bad : std::vector<std::vector<std::string>>{
+           {"--max-pending", "0"}, {"--max-pending-per-source", "-1"},
+           {"--handshake-timeout", "0"}, {"--max-sessions", "x"},
+           {"--default-max-sessions", "-3"}}) {
+    Result r = Cli(Join(serve, bad));
+    DP420_EXPECT_EXIT(r, kExitUsage);
+    EXPECT_NE(r.err.find(bad[0]), std::string::npos) << r.Describe();
+  }
+  // Each in range, but more per source than in all.
+  Result r = Cli(Join(serve, {"--max-pending", "4", "--max-pending-per-source", "8"}));
+  EXPECT_NE(r.exit_code, kExitOk);
+  EXPECT_NE(r.err.find("max_pending_per_source (8) is above max_pending (4)"), std::string::npos)
+      << r.Describe();
 }
 
 TEST(CliRemoteTest, WrongOrExposedKeysAreRefusedClearly) {

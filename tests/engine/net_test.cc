@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <random>
+#include <string>
 
 #include "engine/net/auth.h"
 #include "engine/net/channel.h"
@@ -256,6 +259,44 @@ TEST(AuthTest, ProofKnownAnswer) {
   EXPECT_EQ(simd::ToHex(proof, kProofBytes), "9a03f856da5243b6405d22efa93dc3d912278076f48b737fbd74750ca058600c");
 }
 
+// The VmFlags of the mapping of this process that holds `p` (/proc/self/smaps);
+// "" when none does.
+std::string VmFlagsAt(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  uintptr_t at = reinterpret_cast<uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find('-') < 17) {
+      inside = lo <= at && at < hi;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line;
+    }
+  }
+  return "";
+}
+
+// A client's key, loaded from the clients file or copied, lives on a page
+// that core dumps leave out (the "dd" flag of MADV_DONTDUMP).
+TEST(AuthTest, ClientKeysAreNeverDumped) {
+  TempDir dir;
+  std::string clients = dir.path() + "/clients.json";
+  ClientRegistry reg;
+  ASSERT_TRUE(reg.Add("db1", "append").ok());
+  ASSERT_TRUE(reg.Save(clients).ok());
+  auto loaded = ClientRegistry::Load(clients);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  const ClientKey* key = loaded->Find("db1");
+  ASSERT_NE(key, nullptr);
+  ClientKey copy = *key;
+  for (const ClientKey* k : {key, static_cast<const ClientKey*>(&copy)}) {
+    std::string flags = VmFlagsAt(k->key.data());
+    ASSERT_FALSE(flags.empty()) << "no mapping holds the key";
+    EXPECT_NE((flags + " ").find(" dd "), std::string::npos) << flags;
+  }
+  EXPECT_NE(copy.key.data(), key->key.data()) << "a copy has its own page";
+}
+
 TEST(AuthTest, RegistryAndKeyFiles) {
   TempDir dir;
   std::string clients = dir.path() + "/clients.json";
@@ -277,23 +318,23 @@ TEST(AuthTest, RegistryAndKeyFiles) {
   auto loaded = ClientRegistry::Load(clients);
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
   ASSERT_NE(loaded->Find("db1"), nullptr);
-  EXPECT_EQ(std::memcmp(loaded->Find("db1")->key, db1->key, kKeyBytes), 0);
+  EXPECT_EQ(std::memcmp(loaded->Find("db1")->key.data(), db1->key.data(), kKeyBytes), 0);
   EXPECT_EQ(loaded->Find("ops")->role, "admin");
   ASSERT_TRUE(loaded->Remove("ops").ok());
   EXPECT_EQ(loaded->Remove("ops").code(), Code::kNotFound);
 
   std::string keyfile = dir.path() + "/db1.key";
   const std::string pin(64, 'a');
-  ASSERT_TRUE(WriteKeyFile(keyfile, db1->key, pin).ok());
-  EXPECT_EQ(WriteKeyFile(keyfile, db1->key, pin).code(), Code::kExists);
+  ASSERT_TRUE(WriteKeyFile(keyfile, db1->key.data(), pin).ok());
+  EXPECT_EQ(WriteKeyFile(keyfile, db1->key.data(), pin).code(), Code::kExists);
   uint8_t back[kKeyBytes], server_id[kFingerprintBytes];
   ASSERT_TRUE(ReadKeyFile(keyfile, back, server_id).ok());
-  EXPECT_EQ(std::memcmp(back, db1->key, kKeyBytes), 0);
+  EXPECT_EQ(std::memcmp(back, db1->key.data(), kKeyBytes), 0);
   EXPECT_EQ(simd::ToHex(server_id, kFingerprintBytes), pin);
   // A key file that pins no server (as written before identities) is refused
   // with the way to add the pin.
   std::string unpinned = dir.path() + "/unpinned.key";
-  std::string line = simd::ToHex(db1->key, kKeyBytes) + "\n";
+  std::string line = simd::ToHex(db1->key.data(), kKeyBytes) + "\n";
   dp420::testing::WriteAll(unpinned, std::vector<uint8_t>(line.begin(), line.end()));
   chmod(unpinned.c_str(), 0600);
   Status no_pin = ReadKeyFile(unpinned, back, server_id);

@@ -31,6 +31,7 @@
 #include "engine/net/volumes.h"
 #include "io/file.h"
 #include "server_thread.h"
+#include "test_clients.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace dp420::net {
@@ -88,20 +89,10 @@ class AuthzTest : public ::testing::Test {
     repo_path_ = dir_.path() + "/repo";
     repo_ = dp420::testing::NewRepository(repo_path_);
     ASSERT_NE(repo_, nullptr);
-    ClientRegistry registry;
-    ASSERT_TRUE(registry.EnsureIdentity().ok());
-    for (auto [name, role] : {std::pair{"alice", "append"}, {"bob", "append"}, {"root", "admin"}}) {
-      auto key = registry.Add(name, role);
-      ASSERT_TRUE(key.ok());
-      ASSERT_TRUE(
-          WriteKeyFile(KeyFile(name), key->key, registry.identity()->FingerprintHex()).ok());
-    }
-    ASSERT_TRUE(registry.Save(ClientsFile()).ok());
-    so_.repo_path = repo_path_;
-    so_.listen = "127.0.0.1:0";
-    so_.clients_file = ClientsFile();
-    so_.heartbeat_interval = 1000ms;
-    so_.drain_timeout = 2000ms;
+    auto clients = testnet::WriteTestClients(ClientsFile(), dir_.path(),
+                                             {{"alice"}, {"bob"}, {"root", "admin"}});
+    ASSERT_TRUE(clients.ok()) << clients.status().ToString();
+    so_ = testnet::TestServerOptions(repo_path_, ClientsFile());
     so_.resume_grace = 60000ms;
   }
 
@@ -114,7 +105,7 @@ class AuthzTest : public ::testing::Test {
 
   std::string ClientsFile() const { return dir_.path() + "/clients.json"; }
   std::string KeyFile(const std::string& client) const {
-    return dir_.path() + "/" + client + ".key";
+    return testnet::TestKeyFile(dir_.path(), client);
   }
 
   // Rewrites the clients file as client-add and client-remove do.
@@ -579,6 +570,58 @@ TEST_F(AuthzTest, AbandonedBackupsOfOneClientDoNotBlockAnother) {
   auto refused = Begin(*fourth, "live3", 8 << 20, 1);
   EXPECT_EQ(refused.status().code(), Code::kBusy) << refused.status().ToString();
   EXPECT_NE(refused.status().message().find("max_backups"), std::string::npos);
+}
+
+// LIST of every volume on an authenticated connection: OK at DONE, else
+// the server's answer.
+Status ListOn(Conn& conn) {
+  PayloadWriter list;
+  list.String("");
+  DP420_RETURN_IF_ERROR(conn.Send(FrameType::kList, 3, list.bytes(), kTimeout));
+  for (;;) {
+    DP420_ASSIGN_OR_RETURN(Frame f, conn.Recv(kTimeout));
+    if (f.type() == FrameType::kPing) {
+      DP420_RETURN_IF_ERROR(AnswerPing(conn, f, kTimeout));
+    } else if (f.type() == FrameType::kError) {
+      return StatusFromError(f, "server");
+    } else if (f.type() == FrameType::kDone) {
+      return Status::Ok();
+    }
+  }
+}
+
+TEST_F(AuthzTest, AClientBeyondItsSessionCapIsBusyWhileAnotherGetsIn) {
+  ClientLimits l;
+  l.max_sessions = 3;
+  SetLimits("alice", l);
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  std::vector<std::unique_ptr<Conn>> alice;
+  for (int i = 0; i < 3; ++i) {
+    alice.push_back(Authenticated("alice"));
+    ASSERT_NE(alice.back(), nullptr);
+    ASSERT_TRUE(ListOn(*alice.back()).ok()) << "session " << i;
+  }
+  // The fourth authenticates (its key is good), then gets the sealed kBusy.
+  auto extra = Authenticated("alice");
+  ASSERT_NE(extra, nullptr);
+  Status busy = ListOn(*extra);
+  EXPECT_EQ(busy.code(), Code::kBusy) << busy.ToString();
+  EXPECT_NE(busy.message().find("max_sessions"), std::string::npos) << busy.ToString();
+  // Bob is not held back by alice's sessions.
+  auto bob = Authenticated("bob");
+  ASSERT_NE(bob, nullptr);
+  EXPECT_TRUE(ListOn(*bob).ok());
+  // A session that ends makes room again.
+  alice.pop_back();
+  Status again = Status::Busy("not tried");
+  auto deadline = Clock::now() + 5s;
+  while (again.code() == Code::kBusy && Clock::now() < deadline) {
+    auto conn = Authenticated("alice");
+    ASSERT_NE(conn, nullptr);
+    again = ListOn(*conn);
+    if (again.code() == Code::kBusy) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(again.ok()) << again.ToString();
 }
 
 TEST_F(AuthzTest, IdleStripesCannotPinMoreThanTheClientsBufferBound) {

@@ -45,6 +45,7 @@
 #include "netns.h"
 #include "server_thread.h"
 #include "simd/simd.h"
+#include "test_clients.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace dp420::net {
@@ -269,29 +270,18 @@ class BackupNetTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_TRUE(Repository::Init(repo_path_).ok());
-    ClientRegistry registry;
-    ASSERT_TRUE(registry.EnsureIdentity().ok());
-    for (const char* name : {"alice", "bob"}) {
-      Result<ClientKey> key = registry.Add(name, "append");
-      ASSERT_TRUE(key.ok()) << key.status().ToString();
-      const std::string pin = registry.identity()->FingerprintHex();
-      ASSERT_TRUE(WriteKeyFile(KeyFile(name), key->key, pin).ok());
-    }
-    Status saved = registry.Save(clients_path_);
-    ASSERT_TRUE(saved.ok()) << saved.ToString();
+    auto clients = testnet::WriteTestClients(clients_path_, dir_.path(), {{"alice"}, {"bob"}});
+    ASSERT_TRUE(clients.ok()) << clients.status().ToString();
   }
 
   std::string Path(const std::string& name) const { return dir_.path() + "/" + name; }
-  std::string KeyFile(const std::string& client) const { return Path(client + ".key"); }
+  std::string KeyFile(const std::string& client) const {
+    return testnet::TestKeyFile(dir_.path(), client);
+  }
 
   ServerOptions ServerDefaults() const {
-    ServerOptions o;
-    o.repo_path = repo_path_;
-    o.listen = "127.0.0.1:0";
-    o.clients_file = clients_path_;
-    o.heartbeat_interval = 1s;
+    ServerOptions o = testnet::TestServerOptions(repo_path_, clients_path_);
     o.resume_grace = 5s;
-    o.drain_timeout = 2s;
     return o;
   }
 

@@ -260,7 +260,7 @@ TEST(HandshakeTest, AuthenticatesBothSidesAndReturnsRepoId) {
   HandshakeServer server(*p.server, c.registry, kRepoId);
   uint64_t server_time = 0;
   uint8_t repo_id[16] = {};
-  Status s = ClientHandshake(*p.client, "root", c.admin.key, c.pin, 2000ms, &server_time,
+  Status s = ClientHandshake(*p.client, "root", c.admin.key.data(), c.pin, 2000ms, &server_time,
                              repo_id);
   ASSERT_TRUE(s.ok()) << s.ToString();
   EXPECT_EQ(std::memcmp(repo_id, kRepoId, 16), 0);
@@ -276,7 +276,7 @@ TEST(HandshakeTest, AuthenticatesBothSidesAndReturnsRepoId) {
 TEST(HandshakeTest, WrongKeyAndUnknownClientRefusedIdentically) {
   Clients c;
   uint8_t wrong[kKeyBytes];
-  std::memcpy(wrong, c.alice.key, kKeyBytes);
+  std::memcpy(wrong, c.alice.key.data(), kKeyBytes);
   wrong[7] ^= 1;
   struct Attempt {
     const char* name;
@@ -284,7 +284,7 @@ TEST(HandshakeTest, WrongKeyAndUnknownClientRefusedIdentically) {
   };
   std::vector<Status> seen_by_agent, seen_by_server;
   std::vector<std::string> addresses;
-  for (Attempt a : {Attempt{"alice", wrong}, Attempt{"mallory", c.alice.key}}) {
+  for (Attempt a : {Attempt{"alice", wrong}, Attempt{"mallory", c.alice.key.data()}}) {
     Pair p = MakePair();
     ASSERT_TRUE(p.client && p.server);
     HandshakeServer server(*p.server, c.registry, kRepoId);
@@ -321,7 +321,7 @@ TEST(HandshakeTest, AgentRefusesAServerWithAnotherIdentity) {
   ASSERT_TRUE(p.client && p.server);
   HandshakeServer server(*p.server, impostor, kRepoId);
   uint64_t t = 0;
-  Status s = ClientHandshake(*p.client, "alice", c.alice.key, c.pin, 2000ms, &t);
+  Status s = ClientHandshake(*p.client, "alice", c.alice.key.data(), c.pin, 2000ms, &t);
   EXPECT_EQ(s.code(), Code::kPermission);
   EXPECT_NE(s.message().find("is not the server this key file was made for"),
             std::string::npos)
@@ -347,7 +347,7 @@ TEST(HandshakeTest, AgentRefusesAPinnedIdentityThatDidNotSign) {
     (void)p.server->Send(FrameType::kChallenge, 0, cw.bytes(), 1000ms);
   });
   uint64_t t = 0;
-  Status s = ClientHandshake(*p.client, "alice", c.alice.key, c.pin, 2000ms, &t);
+  Status s = ClientHandshake(*p.client, "alice", c.alice.key.data(), c.pin, 2000ms, &t);
   impostor.join();
   EXPECT_EQ(s.code(), Code::kPermission);
   EXPECT_NE(s.message().find("did not sign"), std::string::npos) << s.message();
@@ -359,7 +359,7 @@ TEST(HandshakeTest, FramesAfterTheHandshakeAreSealedAndTamperingBreaksTheConnect
   ASSERT_TRUE(p.client && p.server);
   HandshakeServer server(*p.server, c.registry, kRepoId);
   uint64_t t = 0;
-  ASSERT_TRUE(ClientHandshake(*p.client, "alice", c.alice.key, c.pin, 2000ms, &t).ok());
+  ASSERT_TRUE(ClientHandshake(*p.client, "alice", c.alice.key.data(), c.pin, 2000ms, &t).ok());
   EXPECT_TRUE(p.client->sealed());
   // A frame in the clear on the sealed connection is refused.
   PayloadWriter w;
@@ -422,7 +422,7 @@ TEST(HandshakeTest, ClockOffsetOfALocalPeerIsTiny) {
   ASSERT_TRUE(p.client && p.server);
   HandshakeServer server(*p.server, c.registry, kRepoId);
   uint64_t t = 0;
-  ASSERT_TRUE(ClientHandshake(*p.client, "alice", c.alice.key, c.pin, 2000ms, &t).ok());
+  ASSERT_TRUE(ClientHandshake(*p.client, "alice", c.alice.key.data(), c.pin, 2000ms, &t).ok());
   auto clock = MeasureClockOffset(*p.client, 5, 2000ms);
   ASSERT_TRUE(clock.ok()) << clock.status().ToString();
   // Same host, same clock: the offset is within the measurement's error.

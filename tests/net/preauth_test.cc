@@ -31,6 +31,7 @@
 #include "engine/net/server.h"
 #include "server_thread.h"
 #include "socket_util.h"
+#include "test_clients.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace dp420::net {
@@ -151,20 +152,11 @@ class PreAuthTest : public ::testing::Test {
     repo_path_ = dir_.path() + "/repo";
     auto repo = dp420::testing::NewRepository(repo_path_);
     ASSERT_NE(repo, nullptr);
-    ClientRegistry registry;
-    ASSERT_TRUE(registry.EnsureIdentity().ok());
-    for (const char* name : {"alice", "bob"}) {
-      auto key = registry.Add(name, name == std::string("bob") ? "admin" : "append");
-      ASSERT_TRUE(key.ok());
-      ASSERT_TRUE(
-          WriteKeyFile(KeyFile(name), key->key, registry.identity()->FingerprintHex()).ok());
-    }
-    ASSERT_TRUE(registry.Save(dir_.path() + "/clients.json").ok());
-    so_.repo_path = repo_path_;
-    so_.listen = "127.0.0.1:0";
-    so_.clients_file = dir_.path() + "/clients.json";
-    so_.heartbeat_interval = 1000ms;
-    so_.drain_timeout = 2000ms;
+    std::string clients_path = dir_.path() + "/clients.json";
+    auto clients =
+        testnet::WriteTestClients(clients_path, dir_.path(), {{"alice"}, {"bob", "admin"}});
+    ASSERT_TRUE(clients.ok()) << clients.status().ToString();
+    so_ = testnet::TestServerOptions(repo_path_, clients_path);
   }
 
   void StartServer() {
@@ -175,7 +167,7 @@ class PreAuthTest : public ::testing::Test {
   }
 
   std::string KeyFile(const std::string& client) const {
-    return dir_.path() + "/" + client + ".key";
+    return testnet::TestKeyFile(dir_.path(), client);
   }
 
   RemoteOptions Remote(const std::string& client) const {

@@ -29,6 +29,7 @@
 #include "simd/simd.h"
 #include "server_thread.h"
 #include "socket_util.h"
+#include "test_clients.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace dp420::net {
@@ -72,24 +73,16 @@ class RemoteTest : public ::testing::Test {
     repo_ = dp420::testing::NewRepository(repo_path_);
     ASSERT_NE(repo_, nullptr);
     clients_file_ = dir_.path() + "/clients.json";
-    ClientRegistry registry;
-    ASSERT_TRUE(registry.EnsureIdentity().ok());
-    for (auto [name, role] : {std::pair{"alice", "append"}, {"bob", "append"}, {"root", "admin"}}) {
-      auto key = registry.Add(name, role);
-      ASSERT_TRUE(key.ok());
-      const std::string pin = registry.identity()->FingerprintHex();
-      ASSERT_TRUE(WriteKeyFile(KeyFile(name), key->key, pin).ok());
-    }
-    ASSERT_TRUE(registry.Save(clients_file_).ok());
-    so_.repo_path = repo_path_;
-    so_.listen = "127.0.0.1:0";
-    so_.clients_file = clients_file_;
-    so_.heartbeat_interval = 1000ms;
-    so_.drain_timeout = 2000ms;
+    auto clients = testnet::WriteTestClients(clients_file_, dir_.path(),
+                                             {{"alice"}, {"bob"}, {"root", "admin"}});
+    ASSERT_TRUE(clients.ok()) << clients.status().ToString();
+    so_ = testnet::TestServerOptions(repo_path_, clients_file_);
   }
   void TearDown() override { StopServer(); }
 
-  std::string KeyFile(const std::string& client) const { return dir_.path() + "/" + client + ".key"; }
+  std::string KeyFile(const std::string& client) const {
+    return testnet::TestKeyFile(dir_.path(), client);
+  }
 
   // Backs `bytes` up as `volume` and gives the volume to `client` ("" = local).
   void Backup(const std::string& volume, const std::vector<uint8_t>& bytes,
@@ -363,7 +356,7 @@ TEST_F(RemoteTest, ClientsFileReloadedWithoutRestart) {
   auto carol = registry->Add("carol", "append");
   ASSERT_TRUE(carol.ok());
   const std::string pin = registry->identity()->FingerprintHex();
-  ASSERT_TRUE(WriteKeyFile(KeyFile("carol"), carol->key, pin).ok());
+  ASSERT_TRUE(WriteKeyFile(KeyFile("carol"), carol->key.data(), pin).ok());
   ASSERT_TRUE(registry->Remove("bob").ok());
   ASSERT_TRUE(registry->Save(clients_file_).ok());
   EXPECT_NE(ConnectAs("carol"), nullptr);
@@ -500,7 +493,7 @@ TEST_F(RemoteTest, FuzzedStreamsNeitherCrashNorDisturbOtherSessions) {
       case 3: {  // authenticated, then random requests, sealed as the server expects
         Conn conn(fd.Release(), "server");
         uint64_t t = 0;
-        ASSERT_TRUE(ClientHandshake(conn, "bob", bob.key, pin, 2000ms, &t).ok());
+        ASSERT_TRUE(ClientHandshake(conn, "bob", bob.key.data(), pin, 2000ms, &t).ok());
         for (int k = 0; k < 3; ++k) {
           auto type = FrameType(1 + rng() % uint16_t(FrameType::kMaxType));
           std::vector<uint8_t> payload = random_bytes(rng() % 48);
@@ -563,7 +556,7 @@ class Sentinel {
     testnet::UniqueFd fd = testnet::ConnectTcp("127.0.0.1", port, 2000ms, &error);
     Conn conn(fd.Release(), "server");
     uint64_t t = 0;
-    if (!ClientHandshake(conn, key.name, key.key, pin, 2000ms, &t).ok()) {
+    if (!ClientHandshake(conn, key.name, key.key.data(), pin, 2000ms, &t).ok()) {
       ++missed;
       return;
     }
@@ -597,7 +590,7 @@ void FuzzOneBackup(uint16_t port, const ClientKey& key, const uint8_t* pin, std:
     if (!fd.valid()) return nullptr;
     auto conn = std::make_unique<Conn>(fd.Release(), "server");
     uint64_t t = 0;
-    if (!ClientHandshake(*conn, key.name, key.key, pin, 2000ms, &t).ok()) return nullptr;
+    if (!ClientHandshake(*conn, key.name, key.key.data(), pin, 2000ms, &t).ok()) return nullptr;
     return conn;
   };
   std::unique_ptr<Conn> control;

@@ -26,6 +26,7 @@
 #include "engine/net/server.h"
 #include "engine/net/volumes.h"
 #include "server_thread.h"
+#include "test_clients.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace dp420::net {
@@ -69,17 +70,10 @@ class RobustnessTest : public ::testing::Test {
     repo_path_ = dir_.path() + "/repo";
     repo_ = dp420::testing::NewRepository(repo_path_);
     ASSERT_NE(repo_, nullptr);
-    ClientRegistry registry;
-    ASSERT_TRUE(registry.EnsureIdentity().ok());
-    auto key = registry.Add("alice", "append");
-    ASSERT_TRUE(key.ok());
-    ASSERT_TRUE(WriteKeyFile(KeyFile(), key->key, registry.identity()->FingerprintHex()).ok());
-    ASSERT_TRUE(registry.Save(dir_.path() + "/clients.json").ok());
-    so_.repo_path = repo_path_;
-    so_.listen = "127.0.0.1:0";
-    so_.clients_file = dir_.path() + "/clients.json";
-    so_.heartbeat_interval = 1000ms;
-    so_.drain_timeout = 2000ms;
+    std::string clients_path = dir_.path() + "/clients.json";
+    auto clients = testnet::WriteTestClients(clients_path, dir_.path(), {{"alice"}});
+    ASSERT_TRUE(clients.ok()) << clients.status().ToString();
+    so_ = testnet::TestServerOptions(repo_path_, clients_path);
   }
 
   void StartServer() {
@@ -89,7 +83,7 @@ class RobustnessTest : public ::testing::Test {
     address_ = "127.0.0.1:" + std::to_string(server_->port());
   }
 
-  std::string KeyFile() const { return dir_.path() + "/alice.key"; }
+  std::string KeyFile() const { return testnet::TestKeyFile(dir_.path(), "alice"); }
 
   // An authenticated connection as alice. The one place the handshake is
   // called, so that a change of its signature is made here only.

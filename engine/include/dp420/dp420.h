@@ -320,6 +320,7 @@ DP420_EXPORT void dp420_free(void* p);
  * Errors: -DP420_EINVAL, -DP420_ENOENT (repository or clients file),
  * -DP420_ECORRUPT (damaged clients file), -DP420_EIO (cannot listen on
  * that address), -DP420_EPERM. */
+struct dp420_client_limits2; /* below */
 typedef struct dp420_serve_opts {
   size_t struct_size;
   const char* repo;                /* required; made absolute */
@@ -329,6 +330,17 @@ typedef struct dp420_serve_opts {
   uint32_t heartbeat_interval_ms;  /* 0: 5000; an agent is lost after 3 silent intervals */
   void (*on_listening)(void* user, uint16_t port); /* may be NULL */
   void* user;
+  /* Limits (docs/PROTOCOL.md, "Limits before authentication"); 0 gives the
+   * default. Callers built before these fields existed pass a smaller
+   * struct_size and get the defaults. */
+  uint32_t max_pending;             /* unauthenticated connections at once; 0: 256 */
+  uint32_t max_pending_per_source;  /* of them from one IP address; 0: 64 */
+  uint32_t handshake_timeout_ms;    /* from accept to AUTH_OK; 0: 5000 */
+  uint32_t max_sessions;            /* authenticated connections at once; 0: 1024 */
+  /* The per-client limits of clients whose entry does not set them; NULL,
+   * or a field DP420_LIMIT_UNCHANGED or DP420_LIMIT_DEFAULT, keeps the
+   * built-in default; 0 means no limit. */
+  const struct dp420_client_limits2* client_defaults;
 } dp420_serve_opts_t;
 
 DP420_EXPORT void dp420_serve_opts_init(dp420_serve_opts_t* opts);
@@ -370,6 +382,25 @@ typedef struct dp420_client_limits {
 DP420_EXPORT void dp420_client_limits_init(dp420_client_limits_t* limits);
 DP420_EXPORT int dp420_client_set_limits(dp420_ctx_t* ctx, const char* clients_file,
                                          const char* name, const dp420_client_limits_t* limits);
+
+/* The limits with a struct_size, so that later versions can add fields
+ * (dp420_client_limits_t has none: it stays as it is):
+ * dp420_client_set_limits2 is dp420_client_set_limits for them.
+ * dp420_client_limits2_init sets struct_size and every field to
+ * DP420_LIMIT_UNCHANGED. */
+typedef struct dp420_client_limits2 {
+  size_t struct_size;
+  int64_t max_volumes;
+  int64_t max_bytes;
+  int64_t max_backups;
+  int64_t max_waiting;
+  int64_t max_stripe_memory;
+  int64_t max_sessions;  /* its authenticated connections at once (each stripe is one) */
+} dp420_client_limits2_t;
+
+DP420_EXPORT void dp420_client_limits2_init(dp420_client_limits2_t* limits);
+DP420_EXPORT int dp420_client_set_limits2(dp420_ctx_t* ctx, const char* clients_file,
+                                          const char* name, const dp420_client_limits2_t* limits);
 
 #ifdef __cplusplus
 }
