@@ -663,6 +663,10 @@ void EditSignedFile(const std::string& path, const std::function<void(std::strin
   WriteFile(path, line1 + "\n" + line2 + rest);
 }
 
+void ResealManifest(const std::string& path, const std::function<void(std::string*)>& edit) {
+  EditSignedFile(path, edit, /*fix_digest=*/true);
+}
+
 const std::vector<std::string>& BackupJsonFields() {
   static const std::vector<std::string> kFields{
       "snapshot_id",  "parent",          "volume_size", "bytes_read",

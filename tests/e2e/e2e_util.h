@@ -210,6 +210,11 @@ std::vector<std::string> ListPacks(const std::string& repo);
 void EditSignedFile(const std::string& path, const std::function<void(std::string*)>& edit,
                     bool fix_digest);
 
+// Rewrites a manifest's JSON line with `edit` and seals it again as dp420 would, so
+// the edited manifest passes the seal check and only its content is wrong. The one
+// place that knows how a manifest is sealed (docs/FORMAT.md).
+void ResealManifest(const std::string& path, const std::function<void(std::string*)>& edit);
+
 // The fields the contract promises in `backup --json` and in `snapshots --json`.
 const std::vector<std::string>& BackupJsonFields();
 const std::vector<std::string>& ManifestJsonFields();
