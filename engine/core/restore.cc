@@ -1,8 +1,5 @@
 #include "engine/core/restore.h"
 
-#include <fcntl.h>
-#include <linux/falloc.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,83 +11,14 @@
 #include <thread>
 
 #include "engine/core/table.h"
+#include "engine/core/table_check.h"
+#include "engine/core/test_hooks.h"
 #include "io/assert.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
 #include "simd/simd.h"
 
 namespace dp420 {
-
-// ---- RestoreTarget ----------------------------------------------------------
-
-Result<std::unique_ptr<RestoreTarget>> RestoreTarget::Open(const std::string& path,
-                                                           uint64_t volume_size, bool force) {
-  struct stat st;
-  bool exists = stat(path.c_str(), &st) == 0;
-  if (exists && S_ISDIR(st.st_mode)) {
-    return Status::InvalidArgument(path + " is a directory; give a file or block device");
-  }
-  bool block_device = exists && S_ISBLK(st.st_mode);
-  if (exists && !force && (block_device || st.st_size > 0)) {
-    return Status::Exists(path + (block_device ? " is a block device" : " is not empty") +
-                          ": restore would overwrite it; pass --force");
-  }
-  std::unique_ptr<RestoreTarget> t(new RestoreTarget());
-  t->path_ = path;
-  t->block_device_ = block_device;
-  if (block_device) {
-    DP420_ASSIGN_OR_RETURN(t->direct_, io::File::OpenWrite(path, O_WRONLY, true));
-    DP420_ASSIGN_OR_RETURN(t->buffered_, io::File::OpenWrite(path, O_WRONLY, false));
-    if (t->direct_.info().size_bytes < volume_size) {
-      return Status::InvalidArgument(path + " holds " +
-                                     std::to_string(t->direct_.info().size_bytes) +
-                                     " bytes; the snapshot needs " + std::to_string(volume_size));
-    }
-  } else {
-    // Set before the open: from here on the destructor removes the partial file.
-    t->partial_path_ = path + ".dp420-partial";
-    unlink(t->partial_path_.c_str());
-    DP420_ASSIGN_OR_RETURN(
-        t->direct_, io::File::OpenWrite(t->partial_path_, O_CREAT | O_EXCL | O_WRONLY, true));
-    DP420_ASSIGN_OR_RETURN(t->buffered_, io::File::OpenWrite(t->partial_path_, O_WRONLY, false));
-    DP420_RETURN_IF_ERROR(t->buffered_.Truncate(volume_size));
-  }
-  t->align_ = t->direct_.direct()
-                  ? std::max<uint32_t>(t->direct_.info().dio_offset_align, 512)
-                  : 1;
-  return t;
-}
-
-RestoreTarget::~RestoreTarget() {
-  if (!partial_path_.empty()) unlink(partial_path_.c_str());
-}
-
-Status RestoreTarget::ZeroRange(uint64_t offset, uint64_t len) {
-  if (!block_device_) return Status::Ok();  // a fresh sparse file is already zero
-  if (fallocate(buffered_.fd(), FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
-                static_cast<off_t>(offset), static_cast<off_t>(len)) == 0) {
-    return Status::Ok();
-  }
-  std::vector<uint8_t> zeros(std::min<uint64_t>(len, 1 << 20), 0);
-  for (uint64_t done = 0; done < len;) {
-    uint64_t n = std::min<uint64_t>(zeros.size(), len - done);
-    DP420_RETURN_IF_ERROR(buffered_.WriteAt(offset + done, zeros.data(), n));
-    done += n;
-  }
-  return Status::Ok();
-}
-
-Status RestoreTarget::Commit() {
-  DP420_RETURN_IF_ERROR(buffered_.Sync());
-  if (partial_path_.empty()) return Status::Ok();
-  if (rename(partial_path_.c_str(), path_.c_str()) != 0) {
-    return PosixError("rename " + partial_path_ + " -> " + path_, errno);
-  }
-  partial_path_.clear();  // TARGET's now: never deleted
-  size_t slash = path_.find_last_of('/');
-  std::string dir = slash == std::string::npos ? "." : path_.substr(0, slash);
-  return io::SyncDir(dir.empty() ? "/" : dir);
-}
 
 namespace {
 
@@ -809,6 +737,7 @@ void RestoreWorker::Complete(Op* op, Status* first_error) {
     if (iop.kind == io::IoOp::kRead) s = Status::Corruption(s.message());
   } else if (iop.kind == io::IoOp::kWrite) {
     job_.bytes_written.fetch_add(iop.len, std::memory_order_relaxed);
+    CrashPoint("restore-writing");
   }
   if (first_error->ok() && !s.ok()) *first_error = s;
   Slot* slot = op->slot;
@@ -837,26 +766,28 @@ void RestoreWorker::Step(Slot* slot, Status* first_error) {
   }
 }
 
-// Recomputes checksum_sha256 from the table before anything is written, so a
-// table that does not match its manifest never reaches the target.
+// Checks the whole table before anything is written, as verify does: every
+// page against its SHA-256 (TableReader), every leaf entry's shape for its
+// block, and checksum_sha256 recomputed from the blocks' digests. A table
+// that does not match its manifest never reaches the target.
 Status CheckTable(RestoreJob& job) {
   TableReader table(job.repo, job.m);
-  simd::Sha256Stream sha;
+  EntryChecker checker;
+  VolumeChecksum volume_sha;
+  const std::string damaged = "snapshot " + job.m.snapshot_id + " is damaged: ";
   for (uint64_t p = 0; p < job.pages; ++p) {
     uint32_t count = 0;
     auto entries = table.Leaf(p, &count);
-    if (!entries.ok()) {
-      return Status::Corruption("snapshot " + job.m.snapshot_id + " is damaged: " +
-                                entries.status().message());
+    if (!entries.ok()) return Status::Corruption(damaged + entries.status().message());
+    for (uint32_t i = 0; i < count; ++i) {
+      std::string defect = checker.Defect(job.m, entries.value()[i], p * kPageEntries + i);
+      if (!defect.empty()) return Status::Corruption(damaged + defect);
     }
-    for (uint32_t i = 0; i < count; ++i) sha.Update(entries.value()[i].ref.sha256, 32);
+    volume_sha.Add(entries.value(), count);
   }
-  uint8_t digest[32];
-  sha.Final(digest);
-  if (simd::ToHex(digest, 32) != job.m.checksum_sha256) {
-    return Status::Corruption("snapshot " + job.m.snapshot_id +
-                              " is damaged: its block table does not match the manifest's "
-                              "checksum_sha256");
+  if (!ChecksumMatches(job.m, volume_sha.FinishHex())) {
+    return Status::Corruption(damaged +
+                              "its block table does not match the manifest's checksum_sha256");
   }
   return Status::Ok();
 }
@@ -897,10 +828,15 @@ Result<RestoreResult> RunRestore(const Repository& repo, const RestoreOptions& o
   job.pages = DivCeil(job.m.blocks_total, kPageEntries);
   SizeBuffers(job);
   DP420_RETURN_IF_ERROR(CheckTable(job));
-  // On any error below, job.target's destructor deletes the partial file.
+  // On any error below, job.target's destructor drops the unfinished file.
   DP420_ASSIGN_OR_RETURN(job.target,
                          RestoreTarget::Open(o.target_path, job.m.volume_size, o.force));
   DP420_RETURN_IF_ERROR(RunWorkers(job));
+  if (job.blocks_restored.load() + job.blocks_zero.load() != job.m.blocks_total) {
+    return Status::Internal("restore of snapshot " + job.m.snapshot_id + " wrote " +
+                            std::to_string(job.blocks_restored.load() + job.blocks_zero.load()) +
+                            " of " + std::to_string(job.m.blocks_total) + " blocks");
+  }
   DP420_RETURN_IF_ERROR(job.target->Commit());
   RestoreResult r;
   r.manifest = job.m;

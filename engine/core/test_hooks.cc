@@ -44,4 +44,12 @@ void CrashAfterData(uint64_t blocks_written) {
   if (s.after_data != 0 && blocks_written >= s.after_data) Die();
 }
 
+bool NoTmpfileForTest() {
+  static const bool set = [] {
+    const char* env = std::getenv("DP420_TEST_NO_TMPFILE");
+    return env != nullptr && std::strcmp(env, "1") == 0;
+  }();
+  return set;
+}
+
 }  // namespace dp420

@@ -2,7 +2,9 @@
 // names a point, the process SIGKILLs itself there, so end-to-end tests can
 // prove that a crash at that instant leaves every committed snapshot intact.
 // Points: "after-data:N" (the N-th stored data block's write has completed),
-// "before-table", "before-manifest", "before-rename", "after-rename".
+// "before-table", "before-manifest", "before-rename", "after-rename"; in a
+// restore, "restore-writing" (a write to the target has completed) and
+// "restore-before-rename" (a named partial file is about to become TARGET).
 // Unset (the normal case), each check is one predictable branch.
 #pragma once
 
@@ -14,5 +16,8 @@ namespace dp420 {
 void CrashPoint(const char* point);
 // Kills the process once `blocks_written` reaches N of "after-data:N".
 void CrashAfterData(uint64_t blocks_written);
+// True when DP420_TEST_NO_TMPFILE=1: a restore writes its file under a
+// partial name as on a file system without O_TMPFILE.
+bool NoTmpfileForTest();
 
 }  // namespace dp420

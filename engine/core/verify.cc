@@ -21,6 +21,7 @@
 #include "engine/core/history.h"
 #include "engine/core/pack.h"
 #include "engine/core/table.h"
+#include "engine/core/table_check.h"
 #include "io/assert.h"
 #include "simd/simd.h"
 
@@ -190,8 +191,6 @@ class Verifier {
   size_t CheckPage(uint32_t level, const ObjRef& ref, uint32_t count, std::vector<Entry>* page);
   void CheckEntries(const Manifest& m, const Entry* e, uint32_t count, uint64_t page,
                     const ObjRef& page_ref);
-  std::string EntryDefect(const Manifest& m, const Entry& e, uint64_t block);
-  const uint8_t* ZeroDigest(uint32_t len);
   void Collect(const Entry* e, uint32_t count);
 
   Status CheckPacks();
@@ -222,7 +221,7 @@ class Verifier {
   std::map<uint32_t, std::vector<Record>> records_;
   std::unordered_map<uint64_t, size_t> bad_records_;       // RecordKey -> problem
   std::unordered_map<uint32_t, size_t> bad_packs_;         // unreadable data pack -> problem
-  std::map<uint32_t, std::vector<uint8_t>> zero_digests_;  // by block length
+  EntryChecker entries_;  // shared with restore: one verdict on entries
   std::vector<uint8_t> buf_;
   uint64_t bytes_total_ = 0;
   Clock::time_point last_tick_;
@@ -442,21 +441,16 @@ Status Verifier::CheckTables() {
 // entry's shape, and checksum_sha256 against the blocks' digests. Collects
 // the data records the table references.
 Status Verifier::CheckTable(const Manifest& m) {
-  simd::Sha256Stream volume_sha;
-  std::vector<uint8_t> digests(kPageEntries * 32);
+  VolumeChecksum volume_sha;  // the same computation restore checks
   Walk w(m, [&](const Entry* e, uint32_t count, uint64_t page, const ObjRef& ref, bool first) {
-    // checksum_sha256: the blocks' 32-byte digests, concatenated in block order.
-    for (uint32_t i = 0; i < count; ++i) std::memcpy(&digests[i * 32], e[i].ref.sha256, 32);
-    volume_sha.Update(digests.data(), count * 32);
+    volume_sha.Add(e, count);
     CheckEntries(m, e, count, page, ref);
     if (first) Collect(e, count);
   });
   DP420_RETURN_IF_ERROR(WalkPage(w, w.shape.levels - 1, 0, m.table_root));
   if (!w.complete) return Status::Ok();  // broken by a page; no checksum to compare
-  uint8_t digest[simd::kSha256Bytes];
-  volume_sha.Final(digest);
-  std::string hex = simd::ToHex(digest, sizeof(digest));
-  if (hex != Lower(m.checksum_sha256)) {
+  std::string hex = volume_sha.FinishHex();
+  if (!ChecksumMatches(m, hex)) {
     size_t problem =
         problems_.Add(ManifestObject(m),
                       "checksum_sha256 does not match its block table (which gives " + hex + ")");
@@ -537,7 +531,7 @@ void Verifier::CheckEntries(const Manifest& m, const Entry* e, uint32_t count, u
   std::string first;
   uint32_t bad = 0;
   for (uint32_t i = 0; i < count; ++i) {
-    std::string defect = EntryDefect(m, e[i], page * kPageEntries + i);
+    std::string defect = entries_.Defect(m, e[i], page * kPageEntries + i);
     if (defect.empty()) continue;
     if (bad++ == 0) first = defect;
   }
@@ -546,40 +540,6 @@ void Verifier::CheckEntries(const Manifest& m, const Entry* e, uint32_t count, u
       "table page at offset " + std::to_string(page_ref.offset_bytes()) + ": " + first;
   if (bad > 1) message += " (and " + std::to_string(bad - 1) + " more entries)";
   problems_.Break(problems_.Add(PackObject(page_ref.pack_id), message), m.snapshot_id);
-}
-
-// What is wrong with the leaf entry of `block`, or "".
-std::string Verifier::EntryDefect(const Manifest& m, const Entry& e, uint64_t block) {
-  uint32_t len = m.BlockLen(block);
-  const ObjRef& ref = e.ref;
-  std::string what;  // stays empty (no allocation) for a good entry
-  if (ref.flags & kObjZero) {
-    if (ref.pack_id != 0) {
-      what = "is a zero block but names a pack";
-    } else if (std::memcmp(ref.sha256, ZeroDigest(len), 32) != 0) {
-      what = "is a zero block with a wrong SHA-256";
-    }
-  } else if (ref.pack_id == 0) {
-    what = "names no pack and is not a zero block";
-  } else if (ref.flags & (kObjTableLeaf | kObjTableInner)) {
-    what = "points to a table page";
-  } else if (ref.stored_len != len) {
-    what =
-        "has stored_len " + std::to_string(ref.stored_len) + " instead of " + std::to_string(len);
-  }
-  if (what.empty()) return what;
-  return "entry of block " + std::to_string(block) + " " + what;
-}
-
-// SHA-256 of `len` zero bytes (cached per length).
-const uint8_t* Verifier::ZeroDigest(uint32_t len) {
-  auto [it, added] = zero_digests_.try_emplace(len);
-  if (added) {
-    std::vector<uint8_t> zeros(len, 0);
-    it->second.resize(simd::kSha256Bytes);
-    simd::Sha256(zeros.data(), len, it->second.data());
-  }
-  return it->second.data();
 }
 
 void Verifier::Collect(const Entry* e, uint32_t count) {

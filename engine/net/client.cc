@@ -13,6 +13,8 @@
 #include <thread>
 
 #include "engine/core/format.h"
+#include "engine/core/table_check.h"
+#include "engine/core/test_hooks.h"
 #include "io/assert.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
@@ -377,6 +379,7 @@ class RemoteRestore {
   Status Setup();
   Status OnPage(const Frame& f);
   Status OnData(const FrameHeader& h);
+  Status CheckZeroDigests(uint64_t first, uint32_t count);
   Status CheckRun(uint64_t first, uint32_t n, const uint8_t* data, uint64_t bytes);
   Status Write(unsigned buffer, uint8_t* data, uint64_t offset, uint64_t len);
   Status WaitWrites(unsigned count);
@@ -407,7 +410,8 @@ class RemoteRestore {
   io::BufferPool pool_;
   std::unique_ptr<io::Ring> ring_;
   std::vector<io::IoOp*> done_;
-  simd::Sha256Stream volume_sha_;
+  VolumeChecksum volume_sha_;  // as verify and a local restore compute it
+  EntryChecker entries_;
 
   uint64_t pages_ = 0;
   uint64_t next_page_ = 0;
@@ -493,11 +497,12 @@ Status RemoteRestore::OnPage(const Frame& f) {
     if (kinds_[i] > 1) return Protocol("sent an unknown block kind");
   }
   if (Status s = r.Finish("RESTORE_PAGE"); !s.ok()) return Malformed(f, reader_.server(), s);
+  DP420_RETURN_IF_ERROR(CheckZeroDigests(page * kPageEntries, count));
   page_first_ = page * kPageEntries;
   page_count_ = count;
   ++next_page_;
   // The volume checksum commits to every block's digest, zero blocks included.
-  volume_sha_.Update(&digests_[0][0], size_t{count} * 32);
+  for (uint32_t i = 0; i < count; ++i) volume_sha_.AddDigest(digests_[i]);
   for (uint32_t i = 0; i < count;) {
     if (kinds_[i]) {
       ++i;
@@ -517,6 +522,22 @@ Status RemoteRestore::OnPage(const Frame& f) {
   if (now - last_progress_ >= Millis(100)) {
     last_progress_ = now;
     control_.Progress("restore", bytes_done_, m_.volume_size);
+  }
+  return Status::Ok();
+}
+
+// A zero block's digest must be that of its length of zeros, as verify
+// requires of its table entry (table_check.h): otherwise the manifest and the
+// table disagree on the block's size, and the checksum could not tell.
+Status RemoteRestore::CheckZeroDigests(uint64_t first, uint32_t count) {
+  for (uint32_t i = 0; i < count; ++i) {
+    if (kinds_[i]) continue;
+    const uint8_t* want = entries_.ZeroDigest(m_.BlockLen(first + i));
+    if (std::memcmp(digests_[i], want, 32) != 0) {
+      return Status::Corruption("snapshot " + m_.snapshot_id + " from " + reader_.server() +
+                                " is damaged: entry of block " + std::to_string(first + i) +
+                                " is a zero block with a wrong SHA-256");
+    }
   }
   return Status::Ok();
 }
@@ -603,7 +624,10 @@ Status RemoteRestore::WaitWrites(unsigned count) {
     for (io::IoOp* op : done_) {
       auto* w = static_cast<WriteOp*>(op->owner);
       if (op->result != 0 && first.ok()) first = io::IoOpStatus(*op, o_.target_path);
-      if (op->result == 0) bytes_written_ += op->len;
+      if (op->result == 0) {
+        bytes_written_ += op->len;
+        CrashPoint("restore-writing");
+      }
       pool_.Release(w->buffer);
       if (count > 0) --count;
     }
@@ -618,9 +642,7 @@ Status RemoteRestore::Finish(const Frame& done) {
                     std::to_string(pages_) + " pages");
   }
   DP420_RETURN_IF_ERROR(WaitWrites(ring_->in_flight()));
-  uint8_t digest[32];
-  volume_sha_.Final(digest);
-  if (simd::ToHex(digest, 32) != m_.checksum_sha256) {
+  if (!ChecksumMatches(m_, volume_sha_.FinishHex())) {
     return Status::Corruption("snapshot " + m_.snapshot_id + " from " + reader_.server() +
                               ": the block digests do not match the manifest's checksum_sha256");
   }

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <iostream>
 #include <string>
 
@@ -76,6 +77,39 @@ TEST(BlockDeviceTest, RestoreOntoSmallerDeviceFails) {
   EXPECT_NE(r.exit_code, 0) << "a 16 MiB volume does not fit an 8 MiB device:\n" << r.Describe();
   EXPECT_LT(r.exit_code, 128) << r.Describe();
   EXPECT_EQ(Sha256File(small->device()), small_sha) << "the size is known before any write";
+}
+
+// A block device needs --force, also through a symbolic link (as /dev/VG/LV
+// and /dev/disk/by-id/* are): refused without it with the device untouched;
+// with it the device is written and the link stays a link.
+TEST(BlockDeviceTest, DeviceAndLinkToDeviceNeedForce) {
+  std::string why;
+  if (!CanUseLoop(&why)) GTEST_SKIP() << "needs loop devices: " << why;
+  TempDir dir;
+  std::string source = dir / "volume.raw";
+  WritePatternFile(source, 8 << 20, 21, 4);
+  std::string target_file = dir / "target.img";
+  WritePatternFile(target_file, 8 << 20, 22);
+  std::string target_sha = Sha256File(target_file);
+  auto target = LoopDevice::Attach(target_file, &why);
+  ASSERT_TRUE(target) << why;
+  std::string link = dir / "disk-by-name";
+  std::filesystem::create_symlink(target->device(), link);
+  std::string repo = InitRepo(dir);
+  std::string id = Backup(repo, "v", source).at("snapshot_id").get<std::string>();
+
+  for (const std::string& path : {target->device(), link}) {
+    SCOPED_TRACE(path);
+    Result r = Restore(repo, "v", id, path, /*force=*/false);
+    DP420_EXPECT_EXIT(r, kExitRefused);
+    EXPECT_NE(r.err.find(path), std::string::npos) << r.Describe();
+    EXPECT_EQ(Sha256File(target->device()), target_sha);
+  }
+  Result forced = Restore(repo, "v", id, link, /*force=*/true);
+  DP420_ASSERT_EXIT(forced, kExitOk);
+  EXPECT_EQ(Sha256File(target->device()), Sha256File(source));
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+  EXPECT_EQ(std::filesystem::read_symlink(link).string(), target->device());
 }
 
 }  // namespace

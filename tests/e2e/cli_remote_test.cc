@@ -11,9 +11,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <regex>
 #include <string>
@@ -445,6 +447,70 @@ TEST(CliRemoteTest, SourceNameNotUtf8BacksUpOverTheNetwork) {
   Result restore = Cli(Join({"restore", "--volume", "v", "--json", target}, remote), env);
   DP420_ASSERT_EXIT(restore, kExitOk) << server.Log();
   EXPECT_EQ(Sha256File(target), Sha256File(source)) << "restored bytes differ";
+  Result stopped = server.Stop();
+  DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
+}
+
+// Restore over the network keeps the local target rules (RestoreTarget): a
+// FIFO and a socket are refused and untouched, a symbolic link needs --force,
+// a user's file named like the old partial file survives, and a restore
+// killed mid-write leaves nothing behind.
+TEST(CliRemoteTest, RestoreTargetRulesHoldOverTheNetwork) {
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  std::string key = AddClient(dir, "db1");
+  Server server(dir, repo);
+  Env env = {{"DP420_CACHE_DIR", dir / "cache"}};
+  std::vector<std::string> remote = Remote(server, "db1", key);
+  std::string source = dir / "vol.img";
+  WritePatternFile(source, (4ull << 20) + 4321, 17, 3);
+  DP420_ASSERT_EXIT(Cli(Join({"backup", "--volume", "v", source}, remote), env), kExitOk)
+      << server.Log();
+  std::string targets = dir / "targets";
+  std::filesystem::create_directories(targets);
+  auto restore = [&](const std::string& target, bool force, Env extra = {}) {
+    std::vector<std::string> args = Join({"restore", "--volume", "v", target}, remote);
+    if (force) args.push_back("--force");
+    extra.insert(extra.end(), env.begin(), env.end());
+    return Cli(args, extra);
+  };
+
+  std::string fifo = targets + "/fifo";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0640), 0);
+  struct stat before {};
+  ASSERT_EQ(lstat(fifo.c_str(), &before), 0);
+  Result to_fifo = restore(fifo, true);
+  DP420_EXPECT_EXIT(to_fifo, kExitUsage);
+  EXPECT_NE(to_fifo.err.find("a FIFO"), std::string::npos) << to_fifo.Describe();
+  struct stat after {};
+  ASSERT_EQ(lstat(fifo.c_str(), &after), 0);
+  EXPECT_EQ(after.st_ino, before.st_ino);
+  EXPECT_TRUE(S_ISFIFO(after.st_mode));
+
+  std::string real = targets + "/real.img";
+  WriteFile(real, "mine\n");
+  std::string link = targets + "/link.img";
+  std::filesystem::create_symlink(real, link);
+  DP420_EXPECT_EXIT(restore(link, false), kExitRefused);
+  EXPECT_EQ(ReadFile(real), "mine\n");
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+
+  std::string target = targets + "/r.img";
+  WriteFile(target + ".dp420-partial", "mine too\n");
+  Result killed = restore(target, false, {{"DP420_TEST_CRASH", "restore-writing"}});
+  EXPECT_EQ(killed.term_signal, SIGKILL) << killed.Describe();
+  EXPECT_FALSE(Exists(target));
+  Result ok = restore(target, false);
+  DP420_ASSERT_EXIT(ok, kExitOk) << server.Log();
+  EXPECT_EQ(Sha256File(target), Sha256File(source));
+  EXPECT_EQ(ReadFile(target + ".dp420-partial"), "mine too\n");
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(targets)) {
+    names.push_back(e.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"fifo", "link.img", "r.img", "r.img.dp420-partial",
+                                             "real.img"}));
   Result stopped = server.Stop();
   DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
 }

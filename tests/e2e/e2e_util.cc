@@ -693,6 +693,38 @@ void EditSignedFile(const std::string& repo, const std::string& path,
   WriteFile(path, line1 + "\n" + line2 + rest);
 }
 
+namespace {
+
+// REPO/snapshots/VOLUME/NAME -> REPO and VOLUME.
+void SplitManifestPath(const std::string& path, std::string* repo, std::string* volume) {
+  std::filesystem::path p(path);
+  *volume = p.parent_path().filename().string();
+  *repo = p.parent_path().parent_path().parent_path().string();
+}
+
+}  // namespace
+
+void ResealHead(const std::string& repo, const std::string& volume) {
+  std::string head_path = repo + "/snapshots/" + volume + "/HEAD";
+  std::string text = ReadFile(head_path);
+  Json head = Json::parse(text.substr(0, text.find('\n')));
+  std::string manifest = FindManifest(repo, volume, head.at("snapshot_id").get<std::string>());
+  if (manifest.empty()) Fail(head_path + " names a snapshot without a manifest");
+  std::string sealed = ReadFile(manifest);
+  std::string seal_line = sealed.substr(sealed.find('\n') + 1);
+  head["manifest_seal"] = seal_line.substr(seal_line.find(' ') + 1, 64);
+  head["generation"] = head.at("generation").get<uint64_t>() + 1;
+  std::string line = head.dump() + "\n";
+  WriteFile(head_path, line + "hmac-sha256 " + RepositorySealHex(repo, line) + "\n");
+}
+
+void ResealManifest(const std::string& path, const std::function<void(std::string*)>& edit) {
+  std::string repo, volume;
+  SplitManifestPath(path, &repo, &volume);
+  EditSignedFile(repo, path, edit, Reseal::kRepositoryKey);
+  ResealHead(repo, volume);
+}
+
 const std::vector<std::string>& BackupJsonFields() {
   static const std::vector<std::string> kFields{
       "snapshot_id",  "parent",          "volume_size", "bytes_read",

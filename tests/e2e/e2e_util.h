@@ -220,6 +220,15 @@ enum class Reseal {
 void EditSignedFile(const std::string& repo, const std::string& path,
                     const std::function<void(std::string*)>& edit, Reseal how);
 
+// Rewrites a manifest's JSON line with `edit` and seals it again as dp420 would with
+// the repository key, then moves the volume's head to its new seal (ResealHead), so
+// the edited manifest passes every seal and history check and only its content is
+// wrong: what a holder of the key could write (docs/FORMAT.md).
+void ResealManifest(const std::string& path, const std::function<void(std::string*)>& edit);
+// Rewrites REPO/snapshots/VOLUME/HEAD one generation up, naming the seal its snapshot's
+// manifest has now, sealed with the repository key.
+void ResealHead(const std::string& repo, const std::string& volume);
+
 // The fields the contract promises in `backup --json` and in `snapshots --json`.
 const std::vector<std::string>& BackupJsonFields();
 const std::vector<std::string>& ManifestJsonFields();

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <set>
 
@@ -283,7 +284,17 @@ TEST_F(RestoreWindowTest, DenseChangesOutgrowSpareRoom) {
 
 // ---- RestoreTarget ---------------------------------------------------------
 
-TEST(RestoreTargetTest, PartialFileIsRenamedOnCommit) {
+// Names in `dir` other than "." and "..", sorted.
+std::vector<std::string> Names(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    names.push_back(e.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+TEST(RestoreTargetTest, FileGetsTargetsNameOnlyOnCommit) {
   TempDir dir;
   std::string path = dir.path() + "/out.img";
   auto t = RestoreTarget::Open(path, 3 * 65536 + 5, false);
@@ -292,8 +303,11 @@ TEST(RestoreTargetTest, PartialFileIsRenamedOnCommit) {
   EXPECT_FALSE(target.block_device());
   EXPECT_EQ(target.path(), path);
   EXPECT_FALSE(Exists(path));
+  // Ext4 has O_TMPFILE: nothing at all has a name before the commit.
+  EXPECT_TRUE(target.unnamed());
+  EXPECT_EQ(Names(dir.path()), std::vector<std::string>{});
   struct stat st;
-  ASSERT_EQ(stat((path + ".dp420-partial").c_str(), &st), 0);
+  ASSERT_EQ(fstat(target.buffered_fd(), &st), 0);
   EXPECT_EQ(uint64_t(st.st_size), 3 * 65536 + 5u);
   EXPECT_GE(target.align(), 1u);
   EXPECT_EQ(target.align() & (target.align() - 1), 0u);
@@ -303,23 +317,54 @@ TEST(RestoreTargetTest, PartialFileIsRenamedOnCommit) {
   EXPECT_TRUE(target.ZeroRange(0, 65536).ok());  // a fresh file: nothing to do
   ASSERT_TRUE(target.Commit().ok());
   t->reset();
-  EXPECT_FALSE(Exists(path + ".dp420-partial"));
+  EXPECT_EQ(Names(dir.path()), std::vector<std::string>{"out.img"});
   auto bytes = ReadAll(path);
   ASSERT_EQ(bytes.size(), 3 * 65536 + 5u);
   EXPECT_EQ(std::string(bytes.begin() + 65536, bytes.begin() + 65541), "dp420");
   EXPECT_EQ(bytes[0], 0);
 }
 
-TEST(RestoreTargetTest, NotCommittedLeavesNothing) {
+TEST(RestoreTargetTest, NotCommittedLeavesNothingAndKeepsOthersFiles) {
   TempDir dir;
   std::string path = dir.path() + "/out.img";
-  WriteAll(path + ".dp420-partial", std::vector<uint8_t>(100, 1));  // a stale one
+  // Files of the user's that look like partial files but are not dp420's.
+  const std::vector<uint8_t> mine(100, 1);
+  WriteAll(path + ".dp420-partial", mine);
+  WriteAll(path + ".dp420-partial.0123456789abcdef", mine);
   {
     auto t = RestoreTarget::Open(path, 1 << 20, false);
     ASSERT_TRUE(t.ok()) << t.status().ToString();
   }
   EXPECT_FALSE(Exists(path));
-  EXPECT_FALSE(Exists(path + ".dp420-partial"));
+  EXPECT_EQ(Names(dir.path()), (std::vector<std::string>{"out.img.dp420-partial",
+                                                         "out.img.dp420-partial.0123456789abcdef"}));
+  EXPECT_EQ(ReadAll(path + ".dp420-partial"), mine);
+  EXPECT_EQ(ReadAll(path + ".dp420-partial.0123456789abcdef"), mine);
+}
+
+TEST(RestoreTargetTest, SizeMustBeTheVolumesAtCommit) {
+  TempDir dir;
+  std::string path = dir.path() + "/out.img";
+  auto t = RestoreTarget::Open(path, 65536, false);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  ASSERT_EQ(ftruncate((*t)->buffered_fd(), 65536 + 4096), 0);
+  Status s = (*t)->Commit();
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("volume_size"), std::string::npos) << s.ToString();
+  t->reset();
+  EXPECT_EQ(Names(dir.path()), std::vector<std::string>{});
+}
+
+TEST(RestoreTargetTest, FileAppearingMeanwhileIsNotReplaced) {
+  TempDir dir;
+  std::string path = dir.path() + "/out.img";
+  auto t = RestoreTarget::Open(path, 4096, false);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  WriteAll(path, std::vector<uint8_t>(7, 7));
+  Status s = (*t)->Commit();
+  EXPECT_EQ(s.code(), Code::kExists) << s.ToString();
+  t->reset();
+  EXPECT_EQ(ReadAll(path), std::vector<uint8_t>(7, 7));
 }
 
 TEST(RestoreTargetTest, RefusesDirectoryAndNonEmptyFileWithoutForce) {
