@@ -271,6 +271,7 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   for (auto& t : pool) t.join();
   if (error.ok() && o.control.Canceled()) error = Status::Canceled("backup canceled");
   if (!error.ok()) return error;  // the builder rolls back
+  DP420_RETURN_IF_ERROR(source.CheckSize());
 
   SnapshotStats stats;
   for (unsigned i = 0; i < threads; ++i) {

@@ -907,6 +907,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     }
   }
   for (auto& t : pool) t.join();
+  if (job.error.ok()) job.error = source.CheckSize();
   *session_lost = job.session_lost.load();
   *bytes_sent = job.bytes_zc.load();
   *reconnects += job.reconnects.load();
