@@ -654,6 +654,9 @@ Result<io::File> RemoteRepository::OpenParentCache(const Manifest& parent,
   auto cached = io::File::OpenRead(cache_path, false);
   if (cached.ok() && CacheValid(cached->fd(), parent)) return std::move(cached).value();
   std::string tmp = cache_path + ".fetch";
+  // O_TRUNC reuses what an agent killed during a fetch left; any failure
+  // below removes it.
+  io::TempFileGuard tmp_guard(tmp);
   DP420_ASSIGN_OR_RETURN(io::File f, io::File::OpenWrite(tmp, O_CREAT | O_TRUNC | O_RDWR, false));
   uint64_t pages = DivCeil(parent.blocks_total, kPageEntries);
   PayloadWriter w;
@@ -684,6 +687,7 @@ Result<io::File> RemoteRepository::OpenParentCache(const Manifest& parent,
   if (rename(tmp.c_str(), cache_path.c_str()) != 0) {
     return PosixError("rename " + tmp + " -> " + cache_path, errno);
   }
+  tmp_guard.Keep();
   return io::File::OpenRead(cache_path, false);
 }
 
@@ -784,6 +788,9 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     job.parent_blocks = parent->blocks_total;
   }
   job.new_cache_path = cache_path + ".new";
+  // Renamed over the cache once the snapshot is committed; removed on every
+  // other way out of this function.
+  io::TempFileGuard new_cache_guard(job.new_cache_path);
   DP420_ASSIGN_OR_RETURN(io::File new_cache,
                          io::File::OpenWrite(job.new_cache_path, O_CREAT | O_TRUNC | O_RDWR,
                                              false));
@@ -991,8 +998,8 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   // The new snapshot's ids become the cache for the next backup.
   CacheHeader h = MakeCacheHeader(*committed);
   if (WriteAll(new_cache.fd(), 0, &h, sizeof(h), job.new_cache_path).ok() &&
-      rename(job.new_cache_path.c_str(), cache_path.c_str()) != 0) {
-    unlink(job.new_cache_path.c_str());
+      rename(job.new_cache_path.c_str(), cache_path.c_str()) == 0) {
+    new_cache_guard.Keep();
   }
 
   BackupResult result;
