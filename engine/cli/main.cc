@@ -21,6 +21,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/cli/progress.h"
@@ -28,6 +29,17 @@
 namespace {
 
 using Json = nlohmann::ordered_json;
+
+// CLI11 check: a power of two (block sizes).
+CLI::Validator PowerOfTwo() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        unsigned long long n = std::strtoull(text.c_str(), nullptr, 10);
+        if (n != 0 && (n & (n - 1)) == 0) return "";
+        return "Value " + text + " is not a power of two";
+      },
+      "POWER OF TWO");
+}
 
 enum Exit : int {
   kExitOk = 0,
@@ -502,21 +514,30 @@ bool ParseLimit(const std::string& text, int64_t* out) {
   return true;
 }
 
+// Parses every limit option into `l`; returns a usage message naming the
+// first one that does not parse, or "" when all do.
+std::string ParseLimits(const ClientArgs& a, dp420_client_limits_t* l) {
+  std::tuple<const char*, const std::string*, int64_t*> fields[] = {
+      {"--max-volumes", &a.max_volumes, &l->max_volumes},
+      {"--max-bytes", &a.max_bytes, &l->max_bytes},
+      {"--max-backups", &a.max_backups, &l->max_backups},
+      {"--max-waiting", &a.max_waiting, &l->max_waiting},
+      {"--max-stripe-memory", &a.max_stripe_memory, &l->max_stripe_memory}};
+  for (auto& [name, text, value] : fields) {
+    if (!ParseLimit(*text, value)) {
+      return std::string(name) + " is '" + *text + "'; allowed a number from 0 (no limit) to " +
+             std::to_string(INT64_MAX) + " with an optional K, M, G or T, or 'default'";
+    }
+  }
+  return "";
+}
+
 // Sets the limits given on the command line; kExitOk when none were.
 int SetClientLimits(const Common& c, const char* what, const ClientArgs& a) {
   if (!a.any_limit()) return kExitOk;
   dp420_client_limits_t l;
   dp420_client_limits_init(&l);
-  std::pair<const std::string*, int64_t*> fields[] = {
-      {&a.max_volumes, &l.max_volumes}, {&a.max_bytes, &l.max_bytes},
-      {&a.max_backups, &l.max_backups}, {&a.max_waiting, &l.max_waiting},
-      {&a.max_stripe_memory, &l.max_stripe_memory}};
-  for (auto& [text, value] : fields) {
-    if (!ParseLimit(*text, value)) {
-      return UsageError(c, what, "bad limit '" + *text + "': a number (0: no limit) with an "
-                                 "optional K, M, G or T, or 'default'");
-    }
-  }
+  if (std::string bad = ParseLimits(a, &l); !bad.empty()) return UsageError(c, what, bad);
   int rc = dp420_client_set_limits(g_ctx, a.clients.c_str(), a.name.c_str(), &l);
   return rc == 0 ? kExitOk : Report(c, what, rc);
 }
@@ -535,13 +556,10 @@ int CmdClientSet(const Common& c, const ClientArgs& a) {
 }
 
 int CmdClientAdd(const Common& c, const ClientArgs& a) {
-  int64_t check = 0;
-  for (const std::string* v : {&a.max_volumes, &a.max_bytes, &a.max_backups, &a.max_waiting,
-                               &a.max_stripe_memory}) {
-    if (!ParseLimit(*v, &check)) {
-      return UsageError(c, "client-add", "bad limit '" + *v + "': a number (0: no limit) with "
-                                         "an optional K, M, G or T, or 'default'");
-    }
+  dp420_client_limits_t check;
+  dp420_client_limits_init(&check);
+  if (std::string bad = ParseLimits(a, &check); !bad.empty()) {
+    return UsageError(c, "client-add", bad);
   }
   int rc = dp420_client_add(g_ctx, a.clients.c_str(), a.name.c_str(), a.role.c_str(),
                             a.key_out.c_str());
@@ -823,8 +841,11 @@ int main(int argc, char** argv) {
   AddRepoOptions(backup, &c);
   backup->add_option("--volume", b.volume, "Volume name")->required();
   backup->add_option("SOURCE", b.source, "Regular file or block device")->required();
-  backup->add_option("--block-size", b.block_size, "Block size in bytes (power of two)");
-  backup->add_option("--threads", b.threads, "Worker threads (default: CPUs available)");
+  backup->add_option("--block-size", b.block_size, "Block size in bytes (power of two)")
+      ->check(CLI::Range(uint32_t{DP420_MIN_BLOCK_SIZE}, uint32_t{DP420_MAX_BLOCK_SIZE}) &
+              PowerOfTwo());
+  backup->add_option("--threads", b.threads, "Worker threads (default: CPUs available)")
+      ->check(CLI::Range(1u, unsigned{DP420_MAX_THREADS}));
 
   auto* snaps = app.add_subcommand("snapshots", "List snapshots");
   AddRepoOptions(snaps, &c);
@@ -836,10 +857,12 @@ int main(int argc, char** argv) {
   restore->add_option("--snapshot", r.snapshot, "Snapshot id, unique prefix, or latest");
   restore->add_option("TARGET", r.target, "File (written sparse) or block device")->required();
   restore->add_flag("--force", r.force, "Overwrite a non-empty file or a block device");
-  restore->add_option("--threads", r.threads, "Worker threads");
+  restore->add_option("--threads", r.threads, "Worker threads (default: CPUs available)")
+      ->check(CLI::Range(1u, unsigned{DP420_MAX_THREADS}));
   restore->add_option("--read-through", r.read_through,
                       "Stale pack bytes a read may run through to save a request, for disks "
-                      "that seek (default 0; at most 4194304)");
+                      "that seek (default 0; at most 4194304)")
+      ->check(CLI::Range(uint64_t{0}, uint64_t{DP420_MAX_READ_THROUGH}));
 
   auto* verify = app.add_subcommand("verify", "Check the repository");
   AddRepoOptions(verify, &c);

@@ -644,6 +644,21 @@ std::string CachePath(const RemoteRepository& remote, const std::string& volume)
   return dir + "/" + remote.repo_id() + "/" + volume + ".ids";
 }
 
+// Worker threads of a remote backup: as a local one, and at most one per
+// stripe the server accepts. The server's table keeps the block size, so
+// the requested one (or the default) sizes the buffers here.
+Result<unsigned> AgentThreads(const BackupOptions& o) {
+  uint32_t bs = std::min(o.block_size ? o.block_size : kDefaultBlockSize, kMaxBlockSize);
+  DP420_ASSIGN_OR_RETURN(unsigned threads, ResolveThreads(o.threads, bs));
+  if (o.threads == 0) return std::min(threads, kMaxStripes);
+  if (threads > kMaxStripes) {
+    return Status::InvalidArgument("threads is " + std::to_string(threads) +
+                                   "; allowed 1.." + std::to_string(kMaxStripes) +
+                                   " for a remote backup (one stripe connection each)");
+  }
+  return threads;
+}
+
 }  // namespace
 
 // The parent's ids and digests: the cache when it is the parent's (its seal
@@ -733,8 +748,8 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
                              std::to_string(options_.max_clock_skew.count()) +
                              " ms; fix the clocks or raise --max-clock-skew)");
   }
+  DP420_ASSIGN_OR_RETURN(unsigned threads, AgentThreads(o));
   DP420_ASSIGN_OR_RETURN(ScanSource source, ScanSource::Open(o.source_path));
-  unsigned threads = o.threads ? o.threads : DefaultThreads();
   Millis timeout = options_.LossTimeout();
   DP420_RETURN_IF_ERROR(EnsureControl());
 
