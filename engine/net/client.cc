@@ -170,7 +170,8 @@ Result<std::unique_ptr<RemoteRepository>> RemoteRepository::Connect(const Remote
   DP420_RETURN_IF_ERROR(CheckRange("heartbeat_interval", options.heartbeat_interval.count(),
                                    kMinHeartbeatMs, kMaxHeartbeatMs, "ms"));
   DP420_RETURN_IF_ERROR(CheckRange("heartbeat_misses", options.heartbeat_misses, 1, 100));
-  DP420_RETURN_IF_ERROR(CheckRange("max_clock_skew", options.max_clock_skew.count(), 1,
+  // 0 ms: any measured offset refuses a backup (the tests' strictest setting).
+  DP420_RETURN_IF_ERROR(CheckRange("max_clock_skew", options.max_clock_skew.count(), 0,
                                    kMaxClockSkewMs, "ms"));
   DP420_RETURN_IF_ERROR(CheckRange("retry_for", options.retry_for.count(), 0, kMaxRetryMs, "ms"));
   std::unique_ptr<RemoteRepository> r(new RemoteRepository());
