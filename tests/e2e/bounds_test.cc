@@ -174,6 +174,85 @@ TEST(ChangingSourceTest, SourceGrownDuringBackupKeepsTheSizeMeasuredAtStart) {
   DP420_EXPECT_EXIT(Cli({"verify", "--repo", repo, "--read-data"}), kExitOk);
 }
 
+// A device-mapper device that fails 4 KiB at 20 MiB with EIO (an `error`
+// target between two `linear` ones over a loop device): the backup ends
+// with exit code 1 naming the offset, and commits nothing.
+class DmErrorDevice {
+ public:
+  // Empty, with the reason in *why, when dmsetup is missing or refuses.
+  static std::unique_ptr<DmErrorDevice> Create(const std::string& loop, uint64_t sectors,
+                                               uint64_t bad_sector, std::string* why) {
+    std::string name = "dp420-eio-" + std::to_string(getpid());
+    std::string table = "0 " + std::to_string(bad_sector) + " linear " + loop + " 0\n" +
+                        std::to_string(bad_sector) + " 8 error\n" +
+                        std::to_string(bad_sector + 8) + " " +
+                        std::to_string(sectors - bad_sector - 8) + " linear " + loop + " " +
+                        std::to_string(bad_sector + 8) + "\n";
+    Result r = Sh("command -v dmsetup >/dev/null && printf '" + table + "' | dmsetup create " +
+                  name + " && dmsetup mknodes " + name);
+    if (r.exit_code != 0) {
+      *why = "dmsetup create failed: " + r.All();
+      return nullptr;
+    }
+    return std::unique_ptr<DmErrorDevice>(new DmErrorDevice(name));
+  }
+  ~DmErrorDevice() { Sh("dmsetup remove --retry " + name_ + " || true"); }
+  std::string path() const { return "/dev/mapper/" + name_; }
+
+ private:
+  explicit DmErrorDevice(std::string name) : name_(std::move(name)) {}
+  std::string name_;
+};
+
+TEST(ChangingSourceTest, SourceReturningEioFailsNamingTheOffset) {
+  std::string why;
+  if (!CanUseLoop(&why)) GTEST_SKIP() << "needs loop devices: " << why;
+  if (Sh("command -v dmsetup").exit_code != 0) GTEST_SKIP() << "needs dmsetup (device-mapper)";
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  std::string image = dir / "disk.img";
+  constexpr uint64_t kSize = 64ull << 20;
+  WritePatternFile(image, kSize, 21);
+  auto loop = LoopDevice::Attach(image, &why);
+  if (!loop) GTEST_SKIP() << "losetup failed: " << why;
+  constexpr uint64_t kBadSector = (20ull << 20) / 512;
+  auto dm = DmErrorDevice::Create(loop->device(), kSize / 512, kBadSector, &why);
+  if (!dm) GTEST_SKIP() << why;
+  Result r = Cli({"backup", "--repo", repo, "--volume", "eio", dm->path()});
+  EXPECT_EQ(r.exit_code, kExitFailed) << r.Describe();
+  EXPECT_EQ(r.term_signal, 0) << r.Describe();
+  EXPECT_TRUE(Mentions(r, "offset 20971520")) << r.Describe();
+  EXPECT_TRUE(ContainsIgnoringCase(r.All(), "input/output error")) << r.Describe();
+  EXPECT_TRUE(SnapshotIds(repo).empty());
+  DP420_EXPECT_EXIT(Cli({"verify", "--repo", repo}), kExitOk);
+  EXPECT_EQ(TempFiles(repo), std::vector<std::string>{});
+}
+
+// Where device-mapper is missing, the fault seam stands in for EIO: the
+// third read fails, on the mapped path of a cached file and on the O_DIRECT
+// path of one that is not cached, and the error names the offset.
+TEST(ChangingSourceTest, InjectedEioNamesTheOffsetOnBothReadPaths) {
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  std::string source = dir / "v.raw";
+  WritePatternFile(source, 64 << 20, 22);
+  const std::string cache = "cat " + ShellQuote(source) + " > /dev/null";
+  const std::string drop = "sync && dd if=" + ShellQuote(source) +
+                           " iflag=nocache count=0 status=none";
+  for (const std::string& prepare : {cache, drop}) {
+    SCOPED_TRACE(prepare);
+    ASSERT_EQ(Sh(prepare).exit_code, 0);
+    Result r = Cli({"backup", "--repo", repo, "--volume", "v", source},
+                   {{"DP420_FAULT", "read:EIO:3"}});
+    EXPECT_EQ(r.exit_code, kExitFailed) << r.Describe();
+    EXPECT_EQ(r.term_signal, 0) << r.Describe();
+    EXPECT_TRUE(Mentions(r, "at offset ")) << r.Describe();
+    EXPECT_TRUE(ContainsIgnoringCase(r.All(), "input/output error")) << r.Describe();
+  }
+  EXPECT_TRUE(SnapshotIds(repo).empty());
+  EXPECT_EQ(TempFiles(repo), std::vector<std::string>{});
+}
+
 // N processes run `init` on one new path at once: one succeeds, the others
 // say it already exists, and the repository works.
 TEST(InitRaceTest, ConcurrentInitsOfOnePathLeaveOneValidRepository) {
