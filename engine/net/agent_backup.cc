@@ -645,10 +645,12 @@ std::string CachePath(const RemoteRepository& remote, const std::string& volume)
 }
 
 // Worker threads of a remote backup: as a local one, and at most one per
-// stripe the server accepts. The server's table keeps the block size, so
-// the requested one (or the default) sizes the buffers here.
+// stripe the server accepts. The chain's block size is the server's and is
+// known only once the backup began: the default count is sized for the
+// largest block size, an explicit one is checked again then.
 Result<unsigned> AgentThreads(const BackupOptions& o) {
-  uint32_t bs = std::min(o.block_size ? o.block_size : kDefaultBlockSize, kMaxBlockSize);
+  uint32_t bs = o.threads == 0 || o.block_size == 0 ? kMaxBlockSize
+                                                    : std::min(o.block_size, kMaxBlockSize);
   DP420_ASSIGN_OR_RETURN(unsigned threads, ResolveThreads(o.threads, bs));
   if (o.threads == 0) return std::min(threads, kMaxStripes);
   if (threads > kMaxStripes) {
@@ -785,6 +787,11 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   r.Bytes(key, sizeof(key));
   r.U64();  // server time
   DP420_RETURN_IF_ERROR(r.Finish("BACKUP_READY"));
+  if (Result<unsigned> fits = ResolveThreads(threads, block_size); !fits.ok()) {
+    OPENSSL_cleanse(key, sizeof(key));
+    (void)SendError(*control_, fits.status(), timeout);  // the server rolls back
+    return fits.status();
+  }
   simd::BlockHasher hasher(std::span<const uint8_t, simd::kHashSecretBytes>(key, sizeof(key)));
 
   OPENSSL_cleanse(key, sizeof(key));
