@@ -1,5 +1,6 @@
 #include "io/file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
@@ -253,7 +254,38 @@ void File::Close() {
   direct_ = false;
 }
 
+TempFileGuard::~TempFileGuard() {
+  if (!path_.empty()) unlink(path_.c_str());
+}
+
+namespace {
+
+// Removes PATH.tmp.<16 hex digits> files: WriteFileAtomic temp files of a
+// writer of `path` that died before renaming or removing its own.
+void RemoveStaleTemps(const std::string& path) {
+  std::string dir = DirName(path);
+  std::string prefix = path.substr(path.rfind('/') == std::string::npos ? 0
+                                                                          : path.rfind('/') + 1) +
+                       ".tmp.";
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name.size() != prefix.size() + 16 || name.compare(0, prefix.size(), prefix) != 0 ||
+        name.find_first_not_of("0123456789abcdef", prefix.size()) != std::string::npos) {
+      continue;
+    }
+    struct stat st;
+    std::string stale = dir + "/" + name;
+    if (lstat(stale.c_str(), &st) == 0 && S_ISREG(st.st_mode)) unlink(stale.c_str());
+  }
+  closedir(d);
+}
+
+}  // namespace
+
 Status WriteFileAtomic(const std::string& path, const std::string& data) {
+  RemoveStaleTemps(path);
   uint8_t raw[8];
   DP420_RETURN_IF_ERROR(FillRandom(raw, sizeof(raw)));
   char suffix[2 * sizeof(raw) + 1];

@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 
 #include "io/status.h"
 
@@ -78,10 +79,27 @@ Result<FileInfo> Probe(int fd, const std::string& path);
 double CachedFraction(int fd, uint64_t size_bytes);
 
 // Writes `data` to `path` atomically and durably: a temp file in the same
-// directory with a random name, created with O_EXCL|O_NOFOLLOW (nothing
-// planted there can redirect the write), write, fsync, rename over `path`,
-// fsync the directory. Mode 0600.
+// directory with a random name (PATH.tmp.<16 hex digits>), created with
+// O_EXCL|O_NOFOLLOW (nothing planted there can redirect the write), write,
+// fsync, rename over `path`, fsync the directory. Mode 0600. The temp file
+// is removed on every failure; temp files of `path` that an earlier writer
+// left when it died are removed first, so callers must serialize the
+// writers of one path (a lock; every caller does).
 Status WriteFileAtomic(const std::string& path, const std::string& data);
+
+// Unlinks a temporary file at the end of its scope unless Keep() was called
+// (after it was renamed into place): no return path can leave it behind.
+class TempFileGuard {
+ public:
+  explicit TempFileGuard(std::string path) : path_(std::move(path)) {}
+  ~TempFileGuard();
+  TempFileGuard(const TempFileGuard&) = delete;
+  TempFileGuard& operator=(const TempFileGuard&) = delete;
+  void Keep() { path_.clear(); }
+
+ private:
+  std::string path_;
+};
 // Reads a whole (small) file. `check`, when given, sees the opened file's
 // stat before anything is read (the checked file is the one read) and may
 // refuse it.

@@ -33,6 +33,16 @@ while (($# > 0)); do
   esac
   shift
 done
+# Sockets are file descriptors of this shell's children (ulimit -n bounds them).
+check_range() {
+  if [[ ! "$2" =~ ^[0-9]{1,9}$ ]] || ((10#$2 < $3 || 10#$2 > $4)); then
+    echo "idle_sockets: $1 is '$2'; allowed a whole number from $3 to $4" >&2
+    exit 2
+  fi
+}
+check_range --sockets "${sockets}" 1 60000
+check_range --size-mib "${size_mib}" 1 65536
+check_range --rounds "${rounds}" 1 100
 [[ -x "${DP420}" ]] || { echo "idle_sockets: no dp420 at ${DP420} (build it, or set DP420_BIN)" >&2; exit 1; }
 
 WORK="$(mktemp -d "${DP420_PERF_DIR:-/var/tmp/dp420-perf}/idle-sockets.XXXXXX" 2>/dev/null ||

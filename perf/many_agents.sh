@@ -33,9 +33,11 @@ while (($# > 0)); do
   esac
   shift
 done
-for v in agents size_mib threads; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || e2e_die "--${v%_mib} needs a positive integer, got '${!v}'"
-done
+# One agent process per --agents, each with --threads stripes (the server
+# takes at most 64 per backup); --size MiB of source per agent.
+e2e_check_range --agents "${agents}" 1 256
+e2e_check_range --size "${size_mib}" 1 65536
+e2e_check_range --threads "${threads}" 1 64
 
 DP420="${DP420_BIN:-}"
 if [[ -z "${DP420}" ]]; then

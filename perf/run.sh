@@ -2,9 +2,9 @@
 # End-to-end performance of dp420 against its yardsticks (fio, cp, xxh128sum) and against
 # the tools users would pick instead (restic, borg, casync, rsync), on a realistic volume.
 #
-#   perf/run.sh [--quick] [--pairs N] [--json] [--enforce]
+#   perf/run.sh [--quick] [--pairs N (1-20)] [--json] [--enforce]
 #               [--peers | --no-peers] [--block-sizes | --no-block-sizes]
-#               [--with-64g | --no-64g] [--remote | --no-remote] [--chain N]
+#               [--with-64g | --no-64g] [--remote | --no-remote] [--chain N (2-50)]
 #               [--only PHASE,...]
 #
 # Full run (default): 4 GiB volume, 3 alternating pairs, peers, a 10-snapshot chain, a
@@ -96,6 +96,9 @@ else
 fi
 pairs="${pairs:-${default_pairs}}"
 chain_len="${chain_len:-${default_chain}}"
+# Each pair runs ~1 min (quick) to several (full); the chain keeps every snapshot.
+e2e_check_range --pairs "${pairs}" 1 20
+e2e_check_range --chain "${chain_len}" 2 50
 with_peers="${opt_peers:-${default_peers}}"
 with_sweep="${opt_sweep:-${default_sweep}}"
 with_big="${opt_big:-${default_big}}"
@@ -115,10 +118,6 @@ if [[ -n "${only}" ]]; then
       *) e2e_die "--only: unknown phase '${phase}' (core, peers, chain, 64g, block-sizes, remote)" ;;
     esac
   done
-fi
-[[ "${pairs}" =~ ^[1-9][0-9]*$ ]] || e2e_die "--pairs needs a positive integer, got '${pairs}'"
-if ! [[ "${chain_len}" =~ ^[0-9]+$ ]] || ((chain_len < 2)); then
-  e2e_die "--chain needs an integer >= 2, got '${chain_len}'"
 fi
 readonly CHANGE_PERCENT=1
 readonly DATASET_VERSION=1

@@ -11,6 +11,14 @@ E2E_CLEANUPS=()
 
 e2e_log() { printf '%s: %s\n' "${E2E_LOG_TAG:-e2e}" "$*" >&2; }
 e2e_die() { e2e_log "error: $*"; exit 1; }
+# e2e_check_range OPTION VALUE MIN MAX: exits 2 (usage) naming the option
+# unless VALUE is a whole number from MIN to MAX.
+e2e_check_range() {
+  if [[ ! "$2" =~ ^[0-9]{1,9}$ ]] || ((10#$2 < $3 || 10#$2 > $4)); then
+    e2e_log "$1 is '$2'; allowed a whole number from $3 to $4"
+    exit 2
+  fi
+}
 
 # Runs the registered cleanups, newest first; failures do not stop the others.
 e2e_run_cleanups() {

@@ -32,6 +32,18 @@
 #include "engine/net/server.h"
 #include "engine/net/volumes.h"
 
+// The bounds dp420.h promises are the ones the engine enforces.
+static_assert(DP420_MAX_THREADS == dp420::kMaxThreads);
+static_assert(DP420_MAX_REMOTE_THREADS == dp420::net::kMaxStripes);
+static_assert(DP420_BUFFER_BUDGET == dp420::kBufferBudgetBytes);
+static_assert(DP420_MIN_BLOCK_SIZE == dp420::kMinBlockSize);
+static_assert(DP420_MAX_BLOCK_SIZE == dp420::kMaxBlockSize);
+static_assert(DP420_MAX_READ_THROUGH == dp420::kReadThroughBytesMax);
+static_assert(DP420_MIN_HEARTBEAT_MS == dp420::kMinHeartbeatMs);
+static_assert(DP420_MAX_HEARTBEAT_MS == dp420::kMaxHeartbeatMs);
+static_assert(DP420_MAX_CLOCK_SKEW_MS == dp420::kMaxClockSkewMs);
+static_assert(DP420_MAX_RETRY_MS == dp420::kMaxRetryMs);
+
 struct dp420_ctx {
   std::string errmsg;
   dp420_progress_fn progress = nullptr;
@@ -551,6 +563,11 @@ int dp420_restore(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_restore_opts
     o.target_path = dp420::control::AbsolutePath(opts->target);
     o.force = opts->force != 0;
     o.threads = opts->threads;
+    // A local restore refuses more threads than its buffer budget allows; a
+    // remote one reads through one connection, but takes no absurd count either.
+    if (Status s = dp420::CheckRange("threads", o.threads, 0, dp420::kMaxThreads); !s.ok()) {
+      return Fail(ctx, s);
+    }
     if (opts->struct_size >= sizeof(dp420_restore_opts_t)) {
       o.read_through_bytes = opts->read_through;
     }

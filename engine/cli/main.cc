@@ -30,6 +30,17 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
+// CLI11 check: a power of two (block sizes).
+CLI::Validator PowerOfTwo() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        unsigned long long n = std::strtoull(text.c_str(), nullptr, 10);
+        if (n != 0 && (n & (n - 1)) == 0) return "";
+        return "Value " + text + " is not a power of two";
+      },
+      "POWER OF TWO");
+}
+
 enum Exit : int {
   kExitOk = 0,
   kExitFailed = 1,
@@ -549,8 +560,9 @@ std::string ParseLimits(const LimitArgs& a, const std::string& prefix,
       {"sessions", &a.max_sessions, &l->max_sessions}};
   for (auto& [name, text, value] : fields) {
     if (!ParseLimit(*text, value)) {
-      return "bad --" + prefix + "-" + name + " '" + *text + "': a number (0: no limit) with an "
-             "optional K, M, G or T, or 'default'";
+      return "--" + prefix + "-" + name + " is '" + *text + "'; allowed a number from 0 (no "
+             "limit) to " + std::to_string(INT64_MAX) + " with an optional K, M, G or T, or "
+             "'default'";
     }
   }
   return "";
@@ -966,8 +978,11 @@ int main(int argc, char** argv) {
   AddRepoOptions(backup, &c);
   backup->add_option("--volume", b.volume, "Volume name")->required();
   backup->add_option("SOURCE", b.source, "Regular file or block device")->required();
-  backup->add_option("--block-size", b.block_size, "Block size in bytes (power of two)");
-  backup->add_option("--threads", b.threads, "Worker threads (default: CPUs available)");
+  backup->add_option("--block-size", b.block_size, "Block size in bytes (power of two)")
+      ->check(CLI::Range(uint32_t{DP420_MIN_BLOCK_SIZE}, uint32_t{DP420_MAX_BLOCK_SIZE}) &
+              PowerOfTwo());
+  backup->add_option("--threads", b.threads, "Worker threads (default: CPUs available)")
+      ->check(CLI::Range(1u, unsigned{DP420_MAX_THREADS}));
 
   auto* snaps = app.add_subcommand("snapshots", "List snapshots");
   AddRepoOptions(snaps, &c);
@@ -979,10 +994,12 @@ int main(int argc, char** argv) {
   restore->add_option("--snapshot", r.snapshot, "Snapshot id, unique prefix, or latest");
   restore->add_option("TARGET", r.target, "File (written sparse) or block device")->required();
   restore->add_flag("--force", r.force, "Overwrite a non-empty file or a block device");
-  restore->add_option("--threads", r.threads, "Worker threads");
+  restore->add_option("--threads", r.threads, "Worker threads (default: CPUs available)")
+      ->check(CLI::Range(1u, unsigned{DP420_MAX_THREADS}));
   restore->add_option("--read-through", r.read_through,
                       "Stale pack bytes a read may run through to save a request, for disks "
-                      "that seek (default 0; at most 4194304)");
+                      "that seek (default 0; at most 4194304)")
+      ->check(CLI::Range(uint64_t{0}, uint64_t{DP420_MAX_READ_THROUGH}));
 
   auto* verify = app.add_subcommand("verify", "Check the repository");
   AddRepoOptions(verify, &c);

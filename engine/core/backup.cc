@@ -40,6 +40,35 @@ unsigned DefaultThreads() {
   return n ? n : 1;
 }
 
+uint64_t WorkerBufferBytes(uint32_t block_size) {
+  return 6 * std::max<uint64_t>(block_size, kMinExtentBytes);
+}
+
+Status CheckRange(const char* name, uint64_t value, uint64_t min, uint64_t max,
+                  const char* unit) {
+  if (value >= min && value <= max) return Status::Ok();
+  std::string u = *unit ? std::string(" ") + unit : "";
+  return Status::InvalidArgument(std::string(name) + " is " + std::to_string(value) + u +
+                                 "; allowed " + std::to_string(min) + ".." +
+                                 std::to_string(max) + u);
+}
+
+Result<unsigned> ResolveThreads(unsigned requested, uint32_t block_size) {
+  uint64_t per_worker = WorkerBufferBytes(block_size);
+  unsigned most = static_cast<unsigned>(
+      std::clamp<uint64_t>(kBufferBudgetBytes / per_worker, 1, kMaxThreads));
+  if (requested == 0) return std::min(DefaultThreads(), most);
+  if (requested > most) {
+    return Status::InvalidArgument(
+        "threads is " + std::to_string(requested) + "; allowed 1.." + std::to_string(most) +
+        " at " + std::to_string(block_size) + "-byte blocks (at most " +
+        std::to_string(kMaxThreads) + ", and " + std::to_string(per_worker >> 20) +
+        " MiB of buffers per thread within the " + std::to_string(kBufferBudgetBytes >> 20) +
+        " MiB budget)");
+  }
+  return requested;
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -207,7 +236,11 @@ Status PackSink::FinishClosedPacks(bool all) {
 Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
                             const Manifest* parent) {
   auto start = Clock::now();
-  unsigned threads = o.threads ? o.threads : DefaultThreads();
+  // The chain's block size decides the buffers per thread (an invalid
+  // --block-size is refused by SnapshotBuilder::Start with its own message).
+  uint32_t bs = o.block_size ? o.block_size : parent ? parent->block_size : kDefaultBlockSize;
+  DP420_ASSIGN_OR_RETURN(unsigned threads,
+                         ResolveThreads(o.threads, std::min(bs, kMaxBlockSize)));
   DP420_ASSIGN_OR_RETURN(ScanSource source, ScanSource::Open(o.source_path));
   DP420_ASSIGN_OR_RETURN(auto builder,
                          SnapshotBuilder::Start(repo, o.volume, parent, o.block_size,
@@ -272,6 +305,7 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   for (auto& t : pool) t.join();
   if (error.ok() && o.control.Canceled()) error = Status::Canceled("backup canceled");
   if (!error.ok()) return error;  // the builder rolls back
+  DP420_RETURN_IF_ERROR(source.CheckSize());
 
   SnapshotStats stats;
   for (unsigned i = 0; i < threads; ++i) {

@@ -437,7 +437,10 @@ Grid WriteGrid(bool quick) {
 }
 
 std::vector<unsigned> PipeThreads() {
-  unsigned n = DefaultThreads();
+  // All CPUs, within the buffer budget (kPipeDepth MiB per thread).
+  constexpr uint64_t kPerThread = uint64_t{kPipeDepth} * kPipeRequestBytes;
+  unsigned n = static_cast<unsigned>(
+      std::min<uint64_t>(DefaultThreads(), kBufferBudgetBytes / kPerThread));
   if (n <= 1) return {1};
   return {1, n};
 }
@@ -934,7 +937,10 @@ unsigned RecommendThreads(const Measured& m, double device_gbps, std::string* wh
   }
   bool reached = pick != nullptr;
   if (!pick) pick = BestPipe(m, false);
-  if (!pick) return DefaultThreads();
+  if (!pick) {
+    return static_cast<unsigned>(std::min<uint64_t>(
+        DefaultThreads(), kBufferBudgetBytes / WorkerBufferBytes(kDefaultBlockSize)));
+  }
   *why = std::to_string(pick->threads) + " thread(s): " + Fixed(pick->gbps, 2) + " GB/s, " +
          (reached ? "the fewest that reach 95 % of the device's best"
                   : "the fastest pipeline measured");

@@ -48,6 +48,70 @@ std::vector<std::string> ListDir(const std::string& dir) {
   return names;
 }
 
+// A config temp file (io::WriteFileAtomic) of an init that died.
+bool ConfigTemp(const std::string& path, const std::string& name) {
+  struct stat st;
+  return name.rfind("config.tmp.", 0) == 0 && lstat((path + "/" + name).c_str(), &st) == 0 &&
+         S_ISREG(st.st_mode);
+}
+
+// What a killed `init` leaves: some of dp420's subdirectories, holding no
+// snapshot, no pack and no directory, perhaps a config temp file, and no
+// config.
+bool UnfinishedInit(const std::string& path, const std::vector<std::string>& names) {
+  for (const std::string& name : names) {
+    if (ConfigTemp(path, name)) continue;
+    if (std::find(std::begin(kSubdirs), std::end(kSubdirs), name) == std::end(kSubdirs)) {
+      return false;
+    }
+    for (const std::string& entry : ListDir(path + "/" + name)) {
+      struct stat st;
+      if (name != "keys" || lstat((path + "/keys/" + entry).c_str(), &st) != 0 ||
+          !S_ISREG(st.st_mode)) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+// Init's hold on `path`: the directory, created when missing, open and
+// flock'ed, so that of concurrent inits of one path one builds the
+// repository and the others then find it not empty. An unfinished init
+// found under the lock is removed first. Returns the locked descriptor.
+Result<io::File> LockForInit(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+    return Status::Exists(path + " exists and is not a directory");
+  }
+  DP420_RETURN_IF_ERROR(io::MakeDirs(path));
+  int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return PosixError("open " + path, errno);
+  io::File dir = io::File::Adopt(fd, path, false);
+  while (flock(fd, LOCK_EX) != 0) {
+    if (errno != EINTR) return PosixError("lock " + path, errno);
+  }
+  std::vector<std::string> names = ListDir(path);
+  if (!names.empty() && UnfinishedInit(path, names)) {
+    for (const std::string& name : names) {
+      if (ConfigTemp(path, name)) {
+        unlink((path + "/" + name).c_str());
+        continue;
+      }
+      for (const std::string& entry : ListDir(path + "/" + name)) {
+        unlink((path + "/" + name + "/" + entry).c_str());
+      }
+      rmdir((path + "/" + name).c_str());
+    }
+    names = ListDir(path);
+  }
+  if (!names.empty()) {
+    return Status::Exists(path + " already exists and is not empty (a repository already, "
+                          "or other files)");
+  }
+  return dir;
+}
+
 }  // namespace
 
 VolumeLock::~VolumeLock() {
@@ -63,14 +127,8 @@ VolumeLock& VolumeLock::operator=(VolumeLock&& o) noexcept {
 }
 
 Status Repository::Init(const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) == 0) {
-    if (!S_ISDIR(st.st_mode)) return Status::Exists(path + " exists and is not a directory");
-    if (!ListDir(path).empty()) {
-      return Status::Exists(path + " is not empty (a repository already, or other files)");
-    }
-  }
-  DP420_RETURN_IF_ERROR(io::MakeDirs(path));
+  // Held until the config is durable; released when `lock` closes.
+  DP420_ASSIGN_OR_RETURN(io::File lock, LockForInit(path));
   chmod(path.c_str(), 0700);
   for (const char* sub : kSubdirs) DP420_RETURN_IF_ERROR(io::MakeDirs(path + "/" + sub));
   uint8_t key[simd::kHashSecretBytes];

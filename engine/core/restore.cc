@@ -824,7 +824,7 @@ Result<RestoreResult> RunRestore(const Repository& repo, const RestoreOptions& o
   auto start = Clock::now();
   RestoreJob job(repo, o);
   DP420_ASSIGN_OR_RETURN(job.m, repo.FindSnapshot(o.volume, o.snapshot));
-  job.threads = o.threads ? o.threads : DefaultThreads();
+  DP420_ASSIGN_OR_RETURN(job.threads, ResolveThreads(o.threads, job.m.block_size));
   job.pages = DivCeil(job.m.blocks_total, kPageEntries);
   SizeBuffers(job);
   DP420_RETURN_IF_ERROR(CheckTable(job));

@@ -1,6 +1,7 @@
 #include "engine/core/scanner.h"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -37,29 +38,34 @@ Result<ScanSource> ScanSource::Open(const std::string& path) {
   DP420_ASSIGN_OR_RETURN(s.buffered, io::File::OpenRead(path, false));
   s.align = s.direct.direct() ? std::max<uint32_t>(s.direct.info().dio_offset_align, 1) : 1;
   if (warm && !s.block_device() && s.size() > 0) {
-    void* map = mmap(nullptr, s.size(), PROT_READ, MAP_SHARED, s.buffered.fd(), 0);
-    if (map != MAP_FAILED) s.map = static_cast<const uint8_t*>(map);
+    // Unmappable (or too many mappings at once): read it instead.
+    Result<io::GuardedMap> mapping = io::GuardedMap::Map(s.buffered.fd(), s.size());
+    if (mapping.ok()) {
+      s.mapping = std::move(mapping).value();
+      s.map = s.mapping.data();
+    }
   }
   return s;
 }
 
-ScanSource::ScanSource(ScanSource&& o) noexcept
-    : direct(std::move(o.direct)), buffered(std::move(o.buffered)), align(o.align),
-      map(std::exchange(o.map, nullptr)) {}
-
-ScanSource& ScanSource::operator=(ScanSource&& o) noexcept {
-  if (this != &o) {
-    if (map) munmap(const_cast<uint8_t*>(map), size());
-    direct = std::move(o.direct);
-    buffered = std::move(o.buffered);
-    align = o.align;
-    map = std::exchange(o.map, nullptr);
+Status ScanSource::CheckSize(uint64_t offset) const {
+  struct stat st;
+  if (block_device() || fstat(buffered.fd(), &st) != 0 || uint64_t(st.st_size) >= size()) {
+    return Status::Ok();
   }
-  return *this;
+  std::string at = offset == io::kNoFault ? ""
+                                          : " (read at offset " + std::to_string(offset) +
+                                                " failed)";
+  return Status::IOError("source " + direct.path() + " shrank from " + std::to_string(size()) +
+                         " to " + std::to_string(st.st_size) + " bytes while being backed up" +
+                         at + "; nothing was committed");
 }
 
-ScanSource::~ScanSource() {
-  if (map) munmap(const_cast<uint8_t*>(map), size());
+Status ScanSource::ReadError(uint64_t offset, const Status& cause) const {
+  DP420_RETURN_IF_ERROR(CheckSize(offset));
+  if (!cause.ok()) return cause;
+  return Status::IOError("source " + direct.path() + ": read error at offset " +
+                         std::to_string(offset));
 }
 
 Entry ZeroBlockEntry(const simd::BlockHasher& hasher, uint32_t len) {
@@ -177,8 +183,9 @@ Status Scanner::MappedRead(unsigned buffer) {
   uint64_t offset = read.op.offset;
   uint64_t len = read.op.len;
   // Map the extent's pages in one call rather than one fault per 64 KiB; a
-  // range past the end of a file that shrank fails here (EFAULT), not with
-  // SIGBUS while hashing.
+  // range past the end of a file that shrank fails here (EFAULT). A file
+  // that shrinks after this call faults while hashing: the guarded mapping
+  // turns that into zeros and a recorded fault, checked in OnRead.
   const uint8_t* at = ctx_.source->map + offset;
   uint8_t* page_start = const_cast<uint8_t*>(at - (offset % 4096));
   read.op.result = ring_->InjectedFault(read.op);
@@ -212,7 +219,8 @@ Status Scanner::OnRead(ScanRead* read) {
   --reads_in_flight_;
   if (read->op.result != 0) {
     pool_.Release(read->buffer);
-    return io::IoOpStatus(read->op, ctx_.source->direct.path());
+    return ctx_.source->ReadError(read->op.offset + read->op.done_bytes,
+                                  io::IoOpStatus(read->op, ctx_.source->direct.path()));
   }
   ctx_.bytes_read.fetch_add(read->op.len, std::memory_order_relaxed);
   const ScanGeometry& g = ctx_.geo;
@@ -262,6 +270,12 @@ Status Scanner::OnRead(ScanRead* read) {
     simd::Sha256(data, len, e.ref.sha256);
     status = sink_->Changed(*read, b, len, e);
     if (status.ok()) ++stats.blocks_stored;
+  }
+  if (status.ok() && ctx_.source->map) {
+    // Bytes of a page that failed to map read as zeros (io/guarded_map.h):
+    // nothing hashed after a fault may reach a snapshot.
+    uint64_t fault = ctx_.source->mapping.fault_offset();
+    if (fault != io::kNoFault) status = ctx_.source->ReadError(fault, Status::Ok());
   }
   if (status.ok()) status = sink_->ReadDone(*read);
   if (status.ok()) {

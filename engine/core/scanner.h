@@ -29,6 +29,7 @@
 #include "engine/core/snapshot.h"
 #include "io/buffer_pool.h"
 #include "io/file.h"
+#include "io/guarded_map.h"
 #include "io/ring.h"
 #include "simd/simd.h"
 
@@ -48,19 +49,29 @@ struct ScanGeometry {
 // The volume being read: O_DIRECT where possible, buffered for an unaligned
 // tail. A regular file that is mostly in the page cache already (cachestat)
 // is mapped instead: its blocks are hashed where they lie in the page cache,
-// and only changed blocks are copied into a buffer (for the sink).
+// and only changed blocks are copied into a buffer (for the sink). The
+// mapping is guarded (io/guarded_map.h): a file that shrinks, or a page that
+// fails to read, while it is hashed is a read error, never SIGBUS.
+//
+// The volume is the size measured at Open: a file that grows during the
+// backup is backed up to that size; one that shrinks fails the backup
+// (ReadError names the offset and both sizes).
 struct ScanSource {
   io::File direct;
   io::File buffered;
   uint32_t align = 1;
-  const uint8_t* map = nullptr;   // the whole file, read-only, when warm
+  io::GuardedMap mapping;         // the whole file, read-only, when warm
+  const uint8_t* map = nullptr;   // mapping.data(), or null
   static Result<ScanSource> Open(const std::string& path);
-  ScanSource() = default;
-  ScanSource(ScanSource&& o) noexcept;
-  ScanSource& operator=(ScanSource&& o) noexcept;
-  ~ScanSource();
   uint64_t size() const { return direct.info().size_bytes; }
   bool block_device() const { return direct.info().is_block_device; }
+  // The error of a failed read at `offset`: names the offset, and the
+  // source's current size when it shrank since Open.
+  Status ReadError(uint64_t offset, const Status& cause) const;
+  // An error when the source is now smaller than at Open (named with
+  // `offset` unless it is io::kNoFault). Checked again before a commit: a
+  // file cut inside its last mapped page reads zeros without a fault.
+  Status CheckSize(uint64_t offset = io::kNoFault) const;
 };
 
 // The entry of an all-zero block of `len` bytes under `hasher`.

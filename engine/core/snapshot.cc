@@ -212,6 +212,7 @@ Status SnapshotBuilder::WriteManifest(bool* renamed) {
   std::string text = SealJson(m_.ToJson(), repo_.seal_key(), &m_.seal);
   m_.file_name = m_.FileName();
   std::string tmp = repo_.path() + "/tmp/" + m_.snapshot_id + ".manifest.tmp";
+  io::TempFileGuard tmp_guard(tmp);  // a failed write or rename leaves no temp
   {
     DP420_ASSIGN_OR_RETURN(io::File f,
                            io::File::OpenWrite(tmp, O_CREAT | O_TRUNC | O_WRONLY, false));
@@ -221,10 +222,9 @@ Status SnapshotBuilder::WriteManifest(bool* renamed) {
   CrashPoint("before-rename");
   std::string final_path = dir + "/" + m_.file_name;
   if (rename(tmp.c_str(), final_path.c_str()) != 0) {
-    Status s = PosixError("rename " + tmp + " -> " + final_path, errno);
-    unlink(tmp.c_str());
-    return s;
+    return PosixError("rename " + tmp + " -> " + final_path, errno);
   }
+  tmp_guard.Keep();
   CrashPoint("after-rename");
   // The snapshot is visible now: from here on a failure must not roll back.
   *renamed = true;

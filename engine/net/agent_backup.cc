@@ -644,6 +644,23 @@ std::string CachePath(const RemoteRepository& remote, const std::string& volume)
   return dir + "/" + remote.repo_id() + "/" + volume + ".ids";
 }
 
+// Worker threads of a remote backup: as a local one, and at most one per
+// stripe the server accepts. The chain's block size is the server's and is
+// known only once the backup began: the default count is sized for the
+// largest block size, an explicit one is checked again then.
+Result<unsigned> AgentThreads(const BackupOptions& o) {
+  uint32_t bs = o.threads == 0 || o.block_size == 0 ? kMaxBlockSize
+                                                    : std::min(o.block_size, kMaxBlockSize);
+  DP420_ASSIGN_OR_RETURN(unsigned threads, ResolveThreads(o.threads, bs));
+  if (o.threads == 0) return std::min(threads, kMaxStripes);
+  if (threads > kMaxStripes) {
+    return Status::InvalidArgument("threads is " + std::to_string(threads) +
+                                   "; allowed 1.." + std::to_string(kMaxStripes) +
+                                   " for a remote backup (one stripe connection each)");
+  }
+  return threads;
+}
+
 }  // namespace
 
 // The parent's ids and digests: the cache when it is the parent's (its seal
@@ -654,6 +671,9 @@ Result<io::File> RemoteRepository::OpenParentCache(const Manifest& parent,
   auto cached = io::File::OpenRead(cache_path, false);
   if (cached.ok() && CacheValid(cached->fd(), parent)) return std::move(cached).value();
   std::string tmp = cache_path + ".fetch";
+  // O_TRUNC reuses what an agent killed during a fetch left; any failure
+  // below removes it.
+  io::TempFileGuard tmp_guard(tmp);
   DP420_ASSIGN_OR_RETURN(io::File f, io::File::OpenWrite(tmp, O_CREAT | O_TRUNC | O_RDWR, false));
   uint64_t pages = DivCeil(parent.blocks_total, kPageEntries);
   PayloadWriter w;
@@ -684,6 +704,7 @@ Result<io::File> RemoteRepository::OpenParentCache(const Manifest& parent,
   if (rename(tmp.c_str(), cache_path.c_str()) != 0) {
     return PosixError("rename " + tmp + " -> " + cache_path, errno);
   }
+  tmp_guard.Keep();
   return io::File::OpenRead(cache_path, false);
 }
 
@@ -729,8 +750,8 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
                              std::to_string(options_.max_clock_skew.count()) +
                              " ms; fix the clocks or raise --max-clock-skew)");
   }
+  DP420_ASSIGN_OR_RETURN(unsigned threads, AgentThreads(o));
   DP420_ASSIGN_OR_RETURN(ScanSource source, ScanSource::Open(o.source_path));
-  unsigned threads = o.threads ? o.threads : DefaultThreads();
   Millis timeout = options_.LossTimeout();
   DP420_RETURN_IF_ERROR(EnsureControl());
 
@@ -766,6 +787,11 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   r.Bytes(key, sizeof(key));
   r.U64();  // server time
   DP420_RETURN_IF_ERROR(r.Finish("BACKUP_READY"));
+  if (Result<unsigned> fits = ResolveThreads(threads, block_size); !fits.ok()) {
+    OPENSSL_cleanse(key, sizeof(key));
+    (void)SendError(*control_, fits.status(), timeout);  // the server rolls back
+    return fits.status();
+  }
   simd::BlockHasher hasher(std::span<const uint8_t, simd::kHashSecretBytes>(key, sizeof(key)));
 
   OPENSSL_cleanse(key, sizeof(key));
@@ -784,6 +810,9 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     job.parent_blocks = parent->blocks_total;
   }
   job.new_cache_path = cache_path + ".new";
+  // Renamed over the cache once the snapshot is committed; removed on every
+  // other way out of this function.
+  io::TempFileGuard new_cache_guard(job.new_cache_path);
   DP420_ASSIGN_OR_RETURN(io::File new_cache,
                          io::File::OpenWrite(job.new_cache_path, O_CREAT | O_TRUNC | O_RDWR,
                                              false));
@@ -907,6 +936,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     }
   }
   for (auto& t : pool) t.join();
+  if (job.error.ok()) job.error = source.CheckSize();
   *session_lost = job.session_lost.load();
   *bytes_sent = job.bytes_zc.load();
   *reconnects += job.reconnects.load();
@@ -990,8 +1020,8 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   // The new snapshot's ids become the cache for the next backup.
   CacheHeader h = MakeCacheHeader(*committed);
   if (WriteAll(new_cache.fd(), 0, &h, sizeof(h), job.new_cache_path).ok() &&
-      rename(job.new_cache_path.c_str(), cache_path.c_str()) != 0) {
-    unlink(job.new_cache_path.c_str());
+      rename(job.new_cache_path.c_str(), cache_path.c_str()) == 0) {
+    new_cache_guard.Keep();
   }
 
   BackupResult result;

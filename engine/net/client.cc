@@ -169,9 +169,13 @@ std::string DefaultCacheDir() {
 
 Result<std::unique_ptr<RemoteRepository>> RemoteRepository::Connect(const RemoteOptions& options) {
   if (options.address.empty()) return Status::InvalidArgument("no server address given");
-  if (options.heartbeat_interval.count() <= 0 || options.heartbeat_misses == 0) {
-    return Status::InvalidArgument("heartbeat interval and misses must be positive");
-  }
+  DP420_RETURN_IF_ERROR(CheckRange("heartbeat_interval", options.heartbeat_interval.count(),
+                                   kMinHeartbeatMs, kMaxHeartbeatMs, "ms"));
+  DP420_RETURN_IF_ERROR(CheckRange("heartbeat_misses", options.heartbeat_misses, 1, 100));
+  // 0 ms: any measured offset refuses a backup (the tests' strictest setting).
+  DP420_RETURN_IF_ERROR(CheckRange("max_clock_skew", options.max_clock_skew.count(), 0,
+                                   kMaxClockSkewMs, "ms"));
+  DP420_RETURN_IF_ERROR(CheckRange("retry_for", options.retry_for.count(), 0, kMaxRetryMs, "ms"));
   std::unique_ptr<RemoteRepository> r(new RemoteRepository());
   r->options_ = options;
   DP420_RETURN_IF_ERROR(ReadKeyFile(options.key_file, r->key_, r->server_id_));

@@ -19,6 +19,8 @@ namespace dp420::net {
 inline constexpr uint32_t kFrameMagic = 0x57345044;  // "DP4W" little-endian
 inline constexpr uint16_t kProtocolVersion = 2;
 inline constexpr uint32_t kMaxPayloadBytes = (4u << 20) + 4096;  // a 4 MiB block + its entry
+// Stripes (agent worker threads, one connection each) of one backup.
+inline constexpr uint32_t kMaxStripes = 64;
 // FrameHeader::flags: the payload is AES-256-GCM ciphertext and a 16-byte tag,
 // the header its associated data (channel.h); payload_crc32c is 0.
 inline constexpr uint32_t kFlagSealed = 1;

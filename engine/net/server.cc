@@ -1128,9 +1128,9 @@ bool StillAuthorized(const ClientRegistry& clients, const SessionInfo& who) {
 }
 
 Status RunServer(const ServerOptions& options) {
-  if (options.heartbeat_interval.count() <= 0 || options.heartbeat_misses == 0) {
-    return Status::InvalidArgument("heartbeat interval and misses must be positive");
-  }
+  DP420_RETURN_IF_ERROR(CheckRange("heartbeat_interval", options.heartbeat_interval.count(),
+                                   kMinHeartbeatMs, kMaxHeartbeatMs, "ms"));
+  DP420_RETURN_IF_ERROR(CheckRange("heartbeat_misses", options.heartbeat_misses, 1, 100));
   if (options.max_pending == 0 || options.max_pending_per_source == 0 ||
       options.max_sessions == 0 || options.handshake_timeout.count() <= 0) {
     return Status::InvalidArgument(

@@ -31,7 +31,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr uint32_t kMaxStripes = 64;
 // Payloads a stripe receives while earlier ones are still being written: the
 // pack writes share the disk with the agent's reads (on one machine) and may
 // wait tens of ms, during which the socket must keep being read.

@@ -205,6 +205,93 @@ static void TestConnectRefusals(dp420_ctx_t* ctx, const char* work) {
   if (fd >= 0) close(fd);
 }
 
+/* Every numeric option out of its range is refused with -DP420_EINVAL and a
+ * message naming it, before anything is read or written. */
+static void ExpectRefused(dp420_ctx_t* ctx, int rc, const char* option) {
+  CHECK(rc == -DP420_EINVAL);
+  CHECK(strstr(dp420_errmsg(ctx), option) != NULL);
+}
+
+static void TestBounds(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* src, const char* work) {
+  dp420_backup_opts_t bo;
+  dp420_backup_opts_init(&bo);
+  bo.volume = "bounds";
+  bo.source = src;
+  const uint32_t threads[] = {DP420_MAX_THREADS + 1, 10000, UINT32_MAX};
+  for (size_t i = 0; i < sizeof(threads) / sizeof(threads[0]); ++i) {
+    bo.threads = threads[i];
+    ExpectRefused(ctx, dp420_backup(ctx, repo, &bo, NULL), "threads");
+  }
+  /* Within DP420_MAX_THREADS but over the buffer budget at 4 MiB blocks. */
+  bo.threads = DP420_MAX_THREADS;
+  bo.block_size = DP420_MAX_BLOCK_SIZE;
+  ExpectRefused(ctx, dp420_backup(ctx, repo, &bo, NULL), "threads");
+  bo.threads = 0;
+  const uint32_t sizes[] = {1, 1000, 6000, DP420_MAX_BLOCK_SIZE * 2u, UINT32_MAX};
+  for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); ++i) {
+    bo.block_size = sizes[i];
+    ExpectRefused(ctx, dp420_backup(ctx, repo, &bo, NULL), "block size");
+  }
+  dp420_snapshot_list_t* list = NULL;
+  CHECK(dp420_snapshots(ctx, repo, "bounds", &list) == 0);
+  CHECK(list != NULL && dp420_snapshot_count(list) == 0);
+  dp420_snapshot_list_free(list);
+
+  char target[1024];
+  snprintf(target, sizeof(target), "%s/bounds.img", work);
+  dp420_restore_opts_t ro;
+  dp420_restore_opts_init(&ro);
+  ro.volume = "vol1";
+  ro.target = target;
+  ro.threads = 100000;
+  ExpectRefused(ctx, dp420_restore(ctx, repo, &ro, NULL), "threads");
+  CHECK(!Exists(target));
+
+  dp420_bench_opts_t bn;
+  dp420_bench_opts_init(&bn);
+  bn.source = src;
+  char* report = NULL;
+  const double seconds[] = {-1, DP420_MAX_SECONDS_PER_POINT + 1, 1e300};
+  for (size_t i = 0; i < sizeof(seconds) / sizeof(seconds[0]); ++i) {
+    bn.seconds_per_point = seconds[i];
+    ExpectRefused(ctx, dp420_bench(ctx, &bn, &report), "seconds");
+    CHECK(report == NULL);
+  }
+
+  char key[1024];
+  snprintf(key, sizeof(key), "%s/db1.key", work);
+  dp420_remote_opts_t rem;
+  dp420_remote_opts_init(&rem);
+  rem.address = "127.0.0.1:1";
+  rem.client = "db1";
+  rem.key_file = key;
+  dp420_repo_t* remote = NULL;
+  rem.heartbeat_interval_ms = DP420_MIN_HEARTBEAT_MS - 1;
+  ExpectRefused(ctx, dp420_repo_connect(ctx, &rem, &remote), "heartbeat_interval");
+  rem.heartbeat_interval_ms = DP420_MAX_HEARTBEAT_MS + 1;
+  ExpectRefused(ctx, dp420_repo_connect(ctx, &rem, &remote), "heartbeat_interval");
+  rem.heartbeat_interval_ms = 0;
+  rem.max_clock_skew_ms = DP420_MAX_CLOCK_SKEW_MS + 1;
+  ExpectRefused(ctx, dp420_repo_connect(ctx, &rem, &remote), "max_clock_skew");
+  rem.max_clock_skew_ms = 0;
+  rem.retry_ms = UINT32_MAX;
+  ExpectRefused(ctx, dp420_repo_connect(ctx, &rem, &remote), "retry_for");
+  CHECK(remote == NULL);
+
+  dp420_serve_opts_t so;
+  dp420_serve_opts_init(&so);
+  char repo_path[1024], clients[1024];
+  snprintf(repo_path, sizeof(repo_path), "%s/repo", work);
+  snprintf(clients, sizeof(clients), "%s/clients.json", work);
+  so.repo = repo_path;
+  so.listen = "127.0.0.1:0";
+  so.clients = clients;
+  so.heartbeat_interval_ms = 1;
+  ExpectRefused(ctx, dp420_serve(ctx, &so), "heartbeat_interval");
+  so.heartbeat_interval_ms = UINT32_MAX;
+  ExpectRefused(ctx, dp420_serve(ctx, &so), "heartbeat_interval");
+}
+
 /* dp420_serve on its own thread and context, on a port the kernel picks. */
 typedef struct Server {
   dp420_ctx_t* ctx;
@@ -489,6 +576,7 @@ int main(int argc, char** argv) {
   CHECK(strstr(dp420_strerror(DP420_ESKEW), "clock") != NULL);
   CHECK(dp420_repo_clock_offset_ns(repo) == 0);
   TestClients(ctx, work);
+  TestBounds(ctx, repo, src, work);
   TestConnectRefusals(ctx, work);
   TestServer(ctx, work, repo_path);
   dp420_repo_close(repo);

@@ -68,7 +68,7 @@ TEST_F(BadInputTest, UsageErrorsExit2) {
   Result too_far = Cli({"restore", "--repo", repo_, "--volume", "v", "--read-through",
                         "4194305", dir_ / "r.img"});
   ExpectCleanExit(too_far, kExitUsage);
-  EXPECT_TRUE(Mentions(too_far, "read_through")) << too_far.Describe();
+  EXPECT_TRUE(Mentions(too_far, "--read-through")) << too_far.Describe();
   EXPECT_FALSE(Exists(dir_ / "r.img"));
   EXPECT_FALSE(Exists(dir_ / "r.img.dp420-partial"));
   ExpectRepositoryUntouched();

@@ -7,8 +7,11 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -225,6 +228,52 @@ TEST(FileTest, WriteFileAtomicRemovesTempOnFailure) {
 
   Status missing_dir = WriteFileAtomic(dir.Join("no/such/dir/file"), "data");
   EXPECT_EQ(missing_dir.code(), Code::kNotFound);
+}
+
+// Names in `dir` that contain ".tmp.".
+std::vector<std::string> TempNames(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    std::string name = e.path().filename().string();
+    if (name.find(".tmp.") != std::string::npos) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+TEST(FileTest, WriteFileAtomicLeavesNoTempAndRemovesStaleOnes) {
+  TempDir dir;
+  std::string target = dir.Join("busy");
+  ASSERT_TRUE(MakeDirs(target + "/child").ok());
+  EXPECT_FALSE(WriteFileAtomic(target, "data").ok());
+  EXPECT_EQ(TempNames(dir.path()), std::vector<std::string>{});
+
+  // What writers of `config` killed before their rename left; other names
+  // (another file's temp, a name that is not ours) stay.
+  std::string config = dir.Join("config");
+  testing::WriteWholeFile(config + ".tmp.0123456789abcdef", "stale");
+  testing::WriteWholeFile(config + ".tmp.fedcba9876543210", "stale");
+  testing::WriteWholeFile(dir.Join("other.tmp.0123456789abcdef"), "not config's");
+  testing::WriteWholeFile(config + ".tmp.mine", "not dp420's name");
+  ASSERT_TRUE(WriteFileAtomic(config, "fresh").ok());
+  EXPECT_EQ(ReadFile(config).value(), "fresh");
+  EXPECT_EQ(TempNames(dir.path()),
+            (std::vector<std::string>{"config.tmp.mine", "other.tmp.0123456789abcdef"}));
+}
+
+TEST(FileTest, TempFileGuardRemovesUnlessKept) {
+  TempDir dir;
+  std::string dropped = dir.Join("dropped.tmp");
+  std::string kept = dir.Join("kept.tmp");
+  {
+    TempFileGuard a(dropped);
+    TempFileGuard b(kept);
+    testing::WriteWholeFile(dropped, "x");
+    testing::WriteWholeFile(kept, "y");
+    b.Keep();
+  }
+  EXPECT_FALSE(Exists(dropped));
+  EXPECT_TRUE(Exists(kept));
 }
 
 TEST(FileTest, ReadFileErrors) {

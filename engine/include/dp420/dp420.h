@@ -128,9 +128,10 @@ typedef struct dp420_remote_opts {
   const char* address;            /* required: "HOST:PORT" ("[v6]:PORT" for IPv6) */
   const char* client;             /* required: the client name registered on the server */
   const char* key_file;           /* NULL: $DP420_KEY_FILE */
-  uint32_t heartbeat_interval_ms; /* 0: 5000; the peer is lost after 3 silent intervals */
-  uint32_t max_clock_skew_ms;     /* 0: 500 */
-  uint32_t retry_ms;              /* reconnect attempts after a loss, this long; 0: 60000 */
+  uint32_t heartbeat_interval_ms; /* 0: 5000; else 10..3600000; lost after 3 silent ones */
+  uint32_t max_clock_skew_ms;     /* 0: 500; else at most 3600000 */
+  uint32_t retry_ms;              /* reconnect attempts after a loss, this long; 0: 60000;
+                                     else at most 86400000 */
   const char* cache_dir;          /* NULL: $DP420_CACHE_DIR, else a per-user default */
 } dp420_remote_opts_t;
 
@@ -141,6 +142,25 @@ DP420_EXPORT int dp420_repo_connect(dp420_ctx_t* ctx, const dp420_remote_opts_t*
  * 0 for a local repository. */
 DP420_EXPORT int64_t dp420_repo_clock_offset_ns(const dp420_repo_t* repo);
 
+/* Bounds of the numeric options. The library refuses a value outside them
+ * with -DP420_EINVAL and a message naming the option, its value and the
+ * allowed range. Worker threads are further bounded by a buffer budget of
+ * DP420_BUFFER_BUDGET bytes per operation, at 6 x max(block size, 1 MiB)
+ * per thread (e.g. 170 threads at blocks up to 1 MiB, 42 at 4 MiB); 0
+ * picks the CPUs available within both bounds. A remote backup has at most
+ * DP420_MAX_REMOTE_THREADS (one connection each). */
+#define DP420_MAX_THREADS 256
+#define DP420_MAX_REMOTE_THREADS 64
+#define DP420_BUFFER_BUDGET (1ull << 30)
+#define DP420_MIN_BLOCK_SIZE 4096       /* and a power of two */
+#define DP420_MAX_BLOCK_SIZE 4194304
+#define DP420_MAX_READ_THROUGH 4194304
+#define DP420_MIN_HEARTBEAT_MS 10
+#define DP420_MAX_HEARTBEAT_MS 3600000
+#define DP420_MAX_CLOCK_SKEW_MS 3600000
+#define DP420_MAX_RETRY_MS 86400000
+#define DP420_MAX_SECONDS_PER_POINT 60
+
 /* Backup. The first backup of a volume is full; later ones are incremental
  * against the volume's latest snapshot. */
 typedef struct dp420_backup_opts {
@@ -148,7 +168,7 @@ typedef struct dp420_backup_opts {
   const char* volume;     /* required: 1-64 chars of A-Z a-z 0-9 . _ - */
   const char* source;     /* required: regular file or block device */
   uint32_t block_size;    /* 0: the chain's, or 65536 for a new volume */
-  uint32_t threads;       /* 0: the CPUs available */
+  uint32_t threads;       /* 0: the CPUs available; see DP420_MAX_THREADS */
 } dp420_backup_opts_t;
 
 typedef struct dp420_backup_result {
@@ -200,7 +220,7 @@ typedef struct dp420_restore_opts {
   const char* snapshot;   /* id, unique prefix (>= 4) or "latest"; NULL = "latest" */
   const char* target;     /* required: file (written sparse) or block device */
   int force;              /* overwrite a non-empty file or a block device */
-  uint32_t threads;
+  uint32_t threads;       /* 0: the CPUs available; see DP420_MAX_THREADS */
   /* Stale pack bytes one read may run through to join the next record it
    * needs (at most 4 MiB): fewer, larger reads for more bytes, for disks that
    * seek. 0 (the default) reads only what the snapshot holds. Local
@@ -327,7 +347,8 @@ typedef struct dp420_serve_opts {
   const char* listen;              /* required: "HOST:PORT" */
   const char* clients;             /* required: the clients file; made absolute */
   int json_log;                    /* log JSON lines instead of text */
-  uint32_t heartbeat_interval_ms;  /* 0: 5000; an agent is lost after 3 silent intervals */
+  uint32_t heartbeat_interval_ms;  /* 0: 5000; else 10..3600000; an agent is lost after 3
+                                      silent intervals */
   void (*on_listening)(void* user, uint16_t port); /* may be NULL */
   void* user;
   /* Limits (docs/PROTOCOL.md, "Limits before authentication"); 0 gives the
