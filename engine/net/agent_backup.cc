@@ -644,6 +644,33 @@ std::string CachePath(const RemoteRepository& remote, const std::string& volume)
   return dir + "/" + remote.repo_id() + "/" + volume + ".ids";
 }
 
+// What this agent last committed to `volume` ("SEQUENCE SNAPSHOT_ID"): its
+// anchor against a server whose history went back (docs/SECURITY.md).
+std::string SeenPath(const std::string& cache_path) {
+  return cache_path.substr(0, cache_path.size() - 4) + ".seen";
+}
+
+// Refuses a parent older than what this agent committed before, or another
+// snapshot in its place: the server (or its repository) was rolled back.
+Status CheckNotRolledBack(const std::string& seen_path, const Manifest* parent) {
+  auto text = io::ReadFile(seen_path);
+  if (!text.ok()) return Status::Ok();  // never committed here (or a new cache dir)
+  unsigned long long seq = 0;
+  char id[32] = {};
+  if (std::sscanf(text->c_str(), "%llu %31s", &seq, id) != 2) return Status::Ok();
+  uint64_t offered = parent ? parent->sequence : 0;
+  bool older = offered < seq;
+  bool replaced = offered == seq && parent && parent->snapshot_id != id;
+  if (!older && !replaced) return Status::Ok();
+  return Status::Corruption(
+      "the server's history of this volume went back: this agent committed snapshot " +
+      std::string(id) + " (sequence " + std::to_string(seq) + "), the server now offers " +
+      (parent ? parent->snapshot_id + " (sequence " + std::to_string(offered) + ")"
+              : std::string("no snapshot")) +
+      "; nothing was sent. If the server's repository was restored from an older copy on "
+      "purpose, remove " + seen_path);
+}
+
 // Worker threads of a remote backup: as a local one, and at most one per
 // stripe the server accepts. The chain's block size is the server's and is
 // known only once the backup began: the default count is sized for the
@@ -805,6 +832,12 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   if (!parent_text.empty()) {
     DP420_ASSIGN_OR_RETURN(Manifest pm, Manifest::Parse(parent_text, "parent manifest", nullptr));
     parent = std::make_unique<Manifest>(std::move(pm));
+  }
+  if (Status seen = CheckNotRolledBack(SeenPath(cache_path), parent.get()); !seen.ok()) {
+    (void)SendError(*control_, seen, timeout);  // the server rolls back its side
+    return seen;
+  }
+  if (parent) {
     DP420_ASSIGN_OR_RETURN(parent_cache, OpenParentCache(*parent, cache_path, timeout));
     job.parent_cache_fd = parent_cache.fd();
     job.parent_blocks = parent->blocks_total;
@@ -1017,6 +1050,9 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     unlink(job.new_cache_path.c_str());
     return committed.status();
   }
+  // This agent's anchor: the newest it committed (checked above).
+  (void)io::WriteFileAtomic(SeenPath(cache_path), std::to_string(committed->sequence) + " " +
+                                                      committed->snapshot_id + "\n");
   // The new snapshot's ids become the cache for the next backup.
   CacheHeader h = MakeCacheHeader(*committed);
   if (WriteAll(new_cache.fd(), 0, &h, sizeof(h), job.new_cache_path).ok() &&

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -34,13 +35,14 @@
 #include <vector>
 
 #include "delay_proxy.h"
+#include "engine/core/history.h"
 #include "engine/core/repo.h"
 #include "engine/core/restore.h"
 #include "engine/core/verify.h"
 #include "engine/net/auth.h"
 #include "engine/net/client.h"
-#include "engine/net/volumes.h"
 #include "engine/net/server.h"
+#include "engine/net/volumes.h"
 #include "net_test_util.h"
 #include "netns.h"
 #include "server_thread.h"
@@ -525,6 +527,50 @@ TEST_F(BackupNetTest, DamagedDigestInTheLocalCacheFailsTheCommitCheckThenHeals) 
   Result<BackupResult> healed = BackupVia(ro, "vol1", source);
   ASSERT_TRUE(healed.ok()) << healed.status().ToString();
   ASSERT_NO_FATAL_FAILURE(ExpectRestoresBitExact(&ro, healed->manifest, source));
+}
+
+// The server's whole state put back as it was (its repository's volume folder
+// and its own anchors, as a restore of the server host from an older copy
+// would): the server cannot tell, the agent can. It refuses to build on the
+// older snapshot and names the file that accepts the rollback.
+TEST_F(BackupNetTest, ServerWhoseHistoryWentBackIsRefusedByTheAgent) {
+  constexpr uint64_t kBlocks = 32;
+  ServerThread server;
+  std::string error;
+  ASSERT_TRUE(server.Start(ServerDefaults(), -1, &error)) << error;
+  RemoteOptions ro = RemoteDefaults("alice", Loopback(server.port()));
+  std::string source = Path("vol1");
+  ASSERT_NO_FATAL_FAILURE(WriteVolume(source, kBlocks, 21));
+  Result<BackupResult> first = BackupVia(ro, "vol1", source);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  auto repo = Repository::Open(repo_path_);
+  ASSERT_TRUE(repo.ok());
+  std::string folder = (*repo)->SnapshotsDir(NamespacedVolume("alice", "vol1"));
+  std::string saved = Path("saved-folder");
+  std::filesystem::copy(folder, saved, std::filesystem::copy_options::recursive);
+  ASSERT_NO_FATAL_FAILURE(RewriteBlocks(source, {2, 7}, 22));
+  Result<BackupResult> second = BackupVia(ro, "vol1", source);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+
+  std::filesystem::remove_all(folder);
+  std::filesystem::copy(saved, folder, std::filesystem::copy_options::recursive);
+  std::filesystem::remove_all(AnchorDir(**repo));
+  Result<BackupResult> refused = BackupVia(ro, "vol1", source);
+  ASSERT_FALSE(refused.ok()) << "built on a server history that went back";
+  EXPECT_EQ(refused.status().code(), Code::kCorruption);
+  const std::string& message = refused.status().message();
+  EXPECT_NE(message.find("went back"), std::string::npos) << message;
+  EXPECT_NE(message.find(second->manifest.snapshot_id), std::string::npos) << message;
+  std::vector<Manifest> listed;
+  ASSERT_TRUE((*repo)->ListManifests(NamespacedVolume("alice", "vol1"), &listed, nullptr).ok());
+  EXPECT_EQ(listed.size(), 1u) << "nothing was committed";
+
+  size_t at = message.find("remove ");
+  ASSERT_NE(at, std::string::npos);
+  ASSERT_TRUE(std::filesystem::remove(message.substr(at + 7)));
+  Result<BackupResult> accepted = BackupVia(ro, "vol1", source);
+  ASSERT_TRUE(accepted.ok()) << accepted.status().ToString();
+  EXPECT_EQ(accepted->manifest.parent, first->manifest.snapshot_id);
 }
 
 // A stale parent id cache: its header names the parent, its ids are the grandparent's,
