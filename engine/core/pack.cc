@@ -4,6 +4,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <memory>
@@ -181,6 +182,14 @@ Result<std::vector<ObjRef>> PackReader::ReadIndex() const {
   if (simd::Crc32c(0, reinterpret_cast<const uint8_t*>(index.data()), index_bytes) !=
       footer.index_crc32c) {
     return Status::Corruption(path() + ": pack index fails its CRC-32C");
+  }
+  // The zero padding between the index and the footer (< 4 KiB): checked so
+  // that no byte of a pack can change unseen.
+  uint64_t pad_from = footer.index_offset + index_bytes;
+  std::vector<uint8_t> pad(size - sizeof(footer) - pad_from);
+  if (!pad.empty()) DP420_RETURN_IF_ERROR(file_.ReadAt(pad_from, pad.data(), pad.size()));
+  if (!std::all_of(pad.begin(), pad.end(), [](uint8_t b) { return b == 0; })) {
+    return Status::Corruption(path() + ": pack trailer has non-zero bytes in its padding");
   }
   return index;
 }

@@ -67,12 +67,20 @@ void SplitManifestPath(const std::string& rel, std::string* volume, std::string*
 
 // Reads record `ref` of `pack` into `buf` (stored_len bytes) and checks its
 // SHA-256. Returns "" when good, else what is wrong with it.
+// Reads a record and the zero padding after it up to the next 4 KiB (`buf`
+// holds PaddedLen(stored_len) bytes); "" when both check out, else what is
+// wrong. Padding is checked too: a flipped byte anywhere in a pack is found.
+size_t PaddedLen(uint32_t stored_len) {
+  return (size_t{stored_len} + kRecordAlign - 1) / kRecordAlign * kRecordAlign;
+}
+
 std::string ReadChecked(const PackReader& pack, const ObjRef& ref, uint8_t* buf) {
   uint64_t offset = ref.offset_bytes();
-  if (offset + ref.stored_len > pack.size_bytes()) return "runs past the end (truncated)";
+  const size_t padded = PaddedLen(ref.stored_len);
+  if (offset + padded > pack.size_bytes()) return "runs past the end (truncated)";
   size_t done = 0;
-  while (done < ref.stored_len) {
-    ssize_t n = pread(pack.fd(), buf + done, ref.stored_len - done, off_t(offset + done));
+  while (done < padded) {
+    ssize_t n = pread(pack.fd(), buf + done, padded - done, off_t(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return std::string("cannot be read (") + std::strerror(errno) + ")";
@@ -83,6 +91,9 @@ std::string ReadChecked(const PackReader& pack, const ObjRef& ref, uint8_t* buf)
   uint8_t digest[simd::kSha256Bytes];
   simd::Sha256(buf, ref.stored_len, digest);
   if (std::memcmp(digest, ref.sha256, sizeof(digest)) != 0) return "fails its SHA-256";
+  if (!std::all_of(buf + ref.stored_len, buf + padded, [](uint8_t b) { return b == 0; })) {
+    return "has non-zero bytes in its padding";
+  }
   return "";
 }
 
@@ -483,7 +494,8 @@ Status Verifier::WalkPage(Walk& w, uint32_t level, uint64_t index, const ObjRef&
 // snapshot broken) when the page is bad; each page is judged once.
 bool Verifier::LoadPage(Walk& w, uint32_t level, const ObjRef& ref, uint32_t count, bool* first) {
   std::vector<Entry>* page = &w.pages[level];
-  page->resize(count);
+  // Room for the page's padding too, which ReadChecked reads and checks.
+  page->resize(PaddedLen(count * uint32_t{sizeof(Entry)}) / sizeof(Entry));
   const std::string& id = w.manifest.snapshot_id;
   if (count == 0 || ref.pack_id == 0) {
     // Only the single empty page of an empty volume is not stored.
@@ -654,7 +666,7 @@ Status Verifier::ReadRecords(uint32_t pack_id, const PackReader& pack,
                              const std::vector<const Record*>& records) {
   for (const Record* r : records) {
     if (options_.control.Canceled()) return Status::Canceled("verify canceled");
-    if (buf_.size() < r->stored_len) buf_.resize(r->stored_len);
+    if (buf_.size() < PaddedLen(r->stored_len)) buf_.resize(PaddedLen(r->stored_len));
     ObjRef ref{};
     std::memcpy(ref.sha256, r->sha256, 32);
     ref.pack_id = pack_id;
