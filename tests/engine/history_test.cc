@@ -61,6 +61,16 @@ class HistoryTest : public ::testing::Test {
 
   std::string PathOf(const Manifest& m) { return repo_->SnapshotsDir("vm1") + "/" + m.file_name; }
 
+  // Rewrites the config as format 1 wrote it: format_version 1, a plain seal.
+  void ConfigAsFormat1() {
+    auto text = io::ReadFile(repo_path_ + "/config");
+    ASSERT_TRUE(text.ok());
+    auto config = UnsealJson(*text, "config", &repo_->seal_key());
+    ASSERT_TRUE(config.ok());
+    (*config)["format_version"] = 1;
+    ASSERT_TRUE(io::WriteFileAtomic(repo_path_ + "/config", SealJsonPlain(*config)).ok());
+  }
+
   // Turns the repository into what format 1 wrote: plain seals chained by
   // plain seals, no heads, format_version 1; and forgets this machine's anchors.
   void MakeFormat1() {
@@ -72,12 +82,7 @@ class HistoryTest : public ::testing::Test {
       ASSERT_TRUE(io::WriteFileAtomic(PathOf(m), SealJsonPlain(j, &parent_seal)).ok());
     }
     ASSERT_EQ(unlink((repo_->SnapshotsDir("vm1") + "/HEAD").c_str()), 0);
-    auto text = io::ReadFile(repo_path_ + "/config");
-    ASSERT_TRUE(text.ok());
-    auto config = UnsealJson(*text, "config", &repo_->seal_key());
-    ASSERT_TRUE(config.ok());
-    (*config)["format_version"] = 1;
-    ASSERT_TRUE(io::WriteFileAtomic(repo_path_ + "/config", SealJsonPlain(*config)).ok());
+    ASSERT_NO_FATAL_FAILURE(ConfigAsFormat1());
     std::filesystem::remove_all(AnchorDir(*repo_));
   }
 
@@ -188,12 +193,7 @@ TEST_F(HistoryTest, UpgradeRefusesABrokenFormat1Chain) {
 // would seal it: the upgrade leaves anchored, headed volumes alone and every
 // reader refuses the planted file.
 TEST_F(HistoryTest, DowngradedConfigCannotLaunderAForgedManifest) {
-  auto text = io::ReadFile(repo_path_ + "/config");
-  ASSERT_TRUE(text.ok());
-  auto config = UnsealJson(*text, "config", &repo_->seal_key());
-  ASSERT_TRUE(config.ok());
-  (*config)["format_version"] = 1;
-  ASSERT_TRUE(io::WriteFileAtomic(repo_path_ + "/config", SealJsonPlain(*config)).ok());
+  ASSERT_NO_FATAL_FAILURE(ConfigAsFormat1());
   Json forged = manifests_[2].ToJson();
   forged["snapshot_id"] = "feedfacefeedface";
   forged["sequence"] = 4;
