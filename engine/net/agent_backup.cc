@@ -641,34 +641,7 @@ Result<uint64_t> NetSink::Recover(const Status& lost) {
 std::string CachePath(const RemoteRepository& remote, const std::string& volume) {
   std::string dir = remote.options().cache_dir.empty() ? DefaultCacheDir()
                                                        : remote.options().cache_dir;
-  return dir + "/" + remote.repo_id() + "/" + volume + ".ids";
-}
-
-// What this agent last committed to `volume` ("SEQUENCE SNAPSHOT_ID"): its
-// anchor against a server whose history went back (docs/SECURITY.md).
-std::string SeenPath(const std::string& cache_path) {
-  return cache_path.substr(0, cache_path.size() - 4) + ".seen";
-}
-
-// Refuses a parent older than what this agent committed before, or another
-// snapshot in its place: the server (or its repository) was rolled back.
-Status CheckNotRolledBack(const std::string& seen_path, const Manifest* parent) {
-  auto text = io::ReadFile(seen_path);
-  if (!text.ok()) return Status::Ok();  // never committed here (or a new cache dir)
-  unsigned long long seq = 0;
-  char id[32] = {};
-  if (std::sscanf(text->c_str(), "%llu %31s", &seq, id) != 2) return Status::Ok();
-  uint64_t offered = parent ? parent->sequence : 0;
-  bool older = offered < seq;
-  bool replaced = offered == seq && parent && parent->snapshot_id != id;
-  if (!older && !replaced) return Status::Ok();
-  return Status::Corruption(
-      "the server's history of this volume went back: this agent committed snapshot " +
-      std::string(id) + " (sequence " + std::to_string(seq) + "), the server now offers " +
-      (parent ? parent->snapshot_id + " (sequence " + std::to_string(offered) + ")"
-              : std::string("no snapshot")) +
-      "; nothing was sent. If the server's repository was restored from an older copy on "
-      "purpose, remove " + seen_path);
+  return IdCachePath(dir, remote.repo_id(), volume);
 }
 
 // Worker threads of a remote backup: as a local one, and at most one per

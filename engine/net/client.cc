@@ -1,5 +1,4 @@
 #include "engine/net/client.h"
-#include "engine/net/volumes.h"
 
 #include <poll.h>
 #include <pwd.h>
@@ -15,6 +14,8 @@
 #include "engine/core/format.h"
 #include "engine/core/table_check.h"
 #include "engine/core/test_hooks.h"
+#include "engine/net/id_cache.h"
+#include "engine/net/volumes.h"
 #include "io/assert.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
@@ -455,6 +456,13 @@ Result<RestoreResult> RemoteRestore::Run(uint64_t request_id) {
       (!latest && m_.snapshot_id.compare(0, o_.snapshot.size(), o_.snapshot) != 0)) {
     return Protocol("sent snapshot " + m_.snapshot_id + " of volume '" + m_.volume +
                     "' for snapshot '" + o_.snapshot + "' of volume '" + o_.volume + "'");
+  }
+  if (latest) {
+    // The newest this host committed to the volume: a server that now calls
+    // an older snapshot "latest" went back (id_cache.h).
+    std::string dir = ro_.cache_dir.empty() ? DefaultCacheDir() : ro_.cache_dir;
+    DP420_RETURN_IF_ERROR(
+        CheckNotRolledBack(SeenPath(IdCachePath(dir, repo_id_, o_.volume)), &m_));
   }
   DP420_RETURN_IF_ERROR(Setup());
   control_.Progress("restore", 0, m_.volume_size);

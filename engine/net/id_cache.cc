@@ -1,13 +1,17 @@
 #include "engine/net/id_cache.h"
 
+#include <cstdio>
+
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
 #include "engine/net/volumes.h"
+#include "io/file.h"
 #include "simd/simd.h"
 
 namespace dp420::net {
@@ -138,6 +142,38 @@ Status CheckCommitted(const Manifest& c, const SentSnapshot& sent, int new_fd, i
                                 num(want.changed_min) + ".." + num(want.changed_max)));
   }
   return check("checksum_sha256", c.checksum_sha256, want.checksum_sha256);
+}
+
+std::string IdCachePath(const std::string& cache_dir, const std::string& repo_id,
+                        const std::string& volume) {
+  return cache_dir + "/" + repo_id + "/" + volume + ".ids";
+}
+
+// What this agent last committed to `volume` ("SEQUENCE SNAPSHOT_ID"): its
+// anchor against a server whose history went back (docs/SECURITY.md).
+std::string SeenPath(const std::string& ids_path) {
+  return ids_path.substr(0, ids_path.size() - 4) + ".seen";
+}
+
+// Refuses a parent older than what this agent committed before, or another
+// snapshot in its place: the server (or its repository) was rolled back.
+Status CheckNotRolledBack(const std::string& seen_path, const Manifest* parent) {
+  auto text = io::ReadFile(seen_path);
+  if (!text.ok()) return Status::Ok();  // never committed here (or a new cache dir)
+  unsigned long long seq = 0;
+  char id[32] = {};
+  if (std::sscanf(text->c_str(), "%llu %31s", &seq, id) != 2) return Status::Ok();
+  uint64_t offered = parent ? parent->sequence : 0;
+  bool older = offered < seq;
+  bool replaced = offered == seq && parent && parent->snapshot_id != id;
+  if (!older && !replaced) return Status::Ok();
+  return Status::Corruption(
+      "the server's history of this volume went back: this agent committed snapshot " +
+      std::string(id) + " (sequence " + std::to_string(seq) + "), the server now offers " +
+      (parent ? parent->snapshot_id + " (sequence " + std::to_string(offered) + ")"
+              : std::string("no snapshot")) +
+      "; nothing was sent. If the server's repository was restored from an older copy on "
+      "purpose, remove " + seen_path);
 }
 
 }  // namespace dp420::net

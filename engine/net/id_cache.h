@@ -68,4 +68,17 @@ struct SentSnapshot {
 Status CheckCommitted(const Manifest& committed, const SentSnapshot& sent, int new_fd,
                       int parent_fd, uint64_t parent_blocks);
 
+// <cache_dir>/<repo_id>/<volume>.ids
+std::string IdCachePath(const std::string& cache_dir, const std::string& repo_id,
+                        const std::string& volume);
+
+// Beside the cache at `ids_path` (…/VOLUME.ids), VOLUME.seen: "SEQUENCE
+// SNAPSHOT_ID" of the newest snapshot this agent committed to the volume, its
+// anchor against a server whose history went back (docs/SECURITY.md).
+std::string SeenPath(const std::string& ids_path);
+// kCorruption, naming the .seen file that accepts it, when `newest` (null:
+// the server has no snapshot) is older than what this agent committed, or
+// another snapshot in its place; Ok when nothing was recorded.
+Status CheckNotRolledBack(const std::string& seen_path, const Manifest* newest);
+
 }  // namespace dp420::net

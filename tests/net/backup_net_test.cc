@@ -564,6 +564,19 @@ TEST_F(BackupNetTest, ServerWhoseHistoryWentBackIsRefusedByTheAgent) {
   std::vector<Manifest> listed;
   ASSERT_TRUE((*repo)->ListManifests(NamespacedVolume("alice", "vol1"), &listed, nullptr).ok());
   EXPECT_EQ(listed.size(), 1u) << "nothing was committed";
+  // Nor does this host restore the older snapshot as "latest".
+  auto remote = Connect(ro);
+  ASSERT_NE(remote, nullptr);
+  RestoreOptions latest;
+  latest.volume = "vol1";
+  latest.snapshot = "latest";
+  latest.target_path = Path("latest.img");
+  Result<RestoreResult> restored = remote->Restore(latest);
+  ASSERT_FALSE(restored.ok()) << "restored a 'latest' older than what this host committed";
+  EXPECT_NE(restored.status().message().find("went back"), std::string::npos)
+      << restored.status().ToString();
+  EXPECT_FALSE(Exists(latest.target_path));
+  remote.reset();
 
   size_t at = message.find("remove ");
   ASSERT_NE(at, std::string::npos);
