@@ -1121,7 +1121,11 @@ Status StripeReceiver::OnPage(const Frame& f) {
     const Entry* old = i < parent_count ? &parent[i] : nullptr;
     auto where = [block] { return "block " + std::to_string(block); };
     if (verdict == kUnchanged) {
-      if (!old || std::memcmp(old->id, id, 16) != 0) {
+      if (!old) {
+        return Violation(where() + ": announced as unchanged, but the parent has no such block "
+                                   "(or there is no parent)");
+      }
+      if (std::memcmp(old->id, id, 16) != 0) {
         return Status::InvalidArgument(
             where() + ": the agent's copy of the parent table differs from the server's "
                     "(its cache is stale); nothing was committed");
