@@ -41,8 +41,8 @@ e2e_check_range --threads "${threads}" 1 64
 
 DP420="${DP420_BIN:-}"
 if [[ -z "${DP420}" ]]; then
-  "${ROOT}/scripts/build.sh" --target dp420 >&2
-  DP420="${ROOT}/build/engine/dp420"
+  "${ROOT}/scripts/build.sh" --target dp420_cli >&2  # the target dp420 is the shared library
+  DP420="$(e2e_find_cli "${ROOT}/build")"
 fi
 [[ -x "${DP420}" ]] || e2e_die "no dp420 binary at ${DP420}"
 

@@ -41,11 +41,12 @@ PEER_WARM_INCR_MIN = 5.0     # warm incremental >= 5 x faster than the fastest p
 PEER_WARM_FULL_MIN = 2.0     # warm full >= 2 x faster
 PEER_CPU_FRACTION = 0.25     # incremental CPU-s/GiB <= 1/4 of the most frugal peer's
 REMOTE_INCR_MIN_VS_LOCAL = 0.9  # remote incremental throughput >= 0.9 x the local one
+REMOTE_FULL_MIN_VS_LOCAL = 0.85  # remote full throughput >= 0.85 x the local one
 # The phase (perf/run.sh --only) whose records a target needs; peers-* need "peers".
 TARGET_PHASE = {"incr-vs-fio": "core", "full-vs-cp": "core", "restore-vs-cp": "core",
                 "chain-restore": "chain", "warm-incr-vs-xxh": "core", "incr-cpu": "core",
                 "rss-4g": "core", "rss-64g": "64g", "metadata-64g-vs-4g": "64g",
-                "remote-incr-vs-local": "remote"}
+                "remote-incr-vs-local": "remote", "remote-full-vs-local": "remote"}
 
 # Peers whose repository growth counts for the growth target: versioned, uncompressed.
 PEER_NOTES = {
@@ -470,6 +471,13 @@ def summarise(records: list, ctx: dict) -> dict:
            fmt_x(r), f">= {REMOTE_INCR_MIN_VS_LOCAL} x",
            None if r is None else r >= REMOTE_INCR_MIN_VS_LOCAL,
            notes.get("skipped_remote", "remote phase not run") if r is None else remote_evidence(s_ri, s_li))
+    r = remote_ratio.get("full")
+    s_rf = remote_stats(rem("dp420-remote", "full"), vol)
+    s_lf = remote_stats(rem("dp420", "full"), vol)
+    target("remote-full-vs-local", "remote full (loopback) throughput >= 0.85 x the local full",
+           fmt_x(r), f">= {REMOTE_FULL_MIN_VS_LOCAL} x",
+           None if r is None else r >= REMOTE_FULL_MIN_VS_LOCAL,
+           notes.get("skipped_remote", "remote phase not run") if r is None else remote_evidence(s_rf, s_lf))
     skipped_why = notes.get("peers_skipped", "peers not run (--quick without --peers, or --no-peers)")
 
     s_fw = st("core", "fio", "write-data")

@@ -51,6 +51,7 @@ e2e_start_server() {
   local dp420="$1" repo="$2" clients="$3" log="$4" i
   shift 4
   E2E_SERVER_PORT=""
+  : >"${log}"  # exists before the first look, whichever process runs first
   "${dp420}" serve --repo "${repo}" --listen 127.0.0.1:0 --clients "${clients}" "$@" \
     >/dev/null 2>"${log}" &
   E2E_SERVER_PID=$!
