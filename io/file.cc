@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <utility>
@@ -267,10 +268,7 @@ void RemoveStaleTemps(const std::string& path) {
   std::string prefix = path.substr(path.rfind('/') == std::string::npos ? 0
                                                                           : path.rfind('/') + 1) +
                        ".tmp.";
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return;
-  while (dirent* e = readdir(d)) {
-    std::string name = e->d_name;
+  for (const auto& name : ListDir(dir)) {
     if (name.size() != prefix.size() + 16 || name.compare(0, prefix.size(), prefix) != 0 ||
         name.find_first_not_of("0123456789abcdef", prefix.size()) != std::string::npos) {
       continue;
@@ -279,10 +277,22 @@ void RemoveStaleTemps(const std::string& path) {
     std::string stale = dir + "/" + name;
     if (lstat(stale.c_str(), &st) == 0 && S_ISREG(st.st_mode)) unlink(stale.c_str());
   }
-  closedir(d);
 }
 
 }  // namespace
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return names;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(std::move(name));
+  }
+  closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
 
 Status WriteFileAtomic(const std::string& path, const std::string& data) {
   RemoveStaleTemps(path);

@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 #include <utility>
 
 #include "io/status.h"
@@ -105,6 +106,8 @@ class TempFileGuard {
 // refuse it.
 Result<std::string> ReadFile(const std::string& path,
                              const std::function<Status(const struct stat&)>& check = nullptr);
+// Names in `dir` (without "." and ".."), sorted; empty when it cannot be read.
+std::vector<std::string> ListDir(const std::string& dir);
 // fsync of a directory.
 Status SyncDir(const std::string& dir);
 // mkdir -p with mode 0700 for each created component.

@@ -1,6 +1,5 @@
 #include "engine/core/repo.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -35,19 +34,6 @@ std::string UtcNow() {
   return buf;
 }
 
-std::vector<std::string> ListDir(const std::string& dir) {
-  std::vector<std::string> names;
-  DIR* d = opendir(dir.c_str());
-  if (!d) return names;
-  while (dirent* e = readdir(d)) {
-    std::string name = e->d_name;
-    if (name != "." && name != "..") names.push_back(name);
-  }
-  closedir(d);
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 // A config temp file (io::WriteFileAtomic) of an init that died.
 bool ConfigTemp(const std::string& path, const std::string& name) {
   struct stat st;
@@ -64,7 +50,7 @@ bool UnfinishedInit(const std::string& path, const std::vector<std::string>& nam
     if (std::find(std::begin(kSubdirs), std::end(kSubdirs), name) == std::end(kSubdirs)) {
       return false;
     }
-    for (const std::string& entry : ListDir(path + "/" + name)) {
+    for (const std::string& entry : io::ListDir(path + "/" + name)) {
       struct stat st;
       if (name != "keys" || lstat((path + "/keys/" + entry).c_str(), &st) != 0 ||
           !S_ISREG(st.st_mode)) {
@@ -91,19 +77,19 @@ Result<io::File> LockForInit(const std::string& path) {
   while (flock(fd, LOCK_EX) != 0) {
     if (errno != EINTR) return PosixError("lock " + path, errno);
   }
-  std::vector<std::string> names = ListDir(path);
+  std::vector<std::string> names = io::ListDir(path);
   if (!names.empty() && UnfinishedInit(path, names)) {
     for (const std::string& name : names) {
       if (ConfigTemp(path, name)) {
         unlink((path + "/" + name).c_str());
         continue;
       }
-      for (const std::string& entry : ListDir(path + "/" + name)) {
+      for (const std::string& entry : io::ListDir(path + "/" + name)) {
         unlink((path + "/" + name + "/" + entry).c_str());
       }
       rmdir((path + "/" + name).c_str());
     }
-    names = ListDir(path);
+    names = io::ListDir(path);
   }
   if (!names.empty()) {
     return Status::Exists(path + " already exists and is not empty (a repository already, "
@@ -272,7 +258,7 @@ std::string Repository::SnapshotsDir(const std::string& volume) const {
 
 std::vector<std::string> Repository::ListVolumes() const {
   std::vector<std::string> out;
-  for (auto& name : ListDir(path_ + "/snapshots")) {
+  for (auto& name : io::ListDir(path_ + "/snapshots")) {
     if (ValidVolumeName(name)) out.push_back(name);
   }
   return out;
@@ -283,7 +269,7 @@ Status Repository::ListManifests(const std::string& volume, std::vector<Manifest
   std::vector<std::string> volumes = volume.empty() ? ListVolumes()
                                                     : std::vector<std::string>{volume};
   for (const auto& vol : volumes) {
-    for (const auto& name : ListDir(SnapshotsDir(vol))) {
+    for (const auto& name : io::ListDir(SnapshotsDir(vol))) {
       if (name.size() < 9 || name.substr(name.size() - 9) != ".manifest") continue;
       std::string rel = "snapshots/" + vol + "/" + name;
       Status status;
@@ -400,7 +386,7 @@ Status BackupJournal::Recover(const Repository& repo, const std::string& volume)
     }
   }
   bool committed = false;
-  for (const auto& name : ListDir(repo.SnapshotsDir(volume))) {
+  for (const auto& name : io::ListDir(repo.SnapshotsDir(volume))) {
     if (!snapshot_id.empty() && name.find("-" + snapshot_id + ".manifest") != std::string::npos) {
       committed = true;
     }

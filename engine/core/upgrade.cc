@@ -1,7 +1,5 @@
 #include "engine/core/upgrade.h"
 
-#include <dirent.h>
-
 #include <algorithm>
 #include <map>
 #include <vector>
@@ -22,14 +20,10 @@ struct OldManifest {
 
 std::vector<std::string> ManifestNames(const std::string& dir) {
   std::vector<std::string> names;
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      std::string name = e->d_name;
-      if (name.size() > 9 && name.compare(name.size() - 9, 9, ".manifest") == 0) {
-        names.push_back(name);
-      }
-    }
-    closedir(d);
+  uint64_t sequence = 0;
+  std::string id;
+  for (const auto& name : io::ListDir(dir)) {
+    if (ParseManifestName(name, &sequence, &id)) names.push_back(name);
   }
   return names;
 }

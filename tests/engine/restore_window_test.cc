@@ -284,15 +284,7 @@ TEST_F(RestoreWindowTest, DenseChangesOutgrowSpareRoom) {
 
 // ---- RestoreTarget ---------------------------------------------------------
 
-// Names in `dir` other than "." and "..", sorted.
-std::vector<std::string> Names(const std::string& dir) {
-  std::vector<std::string> names;
-  for (const auto& e : std::filesystem::directory_iterator(dir)) {
-    names.push_back(e.path().filename().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
+std::vector<std::string> Names(const std::string& dir) { return io::ListDir(dir); }
 
 TEST(RestoreTargetTest, FileGetsTargetsNameOnlyOnCommit) {
   TempDir dir;

@@ -286,6 +286,13 @@ TEST(FileTest, ReadFileErrors) {
   EXPECT_TRUE(empty.value().empty());
 }
 
+TEST(FileTest, ListDirIsSortedWithoutDotsAndEmptyWhenMissing) {
+  TempDir dir;
+  for (const char* name : {"b", "a", "c.tmp"}) testing::WriteWholeFile(dir.path() + "/" + name, "x");
+  EXPECT_EQ(ListDir(dir.path()), (std::vector<std::string>{"a", "b", "c.tmp"}));
+  EXPECT_TRUE(ListDir(dir.path() + "/missing").empty());
+}
+
 TEST(FileTest, MakeDirsAndSyncDir) {
   TempDir dir;
   std::string nested = dir.Join("a/b//c/");
