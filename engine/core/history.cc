@@ -1,6 +1,5 @@
 #include "engine/core/history.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -164,14 +163,18 @@ bool FindStart(VolumeHistory& h, const Manifest** start) {
   return false;
 }
 
-// Follows children from `start` (the parentless snapshot when null).
+// Follows children from `start` (the parentless snapshot when null); a child
+// names its parent by id and seal.
 const Manifest* WalkToTip(VolumeHistory& h, const Manifest* start) {
+  std::multimap<std::string, const Manifest*> children;  // parent id ("" = none)
+  for (const auto& m : h.manifests) children.emplace(m.parent, &m);
   const Manifest* cur = start;
   for (;;) {
     const Manifest* next = nullptr;
-    for (const auto& m : h.manifests) {
-      bool child = cur ? (m.parent == cur->snapshot_id && m.parent_manifest_sha256 == cur->seal)
-                       : (m.parent.empty() && m.sequence > h.head.sequence);
+    auto [first, last] = children.equal_range(cur ? cur->snapshot_id : "");
+    for (auto it = first; it != last; ++it) {
+      const Manifest& m = *it->second;
+      bool child = cur ? m.parent_manifest_sha256 == cur->seal : m.sequence > h.head.sequence;
       if (!child) continue;
       if (next) {
         h.problems.push_back("fork: snapshots " + next->snapshot_id + " and " + m.snapshot_id +
@@ -206,15 +209,9 @@ void FindForks(VolumeHistory& h) {
 
 void CheckAnchor(const Repository& repo, VolumeHistory& h) {
   std::string path = AnchorPath(repo, h.volume);
-  if (path.empty()) {
-    h.anchor_error = "no state folder (set DP420_STATE_DIR or HOME)";
-    return;
-  }
+  if (path.empty()) return;  // no state folder: nothing to compare with
   auto anchor = ReadAnchor(path);
-  if (!anchor.ok()) {
-    h.anchor_error = anchor.status().message();
-    return;
-  }
+  if (!anchor.ok()) return;
   h.anchor = anchor.value();
   const VolumeHead& a = h.anchor;
   bool older = a.generation > h.head.generation;
@@ -229,8 +226,7 @@ void CheckAnchor(const Repository& repo, VolumeHistory& h) {
     return;
   }
   if (h.head_present && h.head.generation > a.generation && h.problems.empty()) {
-    Status raised = RaiseAnchor(path, h.head);
-    if (!raised.ok()) h.anchor_error = raised.message();
+    (void)RaiseAnchor(path, h.head);  // best effort, as in AdvanceHead
   }
 }
 
@@ -245,13 +241,9 @@ std::vector<std::string> AnchoredVolumes(const Repository& repo) {
   std::vector<std::string> out;
   std::string dir = AnchorDir(repo);
   if (dir.empty()) return out;
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      if (ValidVolumeName(e->d_name)) out.push_back(e->d_name);
-    }
-    closedir(d);
+  for (const auto& name : io::ListDir(dir)) {
+    if (ValidVolumeName(name)) out.push_back(name);
   }
-  std::sort(out.begin(), out.end());
   return out;
 }
 

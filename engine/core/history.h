@@ -52,10 +52,9 @@ struct VolumeHistory {
   // Each a sentence: a rollback, a fork, a missing or damaged head or newest
   // snapshot. Non-empty means the history cannot be trusted as it stands.
   std::vector<std::string> problems;
-  // The anchor this machine keeps for the volume (generation 0: none), and
-  // why it could not be read or written (empty when fine).
+  // The anchor this machine keeps for the volume (generation 0: none, or
+  // no state folder could be read: anchoring is then best effort).
   VolumeHead anchor;
-  std::string anchor_error;
 
   // The tip, or kCorruption naming the problems (kNotFound: no snapshots).
   Result<const Manifest*> Newest(const std::string& where) const;
