@@ -4,7 +4,7 @@
 #   scripts/build.sh [--debug] [--sanitize=address|undefined|thread] [--target NAME]...
 #
 # Release builds go to build/, others to build-debug/, build-asan/, build-ubsan/,
-# build-tsan/ (or build-debug-asan/ ...). CI=true adds -DDP420_WERROR=ON.
+# build-tsan/ (or build-debug-asan/ ...). Warnings are errors unless DP420_WERROR=0.
 # Extra CMake cache options: DP420_CMAKE_ARGS="-DFOO=BAR ...".
 set -euo pipefail
 
@@ -49,8 +49,12 @@ fi
 readonly BUILD_DIR="${ROOT}/build${dir_suffix}"
 cmake_args=(-S "${ROOT}" -B "${BUILD_DIR}" "-DCMAKE_BUILD_TYPE=${build_type}"
   "-DDP420_SANITIZE=${sanitize}")
-if [[ "${CI:-}" == "true" ]]; then
+# Warnings are errors in every scripted build, so a warning never waits for CI
+# to be found; DP420_WERROR=0 turns that off for an unknown compiler.
+if [[ "${DP420_WERROR:-1}" != 0 ]]; then
   cmake_args+=(-DDP420_WERROR=ON)
+else
+  cmake_args+=(-DDP420_WERROR=OFF)
 fi
 if [[ -n "${DP420_CMAKE_ARGS:-}" ]]; then
   read -r -a extra <<<"${DP420_CMAKE_ARGS}"

@@ -90,7 +90,9 @@ class CorruptionTest : public testing::Test {
     std::filesystem::remove(target);
     Result r = Restore(repo_, s.volume, "latest", target);
     DP420_EXPECT_EXIT(r, kExitOk);
-    if (r.exit_code == kExitOk) EXPECT_EQ(Sha256File(target), s.sha256);
+    if (r.exit_code == kExitOk) {
+      EXPECT_EQ(Sha256File(target), s.sha256);
+    }
     std::filesystem::remove(target);
   }
 
