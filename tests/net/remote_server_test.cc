@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -666,6 +667,158 @@ void FuzzOneBackup(uint16_t port, const ClientKey& key, const uint8_t* pin, std:
     if (!stripe->Send(type, 1, w.bytes(), 2000ms).ok()) break;  // the server closed
   }
   (void)control->Recv(500ms);  // its ERROR, if any
+}
+
+// A backup driven frame by frame, as an agent holding valid credentials
+// could send it: one stripe, one page, the blocks' ids and SHA-256s as the
+// caller chooses them. Returns the server's last answer on the control
+// connection (COMMITTED or ERROR).
+struct HandBackup {
+  std::vector<std::vector<uint8_t>> blocks;  // each a full block of kBlock bytes
+  // Lies: the block whose SHA-256 (or id) is replaced by a digest of other bytes.
+  int false_sha_of = -1;
+  int false_id_of = -1;
+  static constexpr uint32_t kBlock = 65536;
+
+  Result<Frame> Run(uint16_t port, const ClientKey& key, const uint8_t* pin,
+                    const std::string& volume) const {
+    std::unique_ptr<Conn> control = Connect(port, key, pin);
+    if (!control) return Status::Network("cannot connect");
+    PayloadWriter begin;
+    begin.String(volume);
+    begin.U32(kBlock);
+    begin.U64(uint64_t{kBlock} * blocks.size());
+    begin.U32(1);
+    for (const char* s : {"/hand", "file", "{}", "hand", ""}) begin.String(s);
+    DP420_RETURN_IF_ERROR(control->Send(FrameType::kBackupBegin, 0, begin.bytes(), 2000ms));
+    DP420_ASSIGN_OR_RETURN(Frame ready, control->Recv(5000ms));
+    if (ready.type() != FrameType::kBackupReady) return ready;
+    PayloadReader r(ready.payload);
+    std::string token = r.String(64);
+    (void)r.String(64);  // snapshot id
+    (void)r.U32();
+    (void)r.String(1 << 20);  // parent
+    std::array<uint8_t, simd::kHashSecretBytes> secret{};
+    if (!r.Bytes(secret.data(), secret.size())) return Status::Corruption("BACKUP_READY");
+    simd::BlockHasher hasher(secret);
+    std::unique_ptr<Conn> stripe = Connect(port, key, pin);
+    if (!stripe) return Status::Network("cannot connect the stripe");
+    PayloadWriter join;
+    join.String(token);
+    join.U32(0);
+    DP420_RETURN_IF_ERROR(stripe->Send(FrameType::kStripeJoin, 0, join.bytes(), 2000ms));
+    DP420_ASSIGN_OR_RETURN(Frame joined, stripe->Recv(2000ms));
+    if (joined.type() != FrameType::kStripeReady) return joined;
+    DP420_RETURN_IF_ERROR(SendPage(*stripe, hasher));
+    DP420_ASSIGN_OR_RETURN(Frame ack, stripe->Recv(5000ms));
+    if (ack.type() != FrameType::kAck) return ack;
+    ::shutdown(stripe->fd(), SHUT_WR);
+    PayloadWriter commit;
+    for (int i = 0; i < 4; ++i) commit.U64(0);
+    DP420_RETURN_IF_ERROR(control->Send(FrameType::kCommit, 0, commit.bytes(), 2000ms));
+    for (;;) {
+      DP420_ASSIGN_OR_RETURN(Frame f, control->Recv(10000ms));
+      if (f.type() != FrameType::kPing) return f;
+    }
+  }
+
+ private:
+  static std::unique_ptr<Conn> Connect(uint16_t port, const ClientKey& key, const uint8_t* pin) {
+    std::string error;
+    testnet::UniqueFd fd = testnet::ConnectTcp("127.0.0.1", port, 2000ms, &error);
+    if (!fd.valid()) return nullptr;
+    auto conn = std::make_unique<Conn>(fd.Release(), "server");
+    uint64_t t = 0;
+    if (!ClientHandshake(*conn, key.name, key.key.data(), pin, 2000ms, &t).ok()) return nullptr;
+    return conn;
+  }
+  Status SendPage(Conn& stripe, const simd::BlockHasher& hasher) const {
+    PayloadWriter w, page;
+    w.U64(0);
+    w.U32(uint32_t(blocks.size()));
+    page.U64(0);
+    page.U32(uint32_t(blocks.size()));
+    std::vector<uint8_t> other(kBlock, 0x77);
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      uint8_t id[16], sha[32];
+      const std::vector<uint8_t>& hashed = int(i) == false_id_of ? other : blocks[i];
+      hasher.Hash(hashed.data(), kBlock).ToBytes(id);
+      const std::vector<uint8_t>& digested = int(i) == false_sha_of ? other : blocks[i];
+      simd::Sha256(digested.data(), kBlock, sha);
+      w.Bytes({id, 16});
+      w.Bytes({sha, 32});
+      page.U8(2);  // changed, sent in this page's BLOCKS
+      page.Bytes({id, 16});
+    }
+    for (const auto& b : blocks) w.Bytes(b);
+    DP420_RETURN_IF_ERROR(stripe.Send(FrameType::kBlocks, 0, w.bytes(), 2000ms));
+    return stripe.Send(FrameType::kPage, 0, page.bytes(), 2000ms);
+  }
+};
+
+// An agent with valid credentials that lies about a block's SHA-256 (the id
+// it sends is true) gets its backup committed: the server checks ids, not
+// the agent's SHA-256 (docs/SECURITY.md "Block identities"). The lie breaks
+// only that agent's own volume: verify --read-data names it, restore refuses
+// it and writes nothing, every other volume verifies and restores. A block
+// whose id is false is refused and nothing is committed.
+TEST_F(RemoteTest, AgentLyingAboutABlocksDigestBreaksOnlyItsOwnVolume) {
+  ASSERT_NO_FATAL_FAILURE(MakeVolumes());
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto registry = ClientRegistry::Load(clients_file_);
+  ASSERT_TRUE(registry.ok());
+  uint8_t pin[kFingerprintBytes];
+  IdentityFingerprint(registry->identity()->public_key(), pin);
+  const ClientKey& bob_key = *registry->Find("bob");
+  HandBackup hand;
+  for (int i = 0; i < 3; ++i) hand.blocks.push_back(MakeVolume(HandBackup::kBlock, 30 + i));
+
+  HandBackup false_id = hand;
+  false_id.false_id_of = 1;
+  auto refused = false_id.Run(uint16_t(port_), bob_key, pin, "liar");
+  ASSERT_TRUE(refused.ok()) << refused.status().ToString();
+  ASSERT_EQ(refused->type(), FrameType::kError);
+  Status why = StatusFromError(*refused, "server");
+  EXPECT_EQ(why.code(), Code::kCorruption) << why.ToString();
+  EXPECT_NE(why.message().find("does not match its id"), std::string::npos) << why.ToString();
+  auto bob = ConnectAs("bob");
+  ASSERT_NE(bob, nullptr);
+  std::vector<Manifest> none;
+  Status listed = bob->ListManifests("liar", &none);
+  EXPECT_TRUE(!listed.ok() || none.empty()) << none.size() << " snapshot(s) of liar";
+
+  HandBackup false_sha = hand;
+  false_sha.false_sha_of = 1;
+  auto committed = false_sha.Run(uint16_t(port_), bob_key, pin, "liar");
+  ASSERT_TRUE(committed.ok()) << committed.status().ToString();
+  ASSERT_EQ(committed->type(), FrameType::kCommitted)
+      << (committed->type() == FrameType::kError
+              ? StatusFromError(*committed, "server").ToString() : "");
+
+  RestoreOptions ro = RestoreTo("liar", "latest", "liar.img");
+  auto restored = bob->Restore(ro);
+  ASSERT_FALSE(restored.ok());
+  EXPECT_EQ(restored.status().code(), Code::kCorruption) << restored.status().ToString();
+  EXPECT_FALSE(Exists(ro.target_path));
+  VerifyOptions vo;
+  vo.read_data = true;
+  auto root = ConnectAs("root");
+  ASSERT_NE(root, nullptr);
+  auto all = root->Verify(vo);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  std::vector<Manifest> liar;
+  ASSERT_TRUE(bob->ListManifests("liar", &liar).ok());
+  ASSERT_EQ(liar.size(), 1u);
+  EXPECT_EQ(all->broken_snapshots, std::vector<std::string>{liar[0].snapshot_id});
+  auto alice = ConnectAs("alice");
+  ASSERT_NE(alice, nullptr);
+  auto mine = alice->Verify(vo);
+  ASSERT_TRUE(mine.ok()) << mine.status().ToString();
+  EXPECT_TRUE(mine->problems.empty());
+  ASSERT_TRUE(bob->Restore(RestoreTo("bv", "latest", "bv.img")).ok());
+  EXPECT_EQ(ReadAll(dir_.path() + "/bv.img"), bv_);
+  ASSERT_TRUE(alice->Restore(RestoreTo("av", "latest", "av.img")).ok());
+  EXPECT_EQ(ReadAll(dir_.path() + "/av.img"), av2_);
 }
 
 // Hostile backups, the frames of an authenticated agent after BACKUP_BEGIN
