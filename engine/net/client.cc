@@ -355,11 +355,42 @@ Result<VerifyReport> RemoteRepository::Verify(const VerifyOptions& options) {
     }
   };
   Status s = run();
+  if (s.ok() && options.check_history) s = CheckAnchors(options, &report);
   if (!s.ok()) {
     control_.reset();
     return s;
   }
   return report;
+}
+
+Status RemoteRepository::CheckAnchors(const VerifyOptions& options, VerifyReport* report) {
+  const std::string dir = options_.cache_dir.empty() ? DefaultCacheDir() : options_.cache_dir;
+  std::vector<std::string> volumes;
+  if (!options.volume.empty()) {
+    volumes.push_back(options.volume);
+  } else {
+    constexpr std::string_view kSuffix = ".seen";
+    for (const std::string& name : io::ListDir(dir + "/" + repo_id_)) {
+      if (name.size() > kSuffix.size() && name.ends_with(kSuffix)) {
+        volumes.push_back(name.substr(0, name.size() - kSuffix.size()));
+      }
+    }
+  }
+  for (const std::string& volume : volumes) {
+    const std::string seen = SeenPath(IdCachePath(dir, repo_id_, volume));
+    if (access(seen.c_str(), F_OK) != 0) continue;
+    std::vector<Manifest> manifests;
+    std::vector<DamagedFile> damaged;
+    Status listed = ListManifests(volume, &manifests, &damaged);
+    if (!listed.ok() && listed.code() != Code::kNotFound) return listed;
+    const Manifest* newest = nullptr;
+    for (const Manifest& m : manifests) {
+      if (!newest || m.sequence > newest->sequence) newest = &m;
+    }
+    Status anchored = CheckNotRolledBack(seen, newest);
+    if (!anchored.ok()) report->problems.push_back({seen, anchored.message(), {}});
+  }
+  return Status::Ok();
 }
 
 namespace {

@@ -81,6 +81,10 @@ class RemoteRepository {
   Status EnsureControl();
   Result<io::File> OpenParentCache(const Manifest& parent, const std::string& cache_path,
                                    Millis timeout);
+  // Verify's check of this host's anchors (VOLUME.seen, id_cache.h): a
+  // volume whose newest snapshot on the server is older than what this host
+  // committed there is a problem of the report.
+  Status CheckAnchors(const VerifyOptions& options, VerifyReport* report);
   uint64_t NextRequestId() { return next_request_id_++; }
   RemoteOptions options_;
   uint64_t next_request_id_ = 1;

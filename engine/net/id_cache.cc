@@ -172,8 +172,8 @@ Status CheckNotRolledBack(const std::string& seen_path, const Manifest* parent) 
       std::string(id) + " (sequence " + std::to_string(seq) + "), the server now offers " +
       (parent ? parent->snapshot_id + " (sequence " + std::to_string(offered) + ")"
               : std::string("no snapshot")) +
-      "; nothing was sent. If the server's repository was restored from an older copy on "
-      "purpose, remove " + seen_path);
+      ". If the server's repository was restored from an older copy on purpose, remove " +
+      seen_path);
 }
 
 }  // namespace dp420::net

@@ -576,6 +576,17 @@ TEST_F(BackupNetTest, ServerWhoseHistoryWentBackIsRefusedByTheAgent) {
   EXPECT_NE(restored.status().message().find("went back"), std::string::npos)
       << restored.status().ToString();
   EXPECT_FALSE(Exists(latest.target_path));
+  // And its verify, of the volume or of everything, reports the rollback
+  // the server's own verify cannot see (its anchors went with its copy).
+  for (const std::string& volume : {std::string("vol1"), std::string()}) {
+    VerifyOptions vo;
+    vo.volume = volume;
+    Result<VerifyReport> report = remote->Verify(vo);
+    ASSERT_TRUE(report.ok()) << report.status().ToString();
+    ASSERT_EQ(report->problems.size(), 1u) << "verify of '" << volume << "'";
+    EXPECT_NE(report->problems[0].message.find("went back"), std::string::npos)
+        << report->problems[0].message;
+  }
   remote.reset();
 
   size_t at = message.find("remove ");
