@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "io/assert.h"
 
@@ -382,8 +383,10 @@ Status Scanner::Loop() {
                                      : sink_->OnOp(op);
       if (first_error.ok() && !s.ok()) first_error = s;
       // Refill as soon as a buffer is free, so the device keeps working
-      // while this thread hashes the rest of the batch.
-      if (Fill(&first_error, /*may_block=*/false) > 0) DP420_RETURN_IF_ERROR(ring_->Submit());
+      // while this thread hashes the rest of the batch; the sink's new ops
+      // (the next send) go out as soon, so the socket does not run dry.
+      bool queued = Fill(&first_error, /*may_block=*/false) > 0;
+      if (std::exchange(sink_queued_, false) || queued) DP420_RETURN_IF_ERROR(ring_->Submit());
     }
     if (first_error.ok()) first_error = sink_->Turn();
   }

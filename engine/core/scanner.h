@@ -160,7 +160,10 @@ class Scanner {
   // A sink op that used `read`'s buffer is done.
   void Unhold(ScanRead* read);
   // Queues `op` (tag must not be kTagRead).
-  void QueueSinkOp(io::IoOp* op) { ring_->Queue(op); }
+  void QueueSinkOp(io::IoOp* op) {
+    ring_->Queue(op);
+    sink_queued_ = true;
+  }
   ScanStats stats;
 
   static constexpr uint64_t kTagRead = 1;
@@ -191,6 +194,7 @@ class Scanner {
   unsigned buffers_ = 0;
   unsigned queue_depth_ = 0;
   unsigned reads_in_flight_ = 0;
+  bool sink_queued_ = false;  // the sink queued ops not yet submitted
   bool fixed_source_ = false;
   uint64_t next_page_ = 0;
   uint64_t next_block_ = 0;      // next block to read within next_page_

@@ -190,6 +190,7 @@ class NetSink : public ScanSink {
   Status FlushRun();
   void Stage(SendItem item, bool ends_page);
   void Release(SendItem item);
+  void Push(SendItem item);
   void Kick();
   void Break();
   void ArmRecv();
@@ -402,21 +403,33 @@ void NetSink::Release(SendItem item) {
     conn_->SealPiece(run, run, item.zc_len);
   }
   if (!item.last) {
-    sends_.push_back(std::move(item));
+    Push(std::move(item));
     return;
   }
   uint8_t tag[kTagBytes];
   conn_->EndSeal(tag);
   if (!item.zc) {
     item.bytes.insert(item.bytes.end(), tag, tag + kTagBytes);
-    sends_.push_back(std::move(item));
+    Push(std::move(item));
     return;
   }
   SendItem trailer;
   trailer.bytes.assign(tag, tag + kTagBytes);
   trailer.page = item.page;
+  Push(std::move(item));
+  Push(std::move(trailer));
+}
+
+// Queues a sealed piece. Copied bytes that follow copied bytes still
+// waiting join them: a frame's tag, the next frame's head and PAGE frames
+// then go in one send instead of one each.
+void NetSink::Push(SendItem item) {
+  if (!item.zc && !sends_.empty() && !sends_.back().zc) {
+    std::vector<uint8_t>& into = sends_.back().bytes;
+    into.insert(into.end(), item.bytes.begin(), item.bytes.end());
+    return;
+  }
   sends_.push_back(std::move(item));
-  sends_.push_back(std::move(trailer));
 }
 
 // Frames leave in order: one send in its sending stage on the socket at a
