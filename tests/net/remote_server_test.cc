@@ -576,6 +576,18 @@ class Sentinel {
   std::thread thread_;
 };
 
+// An authenticated connection to the server on loopback as `key`'s client,
+// or null.
+std::unique_ptr<Conn> ConnectAgent(uint16_t port, const ClientKey& key, const uint8_t* pin) {
+  std::string error;
+  testnet::UniqueFd fd = testnet::ConnectTcp("127.0.0.1", port, 2000ms, &error);
+  if (!fd.valid()) return nullptr;
+  auto conn = std::make_unique<Conn>(fd.Release(), "server");
+  uint64_t t = 0;
+  if (!ClientHandshake(*conn, key.name, key.key.data(), pin, 2000ms, &t).ok()) return nullptr;
+  return conn;
+}
+
 // One hostile backup: a valid BACKUP_BEGIN and STRIPE_JOIN by `key`, then
 // `frames` mutated BLOCKS, PAGE, COMMIT and random frames on the stripe and
 // control connections, sealed as the server expects.
@@ -585,15 +597,7 @@ void FuzzOneBackup(uint16_t port, const ClientKey& key, const uint8_t* pin, std:
     for (auto& b : v) b = uint8_t(rng());
     return v;
   };
-  auto connect = [&]() -> std::unique_ptr<Conn> {
-    std::string error;
-    testnet::UniqueFd fd = testnet::ConnectTcp("127.0.0.1", port, 2000ms, &error);
-    if (!fd.valid()) return nullptr;
-    auto conn = std::make_unique<Conn>(fd.Release(), "server");
-    uint64_t t = 0;
-    if (!ClientHandshake(*conn, key.name, key.key.data(), pin, 2000ms, &t).ok()) return nullptr;
-    return conn;
-  };
+  auto connect = [&] { return ConnectAgent(port, key, pin); };
   std::unique_ptr<Conn> control;
   const uint32_t block = 65536;
   const uint64_t blocks = 1 + rng() % 600;
@@ -682,7 +686,7 @@ struct HandBackup {
 
   Result<Frame> Run(uint16_t port, const ClientKey& key, const uint8_t* pin,
                     const std::string& volume) const {
-    std::unique_ptr<Conn> control = Connect(port, key, pin);
+    std::unique_ptr<Conn> control = ConnectAgent(port, key, pin);
     if (!control) return Status::Network("cannot connect");
     PayloadWriter begin;
     begin.String(volume);
@@ -701,7 +705,7 @@ struct HandBackup {
     std::array<uint8_t, simd::kHashSecretBytes> secret{};
     if (!r.Bytes(secret.data(), secret.size())) return Status::Corruption("BACKUP_READY");
     simd::BlockHasher hasher(secret);
-    std::unique_ptr<Conn> stripe = Connect(port, key, pin);
+    std::unique_ptr<Conn> stripe = ConnectAgent(port, key, pin);
     if (!stripe) return Status::Network("cannot connect the stripe");
     PayloadWriter join;
     join.String(token);
@@ -723,15 +727,6 @@ struct HandBackup {
   }
 
  private:
-  static std::unique_ptr<Conn> Connect(uint16_t port, const ClientKey& key, const uint8_t* pin) {
-    std::string error;
-    testnet::UniqueFd fd = testnet::ConnectTcp("127.0.0.1", port, 2000ms, &error);
-    if (!fd.valid()) return nullptr;
-    auto conn = std::make_unique<Conn>(fd.Release(), "server");
-    uint64_t t = 0;
-    if (!ClientHandshake(*conn, key.name, key.key.data(), pin, 2000ms, &t).ok()) return nullptr;
-    return conn;
-  }
   Status SendPage(Conn& stripe, const simd::BlockHasher& hasher) const {
     PayloadWriter w, page;
     w.U64(0);
