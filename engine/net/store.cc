@@ -129,6 +129,9 @@ class BackupSession {
     std::lock_guard lock(owner_mu_);
     return control_ != nullptr;
   }
+  // Once committed, the volume is free for the next backup at once, even
+  // before this session has answered and wound down.
+  void ReleaseVolume() { lock_ = VolumeLock(); }
 
   // Held across the commit; Abort waits for it.
   std::mutex& commit_mu() { return commit_mu_; }
@@ -599,6 +602,7 @@ Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, 
   if (s.aborted()) return Status::Network("backup aborted");
   DP420_RETURN_IF_ERROR(CheckStillAllowed(ctx, s));
   DP420_ASSIGN_OR_RETURN(Manifest committed, s.builder().Commit(stats));
+  s.ReleaseVolume();
   commit_lock.unlock();
   DP420_ASSIGN_OR_RETURN(std::string text, SealedText(ctx.repo, committed));
   ctx.log.Info("backup committed", {{"client", s.who().client},

@@ -529,6 +529,26 @@ TEST_F(BackupNetTest, DamagedDigestInTheLocalCacheFailsTheCommitCheckThenHeals) 
   ASSERT_NO_FATAL_FAILURE(ExpectRestoresBitExact(&ro, healed->manifest, source));
 }
 
+// A nightly job that backs up again right after a backup (or a retry after
+// the agent refused a commit) finds the volume free: the server gives the
+// volume back as soon as it has committed, not when its session has wound
+// down.
+TEST_F(BackupNetTest, BackToBackBackupsNeverFindTheVolumeBusy) {
+  ServerThread server;
+  std::string error;
+  ASSERT_TRUE(server.Start(ServerDefaults(), -1, &error)) << error;
+  RemoteOptions ro = RemoteDefaults("alice", Loopback(server.port()));
+  std::string source = Path("vol1");
+  ASSERT_NO_FATAL_FAILURE(WriteVolume(source, 4, 31));
+  for (int i = 0; i < 20; ++i) {
+    if (i % 2) {
+      ASSERT_NO_FATAL_FAILURE(RewriteBlocks(source, {1}, uint64_t(40 + i)));
+    }
+    Result<BackupResult> r = BackupVia(ro, "vol1", source);
+    ASSERT_TRUE(r.ok()) << "backup " << i << ": " << r.status().ToString();
+  }
+}
+
 // The server's whole state put back as it was (its repository's volume folder
 // and its own anchors, as a restore of the server host from an older copy
 // would): the server cannot tell, the agent can. It refuses to build on the
