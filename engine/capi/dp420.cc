@@ -144,6 +144,7 @@ bool Missing(const char* s) { return s == nullptr || *s == '\0'; }
 // the network counters were appended pass this struct_size.
 constexpr size_t kBackupResultV1Size = offsetof(dp420_backup_result_t, bytes_sent);
 static_assert(kBackupResultV1Size == 208);
+constexpr size_t kBackupResultV2Size = offsetof(dp420_backup_result_t, blocks_healed);
 // dp420_restore_opts_t before read_through was appended.
 constexpr size_t kRestoreOptsV1Size = offsetof(dp420_restore_opts_t, read_through);
 // dp420_serve_opts_t before its limits were appended.
@@ -450,6 +451,9 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
       result->registered_buffers = r->registered_buffers;
     }
     if (result && result->struct_size >= sizeof(dp420_backup_result_t)) {
+      result->blocks_healed = r->blocks_healed;
+    }
+    if (result && result->struct_size >= kBackupResultV2Size) {
       result->bytes_sent = r->bytes_sent;
       result->bytes_sent_zerocopy = r->bytes_sent_zerocopy;
       result->bytes_zerocopy_copied = r->bytes_zerocopy_copied;

@@ -305,7 +305,8 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
                 {"checksum_sha256", r.checksum_sha256},
                 {"threads", r.threads},
                 {"direct_io", bool(r.direct_io)},
-                {"registered_buffers", bool(r.registered_buffers)}};
+                {"registered_buffers", bool(r.registered_buffers)},
+                {"blocks_healed", r.blocks_healed}};
       if (!c.remote.empty()) {
         j["bytes_sent"] = r.bytes_sent;
         j["bytes_sent_zerocopy"] = r.bytes_sent_zerocopy;
@@ -326,6 +327,10 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
                   Mbps(r.bytes_read, r.seconds), (unsigned long long)r.blocks_changed,
                   (unsigned long long)r.blocks_total, (unsigned long long)r.blocks_zero,
                   dp420cli::HumanBytes(r.bytes_written, wr, sizeof(wr)));
+      if (r.blocks_healed) {
+        std::printf("  healed %llu blocks: their copies were missing from the repository and "
+                    "were stored again from the source\n", (unsigned long long)r.blocks_healed);
+      }
       if (!c.remote.empty()) PrintNetworkSummary(r);
     }
     return kExitOk;

@@ -116,10 +116,14 @@ class PackSink : public ScanSink {
     for (auto& p : packs_) p->writer.Abandon();
     packs_.clear();
   }
-  void SetParent(const Manifest* parent) {
+  // `present`: the repository's pack ids (sorted) when the backup began. A
+  // parent block in a pack that is not there is read again from the source.
+  void SetParent(const Manifest* parent, const std::vector<uint32_t>* present) {
     if (parent) parent_ = std::make_unique<TableReader>(builder_.repo(), *parent);
+    present_ = present;
   }
   uint64_t bytes_written() const { return bytes_written_; }
+  uint64_t blocks_healed() const { return blocks_healed_; }
 
  private:
   struct PackSlot {
@@ -145,6 +149,8 @@ class PackSink : public ScanSink {
   WriteSlot* open_write_ = nullptr;
   std::deque<std::unique_ptr<PackSlot>> packs_;  // back() is the open one
   uint64_t bytes_written_ = 0;
+  const std::vector<uint32_t>* present_ = nullptr;
+  uint64_t blocks_healed_ = 0;
 };
 
 Status PackSink::ParentLeaf(uint64_t page, Entry* out, uint32_t* count) {
@@ -155,6 +161,18 @@ Status PackSink::ParentLeaf(uint64_t page, Entry* out, uint32_t* count) {
   }
   DP420_ASSIGN_OR_RETURN(const Entry* entries, parent_->Leaf(page, count));
   std::memcpy(out, entries, *count * sizeof(Entry));
+  if (!present_) return Status::Ok();
+  // A block whose stored copy is gone must not be called unchanged: with its
+  // id inverted it differs from whatever the source holds, and is stored
+  // again (self-healing); the new snapshot never references the lost pack.
+  for (uint32_t i = 0; i < *count; ++i) {
+    Entry& e = out[i];
+    if (!e.ref.stored() || std::binary_search(present_->begin(), present_->end(), e.ref.pack_id)) {
+      continue;
+    }
+    for (uint8_t& b : e.id) b = static_cast<uint8_t>(~b);
+    ++blocks_healed_;
+  }
   return Status::Ok();
 }
 
@@ -277,9 +295,10 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   };
   std::vector<std::unique_ptr<PackSink>> sinks;
   std::vector<std::unique_ptr<Scanner>> scanners;
+  const std::vector<uint32_t> present = parent ? repo.ListPackIds() : std::vector<uint32_t>();
   for (unsigned i = 0; i < threads; ++i) {
     sinks.push_back(std::make_unique<PackSink>(*builder, blocks_written));
-    sinks.back()->SetParent(parent);
+    sinks.back()->SetParent(parent, &present);
     scanners.push_back(std::make_unique<Scanner>(ctx, i, sinks.back().get()));
   }
   std::vector<std::thread> pool;
@@ -308,11 +327,13 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   DP420_RETURN_IF_ERROR(source.CheckSize());
 
   SnapshotStats stats;
+  uint64_t healed = 0;
   for (unsigned i = 0; i < threads; ++i) {
     stats.blocks_changed += scanners[i]->stats.blocks_changed;
     stats.blocks_zero += scanners[i]->stats.blocks_zero;
     stats.blocks_stored += scanners[i]->stats.blocks_stored;
     stats.bytes_written += sinks[i]->bytes_written();
+    healed += sinks[i]->blocks_healed();
   }
   stats.bytes_read = ctx.bytes_read.load();
   m.seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -323,6 +344,7 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   r.bytes_written = committed.bytes_written;
   r.table_pages_written = builder->table_pages_written();
   r.table_pages_reused = builder->table_pages_reused();
+  r.blocks_healed = healed;
   r.threads = threads;
   r.direct_io = source.direct.direct();
   r.registered_buffers = ctx.registered.load();

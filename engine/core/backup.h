@@ -35,6 +35,9 @@ struct BackupResult {
   uint64_t bytes_written = 0; // data + table pages + pack trailers
   uint64_t table_pages_written = 0;
   uint64_t table_pages_reused = 0;
+  // Blocks the parent held in packs that are gone from the repository, read
+  // again from the source and stored anew (never referenced missing).
+  uint64_t blocks_healed = 0;
   double seconds = 0;
   unsigned threads = 0;
   bool direct_io = false;     // the source was read with O_DIRECT

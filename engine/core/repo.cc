@@ -248,6 +248,17 @@ Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
 
 std::string Repository::repo_id_hex() const { return simd::ToHex(repo_id_, 16); }
 
+std::vector<uint32_t> Repository::ListPackIds() const {
+  std::vector<uint32_t> ids;
+  for (const std::string& name : io::ListDir(PacksDir())) {
+    if (name.size() != 13 || name.compare(8, 5, ".pack") != 0) continue;
+    if (name.find_first_not_of("0123456789abcdef") < 8) continue;
+    ids.push_back(static_cast<uint32_t>(std::stoul(name.substr(0, 8), nullptr, 16)));
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
 std::string Repository::PackPath(uint32_t pack_id) const {
   return PacksDir() + "/" + PackName(pack_id) + ".pack";
 }

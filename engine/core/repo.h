@@ -74,6 +74,8 @@ class Repository {
 
   std::string PacksDir() const { return path_ + "/packs"; }
   std::string PackPath(uint32_t pack_id) const;
+  // The ids of the pack files in packs/ ("xxxxxxxx.pack"), sorted.
+  std::vector<uint32_t> ListPackIds() const;
   std::string SnapshotsDir(const std::string& volume) const;
 
   std::vector<std::string> ListVolumes() const;

@@ -1,6 +1,5 @@
 #include "engine/core/verify.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -716,16 +715,9 @@ Status Verifier::MapBadRecords() {
 // Packs no valid manifest references (left by interrupted backups). Only
 // meaningful when every snapshot of every volume was walked.
 void Verifier::CountUnreferenced() {
-  DIR* dir = opendir(repo_.PacksDir().c_str());
-  if (!dir) return;
-  while (dirent* e = readdir(dir)) {
-    std::string name = e->d_name;
-    if (name.size() != 13 || name.compare(8, 5, ".pack") != 0) continue;
-    if (name.find_first_not_of("0123456789abcdef") < 8) continue;
-    uint32_t pack_id = static_cast<uint32_t>(std::stoul(name.substr(0, 8), nullptr, 16));
+  for (uint32_t pack_id : repo_.ListPackIds()) {
     if (!page_packs_.count(pack_id) && !records_.count(pack_id)) ++report_.unreferenced_packs;
   }
-  closedir(dir);
 }
 
 }  // namespace

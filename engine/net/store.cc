@@ -73,6 +73,7 @@ class BackupSession {
       : registry_(ctx.backups), who_(std::move(who)), lock_(std::move(lock)),
         builder_(std::move(builder)), parent_(std::move(parent)), stripes_(stripes),
         limits_(std::move(limits)) {
+    if (parent_) present_packs_ = ctx.repo.ListPackIds();
     for (uint32_t i = 0; i < stripes; ++i) {
       stripe_.push_back(std::make_unique<StripeState>());
       stripe_.back()->next_page = i;
@@ -97,6 +98,11 @@ class BackupSession {
   const SessionInfo& who() const { return who_; }
   SnapshotBuilder& builder() { return *builder_; }
   const Manifest* parent() const { return parent_.get(); }
+  // A parent entry whose stored copy is in a pack gone from the repository.
+  bool Lost(const Entry& e) const {
+    return e.ref.stored() &&
+           !std::binary_search(present_packs_.begin(), present_packs_.end(), e.ref.pack_id);
+  }
   uint32_t stripes() const { return stripes_; }
   StripeState& stripe(uint32_t i) { return *stripe_[i]; }
   bool aborted() const { return aborted_.load(); }
@@ -217,6 +223,7 @@ class BackupSession {
   VolumeLock lock_;
   std::unique_ptr<SnapshotBuilder> builder_;
   std::unique_ptr<Manifest> parent_;
+  std::vector<uint32_t> present_packs_;  // sorted, listed at the start (with a parent)
   uint32_t stripes_;
   BackupLimits limits_;
   std::atomic<uint64_t> charged_{0};
@@ -1135,6 +1142,13 @@ Status StripeReceiver::OnPage(const Frame& f) {
         return Status::InvalidArgument(
             where() + ": the agent's copy of the parent table differs from the server's "
                     "(its cache is stale); nothing was committed");
+      }
+      if (s_.Lost(*old)) {
+        return Status::Corruption(
+            where() + ": its copy in the parent snapshot is in pack " +
+            PackName(old->ref.pack_id) + ", which is missing from the repository; nothing "
+            "was committed (`dp420 repair` rolls the volume back to a snapshot its data "
+            "supports)");
       }
       e = *old;
     } else if (verdict == kZero) {

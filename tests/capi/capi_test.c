@@ -570,6 +570,13 @@ int main(int argc, char** argv) {
   CHECK(old_result[sizeof(old_result) - 1] == 0xAB);
   CHECK(dp420_backup(ctx, repo, &bo, &br) == 0);
   CHECK(br.bytes_sent == 0 && br.reconnects == 0);
+  CHECK(br.blocks_healed == 0);
+  /* ... and one built before blocks_healed: its struct ends at reconnects. */
+  memset(old_result, 0xAB, sizeof(old_result));
+  old->struct_size = offsetof(dp420_backup_result_t, blocks_healed);
+  CHECK(dp420_backup(ctx, repo, &bo, old) == 0);
+  CHECK(old->reconnects == 0);
+  CHECK(old_result[offsetof(dp420_backup_result_t, blocks_healed)] == 0xAB);
 
   CHECK(strcmp(dp420_strerror(-DP420_ECORRUPT), "damaged data") == 0);
   CHECK(strstr(dp420_strerror(-DP420_ENET), "network") != NULL);

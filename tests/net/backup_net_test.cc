@@ -529,6 +529,36 @@ TEST_F(BackupNetTest, DamagedDigestInTheLocalCacheFailsTheCommitCheckThenHeals) 
   ASSERT_NO_FATAL_FAILURE(ExpectRestoresBitExact(&ro, healed->manifest, source));
 }
 
+// The parent's data packs are gone from the server's repository: an
+// incremental that would call their blocks unchanged is refused, naming the
+// lost pack, and commits nothing (it never points a snapshot at nothing).
+TEST_F(BackupNetTest, IncrementalOnLostParentPacksIsRefusedNotCommitted) {
+  ServerThread server;
+  std::string error;
+  ASSERT_TRUE(server.Start(ServerDefaults(), -1, &error)) << error;
+  RemoteOptions ro = RemoteDefaults("alice", Loopback(server.port()));
+  std::string source = Path("vol1");
+  ASSERT_NO_FATAL_FAILURE(WriteVolume(source, 32, 41));
+  Result<BackupResult> full = BackupVia(ro, "vol1", source);
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  auto repo = Repository::Open(repo_path_);
+  ASSERT_TRUE(repo.ok());
+  for (uint32_t id : (*repo)->ListPackIds()) {
+    if (id != full->manifest.table_root.pack_id) {
+      ASSERT_EQ(unlink((*repo)->PackPath(id).c_str()), 0);
+    }
+  }
+  ASSERT_NO_FATAL_FAILURE(RewriteBlocks(source, {3}, 42));
+  Result<BackupResult> refused = BackupVia(ro, "vol1", source);
+  ASSERT_FALSE(refused.ok()) << "committed a snapshot over lost packs";
+  EXPECT_EQ(refused.status().code(), Code::kCorruption) << refused.status().ToString();
+  EXPECT_NE(refused.status().message().find("missing from the repository"), std::string::npos)
+      << refused.status().ToString();
+  std::vector<Manifest> listed;
+  ASSERT_TRUE((*repo)->ListManifests(NamespacedVolume("alice", "vol1"), &listed, nullptr).ok());
+  EXPECT_EQ(listed.size(), 1u) << "nothing was committed";
+}
+
 // A nightly job that backs up again right after a backup (or a retry after
 // the agent refused a commit) finds the volume free: the server gives the
 // volume back as soon as it has committed, not when its session has wound

@@ -196,6 +196,10 @@ typedef struct dp420_backup_result {
   uint64_t bytes_zerocopy_copied; /* ... of which the kernel copied anyway */
   uint64_t bytes_resent;          /* block bytes sent again after a reconnect */
   uint64_t reconnects;
+  /* Blocks the parent held in packs gone from the repository, read again
+   * from the source and stored anew (local backups). Filled only when
+   * struct_size covers it. */
+  uint64_t blocks_healed;
 } dp420_backup_result_t;
 
 DP420_EXPORT void dp420_backup_opts_init(dp420_backup_opts_t* opts);
