@@ -97,9 +97,13 @@ Status WriteSyncClose(int fd, const std::string& data, const std::string& path) 
   return status;
 }
 
-// mkdir with mode 0700; an existing directory is success.
+Status SyncParent(const std::string& path);
+
+// mkdir with mode 0700; an existing directory is success. A new directory is
+// made durable at once: its parent is fsync'ed, or a power cut could take it,
+// and everything later synced inside it, away.
 Status MakeOneDir(const std::string& path) {
-  if (sys::Mkdir(path.c_str(), 0700) == 0) return Status::Ok();
+  if (sys::Mkdir(path.c_str(), 0700) == 0) return SyncParent(path);
   int err = errno;
   // EEXIST, but also EACCES or EROFS on an existing component: stat decides.
   struct stat st;
@@ -344,6 +348,15 @@ Status SyncDir(const std::string& dir) {
   close(fd);
   return status;
 }
+
+namespace {
+
+Status SyncParent(const std::string& path) {
+  std::string parent = DirName(path);
+  return SyncDir(parent).Prefix("making directory " + path + " durable");
+}
+
+}  // namespace
 
 Status MakeDirs(const std::string& dir) {
   if (dir.empty()) return Status::InvalidArgument("MakeDirs: empty path");

@@ -172,6 +172,7 @@ std::vector<DirRec> g_dirs;
 uint64_t g_seq = 0;
 uint64_t g_journal_bytes = 0;
 uint64_t g_stash_count = 0;
+std::vector<std::string> g_pending_stashes;  // made for an operation not yet journalled
 
 bool KeyOf(int fd, FileKey* key, struct stat* st) {
   if (fstat(fd, st) != 0) return false;
@@ -254,10 +255,17 @@ std::string Stash(const std::string& path) {
   if (lstat(path.c_str(), &st) != 0 || S_ISDIR(st.st_mode)) return "";
   std::string stash = NewStash(path);
   if (link(path.c_str(), stash.c_str()) != 0) return "";
+  g_pending_stashes.push_back(stash);
   return stash;
 }
 
+void Unpend(const std::string& stash) {
+  auto it = std::find(g_pending_stashes.begin(), g_pending_stashes.end(), stash);
+  if (it != g_pending_stashes.end()) g_pending_stashes.erase(it);
+}
+
 void AddDirRec(DirKind kind, const std::string& path, std::string from, std::string stash) {
+  if (!stash.empty()) Unpend(stash);
   DirRec rec{++g_seq, kind, {}, path, std::move(from), std::move(stash)};
   if (!DirKey(path, &rec.dir)) {
     if (!rec.stash.empty()) unlink(rec.stash.c_str());
@@ -321,6 +329,8 @@ void RevertDirs() {
                static_cast<unsigned long long>(index), writes, g_plan.tear ? "torn" : "dropped",
                g_dirs.size());
   RevertDirs();
+  // Links made for a rename or unlink that the cut came before.
+  for (const std::string& stash : g_pending_stashes) unlink(stash.c_str());
   kill(getpid(), SIGKILL);
   std::abort();
 }
@@ -478,7 +488,10 @@ std::string StashLocked(const std::string& path) {
 }
 
 void DropStash(const std::string& stash) {
-  if (!stash.empty()) unlink(stash.c_str());
+  if (stash.empty()) return;
+  std::lock_guard<std::mutex> lock(g_mu);
+  Unpend(stash);
+  unlink(stash.c_str());
 }
 
 }  // namespace

@@ -34,6 +34,7 @@
 #include <mutex>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -125,6 +126,11 @@ struct Scenario {
   std::map<std::string, std::string> committed;
   std::string expected_sha;
   std::function<std::vector<std::string>(const std::string& root)> args;
+  // From the undisturbed run's trace (local scenarios): the I/O that publishes
+  // the result (the manifest's rename, the target's link or rename), and the
+  // fsync of its directory that makes it durable.
+  uint64_t commit_io = 0;
+  uint64_t durable_io = 0;
 };
 
 std::string RepoOf(const std::string& root) { return root + "/repo"; }
@@ -326,6 +332,24 @@ std::string NewestAfter(const Scenario& sc, const std::string& added) {
   return newest;
 }
 
+// A run stopped before its commit I/O published nothing; one crashed after it,
+// or cut off from power after the fsync that made it durable, published.
+std::string CheckCommitPoint(const Scenario& sc, const std::string& root, const Disturbance& d,
+                             bool backup_added) {
+  if (d.variable == "DP420_FAULT_AT_IO" || sc.commit_io == 0) return "";
+  uint64_t index = std::stoull(d.value.substr(0, d.value.find(':')));
+  bool published = sc.restore ? Exists(TargetOf(root)) : backup_added;
+  uint64_t must_after = d.variable == "DP420_CRASH_AT_IO" ? sc.commit_io : sc.durable_io;
+  if (index <= sc.commit_io && published) {
+    return "published although stopped before its commit I/O " + std::to_string(sc.commit_io);
+  }
+  if (index > must_after && !published) {
+    return "lost although stopped after I/O " + std::to_string(must_after) +
+           (d.variable == "DP420_CRASH_AT_IO" ? " (its commit)" : " (its commit's fsync)");
+  }
+  return "";
+}
+
 // One local trial in `root` (a fresh copy of the baseline).
 std::string LocalTrial(const Scenario& sc, const std::string& root, const Disturbance& d) {
   if (std::string f = CopyTree(sc.base, root); !f.empty()) return f;
@@ -341,6 +365,7 @@ std::string LocalTrial(const Scenario& sc, const std::string& root, const Distur
       !Exists(TargetOf(root))) {
     return "the restore exited 0 but wrote no target";
   }
+  if (std::string f = CheckCommitPoint(sc, root, d, !added.empty()); !f.empty()) return f;
   return CheckNextLocalRun(sc, root, NewestAfter(sc, added));
 }
 
@@ -394,15 +419,45 @@ uint64_t ReadCount(const std::string& path) {
   return std::stoull(ReadFile(path));
 }
 
-// The number of I/Os an undisturbed run of `sc` makes.
-uint64_t CountLocal(const Scenario& sc, const std::string& root) {
-  if (std::string f = CopyTree(sc.base, root); !f.empty()) Fail(f);
-  Result r = CliIn(root, sc.args(root), {{"DP420_IO_COUNT_FILE", root + ".count"}});
-  if (r.exit_code != kExitOk) Fail(sc.name + " failed undisturbed: " + r.Describe());
+// Finds in a DP420_IO_TRACE_FILE the I/O publishing `published` (a path
+// ending so) and the later fsync of its directory.
+void FindCommit(const std::string& trace, const std::string& ops, const std::regex& published,
+                Scenario* sc) {
+  std::istringstream in(trace);
+  std::string line;
+  std::string dir;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    uint64_t index = 0;
+    std::string op, path;
+    fields >> index >> op >> path;
+    if (sc->commit_io == 0 && ops.find(op) != std::string::npos &&
+        std::regex_search(path, published)) {
+      sc->commit_io = index;
+      dir = path.substr(0, path.rfind('/'));
+    } else if (sc->commit_io != 0 && op == "sync" && path == dir) {
+      sc->durable_io = index;
+      return;
+    }
+  }
+  Fail(sc->name + ": no commit and directory fsync in the trace:\n" + trace);
+}
+
+// The number of I/Os an undisturbed run of `sc` makes; notes its commit.
+uint64_t CountLocal(Scenario* sc, const std::string& root) {
+  if (std::string f = CopyTree(sc->base, root); !f.empty()) Fail(f);
+  Result r = CliIn(root, sc->args(root), {{"DP420_IO_COUNT_FILE", root + ".count"},
+                                          {"DP420_IO_TRACE_FILE", root + ".trace"}});
+  if (r.exit_code != kExitOk) Fail(sc->name + " failed undisturbed: " + r.Describe());
   uint64_t count = ReadCount(root + ".count");
-  if (count == 0) Fail(sc.name + ": no I/O counted (DP420_IO_COUNT_FILE not written)");
+  if (count == 0) Fail(sc->name + ": no I/O counted (DP420_IO_COUNT_FILE not written)");
+  static const std::regex kManifest(R"(/repo/snapshots/vol/[^/]+\.manifest$)");
+  static const std::regex kTarget(R"(/out/target\.img$)");
+  FindCommit(ReadFile(root + ".trace"), sc->restore ? "link rename" : "rename",
+             sc->restore ? kTarget : kManifest, sc);
   fs::remove_all(root);
   fs::remove(root + ".count");
+  fs::remove(root + ".trace");
   return count;
 }
 
@@ -637,10 +692,12 @@ std::vector<Planned> Plan(const TempDir& dir, const Budget& budget, const Distur
     std::vector<Scenario> local{FullBackup(dir / ("full-" + tag), seed),
                                 IncrementalBackup(dir / ("incr-" + tag), seed)};
     if (!backups_only) local.push_back(RestoreOf(dir / ("restore-" + tag), seed));
-    for (const Scenario& sc : local) {
-      uint64_t count = CountLocal(sc, dir / "count");
-      std::printf("%s (seed %s): %llu I/Os\n", sc.name.c_str(), tag.c_str(),
-                  static_cast<unsigned long long>(count));
+    for (Scenario& sc : local) {
+      uint64_t count = CountLocal(&sc, dir / "count");
+      std::printf("%s (seed %s): %llu I/Os, published at I/O %llu, durable after %llu\n",
+                  sc.name.c_str(), tag.c_str(), static_cast<unsigned long long>(count),
+                  static_cast<unsigned long long>(sc.commit_io),
+                  static_cast<unsigned long long>(sc.durable_io));
       PlanScenario(sc, seed, Spread(count, budget.local == 0 ? count : budget.local), disturb,
                    &trials);
     }
