@@ -51,9 +51,9 @@ std::mutex g_trace_mu;
 std::vector<std::string> g_trace;
 
 const char* OpName(Op op) {
-  static constexpr const char* kNames[] = {"open",   "read",     "write",    "sync", "rename",
-                                           "link",   "unlink",   "mkdir",    "rmdir",
-                                           "truncate", "allocate", "send", "recv"};
+  static constexpr const char* kNames[] = {
+      "open",  "create", "read",  "write",    "sync",     "rename", "link",
+      "unlink", "mkdir", "rmdir", "truncate", "allocate", "send",   "recv"};
   return kNames[static_cast<unsigned>(op)];
 }
 
@@ -367,6 +367,15 @@ void AtExit() {
   return true;
 }();
 
+// Where a full device can answer ENOSPC.
+bool CanBeFull(Op op) {
+  switch (op) {
+    case Op::kCreate: case Op::kWrite: case Op::kSync: case Op::kRename: case Op::kLink:
+    case Op::kMkdir: case Op::kTruncate: case Op::kAllocate: return true;
+    default: return false;
+  }
+}
+
 bool IsTransfer(Op op) {
   return op == Op::kRead || op == Op::kWrite || op == Op::kSend || op == Op::kRecv;
 }
@@ -394,7 +403,9 @@ Action BeforeSlow(Op op, int fd, const char* path) {
   Action action;
   if (index != g_plan.fault_at) return action;
   switch (g_plan.fault) {
-    case FaultKind::kError: action.error = g_plan.fault_errno; break;
+    case FaultKind::kError:
+      if (g_plan.fault_errno != ENOSPC || CanBeFull(op)) action.error = g_plan.fault_errno;
+      break;
     case FaultKind::kShort: action.shorten = IsTransfer(op); break;
     case FaultKind::kReset:
       if (op == Op::kSend || op == Op::kRecv) action.error = ECONNRESET;
@@ -544,7 +555,8 @@ int Opening(const std::string& path, int flags, Call call) {
       close(fd);
     }
   }
-  int fd = Retrying(Op::kOpen, -1, path.c_str(), call);
+  int fd = Retrying((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? Op::kCreate : Op::kOpen,
+                    -1, path.c_str(), call);
   if (fd >= 0 && journal && creates && !existed) {
     inject::NoteDirOp(inject::DirKind::kCreate, path, "", "");
   }

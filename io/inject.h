@@ -5,9 +5,12 @@
 //   DP420_IO_COUNT_FILE=PATH     at exit, write the number of I/Os to PATH
 //   DP420_IO_TRACE_FILE=PATH     at exit, write one line per I/O: index, kind, target
 //   DP420_CRASH_AT_IO=N          SIGKILL just before the Nth I/O (1-based)
-//   DP420_FAULT_AT_IO=N:KIND     the Nth I/O fails once: KIND is EIO, ENOSPC,
-//                                EINTR, EAGAIN, short (half the bytes move) or
-//                                reset (ECONNRESET; socket ops only)
+//   DP420_FAULT_AT_IO=N:KIND     the Nth I/O fails once: KIND is EIO, ENOSPC
+//                                (only where a full device can answer it: writes,
+//                                syncs, creates, mkdir, rename, link, truncate,
+//                                allocate), EINTR, EAGAIN, short (half the bytes
+//                                of a transfer move) or reset (ECONNRESET; socket
+//                                ops only); elsewhere the kind injects nothing
 //   DP420_POWERLOSS_AT_IO=N[:SEED]  at the Nth I/O, undo what a power cut
 //                                would lose, then SIGKILL: every write not yet
 //                                covered by an fsync of its file is dropped
@@ -37,8 +40,8 @@ namespace dp420::io {
 namespace inject {
 
 enum class Op : uint8_t {
-  kOpen, kRead, kWrite, kSync, kRename, kLink, kUnlink, kMkdir, kRmdir, kTruncate, kAllocate,
-  kSend, kRecv,
+  kOpen, kCreate, kRead, kWrite, kSync, kRename, kLink, kUnlink, kMkdir, kRmdir, kTruncate,
+  kAllocate, kSend, kRecv,
 };
 
 // What Before() asks of the I/O about to run.

@@ -58,7 +58,7 @@ bool LongMode() {
 
 unsigned Workers() {
   unsigned n = std::thread::hardware_concurrency();
-  return std::clamp(n, 1u, 4u);
+  return std::clamp(2 * n, 2u, 8u);  // the runs wait on fsync and the network
 }
 
 // How a trial disturbs the run.
@@ -202,7 +202,10 @@ struct Expectation {
   std::set<int> codes;
 };
 
-Expectation Expected(const std::string& kind) {
+// `remote`: the fault hit a server, whose agent sees a failed socket op as a
+// lost connection.
+Expectation Expected(const std::string& kind, bool remote) {
+  if (kind == "EIO" && remote) return {"Input/output error", {kExitFailed, kExitDamage, kExitNetwork}};
   if (kind == "EIO") return {"Input/output error", {kExitFailed, kExitDamage}};
   if (kind == "ENOSPC") return {"No space left on device", {kExitNoSpace}};
   if (kind == "reset") return {"reset", {kExitNetwork}};
@@ -211,14 +214,15 @@ Expectation Expected(const std::string& kind) {
 
 // The disturbed run itself: killed or finished for a crash or power cut; for
 // a fault, exit 0, or the kind's exit code with its errno named in `log`.
-std::string CheckRun(const Disturbance& d, const Result& run, const std::string& log) {
+std::string CheckRun(const Disturbance& d, const Result& run, const std::string& log,
+                     bool remote = false) {
   if (run.timed_out) return "the run hung (killed after the timeout): " + run.Describe();
   if (d.variable != "DP420_FAULT_AT_IO") {
     if (run.term_signal == SIGKILL || run.exit_code == kExitOk) return "";
     return "the run neither died at the index nor finished: " + run.Describe();
   }
   if (run.exit_code == kExitOk) return "";
-  Expectation want = Expected(d.kind);
+  Expectation want = Expected(d.kind, remote);
   if (want.codes.count(run.exit_code) == 0) {
     return "exit code " + std::to_string(run.exit_code) + " is not the documented one for " +
            d.kind + ": " + run.Describe() + log;
@@ -268,7 +272,7 @@ std::string CheckRestores(const std::string& root, const std::string& volume,
 // a restore's target is missing or exact, and verify --read-data is clean.
 // `*added`: the snapshot the run committed, if any.
 std::string CheckState(const Scenario& sc, const std::string& root, const std::string& volume,
-                       std::string* added) {
+                       bool fault, std::string* added) {
   Listing l = List(root, volume);
   if (!l.error.empty()) return l.error;
   for (const auto& [id, sha] : sc.committed) {
@@ -276,7 +280,9 @@ std::string CheckState(const Scenario& sc, const std::string& root, const std::s
   }
   for (const auto& [id, seq] : l.sequence) {
     if (sc.committed.count(id) != 0) {
-      if (sc.restore) continue;  // a restore does not write the repository
+      // A restore does not write the repository; after a fault verify
+      // --read-data below checks the snapshots the run could not have touched.
+      if (sc.restore || fault) continue;
       if (std::string f = CheckRestores(root, volume, id, sc.committed.at(id)); !f.empty()) return f;
       continue;
     }
@@ -356,7 +362,8 @@ std::string LocalTrial(const Scenario& sc, const std::string& root, const Distur
   Result run = CliIn(root, sc.args(root), {{d.variable, d.value}});
   if (std::string f = CheckRun(d, run, ""); !f.empty()) return f;
   std::string added;
-  if (std::string f = CheckState(sc, root, kVolume, &added); !f.empty()) return f;
+  bool fault = d.variable == "DP420_FAULT_AT_IO";
+  if (std::string f = CheckState(sc, root, kVolume, fault, &added); !f.empty()) return f;
   if (d.variable == "DP420_FAULT_AT_IO" && run.exit_code == kExitOk && !sc.restore &&
       added.empty()) {
     return "the backup exited 0 but committed nothing";
@@ -410,6 +417,7 @@ std::vector<std::string> RunTrials(const std::string& work, const std::vector<Pl
 
 void Report(const std::string& what, size_t trials, const std::vector<std::string>& failures) {
   std::printf("%s: %zu trials, %zu failed\n", what.c_str(), trials, failures.size());
+  for (const std::string& f : failures) std::printf("FAILED %s\n", f.substr(0, 400).c_str());
   for (size_t i = 0; i < failures.size() && i < 20; ++i) ADD_FAILURE() << failures[i];
   if (failures.size() > 20) ADD_FAILURE() << failures.size() - 20 << " more failures";
 }
@@ -607,18 +615,26 @@ std::string RemoteTrial(const Scenario& sc, const std::string& root, const Distu
     }
     Result stop = server.Stop();
     log = "\nserver log:\n" + server.Log();
-    if (std::string f = CheckServer(d, stop); !f.empty()) return f + log;
+    if (d.variable == "DP420_FAULT_AT_IO" && server.address().empty()) {
+      // The fault stopped the server's start: a clear error of its own.
+      if (std::string f = CheckRun(d, stop, log); !f.empty()) return "server: " + f;
+    } else if (std::string f = CheckServer(d, stop); !f.empty()) {
+      return f + log;
+    }
   }
   if (run.timed_out) return "the agent hung: " + run.Describe() + log;
   bool agent_ok = run.command.empty() || run.exit_code == kExitOk ||
                   run.exit_code == kExitNetwork;  // the server went away
   if (d.variable == "DP420_FAULT_AT_IO" && !run.command.empty() && run.exit_code != kExitOk) {
-    if (std::string f = CheckRun(d, run, log); !f.empty()) return "agent: " + f;
+    if (std::string f = CheckRun(d, run, log, true); !f.empty()) return "agent: " + f;
   } else if (!agent_ok) {
     return "the agent failed: " + run.Describe() + log;
   }
   std::string added;
-  if (std::string f = CheckState(sc, root, kRemoteVolume, &added); !f.empty()) return f + log;
+  bool fault = d.variable == "DP420_FAULT_AT_IO";
+  if (std::string f = CheckState(sc, root, kRemoteVolume, fault, &added); !f.empty()) {
+    return f + log;
+  }
   if (run.exit_code == kExitOk && !run.command.empty() && added.empty()) {
     return "the agent exited 0 but nothing was committed" + log;
   }
@@ -656,14 +672,16 @@ using Disturb = std::function<std::vector<Disturbance>(uint64_t index)>;
 struct Budget {
   uint64_t local;   // indices per local scenario (0: every one)
   uint64_t remote;  // indices of the remote scenario (0: none)
+  uint64_t seeds;   // volumes in the long mode (one in CI)
 };
 
-// The volume seeds: one in CI; in the long mode, DP420_IO_INDEX_SEEDS (default 8).
-std::vector<uint64_t> Seeds() {
+// The volume seeds: one in CI; in the long mode DP420_IO_INDEX_SEEDS, or
+// `long_default`.
+std::vector<uint64_t> Seeds(uint64_t long_default) {
   uint64_t n = 1;
   if (LongMode()) {
     const char* v = std::getenv("DP420_IO_INDEX_SEEDS");
-    n = v != nullptr ? std::stoull(v) : 8;
+    n = v != nullptr ? std::stoull(v) : long_default;
   }
   std::vector<uint64_t> seeds;
   for (uint64_t i = 0; i < n; ++i) seeds.push_back(1000 + 17 * i);
@@ -687,7 +705,7 @@ void PlanScenario(const Scenario& sc, uint64_t seed, const std::vector<uint64_t>
 std::vector<Planned> Plan(const TempDir& dir, const Budget& budget, const Disturb& disturb,
                           bool backups_only) {
   std::vector<Planned> trials;
-  for (uint64_t seed : Seeds()) {
+  for (uint64_t seed : Seeds(budget.seeds)) {
     std::string tag = std::to_string(seed);
     std::vector<Scenario> local{FullBackup(dir / ("full-" + tag), seed),
                                 IncrementalBackup(dir / ("incr-" + tag), seed)};
@@ -723,7 +741,8 @@ Disturb CrashAt() {
 
 TEST(IoIndexTest, CrashAtEveryIndexKeepsCommittedSnapshotsAndNextRunWorks) {
   TempDir dir;
-  Budget budget = LongMode() ? Budget{0, 400} : Budget{70, 40};
+  // Long: every index of 28 volumes, about 370 crash points each.
+  Budget budget = LongMode() ? Budget{0, 400, 28} : Budget{60, 45, 1};
   std::vector<Planned> trials = Plan(dir, budget, CrashAt(), false);
   std::vector<std::string> failures = RunTrials(dir / "work", trials);
   Report("crash at I/O index", trials.size(), failures);
@@ -745,14 +764,14 @@ Disturb FaultAt(bool with_reset) {
 
 TEST(IoIndexTest, FaultOfEveryKindAtEveryIndexEndsCleanly) {
   TempDir dir;
-  Budget local = LongMode() ? Budget{0, 0} : Budget{24, 0};
+  Budget local = LongMode() ? Budget{0, 0, 4} : Budget{12, 0, 1};
   std::vector<Planned> trials = Plan(dir, local, FaultAt(false), false);
-  Budget remote = LongMode() ? Budget{0, 200} : Budget{0, 12};
+  Budget remote = LongMode() ? Budget{0, 400, 4} : Budget{0, 8, 1};
   // The remote scenario on its own plan, with "reset" on the server's sockets.
   std::vector<Planned> remote_trials;
   {
     TempDir rdir;
-    for (uint64_t seed : Seeds()) {
+    for (uint64_t seed : Seeds(remote.seeds)) {
       Scenario sc = RemoteBackup(rdir / ("remote-" + std::to_string(seed)), seed);
       uint64_t idle = 0;
       uint64_t count = CountRemote(sc, rdir / "count", &idle);
@@ -781,7 +800,7 @@ Disturb PowerLossAt(uint64_t seeds) {
 
 TEST(IoIndexTest, PowerLossAtEveryIndexKeepsCommittedSnapshots) {
   TempDir dir;
-  Budget budget = LongMode() ? Budget{0, 0} : Budget{40, 0};
+  Budget budget = LongMode() ? Budget{0, 0, 4} : Budget{26, 0, 1};
   std::vector<Planned> trials = Plan(dir, budget, PowerLossAt(LongMode() ? 4 : 1), true);
   std::vector<std::string> failures = RunTrials(dir / "work", trials);
   Report("power loss at I/O index", trials.size(), failures);
