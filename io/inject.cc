@@ -48,7 +48,7 @@ struct Plan {
 Plan g_plan;
 std::atomic<uint64_t> g_count{0};
 std::mutex g_trace_mu;
-std::vector<std::string> g_trace;
+int g_trace_fd = -1;
 
 const char* OpName(Op op) {
   static constexpr const char* kNames[] = {
@@ -348,12 +348,6 @@ void AtExit() {
   if (!g_plan.count_file.empty()) {
     WriteReport(g_plan.count_file, std::to_string(g_count.load()) + "\n");
   }
-  if (!g_plan.trace_file.empty()) {
-    std::lock_guard<std::mutex> lock(g_trace_mu);
-    std::string text;
-    for (const std::string& line : g_trace) text += line + "\n";
-    WriteReport(g_plan.trace_file, text);
-  }
 }
 
 // Reads the plan before main(); the I/O of static constructors that run
@@ -364,6 +358,11 @@ void AtExit() {
   g_on = g_plan.crash_at > 0 || g_plan.fault_at > 0 || g_powerloss ||
          !g_plan.count_file.empty() || !g_plan.trace_file.empty();
   if (g_on) std::atexit(AtExit);
+  if (!g_plan.trace_file.empty()) {
+    g_trace_fd = open(g_plan.trace_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND |
+                      O_CLOEXEC, 0600);
+    if (g_trace_fd < 0) BadEnv("DP420_IO_TRACE_FILE", g_plan.trace_file.c_str(), "a writable file");
+  }
   return true;
 }();
 
@@ -383,8 +382,10 @@ bool IsTransfer(Op op) {
 void Trace(uint64_t index, Op op, int fd, const char* path) {
   std::string target = path != nullptr ? std::string(path) : AtPath(fd, "");
   if (path == nullptr && !target.empty() && target.back() == '/') target.pop_back();
+  // Written at once, so that a process killed at an index leaves its trace.
+  std::string line = std::to_string(index) + " " + OpName(op) + " " + target + "\n";
   std::lock_guard<std::mutex> lock(g_trace_mu);
-  g_trace.push_back(std::to_string(index) + " " + OpName(op) + " " + target);
+  (void)!write(g_trace_fd, line.data(), line.size());
 }
 
 }  // namespace

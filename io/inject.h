@@ -3,7 +3,8 @@
 // which counts it. Tests use the count to stop or fail the process at any
 // chosen I/O of a real run (environment, read once at start):
 //   DP420_IO_COUNT_FILE=PATH     at exit, write the number of I/Os to PATH
-//   DP420_IO_TRACE_FILE=PATH     at exit, write one line per I/O: index, kind, target
+//   DP420_IO_TRACE_FILE=PATH     one line per I/O, written before it runs (so a
+//                                killed process leaves it too): index, kind, target
 //   DP420_CRASH_AT_IO=N          SIGKILL just before the Nth I/O (1-based)
 //   DP420_FAULT_AT_IO=N:KIND     the Nth I/O fails once: KIND is EIO, ENOSPC
 //                                (only where a full device can answer it: writes,
