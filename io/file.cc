@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "io/assert.h"
+#include "io/inject.h"
 #include "io/random.h"
 
 #ifndef STATX_DIOALIGN
@@ -62,14 +63,13 @@ bool TrySetDirect(int fd, const FileInfo& info) {
   return fcntl(fd, F_SETFL, flags | O_DIRECT) == 0;
 }
 
-// open(2) retrying EINTR.
+// open(2), counted, retrying EINTR and EAGAIN.
 int OpenRetry(const std::string& path, int flags, mode_t mode) {
-  int fd;
-  do {
-    fd = open(path.c_str(), flags, mode);
-  } while (fd < 0 && errno == EINTR);
-  return fd;
+  return sys::Open(path.c_str(), flags, mode);
 }
+
+// Errors a transfer retries: the I/O did not happen.
+bool Transient(int err) { return err == EINTR || err == EAGAIN; }
 
 std::string DirName(const std::string& path) {
   size_t slash = path.rfind('/');
@@ -81,8 +81,8 @@ std::string DirName(const std::string& path) {
 Status WriteAll(int fd, const std::string& data, const std::string& path) {
   size_t done = 0;
   while (done < data.size()) {
-    ssize_t n = write(fd, data.data() + done, data.size() - done);
-    if (n < 0 && errno == EINTR) continue;
+    ssize_t n = sys::Write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && Transient(errno)) continue;
     if (n < 0) return PosixError("write " + path, errno);
     done += static_cast<size_t>(n);
   }
@@ -92,14 +92,18 @@ Status WriteAll(int fd, const std::string& data, const std::string& path) {
 // Writes, syncs and closes `fd`; the descriptor is closed in every case.
 Status WriteSyncClose(int fd, const std::string& data, const std::string& path) {
   Status status = WriteAll(fd, data, path);
-  if (status.ok() && fsync(fd) != 0) status = PosixError("fsync " + path, errno);
+  if (status.ok() && sys::Fsync(fd) != 0) status = PosixError("fsync " + path, errno);
   if (close(fd) != 0 && status.ok()) status = PosixError("close " + path, errno);
   return status;
 }
 
-// mkdir with mode 0700; an existing directory is success.
+Status SyncParent(const std::string& path);
+
+// mkdir with mode 0700; an existing directory is success. A new directory is
+// made durable at once: its parent is fsync'ed, or a power cut could take it,
+// and everything later synced inside it, away.
 Status MakeOneDir(const std::string& path) {
-  if (mkdir(path.c_str(), 0700) == 0) return Status::Ok();
+  if (sys::Mkdir(path.c_str(), 0700) == 0) return SyncParent(path);
   int err = errno;
   // EEXIST, but also EACCES or EROFS on an existing component: stat decides.
   struct stat st;
@@ -207,8 +211,8 @@ Status File::ReadAt(uint64_t offset, void* buf, size_t len) const {
   auto* dst = static_cast<uint8_t*>(buf);
   size_t done = 0;
   while (done < len) {
-    ssize_t n = pread(fd_, dst + done, len - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
+    ssize_t n = sys::Pread(fd_, dst + done, len - done, static_cast<off_t>(offset + done));
+    if (n < 0 && Transient(errno)) continue;
     if (n < 0) return PosixError("read " + AtOffset(path_, offset + done), errno);
     if (n == 0) {
       return Status::Corruption(path_ + ": unexpected end of file at offset " +
@@ -224,8 +228,8 @@ Status File::WriteAt(uint64_t offset, const void* buf, size_t len) const {
   const auto* src = static_cast<const uint8_t*>(buf);
   size_t done = 0;
   while (done < len) {
-    ssize_t n = pwrite(fd_, src + done, len - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
+    ssize_t n = sys::Pwrite(fd_, src + done, len - done, static_cast<off_t>(offset + done));
+    if (n < 0 && Transient(errno)) continue;
     if (n < 0) return PosixError("write " + AtOffset(path_, offset + done), errno);
     // pwrite returns 0 only for len 0; guard against looping forever anyway.
     if (n == 0) return PosixError("write " + AtOffset(path_, offset + done), EIO);
@@ -236,13 +240,13 @@ Status File::WriteAt(uint64_t offset, const void* buf, size_t len) const {
 
 Status File::Sync() const {
   DP420_ASSERT(fd_ >= 0);
-  if (fdatasync(fd_) != 0) return PosixError("fdatasync " + path_, errno);
+  if (sys::Fdatasync(fd_) != 0) return PosixError("fdatasync " + path_, errno);
   return Status::Ok();
 }
 
 Status File::Truncate(uint64_t size) const {
   DP420_ASSERT(fd_ >= 0);
-  if (ftruncate(fd_, static_cast<off_t>(size)) != 0) {
+  if (sys::Ftruncate(fd_, static_cast<off_t>(size)) != 0) {
     return PosixError("truncate " + path_ + " to " + std::to_string(size), errno);
   }
   return Status::Ok();
@@ -256,7 +260,7 @@ void File::Close() {
 }
 
 TempFileGuard::~TempFileGuard() {
-  if (!path_.empty()) unlink(path_.c_str());
+  if (!path_.empty()) sys::Unlink(path_.c_str());
 }
 
 namespace {
@@ -275,7 +279,7 @@ void RemoveStaleTemps(const std::string& path) {
     }
     struct stat st;
     std::string stale = dir + "/" + name;
-    if (lstat(stale.c_str(), &st) == 0 && S_ISREG(st.st_mode)) unlink(stale.c_str());
+    if (lstat(stale.c_str(), &st) == 0 && S_ISREG(st.st_mode)) sys::Unlink(stale.c_str());
   }
 }
 
@@ -304,11 +308,11 @@ Status WriteFileAtomic(const std::string& path, const std::string& data) {
   int fd = OpenRetry(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
   if (fd < 0) return PosixError("open " + tmp, errno);
   Status status = WriteSyncClose(fd, data, tmp);
-  if (status.ok() && rename(tmp.c_str(), path.c_str()) != 0) {
+  if (status.ok() && sys::Rename(tmp.c_str(), path.c_str()) != 0) {
     status = PosixError("rename " + tmp + " to " + path, errno);
   }
   if (!status.ok()) {
-    unlink(tmp.c_str());
+    sys::Unlink(tmp.c_str());
     return status;
   }
   return SyncDir(DirName(path));
@@ -327,8 +331,8 @@ Result<std::string> ReadFile(const std::string& path,
   data.reserve(static_cast<size_t>(st.st_size));
   char chunk[64 * 1024];
   for (;;) {
-    ssize_t n = read(fd, chunk, sizeof(chunk));
-    if (n < 0 && errno == EINTR) continue;
+    ssize_t n = sys::Read(fd, chunk, sizeof(chunk));
+    if (n < 0 && Transient(errno)) continue;
     if (n < 0) return PosixError("read " + path, errno);
     if (n == 0) break;
     data.append(chunk, static_cast<size_t>(n));
@@ -340,10 +344,19 @@ Status SyncDir(const std::string& dir) {
   int fd = OpenRetry(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
   if (fd < 0) return PosixError("open directory " + dir, errno);
   Status status;
-  if (fsync(fd) != 0) status = PosixError("fsync directory " + dir, errno);
+  if (sys::Fsync(fd) != 0) status = PosixError("fsync directory " + dir, errno);
   close(fd);
   return status;
 }
+
+namespace {
+
+Status SyncParent(const std::string& path) {
+  std::string parent = DirName(path);
+  return SyncDir(parent).Prefix("making directory " + path + " durable");
+}
+
+}  // namespace
 
 Status MakeDirs(const std::string& dir) {
   if (dir.empty()) return Status::InvalidArgument("MakeDirs: empty path");

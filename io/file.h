@@ -110,7 +110,8 @@ Result<std::string> ReadFile(const std::string& path,
 std::vector<std::string> ListDir(const std::string& dir);
 // fsync of a directory.
 Status SyncDir(const std::string& dir);
-// mkdir -p with mode 0700 for each created component.
+// mkdir -p with mode 0700 for each created component; the parent of each
+// created directory is fsync'ed, so that the new directory survives a power cut.
 Status MakeDirs(const std::string& dir);
 
 }  // namespace dp420::io

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "io/assert.h"
+#include "io/inject.h"
 
 // Linux 6.2 UAPI (io_uring.h) values that Debian 12's liburing 2.3 headers
 // predate: ask send_zc to report whether the kernel copied the data.
@@ -239,6 +240,8 @@ static bool CountZcCqe(IoOp* op, int res, uint32_t flags) {
 // Cancels what can be canceled and waits for every op in flight, so that no
 // kernel write lands in a buffer after the ring is gone.
 void Ring::Drain() {
+  in_flight_ -= static_cast<unsigned>(retried_.size());  // never reached the kernel
+  retried_.clear();
   if (in_flight_ == 0) return;
   int error = 0;
   struct io_uring_sqe* sqe = GetSqe(&error);
@@ -296,6 +299,8 @@ void Ring::Queue(IoOp* op) {
   op->zc_done = false;
   op->zc_notifs = 0;
   op->zc_release_pending = false;
+  op->short_cap = 0;
+  if (!InjectIndex(op)) return;
   if (fault_hook_) {
     int injected = fault_hook_(*op);
     DP420_ASSERT(injected <= 0);
@@ -340,6 +345,10 @@ void Ring::Prep(IoOp* op) {
   DP420_ASSERT(op->done_bytes <= op->len);
   uint8_t* addr = op->buf + op->done_bytes;
   unsigned len = op->len - op->done_bytes;
+  if (op->short_cap > 0) {
+    len = std::min(len, op->short_cap);
+    op->short_cap = 0;
+  }
   uint64_t offset = op->offset + op->done_bytes;
   if (op->kind != IoOp::kFsync && op->buf_index >= 0) {
     // A fixed op may use any part of its registered buffer.
@@ -388,7 +397,7 @@ void Ring::Prep(IoOp* op) {
 
 Status Ring::Wait(unsigned min_complete, std::vector<IoOp*>* done) {
   DP420_ASSERT(done != nullptr);
-  unsigned finished = TakeInjected(done);
+  unsigned finished = TakeInjected(done) + TakeRetried(done);
   for (;;) {
     unsigned want = 0;
     // Never wait for more CQEs than ops in flight: each owes exactly one.
@@ -548,7 +557,63 @@ void Ring::Finish(IoOp* op, int result, std::vector<IoOp*>* done) {
   DP420_ASSERT(result <= 0);
   op->result = result;
   --in_flight_;
+  if (op->kind == IoOp::kFsync && result == 0 && !op->fixed_file) {
+    inject::NoteSynced(op->fd, op->sync_ticket);
+  }
   done->push_back(op);
+}
+
+static inject::Op InjectOp(IoOp::Kind kind) {
+  switch (kind) {
+    case IoOp::kRead: return inject::Op::kRead;
+    case IoOp::kWrite: return inject::Op::kWrite;
+    case IoOp::kFsync: return inject::Op::kSync;
+    case IoOp::kSend:
+    case IoOp::kSendZc: return inject::Op::kSend;
+    case IoOp::kRecv: return inject::Op::kRecv;
+  }
+  return inject::Op::kRead;
+}
+
+// Counts `op` as one I/O of the process (io/inject.h) and applies what the
+// index asks: false when the op is already answered (an error, or EINTR /
+// EAGAIN to be retried by TakeRetried()).
+bool Ring::InjectIndex(IoOp* op) {
+  inject::Action action = inject::Before(InjectOp(op->kind), op->fixed_file ? -1 : op->fd);
+  if (action.error == EINTR || action.error == EAGAIN) {
+    DP420_ASSERT(in_flight_ < cq_entries_);
+    ++in_flight_;
+    retried_.push_back({op, -action.error});
+    return false;
+  }
+  if (action.error != 0) {
+    op->result = -action.error;
+    injected_.push_back(op);
+    return false;
+  }
+  if (action.shorten && op->len > 1) op->short_cap = op->len / 2;
+  if (inject::g_powerloss && !op->fixed_file) {
+    if (op->kind == IoOp::kWrite) inject::NoteWrite(op->fd, op->offset, op->len);
+    if (op->kind == IoOp::kFsync) op->sync_ticket = inject::SyncTicket();
+  }
+  return true;
+}
+
+// Ops answered EINTR / EAGAIN by the I/O index go through Complete() as a
+// kernel's answer would: resubmitted, or finished once the retries run out.
+unsigned Ring::TakeRetried(std::vector<IoOp*>* done) {
+  std::vector<std::pair<IoOp*, int>> retried;
+  retried.swap(retried_);
+  unsigned finished = 0;
+  for (auto [op, res] : retried) {
+    if (Complete(op, res)) {
+      Finish(op, op->result, done);
+      ++finished;
+    } else {
+      Prep(op);
+    }
+  }
+  return finished;
 }
 
 unsigned Ring::TakeInjected(std::vector<IoOp*>* done) {
@@ -559,6 +624,12 @@ unsigned Ring::TakeInjected(std::vector<IoOp*>* done) {
   }
   injected_.clear();
   return count;
+}
+
+int Ring::InjectedFault(const IoOp& op) const {
+  inject::Action action = inject::Before(InjectOp(op.kind), op.fixed_file ? -1 : op.fd);
+  if (action.error != 0 && action.error != EINTR && action.error != EAGAIN) return -action.error;
+  return fault_hook_ ? fault_hook_(op) : 0;
 }
 
 Status IoOpStatus(const IoOp& op, const std::string& what) {

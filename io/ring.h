@@ -17,6 +17,14 @@
 // every Ring created by the process; it is how end-to-end tests inject faults
 // into the real binary.
 //
+// Every op queued is also one I/O of the process-wide I/O index (io/inject.h):
+// DP420_CRASH_AT_IO=N kills the process before its Nth I/O, DP420_FAULT_AT_IO=N:KIND
+// fails it once (EIO, ENOSPC: the op's result; EINTR, EAGAIN: retried as above;
+// short: half the bytes, the rest requeued; reset: ECONNRESET on socket ops),
+// DP420_POWERLOSS_AT_IO=N[:SEED] drops or tears every write not covered by an
+// fsync and undoes unsynced directory operations before killing it, and
+// DP420_IO_COUNT_FILE=PATH / DP420_IO_TRACE_FILE=PATH report the I/Os made.
+//
 // Thread safety: none; one Ring per thread (IORING_SETUP_SINGLE_ISSUER).
 #pragma once
 
@@ -64,6 +72,8 @@ struct IoOp {
   bool zc_report_sent = false;
   bool zc_release_pending = false;
   bool zc_copied = false;    // kSendZc: the kernel copied (some of) the data
+  uint32_t short_cap = 0;    // injected short count: the next submission's length (internal)
+  uint64_t sync_ticket = 0;  // kFsync in power-loss mode (internal; io/inject.h)
   bool zc_done = false;      // kSendZc: every byte is sent (internal)
   uint16_t zc_notifs = 0;    // kSendZc: notifications still to come (internal)
   // For the caller; the ring never touches these.
@@ -122,7 +132,9 @@ class Ring {
   // The fault the hook injects into `op` (0 or -errno) without queueing it:
   // for transfers done without the kernel's help (a mapped source), so the
   // same fault specs reach them.
-  int InjectedFault(const IoOp& op) const { return fault_hook_ ? fault_hook_(op) : 0; }
+  // It is also one I/O of the I/O index (io/inject.h): its EIO or ENOSPC is
+  // returned; EINTR, EAGAIN and short counts do not apply to a mapped copy.
+  int InjectedFault(const IoOp& op) const;
 
  private:
   Ring() = default;
@@ -139,6 +151,8 @@ class Ring {
   void Finish(IoOp* op, int result, std::vector<IoOp*>* done);
   unsigned TakeInjected(std::vector<IoOp*>* done);
   void Drain();
+  unsigned TakeRetried(std::vector<IoOp*>* done);
+  bool InjectIndex(IoOp* op);
   std::unique_ptr<struct io_uring> ring_;
   unsigned depth_ = 0;
   unsigned cq_entries_ = 0;
@@ -146,6 +160,9 @@ class Ring {
   unsigned in_flight_ = 0;
   std::vector<BufferRange> buffers_;  // registered buffers, to check fixed ops
   std::vector<IoOp*> injected_;  // ops completed by the fault hook, not the kernel
+  // Ops that the I/O index (io/inject.h) answered with EINTR or EAGAIN, to go
+  // through the retry rules as if the kernel had.
+  std::vector<std::pair<IoOp*, int>> retried_;
   FaultHook fault_hook_;
 };
 

@@ -1,6 +1,7 @@
 // Implementation of the C API (engine/include/dp420/dp420.h) over the C++
 // engine. Every entry point catches everything: no exception crosses it.
 #include "dp420/dp420.h"
+#include "io/inject.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -790,7 +791,7 @@ int dp420_client_add(dp420_ctx_t* ctx, const char* clients_file, const char* nam
     if (!s.ok()) return Fail(ctx, s);
     s = reg->Save(path);
     if (!s.ok()) {
-      unlink(key_path.c_str());
+      dp420::io::sys::Unlink(key_path.c_str());
       return Fail(ctx, s);
     }
     return Ok(ctx);

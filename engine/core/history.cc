@@ -10,6 +10,7 @@
 #include <map>
 
 #include "engine/core/snapshot.h"  // NowUnixNs, Rfc3339
+#include "io/inject.h"
 #include "io/file.h"
 
 namespace dp420 {
@@ -104,7 +105,7 @@ Status RaiseAnchor(const std::string& path, const VolumeHead& head) {
   std::string dir = path.substr(0, path.find_last_of('/'));
   DP420_RETURN_IF_ERROR(io::MakeDirs(dir));
   std::string lock_path = dir + "/.lock";
-  int fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  int fd = io::sys::Open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return PosixError(lock_path, errno);
   io::File lock = io::File::Adopt(fd, lock_path, false);
   if (flock(fd, LOCK_EX) != 0) return PosixError("flock " + lock_path, errno);

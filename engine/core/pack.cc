@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "io/inject.h"
 #include "io/assert.h"
 #include "io/random.h"
 #include "simd/simd.h"
@@ -132,7 +133,7 @@ void PackWriter::Abandon() {
   if (file_.fd() < 0 && file_.path().empty()) return;
   std::string path = file_.path();
   file_.Close();
-  if (!path.empty()) unlink(path.c_str());
+  if (!path.empty()) io::sys::Unlink(path.c_str());
 }
 
 Result<PackReader> PackReader::Open(const std::string& path, uint32_t expected_id) {

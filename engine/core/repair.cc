@@ -10,6 +10,7 @@
 #include "engine/core/history.h"
 #include "engine/core/snapshot.h"  // NowUnixNs
 #include "engine/core/verify.h"
+#include "io/inject.h"
 #include "io/file.h"
 
 namespace dp420 {
@@ -88,7 +89,7 @@ Status MoveToQuarantine(const Repository& repo, RepairReport* report) {
   for (const auto& q : report->quarantined) {
     std::string from = repo.path() + "/" + q.file;
     std::string to = dir + "/" + q.file.substr(q.file.find_last_of('/') + 1);
-    if (rename(from.c_str(), to.c_str()) != 0) {
+    if (io::sys::Rename(from.c_str(), to.c_str()) != 0) {
       return PosixError("rename " + from + " -> " + to, errno);
     }
   }

@@ -15,6 +15,7 @@
 #include <openssl/hmac.h>
 
 #include "engine/core/history.h"
+#include "io/inject.h"
 #include "io/assert.h"
 #include "io/file.h"
 #include "io/random.h"
@@ -71,7 +72,7 @@ Result<io::File> LockForInit(const std::string& path) {
     return Status::Exists(path + " exists and is not a directory");
   }
   DP420_RETURN_IF_ERROR(io::MakeDirs(path));
-  int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int fd = io::sys::Open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return PosixError("open " + path, errno);
   io::File dir = io::File::Adopt(fd, path, false);
   while (flock(fd, LOCK_EX) != 0) {
@@ -81,13 +82,13 @@ Result<io::File> LockForInit(const std::string& path) {
   if (!names.empty() && UnfinishedInit(path, names)) {
     for (const std::string& name : names) {
       if (ConfigTemp(path, name)) {
-        unlink((path + "/" + name).c_str());
+        io::sys::Unlink((path + "/" + name).c_str());
         continue;
       }
       for (const std::string& entry : io::ListDir(path + "/" + name)) {
-        unlink((path + "/" + name + "/" + entry).c_str());
+        io::sys::Unlink((path + "/" + name + "/" + entry).c_str());
       }
-      rmdir((path + "/" + name).c_str());
+      io::sys::Rmdir((path + "/" + name).c_str());
     }
     names = io::ListDir(path);
   }
@@ -345,7 +346,7 @@ Result<Manifest> Repository::FindSnapshot(const std::string& volume,
 
 Result<VolumeLock> Repository::LockVolume(const std::string& volume) const {
   std::string path = path_ + "/locks/" + volume + ".lock";
-  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  int fd = io::sys::Open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return PosixError(path, errno);
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     int err = errno;
@@ -403,15 +404,33 @@ Status BackupJournal::Recover(const Repository& repo, const std::string& volume)
     }
   }
   if (!snapshot_id.empty()) {
-    unlink((repo.path() + "/tmp/" + snapshot_id + ".manifest.tmp").c_str());
+    io::sys::Unlink((repo.path() + "/tmp/" + snapshot_id + ".manifest.tmp").c_str());
   }
   if (!committed) {
-    for (uint32_t id : packs) unlink(repo.PackPath(id).c_str());
+    for (uint32_t id : packs) io::sys::Unlink(repo.PackPath(id).c_str());
     DP420_RETURN_IF_ERROR(io::SyncDir(repo.PacksDir()));
   }
-  unlink(path.c_str());
+  io::sys::Unlink(path.c_str());
   return io::SyncDir(repo.path() + "/tmp");
 }
+
+namespace {
+
+// Appends `line` to the journal and fdatasyncs it; short writes, EINTR and
+// EAGAIN are retried.
+Status AppendDurably(int fd, const std::string& line, const std::string& path) {
+  size_t done = 0;
+  while (done < line.size()) {
+    ssize_t n = io::sys::Write(fd, line.data() + done, line.size() - done);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) return PosixError("write " + path, n < 0 ? errno : EIO);
+    done += size_t(n);
+  }
+  if (io::sys::Fdatasync(fd) != 0) return PosixError("fdatasync " + path, errno);
+  return Status::Ok();
+}
+
+}  // namespace
 
 Result<BackupJournal> BackupJournal::Start(const Repository& repo, const std::string& volume,
                                            const std::string& snapshot_id) {
@@ -419,21 +438,17 @@ Result<BackupJournal> BackupJournal::Start(const Repository& repo, const std::st
   BackupJournal j;
   j.repo_ = &repo;
   j.path_ = repo.path() + "/tmp/" + volume + ".journal";
-  j.fd_ = open(j.path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+  j.fd_ = io::sys::Open(j.path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
   if (j.fd_ < 0) return PosixError(j.path_, errno);
   std::string line = "snapshot " + snapshot_id + "\n";
-  if (write(j.fd_, line.data(), line.size()) != ssize_t(line.size()) || fdatasync(j.fd_) != 0) {
-    return PosixError(j.path_, errno);
-  }
+  DP420_RETURN_IF_ERROR(AppendDurably(j.fd_, line, j.path_));
   DP420_RETURN_IF_ERROR(io::SyncDir(repo.path() + "/tmp"));
   return j;
 }
 
 Status BackupJournal::AddPack(uint32_t pack_id) {
   std::string line = "pack " + PackName(pack_id) + "\n";
-  if (write(fd_, line.data(), line.size()) != ssize_t(line.size()) || fdatasync(fd_) != 0) {
-    return PosixError(path_, errno);
-  }
+  DP420_RETURN_IF_ERROR(AppendDurably(fd_, line, path_));
   packs_.push_back(pack_id);
   return Status::Ok();
 }
@@ -442,16 +457,16 @@ void BackupJournal::Commit() {
   if (fd_ < 0) return;
   close(fd_);
   fd_ = -1;
-  unlink(path_.c_str());
+  io::sys::Unlink(path_.c_str());
 }
 
 void BackupJournal::Rollback() {
   if (fd_ < 0) return;
-  for (uint32_t id : packs_) unlink(repo_->PackPath(id).c_str());
+  for (uint32_t id : packs_) io::sys::Unlink(repo_->PackPath(id).c_str());
   (void)io::SyncDir(repo_->PacksDir());
   close(fd_);
   fd_ = -1;
-  unlink(path_.c_str());
+  io::sys::Unlink(path_.c_str());
 }
 
 }  // namespace dp420

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "engine/core/test_hooks.h"
+#include "io/inject.h"
 #include "io/random.h"
 
 namespace dp420 {
@@ -175,12 +176,12 @@ Status RestoreTarget::OpenFile(const struct stat* existing) {
     existing_dev_ = existing->st_dev;
     existing_ino_ = existing->st_ino;
   }
-  dir_fd_ = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  dir_fd_ = io::sys::Open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir_fd_ < 0) return PosixError("open directory " + dir + " of " + Shown(), errno);
   RemoveStalePartials();
   int fd = -1;
   if (!NoTmpfileForTest()) {
-    fd = openat(dir_fd_, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+    fd = io::sys::OpenAt(dir_fd_, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
     if (fd < 0 && errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) {
       return PosixError("create a file in " + dir + " for " + Shown(), errno);
     }
@@ -206,7 +207,7 @@ Status RestoreTarget::OpenFile(const struct stat* existing) {
 Status RestoreTarget::CreatePartial(int* fd) {
   for (int i = 0; i < kNameAttempts; ++i) {
     DP420_ASSIGN_OR_RETURN(std::string name, RandomPartialName(name_));
-    *fd = openat(dir_fd_, name.c_str(),
+    *fd = io::sys::OpenAt(dir_fd_, name.c_str(),
                  O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
     if (*fd < 0 && errno == EEXIST) continue;
     if (*fd < 0) return PosixError("create " + name + " for " + Shown(), errno);
@@ -219,13 +220,13 @@ Status RestoreTarget::CreatePartial(int* fd) {
 
 RestoreTarget::~RestoreTarget() {
   if (dir_fd_ < 0) return;
-  if (!partial_name_.empty()) unlinkat(dir_fd_, partial_name_.c_str(), 0);
+  if (!partial_name_.empty()) io::sys::UnlinkAt(dir_fd_, partial_name_.c_str(), 0);
   close(dir_fd_);
 }
 
 Status RestoreTarget::ZeroRange(uint64_t offset, uint64_t len) {
   if (!block_device_) return Status::Ok();  // a fresh sparse file is already zero
-  if (fallocate(buffered_.fd(), FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+  if (io::sys::Fallocate(buffered_.fd(), FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
                 static_cast<off_t>(offset), static_cast<off_t>(len)) == 0) {
     return Status::Ok();
   }
@@ -256,15 +257,15 @@ Status RestoreTarget::Commit() {
     if (unnamed_) DP420_RETURN_IF_ERROR(LinkPartial());
     CrashPoint("restore-before-rename");
     unsigned flags = existed_ ? 0 : RENAME_NOREPLACE;
-    int rc = renameat2(dir_fd_, partial_name_.c_str(), dir_fd_, name_.c_str(), flags);
+    int rc = io::sys::RenameAt2(dir_fd_, partial_name_.c_str(), dir_fd_, name_.c_str(), flags);
     if (rc != 0 && errno == EINVAL && flags != 0) {
-      rc = renameat(dir_fd_, partial_name_.c_str(), dir_fd_, name_.c_str());
+      rc = io::sys::RenameAt2(dir_fd_, partial_name_.c_str(), dir_fd_, name_.c_str(), 0);
     }
     if (rc != 0) return PosixError("rename " + partial_name_ + " to " + Shown(), errno);
     partial_name_.clear();  // TARGET's now: never deleted
   }
   (void)fremovexattr(buffered_.fd(), kPartialXattr);
-  if (fsync(dir_fd_) != 0) return PosixError("fsync the directory of " + Shown(), errno);
+  if (io::sys::Fsync(dir_fd_) != 0) return PosixError("fsync the directory of " + Shown(), errno);
   return Status::Ok();
 }
 
@@ -278,9 +279,9 @@ Status RestoreTarget::LinkPartial() {
       DP420_ASSIGN_OR_RETURN(name, RandomPartialName(name_));
       MarkPartial(buffered_.fd(), name);
     }
-    int rc = linkat(AT_FDCWD, proc.c_str(), dir_fd_, name.c_str(), AT_SYMLINK_FOLLOW);
+    int rc = io::sys::LinkAt(AT_FDCWD, proc.c_str(), dir_fd_, name.c_str(), AT_SYMLINK_FOLLOW);
     if (rc != 0 && errno == ENOENT) {  // no /proc: needs CAP_DAC_READ_SEARCH
-      rc = linkat(buffered_.fd(), "", dir_fd_, name.c_str(), AT_EMPTY_PATH);
+      rc = io::sys::LinkAt(buffered_.fd(), "", dir_fd_, name.c_str(), AT_EMPTY_PATH);
     }
     if (rc == 0) {
       if (existed_) partial_name_ = name;
@@ -329,7 +330,7 @@ void RestoreTarget::RemoveStalePartials() const {
 }
 
 void RestoreTarget::RemoveIfStale(const std::string& name) const {
-  int fd = openat(dir_fd_, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  int fd = io::sys::OpenAt(dir_fd_, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
   if (fd < 0) return;
   struct stat st;
   struct stat now;
@@ -338,7 +339,7 @@ void RestoreTarget::RemoveIfStale(const std::string& name) const {
               flock(fd, LOCK_EX | LOCK_NB) == 0 &&  // no live restore holds it
               fstatat(dir_fd_, name.c_str(), &now, AT_SYMLINK_NOFOLLOW) == 0 &&
               now.st_dev == st.st_dev && now.st_ino == st.st_ino;
-  if (ours) unlinkat(dir_fd_, name.c_str(), 0);
+  if (ours) io::sys::UnlinkAt(dir_fd_, name.c_str(), 0);
   close(fd);
 }
 

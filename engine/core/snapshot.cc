@@ -10,6 +10,7 @@
 #include "engine/core/history.h"
 #include "engine/core/scanner.h"
 #include "engine/core/test_hooks.h"
+#include "io/inject.h"
 #include "io/assert.h"
 #include "io/file.h"
 #include "io/random.h"
@@ -221,7 +222,7 @@ Status SnapshotBuilder::WriteManifest(bool* renamed) {
   }
   CrashPoint("before-rename");
   std::string final_path = dir + "/" + m_.file_name;
-  if (rename(tmp.c_str(), final_path.c_str()) != 0) {
+  if (io::sys::Rename(tmp.c_str(), final_path.c_str()) != 0) {
     return PosixError("rename " + tmp + " -> " + final_path, errno);
   }
   tmp_guard.Keep();

@@ -21,6 +21,7 @@
 #include "engine/core/pack.h"
 #include "engine/core/table.h"
 #include "engine/core/table_check.h"
+#include "io/inject.h"
 #include "io/assert.h"
 #include "simd/simd.h"
 
@@ -79,9 +80,9 @@ std::string ReadChecked(const PackReader& pack, const ObjRef& ref, uint8_t* buf)
   if (offset + padded > pack.size_bytes()) return "runs past the end (truncated)";
   size_t done = 0;
   while (done < padded) {
-    ssize_t n = pread(pack.fd(), buf + done, padded - done, off_t(offset + done));
+    ssize_t n = io::sys::Pread(pack.fd(), buf + done, padded - done, off_t(offset + done));
     if (n < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR || errno == EAGAIN) continue;
       return std::string("cannot be read (") + std::strerror(errno) + ")";
     }
     if (n == 0) return "runs past the end (truncated)";

@@ -31,6 +31,7 @@
 #include "engine/core/scanner.h"
 #include "engine/net/client.h"
 #include "engine/net/id_cache.h"
+#include "io/inject.h"
 #include "io/assert.h"
 #include "io/file.h"
 #include "simd/simd.h"
@@ -44,8 +45,8 @@ using Clock = std::chrono::steady_clock;
 Status WriteAll(int fd, uint64_t offset, const void* data, size_t len, const std::string& path) {
   const uint8_t* p = static_cast<const uint8_t*>(data);
   while (len > 0) {
-    ssize_t n = pwrite(fd, p, len, static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
+    ssize_t n = io::sys::Pwrite(fd, p, len, static_cast<off_t>(offset));
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (n <= 0) return PosixError("write " + path, n < 0 ? errno : EIO);
     p += n;
     len -= static_cast<size_t>(n);
@@ -714,7 +715,7 @@ Result<io::File> RemoteRepository::OpenParentCache(const Manifest& parent,
   CacheHeader h = MakeCacheHeader(parent);
   DP420_RETURN_IF_ERROR(f.Truncate(kCacheHeader + parent.blocks_total * kCacheRecord));
   DP420_RETURN_IF_ERROR(WriteAll(f.fd(), 0, &h, sizeof(h), tmp));
-  if (rename(tmp.c_str(), cache_path.c_str()) != 0) {
+  if (io::sys::Rename(tmp.c_str(), cache_path.c_str()) != 0) {
     return PosixError("rename " + tmp + " -> " + cache_path, errno);
   }
   tmp_guard.Keep();
@@ -963,7 +964,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   if (!job.error.ok()) {
     // Tell the server to roll back now rather than wait for this agent.
     if (control_) (void)SendError(*control_, job.error, timeout);
-    unlink(job.new_cache_path.c_str());
+    io::sys::Unlink(job.new_cache_path.c_str());
     return job.error;
   }
 
@@ -989,7 +990,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
       if (f->type() == FrameType::kPong) continue;
       Status expected = ExpectFrame(*f, FrameType::kCommitted, control_->peer());
       if (!expected.ok()) {
-        unlink(job.new_cache_path.c_str());
+        io::sys::Unlink(job.new_cache_path.c_str());
         return expected;
       }
       PayloadReader cr(f->payload);
@@ -1024,7 +1025,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     if (!checked.ok()) {
       // Either side may be wrong: the server, or this host's cache of the
       // parent. The cache goes, so the next backup fetches the parent's records.
-      if (parent) unlink(cache_path.c_str());
+      if (parent) io::sys::Unlink(cache_path.c_str());
       committed = Status::Corruption(
           checked.message() + (parent ? " (the local id cache " + cache_path +
                                             " was removed: if the next backup passes this "
@@ -1033,7 +1034,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     }
   }
   if (!committed.ok()) {
-    unlink(job.new_cache_path.c_str());
+    io::sys::Unlink(job.new_cache_path.c_str());
     return committed.status();
   }
   // This agent's anchor: the newest it committed (checked above).
@@ -1042,7 +1043,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   // The new snapshot's ids become the cache for the next backup.
   CacheHeader h = MakeCacheHeader(*committed);
   if (WriteAll(new_cache.fd(), 0, &h, sizeof(h), job.new_cache_path).ok() &&
-      rename(job.new_cache_path.c_str(), cache_path.c_str()) == 0) {
+      io::sys::Rename(job.new_cache_path.c_str(), cache_path.c_str()) == 0) {
     new_cache_guard.Keep();
   }
 

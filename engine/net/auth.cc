@@ -14,6 +14,7 @@
 #include <iterator>
 
 #include "engine/core/manifest.h"
+#include "io/inject.h"
 #include "io/file.h"
 #include "io/random.h"
 #include "simd/simd.h"
@@ -112,7 +113,7 @@ std::string KeyDigest(const ClientKey& k) {
 
 Result<ClientsFileLock> ClientsFileLock::Acquire(const std::string& clients_path) {
   std::string path = clients_path + ".lock";
-  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
+  int fd = io::sys::Open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
   if (fd < 0) return PosixError("open " + path + " (the clients file's lock)", errno);
   while (flock(fd, LOCK_EX) != 0) {
     if (errno == EINTR) continue;
@@ -248,15 +249,23 @@ Status ClientRegistry::Remove(const std::string& name) {
 
 Status WriteKeyFile(const std::string& path, const uint8_t key[kKeyBytes],
                     const std::string& server_id_hex) {
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  int fd = io::sys::Open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) return PosixError(path, errno);
   std::string text = simd::ToHex(key, kKeyBytes) + "\nserver-id " + server_id_hex + "\n";
-  bool ok = write(fd, text.data(), text.size()) == ssize_t(text.size()) && fsync(fd) == 0;
+  size_t done = 0;
+  bool ok = true;
+  while (ok && done < text.size()) {
+    ssize_t n = io::sys::Write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    ok = n > 0;
+    if (ok) done += size_t(n);
+  }
+  ok = ok && io::sys::Fsync(fd) == 0;
   int err = errno;
   Cleanse(text.data(), text.size());
   close(fd);
   if (!ok) {
-    unlink(path.c_str());
+    io::sys::Unlink(path.c_str());
     return PosixError(path, err);
   }
   return Status::Ok();

@@ -19,6 +19,7 @@
 
 #include <openssl/crypto.h>
 
+#include "io/inject.h"
 #include "io/assert.h"
 #include "simd/simd.h"
 
@@ -229,7 +230,7 @@ Status Conn::SendIov(iovec* iov, int count, Deadline deadline, Millis timeout,
   msg.msg_iovlen = size_t(count);
   bool sent_some = false;
   while (msg.msg_iovlen > 0) {
-    ssize_t n = sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t n = io::sys::Sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       int err = errno;
       if (err == EINTR) continue;
@@ -348,7 +349,7 @@ Status Conn::RecvUntil(uint8_t* buf, size_t len, Deadline deadline, Millis timeo
                        bool frame_start) {
   size_t done = 0;
   while (done < len) {
-    ssize_t n = recv(fd_, buf + done, len - done, MSG_DONTWAIT);
+    ssize_t n = io::sys::Recv(fd_, buf + done, len - done, MSG_DONTWAIT);
     if (n > 0) {
       done += size_t(n);
       bytes_received_.fetch_add(uint64_t(n), std::memory_order_relaxed);
@@ -384,7 +385,7 @@ Status Conn::RecvExact(uint8_t* buf, size_t len, Millis timeout) {
 
 Result<size_t> Conn::RecvAvailable(uint8_t* buf, size_t len) {
   for (;;) {
-    ssize_t n = recv(fd_, buf, len, MSG_DONTWAIT);
+    ssize_t n = io::sys::Recv(fd_, buf, len, MSG_DONTWAIT);
     if (n > 0) {
       bytes_received_.fetch_add(uint64_t(n), std::memory_order_relaxed);
       return size_t(n);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/net/volumes.h"
+#include "io/inject.h"
 #include "io/file.h"
 #include "simd/simd.h"
 
@@ -90,9 +91,24 @@ CacheHeader MakeCacheHeader(const Manifest& m) {
   return h;
 }
 
+// pread of exactly `len` bytes, retrying EINTR, EAGAIN and short counts;
+// the bytes read (fewer only at end of file or on an error).
+static ssize_t PreadFull(int fd, void* buf, size_t len, off_t offset) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = io::sys::Pread(fd, static_cast<uint8_t*>(buf) + done, len - done,
+                               offset + off_t(done));
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n < 0) return -1;
+    if (n == 0) break;
+    done += size_t(n);
+  }
+  return ssize_t(done);
+}
+
 bool CacheValid(int fd, const Manifest& m) {
   CacheHeader h{};
-  if (pread(fd, &h, sizeof(h), 0) != static_cast<ssize_t>(sizeof(h))) return false;
+  if (PreadFull(fd, &h, sizeof(h), 0) != static_cast<ssize_t>(sizeof(h))) return false;
   CacheHeader want = MakeCacheHeader(m);
   struct stat st;
   if (fstat(fd, &st) != 0) return false;
@@ -102,7 +118,7 @@ bool CacheValid(int fd, const Manifest& m) {
 
 Status ReadCacheRecords(int fd, uint64_t first, uint32_t n, uint8_t* raw) {
   size_t want = size_t{n} * kCacheRecord;
-  ssize_t got = pread(fd, raw, want, static_cast<off_t>(kCacheHeader + first * kCacheRecord));
+  ssize_t got = PreadFull(fd, raw, want, static_cast<off_t>(kCacheHeader + first * kCacheRecord));
   if (got != static_cast<ssize_t>(want)) {
     return Status::IOError("reading the block id cache failed");
   }

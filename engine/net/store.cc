@@ -18,6 +18,7 @@
 #include "engine/core/snapshot.h"
 #include "engine/core/text.h"
 #include "engine/net/volumes.h"
+#include "io/inject.h"
 #include "io/assert.h"
 #include "io/buffer_pool.h"
 #include "io/file.h"
@@ -1251,7 +1252,7 @@ void LingerAfterError(Conn& conn, Millis most) {
     int r = poll(&p, 1, int(left));
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return;
-    ssize_t n = ::recv(conn.fd(), sink, sizeof(sink), MSG_DONTWAIT);
+    ssize_t n = io::sys::Recv(conn.fd(), sink, sizeof(sink), MSG_DONTWAIT);
     if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) return;
   }
 }

@@ -1,0 +1,828 @@
+// The I/O-index fault suite: the real dp420 binary stopped or failed at every
+// I/O of a run (io/inject.h). For a small full backup, an incremental backup, a
+// restore and a remote backup committed by `dp420 serve`, the test counts the
+// I/Os a clean run makes, then for each index:
+//   - crash (DP420_CRASH_AT_IO): the operation committed completely or is
+//     invisible, every committed snapshot restores bit-exact, verify
+//     --read-data is clean, the next run works and leaves no temp files;
+//   - fault (DP420_FAULT_AT_IO, × EIO ENOSPC EINTR EAGAIN short reset): exit 0
+//     with correct data, or the documented exit code with the failure named;
+//     EINTR, EAGAIN and short counts must be invisible; the same checks after;
+//   - power loss (DP420_POWERLOSS_AT_IO, dropped and torn): committed
+//     snapshots survive, the cut operation committed completely or is
+//     invisible, verify --read-data clean.
+// Trials run two at a time, each on its own copy of a baseline directory (its
+// own repository, anchor state and agent cache). Every failure names the
+// trial's variable and value, which replays it on a copy of the baseline.
+// DP420_IO_INDEX_LONG=1 (ctest io_index_long, label "long") runs every index
+// of more volumes (DP420_IO_INDEX_SEEDS of them, default 30 for crashes and 4
+// for faults and power cuts) and more tear seeds.
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "e2e_util.h"
+
+namespace dp420::e2e {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kExitNetwork = 8;
+constexpr const char* kVolume = "vol";
+constexpr uint64_t kVolumeBytes = 256 * 1024;
+constexpr std::chrono::seconds kTrialTimeout{60};
+
+bool LongMode() {
+  const char* v = std::getenv("DP420_IO_INDEX_LONG");
+  return v != nullptr && std::string(v) == "1";
+}
+
+unsigned Workers() {
+  unsigned n = std::thread::hardware_concurrency();
+  return std::clamp(2 * n, 2u, 8u);  // the runs wait on fsync and the network
+}
+
+// How a trial disturbs the run.
+struct Disturbance {
+  std::string variable;  // DP420_CRASH_AT_IO, DP420_FAULT_AT_IO, DP420_POWERLOSS_AT_IO
+  std::string value;
+  std::string kind;      // for faults: EIO ... reset; else ""
+  std::string Describe() const { return variable + "=" + value; }
+};
+
+Env TrialEnv(const std::string& root) {
+  return {{"DP420_STATE_DIR", root + "/state"}, {"DP420_CACHE_DIR", root + "/cache"}};
+}
+
+Result CliIn(const std::string& root, const std::vector<std::string>& args, const Env& extra = {}) {
+  Env env = TrialEnv(root);
+  env.insert(env.end(), extra.begin(), extra.end());
+  return RunCommand([&] {
+    std::vector<std::string> argv{CliPath()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+  }(), env, kTrialTimeout);
+}
+
+// Files a finished run must not leave behind in `dir` (recursively): temp
+// files, partial restores, power-loss stashes, anything in the repository's tmp/.
+std::vector<std::string> Leftovers(const std::string& dir) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::end(it);
+       it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    std::string parent = it->path().parent_path().filename().string();
+    bool temp = name.find(".tmp") != std::string::npos ||
+                name.find(".dp420-partial") != std::string::npos ||
+                name.find(".dp420-powerloss") != std::string::npos ||
+                (parent == "tmp" && !it->is_directory());
+    if (temp) found.push_back(it->path().string());
+  }
+  return found;
+}
+
+std::string Join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+std::string CopyTree(const std::string& from, const std::string& to) {
+  Result r = RunCommand({"cp", "-a", from, to}, {}, kTrialTimeout);
+  return r.exit_code == 0 ? "" : "copying the baseline failed: " + r.Describe();
+}
+
+// ---- Scenarios ----
+
+// One operation under test, on a copy of its baseline directory `base`:
+// `root` is the copy. `committed` maps the baseline's snapshots to the SHA-256
+// of their volumes; `expected_sha` is what a snapshot the operation commits
+// (backup) or the target it writes (restore) must hold.
+struct Scenario {
+  std::string name;
+  std::string base;
+  bool restore = false;
+  bool remote = false;
+  std::map<std::string, std::string> committed;
+  std::string expected_sha;
+  std::function<std::vector<std::string>(const std::string& root)> args;
+  // From the undisturbed run's trace (local scenarios): the I/O that publishes
+  // the result (the manifest's rename, the target's link or rename), and the
+  // fsync of its directory that makes it durable.
+  uint64_t commit_io = 0;
+  uint64_t durable_io = 0;
+};
+
+std::string RepoOf(const std::string& root) { return root + "/repo"; }
+std::string TargetOf(const std::string& root) { return root + "/out/target.img"; }
+
+std::vector<std::string> BackupArgs(const std::string& root, const std::string& source) {
+  return {"backup", "--repo", RepoOf(root), "--volume", kVolume, "--block-size", "4096",
+          "--threads", "1", "--json", source};
+}
+
+// Makes `dir`/v1.img and v2.img (v2: v1 with a few changed blocks), the
+// repository `dir`/repo and the output folder.
+void MakeSources(const std::string& dir, uint64_t seed) {
+  WritePatternFile(dir + "/v1.img", kVolumeBytes, seed, 3);
+  fs::copy_file(dir + "/v1.img", dir + "/v2.img");
+  OverwriteRange(dir + "/v2.img", 8192, 12288, seed + 1);
+  OverwriteRange(dir + "/v2.img", kVolumeBytes - 20000, 9000, seed + 2);
+  fs::create_directories(dir + "/out");
+  Result r = CliIn(dir, {"init", RepoOf(dir)});
+  if (r.exit_code != 0) Fail("init failed: " + r.Describe());
+}
+
+std::string BackupIn(const std::string& root, const std::string& source) {
+  Result r = CliIn(root, BackupArgs(root, source));
+  if (r.exit_code != 0) Fail("baseline backup failed: " + r.Describe());
+  return ParseJson(r).at("snapshot_id").get<std::string>();
+}
+
+Scenario FullBackup(const std::string& base, uint64_t seed) {
+  fs::create_directories(base);
+  MakeSources(base, seed);
+  Scenario s{"full backup", base};
+  s.expected_sha = Sha256File(base + "/v1.img");
+  s.args = [base](const std::string& root) { return BackupArgs(root, base + "/v1.img"); };
+  return s;
+}
+
+Scenario IncrementalBackup(const std::string& base, uint64_t seed) {
+  fs::create_directories(base);
+  MakeSources(base, seed);
+  Scenario s{"incremental backup", base};
+  s.committed[BackupIn(base, base + "/v1.img")] = Sha256File(base + "/v1.img");
+  s.expected_sha = Sha256File(base + "/v2.img");
+  s.args = [base](const std::string& root) { return BackupArgs(root, base + "/v2.img"); };
+  return s;
+}
+
+Scenario RestoreOf(const std::string& base, uint64_t seed) {
+  fs::create_directories(base);
+  MakeSources(base, seed);
+  Scenario s{"restore", base};
+  s.restore = true;
+  s.committed[BackupIn(base, base + "/v1.img")] = Sha256File(base + "/v1.img");
+  std::string s2 = BackupIn(base, base + "/v2.img");
+  s.committed[s2] = Sha256File(base + "/v2.img");
+  s.expected_sha = s.committed[s2];
+  s.args = [s2](const std::string& root) {
+    return std::vector<std::string>{"restore", "--repo", RepoOf(root), "--volume", kVolume,
+                                    "--snapshot", s2, TargetOf(root)};
+  };
+  return s;
+}
+
+// ---- Checks ----
+
+// errno text a failure of `kind` must show, and the exit codes it may end with.
+struct Expectation {
+  std::string text;
+  std::set<int> codes;
+};
+
+// `remote`: the fault hit a server, whose agent sees a failed socket op as a
+// lost connection.
+Expectation Expected(const std::string& kind, bool remote) {
+  if (kind == "EIO" && remote) return {"Input/output error", {kExitFailed, kExitDamage, kExitNetwork}};
+  if (kind == "EIO") return {"Input/output error", {kExitFailed, kExitDamage}};
+  if (kind == "ENOSPC") return {"No space left on device", {kExitNoSpace}};
+  if (kind == "reset") return {"reset", {kExitNetwork}};
+  return {"", {kExitOk}};  // EINTR, EAGAIN, short: retried, never seen
+}
+
+// The disturbed run itself: killed or finished for a crash or power cut; for
+// a fault, exit 0, or the kind's exit code with its errno named in `log`.
+std::string CheckRun(const Disturbance& d, const Result& run, const std::string& log,
+                     bool remote = false) {
+  if (run.timed_out) return "the run hung (killed after the timeout): " + run.Describe();
+  if (d.variable != "DP420_FAULT_AT_IO") {
+    if (run.term_signal == SIGKILL || run.exit_code == kExitOk) return "";
+    return "the run neither died at the index nor finished: " + run.Describe();
+  }
+  if (run.exit_code == kExitOk) return "";
+  Expectation want = Expected(d.kind, remote);
+  if (want.codes.count(run.exit_code) == 0) {
+    return "exit code " + std::to_string(run.exit_code) + " is not the documented one for " +
+           d.kind + ": " + run.Describe() + log;
+  }
+  if (!ContainsIgnoringCase(run.err + log, want.text)) {
+    return "the error does not name the failure (\"" + want.text + "\"): " + run.Describe() + log;
+  }
+  return "";
+}
+
+// Snapshot ids and their sequence numbers, as `snapshots --json` lists them.
+struct Listing {
+  std::string error;
+  std::map<std::string, int64_t> sequence;
+  std::string newest;
+};
+
+Listing List(const std::string& root, const std::string& volume) {
+  Listing l;
+  Result r = CliIn(root, {"snapshots", "--repo", RepoOf(root), "--volume", volume, "--json"});
+  if (r.exit_code != kExitOk) {
+    l.error = "snapshots failed: " + r.Describe();
+    return l;
+  }
+  for (const auto& m : ParseJson(r)) {
+    std::string id = m.at("snapshot_id").get<std::string>();
+    l.sequence[id] = m.at("sequence").get<int64_t>();
+    if (l.newest.empty() || l.sequence[id] > l.sequence[l.newest]) l.newest = id;
+  }
+  return l;
+}
+
+std::string CheckRestores(const std::string& root, const std::string& volume,
+                          const std::string& id, const std::string& sha) {
+  std::string target = root + "/check-" + id + ".img";
+  Result r = CliIn(root, {"restore", "--repo", RepoOf(root), "--volume", volume, "--snapshot",
+                          id, target});
+  std::string failure;
+  if (r.exit_code != kExitOk) failure = "snapshot " + id + " does not restore: " + r.Describe();
+  else if (Sha256File(target) != sha) failure = "snapshot " + id + " restores wrong bytes";
+  fs::remove(target);
+  return failure;
+}
+
+// After the disturbed run: the baseline's snapshots are all there and restore
+// bit-exact, a backup added at most one snapshot (restoring to its source),
+// a restore's target is missing or exact, and verify --read-data is clean.
+// `*added`: the snapshot the run committed, if any.
+std::string CheckState(const Scenario& sc, const std::string& root, const std::string& volume,
+                       bool fault, std::string* added) {
+  Listing l = List(root, volume);
+  if (!l.error.empty()) return l.error;
+  for (const auto& [id, sha] : sc.committed) {
+    if (l.sequence.count(id) == 0) return "committed snapshot " + id + " vanished";
+  }
+  for (const auto& [id, seq] : l.sequence) {
+    if (sc.committed.count(id) != 0) {
+      // A restore does not write the repository; after a fault verify
+      // --read-data below checks the snapshots the run could not have touched.
+      if (sc.restore || fault) continue;
+      if (std::string f = CheckRestores(root, volume, id, sc.committed.at(id)); !f.empty()) return f;
+      continue;
+    }
+    if (sc.restore || !added->empty()) return "an unexpected snapshot " + id + " is listed";
+    *added = id;
+    if (std::string f = CheckRestores(root, volume, id, sc.expected_sha); !f.empty()) {
+      return "the interrupted backup's snapshot is listed but incomplete: " + f;
+    }
+  }
+  if (sc.restore && Exists(TargetOf(root)) && Sha256File(TargetOf(root)) != sc.expected_sha) {
+    return "the restore target exists with wrong bytes";
+  }
+  Result verify = CliIn(root, {"verify", "--repo", RepoOf(root), "--read-data"});
+  if (verify.exit_code != kExitOk) return "verify --read-data is not clean: " + verify.Describe();
+  return "";
+}
+
+// After the next, undisturbed run: nothing temporary left, no pack left over.
+std::string CheckClean(const std::string& root) {
+  std::vector<std::string> left = Leftovers(root + "/repo");
+  std::vector<std::string> out = Leftovers(root + "/out");
+  left.insert(left.end(), out.begin(), out.end());
+  if (!left.empty()) return "left behind after the next run: " + Join(left);
+  Result verify = CliIn(root, {"verify", "--repo", RepoOf(root), "--json"});
+  if (verify.exit_code != kExitOk) return "verify after the next run: " + verify.Describe();
+  if (ParseJson(verify).value("unreferenced_packs", 0) != 0) {
+    return "packs of the interrupted backup are left over: " + verify.out;
+  }
+  return "";
+}
+
+// The next local run, undisturbed: works, and a backup builds on the newest.
+std::string CheckNextLocalRun(const Scenario& sc, const std::string& root,
+                              const std::string& newest) {
+  std::vector<std::string> args = sc.args(root);
+  if (sc.restore && Exists(TargetOf(root))) args.insert(args.end() - 1, "--force");
+  Result r = CliIn(root, args);
+  if (r.exit_code != kExitOk) return "the next run failed: " + r.Describe();
+  if (sc.restore) {
+    if (Sha256File(TargetOf(root)) != sc.expected_sha) return "the next restore wrote wrong bytes";
+  } else if (ParseJson(r).value("parent", Json()) != (newest.empty() ? Json() : Json(newest))) {
+    return "the next backup's parent is not the newest snapshot " + newest + ": " + r.out;
+  }
+  return CheckClean(root);
+}
+
+std::string NewestAfter(const Scenario& sc, const std::string& added) {
+  if (!added.empty()) return added;
+  std::string newest;
+  for (const auto& [id, sha] : sc.committed) {
+    if (!sc.restore) newest = id;  // a backup baseline holds one snapshot at most
+  }
+  return newest;
+}
+
+// The I/O that publishes a scenario's result, and the fsync of its directory.
+struct Commit {
+  uint64_t io = 0;       // 0: not in the trace
+  uint64_t durable = 0;  // 0: not in the trace
+};
+
+// Finds them in a DP420_IO_TRACE_FILE's text.
+Commit FindCommit(const std::string& trace, bool restore) {
+  static const std::regex kManifest(R"(/repo/snapshots/[^/]+/[^/]+\.manifest$)");
+  static const std::regex kTarget(R"(/out/target\.img$)");
+  const std::string ops = restore ? "link rename" : "rename";
+  Commit c;
+  std::istringstream in(trace);
+  std::string line;
+  std::string dir;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    uint64_t index = 0;
+    std::string op, path;
+    fields >> index >> op >> path;
+    if (c.io == 0 && ops.find(op) != std::string::npos &&
+        std::regex_search(path, restore ? kTarget : kManifest)) {
+      c.io = index;
+      dir = path.substr(0, path.rfind('/'));
+    } else if (c.io != 0 && op == "sync" && path == dir) {
+      c.durable = index;
+      break;
+    }
+  }
+  return c;
+}
+
+// From the run's own trace (the I/O order of two runs may differ a little):
+// a run stopped before its commit I/O published nothing; one crashed after it,
+// or cut off from power after the fsync that made it durable, published.
+std::string CheckCommitPoint(const Scenario& sc, const std::string& root, const Disturbance& d,
+                             bool backup_added) {
+  if (d.variable == "DP420_FAULT_AT_IO") return "";
+  uint64_t index = std::stoull(d.value.substr(0, d.value.find(':')));
+  Commit c = FindCommit(Exists(root + ".trace") ? ReadFile(root + ".trace") : "", sc.restore);
+  bool published = sc.restore ? Exists(TargetOf(root)) : backup_added;
+  uint64_t must = d.variable == "DP420_CRASH_AT_IO" ? c.io : c.durable;
+  if ((c.io == 0 || c.io >= index) && published) {
+    return "published although stopped before its commit I/O";
+  }
+  if (must != 0 && must < index && !published) {
+    return "lost although stopped after I/O " + std::to_string(must) +
+           (d.variable == "DP420_CRASH_AT_IO" ? " (its commit)" : " (its commit's fsync)");
+  }
+  return "";
+}
+
+// One local trial in `root` (a fresh copy of the baseline).
+std::string LocalTrial(const Scenario& sc, const std::string& root, const Disturbance& d) {
+  if (std::string f = CopyTree(sc.base, root); !f.empty()) return f;
+  Result run = CliIn(root, sc.args(root), {{d.variable, d.value},
+                                           {"DP420_IO_TRACE_FILE", root + ".trace"}});
+  if (std::string f = CheckRun(d, run, ""); !f.empty()) return f;
+  std::string added;
+  bool fault = d.variable == "DP420_FAULT_AT_IO";
+  if (std::string f = CheckState(sc, root, kVolume, fault, &added); !f.empty()) return f;
+  if (d.variable == "DP420_FAULT_AT_IO" && run.exit_code == kExitOk && !sc.restore &&
+      added.empty()) {
+    return "the backup exited 0 but committed nothing";
+  }
+  if (d.variable == "DP420_FAULT_AT_IO" && run.exit_code == kExitOk && sc.restore &&
+      !Exists(TargetOf(root))) {
+    return "the restore exited 0 but wrote no target";
+  }
+  if (std::string f = CheckCommitPoint(sc, root, d, !added.empty()); !f.empty()) return f;
+  return CheckNextLocalRun(sc, root, NewestAfter(sc, added));
+}
+
+// ---- Running trials ----
+
+using Trial = std::function<std::string(const std::string& root)>;
+
+struct Planned {
+  std::string label;  // scenario and disturbance, to replay
+  Trial run;
+};
+
+// Runs `trials` on Workers() threads, each in its own directory under `work`;
+// returns the failures, each naming its trial. A passing trial's directory is
+// removed at once.
+std::vector<std::string> RunTrials(const std::string& work, const std::vector<Planned>& trials) {
+  fs::create_directories(work);
+  std::atomic<size_t> next{0};
+  std::mutex mu;
+  std::vector<std::string> failures;
+  auto worker = [&] {
+    for (size_t i = next++; i < trials.size(); i = next++) {
+      std::string root = work + "/t" + std::to_string(i);
+      std::string failure;
+      try {
+        failure = trials[i].run(root);
+      } catch (const std::exception& e) {
+        failure = std::string("exception: ") + e.what();
+      }
+      std::error_code ec;
+      fs::remove_all(root, ec);
+      fs::remove(root + ".trace", ec);
+      if (failure.empty()) continue;
+      std::lock_guard<std::mutex> lock(mu);
+      failures.push_back(trials[i].label + ": " + failure);
+    }
+  };
+  std::vector<std::thread> threads;
+  for (unsigned w = 0; w < Workers(); ++w) threads.emplace_back(worker);
+  for (auto& t : threads) t.join();
+  return failures;
+}
+
+void Report(const std::string& what, size_t trials, const std::vector<std::string>& failures) {
+  std::printf("%s: %zu trials, %zu failed\n", what.c_str(), trials, failures.size());
+  for (const std::string& f : failures) std::printf("FAILED %s\n", f.substr(0, 400).c_str());
+  for (size_t i = 0; i < failures.size() && i < 20; ++i) ADD_FAILURE() << failures[i];
+  if (failures.size() > 20) ADD_FAILURE() << failures.size() - 20 << " more failures";
+}
+
+uint64_t ReadCount(const std::string& path) {
+  if (!Exists(path)) return 0;
+  return std::stoull(ReadFile(path));
+}
+
+// The number of I/Os an undisturbed run of `sc` makes; notes its commit.
+uint64_t CountLocal(Scenario* sc, const std::string& root) {
+  if (std::string f = CopyTree(sc->base, root); !f.empty()) Fail(f);
+  Result r = CliIn(root, sc->args(root), {{"DP420_IO_COUNT_FILE", root + ".count"},
+                                          {"DP420_IO_TRACE_FILE", root + ".trace"}});
+  if (r.exit_code != kExitOk) Fail(sc->name + " failed undisturbed: " + r.Describe());
+  uint64_t count = ReadCount(root + ".count");
+  if (count == 0) Fail(sc->name + ": no I/O counted (DP420_IO_COUNT_FILE not written)");
+  Commit c = FindCommit(ReadFile(root + ".trace"), sc->restore);
+  if (c.io == 0 || c.durable == 0) {
+    Fail(sc->name + ": no commit and directory fsync in the trace:\n" + ReadFile(root + ".trace"));
+  }
+  sc->commit_io = c.io;
+  sc->durable_io = c.durable;
+  fs::remove_all(root);
+  fs::remove(root + ".count");
+  fs::remove(root + ".trace");
+  return count;
+}
+
+// Indices 1..count, or `budget` of them spread evenly (always the first and last).
+std::vector<uint64_t> Spread(uint64_t count, uint64_t budget) {
+  std::vector<uint64_t> out;
+  if (count <= budget) {
+    for (uint64_t i = 1; i <= count; ++i) out.push_back(i);
+    return out;
+  }
+  for (uint64_t k = 0; k < budget; ++k) out.push_back(1 + k * (count - 1) / (budget - 1));
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+const std::vector<std::string>& FaultKinds() {
+  static const std::vector<std::string> kinds{"EIO", "ENOSPC", "EINTR", "EAGAIN", "short",
+                                              "reset"};
+  return kinds;
+}
+
+std::string Replay(const Scenario& sc, const Disturbance& d, uint64_t seed) {
+  return sc.name + " (volume seed " + std::to_string(seed) + "), " + d.Describe();
+}
+
+// ---- Remote: `dp420 serve` commits ----
+
+constexpr const char* kClient = "c1";
+constexpr const char* kRemoteVolume = "c1/vol";  // the client's volume, seen locally
+
+bool Alive(pid_t pid) {
+  std::string stat = ReadFile("/proc/" + std::to_string(pid) + "/stat");
+  size_t paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
+}
+
+// `dp420 serve` of root/repo on 127.0.0.1, its stderr in root/serve.log.
+class Serve {
+ public:
+  Serve(const std::string& root, const Env& extra) : log_(root + "/serve.log") {
+    std::string command = "exec " + ShellQuote(CliPath()) + " serve --repo " +
+                          ShellQuote(RepoOf(root)) + " --listen 127.0.0.1:0 --clients " +
+                          ShellQuote(root + "/clients.json") + " --heartbeat-interval 1 2>" +
+                          ShellQuote(log_);
+    Env env = TrialEnv(root);
+    env.insert(env.end(), extra.begin(), extra.end());
+    fs::remove(log_);  // an earlier server's "listening" line must not be read
+    process_ = Process::Start({"bash", "-c", command}, env);
+    static const std::regex kListening(R"(dp420 serve: listening on (\S+:\d+))");
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < deadline && Alive(process_->pid())) {
+      std::smatch m;
+      std::string log = Log();
+      if (std::regex_search(log, m, kListening)) {
+        address_ = m[1].str();
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  ~Serve() {
+    if (!stopped_) Stop();
+  }
+  Serve(const Serve&) = delete;
+  Serve& operator=(const Serve&) = delete;
+
+  // Empty when the server died (or hung) before listening.
+  const std::string& address() const { return address_; }
+  std::string Log() const { return Exists(log_) ? ReadFile(log_) : ""; }
+  // SIGTERM unless it is already gone; the finished process.
+  Result Stop() {
+    stopped_ = true;
+    if (Alive(process_->pid())) process_->Kill(SIGTERM);
+    return process_->Wait(kTrialTimeout);
+  }
+
+ private:
+  std::string log_;
+  std::string address_;
+  bool stopped_ = false;
+  std::unique_ptr<Process> process_;
+};
+
+std::vector<std::string> RemoteBackupArgs(const std::string& root, const std::string& address,
+                                          const std::string& source) {
+  return {"backup", "--remote", address, "--client", kClient, "--key-file", root + "/c1.key",
+          "--volume", kVolume, "--block-size", "4096", "--threads", "1", "--retry-for", "0",
+          "--json", source};
+}
+
+// The remote scenario: a baseline whose repository holds snapshot s1 of v1
+// committed through a server; the operation backs up v2 through a server.
+Scenario RemoteBackup(const std::string& base, uint64_t seed) {
+  fs::create_directories(base);
+  MakeSources(base, seed);
+  Result add = CliIn(base, {"client-add", "--clients", base + "/clients.json", "--client", kClient,
+                            "--key-out", base + "/c1.key"});
+  if (add.exit_code != kExitOk) Fail("client-add failed: " + add.Describe());
+  Scenario s{"remote backup", base};
+  s.remote = true;
+  {
+    Serve server(base, {});
+    if (server.address().empty()) Fail("dp420 serve did not start: " + server.Log());
+    Result r = CliIn(base, RemoteBackupArgs(base, server.address(), base + "/v1.img"));
+    if (r.exit_code != kExitOk) Fail("baseline remote backup failed: " + r.Describe());
+    s.committed[ParseJson(r).at("snapshot_id").get<std::string>()] = Sha256File(base + "/v1.img");
+    Result stop = server.Stop();
+    if (stop.exit_code != kExitOk) Fail("serve did not stop cleanly: " + stop.Describe());
+  }
+  s.expected_sha = Sha256File(base + "/v2.img");
+  return s;  // no args: RemoteTrial runs the agent against its own server
+}
+
+// The server's outcome: died at the index, or stopped cleanly by SIGTERM.
+std::string CheckServer(const Disturbance& d, const Result& stop) {
+  if (stop.timed_out) return "the server hung: " + stop.Describe();
+  if (stop.exit_code == kExitOk) return "";
+  if (d.variable != "DP420_FAULT_AT_IO" && stop.term_signal == SIGKILL) return "";
+  return "the server did not end cleanly: " + stop.Describe();
+}
+
+// The next remote backup, through an undisturbed server.
+std::string CheckNextRemoteRun(const Scenario& sc, const std::string& root,
+                               const std::string& newest) {
+  Serve server(root, {});
+  if (server.address().empty()) return "the next server did not start: " + server.Log();
+  Result r = CliIn(root, RemoteBackupArgs(root, server.address(), sc.base + "/v2.img"));
+  Result stop = server.Stop();
+  if (r.exit_code != kExitOk) return "the next remote backup failed: " + r.Describe() + server.Log();
+  if (stop.exit_code != kExitOk) return "the next server did not stop cleanly: " + stop.Describe();
+  if (ParseJson(r).value("parent", Json()) != Json(newest)) {
+    return "the next backup's parent is not the newest snapshot " + newest + ": " + r.out;
+  }
+  if (auto left = Leftovers(root + "/cache"); !left.empty()) return "left behind: " + Join(left);
+  return CheckClean(root);
+}
+
+// One remote trial: the server runs disturbed, the agent undisturbed.
+std::string RemoteTrial(const Scenario& sc, const std::string& root, const Disturbance& d) {
+  if (std::string f = CopyTree(sc.base, root); !f.empty()) return f;
+  Result run;
+  std::string log;
+  {
+    Serve server(root, {{d.variable, d.value}, {"DP420_IO_TRACE_FILE", root + ".trace"}});
+    if (!server.address().empty()) {
+      run = CliIn(root, RemoteBackupArgs(root, server.address(), sc.base + "/v2.img"));
+    }
+    Result stop = server.Stop();
+    log = "\nserver log:\n" + server.Log();
+    if (d.variable == "DP420_FAULT_AT_IO" && server.address().empty()) {
+      // The fault stopped the server's start: a clear error of its own.
+      if (std::string f = CheckRun(d, stop, log); !f.empty()) return "server: " + f;
+    } else if (std::string f = CheckServer(d, stop); !f.empty()) {
+      return f + log;
+    }
+  }
+  if (run.timed_out) return "the agent hung: " + run.Describe() + log;
+  bool agent_ok = run.command.empty() || run.exit_code == kExitOk ||
+                  run.exit_code == kExitNetwork;  // the server went away
+  if (d.variable == "DP420_FAULT_AT_IO" && !run.command.empty() && run.exit_code != kExitOk) {
+    if (std::string f = CheckRun(d, run, log, true); !f.empty()) return "agent: " + f;
+  } else if (!agent_ok) {
+    return "the agent failed: " + run.Describe() + log;
+  }
+  std::string added;
+  bool fault = d.variable == "DP420_FAULT_AT_IO";
+  if (std::string f = CheckState(sc, root, kRemoteVolume, fault, &added); !f.empty()) {
+    return f + log;
+  }
+  if (run.exit_code == kExitOk && !run.command.empty() && added.empty()) {
+    return "the agent exited 0 but nothing was committed" + log;
+  }
+  if (std::string f = CheckCommitPoint(sc, root, d, !added.empty()); !f.empty()) return f + log;
+  return CheckNextRemoteRun(sc, root, NewestAfter(sc, added));
+}
+
+// The I/Os of a server that starts and stops (`*idle`), and of one that also
+// commits the scenario's backup.
+uint64_t CountRemote(const Scenario& sc, const std::string& root, uint64_t* idle) {
+  if (std::string f = CopyTree(sc.base, root); !f.empty()) Fail(f);
+  {
+    Serve server(root, {{"DP420_IO_COUNT_FILE", root + "/idle.count"}});
+    server.Stop();
+  }
+  *idle = ReadCount(root + "/idle.count");
+  uint64_t count = 0;
+  {
+    Serve server(root, {{"DP420_IO_COUNT_FILE", root + "/busy.count"}});
+    if (server.address().empty()) Fail("serve did not start: " + server.Log());
+    Result r = CliIn(root, RemoteBackupArgs(root, server.address(), sc.base + "/v2.img"));
+    if (r.exit_code != kExitOk) Fail("undisturbed remote backup failed: " + r.Describe());
+    server.Stop();
+    count = ReadCount(root + "/busy.count");
+  }
+  if (*idle == 0 || count <= *idle) Fail("serve's I/O count not written or not grown");
+  fs::remove_all(root);
+  return count;
+}
+
+// ---- The tests ----
+
+// What one test plans: per scenario, which indices and disturbances.
+using Disturb = std::function<std::vector<Disturbance>(uint64_t index)>;
+
+struct Budget {
+  uint64_t local;   // indices per local scenario (0: every one)
+  uint64_t remote;  // indices of the remote scenario (0: none)
+  uint64_t seeds;   // volumes in the long mode (one in CI)
+};
+
+// The volume seeds: one in CI; in the long mode DP420_IO_INDEX_SEEDS, or
+// `long_default`.
+std::vector<uint64_t> Seeds(uint64_t long_default) {
+  uint64_t n = 1;
+  if (LongMode()) {
+    const char* v = std::getenv("DP420_IO_INDEX_SEEDS");
+    n = v != nullptr ? std::stoull(v) : long_default;
+  }
+  std::vector<uint64_t> seeds;
+  for (uint64_t i = 0; i < n; ++i) seeds.push_back(1000 + 17 * i);
+  return seeds;
+}
+
+void PlanScenario(const Scenario& sc, uint64_t seed, const std::vector<uint64_t>& indices,
+                  const Disturb& disturb, std::vector<Planned>* out) {
+  for (uint64_t index : indices) {
+    for (const Disturbance& d : disturb(index)) {
+      Trial run = [sc, d](const std::string& root) {
+        return sc.remote ? RemoteTrial(sc, root, d) : LocalTrial(sc, root, d);
+      };
+      out->push_back({Replay(sc, d, seed), run});
+    }
+  }
+}
+
+// Builds the scenarios' baselines under `dir`, counts their I/Os and plans the
+// trials; `backups_only` leaves out the restore scenario.
+std::vector<Planned> Plan(const TempDir& dir, const Budget& budget, const Disturb& disturb,
+                          bool backups_only) {
+  std::vector<Planned> trials;
+  for (uint64_t seed : Seeds(budget.seeds)) {
+    std::string tag = std::to_string(seed);
+    std::vector<Scenario> local{FullBackup(dir / ("full-" + tag), seed),
+                                IncrementalBackup(dir / ("incr-" + tag), seed)};
+    if (!backups_only) local.push_back(RestoreOf(dir / ("restore-" + tag), seed));
+    for (Scenario& sc : local) {
+      uint64_t count = CountLocal(&sc, dir / "count");
+      std::printf("%s (seed %s): %llu I/Os, published at I/O %llu, durable after %llu\n",
+                  sc.name.c_str(), tag.c_str(), static_cast<unsigned long long>(count),
+                  static_cast<unsigned long long>(sc.commit_io),
+                  static_cast<unsigned long long>(sc.durable_io));
+      PlanScenario(sc, seed, Spread(count, budget.local == 0 ? count : budget.local), disturb,
+                   &trials);
+    }
+    if (budget.remote == 0) continue;
+    Scenario remote = RemoteBackup(dir / ("remote-" + tag), seed);
+    uint64_t idle = 0;
+    uint64_t count = CountRemote(remote, dir / "count", &idle);
+    std::printf("remote backup (seed %s): serve made %llu I/Os, %llu when idle\n", tag.c_str(),
+                static_cast<unsigned long long>(count), static_cast<unsigned long long>(idle));
+    uint64_t first = std::max<uint64_t>(1, idle / 2);
+    std::vector<uint64_t> indices = Spread(count - first + 1, budget.remote);
+    for (uint64_t& i : indices) i += first - 1;
+    PlanScenario(remote, seed, indices, disturb, &trials);
+  }
+  return trials;
+}
+
+Disturb CrashAt() {
+  return [](uint64_t i) {
+    return std::vector<Disturbance>{{"DP420_CRASH_AT_IO", std::to_string(i), ""}};
+  };
+}
+
+TEST(IoIndexTest, CrashAtEveryIndexKeepsCommittedSnapshotsAndNextRunWorks) {
+  TempDir dir;
+  // Long: every index of 30 volumes, about 370 crash points each.
+  Budget budget = LongMode() ? Budget{0, 400, 30} : Budget{60, 45, 1};
+  std::vector<Planned> trials = Plan(dir, budget, CrashAt(), false);
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("crash at I/O index", trials.size(), failures);
+  EXPECT_GE(trials.size(), LongMode() ? 10000u : 200u) << "fewer crash points than promised";
+}
+
+// Every kind at every planned index. "reset" is ECONNRESET on socket ops and
+// injects nothing elsewhere, so the local scenarios (no socket) skip it.
+Disturb FaultAt(bool with_reset) {
+  return [with_reset](uint64_t i) {
+    std::vector<Disturbance> out;
+    for (const std::string& kind : FaultKinds()) {
+      if (kind == "reset" && !with_reset) continue;
+      out.push_back({"DP420_FAULT_AT_IO", std::to_string(i) + ":" + kind, kind});
+    }
+    return out;
+  };
+}
+
+TEST(IoIndexTest, FaultOfEveryKindAtEveryIndexEndsCleanly) {
+  TempDir dir;
+  Budget local = LongMode() ? Budget{0, 0, 4} : Budget{12, 0, 1};
+  std::vector<Planned> trials = Plan(dir, local, FaultAt(false), false);
+  Budget remote = LongMode() ? Budget{0, 400, 4} : Budget{0, 8, 1};
+  // The remote scenario on its own plan, with "reset" on the server's sockets.
+  std::vector<Planned> remote_trials;
+  {
+    TempDir rdir;
+    for (uint64_t seed : Seeds(remote.seeds)) {
+      Scenario sc = RemoteBackup(rdir / ("remote-" + std::to_string(seed)), seed);
+      uint64_t idle = 0;
+      uint64_t count = CountRemote(sc, rdir / "count", &idle);
+      uint64_t first = std::max<uint64_t>(1, idle / 2);
+      std::vector<uint64_t> indices = Spread(count - first + 1, remote.remote);
+      for (uint64_t& i : indices) i += first - 1;
+      PlanScenario(sc, seed, indices, FaultAt(true), &remote_trials);
+    }
+    std::vector<std::string> failures = RunTrials(rdir / "work", remote_trials);
+    Report("remote faults at I/O index", remote_trials.size(), failures);
+  }
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("local faults at I/O index", trials.size(), failures);
+}
+
+// Power cuts: dropped (no seed) and torn (seeded) unsynced writes.
+Disturb PowerLossAt(uint64_t seeds) {
+  return [seeds](uint64_t i) {
+    std::vector<Disturbance> out{{"DP420_POWERLOSS_AT_IO", std::to_string(i), ""}};
+    for (uint64_t s = 1; s <= seeds; ++s) {
+      out.push_back({"DP420_POWERLOSS_AT_IO", std::to_string(i) + ":" + std::to_string(s), ""});
+    }
+    return out;
+  };
+}
+
+TEST(IoIndexTest, PowerLossAtEveryIndexKeepsCommittedSnapshots) {
+  TempDir dir;
+  Budget budget = LongMode() ? Budget{0, 0, 4} : Budget{26, 0, 1};
+  std::vector<Planned> trials = Plan(dir, budget, PowerLossAt(LongMode() ? 4 : 1),
+                                     /*backups_only=*/!LongMode());
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("power loss at I/O index", trials.size(), failures);
+  EXPECT_GE(trials.size(), LongMode() ? 1000u : 100u) << "fewer power cuts than promised";
+}
+
+}  // namespace
+}  // namespace dp420::e2e
