@@ -42,12 +42,12 @@ Json HeadToJson(const Repository& repo, const std::string& volume, const VolumeH
   return j;
 }
 
-Result<VolumeHead> HeadFromJson(const Repository& repo, const std::string& volume,
+Result<VolumeHead> HeadFromJson(const std::string& repo_id_hex, const std::string& volume,
                                 const Json& j, const std::string& what) {
   VolumeHead h;
   try {
     if (j.at("format").get<std::string>() != "dp420-head" ||
-        j.at("repo_id").get<std::string>() != repo.repo_id_hex() ||
+        j.at("repo_id").get<std::string>() != repo_id_hex ||
         j.at("volume").get<std::string>() != volume) {
       return Status::Corruption(what + ": not this volume's head");
     }
@@ -84,10 +84,16 @@ Result<VolumeHead> ReadAnchor(const std::string& path) {
     if (text.status().code() == Code::kNotFound) return VolumeHead{};
     return text.status();
   }
+  return ParseAnchor(text.value(), path);
+}
+
+}  // namespace
+
+Result<VolumeHead> ParseAnchor(const std::string& text, const std::string& path) {
   VolumeHead a;
   char id[32] = {}, seal[80] = {};
   unsigned long long gen = 0, seq = 0;
-  int n = std::sscanf(text->c_str(), "%llu %llu %31s %79s", &gen, &seq, id, seal);
+  int n = std::sscanf(text.c_str(), "%llu %llu %31s %79s", &gen, &seq, id, seal);
   if (n < 2) return Status::Corruption(path + ": not an anchor line");
   a.generation = gen;
   a.sequence = seq;
@@ -97,6 +103,15 @@ Result<VolumeHead> ReadAnchor(const std::string& path) {
   }
   return a;
 }
+
+Result<VolumeHead> ParseHead(const std::string& text, const std::string& repo_id_hex,
+                             const std::string& volume, const std::string& what,
+                             const SealKey* key) {
+  DP420_ASSIGN_OR_RETURN(Json j, UnsealJson(text, what, key));
+  return HeadFromJson(repo_id_hex, volume, j, what);
+}
+
+namespace {
 
 // Raises the anchor at `path` to `head` unless it is already as high; the
 // read-compare-write runs under a lock so racing processes never lower it.
@@ -250,8 +265,7 @@ std::vector<std::string> AnchoredVolumes(const Repository& repo) {
 Result<VolumeHead> ReadHead(const Repository& repo, const std::string& volume) {
   std::string rel = HeadRel(volume);
   DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(HeadPath(repo, volume)));
-  DP420_ASSIGN_OR_RETURN(Json j, UnsealJson(text, rel, &repo.seal_key()));
-  return HeadFromJson(repo, volume, j, rel);
+  return ParseHead(text, repo.repo_id_hex(), volume, rel, &repo.seal_key());
 }
 
 Result<const Manifest*> VolumeHistory::Newest(const std::string& where) const {

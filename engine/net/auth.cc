@@ -136,6 +136,10 @@ Result<ClientRegistry> ClientRegistry::Load(const std::string& path) {
                          io::ReadFile(path, [&](const struct stat& st) {
                            return CheckClientsFileSafe(path, st);
                          }));
+  return Parse(text, path);
+}
+
+Result<ClientRegistry> ClientRegistry::Parse(const std::string& text, const std::string& path) {
   DP420_ASSIGN_OR_RETURN(Json doc, UnsealJsonPlain(text, path));
   ClientRegistry reg;
   try {
