@@ -51,8 +51,8 @@ Result<VolumeHead> HeadFromJson(const std::string& repo_id_hex, const std::strin
         j.at("volume").get<std::string>() != volume) {
       return Status::Corruption(what + ": not this volume's head");
     }
-    h.generation = j.at("generation").get<uint64_t>();
-    h.sequence = j.at("sequence").get<uint64_t>();
+    h.generation = JsonUint<uint64_t>(j.at("generation"));
+    h.sequence = JsonUint<uint64_t>(j.at("sequence"));
     if (!j.at("snapshot_id").is_null()) h.snapshot_id = j.at("snapshot_id").get<std::string>();
     if (!j.at("manifest_seal").is_null()) h.seal = j.at("manifest_seal").get<std::string>();
   } catch (const std::exception& e) {

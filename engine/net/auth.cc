@@ -146,7 +146,7 @@ Result<ClientRegistry> ClientRegistry::Parse(const std::string& text, const std:
     if (doc.at("format").get<std::string>() != "dp420-clients") {
       return Status::Corruption(path + ": not a dp420 clients file");
     }
-    if (doc.at("format_version").get<uint32_t>() > 2) {
+    if (JsonUint<uint32_t>(doc.at("format_version")) > 2) {
       return Status::Version(path + ": clients file format is newer than this dp420");
     }
     if (doc.contains("server_identity")) {

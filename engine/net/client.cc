@@ -300,12 +300,12 @@ Status ParseProblemFrame(const Frame& f, const std::string& server, VerifyProble
 
 Status ParseReport(const Json& j, const std::string& server, VerifyReport* r) {
   try {
-    r->snapshots_checked = j.at("snapshots_checked").get<uint64_t>();
-    r->packs_checked = j.at("packs_checked").get<uint64_t>();
-    r->pages_checked = j.at("pages_checked").get<uint64_t>();
-    r->blocks_checked = j.at("blocks_checked").get<uint64_t>();
-    r->bytes_read = j.at("bytes_read").get<uint64_t>();
-    r->unreferenced_packs = j.at("unreferenced_packs").get<uint64_t>();
+    r->snapshots_checked = JsonUint<uint64_t>(j.at("snapshots_checked"));
+    r->packs_checked = JsonUint<uint64_t>(j.at("packs_checked"));
+    r->pages_checked = JsonUint<uint64_t>(j.at("pages_checked"));
+    r->blocks_checked = JsonUint<uint64_t>(j.at("blocks_checked"));
+    r->bytes_read = JsonUint<uint64_t>(j.at("bytes_read"));
+    r->unreferenced_packs = JsonUint<uint64_t>(j.at("unreferenced_packs"));
     r->broken_snapshots = j.at("broken_snapshots").get<std::vector<std::string>>();
   } catch (const std::exception& e) {
     return Status::Network(server + " sent a malformed verify report (" + e.what() + ")");

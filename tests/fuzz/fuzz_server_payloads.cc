@@ -84,7 +84,9 @@ void Backup(uint8_t which, Payload p) {
       auto page = std::make_unique<PageMsg>();
       ParsePage(p, 16, "PAGE", page.get());
       FUZZ_CHECK(page->entries <= page->count && page->entries <= kPageMsgEntries);
-      if (page->finish.ok()) FUZZ_CHECK(p.size() == 12 + size_t{page->count} * 17);
+      if (page->finish.ok() && page->count <= kPageMsgEntries) {
+        FUZZ_CHECK(p.size() == 12 + size_t{page->count} * 17);
+      }
     }
   }
 }
