@@ -6,6 +6,7 @@
 #
 # --ci (the default): a bounded run, DP420_FUZZ_SECONDS (default 15) per target.
 # --long: DP420_FUZZ_SECONDS (default 3600) per target.
+# Targets run DP420_FUZZ_JOBS (default: the number of cores) at a time.
 # TARGET: fuzz_manifest, fuzz_frame, ... (default: every target).
 # New inputs that reach new code go to build-fuzz/corpus/TARGET/ (the checked-in
 # seeds are never modified); a crash, leak or UB report stops the target, keeps
@@ -64,27 +65,47 @@ fi
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 
-passed=0 failed=0
-for target in "${targets[@]}"; do
-  bin="${BUILD_DIR}/tests/fuzz/${target}"
-  [[ -x "${bin}" ]] || { log "${target}: no binary at ${bin}"; failed=$((failed + 1)); continue; }
-  [[ -d "${SEEDS}/${target}" ]] || { log "${target}: no seed corpus in ${SEEDS}/${target}"; failed=$((failed + 1)); continue; }
-  work="${BUILD_DIR}/corpus/${target}"
-  artifacts="${BUILD_DIR}/artifacts/${target}"
+# run_target TARGET: one bounded libFuzzer run; its log and exit code in
+# build-fuzz/artifacts/TARGET/.
+run_target() {
+  local target="$1" bin="${BUILD_DIR}/tests/fuzz/$1"
+  local work="${BUILD_DIR}/corpus/${target}" artifacts="${BUILD_DIR}/artifacts/${target}"
   mkdir -p "${work}" "${artifacts}"
-  args=(-max_total_time="${seconds}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+  rm -f "${artifacts}/rc"
+  if [[ ! -x "${bin}" || ! -d "${SEEDS}/${target}" ]]; then
+    echo "no binary at ${bin} or no seeds in ${SEEDS}/${target}" >"${artifacts}/log"
+    echo 1 >"${artifacts}/rc"
+    return
+  fi
+  local args=(-max_total_time="${seconds}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
     -artifact_prefix="${artifacts}/")
   [[ -f "${DICTS}/${target}.dict" ]] && args+=(-dict="${DICTS}/${target}.dict")
-  log "${target}: ${seconds} s from $(find "${SEEDS}/${target}" -type f | wc -l) seeds"
-  rc=0
+  local rc=0
   "${bin}" "${args[@]}" "${work}" "${SEEDS}/${target}" >"${artifacts}/log" 2>&1 || rc=$?
-  grep -E '^stat::number_of_executed_units|^#[0-9]+.*DONE' "${artifacts}/log" | tail -2 >&2 || true
-  if ((rc == 0)); then
+  echo "${rc}" >"${artifacts}/rc"
+}
+
+# One target per core at a time: libFuzzer runs on one thread.
+parallel="${DP420_FUZZ_JOBS:-$(nproc)}"
+log "running ${#targets[@]} targets, ${seconds} s each, ${parallel} at a time"
+for target in "${targets[@]}"; do
+  while (($(jobs -rp | wc -l) >= parallel)); do wait -n || true; done
+  run_target "${target}" &
+done
+wait
+
+passed=0 failed=0
+for target in "${targets[@]}"; do
+  artifacts="${BUILD_DIR}/artifacts/${target}"
+  rc="$(cat "${artifacts}/rc" 2>/dev/null || echo 1)"
+  runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "${artifacts}/log" | tail -1)"
+  if [[ "${rc}" == 0 ]]; then
     passed=$((passed + 1))
+    log "${target}: ${runs:-?} runs, passed"
   else
     failed=$((failed + 1))
     log "${target} FAILED (exit ${rc}); log and input in ${artifacts}/"
-    tail -40 "${artifacts}/log" >&2
+    grep -E 'ERROR|runtime error|property failed|SUMMARY|Test unit written' "${artifacts}/log" >&2 || tail -20 "${artifacts}/log" >&2
   fi
 done
 log "total $((SECONDS - start_s)) s"
