@@ -130,7 +130,9 @@ Json ObjRefToJson(const ObjRef& ref) {
 }
 
 uint64_t JsonUnsigned(const Json& v, uint64_t max) {
-  if (!v.is_number_unsigned() || v.get<uint64_t>() > max) {
+  // A document built in memory holds non-negative numbers as signed integers.
+  bool whole = v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
+  if (!whole || v.get<uint64_t>() > max) {
     throw std::out_of_range("not an integer from 0 to " + std::to_string(max) + ": " +
                             v.dump().substr(0, 64));
   }

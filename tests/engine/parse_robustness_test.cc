@@ -110,6 +110,9 @@ TEST(ParseRobustnessTest, IntegerFieldsRefuseFloatsNegativesAndOverflow) {
       EXPECT_EQ(m.status().code(), Code::kCorruption);
     }
   }
+  Json signed_ok = good;  // built in memory: a signed integer, accepted when not negative
+  signed_ok["sequence"] = int64_t{3};
+  EXPECT_TRUE(Manifest::FromJson(signed_ok, "m").ok());
   Json narrow = good;
   narrow["table"]["root"]["flags"] = 65536;  // past uint16_t: was truncated to 0
   EXPECT_FALSE(Manifest::FromJson(narrow, "m").ok());

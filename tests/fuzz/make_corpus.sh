@@ -4,7 +4,8 @@
 # then incremental) and a remote one through `dp420 serve`, whose agent leaves
 # its id cache and .seen file. Its files are copied as seeds; the wire seeds
 # are written by make_wire_seeds from the same repository. The repository's
-# key goes to tests/fuzz/data/hash.key so that seeds pass their seals.
+# key goes to tests/fuzz/data/hash.key so that seeds pass their seals. Inputs
+# named regress-* (kept from findings) are left in place.
 #
 #   tests/fuzz/make_corpus.sh [DP420] [MAKE_WIRE_SEEDS]
 #
@@ -52,7 +53,8 @@ printf 'again' | dd of="${src}" bs=1 seek=100 conv=notrunc status=none
 kill -TERM "${E2E_SERVER_PID}" && wait "${E2E_SERVER_PID}" 2>/dev/null || true
 E2E_SERVER_PID=""
 
-rm -rf "${OUT}"
+# Inputs kept from findings (regress-*) stay.
+[[ -d "${OUT}" ]] && find "${OUT}" -type f ! -name 'regress-*' -delete
 mkdir -p "${OUT}"/{fuzz_manifest,fuzz_head,fuzz_config,fuzz_clients,fuzz_pack,fuzz_id_cache,fuzz_table}
 mkdir -p "${ROOT}/tests/fuzz/data"
 cp "${repo}/keys/hash.key" "${ROOT}/tests/fuzz/data/hash.key"
