@@ -78,8 +78,9 @@ Status ParseCommit(Payload p, CommitCounters* out);
 Status ParseStripeJoin(Payload p, std::string* token, uint32_t* stripe);
 
 // BACKUP_BEGIN, every field checked (CheckBeginFields) and the topology parsed.
-// NOLINTNEXTLINE(bugprone-exception-escape): the implicit members move an
-// ordered_json, whose map's move is not declared noexcept; it does not throw.
+// Its implicit members move an ordered_json, whose map's move is not declared
+// noexcept; it does not throw.
+// NOLINTNEXTLINE(bugprone-exception-escape)
 struct BeginRequest {
   std::string volume;
   uint32_t block_size = 0;
