@@ -27,14 +27,15 @@ fi
 
 start_s=${SECONDS}
 out="$(mktemp)"
-trap 'rm -f "${out}"' EXIT
+trap 'rm -f "${out}" "${out}.found"' EXIT
 # One clang-tidy per core; each prints its findings, which are counted below.
 printf '%s\n' "${files[@]}" |
   (cd "${ROOT}" && xargs -P "$(nproc)" -n 4 clang-tidy-14 -p "${BUILD_DIR}" --quiet) \
     >"${out}" 2>&1 || true
 # A finding in a header is reported by every file that includes it: counted once.
-findings="$(grep -E '^[^ ]+:[0-9]+:[0-9]+: (warning|error):' "${out}" | sort -u | wc -l)"
-grep -E '^[^ ]+:[0-9]+:[0-9]+: (warning|error):' "${out}" | sort -u >&2 || true
+{ grep -E '^[^ ]+:[0-9]+:[0-9]+: (warning|error):' "${out}" || true; } | sort -u >"${out}.found"
+findings="$(wc -l <"${out}.found")"
+cat "${out}.found" >&2
 if grep -qE 'error: (unable to|no such file)|Error while processing' "${out}"; then
   grep -E 'error: (unable to|no such file)|Error while processing' "${out}" >&2
   findings=$((findings + 1))
