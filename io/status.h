@@ -103,8 +103,10 @@ class [[nodiscard]] Result {
 #define DP420_CONCAT_INNER(a, b) a##b
 #define DP420_CONCAT(a, b) DP420_CONCAT_INNER(a, b)
 // Declares `lhs` from a Result<T> expression or returns its Status.
+// NOLINTBEGIN(bugprone-macro-parentheses): `lhs` is a declaration ("Manifest m").
 #define DP420_ASSIGN_OR_RETURN(lhs, expr)                         \
   auto DP420_CONCAT(dp420_result_, __LINE__) = (expr);            \
   if (!DP420_CONCAT(dp420_result_, __LINE__).ok())                \
     return DP420_CONCAT(dp420_result_, __LINE__).status();        \
   lhs = std::move(DP420_CONCAT(dp420_result_, __LINE__)).value()
+// NOLINTEND(bugprone-macro-parentheses)

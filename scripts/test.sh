@@ -5,8 +5,11 @@
 #
 # Pass 1 runs the unit tests in parallel (ctest -j2). Pass 2 runs the tests labelled
 # "serial" or "e2e" (loop devices, mounts, whole-disk timing) one at a time.
+# Then the libFuzzer targets run bounded (scripts/fuzz.sh --ci, its own clang build in
+# build-fuzz/).
 # --long adds tests labelled "long" (soak, fuzz), every Google Benchmark binary in
-# build/bench/ (short runs) and perf/run.sh --quick.
+# build/bench/ (short runs), perf/run.sh --quick, an hour per fuzz target
+# (scripts/fuzz.sh --long) and clang-tidy (scripts/tidy.sh).
 # --no-build skips dependencies and build. DP420_BUILD_DIR picks another build tree.
 # Ends with a summary line "summary: N passed, N failed, N skipped"; exits 1 on failure.
 set -euo pipefail
@@ -97,6 +100,7 @@ run_one() {
 
 run_ctest unit -j2 -LE '^(serial|e2e|long)$'
 run_ctest serial -j1 -L '^(serial|e2e)$' -LE '^long$'
+run_one "fuzz:ci" "${ROOT}/scripts/fuzz.sh" --ci
 
 if ((long)); then
   run_ctest long -j1 -L '^long$'
@@ -107,6 +111,8 @@ if ((long)); then
   done
   shopt -u nullglob
   run_one "perf:quick" "${ROOT}/perf/run.sh" --quick
+  run_one "fuzz:long" "${ROOT}/scripts/fuzz.sh" --long --no-build
+  run_one "tidy" "${ROOT}/scripts/tidy.sh"
 fi
 
 total_passed=0 total_failed=0 total_skipped=0

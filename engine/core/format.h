@@ -99,7 +99,8 @@ inline constexpr char kPackMagic[8] = {'D', 'P', '4', '2', '0', 'P', 'K', '\0'};
 inline constexpr char kFooterMagic[8] = {'D', 'P', '4', '2', '0', 'P', 'F', '\0'};
 
 inline uint64_t RoundUp(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
-inline uint64_t DivCeil(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+// Without overflow: a near 2^64 must not wrap to a small count.
+inline uint64_t DivCeil(uint64_t a, uint64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
 // Bytes of block `block` of a volume: block_size, less for a short last block.
 inline uint32_t BlockLen(uint64_t volume_size, uint32_t block_size, uint64_t block) {
   uint64_t left = volume_size - block * block_size;

@@ -43,17 +43,17 @@ Json HeadToJson(const Repository& repo, const std::string& volume, const VolumeH
   return j;
 }
 
-Result<VolumeHead> HeadFromJson(const Repository& repo, const std::string& volume,
+Result<VolumeHead> HeadFromJson(const std::string& repo_id_hex, const std::string& volume,
                                 const Json& j, const std::string& what) {
   VolumeHead h;
   try {
     if (j.at("format").get<std::string>() != "dp420-head" ||
-        j.at("repo_id").get<std::string>() != repo.repo_id_hex() ||
+        j.at("repo_id").get<std::string>() != repo_id_hex ||
         j.at("volume").get<std::string>() != volume) {
       return Status::Corruption(what + ": not this volume's head");
     }
-    h.generation = j.at("generation").get<uint64_t>();
-    h.sequence = j.at("sequence").get<uint64_t>();
+    h.generation = JsonUint<uint64_t>(j.at("generation"));
+    h.sequence = JsonUint<uint64_t>(j.at("sequence"));
     if (!j.at("snapshot_id").is_null()) h.snapshot_id = j.at("snapshot_id").get<std::string>();
     if (!j.at("manifest_seal").is_null()) h.seal = j.at("manifest_seal").get<std::string>();
   } catch (const std::exception& e) {
@@ -85,10 +85,19 @@ Result<VolumeHead> ReadAnchor(const std::string& path) {
     if (text.status().code() == Code::kNotFound) return VolumeHead{};
     return text.status();
   }
+  return ParseAnchor(text.value(), path);
+}
+
+}  // namespace
+
+Result<VolumeHead> ParseAnchor(const std::string& text, const std::string& path) {
   VolumeHead a;
   char id[32] = {}, seal[80] = {};
   unsigned long long gen = 0, seq = 0;
-  int n = std::sscanf(text->c_str(), "%llu %llu %31s %79s", &gen, &seq, id, seal);
+  // %llu saturates an overflowing number: the anchor then reads as ahead of
+  // every head, and the volume is refused as rolled back (the safe side).
+  // NOLINTNEXTLINE(cert-err34-c)
+  int n = std::sscanf(text.c_str(), "%llu %llu %31s %79s", &gen, &seq, id, seal);
   if (n < 2) return Status::Corruption(path + ": not an anchor line");
   a.generation = gen;
   a.sequence = seq;
@@ -98,6 +107,15 @@ Result<VolumeHead> ReadAnchor(const std::string& path) {
   }
   return a;
 }
+
+Result<VolumeHead> ParseHead(const std::string& text, const std::string& repo_id_hex,
+                             const std::string& volume, const std::string& what,
+                             const SealKey* key) {
+  DP420_ASSIGN_OR_RETURN(Json j, UnsealJson(text, what, key));
+  return HeadFromJson(repo_id_hex, volume, j, what);
+}
+
+namespace {
 
 // Raises the anchor at `path` to `head` unless it is already as high; the
 // read-compare-write runs under a lock so racing processes never lower it.
@@ -251,8 +269,7 @@ std::vector<std::string> AnchoredVolumes(const Repository& repo) {
 Result<VolumeHead> ReadHead(const Repository& repo, const std::string& volume) {
   std::string rel = HeadRel(volume);
   DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(HeadPath(repo, volume)));
-  DP420_ASSIGN_OR_RETURN(Json j, UnsealJson(text, rel, &repo.seal_key()));
-  return HeadFromJson(repo, volume, j, rel);
+  return ParseHead(text, repo.repo_id_hex(), volume, rel, &repo.seal_key());
 }
 
 Result<const Manifest*> VolumeHistory::Newest(const std::string& where) const {

@@ -79,6 +79,17 @@ Status AdvanceHead(const Repository& repo, const std::string& volume, const Mani
 // Reads a volume's head file; kNotFound when it has none.
 Result<VolumeHead> ReadHead(const Repository& repo, const std::string& volume);
 
+// A head file's sealed text, checked under `key` (null: the seal is read,
+// not checked) and against the repository and volume it must belong to;
+// kCorruption naming `what` when anything is wrong.
+Result<VolumeHead> ParseHead(const std::string& text, const std::string& repo_id_hex,
+                             const std::string& volume, const std::string& what,
+                             const SealKey* key);
+
+// An anchor file's line "generation sequence snapshot_id seal" ("- -" when
+// the volume has no snapshot); kCorruption naming `path` when it is not one.
+Result<VolumeHead> ParseAnchor(const std::string& text, const std::string& path);
+
 // Volumes this machine holds an anchor for (they may be gone from the
 // repository: a deleted volume folder is a rollback too).
 std::vector<std::string> AnchoredVolumes(const Repository& repo);

@@ -129,17 +129,31 @@ Json ObjRefToJson(const ObjRef& ref) {
               {"key_id", ref.key_id}};
 }
 
+uint64_t JsonUnsigned(const Json& v, uint64_t max) {
+  // A document built in memory holds non-negative numbers as signed integers.
+  bool whole = v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
+  if (!whole || v.get<uint64_t>() > max) {
+    throw std::out_of_range("not an integer from 0 to " + std::to_string(max) + ": " +
+                            v.dump().substr(0, 64));
+  }
+  return v.get<uint64_t>();
+}
+
 Result<ObjRef> ObjRefFromJson(const Json& j) {
   ObjRef ref{};
   try {
     if (!simd::FromHex(j.at("sha256").get<std::string>(), ref.sha256, 32)) {
       return Status::Corruption("bad sha256 in object reference");
     }
-    ref.pack_id = static_cast<uint32_t>(std::stoul(j.at("pack").get<std::string>(), nullptr, 16));
-    ref.offset_4k = j.at("offset_4k").get<uint32_t>();
-    ref.stored_len = j.at("stored_len").get<uint32_t>();
-    ref.flags = j.at("flags").get<uint16_t>();
-    ref.key_id = j.at("key_id").get<uint16_t>();
+    const std::string pack = j.at("pack").get<std::string>();
+    ref.pack_id = static_cast<uint32_t>(std::stoul(pack, nullptr, 16));
+    if (PackName(ref.pack_id) != pack) {
+      return Status::Corruption("bad pack name in object reference");
+    }
+    ref.offset_4k = JsonUint<uint32_t>(j.at("offset_4k"));
+    ref.stored_len = JsonUint<uint32_t>(j.at("stored_len"));
+    ref.flags = JsonUint<uint16_t>(j.at("flags"));
+    ref.key_id = JsonUint<uint16_t>(j.at("key_id"));
   } catch (const std::exception& e) {
     return Status::Corruption(std::string("bad object reference: ") + e.what());
   }
@@ -184,7 +198,7 @@ Result<Manifest> Manifest::FromJson(const Json& j, const std::string& what) {
     if (j.at("format").get<std::string>() != "dp420-manifest") {
       return Status::Corruption(what + ": not a dp420 manifest");
     }
-    m.format_version = j.at("format_version").get<uint32_t>();
+    m.format_version = JsonUint<uint32_t>(j.at("format_version"));
     if (m.format_version > kFormatVersion) {
       return Status::Version(what + ": manifest format version " +
                              std::to_string(m.format_version) +
@@ -198,19 +212,19 @@ Result<Manifest> Manifest::FromJson(const Json& j, const std::string& what) {
     if (!j.at("parent_manifest_sha256").is_null()) {
       m.parent_manifest_sha256 = j.at("parent_manifest_sha256").get<std::string>();
     }
-    m.sequence = j.at("sequence").get<uint64_t>();
+    m.sequence = JsonUint<uint64_t>(j.at("sequence"));
     m.created = j.at("created").get<std::string>();
-    m.created_unix_ns = j.at("created_unix_ns").get<uint64_t>();
-    m.block_size = j.at("block_size").get<uint32_t>();
-    m.volume_size = j.at("volume_size").get<uint64_t>();
-    m.blocks_total = j.at("blocks_total").get<uint64_t>();
-    m.blocks_changed = j.at("blocks_changed").get<uint64_t>();
-    m.blocks_zero = j.at("blocks_zero").get<uint64_t>();
-    m.blocks_stored = j.at("blocks_stored").get<uint64_t>();
-    m.bytes_written = j.at("bytes_written").get<uint64_t>();
-    m.bytes_read = j.value("bytes_read", uint64_t{0});
+    m.created_unix_ns = JsonUint<uint64_t>(j.at("created_unix_ns"));
+    m.block_size = JsonUint<uint32_t>(j.at("block_size"));
+    m.volume_size = JsonUint<uint64_t>(j.at("volume_size"));
+    m.blocks_total = JsonUint<uint64_t>(j.at("blocks_total"));
+    m.blocks_changed = JsonUint<uint64_t>(j.at("blocks_changed"));
+    m.blocks_zero = JsonUint<uint64_t>(j.at("blocks_zero"));
+    m.blocks_stored = JsonUint<uint64_t>(j.at("blocks_stored"));
+    m.bytes_written = JsonUint<uint64_t>(j.at("bytes_written"));
+    m.bytes_read = j.contains("bytes_read") ? JsonUint<uint64_t>(j.at("bytes_read")) : 0;
     m.seconds = j.value("seconds", 0.0);
-    m.table_levels = j.at("table").at("levels").get<uint32_t>();
+    m.table_levels = JsonUint<uint32_t>(j.at("table").at("levels"));
     auto root = ObjRefFromJson(j.at("table").at("root"));
     if (!root.ok()) return root.status().Prefix(what);
     m.table_root = root.value();

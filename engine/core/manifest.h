@@ -17,6 +17,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -62,6 +63,17 @@ Result<Json> UnsealJson(const std::string& text, const std::string& what, const 
 std::string SealJsonPlain(const Json& doc, std::string* seal_hex = nullptr);
 Result<Json> UnsealJsonPlain(const std::string& text, const std::string& what,
                              std::string* seal_hex = nullptr);
+
+// An unsigned integer field of a file or message read from outside, as T:
+// throws std::out_of_range (naming the bound) unless `v` is a JSON integer
+// from 0 to T's maximum. nlohmann's get<T>() would convert a floating-point
+// value (undefined behaviour when out of range), wrap a negative one and
+// truncate one too large.
+uint64_t JsonUnsigned(const Json& v, uint64_t max);
+template <typename T>
+T JsonUint(const Json& v) {
+  return static_cast<T>(JsonUnsigned(v, std::numeric_limits<T>::max()));
+}
 
 Json ObjRefToJson(const ObjRef& ref);
 Result<ObjRef> ObjRefFromJson(const Json& j);

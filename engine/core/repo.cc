@@ -218,7 +218,7 @@ Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
     if (c.at("format").get<std::string>() != "dp420-repository") {
       return Status::Corruption(what + ": not a dp420 repository config");
     }
-    repo->format_version_ = c.at("format_version").get<uint32_t>();
+    repo->format_version_ = JsonUint<uint32_t>(c.at("format_version"));
     if (repo->format_version_ > kFormatVersion) {
       return Status::Version(path + ": repository format version " +
                              std::to_string(repo->format_version_) +

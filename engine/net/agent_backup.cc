@@ -31,6 +31,7 @@
 #include "engine/core/scanner.h"
 #include "engine/net/client.h"
 #include "engine/net/id_cache.h"
+#include "engine/net/payloads.h"
 #include "io/inject.h"
 #include "io/assert.h"
 #include "io/file.h"
@@ -249,9 +250,7 @@ Status NetSink::Join(uint64_t* next_page) {
   DP420_RETURN_IF_ERROR(conn_->Send(FrameType::kStripeJoin, 0, w.bytes(), timeout));
   DP420_ASSIGN_OR_RETURN(Frame f, conn_->Recv(timeout));
   DP420_RETURN_IF_ERROR(ExpectFrame(f, FrameType::kStripeReady, conn_->peer()));
-  PayloadReader r(f.payload);
-  *next_page = r.U64();
-  DP420_RETURN_IF_ERROR(r.Finish("STRIPE_READY"));
+  DP420_RETURN_IF_ERROR(ParseU64(f.payload, "STRIPE_READY", next_page));
   int one = 1;
   setsockopt(conn_->fd(), SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
   // Data the peer has not acknowledged for the loss timeout ends the
@@ -501,10 +500,9 @@ Status NetSink::OnReceived() {
     DP420_RETURN_IF_ERROR(conn_->OpenInPlace(h, f.payload.data()));
     f.payload.resize(Conn::PlainLen(h));
     if (f.type() == FrameType::kAck) {
-      PayloadReader r(f.payload);
-      int64_t page = static_cast<int64_t>(r.U64());
-      DP420_RETURN_IF_ERROR(r.Finish("ACK"));
-      acked_page_ = std::max(acked_page_, page);
+      uint64_t page = 0;
+      DP420_RETURN_IF_ERROR(ParseU64(f.payload, "ACK", &page));
+      acked_page_ = std::max(acked_page_, static_cast<int64_t>(page));
     } else if (f.type() == FrameType::kError) {
       return StatusFromError(f, "server " + conn_->peer());
     } else if (f.type() != FrameType::kPing && f.type() != FrameType::kPong) {
@@ -702,13 +700,9 @@ Result<io::File> RemoteRepository::OpenParentCache(const Manifest& parent,
       continue;
     }
     DP420_RETURN_IF_ERROR(ExpectFrame(pf, FrameType::kParentPage, control_->peer()));
-    PayloadReader pr(pf.payload);
-    uint64_t page = pr.U64();
-    uint32_t count = pr.U32();
-    if (count > kPageEntries || page >= pages ||
-        pf.payload.size() != 12 + count * kCacheRecord) {
-      return Status::Network("malformed PARENT_PAGE from the server");
-    }
+    uint64_t page = 0;
+    uint32_t count = 0;
+    DP420_RETURN_IF_ERROR(ParseParentPage(pf.payload, pages, &page, &count));
     DP420_RETURN_IF_ERROR(WriteAll(f.fd(), kCacheHeader + page * kPageEntries * kCacheRecord,
                                    pf.payload.data() + 12, count * kCacheRecord, tmp));
   }
@@ -792,15 +786,15 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     return f;
   };
   DP420_ASSIGN_OR_RETURN(Frame ready, begin(""));
-  PayloadReader r(ready.payload);
-  job.token = r.String(64);
-  std::string snapshot_id = r.String(64);
-  uint32_t block_size = r.U32();
-  std::string parent_text = r.String(1 << 20);
+  auto msg = std::make_unique<BackupReadyMsg>();  // cleanses the key when it goes
+  DP420_RETURN_IF_ERROR(ParseBackupReady(ready.payload, msg.get()));
+  job.token = msg->token;
+  std::string snapshot_id = msg->snapshot_id;
+  uint32_t block_size = msg->block_size;
+  std::string parent_text = std::move(msg->parent_text);
   uint8_t key[simd::kHashSecretBytes];
-  r.Bytes(key, sizeof(key));
-  r.U64();  // server time
-  DP420_RETURN_IF_ERROR(r.Finish("BACKUP_READY"));
+  std::memcpy(key, msg->key, sizeof(key));
+  msg.reset();
   if (Result<unsigned> fits = ResolveThreads(threads, block_size); !fits.ok()) {
     OPENSSL_cleanse(key, sizeof(key));
     (void)SendError(*control_, fits.status(), timeout);  // the server rolls back
@@ -993,9 +987,8 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
         io::sys::Unlink(job.new_cache_path.c_str());
         return expected;
       }
-      PayloadReader cr(f->payload);
-      std::string text = cr.String(1 << 20);
-      DP420_RETURN_IF_ERROR(cr.Finish("COMMITTED"));
+      std::string text;
+      DP420_RETURN_IF_ERROR(ParseText(f->payload, 1 << 20, "COMMITTED", &text));
       committed = Manifest::Parse(text, "committed manifest", nullptr);
       break;
     }

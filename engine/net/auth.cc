@@ -137,13 +137,17 @@ Result<ClientRegistry> ClientRegistry::Load(const std::string& path) {
                          io::ReadFile(path, [&](const struct stat& st) {
                            return CheckClientsFileSafe(path, st);
                          }));
+  return Parse(text, path);
+}
+
+Result<ClientRegistry> ClientRegistry::Parse(const std::string& text, const std::string& path) {
   DP420_ASSIGN_OR_RETURN(Json doc, UnsealJsonPlain(text, path));
   ClientRegistry reg;
   try {
     if (doc.at("format").get<std::string>() != "dp420-clients") {
       return Status::Corruption(path + ": not a dp420 clients file");
     }
-    if (doc.at("format_version").get<uint32_t>() > 2) {
+    if (JsonUint<uint32_t>(doc.at("format_version")) > 2) {
       return Status::Version(path + ": clients file format is newer than this dp420");
     }
     if (doc.contains("server_identity")) {

@@ -97,6 +97,8 @@ class ClientRegistry {
   // unless it is owned by this process's user and not writable by group or
   // others.
   static Result<ClientRegistry> Load(const std::string& path);
+  // The checks of Load on a clients file's text, read from `path`.
+  static Result<ClientRegistry> Parse(const std::string& text, const std::string& path);
   // Writes atomically, mode 0600: a new temp file of a random name in the
   // same directory (O_EXCL|O_NOFOLLOW), fsynced, renamed over `path`, and
   // the directory fsynced. The caller holds ClientsFileLock.

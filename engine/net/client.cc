@@ -15,6 +15,7 @@
 #include "engine/core/table_check.h"
 #include "engine/core/test_hooks.h"
 #include "engine/net/id_cache.h"
+#include "engine/net/payloads.h"
 #include "engine/net/volumes.h"
 #include "io/assert.h"
 #include "io/buffer_pool.h"
@@ -112,9 +113,8 @@ class Reader {
 
 // A kDone payload: one JSON string.
 Result<Json> DoneJson(const Frame& f, const std::string& server) {
-  PayloadReader r(f.payload);
-  std::string text = r.String(kStringMax);
-  Status s = r.Finish("DONE");
+  std::string text;
+  Status s = ParseText(f.payload, kStringMax, "DONE", &text);
   if (!s.ok()) return Malformed(f, server, s);
   try {
     return Json::parse(text);
@@ -126,9 +126,8 @@ Result<Json> DoneJson(const Frame& f, const std::string& server) {
 // A kSnapshot frame's sealed manifest text, checked and parsed.
 Result<Manifest> ParseManifest(const Frame& f, const std::string& server,
                                const std::string& repo_id) {
-  PayloadReader r(f.payload);
-  std::string text = r.String(kStringMax);
-  Status s = r.Finish("SNAPSHOT");
+  std::string text;
+  Status s = ParseText(f.payload, kStringMax, "SNAPSHOT", &text);
   if (!s.ok()) return Malformed(f, server, s);
   const std::string what = "manifest from " + server;
   DP420_ASSIGN_OR_RETURN(Manifest m, Manifest::Parse(text, what, nullptr));
@@ -293,30 +292,20 @@ Status RemoteRepository::ListManifests(const std::string& volume, std::vector<Ma
 
 namespace {
 
-Status ParseProblem(const Frame& f, const std::string& server, VerifyProblem* p) {
-  PayloadReader r(f.payload);
-  p->object = r.String(kStringMax);
-  p->message = r.String(kStringMax);
-  std::string snapshots = r.String(kStringMax);
-  Status s = r.Finish("PROBLEM");
+Status ParseProblemFrame(const Frame& f, const std::string& server, VerifyProblem* p) {
+  Status s = ParseProblem(f.payload, p);
   if (!s.ok()) return Malformed(f, server, s);
-  for (size_t pos = 0; pos < snapshots.size();) {
-    size_t comma = snapshots.find(',', pos);
-    if (comma == std::string::npos) comma = snapshots.size();
-    if (comma > pos) p->snapshots.push_back(snapshots.substr(pos, comma - pos));
-    pos = comma + 1;
-  }
   return Status::Ok();
 }
 
 Status ParseReport(const Json& j, const std::string& server, VerifyReport* r) {
   try {
-    r->snapshots_checked = j.at("snapshots_checked").get<uint64_t>();
-    r->packs_checked = j.at("packs_checked").get<uint64_t>();
-    r->pages_checked = j.at("pages_checked").get<uint64_t>();
-    r->blocks_checked = j.at("blocks_checked").get<uint64_t>();
-    r->bytes_read = j.at("bytes_read").get<uint64_t>();
-    r->unreferenced_packs = j.at("unreferenced_packs").get<uint64_t>();
+    r->snapshots_checked = JsonUint<uint64_t>(j.at("snapshots_checked"));
+    r->packs_checked = JsonUint<uint64_t>(j.at("packs_checked"));
+    r->pages_checked = JsonUint<uint64_t>(j.at("pages_checked"));
+    r->blocks_checked = JsonUint<uint64_t>(j.at("blocks_checked"));
+    r->bytes_read = JsonUint<uint64_t>(j.at("bytes_read"));
+    r->unreferenced_packs = JsonUint<uint64_t>(j.at("unreferenced_packs"));
     r->broken_snapshots = j.at("broken_snapshots").get<std::vector<std::string>>();
   } catch (const std::exception& e) {
     return Status::Network(server + " sent a malformed verify report (" + e.what() + ")");
@@ -345,7 +334,7 @@ Result<VerifyReport> RemoteRepository::Verify(const VerifyOptions& options) {
       DP420_ASSIGN_OR_RETURN(Frame f, reader.Next());
       if (f.type() == FrameType::kProblem) {
         VerifyProblem p;
-        DP420_RETURN_IF_ERROR(ParseProblem(f, reader.server(), &p));
+        DP420_RETURN_IF_ERROR(ParseProblemFrame(f, reader.server(), &p));
         report.problems.push_back(std::move(p));
         continue;
       }
@@ -525,21 +514,22 @@ Result<RestoreResult> RemoteRestore::Run(uint64_t request_id) {
 
 Status RemoteRestore::OnPage(const Frame& f) {
   if (expect_ < PageEnd()) return Protocol("skipped the data of block " + std::to_string(expect_));
-  PayloadReader r(f.payload);
-  uint64_t page = r.U64();
-  uint32_t count = r.U32();
-  if (!r.ok() || page != next_page_ || page >= pages_) {
+  auto msg = std::make_unique<PageMsg>();
+  ParsePage(f.payload, 32, "RESTORE_PAGE", msg.get());
+  uint64_t page = msg->page;
+  uint32_t count = msg->count;
+  if (!msg->head_ok || page != next_page_ || page >= pages_) {
     return Protocol("sent page " + std::to_string(page) + " where page " +
                     std::to_string(next_page_) + " was due");
   }
   uint64_t want = std::min<uint64_t>(kPageEntries, m_.blocks_total - page * kPageEntries);
   if (count != want) return Protocol("sent a page " + std::to_string(page) + " of wrong size");
-  for (uint32_t i = 0; i < count; ++i) {
-    kinds_[i] = r.U8();
-    r.Bytes(digests_[i], 32);
+  for (uint32_t i = 0; i < msg->entries; ++i) {
+    kinds_[i] = msg->kind[i];
+    std::memcpy(digests_[i], msg->bytes[i].data(), 32);
     if (kinds_[i] > 1) return Protocol("sent an unknown block kind");
   }
-  if (Status s = r.Finish("RESTORE_PAGE"); !s.ok()) return Malformed(f, reader_.server(), s);
+  if (!msg->finish.ok()) return Malformed(f, reader_.server(), msg->finish);
   DP420_RETURN_IF_ERROR(CheckZeroDigests(page * kPageEntries, count));
   page_first_ = page * kPageEntries;
   page_count_ = count;

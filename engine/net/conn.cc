@@ -19,6 +19,7 @@
 
 #include <openssl/crypto.h>
 
+#include "engine/net/payloads.h"
 #include "io/inject.h"
 #include "io/assert.h"
 #include "simd/simd.h"
@@ -30,8 +31,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Deadline = Clock::time_point;
 
-constexpr size_t kErrorMessageMax = 4096;
-constexpr size_t kClientNameMax = 64;
 constexpr int kKeepIdleSeconds = 30;  // first keepalive probe after this much silence
 
 // "15 s", "1.5 s", "250 ms".
@@ -497,10 +496,9 @@ Status SendError(Conn& conn, const Status& status, Millis timeout) {
 }
 
 Status StatusFromError(const Frame& frame, const std::string& peer) {
-  PayloadReader r(frame.payload);
-  uint16_t code = r.U16();
-  std::string message = r.String(kErrorMessageMax);
-  Status s = r.Finish("ERROR");
+  uint16_t code = 0;
+  std::string message;
+  Status s = ParseError(frame.payload, &code, &message);
   if (!s.ok()) return Malformed(frame, peer, s);
   if (code == 0 || code > uint16_t(Code::kClockSkew)) {
     return Status::Network(peer + " sent an ERROR with unknown code " + std::to_string(code) +
@@ -620,14 +618,12 @@ Status ClientHandshake(Conn& conn, const std::string& client, const uint8_t key[
   // AUTH_OK is the first sealed frame; an ERROR in its place is in the clear.
   DP420_ASSIGN_OR_RETURN(Frame ok, conn.Recv(Left(deadline)));
   DP420_RETURN_IF_ERROR(ExpectFrame(ok, FrameType::kAuthOk, server));
-  uint8_t server_proof[kProofBytes];
-  uint8_t id[16];
-  PayloadReader r(ok.payload);
-  r.Bytes(server_proof, kProofBytes);
-  uint64_t server_time = r.U64();
-  r.Bytes(id, sizeof(id));
-  Status s = r.Finish("AUTH_OK");
+  AuthOkMsg auth_ok;
+  Status s = ParseAuthOk(ok.payload, &auth_ok);
   if (!s.ok()) return Malformed(ok, server, s);
+  const uint8_t* server_proof = auth_ok.proof;
+  const uint8_t* id = auth_ok.repo_id;
+  uint64_t server_time = auth_ok.server_time_ns;
   uint8_t expected[kProofBytes];
   ComputeProof(key, ProofSide::kServer, transcript, expected);
   if (!ProofsEqual(expected, server_proof)) {
@@ -636,7 +632,7 @@ Status ClientHandshake(Conn& conn, const std::string& client, const uint8_t key[
                             "''s key: not the expected server, or the key was replaced");
   }
   if (server_time_ns) *server_time_ns = server_time;
-  if (repo_id) std::memcpy(repo_id, id, sizeof(id));
+  if (repo_id) std::memcpy(repo_id, id, sizeof(auth_ok.repo_id));
   return Status::Ok();
 }
 
@@ -757,12 +753,12 @@ Status ServerHandshakeSteps::OnHello(std::span<const uint8_t> payload, Millis se
                                          Status::Internal("the server has no identity"),
                                          send_timeout);
   auto secrets = std::make_unique<Secrets>();
-  PayloadReader hr(payload);
-  uint16_t version = hr.U16();
-  client_name_ = hr.String(kClientNameMax);
-  hr.Bytes(secrets->client_ephemeral, kEphemeralBytes);
-  Status s = hr.Finish("HELLO");
-  if (version != kProtocolVersion && hr.ok()) {
+  HelloMsg hello;
+  Status s = ParseHello(payload, &hello);
+  client_name_ = hello.client;
+  std::memcpy(secrets->client_ephemeral, hello.ephemeral.data(), kEphemeralBytes);
+  uint16_t version = hello.version;
+  if (version != kProtocolVersion && hello.read_ok) {
     s = Status::Version("agent speaks protocol version " + std::to_string(version) +
                         "; this server speaks " + std::to_string(kProtocolVersion));
     return Refuse(s, s.Prefix(peer), send_timeout);
@@ -798,9 +794,7 @@ Status ServerHandshakeSteps::OnAuth(const FrameHeader& header, std::span<const u
   DP420_ASSERT(state_ == State::kAuth && secrets_ != nullptr);
   const std::string& peer = conn_.peer();
   uint8_t proof[kProofBytes] = {};
-  PayloadReader ar(payload);
-  ar.Bytes(proof, kProofBytes);
-  Status s = ar.Finish("AUTH");
+  Status s = ParseAuth(payload, proof);
   if (header.type != uint16_t(FrameType::kAuth) || !s.ok()) {
     s = header.type != uint16_t(FrameType::kAuth)
             ? Status::Network(peer + " sent " + FrameTypeName(header.type) + " instead of AUTH")
@@ -878,10 +872,8 @@ Result<ClockOffset> MeasureClockOffset(Conn& conn, unsigned samples, Millis time
         continue;
       }
       DP420_RETURN_IF_ERROR(ExpectFrame(f, FrameType::kPong, server));
-      PayloadReader r(f.payload);
-      uint64_t echo = r.U64();
-      uint64_t t1 = r.U64();
-      Status s = r.Finish("PONG");
+      uint64_t echo = 0, t1 = 0;
+      Status s = ParsePong(f.payload, &echo, &t1);
       if (!s.ok()) return Malformed(f, server, s);
       if (echo != t0) continue;  // a late answer to an earlier ping
       uint64_t t2 = WallClockNs();
@@ -899,9 +891,8 @@ Result<ClockOffset> MeasureClockOffset(Conn& conn, unsigned samples, Millis time
 }
 
 Status AnswerPing(Conn& conn, const Frame& ping, Millis timeout) {
-  PayloadReader r(ping.payload);
-  uint64_t t0 = r.U64();
-  Status s = r.Finish("PING");
+  uint64_t t0 = 0;
+  Status s = ParsePing(ping.payload, &t0);
   if (!s.ok()) return Malformed(ping, conn.peer(), s);
   PayloadWriter w;
   w.U64(t0);

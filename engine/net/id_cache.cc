@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -173,20 +172,23 @@ std::string SeenPath(const std::string& ids_path) {
 
 // Refuses a parent older than what this agent committed before, or another
 // snapshot in its place: the server (or its repository) was rolled back.
-Status CheckNotRolledBack(const std::string& seen_path, const Manifest* parent) {
+Status CheckNotRolledBack(const std::string& seen_path, const Manifest* newest) {
   auto text = io::ReadFile(seen_path);
   if (!text.ok()) return Status::Ok();  // never committed here (or a new cache dir)
   unsigned long long seq = 0;
   char id[32] = {};
+  // %llu saturates an overflowing number: every server's history then reads
+  // as gone back, and the backup is refused (the safe side).
+  // NOLINTNEXTLINE(cert-err34-c)
   if (std::sscanf(text->c_str(), "%llu %31s", &seq, id) != 2) return Status::Ok();
-  uint64_t offered = parent ? parent->sequence : 0;
+  uint64_t offered = newest ? newest->sequence : 0;
   bool older = offered < seq;
-  bool replaced = offered == seq && parent && parent->snapshot_id != id;
+  bool replaced = offered == seq && newest && newest->snapshot_id != id;
   if (!older && !replaced) return Status::Ok();
   return Status::Corruption(
       "the server's history of this volume went back: this agent committed snapshot " +
       std::string(id) + " (sequence " + std::to_string(seq) + "), the server now offers " +
-      (parent ? parent->snapshot_id + " (sequence " + std::to_string(offered) + ")"
+      (newest ? newest->snapshot_id + " (sequence " + std::to_string(offered) + ")"
               : std::string("no snapshot")) +
       ". If the server's repository was restored from an older copy on purpose, remove " +
       seen_path);

@@ -24,6 +24,7 @@
 #include "engine/core/table.h"
 #include "engine/core/text.h"
 #include "engine/core/verify.h"
+#include "engine/net/payloads.h"
 #include "engine/net/store.h"
 #include "engine/net/volumes.h"
 #include "io/assert.h"
@@ -37,7 +38,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using OJson = nlohmann::ordered_json;
 
-constexpr size_t kRequestStringMax = 256;  // volume names and snapshot ids
 constexpr Millis kAcceptPoll{100};         // how often the accept loop checks *stop
 constexpr Millis kErrorSendTimeout{1000};  // best effort: ERROR before closing
 constexpr uint64_t kListenId = 0;          // epoll key of the listening socket
@@ -123,9 +123,8 @@ struct Request {
 // ---- LIST ----
 
 Status HandleList(Request& rq) {
-  PayloadReader r(rq.frame.payload);
-  std::string volume = r.String(kRequestStringMax);
-  if (Status s = r.Finish("LIST"); !s.ok()) return Malformed("LIST", s);
+  std::string volume;
+  if (Status s = ParseList(rq.frame.payload, &volume); !s.ok()) return Malformed("LIST", s);
   DP420_RETURN_IF_ERROR(CheckTextField("volume", volume, kRequestStringMax));
   const Repository& repo = rq.ctx.repo;
   std::vector<VisibleVolume> volumes;
@@ -217,13 +216,11 @@ OJson ReportJson(const VerifyReport& r) {
 }
 
 Status HandleVerify(Request& rq) {
-  PayloadReader r(rq.frame.payload);
-  std::string volume = r.String(kRequestStringMax);
-  std::string snapshot = r.String(kRequestStringMax);
-  uint8_t read_data = r.U8();
-  Status s = r.Finish("VERIFY");
-  if (s.ok() && read_data > 1) s = Status::Corruption("read_data must be 0 or 1");
-  if (!s.ok()) return Malformed("VERIFY", s);
+  VerifyRequestMsg req;
+  if (Status s = ParseVerifyRequest(rq.frame.payload, &req); !s.ok()) return Malformed("VERIFY", s);
+  const std::string& volume = req.volume;
+  const std::string& snapshot = req.snapshot;
+
   DP420_RETURN_IF_ERROR(CheckTextField("volume", volume, kRequestStringMax));
   DP420_RETURN_IF_ERROR(CheckTextField("snapshot", snapshot, kRequestStringMax));
   const Repository& repo = rq.ctx.repo;
@@ -252,7 +249,7 @@ Status HandleVerify(Request& rq) {
       VerifyOptions o;
       o.volume = vol;
       o.snapshot = snapshot;
-      o.read_data = read_data != 0;
+      o.read_data = req.read_data;
       o.control.cancel = &cancel;
       auto one = RunGuarded("verify", [&] { return RunVerify(repo, o); });
       if (!one.ok()) {
@@ -264,7 +261,7 @@ Status HandleVerify(Request& rq) {
     done.store(true);
   });
   // Guarded: an exception must not unwind past the running worker.
-  s = RunGuarded("verify", [&] { return KeepAliveUntil(rq, done); });
+  Status s = RunGuarded("verify", [&] { return KeepAliveUntil(rq, done); });
   if (!s.ok()) cancel.store(true);
   worker.join();
   DP420_RETURN_IF_ERROR(s);
@@ -362,10 +359,10 @@ struct RestoreStream {
 };
 
 Status HandleRestore(Request& rq) {
-  PayloadReader r(rq.frame.payload);
-  std::string volume = r.String(kRequestStringMax);
-  std::string snapshot = r.String(kRequestStringMax);
-  if (Status s = r.Finish("RESTORE"); !s.ok()) return Malformed("RESTORE", s);
+  std::string volume, snapshot;
+  if (Status s = ParseRestoreRequest(rq.frame.payload, &volume, &snapshot); !s.ok()) {
+    return Malformed("RESTORE", s);
+  }
   DP420_RETURN_IF_ERROR(CheckTextField("volume", volume, kRequestStringMax));
   DP420_RETURN_IF_ERROR(CheckTextField("snapshot", snapshot, kRequestStringMax));
   if (volume.empty()) return Status::InvalidArgument("restore needs a volume");

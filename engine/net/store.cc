@@ -17,6 +17,7 @@
 #include "engine/core/history.h"
 #include "engine/core/snapshot.h"
 #include "engine/core/text.h"
+#include "engine/net/payloads.h"
 #include "engine/net/volumes.h"
 #include "io/inject.h"
 #include "io/assert.h"
@@ -401,80 +402,6 @@ void BackupRegistry::Uncharge(const std::string& client, uint64_t bytes) {
 
 namespace {
 
-// Bounds of BACKUP_BEGIN's strings (docs/PROTOCOL.md). Everything the agent
-// sends ends up in the manifest, so it must be valid UTF-8 (or the commit's
-// JSON dump fails) and small. A path is at most PATH_MAX (4096) bytes, which
-// escaping (engine/core/text.h) makes at most 4 times longer; the topology
-// holds the source path twice.
-constexpr size_t kMaxTokenBytes = 64;
-constexpr size_t kMaxSourcePathBytes = 4 * 4096;
-constexpr size_t kMaxTopologyBytes = 64 * 1024;
-constexpr size_t kMaxTopologyDepth = 16;
-constexpr size_t kMaxToolVersionBytes = 64;
-
-struct BeginRequest {
-  std::string volume;
-  uint32_t block_size = 0;
-  uint64_t volume_size = 0;
-  uint32_t stripes = 0;
-  std::string source_path;
-  std::string source_kind;
-  std::string topology_text;
-  Json topology;
-  std::string tool_version;
-  std::string resume_token;
-};
-
-// Every string of BACKUP_BEGIN against its bound and UTF-8, the source kind
-// against its set, the topology as a JSON object of bounded nesting (parsed
-// into b->topology). Messages name the field, never quote a bad value.
-Status CheckBeginFields(BeginRequest* b) {
-  DP420_RETURN_IF_ERROR(CheckTextField("volume", b->volume, 64));
-  if (!ValidVolumeName(b->volume)) {
-    return Status::InvalidArgument("invalid volume name '" + b->volume + "'");
-  }
-  DP420_RETURN_IF_ERROR(CheckTextField("source_path", b->source_path, kMaxSourcePathBytes));
-  if (b->source_kind != "file" && b->source_kind != "block-device") {
-    return Status::InvalidArgument("source_kind must be \"file\" or \"block-device\"");
-  }
-  DP420_RETURN_IF_ERROR(CheckTextField("node_topology", b->topology_text, kMaxTopologyBytes));
-  DP420_RETURN_IF_ERROR(CheckTextField("tool_version", b->tool_version, kMaxToolVersionBytes));
-  DP420_RETURN_IF_ERROR(CheckTextField("resume_token", b->resume_token, kMaxTokenBytes));
-  // Bounded before parsing: nlohmann::json dumps and destroys recursively.
-  if (JsonNestingDepth(b->topology_text) > kMaxTopologyDepth) {
-    return Status::InvalidArgument("node_topology nests deeper than " +
-                                   std::to_string(kMaxTopologyDepth) + " levels");
-  }
-  b->topology = Json::parse(b->topology_text, nullptr, false);
-  if (b->topology.is_discarded() || !b->topology.is_object()) {
-    return Status::InvalidArgument("node_topology is not a JSON object");
-  }
-  return Status::Ok();
-}
-
-Result<BeginRequest> ParseBegin(const Frame& f) {
-  PayloadReader r(f.payload);
-  BeginRequest b;
-  // Strings are read up to the frame's bound and checked by CheckBeginFields,
-  // whose refusals name the field.
-  b.volume = r.String(kMaxPayloadBytes);
-  b.block_size = r.U32();
-  b.volume_size = r.U64();
-  b.stripes = r.U32();
-  b.source_path = r.String(kMaxPayloadBytes);
-  b.source_kind = r.String(kMaxPayloadBytes);
-  b.topology_text = r.String(kMaxPayloadBytes);
-  b.tool_version = r.String(kMaxPayloadBytes);
-  b.resume_token = r.String(kMaxPayloadBytes);
-  DP420_RETURN_IF_ERROR(r.Finish("BACKUP_BEGIN"));
-  DP420_RETURN_IF_ERROR(CheckBeginFields(&b).Prefix("BACKUP_BEGIN refused"));
-  if (b.stripes == 0 || b.stripes > kMaxStripes) {
-    return Status::InvalidArgument("BACKUP_BEGIN: " + std::to_string(b.stripes) +
-                                   " stripes (1.." + std::to_string(kMaxStripes) + ")");
-  }
-  return b;
-}
-
 // The manifest file's sealed text, as on disk.
 Result<std::string> SealedText(const Repository& repo, const Manifest& m) {
   return io::ReadFile(repo.SnapshotsDir(m.volume) + "/" + m.file_name);
@@ -503,10 +430,9 @@ Status SendReady(ServerContext& ctx, Conn& conn, BackupSession& s, Millis timeou
 // PARENT_REQ: the parent's leaf pages as (id, SHA-256, zero) records, then DONE.
 Status SendParentIds(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f,
                      Millis timeout) {
-  PayloadReader r(f.payload);
-  uint64_t first = r.U64();
-  uint32_t count = r.U32();
-  DP420_RETURN_IF_ERROR(r.Finish("PARENT_REQ"));
+  uint64_t first = 0;
+  uint32_t count = 0;
+  DP420_RETURN_IF_ERROR(ParseParentReq(f.payload, &first, &count));
   if (!s.parent()) return Status::InvalidArgument("PARENT_REQ: the volume has no parent snapshot");
   TableReader table(ctx.repo, *s.parent());
   uint64_t pages = table.shape().PagesAt(0);
@@ -598,10 +524,10 @@ Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, 
   stats.bytes_read = m.volume_size;  // the agent read the whole volume
   m.seconds = static_cast<double>(NowUnixNs() - m.created_unix_ns) / 1e9;
   // The agent's send counters, for the log.
-  PayloadReader counters(f.payload);
-  uint64_t sent = counters.U64(), zc = counters.U64(), copied = counters.U64(),
-           resent = counters.U64();
-  DP420_RETURN_IF_ERROR(counters.Finish("COMMIT"));
+  CommitCounters counters;
+  DP420_RETURN_IF_ERROR(ParseCommit(f.payload, &counters));
+  uint64_t sent = counters.sent, zc = counters.zerocopy, copied = counters.copied,
+           resent = counters.resent;
   uint64_t received = 0;
   for (uint32_t i = 0; i < s.stripes(); ++i) received += s.stripe(i).bytes_received;
   // Revocation aborts under this lock: either it came first and nothing is
@@ -813,7 +739,7 @@ Status ServeControl(ServerContext& ctx, Conn& conn, BackupSession& s, bool* comm
 
 Status HandleBackup(ServerContext& ctx, Conn& conn, const SessionInfo& who, const Frame& begin) {
   Millis timeout = ctx.options.LossTimeout();
-  auto parsed = ParseBegin(begin);
+  auto parsed = ParseBegin(begin.payload);
   if (!parsed.ok()) {
     (void)SendError(conn, parsed.status(), timeout);
     return parsed.status();
@@ -1104,12 +1030,13 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
 // from the parent's entries, the zero entry and the received blocks, and
 // never from what the agent claims alone.
 Status StripeReceiver::OnPage(const Frame& f) {
-  PayloadReader r(f.payload);
-  uint64_t page = r.U64();
-  uint32_t count = r.U32();
+  auto msg = std::make_unique<PageMsg>();
+  ParsePage(f.payload, 16, "PAGE", msg.get());
+  uint64_t page = msg->page;
+  uint32_t count = msg->count;
   const SnapshotBuilder& b = s_.builder();
   uint64_t expect = std::min<uint64_t>(kPageEntries, b.blocks() - std::min(b.blocks(), page * kPageEntries));
-  if (!r.ok() || page != st_.next_page || count != expect) {
+  if (!msg->head_ok || page != st_.next_page || count != expect) {
     return Violation("PAGE " + std::to_string(page) + " out of order on stripe " +
                            std::to_string(id_) + " (expected page " +
                            std::to_string(st_.next_page) + ")");
@@ -1125,10 +1052,9 @@ Status StripeReceiver::OnPage(const Frame& f) {
   }
   uint64_t changed = 0, zero = 0, stored = 0;
   for (uint32_t i = 0; i < count; ++i) {
-    uint8_t verdict = r.U8();
-    uint8_t id[16];
-    r.Bytes(id, 16);
-    if (!r.ok()) break;
+    if (i >= msg->entries) break;  // the payload ended: msg->finish says so
+    uint8_t verdict = msg->kind[i];
+    const uint8_t* id = msg->bytes[i].data();
     uint64_t block = page * kPageEntries + i;
     uint32_t len = b.BlockLen(block);
     Entry& e = leaf->entries[i];
@@ -1170,7 +1096,7 @@ Status StripeReceiver::OnPage(const Frame& f) {
     }
     if (e.ref.flags & kObjZero) ++zero;
   }
-  DP420_RETURN_IF_ERROR(r.Finish("PAGE"));
+  DP420_RETURN_IF_ERROR(msg->finish);
   if (received_count_ != stored) {
     return Violation("page " + std::to_string(page) +
                            ": blocks were sent that the page does not reference");
@@ -1261,12 +1187,9 @@ void LingerAfterError(Conn& conn, Millis most) {
 
 Status HandleStripe(ServerContext& ctx, Conn& conn, const SessionInfo& who, const Frame& join) {
   Millis timeout = ctx.options.LossTimeout();
-  PayloadReader r(join.payload);
-  std::string token = r.String(64);
-  uint32_t stripe = r.U32();
-  Status parsed = r.Finish("STRIPE_JOIN");
-  // The token is quoted in the refusal below: it must be text.
-  if (parsed.ok()) parsed = CheckTextField("STRIPE_JOIN token", token, kMaxTokenBytes);
+  std::string token;
+  uint32_t stripe = 0;
+  Status parsed = ParseStripeJoin(join.payload, &token, &stripe);
   std::shared_ptr<BackupSession> s = parsed.ok() ? ctx.backups.Find(token) : nullptr;
   if (!parsed.ok() || !s || s->who().client != who.client || stripe >= s->stripes()) {
     Status gone = parsed.ok() ? Status::NotFound("backup session " + token +

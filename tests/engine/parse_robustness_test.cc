@@ -4,8 +4,10 @@
 
 #include <random>
 
+#include "engine/core/history.h"
 #include "engine/core/manifest.h"
 #include "engine/core/pack.h"
+#include "engine/net/auth.h"
 
 namespace dp420 {
 namespace {
@@ -82,6 +84,78 @@ TEST(ParseRobustnessTest, ResealedRandomEditsParseOrFailCleanly) {
     }
   }
   EXPECT_LT(parsed, 20000);
+}
+
+// Found by fuzz_manifest: an integer field holding 1.8e50 reached nlohmann's
+// get<uint64_t>(), a floating-point conversion out of range (undefined
+// behaviour); 4096.5 was truncated and -1 wrapped, both accepted.
+TEST(ParseRobustnessTest, IntegerFieldsRefuseFloatsNegativesAndOverflow) {
+  const Json good = SampleManifest().ToJson();
+  ASSERT_TRUE(Manifest::FromJson(good, "m").ok());
+  const std::vector<std::vector<std::string>> fields = {
+      {"format_version"}, {"sequence"},      {"created_unix_ns"}, {"block_size"},
+      {"volume_size"},    {"blocks_total"},  {"blocks_changed"},  {"blocks_zero"},
+      {"blocks_stored"},  {"bytes_written"}, {"bytes_read"},      {"table", "levels"},
+      {"table", "root", "offset_4k"},        {"table", "root", "stored_len"},
+      {"table", "root", "flags"},            {"table", "root", "key_id"}};
+  const Json bad_values[] = {1.79622e+50, 4096.5, -1, 65536.0};
+  for (const auto& path : fields) {
+    for (const Json& bad : bad_values) {
+      Json j = good;
+      Json* at = &j;
+      for (const auto& key : path) at = &(*at)[key];
+      *at = bad;
+      auto m = Manifest::FromJson(j, "m");
+      ASSERT_FALSE(m.ok()) << path.back() << " = " << bad.dump();
+      EXPECT_EQ(m.status().code(), Code::kCorruption);
+    }
+  }
+  Json signed_ok = good;  // built in memory: a signed integer, accepted when not negative
+  signed_ok["sequence"] = int64_t{3};
+  EXPECT_TRUE(Manifest::FromJson(signed_ok, "m").ok());
+  Json narrow = good;
+  narrow["table"]["root"]["flags"] = 65536;  // past uint16_t: was truncated to 0
+  EXPECT_FALSE(Manifest::FromJson(narrow, "m").ok());
+}
+
+// Found while fixing the above: DivCeil wrapped for a volume_size near 2^64,
+// so blocks_total 0 agreed with it.
+TEST(ParseRobustnessTest, VolumeSizeNearTwoToThe64IsNotZeroBlocks) {
+  EXPECT_EQ(DivCeil(UINT64_MAX, 4096), uint64_t{1} << 52);
+  Json j = SampleManifest().ToJson();
+  j["volume_size"] = UINT64_MAX;
+  j["blocks_total"] = 0;
+  j["table"]["levels"] = 1;
+  EXPECT_FALSE(Manifest::FromJson(j, "m").ok());
+}
+
+TEST(ParseRobustnessTest, PackNamesMustBeEightHexDigits) {
+  Json j = SampleManifest().ToJson();
+  for (const char* bad : {"100000007", "7", "-7", "0000007x", "0x000007"}) {
+    j["table"]["root"]["pack"] = bad;
+    EXPECT_FALSE(Manifest::FromJson(j, "m").ok()) << bad;
+  }
+  j["table"]["root"]["pack"] = "00000007";
+  EXPECT_TRUE(Manifest::FromJson(j, "m").ok());
+}
+
+// Heads and the clients file read their integers the same way.
+TEST(ParseRobustnessTest, HeadAndClientsFileRefuseFloatingPointIntegers) {
+  Json head = {{"format", "dp420-head"},      {"format_version", 2},
+               {"repo_id", std::string(32, 'a')}, {"volume", "vm1"},
+               {"generation", 1e300},          {"sequence", 1},
+               {"snapshot_id", nullptr},       {"manifest_seal", nullptr}};
+  SealKey key = TestKey();
+  auto h = ParseHead(SealJson(head, key), std::string(32, 'a'), "vm1", "HEAD", &key);
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), Code::kCorruption);
+  head["generation"] = 2;
+  EXPECT_TRUE(ParseHead(SealJson(head, key), std::string(32, 'a'), "vm1", "HEAD", &key).ok());
+  Json clients = {{"format", "dp420-clients"}, {"format_version", 1e300},
+                  {"clients", Json::array()}};
+  auto reg = net::ClientRegistry::Parse(SealJsonPlain(clients), "/clients");
+  ASSERT_FALSE(reg.ok());
+  EXPECT_EQ(reg.status().code(), Code::kCorruption);
 }
 
 TEST(ParseRobustnessTest, RandomFootersAreRejected) {
