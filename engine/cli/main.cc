@@ -58,7 +58,21 @@ enum Exit : int {
 
 dp420_ctx_t* g_ctx = nullptr;
 
-void OnSignal(int) { dp420_cancel(g_ctx); }
+// Says at once that the signal was seen: a read stuck in the kernel (a hung device or
+// FUSE server) can hold the process long after it (docs/RELIABILITY.md). Not for serve,
+// whose log (JSON lines with --json-log) records its stop itself.
+volatile sig_atomic_t g_announce_signal = 1;
+void OnSignal(int sig) {
+  static const char kInt[] = "dp420: SIGINT received: stopping\n";
+  static const char kTerm[] = "dp420: SIGTERM received: stopping\n";
+  const char* text = sig == SIGINT ? kInt : kTerm;
+  size_t len = sig == SIGINT ? sizeof(kInt) - 1 : sizeof(kTerm) - 1;
+  if (g_announce_signal) {
+    ssize_t written = write(STDERR_FILENO, text, len);
+    (void)written;
+  }
+  dp420_cancel(g_ctx);
+}
 
 int ExitFor(int rc) {
   switch (-rc) {
@@ -1029,6 +1043,7 @@ int main(int argc, char** argv) {
   if (!g_ctx) return kExitFailed;
   struct sigaction sa = {};
   sa.sa_handler = OnSignal;
+  g_announce_signal = *serve ? 0 : 1;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   int code = kExitUsage;

@@ -322,7 +322,12 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
       });
   if (!consumed.ok()) fail(consumed);
   for (auto& t : pool) t.join();
-  if (error.ok() && o.control.Canceled()) error = Status::Canceled("backup canceled");
+  if (o.control.Canceled() && error.code() != Code::kCanceled) {
+    // Asked to stop: that is the outcome, also when a read the kernel held until then
+    // failed on the way out (a hung source whose connection was aborted).
+    error = Status::Canceled(error.ok() ? "backup canceled"
+                                        : "backup canceled (then: " + error.message() + ")");
+  }
   if (!error.ok()) return error;  // the builder rolls back
   DP420_RETURN_IF_ERROR(source.CheckSize());
 
