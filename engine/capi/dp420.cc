@@ -32,6 +32,7 @@
 #include "engine/net/client.h"
 #include "engine/net/server.h"
 #include "engine/net/volumes.h"
+#include "engine/capi/internal.h"
 
 // The bounds dp420.h promises are the ones the engine enforces.
 static_assert(DP420_MAX_THREADS == dp420::kMaxThreads);
@@ -45,32 +46,7 @@ static_assert(DP420_MAX_HEARTBEAT_MS == dp420::kMaxHeartbeatMs);
 static_assert(DP420_MAX_CLOCK_SKEW_MS == dp420::kMaxClockSkewMs);
 static_assert(DP420_MAX_RETRY_MS == dp420::kMaxRetryMs);
 
-struct dp420_ctx {
-  std::string errmsg;
-  dp420_progress_fn progress = nullptr;
-  void* progress_user = nullptr;
-  std::atomic<bool> cancel{false};
-  // The cancel flag of the remote repository the running operation uses (its
-  // RemoteOptions.control points there), or null. dp420_cancel sets both.
-  std::atomic<std::atomic<bool>*> linked_cancel{nullptr};
-};
-
-// Exactly one of `repo` (local) and `remote` is set.
-struct dp420_repo {
-  std::unique_ptr<dp420::Repository> repo;
-  std::unique_ptr<dp420::net::RemoteRepository> remote;
-  // A remote handle outlives the context it was connected with, so its
-  // RemoteOptions.control points here, and each operation links its context.
-  std::atomic<bool> cancel{false};
-  dp420_ctx* active = nullptr;  // the context of the running operation
-};
-
-struct dp420_snapshot_list {
-  std::vector<dp420::Manifest> manifests;
-  std::vector<std::string> json;
-};
-
-namespace {
+namespace dp420capi {
 
 using dp420::Code;
 using dp420::Status;
@@ -106,21 +82,6 @@ int Ok(dp420_ctx_t* ctx) {
   return 0;
 }
 
-// Runs `fn` and turns anything it throws into DP420_EINTERNAL / ENOMEM.
-template <typename Fn>
-int Guard(dp420_ctx_t* ctx, Fn&& fn) {
-  if (!ctx) return -DP420_EINVAL;
-  try {
-    return fn();
-  } catch (const std::bad_alloc&) {
-    return Fail(ctx, Status::NoMemory("out of memory"));
-  } catch (const std::exception& e) {
-    return Fail(ctx, Status::Internal(e.what()));
-  } catch (...) {
-    return Fail(ctx, Status::Internal("unknown exception"));
-  }
-}
-
 dp420::JobControl Control(dp420_ctx_t* ctx) {
   ctx->cancel.store(false);
   dp420::JobControl control;
@@ -140,6 +101,34 @@ void CopyId(char* dst, size_t cap, const std::string& src) {
 }
 
 bool Missing(const char* s) { return s == nullptr || *s == '\0'; }
+
+// A remote client's volume named "CLIENT/VOLUME" in a local repository is
+// the repository volume engine/net/volumes.h maps it to.
+std::string LocalVolumeName(const std::string& volume) {
+  size_t slash = volume.find('/');
+  if (slash == std::string::npos || !dp420::net::ValidRequestVolumeName(volume)) return volume;
+  return dp420::net::NamespacedVolume(volume.substr(0, slash), volume.substr(slash + 1));
+}
+
+char* CopyOut(const std::string& text) {
+  auto* out = static_cast<char*>(std::malloc(text.size() + 1));
+  if (out) std::memcpy(out, text.c_str(), text.size() + 1);
+  return out;
+}
+
+}  // namespace dp420capi
+
+using namespace dp420capi;  // NOLINT(google-build-using-namespace): this library's own helpers
+
+struct dp420_snapshot_list {
+  std::vector<dp420::Manifest> manifests;
+  std::vector<std::string> json;
+};
+
+namespace {
+
+using dp420::Code;
+using dp420::Status;
 
 // dp420_backup_result_t up to registered_buffers: what callers built before
 // the network counters were appended pass this struct_size.
@@ -225,14 +214,6 @@ dp420::Result<dp420::net::ClientRegistry> LoadOrNewRegistry(const std::string& p
   return reg;
 }
 
-// A remote client's volume named "CLIENT/VOLUME" in a local repository is
-// the repository volume engine/net/volumes.h maps it to.
-std::string LocalVolumeName(const std::string& volume) {
-  size_t slash = volume.find('/');
-  if (slash == std::string::npos || !dp420::net::ValidRequestVolumeName(volume)) return volume;
-  return dp420::net::NamespacedVolume(volume.substr(0, slash), volume.substr(slash + 1));
-}
-
 // Applies `in` to *out: DP420_LIMIT_UNCHANGED keeps a limit,
 // DP420_LIMIT_DEFAULT clears it (with keep_on_default, keeps it too), a
 // value >= 0 sets it.
@@ -289,7 +270,7 @@ const char* dp420_strerror(int code) {
     case DP420_ECORRUPT: return "damaged data";
     case DP420_ENOSPC: return "no space left on device";
     case DP420_EVERSION: return "unsupported format version";
-    case DP420_EEXIST: return "refusing to overwrite";
+    case DP420_EEXIST: return "refused";
     case DP420_EBUSY: return "locked by another process";
     case DP420_ENOMEM: return "out of memory";
     case DP420_EPERM: return "permission denied";
@@ -494,6 +475,7 @@ std::string SnapshotJson(const dp420::Manifest& m) {
   } else {
     j = m.ToJson();
     j["manifest_sha256"] = m.seal;
+    if (m.is_protected) j["protected"] = true;
   }
   // A remote client's volume, by the name it is known by (engine/net/volumes.h).
   std::string qualified = dp420::net::QualifiedName(m.volume);
@@ -657,11 +639,6 @@ dp420::Json RepairJson(const dp420::RepairReport& r) {
           {"dry_run", r.dry_run}};
 }
 
-char* CopyOut(const std::string& text) {
-  auto* out = static_cast<char*>(std::malloc(text.size() + 1));
-  if (out) std::memcpy(out, text.c_str(), text.size() + 1);
-  return out;
-}
 
 }  // namespace
 

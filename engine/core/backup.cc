@@ -365,7 +365,8 @@ Result<BackupResult> RunBackup(const Repository& repo, const BackupOptions& o) {
     return Status::InvalidArgument("invalid volume name '" + o.volume +
                                    "' (1-64 characters of A-Z a-z 0-9 . _ -)");
   }
-  DP420_ASSIGN_OR_RETURN(VolumeLock lock, repo.LockVolume(o.volume));
+  DP420_ASSIGN_OR_RETURN(VolumeLock lock,
+                         repo.LockVolume(o.volume, kBriefLockWait, o.control.cancel));
   DP420_ASSIGN_OR_RETURN(std::optional<Manifest> parent, ParentOfNextBackup(repo, o.volume));
   return Backup(repo, o, parent ? &*parent : nullptr);
 }

@@ -183,17 +183,18 @@ bool FindStart(VolumeHistory& h, const Manifest** start) {
 }
 
 // Follows children from `start` (the parentless snapshot when null); a child
-// names its parent by id and seal.
+// names its parent by id and seal (or its link names its nearest kept
+// ancestor, when the parent was forgotten).
 const Manifest* WalkToTip(VolumeHistory& h, const Manifest* start) {
   std::multimap<std::string, const Manifest*> children;  // parent id ("" = none)
-  for (const auto& m : h.manifests) children.emplace(m.parent, &m);
+  for (const auto& m : h.manifests) children.emplace(m.chain_parent, &m);
   const Manifest* cur = start;
   for (;;) {
     const Manifest* next = nullptr;
     auto [first, last] = children.equal_range(cur ? cur->snapshot_id : "");
     for (auto it = first; it != last; ++it) {
       const Manifest& m = *it->second;
-      bool child = cur ? m.parent_manifest_sha256 == cur->seal : m.sequence > h.head.sequence;
+      bool child = cur ? m.chain_parent_seal == cur->seal : m.sequence > h.head.sequence;
       if (!child) continue;
       if (next) {
         h.problems.push_back("fork: snapshots " + next->snapshot_id + " and " + m.snapshot_id +
@@ -217,11 +218,11 @@ void FindForks(VolumeHistory& h) {
       h.problems.push_back("fork: snapshots " + s->second->snapshot_id + " and " +
                            m.snapshot_id + " share sequence " + std::to_string(m.sequence));
     }
-    if (m.parent.empty()) continue;
-    auto [p, fresh_p] = by_parent.emplace(m.parent, &m);
+    if (m.chain_parent.empty()) continue;
+    auto [p, fresh_p] = by_parent.emplace(m.chain_parent, &m);
     if (!fresh_p) {
       h.problems.push_back("fork: snapshots " + p->second->snapshot_id + " and " +
-                           m.snapshot_id + " share parent " + m.parent);
+                           m.snapshot_id + " share parent " + m.chain_parent);
     }
   }
 }

@@ -248,6 +248,8 @@ Result<Manifest> Manifest::FromJson(const Json& j, const std::string& what) {
   if (TableShape::For(m.blocks_total).levels != m.table_levels) {
     return Status::Corruption(what + ": table levels disagree with blocks_total");
   }
+  m.chain_parent = m.parent;
+  m.chain_parent_seal = m.parent_manifest_sha256;
   return m;
 }
 

@@ -110,6 +110,13 @@ struct Manifest {
   // Derived when read:
   std::string seal;                // the seal of this manifest's JSON line (hex)
   std::string file_name;           // "SEQ-ID.manifest"
+  // The parent in the snapshot hash chain: `parent` and its seal, or, when
+  // the parent was forgotten, the nearest kept ancestor its link names
+  // (links.h; "" when none is kept). Set when listed from a repository.
+  std::string chain_parent;
+  std::string chain_parent_seal;
+  bool linked = false;             // chain_parent comes from a link
+  bool is_protected = false;       // a protect marker keeps it from policies
 
   Json ToJson() const;
   static Result<Manifest> FromJson(const Json& j, const std::string& what);

@@ -9,12 +9,14 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <thread>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
 #include "engine/core/history.h"
+#include "engine/core/links.h"
 #include "io/inject.h"
 #include "io/assert.h"
 #include "io/file.h"
@@ -281,33 +283,47 @@ Status Repository::ListManifests(const std::string& volume, std::vector<Manifest
   std::vector<std::string> volumes = volume.empty() ? ListVolumes()
                                                     : std::vector<std::string>{volume};
   for (const auto& vol : volumes) {
-    for (const auto& name : io::ListDir(SnapshotsDir(vol))) {
-      if (name.size() < 9 || name.substr(name.size() - 9) != ".manifest") continue;
-      std::string rel = "snapshots/" + vol + "/" + name;
-      Status status;
-      auto text = io::ReadFile(path_ + "/" + rel);
-      if (text.ok()) {
-        // A format-1 repository is only opened to be upgraded, which reads
-        // its manifests itself.
-        Result<Manifest> m = format_version_ < 2
-                                 ? Result<Manifest>(Status::Version(rel + ": format 1 manifest"))
-                                 : Manifest::Parse(text.value(), rel, &seal_key_);
-        if (!m.ok()) {
-          status = m.status();
-        } else if (m->file_name != name || m->volume != vol) {
-          status = Status::Corruption(rel + ": file name does not match its content");
-        } else if (m->repo_id != repo_id_hex()) {
-          status = Status::Corruption(rel + ": belongs to another repository");
-        } else {
-          out->push_back(std::move(m).value());
-          continue;
-        }
-      } else {
-        status = text.status().Prefix(rel);
-      }
-      if (!damaged) return status;
-      damaged->push_back({rel, status});
+    std::vector<Manifest> listed;
+    std::vector<DamagedFile> bad;
+    std::vector<DamagedFile>* bad_or_null = damaged ? &bad : nullptr;
+    DP420_RETURN_IF_ERROR(ListVolumeManifests(vol, &listed, bad_or_null));
+    if (format_version_ >= 2) {
+      DP420_RETURN_IF_ERROR(ApplyLinks(*this, vol, &listed, bad_or_null, nullptr));
     }
+    for (auto& m : listed) out->push_back(std::move(m));
+    if (damaged) damaged->insert(damaged->end(), bad.begin(), bad.end());
+  }
+  return Status::Ok();
+}
+
+Status Repository::ListVolumeManifests(const std::string& vol, std::vector<Manifest>* out,
+                                       std::vector<DamagedFile>* damaged) const {
+  for (const auto& name : io::ListDir(SnapshotsDir(vol))) {
+    if (name.size() < 9 || name.substr(name.size() - 9) != ".manifest") continue;
+    std::string rel = "snapshots/" + vol + "/" + name;
+    Status status;
+    auto text = io::ReadFile(path_ + "/" + rel);
+    if (text.ok()) {
+      // A format-1 repository is only opened to be upgraded, which reads
+      // its manifests itself.
+      Result<Manifest> m = format_version_ < 2
+                               ? Result<Manifest>(Status::Version(rel + ": format 1 manifest"))
+                               : Manifest::Parse(text.value(), rel, &seal_key_);
+      if (!m.ok()) {
+        status = m.status();
+      } else if (m->file_name != name || m->volume != vol) {
+        status = Status::Corruption(rel + ": file name does not match its content");
+      } else if (m->repo_id != repo_id_hex()) {
+        status = Status::Corruption(rel + ": belongs to another repository");
+      } else {
+        out->push_back(std::move(m).value());
+        continue;
+      }
+    } else {
+      status = text.status().Prefix(rel);
+    }
+    if (!damaged) return status;
+    damaged->push_back({rel, status});
   }
   return Status::Ok();
 }
@@ -344,12 +360,23 @@ Result<Manifest> Repository::FindSnapshot(const std::string& volume,
   return *found;
 }
 
-Result<VolumeLock> Repository::LockVolume(const std::string& volume) const {
+Result<VolumeLock> Repository::LockVolume(const std::string& volume,
+                                          std::chrono::milliseconds wait,
+                                          const std::atomic<bool>* cancel) const {
   std::string path = path_ + "/locks/" + volume + ".lock";
   int fd = io::sys::Open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return PosixError(path, errno);
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  auto deadline = std::chrono::steady_clock::now() + wait;
+  while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     int err = errno;
+    if (err == EWOULDBLOCK && std::chrono::steady_clock::now() < deadline) {
+      if (cancel && cancel->load()) {
+        close(fd);
+        return Status::Canceled("canceled while waiting for the lock of volume '" + volume + "'");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      continue;
+    }
     close(fd);
     if (err == EWOULDBLOCK) {
       return Status::Busy("volume '" + volume + "' is locked by another dp420 process (" +

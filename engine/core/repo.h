@@ -12,6 +12,8 @@
 #pragma once
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <utility>
@@ -22,6 +24,10 @@
 #include "simd/simd.h"
 
 namespace dp420 {
+
+// How long a backup waits for a volume lock that forget, protect or repair
+// holds (they hold it for moments); a running backup holds it longer.
+inline constexpr std::chrono::milliseconds kBriefLockWait{5000};
 
 class VolumeLock {
  public:
@@ -82,16 +88,24 @@ class Repository {
   // Manifests of `volume` (every volume when empty), ordered by volume and
   // sequence. Unreadable or damaged manifests go to `damaged` when given,
   // else the first one fails the call.
+  // Snapshots that were forgotten are not listed (links.h), and each
+  // manifest's chain_parent and is_protected are set.
   Status ListManifests(const std::string& volume, std::vector<Manifest>* out,
                        std::vector<DamagedFile>* damaged) const;
+  // The manifest files of one volume as they are, links not applied.
+  Status ListVolumeManifests(const std::string& volume, std::vector<Manifest>* out,
+                             std::vector<DamagedFile>* damaged) const;
   // `id` is "latest" (the newest snapshot of the volume's history, see
   // history.h: kCorruption when that history was rolled back, forked or its
   // newest snapshot is damaged), a snapshot id, or a unique prefix of at
   // least 4 digits.
   Result<Manifest> FindSnapshot(const std::string& volume, const std::string& id) const;
 
-  // Takes the writer lock of `volume` (kBusy when another process holds it).
-  Result<VolumeLock> LockVolume(const std::string& volume) const;
+  // Takes the writer lock of `volume`, waiting up to `wait` for another
+  // process to release it (kBusy after that; kCanceled when `cancel` turns).
+  Result<VolumeLock> LockVolume(const std::string& volume,
+                                std::chrono::milliseconds wait = std::chrono::milliseconds(0),
+                                const std::atomic<bool>* cancel = nullptr) const;
 
  private:
   Repository() = default;

@@ -360,7 +360,7 @@ void Verifier::CheckVolumeChain(const std::vector<const Manifest*>& valid,
   Children children;
   for (const Manifest* m : valid) {
     by_id[m->snapshot_id] = m;
-    if (!m->parent.empty()) children.emplace(m->parent, m->snapshot_id);
+    if (!m->chain_parent.empty()) children.emplace(m->chain_parent, m->snapshot_id);
   }
   for (const DamagedFile* d : damaged) {
     size_t problem = problems_.Add(d->path, StripPrefix(d->status.message(), d->path));
@@ -380,14 +380,16 @@ void Verifier::CheckLink(const Manifest& m,
                          const std::unordered_map<std::string, const Manifest*>& by_id,
                          const std::unordered_map<std::string, size_t>& damaged_ids,
                          const Children& children) {
-  if (m.parent.empty()) return;
+  if (m.chain_parent.empty()) return;
   std::string message;
-  auto parent = by_id.find(m.parent);
+  const char* whose = m.linked ? "kept ancestor " : "parent ";
+  auto parent = by_id.find(m.chain_parent);
   if (parent == by_id.end()) {
-    if (damaged_ids.count(m.parent)) return;  // broken by the damaged parent's problem
-    message = "parent " + m.parent + " is missing (manifest deleted?)";
-  } else if (parent->second->seal != Lower(m.parent_manifest_sha256)) {
-    message = "parent manifest's seal does not match parent_manifest_sha256 (edited?)";
+    if (damaged_ids.count(m.chain_parent)) return;  // broken by the damaged parent's problem
+    message = whose + m.chain_parent + " is missing (manifest deleted?)";
+  } else if (parent->second->seal != Lower(m.chain_parent_seal)) {
+    message = m.linked ? "kept ancestor's seal does not match the one its link records (edited?)"
+                       : "parent manifest's seal does not match parent_manifest_sha256 (edited?)";
   } else if (parent->second->sequence >= m.sequence) {
     message = "sequence " + std::to_string(m.sequence) + " does not follow its parent's (" +
               std::to_string(parent->second->sequence) + ")";

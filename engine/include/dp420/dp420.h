@@ -54,7 +54,7 @@ enum {
   DP420_ECORRUPT = 4,  /* stored data fails its checks */
   DP420_ENOSPC = 5,    /* no space left on a device */
   DP420_EVERSION = 6,  /* format newer than this library */
-  DP420_EEXIST = 7,    /* refusing to overwrite */
+  DP420_EEXIST = 7,    /* refused: would overwrite, or remove what is kept */
   DP420_EBUSY = 8,     /* locked by another process */
   DP420_ENOMEM = 9,    /* out of memory (or RLIMIT_MEMLOCK) */
   DP420_EPERM = 10,    /* permission denied */
@@ -296,6 +296,76 @@ typedef struct dp420_repair_opts {
 DP420_EXPORT void dp420_repair_opts_init(dp420_repair_opts_t* opts);
 DP420_EXPORT int dp420_repair(dp420_ctx_t* ctx, dp420_repo_t* repo,
                               const dp420_repair_opts_t* opts, char** report_json);
+
+/* ---- Forget and protect (local repositories; since 0.4) ----------------------
+ * dp420_forget removes snapshots from volumes' histories, either by a
+ * retention policy (each keep_* rule keeps the newest snapshot of each of its
+ * last N periods: hours, calendar days, ISO weeks, months, years, in the
+ * local time zone; keep_last the N newest; keep_within every snapshot taken
+ * within that span before the newest one; the union is kept) or by naming
+ * them. The newest snapshot of a volume and protected snapshots are always
+ * kept (naming one is refused with -DP420_EEXIST). The snapshot hash chain
+ * stays provable: a kept snapshot whose parent goes gets a link, sealed with
+ * the repository key, to its nearest kept ancestor. No data is deleted:
+ * dp420_prune reclaims what no snapshot references.
+ *
+ * A policy without any rule is refused (-DP420_EINVAL): it would forget
+ * everything. Forget waits up to lock_wait_ms for a running backup of the
+ * volume. Across volumes (volume NULL), a volume whose history cannot be
+ * trusted is left unchanged and reported in `errors`; the call then returns
+ * that volume's code after filling `result`. */
+typedef struct dp420_forget_opts {
+  size_t struct_size;
+  const char* volume;   /* NULL: every volume (policy only) */
+  /* Rules: 0 = not given, N > 0, or -1 = no limit. */
+  int32_t keep_last;
+  int32_t keep_hourly;
+  int32_t keep_daily;
+  int32_t keep_weekly;
+  int32_t keep_monthly;
+  int32_t keep_yearly;
+  const char* keep_within;         /* NULL, or a span such as "7d", "1y6m", "36h", "2w" */
+  const char* const* snapshots;    /* ids or unique prefixes to forget (needs volume) */
+  size_t snapshot_count;           /* 0: apply the policy */
+  int dry_run;                     /* decide and report; change nothing */
+  uint32_t lock_wait_ms;           /* 0: one hour */
+} dp420_forget_opts_t;
+
+typedef struct dp420_forget_item {
+  char volume[72];       /* CLIENT/VOLUME for a volume of a server's client */
+  char snapshot_id[17];
+  uint64_t sequence;
+  uint64_t created_unix_ns;
+  int keep;              /* 1 kept, 0 forgotten */
+  int is_protected;
+  char reasons[96];      /* why kept, comma-separated: protected, newest, last, hourly,
+                            daily, weekly, monthly, yearly, within, not named */
+} dp420_forget_item_t;
+
+typedef struct dp420_forget_result {
+  size_t struct_size;
+  uint64_t forgotten;
+  uint64_t kept;
+  uint64_t links_written;
+  uint64_t leftovers_removed;    /* files an earlier, interrupted forget left */
+  size_t item_count;
+  dp420_forget_item_t* items;    /* by volume, newest first; dp420_forget_result_free */
+  size_t error_count;            /* volumes left unchanged */
+  char* errors;                  /* NULL, or one "VOLUME: message" per line */
+} dp420_forget_result_t;
+
+DP420_EXPORT void dp420_forget_opts_init(dp420_forget_opts_t* opts);
+DP420_EXPORT int dp420_forget(dp420_ctx_t* ctx, dp420_repo_t* repo,
+                              const dp420_forget_opts_t* opts, dp420_forget_result_t* result);
+/* Frees what dp420_forget stored in `result` (items, errors); idempotent. */
+DP420_EXPORT void dp420_forget_result_free(dp420_forget_result_t* result);
+
+/* Protects (protect = 1) or unprotects (0) a snapshot of `volume` (id or
+ * unique prefix): a protected snapshot is never forgotten by a policy, and
+ * naming it to dp420_forget is refused. The full id goes to id_out when
+ * given. Idempotent. */
+DP420_EXPORT int dp420_protect(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
+                               const char* snapshot, int protect, char id_out[17]);
 
 /* ---- Storage benchmark ------------------------------------------------------
  * dp420_bench measures what a backup of `source` can reach on this machine:

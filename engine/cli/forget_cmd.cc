@@ -1,0 +1,159 @@
+#include "engine/cli/forget_cmd.h"
+
+#include <cstdio>
+#include <ctime>
+#include <iostream>
+#include <limits>
+
+namespace dp420cli {
+
+namespace {
+
+std::string UtcTime(uint64_t unix_ns) {
+  time_t t = static_cast<time_t>(unix_ns / 1000000000ull);
+  struct tm tm {};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+Json ForgetJson(const dp420_forget_result_t& r, bool dry_run) {
+  Json items = Json::array();
+  for (size_t i = 0; i < r.item_count; ++i) {
+    const auto& it = r.items[i];
+    Json reasons = Json::array();
+    std::string all = it.reasons;
+    for (size_t at = 0; !all.empty() && at != std::string::npos;) {
+      size_t comma = all.find(',', at);
+      reasons.push_back(all.substr(at, comma == std::string::npos ? comma : comma - at));
+      at = comma == std::string::npos ? comma : comma + 1;
+    }
+    items.push_back({{"volume", it.volume}, {"snapshot_id", it.snapshot_id},
+                     {"sequence", it.sequence}, {"created", UtcTime(it.created_unix_ns)},
+                     {"keep", bool(it.keep)}, {"protected", bool(it.is_protected)},
+                     {"reasons", reasons}});
+  }
+  Json errors = Json::array();
+  std::string text = r.errors ? r.errors : "";
+  for (size_t at = 0; at < text.size();) {
+    size_t nl = text.find('\n', at);
+    errors.push_back(text.substr(at, nl - at));
+    at = nl == std::string::npos ? text.size() : nl + 1;
+  }
+  return {{"dry_run", dry_run}, {"forgotten", r.forgotten}, {"kept", r.kept},
+          {"links_written", r.links_written}, {"leftovers_removed", r.leftovers_removed},
+          {"snapshots", items}, {"errors", errors}};
+}
+
+void PrintForget(const dp420_forget_result_t& r, bool dry_run) {
+  std::string volume;
+  for (size_t i = 0; i < r.item_count; ++i) {
+    const auto& it = r.items[i];
+    if (volume != it.volume) {
+      volume = it.volume;
+      std::printf("volume %s:\n", volume.c_str());
+    }
+    const char* verdict = it.keep ? "keep  " : (dry_run ? "would forget" : "forget");
+    std::printf("  %-12s %s  %4llu  %s  %s\n", verdict, it.snapshot_id,
+                (unsigned long long)it.sequence, UtcTime(it.created_unix_ns).c_str(),
+                it.reasons);
+  }
+  std::printf("%s %llu snapshot(s), kept %llu\n", dry_run ? "would forget" : "forgot",
+              (unsigned long long)r.forgotten, (unsigned long long)r.kept);
+  if (!dry_run && r.forgotten) {
+    std::printf("no data was deleted: `dp420 prune` reclaims what no snapshot uses\n");
+  }
+}
+
+}  // namespace
+
+int CmdForget(const Common& c, const ForgetArgs& a) {
+  return WithRepo(c, "forget", [&](dp420_repo_t* repo) -> int {
+    dp420_forget_opts_t o;
+    dp420_forget_opts_init(&o);
+    o.volume = a.volume.empty() ? nullptr : a.volume.c_str();
+    o.keep_last = a.last;
+    o.keep_hourly = a.hourly;
+    o.keep_daily = a.daily;
+    o.keep_weekly = a.weekly;
+    o.keep_monthly = a.monthly;
+    o.keep_yearly = a.yearly;
+    o.keep_within = a.within.empty() ? nullptr : a.within.c_str();
+    std::vector<const char*> ids;
+    for (const auto& id : a.snapshots) ids.push_back(id.c_str());
+    o.snapshots = ids.data();
+    o.snapshot_count = ids.size();
+    o.dry_run = a.dry_run;
+    dp420_forget_result_t r{};
+    r.struct_size = sizeof(r);
+    int rc = dp420_forget(g_ctx, repo, &o, &r);
+    if (rc != 0 && r.item_count == 0) {
+      dp420_forget_result_free(&r);
+      return Report(c, "forget", rc);
+    }
+    if (c.json) {
+      std::cout << ForgetJson(r, a.dry_run).dump() << std::endl;
+    } else if (!c.quiet) {
+      PrintForget(r, a.dry_run);
+    }
+    if (rc != 0) {
+      std::fprintf(stderr, "dp420 forget: %s: %s\n", dp420_strerror(rc), dp420_errmsg(g_ctx));
+    }
+    dp420_forget_result_free(&r);
+    return ExitFor(rc);
+  });
+}
+
+
+int CmdProtect(const Common& c, const ProtectArgs& a, bool protect) {
+  const char* what = protect ? "protect" : "unprotect";
+  return WithRepo(c, what, [&](dp420_repo_t* repo) -> int {
+    char id[17] = {};
+    int rc = dp420_protect(g_ctx, repo, a.volume.c_str(), a.snapshot.c_str(), protect, id);
+    if (rc != 0) return Report(c, what, rc);
+    if (c.json) {
+      std::cout << Json{{"volume", a.volume}, {"snapshot_id", id}, {"protected", protect}}.dump()
+                << std::endl;
+    } else if (!c.quiet) {
+      std::printf("%s snapshot %s of %s\n", protect ? "protected" : "unprotected", id,
+                  a.volume.c_str());
+    }
+    return kExitOk;
+  });
+}
+
+void AddForgetCommands(CLI::App* app, Common* c, ForgetArgs* f, ProtectArgs* p,
+                       CLI::App** forget, CLI::App** protect, CLI::App** unprotect) {
+  *forget = app->add_subcommand(
+      "forget", "Forget snapshots by a retention policy or by id (prune reclaims the space)");
+  AddRepoOptions(*forget, c);
+  (*forget)->add_option("--volume", f->volume, "Only this volume (required with --snapshot)");
+  auto rule = CLI::Range(int32_t{-1}, std::numeric_limits<int32_t>::max());
+  (*forget)->add_option("--keep-last", f->last, "Keep the N newest (-1: all)")->check(rule);
+  (*forget)->add_option("--keep-hourly", f->hourly, "Keep the newest of each of the last N hours")
+      ->check(rule);
+  (*forget)->add_option("--keep-daily", f->daily, "Keep the newest of each of the last N days")
+      ->check(rule);
+  (*forget)->add_option("--keep-weekly", f->weekly, "Keep the newest of each of the last N ISO weeks")
+      ->check(rule);
+  (*forget)->add_option("--keep-monthly", f->monthly, "Keep the newest of each of the last N months")
+      ->check(rule);
+  (*forget)->add_option("--keep-yearly", f->yearly, "Keep the newest of each of the last N years")
+      ->check(rule);
+  (*forget)->add_option("--keep-within", f->within,
+                        "Keep every snapshot within this span before the newest (7d, 1y6m, 36h)");
+  (*forget)->add_option("--snapshot", f->snapshots, "Forget this snapshot (id or unique prefix)");
+  (*forget)->add_flag("--dry-run", f->dry_run, "Decide and print; change nothing");
+  for (auto** cmd : {protect, unprotect}) {
+    bool on = cmd == protect;
+    *cmd = app->add_subcommand(on ? "protect" : "unprotect",
+                               on ? "Keep a snapshot from every retention policy"
+                                  : "Let retention policies forget a snapshot again");
+    AddRepoOptions(*cmd, c);
+    (*cmd)->add_option("--volume", p->volume, "Volume name")->required();
+    (*cmd)->add_option("--snapshot", p->snapshot, "Snapshot id or unique prefix")->required();
+  }
+}
+
+}  // namespace dp420cli

@@ -1,0 +1,276 @@
+#include "engine/core/forget.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <map>
+#include <set>
+
+#include "engine/core/history.h"
+#include "engine/core/links.h"
+#include "engine/core/snapshot.h"  // NowUnixNs, Rfc3339
+#include "io/file.h"
+#include "io/inject.h"
+
+namespace dp420 {
+
+namespace {
+
+// `id` exactly, or a unique prefix of at least 4 digits, among `h`'s snapshots.
+Result<const Manifest*> Resolve(const VolumeHistory& h, const std::string& id) {
+  const Manifest* found = nullptr;
+  for (const auto& m : h.manifests) {
+    if (m.snapshot_id == id) return &m;
+    if (id.size() >= 4 && m.snapshot_id.compare(0, id.size(), id) == 0) {
+      if (found) {
+        return Status::InvalidArgument("snapshot prefix '" + id + "' of volume '" + h.volume +
+                                       "' is ambiguous");
+      }
+      found = &m;
+    }
+  }
+  if (!found) {
+    return Status::NotFound("snapshot '" + id + "' of volume '" + h.volume + "' not found");
+  }
+  return found;
+}
+
+// The history forget may change: trusted, readable whole, one unbroken chain.
+Status CheckForgettable(const VolumeHistory& h) {
+  DP420_RETURN_IF_ERROR(h.Newest("the repository").status());
+  if (!h.damaged.empty()) {
+    std::string files;
+    for (const auto& d : h.damaged) files += (files.empty() ? "" : ", ") + d.path;
+    return Status::Corruption("volume '" + h.volume + "' has damaged files (" + files +
+                              "): forget changes only a history it can read whole; "
+                              "`dp420 repair --volume " + h.volume + "` moves them aside");
+  }
+  const Manifest* prev = nullptr;
+  for (const auto& m : h.manifests) {
+    bool linked = prev ? m.chain_parent == prev->snapshot_id && m.chain_parent_seal == prev->seal
+                       : m.chain_parent.empty();
+    if (!linked) {
+      return Status::Corruption(
+          "volume '" + h.volume + "': the chain is broken at snapshot " + m.snapshot_id +
+          " (its parent " + (m.chain_parent.empty() ? "none" : m.chain_parent) +
+          " is not the snapshot before it): run `dp420 verify`; forget links only a whole chain");
+    }
+    prev = &m;
+  }
+  return Status::Ok();
+}
+
+ForgetItem ItemOf(const Manifest& m) {
+  ForgetItem it;
+  it.volume = m.volume;
+  it.snapshot_id = m.snapshot_id;
+  it.sequence = m.sequence;
+  it.created_unix_ns = m.created_unix_ns;
+  it.created = m.created;
+  it.is_protected = m.is_protected;
+  return it;
+}
+
+// Items for `h`'s snapshots, newest first, by the policy.
+std::vector<ForgetItem> DecideByPolicy(const VolumeHistory& h, const RetentionPolicy& policy) {
+  std::vector<RetentionCandidate> candidates;
+  std::map<std::string, const Manifest*> by_id;
+  for (const auto& m : h.manifests) {
+    candidates.push_back({m.snapshot_id, static_cast<int64_t>(m.created_unix_ns), m.is_protected});
+    by_id[m.snapshot_id] = &m;
+  }
+  std::vector<ForgetItem> items;
+  for (const auto& d : ApplyRetention(policy, std::move(candidates))) {
+    ForgetItem it = ItemOf(*by_id[d.snapshot_id]);
+    it.keep = d.keep;
+    it.reasons = d.reasons;
+    if (h.tip && d.snapshot_id == h.tip->snapshot_id && !it.keep) {
+      it.keep = true;  // the next backup builds on it
+      it.reasons.push_back("newest");
+    }
+    items.push_back(std::move(it));
+  }
+  return items;
+}
+
+// Items for `h`'s snapshots, newest first: the named ones go.
+Result<std::vector<ForgetItem>> DecideByName(const VolumeHistory& h,
+                                             const std::vector<std::string>& ids) {
+  std::set<std::string> named;
+  for (const auto& id : ids) {
+    DP420_ASSIGN_OR_RETURN(const Manifest* m, Resolve(h, id));
+    if (m == h.tip) {
+      return Status::Exists("snapshot " + m->snapshot_id + " is the newest of volume '" +
+                            h.volume + "': the next backup builds on it, so it is kept "
+                            "(forget it once a newer snapshot exists)");
+    }
+    if (m->is_protected) {
+      return Status::Exists("snapshot " + m->snapshot_id + " of volume '" + h.volume +
+                            "' is protected: `dp420 unprotect` it first");
+    }
+    named.insert(m->snapshot_id);
+  }
+  std::vector<ForgetItem> items;
+  for (auto it = h.manifests.rbegin(); it != h.manifests.rend(); ++it) {
+    ForgetItem item = ItemOf(*it);
+    item.keep = named.count(it->snapshot_id) == 0;
+    if (item.keep) item.reasons.push_back("not named");
+    items.push_back(std::move(item));
+  }
+  return items;
+}
+
+std::string SnapshotFile(const Repository& repo, const std::string& volume,
+                         const std::string& name) {
+  return repo.SnapshotsDir(volume) + "/" + name;
+}
+
+// Writes a link for every kept snapshot whose parent goes: the commit point.
+Result<uint64_t> WriteLinks(const Repository& repo, const VolumeHistory& h,
+                            const std::set<std::string>& gone) {
+  uint64_t written = 0;
+  const Manifest* last_kept = nullptr;
+  bool gap = false;
+  for (const auto& m : h.manifests) {  // by sequence
+    if (gone.count(m.snapshot_id)) {
+      gap = true;
+      continue;
+    }
+    if (gap) {
+      ChainLink l;
+      l.volume = h.volume;
+      l.snapshot_id = m.snapshot_id;
+      l.sequence = m.sequence;
+      l.parent = m.parent;
+      l.parent_seal = m.parent_manifest_sha256;
+      if (last_kept) {
+        l.ancestor = last_kept->snapshot_id;
+        l.ancestor_sequence = last_kept->sequence;
+        l.ancestor_seal = last_kept->seal;
+      }
+      l.forgotten = m.sequence - l.ancestor_sequence - 1;
+      l.updated = Rfc3339(NowUnixNs());
+      DP420_RETURN_IF_ERROR(io::WriteFileAtomic(
+          SnapshotFile(repo, h.volume, LinkFileName(m.sequence, m.snapshot_id)),
+          SealLink(repo, l)));
+      ++written;
+    }
+    last_kept = &m;
+    gap = false;
+  }
+  return written;
+}
+
+Status RemoveFile(const std::string& path) {
+  if (io::sys::Unlink(path.c_str()) != 0 && errno != ENOENT) return PosixError(path, errno);
+  return Status::Ok();
+}
+
+// Deletes the forgotten snapshots' files and what a killed forget left.
+Result<uint64_t> DeleteForgotten(const Repository& repo, const VolumeHistory& h,
+                                 const std::set<std::string>& gone) {
+  for (const auto& m : h.manifests) {
+    if (!gone.count(m.snapshot_id)) continue;
+    DP420_RETURN_IF_ERROR(RemoveFile(SnapshotFile(repo, h.volume, m.file_name)));
+    DP420_RETURN_IF_ERROR(RemoveFile(SnapshotFile(repo, h.volume,
+                                                  LinkFileName(m.sequence, m.snapshot_id))));
+  }
+  std::vector<Manifest> raw;
+  std::vector<DamagedFile> damaged;
+  LinkScan scan;
+  DP420_RETURN_IF_ERROR(repo.ListVolumeManifests(h.volume, &raw, &damaged));
+  DP420_RETURN_IF_ERROR(ApplyLinks(repo, h.volume, &raw, &damaged, &scan));
+  for (const auto& rel : scan.leftovers) {
+    DP420_RETURN_IF_ERROR(RemoveFile(repo.path() + "/" + rel));
+  }
+  DP420_RETURN_IF_ERROR(io::SyncDir(repo.SnapshotsDir(h.volume)));
+  return static_cast<uint64_t>(scan.leftovers.size());
+}
+
+Status ForgetVolume(const Repository& repo, const std::string& volume, const ForgetOptions& o,
+                    ForgetReport* report) {
+  VolumeLock lock;
+  if (!o.dry_run) {
+    DP420_ASSIGN_OR_RETURN(lock, repo.LockVolume(volume, o.lock_wait, o.control.cancel));
+  }
+  DP420_ASSIGN_OR_RETURN(VolumeHistory h, LoadHistory(repo, volume));
+  if (h.manifests.empty() && h.damaged.empty() && h.problems.empty()) return Status::Ok();
+  DP420_RETURN_IF_ERROR(CheckForgettable(h));
+  std::vector<ForgetItem> items;
+  if (o.snapshots.empty()) {
+    items = DecideByPolicy(h, o.policy);
+  } else {
+    DP420_ASSIGN_OR_RETURN(items, DecideByName(h, o.snapshots));
+  }
+  std::set<std::string> gone;
+  for (const auto& it : items) {
+    if (!it.keep) gone.insert(it.snapshot_id);
+  }
+  if (!o.dry_run) {
+    uint64_t links = 0;
+    if (!gone.empty()) {
+      DP420_ASSIGN_OR_RETURN(links, WriteLinks(repo, h, gone));
+    }
+    // Also when nothing goes now: what a killed forget left is removed.
+    DP420_ASSIGN_OR_RETURN(uint64_t leftovers, DeleteForgotten(repo, h, gone));
+    if (!gone.empty()) DP420_RETURN_IF_ERROR(AdvanceHead(repo, volume, h.tip));
+    report->links_written += links;
+    report->leftovers_removed += leftovers;
+  }
+  report->forgotten += gone.size();
+  report->kept += items.size() - gone.size();
+  for (auto& it : items) report->items.push_back(std::move(it));
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<ForgetReport> RunForget(const Repository& repo, const ForgetOptions& o) {
+  if (o.snapshots.empty()) {
+    DP420_RETURN_IF_ERROR(o.policy.Validate());
+    if (o.policy.Empty()) {
+      return Status::InvalidArgument(
+          "no keep rule given: forget refuses to forget every snapshot (give --keep-last, "
+          "--keep-daily, ... or name snapshots with --snapshot)");
+    }
+  } else if (o.volume.empty()) {
+    return Status::InvalidArgument("--snapshot needs --volume: snapshot ids are per volume");
+  }
+  if (!o.volume.empty() && !ValidVolumeName(o.volume)) {
+    return Status::InvalidArgument("invalid volume name '" + o.volume + "'");
+  }
+  ForgetReport report;
+  report.dry_run = o.dry_run;
+  std::vector<std::string> volumes =
+      o.volume.empty() ? repo.ListVolumes() : std::vector<std::string>{o.volume};
+  for (const auto& volume : volumes) {
+    if (o.control.Canceled()) return Status::Canceled("forget canceled");
+    Status s = ForgetVolume(repo, volume, o, &report);
+    if (!s.ok()) {
+      // A volume named alone fails the call; across volumes, the others go on.
+      if (!o.volume.empty()) return s;
+      report.errors.push_back({volume, s});
+    }
+  }
+  return report;
+}
+
+Result<std::string> SetProtected(const Repository& repo, const std::string& volume,
+                                 const std::string& id, bool protect,
+                                 std::chrono::milliseconds lock_wait) {
+  if (!ValidVolumeName(volume)) return Status::InvalidArgument("invalid volume name '" + volume + "'");
+  DP420_ASSIGN_OR_RETURN(VolumeLock lock, repo.LockVolume(volume, lock_wait));
+  DP420_ASSIGN_OR_RETURN(VolumeHistory h, LoadHistory(repo, volume));
+  DP420_ASSIGN_OR_RETURN(const Manifest* m, Resolve(h, id));
+  std::string path = SnapshotFile(repo, volume, ProtectFileName(m->sequence, m->snapshot_id));
+  if (protect) {
+    Json j = {{"format", "dp420-protected"}, {"volume", volume},
+              {"snapshot_id", m->snapshot_id}, {"protected", Rfc3339(NowUnixNs())}};
+    DP420_RETURN_IF_ERROR(io::WriteFileAtomic(path, j.dump() + "\n"));
+  } else {
+    DP420_RETURN_IF_ERROR(RemoveFile(path));
+    DP420_RETURN_IF_ERROR(io::SyncDir(repo.SnapshotsDir(volume)));
+  }
+  return m->snapshot_id;
+}
+
+}  // namespace dp420
