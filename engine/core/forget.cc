@@ -165,6 +165,15 @@ Status RemoveFile(const std::string& path) {
   return Status::Ok();
 }
 
+// The links of `volume`, and the files a killed forget left (after links
+// are written: the manifests of the snapshots they forget).
+Status ScanLeftovers(const Repository& repo, const std::string& volume, LinkScan* scan) {
+  std::vector<Manifest> raw;
+  std::vector<DamagedFile> damaged;
+  DP420_RETURN_IF_ERROR(repo.ListVolumeManifests(volume, &raw, &damaged));
+  return ApplyLinks(repo, volume, &raw, &damaged, scan);
+}
+
 // Deletes the forgotten snapshots' files and what a killed forget left.
 Result<uint64_t> DeleteForgotten(const Repository& repo, const VolumeHistory& h,
                                  const std::set<std::string>& gone) {
@@ -174,11 +183,8 @@ Result<uint64_t> DeleteForgotten(const Repository& repo, const VolumeHistory& h,
     DP420_RETURN_IF_ERROR(RemoveFile(SnapshotFile(repo, h.volume,
                                                   LinkFileName(m.sequence, m.snapshot_id))));
   }
-  std::vector<Manifest> raw;
-  std::vector<DamagedFile> damaged;
   LinkScan scan;
-  DP420_RETURN_IF_ERROR(repo.ListVolumeManifests(h.volume, &raw, &damaged));
-  DP420_RETURN_IF_ERROR(ApplyLinks(repo, h.volume, &raw, &damaged, &scan));
+  DP420_RETURN_IF_ERROR(ScanLeftovers(repo, h.volume, &scan));
   for (const auto& rel : scan.leftovers) {
     DP420_RETURN_IF_ERROR(RemoveFile(repo.path() + "/" + rel));
   }
@@ -210,9 +216,15 @@ Status ForgetVolume(const Repository& repo, const std::string& volume, const For
     if (!gone.empty()) {
       DP420_ASSIGN_OR_RETURN(links, WriteLinks(repo, h, gone));
     }
-    // Also when nothing goes now: what a killed forget left is removed.
+    // The head moves before anything is deleted, so a snapshots/ folder put
+    // back from before this forget reads as rolled back; a killed forget's
+    // leftovers (removed also when nothing goes now) move it again.
+    LinkScan scan;
+    DP420_RETURN_IF_ERROR(ScanLeftovers(repo, volume, &scan));
+    if (!gone.empty() || !scan.leftovers.empty()) {
+      DP420_RETURN_IF_ERROR(AdvanceHead(repo, volume, h.tip));
+    }
     DP420_ASSIGN_OR_RETURN(uint64_t leftovers, DeleteForgotten(repo, h, gone));
-    if (!gone.empty()) DP420_RETURN_IF_ERROR(AdvanceHead(repo, volume, h.tip));
     report->links_written += links;
     report->leftovers_removed += leftovers;
   }
