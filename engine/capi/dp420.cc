@@ -143,29 +143,6 @@ constexpr size_t kServeOptsV1Size = offsetof(dp420_serve_opts_t, max_pending);
 constexpr size_t kClientLimits2V1Size = sizeof(dp420_client_limits2_t);
 static_assert(std::atomic<std::atomic<bool>*>::is_always_lock_free);
 
-// For the running operation on a remote handle: routes the handle's progress
-// callback and cancel flag to `ctx`; undone when it goes out of scope.
-class RemoteLink {
- public:
-  RemoteLink(dp420_ctx_t* ctx, dp420_repo_t* repo) : ctx_(ctx) {
-    if (!repo || !repo->remote) return;
-    repo_ = repo;
-    repo_->cancel.store(false);
-    repo_->active = ctx;
-    ctx_->linked_cancel.store(&repo_->cancel);
-  }
-  ~RemoteLink() {
-    if (!repo_) return;
-    ctx_->linked_cancel.store(nullptr);
-    repo_->active = nullptr;
-  }
-  RemoteLink(const RemoteLink&) = delete;
-  RemoteLink& operator=(const RemoteLink&) = delete;
-
- private:
-  dp420_ctx_t* ctx_;
-  dp420_repo_t* repo_ = nullptr;
-};
 
 // The control a remote handle keeps for its whole life (RemoteOptions).
 dp420::JobControl HandleControl(dp420_repo_t* handle) {

@@ -52,6 +52,30 @@ std::string LocalVolumeName(const std::string& volume);
 // A malloc'ed copy of `text` for the caller to dp420_free; null when out of memory.
 char* CopyOut(const std::string& text);
 
+// For the running operation on a remote handle: routes the handle's progress
+// callback and cancel flag to `ctx`; undone when it goes out of scope.
+class RemoteLink {
+ public:
+  RemoteLink(dp420_ctx_t* ctx, dp420_repo_t* repo) : ctx_(ctx) {
+    if (!repo || !repo->remote) return;
+    repo_ = repo;
+    repo_->cancel.store(false);
+    repo_->active = ctx;
+    ctx_->linked_cancel.store(&repo_->cancel);
+  }
+  ~RemoteLink() {
+    if (!repo_) return;
+    ctx_->linked_cancel.store(nullptr);
+    repo_->active = nullptr;
+  }
+  RemoteLink(const RemoteLink&) = delete;
+  RemoteLink& operator=(const RemoteLink&) = delete;
+
+ private:
+  dp420_ctx_t* ctx_;
+  dp420_repo_t* repo_ = nullptr;
+};
+
 // Runs `fn` and turns anything it throws into DP420_EINTERNAL / ENOMEM.
 template <typename Fn>
 inline int Guard(dp420_ctx_t* ctx, Fn&& fn) {

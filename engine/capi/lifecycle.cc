@@ -17,10 +17,15 @@ namespace {
 
 constexpr uint32_t kDefaultLockWaitMs = 3600 * 1000;
 
-dp420::Result<dp420::ForgetOptions> ForgetOptionsFrom(dp420_ctx_t* ctx,
+dp420::Result<dp420::ForgetOptions> ForgetOptionsFrom(dp420_ctx_t* ctx, bool remote,
                                                       const dp420_forget_opts_t& in) {
   dp420::ForgetOptions o;
-  if (!Missing(in.volume)) o.volume = LocalVolumeName(in.volume);
+  if (!Missing(in.volume)) {
+    if (!dp420::net::ValidRequestVolumeName(in.volume)) {
+      return dp420::Status::InvalidArgument(std::string("invalid volume name '") + in.volume + "'");
+    }
+    o.volume = remote ? std::string(in.volume) : LocalVolumeName(in.volume);
+  }
   o.policy.last = in.keep_last;
   o.policy.hourly = in.keep_hourly;
   o.policy.daily = in.keep_daily;
@@ -83,6 +88,17 @@ bool FillForgetResult(const dp420::ForgetReport& r, dp420_forget_result_t* out) 
   return true;
 }
 
+// Forget here, or on the server of a remote handle (ADMIN "forget").
+dp420::Result<dp420::ForgetReport> RunForget(dp420_ctx_t* ctx, dp420_repo_t* repo,
+                                             const dp420::ForgetOptions& o) {
+  if (!repo->remote) return dp420::RunForget(*repo->repo, o);
+  DP420_RETURN_IF_ERROR(dp420::ValidateForget(o));
+  RemoteLink link(ctx, repo);
+  DP420_ASSIGN_OR_RETURN(dp420::Json j,
+                         repo->remote->Admin("forget", dp420::ForgetRequestToJson(o), o.control));
+  return dp420::ForgetReportFromJson(j);
+}
+
 }  // namespace
 
 void dp420_forget_opts_init(dp420_forget_opts_t* opts) {
@@ -100,13 +116,9 @@ int dp420_forget(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_forget_opts_t
     size_t size = result->struct_size;
     std::memset(result, 0, sizeof(*result));
     result->struct_size = size;
-    if (repo->remote) {
-      return Fail(ctx, dp420::Status::InvalidArgument(
-                           "forget runs where the repository is: on the server, by its operator"));
-    }
-    auto o = ForgetOptionsFrom(ctx, *opts);
+    auto o = ForgetOptionsFrom(ctx, repo->remote != nullptr, *opts);
     if (!o.ok()) return Fail(ctx, o.status());
-    auto r = dp420::RunForget(*repo->repo, o.value());
+    auto r = RunForget(ctx, repo, o.value());
     if (!r.ok()) return Fail(ctx, r.status());
     if (!FillForgetResult(r.value(), result)) {
       dp420_forget_result_free(result);
@@ -138,14 +150,23 @@ int dp420_protect(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume, cons
       return Fail(ctx, dp420::Status::InvalidArgument(
                            "dp420_protect: bad arguments (volume and snapshot required)"));
     }
+    std::string full;
     if (repo->remote) {
-      return Fail(ctx, dp420::Status::InvalidArgument(
-                           "protect runs where the repository is: on the server, by its operator"));
+      RemoteLink link(ctx, repo);
+      dp420::Json args = {{"volume", volume}, {"snapshot", snapshot}};
+      auto j = repo->remote->Admin(protect ? "protect" : "unprotect", args, Control(ctx));
+      if (!j.ok()) return Fail(ctx, j.status());
+      if (!j->contains("snapshot_id") || !(*j)["snapshot_id"].is_string()) {
+        return Fail(ctx, dp420::Status::Network("the server's protect answer has no snapshot_id"));
+      }
+      full = (*j)["snapshot_id"].get<std::string>();
+    } else {
+      auto id = dp420::SetProtected(*repo->repo, LocalVolumeName(volume), snapshot, protect != 0,
+                                    std::chrono::milliseconds(kDefaultLockWaitMs));
+      if (!id.ok()) return Fail(ctx, id.status());
+      full = id.value();
     }
-    auto id = dp420::SetProtected(*repo->repo, LocalVolumeName(volume), snapshot, protect != 0,
-                                  std::chrono::milliseconds(kDefaultLockWaitMs));
-    if (!id.ok()) return Fail(ctx, id.status());
-    if (id_out) CopyId(id_out, 17, id.value());
+    if (id_out) CopyId(id_out, 17, full);
     return Ok(ctx);
   });
 }

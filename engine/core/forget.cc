@@ -236,7 +236,7 @@ Status ForgetVolume(const Repository& repo, const std::string& volume, const For
 
 }  // namespace
 
-Result<ForgetReport> RunForget(const Repository& repo, const ForgetOptions& o) {
+Status ValidateForget(const ForgetOptions& o) {
   if (o.snapshots.empty()) {
     DP420_RETURN_IF_ERROR(o.policy.Validate());
     if (o.policy.Empty()) {
@@ -247,6 +247,11 @@ Result<ForgetReport> RunForget(const Repository& repo, const ForgetOptions& o) {
   } else if (o.volume.empty()) {
     return Status::InvalidArgument("--snapshot needs --volume: snapshot ids are per volume");
   }
+  return Status::Ok();
+}
+
+Result<ForgetReport> RunForget(const Repository& repo, const ForgetOptions& o) {
+  DP420_RETURN_IF_ERROR(ValidateForget(o));
   if (!o.volume.empty() && !ValidVolumeName(o.volume)) {
     return Status::InvalidArgument("invalid volume name '" + o.volume + "'");
   }
@@ -264,6 +269,98 @@ Result<ForgetReport> RunForget(const Repository& repo, const ForgetOptions& o) {
     }
   }
   return report;
+}
+
+Json ForgetRequestToJson(const ForgetOptions& o) {
+  const RetentionPolicy& p = o.policy;
+  return {{"volume", o.volume},
+          {"policy", {{"last", p.last}, {"hourly", p.hourly}, {"daily", p.daily},
+                      {"weekly", p.weekly}, {"monthly", p.monthly}, {"yearly", p.yearly},
+                      {"within", p.within.Empty() ? "" : p.within.ToString()}}},
+          {"snapshots", o.snapshots},
+          {"dry_run", o.dry_run}};
+}
+
+Result<ForgetOptions> ForgetRequestFromJson(const Json& j) {
+  ForgetOptions o;
+  try {
+    o.volume = j.at("volume").get<std::string>();
+    const Json& p = j.at("policy");
+    int* rules[] = {&o.policy.last, &o.policy.hourly, &o.policy.daily,
+                    &o.policy.weekly, &o.policy.monthly, &o.policy.yearly};
+    const char* names[] = {"last", "hourly", "daily", "weekly", "monthly", "yearly"};
+    for (size_t i = 0; i < 6; ++i) {
+      const Json& v = p.at(names[i]);
+      if (!v.is_number_integer() || v.get<int64_t>() < -1 || v.get<int64_t>() > (1 << 30)) {
+        return Status::InvalidArgument(std::string("keep rule ") + names[i] + " out of range");
+      }
+      *rules[i] = v.get<int>();
+    }
+    std::string within = p.at("within").get<std::string>();
+    if (!within.empty()) {
+      DP420_ASSIGN_OR_RETURN(o.policy.within, ParseRetentionSpan(within));
+    }
+    const Json& ids = j.at("snapshots");
+    if (!ids.is_array() || ids.size() > 4096) {
+      return Status::InvalidArgument("snapshots: at most 4096 ids");
+    }
+    for (const auto& id : ids) o.snapshots.push_back(id.get<std::string>());
+    o.dry_run = j.at("dry_run").get<bool>();
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(std::string("forget request: ") + e.what());
+  }
+  return o;
+}
+
+Json ForgetReportToJson(const ForgetReport& r,
+                        const std::function<std::string(const std::string&)>& show) {
+  Json items = Json::array();
+  for (const auto& it : r.items) {
+    items.push_back({{"volume", show(it.volume)}, {"snapshot_id", it.snapshot_id},
+                     {"sequence", it.sequence}, {"created_unix_ns", it.created_unix_ns},
+                     {"created", it.created}, {"keep", it.keep},
+                     {"protected", it.is_protected}, {"reasons", it.reasons}});
+  }
+  Json errors = Json::array();
+  for (const auto& e : r.errors) {
+    errors.push_back({{"volume", show(e.volume)}, {"code", static_cast<int>(e.status.code())},
+                      {"message", e.status.message()}});
+  }
+  return {{"forgotten", r.forgotten}, {"kept", r.kept}, {"links_written", r.links_written},
+          {"leftovers_removed", r.leftovers_removed}, {"dry_run", r.dry_run},
+          {"items", items}, {"errors", errors}};
+}
+
+Result<ForgetReport> ForgetReportFromJson(const Json& j) {
+  ForgetReport r;
+  try {
+    r.forgotten = JsonUint<uint64_t>(j.at("forgotten"));
+    r.kept = JsonUint<uint64_t>(j.at("kept"));
+    r.links_written = JsonUint<uint64_t>(j.at("links_written"));
+    r.leftovers_removed = JsonUint<uint64_t>(j.at("leftovers_removed"));
+    r.dry_run = j.at("dry_run").get<bool>();
+    for (const auto& it : j.at("items")) {
+      ForgetItem item;
+      item.volume = it.at("volume").get<std::string>();
+      item.snapshot_id = it.at("snapshot_id").get<std::string>();
+      item.sequence = JsonUint<uint64_t>(it.at("sequence"));
+      item.created_unix_ns = JsonUint<uint64_t>(it.at("created_unix_ns"));
+      item.created = it.at("created").get<std::string>();
+      item.keep = it.at("keep").get<bool>();
+      item.is_protected = it.at("protected").get<bool>();
+      item.reasons = it.at("reasons").get<std::vector<std::string>>();
+      r.items.push_back(std::move(item));
+    }
+    for (const auto& e : j.at("errors")) {
+      int code = e.at("code").get<int>();
+      if (code <= 0 || code > static_cast<int>(Code::kClockSkew)) code = int(Code::kInternal);
+      r.errors.push_back({e.at("volume").get<std::string>(),
+                          Status::Make(static_cast<Code>(code), e.at("message").get<std::string>())});
+    }
+  } catch (const std::exception& e) {
+    return Status::Network(std::string("the server's forget report is malformed: ") + e.what());
+  }
+  return r;
 }
 
 Result<std::string> SetProtected(const Repository& repo, const std::string& volume,

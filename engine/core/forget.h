@@ -21,10 +21,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "engine/core/job.h"
+#include "engine/core/manifest.h"  // Json
 #include "engine/core/repo.h"
 #include "engine/core/retention.h"
 
@@ -67,9 +69,21 @@ struct ForgetReport {
   std::vector<ForgetVolumeError> errors;
 };
 
-// kInvalidArgument when neither a rule nor a snapshot is given, or snapshots
-// are named without a volume. Per-volume failures land in `errors`.
+// kInvalidArgument when neither a rule nor a snapshot is given (a policy that
+// would forget everything), a rule is out of range, or snapshots are named
+// without a volume.
+Status ValidateForget(const ForgetOptions& options);
+// ValidateForget, then each volume. Per-volume failures land in `errors`
+// (a volume named alone fails the call instead).
 Result<ForgetReport> RunForget(const Repository& repo, const ForgetOptions& options);
+
+// The request and the report as JSON, for `dp420 serve` (docs/PROTOCOL.md,
+// "ADMIN"). `show` names a repository volume as the client knows it.
+Json ForgetRequestToJson(const ForgetOptions& o);
+Result<ForgetOptions> ForgetRequestFromJson(const Json& j);
+Json ForgetReportToJson(const ForgetReport& r,
+                        const std::function<std::string(const std::string&)>& show);
+Result<ForgetReport> ForgetReportFromJson(const Json& j);
 
 // Protects (or unprotects) snapshot `id` (or a unique prefix) of `volume`;
 // returns the full id. Idempotent.

@@ -352,6 +352,31 @@ Result<VerifyReport> RemoteRepository::Verify(const VerifyOptions& options) {
   return report;
 }
 
+Result<Json> RemoteRepository::Admin(const std::string& op, const Json& args,
+                                     const JobControl& job) {
+  std::string text = args.dump();
+  if (text.size() > kAdminArgsMax) {
+    return Status::InvalidArgument(op + ": the request is larger than " +
+                                   std::to_string(kAdminArgsMax) + " bytes");
+  }
+  DP420_RETURN_IF_ERROR(EnsureControl());
+  CallControl control{job, options_.control};
+  Reader reader(*control_, options_, control, op.c_str());
+  auto run = [&]() -> Result<Json> {
+    PayloadWriter w;
+    w.String(op);
+    w.String(text);
+    DP420_RETURN_IF_ERROR(
+        control_->Send(FrameType::kAdmin, NextRequestId(), w.bytes(), options_.LossTimeout()));
+    DP420_ASSIGN_OR_RETURN(Frame f, reader.Next());
+    DP420_RETURN_IF_ERROR(ExpectFrame(f, FrameType::kDone, reader.server()));
+    return DoneJson(f, reader.server());
+  };
+  Result<Json> r = run();
+  if (!r.ok()) control_.reset();
+  return r;
+}
+
 Status RemoteRepository::CheckAnchors(const VerifyOptions& options, VerifyReport* report) {
   const std::string dir = options_.cache_dir.empty() ? DefaultCacheDir() : options_.cache_dir;
   std::vector<std::string> volumes;

@@ -63,6 +63,9 @@ class RemoteRepository {
   Result<RestoreResult> Restore(const RestoreOptions& options);
   // engine/net/agent_backup.cc.
   Result<BackupResult> Backup(const BackupOptions& options);
+  // An operation of the repository's life cycle run by the server (ADMIN:
+  // "forget", "protect", "unprotect"; admins only) and its JSON report.
+  Result<Json> Admin(const std::string& op, const Json& args, const JobControl& control);
 
   // A fresh authenticated connection (for stripes and reconnects).
   Result<std::unique_ptr<Conn>> OpenConnection() const;

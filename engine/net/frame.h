@@ -53,7 +53,8 @@ enum class FrameType : uint16_t {
   kAck = 24,          // s -> a: u64 page (its blocks are written)
   kCommit = 25,       // a -> s: every stripe is acknowledged; commit the snapshot
   kCommitted = 26,    // s -> a: string sealed manifest text of the new snapshot
-  kMaxType = 26,
+  kAdmin = 27,        // a -> s: string operation, string JSON arguments (admins only)
+  kMaxType = 27,
 };
 
 // The 32 bytes before every payload, little-endian.

@@ -128,6 +128,19 @@ Status ParseRestoreRequest(Payload p, std::string* volume, std::string* snapshot
   return r.Finish("RESTORE");
 }
 
+Status ParseAdminRequest(Payload p, AdminRequestMsg* out) {
+  PayloadReader r(p);
+  out->op = r.String(kAdminOpMax);
+  std::string args = r.String(kAdminArgsMax);
+  DP420_RETURN_IF_ERROR(r.Finish("ADMIN"));
+  if (JsonNestingDepth(args) > 8) return Status::Corruption("ADMIN arguments nest too deep");
+  out->args = Json::parse(args, nullptr, /*allow_exceptions=*/false);
+  if (out->args.is_discarded() || !out->args.is_object()) {
+    return Status::Corruption("ADMIN arguments are not a JSON object");
+  }
+  return Status::Ok();
+}
+
 Status ParseParentReq(Payload p, uint64_t* first, uint32_t* count) {
   PayloadReader r(p);
   *first = r.U64();

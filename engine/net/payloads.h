@@ -69,6 +69,15 @@ struct VerifyRequestMsg {
 Status ParseVerifyRequest(Payload p, VerifyRequestMsg* out);
 Status ParseRestoreRequest(Payload p, std::string* volume, std::string* snapshot);
 Status ParseParentReq(Payload p, uint64_t* first, uint32_t* count);
+// ADMIN: an operation of the repository's life cycle and its arguments, a
+// JSON object of bounded size and depth.
+struct AdminRequestMsg {
+  std::string op;
+  Json args;
+};
+inline constexpr size_t kAdminOpMax = 32;
+inline constexpr size_t kAdminArgsMax = 64 * 1024;
+Status ParseAdminRequest(Payload p, AdminRequestMsg* out);
 // COMMIT: the agent's send counters, for the log.
 struct CommitCounters {
   uint64_t sent = 0, zerocopy = 0, copied = 0, resent = 0;

@@ -24,7 +24,9 @@
 #include "engine/core/table.h"
 #include "engine/core/text.h"
 #include "engine/core/verify.h"
+#include "engine/net/admin.h"
 #include "engine/net/payloads.h"
+#include "engine/net/request.h"
 #include "engine/net/store.h"
 #include "engine/net/volumes.h"
 #include "io/assert.h"
@@ -32,6 +34,42 @@
 #include "io/file.h"
 
 namespace dp420::net {
+
+std::string Dump(const nlohmann::ordered_json& j) {
+  // Peer-supplied strings may hold invalid UTF-8: replaced, never thrown.
+  return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+// Keeps the connection alive while `done` is false: PINGs after a silent
+// heartbeat interval, PONGs (and PINGs) from the agent read and answered.
+// kNetwork when the agent stays silent for the loss timeout or breaks the
+// protocol.
+Status KeepAliveUntil(Request& rq, const std::atomic<bool>& done) {
+  const ServerOptions& o = rq.ctx.options;
+  auto last_heard = std::chrono::steady_clock::now();
+  // Wake often enough to PING on time, and to see the worker finish.
+  int slice_ms = int(std::clamp<int64_t>(o.heartbeat_interval.count() / 2, 1, 50));
+  while (!done.load()) {
+    pollfd p{rq.conn.fd(), POLLIN, 0};
+    int r = poll(&p, 1, slice_ms);
+    if (r < 0 && errno != EINTR) return PosixError("poll " + rq.conn.peer(), errno);
+    if (r > 0) {
+      DP420_ASSIGN_OR_RETURN(Frame f, rq.conn.Recv(o.LossTimeout()));
+      last_heard = std::chrono::steady_clock::now();
+      if (f.type() == FrameType::kPing) {
+        DP420_RETURN_IF_ERROR(AnswerPing(rq.conn, f, o.LossTimeout()));
+      } else if (f.type() != FrameType::kPong) {
+        return Status::Network("agent sent " + FrameTypeName(f.header.type) +
+                               " while its request was running");
+      }
+    }
+    if (std::chrono::steady_clock::now() - last_heard > o.LossTimeout()) {
+      return Status::Network("agent " + rq.conn.peer() + " stopped answering heartbeats");
+    }
+    DP420_RETURN_IF_ERROR(rq.Tick());
+  }
+  return Status::Ok();
+}
 
 namespace {
 
@@ -53,11 +91,6 @@ std::string UtcNowMillis() {
   size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
   std::snprintf(buf + n, sizeof(buf) - n, ".%03ldZ", ts.tv_nsec / 1000000);
   return buf;
-}
-
-std::string Dump(const OJson& j) {
-  // Peer-supplied strings may hold invalid UTF-8: replaced, never thrown.
-  return j.dump(-1, ' ', false, OJson::error_handler_t::replace);
 }
 
 // A text-log value: bare when it is one simple token, else JSON-quoted.
@@ -92,33 +125,6 @@ std::string JoinComma(const std::vector<std::string>& v) {
 Status Malformed(const std::string& what, const Status& s) {
   return Status::Network("malformed " + what + " request: " + s.message());
 }
-
-// A request handler's view of its session.
-struct Request {
-  ServerContext& ctx;
-  Conn& conn;
-  const SessionInfo& who;
-  const Frame& frame;
-  uint64_t id() const { return frame.header.request_id; }
-  Millis timeout() const { return ctx.options.LossTimeout(); }
-  Status Send(FrameType type, const PayloadWriter& w) {
-    last_send = Clock::now();
-    return conn.Send(type, id(), w.bytes(), timeout());
-  }
-  // A PING when nothing went out for a heartbeat interval.
-  Status Tick() {
-    if (Clock::now() - last_send < ctx.options.heartbeat_interval) return Status::Ok();
-    PayloadWriter w;
-    w.U64(WallClockNs());
-    return Send(FrameType::kPing, w);
-  }
-  Status Done(const OJson& summary) {
-    PayloadWriter w;
-    w.String(Dump(summary));
-    return Send(FrameType::kDone, w);
-  }
-  Clock::time_point last_send = Clock::now();
-};
 
 // ---- LIST ----
 
@@ -175,37 +181,6 @@ void Merge(VerifyReport& total, VerifyReport&& r) {
   total.broken_snapshots.erase(
       std::unique(total.broken_snapshots.begin(), total.broken_snapshots.end()),
       total.broken_snapshots.end());
-}
-
-// Keeps the connection alive while `done` is false: PINGs after a silent
-// heartbeat interval, PONGs (and PINGs) from the agent read and answered.
-// kNetwork when the agent stays silent for the loss timeout or breaks the
-// protocol.
-Status KeepAliveUntil(Request& rq, const std::atomic<bool>& done) {
-  const ServerOptions& o = rq.ctx.options;
-  auto last_heard = Clock::now();
-  // Wake often enough to PING on time, and to see the worker finish.
-  int slice_ms = int(std::clamp<int64_t>(o.heartbeat_interval.count() / 2, 1, 50));
-  while (!done.load()) {
-    pollfd p{rq.conn.fd(), POLLIN, 0};
-    int r = poll(&p, 1, slice_ms);
-    if (r < 0 && errno != EINTR) return PosixError("poll " + rq.conn.peer(), errno);
-    if (r > 0) {
-      DP420_ASSIGN_OR_RETURN(Frame f, rq.conn.Recv(o.LossTimeout()));
-      last_heard = Clock::now();
-      if (f.type() == FrameType::kPing) {
-        DP420_RETURN_IF_ERROR(AnswerPing(rq.conn, f, o.LossTimeout()));
-      } else if (f.type() != FrameType::kPong) {
-        return Status::Network("agent sent " + FrameTypeName(f.header.type) +
-                               " while its request was running");
-      }
-    }
-    if (Clock::now() - last_heard > o.LossTimeout()) {
-      return Status::Network("agent " + rq.conn.peer() + " stopped answering heartbeats");
-    }
-    DP420_RETURN_IF_ERROR(rq.Tick());
-  }
-  return Status::Ok();
 }
 
 OJson ReportJson(const VerifyReport& r) {
@@ -974,17 +949,21 @@ void Server::RequestLoop(ServerContext& ctx, Session& s, const SessionInfo& who)
         continue;  // a late answer to a heartbeat
       case FrameType::kList:
       case FrameType::kVerify:
-      case FrameType::kRestore: {
+      case FrameType::kRestore:
+      case FrameType::kAdmin: {
         s.busy.store(true);
         auto start = Clock::now();
         Request rq{ctx, conn, who, f};
-        op = f.type() == FrameType::kList ? "list" : f.type() == FrameType::kVerify ? "verify"
-                                                                                     : "restore";
+        op = f.type() == FrameType::kList     ? "list"
+             : f.type() == FrameType::kVerify ? "verify"
+             : f.type() == FrameType::kAdmin  ? "admin"
+                                              : "restore";
         bool threw = false;
         st = RunGuarded(op, [&] {
           if (o_.on_session_point) o_.on_session_point(op);
           return f.type() == FrameType::kList     ? HandleList(rq)
                  : f.type() == FrameType::kVerify ? HandleVerify(rq)
+                 : f.type() == FrameType::kAdmin  ? HandleAdmin(rq)
                                                   : HandleRestore(rq);
         }, &threw);
         s.busy.store(false);

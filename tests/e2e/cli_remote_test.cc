@@ -551,5 +551,69 @@ TEST(CliRemoteTest, QuotaExceededExits10AndClientSetLiftsIt) {
   DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
 }
 
+// Forget and protect over the network: an append client's key can add
+// snapshots, never remove or protect them (refused, nothing changed); an
+// admin client forgets and protects any client's volume by CLIENT/VOLUME,
+// the chain stays clean, the owner's next backup builds on its newest, and
+// the server's log names what was forgotten.
+TEST(CliRemoteTest, ForgetAndProtectNeedAnAdminClient) {
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  std::string db1_key = AddClient(dir, "db1");
+  std::string ops_key = AddClient(dir, "ops", "admin");
+  Server server(dir, repo);
+  Env env = {{"DP420_CACHE_DIR", dir / "cache"}};
+  Env ops_env = {{"DP420_CACHE_DIR", dir / "ops-cache"}};
+  auto db1 = Remote(server, "db1", db1_key);
+  auto ops = Remote(server, "ops", ops_key);
+  std::string source = dir / "source.img";
+  WritePatternFile(source, 1 << 20, 21);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) {
+    OverwriteRange(source, uint64_t(i) * 65536, 4096, 200 + i);
+    Result b = Cli(Join({"backup", "--volume", "pg", "--json", source}, db1), env);
+    DP420_ASSERT_EXIT(b, kExitOk) << server.Log();
+    ids.push_back(ParseJson(b).at("snapshot_id").get<std::string>());
+  }
+  auto listed = [&] {
+    Result l = Cli(Join({"snapshots", "--volume", "pg", "--json"}, db1), env);
+    std::vector<std::string> out;
+    for (const auto& s : ParseJson(l)) out.push_back(s.at("snapshot_id").get<std::string>());
+    return out;
+  };
+
+  Result refused = Cli(Join({"forget", "--volume", "pg", "--keep-last", "1"}, db1), env);
+  DP420_EXPECT_EXIT(refused, kExitFailed);
+  EXPECT_NE(refused.err.find("needs an admin client"), std::string::npos) << refused.Describe();
+  Result refused_protect =
+      Cli(Join({"protect", "--volume", "pg", "--snapshot", ids[1]}, db1), env);
+  DP420_EXPECT_EXIT(refused_protect, kExitFailed);
+  EXPECT_EQ(listed(), ids);
+
+  Result protect = Cli(Join({"protect", "--volume", "db1/pg", "--snapshot", ids[1].substr(0, 6),
+                             "--json"}, ops), ops_env);
+  DP420_ASSERT_EXIT(protect, kExitOk) << server.Log();
+  EXPECT_EQ(ParseJson(protect).at("snapshot_id"), ids[1]);
+  Result forget = Cli(Join({"forget", "--volume", "db1/pg", "--keep-last", "1", "--json"}, ops),
+                      ops_env);
+  DP420_ASSERT_EXIT(forget, kExitOk) << server.Log();
+  Json f = ParseJson(forget);
+  EXPECT_EQ(f.at("forgotten"), 2) << f.dump();
+  EXPECT_EQ(f.at("snapshots").at(0).at("volume"), "db1/pg") << f.dump();
+  EXPECT_EQ(listed(), (std::vector<std::string>{ids[1], ids[3]}));
+  Result verify = Cli(Join({"verify", "--read-data"}, ops), ops_env);
+  DP420_EXPECT_EXIT(verify, kExitOk) << server.Log();
+  Result next = Cli(Join({"backup", "--volume", "pg", "--json", source}, db1), env);
+  DP420_ASSERT_EXIT(next, kExitOk) << server.Log();
+  EXPECT_EQ(ParseJson(next).at("parent"), ids[3]);
+  std::string target = dir / "restored.img";
+  DP420_EXPECT_EXIT(Cli(Join({"restore", "--volume", "pg", "--snapshot", ids[1], target}, db1), env),
+                    kExitOk);
+  Result stopped = server.Stop();
+  DP420_EXPECT_EXIT(stopped, kExitOk);
+  EXPECT_NE(server.Log().find("forgot"), std::string::npos) << server.Log();
+  EXPECT_NE(server.Log().find(ids[0]), std::string::npos) << server.Log();
+}
+
 }  // namespace
 }  // namespace dp420::e2e

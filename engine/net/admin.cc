@@ -1,0 +1,100 @@
+#include "engine/net/admin.h"
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "engine/core/forget.h"
+#include "engine/net/volumes.h"
+
+namespace dp420::net {
+
+namespace {
+
+using OJson = nlohmann::ordered_json;
+
+// How long a forget over the network waits for a running backup's lock.
+constexpr std::chrono::minutes kRemoteLockWait{10};
+
+// The repository volume an admin's request names ("" stays "": every volume).
+Result<std::string> RepoVolume(Request& rq, const std::string& requested) {
+  if (requested.empty()) return std::string();
+  DP420_RETURN_IF_ERROR(CheckTextField("volume", requested, kRequestStringMax));
+  DP420_ASSIGN_OR_RETURN(ResolvedVolume v, ResolveVolume(rq.ctx.repo, rq.who, requested));
+  if (!v.exists) return Status::NotFound("volume '" + v.shown + "' has no snapshots");
+  return v.repo;
+}
+
+// Runs `work` on a worker thread while the session is kept alive.
+template <typename Work>
+Status RunKeptAlive(Request& rq, std::atomic<bool>& cancel, Work&& work) {
+  std::atomic<bool> done{false};
+  std::thread worker([&] {
+    work();
+    done.store(true);
+  });
+  Status s = RunGuarded("admin", [&] { return KeepAliveUntil(rq, done); });
+  if (!s.ok()) cancel.store(true);
+  worker.join();
+  return s;
+}
+
+Status HandleForget(Request& rq, const Json& args) {
+  DP420_ASSIGN_OR_RETURN(ForgetOptions o, ForgetRequestFromJson(args));
+  DP420_ASSIGN_OR_RETURN(o.volume, RepoVolume(rq, o.volume));
+  std::atomic<bool> cancel{false};
+  o.control.cancel = &cancel;
+  o.lock_wait = kRemoteLockWait;
+  Result<ForgetReport> report = Status::Internal("forget did not run");
+  DP420_RETURN_IF_ERROR(RunKeptAlive(rq, cancel, [&] {
+    report = RunGuarded("forget", [&] { return RunForget(rq.ctx.repo, o); });
+  }));
+  DP420_RETURN_IF_ERROR(report.status());
+  for (const auto& it : report->items) {
+    if (it.keep || o.dry_run) continue;
+    rq.ctx.log.Info("forgot", {{"client", rq.who.client}, {"volume", QualifiedName(it.volume)},
+                               {"snapshot", it.snapshot_id}, {"sequence", it.sequence}});
+  }
+  Json j = ForgetReportToJson(report.value(), [](const std::string& v) { return QualifiedName(v); });
+  return rq.Done(OJson::parse(j.dump()));
+}
+
+Status HandleProtect(Request& rq, const Json& args, bool protect) {
+  std::string volume, snapshot;
+  try {
+    volume = args.at("volume").get<std::string>();
+    snapshot = args.at("snapshot").get<std::string>();
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(std::string("protect request: ") + e.what());
+  }
+  DP420_RETURN_IF_ERROR(CheckTextField("snapshot", snapshot, kRequestStringMax));
+  if (volume.empty()) return Status::InvalidArgument("protect needs a volume");
+  DP420_ASSIGN_OR_RETURN(std::string repo_volume, RepoVolume(rq, volume));
+  DP420_ASSIGN_OR_RETURN(std::string id, SetProtected(rq.ctx.repo, repo_volume, snapshot, protect,
+                                                      std::chrono::seconds(30)));
+  rq.ctx.log.Info(protect ? "protected" : "unprotected",
+                  {{"client", rq.who.client}, {"volume", volume}, {"snapshot", id}});
+  return rq.Done({{"snapshot_id", id}, {"protected", protect}});
+}
+
+}  // namespace
+
+Status HandleAdmin(Request& rq) {
+  AdminRequestMsg req;
+  if (Status s = ParseAdminRequest(rq.frame.payload, &req); !s.ok()) {
+    return Status::Network("malformed ADMIN request: " + s.message());
+  }
+  DP420_RETURN_IF_ERROR(CheckTextField("operation", req.op, kAdminOpMax));
+  if (rq.who.role != "admin") {
+    return Status::Make(Code::kPermission,
+                        req.op + " needs an admin client: client '" + rq.who.client +
+                            "' may add snapshots, never remove them");
+  }
+  if (req.op == "forget") return HandleForget(rq, req.args);
+  if (req.op == "protect" || req.op == "unprotect") {
+    return HandleProtect(rq, req.args, req.op == "protect");
+  }
+  return Status::InvalidArgument("unknown ADMIN operation '" + req.op + "'");
+}
+
+}  // namespace dp420::net

@@ -1,0 +1,55 @@
+// What a request handler of `dp420 serve` sees: its session's connection,
+// who is on the other end, the request frame, and how to answer.
+//
+// Thread safety: a Request belongs to the session thread handling it.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/net/conn.h"
+#include "engine/net/payloads.h"
+#include "engine/net/server.h"
+
+namespace dp420::net {
+
+// JSON text of `j`; invalid UTF-8 in peer-supplied strings is replaced.
+std::string Dump(const nlohmann::ordered_json& j);
+
+// A request handler's view of its session.
+struct Request {
+  ServerContext& ctx;
+  Conn& conn;
+  const SessionInfo& who;
+  const Frame& frame;
+  uint64_t id() const { return frame.header.request_id; }
+  Millis timeout() const { return ctx.options.LossTimeout(); }
+  Status Send(FrameType type, const PayloadWriter& w) {
+    last_send = std::chrono::steady_clock::now();
+    return conn.Send(type, id(), w.bytes(), timeout());
+  }
+  // A PING when nothing went out for a heartbeat interval.
+  Status Tick() {
+    if (std::chrono::steady_clock::now() - last_send < ctx.options.heartbeat_interval) return Status::Ok();
+    PayloadWriter w;
+    w.U64(WallClockNs());
+    return Send(FrameType::kPing, w);
+  }
+  Status Done(const nlohmann::ordered_json& summary) {
+    PayloadWriter w;
+    w.String(Dump(summary));
+    return Send(FrameType::kDone, w);
+  }
+  std::chrono::steady_clock::time_point last_send = std::chrono::steady_clock::now();
+};
+
+// Keeps the connection alive while `done` is false: PINGs after a silent
+// heartbeat interval, PONGs (and PINGs) from the agent read and answered.
+// kNetwork when the agent stays silent for the loss timeout or breaks the
+// protocol.
+Status KeepAliveUntil(Request& rq, const std::atomic<bool>& done);
+
+}  // namespace dp420::net
