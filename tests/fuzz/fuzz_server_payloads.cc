@@ -1,12 +1,14 @@
 // Every payload the server parses (engine/net/payloads.h): the handshake's
 // HELLO and AUTH, PING and PONG, the requests LIST, VERIFY, RESTORE,
-// BACKUP_BEGIN, PARENT_REQ, COMMIT, STRIPE_JOIN and a stripe's PAGE. The
+// BACKUP_BEGIN, PARENT_REQ, COMMIT, ADMIN (and its forget arguments),
+// STRIPE_JOIN and a stripe's PAGE. The
 // first byte chooses the frame, the rest is its payload. What parses must
 // encode back to the same bytes.
 #include <algorithm>
 #include <cstring>
 #include <memory>
 
+#include "engine/core/forget.h"
 #include "engine/core/text.h"
 #include "engine/net/payloads.h"
 #include "tests/fuzz/fuzz_util.h"
@@ -50,6 +52,15 @@ void Requests(uint8_t which, Payload p) {
       uint64_t first = 0;
       uint32_t count = 0;
       if (ParseParentReq(p, &first, &count).ok()) FUZZ_CHECK(p.size() == 12);
+      break;
+    }
+    case 4: {
+      AdminRequestMsg a;
+      if (ParseAdminRequest(p, &a).ok()) {
+        FUZZ_CHECK(a.op.size() <= kAdminOpMax && a.args.is_object());
+        // The forget request decoder sees whatever an admin client sends.
+        (void)ForgetRequestFromJson(a.args);
+      }
       break;
     }
     default: {
@@ -130,7 +141,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   uint8_t which = data[0];
   switch (which % 3) {
     case 0: dp420::net::Handshake(which / 3 % 4, p); break;
-    case 1: dp420::net::Requests(which / 3 % 5, p); break;
+    case 1: dp420::net::Requests(which / 3 % 6, p); break;
     default: dp420::net::Backup(which / 3 % 3, p);
   }
   return 0;
