@@ -139,6 +139,8 @@ constexpr size_t kBackupResultV2Size = offsetof(dp420_backup_result_t, blocks_he
 constexpr size_t kRestoreOptsV1Size = offsetof(dp420_restore_opts_t, read_through);
 // dp420_serve_opts_t before its limits were appended.
 constexpr size_t kServeOptsV1Size = offsetof(dp420_serve_opts_t, max_pending);
+// ... before retention_file was appended.
+constexpr size_t kServeOptsV2Size = offsetof(dp420_serve_opts_t, retention_file);
 // dp420_client_limits2_t as first published.
 constexpr size_t kClientLimits2V1Size = sizeof(dp420_client_limits2_t);
 static_assert(std::atomic<std::atomic<bool>*>::is_always_lock_free);
@@ -699,9 +701,12 @@ int dp420_serve(dp420_ctx_t* ctx, const dp420_serve_opts_t* opts) {
     o.clients_file = dp420::control::AbsolutePath(opts->clients);
     o.json_log = opts->json_log != 0;
     o.heartbeat_interval = MillisOr(opts->heartbeat_interval_ms, 5000);
-    if (opts->struct_size >= sizeof(dp420_serve_opts_t)) {
+    if (opts->struct_size >= kServeOptsV2Size) {
       Status s = ApplyServeLimits(*opts, &o);
       if (!s.ok()) return Fail(ctx, s);
+    }
+    if (opts->struct_size >= sizeof(dp420_serve_opts_t) && !Missing(opts->retention_file)) {
+      o.retention_file = dp420::control::AbsolutePath(opts->retention_file);
     }
     o.stop = &ctx->cancel;
     if (opts->on_listening) {

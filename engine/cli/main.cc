@@ -428,7 +428,7 @@ std::string ParseLimits(const LimitArgs& a, const std::string& prefix,
 }
 
 struct ServeArgs {
-  std::string repo, listen, clients;
+  std::string repo, listen, clients, retention;
   bool json_log = false;
   double heartbeat_seconds = 5;
   // 0: the server's default (server.h ServerOptions).
@@ -463,6 +463,7 @@ int CmdServe(ServeArgs* a) {
   std::string bad = ParseLimits(a->client_defaults, "default-max", &defaults);
   if (!bad.empty()) return UsageError(Common{}, "serve", bad);
   o.client_defaults = &defaults;
+  o.retention_file = a->retention.empty() ? nullptr : a->retention.c_str();
   o.on_listening = OnListening;
   o.user = a;
   int rc = dp420_serve(g_ctx, &o);
@@ -499,6 +500,9 @@ CLI::App* AddServeCommand(CLI::App* app, ServeArgs* a) {
       ->required();
   serve->add_option("--clients", a->clients, "Clients file (dp420 client-add)")->required();
   serve->add_flag("--json-log", a->json_log, "Log one JSON object per line on stderr");
+  serve->add_option("--retention", a->retention,
+                    "Retention policies to apply on a schedule (docs/FORMAT.md, \"The retention "
+                    "file\")");
   serve->add_option("--heartbeat-interval", a->heartbeat_seconds,
                     "Seconds between heartbeats; an agent is lost after 3 missed (default 5)")
       ->check(CLI::Range(0.01, 3600.0));

@@ -53,25 +53,34 @@ std::optional<uint64_t>* LimitField(ClientLimits& l, int i) {
   return f[i];
 }
 
-// Refuses a clients file that another user could have written: it decides
-// who may back up and delete.
-Status CheckClientsFileSafe(const std::string& path, const struct stat& st) {
+}  // namespace
+
+Status CheckPolicyFileSafe(const std::string& kind, const std::string& path,
+                           const struct stat& st) {
   char mode[8];
   std::snprintf(mode, sizeof(mode), "%04o", unsigned(st.st_mode & 07777));
   std::string about = path + " (mode " + mode + ", owner uid " + std::to_string(st.st_uid) + ")";
   if (st.st_uid != geteuid()) {
     return Status::Make(Code::kPermission,
-                        "clients file " + about + " is not owned by the server's user (uid " +
-                            std::to_string(geteuid()) + "): another user could grant "
-                            "themselves access; fix with chown " + std::to_string(geteuid()) +
-                            " " + path);
+                        kind + " " + about + " is not owned by the server's user (uid " +
+                            std::to_string(geteuid()) + "): another user could change what "
+                            "the server allows or deletes; fix with chown " +
+                            std::to_string(geteuid()) + " " + path);
   }
   if (st.st_mode & 022) {
-    return Status::Make(Code::kPermission, "clients file " + about +
+    return Status::Make(Code::kPermission, kind + " " + about +
                                                " is writable by group or others; fix with "
                                                "chmod 600 " + path);
   }
   return Status::Ok();
+}
+
+namespace {
+
+// Refuses a clients file that another user could have written: it decides
+// who may back up and delete.
+Status CheckClientsFileSafe(const std::string& path, const struct stat& st) {
+  return CheckPolicyFileSafe("clients file", path, st);
 }
 
 Status ParseLimits(const Json& c, ClientLimits* l) {

@@ -16,6 +16,8 @@
 // Thread safety: pure functions; ClientRegistry is a value.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -88,6 +90,12 @@ Status RandomNonce(uint8_t* out, size_t len);
 
 // Client names follow volume names: 1-64 of [A-Za-z0-9._-], not starting with '.'.
 bool ValidClientName(const std::string& name);
+
+// Refuses (kPermission, naming the fix) a file of `kind` ("clients file",
+// "retention file") that another user could have written: not owned by this
+// process's user, or writable by group or others.
+Status CheckPolicyFileSafe(const std::string& kind, const std::string& path,
+                           const struct stat& st);
 
 class ClientRegistry {
  public:

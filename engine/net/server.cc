@@ -27,6 +27,7 @@
 #include "engine/net/admin.h"
 #include "engine/net/payloads.h"
 #include "engine/net/request.h"
+#include "engine/net/retention_schedule.h"
 #include "engine/net/store.h"
 #include "engine/net/volumes.h"
 #include "io/assert.h"
@@ -463,6 +464,7 @@ class Server {
   void Drain();
   bool Authenticated(Session& s, const SessionInfo& who);
   void WatchClients();
+  void RunRetention();
   void Revoke(const ClientRegistry& clients);
   bool Stopping() const { return o_.stop && o_.stop->load(); }
 
@@ -492,6 +494,8 @@ class Server {
   std::mutex sessions_mu_;
   std::list<std::unique_ptr<Session>> sessions_;
   std::thread watcher_;  // WatchClients
+  std::thread retention_;  // RunRetention
+  std::unique_ptr<RetentionSchedule> schedule_;
 };
 
 bool SameFile(const struct stat& a, const struct stat& b) {
@@ -859,6 +863,21 @@ bool Server::Authenticated(Session& s, const SessionInfo& who) {
 
 // Reloads the clients file every kRevocationPoll; when it changed, every
 // session of a client that was removed or whose key or role changed ends.
+// Applies the retention file's policies at start and every `every`.
+void Server::RunRetention() {
+  auto next = Clock::now();
+  while (!stopping_.load()) {
+    if (Clock::now() >= next) {
+      (void)RunGuarded("retention", [&] {
+        ApplyRetentionPass(*repo_, *schedule_, log_, &stopping_);
+        return Status::Ok();
+      });
+      next = Clock::now() + schedule_->every;
+    }
+    std::this_thread::sleep_for(kRevocationPoll);
+  }
+}
+
 void Server::WatchClients() {
   std::shared_ptr<const ClientRegistry> seen = Clients();
   while (!stopping_.load()) {
@@ -1020,6 +1039,7 @@ void Server::Reap(bool all) {
 void Server::Drain() {
   stopping_.store(true);
   if (watcher_.joinable()) watcher_.join();
+  if (retention_.joinable()) retention_.join();
   size_t count = 0;
   {
     std::lock_guard lock(sessions_mu_);
@@ -1053,11 +1073,18 @@ void Server::Drain() {
 Status Server::Run() {
   DP420_ASSIGN_OR_RETURN(repo_, Repository::Open(o_.repo_path));
   DP420_RETURN_IF_ERROR(LoadClients());
+  if (!o_.retention_file.empty()) {
+    DP420_ASSIGN_OR_RETURN(RetentionSchedule schedule, LoadRetentionSchedule(o_.retention_file));
+    schedule_ = std::make_unique<RetentionSchedule>(std::move(schedule));
+    log_.Info("retention", {{"file", o_.retention_file}, {"rules", schedule_->rules.size()},
+                            {"every_seconds", schedule_->every.count()}});
+  }
   ctx_.reset(new ServerContext{*repo_, o_, log_, backups_, stopping_,
                                [this] { return Clients(); }});
   DP420_RETURN_IF_ERROR(Listen());
   try {
     watcher_ = std::thread([this] { WatchClients(); });
+    if (schedule_) retention_ = std::thread([this] { RunRetention(); });
   } catch (const std::system_error& e) {
     return Status::Internal(std::string("cannot start the clients file watcher: ") + e.what());
   }

@@ -64,6 +64,9 @@ struct ServerOptions {
   std::string repo_path;
   std::string listen = "127.0.0.1:4420";  // HOST:PORT; port 0 picks a free port
   std::string clients_file;               // absolute (auth.h ClientRegistry)
+  // Retention policies the server applies on a schedule (retention_schedule.h);
+  // "" = none.
+  std::string retention_file;
   bool json_log = false;
   Millis heartbeat_interval{5000};
   unsigned heartbeat_misses = 3;          // an agent is lost after this many silent intervals

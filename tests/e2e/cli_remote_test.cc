@@ -17,7 +17,9 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <fstream>
 #include <regex>
+#include <tuple>
 #include <string>
 #include <thread>
 #include <vector>
@@ -613,6 +615,67 @@ TEST(CliRemoteTest, ForgetAndProtectNeedAnAdminClient) {
   DP420_EXPECT_EXIT(stopped, kExitOk);
   EXPECT_NE(server.Log().find("forgot"), std::string::npos) << server.Log();
   EXPECT_NE(server.Log().find(ids[0]), std::string::npos) << server.Log();
+}
+
+// `serve --retention FILE`: the server applies the first matching rule of
+// each volume at start and on its schedule, logs every snapshot it forgot,
+// and leaves volumes no rule keeps short alone; a retention file another
+// user could write, or one with a rule that would forget everything, stops
+// serve from starting.
+TEST(CliRemoteTest, ServeAppliesItsRetentionFileOnSchedule) {
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  std::string key = AddClient(dir, "db1");
+  std::string policy = dir / "retention.json";
+  auto write_policy = [&](const std::string& text, unsigned mode) {
+    std::ofstream(policy, std::ios::trunc) << text;
+    ASSERT_EQ(chmod(policy.c_str(), mode), 0);
+  };
+  const std::string good =
+      R"({"format":"dp420-retention","format_version":1,"every_seconds":1,"rules":[)"
+      R"({"client":"db1","volume":"pg","keep_last":2},{"client":"*","volume":"*","keep_last":-1}]})";
+  for (auto [text, mode, why] :
+       {std::tuple<std::string, unsigned, std::string>{good, 0666u, "writable by group or others"},
+        {R"({"format":"dp420-retention","format_version":1,"rules":[{"client":"*","volume":"*"}]})",
+         0600u, "rule 1: no keep rule"}}) {
+    write_policy(text, mode);
+    Result refused = Cli({"serve", "--repo", repo, "--listen", "127.0.0.1:0", "--clients",
+                          dir / "clients.json", "--retention", policy});
+    EXPECT_NE(refused.exit_code, kExitOk) << refused.Describe();
+    EXPECT_NE(refused.err.find(why), std::string::npos) << refused.Describe();
+  }
+  write_policy(good, 0600);
+  Server server(dir, repo, "", "--retention " + ShellQuote(policy));
+  Env env = {{"DP420_CACHE_DIR", dir / "cache"}};
+  auto db1 = Remote(server, "db1", key);
+  std::string source = dir / "source.img";
+  WritePatternFile(source, 1 << 20, 31);
+  std::vector<std::string> ids;
+  for (const char* volume : {"pg", "pg", "pg", "pg", "etc", "etc", "etc"}) {
+    OverwriteRange(source, ids.size() * 65536, 4096, 300 + ids.size());
+    Result b = Cli(Join({"backup", "--volume", volume, "--json", source}, db1), env);
+    DP420_ASSERT_EXIT(b, kExitOk) << server.Log();
+    ids.push_back(ParseJson(b).at("snapshot_id").get<std::string>());
+  }
+  auto count = [&](const char* volume) {
+    Result l = Cli(Join({"snapshots", "--volume", volume, "--json"}, db1), env);
+    return l.exit_code == kExitOk ? ParseJson(l).size() : size_t(0);
+  };
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (count("pg") != 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(count("pg"), 2u) << server.Log();
+  EXPECT_EQ(count("etc"), 3u) << server.Log();
+  DP420_EXPECT_EXIT(Cli(Join({"verify", "--read-data"}, db1), env), kExitOk);
+  Result stopped = server.Stop();
+  DP420_EXPECT_EXIT(stopped, kExitOk);
+  std::string log = server.Log();
+  for (int i : {0, 1}) {
+    EXPECT_NE(log.find("retention_forgot client=db1 volume=db1/pg snapshot=" + ids[i]),
+              std::string::npos) << log;
+  }
+  EXPECT_EQ(log.find(ids[2] + " sequence"), std::string::npos) << log;
 }
 
 }  // namespace

@@ -436,6 +436,11 @@ typedef struct dp420_serve_opts {
    * or a field DP420_LIMIT_UNCHANGED or DP420_LIMIT_DEFAULT, keeps the
    * built-in default; 0 means no limit. */
   const struct dp420_client_limits2* client_defaults;
+  /* Since 0.4: NULL, or a retention file (docs/FORMAT.md, "The retention
+   * file") whose policies the server applies at start and on its schedule;
+   * made absolute; refused (-DP420_EPERM) unless owned by this user and not
+   * writable by group or others, -DP420_EINVAL when malformed. */
+  const char* retention_file;
 } dp420_serve_opts_t;
 
 DP420_EXPORT void dp420_serve_opts_init(dp420_serve_opts_t* opts);
