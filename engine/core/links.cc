@@ -72,6 +72,7 @@ Status ReadLinks(const Repository& repo, const std::string& volume,
     if (!ParseStem(name, ".link", &sequence, &id)) continue;
     std::string rel = "snapshots/" + volume + "/" + name;
     auto text = io::ReadFile(repo.path() + "/" + rel);
+    if (!text.ok() && text.status().code() == Code::kNotFound) continue;  // forgotten meanwhile
     Result<ChainLink> link = text.ok() ? ParseLink(repo, volume, text.value(), rel)
                                        : Result<ChainLink>(text.status().Prefix(rel));
     if (link.ok() && (link->sequence != sequence || link->snapshot_id != id)) {

@@ -319,6 +319,8 @@ Status Repository::ListVolumeManifests(const std::string& vol, std::vector<Manif
         out->push_back(std::move(m).value());
         continue;
       }
+    } else if (text.status().code() == Code::kNotFound) {
+      continue;  // removed since the listing (forget, repair): as if listed after
     } else {
       status = text.status().Prefix(rel);
     }
