@@ -14,6 +14,7 @@
 #include <mutex>
 #include <thread>
 
+#include "engine/core/damage.h"
 #include "engine/core/history.h"
 #include "engine/core/pack.h"
 #include "engine/core/scanner.h"
@@ -116,11 +117,14 @@ class PackSink : public ScanSink {
     for (auto& p : packs_) p->writer.Abandon();
     packs_.clear();
   }
-  // `present`: the repository's pack ids (sorted) when the backup began. A
-  // parent block in a pack that is not there is read again from the source.
-  void SetParent(const Manifest* parent, const std::vector<uint32_t>* present) {
+  // `present`: the repository's pack ids (sorted) when the backup began;
+  // `damage`: what verify found damaged. A parent block in a pack that is not
+  // there, or damaged, is read again from the source.
+  void SetParent(const Manifest* parent, const std::vector<uint32_t>* present,
+                 const DamageRecord* damage) {
     if (parent) parent_ = std::make_unique<TableReader>(builder_.repo(), *parent);
     present_ = present;
+    damage_ = damage;
   }
   uint64_t bytes_written() const { return bytes_written_; }
   uint64_t blocks_healed() const { return blocks_healed_; }
@@ -150,6 +154,7 @@ class PackSink : public ScanSink {
   std::deque<std::unique_ptr<PackSlot>> packs_;  // back() is the open one
   uint64_t bytes_written_ = 0;
   const std::vector<uint32_t>* present_ = nullptr;
+  const DamageRecord* damage_ = nullptr;
   uint64_t blocks_healed_ = 0;
 };
 
@@ -162,14 +167,14 @@ Status PackSink::ParentLeaf(uint64_t page, Entry* out, uint32_t* count) {
   DP420_ASSIGN_OR_RETURN(const Entry* entries, parent_->Leaf(page, count));
   std::memcpy(out, entries, *count * sizeof(Entry));
   if (!present_) return Status::Ok();
-  // A block whose stored copy is gone must not be called unchanged: with its
-  // id inverted it differs from whatever the source holds, and is stored
-  // again (self-healing); the new snapshot never references the lost pack.
+  // A block whose stored copy is gone or damaged must not be called
+  // unchanged: with its id inverted it differs from whatever the source
+  // holds, and is stored again (self-healing); the new snapshot never
+  // references the lost pack or the damaged record.
   for (uint32_t i = 0; i < *count; ++i) {
     Entry& e = out[i];
-    if (!e.ref.stored() || std::binary_search(present_->begin(), present_->end(), e.ref.pack_id)) {
-      continue;
-    }
+    bool lost = !std::binary_search(present_->begin(), present_->end(), e.ref.pack_id);
+    if (!e.ref.stored() || (!lost && !(damage_ && damage_->Holds(e.ref)))) continue;
     for (uint8_t& b : e.id) b = static_cast<uint8_t>(~b);
     ++blocks_healed_;
   }
@@ -296,9 +301,10 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   std::vector<std::unique_ptr<PackSink>> sinks;
   std::vector<std::unique_ptr<Scanner>> scanners;
   const std::vector<uint32_t> present = parent ? repo.ListPackIds() : std::vector<uint32_t>();
+  const DamageRecord damage = parent ? LoadDamage(repo) : DamageRecord();
   for (unsigned i = 0; i < threads; ++i) {
     sinks.push_back(std::make_unique<PackSink>(*builder, blocks_written));
-    sinks.back()->SetParent(parent, &present);
+    sinks.back()->SetParent(parent, &present, &damage);
     scanners.push_back(std::make_unique<Scanner>(ctx, i, sinks.back().get()));
   }
   std::vector<std::thread> pool;

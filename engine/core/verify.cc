@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "engine/core/damage.h"
 #include "engine/core/format.h"
 #include "engine/core/history.h"
 #include "engine/core/pack.h"
@@ -216,6 +217,7 @@ class Verifier {
 
   Status MapBadRecords();
   void CountUnreferenced();
+  void RecordDamage(bool whole);
 
   const Repository& repo_;
   const VerifyOptions& options_;
@@ -248,7 +250,9 @@ Result<VerifyReport> Verifier::Run() {
   DP420_RETURN_IF_ERROR(CheckTables());
   DP420_RETURN_IF_ERROR(CheckPacks());
   DP420_RETURN_IF_ERROR(MapBadRecords());
-  if (options_.volume.empty() && options_.snapshot.empty()) CountUnreferenced();
+  bool whole = options_.volume.empty() && options_.snapshot.empty();
+  if (whole) CountUnreferenced();
+  RecordDamage(whole);
   problems_.Finish(&report_);
   return std::move(report_);
 }
@@ -713,6 +717,17 @@ Status Verifier::MapBadRecords() {
     for (size_t problem : hit) problems_.Break(problem, m->snapshot_id);
   }
   return Status::Ok();
+}
+
+// Keeps what was found for the next backups (damage.h): they store those
+// blocks again. Best effort: a repository this process cannot write (a
+// read-only copy) is still verified.
+void Verifier::RecordDamage(bool whole) {
+  DamageRecord found;
+  for (const auto& [pack, problem] : bad_packs_) found.packs.insert(pack);
+  for (const auto& [key, problem] : bad_records_) found.records.insert(key);
+  if (found.empty() && !whole) return;
+  (void)SaveDamage(repo_, found, whole, whole && options_.read_data);
 }
 
 // Packs no valid manifest references (left by interrupted backups). Only
