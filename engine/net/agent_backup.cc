@@ -94,6 +94,7 @@ struct AgentJob {
   Status error;
   std::atomic<uint64_t> bytes_sent{0}, bytes_zc{0}, bytes_zc_copied{0}, bytes_resent{0};
   std::atomic<uint64_t> reconnects{0};
+  std::atomic<uint64_t> blocks_healed{0};  // parent blocks the server lost, sent again
   std::atomic<bool> zc_unsupported{false};
   std::atomic<bool> session_lost{false};  // the server no longer knows this backup
 
@@ -286,7 +287,10 @@ Status NetSink::ParentLeaf(uint64_t page, Entry* out, uint32_t* count) {
   uint8_t raw[kPageEntries * kCacheRecord];
   Status read = ReadCacheRecords(job_.parent_cache_fd, first, n, raw);
   if (!read.ok()) return read.Prefix("parent id cache (delete it to fetch it again)");
-  for (uint32_t i = 0; i < n; ++i) out[i] = GetCacheRecord(raw + i * kCacheRecord);
+  for (uint32_t i = 0; i < n; ++i) {
+    out[i] = GetCacheRecord(raw + i * kCacheRecord);
+    if (raw[i * kCacheRecord + 48] == kCacheLost) job_.blocks_healed.fetch_add(1);
+  }
   *count = n;
   return Status::Ok();
 }
@@ -722,6 +726,7 @@ Result<io::File> RemoteRepository::OpenParentCache(const Manifest& parent,
 Result<BackupResult> RemoteRepository::Backup(const BackupOptions& o) {
   auto start = Clock::now();
   uint64_t resent = 0, reconnects = 0;
+  bool healing = false;
   for (unsigned attempt = 0;; ++attempt) {
     bool session_lost = false;
     uint64_t sent = 0;
@@ -733,6 +738,20 @@ Result<BackupResult> RemoteRepository::Backup(const BackupOptions& o) {
       r->reconnects = reconnects;
       r->seconds = std::chrono::duration<double>(Clock::now() - start).count();
       return r;
+    }
+    // A parent whose data the server lost (kParentCopyLost): this agent's
+    // cache called those blocks unchanged. Once, the parent's table is
+    // fetched again (it marks them lost) and the backup starts over, sending
+    // them: the repository heals.
+    if (!healing && r.status().code() == Code::kCorruption &&
+        r.status().message().find(kParentCopyLost) != std::string::npos &&
+        !o.control.Canceled()) {
+      healing = true;
+      if (io::sys::Unlink(CachePath(*this, o.volume).c_str()) != 0 && errno != ENOENT) {
+        return r.status();
+      }
+      resent += sent;
+      continue;
     }
     // Only a backup the server forgot starts over (not one it refused).
     if (!session_lost || r.status().code() != Code::kNotFound || o.control.Canceled() ||
@@ -1052,6 +1071,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   result.bytes_sent_zerocopy = job.bytes_zc.load();
   result.bytes_zerocopy_copied = job.bytes_zc_copied.load();
   result.bytes_resent = job.bytes_resent.load();
+  result.blocks_healed = job.blocks_healed.load();
   result.reconnects = *reconnects;
   if (o.control.progress) o.control.progress({"backup", ctx.geo.volume_size, ctx.geo.volume_size});
   return result;

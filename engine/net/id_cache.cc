@@ -76,7 +76,11 @@ Entry GetCacheRecord(const uint8_t* raw) {
   Entry e{};
   std::memcpy(e.id, raw, 16);
   std::memcpy(e.ref.sha256, raw + 16, 32);
-  e.ref.flags = raw[48] ? kObjZero : 0;
+  e.ref.flags = raw[48] == kCacheZero ? kObjZero : 0;
+  // Lost on the server: an id no block has, so the block is sent again.
+  if (raw[48] == kCacheLost) {
+    for (uint8_t& b : e.id) b = static_cast<uint8_t>(~b);
+  }
   return e;
 }
 

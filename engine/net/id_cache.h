@@ -25,6 +25,15 @@ namespace dp420::net {
 
 inline constexpr size_t kCacheHeader = 64;
 inline constexpr size_t kCacheRecord = 49;
+// A record's last byte: 0 a stored block, 1 an all-zero block, 2 a block
+// whose copy the server lost (a missing pack, or damage verify found): never
+// "unchanged", so the agent sends it again (PARENT_PAGE, docs/PROTOCOL.md).
+inline constexpr uint8_t kCacheStored = 0;
+inline constexpr uint8_t kCacheZero = 1;
+inline constexpr uint8_t kCacheLost = 2;
+// The server's refusal of "unchanged" for such a block says this; the agent
+// then fetches the parent's table again, which marks those blocks lost.
+inline constexpr char kParentCopyLost[] = "its copy in the parent snapshot is lost";
 
 struct CacheHeader {
   char magic[8];

@@ -14,9 +14,11 @@
 
 #include <openssl/crypto.h>
 
+#include "engine/core/damage.h"
 #include "engine/core/history.h"
 #include "engine/core/snapshot.h"
 #include "engine/core/text.h"
+#include "engine/net/id_cache.h"
 #include "engine/net/payloads.h"
 #include "engine/net/volumes.h"
 #include "io/inject.h"
@@ -75,7 +77,10 @@ class BackupSession {
       : registry_(ctx.backups), who_(std::move(who)), lock_(std::move(lock)),
         builder_(std::move(builder)), parent_(std::move(parent)), stripes_(stripes),
         limits_(std::move(limits)) {
-    if (parent_) present_packs_ = ctx.repo.ListPackIds();
+    if (parent_) {
+      present_packs_ = ctx.repo.ListPackIds();
+      damage_ = LoadDamage(ctx.repo);
+    }
     for (uint32_t i = 0; i < stripes; ++i) {
       stripe_.push_back(std::make_unique<StripeState>());
       stripe_.back()->next_page = i;
@@ -100,10 +105,12 @@ class BackupSession {
   const SessionInfo& who() const { return who_; }
   SnapshotBuilder& builder() { return *builder_; }
   const Manifest* parent() const { return parent_.get(); }
-  // A parent entry whose stored copy is in a pack gone from the repository.
+  // A parent entry whose stored copy is in a pack gone from the repository,
+  // or that verify found damaged.
   bool Lost(const Entry& e) const {
     return e.ref.stored() &&
-           !std::binary_search(present_packs_.begin(), present_packs_.end(), e.ref.pack_id);
+           (!std::binary_search(present_packs_.begin(), present_packs_.end(), e.ref.pack_id) ||
+            damage_.Holds(e.ref));
   }
   uint32_t stripes() const { return stripes_; }
   StripeState& stripe(uint32_t i) { return *stripe_[i]; }
@@ -226,6 +233,7 @@ class BackupSession {
   std::unique_ptr<SnapshotBuilder> builder_;
   std::unique_ptr<Manifest> parent_;
   std::vector<uint32_t> present_packs_;  // sorted, listed at the start (with a parent)
+  DamageRecord damage_;                  // what verify found, read at the start
   uint32_t stripes_;
   BackupLimits limits_;
   std::atomic<uint64_t> charged_{0};
@@ -438,6 +446,7 @@ Status SendParentIds(ServerContext& ctx, Conn& conn, BackupSession& s, const Fra
   uint64_t pages = table.shape().PagesAt(0);
   if (table.shape().blocks == 0) pages = 0;
   uint64_t end = std::min<uint64_t>(pages, first + count);
+  uint64_t lost_blocks = 0;
   for (uint64_t p = first; p < end; ++p) {
     uint32_t n = 0;
     DP420_ASSIGN_OR_RETURN(const Entry* entries, table.Leaf(p, &n));
@@ -447,10 +456,18 @@ Status SendParentIds(ServerContext& ctx, Conn& conn, BackupSession& s, const Fra
     for (uint32_t i = 0; i < n; ++i) {
       w.Bytes({entries[i].id, 16});
       w.Bytes({entries[i].ref.sha256, 32});
-      w.U8((entries[i].ref.flags & kObjZero) ? 1 : 0);
+      bool lost = s.Lost(entries[i]);
+      lost_blocks += lost;
+      w.U8(lost ? kCacheLost : (entries[i].ref.flags & kObjZero) ? kCacheZero : kCacheStored);
     }
     DP420_RETURN_IF_ERROR(conn.Send(FrameType::kParentPage, f.header.request_id, w.bytes(),
                                     timeout));
+  }
+  if (lost_blocks > 0) {
+    ctx.log.Warn("parent_blocks_lost", {{"client", s.who().client},
+                                        {"volume", QualifiedName(s.parent()->volume)},
+                                        {"snapshot", s.parent()->snapshot_id},
+                                        {"blocks", lost_blocks}});
   }
   PayloadWriter done;
   done.String("{}");
@@ -1071,11 +1088,11 @@ Status StripeReceiver::OnPage(const Frame& f) {
                     "(its cache is stale); nothing was committed");
       }
       if (s_.Lost(*old)) {
-        return Status::Corruption(
-            where() + ": its copy in the parent snapshot is in pack " +
-            PackName(old->ref.pack_id) + ", which is missing from the repository; nothing "
-            "was committed (`dp420 repair` rolls the volume back to a snapshot its data "
-            "supports)");
+        // The agent fetches the parent's table again, which marks such
+        // blocks, and sends them (kParentCopyLost).
+        return Status::Corruption(where() + ": " + kParentCopyLost + " (pack " +
+                                  PackName(old->ref.pack_id) + " is missing or damaged); "
+                                  "nothing was committed");
       }
       e = *old;
     } else if (verdict == kZero) {

@@ -38,6 +38,7 @@
 #include "engine/core/history.h"
 #include "engine/core/repo.h"
 #include "engine/core/restore.h"
+#include "engine/core/table.h"
 #include "engine/core/verify.h"
 #include "engine/net/auth.h"
 #include "engine/net/client.h"
@@ -529,10 +530,12 @@ TEST_F(BackupNetTest, DamagedDigestInTheLocalCacheFailsTheCommitCheckThenHeals) 
   ASSERT_NO_FATAL_FAILURE(ExpectRestoresBitExact(&ro, healed->manifest, source));
 }
 
-// The parent's data packs are gone from the server's repository: an
-// incremental that would call their blocks unchanged is refused, naming the
-// lost pack, and commits nothing (it never points a snapshot at nothing).
-TEST_F(BackupNetTest, IncrementalOnLostParentPacksIsRefusedNotCommitted) {
+// The server lost the packs of the parent's blocks (a disk, a careless
+// operator): the agent's cache calls them unchanged, the server refuses that,
+// the agent fetches the parent's table again (it marks the lost blocks) and
+// sends them: the snapshot commits, holds every block, restores bit-exact and
+// says how many it healed; the next backup is an ordinary incremental.
+TEST_F(BackupNetTest, IncrementalOnLostParentPacksHealsFromTheSource) {
   ServerThread server;
   std::string error;
   ASSERT_TRUE(server.Start(ServerDefaults(), -1, &error)) << error;
@@ -549,14 +552,61 @@ TEST_F(BackupNetTest, IncrementalOnLostParentPacksIsRefusedNotCommitted) {
     }
   }
   ASSERT_NO_FATAL_FAILURE(RewriteBlocks(source, {3}, 42));
-  Result<BackupResult> refused = BackupVia(ro, "vol1", source);
-  ASSERT_FALSE(refused.ok()) << "committed a snapshot over lost packs";
-  EXPECT_EQ(refused.status().code(), Code::kCorruption) << refused.status().ToString();
-  EXPECT_NE(refused.status().message().find("missing from the repository"), std::string::npos)
-      << refused.status().ToString();
-  std::vector<Manifest> listed;
-  ASSERT_TRUE((*repo)->ListManifests(NamespacedVolume("alice", "vol1"), &listed, nullptr).ok());
-  EXPECT_EQ(listed.size(), 1u) << "nothing was committed";
+  Result<BackupResult> healed = BackupVia(ro, "vol1", source);
+  ASSERT_TRUE(healed.ok()) << healed.status().ToString();
+  EXPECT_EQ(healed->blocks_healed, full->manifest.blocks_stored);
+  EXPECT_EQ(healed->manifest.blocks_stored, full->manifest.blocks_stored);
+  EXPECT_GT(healed->bytes_resent, 0u) << "the refused first attempt's bytes";
+  ASSERT_NO_FATAL_FAILURE(ExpectRestoresBitExact(&ro, healed->manifest, source));
+  VerifyOptions vo;
+  vo.volume = healed->manifest.volume;
+  vo.snapshot = healed->manifest.snapshot_id;
+  vo.read_data = true;
+  auto verified = RunVerify(**repo, vo);
+  ASSERT_TRUE(verified.ok());
+  EXPECT_TRUE(verified->problems.empty()) << verified->problems[0].message;
+  Result<BackupResult> next = BackupVia(ro, "vol1", source);
+  ASSERT_TRUE(next.ok()) << next.status().ToString();
+  EXPECT_EQ(next->blocks_healed, 0u);
+  EXPECT_EQ(next->manifest.blocks_stored, 0u);
+}
+
+// A record damaged in place on the server: verify --read-data there records
+// it, and the next backup over the network sends exactly that block again.
+TEST_F(BackupNetTest, RecordVerifyFoundDamagedIsSentAgain) {
+  ServerThread server;
+  std::string error;
+  ASSERT_TRUE(server.Start(ServerDefaults(), -1, &error)) << error;
+  RemoteOptions ro = RemoteDefaults("alice", Loopback(server.port()));
+  std::string source = Path("vol1");
+  ASSERT_NO_FATAL_FAILURE(WriteVolume(source, 32, 43));
+  Result<BackupResult> full = BackupVia(ro, "vol1", source);
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  auto repo = Repository::Open(repo_path_);
+  ASSERT_TRUE(repo.ok());
+  TableReader table(**repo, full->manifest);
+  uint32_t count = 0;
+  auto leaf = table.Leaf(0, &count);
+  ASSERT_TRUE(leaf.ok());
+  const ObjRef ref = leaf.value()[5].ref;
+  ASSERT_TRUE(ref.stored());
+  {
+    int fd = open((*repo)->PackPath(ref.pack_id).c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    char c = 0x11;
+    ASSERT_EQ(pwrite(fd, &c, 1, off_t(ref.offset_4k) * 4096 + 99), 1);
+    close(fd);
+  }
+  VerifyOptions vo;
+  vo.read_data = true;
+  auto found = RunVerify(**repo, vo);
+  ASSERT_TRUE(found.ok());
+  ASSERT_FALSE(found->problems.empty());
+  Result<BackupResult> healed = BackupVia(ro, "vol1", source);
+  ASSERT_TRUE(healed.ok()) << healed.status().ToString();
+  EXPECT_EQ(healed->blocks_healed, 1u);
+  EXPECT_EQ(healed->manifest.blocks_stored, 1u);
+  ASSERT_NO_FATAL_FAILURE(ExpectRestoresBitExact(&ro, healed->manifest, source));
 }
 
 // A nightly job that backs up again right after a backup (or a retry after
