@@ -227,12 +227,13 @@ void FindForks(VolumeHistory& h) {
   }
 }
 
-void CheckAnchor(const Repository& repo, VolumeHistory& h) {
+// `anchor`: this machine's anchor, read before the head (nullopt: none can
+// be read or compared with).
+void CheckAnchor(const Repository& repo, VolumeHistory& h,
+                 const std::optional<VolumeHead>& anchor) {
   std::string path = AnchorPath(repo, h.volume);
-  if (path.empty()) return;  // no state folder: nothing to compare with
-  auto anchor = ReadAnchor(path);
-  if (!anchor.ok()) return;
-  h.anchor = anchor.value();
+  if (path.empty() || !anchor) return;  // no state folder: nothing to compare with
+  h.anchor = *anchor;
   const VolumeHead& a = h.anchor;
   bool older = a.generation > h.head.generation;
   bool replaced = a.generation == h.head.generation && a.generation != 0 &&
@@ -286,8 +287,18 @@ Result<const Manifest*> VolumeHistory::Newest(const std::string& where) const {
 Result<VolumeHistory> LoadHistory(const Repository& repo, const std::string& volume) {
   VolumeHistory h;
   h.volume = volume;
-  DP420_RETURN_IF_ERROR(repo.ListManifests(volume, &h.manifests, &h.damaged));
+  // Read in the order writers publish backwards: a commit renames its
+  // manifest, then writes the head, then raises the anchor. Anchor first,
+  // head next, manifests last, so a commit running meanwhile shows up as a
+  // newer snapshot found by descent, never as a head naming a manifest that
+  // was not listed or an anchor ahead of the head.
+  std::optional<VolumeHead> anchor;
+  if (std::string path = AnchorPath(repo, volume); !path.empty()) {
+    auto read = ReadAnchor(path);
+    if (read.ok()) anchor = read.value();
+  }
   auto head = ReadHead(repo, volume);
+  DP420_RETURN_IF_ERROR(repo.ListManifests(volume, &h.manifests, &h.damaged));
   if (head.ok()) {
     h.head = head.value();
     h.head_present = true;
@@ -306,7 +317,7 @@ Result<VolumeHistory> LoadHistory(const Repository& repo, const std::string& vol
       }
     }
   }
-  CheckAnchor(repo, h);
+  CheckAnchor(repo, h, anchor);
   if (!h.problems.empty()) h.tip = nullptr;
   return h;
 }
