@@ -503,6 +503,112 @@ int CmdVerify(const Common& c, const VerifyArgs& a) {
   });
 }
 
+struct PruneArgs {
+  double max_unused_percent = -1;  // -1: the library's default
+  bool dry_run = false;
+};
+
+std::string Human(uint64_t bytes) {
+  char buf[32];
+  return dp420cli::HumanBytes(bytes, buf, sizeof(buf));
+}
+
+// Prune's progress: the bar while it repacks, and a line on stderr (always)
+// when the delete phase waits for running backups, restores or verifies.
+struct PruneProgress {
+  dp420cli::ProgressBar bar;
+  bool quiet;
+};
+
+void OnPruneProgress(void* user, const dp420_progress_t* p) {
+  auto* pp = static_cast<PruneProgress*>(user);
+  if (std::string(p->phase) == "wait") {
+    pp->bar.Finish();
+    if (!pp->quiet) {
+      std::fprintf(stderr, "dp420 prune: waiting for running backups, restores and verifies to "
+                           "finish before deleting\n");
+    }
+    return;
+  }
+  if (std::string(p->phase) == "repack") pp->bar.Update(p->phase, p->bytes_done, p->bytes_total);
+}
+
+void PrintPrune(const Json& r) {
+  for (const auto& w : r["warnings"]) std::fprintf(stderr, "warning: %s\n", w.get<std::string>().c_str());
+  bool dry = r["dry_run"].get<bool>();
+  auto n = [&](const char* key) { return r[key].get<uint64_t>(); };
+  std::printf("%s %llu unreferenced pack(s), %s %llu pack(s) (%llu record(s) copied into %llu "
+              "new pack(s)); %s %s\n",
+              dry ? "would delete" : "deleted", (unsigned long long)n("packs_deleted"),
+              dry ? "would rewrite" : "rewrote", (unsigned long long)n("packs_rewritten"),
+              (unsigned long long)n("records_copied"), (unsigned long long)n("packs_created"),
+              dry ? "would free" : "freed", Human(n("bytes_freed")).c_str());
+  std::printf("referenced: %s; still unused: %s", Human(n("bytes_referenced")).c_str(),
+              Human(n("bytes_unused")).c_str());
+  if (n("packs_in_progress")) {
+    std::printf("; %llu pack(s) of unfinished backups kept",
+                (unsigned long long)n("packs_in_progress"));
+  }
+  std::printf("\n");
+}
+
+int CmdPrune(const Common& c, const PruneArgs& a) {
+  return WithRepo(c, "prune", [&](dp420_repo_t* repo) -> int {
+    dp420_prune_opts_t o;
+    dp420_prune_opts_init(&o);
+    if (a.max_unused_percent >= 0) o.max_unused_percent = a.max_unused_percent;
+    o.dry_run = a.dry_run;
+    PruneProgress progress{dp420cli::ProgressBar(ShowProgress(c)), c.quiet};
+    dp420_set_progress(g_ctx, OnPruneProgress, &progress);
+    char* text = nullptr;
+    int rc = dp420_prune(g_ctx, repo, &o, &text);
+    progress.bar.Finish();
+    if (rc != 0) return Report(c, "prune", rc);
+    Json r = Json::parse(text);
+    dp420_free(text);
+    if (c.json) {
+      std::cout << r.dump() << std::endl;
+    } else if (!c.quiet) {
+      PrintPrune(r);
+    }
+    return kExitOk;
+  });
+}
+
+void PrintStats(const Json& r) {
+  std::printf("%-24s %-16s %6s %12s %12s %12s\n", "VOLUME", "SNAPSHOT", "SEQ", "REFERENCED",
+              "UNIQUE", "SHARED");
+  for (const auto& s : r["snapshots"]) {
+    std::printf("%-24s %-16s %6llu %12s %12s %12s\n", s["volume"].get<std::string>().c_str(),
+                s["snapshot_id"].get<std::string>().c_str(),
+                (unsigned long long)s["sequence"].get<uint64_t>(),
+                Human(s["bytes_referenced"].get<uint64_t>()).c_str(),
+                Human(s["bytes_unique"].get<uint64_t>()).c_str(),
+                Human(s["bytes_shared"].get<uint64_t>()).c_str());
+  }
+  std::printf("repository: %llu pack(s), %s; referenced %s; reclaimable by prune %s\n",
+              (unsigned long long)r["packs"].get<uint64_t>(),
+              Human(r["pack_bytes"].get<uint64_t>()).c_str(),
+              Human(r["bytes_referenced"].get<uint64_t>()).c_str(),
+              Human(r["bytes_reclaimable"].get<uint64_t>()).c_str());
+}
+
+int CmdStats(const Common& c, const std::string& volume) {
+  return WithRepo(c, "stats", [&](dp420_repo_t* repo) -> int {
+    char* text = nullptr;
+    int rc = dp420_stats(g_ctx, repo, volume.empty() ? nullptr : volume.c_str(), &text);
+    if (rc != 0) return Report(c, "stats", rc);
+    Json r = Json::parse(text);
+    dp420_free(text);
+    if (c.json) {
+      std::cout << r.dump() << std::endl;
+    } else {
+      PrintStats(r);
+    }
+    return kExitOk;
+  });
+}
+
 void AddCommon(CLI::App* cmd, Common* c) {
   cmd->add_flag("--json", c->json, "Print one JSON document on stdout");
   cmd->add_flag("-q,--quiet", c->quiet, "No progress bar, minimal output");
@@ -1025,6 +1131,20 @@ int main(int argc, char** argv) {
   verify->add_option("--volume", v.volume, "Only this volume");
   verify->add_option("--snapshot", v.snapshot, "Only this snapshot");
   verify->add_flag("--read-data", v.read_data, "Re-read and re-hash every stored block");
+  PruneArgs pr;
+  auto* prune = app.add_subcommand(
+      "prune", "Delete the packs no snapshot references and repack mostly unused ones");
+  AddRepoOptions(prune, &c);
+  prune->add_option("--max-unused", pr.max_unused_percent,
+                    "Repack a pack once more than this percentage of it is unused (default 10)")
+      ->check(CLI::Range(0.0, 100.0));
+  prune->add_flag("--dry-run", pr.dry_run, "Report what would be done; change nothing");
+
+  std::string stats_volume;
+  auto* stats = app.add_subcommand(
+      "stats", "Space per snapshot (referenced, held alone, shared) and reclaimable by prune");
+  AddRepoOptions(stats, &c);
+  stats->add_option("--volume", stats_volume, "Only this volume's snapshots");
   auto* bench = AddBenchCommand(&app, &c, &bn);
   auto* serve = AddServeCommand(&app, &sv);
   CLI::App* client_add = nullptr;
@@ -1054,6 +1174,8 @@ int main(int argc, char** argv) {
   if (*snaps) code = CmdSnapshots(c, list_volume);
   if (*restore) code = CmdRestore(c, r);
   if (*verify) code = CmdVerify(c, v);
+  if (*prune) code = CmdPrune(c, pr);
+  if (*stats) code = CmdStats(c, stats_volume);
   if (*bench) code = CmdBench(c, bn);
   if (*serve) code = CmdServe(&sv);
   if (*client_add) code = CmdClientAdd(c, cl);

@@ -360,6 +360,36 @@ Result<VolumeLock> Repository::LockVolume(const std::string& volume) const {
   return VolumeLock(fd);
 }
 
+Result<VolumeLock> Repository::LockRepository(bool exclusive,
+                                              const std::function<void()>& on_wait) const {
+  std::string path = path_ + "/locks/.repository.lock";
+  int fd = io::sys::Open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return PosixError(path, errno);
+  VolumeLock lock(fd);
+  int how = exclusive ? LOCK_EX : LOCK_SH;
+  if (flock(fd, how | LOCK_NB) == 0) return lock;
+  if (errno != EWOULDBLOCK) return PosixError(path, errno);
+  if (on_wait) on_wait();
+  while (flock(fd, how) != 0) {
+    if (errno != EINTR) return PosixError(path, errno);
+  }
+  return lock;
+}
+
+Result<VolumeLock> Repository::LockPrune() const {
+  std::string path = path_ + "/locks/.prune.lock";
+  int fd = io::sys::Open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return PosixError(path, errno);
+  VolumeLock lock(fd);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return Status::Busy("another prune of this repository is running (" + path + ")");
+    }
+    return PosixError(path, errno);
+  }
+  return lock;
+}
+
 BackupJournal::BackupJournal(BackupJournal&& o) noexcept { *this = std::move(o); }
 
 BackupJournal& BackupJournal::operator=(BackupJournal&& o) noexcept {

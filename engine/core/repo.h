@@ -1,8 +1,9 @@
 // Repository: a directory holding packs, manifests, the config and the hash
 // key (layout in format.h, bytes in docs/FORMAT.md).
 //
-// Readers need no lock: everything a manifest references is immutable and
-// durable before the manifest appears. Writers of a volume hold its lock
+// Everything a manifest references is immutable and durable before the
+// manifest appears. Backups, restores and verifies hold the repository lock
+// shared so that prune deletes nothing while they run (LockRepository). Writers of a volume hold its lock
 // (flock on locks/VOL.lock); a backup journals the packs it creates in
 // tmp/VOL.journal so the next writer can delete the packs of a backup that
 // died before committing.
@@ -12,6 +13,7 @@
 #pragma once
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -23,6 +25,8 @@
 
 namespace dp420 {
 
+// A held flock() (a volume's writer lock, or a repository-wide lock):
+// released when destroyed.
 class VolumeLock {
  public:
   VolumeLock() = default;
@@ -92,6 +96,16 @@ class Repository {
 
   // Takes the writer lock of `volume` (kBusy when another process holds it).
   Result<VolumeLock> LockVolume(const std::string& volume) const;
+
+  // The repository-wide lock locks/.repository.lock (docs/RELIABILITY.md,
+  // "Who waits for whom"): backup, restore and verify hold it shared for
+  // their whole run; prune holds it exclusively only while it deletes.
+  // Waits until it is granted; `on_wait` is called first when it is not free
+  // at once. (Lock names start with "." so that no volume's can match.)
+  Result<VolumeLock> LockRepository(bool exclusive,
+                                    const std::function<void()>& on_wait = nullptr) const;
+  // locks/.prune.lock, exclusively: one prune at a time (kBusy otherwise).
+  Result<VolumeLock> LockPrune() const;
 
  private:
   Repository() = default;

@@ -75,7 +75,7 @@ class BackupSession {
       : registry_(ctx.backups), who_(std::move(who)), lock_(std::move(lock)),
         builder_(std::move(builder)), parent_(std::move(parent)), stripes_(stripes),
         limits_(std::move(limits)) {
-    if (parent_) present_packs_ = ctx.repo.ListPackIds();
+    if (parent_) present_packs_ = ListReadablePackIds(ctx.repo);
     for (uint32_t i = 0; i < stripes; ++i) {
       stripe_.push_back(std::make_unique<StripeState>());
       stripe_.back()->next_page = i;
