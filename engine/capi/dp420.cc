@@ -773,10 +773,13 @@ int dp420_prune(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_prune_opts_t* 
 
 int dp420_stats(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume, char** report_json) {
   return Guard(ctx, [&] {
-    if (!repo || !report_json) return Fail(ctx, Status::InvalidArgument("dp420_stats: bad arguments"));
+    if (!repo || !report_json) {
+      return Fail(ctx, Status::InvalidArgument("dp420_stats: bad arguments"));
+    }
     *report_json = nullptr;
     if (repo->remote) {
-      return Fail(ctx, Status::InvalidArgument("stats runs where the repository is: on the server"));
+      return Fail(ctx,
+                  Status::InvalidArgument("stats runs where the repository is: on the server"));
     }
     dp420::StatsOptions o;
     o.volume = Missing(volume) ? "" : LocalVolumeName(volume);

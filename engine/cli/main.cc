@@ -534,7 +534,9 @@ void OnPruneProgress(void* user, const dp420_progress_t* p) {
 }
 
 void PrintPrune(const Json& r) {
-  for (const auto& w : r["warnings"]) std::fprintf(stderr, "warning: %s\n", w.get<std::string>().c_str());
+  for (const auto& w : r["warnings"]) {
+    std::fprintf(stderr, "warning: %s\n", w.get<std::string>().c_str());
+  }
   bool dry = r["dry_run"].get<bool>();
   auto n = [&](const char* key) { return r[key].get<uint64_t>(); };
   std::printf("%s %llu unreferenced pack(s), %s %llu pack(s) (%llu record(s) copied into %llu "

@@ -532,7 +532,8 @@ Result<PruneReport> Prune(const Repository& repo, const PruneOptions& o) {
   Plan plan = MakePlan(packs, o.max_unused, &report);
   if (o.dry_run) {
     DryRun(repo, plan, packs, used, &report);
-    uint64_t left = report.pack_bytes_before - std::min(report.pack_bytes_before, report.bytes_freed);
+    uint64_t left =
+        report.pack_bytes_before - std::min(report.pack_bytes_before, report.bytes_freed);
     report.bytes_unused = left > report.bytes_referenced ? left - report.bytes_referenced : 0;
     return report;
   }
@@ -572,7 +573,9 @@ Status Attribute(const Repository& repo, const std::vector<Manifest>& manifests,
     if (!seen.insert(Key(ref)).second) return false;
     auto [it, added] = owners->try_emplace(Key(ref), current, uint32_t(Slots(ref.stored_len)));
     if (!added && it->second.first != current) it->second.first = kShared;
-    if (current < strict) report->snapshots[current].bytes_referenced += Slots(ref.stored_len) * kSlot;
+    if (current < strict) {
+      report->snapshots[current].bytes_referenced += Slots(ref.stored_len) * kSlot;
+    }
     return true;
   };
   TableWalker walker(repo, add, [&](const ObjRef& ref) { add(ref); });
@@ -609,13 +612,16 @@ Result<StatsReport> ComputeStats(const Repository& repo, const StatsOptions& opt
   DP420_RETURN_IF_ERROR(Attribute(repo, manifests, strict, options.control, &report, &owners));
   for (const auto& [key, owner] : owners) {
     report.bytes_referenced += uint64_t{owner.second} * kSlot;
-    if (owner.first < strict) report.snapshots[owner.first].bytes_unique += uint64_t{owner.second} * kSlot;
+    if (owner.first < strict) {
+      report.snapshots[owner.first].bytes_unique += uint64_t{owner.second} * kSlot;
+    }
   }
   for (SnapshotStats& s : report.snapshots) s.bytes_shared = s.bytes_referenced - s.bytes_unique;
   report.bytes_reclaimable =
       report.pack_bytes > report.bytes_referenced ? report.pack_bytes - report.bytes_referenced : 0;
   if (!options.volume.empty()) {
-    std::erase_if(report.snapshots, [&](const SnapshotStats& s) { return s.volume != options.volume; });
+    std::erase_if(report.snapshots,
+                  [&](const SnapshotStats& s) { return s.volume != options.volume; });
   }
   return report;
 }

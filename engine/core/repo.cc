@@ -364,6 +364,14 @@ Result<VolumeLock> Repository::LockRepository(bool exclusive,
                                               const std::function<void()>& on_wait) const {
   std::string path = path_ + "/locks/.repository.lock";
   int fd = io::sys::Open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0 && !exclusive && (errno == EROFS || errno == EACCES || errno == EPERM)) {
+    // A reader of a repository it may not write (read-only media, another
+    // user's): flock works on a read-only descriptor. Without the file no
+    // prune has ever run; on read-only media none can start, but a prune
+    // by another user starting now is not waited for (the one case).
+    fd = io::sys::Open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) return VolumeLock();
+  }
   if (fd < 0) return PosixError(path, errno);
   VolumeLock lock(fd);
   int how = exclusive ? LOCK_EX : LOCK_SH;

@@ -3,10 +3,10 @@
 //
 // Everything a manifest references is immutable and durable before the
 // manifest appears. Backups, restores and verifies hold the repository lock
-// shared so that prune deletes nothing while they run (LockRepository). Writers of a volume hold its lock
-// (flock on locks/VOL.lock); a backup journals the packs it creates in
-// tmp/VOL.journal so the next writer can delete the packs of a backup that
-// died before committing.
+// shared so that prune deletes nothing while they run (LockRepository).
+// Writers of a volume hold its lock (flock on locks/VOL.lock); a backup
+// journals the packs it creates in tmp/VOL.journal so the next writer can
+// delete the packs of a backup that died before committing.
 //
 // Thread safety: a Repository is immutable after Open() and may be shared
 // by threads; BackupJournal and VolumeLock belong to one thread.

@@ -291,7 +291,9 @@ Status RestoreWorker::FillAhead() {
     std::memcpy(p.entries, entries, p.count * sizeof(Entry));
     // Every read below is by (pack, offset): records of repacked packs are
     // read where they are now.
-    for (uint32_t i = 0; i < p.count; ++i) DP420_RETURN_IF_ERROR(table_.Resolve(&p.entries[i].ref));
+    for (uint32_t i = 0; i < p.count; ++i) {
+      DP420_RETURN_IF_ERROR(table_.Resolve(&p.entries[i].ref));
+    }
     p.page = ahead_next_page_;
     ahead_next_page_ += job_.threads;
     ++ahead_count_;

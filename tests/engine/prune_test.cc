@@ -389,7 +389,8 @@ TEST_F(PruneTest, DamagedManifestMakesPruneRefuse) {
   std::set<uint32_t> packs = Packs();
   auto r = RunPrune(*repo_, PruneOptions{});
   EXPECT_EQ(r.status().code(), Code::kCorruption);
-  EXPECT_NE(r.status().message().find(list[0].file_name), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find(list[0].file_name), std::string::npos)
+      << r.status().message();
   EXPECT_NE(r.status().message().find("dp420 repair"), std::string::npos);
   EXPECT_EQ(Packs(), packs);
 }
@@ -412,7 +413,9 @@ TEST_F(PruneTest, ReaderMakesDeletePhaseWaitAndSecondPruneIsBusy) {
     o.notice = [&](const std::string&) { waiting = true; };
     result = RunPrune(*repo_, o);
   });
-  for (int i = 0; i < 500 && !waiting; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 500 && !waiting; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   EXPECT_TRUE(waiting.load());
   EXPECT_EQ(Packs(), before);  // nothing deleted while the reader runs
   auto second = RunPrune(*repo_, PruneOptions{});
