@@ -538,10 +538,19 @@ Result<PruneReport> Prune(const Repository& repo, const PruneOptions& o) {
     return report;
   }
   Repacker repacker(repo, packs, o, &report);
-  DP420_RETURN_IF_ERROR(repacker.Run(plan.victims));
-  DP420_RETURN_IF_ERROR(repacker.WriteRelocations(used));
-  DP420_RETURN_IF_ERROR(
-      DeletePhase(repo, o, plan, repacker.done(), used, packs, &report));
+  Status repack = repacker.Run(plan.victims);
+  if (repack.ok()) repack = repacker.WriteRelocations(used);
+  std::set<uint32_t> repacked = repacker.done();
+  if (!repack.ok()) {
+    // A full device: the unreferenced packs are still deleted (which is
+    // what frees room); the repacked ones stay, their copies are reclaimed
+    // by the next prune.
+    if (repack.code() != Code::kNoSpace) return repack;
+    report.warnings.push_back("repacking stopped (" + repack.message() +
+                              "); only unreferenced packs were deleted: run prune again");
+    repacked.clear();
+  }
+  DP420_RETURN_IF_ERROR(DeletePhase(repo, o, plan, repacked, used, packs, &report));
   io::sys::Unlink((repo.path() + kPruneJournal).c_str());
   uint64_t after = 0;
   for (uint32_t id : repo.ListPackIds()) {
