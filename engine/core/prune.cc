@@ -302,8 +302,12 @@ Status Repacker::Journal(uint32_t pack_id) {
     DP420_RETURN_IF_ERROR(io::SyncDir(repo_.path() + "/tmp"));
   }
   std::string line = "pack " + PackName(pack_id) + "\n";
-  if (io::sys::Write(journal_fd_, line.data(), line.size()) != ssize_t(line.size())) {
-    return PosixError("write " + path, errno);
+  size_t done = 0;  // short writes, EINTR and EAGAIN are retried
+  while (done < line.size()) {
+    ssize_t n = io::sys::Write(journal_fd_, line.data() + done, line.size() - done);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) return PosixError("write " + path, n < 0 ? errno : EIO);
+    done += size_t(n);
   }
   if (io::sys::Fdatasync(journal_fd_) != 0) return PosixError("fdatasync " + path, errno);
   return Status::Ok();

@@ -878,6 +878,48 @@ std::string PruneTrial(const Scenario& sc, const std::string& root, const Distur
   return CheckRestores(root, kVolume, id, sha);
 }
 
+// Trials of every planned index of the prune scenario, `disturb` each.
+std::vector<Planned> PlanPrune(const TempDir& dir, uint64_t budget, const Disturb& disturb) {
+  std::vector<Planned> trials;
+  for (uint64_t seed : Seeds(LongMode() ? 4 : 1)) {
+    auto sc = std::make_shared<Scenario>(PruneOf(dir / ("prune-" + std::to_string(seed)), seed));
+    std::string root = dir / "count";
+    if (std::string f = CopyTree(sc->base, root); !f.empty()) Fail(f);
+    Result r = CliIn(root, sc->args(root), {{"DP420_IO_COUNT_FILE", root + ".count"}});
+    if (r.exit_code != kExitOk) Fail("prune failed undisturbed: " + r.Describe());
+    Json j = ParseJson(r);
+    if (j.at("packs_rewritten") != 1 || j.at("packs_deleted").get<uint64_t>() < 2) {
+      Fail("the prune scenario neither repacks nor deletes: " + r.out);
+    }
+    uint64_t count = ReadCount(root + ".count");
+    if (count == 0) Fail("prune: no I/O counted");
+    fs::remove_all(root);
+    fs::remove(root + ".count");
+    for (uint64_t i : Spread(count, budget)) {
+      for (const Disturbance& d : disturb(i)) {
+        trials.push_back({Replay(*sc, d, seed),
+                          [sc, d](const std::string& root) { return PruneTrial(*sc, root, d); }});
+      }
+    }
+  }
+  return trials;
+}
+
+TEST(IoIndexTest, FaultAtEveryIndexOfPruneEndsCleanly) {
+  TempDir dir;
+  Disturb faults = [](uint64_t i) {
+    std::vector<Disturbance> out;
+    for (const char* kind : {"EIO", "ENOSPC", "EINTR"}) {
+      out.push_back({"DP420_FAULT_AT_IO", std::to_string(i) + ":" + kind, kind});
+    }
+    return out;
+  };
+  std::vector<Planned> trials = PlanPrune(dir, LongMode() ? 2000 : 60, faults);
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("prune faults at I/O index", trials.size(), failures);
+  EXPECT_GE(trials.size(), 60u);
+}
+
 TEST(IoIndexTest, CrashAtEveryIndexOfPruneLeavesRepositoryCleanAndNextPruneReclaims) {
   TempDir dir;
   std::vector<Planned> trials;
