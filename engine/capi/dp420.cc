@@ -23,6 +23,7 @@
 #include "engine/control/topology.h"
 #include "engine/core/backup.h"
 #include "engine/core/bench.h"
+#include "engine/core/prune.h"
 #include "engine/core/repo.h"
 #include "engine/core/repair.h"
 #include "engine/core/restore.h"
@@ -641,6 +642,107 @@ int dp420_repair(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_repair_opts_t
     auto r = dp420::RunRepair(*repo->repo, o);
     if (!r.ok()) return Fail(ctx, r.status());
     *report_json = CopyOut(RepairJson(r.value()).dump());
+    if (!*report_json) return Fail(ctx, Status::NoMemory("out of memory"));
+    return Ok(ctx);
+  });
+}
+
+// ---- Prune and stats ----
+
+void dp420_prune_opts_init(dp420_prune_opts_t* opts) {
+  std::memset(opts, 0, sizeof(*opts));
+  opts->struct_size = sizeof(*opts);
+  opts->max_unused_percent = dp420::kDefaultMaxUnused * 100;
+}
+
+namespace {
+
+dp420::Json PruneJson(const dp420::PruneReport& r) {
+  return {{"dry_run", r.dry_run},
+          {"snapshots", r.snapshots},
+          {"packs_before", r.packs_before},
+          {"pack_bytes_before", r.pack_bytes_before},
+          {"packs_in_progress", r.packs_in_progress},
+          {"packs_deleted", r.packs_deleted},
+          {"packs_rewritten", r.packs_rewritten},
+          {"packs_created", r.packs_created},
+          {"records_copied", r.records_copied},
+          {"bytes_copied", r.bytes_copied},
+          {"bytes_freed", r.bytes_freed},
+          {"bytes_referenced", r.bytes_referenced},
+          {"bytes_unused", r.bytes_unused},
+          {"relocations_written", r.relocations_written},
+          {"relocations_deleted", r.relocations_deleted},
+          {"warnings", r.warnings}};
+}
+
+dp420::Json StatsJson(const dp420::StatsReport& r) {
+  dp420::Json snapshots = dp420::Json::array();
+  for (const auto& s : r.snapshots) {
+    snapshots.push_back({{"volume", dp420::net::QualifiedName(s.volume)},
+                         {"snapshot_id", s.snapshot_id},
+                         {"sequence", s.sequence},
+                         {"created", s.created},
+                         {"bytes_referenced", s.bytes_referenced},
+                         {"bytes_unique", s.bytes_unique},
+                         {"bytes_shared", s.bytes_shared}});
+  }
+  return {{"snapshots", snapshots},
+          {"packs", r.packs},
+          {"pack_bytes", r.pack_bytes},
+          {"bytes_referenced", r.bytes_referenced},
+          {"bytes_reclaimable", r.bytes_reclaimable}};
+}
+
+}  // namespace
+
+int dp420_prune(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_prune_opts_t* opts,
+                char** report_json) {
+  return Guard(ctx, [&] {
+    if (!repo || !opts || !report_json || opts->struct_size < sizeof(dp420_prune_opts_t)) {
+      return Fail(ctx, Status::InvalidArgument("dp420_prune: bad arguments"));
+    }
+    *report_json = nullptr;
+    if (repo->remote) {
+      return Fail(ctx, Status::InvalidArgument(
+                           "prune runs where the repository is: on the server, by its operator"));
+    }
+    if (!(opts->max_unused_percent >= 0 && opts->max_unused_percent <= 100)) {
+      return Fail(ctx, Status::InvalidArgument("--max-unused must be a percentage from 0 to 100"));
+    }
+    dp420::PruneOptions o;
+    o.max_unused = opts->max_unused_percent / 100;
+    o.dry_run = opts->dry_run != 0;
+    o.control = Control(ctx);
+    o.notice = [ctx](const std::string&) {
+      if (!ctx->progress) return;
+      dp420_progress_t p{"wait", 0, 0};
+      ctx->progress(ctx->progress_user, &p);
+    };
+    auto r = dp420::RunPrune(*repo->repo, o);
+    if (!r.ok()) return Fail(ctx, r.status());
+    *report_json = CopyOut(PruneJson(r.value()).dump());
+    if (!*report_json) return Fail(ctx, Status::NoMemory("out of memory"));
+    return Ok(ctx);
+  });
+}
+
+int dp420_stats(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume, char** report_json) {
+  return Guard(ctx, [&] {
+    if (!repo || !report_json) {
+      return Fail(ctx, Status::InvalidArgument("dp420_stats: bad arguments"));
+    }
+    *report_json = nullptr;
+    if (repo->remote) {
+      return Fail(ctx,
+                  Status::InvalidArgument("stats runs where the repository is: on the server"));
+    }
+    dp420::StatsOptions o;
+    o.volume = Missing(volume) ? "" : LocalVolumeName(volume);
+    o.control = Control(ctx);
+    auto r = dp420::ComputeStats(*repo->repo, o);
+    if (!r.ok()) return Fail(ctx, r.status());
+    *report_json = CopyOut(StatsJson(r.value()).dump());
     if (!*report_json) return Fail(ctx, Status::NoMemory("out of memory"));
     return Ok(ctx);
   });

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "engine/cli/cli.h"
-#include "engine/cli/forget_cmd.h"
+#include "engine/cli/lifecycle_cmd.h"
 #include "engine/cli/progress.h"
 
 namespace {
@@ -869,12 +869,8 @@ int main(int argc, char** argv) {
   verify->add_option("--volume", v.volume, "Only this volume");
   verify->add_option("--snapshot", v.snapshot, "Only this snapshot");
   verify->add_flag("--read-data", v.read_data, "Re-read and re-hash every stored block");
-  ForgetArgs fg;
-  ProtectArgs pt;
-  CLI::App* forget = nullptr;
-  CLI::App* protect = nullptr;
-  CLI::App* unprotect = nullptr;
-  AddForgetCommands(&app, &c, &fg, &pt, &forget, &protect, &unprotect);
+  LifecycleArgs lc;
+  LifecycleCommands lifecycle = AddLifecycleCommands(&app, &c, &lc);
   auto* bench = AddBenchCommand(&app, &c, &bn);
   auto* serve = AddServeCommand(&app, &sv);
   CLI::App* client_add = nullptr;
@@ -904,9 +900,7 @@ int main(int argc, char** argv) {
   if (*snaps) code = CmdSnapshots(c, list_volume);
   if (*restore) code = CmdRestore(c, r);
   if (*verify) code = CmdVerify(c, v);
-  if (*forget) code = CmdForget(c, fg);
-  if (*protect) code = CmdProtect(c, pt, true);
-  if (*unprotect) code = CmdProtect(c, pt, false);
+  (void)RunLifecycleCommand(c, lc, lifecycle, &code);
   if (*bench) code = CmdBench(c, bn);
   if (*serve) code = CmdServe(&sv);
   if (*client_add) code = CmdClientAdd(c, cl);

@@ -300,7 +300,8 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   };
   std::vector<std::unique_ptr<PackSink>> sinks;
   std::vector<std::unique_ptr<Scanner>> scanners;
-  const std::vector<uint32_t> present = parent ? repo.ListPackIds() : std::vector<uint32_t>();
+  const std::vector<uint32_t> present =
+      parent ? ListReadablePackIds(repo) : std::vector<uint32_t>();
   const DamageRecord damage = parent ? LoadDamage(repo) : DamageRecord();
   for (unsigned i = 0; i < threads; ++i) {
     sinks.push_back(std::make_unique<PackSink>(*builder, blocks_written));

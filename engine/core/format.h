@@ -10,6 +10,7 @@
 //   REPO/snapshots/VOL/SEQ-ID.manifest   JSON line + "hmac-sha256 <hex>" line
 //   REPO/snapshots/VOL/HEAD     the volume's newest snapshot and generation (sealed)
 //   REPO/locks/VOL.lock         flock()ed by the one writer of a volume
+//   REPO/relocated/XXXXXXXX     where repacked pack XXXXXXXX's records are now (relocate.h)
 //   REPO/tmp/                   journals of unfinished backups, temp files
 //
 // Thread safety: plain data.

@@ -389,6 +389,44 @@ Result<VolumeLock> Repository::LockVolume(const std::string& volume,
   return VolumeLock(fd);
 }
 
+Result<VolumeLock> Repository::LockRepository(bool exclusive,
+                                              const std::function<void()>& on_wait) const {
+  std::string path = path_ + "/locks/.repository.lock";
+  int fd = io::sys::Open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0 && !exclusive && (errno == EROFS || errno == EACCES || errno == EPERM)) {
+    // A reader of a repository it may not write (read-only media, another
+    // user's): flock works on a read-only descriptor. Without the file no
+    // prune has ever run; on read-only media none can start, but a prune
+    // by another user starting now is not waited for (the one case).
+    fd = io::sys::Open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) return VolumeLock();
+  }
+  if (fd < 0) return PosixError(path, errno);
+  VolumeLock lock(fd);
+  int how = exclusive ? LOCK_EX : LOCK_SH;
+  if (flock(fd, how | LOCK_NB) == 0) return lock;
+  if (errno != EWOULDBLOCK) return PosixError(path, errno);
+  if (on_wait) on_wait();
+  while (flock(fd, how) != 0) {
+    if (errno != EINTR) return PosixError(path, errno);
+  }
+  return lock;
+}
+
+Result<VolumeLock> Repository::LockPrune() const {
+  std::string path = path_ + "/locks/.prune.lock";
+  int fd = io::sys::Open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return PosixError(path, errno);
+  VolumeLock lock(fd);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return Status::Busy("another prune of this repository is running (" + path + ")");
+    }
+    return PosixError(path, errno);
+  }
+  return lock;
+}
+
 BackupJournal::BackupJournal(BackupJournal&& o) noexcept { *this = std::move(o); }
 
 BackupJournal& BackupJournal::operator=(BackupJournal&& o) noexcept {

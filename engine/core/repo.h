@@ -1,11 +1,12 @@
 // Repository: a directory holding packs, manifests, the config and the hash
 // key (layout in format.h, bytes in docs/FORMAT.md).
 //
-// Readers need no lock: everything a manifest references is immutable and
-// durable before the manifest appears. Writers of a volume hold its lock
-// (flock on locks/VOL.lock); a backup journals the packs it creates in
-// tmp/VOL.journal so the next writer can delete the packs of a backup that
-// died before committing.
+// Everything a manifest references is immutable and durable before the
+// manifest appears. Backups, restores and verifies hold the repository lock
+// shared so that prune deletes nothing while they run (LockRepository).
+// Writers of a volume hold its lock (flock on locks/VOL.lock); a backup
+// journals the packs it creates in tmp/VOL.journal so the next writer can
+// delete the packs of a backup that died before committing.
 //
 // Thread safety: a Repository is immutable after Open() and may be shared
 // by threads; BackupJournal and VolumeLock belong to one thread.
@@ -14,6 +15,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -29,6 +31,8 @@ namespace dp420 {
 // holds (they hold it for moments); a running backup holds it longer.
 inline constexpr std::chrono::milliseconds kBriefLockWait{5000};
 
+// A held flock() (a volume's writer lock, or a repository-wide lock):
+// released when destroyed.
 class VolumeLock {
  public:
   VolumeLock() = default;
@@ -106,6 +110,16 @@ class Repository {
   Result<VolumeLock> LockVolume(const std::string& volume,
                                 std::chrono::milliseconds wait = std::chrono::milliseconds(0),
                                 const std::atomic<bool>* cancel = nullptr) const;
+
+  // The repository-wide lock locks/.repository.lock (docs/RELIABILITY.md,
+  // "Who waits for whom"): backup, restore and verify hold it shared for
+  // their whole run; prune holds it exclusively only while it deletes.
+  // Waits until it is granted; `on_wait` is called first when it is not free
+  // at once. (Lock names start with "." so that no volume's can match.)
+  Result<VolumeLock> LockRepository(bool exclusive,
+                                    const std::function<void()>& on_wait = nullptr) const;
+  // locks/.prune.lock, exclusively: one prune at a time (kBusy otherwise).
+  Result<VolumeLock> LockPrune() const;
 
  private:
   Repository() = default;

@@ -289,6 +289,11 @@ Status RestoreWorker::FillAhead() {
     AheadPage& p = ahead_[(ahead_first_ + ahead_count_) % ahead_.size()];
     DP420_ASSIGN_OR_RETURN(const Entry* entries, table_.Leaf(ahead_next_page_, &p.count));
     std::memcpy(p.entries, entries, p.count * sizeof(Entry));
+    // Every read below is by (pack, offset): records of repacked packs are
+    // read where they are now.
+    for (uint32_t i = 0; i < p.count; ++i) {
+      DP420_RETURN_IF_ERROR(table_.Resolve(&p.entries[i].ref));
+    }
     p.page = ahead_next_page_;
     ahead_next_page_ += job_.threads;
     ++ahead_count_;
@@ -822,6 +827,8 @@ Result<RestoreResult> RunRestore(const Repository& repo, const RestoreOptions& o
                                    " bytes; at most " + std::to_string(kReadThroughBytesMax));
   }
   auto start = Clock::now();
+  // Shared: prune deletes no pack or relocation file while this restore runs.
+  DP420_ASSIGN_OR_RETURN(VolumeLock repo_lock, repo.LockRepository(false));
   RestoreJob job(repo, o);
   DP420_ASSIGN_OR_RETURN(job.m, repo.FindSnapshot(o.volume, o.snapshot));
   DP420_ASSIGN_OR_RETURN(job.threads, ResolveThreads(o.threads, job.m.block_size));

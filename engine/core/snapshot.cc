@@ -130,6 +130,7 @@ Result<std::unique_ptr<SnapshotBuilder>> SnapshotBuilder::Start(const Repository
   DP420_ASSIGN_OR_RETURN(uint32_t block_size,
                          ChooseBlockSize(volume, requested_block_size, parent));
   std::unique_ptr<SnapshotBuilder> b(new SnapshotBuilder(repo, page_window));
+  DP420_ASSIGN_OR_RETURN(b->repo_lock_, repo.LockRepository(false));
   Manifest& m = b->m_;
   m.repo_id = repo.repo_id_hex();
   m.snapshot_id = NewSnapshotId();

@@ -133,6 +133,9 @@ class SnapshotBuilder {
   Status WriteManifest(bool* renamed);
 
   const Repository& repo_;
+  // The repository lock, shared: held from Start() on, so prune deletes
+  // nothing while this backup runs (declared first: released last).
+  VolumeLock repo_lock_;
   Manifest m_;
   Entry zero_full_{};
   Entry zero_tail_{};

@@ -29,6 +29,13 @@ Result<const PackReader*> PackCache::Get(uint32_t pack_id) {
   return raw;
 }
 
+Status PackCache::ReadRecord(const ObjRef& ref, uint8_t* buf) {
+  ObjRef at = ref;
+  DP420_RETURN_IF_ERROR(relocator_.Resolve(&at));
+  DP420_ASSIGN_OR_RETURN(const PackReader* pack, Get(at.pack_id));
+  return pack->ReadRecord(at, buf);
+}
+
 TableReader::TableReader(const Repository& repo, const Manifest& manifest)
     : packs_(repo), shape_(TableShape::For(manifest.blocks_total)), root_(manifest.table_root) {
   cache_.resize(shape_.levels);
@@ -50,8 +57,7 @@ Status TableReader::ReadPage(const ObjRef& ref, uint32_t count, std::vector<Entr
     if (std::memcmp(digest, ref.sha256, 32) != 0) return Status::Corruption(where + ": bad digest");
     return Status::Ok();
   }
-  DP420_ASSIGN_OR_RETURN(const PackReader* pack, packs_.Get(ref.pack_id));
-  return pack->ReadRecord(ref, bytes);
+  return packs_.ReadRecord(ref, bytes);
 }
 
 Result<const std::vector<Entry>*> TableReader::Page(uint32_t level, uint64_t index) {

@@ -21,6 +21,7 @@
 #include "engine/core/format.h"
 #include "engine/core/manifest.h"
 #include "engine/core/pack.h"
+#include "engine/core/relocate.h"
 #include "engine/core/repo.h"
 
 namespace dp420 {
@@ -28,14 +29,21 @@ namespace dp420 {
 // Number of entries in page `index` of `level` of a tree of `shape`.
 uint32_t PageEntryCount(const TableShape& shape, uint32_t level, uint64_t index);
 
-// Caches open packs by id (read side). One per thread.
+// Caches open packs by id (read side), and resolves references to repacked
+// packs through their relocation files (relocate.h). One per thread.
 class PackCache {
  public:
-  explicit PackCache(const Repository& repo) : repo_(repo) {}
+  explicit PackCache(const Repository& repo) : repo_(repo), relocator_(repo) {}
+  // The pack file `pack_id` itself (no relocation).
   Result<const PackReader*> Get(uint32_t pack_id);
+  // Where `ref`'s record is now (Relocator::Resolve).
+  Status Resolve(ObjRef* ref) { return relocator_.Resolve(ref); }
+  // Resolves `ref` and reads its record into `buf`, checking its SHA-256.
+  Status ReadRecord(const ObjRef& ref, uint8_t* buf);
 
  private:
   const Repository& repo_;
+  Relocator relocator_;
   std::unordered_map<uint32_t, std::unique_ptr<PackReader>> packs_;
 };
 
@@ -50,6 +58,8 @@ class TableReader {
   Result<ObjRef> PageRef(uint32_t level, uint64_t index);
   // Reads and checks any page given its reference and entry count.
   Status ReadPage(const ObjRef& ref, uint32_t count, std::vector<Entry>* out);
+  // Where a reference's record is now (relocations followed).
+  Status Resolve(ObjRef* ref) { return packs_.Resolve(ref); }
 
  private:
   Result<const std::vector<Entry>*> Page(uint32_t level, uint64_t index);

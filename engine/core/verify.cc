@@ -167,7 +167,8 @@ struct Walk {
 
 class Verifier {
  public:
-  Verifier(const Repository& repo, const VerifyOptions& options) : repo_(repo), options_(options) {}
+  Verifier(const Repository& repo, const VerifyOptions& options)
+      : repo_(repo), options_(options), relocator_(repo) {}
   Result<VerifyReport> Run();
 
  private:
@@ -203,7 +204,9 @@ class Verifier {
   size_t CheckPage(uint32_t level, const ObjRef& ref, uint32_t count, std::vector<Entry>* page);
   void CheckEntries(const Manifest& m, const Entry* e, uint32_t count, uint64_t page,
                     const ObjRef& page_ref);
-  void Collect(const Entry* e, uint32_t count);
+  void Collect(const Entry* e, uint32_t count, const std::string& snapshot_id);
+  bool Resolve(ObjRef* ref, const std::string& snapshot_id);
+  void CheckRelocations();
 
   Status CheckPacks();
   Status CheckPack(uint32_t pack_id, const std::vector<Record>& records);
@@ -235,6 +238,7 @@ class Verifier {
   std::unordered_map<uint64_t, size_t> bad_records_;       // RecordKey -> problem
   std::unordered_map<uint32_t, size_t> bad_packs_;         // unreadable data pack -> problem
   EntryChecker entries_;  // shared with restore: one verdict on entries
+  Relocator relocator_;   // references to repacked packs, to where they are now
   std::vector<uint8_t> buf_;
   uint64_t bytes_total_ = 0;
   Clock::time_point last_tick_;
@@ -251,7 +255,10 @@ Result<VerifyReport> Verifier::Run() {
   DP420_RETURN_IF_ERROR(CheckPacks());
   DP420_RETURN_IF_ERROR(MapBadRecords());
   bool whole = options_.volume.empty() && options_.snapshot.empty();
-  if (whole) CountUnreferenced();
+  if (whole) {
+    CheckRelocations();
+    CountUnreferenced();
+  }
   RecordDamage(whole);
   problems_.Finish(&report_);
   return std::move(report_);
@@ -462,7 +469,7 @@ Status Verifier::CheckTable(const Manifest& m) {
   Walk w(m, [&](const Entry* e, uint32_t count, uint64_t page, const ObjRef& ref, bool first) {
     volume_sha.Add(e, count);
     CheckEntries(m, e, count, page, ref);
-    if (first) Collect(e, count);
+    if (first) Collect(e, count, m.snapshot_id);
   });
   DP420_RETURN_IF_ERROR(WalkPage(w, w.shape.levels - 1, 0, m.table_root));
   if (!w.complete) return Status::Ok();  // broken by a page; no checksum to compare
@@ -528,8 +535,12 @@ bool Verifier::LoadPage(Walk& w, uint32_t level, const ObjRef& ref, uint32_t cou
 }
 
 // Reads and checks one stored page; kNone when good, else the problem.
-size_t Verifier::CheckPage(uint32_t level, const ObjRef& ref, uint32_t count,
+size_t Verifier::CheckPage(uint32_t level, const ObjRef& page_ref, uint32_t count,
                            std::vector<Entry>* page) {
+  ObjRef ref = page_ref;
+  if (Status s = relocator_.Resolve(&ref); !s.ok()) {
+    return problems_.Add(RelocationName(ref.pack_id), s.message());
+  }
   page_packs_.insert(ref.pack_id);
   std::string at = "table page at offset " + std::to_string(ref.offset_bytes()) + " ";
   uint16_t kind = level == 0 ? kObjTableLeaf : kObjTableInner;
@@ -560,12 +571,23 @@ void Verifier::CheckEntries(const Manifest& m, const Entry* e, uint32_t count, u
   problems_.Break(problems_.Add(PackObject(page_ref.pack_id), message), m.snapshot_id);
 }
 
-void Verifier::Collect(const Entry* e, uint32_t count) {
+// Resolves a data reference through relocations (false, the problem
+// reported, when a relocation file fails it).
+bool Verifier::Resolve(ObjRef* ref, const std::string& snapshot_id) {
+  uint32_t referenced = ref->pack_id;
+  Status s = relocator_.Resolve(ref);
+  if (s.ok()) return true;
+  problems_.Break(problems_.Add(RelocationName(referenced), s.message()), snapshot_id);
+  return false;
+}
+
+void Verifier::Collect(const Entry* e, uint32_t count, const std::string& snapshot_id) {
   std::vector<Record>* list = nullptr;  // neighbouring blocks mostly share a pack
   uint32_t list_pack = 0;
   for (uint32_t i = 0; i < count; ++i) {
-    const ObjRef& ref = e[i].ref;
+    ObjRef ref = e[i].ref;
     if (!ref.stored() || (ref.flags & kObjZero)) continue;
+    if (!Resolve(&ref, snapshot_id)) continue;
     if (!list || list_pack != ref.pack_id) {
       list = &records_[ref.pack_id];
       list_pack = ref.pack_id;
@@ -706,8 +728,9 @@ Status Verifier::MapBadRecords() {
     std::set<size_t> hit;
     Walk w(*m, [&](const Entry* e, uint32_t count, uint64_t, const ObjRef&, bool) {
       for (uint32_t i = 0; i < count; ++i) {
-        const ObjRef& ref = e[i].ref;
+        ObjRef ref = e[i].ref;
         if (!ref.stored() || (ref.flags & kObjZero)) continue;
+        if (!Resolve(&ref, m->snapshot_id)) continue;
         if (auto p = bad_packs_.find(ref.pack_id); p != bad_packs_.end()) hit.insert(p->second);
         auto r = bad_records_.find(RecordKey(ref.pack_id, ref.offset_4k));
         if (r != bad_records_.end()) hit.insert(r->second);
@@ -730,6 +753,15 @@ void Verifier::RecordDamage(bool whole) {
   (void)SaveDamage(repo_, found, whole, whole && options_.read_data);
 }
 
+// Every relocation file must read back (a damaged one is reported even when
+// no snapshot needs it: prune refuses to run until it is dealt with).
+void Verifier::CheckRelocations() {
+  for (uint32_t pack_id : ListRelocations(repo_)) {
+    auto r = ReadRelocation(repo_, pack_id);
+    if (!r.ok()) problems_.Add(RelocationName(pack_id), r.status().message());
+  }
+}
+
 // Packs no valid manifest references (left by interrupted backups). Only
 // meaningful when every snapshot of every volume was walked.
 void Verifier::CountUnreferenced() {
@@ -741,6 +773,8 @@ void Verifier::CountUnreferenced() {
 }  // namespace
 
 Result<VerifyReport> RunVerify(const Repository& repo, const VerifyOptions& options) {
+  // Shared: prune deletes no pack or relocation file while verify runs.
+  DP420_ASSIGN_OR_RETURN(VolumeLock repo_lock, repo.LockRepository(false));
   Verifier verifier(repo, options);
   return verifier.Run();
 }

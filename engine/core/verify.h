@@ -4,7 +4,8 @@
 // against its table. Reports each damaged object once, with every snapshot
 // it breaks. Never modifies the repository.
 //
-// Thread safety: re-entrant; needs no lock (readers never see uncommitted data).
+// Thread safety: re-entrant; holds the repository lock shared while it runs
+// (prune deletes nothing meanwhile). Readers never see uncommitted data.
 #pragma once
 
 #include <string>

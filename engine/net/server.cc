@@ -298,8 +298,7 @@ struct RestoreStream {
                                   std::to_string(block) +
                                   " has a table entry of the wrong size or kind");
       }
-      auto pack = packs.Get(ref.pack_id);
-      Status s = pack.ok() ? pack.value()->ReadRecord(ref, data + bytes) : pack.status();
+      Status s = packs.ReadRecord(ref, data + bytes);
       if (!s.ok()) {
         return Status::Corruption("snapshot " + m.snapshot_id + " is damaged: block " +
                                   std::to_string(block) + ": " + s.message());
@@ -352,6 +351,8 @@ Status HandleRestore(Request& rq) {
   w.String(text);
   DP420_RETURN_IF_ERROR(rq.Send(FrameType::kSnapshot, w));
 
+  // Shared: prune deletes no pack or relocation file while this restore runs.
+  DP420_ASSIGN_OR_RETURN(VolumeLock repo_lock, repo.LockRepository(false));
   RestoreStream stream{rq, m, PackCache(repo)};
   DP420_RETURN_IF_ERROR(stream.Setup());
   TableReader table(repo, m);

@@ -78,7 +78,7 @@ class BackupSession {
         builder_(std::move(builder)), parent_(std::move(parent)), stripes_(stripes),
         limits_(std::move(limits)) {
     if (parent_) {
-      present_packs_ = ctx.repo.ListPackIds();
+      present_packs_ = ListReadablePackIds(ctx.repo);
       damage_ = LoadDamage(ctx.repo);
     }
     for (uint32_t i = 0; i < stripes; ++i) {

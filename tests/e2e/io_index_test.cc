@@ -824,5 +824,128 @@ TEST(IoIndexTest, PowerLossAtEveryIndexKeepsCommittedSnapshots) {
   EXPECT_GE(trials.size(), LongMode() ? 1000u : 100u) << "fewer power cuts than promised";
 }
 
+// ---- Prune ----
+
+// The prune baseline: volume `vol` with s1 (v1) and s2 (v2, parent s1), s1
+// then forgotten (its manifest removed, s2 re-sealed without a parent), so
+// s1's data pack is partly used and its table pack unused; and a volume
+// `gone` backed up and forgotten whole. `--max-unused 0` repacks the partly
+// used pack. `committed` holds s2.
+Scenario PruneOf(const std::string& base, uint64_t seed) {
+  fs::create_directories(base);
+  MakeSources(base, seed);
+  Scenario s{"prune", base};
+  // v2 also differs where v1 holds data (MakeSources changes zero stretches).
+  OverwriteRange(base + "/v2.img", 70000, 16384, seed + 3);
+  std::string s1 = BackupIn(base, base + "/v1.img");
+  std::string s2 = BackupIn(base, base + "/v2.img");
+  s.committed[s2] = Sha256File(base + "/v2.img");
+  std::string repo = RepoOf(base);
+  fs::remove(FindManifest(repo, kVolume, s1));
+  ResealManifest(FindManifest(repo, kVolume, s2), [](std::string* line) {
+    *line = std::regex_replace(*line, std::regex("\"parent\":\"[0-9a-f]+\""), "\"parent\":null");
+    *line = std::regex_replace(*line, std::regex("\"parent_manifest_sha256\":\"[0-9a-f]+\""),
+                               "\"parent_manifest_sha256\":null");
+  });
+  Result gone = CliIn(base, {"backup", "--repo", repo, "--volume", "gone", "--threads", "1",
+                             "--json", base + "/v1.img"});
+  if (gone.exit_code != kExitOk) Fail("baseline backup of gone failed: " + gone.Describe());
+  fs::remove_all(repo + "/snapshots/gone");
+  for (const auto& e : fs::directory_iterator(base + "/state/repos")) fs::remove(e.path() / "gone");
+  Result verify = CliIn(base, {"verify", "--repo", repo, "--json"});
+  if (verify.exit_code != kExitOk) Fail("the prune baseline does not verify: " + verify.Describe());
+  s.args = [](const std::string& root) {
+    return std::vector<std::string>{"prune", "--repo", RepoOf(root), "--max-unused", "0",
+                                    "--json"};
+  };
+  return s;
+}
+
+// After a prune killed at some I/O: s2 restores bit-exact and verify
+// --read-data is clean; the next prune works, after it nothing is left over
+// (no temp file, no unreferenced pack) and s2 still restores.
+std::string PruneTrial(const Scenario& sc, const std::string& root, const Disturbance& d) {
+  if (std::string f = CopyTree(sc.base, root); !f.empty()) return f;
+  Result run = CliIn(root, sc.args(root), {{d.variable, d.value}});
+  if (std::string f = CheckRun(d, run, ""); !f.empty()) return f;
+  const auto& [id, sha] = *sc.committed.begin();
+  if (std::string f = CheckRestores(root, kVolume, id, sha); !f.empty()) return f;
+  Result verify = CliIn(root, {"verify", "--repo", RepoOf(root), "--read-data"});
+  if (verify.exit_code != kExitOk) return "verify --read-data is not clean: " + verify.Describe();
+  Result next = CliIn(root, sc.args(root));
+  if (next.exit_code != kExitOk) return "the next prune failed: " + next.Describe();
+  if (std::string f = CheckClean(root); !f.empty()) return f;
+  return CheckRestores(root, kVolume, id, sha);
+}
+
+// Trials of every planned index of the prune scenario, `disturb` each.
+std::vector<Planned> PlanPrune(const TempDir& dir, uint64_t budget, const Disturb& disturb) {
+  std::vector<Planned> trials;
+  for (uint64_t seed : Seeds(LongMode() ? 4 : 1)) {
+    auto sc = std::make_shared<Scenario>(PruneOf(dir / ("prune-" + std::to_string(seed)), seed));
+    std::string root = dir / "count";
+    if (std::string f = CopyTree(sc->base, root); !f.empty()) Fail(f);
+    Result r = CliIn(root, sc->args(root), {{"DP420_IO_COUNT_FILE", root + ".count"}});
+    if (r.exit_code != kExitOk) Fail("prune failed undisturbed: " + r.Describe());
+    Json j = ParseJson(r);
+    if (j.at("packs_rewritten") != 1 || j.at("packs_deleted").get<uint64_t>() < 2) {
+      Fail("the prune scenario neither repacks nor deletes: " + r.out);
+    }
+    uint64_t count = ReadCount(root + ".count");
+    if (count == 0) Fail("prune: no I/O counted");
+    fs::remove_all(root);
+    fs::remove(root + ".count");
+    for (uint64_t i : Spread(count, budget)) {
+      for (const Disturbance& d : disturb(i)) {
+        trials.push_back({Replay(*sc, d, seed),
+                          [sc, d](const std::string& root) { return PruneTrial(*sc, root, d); }});
+      }
+    }
+  }
+  return trials;
+}
+
+TEST(IoIndexTest, FaultAtEveryIndexOfPruneEndsCleanly) {
+  TempDir dir;
+  Disturb faults = [](uint64_t i) {
+    std::vector<Disturbance> out;
+    for (const char* kind : {"EIO", "ENOSPC", "EINTR"}) {
+      out.push_back({"DP420_FAULT_AT_IO", std::to_string(i) + ":" + kind, kind});
+    }
+    return out;
+  };
+  std::vector<Planned> trials = PlanPrune(dir, LongMode() ? 2000 : 60, faults);
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("prune faults at I/O index", trials.size(), failures);
+  EXPECT_GE(trials.size(), 60u);
+}
+
+TEST(IoIndexTest, CrashAtEveryIndexOfPruneLeavesRepositoryCleanAndNextPruneReclaims) {
+  TempDir dir;
+  std::vector<Planned> trials;
+  for (uint64_t seed : Seeds(LongMode() ? 4 : 1)) {
+    auto sc = std::make_shared<Scenario>(PruneOf(dir / ("prune-" + std::to_string(seed)), seed));
+    std::string root = dir / "count";
+    if (std::string f = CopyTree(sc->base, root); !f.empty()) Fail(f);
+    Result r = CliIn(root, sc->args(root), {{"DP420_IO_COUNT_FILE", root + ".count"}});
+    if (r.exit_code != kExitOk) Fail("prune failed undisturbed: " + r.Describe());
+    Json j = ParseJson(r);
+    ASSERT_EQ(j.at("packs_rewritten").get<uint64_t>(), 1u) << r.out;
+    ASSERT_GE(j.at("packs_deleted").get<uint64_t>(), 2u) << r.out;
+    uint64_t count = ReadCount(root + ".count");
+    ASSERT_GT(count, 0u);
+    fs::remove_all(root);
+    fs::remove(root + ".count");
+    for (uint64_t i : Spread(count, LongMode() ? 2000 : 400)) {
+      Disturbance d{"DP420_CRASH_AT_IO", std::to_string(i), ""};
+      trials.push_back({Replay(*sc, d, seed),
+                        [sc, d](const std::string& root) { return PruneTrial(*sc, root, d); }});
+    }
+  }
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("prune crash at I/O index", trials.size(), failures);
+  EXPECT_GE(trials.size(), 20u) << "fewer crash points than promised";
+}
+
 }  // namespace
 }  // namespace dp420::e2e

@@ -366,6 +366,32 @@ DP420_EXPORT void dp420_forget_result_free(dp420_forget_result_t* result);
  * given. Idempotent. */
 DP420_EXPORT int dp420_protect(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
                                const char* snapshot, int protect, char id_out[17]);
+/* Prune (local repositories): deletes the packs no snapshot references and
+ * repacks the packs whose unused share exceeds max_unused_percent (their live
+ * records are copied and the old references redirected through relocation
+ * files). Progress phases "mark" (manifests walked) and "repack" (bytes
+ * copied); phase "wait" (0 of 0) once when the delete phase has to wait for
+ * running backups, restores or verifies. On success *report_json is one JSON
+ * object (docs: README.md, `dp420 prune`); the caller frees it with
+ * dp420_free. -DP420_EBUSY when another prune runs; -DP420_ECORRUPT (nothing
+ * changed) when a manifest, a table page or a relocation file cannot be
+ * read. Since 0.4. */
+typedef struct dp420_prune_opts {
+  size_t struct_size;
+  double max_unused_percent;  /* 0..100; dp420_prune_opts_init sets 10 */
+  int dry_run;                /* report only */
+} dp420_prune_opts_t;
+
+DP420_EXPORT void dp420_prune_opts_init(dp420_prune_opts_t* opts);
+DP420_EXPORT int dp420_prune(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_prune_opts_t* opts,
+                             char** report_json);
+
+/* Space statistics (local repositories): per snapshot the bytes it
+ * references, holds alone and shares; per repository the pack bytes, the
+ * referenced bytes and what prune can reclaim. `volume` (may be null) limits
+ * the snapshots listed. *report_json as for dp420_prune. Since 0.4. */
+DP420_EXPORT int dp420_stats(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
+                             char** report_json);
 
 /* ---- Storage benchmark ------------------------------------------------------
  * dp420_bench measures what a backup of `source` can reach on this machine:

@@ -1,9 +1,11 @@
-#include "engine/cli/forget_cmd.h"
+#include "engine/cli/lifecycle_cmd.h"
 
 #include <cstdio>
 #include <ctime>
 #include <iostream>
 #include <limits>
+
+#include "engine/cli/progress.h"
 
 namespace dp420cli {
 
@@ -66,7 +68,108 @@ void PrintForget(const dp420_forget_result_t& r, bool dry_run) {
   }
 }
 
-}  // namespace
+std::string Human(uint64_t bytes) {
+  char buf[32];
+  return dp420cli::HumanBytes(bytes, buf, sizeof(buf));
+}
+
+// Prune's progress: the bar while it repacks, and a line on stderr (always)
+// when the delete phase waits for running backups, restores or verifies.
+struct PruneProgress {
+  dp420cli::ProgressBar bar;
+  bool quiet;
+};
+
+void OnPruneProgress(void* user, const dp420_progress_t* p) {
+  auto* pp = static_cast<PruneProgress*>(user);
+  if (std::string(p->phase) == "wait") {
+    pp->bar.Finish();
+    if (!pp->quiet) {
+      std::fprintf(stderr, "dp420 prune: waiting for running backups, restores and verifies to "
+                           "finish before deleting\n");
+    }
+    return;
+  }
+  if (std::string(p->phase) == "repack") pp->bar.Update(p->phase, p->bytes_done, p->bytes_total);
+}
+
+void PrintPrune(const Json& r) {
+  for (const auto& w : r["warnings"]) {
+    std::fprintf(stderr, "warning: %s\n", w.get<std::string>().c_str());
+  }
+  bool dry = r["dry_run"].get<bool>();
+  auto n = [&](const char* key) { return r[key].get<uint64_t>(); };
+  std::printf("%s %llu unreferenced pack(s), %s %llu pack(s) (%llu record(s) copied into %llu "
+              "new pack(s)); %s %s\n",
+              dry ? "would delete" : "deleted", (unsigned long long)n("packs_deleted"),
+              dry ? "would rewrite" : "rewrote", (unsigned long long)n("packs_rewritten"),
+              (unsigned long long)n("records_copied"), (unsigned long long)n("packs_created"),
+              dry ? "would free" : "freed", Human(n("bytes_freed")).c_str());
+  std::printf("referenced: %s; still unused: %s", Human(n("bytes_referenced")).c_str(),
+              Human(n("bytes_unused")).c_str());
+  if (n("packs_in_progress")) {
+    std::printf("; %llu pack(s) of unfinished backups kept",
+                (unsigned long long)n("packs_in_progress"));
+  }
+  std::printf("\n");
+}
+
+int CmdPrune(const Common& c, const PruneArgs& a) {
+  return WithRepo(c, "prune", [&](dp420_repo_t* repo) -> int {
+    dp420_prune_opts_t o;
+    dp420_prune_opts_init(&o);
+    if (a.max_unused_percent >= 0) o.max_unused_percent = a.max_unused_percent;
+    o.dry_run = a.dry_run;
+    PruneProgress progress{dp420cli::ProgressBar(ShowProgress(c)), c.quiet};
+    dp420_set_progress(g_ctx, OnPruneProgress, &progress);
+    char* text = nullptr;
+    int rc = dp420_prune(g_ctx, repo, &o, &text);
+    progress.bar.Finish();
+    if (rc != 0) return Report(c, "prune", rc);
+    Json r = Json::parse(text);
+    dp420_free(text);
+    if (c.json) {
+      std::cout << r.dump() << std::endl;
+    } else if (!c.quiet) {
+      PrintPrune(r);
+    }
+    return kExitOk;
+  });
+}
+
+void PrintStats(const Json& r) {
+  std::printf("%-24s %-16s %6s %12s %12s %12s\n", "VOLUME", "SNAPSHOT", "SEQ", "REFERENCED",
+              "UNIQUE", "SHARED");
+  for (const auto& s : r["snapshots"]) {
+    std::printf("%-24s %-16s %6llu %12s %12s %12s\n", s["volume"].get<std::string>().c_str(),
+                s["snapshot_id"].get<std::string>().c_str(),
+                (unsigned long long)s["sequence"].get<uint64_t>(),
+                Human(s["bytes_referenced"].get<uint64_t>()).c_str(),
+                Human(s["bytes_unique"].get<uint64_t>()).c_str(),
+                Human(s["bytes_shared"].get<uint64_t>()).c_str());
+  }
+  std::printf("repository: %llu pack(s), %s; referenced %s; reclaimable by prune %s\n",
+              (unsigned long long)r["packs"].get<uint64_t>(),
+              Human(r["pack_bytes"].get<uint64_t>()).c_str(),
+              Human(r["bytes_referenced"].get<uint64_t>()).c_str(),
+              Human(r["bytes_reclaimable"].get<uint64_t>()).c_str());
+}
+
+int CmdStats(const Common& c, const std::string& volume) {
+  return WithRepo(c, "stats", [&](dp420_repo_t* repo) -> int {
+    char* text = nullptr;
+    int rc = dp420_stats(g_ctx, repo, volume.empty() ? nullptr : volume.c_str(), &text);
+    if (rc != 0) return Report(c, "stats", rc);
+    Json r = Json::parse(text);
+    dp420_free(text);
+    if (c.json) {
+      std::cout << r.dump() << std::endl;
+    } else {
+      PrintStats(r);
+    }
+    return kExitOk;
+  });
+}
 
 int CmdForget(const Common& c, const ForgetArgs& a) {
   return WithRepo(c, "forget", [&](dp420_repo_t* repo) -> int {
@@ -123,8 +226,15 @@ int CmdProtect(const Common& c, const ProtectArgs& a, bool protect) {
   });
 }
 
-void AddForgetCommands(CLI::App* app, Common* c, ForgetArgs* f, ProtectArgs* p,
-                       CLI::App** forget, CLI::App** protect, CLI::App** unprotect) {
+}  // namespace
+
+LifecycleCommands AddLifecycleCommands(CLI::App* app, Common* c, LifecycleArgs* a) {
+  LifecycleCommands cmds;
+  ForgetArgs* f = &a->forget;
+  ProtectArgs* p = &a->protect;
+  CLI::App** forget = &cmds.forget;
+  CLI::App** protect = &cmds.protect;
+  CLI::App** unprotect = &cmds.unprotect;
   *forget = app->add_subcommand(
       "forget", "Forget snapshots by a retention policy or by id (prune reclaims the space)");
   AddRepoOptions(*forget, c);
@@ -154,6 +264,30 @@ void AddForgetCommands(CLI::App* app, Common* c, ForgetArgs* f, ProtectArgs* p,
     (*cmd)->add_option("--volume", p->volume, "Volume name")->required();
     (*cmd)->add_option("--snapshot", p->snapshot, "Snapshot id or unique prefix")->required();
   }
+  cmds.prune = app->add_subcommand(
+      "prune", "Delete the packs no snapshot references and repack mostly unused ones");
+  AddRepoOptions(cmds.prune, c);
+  cmds.prune->add_option("--max-unused", a->prune.max_unused_percent,
+                         "Repack a pack once more than this percentage of it is unused "
+                         "(default 10)")
+      ->check(CLI::Range(0.0, 100.0));
+  cmds.prune->add_flag("--dry-run", a->prune.dry_run, "Report what would be done; change nothing");
+  cmds.stats = app->add_subcommand(
+      "stats", "Space per snapshot (referenced, held alone, shared) and reclaimable by prune");
+  AddRepoOptions(cmds.stats, c);
+  cmds.stats->add_option("--volume", a->stats_volume, "Only this volume's snapshots");
+  return cmds;
+}
+
+bool RunLifecycleCommand(const Common& c, const LifecycleArgs& a, const LifecycleCommands& cmds,
+                         int* exit_code) {
+  if (*cmds.forget) *exit_code = CmdForget(c, a.forget);
+  else if (*cmds.protect) *exit_code = CmdProtect(c, a.protect, true);
+  else if (*cmds.unprotect) *exit_code = CmdProtect(c, a.protect, false);
+  else if (*cmds.prune) *exit_code = CmdPrune(c, a.prune);
+  else if (*cmds.stats) *exit_code = CmdStats(c, a.stats_volume);
+  else return false;
+  return true;
 }
 
 }  // namespace dp420cli

@@ -1,0 +1,651 @@
+#include "engine/core/prune.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "engine/core/format.h"
+#include "engine/core/pack.h"
+#include "engine/core/relocate.h"
+#include "engine/core/table.h"
+#include "io/file.h"
+#include "io/inject.h"
+
+namespace dp420 {
+
+namespace {
+
+constexpr uint64_t kSlot = kRecordAlign;  // one bit of the live bitmap
+constexpr const char* kPruneJournal = "/tmp/.prune.journal";
+
+uint64_t Slots(uint32_t stored_len) { return std::max<uint64_t>(1, DivCeil(stored_len, kSlot)); }
+
+// A pack of prune's listing: its size and, once something in it is marked,
+// one bit per 4 KiB slot.
+struct PackInfo {
+  uint64_t size = 0;
+  std::vector<uint64_t> live;  // empty until the first mark
+  uint64_t live_slots = 0;
+  bool in_progress = false;    // named by a backup's journal
+  bool Test(uint64_t slot) const {
+    return !live.empty() && slot < size / kSlot && (live[slot / 64] >> (slot % 64) & 1);
+  }
+};
+using Packs = std::map<uint32_t, PackInfo>;
+
+// Step 1: the candidates.
+Packs ListPacks(const Repository& repo) {
+  Packs packs;
+  for (uint32_t id : repo.ListPackIds()) {
+    struct stat st;
+    if (stat(repo.PackPath(id).c_str(), &st) != 0) continue;
+    packs[id].size = uint64_t(st.st_size);
+  }
+  return packs;
+}
+
+// Step 2: the packs of backups running, awaiting resume or dead (the next
+// backup of their volume rolls those back).
+void MarkJournalled(const Repository& repo, Packs* packs, PruneReport* report) {
+  for (const std::string& name : io::ListDir(repo.path() + "/tmp")) {
+    if (name.size() < 9 || name.compare(name.size() - 8, 8, ".journal") != 0) continue;
+    if (name[0] == '.') continue;  // prune's own journal: its packs are judged by the mark
+    auto text = io::ReadFile(repo.path() + "/tmp/" + name);
+    if (!text.ok()) continue;
+    size_t pos = 0;
+    const std::string& t = text.value();
+    while (pos < t.size()) {
+      size_t nl = t.find('\n', pos);
+      std::string line = t.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+      pos = nl == std::string::npos ? t.size() : nl + 1;
+      if (line.rfind("pack ", 0) != 0 || line.size() != 13) continue;
+      if (line.find_first_not_of("0123456789abcdef", 5) != std::string::npos) continue;
+      auto it = packs->find(uint32_t(std::stoul(line.substr(5), nullptr, 16)));
+      if (it != packs->end() && !it->second.in_progress) {
+        it->second.in_progress = true;
+        ++report->packs_in_progress;
+      }
+    }
+  }
+}
+
+// Every relocation file must read: the records it maps could not be found
+// otherwise, and prune would not know what is live.
+Status CheckRelocationFiles(const Repository& repo) {
+  for (uint32_t id : ListRelocations(repo)) {
+    auto r = ReadRelocation(repo, id);
+    if (!r.ok()) {
+      return Status::Corruption("prune refuses: " + r.status().message() +
+                                "; the records it maps could not be located, so what is live is "
+                                "unknown (`dp420 verify` reports it)");
+    }
+  }
+  return Status::Ok();
+}
+
+// Manifests in quarantine/VOLUME/STAMP/ that still read: repair moved them
+// aside, their data is kept so that the operator can still recover them.
+void ListQuarantined(const Repository& repo, std::vector<Manifest>* out) {
+  std::string root = repo.path() + "/quarantine";
+  for (const std::string& vol : io::ListDir(root)) {
+    for (const std::string& stamp : io::ListDir(root + "/" + vol)) {
+      std::string dir = root + "/" + vol + "/" + stamp;
+      for (const std::string& name : io::ListDir(dir)) {
+        if (name.size() < 9 || name.compare(name.size() - 9, 9, ".manifest") != 0) continue;
+        auto text = io::ReadFile(dir + "/" + name);
+        if (!text.ok()) continue;
+        auto m = Manifest::Parse(text.value(), "quarantine/" + vol + "/" + stamp + "/" + name,
+                                 &repo.seal_key());
+        if (m.ok() && m->repo_id == repo.repo_id_hex()) out->push_back(std::move(m).value());
+      }
+    }
+  }
+}
+
+// Step 3: every manifest. A damaged one in snapshots/ makes prune refuse:
+// its references are unknown.
+Status LoadManifests(const Repository& repo, std::vector<Manifest>* live, size_t* strict) {
+  std::vector<DamagedFile> damaged;
+  DP420_RETURN_IF_ERROR(repo.ListManifests("", live, &damaged));
+  if (!damaged.empty()) {
+    const DamagedFile& d = damaged.front();
+    std::string volume = d.path.substr(10, d.path.find('/', 10) - 10);
+    return Status::Corruption("prune refuses: " + d.status.message() +
+                              "; what it references is unknown. Run `dp420 repair --repo " +
+                              repo.path() + " --volume " + volume + "` first");
+  }
+  *strict = live->size();
+  // After snapshots/: a manifest repair moves meanwhile is seen in one of them.
+  ListQuarantined(repo, live);
+  return Status::Ok();
+}
+
+// Walks block tables: every page once per walk, resolving references
+// through relocations (preferring them: a repacked pack may still exist
+// after an interrupted delete phase).
+class TableWalker {
+ public:
+  // `page`: a resolved page reference; return false to skip its subtree.
+  // `record`: a resolved data reference.
+  using PageFn = std::function<bool(const ObjRef&)>;
+  using RecordFn = std::function<void(const ObjRef&)>;
+  TableWalker(const Repository& repo, PageFn page, RecordFn record)
+      : cache_(repo), relocator_(repo, true), page_(std::move(page)), record_(std::move(record)) {}
+  // `strict`: an unreadable page fails the walk (snapshots/), else it is
+  // skipped (quarantine/).
+  Status Walk(const Manifest& m, bool strict, const JobControl& control);
+  const std::set<uint32_t>& used_relocations() const { return relocator_.used(); }
+
+ private:
+  Status Page(uint32_t level, uint64_t index, ObjRef ref);
+  Status Resolve(ObjRef* ref);
+  PackCache cache_;
+  Relocator relocator_;
+  PageFn page_;
+  RecordFn record_;
+  const Manifest* m_ = nullptr;
+  bool strict_ = true;
+  const JobControl* control_ = nullptr;
+  TableShape shape_;
+  std::vector<std::vector<Entry>> bufs_;  // one per level
+};
+
+Status TableWalker::Walk(const Manifest& m, bool strict, const JobControl& control) {
+  m_ = &m;
+  strict_ = strict;
+  control_ = &control;
+  shape_ = TableShape::For(m.blocks_total);
+  bufs_.assign(shape_.levels, {});
+  return Page(shape_.levels - 1, 0, m.table_root);
+}
+
+Status TableWalker::Resolve(ObjRef* ref) {
+  Status s = relocator_.Resolve(ref);
+  if (s.ok()) return s;
+  return Status::Corruption("prune refuses: snapshot " + m_->snapshot_id + " of volume '" +
+                            m_->volume + "': " + s.message());
+}
+
+Status TableWalker::Page(uint32_t level, uint64_t index, ObjRef ref) {
+  if (control_->Canceled()) return Status::Canceled("prune canceled");
+  uint32_t count = PageEntryCount(shape_, level, index);
+  if (count == 0 || !ref.stored()) return Status::Ok();
+  DP420_RETURN_IF_ERROR(Resolve(&ref));
+  if (!page_(ref)) return Status::Ok();
+  std::vector<Entry>& page = bufs_[level];
+  page.resize(RoundUp(count * sizeof(Entry), kSlot) / sizeof(Entry));
+  auto pack = cache_.Get(ref.pack_id);
+  Status s = pack.ok() ? pack.value()->ReadRecord(ref, reinterpret_cast<uint8_t*>(page.data()))
+                       : pack.status();
+  if (!s.ok()) {
+    if (!strict_) return Status::Ok();
+    return Status::Corruption("prune refuses: a table page of snapshot " + m_->snapshot_id +
+                              " of volume '" + m_->volume + "' cannot be read (" + s.message() +
+                              "), so what it references is unknown. Run `dp420 verify`");
+  }
+  if (level == 0) {
+    for (uint32_t i = 0; i < count; ++i) {
+      ObjRef r = page[i].ref;
+      if (!r.stored() || (r.flags & kObjZero)) continue;
+      DP420_RETURN_IF_ERROR(Resolve(&r));
+      record_(r);
+    }
+    return Status::Ok();
+  }
+  for (uint32_t i = 0; i < count; ++i) {
+    DP420_RETURN_IF_ERROR(Page(level - 1, index * kPageEntries + i, page[i].ref));
+  }
+  return Status::Ok();
+}
+
+// Sets the live bits of `ref`'s record; false when its first slot was set
+// already (a page seen before: its subtree was walked) or its pack is not a
+// candidate (created after the listing, or missing).
+bool MarkRecord(Packs* packs, const ObjRef& ref) {
+  auto it = packs->find(ref.pack_id);
+  if (it == packs->end()) return true;  // not a candidate: walk it, mark nothing
+  PackInfo& p = it->second;
+  uint64_t total = p.size / kSlot;
+  uint64_t first = ref.offset_4k;
+  if (first >= total) return true;
+  if (p.live.empty()) p.live.assign(DivCeil(total, 64), 0);
+  if (p.Test(first)) return false;
+  uint64_t end = std::min(total, first + Slots(ref.stored_len));
+  for (uint64_t s = first; s < end; ++s) {
+    if (p.Test(s)) continue;
+    p.live[s / 64] |= uint64_t{1} << (s % 64);
+    ++p.live_slots;
+  }
+  return true;
+}
+
+// The mark: live bits of every record any manifest references, and the
+// pack ids every resolution passed through (their relocation files stay).
+Status Mark(const Repository& repo, const std::vector<Manifest>& manifests, size_t strict,
+            const JobControl& control, Packs* packs, std::set<uint32_t>* touched) {
+  TableWalker walker(
+      repo, [&](const ObjRef& ref) { return MarkRecord(packs, ref); },
+      [&](const ObjRef& ref) { MarkRecord(packs, ref); });
+  for (size_t i = 0; i < manifests.size(); ++i) {
+    if (control.progress) control.progress({"mark", i, manifests.size()});
+    DP420_RETURN_IF_ERROR(walker.Walk(manifests[i], i < strict, control));
+  }
+  *touched = walker.used_relocations();
+  if (control.progress) control.progress({"mark", manifests.size(), manifests.size()});
+  return Status::Ok();
+}
+
+// Slots of a pack that can hold records: all but the header and (at least)
+// one trailer slot.
+uint64_t RecordSlots(const PackInfo& p) {
+  uint64_t total = p.size / kSlot;
+  return total > 2 ? total - 2 : 1;
+}
+
+
+// A record of a repacked pack and where its copy went.
+struct Copy {
+  uint32_t old_pack = 0;
+  ObjRef old_ref{};
+  ObjRef new_ref{};
+};
+
+// The repack: live records of `victims` copied into new packs (journalled
+// in tmp/.prune.journal before each exists), made durable, read back and
+// checked. A victim whose index or a record cannot be read is left alone.
+class Repacker {
+ public:
+  Repacker(const Repository& repo, const Packs& packs, const PruneOptions& o, PruneReport* r)
+      : repo_(repo), packs_(packs), o_(o), report_(r) {}
+  ~Repacker() {
+    if (journal_fd_ >= 0) close(journal_fd_);
+  }
+  Status Run(const std::vector<uint32_t>& victims);
+  // The victims whose every live record was copied.
+  const std::set<uint32_t>& done() const { return done_; }
+  Status WriteRelocations(const std::set<uint32_t>& used);
+  std::vector<uint32_t> new_packs;
+  uint64_t new_overhead = 0;  // bytes of the new packs beyond their records
+
+ private:
+  Status CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes_total);
+  Status Append(const uint8_t* data, const ObjRef& old_ref, ObjRef* new_ref);
+  Status FinishWriter();
+  Status ReadBack();
+  Status Journal(uint32_t pack_id);
+  const Repository& repo_;
+  const Packs& packs_;
+  const PruneOptions& o_;
+  PruneReport* report_;
+  int journal_fd_ = -1;
+  std::unique_ptr<PackWriter> writer_;
+  std::vector<Copy> copies_;
+  std::set<uint32_t> done_;
+  std::vector<uint8_t> buf_;
+};
+
+Status Repacker::Journal(uint32_t pack_id) {
+  std::string path = repo_.path() + kPruneJournal;
+  if (journal_fd_ < 0) {
+    journal_fd_ = io::sys::Open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC,
+                                0600);
+    if (journal_fd_ < 0) return PosixError(path, errno);
+    DP420_RETURN_IF_ERROR(io::SyncDir(repo_.path() + "/tmp"));
+  }
+  std::string line = "pack " + PackName(pack_id) + "\n";
+  size_t done = 0;  // short writes, EINTR and EAGAIN are retried
+  while (done < line.size()) {
+    ssize_t n = io::sys::Write(journal_fd_, line.data() + done, line.size() - done);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) return PosixError("write " + path, n < 0 ? errno : EIO);
+    done += size_t(n);
+  }
+  if (io::sys::Fdatasync(journal_fd_) != 0) return PosixError("fdatasync " + path, errno);
+  return Status::Ok();
+}
+
+Status Repacker::Append(const uint8_t* data, const ObjRef& old_ref, ObjRef* new_ref) {
+  uint64_t padded = RoundUp(old_ref.stored_len, kRecordAlign);
+  if (writer_ && writer_->Full(padded)) DP420_RETURN_IF_ERROR(FinishWriter());
+  if (!writer_) {
+    DP420_ASSIGN_OR_RETURN(PackWriter w,
+                           PackWriter::Create(repo_.PacksDir(), repo_.repo_id(), false,
+                                              [this](uint32_t id) { return Journal(id); }));
+    writer_ = std::make_unique<PackWriter>(std::move(w));
+    new_packs.push_back(writer_->pack_id());
+  }
+  *new_ref = old_ref;
+  return writer_->WriteRecord(data, old_ref.stored_len, new_ref);
+}
+
+Status Repacker::FinishWriter() {
+  uint64_t records = writer_->size_bytes() - sizeof(PackHeader);
+  DP420_RETURN_IF_ERROR(writer_->Finish());
+  new_overhead += writer_->final_size() - records;
+  report_->bytes_copied += writer_->final_size();
+  ++report_->packs_created;
+  writer_.reset();
+  return Status::Ok();
+}
+
+Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes_total) {
+  const PackInfo& info = packs_.at(pack_id);
+  auto reader = PackReader::Open(repo_.PackPath(pack_id), pack_id);
+  auto index = reader.ok() ? reader->ReadIndex() : Result<std::vector<ObjRef>>(reader.status());
+  if (!index.ok()) {
+    report_->warnings.push_back("packs/" + PackName(pack_id) + ".pack kept, not repacked: " +
+                                index.status().message());
+    return Status::Ok();
+  }
+  std::vector<Copy> copies;
+  for (const ObjRef& ref : index.value()) {
+    if (o_.control.Canceled()) return Status::Canceled("prune canceled");
+    if (!info.Test(ref.offset_4k)) continue;
+    buf_.resize(RoundUp(std::max<uint32_t>(ref.stored_len, 1), kRecordAlign));
+    if (Status s = reader->ReadRecord(ref, buf_.data()); !s.ok()) {
+      report_->warnings.push_back("packs/" + PackName(pack_id) + ".pack kept, not repacked: " +
+                                  s.message());
+      return Status::Ok();  // what was copied of it stays unused in the new pack
+    }
+    Copy c{pack_id, ref, {}};
+    DP420_RETURN_IF_ERROR(Append(buf_.data(), ref, &c.new_ref));
+    copies.push_back(c);
+    *bytes_done += ref.stored_len;
+    if (o_.control.progress) o_.control.progress({"repack", *bytes_done, bytes_total});
+  }
+  copies_.insert(copies_.end(), copies.begin(), copies.end());
+  report_->records_copied += copies.size();
+  done_.insert(pack_id);
+  return Status::Ok();
+}
+
+// Every copy read back from its new pack and checked against its SHA-256
+// before anything is deleted.
+Status Repacker::ReadBack() {
+  PackCache cache(repo_);
+  for (const Copy& c : copies_) {
+    if (!done_.count(c.old_pack)) continue;
+    buf_.resize(RoundUp(std::max<uint32_t>(c.new_ref.stored_len, 1), kRecordAlign));
+    DP420_ASSIGN_OR_RETURN(const PackReader* pack, cache.Get(c.new_ref.pack_id));
+    Status s = pack->ReadRecord(c.new_ref, buf_.data());
+    if (!s.ok()) return s.Prefix("prune: a repacked record does not read back");
+  }
+  return Status::Ok();
+}
+
+Status Repacker::Run(const std::vector<uint32_t>& victims) {
+  uint64_t total = 0, done = 0;
+  for (uint32_t id : victims) total += packs_.at(id).live_slots * kSlot;
+  for (uint32_t id : victims) DP420_RETURN_IF_ERROR(CopyPack(id, &done, total));
+  if (writer_) DP420_RETURN_IF_ERROR(FinishWriter());
+  if (!new_packs.empty()) DP420_RETURN_IF_ERROR(io::SyncDir(repo_.PacksDir()));
+  return ReadBack();
+}
+
+// relocated/X for every repacked X (merged with an older file of X), and
+// the entries of the other relocation files in use that pointed into a
+// repacked pack pointed at the copies, so chains stay one hop long.
+Status Repacker::WriteRelocations(const std::set<uint32_t>& used) {
+  std::map<uint32_t, Relocation> files;
+  std::unordered_map<uint64_t, const Copy*> moved;  // old (pack, offset) -> copy
+  for (const Copy& c : copies_) {
+    if (!done_.count(c.old_pack)) continue;
+    moved[uint64_t{c.old_pack} << 32 | c.old_ref.offset_4k] = &c;
+  }
+  for (uint32_t id : used) {
+    DP420_ASSIGN_OR_RETURN(files[id], ReadRelocation(repo_, id));
+  }
+  std::set<uint32_t> changed(done_.begin(), done_.end());
+  for (uint32_t id : done_) files[id].pack_id = id;
+  for (auto& [id, r] : files) {
+    for (RelocationEntry& e : r.entries) {
+      auto it = moved.find(uint64_t{e.new_pack_id} << 32 | e.new_offset_4k);
+      if (it == moved.end()) continue;
+      e.new_pack_id = it->second->new_ref.pack_id;
+      e.new_offset_4k = it->second->new_ref.offset_4k;
+      changed.insert(id);
+    }
+  }
+  for (const auto& [key, c] : moved) {
+    Relocation& r = files[c->old_pack];
+    r.pack_id = c->old_pack;
+    RelocationEntry e{c->old_ref.offset_4k, c->new_ref.pack_id, c->new_ref.offset_4k};
+    auto at = std::lower_bound(r.entries.begin(), r.entries.end(), e,
+                               [](const RelocationEntry& a, const RelocationEntry& b) {
+                                 return a.old_offset_4k < b.old_offset_4k;
+                               });
+    if (at != r.entries.end() && at->old_offset_4k == e.old_offset_4k) {
+      *at = e;
+    } else {
+      r.entries.insert(at, e);
+    }
+  }
+  for (uint32_t id : changed) {
+    DP420_RETURN_IF_ERROR(WriteRelocation(repo_, files[id]));
+    ++report_->relocations_written;
+  }
+  return Status::Ok();
+}
+
+// What to delete and what to repack.
+struct Plan {
+  std::vector<uint32_t> dead;     // no live slot
+  std::vector<uint32_t> victims;  // to repack
+};
+
+Plan MakePlan(const Packs& packs, double max_unused, PruneReport* report) {
+  Plan plan;
+  for (const auto& [id, p] : packs) {
+    report->bytes_referenced += p.live_slots * kSlot;
+    if (p.in_progress) continue;
+    if (p.live_slots == 0) {
+      plan.dead.push_back(id);
+      continue;
+    }
+    uint64_t slots = RecordSlots(p);
+    double unused = slots > p.live_slots ? double(slots - p.live_slots) / double(slots) : 0;
+    if (unused > max_unused) plan.victims.push_back(id);
+  }
+  return plan;
+}
+
+// The delete phase, under the repository lock held exclusively: the dead
+// and the repacked packs, then the relocation files no reference needs.
+Status DeletePhase(const Repository& repo, const PruneOptions& o, const Plan& plan,
+                   const std::set<uint32_t>& repacked, const std::set<uint32_t>& used,
+                   const Packs& packs, PruneReport* report) {
+  if (o.before_delete) o.before_delete();
+  DP420_ASSIGN_OR_RETURN(VolumeLock lock, repo.LockRepository(true, [&] {
+    if (o.notice) o.notice("waiting for running backups, restores and verifies to finish");
+  }));
+  uint64_t removed = 0;
+  auto remove = [&](uint32_t id) {
+    if (io::sys::Unlink(repo.PackPath(id).c_str()) == 0 || errno == ENOENT) {
+      removed += packs.at(id).size;
+      return true;
+    }
+    report->warnings.push_back("could not delete packs/" + PackName(id) + ".pack: " +
+                               std::strerror(errno));
+    return false;
+  };
+  for (uint32_t id : plan.dead) report->packs_deleted += remove(id) ? 1 : 0;
+  for (uint32_t id : repacked) report->packs_rewritten += remove(id) ? 1 : 0;
+  DP420_RETURN_IF_ERROR(io::SyncDir(repo.PacksDir()));
+  for (uint32_t id : ListRelocations(repo)) {
+    if (used.count(id) || repacked.count(id)) continue;
+    if (io::sys::Unlink(RelocationPath(repo, id).c_str()) == 0) ++report->relocations_deleted;
+  }
+  if (report->relocations_deleted) DP420_RETURN_IF_ERROR(io::SyncDir(repo.path() + "/relocated"));
+  report->bytes_freed = removed > report->bytes_copied ? removed - report->bytes_copied : 0;
+  return Status::Ok();
+}
+
+// What the report says prune would do, without doing it.
+void DryRun(const Repository& repo, const Plan& plan, const Packs& packs,
+            const std::set<uint32_t>& used, PruneReport* report) {
+  uint64_t removed = 0, copied = 0;
+  for (uint32_t id : plan.dead) removed += packs.at(id).size;
+  for (uint32_t id : plan.victims) {
+    removed += packs.at(id).size;
+    copied += packs.at(id).live_slots * kSlot;
+  }
+  if (copied) copied += sizeof(PackHeader) + kSlot * DivCeil(copied, kPackMaxBytes);
+  report->packs_deleted = plan.dead.size();
+  report->packs_rewritten = plan.victims.size();
+  report->bytes_copied = copied;
+  report->bytes_freed = removed > copied ? removed - copied : 0;
+  for (uint32_t id : ListRelocations(repo)) {
+    if (!used.count(id)) ++report->relocations_deleted;
+  }
+}
+
+// Temp files of relocation files a killed prune was writing (only prune
+// writes relocated/, and it holds the prune lock).
+void RemoveRelocationTemps(const Repository& repo) {
+  for (const std::string& name : io::ListDir(repo.path() + "/relocated")) {
+    if (name.find(".tmp.") != std::string::npos) {
+      io::sys::Unlink((repo.path() + "/relocated/" + name).c_str());
+    }
+  }
+}
+
+Result<PruneReport> Prune(const Repository& repo, const PruneOptions& o) {
+  PruneReport report;
+  report.dry_run = o.dry_run;
+  if (!o.dry_run) RemoveRelocationTemps(repo);
+  Packs packs = ListPacks(repo);
+  report.packs_before = packs.size();
+  for (const auto& [id, p] : packs) report.pack_bytes_before += p.size;
+  MarkJournalled(repo, &packs, &report);
+  DP420_RETURN_IF_ERROR(CheckRelocationFiles(repo));
+  std::vector<Manifest> manifests;
+  size_t strict = 0;
+  DP420_RETURN_IF_ERROR(LoadManifests(repo, &manifests, &strict));
+  report.snapshots = manifests.size();
+  std::set<uint32_t> used;
+  DP420_RETURN_IF_ERROR(Mark(repo, manifests, strict, o.control, &packs, &used));
+  Plan plan = MakePlan(packs, o.max_unused, &report);
+  if (o.dry_run) {
+    DryRun(repo, plan, packs, used, &report);
+    uint64_t left =
+        report.pack_bytes_before - std::min(report.pack_bytes_before, report.bytes_freed);
+    report.bytes_unused = left > report.bytes_referenced ? left - report.bytes_referenced : 0;
+    return report;
+  }
+  Repacker repacker(repo, packs, o, &report);
+  Status repack = repacker.Run(plan.victims);
+  if (repack.ok()) repack = repacker.WriteRelocations(used);
+  std::set<uint32_t> repacked = repacker.done();
+  if (!repack.ok()) {
+    // A full device: the unreferenced packs are still deleted (which is
+    // what frees room); the repacked ones stay, their copies are reclaimed
+    // by the next prune.
+    if (repack.code() != Code::kNoSpace) return repack;
+    report.warnings.push_back("repacking stopped (" + repack.message() +
+                              "); only unreferenced packs were deleted: run prune again");
+    repacked.clear();
+  }
+  DP420_RETURN_IF_ERROR(DeletePhase(repo, o, plan, repacked, used, packs, &report));
+  io::sys::Unlink((repo.path() + kPruneJournal).c_str());
+  uint64_t after = 0;
+  for (uint32_t id : repo.ListPackIds()) {
+    struct stat st;
+    if (stat(repo.PackPath(id).c_str(), &st) == 0) after += uint64_t(st.st_size);
+  }
+  report.bytes_unused = after > report.bytes_referenced ? after - report.bytes_referenced : 0;
+  return report;
+}
+
+}  // namespace
+
+namespace {
+
+// Record key: pack id and offset of a resolved reference.
+uint64_t Key(const ObjRef& ref) { return uint64_t{ref.pack_id} << 32 | ref.offset_4k; }
+
+constexpr uint32_t kShared = UINT32_MAX;
+
+// Walks every manifest's table (pages once per manifest) and attributes
+// every record to its first manifest, or to kShared once a second one
+// references it.
+Status Attribute(const Repository& repo, const std::vector<Manifest>& manifests, size_t strict,
+                 const JobControl& control, StatsReport* report,
+                 std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>>* owners) {
+  std::unordered_set<uint64_t> seen;  // this manifest's records
+  uint32_t current = 0;
+  auto add = [&](const ObjRef& ref) {
+    if (!seen.insert(Key(ref)).second) return false;
+    auto [it, added] = owners->try_emplace(Key(ref), current, uint32_t(Slots(ref.stored_len)));
+    if (!added && it->second.first != current) it->second.first = kShared;
+    if (current < strict) {
+      report->snapshots[current].bytes_referenced += Slots(ref.stored_len) * kSlot;
+    }
+    return true;
+  };
+  TableWalker walker(repo, add, [&](const ObjRef& ref) { add(ref); });
+  for (size_t i = 0; i < manifests.size(); ++i) {
+    if (control.progress) control.progress({"stats", i, manifests.size()});
+    current = uint32_t(i);
+    seen.clear();
+    DP420_RETURN_IF_ERROR(walker.Walk(manifests[i], i < strict, control));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<StatsReport> ComputeStats(const Repository& repo, const StatsOptions& options) {
+  if (!options.volume.empty() && !ValidVolumeName(options.volume)) {
+    return Status::InvalidArgument("invalid volume name '" + options.volume + "'");
+  }
+  DP420_ASSIGN_OR_RETURN(VolumeLock repo_lock, repo.LockRepository(false));
+  StatsReport report;
+  for (const auto& [id, p] : ListPacks(repo)) {
+    ++report.packs;
+    report.pack_bytes += p.size;
+  }
+  DP420_RETURN_IF_ERROR(CheckRelocationFiles(repo));
+  std::vector<Manifest> manifests;
+  size_t strict = 0;
+  DP420_RETURN_IF_ERROR(LoadManifests(repo, &manifests, &strict));
+  for (size_t i = 0; i < strict; ++i) {
+    const Manifest& m = manifests[i];
+    report.snapshots.push_back({m.volume, m.snapshot_id, m.sequence, m.created, 0, 0, 0});
+  }
+  std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> owners;  // key -> owner, slots
+  DP420_RETURN_IF_ERROR(Attribute(repo, manifests, strict, options.control, &report, &owners));
+  for (const auto& [key, owner] : owners) {
+    report.bytes_referenced += uint64_t{owner.second} * kSlot;
+    if (owner.first < strict) {
+      report.snapshots[owner.first].bytes_unique += uint64_t{owner.second} * kSlot;
+    }
+  }
+  for (SnapshotStats& s : report.snapshots) s.bytes_shared = s.bytes_referenced - s.bytes_unique;
+  report.bytes_reclaimable =
+      report.pack_bytes > report.bytes_referenced ? report.pack_bytes - report.bytes_referenced : 0;
+  if (!options.volume.empty()) {
+    std::erase_if(report.snapshots,
+                  [&](const SnapshotStats& s) { return s.volume != options.volume; });
+  }
+  return report;
+}
+
+Result<PruneReport> RunPrune(const Repository& repo, const PruneOptions& options) {
+  if (!(options.max_unused >= 0 && options.max_unused <= 1)) {
+    return Status::InvalidArgument("max_unused is " + std::to_string(options.max_unused) +
+                                   "; allowed 0..1 (0 %..100 %)");
+  }
+  DP420_ASSIGN_OR_RETURN(VolumeLock prune_lock, repo.LockPrune());
+  return Prune(repo, options);
+}
+
+}  // namespace dp420
