@@ -629,12 +629,12 @@ Result<StatsReport> ComputeStats(const Repository& repo, const StatsOptions& opt
       report.snapshots[owner.first].bytes_unique += uint64_t{owner.second} * kSlot;
     }
   }
-  for (SnapshotStats& s : report.snapshots) s.bytes_shared = s.bytes_referenced - s.bytes_unique;
+  for (SnapshotSpace& s : report.snapshots) s.bytes_shared = s.bytes_referenced - s.bytes_unique;
   report.bytes_reclaimable =
       report.pack_bytes > report.bytes_referenced ? report.pack_bytes - report.bytes_referenced : 0;
   if (!options.volume.empty()) {
     std::erase_if(report.snapshots,
-                  [&](const SnapshotStats& s) { return s.volume != options.volume; });
+                  [&](const SnapshotSpace& s) { return s.volume != options.volume; });
   }
   return report;
 }

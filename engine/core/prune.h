@@ -71,7 +71,7 @@ struct StatsOptions {
   JobControl control;
 };
 
-struct SnapshotStats {
+struct SnapshotSpace {
   std::string volume;
   std::string snapshot_id;
   uint64_t sequence = 0;
@@ -82,7 +82,7 @@ struct SnapshotStats {
 };
 
 struct StatsReport {
-  std::vector<SnapshotStats> snapshots;  // by volume and sequence
+  std::vector<SnapshotSpace> snapshots;  // by volume and sequence
   uint64_t packs = 0;
   uint64_t pack_bytes = 0;         // sizes of the pack files
   uint64_t bytes_referenced = 0;   // records any manifest references, 4 KiB slots

@@ -277,7 +277,7 @@ TEST_F(PruneTest, StatsMatchHandComputedValues) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   const uint64_t page = 4096;  // a table of 64 entries: one leaf page of 4 KiB
   ASSERT_EQ(r->snapshots.size(), 2u);
-  for (const SnapshotStats& s : r->snapshots) {
+  for (const SnapshotSpace& s : r->snapshots) {
     EXPECT_EQ(s.bytes_referenced, uint64_t{kBlocks} * kBlock + page) << s.snapshot_id;
     EXPECT_EQ(s.bytes_unique, uint64_t{kChanged} * kBlock + page) << s.snapshot_id;
     EXPECT_EQ(s.bytes_shared, uint64_t{kBlocks - kChanged} * kBlock) << s.snapshot_id;
