@@ -1,5 +1,5 @@
 // The C API of a repository's life cycle: forget and protect
-// (engine/core/forget.h).
+// (engine/core/forget.h), prune and stats (engine/core/prune.h).
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -9,6 +9,7 @@
 #include "dp420/dp420.h"
 #include "engine/capi/internal.h"
 #include "engine/core/forget.h"
+#include "engine/core/prune.h"
 #include "engine/net/volumes.h"
 
 using namespace dp420capi;  // NOLINT(google-build-using-namespace): this library's own helpers
@@ -169,4 +170,143 @@ int dp420_protect(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume, cons
     if (id_out) CopyId(id_out, 17, full);
     return Ok(ctx);
   });
+}
+
+void dp420_prune_opts_init(dp420_prune_opts_t* opts) {
+  std::memset(opts, 0, sizeof(*opts));
+  opts->struct_size = sizeof(*opts);
+  opts->max_unused_percent = dp420::kDefaultMaxUnused * 100;
+}
+
+namespace {
+
+void FillPruneResult(const dp420::PruneReport& r, dp420_prune_result_t* out) {
+  out->dry_run = r.dry_run ? 1 : 0;
+  out->snapshots = r.snapshots;
+  out->packs_before = r.packs_before;
+  out->pack_bytes_before = r.pack_bytes_before;
+  out->packs_in_progress = r.packs_in_progress;
+  out->packs_deleted = r.packs_deleted;
+  out->packs_rewritten = r.packs_rewritten;
+  out->packs_created = r.packs_created;
+  out->records_copied = r.records_copied;
+  out->bytes_copied = r.bytes_copied;
+  out->bytes_freed = r.bytes_freed;
+  out->bytes_referenced = r.bytes_referenced;
+  out->bytes_unused = r.bytes_unused;
+  out->relocations_written = r.relocations_written;
+  out->relocations_deleted = r.relocations_deleted;
+}
+
+dp420::Result<dp420::PruneReport> RunPrune(dp420_ctx_t* ctx, dp420_repo_t* repo,
+                                           const dp420::PruneOptions& o) {
+  if (!repo->remote) return dp420::RunPrune(*repo->repo, o);
+  RemoteLink link(ctx, repo);
+  dp420::Json args = {{"max_unused", o.max_unused}, {"dry_run", o.dry_run}};
+  DP420_ASSIGN_OR_RETURN(dp420::Json j, repo->remote->Admin("prune", args, o.control));
+  return dp420::PruneReportFromJson(j);
+}
+
+dp420::Result<dp420::StatsReport> RunStats(dp420_ctx_t* ctx, dp420_repo_t* repo,
+                                           const dp420::StatsOptions& o) {
+  if (!repo->remote) return dp420::ComputeStats(*repo->repo, o);
+  RemoteLink link(ctx, repo);
+  dp420::Json args = {{"volume", o.volume}};
+  DP420_ASSIGN_OR_RETURN(dp420::Json j, repo->remote->Admin("stats", args, o.control));
+  return dp420::StatsReportFromJson(j);
+}
+
+// Clears *result keeping its struct_size; false when it is too small.
+template <typename T>
+bool ResetResult(T* result) {
+  if (!result || result->struct_size < sizeof(T)) return false;
+  size_t size = result->struct_size;
+  std::memset(result, 0, sizeof(T));
+  result->struct_size = size;
+  return true;
+}
+
+}  // namespace
+
+int dp420_prune(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_prune_opts_t* opts,
+                dp420_prune_result_t* result) {
+  return Guard(ctx, [&] {
+    if (!repo || !opts || opts->struct_size < sizeof(dp420_prune_opts_t) || !ResetResult(result)) {
+      return Fail(ctx, dp420::Status::InvalidArgument("dp420_prune: bad arguments"));
+    }
+    if (!(opts->max_unused_percent >= 0 && opts->max_unused_percent <= 100)) {
+      return Fail(ctx, dp420::Status::InvalidArgument(
+                           "--max-unused must be a percentage from 0 to 100"));
+    }
+    dp420::PruneOptions o;
+    o.max_unused = opts->max_unused_percent / 100;
+    o.dry_run = opts->dry_run != 0;
+    o.control = Control(ctx);
+    o.notice = [ctx](const std::string&) {
+      if (!ctx->progress) return;
+      dp420_progress_t p{"wait", 0, 0};
+      ctx->progress(ctx->progress_user, &p);
+    };
+    auto r = RunPrune(ctx, repo, o);
+    if (!r.ok()) return Fail(ctx, r.status());
+    FillPruneResult(r.value(), result);
+    if (!r->warnings.empty()) {
+      std::string text;
+      for (const auto& w : r->warnings) text += w + "\n";
+      result->warnings = CopyOut(text);
+      if (!result->warnings) return Fail(ctx, dp420::Status::NoMemory("out of memory"));
+      result->warning_count = r->warnings.size();
+    }
+    return Ok(ctx);
+  });
+}
+
+void dp420_prune_result_free(dp420_prune_result_t* result) {
+  if (!result) return;
+  std::free(result->warnings);
+  result->warnings = nullptr;
+  result->warning_count = 0;
+}
+
+int dp420_stats(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
+                dp420_stats_result_t* result) {
+  return Guard(ctx, [&] {
+    if (!repo || !ResetResult(result)) {
+      return Fail(ctx, dp420::Status::InvalidArgument("dp420_stats: bad arguments"));
+    }
+    dp420::StatsOptions o;
+    if (!Missing(volume)) o.volume = repo->remote ? std::string(volume) : LocalVolumeName(volume);
+    o.control = Control(ctx);
+    auto r = RunStats(ctx, repo, o);
+    if (!r.ok()) return Fail(ctx, r.status());
+    result->packs = r->packs;
+    result->pack_bytes = r->pack_bytes;
+    result->bytes_referenced = r->bytes_referenced;
+    result->bytes_reclaimable = r->bytes_reclaimable;
+    if (!r->snapshots.empty()) {
+      result->snapshots = static_cast<dp420_snapshot_space_t*>(
+          std::calloc(r->snapshots.size(), sizeof(dp420_snapshot_space_t)));
+      if (!result->snapshots) return Fail(ctx, dp420::Status::NoMemory("out of memory"));
+      result->snapshot_count = r->snapshots.size();
+      for (size_t i = 0; i < r->snapshots.size(); ++i) {
+        const auto& in = r->snapshots[i];
+        dp420_snapshot_space_t& out = result->snapshots[i];
+        CopyId(out.volume, sizeof(out.volume), dp420::net::QualifiedName(in.volume));
+        CopyId(out.snapshot_id, sizeof(out.snapshot_id), in.snapshot_id);
+        CopyId(out.created, sizeof(out.created), in.created);
+        out.sequence = in.sequence;
+        out.bytes_referenced = in.bytes_referenced;
+        out.bytes_unique = in.bytes_unique;
+        out.bytes_shared = in.bytes_shared;
+      }
+    }
+    return Ok(ctx);
+  });
+}
+
+void dp420_stats_result_free(dp420_stats_result_t* result) {
+  if (!result) return;
+  std::free(result->snapshots);
+  result->snapshots = nullptr;
+  result->snapshot_count = 0;
 }

@@ -48,7 +48,7 @@ Json ForgetJson(const dp420_forget_result_t& r, bool dry_run) {
           {"snapshots", items}, {"errors", errors}};
 }
 
-void PrintForget(const dp420_forget_result_t& r, bool dry_run) {
+void PrintForget(const dp420_forget_result_t& r, bool dry_run, bool prune_follows) {
   std::string volume;
   for (size_t i = 0; i < r.item_count; ++i) {
     const auto& it = r.items[i];
@@ -63,7 +63,7 @@ void PrintForget(const dp420_forget_result_t& r, bool dry_run) {
   }
   std::printf("%s %llu snapshot(s), kept %llu\n", dry_run ? "would forget" : "forgot",
               (unsigned long long)r.forgotten, (unsigned long long)r.kept);
-  if (!dry_run && r.forgotten) {
+  if (!dry_run && r.forgotten && !prune_follows) {
     std::printf("no data was deleted: `dp420 prune` reclaims what no snapshot uses\n");
   }
 }
@@ -114,20 +114,56 @@ void PrintPrune(const Json& r) {
   std::printf("\n");
 }
 
+Json PruneJson(const dp420_prune_result_t& r) {
+  Json warnings = Json::array();
+  std::string text = r.warnings ? r.warnings : "";
+  for (size_t at = 0; at < text.size();) {
+    size_t nl = text.find('\n', at);
+    warnings.push_back(text.substr(at, nl - at));
+    at = nl == std::string::npos ? text.size() : nl + 1;
+  }
+  return {{"dry_run", bool(r.dry_run)},
+          {"snapshots", r.snapshots},
+          {"packs_before", r.packs_before},
+          {"pack_bytes_before", r.pack_bytes_before},
+          {"packs_in_progress", r.packs_in_progress},
+          {"packs_deleted", r.packs_deleted},
+          {"packs_rewritten", r.packs_rewritten},
+          {"packs_created", r.packs_created},
+          {"records_copied", r.records_copied},
+          {"bytes_copied", r.bytes_copied},
+          {"bytes_freed", r.bytes_freed},
+          {"bytes_referenced", r.bytes_referenced},
+          {"bytes_unused", r.bytes_unused},
+          {"relocations_written", r.relocations_written},
+          {"relocations_deleted", r.relocations_deleted},
+          {"warnings", warnings}};
+}
+
+// Runs prune; the report as JSON in *out. The exit code.
+int RunPruneCall(const Common& c, dp420_repo_t* repo, const PruneArgs& a, Json* out) {
+  dp420_prune_opts_t o;
+  dp420_prune_opts_init(&o);
+  if (a.max_unused_percent >= 0) o.max_unused_percent = a.max_unused_percent;
+  o.dry_run = a.dry_run;
+  PruneProgress progress{dp420cli::ProgressBar(ShowProgress(c)), c.quiet};
+  dp420_set_progress(g_ctx, OnPruneProgress, &progress);
+  dp420_prune_result_t r{};
+  r.struct_size = sizeof(r);
+  int rc = dp420_prune(g_ctx, repo, &o, &r);
+  progress.bar.Finish();
+  dp420_set_progress(g_ctx, nullptr, nullptr);
+  if (rc != 0) return Report(c, "prune", rc);
+  *out = PruneJson(r);
+  dp420_prune_result_free(&r);
+  return kExitOk;
+}
+
 int CmdPrune(const Common& c, const PruneArgs& a) {
   return WithRepo(c, "prune", [&](dp420_repo_t* repo) -> int {
-    dp420_prune_opts_t o;
-    dp420_prune_opts_init(&o);
-    if (a.max_unused_percent >= 0) o.max_unused_percent = a.max_unused_percent;
-    o.dry_run = a.dry_run;
-    PruneProgress progress{dp420cli::ProgressBar(ShowProgress(c)), c.quiet};
-    dp420_set_progress(g_ctx, OnPruneProgress, &progress);
-    char* text = nullptr;
-    int rc = dp420_prune(g_ctx, repo, &o, &text);
-    progress.bar.Finish();
-    if (rc != 0) return Report(c, "prune", rc);
-    Json r = Json::parse(text);
-    dp420_free(text);
+    Json r;
+    int code = RunPruneCall(c, repo, a, &r);
+    if (code != kExitOk) return code;
     if (c.json) {
       std::cout << r.dump() << std::endl;
     } else if (!c.quiet) {
@@ -155,17 +191,31 @@ void PrintStats(const Json& r) {
               Human(r["bytes_reclaimable"].get<uint64_t>()).c_str());
 }
 
+Json StatsJson(const dp420_stats_result_t& r) {
+  Json snapshots = Json::array();
+  for (size_t i = 0; i < r.snapshot_count; ++i) {
+    const auto& s = r.snapshots[i];
+    snapshots.push_back({{"volume", s.volume}, {"snapshot_id", s.snapshot_id},
+                         {"sequence", s.sequence}, {"created", s.created},
+                         {"bytes_referenced", s.bytes_referenced},
+                         {"bytes_unique", s.bytes_unique}, {"bytes_shared", s.bytes_shared}});
+  }
+  return {{"snapshots", snapshots}, {"packs", r.packs}, {"pack_bytes", r.pack_bytes},
+          {"bytes_referenced", r.bytes_referenced}, {"bytes_reclaimable", r.bytes_reclaimable}};
+}
+
 int CmdStats(const Common& c, const std::string& volume) {
   return WithRepo(c, "stats", [&](dp420_repo_t* repo) -> int {
-    char* text = nullptr;
-    int rc = dp420_stats(g_ctx, repo, volume.empty() ? nullptr : volume.c_str(), &text);
+    dp420_stats_result_t r{};
+    r.struct_size = sizeof(r);
+    int rc = dp420_stats(g_ctx, repo, volume.empty() ? nullptr : volume.c_str(), &r);
     if (rc != 0) return Report(c, "stats", rc);
-    Json r = Json::parse(text);
-    dp420_free(text);
+    Json j = StatsJson(r);
+    dp420_stats_result_free(&r);
     if (c.json) {
-      std::cout << r.dump() << std::endl;
+      std::cout << j.dump() << std::endl;
     } else {
-      PrintStats(r);
+      PrintStats(j);
     }
     return kExitOk;
   });
@@ -195,16 +245,26 @@ int CmdForget(const Common& c, const ForgetArgs& a) {
       dp420_forget_result_free(&r);
       return Report(c, "forget", rc);
     }
-    if (c.json) {
-      std::cout << ForgetJson(r, a.dry_run).dump() << std::endl;
-    } else if (!c.quiet) {
-      PrintForget(r, a.dry_run);
-    }
-    if (rc != 0) {
-      std::fprintf(stderr, "dp420 forget: %s: %s\n", dp420_strerror(rc), dp420_errmsg(g_ctx));
-    }
+    Json j = ForgetJson(r, a.dry_run);
+    if (!c.json && !c.quiet) PrintForget(r, a.dry_run, a.prune);
     dp420_forget_result_free(&r);
-    return ExitFor(rc);
+    if (rc != 0) {
+      if (c.json) std::cout << j.dump() << std::endl;
+      std::fprintf(stderr, "dp420 forget: %s: %s\n", dp420_strerror(rc), dp420_errmsg(g_ctx));
+      return ExitFor(rc);
+    }
+    int code = kExitOk;
+    if (a.prune) {
+      // --dry-run: what prune would do now (before anything was forgotten).
+      Json pruned;
+      code = RunPruneCall(c, repo, PruneArgs{a.max_unused_percent, a.dry_run}, &pruned);
+      if (code == kExitOk) {
+        j["prune"] = pruned;
+        if (!c.json && !c.quiet) PrintPrune(pruned);
+      }
+    }
+    if (c.json) std::cout << j.dump() << std::endl;
+    return code;
   });
 }
 
@@ -255,6 +315,11 @@ LifecycleCommands AddLifecycleCommands(CLI::App* app, Common* c, LifecycleArgs* 
                         "Keep every snapshot within this span before the newest (7d, 1y6m, 36h)");
   (*forget)->add_option("--snapshot", f->snapshots, "Forget this snapshot (id or unique prefix)");
   (*forget)->add_flag("--dry-run", f->dry_run, "Decide and print; change nothing");
+  (*forget)->add_flag("--prune", f->prune, "Then reclaim the space (as `dp420 prune`)");
+  (*forget)->add_option("--max-unused", f->max_unused_percent,
+                        "With --prune: repack a pack once more than this percentage of it is "
+                        "unused (default 10)")
+      ->check(CLI::Range(0.0, 100.0));
   for (auto** cmd : {protect, unprotect}) {
     bool on = cmd == protect;
     *cmd = app->add_subcommand(on ? "protect" : "unprotect",

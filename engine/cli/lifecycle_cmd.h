@@ -19,6 +19,8 @@ struct ForgetArgs {
   int32_t last = 0, hourly = 0, daily = 0, weekly = 0, monthly = 0, yearly = 0;
   std::vector<std::string> snapshots;
   bool dry_run = false;
+  bool prune = false;
+  double max_unused_percent = -1;
 };
 
 struct ProtectArgs {

@@ -648,4 +648,82 @@ Result<PruneReport> RunPrune(const Repository& repo, const PruneOptions& options
   return Prune(repo, options);
 }
 
+namespace {
+
+// The counters of a prune report, by their JSON names.
+std::vector<std::pair<const char*, uint64_t PruneReport::*>> PruneCounters() {
+  return {{"snapshots", &PruneReport::snapshots},
+          {"packs_before", &PruneReport::packs_before},
+          {"pack_bytes_before", &PruneReport::pack_bytes_before},
+          {"packs_in_progress", &PruneReport::packs_in_progress},
+          {"packs_deleted", &PruneReport::packs_deleted},
+          {"packs_rewritten", &PruneReport::packs_rewritten},
+          {"packs_created", &PruneReport::packs_created},
+          {"records_copied", &PruneReport::records_copied},
+          {"bytes_copied", &PruneReport::bytes_copied},
+          {"bytes_freed", &PruneReport::bytes_freed},
+          {"bytes_referenced", &PruneReport::bytes_referenced},
+          {"bytes_unused", &PruneReport::bytes_unused},
+          {"relocations_written", &PruneReport::relocations_written},
+          {"relocations_deleted", &PruneReport::relocations_deleted}};
+}
+
+}  // namespace
+
+Json PruneReportToJson(const PruneReport& r) {
+  Json j = {{"dry_run", r.dry_run}};
+  for (const auto& [name, field] : PruneCounters()) j[name] = r.*field;
+  j["warnings"] = r.warnings;
+  return j;
+}
+
+Result<PruneReport> PruneReportFromJson(const Json& j) {
+  PruneReport r;
+  try {
+    r.dry_run = j.at("dry_run").get<bool>();
+    for (const auto& [name, field] : PruneCounters()) r.*field = JsonUint<uint64_t>(j.at(name));
+    r.warnings = j.at("warnings").get<std::vector<std::string>>();
+  } catch (const std::exception& e) {
+    return Status::Network(std::string("the server's prune report is malformed: ") + e.what());
+  }
+  return r;
+}
+
+Json StatsReportToJson(const StatsReport& r,
+                       const std::function<std::string(const std::string&)>& show) {
+  Json snapshots = Json::array();
+  for (const auto& s : r.snapshots) {
+    snapshots.push_back({{"volume", show(s.volume)}, {"snapshot_id", s.snapshot_id},
+                         {"sequence", s.sequence}, {"created", s.created},
+                         {"bytes_referenced", s.bytes_referenced},
+                         {"bytes_unique", s.bytes_unique}, {"bytes_shared", s.bytes_shared}});
+  }
+  return {{"snapshots", snapshots}, {"packs", r.packs}, {"pack_bytes", r.pack_bytes},
+          {"bytes_referenced", r.bytes_referenced}, {"bytes_reclaimable", r.bytes_reclaimable}};
+}
+
+Result<StatsReport> StatsReportFromJson(const Json& j) {
+  StatsReport r;
+  try {
+    for (const auto& s : j.at("snapshots")) {
+      SnapshotSpace one;
+      one.volume = s.at("volume").get<std::string>();
+      one.snapshot_id = s.at("snapshot_id").get<std::string>();
+      one.sequence = JsonUint<uint64_t>(s.at("sequence"));
+      one.created = s.at("created").get<std::string>();
+      one.bytes_referenced = JsonUint<uint64_t>(s.at("bytes_referenced"));
+      one.bytes_unique = JsonUint<uint64_t>(s.at("bytes_unique"));
+      one.bytes_shared = JsonUint<uint64_t>(s.at("bytes_shared"));
+      r.snapshots.push_back(std::move(one));
+    }
+    r.packs = JsonUint<uint64_t>(j.at("packs"));
+    r.pack_bytes = JsonUint<uint64_t>(j.at("pack_bytes"));
+    r.bytes_referenced = JsonUint<uint64_t>(j.at("bytes_referenced"));
+    r.bytes_reclaimable = JsonUint<uint64_t>(j.at("bytes_reclaimable"));
+  } catch (const std::exception& e) {
+    return Status::Network(std::string("the server's stats report is malformed: ") + e.what());
+  }
+  return r;
+}
+
 }  // namespace dp420

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "engine/core/job.h"
+#include "engine/core/manifest.h"  // Json
 #include "engine/core/repo.h"
 
 namespace dp420 {
@@ -90,5 +91,13 @@ struct StatsReport {
 };
 
 Result<StatsReport> ComputeStats(const Repository& repo, const StatsOptions& options);
+
+// The reports as JSON (the CLI's --json, and ADMIN answers of `dp420 serve`);
+// `show` names a repository volume as the client knows it.
+Json PruneReportToJson(const PruneReport& r);
+Result<PruneReport> PruneReportFromJson(const Json& j);
+Json StatsReportToJson(const StatsReport& r,
+                       const std::function<std::string(const std::string&)>& show);
+Result<StatsReport> StatsReportFromJson(const Json& j);
 
 }  // namespace dp420

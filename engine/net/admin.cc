@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "engine/core/forget.h"
+#include "engine/core/prune.h"
 #include "engine/net/volumes.h"
 
 namespace dp420::net {
@@ -77,6 +78,49 @@ Status HandleProtect(Request& rq, const Json& args, bool protect) {
   return rq.Done({{"snapshot_id", id}, {"protected", protect}});
 }
 
+Status HandlePrune(Request& rq, const Json& args) {
+  PruneOptions o;
+  try {
+    o.max_unused = args.at("max_unused").get<double>();
+    o.dry_run = args.at("dry_run").get<bool>();
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(std::string("prune request: ") + e.what());
+  }
+  if (!(o.max_unused >= 0 && o.max_unused <= 1)) {
+    return Status::InvalidArgument("prune request: max_unused must be from 0 to 1");
+  }
+  std::atomic<bool> cancel{false};
+  o.control.cancel = &cancel;
+  Result<PruneReport> report = Status::Internal("prune did not run");
+  DP420_RETURN_IF_ERROR(RunKeptAlive(rq, cancel, [&] {
+    report = RunGuarded("prune", [&] { return RunPrune(rq.ctx.repo, o); });
+  }));
+  DP420_RETURN_IF_ERROR(report.status());
+  rq.ctx.log.Info("pruned", {{"client", rq.who.client}, {"dry_run", o.dry_run},
+                             {"packs_deleted", report->packs_deleted},
+                             {"packs_rewritten", report->packs_rewritten},
+                             {"bytes_freed", report->bytes_freed}});
+  return rq.Done(OJson::parse(PruneReportToJson(report.value()).dump()));
+}
+
+Status HandleStats(Request& rq, const Json& args) {
+  StatsOptions o;
+  try {
+    DP420_ASSIGN_OR_RETURN(o.volume, RepoVolume(rq, args.at("volume").get<std::string>()));
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(std::string("stats request: ") + e.what());
+  }
+  std::atomic<bool> cancel{false};
+  o.control.cancel = &cancel;
+  Result<StatsReport> report = Status::Internal("stats did not run");
+  DP420_RETURN_IF_ERROR(RunKeptAlive(rq, cancel, [&] {
+    report = RunGuarded("stats", [&] { return ComputeStats(rq.ctx.repo, o); });
+  }));
+  DP420_RETURN_IF_ERROR(report.status());
+  Json j = StatsReportToJson(report.value(), [](const std::string& v) { return QualifiedName(v); });
+  return rq.Done(OJson::parse(j.dump()));
+}
+
 }  // namespace
 
 Status HandleAdmin(Request& rq) {
@@ -91,6 +135,8 @@ Status HandleAdmin(Request& rq) {
                             "' may add snapshots, never remove them");
   }
   if (req.op == "forget") return HandleForget(rq, req.args);
+  if (req.op == "prune") return HandlePrune(rq, req.args);
+  if (req.op == "stats") return HandleStats(rq, req.args);
   if (req.op == "protect" || req.op == "unprotect") {
     return HandleProtect(rq, req.args, req.op == "protect");
   }

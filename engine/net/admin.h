@@ -1,5 +1,5 @@
 // ADMIN requests of `dp420 serve`: the repository's life cycle (forget,
-// protect, unprotect) run on the server for an admin client. An append
+// protect, unprotect, prune, stats) run on the server for an admin client. An append
 // client is refused: a stolen backup key can add snapshots, never remove
 // them (docs/SECURITY.md).
 //

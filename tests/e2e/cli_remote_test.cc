@@ -591,6 +591,11 @@ TEST(CliRemoteTest, ForgetAndProtectNeedAnAdminClient) {
       Cli(Join({"protect", "--volume", "pg", "--snapshot", ids[1]}, db1), env);
   DP420_EXPECT_EXIT(refused_protect, kExitFailed);
   EXPECT_EQ(listed(), ids);
+  for (const char* op : {"prune", "stats"}) {
+    Result no = Cli(Join({op}, db1), env);
+    DP420_EXPECT_EXIT(no, kExitFailed);
+    EXPECT_NE(no.err.find("needs an admin client"), std::string::npos) << no.Describe();
+  }
 
   Result protect = Cli(Join({"protect", "--volume", "db1/pg", "--snapshot", ids[1].substr(0, 6),
                              "--json"}, ops), ops_env);
@@ -603,6 +608,18 @@ TEST(CliRemoteTest, ForgetAndProtectNeedAnAdminClient) {
   EXPECT_EQ(f.at("forgotten"), 2) << f.dump();
   EXPECT_EQ(f.at("snapshots").at(0).at("volume"), "db1/pg") << f.dump();
   EXPECT_EQ(listed(), (std::vector<std::string>{ids[1], ids[3]}));
+  Result prune = Cli(Join({"prune", "--json"}, ops), ops_env);
+  DP420_ASSERT_EXIT(prune, kExitOk) << server.Log();
+  Json p = ParseJson(prune);
+  EXPECT_GT(p.at("packs_deleted").get<uint64_t>() + p.at("packs_rewritten").get<uint64_t>(), 0u)
+      << p.dump();
+  Result stats = Cli(Join({"stats", "--volume", "db1/pg", "--json"}, ops), ops_env);
+  DP420_ASSERT_EXIT(stats, kExitOk) << server.Log();
+  EXPECT_EQ(ParseJson(stats).at("snapshots").size(), 2u) << stats.out;
+  Json st = ParseJson(stats);
+  EXPECT_EQ(st.at("bytes_reclaimable").get<uint64_t>(),
+            st.at("pack_bytes").get<uint64_t>() - st.at("bytes_referenced").get<uint64_t>())
+      << stats.out;
   Result verify = Cli(Join({"verify", "--read-data"}, ops), ops_env);
   DP420_EXPECT_EXIT(verify, kExitOk) << server.Log();
   Result next = Cli(Join({"backup", "--volume", "pg", "--json", source}, db1), env);

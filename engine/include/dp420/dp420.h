@@ -366,7 +366,7 @@ DP420_EXPORT void dp420_forget_result_free(dp420_forget_result_t* result);
  * given. Idempotent. */
 DP420_EXPORT int dp420_protect(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
                                const char* snapshot, int protect, char id_out[17]);
-/* Prune (local repositories): deletes the packs no snapshot references and
+/* Prune: deletes the packs no snapshot references and
  * repacks the packs whose unused share exceeds max_unused_percent (their live
  * records are copied and the old references redirected through relocation
  * files). Progress phases "mark" (manifests walked) and "repack" (bytes
@@ -382,16 +382,60 @@ typedef struct dp420_prune_opts {
   int dry_run;                /* report only */
 } dp420_prune_opts_t;
 
+typedef struct dp420_prune_result {
+  size_t struct_size;
+  int dry_run;
+  uint64_t snapshots;            /* manifests marked (snapshots/ and quarantine/) */
+  uint64_t packs_before;
+  uint64_t pack_bytes_before;
+  uint64_t packs_in_progress;    /* named by a running backup's journal: kept */
+  uint64_t packs_deleted;
+  uint64_t packs_rewritten;
+  uint64_t packs_created;
+  uint64_t records_copied;
+  uint64_t bytes_copied;
+  uint64_t bytes_freed;
+  uint64_t bytes_referenced;
+  uint64_t bytes_unused;
+  uint64_t relocations_written;
+  uint64_t relocations_deleted;
+  size_t warning_count;
+  char* warnings;                /* NULL, or one per line; dp420_prune_result_free */
+} dp420_prune_result_t;
+
 DP420_EXPORT void dp420_prune_opts_init(dp420_prune_opts_t* opts);
 DP420_EXPORT int dp420_prune(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_prune_opts_t* opts,
-                             char** report_json);
+                             dp420_prune_result_t* result);
+DP420_EXPORT void dp420_prune_result_free(dp420_prune_result_t* result);
 
-/* Space statistics (local repositories): per snapshot the bytes it
- * references, holds alone and shares; per repository the pack bytes, the
- * referenced bytes and what prune can reclaim. `volume` (may be null) limits
- * the snapshots listed. *report_json as for dp420_prune. Since 0.4. */
+/* Space statistics: per snapshot the bytes it references, holds alone and
+ * shares; per repository the pack bytes, the referenced bytes and what prune
+ * can reclaim. `volume` (may be null) limits the snapshots listed. With a
+ * remote handle both run on the server, for an admin client only
+ * (-DP420_EPERM otherwise). Since 0.4. */
+typedef struct dp420_snapshot_space {
+  char volume[72];
+  char snapshot_id[17];
+  uint64_t sequence;
+  char created[40];
+  uint64_t bytes_referenced;
+  uint64_t bytes_unique;      /* referenced by no other snapshot: what forgetting it frees */
+  uint64_t bytes_shared;
+} dp420_snapshot_space_t;
+
+typedef struct dp420_stats_result {
+  size_t struct_size;
+  uint64_t packs;
+  uint64_t pack_bytes;
+  uint64_t bytes_referenced;
+  uint64_t bytes_reclaimable;
+  size_t snapshot_count;
+  dp420_snapshot_space_t* snapshots;  /* dp420_stats_result_free */
+} dp420_stats_result_t;
+
 DP420_EXPORT int dp420_stats(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
-                             char** report_json);
+                             dp420_stats_result_t* result);
+DP420_EXPORT void dp420_stats_result_free(dp420_stats_result_t* result);
 
 /* ---- Storage benchmark ------------------------------------------------------
  * dp420_bench measures what a backup of `source` can reach on this machine:
