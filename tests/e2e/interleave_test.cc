@@ -1,6 +1,6 @@
 // The interleaving harness: rounds of real dp420 processes racing on one
-// repository — backups of two volumes, forgets by policy and by id, restores
-// and verifies (and prune, when built) — started in a seeded random order
+// repository — backups of two volumes, forgets by policy and by id, restores,
+// verifies and prunes — started in a seeded random order
 // with random delays, some killed with SIGKILL at a random moment. A model
 // follows what must exist: every snapshot a backup reported, less what a
 // forget reported forgotten. After every round:
@@ -133,11 +133,12 @@ class Harness {
   }
 
   std::vector<Op> Draw(uint64_t round) {
-    static const char* kKinds[] = {"backup", "backup", "forget", "forget-id", "restore", "verify"};
+    static const char* kKinds[] = {"backup",  "backup", "forget", "forget-id",
+                                   "restore", "verify", "prune"};
     std::vector<Op> ops(std::uniform_int_distribution<int>(2, 4)(rng_));
     for (size_t i = 0; i < ops.size(); ++i) {
       Op& op = ops[i];
-      op.kind = kKinds[std::uniform_int_distribution<int>(0, 5)(rng_)];
+      op.kind = kKinds[std::uniform_int_distribution<int>(0, 6)(rng_)];
       op.volume = kVolumes[std::uniform_int_distribution<int>(0, 1)(rng_)];
       op.keep = std::uniform_int_distribution<int>(1, 4)(rng_);
       op.snapshot = AnyAlive(op.volume);
@@ -167,6 +168,7 @@ class Harness {
       return {"restore", "--repo", repo_, "--volume", op.volume, "--snapshot", op.snapshot,
               op.target, "-q"};
     }
+    if (op.kind == "prune") return {"prune", "--repo", repo_, "--max-unused", "5", "--json"};
     return {"verify", "--repo", repo_};
   }
 
@@ -206,6 +208,8 @@ class Harness {
         Expect(Sha256File(op.target) == sums_[op.snapshot], "restore of " + op.snapshot +
                                                                 "wrote other bytes");
       }
+    } else if (op.kind == "prune") {
+      Expect(r.exit_code == kExitOk || r.exit_code == kExitBusy, where);  // busy: another prune
     } else {
       Expect(r.exit_code == kExitOk, where);
     }
