@@ -1,26 +1,27 @@
 #!/usr/bin/env bash
 # Installs missing dependencies, builds (Release, build/) and runs the tests.
 #
-#   scripts/test.sh [--long] [--sanitizers] [--no-build]
+#   scripts/test.sh [--long] [--no-sanitizers] [--no-build]
 #
 # Pass 1 runs the unit tests in parallel (ctest -j2). Pass 2 runs the tests labelled
 # "serial" or "e2e" (loop devices, mounts, whole-disk timing) one at a time.
 # Then the libFuzzer targets run bounded (scripts/fuzz.sh --ci, its own clang build in
-# build-fuzz/). With --sanitizers (and in --long), the sanitizer passes follow
-# (docs/RELIABILITY.md, "Sanitizers") on their own builds; without, they are counted as
-# skipped:
-#   asan-ubsan:unit  every unit test under ASan+UBSan (build-asan-ubsan/)
+# build-fuzz/). Then the sanitizer passes (docs/RELIABILITY.md, "Sanitizers"), each on
+# a trimmed build of its own (-O1 -g1, only the targets it runs; scripts/build.sh):
+#   asan-ubsan:unit  the unit tests under ASan+UBSan (build-asan-ubsan/)
 #   asan-ubsan:e2e   the e2e tests of SANITIZER_E2E below, running the sanitized dp420
-#   tsan             the io, engine and network tests under TSan (build-tsan/)
+#   tsan             the threaded io, engine and network tests under TSan (build-tsan/)
 # A sanitizer report in any process (a test or a dp420 it ran) fails its pass; the
 # reports are kept in the results folder. Suppressions: scripts/sanitizers/.
+# --no-sanitizers leaves the sanitizer passes out (counted as skipped, with the reason);
+# --sanitizers is accepted and changes nothing (they run by default).
 # --long adds tests labelled "long" (soak, fuzz), every Google Benchmark binary in
 # build/bench/ (short runs), perf/run.sh --quick, an hour per fuzz target
-# (scripts/fuzz.sh --long) and clang-tidy (scripts/tidy.sh), and runs every test under
-# both sanitizers.
+# (scripts/fuzz.sh --long) and clang-tidy (scripts/tidy.sh), and builds every target
+# under both sanitizers and runs every test under both.
 # --no-build skips dependencies and builds; a sanitizer pass whose build is missing is
 # then counted as skipped, with the reason. DP420_BUILD_DIR picks another build tree,
-# DP420_ASAN_BUILD_DIR and DP420_TSAN_BUILD_DIR the sanitized ones.
+# DP420_ASAN_BUILD_DIR and DP420_TSAN_BUILD_DIR the sanitized ones (not rebuilt).
 # Ends with a summary line "summary: N passed, N failed, N skipped"; exits 1 on failure.
 set -euo pipefail
 
@@ -30,6 +31,13 @@ readonly BUILD_DIR="${DP420_BUILD_DIR:-${ROOT}/build}"
 readonly ASAN_DIR="${DP420_ASAN_BUILD_DIR:-${ROOT}/build-asan-ubsan}"
 readonly TSAN_DIR="${DP420_TSAN_BUILD_DIR:-${ROOT}/build-tsan}"
 readonly SUPPRESSIONS="${ROOT}/scripts/sanitizers"
+# The targets of the ASan+UBSan build (--long builds them all): the unit test binaries
+# and the e2e binary with the dp420 it runs (and tests/tools/fuse_volume).
+readonly ASAN_TARGETS=(dp420_cli simd_test io_test engine_test capi_test e2e_test)
+# What asan-ubsan:unit leaves out: the binaries it does not build, and install_consumers,
+# which builds a program of its own against the installed (here sanitized) library, with
+# no sanitizer runtime of its own; it tests the install, which the plain pass does.
+readonly ASAN_UNIT_SKIP='(_NOT_BUILT$|^install_consumers$)'
 # The test binaries TSan checks: the threaded I/O, engine and network code.
 readonly TSAN_TARGETS=(io_test engine_test conn_test remote_test robustness_test preauth_test
   authz_test backup_net_test attack_test net_test)
@@ -48,11 +56,12 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 
 long=0
 build=1
-sanitize=0
+sanitize=1
 while (($# > 0)); do
   case "$1" in
-    --long) long=1; sanitize=1 ;;
-    --sanitizers) sanitize=1 ;;
+    --long) long=1 ;;
+    --sanitizers) ;;
+    --no-sanitizers) sanitize=0 ;;
     --no-build) build=0 ;;
     -h | --help) usage ;;
     *) log "unknown argument: $1"; usage ;;
@@ -65,18 +74,6 @@ if ((build)); then
   "${ROOT}/scripts/install-deps.sh"
   "${ROOT}/scripts/build.sh"
 fi
-if ((build && sanitize)); then
-  if [[ -z "${DP420_ASAN_BUILD_DIR:-}" ]]; then
-    "${ROOT}/scripts/build.sh" --sanitize=address,undefined
-  fi
-  if [[ -z "${DP420_TSAN_BUILD_DIR:-}" ]]; then
-    tsan_build=(--sanitize=thread)
-    if ((!long)); then
-      for target in "${TSAN_TARGETS[@]}"; do tsan_build+=(--target "${target}"); done
-    fi
-    "${ROOT}/scripts/build.sh" "${tsan_build[@]}"
-  fi
-fi
 [[ -f "${BUILD_DIR}/CTestTestfile.cmake" ]] || { log "no test tree in ${BUILD_DIR}: build first"; exit 1; }
 
 readonly RESULTS_DIR="${BUILD_DIR}/test-results"
@@ -86,6 +83,35 @@ mkdir -p "${RESULTS_DIR}"
 # One line per pass: name passed failed skipped seconds.
 summary=()
 any_failure=0
+
+# build_sanitized: the ASan+UBSan and TSan builds, one after the other. They run in the
+# background, at the lowest priority (nice 19), while the plain passes and the fuzz pass
+# run: those wait on disks, loop devices, sockets and timeouts much of the time, and
+# the builds use the cores they leave idle instead of adding their whole time to the
+# suite's. At nice 19 a build takes a core from a test only when the test leaves it.
+build_sanitized() {
+  if [[ -z "${DP420_ASAN_BUILD_DIR:-}" ]]; then
+    local asan_build=(--sanitize=address,undefined)
+    if ((!long)); then
+      for target in "${ASAN_TARGETS[@]}"; do asan_build+=(--target "${target}"); done
+    fi
+    nice -n 19 "${ROOT}/scripts/build.sh" "${asan_build[@]}"
+  fi
+  if [[ -z "${DP420_TSAN_BUILD_DIR:-}" ]]; then
+    local tsan_build=(--sanitize=thread)
+    if ((!long)); then
+      for target in "${TSAN_TARGETS[@]}"; do tsan_build+=(--target "${target}"); done
+    fi
+    nice -n 19 "${ROOT}/scripts/build.sh" "${tsan_build[@]}"
+  fi
+}
+sanitized_build_pid=0
+readonly SANITIZED_BUILD_LOG="${RESULTS_DIR}/sanitized-builds.log"
+if ((build && sanitize)); then
+  log "sanitized builds started in the background (log: ${SANITIZED_BUILD_LOG})"
+  build_sanitized >"${SANITIZED_BUILD_LOG}" 2>&1 &
+  sanitized_build_pid=$!
+fi
 
 # junit_counts FILE: prints "passed failed skipped" from ctest's JUnit output.
 junit_counts() {
@@ -182,17 +208,29 @@ run_ctest unit -j2 -LE '^(serial|e2e|long)$'
 run_ctest serial -j1 -L '^(serial|e2e)$' -LE '^long$'
 run_one "fuzz:ci" "${ROOT}/scripts/fuzz.sh" --ci
 
+if ((sanitized_build_pid)); then
+  wait_start=${SECONDS}
+  if wait "${sanitized_build_pid}"; then
+    log "sanitized builds done; waited $((SECONDS - wait_start)) s for them after the fuzz pass"
+    grep '^build: ' "${SANITIZED_BUILD_LOG}" >&2 || true
+  else
+    log "sanitized builds failed (${SANITIZED_BUILD_LOG}):"
+    tail -n 40 "${SANITIZED_BUILD_LOG}" >&2
+    any_failure=1
+    summary+=("build:sanitizers 0 1 0 $((SECONDS - wait_start))")
+  fi
+fi
+
 if ((!sanitize)); then
-  # Two more builds (ASan+UBSan, TSan) and their runs take longer than the rest of the
-  # suite on 2 cores: they run with --sanitizers or --long.
-  log "sanitizer passes not run: add --sanitizers (or --long) to run them"
+  log "sanitizer passes not run: --no-sanitizers"
   for pass in asan-ubsan:unit asan-ubsan:e2e tsan; do summary+=("${pass} 0 0 1 0"); done
 elif ((long)); then
   sanitizer_pass asan-ubsan:unit asan "${ASAN_DIR}" -j2 -LE '^(serial|e2e)$'
   sanitizer_pass asan-ubsan:serial asan "${ASAN_DIR}" -j1 -L '^(serial|e2e)$'
   sanitizer_pass tsan tsan "${TSAN_DIR}" -j1
 else
-  sanitizer_pass asan-ubsan:unit asan "${ASAN_DIR}" -j2 -LE '^(serial|e2e|long)$'
+  sanitizer_pass asan-ubsan:unit asan "${ASAN_DIR}" -j2 -LE '^(serial|e2e|long)$' \
+    -E "${ASAN_UNIT_SKIP}"
   sanitizer_pass asan-ubsan:e2e asan "${ASAN_DIR}" -j1 -L '^e2e$' -LE '^long$' -R "${SANITIZER_E2E}"
   sanitizer_pass tsan tsan "${TSAN_DIR}" -j2 -LE '^long$' -E "${TSAN_SKIP}"
 fi
