@@ -7,7 +7,9 @@
 # "serial" or "e2e" (loop devices, mounts, whole-disk timing) one at a time.
 # Then the libFuzzer targets run bounded (scripts/fuzz.sh --ci, its own clang build in
 # build-fuzz/). Then the sanitizer passes (docs/RELIABILITY.md, "Sanitizers"), each on
-# a trimmed build of its own (-O1 -g1, only the targets it runs; scripts/build.sh):
+# a trimmed build of its own (-O1 -g1, only the targets it runs; scripts/build.sh),
+# made in the background at nice 19 while the plain and fuzz passes run (its log:
+# sanitized-builds.log in the results folder):
 #   asan-ubsan:unit  the unit tests under ASan+UBSan (build-asan-ubsan/)
 #   asan-ubsan:e2e   the e2e tests of SANITIZER_E2E below, running the sanitized dp420
 #   tsan             the threaded io, engine and network tests under TSan (build-tsan/)
