@@ -119,7 +119,7 @@ class PackSink : public ScanSink {
   }
   // `present`: the repository's pack ids (sorted) when the backup began;
   // `damage`: what verify found damaged. A parent block in a pack that is not
-  // there, or damaged, is read again from the source.
+  // there, or whose reference verify recorded, is read again from the source.
   void SetParent(const Manifest* parent, const std::vector<uint32_t>* present,
                  const DamageRecord* damage) {
     if (parent) parent_ = std::make_unique<TableReader>(builder_.repo(), *parent);

@@ -19,14 +19,12 @@ namespace {
 std::string DamagePath(const Repository& repo) { return repo.path() + "/damaged.json"; }
 
 Json ToJson(const DamageRecord& d) {
-  Json packs = Json::array();
-  for (uint32_t p : d.packs) packs.push_back(PackName(p));
   Json records = Json::array();
   for (uint64_t r : d.records) {
     records.push_back({{"pack", PackName(uint32_t(r >> 32))}, {"offset_4k", uint32_t(r)}});
   }
   return {{"format", "dp420-damaged"}, {"format_version", 1}, {"updated", Rfc3339(NowUnixNs())},
-          {"packs", packs}, {"records", records}};
+          {"records", records}};
 }
 
 bool ParsePack(const Json& v, uint32_t* id) {
@@ -46,11 +44,6 @@ DamageRecord LoadDamage(const Repository& repo) {
   Json j = Json::parse(text.value(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object() || j.value("format", "") != "dp420-damaged") return d;
   uint32_t id = 0;
-  if (j.contains("packs") && j["packs"].is_array()) {
-    for (const auto& p : j["packs"]) {
-      if (ParsePack(p, &id)) d.packs.insert(id);
-    }
-  }
   if (j.contains("records") && j["records"].is_array()) {
     for (const auto& r : j["records"]) {
       if (!r.is_object() || !r.contains("pack") || !ParsePack(r["pack"], &id) ||
@@ -64,17 +57,14 @@ DamageRecord LoadDamage(const Repository& repo) {
   return d;
 }
 
-Status SaveDamage(const Repository& repo, const DamageRecord& found, bool whole_packs,
-                  bool whole_records) {
+Status SaveDamage(const Repository& repo, const DamageRecord& found, bool replace) {
   std::string lock_path = repo.path() + "/locks/damaged.lock";
   int fd = io::sys::Open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return PosixError(lock_path, errno);
   io::File lock = io::File::Adopt(fd, lock_path, false);
   if (flock(fd, LOCK_EX) != 0) return PosixError("flock " + lock_path, errno);
   DamageRecord d = LoadDamage(repo);
-  if (whole_packs) d.packs.clear();
-  if (whole_records) d.records.clear();
-  d.packs.insert(found.packs.begin(), found.packs.end());
+  if (replace) d.records.clear();
   d.records.insert(found.records.begin(), found.records.end());
   if (d.empty()) {
     if (io::sys::Unlink(DamagePath(repo).c_str()) != 0 && errno != ENOENT) {

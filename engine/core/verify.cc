@@ -237,6 +237,7 @@ class Verifier {
   std::map<uint32_t, std::vector<Record>> records_;
   std::unordered_map<uint64_t, size_t> bad_records_;       // RecordKey -> problem
   std::unordered_map<uint32_t, size_t> bad_packs_;         // unreadable data pack -> problem
+  DamageRecord bad_refs_;  // the table references of the bad records (MapBadRecords)
   EntryChecker entries_;  // shared with restore: one verdict on entries
   Relocator relocator_;   // references to repacked packs, to where they are now
   std::vector<uint8_t> buf_;
@@ -731,9 +732,14 @@ Status Verifier::MapBadRecords() {
         ObjRef ref = e[i].ref;
         if (!ref.stored() || (ref.flags & kObjZero)) continue;
         if (!Resolve(&ref, m->snapshot_id)) continue;
-        if (auto p = bad_packs_.find(ref.pack_id); p != bad_packs_.end()) hit.insert(p->second);
+        auto p = bad_packs_.find(ref.pack_id);
         auto r = bad_records_.find(RecordKey(ref.pack_id, ref.offset_4k));
+        if (p != bad_packs_.end()) hit.insert(p->second);
         if (r != bad_records_.end()) hit.insert(r->second);
+        // Kept in the table's terms (before relocation): what a backup compares.
+        if (p != bad_packs_.end() || r != bad_records_.end()) {
+          bad_refs_.records.insert(DamageRecord::Key(e[i].ref));
+        }
       }
     });
     DP420_RETURN_IF_ERROR(WalkPage(w, w.shape.levels - 1, 0, m->table_root));
@@ -746,11 +752,9 @@ Status Verifier::MapBadRecords() {
 // blocks again. Best effort: a repository this process cannot write (a
 // read-only copy) is still verified.
 void Verifier::RecordDamage(bool whole) {
-  DamageRecord found;
-  for (const auto& [pack, problem] : bad_packs_) found.packs.insert(pack);
-  for (const auto& [key, problem] : bad_records_) found.records.insert(key);
-  if (found.empty() && !whole) return;
-  (void)SaveDamage(repo_, found, whole, whole && options_.read_data);
+  bool replace = whole && options_.read_data;
+  if (bad_refs_.empty() && !replace) return;
+  (void)SaveDamage(repo_, bad_refs_, replace);
 }
 
 // Every relocation file must read back (a damaged one is reported even when
