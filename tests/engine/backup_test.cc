@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
 
 #include "engine/core/backup.h"
@@ -9,6 +10,7 @@
 #include "engine/core/restore.h"
 #include "engine/core/table.h"
 #include "engine/core/verify.h"
+#include "io/file.h"
 #include "simd/simd.h"
 #include "tests/engine/engine_test_util.h"
 
@@ -170,6 +172,44 @@ TEST_F(BackupTest, DamagedRecordFoundByVerifyIsHealedByTheNextBackup) {
   auto again = Backup();
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->blocks_healed, 0u);
+}
+
+// damaged.json is not sealed: whoever can write the repository's files can
+// edit it. Garbage is ignored, an invented reference matches nothing, and a
+// genuine one listed by hand only makes the backup store that block again:
+// an edit never makes a backup skip a block or commit wrong data.
+TEST_F(BackupTest, HandEditedDamageFileCanOnlyMakeABackupStoreMore) {
+  auto v = MakeVolume(1024 * 1024, 9);
+  WriteAll(source_, v);
+  auto full = Backup();
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  TableReader table(*repo_, full->manifest);
+  uint32_t count = 0;
+  auto leaf = table.Leaf(0, &count);
+  ASSERT_TRUE(leaf.ok());
+  const ObjRef ref = leaf.value()[2].ref;
+  ASSERT_TRUE(ref.stored());
+  const std::string path = repo_->path() + "/damaged.json";
+  char genuine[160];
+  std::snprintf(genuine, sizeof(genuine),
+                R"({"format":"dp420-damaged","records":[{"pack":"%s","offset_4k":%u}]})",
+                PackName(ref.pack_id).c_str(), ref.offset_4k);
+  struct Case {
+    std::string text;
+    uint64_t healed;
+  } cases[] = {
+      {"{not json", 0},
+      {R"({"format":"dp420-damaged","records":[{"pack":"ffffffff","offset_4k":1},7,"x"]})", 0},
+      {genuine, 1},
+  };
+  for (const auto& c : cases) {
+    ASSERT_TRUE(io::WriteFileAtomic(path, c.text).ok());
+    auto r = Backup();
+    ASSERT_TRUE(r.ok()) << c.text << ": " << r.status().ToString();
+    EXPECT_EQ(r->blocks_healed, c.healed) << c.text;
+    EXPECT_EQ(r->manifest.blocks_stored, c.healed) << c.text;
+    EXPECT_EQ(Restore(r->manifest.snapshot_id), v) << c.text;
+  }
 }
 
 TEST_F(BackupTest, ChecksumIsSha256OfBlockDigests) {
