@@ -15,25 +15,6 @@ namespace dp420 {
 
 namespace {
 
-// `id` exactly, or a unique prefix of at least 4 digits, among `h`'s snapshots.
-Result<const Manifest*> Resolve(const VolumeHistory& h, const std::string& id) {
-  const Manifest* found = nullptr;
-  for (const auto& m : h.manifests) {
-    if (m.snapshot_id == id) return &m;
-    if (id.size() >= 4 && m.snapshot_id.compare(0, id.size(), id) == 0) {
-      if (found) {
-        return Status::InvalidArgument("snapshot prefix '" + id + "' of volume '" + h.volume +
-                                       "' is ambiguous");
-      }
-      found = &m;
-    }
-  }
-  if (!found) {
-    return Status::NotFound("snapshot '" + id + "' of volume '" + h.volume + "' not found");
-  }
-  return found;
-}
-
 // The history forget may change: trusted, readable whole, one unbroken chain.
 Status CheckForgettable(const VolumeHistory& h) {
   DP420_RETURN_IF_ERROR(h.Newest("the repository").status());
@@ -97,7 +78,7 @@ Result<std::vector<ForgetItem>> DecideByName(const VolumeHistory& h,
                                              const std::vector<std::string>& ids) {
   std::set<std::string> named;
   for (const auto& id : ids) {
-    DP420_ASSIGN_OR_RETURN(const Manifest* m, Resolve(h, id));
+    DP420_ASSIGN_OR_RETURN(const Manifest* m, h.Find(id));
     if (m == h.tip) {
       return Status::Exists("snapshot " + m->snapshot_id + " is the newest of volume '" +
                             h.volume + "': the next backup builds on it, so it is kept "
@@ -369,7 +350,7 @@ Result<std::string> SetProtected(const Repository& repo, const std::string& volu
   if (!ValidVolumeName(volume)) return Status::InvalidArgument("invalid volume name '" + volume + "'");
   DP420_ASSIGN_OR_RETURN(VolumeLock lock, repo.LockVolume(volume, lock_wait));
   DP420_ASSIGN_OR_RETURN(VolumeHistory h, LoadHistory(repo, volume));
-  DP420_ASSIGN_OR_RETURN(const Manifest* m, Resolve(h, id));
+  DP420_ASSIGN_OR_RETURN(const Manifest* m, h.Find(id));
   std::string path = SnapshotFile(repo, volume, ProtectFileName(m->sequence, m->snapshot_id));
   if (protect) {
     Json j = {{"format", "dp420-protected"}, {"volume", volume},

@@ -284,6 +284,28 @@ Result<const Manifest*> VolumeHistory::Newest(const std::string& where) const {
   return tip;
 }
 
+Result<const Manifest*> VolumeHistory::Find(const std::string& id) const {
+  if (id.size() < 4) return Status::InvalidArgument("snapshot id '" + id + "' is too short");
+  // A damaged manifest only matters when it is the one asked for: the
+  // volume's other snapshots stay usable.
+  for (const auto& d : damaged) {
+    uint64_t sequence = 0;
+    std::string damaged_id;
+    if (!ParseManifestName(d.path.substr(d.path.find_last_of('/') + 1), &sequence, &damaged_id)) {
+      continue;
+    }
+    if (damaged_id.compare(0, id.size(), id) == 0) return Status::Corruption(d.status.message());
+  }
+  const Manifest* found = nullptr;
+  for (const auto& m : manifests) {
+    if (m.snapshot_id.compare(0, id.size(), id) != 0) continue;
+    if (found) return Status::InvalidArgument("snapshot id prefix '" + id + "' is ambiguous");
+    found = &m;
+  }
+  if (!found) return Status::NotFound("snapshot '" + id + "' of volume '" + volume + "' not found");
+  return found;
+}
+
 Result<VolumeHistory> LoadHistory(const Repository& repo, const std::string& volume) {
   VolumeHistory h;
   h.volume = volume;

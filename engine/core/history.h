@@ -58,6 +58,9 @@ struct VolumeHistory {
 
   // The tip, or kCorruption naming the problems (kNotFound: no snapshots).
   Result<const Manifest*> Newest(const std::string& where) const;
+  // Snapshot `id`, or the one a unique prefix of at least 4 digits names;
+  // kCorruption when the damaged manifest asked for is the one it names.
+  Result<const Manifest*> Find(const std::string& id) const;
 };
 
 // Reads and checks `volume`'s history: its manifests, head and the anchor;

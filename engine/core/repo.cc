@@ -340,25 +340,7 @@ Result<Manifest> Repository::FindSnapshot(const std::string& volume,
     DP420_ASSIGN_OR_RETURN(const Manifest* newest, h.Newest(path_));
     return *newest;
   }
-  if (id.size() < 4) return Status::InvalidArgument("snapshot id '" + id + "' is too short");
-  // A damaged manifest only matters when it is the one asked for: the
-  // volume's other snapshots stay restorable.
-  for (const auto& d : h.damaged) {
-    uint64_t sequence = 0;
-    std::string damaged_id;
-    if (!ParseManifestName(d.path.substr(d.path.find_last_of('/') + 1), &sequence, &damaged_id)) {
-      continue;
-    }
-    if (damaged_id.compare(0, id.size(), id) == 0) return Status::Corruption(d.status.message());
-  }
-  const Manifest* found = nullptr;
-  for (const auto& m : h.manifests) {
-    if (m.snapshot_id.compare(0, id.size(), id) == 0) {
-      if (found) return Status::InvalidArgument("snapshot id prefix '" + id + "' is ambiguous");
-      found = &m;
-    }
-  }
-  if (!found) return Status::NotFound("snapshot '" + id + "' of volume '" + volume + "' not found");
+  DP420_ASSIGN_OR_RETURN(const Manifest* found, h.Find(id));
   return *found;
 }
 
