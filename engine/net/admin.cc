@@ -2,7 +2,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <thread>
 
 #include "engine/core/forget.h"
 #include "engine/core/prune.h"
@@ -24,20 +23,6 @@ Result<std::string> RepoVolume(Request& rq, const std::string& requested) {
   DP420_ASSIGN_OR_RETURN(ResolvedVolume v, ResolveVolume(rq.ctx.repo, rq.who, requested));
   if (!v.exists) return Status::NotFound("volume '" + v.shown + "' has no snapshots");
   return v.repo;
-}
-
-// Runs `work` on a worker thread while the session is kept alive.
-template <typename Work>
-Status RunKeptAlive(Request& rq, std::atomic<bool>& cancel, Work&& work) {
-  std::atomic<bool> done{false};
-  std::thread worker([&] {
-    work();
-    done.store(true);
-  });
-  Status s = RunGuarded("admin", [&] { return KeepAliveUntil(rq, done); });
-  if (!s.ok()) cancel.store(true);
-  worker.join();
-  return s;
 }
 
 Status HandleForget(Request& rq, const Json& args) {

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <string>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -51,5 +52,22 @@ struct Request {
 // kNetwork when the agent stays silent for the loss timeout or breaks the
 // protocol.
 Status KeepAliveUntil(Request& rq, const std::atomic<bool>& done);
+
+// Runs `work` (which must not throw: guard it) on a worker thread while the
+// session is kept alive; sets `cancel` when the agent is lost, then waits
+// for the worker. The keep-alive's status.
+template <typename Work>
+Status RunKeptAlive(Request& rq, std::atomic<bool>& cancel, Work&& work) {
+  std::atomic<bool> done{false};
+  std::thread worker([&] {
+    work();
+    done.store(true);
+  });
+  // Guarded: an exception must not unwind past the running worker.
+  Status s = RunGuarded("request", [&] { return KeepAliveUntil(rq, done); });
+  if (!s.ok()) cancel.store(true);
+  worker.join();
+  return s;
+}
 
 }  // namespace dp420::net

@@ -217,10 +217,9 @@ Status HandleVerify(Request& rq) {
     for (const auto& v : visible) volumes.push_back(v.repo);
   }
   std::atomic<bool> cancel{false};
-  std::atomic<bool> done{false};
   Status result;
   VerifyReport total;
-  std::thread worker([&] {
+  Status s = RunKeptAlive(rq, cancel, [&] {
     for (const auto& vol : volumes) {
       VerifyOptions o;
       o.volume = vol;
@@ -234,12 +233,7 @@ Status HandleVerify(Request& rq) {
       }
       Merge(total, std::move(one).value());
     }
-    done.store(true);
   });
-  // Guarded: an exception must not unwind past the running worker.
-  Status s = RunGuarded("verify", [&] { return KeepAliveUntil(rq, done); });
-  if (!s.ok()) cancel.store(true);
-  worker.join();
   DP420_RETURN_IF_ERROR(s);
   DP420_RETURN_IF_ERROR(result);
   for (const auto& p : total.problems) {
