@@ -362,7 +362,7 @@ int CmdVerify(const Common& c, const VerifyArgs& a) {
                     (unsigned long long)r.problems_found,
                     (unsigned long long)r.snapshots_broken);
         if (r.unreferenced_packs) {
-          std::printf("; %llu unreferenced pack(s) from interrupted backups",
+          std::printf("; %llu pack(s) no snapshot references (`dp420 prune` reclaims them)",
                       (unsigned long long)r.unreferenced_packs);
         }
         std::printf("\n");

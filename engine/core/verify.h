@@ -39,7 +39,7 @@ struct VerifyReport {
   uint64_t pages_checked = 0;
   uint64_t blocks_checked = 0;        // data records read and re-hashed
   uint64_t bytes_read = 0;
-  uint64_t unreferenced_packs = 0;    // left by interrupted backups; harmless
+  uint64_t unreferenced_packs = 0;    // forgotten snapshots' or interrupted backups'; prune reclaims them
   std::vector<VerifyProblem> problems;
   std::vector<std::string> broken_snapshots;  // sorted, unique
 };

@@ -827,7 +827,7 @@ TEST(IoIndexTest, PowerLossAtEveryIndexKeepsCommittedSnapshots) {
 // ---- Prune ----
 
 // The prune baseline: volume `vol` with s1 (v1) and s2 (v2, parent s1), s1
-// then forgotten (its manifest removed, s2 re-sealed without a parent), so
+// then forgotten (`dp420 forget`: s2 is linked past it), so
 // s1's data pack is partly used and its table pack unused; and a volume
 // `gone` backed up and forgotten whole. `--max-unused 0` repacks the partly
 // used pack. `committed` holds s2.
@@ -841,12 +841,9 @@ Scenario PruneOf(const std::string& base, uint64_t seed) {
   std::string s2 = BackupIn(base, base + "/v2.img");
   s.committed[s2] = Sha256File(base + "/v2.img");
   std::string repo = RepoOf(base);
-  fs::remove(FindManifest(repo, kVolume, s1));
-  ResealManifest(FindManifest(repo, kVolume, s2), [](std::string* line) {
-    *line = std::regex_replace(*line, std::regex("\"parent\":\"[0-9a-f]+\""), "\"parent\":null");
-    *line = std::regex_replace(*line, std::regex("\"parent_manifest_sha256\":\"[0-9a-f]+\""),
-                               "\"parent_manifest_sha256\":null");
-  });
+  Result forgot = CliIn(base, {"forget", "--repo", repo, "--volume", kVolume, "--snapshot", s1,
+                               "-q"});
+  if (forgot.exit_code != kExitOk) Fail("baseline forget failed: " + forgot.Describe());
   Result gone = CliIn(base, {"backup", "--repo", repo, "--volume", "gone", "--threads", "1",
                              "--json", base + "/v1.img"});
   if (gone.exit_code != kExitOk) Fail("baseline backup of gone failed: " + gone.Describe());
