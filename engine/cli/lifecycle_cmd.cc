@@ -20,32 +20,32 @@ std::string UtcTime(uint64_t unix_ns) {
   return buf;
 }
 
+// The parts of `text` (may be null) between `sep`s, as a JSON array; a
+// trailing separator ends the last part ("a\nb\n" is ["a", "b"]).
+Json Split(const char* text, char sep) {
+  Json parts = Json::array();
+  std::string all = text ? text : "";
+  for (size_t at = 0; at < all.size();) {
+    size_t end = all.find(sep, at);
+    if (end == std::string::npos) end = all.size();
+    parts.push_back(all.substr(at, end - at));
+    at = end + 1;
+  }
+  return parts;
+}
+
 Json ForgetJson(const dp420_forget_result_t& r, bool dry_run) {
   Json items = Json::array();
   for (size_t i = 0; i < r.item_count; ++i) {
     const auto& it = r.items[i];
-    Json reasons = Json::array();
-    std::string all = it.reasons;
-    for (size_t at = 0; !all.empty() && at != std::string::npos;) {
-      size_t comma = all.find(',', at);
-      reasons.push_back(all.substr(at, comma == std::string::npos ? comma : comma - at));
-      at = comma == std::string::npos ? comma : comma + 1;
-    }
     items.push_back({{"volume", it.volume}, {"snapshot_id", it.snapshot_id},
                      {"sequence", it.sequence}, {"created", UtcTime(it.created_unix_ns)},
                      {"keep", bool(it.keep)}, {"protected", bool(it.is_protected)},
-                     {"reasons", reasons}});
-  }
-  Json errors = Json::array();
-  std::string text = r.errors ? r.errors : "";
-  for (size_t at = 0; at < text.size();) {
-    size_t nl = text.find('\n', at);
-    errors.push_back(text.substr(at, nl - at));
-    at = nl == std::string::npos ? text.size() : nl + 1;
+                     {"reasons", Split(it.reasons, ',')}});
   }
   return {{"dry_run", dry_run}, {"forgotten", r.forgotten}, {"kept", r.kept},
           {"links_written", r.links_written}, {"leftovers_removed", r.leftovers_removed},
-          {"snapshots", items}, {"errors", errors}};
+          {"snapshots", items}, {"errors", Split(r.errors, '\n')}};
 }
 
 void PrintForget(const dp420_forget_result_t& r, bool dry_run, bool prune_follows) {
@@ -115,13 +115,6 @@ void PrintPrune(const Json& r) {
 }
 
 Json PruneJson(const dp420_prune_result_t& r) {
-  Json warnings = Json::array();
-  std::string text = r.warnings ? r.warnings : "";
-  for (size_t at = 0; at < text.size();) {
-    size_t nl = text.find('\n', at);
-    warnings.push_back(text.substr(at, nl - at));
-    at = nl == std::string::npos ? text.size() : nl + 1;
-  }
   return {{"dry_run", bool(r.dry_run)},
           {"snapshots", r.snapshots},
           {"packs_before", r.packs_before},
@@ -137,7 +130,7 @@ Json PruneJson(const dp420_prune_result_t& r) {
           {"bytes_unused", r.bytes_unused},
           {"relocations_written", r.relocations_written},
           {"relocations_deleted", r.relocations_deleted},
-          {"warnings", warnings}};
+          {"warnings", Split(r.warnings, '\n')}};
 }
 
 // Runs prune; the report as JSON in *out. The exit code.
