@@ -155,22 +155,22 @@ Status ScanLeftovers(const Repository& repo, const std::string& volume, LinkScan
   return ApplyLinks(repo, volume, &raw, &damaged, scan);
 }
 
-// Deletes the forgotten snapshots' files and what a killed forget left.
-Result<uint64_t> DeleteForgotten(const Repository& repo, const VolumeHistory& h,
-                                 const std::set<std::string>& gone) {
-  for (const auto& m : h.manifests) {
-    if (!gone.count(m.snapshot_id)) continue;
-    DP420_RETURN_IF_ERROR(RemoveFile(SnapshotFile(repo, h.volume, m.file_name)));
-    DP420_RETURN_IF_ERROR(RemoveFile(SnapshotFile(repo, h.volume,
-                                                  LinkFileName(m.sequence, m.snapshot_id))));
-  }
-  LinkScan scan;
-  DP420_RETURN_IF_ERROR(ScanLeftovers(repo, h.volume, &scan));
+// Deletes the files the volume's links now cover: the manifests (and links)
+// of the snapshots this forget removed and what a killed forget left. The
+// number of the latter.
+Result<uint64_t> DeleteCovered(const Repository& repo, const std::string& volume,
+                               const LinkScan& scan, const std::set<std::string>& gone) {
+  uint64_t earlier = 0;
   for (const auto& rel : scan.leftovers) {
     DP420_RETURN_IF_ERROR(RemoveFile(repo.path() + "/" + rel));
+    std::string name = rel.substr(rel.find_last_of('/') + 1);  // SEQ-ID.kind
+    size_t dash = name.find('-'), dot = name.find('.');
+    bool ours = dash != std::string::npos && dot != std::string::npos && dot > dash &&
+                gone.count(name.substr(dash + 1, dot - dash - 1));
+    earlier += ours ? 0 : 1;
   }
-  DP420_RETURN_IF_ERROR(io::SyncDir(repo.SnapshotsDir(h.volume)));
-  return static_cast<uint64_t>(scan.leftovers.size());
+  DP420_RETURN_IF_ERROR(io::SyncDir(repo.SnapshotsDir(volume)));
+  return earlier;
 }
 
 Status ForgetVolume(const Repository& repo, const std::string& volume, const ForgetOptions& o,
@@ -205,7 +205,7 @@ Status ForgetVolume(const Repository& repo, const std::string& volume, const For
     if (!gone.empty() || !scan.leftovers.empty()) {
       DP420_RETURN_IF_ERROR(AdvanceHead(repo, volume, h.tip));
     }
-    DP420_ASSIGN_OR_RETURN(uint64_t leftovers, DeleteForgotten(repo, h, gone));
+    DP420_ASSIGN_OR_RETURN(uint64_t leftovers, DeleteCovered(repo, volume, scan, gone));
     report->links_written += links;
     report->leftovers_removed += leftovers;
   }
