@@ -366,16 +366,17 @@ DP420_EXPORT void dp420_forget_result_free(dp420_forget_result_t* result);
  * given. Idempotent. */
 DP420_EXPORT int dp420_protect(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
                                const char* snapshot, int protect, char id_out[17]);
-/* Prune: deletes the packs no snapshot references and
- * repacks the packs whose unused share exceeds max_unused_percent (their live
- * records are copied and the old references redirected through relocation
- * files). Progress phases "mark" (manifests walked) and "repack" (bytes
- * copied); phase "wait" (0 of 0) once when the delete phase has to wait for
- * running backups, restores or verifies. On success *report_json is one JSON
- * object (docs: README.md, `dp420 prune`); the caller frees it with
- * dp420_free. -DP420_EBUSY when another prune runs; -DP420_ECORRUPT (nothing
- * changed) when a manifest, a table page or a relocation file cannot be
- * read. Since 0.4. */
+/* Prune: deletes the packs no snapshot references and repacks the packs
+ * whose unused share exceeds max_unused_percent (their live records are
+ * copied and the old references redirected through relocation files).
+ * Progress phases "mark" (manifests walked) and "repack" (bytes copied);
+ * phase "wait" (0 of 0) once when the delete phase has to wait for running
+ * backups, restores or verifies. On success *result holds the
+ * counters; its warnings (packs left alone, and why) are freed with
+ * dp420_prune_result_free. With a remote handle prune runs on the server, for
+ * an admin client only (-DP420_EPERM otherwise). -DP420_EBUSY when another
+ * prune runs; -DP420_ECORRUPT (nothing changed) when a manifest, a table page
+ * or a relocation file cannot be read. Since 0.4. */
 typedef struct dp420_prune_opts {
   size_t struct_size;
   double max_unused_percent;  /* 0..100; dp420_prune_opts_init sets 10 */
