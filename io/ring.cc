@@ -207,6 +207,12 @@ Result<std::unique_ptr<Ring>> Ring::Create(const RingOptions& options) {
   if (ret < 0) return UringError("io_uring_queue_init", -ret);
   DP420_ASSERT(params.sq_entries >= options.depth);
   DP420_ASSERT(params.cq_entries >= 2 * options.depth);
+  if (options.max_file_workers > 0) {
+    // [bounded, unbounded]; 0 leaves the unbounded (socket) workers alone.
+    // A kernel without the call keeps its default: slower, not wrong.
+    unsigned workers[2] = {options.max_file_workers, 0};
+    (void)io_uring_register_iowq_max_workers(uring.get(), workers);
+  }
   ring->ring_ = std::move(uring);
   ring->depth_ = options.depth;
   ring->cq_entries_ = params.cq_entries;

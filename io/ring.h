@@ -84,6 +84,12 @@ struct IoOp {
 struct RingOptions {
   unsigned depth = 32;          // SQ entries; CQ is 2x
   bool single_issuer = true;    // IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN, if supported
+  // At most this many of the kernel's async workers for file I/O (io-wq's
+  // bounded workers; 0: the kernel's default, one per CPU). A ring whose
+  // writes go to one file at a time sets 1: O_DIRECT writes that extend a
+  // file are handed to these workers and then queue on the file's inode
+  // lock, where more workers only spin (docs/ARCHITECTURE.md).
+  unsigned max_file_workers = 0;
 };
 
 class Ring {

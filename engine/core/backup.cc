@@ -86,6 +86,9 @@ class PackSink : public ScanSink {
     // Every block may need its own write (changed and unchanged blocks alternating).
     return blocks_per_extent;
   }
+  // The worker's writes go to its one pack file: O_DIRECT appends that the
+  // kernel hands to async workers, where they queue on the pack's inode lock.
+  unsigned FileWorkers() const override { return 1; }
   Status Setup(Scanner& scanner) override {
     scanner_ = &scanner;
     writes_.resize(size_t{scanner.buffers()} * scanner.ctx().geo.blocks_per_extent);

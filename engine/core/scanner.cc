@@ -87,7 +87,7 @@ Status Scanner::Setup() {
   // One read per buffer plus what the sink may keep in flight per buffer:
   // in-flight ops never exceed the ring's capacity.
   unsigned sink_ops = buffers_ * sink_->OpsPerBuffer(g.blocks_per_extent);
-  DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = buffers_ + sink_ops}));
+  DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = buffers_ + sink_ops, .max_file_workers = sink_->FileWorkers()}));
   DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(g.extent_bytes, buffers_));
   if (!pool_.Register(*ring_).ok()) ctx_.registered.store(false);
   // The source as registered files: index 0 direct, 1 buffered (tail).

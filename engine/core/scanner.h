@@ -114,6 +114,9 @@ class ScanSink {
   virtual ~ScanSink() = default;
   // Ops the sink may have in flight per read buffer (sizes the ring).
   virtual unsigned OpsPerBuffer(uint32_t blocks_per_extent) const = 0;
+  // The ring's bound on the kernel's async file workers (io::RingOptions::
+  // max_file_workers): a sink that writes one file at a time says 1.
+  virtual unsigned FileWorkers() const { return 0; }
   // The ring and buffers exist now.
   virtual Status Setup(Scanner& scanner) = 0;
   // The parent's entries of leaf `page` (id and ref.flags are compared);

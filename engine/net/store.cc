@@ -829,7 +829,7 @@ class StripeReceiver {
                               s_.limits().limits.max_stripe_memory)) +
                           " bytes) in other stripes");
     }
-    DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = kStripeBuffers}));
+    DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = kStripeBuffers, .max_file_workers = 1}));
     DP420_ASSIGN_OR_RETURN(pool_, io::BufferPool::Create(buffer_bytes_, buffers_));
     (void)pool_.Register(*ring_);
     writes_.resize(buffers_);

@@ -215,16 +215,16 @@ TEST(RingTest, RejectsBadDepth) {
   EXPECT_EQ(Ring::Create(options).status().code(), Code::kInvalidArgument);
 }
 
-TEST(RingTest, WriteThenFsync) {
+// Writes 8 MiB to a new file in 1 MiB ops, all in flight at once (O_DIRECT
+// when `direct`), fsyncs it and checks the bytes.
+void WriteEightMiBAndFsync(Ring& ring, bool direct) {
   TempDir dir;
   std::string path = dir.Join("written");
-  Result<File> file = File::OpenWrite(path, O_RDWR | O_CREAT | O_EXCL, true);
+  Result<File> file = File::OpenWrite(path, O_RDWR | O_CREAT | O_EXCL, direct);
   ASSERT_TRUE(file.ok()) << file.status().ToString();
-  std::unique_ptr<Ring> ring = MakeRing(8);
-  ASSERT_NE(ring, nullptr);
   Result<BufferPool> pool = BufferPool::Create(kMiB, 8);
   ASSERT_TRUE(pool.ok());
-  bool fixed = pool->Register(*ring).ok();
+  bool fixed = pool->Register(ring).ok();
   std::string data = testing::RandomBytes(8 * kMiB, 7);
   std::vector<IoOp> ops(8);
   for (unsigned i = 0; i < 8; ++i) {
@@ -232,21 +232,44 @@ TEST(RingTest, WriteThenFsync) {
     ops[i] = ReadOp(file->fd(), pool->data(i), kMiB, i * kMiB);
     ops[i].kind = IoOp::kWrite;
     ops[i].buf_index = fixed ? static_cast<int>(i) : -1;
-    ring->Queue(&ops[i]);
+    ring.Queue(&ops[i]);
   }
   std::vector<IoOp*> done;
-  ASSERT_TRUE(ring->Wait(8, &done).ok());
+  ASSERT_TRUE(ring.Wait(8, &done).ok());
   ASSERT_EQ(done.size(), 8u);
   for (IoOp* op : done) EXPECT_EQ(op->result, 0) << IoOpStatus(*op, path).ToString();
 
   IoOp sync;
   sync.kind = IoOp::kFsync;
   sync.fd = file->fd();
-  ring->Queue(&sync);
-  WaitOne(*ring, &sync);
+  ring.Queue(&sync);
+  WaitOne(ring, &sync);
   EXPECT_EQ(sync.result, 0);
   EXPECT_TRUE(IoOpStatus(sync, path).ok());
   EXPECT_TRUE(testing::PreadBytes(path, 0, 8 * kMiB) == data);
+}
+
+TEST(RingTest, WriteThenFsync) {
+  std::unique_ptr<Ring> ring = MakeRing(8);
+  ASSERT_NE(ring, nullptr);
+  WriteEightMiBAndFsync(*ring, true);
+}
+
+// A ring that writes one file at a time keeps one kernel file worker: the
+// bound is in force (the kernel reports it back), and extending O_DIRECT
+// writes, all in flight, still complete with the right bytes.
+TEST(RingTest, MaxFileWorkersBoundsTheKernelsFileWorkers) {
+  Result<std::unique_ptr<Ring>> ring = Ring::Create({.depth = 8, .max_file_workers = 1});
+  ASSERT_TRUE(ring.ok()) << ring.status().ToString();
+  unsigned now[2] = {0, 0};  // zeros read the current bounds without changing them
+  int ret = io_uring_register_iowq_max_workers((*ring)->raw(), now);
+  if (ret == -EINVAL || ret == -ENOSYS) {
+    GTEST_SKIP() << "kernel has no IORING_REGISTER_IOWQ_MAX_WORKERS (5.15+)";
+  }
+  ASSERT_EQ(ret, 0) << std::strerror(-ret);
+  EXPECT_EQ(now[0], 1u) << "bounded (file) workers";
+  EXPECT_NE(now[1], 0u) << "unbounded (socket) workers are left to the kernel";
+  WriteEightMiBAndFsync(**ring, true);
 }
 
 class RingEofTest : public ::testing::Test {
