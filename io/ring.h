@@ -126,7 +126,11 @@ class Ring {
   // reach the device while the caller keeps working on earlier completions.
   Status Submit();
 
-  unsigned in_flight() const { return in_flight_; }
+  // Ops queued and not yet returned by Wait(): those the kernel holds, those
+  // to be retried, and those that failed at queue time (the I/O index, the
+  // fault hook, no SQE to be had), which the next Wait() returns first. A
+  // caller that stops waiting at 0 thus never misses an op's error.
+  unsigned in_flight() const { return in_flight_ + static_cast<unsigned>(injected_.size()); }
   unsigned depth() const { return depth_; }
   unsigned cq_entries() const { return cq_entries_; }
   // The IORING_SETUP_* flags the kernel accepted (see Create()).

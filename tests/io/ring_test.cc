@@ -476,7 +476,8 @@ TEST(RingFaultTest, HookFailsThirdRead) {
     ops[i] = ReadOp(file->fd(), &buf[i * 4096], 4096, i * 4096);
     ring->Queue(&ops[i]);
   }
-  EXPECT_EQ(ring->in_flight(), 4u);  // the injected op never reaches the kernel
+  // The injected op never reaches the kernel, but is owed to the caller.
+  EXPECT_EQ(ring->in_flight(), 5u);
   std::vector<IoOp*> done;
   ASSERT_TRUE(ring->Wait(5, &done).ok());
   ASSERT_EQ(done.size(), 5u);
@@ -487,6 +488,29 @@ TEST(RingFaultTest, HookFailsThirdRead) {
   EXPECT_NE(status.message().find("read " + path + " at offset 8192"), std::string::npos)
       << status.ToString();
   EXPECT_NE(status.message().find(std::strerror(EIO)), std::string::npos);
+}
+
+// An op failed at queue time counts as in flight until Wait() returns it: a
+// caller that waits while in_flight() > 0 sees its error.
+TEST(RingFaultTest, OpFailedAtQueueTimeIsInFlightUntilReturned) {
+  TempDir dir;
+  std::string path = dir.Join("alone");
+  testing::WriteWholeFile(path, testing::RandomBytes(4096, 14));
+  Result<File> file = File::OpenRead(path, false);
+  ASSERT_TRUE(file.ok());
+  std::unique_ptr<Ring> ring = MakeRing(4);
+  ASSERT_NE(ring, nullptr);
+  ring->SetFaultHook([](const IoOp&) { return -EIO; });
+  std::vector<uint8_t> buf(4096);
+  IoOp op = ReadOp(file->fd(), buf.data(), 4096, 0);
+  ring->Queue(&op);
+  EXPECT_EQ(ring->in_flight(), 1u);
+  std::vector<IoOp*> done;
+  while (ring->in_flight() > 0) ASSERT_TRUE(ring->Wait(1, &done).ok());
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0], &op);
+  EXPECT_EQ(op.result, -EIO);
+  EXPECT_EQ(ring->in_flight(), 0u);
 }
 
 TEST(RingFaultTest, ParsesSpecs) {
