@@ -1043,6 +1043,9 @@ void Server::Drain() {
   log_.Info("stopping", {{"sessions", count}, {"drain_ms", o_.drain_timeout.count()}});
   auto deadline = Clock::now() + o_.drain_timeout;
   for (;;) {
+    // A backup awaiting its lost agent cannot finish in the drain: no agent
+    // can come back to a stopping server. It ends now, rolled back.
+    backups_.AbortWaiting();
     bool all_done = true;
     {
       std::lock_guard lock(sessions_mu_);

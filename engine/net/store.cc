@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -125,6 +126,9 @@ class BackupSession {
       // Never while a commit runs: an aborted backup is never committed.
       std::lock_guard commit(commit_mu_);
       if (aborted_.exchange(true)) return;
+      // Committed: nothing to roll back, and a repeated COMMIT (an agent that
+      // resumed on a new control connection) still gets its answer there.
+      if (committed) return;
     }
     builder_->queue().Abort();
     std::lock_guard lock(owner_mu_);
@@ -150,6 +154,12 @@ class BackupSession {
 
   // Held across the commit; Abort waits for it.
   std::mutex& commit_mu() { return commit_mu_; }
+  // The commit's outcome, under commit_mu(). An agent whose control
+  // connection was lost during its COMMIT resumes on a new one and sends
+  // COMMIT again, possibly while the first still runs: the builder commits
+  // once, and a repeated COMMIT answers from here.
+  std::optional<Manifest> committed;  // the snapshot the first COMMIT committed
+  Status commit_failed;                // why it failed, when it reached the builder and failed
   const BackupLimits& limits() const { return limits_; }
 
   // Counts `bytes` received against the client's quota; false when over it.
@@ -311,6 +321,23 @@ size_t BackupRegistry::AbortIf(const std::function<bool(const SessionInfo&)>& re
     }
   }
   for (auto& s : gone) s->Abort(why);
+  return gone.size();
+}
+
+size_t BackupRegistry::AbortWaiting() {
+  std::vector<std::shared_ptr<BackupSession>> gone;
+  {
+    std::lock_guard lock(mu_);
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      if (it->second->waiting_since() != 0) {
+        gone.push_back(std::move(it->second));
+        it = sessions_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& s : gone) s->Abort(Status::Ok());
   return gone.size();
 }
 
@@ -550,9 +577,31 @@ Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, 
   // Revocation aborts under this lock: either it came first and nothing is
   // committed, or the commit completes first.
   std::unique_lock commit_lock(s.commit_mu());
+  if (s.committed) {
+    // A repeated COMMIT of a committed backup: the same manifest again.
+    Manifest committed = *s.committed;
+    commit_lock.unlock();
+    DP420_ASSIGN_OR_RETURN(std::string text, SealedText(ctx.repo, committed));
+    ctx.log.Info("backup COMMIT repeated, answered with the committed snapshot",
+                 {{"client", s.who().client},
+                  {"volume", committed.volume},
+                  {"snapshot", committed.snapshot_id}});
+    PayloadWriter w;
+    w.String(text);
+    return conn.Send(FrameType::kCommitted, f.header.request_id, w.bytes(), timeout);
+  }
+  if (!s.commit_failed.ok()) {
+    return s.commit_failed.Prefix("an earlier COMMIT of this backup failed");
+  }
   if (s.aborted()) return Status::Network("backup aborted");
   DP420_RETURN_IF_ERROR(CheckStillAllowed(ctx, s));
-  DP420_ASSIGN_OR_RETURN(Manifest committed, s.builder().Commit(stats));
+  Result<Manifest> built = s.builder().Commit(stats);
+  if (!built.ok()) {
+    s.commit_failed = built.status();
+    return built.status();
+  }
+  Manifest committed = std::move(built).value();
+  s.committed = committed;
   s.ReleaseVolume();
   commit_lock.unlock();
   DP420_ASSIGN_OR_RETURN(std::string text, SealedText(ctx.repo, committed));

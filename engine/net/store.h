@@ -39,6 +39,9 @@ class BackupRegistry {
   // Aborts (reporting `why`) every session whose client `revoked` names;
   // returns how many.
   size_t AbortIf(const std::function<bool(const SessionInfo&)>& revoked, const Status& why);
+  // Aborts every session awaiting its lost agent (server stopping: no agent
+  // can come back, so a drain must not wait for them); returns how many.
+  size_t AbortWaiting();
 
   // A backup slot for `client`, of at most `bound` at once: when they are
   // all taken, its oldest backup awaiting its agent is rolled back to make

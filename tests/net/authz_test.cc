@@ -452,6 +452,40 @@ TEST_F(AuthzTest, ABackupAtItsCommitWhenTheClientIsRemovedIsNotCommitted) {
   ASSERT_NO_FATAL_FAILURE(ExpectTmpEmpty());
 }
 
+// An agent that hears nothing during its COMMIT resumes on a new control
+// connection and sends COMMIT again while the server still runs the first:
+// the backup is committed once (the builder's second commit asserted), and
+// the agent gets the committed snapshot.
+TEST_F(AuthzTest, ACommitRepeatedOnANewControlConnectionCommitsOnce) {
+  std::mutex mu;
+  std::condition_variable cv;
+  int commits = 0;
+  so_.on_session_point = [&](const char* point) {
+    if (std::strcmp(point, "commit") != 0) return;
+    std::unique_lock lock(mu);
+    ++commits;
+    cv.notify_all();
+    // The first COMMIT, silent, waits for the agent to give up on it and
+    // send it again on its next control connection.
+    cv.wait_for(lock, 20s, [&] { return commits >= 2; });
+  };
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  std::vector<uint8_t> bytes = MakeVolume(1 << 20, 7);
+  Result<BackupResult> result = BackUp("alice", "twice", bytes);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  {
+    std::lock_guard lock(mu);
+    EXPECT_GE(commits, 2) << "the agent did not send COMMIT again";
+  }
+  EXPECT_EQ(LocalSnapshots(NamespacedVolume("alice", "twice")), 1u);
+  std::string target = dir_.path() + "/twice.out";
+  ASSERT_TRUE(Restore("alice", "twice", target).ok());
+  EXPECT_EQ(ReadAll(target), bytes);
+  ASSERT_NO_FATAL_FAILURE(ExpectTmpEmpty());
+  // The server goes on: the volume takes its next backup.
+  ASSERT_TRUE(BackUp("alice", "twice", MakeVolume(1 << 20, 8)).ok());
+}
+
 // ---- the clients file ----
 
 TEST_F(AuthzTest, AClientsFileWritableByOthersIsRefused) {
