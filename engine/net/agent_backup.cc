@@ -286,7 +286,11 @@ Status NetSink::ParentLeaf(uint64_t page, Entry* out, uint32_t* count) {
   uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(kPageEntries, job_.parent_blocks - first));
   uint8_t raw[kPageEntries * kCacheRecord];
   Status read = ReadCacheRecords(job_.parent_cache_fd, first, n, raw);
-  if (!read.ok()) return read.Prefix("parent id cache (delete it to fetch it again)");
+  if (!read.ok()) {
+    std::string path = job_.new_cache_path.substr(0, job_.new_cache_path.size() - 4);  // .new
+    return read.Prefix("the parent's block id cache " + path +
+                       (read.code() == Code::kIOError ? "" : " (delete it to fetch it again)"));
+  }
   for (uint32_t i = 0; i < n; ++i) {
     out[i] = GetCacheRecord(raw + i * kCacheRecord);
     if (raw[i * kCacheRecord + 48] == kCacheLost) job_.blocks_healed.fetch_add(1);
@@ -1034,7 +1038,14 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
                       ctx.geo.blocks};
     Status checked = CheckCommitted(*committed, sent, new_cache.fd(), job.parent_cache_fd,
                                     job.parent_blocks);
-    if (!checked.ok()) {
+    if (!checked.ok() && checked.code() == Code::kIOError) {
+      // This host could not read its caches: nothing is known to differ, and
+      // the cache is kept.
+      committed = checked.Prefix("checking the committed snapshot " + snapshot_id +
+                                 " against this agent's block id caches (new: " +
+                                 job.new_cache_path + ", parent's: " +
+                                 (parent ? cache_path : std::string("none")) + ")");
+    } else if (!checked.ok()) {
       // Either side may be wrong: the server, or this host's cache of the
       // parent. The cache goes, so the next backup fetches the parent's records.
       if (parent) io::sys::Unlink(cache_path.c_str());

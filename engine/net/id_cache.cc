@@ -35,11 +35,15 @@ Status Count(int new_fd, int parent_fd, uint64_t parent_blocks, uint64_t blocks,
   std::vector<uint8_t> digests(kPageEntries * 32);
   for (uint64_t first = 0; first < blocks; first += kPageEntries) {
     uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(kPageEntries, blocks - first));
-    DP420_RETURN_IF_ERROR(ReadCacheRecords(new_fd, first, n, now.data()));
+    if (Status s = ReadCacheRecords(new_fd, first, n, now.data()); !s.ok()) {
+      return s.Prefix("the new cache");
+    }
     uint32_t pn = 0;
     if (parent_fd >= 0 && first < parent_blocks) {
       pn = static_cast<uint32_t>(std::min<uint64_t>(n, parent_blocks - first));
-      DP420_RETURN_IF_ERROR(ReadCacheRecords(parent_fd, first, pn, before.data()));
+      if (Status s = ReadCacheRecords(parent_fd, first, pn, before.data()); !s.ok()) {
+        return s.Prefix("the parent's cache");
+      }
     }
     for (uint32_t i = 0; i < n; ++i) {
       const uint8_t* r = &now[i * kCacheRecord];
@@ -122,9 +126,10 @@ bool CacheValid(int fd, const Manifest& m) {
 Status ReadCacheRecords(int fd, uint64_t first, uint32_t n, uint8_t* raw) {
   size_t want = size_t{n} * kCacheRecord;
   ssize_t got = PreadFull(fd, raw, want, static_cast<off_t>(kCacheHeader + first * kCacheRecord));
-  if (got != static_cast<ssize_t>(want)) {
-    return Status::IOError("reading the block id cache failed");
-  }
+  std::string what = "reading records " + std::to_string(first) + ".." +
+                     std::to_string(first + n - 1) + " of the block id cache";
+  if (got < 0) return PosixError(what, errno);
+  if (got != static_cast<ssize_t>(want)) return Status::Corruption(what + ": the file ends early");
   return Status::Ok();
 }
 

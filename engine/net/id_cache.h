@@ -53,6 +53,7 @@ bool CacheValid(int fd, const Manifest& m);
 void PutCacheRecord(const Entry& e, uint8_t* raw);
 Entry GetCacheRecord(const uint8_t* raw);
 // Reads the `n` records of blocks first.. into `raw` (n * kCacheRecord bytes).
+// A failed read is kIOError naming its errno; a file that ends early, kCorruption.
 Status ReadCacheRecords(int fd, uint64_t first, uint32_t n, uint8_t* raw);
 
 // What the agent knows of the snapshot it sent, to hold the commit against.
@@ -73,7 +74,9 @@ struct SentSnapshot {
 // checksum_sha256 over the digests in the new cache `new_fd`, against the
 // parent's cache `parent_fd` (-1 for a full backup). The digests of unchanged
 // blocks come from the parent's cache: the agent's own reads when it made the
-// parent, else the server's PARENT_PAGE records.
+// parent, else the server's PARENT_PAGE records. A cache that cannot be read
+// is not a difference: kIOError (or kCorruption for a cache that ends early),
+// naming which cache.
 Status CheckCommitted(const Manifest& committed, const SentSnapshot& sent, int new_fd,
                       int parent_fd, uint64_t parent_blocks);
 
