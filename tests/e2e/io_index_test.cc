@@ -345,11 +345,10 @@ struct Commit {
   uint64_t durable = 0;  // 0: not in the trace
 };
 
-// Finds them in a DP420_IO_TRACE_FILE's text.
-Commit FindCommit(const std::string& trace, bool restore) {
-  static const std::regex kManifest(R"(/repo/snapshots/[^/]+/[^/]+\.manifest$)");
-  static const std::regex kTarget(R"(/out/target\.img$)");
-  const std::string ops = restore ? "link rename" : "rename";
+// Finds, in a DP420_IO_TRACE_FILE's text, the first I/O of a kind in `ops`
+// (space-separated: "rename", "link rename") on a path matching `path`, and
+// the fsync of that path's directory after it.
+Commit FindPublish(const std::string& trace, const std::regex& path_re, const std::string& ops) {
   Commit c;
   std::istringstream in(trace);
   std::string line;
@@ -359,8 +358,8 @@ Commit FindCommit(const std::string& trace, bool restore) {
     uint64_t index = 0;
     std::string op, path;
     fields >> index >> op >> path;
-    if (c.io == 0 && ops.find(op) != std::string::npos &&
-        std::regex_search(path, restore ? kTarget : kManifest)) {
+    if (c.io == 0 && !op.empty() && (" " + ops + " ").find(" " + op + " ") != std::string::npos &&
+        std::regex_search(path, path_re)) {
       c.io = index;
       dir = path.substr(0, path.rfind('/'));
     } else if (c.io != 0 && op == "sync" && path == dir) {
@@ -369,6 +368,13 @@ Commit FindCommit(const std::string& trace, bool restore) {
     }
   }
   return c;
+}
+
+// A backup publishes its manifest's rename; a restore its target's link or rename.
+Commit FindCommit(const std::string& trace, bool restore) {
+  static const std::regex kManifest(R"(/repo/snapshots/[^/]+/[^/]+\.manifest$)");
+  static const std::regex kTarget(R"(/out/target\.img$)");
+  return FindPublish(trace, restore ? kTarget : kManifest, restore ? "link rename" : "rename");
 }
 
 // From the run's own trace (the I/O order of two runs may differ a little):
@@ -550,6 +556,7 @@ class Serve {
   // Empty when the server died (or hung) before listening.
   const std::string& address() const { return address_; }
   std::string Log() const { return Exists(log_) ? ReadFile(log_) : ""; }
+  bool alive() const { return Alive(process_->pid()); }
   // SIGTERM unless it is already gone; the finished process.
   Result Stop() {
     stopped_ = true;
@@ -942,6 +949,459 @@ TEST(IoIndexTest, CrashAtEveryIndexOfPruneLeavesRepositoryCleanAndNextPruneRecla
   std::vector<std::string> failures = RunTrials(dir / "work", trials);
   Report("prune crash at I/O index", trials.size(), failures);
   EXPECT_GE(trials.size(), 20u) << "fewer crash points than promised";
+}
+
+// ---- Forget and prune under power loss ----
+
+// A history for forget and prune to work on: s1..s4 of `vol`, each version
+// overwriting stretches the one before had written, so that forgetting s1
+// and s2 leaves their data packs partly used (repacked at --max-unused 0)
+// and their table packs unused (deleted).
+struct Lifecycle {
+  std::vector<std::string> ids;            // s1..s4, oldest first
+  std::map<std::string, std::string> sha;  // id -> the SHA-256 of its volume
+};
+
+Lifecycle MakeLifecycle(const std::string& base, uint64_t seed) {
+  fs::create_directories(base);
+  MakeSources(base, seed);  // v1.img, v2.img (v1 with a few blocks changed), the repository
+  OverwriteRange(base + "/v2.img", 70000, 16384, seed + 3);  // where v1 holds data
+  fs::copy_file(base + "/v2.img", base + "/v3.img");
+  OverwriteRange(base + "/v3.img", 74000, 8192, seed + 4);   // part of what v2 wrote
+  OverwriteRange(base + "/v3.img", 110000, 16384, seed + 5);
+  fs::copy_file(base + "/v3.img", base + "/v4.img");
+  OverwriteRange(base + "/v4.img", 150000, 16384, seed + 6);
+  Lifecycle l;
+  for (int k = 1; k <= 4; ++k) {
+    std::string img = base + "/v" + std::to_string(k) + ".img";
+    l.ids.push_back(BackupIn(base, img));
+    l.sha[l.ids.back()] = Sha256File(img);
+  }
+  return l;
+}
+
+// One lifecycle command on a copy of `base`: what it must keep, what it
+// forgets, and the I/O that commits it.
+struct LifecycleCase {
+  std::string name;
+  std::string base;
+  std::map<std::string, std::string> kept;       // id -> SHA-256: listed before and after
+  std::map<std::string, std::string> forgotten;  // listed before, gone once it commits
+  std::function<std::vector<std::string>(const std::string& root)> args;
+  // The commit: the first I/O of a kind in `ops` on a path matching `publish`
+  // (FindPublish), and whether a trial's repository shows it.
+  std::regex publish;
+  std::string ops;
+  std::function<bool(const std::string& root, const Listing& l)> published;
+};
+
+// A relocation file (relocated/PACK) exists: prune published a repack.
+bool HasRelocation(const std::string& root) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(RepoOf(root) + "/relocated", ec)) {
+    std::string name = e.path().filename().string();
+    if (name.find(".tmp") == std::string::npos && name[0] != '.') return true;
+  }
+  return false;
+}
+
+// `dp420 prune --max-unused 0` after s1 and s2 were forgotten (without
+// prune): it repacks their data packs and deletes their table packs. It
+// commits with the rename of its first relocation file.
+LifecycleCase PruneCase(const std::string& base, uint64_t seed) {
+  Lifecycle l = MakeLifecycle(base, seed);
+  Result forgot = CliIn(base, {"forget", "--repo", RepoOf(base), "--volume", kVolume,
+                               "--snapshot", l.ids[0], "--snapshot", l.ids[1], "-q"});
+  if (forgot.exit_code != kExitOk) Fail("baseline forget failed: " + forgot.Describe());
+  LifecycleCase c{"prune after forget", base};
+  for (size_t i = 2; i < 4; ++i) c.kept[l.ids[i]] = l.sha[l.ids[i]];
+  c.args = [](const std::string& root) {
+    return std::vector<std::string>{"prune", "--repo", RepoOf(root), "--max-unused", "0",
+                                    "--json"};
+  };
+  c.publish = std::regex(R"(/repo/relocated/[^/.]+$)");
+  c.ops = "rename";
+  c.published = [](const std::string& root, const Listing&) { return HasRelocation(root); };
+  return c;
+}
+
+// `dp420 forget --keep-last 2 --prune --max-unused 0` over s1..s4: forgets
+// s1 and s2 (committed by the rename of s3's link past them), then prunes
+// as above.
+LifecycleCase ForgetCase(const std::string& base, uint64_t seed) {
+  Lifecycle l = MakeLifecycle(base, seed);
+  LifecycleCase c{"forget --prune", base};
+  for (size_t i = 0; i < 4; ++i) (i < 2 ? c.forgotten : c.kept)[l.ids[i]] = l.sha[l.ids[i]];
+  c.args = [](const std::string& root) {
+    return std::vector<std::string>{"forget", "--repo", RepoOf(root), "--volume", kVolume,
+                                    "--keep-last", "2", "--prune", "--max-unused", "0", "-q"};
+  };
+  c.publish = std::regex(R"(/repo/snapshots/vol/[^/]+\.link$)");
+  c.ops = "rename";
+  c.published = [c](const std::string&, const Listing& listed) {
+    for (const auto& [id, sha] : c.forgotten) {
+      if (listed.sequence.count(id) != 0) return false;
+    }
+    return true;
+  };
+  return c;
+}
+
+// After a cut at some I/O of the command: every kept snapshot is listed and
+// restores bit-exact; the forgotten ones are all listed (and restore) or none
+// is; the command committed exactly when cut after its commit's fsync, and
+// never when cut before its commit I/O; verify --read-data is clean. The
+// command run again completes: only the kept snapshots are listed, they
+// restore bit-exact, nothing temporary and no unreferenced pack is left.
+std::string LifecycleTrial(const LifecycleCase& c, const std::string& root, const Disturbance& d) {
+  if (std::string f = CopyTree(c.base, root); !f.empty()) return f;
+  Result run = CliIn(root, c.args(root), {{d.variable, d.value},
+                                          {"DP420_IO_TRACE_FILE", root + ".trace"}});
+  if (std::string f = CheckRun(d, run, ""); !f.empty()) return f;
+  Listing l = List(root, kVolume);
+  if (!l.error.empty()) return l.error;
+  size_t forgotten_listed = 0;
+  for (const auto& [id, seq] : l.sequence) {
+    if (c.kept.count(id) != 0) continue;
+    if (c.forgotten.count(id) == 0) return "an unexpected snapshot " + id + " is listed";
+    ++forgotten_listed;
+  }
+  for (const auto& [id, sha] : c.kept) {
+    if (l.sequence.count(id) == 0) return "kept snapshot " + id + " vanished";
+  }
+  if (forgotten_listed != 0 && forgotten_listed != c.forgotten.size()) {
+    return std::to_string(forgotten_listed) + " of the " + std::to_string(c.forgotten.size()) +
+           " forgotten snapshots are listed: half a forget";
+  }
+  for (const auto& [id, seq] : l.sequence) {
+    const std::string& sha = c.kept.count(id) ? c.kept.at(id) : c.forgotten.at(id);
+    if (std::string f = CheckRestores(root, kVolume, id, sha); !f.empty()) return f;
+  }
+  if (d.variable != "DP420_FAULT_AT_IO") {
+    uint64_t index = std::stoull(d.value.substr(0, d.value.find(':')));
+    Commit cp = FindPublish(Exists(root + ".trace") ? ReadFile(root + ".trace") : "", c.publish,
+                            c.ops);
+    bool published = c.published(root, l);
+    if ((cp.io == 0 || cp.io >= index) && published) {
+      return "committed although stopped before its commit I/O";
+    }
+    uint64_t must = d.variable == "DP420_CRASH_AT_IO" ? cp.io : cp.durable;
+    if (must != 0 && must < index && !published) {
+      return "lost although stopped after I/O " + std::to_string(must) + " (its commit" +
+             (d.variable == "DP420_CRASH_AT_IO" ? ")" : "'s fsync)");
+    }
+  }
+  Result verify = CliIn(root, {"verify", "--repo", RepoOf(root), "--read-data"});
+  if (verify.exit_code != kExitOk) return "verify --read-data is not clean: " + verify.Describe();
+  Result next = CliIn(root, c.args(root));
+  if (next.exit_code != kExitOk) return "the command run again failed: " + next.Describe();
+  Listing after = List(root, kVolume);
+  if (!after.error.empty()) return after.error;
+  if (after.sequence.size() != c.kept.size()) {
+    return "after the command ran again " + std::to_string(after.sequence.size()) +
+           " snapshots are listed, not the " + std::to_string(c.kept.size()) + " kept";
+  }
+  for (const auto& [id, sha] : c.kept) {
+    if (after.sequence.count(id) == 0) return "kept snapshot " + id + " vanished at the re-run";
+  }
+  if (std::string f = CheckClean(root); !f.empty()) return f;
+  // The oldest kept snapshot: its blocks were repacked (verify above checked
+  // every pack and page the others need).
+  std::string oldest = c.kept.begin()->first;
+  for (const auto& [id, sha] : c.kept) {
+    if (after.sequence.at(id) < after.sequence.at(oldest)) oldest = id;
+  }
+  return CheckRestores(root, kVolume, oldest, c.kept.at(oldest));
+}
+
+// Builds a lifecycle case's baseline per seed (`make`), runs the command
+// undisturbed to count its I/Os and find its commit, and plans `budget`
+// indices of it (0: every one), `disturb` each.
+std::vector<Planned> PlanLifecycle(
+    const TempDir& dir, const std::string& tag,
+    const std::function<LifecycleCase(const std::string& base, uint64_t seed)>& make,
+    uint64_t budget, const Disturb& disturb) {
+  std::vector<Planned> trials;
+  for (uint64_t seed : Seeds(4)) {
+    auto c = std::make_shared<LifecycleCase>(make(dir / (tag + "-" + std::to_string(seed)), seed));
+    std::string root = dir / "count";
+    if (std::string f = CopyTree(c->base, root); !f.empty()) Fail(f);
+    std::vector<std::string> args = c->args(root);
+    Result r = CliIn(root, args, {{"DP420_IO_COUNT_FILE", root + ".count"},
+                                  {"DP420_IO_TRACE_FILE", root + ".trace"}});
+    if (r.exit_code != kExitOk) Fail(c->name + " failed undisturbed: " + r.Describe());
+    std::string trace = ReadFile(root + ".trace");
+    uint64_t repacked = 0, deleted = 0;
+    std::istringstream lines(trace);
+    for (std::string line; std::getline(lines, line);) {
+      bool pack = line.find("/repo/packs/") != std::string::npos &&
+                  line.find(".pack") != std::string::npos;
+      if (pack && line.find(" unlink ") != std::string::npos) ++deleted;
+      if (line.find(" rename ") != std::string::npos &&
+          line.find("/repo/relocated/") != std::string::npos) {
+        ++repacked;
+      }
+    }
+    if (repacked == 0 || deleted < 2) {
+      Fail(c->name + " neither repacks nor deletes packs (" + std::to_string(repacked) +
+           " relocation files, " + std::to_string(deleted) + " packs deleted):\n" + trace);
+    }
+    Listing l = List(root, kVolume);
+    if (!l.error.empty() || l.sequence.size() != c->kept.size() || !c->published(root, l)) {
+      Fail(c->name + " undisturbed did not leave exactly the kept snapshots");
+    }
+    Commit cp = FindPublish(trace, c->publish, c->ops);
+    if (cp.io == 0 || cp.durable == 0) Fail(c->name + ": no commit and its fsync in the trace");
+    uint64_t count = ReadCount(root + ".count");
+    if (count == 0) Fail(c->name + ": no I/O counted");
+    std::printf("%s (seed %llu): %llu I/Os, committed at I/O %llu, durable after %llu; "
+                "%llu packs deleted, %llu relocation files\n",
+                c->name.c_str(), static_cast<unsigned long long>(seed),
+                static_cast<unsigned long long>(count), static_cast<unsigned long long>(cp.io),
+                static_cast<unsigned long long>(cp.durable),
+                static_cast<unsigned long long>(deleted),
+                static_cast<unsigned long long>(repacked));
+    fs::remove_all(root);
+    fs::remove(root + ".count");
+    fs::remove(root + ".trace");
+    std::vector<uint64_t> indices = Spread(count, budget == 0 ? count : budget);
+    // The commit and its fsync, and the I/Os around them, always.
+    for (uint64_t i : {cp.io, cp.io + 1, cp.durable, cp.durable + 1}) {
+      if (i <= count) indices.push_back(i);
+    }
+    std::sort(indices.begin(), indices.end());
+    indices.erase(std::unique(indices.begin(), indices.end()), indices.end());
+    for (uint64_t i : indices) {
+      for (const Disturbance& d : disturb(i)) {
+        trials.push_back({c->name + " (volume seed " + std::to_string(seed) + "), " + d.Describe(),
+                          [c, d](const std::string& root) { return LifecycleTrial(*c, root, d); }});
+      }
+    }
+  }
+  return trials;
+}
+
+TEST(IoIndexTest, PowerLossAtEveryIndexOfPruneKeepsEverySnapshot) {
+  TempDir dir;
+  auto start = std::chrono::steady_clock::now();
+  std::vector<Planned> trials =
+      PlanLifecycle(dir, "prune", PruneCase, LongMode() ? 0 : 16, PowerLossAt(LongMode() ? 4 : 1));
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("prune power loss at I/O index", trials.size(), failures);
+  std::printf("in %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  EXPECT_GE(trials.size(), 32u) << "fewer power cuts than promised";
+}
+
+TEST(IoIndexTest, PowerLossAtEveryIndexOfForgetWithPruneKeepsEverySnapshot) {
+  TempDir dir;
+  auto start = std::chrono::steady_clock::now();
+  std::vector<Planned> trials = PlanLifecycle(dir, "forget", ForgetCase, LongMode() ? 0 : 16,
+                                              PowerLossAt(LongMode() ? 4 : 1));
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("forget --prune power loss at I/O index", trials.size(), failures);
+  std::printf("in %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  EXPECT_GE(trials.size(), 32u) << "fewer power cuts than promised";
+}
+
+// ---- The agent's side of a remote backup ----
+
+// One agent trial: `dp420 serve` runs undisturbed, the agent of the remote
+// scenario's backup (v2 over the baseline's s1) disturbed. After it: the
+// server is still up and stops cleanly, the baseline's snapshot verifies
+// (restores bit-exact after a crash), a snapshot the agent committed
+// restores to v2, and the next remote backup works and restores bit-exact.
+std::string AgentTrial(const Scenario& sc, const std::string& root, const Disturbance& d) {
+  if (std::string f = CopyTree(sc.base, root); !f.empty()) return f;
+  Result run;
+  std::string log;
+  {
+    Serve server(root, {});
+    if (server.address().empty()) return "the server did not start: " + server.Log();
+    // The agent may reconnect and resume its session (a reset, a lost COMMIT).
+    std::vector<std::string> args = RemoteBackupArgs(root, server.address(), sc.base + "/v2.img");
+    *(std::find(args.begin(), args.end(), "--retry-for") + 1) = "10";
+    run = CliIn(root, args, {{d.variable, d.value}, {"DP420_IO_TRACE_FILE", root + ".trace"}});
+    bool up = server.alive();
+    auto stopping = std::chrono::steady_clock::now();
+    Result stop = server.Stop();
+    double stop_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopping).count();
+    log = "\nserver log:\n" + server.Log();
+    if (!up) return "the server died while its agent was disturbed: " + stop.Describe() + log;
+    // A backup awaiting a lost agent ends at once: no agent comes back to a
+    // stopping server (never the 30 s drain, nor the resume grace).
+    if (stop_s > 10) return "the server took " + std::to_string(stop_s) + " s to stop" + log;
+    if (stop.timed_out || stop.exit_code != kExitOk) {
+      return "the server did not stop cleanly: " + stop.Describe() + log;
+    }
+  }
+  if (std::string f = CheckRun(d, run, "", /*remote=*/true); !f.empty()) return "agent: " + f + log;
+  std::string added;
+  bool fault = d.variable == "DP420_FAULT_AT_IO";
+  if (std::string f = CheckState(sc, root, kRemoteVolume, fault, &added); !f.empty()) {
+    return f + log;
+  }
+  if (run.exit_code == kExitOk && added.empty()) {
+    return "the agent exited 0 but nothing was committed" + log;
+  }
+  std::string f = CheckNextRemoteRun(sc, root, NewestAfter(sc, added));
+  if (!f.empty()) return f;
+  Listing l = List(root, kRemoteVolume);
+  if (!l.error.empty()) return l.error;
+  return CheckRestores(root, kRemoteVolume, l.newest, sc.expected_sha);
+}
+
+// The I/Os an undisturbed agent makes backing up v2 over s1.
+uint64_t CountAgent(const Scenario& sc, const std::string& root) {
+  if (std::string f = CopyTree(sc.base, root); !f.empty()) Fail(f);
+  Serve server(root, {});
+  if (server.address().empty()) Fail("serve did not start: " + server.Log());
+  Result r = CliIn(root, RemoteBackupArgs(root, server.address(), sc.base + "/v2.img"),
+                   {{"DP420_IO_COUNT_FILE", root + ".count"}});
+  if (r.exit_code != kExitOk) Fail("undisturbed remote backup failed: " + r.Describe());
+  server.Stop();
+  uint64_t count = ReadCount(root + ".count");
+  if (count == 0) Fail("the agent's I/O count was not written");
+  fs::remove_all(root);
+  fs::remove(root + ".count");
+  return count;
+}
+
+std::vector<Planned> PlanAgent(const TempDir& dir, uint64_t budget, const Disturb& disturb) {
+  std::vector<Planned> trials;
+  for (uint64_t seed : Seeds(4)) {
+    auto sc = std::make_shared<Scenario>(RemoteBackup(dir / ("agent-" + std::to_string(seed)), seed));
+    sc->name = "remote backup's agent";
+    uint64_t count = CountAgent(*sc, dir / "count");
+    std::printf("remote backup (seed %llu): the agent made %llu I/Os\n",
+                static_cast<unsigned long long>(seed), static_cast<unsigned long long>(count));
+    for (uint64_t i : Spread(count, budget == 0 ? count : budget)) {
+      for (const Disturbance& d : disturb(i)) {
+        trials.push_back({Replay(*sc, d, seed),
+                          [sc, d](const std::string& root) { return AgentTrial(*sc, root, d); }});
+      }
+    }
+  }
+  return trials;
+}
+
+TEST(IoIndexTest, AgentCrashAtEveryIndexLeavesTheServerServing) {
+  TempDir dir;
+  auto start = std::chrono::steady_clock::now();
+  std::vector<Planned> trials = PlanAgent(dir, LongMode() ? 0 : 16, CrashAt());
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("agent crash at I/O index", trials.size(), failures);
+  std::printf("in %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  EXPECT_GE(trials.size(), 16u);
+}
+
+TEST(IoIndexTest, AgentFaultAtEveryIndexLeavesTheServerServing) {
+  TempDir dir;
+  auto start = std::chrono::steady_clock::now();
+  Disturb faults = [](uint64_t i) {
+    std::vector<Disturbance> out;
+    for (const char* kind : {"EIO", "ENOSPC", "reset"}) {
+      out.push_back({"DP420_FAULT_AT_IO", std::to_string(i) + ":" + kind, kind});
+    }
+    return out;
+  };
+  std::vector<Planned> trials = PlanAgent(dir, LongMode() ? 0 : 8, faults);
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("agent faults at I/O index", trials.size(), failures);
+  std::printf("in %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  EXPECT_GE(trials.size(), 24u);
+}
+
+// The agent's block id caches under `root`/cache (VOLUME.ids), recursively.
+std::vector<std::string> IdCaches(const std::string& root) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(root + "/cache", ec);
+       !ec && it != fs::end(it); it.increment(ec)) {
+    if (it->path().extension() == ".ids") found.push_back(it->path().string());
+  }
+  return found;
+}
+
+// EIO at each read of the agent's block id caches (the parent's, and the new
+// one it holds the commit against): the backup goes on (a parent's cache
+// that does not read is fetched again) or ends with an I/O error naming EIO
+// and the caches — never as damaged data (exit 3) — and the parent's cache
+// stays; the next backup works.
+std::string CacheEioTrial(const Scenario& sc, const std::string& root, uint64_t index) {
+  if (std::string f = CopyTree(sc.base, root); !f.empty()) return f;
+  if (IdCaches(root).size() != 1) return "the baseline holds no id cache";
+  Result run;
+  {
+    Serve server(root, {});
+    if (server.address().empty()) return "the server did not start: " + server.Log();
+    run = CliIn(root, RemoteBackupArgs(root, server.address(), sc.base + "/v2.img"),
+                {{"DP420_FAULT_AT_IO", std::to_string(index) + ":EIO"},
+                 {"DP420_IO_TRACE_FILE", root + ".trace"}});
+    server.Stop();
+  }
+  // The agent's threads may order their I/Os a little differently from the
+  // counted run: what did this run's index `index` hit?
+  std::string hit;
+  std::istringstream lines(Exists(root + ".trace") ? ReadFile(root + ".trace") : "");
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(std::to_string(index) + " ", 0) == 0) hit = line;
+  }
+  bool cache_read = hit.find(" read ") != std::string::npos &&
+                    hit.find("/cache/") != std::string::npos &&
+                    hit.find(".ids") != std::string::npos;
+  if (!cache_read) {
+    Disturbance d{"DP420_FAULT_AT_IO", std::to_string(index) + ":EIO", "EIO"};
+    if (std::string f = CheckRun(d, run, "", true); !f.empty()) return "(hit: " + hit + ") " + f;
+  } else if (run.exit_code != kExitOk) {
+    if (run.exit_code != kExitFailed) {
+      return "exit code " + std::to_string(run.exit_code) + ", not 1 (an I/O error): " +
+             run.Describe();
+    }
+    if (!ContainsIgnoringCase(run.err, "Input/output error") ||
+        run.err.find(".ids") == std::string::npos) {
+      return "the error names neither EIO nor the cache: " + run.Describe();
+    }
+  }
+  if (IdCaches(root).empty()) return "the id cache was deleted: " + run.Describe();
+  std::string added;
+  if (std::string f = CheckState(sc, root, kRemoteVolume, true, &added); !f.empty()) return f;
+  return CheckNextRemoteRun(sc, root, NewestAfter(sc, added));
+}
+
+TEST(IoIndexTest, AgentEioReadingItsIdCacheIsAnIoErrorAndKeepsTheCache) {
+  TempDir dir;
+  auto sc = std::make_shared<Scenario>(RemoteBackup(dir / "cache-eio", 1000));
+  std::string root = dir / "count";
+  if (std::string f = CopyTree(sc->base, root); !f.empty()) FAIL() << f;
+  {
+    Serve server(root, {});
+    ASSERT_FALSE(server.address().empty()) << server.Log();
+    Result r = CliIn(root, RemoteBackupArgs(root, server.address(), sc->base + "/v2.img"),
+                     {{"DP420_IO_TRACE_FILE", root + ".trace"}});
+    ASSERT_EQ(r.exit_code, kExitOk) << r.Describe();
+    server.Stop();
+  }
+  std::vector<Planned> trials;
+  std::istringstream lines(ReadFile(root + ".trace"));
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream fields(line);
+    uint64_t index = 0;
+    std::string op, path;
+    fields >> index >> op >> path;
+    if (op != "read" || path.find("/cache/") == std::string::npos ||
+        path.find(".ids") == std::string::npos) {
+      continue;
+    }
+    trials.push_back({"remote backup's agent (volume seed 1000), DP420_FAULT_AT_IO=" +
+                          std::to_string(index) + ":EIO (" + path + ")",
+                      [sc, index](const std::string& root) {
+                        return CacheEioTrial(*sc, root, index);
+                      }});
+  }
+  fs::remove_all(root);
+  ASSERT_GE(trials.size(), 2u) << "the agent read no id cache";
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("agent EIO reading its id caches", trials.size(), failures);
 }
 
 }  // namespace
