@@ -465,6 +465,10 @@ void Report(const std::string& what, size_t trials, const std::vector<std::strin
   if (failures.size() > 20) ADD_FAILURE() << failures.size() - 20 << " more failures";
 }
 
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 uint64_t ReadCount(const std::string& path) {
   if (!Exists(path)) return 0;
   return std::stoull(ReadFile(path));
@@ -1123,7 +1127,8 @@ std::vector<Planned> PlanLifecycle(
     uint64_t budget, const Disturb& disturb) {
   std::vector<Planned> trials;
   for (uint64_t seed : Seeds(4)) {
-    auto c = std::make_shared<LifecycleCase>(make(dir / (tag + "-" + std::to_string(seed)), seed));
+    std::string base = dir / (tag + "-" + std::to_string(seed));
+    auto c = std::make_shared<LifecycleCase>(make(base, seed));
     std::string root = dir / "count";
     if (std::string f = CopyTree(c->base, root); !f.empty()) Fail(f);
     std::vector<std::string> args = c->args(root);
@@ -1185,10 +1190,11 @@ TEST(IoIndexTest, PowerLossAtEveryIndexOfPruneKeepsEverySnapshot) {
   TempDir dir;
   auto start = std::chrono::steady_clock::now();
   std::vector<Planned> trials =
-      PlanLifecycle(dir, "prune", PruneCase, LongMode() ? 0 : 16, PowerLossAt(LongMode() ? 4 : 1));
+      PlanLifecycle(dir, "prune", PruneCase, LongMode() ? 0 : 16,
+                    PowerLossAt(LongMode() ? 4 : 1));
   std::vector<std::string> failures = RunTrials(dir / "work", trials);
   Report("prune power loss at I/O index", trials.size(), failures);
-  std::printf("in %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  std::printf("in %.1f s\n", SecondsSince(start));
   EXPECT_GE(trials.size(), 32u) << "fewer power cuts than promised";
 }
 
@@ -1199,7 +1205,7 @@ TEST(IoIndexTest, PowerLossAtEveryIndexOfForgetWithPruneKeepsEverySnapshot) {
                                               PowerLossAt(LongMode() ? 4 : 1));
   std::vector<std::string> failures = RunTrials(dir / "work", trials);
   Report("forget --prune power loss at I/O index", trials.size(), failures);
-  std::printf("in %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  std::printf("in %.1f s\n", SecondsSince(start));
   EXPECT_GE(trials.size(), 32u) << "fewer power cuts than promised";
 }
 
@@ -1218,13 +1224,14 @@ std::string AgentTrial(const Scenario& sc, const std::string& root, const Distur
     Serve server(root, {});
     if (server.address().empty()) return "the server did not start: " + server.Log();
     // The agent may reconnect and resume its session (a reset, a lost COMMIT).
-    std::vector<std::string> args = RemoteBackupArgs(root, server.address(), sc.base + "/v2.img");
+    std::vector<std::string> args =
+        RemoteBackupArgs(root, server.address(), sc.base + "/v2.img");
     *(std::find(args.begin(), args.end(), "--retry-for") + 1) = "10";
     run = CliIn(root, args, {{d.variable, d.value}, {"DP420_IO_TRACE_FILE", root + ".trace"}});
     bool up = server.alive();
     auto stopping = std::chrono::steady_clock::now();
     Result stop = server.Stop();
-    double stop_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopping).count();
+    double stop_s = SecondsSince(stopping);
     log = "\nserver log:\n" + server.Log();
     if (!up) return "the server died while its agent was disturbed: " + stop.Describe() + log;
     // A backup awaiting a lost agent ends at once: no agent comes back to a
@@ -1234,7 +1241,9 @@ std::string AgentTrial(const Scenario& sc, const std::string& root, const Distur
       return "the server did not stop cleanly: " + stop.Describe() + log;
     }
   }
-  if (std::string f = CheckRun(d, run, "", /*remote=*/true); !f.empty()) return "agent: " + f + log;
+  if (std::string f = CheckRun(d, run, "", /*remote=*/true); !f.empty()) {
+    return "agent: " + f + log;
+  }
   std::string added;
   bool fault = d.variable == "DP420_FAULT_AT_IO";
   if (std::string f = CheckState(sc, root, kRemoteVolume, fault, &added); !f.empty()) {
@@ -1269,7 +1278,8 @@ uint64_t CountAgent(const Scenario& sc, const std::string& root) {
 std::vector<Planned> PlanAgent(const TempDir& dir, uint64_t budget, const Disturb& disturb) {
   std::vector<Planned> trials;
   for (uint64_t seed : Seeds(4)) {
-    auto sc = std::make_shared<Scenario>(RemoteBackup(dir / ("agent-" + std::to_string(seed)), seed));
+    std::string base = dir / ("agent-" + std::to_string(seed));
+    auto sc = std::make_shared<Scenario>(RemoteBackup(base, seed));
     sc->name = "remote backup's agent";
     uint64_t count = CountAgent(*sc, dir / "count");
     std::printf("remote backup (seed %llu): the agent made %llu I/Os\n",
@@ -1290,7 +1300,7 @@ TEST(IoIndexTest, AgentCrashAtEveryIndexLeavesTheServerServing) {
   std::vector<Planned> trials = PlanAgent(dir, LongMode() ? 0 : 16, CrashAt());
   std::vector<std::string> failures = RunTrials(dir / "work", trials);
   Report("agent crash at I/O index", trials.size(), failures);
-  std::printf("in %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  std::printf("in %.1f s\n", SecondsSince(start));
   EXPECT_GE(trials.size(), 16u);
 }
 
@@ -1307,7 +1317,7 @@ TEST(IoIndexTest, AgentFaultAtEveryIndexLeavesTheServerServing) {
   std::vector<Planned> trials = PlanAgent(dir, LongMode() ? 0 : 8, faults);
   std::vector<std::string> failures = RunTrials(dir / "work", trials);
   Report("agent faults at I/O index", trials.size(), failures);
-  std::printf("in %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  std::printf("in %.1f s\n", SecondsSince(start));
   EXPECT_GE(trials.size(), 24u);
 }
 
