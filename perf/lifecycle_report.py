@@ -15,6 +15,7 @@ import sys
 
 MIB = 1 << 20
 GIB = 1 << 30
+SMALL_COPY = 64 * MIB  # a night whose prune copied less did not repack a data pack
 SLOT = 4096  # prune's live bitmap: one bit per 4 KiB slot of a pack
 
 
@@ -123,8 +124,10 @@ def main(argv):
     later = [r for r in rows if r["night"] >= 1 and r["ratio"]]
     ratios = [r["ratio"] for r in later]
     ratios_ref = [r["ratio_ref"] for r in later if r["ratio_ref"]]
-    plain = [r for r in rows if r["night"] >= 1 and r["fp_s"] and r["rewritten"] == 0]
-    repack_nights = [r for r in rows if r["night"] >= 1 and r["fp_s"] and r["rewritten"] > 0]
+    # "Without repack": nights whose prune copied less than SMALL_COPY (every night from the
+    # first forget on rewrites a few small packs, the previous nights' table pages).
+    plain = [r for r in rows if r["night"] >= 1 and r["fp_s"] and r["copied"] < SMALL_COPY]
+    repack_nights = [r for r in rows if r["night"] >= 1 and r["fp_s"] and r["copied"] >= SMALL_COPY]
     vs_full = [r["vs_full"] for r in plain if r["vs_full"]]
     r_rows = [r for r in rows if r["r_ratio"]]
     r_ratios = [r["r_ratio"] for r in r_rows]
@@ -138,12 +141,15 @@ def main(argv):
           f"| {'yes' if worst <= 1.15 else 'no'} |")
     if vs_full and full_s:
         worst = max(vs_full)
-        p(f"| forget + prune without repack ≤ 0.1 × cold full backup ({full_s:.2f} s), "
-          f"{len(plain)} nights | median {med([r['fp_s'] for r in plain]):.2f} s = {med(vs_full):.3f} ×, "
-          f"max {worst:.3f} × | {'yes' if worst <= 0.1 else 'median only' if med(vs_full) <= 0.1 else 'no'} |")
+        over = [r["night"] for r in plain if r["vs_full"] > 0.1]
+        p(f"| forget + prune without repack (< {SMALL_COPY // MIB} MiB copied) ≤ 0.1 × cold full "
+          f"backup ({full_s:.2f} s), {len(plain)} nights | median {med([r['fp_s'] for r in plain]):.2f} s "
+          f"= {med(vs_full):.3f} ×, max {worst:.3f} ×"
+          f"{' (over 0.1 on night ' + ', '.join(map(str, over)) + ')' if over else ''} "
+          f"| {'yes' if worst <= 0.1 else 'median only' if med(vs_full) <= 0.1 else 'no'} |")
     if repack_nights and full_s:
-        p(f"| (nights that repacked: {', '.join(str(r['night']) for r in repack_nights)}) "
-          f"| {', '.join('%.1f s / %.0f MiB' % (r['fp_s'], r['copied'] / MIB) for r in repack_nights)} | – |")
+        p(f"| (nights that repacked data packs: {', '.join(str(r['night']) for r in repack_nights)}) "
+          f"| {', '.join('%.1f s / %.0f MiB = %.2f ×' % (r['fp_s'], r['copied'] / MIB, r['vs_full']) for r in repack_nights)} | – |")
     if r_ratios:
         tot_r = sum(r["r_fp_s"] for r in r_rows)
         tot_d = sum(r["fp_s"] for r in r_rows)
