@@ -191,11 +191,13 @@ restic_night() {  # restic_night NIGHT
   ((n == 0)) && op=full
   date="$(date -u -d "2026-01-01 03:00:00 UTC + ${n} days" '+%Y-%m-%d %H:%M:%S')"
   cold
+  # shellcheck disable=SC2016 # the inner bash expands $1 and $2
   measure "restic:${op}:night${n}" "{\"tool\":\"restic\",\"op\":\"${op}\",\"night\":${n}}" \
     --du "${R_REPO}" -- bash -c 'restic backup -q --compression off --host perf --time "$1" "$2" && sync' _ \
     "${date}" "${R_SRC}"
   if ((n > 0)); then
     cold
+    # shellcheck disable=SC2016 # the inner bash expands $1 and $2
     measure "restic:forget-prune:night${n}" "{\"tool\":\"restic\",\"op\":\"forget-prune\",\"night\":${n}}" \
       --du "${R_REPO}" -- bash -c 'restic forget -q --keep-last "$1" --prune && sync' _ "${keep}"
   fi
@@ -224,6 +226,7 @@ if ((with_sweep)) && [[ -d "${SWEEP_SRC}" ]]; then
   for x in "${SWEEP_VALUES[@]}"; do
     rm -rf "${SWEEP_REPO}" "${SWEEP_STATE}"
     cold
+    # shellcheck disable=SC2016 # the inner bash expands $1 and $2
     measure "cp:copy-repo:sweep${x}" "{\"tool\":\"cp\",\"op\":\"copy-repo\",\"max_unused\":${x},\"bytes\":$(du -sb "${SWEEP_SRC}" | cut -f1)}" \
       -- bash -c 'cp -a "$1" "$2" && sync' _ "${SWEEP_SRC}" "${SWEEP_REPO}"
     cp -a "${SWEEP_SRC_STATE}" "${SWEEP_STATE}"
