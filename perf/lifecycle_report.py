@@ -125,7 +125,7 @@ def main(argv):
     ratios = [r["ratio"] for r in later]
     ratios_ref = [r["ratio_ref"] for r in later if r["ratio_ref"]]
     # "Without repack": nights whose prune copied less than SMALL_COPY (every night from the
-    # first forget on rewrites a few small packs, the previous nights' table pages).
+    # first forget on rewrites a few small packs).
     plain = [r for r in rows if r["night"] >= 1 and r["fp_s"] and r["copied"] < SMALL_COPY]
     repack_nights = [r for r in rows if r["night"] >= 1 and r["fp_s"] and r["copied"] >= SMALL_COPY]
     vs_full = [r["vs_full"] for r in plain if r["vs_full"]]
