@@ -5,7 +5,7 @@
 #   perf/run.sh [--quick] [--pairs N (1-20)] [--json] [--enforce]
 #               [--peers | --no-peers] [--block-sizes | --no-block-sizes]
 #               [--with-64g | --no-64g] [--remote | --no-remote] [--chain N (2-50)]
-#               [--only PHASE,...]
+#               [--only PHASE,...] [--dataset-only]
 #
 # Full run (default): 4 GiB volume, 3 alternating pairs, peers, a 10-snapshot chain, a
 # 64 GiB sparse volume, the block size sweep and the network backup over loopback (about
@@ -45,6 +45,8 @@
 # Every measured command also records what the repository's disk did meanwhile
 # (/proc/diskstats: requests, bytes, busy time), to show what limits a step.
 #
+# --dataset-only makes (or checks) the volume for the size chosen (--quick: 512 MiB) and
+# exits: no binary, no measurement (perf/lifecycle.sh uses it).
 # --peers installs restic, borgbackup, casync and rsync from Debian's packages when missing
 # (scripts/install-peers.sh, root only).
 # --json prints the summary as JSON on stdout (the tables go to stderr).
@@ -60,13 +62,14 @@ source "${ROOT}/scripts/lib-e2e.sh"
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2; }
 
-quick=0 json=0 enforce=0 pairs="" chain_len="" only=""
+quick=0 json=0 enforce=0 pairs="" chain_len="" only="" dataset_only=0
 opt_peers="" opt_sweep="" opt_big="" opt_remote=""
 while (($# > 0)); do
   case "$1" in
     --quick) quick=1 ;;
     --json) json=1 ;;
     --enforce) enforce=1 ;;
+    --dataset-only) dataset_only=1 ;;
     --pairs) [[ $# -ge 2 ]] || usage; pairs="$2"; shift ;;
     --pairs=*) pairs="${1#--pairs=}" ;;
     --chain) [[ $# -ge 2 ]] || usage; chain_len="$2"; shift ;;
@@ -119,6 +122,7 @@ if [[ -n "${only}" ]]; then
     esac
   done
 fi
+((dataset_only)) && with_peers=0
 readonly CHANGE_PERCENT=1
 readonly DATASET_VERSION=1
 readonly PEERS=(restic borg casync rsync)
@@ -163,13 +167,15 @@ clean_work() {
 }
 
 # --- the binaries -------------------------------------------------------------
-if [[ -n "${DP420_BIN:-}" ]]; then
+if ((dataset_only)); then
+  DP420=":"  # no binary needed: only the volume is made
+elif [[ -n "${DP420_BIN:-}" ]]; then
   DP420="${DP420_BIN}"
 else
   "${ROOT}/scripts/build.sh" --target dp420_cli >&2
   DP420="$(e2e_find_cli "${ROOT}/build")"
 fi
-[[ -x "${DP420}" ]] || e2e_die "no dp420 binary at ${DP420}"
+((dataset_only)) || [[ -x "${DP420}" ]] || e2e_die "no dp420 binary at ${DP420}"
 for tool in fio xxh128sum /usr/bin/time; do
   command -v "${tool}" >/dev/null || e2e_die "${tool} is missing: run scripts/install-deps.sh"
 done
@@ -203,9 +209,11 @@ if ((with_peers)); then
     note version_rsync "$(rsync --version | head -1 | tr -s ' ')"
   fi
 fi
-note version_dp420 "$("${DP420}" --version 2>&1 | head -1) (${DP420})"
-note version_fio "$(fio --version)"
-note version_xxh128sum "$(xxh128sum --version 2>&1 | head -1)"
+if ! ((dataset_only)); then
+  note version_dp420 "$("${DP420}" --version 2>&1 | head -1) (${DP420})"
+  note version_fio "$(fio --version)"
+  note version_xxh128sum "$(xxh128sum --version 2>&1 | head -1)"
+fi
 
 # --- the volumes ----------------------------------------------------------------
 dataset_key="v${DATASET_VERSION} size=${volume_size} real=${real_mib} random=${random_mib} change=${CHANGE_PERCENT}"
@@ -260,6 +268,11 @@ else
   make_dataset
 fi
 e2e_log "volume: $(cat "${STAMP}")"
+if ((dataset_only)); then
+  rmdir "${RUN_DIR}" 2>/dev/null || rm -rf "${RUN_DIR}"
+  printf '%s\n' "${BASE}"
+  exit 0
+fi
 VOLUME_BYTES="$(stat -c %s "${BASE}")"
 readonly VOLUME_BYTES
 CHANGE_SPAN=$((VOLUME_BYTES < (4 << 30) ? VOLUME_BYTES : (4 << 30)))

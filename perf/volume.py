@@ -14,12 +14,21 @@
         rewrites data in place (as a database or VM image changes) and the image holds
         as many non-zero blocks of K KiB or more afterwards as before.
 
+    volume.py mutate IMAGE --percent P --chunk-kib K --seed S [--slots FILE]
+        One night of churn: rewrites P % of IMAGE's non-zero K KiB pieces (K KiB-aligned)
+        with random data, in place, at distinct offsets chosen by the seed (capped at the
+        pieces that hold data, so it always fits). Pieces that held data still do, so the
+        image's count of non-zero K KiB pieces never changes. Prints one JSON line:
+        pieces, bytes written, data_pieces (non-zero pieces), piece size. --slots FILE
+        caches the list of non-zero pieces (valid while every mutate uses the same K).
+
     volume.py cmp IMAGE_A IMAGE_B
         Exit 0 when both files have the same size and bytes. Reads only the ranges where
         either file has data (SEEK_DATA/SEEK_HOLE): outside them both read as zeros, so a
         64 GiB sparse pair compares in the time of its data.
 """
 import argparse
+import json
 import os
 import random
 import sys
@@ -98,6 +107,32 @@ def patch(args) -> int:
     return 0
 
 
+def mutate(args) -> int:
+    piece = args.chunk_kib << 10
+    size = os.path.getsize(args.image)
+    slots = None
+    if args.slots and os.path.exists(args.slots):
+        with open(args.slots) as f:
+            cached = json.load(f)
+        if cached.get("piece") == piece and cached.get("size") == size:
+            slots = cached["slots"]
+    if slots is None:
+        slots = data_slots(args.image, range(size // piece), piece, piece)
+        if args.slots:
+            with open(args.slots + ".tmp", "w") as f:
+                json.dump({"piece": piece, "size": size, "slots": slots}, f)
+            os.rename(args.slots + ".tmp", args.slots)
+    count = min(len(slots), round(len(slots) * args.percent / 100))
+    if args.percent > 0:
+        count = min(len(slots), max(1, count))
+    rng = random.Random(args.seed)
+    offsets = sorted(rng.sample(slots, count))
+    write_pieces(args.image, [o * piece for o in offsets], piece, rng)
+    print(json.dumps({"pieces": count, "bytes": count * piece, "data_pieces": len(slots),
+                      "piece_bytes": piece, "seed": args.seed}))
+    return 0
+
+
 def data_ranges(fd: int, size: int) -> list:
     out = []
     pos = 0
@@ -157,11 +192,18 @@ def main() -> int:
     s.add_argument("--span", required=True)
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--over-data", action="store_true")
+    s = sub.add_parser("mutate")
+    s.add_argument("image")
+    s.add_argument("--percent", type=float, required=True)
+    s.add_argument("--chunk-kib", type=int, default=64)
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--slots")
     s = sub.add_parser("cmp")
     s.add_argument("a")
     s.add_argument("b")
     args = p.parse_args()
-    return {"make-sparse": make_sparse, "patch": patch, "cmp": compare}[args.cmd](args)
+    return {"make-sparse": make_sparse, "patch": patch, "mutate": mutate,
+            "cmp": compare}[args.cmd](args)
 
 
 if __name__ == "__main__":
