@@ -81,6 +81,10 @@ class PackReader {
   // against its SHA-256 and zeroes the padding after each. `buf` holds at
   // least the span's bytes rounded up to 4 KiB.
   Status ReadRun(const ObjRef* refs, size_t count, uint8_t* buf) const;
+  // Reads `len` bytes at `offset` as they are (nothing checked).
+  Status ReadBytes(uint64_t offset, uint8_t* buf, size_t len) const {
+    return file_.ReadAt(offset, buf, len);
+  }
   uint64_t size_bytes() const { return file_.info().size_bytes; }
   const std::string& path() const { return file_.path(); }
   int fd() const { return file_.fd(); }

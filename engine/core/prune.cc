@@ -19,6 +19,7 @@
 #include "engine/core/table.h"
 #include "io/file.h"
 #include "io/inject.h"
+#include "simd/simd.h"
 
 namespace dp420 {
 
@@ -311,7 +312,14 @@ class Repacker {
   // `pending_` to the writer's offset `pending_at_`.
   const uint8_t* pending_ = nullptr;
   uint64_t pending_at_ = 0, pending_len_ = 0;
-  uint64_t written_ = 0, writeback_from_ = 0;  // the writer's written end, and hinted
+  uint64_t written_end_ = 0, writeback_from_ = 0;  // of the current writer
+  // Every write to a new pack, for the read-back.
+  struct Written {
+    uint32_t pack_id;
+    uint64_t offset, len;
+    uint32_t crc32c;
+  };
+  std::vector<Written> written_;
   std::vector<Copy> copies_;
   std::set<uint32_t> done_;
   std::vector<uint8_t> buf_;
@@ -343,7 +351,7 @@ Status Repacker::NewWriter() {
                                             [this](uint32_t id) { return Journal(id); }));
   writer_ = std::make_unique<PackWriter>(std::move(w));
   new_packs.push_back(writer_->pack_id());
-  written_ = writeback_from_ = writer_->size_bytes();
+  written_end_ = writeback_from_ = writer_->size_bytes();
   return Status::Ok();
 }
 
@@ -352,12 +360,14 @@ Status Repacker::NewWriter() {
 Status Repacker::WritePending() {
   if (pending_len_ == 0) return Status::Ok();
   DP420_RETURN_IF_ERROR(writer_->WriteReserved(pending_at_, pending_, pending_len_));
-  written_ = pending_at_ + pending_len_;
+  written_.push_back({writer_->pack_id(), pending_at_, pending_len_,
+                      simd::Crc32c(0, pending_, pending_len_)});
+  written_end_ = pending_at_ + pending_len_;
   pending_len_ = 0;
-  if (written_ - writeback_from_ >= kWritebackBytes) {
-    (void)sync_file_range(writer_->fd(), off_t(writeback_from_), off_t(written_ - writeback_from_),
-                          SYNC_FILE_RANGE_WRITE);
-    writeback_from_ = written_;
+  if (written_end_ - writeback_from_ >= kWritebackBytes) {
+    (void)sync_file_range(writer_->fd(), off_t(writeback_from_),
+                          off_t(written_end_ - writeback_from_), SYNC_FILE_RANGE_WRITE);
+    writeback_from_ = written_end_;
   }
   return Status::Ok();
 }
@@ -440,24 +450,27 @@ Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes
   return Status::Ok();
 }
 
-// Every new pack read back, in runs, and every copy checked against its
-// SHA-256 before anything is deleted.
+// Every new pack read back before anything is deleted: its header, trailer
+// and index checked, and every write compared with the CRC-32C of what was
+// written (each record's SHA-256 was checked when it was read from its old
+// pack, right before).
 Status Repacker::ReadBack() {
-  std::map<uint32_t, std::vector<ObjRef>> by_pack;
-  for (const Copy& c : copies_) {
-    if (done_.count(c.old_pack)) by_pack[c.new_ref.pack_id].push_back(c.new_ref);
-  }
-  for (auto& [id, refs] : by_pack) {
-    std::sort(refs.begin(), refs.end(),
-              [](const ObjRef& a, const ObjRef& b) { return a.offset_4k < b.offset_4k; });
-    auto reader = PackReader::Open(repo_.PackPath(id), id);
-    if (!reader.ok()) return reader.status().Prefix("prune: a repacked record does not read back");
-    for (size_t i = 0; i < refs.size();) {
-      size_t n = RunLength(&refs[i], refs.size() - i);
-      buf_.resize(std::max<uint64_t>(RunBytes(&refs[i], n), kRecordAlign));
-      Status s = reader->ReadRun(&refs[i], n, buf_.data());
-      if (!s.ok()) return s.Prefix("prune: a repacked record does not read back");
-      i += n;
+  std::map<uint32_t, std::unique_ptr<PackReader>> readers;
+  for (const Written& w : written_) {
+    auto& reader = readers[w.pack_id];
+    if (!reader) {
+      auto opened = PackReader::Open(repo_.PackPath(w.pack_id), w.pack_id);
+      Status s = opened.ok() ? opened->ReadIndex().status() : opened.status();
+      if (!s.ok()) return s.Prefix("prune: a repacked pack does not read back");
+      reader = std::make_unique<PackReader>(std::move(opened).value());
+    }
+    buf_.resize(w.len);
+    DP420_RETURN_IF_ERROR(reader->ReadBytes(w.offset, buf_.data(), w.len)
+                              .Prefix("prune: a repacked pack does not read back"));
+    if (simd::Crc32c(0, buf_.data(), w.len) != w.crc32c) {
+      return Status::Corruption("prune: " + reader->path() + " does not read back the " +
+                                std::to_string(w.len) + " bytes written at offset " +
+                                std::to_string(w.offset));
     }
   }
   return Status::Ok();
