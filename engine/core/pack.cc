@@ -105,6 +105,11 @@ Status PackWriter::WriteRecord(const uint8_t* data, uint32_t len, ObjRef* ref) {
   return file_.WriteAt(ref->offset_bytes(), buf.get(), padded).Prefix(path());
 }
 
+Status PackWriter::WriteReserved(uint64_t offset, const uint8_t* data, size_t len) {
+  DP420_ASSERT(offset >= sizeof(PackHeader) && offset + len <= next_offset_);
+  return file_.WriteAt(offset, data, len).Prefix(path());
+}
+
 Status PackWriter::Finish() {
   DP420_ASSERT(file_.fd() >= 0);
   uint64_t index_offset = next_offset_;
@@ -195,6 +200,16 @@ Result<std::vector<ObjRef>> PackReader::ReadIndex() const {
   return index;
 }
 
+Status PackReader::Check(const ObjRef& ref, const uint8_t* bytes) const {
+  uint8_t digest[32];
+  simd::Sha256(bytes, ref.stored_len, digest);
+  if (std::memcmp(digest, ref.sha256, 32) != 0) {
+    return Status::Corruption(path() + ": record at offset " + std::to_string(ref.offset_bytes()) +
+                              " fails its SHA-256");
+  }
+  return Status::Ok();
+}
+
 Status PackReader::ReadRecord(const ObjRef& ref, uint8_t* buf) const {
   uint64_t offset = ref.offset_bytes();
   if (offset + ref.stored_len > size_bytes()) {
@@ -202,11 +217,34 @@ Status PackReader::ReadRecord(const ObjRef& ref, uint8_t* buf) const {
                               " runs past the end of the pack (truncated?)");
   }
   DP420_RETURN_IF_ERROR(file_.ReadAt(offset, buf, ref.stored_len));
-  uint8_t digest[32];
-  simd::Sha256(buf, ref.stored_len, digest);
-  if (std::memcmp(digest, ref.sha256, 32) != 0) {
-    return Status::Corruption(path() + ": record at offset " + std::to_string(offset) +
-                              " fails its SHA-256");
+  return Check(ref, buf);
+}
+
+uint64_t RunBytes(const ObjRef* refs, size_t count) {
+  const ObjRef& last = refs[count - 1];
+  return last.offset_bytes() + RoundUp(last.stored_len, kRecordAlign) - refs[0].offset_bytes();
+}
+
+bool Adjacent(const ObjRef& ref, const ObjRef& next) {
+  return next.offset_bytes() == ref.offset_bytes() + RoundUp(ref.stored_len, kRecordAlign);
+}
+
+Status PackReader::ReadRun(const ObjRef* refs, size_t count, uint8_t* buf) const {
+  DP420_ASSERT(count > 0);
+  for (size_t i = 1; i < count; ++i) DP420_ASSERT(Adjacent(refs[i - 1], refs[i]));
+  uint64_t start = refs[0].offset_bytes();
+  uint64_t end = refs[count - 1].offset_bytes() + refs[count - 1].stored_len;
+  if (end > size_bytes()) {
+    return Status::Corruption(path() + ": record at offset " +
+                              std::to_string(refs[count - 1].offset_bytes()) +
+                              " runs past the end of the pack (truncated?)");
+  }
+  DP420_RETURN_IF_ERROR(file_.ReadAt(start, buf, end - start));
+  for (size_t i = 0; i < count; ++i) {
+    uint8_t* bytes = buf + (refs[i].offset_bytes() - start);
+    DP420_RETURN_IF_ERROR(Check(refs[i], bytes));
+    std::memset(bytes + refs[i].stored_len, 0,
+                RoundUp(refs[i].stored_len, kRecordAlign) - refs[i].stored_len);
   }
   return Status::Ok();
 }

@@ -46,6 +46,10 @@ class PackWriter {
   void Reserve(uint32_t stored_len, ObjRef* ref);
   // Reserve() + a synchronous write of `data` (padded to 4 KiB).
   Status WriteRecord(const uint8_t* data, uint32_t len, ObjRef* ref);
+  // A synchronous write of `len` bytes at `offset`, all of them reserved
+  // (records laid out as Reserve() placed them, padding included; aligned
+  // to 4 KiB when direct()).
+  Status WriteReserved(uint64_t offset, const uint8_t* data, size_t len);
   // Writes the trailer index and footer, fdatasyncs and closes. The caller
   // must have completed every write it issued against fd().
   Status Finish();
@@ -71,14 +75,32 @@ class PackReader {
   // bytes when direct) and checks its SHA-256. kCorruption names the pack,
   // the offset and what failed.
   Status ReadRecord(const ObjRef& ref, uint8_t* buf) const;
+  // Reads `count` records that lie back to back in the pack (each at the
+  // 4 KiB boundary after the one before) with one read into `buf`, record i
+  // at buf + refs[i].offset_bytes() - refs[0].offset_bytes(), checks each
+  // against its SHA-256 and zeroes the padding after each. `buf` holds at
+  // least the span's bytes rounded up to 4 KiB.
+  Status ReadRun(const ObjRef* refs, size_t count, uint8_t* buf) const;
+  // Reads `len` bytes at `offset` as they are (nothing checked).
+  Status ReadBytes(uint64_t offset, uint8_t* buf, size_t len) const {
+    return file_.ReadAt(offset, buf, len);
+  }
   uint64_t size_bytes() const { return file_.info().size_bytes; }
   const std::string& path() const { return file_.path(); }
   int fd() const { return file_.fd(); }
 
  private:
+  Status Check(const ObjRef& ref, const uint8_t* bytes) const;
+
   io::File file_;
   uint32_t pack_id_ = 0;
 };
+
+// The bytes from the first record's start to the 4 KiB boundary after the
+// last record of a back-to-back run (PackReader::ReadRun).
+uint64_t RunBytes(const ObjRef* refs, size_t count);
+// Whether `next` starts at the 4 KiB boundary after `ref`.
+bool Adjacent(const ObjRef& ref, const ObjRef& next);
 
 // Checks a footer's magic, version and CRC.
 bool FooterValid(const PackFooter& footer);

@@ -19,6 +19,7 @@
 #include "engine/core/table.h"
 #include "io/file.h"
 #include "io/inject.h"
+#include "simd/simd.h"
 
 namespace dp420 {
 
@@ -259,6 +260,23 @@ struct Copy {
   ObjRef new_ref{};
 };
 
+// Live records are copied in runs: records back to back in the old pack
+// (the usual case) are read with one read of up to kRunBytes, checked and
+// written with one write.
+constexpr uint64_t kRunBytes = 8 << 20;
+// What a new pack has written is handed to the kernel's writeback every
+// kWritebackBytes (sync_file_range), so the disk writes while the next runs
+// are read and the fdatasync that closes the pack waits for little.
+constexpr uint64_t kWritebackBytes = 32 << 20;
+
+// The longest prefix of refs[0, count) that lies back to back and fits in
+// kRunBytes (at least one record).
+size_t RunLength(const ObjRef* refs, size_t count) {
+  size_t n = 1;
+  while (n < count && Adjacent(refs[n - 1], refs[n]) && RunBytes(refs, n + 1) <= kRunBytes) ++n;
+  return n;
+}
+
 // The repack: live records of `victims` copied into new packs (journalled
 // in tmp/.prune.journal before each exists), made durable, read back and
 // checked. A victim whose index or a record cannot be read is left alone.
@@ -278,7 +296,9 @@ class Repacker {
 
  private:
   Status CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes_total);
-  Status Append(const uint8_t* data, const ObjRef& old_ref, ObjRef* new_ref);
+  Status AppendRun(const uint8_t* data, Copy* copies, size_t count);
+  Status WritePending();
+  Status NewWriter();
   Status FinishWriter();
   Status ReadBack();
   Status Journal(uint32_t pack_id);
@@ -288,6 +308,18 @@ class Repacker {
   PruneReport* report_;
   int journal_fd_ = -1;
   std::unique_ptr<PackWriter> writer_;
+  // Bytes of the current run not yet written: `pending_len_` bytes from
+  // `pending_` to the writer's offset `pending_at_`.
+  const uint8_t* pending_ = nullptr;
+  uint64_t pending_at_ = 0, pending_len_ = 0;
+  uint64_t written_end_ = 0, writeback_from_ = 0;  // of the current writer
+  // Every write to a new pack, for the read-back.
+  struct Written {
+    uint32_t pack_id;
+    uint64_t offset, len;
+    uint32_t crc32c;
+  };
+  std::vector<Written> written_;
   std::vector<Copy> copies_;
   std::set<uint32_t> done_;
   std::vector<uint8_t> buf_;
@@ -313,21 +345,59 @@ Status Repacker::Journal(uint32_t pack_id) {
   return Status::Ok();
 }
 
-Status Repacker::Append(const uint8_t* data, const ObjRef& old_ref, ObjRef* new_ref) {
-  uint64_t padded = RoundUp(old_ref.stored_len, kRecordAlign);
-  if (writer_ && writer_->Full(padded)) DP420_RETURN_IF_ERROR(FinishWriter());
-  if (!writer_) {
-    DP420_ASSIGN_OR_RETURN(PackWriter w,
-                           PackWriter::Create(repo_.PacksDir(), repo_.repo_id(), false,
-                                              [this](uint32_t id) { return Journal(id); }));
-    writer_ = std::make_unique<PackWriter>(std::move(w));
-    new_packs.push_back(writer_->pack_id());
+Status Repacker::NewWriter() {
+  DP420_ASSIGN_OR_RETURN(PackWriter w,
+                         PackWriter::Create(repo_.PacksDir(), repo_.repo_id(), false,
+                                            [this](uint32_t id) { return Journal(id); }));
+  writer_ = std::make_unique<PackWriter>(std::move(w));
+  new_packs.push_back(writer_->pack_id());
+  written_end_ = writeback_from_ = writer_->size_bytes();
+  return Status::Ok();
+}
+
+// Writes the pending bytes; starts the writeback of every kWritebackBytes
+// (a hint: its failure is left to the fdatasync of Finish to report).
+Status Repacker::WritePending() {
+  if (pending_len_ == 0) return Status::Ok();
+  DP420_RETURN_IF_ERROR(writer_->WriteReserved(pending_at_, pending_, pending_len_));
+  written_.push_back({writer_->pack_id(), pending_at_, pending_len_,
+                      simd::Crc32c(0, pending_, pending_len_)});
+  written_end_ = pending_at_ + pending_len_;
+  pending_len_ = 0;
+  if (written_end_ - writeback_from_ >= kWritebackBytes) {
+    (void)sync_file_range(writer_->fd(), off_t(writeback_from_),
+                          off_t(written_end_ - writeback_from_), SYNC_FILE_RANGE_WRITE);
+    writeback_from_ = written_end_;
   }
-  *new_ref = old_ref;
-  return writer_->WriteRecord(data, old_ref.stored_len, new_ref);
+  return Status::Ok();
+}
+
+// Appends `count` records laid out back to back in `data` (as ReadRun left
+// them) to the new packs, filling copies[i].new_ref; a run that does not fit
+// the current pack continues in the next.
+Status Repacker::AppendRun(const uint8_t* data, Copy* copies, size_t count) {
+  for (size_t i = 0; i < count; ++i) {
+    const ObjRef& old_ref = copies[i].old_ref;
+    uint64_t padded = RoundUp(old_ref.stored_len, kRecordAlign);
+    if (writer_ && writer_->size_bytes() > sizeof(PackHeader) &&
+        writer_->size_bytes() + padded > o_.pack_bytes) {
+      DP420_RETURN_IF_ERROR(FinishWriter());
+    }
+    if (!writer_) DP420_RETURN_IF_ERROR(NewWriter());
+    copies[i].new_ref = old_ref;
+    writer_->Reserve(old_ref.stored_len, &copies[i].new_ref);
+    const uint8_t* bytes = data + (old_ref.offset_bytes() - copies[0].old_ref.offset_bytes());
+    if (pending_len_ == 0) {
+      pending_ = bytes;
+      pending_at_ = copies[i].new_ref.offset_bytes();
+    }
+    pending_len_ += padded;
+  }
+  return WritePending();
 }
 
 Status Repacker::FinishWriter() {
+  DP420_RETURN_IF_ERROR(WritePending());
   uint64_t records = writer_->size_bytes() - sizeof(PackHeader);
   DP420_RETURN_IF_ERROR(writer_->Finish());
   new_overhead += writer_->final_size() - records;
@@ -346,21 +416,33 @@ Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes
                                 index.status().message());
     return Status::Ok();
   }
-  std::vector<Copy> copies;
+  std::vector<ObjRef> live;
   for (const ObjRef& ref : index.value()) {
+    if (info.Test(ref.offset_4k)) live.push_back(ref);
+  }
+  std::sort(live.begin(), live.end(),
+            [](const ObjRef& a, const ObjRef& b) { return a.offset_4k < b.offset_4k; });
+  (void)posix_fadvise(reader->fd(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  std::vector<Copy> copies(live.size());
+  for (size_t i = 0; i < live.size();) {
     if (o_.control.Canceled()) return Status::Canceled("prune canceled");
-    if (!info.Test(ref.offset_4k)) continue;
-    buf_.resize(RoundUp(std::max<uint32_t>(ref.stored_len, 1), kRecordAlign));
-    if (Status s = reader->ReadRecord(ref, buf_.data()); !s.ok()) {
+    size_t n = RunLength(&live[i], live.size() - i);
+    if (i + n < live.size()) {  // the next run is read ahead while this one is copied
+      size_t next = RunLength(&live[i + n], live.size() - i - n);
+      (void)posix_fadvise(reader->fd(), off_t(live[i + n].offset_bytes()),
+                          off_t(RunBytes(&live[i + n], next)), POSIX_FADV_WILLNEED);
+    }
+    buf_.resize(std::max<uint64_t>(RunBytes(&live[i], n), kRecordAlign));
+    if (Status s = reader->ReadRun(&live[i], n, buf_.data()); !s.ok()) {
       report_->warnings.push_back("packs/" + PackName(pack_id) + ".pack kept, not repacked: " +
                                   s.message());
       return Status::Ok();  // what was copied of it stays unused in the new pack
     }
-    Copy c{pack_id, ref, {}};
-    DP420_RETURN_IF_ERROR(Append(buf_.data(), ref, &c.new_ref));
-    copies.push_back(c);
-    *bytes_done += ref.stored_len;
+    for (size_t k = 0; k < n; ++k) copies[i + k] = Copy{pack_id, live[i + k], {}};
+    DP420_RETURN_IF_ERROR(AppendRun(buf_.data(), &copies[i], n));
+    for (size_t k = 0; k < n; ++k) *bytes_done += live[i + k].stored_len;
     if (o_.control.progress) o_.control.progress({"repack", *bytes_done, bytes_total});
+    i += n;
   }
   copies_.insert(copies_.end(), copies.begin(), copies.end());
   report_->records_copied += copies.size();
@@ -368,16 +450,28 @@ Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes
   return Status::Ok();
 }
 
-// Every copy read back from its new pack and checked against its SHA-256
-// before anything is deleted.
+// Every new pack read back before anything is deleted: its header, trailer
+// and index checked, and every write compared with the CRC-32C of what was
+// written (each record's SHA-256 was checked when it was read from its old
+// pack, right before).
 Status Repacker::ReadBack() {
-  PackCache cache(repo_);
-  for (const Copy& c : copies_) {
-    if (!done_.count(c.old_pack)) continue;
-    buf_.resize(RoundUp(std::max<uint32_t>(c.new_ref.stored_len, 1), kRecordAlign));
-    DP420_ASSIGN_OR_RETURN(const PackReader* pack, cache.Get(c.new_ref.pack_id));
-    Status s = pack->ReadRecord(c.new_ref, buf_.data());
-    if (!s.ok()) return s.Prefix("prune: a repacked record does not read back");
+  std::map<uint32_t, std::unique_ptr<PackReader>> readers;
+  for (const Written& w : written_) {
+    auto& reader = readers[w.pack_id];
+    if (!reader) {
+      auto opened = PackReader::Open(repo_.PackPath(w.pack_id), w.pack_id);
+      Status s = opened.ok() ? opened->ReadIndex().status() : opened.status();
+      if (!s.ok()) return s.Prefix("prune: a repacked pack does not read back");
+      reader = std::make_unique<PackReader>(std::move(opened).value());
+    }
+    buf_.resize(w.len);
+    DP420_RETURN_IF_ERROR(reader->ReadBytes(w.offset, buf_.data(), w.len)
+                              .Prefix("prune: a repacked pack does not read back"));
+    if (simd::Crc32c(0, buf_.data(), w.len) != w.crc32c) {
+      return Status::Corruption("prune: " + reader->path() + " does not read back the " +
+                                std::to_string(w.len) + " bytes written at offset " +
+                                std::to_string(w.offset));
+    }
   }
   return Status::Ok();
 }

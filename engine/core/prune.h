@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/core/format.h"
 #include "engine/core/job.h"
 #include "engine/core/manifest.h"  // Json
 #include "engine/core/repo.h"
@@ -44,6 +45,9 @@ struct PruneOptions {
   std::function<void(const std::string&)> notice;
   // Tests: called after the repack, before the delete phase takes its lock.
   std::function<void()> before_delete;
+  // Tests: the size past which the repack closes a new pack (small packs
+  // make a run of records continue in the next pack).
+  uint64_t pack_bytes = kPackMaxBytes;
 };
 
 struct PruneReport {

@@ -163,6 +163,54 @@ TEST(PackTest, WriteReadIndexAndDetectDamage) {
   EXPECT_EQ(r3->ReadIndex().status().code(), Code::kCorruption);
 }
 
+// Three records back to back, read with one ReadRun: each checked, the
+// padding after each zeroed whatever the file held there; a flipped byte in
+// the middle one is named by its offset.
+TEST(PackTest, ReadRunChecksBackToBackRecordsAndZeroesTheirPadding) {
+  TempDir dir;
+  uint8_t repo_id[16] = {4, 5, 6};
+  auto w = PackWriter::Create(dir.path(), repo_id, false, [](uint32_t) { return Status::Ok(); });
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  std::vector<std::vector<uint8_t>> records = {std::vector<uint8_t>(10000, 0x11),
+                                               std::vector<uint8_t>(4096, 0x22),
+                                               std::vector<uint8_t>(5000, 0x33)};
+  std::vector<ObjRef> refs(records.size());
+  for (size_t i = 0; i < records.size(); ++i) {
+    simd::Sha256(records[i].data(), records[i].size(), refs[i].sha256);
+    ASSERT_TRUE(w->WriteRecord(records[i].data(), uint32_t(records[i].size()), &refs[i]).ok());
+  }
+  uint32_t id = w->pack_id();
+  ASSERT_TRUE(w->Finish().ok());
+  EXPECT_TRUE(Adjacent(refs[0], refs[1]));
+  EXPECT_TRUE(Adjacent(refs[1], refs[2]));
+  EXPECT_FALSE(Adjacent(refs[0], refs[2]));
+  EXPECT_EQ(RunBytes(refs.data(), 3), 3 * 4096u + 4096u + 2 * 4096u);
+  std::string path = dir.path() + "/" + PackName(id) + ".pack";
+  auto bytes = ReadAll(path);
+  bytes[4096 + 10000] = 0x7f;          // padding after the first record
+  bytes[6 * 4096 + 5000 + 1] = 0x7f;   // padding after the last
+  WriteAll(path, bytes);
+
+  auto r = PackReader::Open(path, id);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  std::vector<uint8_t> buf(RunBytes(refs.data(), 3), 0xee);
+  ASSERT_TRUE(r->ReadRun(refs.data(), 3, buf.data()).ok());
+  std::vector<uint8_t> expect(buf.size(), 0);
+  std::copy(records[0].begin(), records[0].end(), expect.begin());
+  std::copy(records[1].begin(), records[1].end(), expect.begin() + 3 * 4096);
+  std::copy(records[2].begin(), records[2].end(), expect.begin() + 4 * 4096);
+  EXPECT_TRUE(buf == expect);
+
+  bytes[4 * 4096 + 7] ^= 1;  // the middle record
+  WriteAll(path, bytes);
+  auto r2 = PackReader::Open(path, id);
+  ASSERT_TRUE(r2.ok());
+  Status s = r2->ReadRun(refs.data(), 3, buf.data());
+  EXPECT_EQ(s.code(), Code::kCorruption);
+  EXPECT_NE(s.message().find("offset 16384"), std::string::npos) << s.message();
+  EXPECT_TRUE(r2->ReadRun(refs.data(), 1, buf.data()).ok());  // the first alone
+}
+
 TEST(RepositoryTest, InitRefusesNonEmptyAndOpenRefusesNonRepo) {
   TempDir dir;
   WriteAll(dir.path() + "/file", {1, 2, 3});

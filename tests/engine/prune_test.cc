@@ -227,6 +227,29 @@ TEST_F(PruneTest, RepacksHalfUsedPackAndReadersFollowTheRelocation) {
   EXPECT_TRUE(Packs().empty());
 }
 
+// The newer snapshot keeps the second half of the oldest's data pack: 32
+// records back to back, copied in one run that continues across new packs
+// of five records each.
+TEST_F(PruneTest, RepackRunContinuesAcrossNewPacks) {
+  Backup("a");
+  std::set<uint32_t> s1_packs = Packs();
+  std::vector<uint32_t> changed;
+  for (uint32_t b = 0; b < kBlocks / 2; ++b) changed.push_back(b);
+  Backup("a", changed, 2);
+  DropOldest("a");
+  PruneOptions o;
+  o.max_unused = 0.1;
+  o.pack_bytes = sizeof(PackHeader) + 5 * uint64_t{kBlock};
+  auto r = RunPrune(*repo_, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->packs_rewritten, 1u);
+  EXPECT_EQ(r->records_copied, kBlocks / 2);
+  EXPECT_EQ(r->packs_created, (kBlocks / 2 + 4) / 5);
+  for (uint32_t id : s1_packs) EXPECT_FALSE(Exists(repo_->PackPath(id))) << PackName(id);
+  ExpectRestores("a");
+  ExpectClean();
+}
+
 // Bit rot in a record that prune moved: verify finds it at its new place and
 // records it as the block tables name it (before relocation), so the next
 // backup, which compares table references, stores exactly that block again.
