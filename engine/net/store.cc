@@ -524,16 +524,15 @@ Status CheckStillAllowed(ServerContext& ctx, BackupSession& s) {
   return Status::Ok();
 }
 
-// COMMIT: every stripe is acknowledged. Waits for the table builder, closes
-// the stripes' packs and commits; answers COMMITTED with the manifest.
-Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, Millis timeout) {
-  if (ctx.options.on_session_point) ctx.options.on_session_point("commit");
+// Waits until the table builder took every page, PINGing the agent; fails
+// when the backup is aborted, the agent hangs up or pages never come.
+Status AwaitConsumed(ServerContext& ctx, Conn& conn, BackupSession& s, Millis timeout) {
   auto deadline = Clock::now() + ctx.options.LossTimeout() * 4;
   auto last_ping = Clock::now();
   for (;;) {
     DP420_ASSIGN_OR_RETURN(bool done, s.WaitConsumed(std::min<Millis>(
                                           ctx.options.heartbeat_interval, Millis(200))));
-    if (done) break;
+    if (done) return Status::Ok();
     if (s.aborted()) return Status::Network("backup aborted");
     if (Clock::now() > deadline) {
       return Status::InvalidArgument("COMMIT before every page was sent and acknowledged");
@@ -549,6 +548,10 @@ Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, 
     ping.U64(WallClockNs());
     DP420_RETURN_IF_ERROR(conn.Send(FrameType::kPing, 0, ping.bytes(), timeout));
   }
+}
+
+// Finishes the stripes' packs and makes them durable; their counters.
+Result<SnapshotStats> CloseStripes(ServerContext& ctx, BackupSession& s) {
   SnapshotStats stats;
   for (uint32_t i = 0; i < s.stripes(); ++i) {
     StripeState& st = s.stripe(i);
@@ -567,29 +570,19 @@ Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, 
   Manifest& m = s.builder().manifest();
   stats.bytes_read = m.volume_size;  // the agent read the whole volume
   m.seconds = static_cast<double>(NowUnixNs() - m.created_unix_ns) / 1e9;
-  // The agent's send counters, for the log.
-  CommitCounters counters;
-  DP420_RETURN_IF_ERROR(ParseCommit(f.payload, &counters));
-  uint64_t sent = counters.sent, zc = counters.zerocopy, copied = counters.copied,
-           resent = counters.resent;
-  uint64_t received = 0;
-  for (uint32_t i = 0; i < s.stripes(); ++i) received += s.stripe(i).bytes_received;
-  // Revocation aborts under this lock: either it came first and nothing is
-  // committed, or the commit completes first.
-  std::unique_lock commit_lock(s.commit_mu());
-  if (s.committed) {
-    // A repeated COMMIT of a committed backup: the same manifest again.
-    Manifest committed = *s.committed;
-    commit_lock.unlock();
-    DP420_ASSIGN_OR_RETURN(std::string text, SealedText(ctx.repo, committed));
-    ctx.log.Info("backup COMMIT repeated, answered with the committed snapshot",
-                 {{"client", s.who().client},
-                  {"volume", committed.volume},
-                  {"snapshot", committed.snapshot_id}});
-    PayloadWriter w;
-    w.String(text);
-    return conn.Send(FrameType::kCommitted, f.header.request_id, w.bytes(), timeout);
-  }
+  return stats;
+}
+
+// Commits the snapshot once. An agent whose control connection was lost
+// during its COMMIT resumes on a new one and sends COMMIT again, possibly
+// while the first still runs: the repeat gets the committed manifest
+// (*repeated) or the first one's failure. Revocation aborts under the same
+// lock: either it came first and nothing is committed, or the commit did.
+Result<Manifest> CommitOnce(ServerContext& ctx, BackupSession& s, const SnapshotStats& stats,
+                            bool* repeated) {
+  std::lock_guard commit_lock(s.commit_mu());
+  *repeated = s.committed.has_value();
+  if (s.committed) return *s.committed;
   if (!s.commit_failed.ok()) {
     return s.commit_failed.Prefix("an earlier COMMIT of this backup failed");
   }
@@ -600,21 +593,41 @@ Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, 
     s.commit_failed = built.status();
     return built.status();
   }
-  Manifest committed = std::move(built).value();
-  s.committed = committed;
+  s.committed = built.value();
   s.ReleaseVolume();
-  commit_lock.unlock();
+  return built;
+}
+
+// COMMIT: every stripe is acknowledged. Waits for the table builder, closes
+// the stripes' packs and commits; answers COMMITTED with the manifest.
+Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, Millis timeout) {
+  if (ctx.options.on_session_point) ctx.options.on_session_point("commit");
+  DP420_RETURN_IF_ERROR(AwaitConsumed(ctx, conn, s, timeout));
+  DP420_ASSIGN_OR_RETURN(SnapshotStats stats, CloseStripes(ctx, s));
+  CommitCounters counters;  // the agent's send counters, for the log
+  DP420_RETURN_IF_ERROR(ParseCommit(f.payload, &counters));
+  bool repeated = false;
+  DP420_ASSIGN_OR_RETURN(Manifest committed, CommitOnce(ctx, s, stats, &repeated));
   DP420_ASSIGN_OR_RETURN(std::string text, SealedText(ctx.repo, committed));
-  ctx.log.Info("backup committed", {{"client", s.who().client},
-                                    {"volume", committed.volume},
-                                    {"snapshot", committed.snapshot_id},
-                                    {"blocks_stored", committed.blocks_stored},
-                                    {"bytes_written", committed.bytes_written},
-                                    {"block_bytes_received", received},
-                                    {"bytes_sent", sent},
-                                    {"bytes_sent_zerocopy", zc},
-                                    {"bytes_zerocopy_copied", copied},
-                                    {"bytes_resent", resent}});
+  if (repeated) {
+    ctx.log.Info("backup COMMIT repeated, answered with the committed snapshot",
+                 {{"client", s.who().client},
+                  {"volume", committed.volume},
+                  {"snapshot", committed.snapshot_id}});
+  } else {
+    uint64_t received = 0;
+    for (uint32_t i = 0; i < s.stripes(); ++i) received += s.stripe(i).bytes_received;
+    ctx.log.Info("backup committed", {{"client", s.who().client},
+                                      {"volume", committed.volume},
+                                      {"snapshot", committed.snapshot_id},
+                                      {"blocks_stored", committed.blocks_stored},
+                                      {"bytes_written", committed.bytes_written},
+                                      {"block_bytes_received", received},
+                                      {"bytes_sent", counters.sent},
+                                      {"bytes_sent_zerocopy", counters.zerocopy},
+                                      {"bytes_zerocopy_copied", counters.copied},
+                                      {"bytes_resent", counters.resent}});
+  }
   PayloadWriter w;
   w.String(text);
   return conn.Send(FrameType::kCommitted, f.header.request_id, w.bytes(), timeout);
