@@ -172,6 +172,9 @@ Status TableWalker::Walk(const Manifest& m, bool strict, const JobControl& contr
 Status TableWalker::Resolve(ObjRef* ref) {
   Status s = relocator_.Resolve(ref);
   if (s.ok()) return s;
+  if (s.code() != Code::kCorruption) {  // the operating system refused: not damage
+    return s.Prefix("prune: snapshot " + m_->snapshot_id + " of volume '" + m_->volume + "'");
+  }
   return Status::Corruption("prune refuses: snapshot " + m_->snapshot_id + " of volume '" +
                             m_->volume + "': " + s.message());
 }
@@ -188,6 +191,12 @@ Status TableWalker::Page(uint32_t level, uint64_t index, ObjRef ref) {
   Status s = pack.ok() ? pack.value()->ReadRecord(ref, reinterpret_cast<uint8_t*>(page.data()))
                        : pack.status();
   if (!s.ok()) {
+    // The operating system refused (no file descriptors, EIO): not damage,
+    // and never a reason to leave what the page references unmarked.
+    if (s.code() != Code::kCorruption) {
+      return s.Prefix("prune: reading a table page of snapshot " + m_->snapshot_id +
+                      " of volume '" + m_->volume + "'");
+    }
     if (!strict_) return Status::Ok();
     return Status::Corruption("prune refuses: a table page of snapshot " + m_->snapshot_id +
                               " of volume '" + m_->volume + "' cannot be read (" + s.message() +

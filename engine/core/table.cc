@@ -1,5 +1,7 @@
 #include "engine/core/table.h"
 
+#include <algorithm>
+
 #include "io/assert.h"
 #include "simd/simd.h"
 
@@ -15,7 +17,16 @@ uint32_t PageEntryCount(const TableShape& shape, uint32_t level, uint64_t index)
 
 Result<const PackReader*> PackCache::Get(uint32_t pack_id) {
   auto it = packs_.find(pack_id);
-  if (it != packs_.end()) return it->second.get();
+  if (it != packs_.end()) {
+    it->second.last_use = ++uses_;
+    return it->second.reader.get();
+  }
+  if (packs_.size() >= kMaxOpen) {
+    auto oldest = std::min_element(packs_.begin(), packs_.end(), [](const auto& a, const auto& b) {
+      return a.second.last_use < b.second.last_use;
+    });
+    packs_.erase(oldest);
+  }
   auto reader = PackReader::Open(repo_.PackPath(pack_id), pack_id);
   if (!reader.ok()) {
     if (reader.status().code() == Code::kNotFound) {
@@ -23,10 +34,10 @@ Result<const PackReader*> PackCache::Get(uint32_t pack_id) {
     }
     return reader.status();
   }
-  auto owned = std::make_unique<PackReader>(std::move(reader).value());
-  const PackReader* raw = owned.get();
-  packs_.emplace(pack_id, std::move(owned));
-  return raw;
+  Open& open = packs_[pack_id];
+  open.reader = std::make_unique<PackReader>(std::move(reader).value());
+  open.last_use = ++uses_;
+  return open.reader.get();
 }
 
 Status PackCache::ReadRecord(const ObjRef& ref, uint8_t* buf) {

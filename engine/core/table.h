@@ -30,12 +30,16 @@ namespace dp420 {
 uint32_t PageEntryCount(const TableShape& shape, uint32_t level, uint64_t index);
 
 // Caches open packs by id (read side), and resolves references to repacked
-// packs through their relocation files (relocate.h). One per thread.
+// packs through their relocation files (relocate.h). One per thread. At most
+// kMaxOpen packs stay open (the least recently used is closed first), so a
+// repository of any number of packs fits under any open-file limit.
 class PackCache {
  public:
+  static constexpr size_t kMaxOpen = 64;
   explicit PackCache(const Repository& repo) : repo_(repo), relocator_(repo) {}
-  // The pack file `pack_id` itself (no relocation).
+  // The pack file `pack_id` itself (no relocation). Valid until the next Get.
   Result<const PackReader*> Get(uint32_t pack_id);
+  size_t open_packs() const { return packs_.size(); }
   // Where `ref`'s record is now (Relocator::Resolve).
   Status Resolve(ObjRef* ref) { return relocator_.Resolve(ref); }
   // Resolves `ref` and reads its record into `buf`, checking its SHA-256.
@@ -44,7 +48,12 @@ class PackCache {
  private:
   const Repository& repo_;
   Relocator relocator_;
-  std::unordered_map<uint32_t, std::unique_ptr<PackReader>> packs_;
+  struct Open {
+    std::unique_ptr<PackReader> reader;
+    uint64_t last_use = 0;
+  };
+  std::unordered_map<uint32_t, Open> packs_;
+  uint64_t uses_ = 0;
 };
 
 class TableReader {

@@ -7,6 +7,7 @@
 #include "engine/core/prune.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -247,6 +248,39 @@ TEST_F(PruneTest, RepackRunContinuesAcrossNewPacks) {
   EXPECT_EQ(r->packs_created, (kBlocks / 2 + 4) / 5);
   for (uint32_t id : s1_packs) EXPECT_FALSE(Exists(repo_->PackPath(id))) << PackName(id);
   ExpectRestores("a");
+  ExpectClean();
+}
+
+// More table packs than the open-file limit leaves room for: the mark keeps
+// at most PackCache::kMaxOpen packs open, so prune completes (it used to fail
+// with "Too many open files", reported as damage).
+TEST_F(PruneTest, MarksMorePacksThanTheOpenFileLimitLeavesRoomFor) {
+  constexpr uint32_t kSnapshots = PackCache::kMaxOpen + 24;
+  for (uint32_t i = 0; i < kSnapshots; ++i) Backup("a", {i % kBlocks}, i + 2);
+  size_t open_now = 0;
+  for ([[maybe_unused]] const auto& fd : std::filesystem::directory_iterator("/proc/self/fd")) {
+    ++open_now;
+  }
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+  rlimit low = old;
+  low.rlim_cur = open_now + PackCache::kMaxOpen + 16;
+  ASSERT_LT(low.rlim_cur, open_now + kSnapshots);  // one table pack per snapshot
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  auto r = RunPrune(*repo_, PruneOptions{});
+  // Under a limit that leaves no room for even that many: an I/O error
+  // naming the cause, not damage.
+  low.rlim_cur = open_now + PackCache::kMaxOpen / 4;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  auto starved = RunPrune(*repo_, PruneOptions{});
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->snapshots, kSnapshots);
+  EXPECT_EQ(r->packs_deleted, 0u);
+  ASSERT_FALSE(starved.ok());
+  EXPECT_EQ(starved.status().code(), Code::kIOError) << starved.status().ToString();
+  EXPECT_NE(starved.status().message().find("Too many open files"), std::string::npos)
+      << starved.status().ToString();
   ExpectClean();
 }
 
