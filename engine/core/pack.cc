@@ -200,7 +200,7 @@ Result<std::vector<ObjRef>> PackReader::ReadIndex() const {
   return index;
 }
 
-Status PackReader::Check(const ObjRef& ref, const uint8_t* bytes) const {
+Status PackReader::CheckRecord(const ObjRef& ref, const uint8_t* bytes) const {
   uint8_t digest[32];
   simd::Sha256(bytes, ref.stored_len, digest);
   if (std::memcmp(digest, ref.sha256, 32) != 0) {
@@ -217,7 +217,7 @@ Status PackReader::ReadRecord(const ObjRef& ref, uint8_t* buf) const {
                               " runs past the end of the pack (truncated?)");
   }
   DP420_RETURN_IF_ERROR(file_.ReadAt(offset, buf, ref.stored_len));
-  return Check(ref, buf);
+  return CheckRecord(ref, buf);
 }
 
 uint64_t RunBytes(const ObjRef* refs, size_t count) {
@@ -229,7 +229,7 @@ bool Adjacent(const ObjRef& ref, const ObjRef& next) {
   return next.offset_bytes() == ref.offset_bytes() + RoundUp(ref.stored_len, kRecordAlign);
 }
 
-Status PackReader::ReadRun(const ObjRef* refs, size_t count, uint8_t* buf) const {
+Status PackReader::ReadRunBytes(const ObjRef* refs, size_t count, uint8_t* buf) const {
   DP420_ASSERT(count > 0);
   for (size_t i = 1; i < count; ++i) DP420_ASSERT(Adjacent(refs[i - 1], refs[i]));
   uint64_t start = refs[0].offset_bytes();
@@ -242,9 +242,17 @@ Status PackReader::ReadRun(const ObjRef* refs, size_t count, uint8_t* buf) const
   DP420_RETURN_IF_ERROR(file_.ReadAt(start, buf, end - start));
   for (size_t i = 0; i < count; ++i) {
     uint8_t* bytes = buf + (refs[i].offset_bytes() - start);
-    DP420_RETURN_IF_ERROR(Check(refs[i], bytes));
     std::memset(bytes + refs[i].stored_len, 0,
                 RoundUp(refs[i].stored_len, kRecordAlign) - refs[i].stored_len);
+  }
+  return Status::Ok();
+}
+
+Status PackReader::ReadRun(const ObjRef* refs, size_t count, uint8_t* buf) const {
+  DP420_RETURN_IF_ERROR(ReadRunBytes(refs, count, buf));
+  uint64_t start = refs[0].offset_bytes();
+  for (size_t i = 0; i < count; ++i) {
+    DP420_RETURN_IF_ERROR(CheckRecord(refs[i], buf + (refs[i].offset_bytes() - start)));
   }
   return Status::Ok();
 }

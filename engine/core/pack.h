@@ -81,6 +81,12 @@ class PackReader {
   // against its SHA-256 and zeroes the padding after each. `buf` holds at
   // least the span's bytes rounded up to 4 KiB.
   Status ReadRun(const ObjRef* refs, size_t count, uint8_t* buf) const;
+  // ReadRun without the SHA-256 checks (the caller runs CheckRecord on each,
+  // e.g. on another thread).
+  Status ReadRunBytes(const ObjRef* refs, size_t count, uint8_t* buf) const;
+  // Checks `bytes` (ref.stored_len of them) against ref's SHA-256; kCorruption
+  // names the pack and the offset. Thread-safe.
+  Status CheckRecord(const ObjRef& ref, const uint8_t* bytes) const;
   // Reads `len` bytes at `offset` as they are (nothing checked).
   Status ReadBytes(uint64_t offset, uint8_t* buf, size_t len) const {
     return file_.ReadAt(offset, buf, len);
@@ -90,8 +96,6 @@ class PackReader {
   int fd() const { return file_.fd(); }
 
  private:
-  Status Check(const ObjRef& ref, const uint8_t* bytes) const;
-
   io::File file_;
   uint32_t pack_id_ = 0;
 };

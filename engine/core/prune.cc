@@ -8,6 +8,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <future>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -331,7 +332,18 @@ class Repacker {
   std::vector<Written> written_;
   std::vector<Copy> copies_;
   std::set<uint32_t> done_;
-  std::vector<uint8_t> buf_;
+  std::vector<uint8_t> buf_;  // the read-back's
+  // Runs are read into one batch while the other's records are checked
+  // against their SHA-256 on a second thread (CheckBatch).
+  struct Batch {
+    std::vector<uint8_t> buf;
+    uint64_t used = 0;
+    std::vector<std::pair<ObjRef, uint64_t>> records;  // and where each is in buf
+    std::future<Status> checked;
+  };
+  Batch batches_[2];
+  void CheckBatch(const PackReader& reader, Batch* b);
+  Status Settle(Batch* b);
 };
 
 Status Repacker::Journal(uint32_t pack_id) {
@@ -416,6 +428,29 @@ Status Repacker::FinishWriter() {
   return Status::Ok();
 }
 
+// Starts checking `b`'s records on another thread.
+void Repacker::CheckBatch(const PackReader& reader, Batch* b) {
+  if (b->records.empty()) return;
+  b->checked = std::async(std::launch::async, [&reader, b] {
+    for (const auto& [ref, at] : b->records) {
+      DP420_RETURN_IF_ERROR(reader.CheckRecord(ref, b->buf.data() + at));
+    }
+    return Status::Ok();
+  });
+}
+
+// Waits for `b`'s check and empties it for the next runs.
+Status Repacker::Settle(Batch* b) {
+  Status s = b->checked.valid() ? b->checked.get() : Status::Ok();
+  b->records.clear();
+  b->used = 0;
+  return s;
+}
+
+// Copies the live records of `pack_id` in runs, each written as soon as it
+// is read; the SHA-256 checks run a batch behind on a second thread. A pack
+// whose index, a read or a check fails is left alone (not done): what was
+// copied of it stays unused in the new pack.
 Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes_total) {
   const PackInfo& info = packs_.at(pack_id);
   auto reader = PackReader::Open(repo_.PackPath(pack_id), pack_id);
@@ -432,26 +467,59 @@ Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes
   std::sort(live.begin(), live.end(),
             [](const ObjRef& a, const ObjRef& b) { return a.offset_4k < b.offset_4k; });
   (void)posix_fadvise(reader->fd(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  // No check of this pack outlives its reader, whatever the way out.
+  struct SettleAll {
+    Repacker* r;
+    ~SettleAll() {
+      for (Batch& b : r->batches_) (void)r->Settle(&b);
+    }
+  } settle_all{this};
   std::vector<Copy> copies(live.size());
+  Status failed;  // the first read or check that failed
+  int cur = 0;
   for (size_t i = 0; i < live.size();) {
-    if (o_.control.Canceled()) return Status::Canceled("prune canceled");
+    if (o_.control.Canceled()) {
+      failed = Status::Canceled("prune canceled");
+      break;
+    }
     size_t n = RunLength(&live[i], live.size() - i);
+    uint64_t bytes = RunBytes(&live[i], n);
     if (i + n < live.size()) {  // the next run is read ahead while this one is copied
       size_t next = RunLength(&live[i + n], live.size() - i - n);
       (void)posix_fadvise(reader->fd(), off_t(live[i + n].offset_bytes()),
                           off_t(RunBytes(&live[i + n], next)), POSIX_FADV_WILLNEED);
     }
-    buf_.resize(std::max<uint64_t>(RunBytes(&live[i], n), kRecordAlign));
-    if (Status s = reader->ReadRun(&live[i], n, buf_.data()); !s.ok()) {
-      report_->warnings.push_back("packs/" + PackName(pack_id) + ".pack kept, not repacked: " +
-                                  s.message());
-      return Status::Ok();  // what was copied of it stays unused in the new pack
+    Batch* b = &batches_[cur];
+    if (b->used > 0 && b->used + bytes > kRunBytes) {  // full: check it, fill the other
+      CheckBatch(*reader, b);
+      cur ^= 1;
+      b = &batches_[cur];
+      if (Status s = Settle(b); !s.ok() && failed.ok()) failed = s;
     }
-    for (size_t k = 0; k < n; ++k) copies[i + k] = Copy{pack_id, live[i + k], {}};
-    DP420_RETURN_IF_ERROR(AppendRun(buf_.data(), &copies[i], n));
-    for (size_t k = 0; k < n; ++k) *bytes_done += live[i + k].stored_len;
+    if (b->buf.size() < b->used + bytes) b->buf.resize(std::max(b->used + bytes, kRunBytes));
+    uint8_t* at = b->buf.data() + b->used;
+    if (failed.ok()) failed = reader->ReadRunBytes(&live[i], n, at);
+    if (!failed.ok()) break;  // a read, or the check of the batch before
+    for (size_t k = 0; k < n; ++k) {
+      copies[i + k] = Copy{pack_id, live[i + k], {}};
+      b->records.emplace_back(live[i + k], b->used + (live[i + k].offset_bytes() -
+                                                       live[i].offset_bytes()));
+      *bytes_done += live[i + k].stored_len;
+    }
+    b->used += bytes;
+    DP420_RETURN_IF_ERROR(AppendRun(at, &copies[i], n));
     if (o_.control.progress) o_.control.progress({"repack", *bytes_done, bytes_total});
     i += n;
+  }
+  CheckBatch(*reader, &batches_[cur]);
+  for (Batch& b : batches_) {
+    if (Status s = Settle(&b); !s.ok() && failed.ok()) failed = s;
+  }
+  if (failed.code() == Code::kCanceled) return failed;
+  if (!failed.ok()) {
+    report_->warnings.push_back("packs/" + PackName(pack_id) + ".pack kept, not repacked: " +
+                                failed.message());
+    return Status::Ok();
   }
   copies_.insert(copies_.end(), copies.begin(), copies.end());
   report_->records_copied += copies.size();

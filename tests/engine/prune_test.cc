@@ -251,6 +251,45 @@ TEST_F(PruneTest, RepackRunContinuesAcrossNewPacks) {
   ExpectClean();
 }
 
+// A live record of the pack to repack fails its SHA-256 (checked a batch
+// behind the copy, on a second thread): the pack is kept and named in a
+// warning, nothing of it is relocated, and its snapshot still reads from it.
+TEST_F(PruneTest, DamagedLiveRecordKeepsItsPackUnrepacked) {
+  Backup("a");
+  std::set<uint32_t> s1_packs = Packs();
+  std::vector<uint32_t> changed;
+  for (uint32_t b = 0; b < kBlocks / 2; ++b) changed.push_back(b);
+  Backup("a", changed, 2);
+  DropOldest("a");
+  uint32_t victim = 0;
+  uint64_t largest = 0;
+  for (uint32_t id : s1_packs) {
+    uint64_t size = std::filesystem::file_size(repo_->PackPath(id));
+    if (size > largest) largest = size, victim = id;
+  }
+  auto reader = PackReader::Open(repo_->PackPath(victim), victim);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  auto index = reader->ReadIndex();
+  ASSERT_TRUE(index.ok() && !index->empty());
+  uint64_t damaged_at = index->back().offset_bytes();  // block 63: still live
+  {
+    auto bytes = ReadAll(repo_->PackPath(victim));
+    bytes[damaged_at + 10] ^= 0x40;
+    WriteAll(repo_->PackPath(victim), bytes);
+  }
+  auto r = RunPrune(*repo_, PruneOptions{});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->packs_rewritten, 0u);
+  EXPECT_EQ(r->relocations_written, 0u);
+  EXPECT_TRUE(Exists(repo_->PackPath(victim)));
+  ASSERT_EQ(r->warnings.size(), 1u);
+  EXPECT_NE(r->warnings[0].find(PackName(victim)), std::string::npos) << r->warnings[0];
+  EXPECT_NE(r->warnings[0].find("offset " + std::to_string(damaged_at) + " fails its SHA-256"),
+            std::string::npos)
+      << r->warnings[0];
+  EXPECT_TRUE(ListRelocations(*repo_).empty());
+}
+
 // More table packs than the open-file limit leaves room for: the mark keeps
 // at most PackCache::kMaxOpen packs open, so prune completes (it used to fail
 // with "Too many open files", reported as damage).
