@@ -166,6 +166,17 @@ class PruneTest : public ::testing::Test {
     DropOldest("a");
   }
 
+  // The same, with the second half of the data pack live: 32 records back
+  // to back.
+  void SecondHalfLivePack(std::set<uint32_t>* packs_of_s1) {
+    Backup("a");
+    *packs_of_s1 = Packs();
+    std::vector<uint32_t> changed;
+    for (uint32_t b = 0; b < kBlocks / 2; ++b) changed.push_back(b);
+    Backup("a", changed, 2);
+    DropOldest("a");
+  }
+
   std::string dir_;
   std::unique_ptr<Repository> repo_;
   std::map<std::string, std::vector<uint8_t>> images_;
@@ -232,12 +243,8 @@ TEST_F(PruneTest, RepacksHalfUsedPackAndReadersFollowTheRelocation) {
 // records back to back, copied in one run that continues across new packs
 // of five records each.
 TEST_F(PruneTest, RepackRunContinuesAcrossNewPacks) {
-  Backup("a");
-  std::set<uint32_t> s1_packs = Packs();
-  std::vector<uint32_t> changed;
-  for (uint32_t b = 0; b < kBlocks / 2; ++b) changed.push_back(b);
-  Backup("a", changed, 2);
-  DropOldest("a");
+  std::set<uint32_t> s1_packs;
+  SecondHalfLivePack(&s1_packs);
   PruneOptions o;
   o.max_unused = 0.1;
   o.pack_bytes = sizeof(PackHeader) + 5 * uint64_t{kBlock};
@@ -255,12 +262,8 @@ TEST_F(PruneTest, RepackRunContinuesAcrossNewPacks) {
 // behind the copy, on a second thread): the pack is kept and named in a
 // warning, nothing of it is relocated, and its snapshot still reads from it.
 TEST_F(PruneTest, DamagedLiveRecordKeepsItsPackUnrepacked) {
-  Backup("a");
-  std::set<uint32_t> s1_packs = Packs();
-  std::vector<uint32_t> changed;
-  for (uint32_t b = 0; b < kBlocks / 2; ++b) changed.push_back(b);
-  Backup("a", changed, 2);
-  DropOldest("a");
+  std::set<uint32_t> s1_packs;
+  SecondHalfLivePack(&s1_packs);
   uint32_t victim = 0;
   uint64_t largest = 0;
   for (uint32_t id : s1_packs) {
