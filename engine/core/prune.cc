@@ -263,12 +263,36 @@ uint64_t RecordSlots(const PackInfo& p) {
 }
 
 
-// A record of a repacked pack and where its copy went.
+// A record of a repacked pack and where its copy went (16 bytes a record:
+// a repack holds one for every record it copies until the relocation files
+// are written).
 struct Copy {
   uint32_t old_pack = 0;
-  ObjRef old_ref{};
-  ObjRef new_ref{};
+  uint32_t old_offset_4k = 0;
+  uint32_t new_pack = 0;
+  uint32_t new_offset_4k = 0;
+  auto OldKey() const { return std::pair(old_pack, old_offset_4k); }
 };
+
+// The relocation of `copies[0, count)`'s old pack: its entries (an older
+// file of it, sorted by old offset) merged with the copies (sorted), a copy
+// replacing an entry of the same old offset. One pass, no insertion.
+void MergeEntries(const Copy* copies, size_t count, Relocation* r) {
+  r->pack_id = copies[0].old_pack;
+  std::vector<RelocationEntry> merged;
+  merged.reserve(r->entries.size() + count);
+  size_t k = 0;
+  for (size_t i = 0; i < count; ++i) {
+    if (i > 0 && copies[i].old_offset_4k == copies[i - 1].old_offset_4k) continue;
+    while (k < r->entries.size() && r->entries[k].old_offset_4k < copies[i].old_offset_4k) {
+      merged.push_back(r->entries[k++]);
+    }
+    if (k < r->entries.size() && r->entries[k].old_offset_4k == copies[i].old_offset_4k) ++k;
+    merged.push_back({copies[i].old_offset_4k, copies[i].new_pack, copies[i].new_offset_4k});
+  }
+  merged.insert(merged.end(), r->entries.begin() + std::ptrdiff_t(k), r->entries.end());
+  r->entries = std::move(merged);
+}
 
 // Live records are copied in runs: records back to back in the old pack
 // (the usual case) are read with one read of up to kRunBytes, checked and
@@ -306,7 +330,7 @@ class Repacker {
 
  private:
   Status CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes_total);
-  Status AppendRun(const uint8_t* data, Copy* copies, size_t count);
+  Status AppendRun(const uint8_t* data, const ObjRef* refs, size_t count, Copy* copies);
   Status WritePending();
   Status NewWriter();
   Status FinishWriter();
@@ -393,24 +417,25 @@ Status Repacker::WritePending() {
   return Status::Ok();
 }
 
-// Appends `count` records laid out back to back in `data` (as ReadRun left
-// them) to the new packs, filling copies[i].new_ref; a run that does not fit
-// the current pack continues in the next.
-Status Repacker::AppendRun(const uint8_t* data, Copy* copies, size_t count) {
+// Appends the `count` records `refs` laid out back to back in `data` (as
+// ReadRunBytes left them) to the new packs, filling copies[i]'s new place; a
+// run that does not fit the current pack continues in the next.
+Status Repacker::AppendRun(const uint8_t* data, const ObjRef* refs, size_t count, Copy* copies) {
   for (size_t i = 0; i < count; ++i) {
-    const ObjRef& old_ref = copies[i].old_ref;
-    uint64_t padded = RoundUp(old_ref.stored_len, kRecordAlign);
+    uint64_t padded = RoundUp(refs[i].stored_len, kRecordAlign);
     if (writer_ && writer_->size_bytes() > sizeof(PackHeader) &&
         writer_->size_bytes() + padded > o_.pack_bytes) {
       DP420_RETURN_IF_ERROR(FinishWriter());
     }
     if (!writer_) DP420_RETURN_IF_ERROR(NewWriter());
-    copies[i].new_ref = old_ref;
-    writer_->Reserve(old_ref.stored_len, &copies[i].new_ref);
-    const uint8_t* bytes = data + (old_ref.offset_bytes() - copies[0].old_ref.offset_bytes());
+    ObjRef copy = refs[i];
+    writer_->Reserve(refs[i].stored_len, &copy);
+    copies[i].new_pack = copy.pack_id;
+    copies[i].new_offset_4k = copy.offset_4k;
+    const uint8_t* bytes = data + (refs[i].offset_bytes() - refs[0].offset_bytes());
     if (pending_len_ == 0) {
       pending_ = bytes;
-      pending_at_ = copies[i].new_ref.offset_bytes();
+      pending_at_ = copy.offset_bytes();
     }
     pending_len_ += padded;
   }
@@ -501,13 +526,13 @@ Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes
     if (failed.ok()) failed = reader->ReadRunBytes(&live[i], n, at);
     if (!failed.ok()) break;  // a read, or the check of the batch before
     for (size_t k = 0; k < n; ++k) {
-      copies[i + k] = Copy{pack_id, live[i + k], {}};
+      copies[i + k] = Copy{pack_id, live[i + k].offset_4k, 0, 0};
       b->records.emplace_back(live[i + k], b->used + (live[i + k].offset_bytes() -
                                                        live[i].offset_bytes()));
       *bytes_done += live[i + k].stored_len;
     }
     b->used += bytes;
-    DP420_RETURN_IF_ERROR(AppendRun(at, &copies[i], n));
+    DP420_RETURN_IF_ERROR(AppendRun(at, &live[i], n, &copies[i]));
     if (o_.control.progress) o_.control.progress({"repack", *bytes_done, bytes_total});
     i += n;
   }
@@ -566,12 +591,18 @@ Status Repacker::Run(const std::vector<uint32_t>& victims) {
 // the entries of the other relocation files in use that pointed into a
 // repacked pack pointed at the copies, so chains stay one hop long.
 Status Repacker::WriteRelocations(const std::set<uint32_t>& used) {
+  // The copies of the packs copied whole, by old (pack, offset); the rest
+  // are dropped (their copies stay unused).
+  std::erase_if(copies_, [this](const Copy& c) { return !done_.count(c.old_pack); });
+  std::sort(copies_.begin(), copies_.end(),
+            [](const Copy& a, const Copy& b) { return a.OldKey() < b.OldKey(); });
+  auto moved = [this](uint32_t pack, uint32_t offset_4k) -> const Copy* {
+    auto it = std::lower_bound(
+        copies_.begin(), copies_.end(), std::pair(pack, offset_4k),
+        [](const Copy& c, const std::pair<uint32_t, uint32_t>& key) { return c.OldKey() < key; });
+    return it != copies_.end() && it->OldKey() == std::pair(pack, offset_4k) ? &*it : nullptr;
+  };
   std::map<uint32_t, Relocation> files;
-  std::unordered_map<uint64_t, const Copy*> moved;  // old (pack, offset) -> copy
-  for (const Copy& c : copies_) {
-    if (!done_.count(c.old_pack)) continue;
-    moved[uint64_t{c.old_pack} << 32 | c.old_ref.offset_4k] = &c;
-  }
   for (uint32_t id : used) {
     DP420_ASSIGN_OR_RETURN(files[id], ReadRelocation(repo_, id));
   }
@@ -579,26 +610,18 @@ Status Repacker::WriteRelocations(const std::set<uint32_t>& used) {
   for (uint32_t id : done_) files[id].pack_id = id;
   for (auto& [id, r] : files) {
     for (RelocationEntry& e : r.entries) {
-      auto it = moved.find(uint64_t{e.new_pack_id} << 32 | e.new_offset_4k);
-      if (it == moved.end()) continue;
-      e.new_pack_id = it->second->new_ref.pack_id;
-      e.new_offset_4k = it->second->new_ref.offset_4k;
+      const Copy* c = moved(e.new_pack_id, e.new_offset_4k);
+      if (!c) continue;
+      e.new_pack_id = c->new_pack;
+      e.new_offset_4k = c->new_offset_4k;
       changed.insert(id);
     }
   }
-  for (const auto& [key, c] : moved) {
-    Relocation& r = files[c->old_pack];
-    r.pack_id = c->old_pack;
-    RelocationEntry e{c->old_ref.offset_4k, c->new_ref.pack_id, c->new_ref.offset_4k};
-    auto at = std::lower_bound(r.entries.begin(), r.entries.end(), e,
-                               [](const RelocationEntry& a, const RelocationEntry& b) {
-                                 return a.old_offset_4k < b.old_offset_4k;
-                               });
-    if (at != r.entries.end() && at->old_offset_4k == e.old_offset_4k) {
-      *at = e;
-    } else {
-      r.entries.insert(at, e);
-    }
+  for (size_t i = 0; i < copies_.size();) {
+    size_t end = i;
+    while (end < copies_.size() && copies_[end].old_pack == copies_[i].old_pack) ++end;
+    MergeEntries(&copies_[i], end - i, &files[copies_[i].old_pack]);
+    i = end;
   }
   for (uint32_t id : changed) {
     DP420_RETURN_IF_ERROR(WriteRelocation(repo_, files[id]));
