@@ -38,7 +38,7 @@ class ForgetTest : public ::testing::Test {
     repo_ = testing::NewRepository(dir_.path() + "/repo");
     ASSERT_NE(repo_, nullptr);
     source_ = dir_.path() + "/source.img";
-    std::vector<uint8_t> volume = MakeVolume(1 << 20, 7);
+    std::vector<uint8_t> volume = MakeVolume(2 << 20, 7);  // 32 blocks: snapshot i changes 3i, 3i+1
     for (int i = 0; i < kSnapshots; ++i) {
       for (size_t b = 0; b < 2; ++b) volume[(i * 3 + b) * 65536 + 100] ^= 0x5a;
       WriteAll(source_, volume);
