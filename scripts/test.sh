@@ -57,7 +57,7 @@ readonly TSAN_TARGETS=(io_test engine_test conn_test remote_test robustness_test
 # sessions ended from another thread (a client removed, an exception on a session, a
 # flood of idle sockets). Not the single-threaded parsers and formats, which ASan+UBSan
 # checks, nor the test harness's own (net_test, the tamper relay of attack_test).
-readonly TSAN_TESTS='^((Ring|RingRead|RingEof|RingFault|BufferPool)Test\.|(Backup|RestoreWindow|Verify|CommitCheck)Test\.|(Conn|Handshake|Remote|BackupNet|StaleCache)Test\.|AuthzTest\.(RemovingAClientEndsItsSessionsWithinASecondAndCommitsNothing|ChangingAClientsKeyOrRoleEndsItsSessions)$|RobustnessTest\.ExceptionOnASessionEndsOnlyThatSession$|PreAuthTest\.IdleAndHalfOpenFloodNeitherCostsThreadsNorKeepsAgentsOut$)'
+readonly TSAN_TESTS='^((Ring|RingRead|RingEof|RingFault|BufferPool)Test\.|(Backup|RestoreWindow|Verify|CommitCheck|Prune)Test\.|(Conn|Handshake|Remote|BackupNet|StaleCache)Test\.|AuthzTest\.(RemovingAClientEndsItsSessionsWithinASecondAndCommitsNothing|ChangingAClientsKeyOrRoleEndsItsSessions)$|RobustnessTest\.ExceptionOnASessionEndsOnlyThatSession$|PreAuthTest\.IdleAndHalfOpenFloodNeitherCostsThreadsNorKeepsAgentsOut$)'
 # Of those, what the tsan pass leaves to --long: tests that only move more data through
 # the same threads (a 300 MiB sparse volume, volumes grown and shrunk, a chain restored
 # at four block sizes and thread counts, hundreds of fuzzed streams), each minutes
