@@ -52,7 +52,8 @@ readonly TSAN_TARGETS=(io_test engine_test conn_test remote_test robustness_test
   authz_test backup_net_test attack_test)
 # The tests the tsan pass runs: those in which dp420's own threads meet, namely the io
 # ring and the buffer pool; the engine's backup, restore, verify and commit check with
-# their stripe threads; Conn, the handshake, the server's sessions and RemoteRepository
+# their stripe threads; prune, whose repack checks records on a second thread; Conn,
+# the handshake, the server's sessions and RemoteRepository
 # over loopback; network backups (two agents at once, back to back, a server stopped);
 # sessions ended from another thread (a client removed, an exception on a session, a
 # flood of idle sockets). Not the single-threaded parsers and formats, which ASan+UBSan
