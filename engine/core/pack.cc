@@ -248,13 +248,4 @@ Status PackReader::ReadRunBytes(const ObjRef* refs, size_t count, uint8_t* buf) 
   return Status::Ok();
 }
 
-Status PackReader::ReadRun(const ObjRef* refs, size_t count, uint8_t* buf) const {
-  DP420_RETURN_IF_ERROR(ReadRunBytes(refs, count, buf));
-  uint64_t start = refs[0].offset_bytes();
-  for (size_t i = 0; i < count; ++i) {
-    DP420_RETURN_IF_ERROR(CheckRecord(refs[i], buf + (refs[i].offset_bytes() - start)));
-  }
-  return Status::Ok();
-}
-
 }  // namespace dp420

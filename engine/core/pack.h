@@ -77,12 +77,9 @@ class PackReader {
   Status ReadRecord(const ObjRef& ref, uint8_t* buf) const;
   // Reads `count` records that lie back to back in the pack (each at the
   // 4 KiB boundary after the one before) with one read into `buf`, record i
-  // at buf + refs[i].offset_bytes() - refs[0].offset_bytes(), checks each
-  // against its SHA-256 and zeroes the padding after each. `buf` holds at
-  // least the span's bytes rounded up to 4 KiB.
-  Status ReadRun(const ObjRef* refs, size_t count, uint8_t* buf) const;
-  // ReadRun without the SHA-256 checks (the caller runs CheckRecord on each,
-  // e.g. on another thread).
+  // at buf + refs[i].offset_bytes() - refs[0].offset_bytes(), and zeroes the
+  // padding after each. Nothing is checked: the caller runs CheckRecord on
+  // each (e.g. on another thread). `buf` holds at least RunBytes(refs, count).
   Status ReadRunBytes(const ObjRef* refs, size_t count, uint8_t* buf) const;
   // Checks `bytes` (ref.stored_len of them) against ref's SHA-256; kCorruption
   // names the pack and the offset. Thread-safe.
@@ -101,7 +98,7 @@ class PackReader {
 };
 
 // The bytes from the first record's start to the 4 KiB boundary after the
-// last record of a back-to-back run (PackReader::ReadRun).
+// last record of a back-to-back run (PackReader::ReadRunBytes).
 uint64_t RunBytes(const ObjRef* refs, size_t count);
 // Whether `next` starts at the 4 KiB boundary after `ref`.
 bool Adjacent(const ObjRef& ref, const ObjRef& next);

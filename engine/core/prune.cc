@@ -502,15 +502,17 @@ Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes
   std::vector<Copy> copies(live.size());
   Status failed;  // the first read or check that failed
   int cur = 0;
-  for (size_t i = 0; i < live.size();) {
+  // n: the records of the run at i; next: of the one after it.
+  size_t n = live.empty() ? 0 : RunLength(live.data(), live.size()), next = 0;
+  for (size_t i = 0; i < live.size(); i += n, n = next) {
     if (o_.control.Canceled()) {
       failed = Status::Canceled("prune canceled");
       break;
     }
-    size_t n = RunLength(&live[i], live.size() - i);
     uint64_t bytes = RunBytes(&live[i], n);
+    next = 0;
     if (i + n < live.size()) {  // the next run is read ahead while this one is copied
-      size_t next = RunLength(&live[i + n], live.size() - i - n);
+      next = RunLength(&live[i + n], live.size() - i - n);
       (void)posix_fadvise(reader->fd(), off_t(live[i + n].offset_bytes()),
                           off_t(RunBytes(&live[i + n], next)), POSIX_FADV_WILLNEED);
     }
@@ -534,7 +536,6 @@ Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes
     b->used += bytes;
     DP420_RETURN_IF_ERROR(AppendRun(at, &live[i], n, &copies[i]));
     if (o_.control.progress) o_.control.progress({"repack", *bytes_done, bytes_total});
-    i += n;
   }
   CheckBatch(*reader, &batches_[cur]);
   for (Batch& b : batches_) {

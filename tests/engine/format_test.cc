@@ -163,9 +163,9 @@ TEST(PackTest, WriteReadIndexAndDetectDamage) {
   EXPECT_EQ(r3->ReadIndex().status().code(), Code::kCorruption);
 }
 
-// Three records back to back, read with one ReadRun: each checked, the
-// padding after each zeroed whatever the file held there; a flipped byte in
-// the middle one is named by its offset.
+// Three records back to back, read with one ReadRunBytes: the padding after
+// each zeroed whatever the file held there, each passing CheckRecord; a
+// flipped byte in the middle one fails it, named by its offset.
 TEST(PackTest, ReadRunChecksBackToBackRecordsAndZeroesTheirPadding) {
   TempDir dir;
   uint8_t repo_id[16] = {4, 5, 6};
@@ -194,7 +194,10 @@ TEST(PackTest, ReadRunChecksBackToBackRecordsAndZeroesTheirPadding) {
   auto r = PackReader::Open(path, id);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   std::vector<uint8_t> buf(RunBytes(refs.data(), 3), 0xee);
-  ASSERT_TRUE(r->ReadRun(refs.data(), 3, buf.data()).ok());
+  ASSERT_TRUE(r->ReadRunBytes(refs.data(), 3, buf.data()).ok());
+  EXPECT_TRUE(r->CheckRecord(refs[0], buf.data()).ok());
+  EXPECT_TRUE(r->CheckRecord(refs[1], buf.data() + 3 * 4096).ok());
+  EXPECT_TRUE(r->CheckRecord(refs[2], buf.data() + 4 * 4096).ok());
   std::vector<uint8_t> expect(buf.size(), 0);
   std::copy(records[0].begin(), records[0].end(), expect.begin());
   std::copy(records[1].begin(), records[1].end(), expect.begin() + 3 * 4096);
@@ -205,10 +208,11 @@ TEST(PackTest, ReadRunChecksBackToBackRecordsAndZeroesTheirPadding) {
   WriteAll(path, bytes);
   auto r2 = PackReader::Open(path, id);
   ASSERT_TRUE(r2.ok());
-  Status s = r2->ReadRun(refs.data(), 3, buf.data());
+  ASSERT_TRUE(r2->ReadRunBytes(refs.data(), 3, buf.data()).ok());
+  EXPECT_TRUE(r2->CheckRecord(refs[0], buf.data()).ok());
+  Status s = r2->CheckRecord(refs[1], buf.data() + 3 * 4096);
   EXPECT_EQ(s.code(), Code::kCorruption);
   EXPECT_NE(s.message().find("offset 16384"), std::string::npos) << s.message();
-  EXPECT_TRUE(r2->ReadRun(refs.data(), 1, buf.data()).ok());  // the first alone
 }
 
 TEST(RepositoryTest, InitRefusesNonEmptyAndOpenRefusesNonRepo) {
