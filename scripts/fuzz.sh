@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (tests/fuzz/) with clang-14, ASan and UBSan into
-# build-fuzz/, and runs each from its seed corpus (tests/fuzz/corpus/TARGET/).
+# Builds the libFuzzer targets (tests/fuzz/) in the ASan+UBSan build (build-asan-ubsan/,
+# clang-14, scripts/build.sh --sanitize=address,undefined; DP420_ASAN_BUILD_DIR picks
+# another), and runs each from its seed corpus (tests/fuzz/corpus/TARGET/).
 #
 #   scripts/fuzz.sh [--ci | --long] [--no-build] [TARGET...]
 #
@@ -8,15 +9,15 @@
 # --long: DP420_FUZZ_SECONDS (default 3600) per target.
 # Targets run DP420_FUZZ_JOBS (default: the number of cores) at a time.
 # TARGET: fuzz_manifest, fuzz_frame, ... (default: every target).
-# New inputs that reach new code go to build-fuzz/corpus/TARGET/ (the checked-in
+# New inputs that reach new code go to BUILD/corpus/TARGET/ (the checked-in
 # seeds are never modified); a crash, leak or UB report stops the target, keeps
-# the input as build-fuzz/artifacts/TARGET/crash-* and fails the script.
+# the input as BUILD/artifacts/TARGET/crash-* and fails the script.
 # Ends with "fuzz: N targets passed, N failed"; exits 1 on any failure.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
-readonly BUILD_DIR="${ROOT}/build-fuzz"
+readonly BUILD_DIR="${DP420_ASAN_BUILD_DIR:-${ROOT}/build-asan-ubsan}"
 readonly SEEDS="${ROOT}/tests/fuzz/corpus"
 readonly DICTS="${ROOT}/tests/fuzz/dict"
 
@@ -46,18 +47,13 @@ else
   seconds="${DP420_FUZZ_SECONDS:-15}"
 fi
 
-if ((build)); then
-  "${ROOT}/scripts/install-deps.sh" clang-14 libclang-rt-14-dev
-fi
-
 start_s=${SECONDS}
-if ((build)); then
-  # -O1 with line tables: the usual fuzzing build, and the quickest to compile.
-  cmake -S "${ROOT}" -B "${BUILD_DIR}" -DCMAKE_BUILD_TYPE=Fuzz \
-    -DCMAKE_C_FLAGS_FUZZ="-O1 -gline-tables-only" -DCMAKE_CXX_FLAGS_FUZZ="-O1 -gline-tables-only" \
-    -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 -DDP420_FUZZ=ON \
-    -DDP420_BUILD_TESTS=OFF -DDP420_BUILD_BENCHMARKS=OFF -DDP420_WERROR=ON >/dev/null
-  cmake --build "${BUILD_DIR}" -j "$(nproc)" --target "${targets[@]}"
+if ((build)) && [[ -n "${DP420_ASAN_BUILD_DIR:-}" ]]; then
+  log "DP420_ASAN_BUILD_DIR is set: its targets are used as they are (not rebuilt)"
+elif ((build)); then
+  target_args=()
+  for target in "${targets[@]}"; do target_args+=(--target "${target}"); done
+  "${ROOT}/scripts/build.sh" --sanitize=address,undefined "${target_args[@]}"
   log "build done in $((SECONDS - start_s)) s"
 fi
 
@@ -66,7 +62,7 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 
 # run_target TARGET: one bounded libFuzzer run; its log and exit code in
-# build-fuzz/artifacts/TARGET/.
+# BUILD/artifacts/TARGET/.
 run_target() {
   local target="$1" bin="${BUILD_DIR}/tests/fuzz/$1"
   local work="${BUILD_DIR}/corpus/${target}" artifacts="${BUILD_DIR}/artifacts/${target}"

@@ -36,7 +36,7 @@ readonly TSAN_DIR="${DP420_TSAN_BUILD_DIR:-${ROOT}/build-tsan}"
 readonly SUPPRESSIONS="${ROOT}/scripts/sanitizers"
 # The targets of the ASan+UBSan build (--long builds them all): the unit test binaries
 # and the e2e binary with the dp420 it runs (and tests/tools/fuse_volume).
-readonly ASAN_TARGETS=(dp420_cli simd_test io_test engine_test capi_test e2e_test)
+readonly ASAN_TARGETS=(dp420_cli simd_test io_test engine_test capi_test e2e_test fuzz_all)
 # What asan-ubsan:unit leaves out (--long runs them): the binaries it does not build;
 # install_consumers, which builds a program of its own against the installed (here
 # sanitized) library, with no sanitizer runtime of its own (it tests the install, which
@@ -104,34 +104,62 @@ mkdir -p "${RESULTS_DIR}"
 summary=()
 any_failure=0
 
-# build_sanitized: the ASan+UBSan and TSan builds, one after the other. They run in the
-# background, at the lowest priority (nice 19), while the plain passes and the fuzz pass
-# run: those wait on disks, loop devices, sockets and timeouts much of the time, and
-# the builds use the cores they leave idle instead of adding their whole time to the
-# suite's. At nice 19 a build takes a core from a test only when the test leaves it.
+# The sanitized builds run in the background, at the lowest priority (nice 19), while the
+# plain passes run: those wait on disks, loop devices, sockets and timeouts much of the
+# time, and the builds use the cores they leave idle instead of adding their whole time
+# to the suite's. At nice 19 a build takes a core from a test only when the test leaves
+# it. The ASan+UBSan build (clang, with the fuzz targets) comes first: the fuzz pass and
+# the asan-ubsan passes run on it while the TSan build goes on. Each build writes its
+# exit code to a file of its own when it ends (BUILD_STATUS_DIR).
+readonly BUILD_STATUS_DIR="${RESULTS_DIR}/sanitized-builds"
 build_sanitized() {
   if [[ -z "${DP420_ASAN_BUILD_DIR:-}" ]]; then
-    local asan_build=(--sanitize=address,undefined)
+    local asan_build=(--sanitize=address,undefined) rc=0
     if ((!long)); then
       for target in "${ASAN_TARGETS[@]}"; do asan_build+=(--target "${target}"); done
     fi
-    nice -n 19 "${ROOT}/scripts/build.sh" "${asan_build[@]}"
+    nice -n 19 "${ROOT}/scripts/build.sh" "${asan_build[@]}" || rc=$?
+    echo "${rc}" >"${BUILD_STATUS_DIR}/asan"
   fi
   if [[ -z "${DP420_TSAN_BUILD_DIR:-}" ]]; then
-    local tsan_build=(--sanitize=thread)
+    local tsan_build=(--sanitize=thread) rc=0
     if ((!long)); then
       for target in "${TSAN_TARGETS[@]}"; do tsan_build+=(--target "${target}"); done
     fi
-    nice -n 19 "${ROOT}/scripts/build.sh" "${tsan_build[@]}"
+    nice -n 19 "${ROOT}/scripts/build.sh" "${tsan_build[@]}" || rc=$?
+    echo "${rc}" >"${BUILD_STATUS_DIR}/tsan"
   fi
 }
 sanitized_build_pid=0
 readonly SANITIZED_BUILD_LOG="${RESULTS_DIR}/sanitized-builds.log"
 if ((build && sanitize)); then
   log "sanitized builds started in the background (log: ${SANITIZED_BUILD_LOG})"
+  mkdir -p "${BUILD_STATUS_DIR}"
   build_sanitized >"${SANITIZED_BUILD_LOG}" 2>&1 &
   sanitized_build_pid=$!
 fi
+
+# await_build KIND (asan, tsan): waits for that background build; false when it failed
+# (counted in the summary) or the background job ended without building it.
+await_build() {
+  local kind="$1" wait_start=${SECONDS} rc
+  ((sanitized_build_pid)) || return 0
+  [[ "${kind}" == asan && -n "${DP420_ASAN_BUILD_DIR:-}" ]] && return 0
+  [[ "${kind}" == tsan && -n "${DP420_TSAN_BUILD_DIR:-}" ]] && return 0
+  while [[ ! -f "${BUILD_STATUS_DIR}/${kind}" ]] && kill -0 "${sanitized_build_pid}" 2>/dev/null; do
+    sleep 1
+  done
+  rc="$(cat "${BUILD_STATUS_DIR}/${kind}" 2>/dev/null || echo 1)"
+  if [[ "${rc}" == 0 ]]; then
+    log "${kind} build done; waited $((SECONDS - wait_start)) s for it"
+    return 0
+  fi
+  log "the ${kind} build failed (${SANITIZED_BUILD_LOG}):"
+  tail -n 40 "${SANITIZED_BUILD_LOG}" >&2
+  any_failure=1
+  summary+=("build:${kind} 0 1 0 $((SECONDS - wait_start))")
+  return 1
+}
 
 # junit_counts FILE: prints "passed failed skipped" from ctest's JUnit output.
 junit_counts() {
@@ -226,34 +254,38 @@ sanitizer_pass() {
 
 run_ctest unit -j2 -LE '^(serial|e2e|long)$'
 run_ctest serial -j1 -L '^(serial|e2e)$' -LE '^long$'
-run_one "fuzz:ci" "${ROOT}/scripts/fuzz.sh" --ci
-
-if ((sanitized_build_pid)); then
-  wait_start=${SECONDS}
-  if wait "${sanitized_build_pid}"; then
-    log "sanitized builds done; waited $((SECONDS - wait_start)) s for them after the fuzz pass"
-    grep '^build: ' "${SANITIZED_BUILD_LOG}" >&2 || true
-  else
-    log "sanitized builds failed (${SANITIZED_BUILD_LOG}):"
-    tail -n 40 "${SANITIZED_BUILD_LOG}" >&2
-    any_failure=1
-    summary+=("build:sanitizers 0 1 0 $((SECONDS - wait_start))")
-  fi
-fi
 
 if ((!sanitize)); then
-  log "sanitizer passes not run: they take the suite past its budget; add --sanitizers (or --long)"
+  # The fuzz targets only: fuzz.sh builds them in the ASan+UBSan tree.
+  if ((build)); then
+    run_one "fuzz:ci" "${ROOT}/scripts/fuzz.sh" --ci
+  else
+    run_one "fuzz:ci" "${ROOT}/scripts/fuzz.sh" --ci --no-build
+  fi
+  log "sanitizer passes not run: add --sanitizers (or --long)"
   for pass in asan-ubsan:unit asan-ubsan:e2e tsan; do summary+=("${pass} 0 0 1 0"); done
-elif ((long)); then
-  sanitizer_pass asan-ubsan:unit asan "${ASAN_DIR}" -j2 -LE '^(serial|e2e)$'
-  sanitizer_pass asan-ubsan:serial asan "${ASAN_DIR}" -j1 -L '^(serial|e2e)$'
-  sanitizer_pass tsan tsan "${TSAN_DIR}" -j1
 else
-  DP420_CORRUPTION_TRIALS="${ASAN_CORRUPTION_TRIALS}" \
-    sanitizer_pass asan-ubsan:unit asan "${ASAN_DIR}" -j2 -LE '^(serial|e2e|long)$' \
-    -E "${ASAN_UNIT_SKIP}"
-  sanitizer_pass asan-ubsan:e2e asan "${ASAN_DIR}" -j1 -L '^e2e$' -LE '^long$' -R "${SANITIZER_E2E}"
-  sanitizer_pass tsan tsan "${TSAN_DIR}" -j2 -LE '^long$' -R "${TSAN_TESTS}" -E "${TSAN_SKIP}"
+  if await_build asan; then
+    run_one "fuzz:ci" "${ROOT}/scripts/fuzz.sh" --ci --no-build
+    if ((long)); then
+      sanitizer_pass asan-ubsan:unit asan "${ASAN_DIR}" -j2 -LE '^(serial|e2e)$'
+      sanitizer_pass asan-ubsan:serial asan "${ASAN_DIR}" -j1 -L '^(serial|e2e)$'
+    else
+      DP420_CORRUPTION_TRIALS="${ASAN_CORRUPTION_TRIALS}" \
+        sanitizer_pass asan-ubsan:unit asan "${ASAN_DIR}" -j2 -LE '^(serial|e2e|long)$' \
+        -E "${ASAN_UNIT_SKIP}"
+      sanitizer_pass asan-ubsan:e2e asan "${ASAN_DIR}" -j1 -L '^e2e$' -LE '^long$' -R "${SANITIZER_E2E}"
+    fi
+  fi
+  if await_build tsan; then
+    if ((long)); then
+      sanitizer_pass tsan tsan "${TSAN_DIR}" -j1
+    else
+      sanitizer_pass tsan tsan "${TSAN_DIR}" -j2 -LE '^long$' -R "${TSAN_TESTS}" -E "${TSAN_SKIP}"
+    fi
+  fi
+  if ((sanitized_build_pid)); then wait "${sanitized_build_pid}" || true; fi
+  grep '^build: ' "${SANITIZED_BUILD_LOG}" >&2 2>/dev/null || true
 fi
 
 if ((long)); then

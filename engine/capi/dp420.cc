@@ -426,6 +426,9 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
   });
 }
 
+}  // extern "C"
+
+// Helpers of the functions below, with C++ linkage (they return C++ types).
 namespace {
 
 // A damaged manifest stays in the list, known by its file name: a stub whose
@@ -464,6 +467,8 @@ std::string SnapshotJson(const dp420::Manifest& m) {
 }
 
 }  // namespace
+
+extern "C" {
 
 int dp420_snapshots(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* volume,
                     dp420_snapshot_list_t** out) {
@@ -604,6 +609,9 @@ void dp420_repair_opts_init(dp420_repair_opts_t* opts) {
   opts->struct_size = sizeof(*opts);
 }
 
+}  // extern "C"
+
+// Helpers of the functions below, with C++ linkage (they return C++ types).
 namespace {
 
 dp420::Json RepairJson(const dp420::RepairReport& r) {
@@ -621,6 +629,8 @@ dp420::Json RepairJson(const dp420::RepairReport& r) {
 
 
 }  // namespace
+
+extern "C" {
 
 int dp420_repair(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_repair_opts_t* opts,
                  char** report_json) {

@@ -9,14 +9,14 @@
 #
 #   tests/fuzz/make_corpus.sh [DP420] [MAKE_WIRE_SEEDS]
 #
-# Defaults: build/engine/dp420 and build-fuzz/tests/fuzz/make_wire_seeds
+# Defaults: build/engine/dp420 and build-asan-ubsan/tests/fuzz/make_wire_seeds
 # (scripts/build.sh; scripts/fuzz.sh builds the fuzz tree).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 readonly ROOT
 readonly DP420="${1:-${ROOT}/build/engine/dp420}"
-readonly WIRE="${2:-${ROOT}/build-fuzz/tests/fuzz/make_wire_seeds}"
+readonly WIRE="${2:-${ROOT}/build-asan-ubsan/tests/fuzz/make_wire_seeds}"
 readonly OUT="${ROOT}/tests/fuzz/corpus"
 # shellcheck source=scripts/lib-e2e.sh
 source "${ROOT}/scripts/lib-e2e.sh"
