@@ -789,6 +789,26 @@ Disturb FaultAt(bool with_reset) {
   };
 }
 
+// `always` at every planned index, and one of `rotating` in turn (every one of
+// them in the long mode): each kind is met across the plan without multiplying
+// its trials.
+Disturb FaultsInTurn(std::vector<std::string> always, std::vector<std::string> rotating) {
+  auto turn = std::make_shared<size_t>(0);
+  return [always, rotating, turn](uint64_t i) {
+    std::vector<std::string> kinds = always;
+    if (LongMode()) {
+      kinds.insert(kinds.end(), rotating.begin(), rotating.end());
+    } else if (!rotating.empty()) {
+      kinds.push_back(rotating[(*turn)++ % rotating.size()]);
+    }
+    std::vector<Disturbance> out;
+    for (const std::string& kind : kinds) {
+      out.push_back({"DP420_FAULT_AT_IO", std::to_string(i) + ":" + kind, kind});
+    }
+    return out;
+  };
+}
+
 TEST(IoIndexTest, FaultOfEveryKindAtEveryIndexEndsCleanly) {
   TempDir dir;
   Budget local = LongMode() ? Budget{0, 0, 4} : Budget{12, 0, 1};
@@ -915,13 +935,8 @@ std::vector<Planned> PlanPrune(const TempDir& dir, uint64_t budget, const Distur
 
 TEST(IoIndexTest, FaultAtEveryIndexOfPruneEndsCleanly) {
   TempDir dir;
-  Disturb faults = [](uint64_t i) {
-    std::vector<Disturbance> out;
-    for (const char* kind : {"EIO", "ENOSPC", "EINTR"}) {
-      out.push_back({"DP420_FAULT_AT_IO", std::to_string(i) + ":" + kind, kind});
-    }
-    return out;
-  };
+  // Prune makes no socket I/O: every kind but "reset".
+  Disturb faults = FaultsInTurn({"EIO", "ENOSPC"}, {"EINTR", "EAGAIN", "short"});
   std::vector<Planned> trials = PlanPrune(dir, LongMode() ? 2000 : 60, faults);
   std::vector<std::string> failures = RunTrials(dir / "work", trials);
   Report("prune faults at I/O index", trials.size(), failures);
@@ -1307,18 +1322,25 @@ TEST(IoIndexTest, AgentCrashAtEveryIndexLeavesTheServerServing) {
 TEST(IoIndexTest, AgentFaultAtEveryIndexLeavesTheServerServing) {
   TempDir dir;
   auto start = std::chrono::steady_clock::now();
-  Disturb faults = [](uint64_t i) {
-    std::vector<Disturbance> out;
-    for (const char* kind : {"EIO", "ENOSPC", "reset"}) {
-      out.push_back({"DP420_FAULT_AT_IO", std::to_string(i) + ":" + kind, kind});
-    }
-    return out;
-  };
+  Disturb faults = FaultsInTurn({"EIO", "reset"}, {"ENOSPC", "EINTR", "EAGAIN", "short"});
   std::vector<Planned> trials = PlanAgent(dir, LongMode() ? 0 : 8, faults);
   std::vector<std::string> failures = RunTrials(dir / "work", trials);
   Report("agent faults at I/O index", trials.size(), failures);
   std::printf("in %.1f s\n", SecondsSince(start));
   EXPECT_GE(trials.size(), 24u);
+}
+
+// The agent's host loses power: what the agent wrote and did not make durable
+// (its block id cache) is dropped or torn, the server goes on. The next remote
+// backup must still be correct, whatever the cache holds.
+TEST(IoIndexTest, AgentPowerLossAtEveryIndexLeavesTheNextBackupCorrect) {
+  TempDir dir;
+  auto start = std::chrono::steady_clock::now();
+  std::vector<Planned> trials = PlanAgent(dir, LongMode() ? 0 : 24, PowerLossAt(LongMode() ? 4 : 1));
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("agent power loss at I/O index", trials.size(), failures);
+  std::printf("in %.1f s\n", SecondsSince(start));
+  EXPECT_GE(trials.size(), 32u) << "fewer power cuts than promised";
 }
 
 // The agent's block id caches under `root`/cache (VOLUME.ids), recursively.
