@@ -717,6 +717,9 @@ Result<io::File> RemoteRepository::OpenParentCache(const Manifest& parent,
   CacheHeader h = MakeCacheHeader(parent);
   DP420_RETURN_IF_ERROR(f.Truncate(kCacheHeader + parent.blocks_total * kCacheRecord));
   DP420_RETURN_IF_ERROR(WriteAll(f.fd(), 0, &h, sizeof(h), tmp));
+  // Durable before it takes the cache's name: after a power cut the name
+  // holds the old cache or the whole new one, never a header over lost records.
+  DP420_RETURN_IF_ERROR(f.Sync());
   if (io::sys::Rename(tmp.c_str(), cache_path.c_str()) != 0) {
     return PosixError("rename " + tmp + " -> " + cache_path, errno);
   }
@@ -1065,7 +1068,10 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
                                                       committed->snapshot_id + "\n");
   // The new snapshot's ids become the cache for the next backup.
   CacheHeader h = MakeCacheHeader(*committed);
+  // Made durable before the rename, as a fetched cache is; if that fails the
+  // next backup fetches the parent's ids again.
   if (WriteAll(new_cache.fd(), 0, &h, sizeof(h), job.new_cache_path).ok() &&
+      new_cache.Sync().ok() &&
       io::sys::Rename(job.new_cache_path.c_str(), cache_path.c_str()) == 0) {
     new_cache_guard.Keep();
   }
