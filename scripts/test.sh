@@ -72,7 +72,11 @@ readonly TSAN_SKIP='(_NOT_BUILT$|^BackupTest\.(ManySmallBlocksMultiLevelTable|Gr
 # The e2e tests run against the ASan+UBSan dp420 in CI: one of each kind of run (full
 # and incremental chains, bad input and injected faults, restore targets, crashes,
 # damaged repositories, the network commands, FUSE sources). --long runs all of them.
-readonly SANITIZER_E2E='^(ChainTest|BadInputTest|RestoreTargetTest|CrashPointTest|CliRemoteTest|FuseSourceTest)\.'
+# FuseSourceTest's two signal tests are left to --long here: once in three whole runs
+# the FUSE server of SigtermOnBlockedRead... was gone ("Transport endpoint is not
+# connected") before the test released its held read, with no sanitizer report; 12 runs
+# of the two alone passed (docs/RELIABILITY.md, "Sanitizers"). The plain pass runs them.
+readonly SANITIZER_E2E='^(ChainTest|BadInputTest|RestoreTargetTest|CrashPointTest|CliRemoteTest)\.|^FuseSourceTest\.(FileWith|LoopDevice)'
 
 log() { printf 'test: %s\n' "$*" >&2; }
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2; }
