@@ -204,13 +204,10 @@ run_ctest() {
   summary+=("${name} ${passed} ${failed} ${skipped} $((SECONDS - pass_start))")
 }
 
-# run_one NAME CMD...: a non-ctest check (benchmark, perf), counted as one test.
-run_one() {
-  local name="$1"
-  shift
-  local one_start=${SECONDS} rc=0
-  log "running ${name}: $*"
-  "$@" || rc=$?
+# count_one NAME RC START: the summary line of a check counted as one test that exited
+# with RC, started at SECONDS=START.
+count_one() {
+  local name="$1" rc="$2" one_start="$3"
   if ((rc == 0)); then
     summary+=("${name} 1 0 0 $((SECONDS - one_start))")
   else
@@ -218,6 +215,16 @@ run_one() {
     any_failure=1
     summary+=("${name} 0 1 0 $((SECONDS - one_start))")
   fi
+}
+
+# run_one NAME CMD...: a non-ctest check (benchmark, perf), counted as one test.
+run_one() {
+  local name="$1"
+  shift
+  local one_start=${SECONDS} rc=0
+  log "running ${name}: $*"
+  "$@" || rc=$?
+  count_one "${name}" "${rc}" "${one_start}"
 }
 
 # sanitizer_pass NAME KIND DIR CTEST_ARGS...: run_ctest in the sanitized build DIR with
@@ -297,13 +304,7 @@ else
       fuzz_rc=0
       wait "${fuzz_pid}" || fuzz_rc=$?
       grep '^fuzz: ' "${RESULTS_DIR}/fuzz-ci.log" >&2 || true
-      if ((fuzz_rc == 0)); then
-        summary+=("fuzz:ci 1 0 0 $((SECONDS - fuzz_start))")
-      else
-        log "fuzz:ci failed (exit ${fuzz_rc}; ${RESULTS_DIR}/fuzz-ci.log)"
-        any_failure=1
-        summary+=("fuzz:ci 0 1 0 $((SECONDS - fuzz_start))")
-      fi
+      count_one fuzz:ci "${fuzz_rc}" "${fuzz_start}"
     fi
   fi
   if await_build tsan; then

@@ -776,19 +776,6 @@ TEST(IoIndexTest, CrashAtEveryIndexKeepsCommittedSnapshotsAndNextRunWorks) {
   EXPECT_GE(trials.size(), LongMode() ? 10000u : 200u) << "fewer crash points than promised";
 }
 
-// Every kind at every planned index. "reset" is ECONNRESET on socket ops and
-// injects nothing elsewhere, so the local scenarios (no socket) skip it.
-Disturb FaultAt(bool with_reset) {
-  return [with_reset](uint64_t i) {
-    std::vector<Disturbance> out;
-    for (const std::string& kind : FaultKinds()) {
-      if (kind == "reset" && !with_reset) continue;
-      out.push_back({"DP420_FAULT_AT_IO", std::to_string(i) + ":" + kind, kind});
-    }
-    return out;
-  };
-}
-
 // `always` at every planned index, and one of `rotating` in turn (every one of
 // them in the long mode): each kind is met across the plan without multiplying
 // its trials.
@@ -807,6 +794,16 @@ Disturb FaultsInTurn(std::vector<std::string> always, std::vector<std::string> r
     }
     return out;
   };
+}
+
+// Every kind at every planned index. "reset" is ECONNRESET on socket ops and
+// injects nothing elsewhere, so the local scenarios (no socket) skip it.
+Disturb FaultAt(bool with_reset) {
+  std::vector<std::string> kinds;
+  for (const std::string& kind : FaultKinds()) {
+    if (kind != "reset" || with_reset) kinds.push_back(kind);
+  }
+  return FaultsInTurn(kinds, {});
 }
 
 TEST(IoIndexTest, FaultOfEveryKindAtEveryIndexEndsCleanly) {
@@ -1330,9 +1327,10 @@ TEST(IoIndexTest, AgentFaultAtEveryIndexLeavesTheServerServing) {
   EXPECT_GE(trials.size(), 24u);
 }
 
-// The agent's host loses power: what the agent wrote and did not make durable
-// (its block id cache) is dropped or torn, the server goes on. The next remote
-// backup must still be correct, whatever the cache holds.
+// The agent's host loses power: what the agent wrote and had not made durable
+// yet (a block id cache being fetched or written) is dropped or torn, the
+// server goes on. The next remote backup must still be correct, whatever the
+// cache holds then.
 TEST(IoIndexTest, AgentPowerLossAtEveryIndexLeavesTheNextBackupCorrect) {
   TempDir dir;
   auto start = std::chrono::steady_clock::now();
