@@ -69,16 +69,21 @@ class FuseVolume {
   static std::unique_ptr<FuseVolume> Mount(const TempDir& dir, std::string* why) {
     std::string mnt = dir / "mnt";
     Sh("mkdir -p " + ShellQuote(mnt));
-    std::unique_ptr<FuseVolume> v(new FuseVolume(mnt));
-    v->process_ = Process::Start({DP420_FUSE_VOLUME_PATH, mnt, "--size",
-                                  std::to_string(kVolumeBytes), "--seed", "1"});
+    std::unique_ptr<FuseVolume> v(new FuseVolume(mnt, dir / "fuse_volume.err"));
+    // Its stderr goes to a file (read by Describe()), not to a pipe nobody reads before
+    // it exits.
+    v->process_ = Process::Start(
+        {"bash", "-c",
+         "exec " + ShellQuote(DP420_FUSE_VOLUME_PATH) + " " + ShellQuote(mnt) + " --size " +
+             std::to_string(kVolumeBytes) + " --seed 1 2>" + ShellQuote(v->err_log_)});
     auto deadline = std::chrono::steady_clock::now() + seconds(20);
     while (std::chrono::steady_clock::now() < deadline) {
       if (Exists(v->volume())) return v;
       std::this_thread::sleep_for(milliseconds(20));
     }
     Result r = v->process_->Wait(seconds(1));
-    *why = "fuse_volume did not mount within 20 s: " + r.Describe();
+    *why = "fuse_volume did not mount within 20 s: " + r.Describe() + "; stderr: " +
+           ReadWithTimeout(v->err_log_);
     v->process_.reset();
     return nullptr;
   }
@@ -97,7 +102,20 @@ class FuseVolume {
     Result r = RunCommand({"timeout", "-s", "KILL", "5", "bash", "-c",
                            "printf %s " + ShellQuote(command) + " > " + ShellQuote(mnt_ + "/control")},
                           {}, seconds(10));
-    if (r.exit_code != 0) Fail("fuse_volume control '" + command + "': " + r.Describe());
+    if (r.exit_code != 0) {
+      Fail("fuse_volume control '" + command + "': " + r.Describe() + "\n" + Describe());
+    }
+  }
+  // The server's state for a failure message: running or how it ended (from /proc, not
+  // reaped here), its stderr, and what the kernel logged about FUSE lately.
+  std::string Describe() const {
+    std::string out = "fuse_volume (pid " + std::to_string(process_->pid()) + "): ";
+    std::string stat = ReadWithTimeout("/proc/" + std::to_string(process_->pid()) + "/stat");
+    out += stat.empty() ? "gone" : "state " + stat.substr(stat.rfind(')') + 2, 1);
+    out += "; stderr: [" + ReadWithTimeout(err_log_) + "]; kernel: [";
+    out += RunCommand({"bash", "-c", "dmesg | grep -iE 'fuse|killed process|segfault' | tail -n 5"},
+                      {}, seconds(10)).out;
+    return out + "]";
   }
   // A counter of /status ("reads", "eio", "blocked", "released", "interrupted"), -1 when
   // the status cannot be read.
@@ -118,8 +136,10 @@ class FuseVolume {
   }
 
  private:
-  explicit FuseVolume(std::string mnt) : mnt_(std::move(mnt)) {}
+  FuseVolume(std::string mnt, std::string err_log)
+      : mnt_(std::move(mnt)), err_log_(std::move(err_log)) {}
   std::string mnt_;
+  std::string err_log_;
   std::unique_ptr<Process> process_;
 };
 
@@ -248,7 +268,8 @@ std::unique_ptr<Process> FuseSourceTest::SignalBackupOnBlockedRead(int sig) {
            " --volume v " + ShellQuote(source) + " 2>" + ShellQuote(err_log_)});
   if (!WaitFor([&] { return fuse_->Status("blocked") == 1; }, seconds(60))) {
     backup->Kill(SIGKILL);
-    Fail("the backup never reached the blocked read: " + backup->Wait(seconds(30)).Describe());
+    Fail("the backup never reached the blocked read: " + backup->Wait(seconds(30)).Describe() +
+         "\n" + fuse_->Describe());
   }
   backup->Kill(sig);
   // Said at once, while the read is still held in the kernel.
@@ -256,7 +277,7 @@ std::unique_ptr<Process> FuseSourceTest::SignalBackupOnBlockedRead(int sig) {
   bool said = WaitFor([&] { return ReadFile(err_log_).find(name + " received") != std::string::npos; },
                       seconds(30));
   EXPECT_TRUE(said) << "no word of the signal within 30 s: " << ReadFile(err_log_);
-  EXPECT_EQ(fuse_->Status("blocked"), 1) << "the read is still held";
+  EXPECT_EQ(fuse_->Status("blocked"), 1) << "the read is still held\n" << fuse_->Describe();
   return backup;
 }
 
