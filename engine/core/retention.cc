@@ -152,7 +152,7 @@ Result<RetentionSpan> ParseRetentionSpan(const std::string& text) {
       case 'w': span.days += 7 * n; break;
       case 'd': span.days += n; break;
       case 'h': span.hours += n; break;
-      default: return bad(std::string("unknown unit '") + text[digits] + "'");
+      default: return bad("unknown unit '" + text.substr(digits, 1) + "'");
     }
     i = digits + 1;
   }
