@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
@@ -800,21 +801,29 @@ Status CheckTable(RestoreJob& job) {
 Status RunWorkers(RestoreJob& job) {
   std::vector<std::unique_ptr<RestoreWorker>> workers;
   std::vector<std::thread> threads;
-  std::atomic<unsigned> finished{0};
+  std::mutex mu;
+  std::condition_variable all_done;
+  unsigned finished = 0;  // guarded by mu
   for (unsigned i = 0; i < job.threads; ++i) {
     workers.push_back(std::make_unique<RestoreWorker>(job, i));
   }
   for (auto& w : workers) {
-    threads.emplace_back([&w, &finished] {
+    threads.emplace_back([&] {
       w->Run();
-      finished.fetch_add(1);
+      std::lock_guard<std::mutex> lock(mu);
+      if (++finished == job.threads) all_done.notify_one();
     });
   }
+  // Progress every 50 ms; the restore ends as soon as its last worker does (a small
+  // one in a millisecond, not at the next tick).
   const auto& progress = job.options.control.progress;
-  while (finished.load() < job.threads) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::unique_lock<std::mutex> lock(mu);
+  while (!all_done.wait_for(lock, std::chrono::milliseconds(50),
+                            [&] { return finished == job.threads; })) {
     if (progress) progress({"restore", job.bytes_done.load(), job.m.volume_size});
   }
+  lock.unlock();
+  if (progress) progress({"restore", job.bytes_done.load(), job.m.volume_size});
   for (auto& t : threads) t.join();
   return job.error;
 }

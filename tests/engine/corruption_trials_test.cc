@@ -191,7 +191,7 @@ class CorruptionTrials : public ::testing::Test {
     return seen;
   }
 
-  TempDir dir_;
+  TempDir dir_{testing::MemoryTempBase()};  // detection, not durability: no fsync to wait for
   std::string pristine_;
   std::unique_ptr<Repository> repo_;
   std::vector<std::string> files_;                                       // relative paths

@@ -30,10 +30,11 @@ namespace dp420::testing {
 // A fresh directory under /var/tmp, removed with its contents at the end.
 class TempDir {
  public:
-  TempDir() {
-    char tmpl[] = "/var/tmp/dp420-engine-XXXXXX";
-    if (mkdtemp(tmpl) == nullptr) {
-      ADD_FAILURE() << "mkdtemp: " << std::strerror(errno);
+  // Under `base`: /var/tmp (a disk) unless a test asks for memory (MemoryTempBase()).
+  explicit TempDir(const std::string& base = "/var/tmp") {
+    std::string tmpl = base + "/dp420-engine-XXXXXX";
+    if (mkdtemp(tmpl.data()) == nullptr) {
+      ADD_FAILURE() << "mkdtemp in " << base << ": " << std::strerror(errno);
       return;
     }
     path_ = tmpl;
@@ -51,6 +52,13 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// /dev/shm (tmpfs) when it is a writable directory, else /var/tmp: for tests about
+// which bytes a repository holds, not about what survives a crash, where every fsync
+// to a disk only costs time.
+inline std::string MemoryTempBase() {
+  return access("/dev/shm", W_OK | X_OK) == 0 ? "/dev/shm" : "/var/tmp";
+}
 
 inline std::vector<uint8_t> ReadAll(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
