@@ -793,6 +793,7 @@ Result<PipePoint> Bench::Pipeline(unsigned threads, bool sha, Json* out) {
   std::vector<std::unique_ptr<PipeWorker>> workers;
   for (unsigned i = 0; i < threads; ++i) workers.push_back(std::make_unique<PipeWorker>(job, i));
   std::vector<std::thread> pool;
+  pool.reserve(workers.size());
   for (auto& w : workers) pool.emplace_back([&w] { w->Run(); });
   job.ready.arrive_and_wait();
   uint64_t start = NowNs();

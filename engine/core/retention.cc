@@ -114,7 +114,7 @@ std::vector<RetentionDecision> ApplyRetention(const RetentionPolicy& policy,
   out.reserve(snapshots.size());
   for (const RetentionCandidate& s : snapshots) {
     RetentionDecision d{s.snapshot_id, s.time_unix_ns, false, {}};
-    if (s.is_protected) d.reasons.push_back("protected");
+    if (s.is_protected) d.reasons.emplace_back("protected");
     const struct tm local = LocalTime(s.time_unix_ns).tm;
     for (Rule& r : rules) {
       if (r.count == 0) continue;
@@ -122,9 +122,9 @@ std::vector<RetentionDecision> ApplyRetention(const RetentionPolicy& policy,
       if (key == r.last_key) continue;
       r.last_key = key;
       if (r.count > 0) --r.count;
-      d.reasons.push_back(r.name);
+      d.reasons.emplace_back(r.name);
     }
-    if (within && s.time_unix_ns >= cutoff) d.reasons.push_back("within");
+    if (within && s.time_unix_ns >= cutoff) d.reasons.emplace_back("within");
     d.keep = !d.reasons.empty();
     out.push_back(std::move(d));
   }
