@@ -92,6 +92,8 @@ double ThreadRunqueueSeconds() {
   ssize_t n = read(fd, buf, sizeof(buf) - 1);
   close(fd);
   unsigned long long run_ns = 0, wait_ns = 0;
+  // The kernel prints these from u64 counters, which %llu holds.
+  // NOLINTNEXTLINE(cert-err34-c)
   if (n <= 0 || std::sscanf(buf, "%llu %llu", &run_ns, &wait_ns) != 2) return 0;
   return double(wait_ns) / 1e9;
 }

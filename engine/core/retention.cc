@@ -30,9 +30,10 @@ int64_t HourKey(const struct tm& t) {
 int64_t DayKey(const struct tm& t) { return int64_t{t.tm_year} * 400 + t.tm_yday; }
 int64_t WeekKey(const struct tm& t) {
   // ISO 8601: the week-numbering year (%G) and week (%V).
-  char buf[16];
+  // At most 13 characters: the year's digits (perhaps after a sign), then two.
+  char buf[16] = {};
   strftime(buf, sizeof(buf), "%G%V", &t);
-  return std::atoll(buf);
+  return std::atoll(buf);  // NOLINT(cert-err34-c): the digits of strftime above
 }
 int64_t MonthKey(const struct tm& t) { return int64_t{t.tm_year} * 12 + t.tm_mon; }
 int64_t YearKey(const struct tm& t) { return t.tm_year; }
