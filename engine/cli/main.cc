@@ -397,7 +397,7 @@ bool ParseLimit(const std::string& text, int64_t* out) {
   }
   if (text[0] == '-') return false;
   std::string unit = text.substr(used);
-  int shift = unit == "" ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30
+  int shift = unit.empty() ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30
             : unit == "T" ? 40 : -1;
   if (shift < 0 || n > (uint64_t(INT64_MAX) >> shift)) return false;
   *out = int64_t(n << shift);
@@ -800,9 +800,8 @@ bool KeyOnCommandLine(int argc, char** argv) {
   return false;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// Parses the command line and runs its command; returns the exit code.
+int Run(int argc, char** argv) {
   // Every command may hold secrets (the repository's key, client keys, session
   // keys): no core dump and no ptrace by other processes of the same user.
   (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
@@ -905,4 +904,19 @@ int main(int argc, char** argv) {
   if (*client_set) code = CmdClientSet(c, cl);
   dp420_ctx_free(g_ctx);
   return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // An exception that leaves a command (a bug) ends it with exit code 1 and
+  // its message on stderr, not with std::terminate's abort.
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dp420: internal error: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "dp420: internal error: unknown exception\n");
+  }
+  return kExitFailed;
 }
