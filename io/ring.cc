@@ -589,7 +589,7 @@ bool Ring::InjectIndex(IoOp* op) {
   if (action.error == EINTR || action.error == EAGAIN) {
     DP420_ASSERT(in_flight_ < cq_entries_);
     ++in_flight_;
-    retried_.push_back({op, -action.error});
+    retried_.emplace_back(op, -action.error);
     return false;
   }
   if (action.error != 0) {

@@ -53,6 +53,10 @@ struct Common {
 
 // Seconds from the command line as milliseconds, at least 1.
 uint32_t Millis(double seconds);
+// Prints `j` on stdout as one line. A path or a message may hold bytes that
+// are not UTF-8 (a Linux path may hold any byte but NUL), on which dump()
+// throws: each is printed as U+FFFD instead.
+void PrintJson(const Json& j);
 // Reports a failed call: message on stderr, and a JSON error document on
 // stdout with --json. Returns the exit code.
 int Report(const Common& c, const char* what, int rc);

@@ -37,6 +37,10 @@ uint32_t Millis(double seconds) {
   return uint32_t(std::max(1.0, std::min(std::round(seconds * 1000), 4e9)));
 }
 
+void PrintJson(const Json& j) {
+  std::cout << j.dump(-1, ' ', false, Json::error_handler_t::replace) << std::endl;
+}
+
 // Reports a failed call: message on stderr, and a JSON error document on
 // stdout with --json. Returns the exit code.
 int Report(const Common& c, const char* what, int rc) {
@@ -45,7 +49,7 @@ int Report(const Common& c, const char* what, int rc) {
   if (c.json) {
     Json j = {{"error", {{"code", dp420_strerror(rc)}, {"exit_code", ExitFor(rc)},
                          {"message", msg}}}};
-    std::cout << j.dump() << std::endl;
+    PrintJson(j);
   }
   return ExitFor(rc);
 }
@@ -65,7 +69,7 @@ int UsageError(const Common& c, const char* what, const std::string& msg) {
                msg.c_str());
   if (c.json) {
     Json j = {{"error", {{"code", "usage"}, {"exit_code", kExitUsage}, {"message", msg}}}};
-    std::cout << j.dump() << std::endl;
+    PrintJson(j);
   }
   return kExitUsage;
 }

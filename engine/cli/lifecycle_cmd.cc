@@ -2,7 +2,6 @@
 
 #include <cstdio>
 #include <ctime>
-#include <iostream>
 #include <limits>
 
 #include "engine/cli/progress.h"
@@ -158,7 +157,7 @@ int CmdPrune(const Common& c, const PruneArgs& a) {
     int code = RunPruneCall(c, repo, a, &r);
     if (code != kExitOk) return code;
     if (c.json) {
-      std::cout << r.dump() << std::endl;
+      PrintJson(r);
     } else if (!c.quiet) {
       PrintPrune(r);
     }
@@ -206,7 +205,7 @@ int CmdStats(const Common& c, const std::string& volume) {
     Json j = StatsJson(r);
     dp420_stats_result_free(&r);
     if (c.json) {
-      std::cout << j.dump() << std::endl;
+      PrintJson(j);
     } else {
       PrintStats(j);
     }
@@ -242,7 +241,7 @@ int CmdForget(const Common& c, const ForgetArgs& a) {
     if (!c.json && !c.quiet) PrintForget(r, a.dry_run, a.prune);
     dp420_forget_result_free(&r);
     if (rc != 0) {
-      if (c.json) std::cout << j.dump() << std::endl;
+      if (c.json) PrintJson(j);
       std::fprintf(stderr, "dp420 forget: %s: %s\n", dp420_strerror(rc), dp420_errmsg(g_ctx));
       return ExitFor(rc);
     }
@@ -256,7 +255,7 @@ int CmdForget(const Common& c, const ForgetArgs& a) {
         if (!c.json && !c.quiet) PrintPrune(pruned);
       }
     }
-    if (c.json) std::cout << j.dump() << std::endl;
+    if (c.json) PrintJson(j);
     return code;
   });
 }
@@ -269,8 +268,7 @@ int CmdProtect(const Common& c, const ProtectArgs& a, bool protect) {
     int rc = dp420_protect(g_ctx, repo, a.volume.c_str(), a.snapshot.c_str(), protect, id);
     if (rc != 0) return Report(c, what, rc);
     if (c.json) {
-      std::cout << Json{{"volume", a.volume}, {"snapshot_id", id}, {"protected", protect}}.dump()
-                << std::endl;
+      PrintJson(Json{{"volume", a.volume}, {"snapshot_id", id}, {"protected", protect}});
     } else if (!c.quiet) {
       std::printf("%s snapshot %s of %s\n", protect ? "protected" : "unprotected", id,
                   a.volume.c_str());

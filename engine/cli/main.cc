@@ -67,7 +67,7 @@ int CmdInit(const Common& c) {
   int rc = dp420_repo_init(g_ctx, c.repo.c_str());
   if (rc != 0) return Report(c, "init", rc);
   if (c.json) {
-    std::cout << Json{{"repository", c.repo}, {"created", true}}.dump() << std::endl;
+    PrintJson(Json{{"repository", c.repo}, {"created", true}});
   } else if (!c.quiet) {
     std::cout << "created dp420 repository at " << c.repo << std::endl;
   }
@@ -80,9 +80,8 @@ int CmdUpgrade(const Common& c) {
   int rc = dp420_repo_upgrade(g_ctx, c.repo.c_str(), &from, &resealed);
   if (rc != 0) return Report(c, "upgrade", rc);
   if (c.json) {
-    std::cout << Json{{"repository", c.repo}, {"from_version", from},
-                      {"manifests_resealed", resealed}}.dump()
-              << std::endl;
+    PrintJson(Json{{"repository", c.repo}, {"from_version", from},
+                   {"manifests_resealed", resealed}});
   } else if (!c.quiet) {
     if (resealed == 0 && from != 1) {
       std::cout << c.repo << " is already at the current format" << std::endl;
@@ -132,7 +131,7 @@ int CmdRepair(const Common& c, const RepairArgs& a) {
     Json r = Json::parse(text);
     dp420_free(text);
     if (c.json) {
-      std::cout << r.dump() << std::endl;
+      PrintJson(r);
     } else if (!c.quiet) {
       PrintRepair(r);
     }
@@ -197,7 +196,7 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
         j["bytes_resent"] = r.bytes_resent;
         j["reconnects"] = r.reconnects;
       }
-      std::cout << j.dump() << std::endl;
+      PrintJson(j);
     } else if (c.quiet) {
       std::cout << r.snapshot_id << std::endl;
     } else {
@@ -231,7 +230,7 @@ int CmdSnapshots(const Common& c, const std::string& volume) {
     }
     dp420_snapshot_list_free(list);
     if (c.json) {
-      std::cout << all.dump() << std::endl;
+      PrintJson(all);
       return kExitOk;
     }
     std::printf("%-16s  %-12s  %4s  %-27s  %10s  %9s  %10s\n", "ID", "VOLUME", "SEQ", "CREATED",
@@ -289,7 +288,7 @@ int CmdRestore(const Common& c, const RestoreArgs& a) {
                 {"blocks_restored", r.blocks_restored}, {"blocks_zero", r.blocks_zero},
                 {"checksum_sha256", r.checksum_sha256}, {"verified", true},
                 {"seconds", r.seconds}};
-      std::cout << j.dump() << std::endl;
+      PrintJson(j);
     } else if (!c.quiet) {
       char sz[32];
       std::printf("restored snapshot %s to %s: %s in %.2f s (%.0f MB/s), every block verified\n",
@@ -342,7 +341,7 @@ int CmdVerify(const Common& c, const VerifyArgs& a) {
                 {"pages_checked", r.pages_checked}, {"blocks_checked", r.blocks_checked},
                 {"bytes_read", r.bytes_read}, {"unreferenced_packs", r.unreferenced_packs},
                 {"problems", problems}, {"snapshots_broken", r.snapshots_broken}};
-      std::cout << j.dump() << std::endl;
+      PrintJson(j);
     } else {
       for (const auto& p : problems) {
         std::string snaps;
@@ -398,7 +397,7 @@ bool ParseLimit(const std::string& text, int64_t* out) {
   }
   if (text[0] == '-') return false;
   std::string unit = text.substr(used);
-  int shift = unit == "" ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30
+  int shift = unit.empty() ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30
             : unit == "T" ? 40 : -1;
   if (shift < 0 || n > (uint64_t(INT64_MAX) >> shift)) return false;
   *out = int64_t(n << shift);
@@ -532,8 +531,7 @@ int CmdClientSet(const Common& c, const ClientArgs& a) {
   int code = SetClientLimits(c, "client-set", a);
   if (code != kExitOk) return code;
   if (c.json) {
-    std::cout << Json{{"client", a.name}, {"clients", a.clients}, {"updated", true}}.dump()
-              << std::endl;
+    PrintJson(Json{{"client", a.name}, {"clients", a.clients}, {"updated", true}});
   } else if (!c.quiet) {
     std::printf("updated the limits of client %s in %s\n", a.name.c_str(), a.clients.c_str());
   }
@@ -552,7 +550,7 @@ int CmdClientAdd(const Common& c, const ClientArgs& a) {
   if (c.json) {
     Json j = {{"client", a.name}, {"role", a.role}, {"clients", a.clients},
               {"key_file", a.key_out}};
-    std::cout << j.dump() << std::endl;
+    PrintJson(j);
   } else if (!c.quiet) {
     std::printf("registered client %s (%s) in %s; its key is in %s (mode 0600): copy it to "
                 "the client and pass it with --key-file\n",
@@ -565,8 +563,7 @@ int CmdClientRemove(const Common& c, const ClientArgs& a) {
   int rc = dp420_client_remove(g_ctx, a.clients.c_str(), a.name.c_str());
   if (rc != 0) return Report(c, "client-remove", rc);
   if (c.json) {
-    std::cout << Json{{"client", a.name}, {"clients", a.clients}, {"removed", true}}.dump()
-              << std::endl;
+    PrintJson(Json{{"client", a.name}, {"clients", a.clients}, {"removed", true}});
   } else if (!c.quiet) {
     std::printf("removed client %s from %s\n", a.name.c_str(), a.clients.c_str());
   }
@@ -769,7 +766,7 @@ int CmdBench(const Common& c, const BenchArgs& a) {
   Json j = Json::parse(report);
   dp420_free(report);
   if (c.json) {
-    std::cout << j.dump() << std::endl;
+    PrintJson(j);
   } else {
     PrintBench(j, c.quiet);
   }
@@ -803,9 +800,8 @@ bool KeyOnCommandLine(int argc, char** argv) {
   return false;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// Parses the command line and runs its command; returns the exit code.
+int Run(int argc, char** argv) {
   // Every command may hold secrets (the repository's key, client keys, session
   // keys): no core dump and no ptrace by other processes of the same user.
   (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
@@ -908,4 +904,19 @@ int main(int argc, char** argv) {
   if (*client_set) code = CmdClientSet(c, cl);
   dp420_ctx_free(g_ctx);
   return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // An exception that leaves a command (a bug) ends it with exit code 1 and
+  // its message on stderr, not with std::terminate's abort.
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dp420: internal error: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "dp420: internal error: unknown exception\n");
+  }
+  return kExitFailed;
 }

@@ -92,6 +92,8 @@ double ThreadRunqueueSeconds() {
   ssize_t n = read(fd, buf, sizeof(buf) - 1);
   close(fd);
   unsigned long long run_ns = 0, wait_ns = 0;
+  // The kernel prints these from u64 counters, which %llu holds.
+  // NOLINTNEXTLINE(cert-err34-c)
   if (n <= 0 || std::sscanf(buf, "%llu %llu", &run_ns, &wait_ns) != 2) return 0;
   return double(wait_ns) / 1e9;
 }
@@ -793,6 +795,7 @@ Result<PipePoint> Bench::Pipeline(unsigned threads, bool sha, Json* out) {
   std::vector<std::unique_ptr<PipeWorker>> workers;
   for (unsigned i = 0; i < threads; ++i) workers.push_back(std::make_unique<PipeWorker>(job, i));
   std::vector<std::thread> pool;
+  pool.reserve(workers.size());
   for (auto& w : workers) pool.emplace_back([&w] { w->Run(); });
   job.ready.arrive_and_wait();
   uint64_t start = NowNs();

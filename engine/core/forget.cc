@@ -66,7 +66,7 @@ std::vector<ForgetItem> DecideByPolicy(const VolumeHistory& h, const RetentionPo
     it.reasons = d.reasons;
     if (h.tip && d.snapshot_id == h.tip->snapshot_id && !it.keep) {
       it.keep = true;  // the next backup builds on it
-      it.reasons.push_back("newest");
+      it.reasons.emplace_back("newest");
     }
     items.push_back(std::move(it));
   }
@@ -94,7 +94,7 @@ Result<std::vector<ForgetItem>> DecideByName(const VolumeHistory& h,
   for (auto it = h.manifests.rbegin(); it != h.manifests.rend(); ++it) {
     ForgetItem item = ItemOf(*it);
     item.keep = named.count(it->snapshot_id) == 0;
-    if (item.keep) item.reasons.push_back("not named");
+    if (item.keep) item.reasons.emplace_back("not named");
     items.push_back(std::move(item));
   }
   return items;

@@ -151,6 +151,7 @@ Status ApplyLinks(const Repository& repo, const std::string& volume,
   std::map<std::string, ChainLink> links;
   DP420_RETURN_IF_ERROR(ReadLinks(repo, volume, names, damaged, &links));
   std::vector<const ChainLink*> ranges;
+  ranges.reserve(links.size());
   for (const auto& [id, link] : links) ranges.push_back(&link);
   auto covered = [&](uint64_t s) {
     return std::any_of(ranges.begin(), ranges.end(), [&](const ChainLink* l) { return l->Covers(s); });

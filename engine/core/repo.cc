@@ -211,7 +211,8 @@ Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
   // A plain seal is format 1; the keyed seal is read first and checked once
   // the key is loaded.
   auto plain = UnsealJsonPlain(text.value(), what);
-  Result<Json> config = plain.ok() ? std::move(plain) : UnsealJson(text.value(), what, nullptr);
+  const bool plain_seal = plain.ok();
+  Result<Json> config = plain_seal ? std::move(plain) : UnsealJson(text.value(), what, nullptr);
   if (!config.ok()) return config.status();
   std::unique_ptr<Repository> repo(new Repository());
   repo->path_ = path;
@@ -227,7 +228,7 @@ Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
                              " is newer than this dp420 supports (" +
                              std::to_string(kFormatVersion) + "); upgrade dp420");
     }
-    if ((repo->format_version_ < 2) != plain.ok()) {
+    if ((repo->format_version_ < 2) != plain_seal) {
       return Status::Corruption(what + ": its seal does not fit its format version");
     }
     if (repo->format_version_ < 2 && !legacy_ok) {
@@ -243,7 +244,7 @@ Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
   } catch (const std::exception& e) {
     return Status::Corruption(what + ": malformed (" + e.what() + ")");
   }
-  if (!plain.ok()) {
+  if (!plain_seal) {
     DP420_RETURN_IF_ERROR(UnsealJson(text.value(), what, &repo->seal_key_).status());
   }
   return repo;

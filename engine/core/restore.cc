@@ -807,6 +807,7 @@ Status RunWorkers(RestoreJob& job) {
   for (unsigned i = 0; i < job.threads; ++i) {
     workers.push_back(std::make_unique<RestoreWorker>(job, i));
   }
+  threads.reserve(workers.size());
   for (auto& w : workers) {
     threads.emplace_back([&] {
       w->Run();

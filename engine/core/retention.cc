@@ -30,9 +30,10 @@ int64_t HourKey(const struct tm& t) {
 int64_t DayKey(const struct tm& t) { return int64_t{t.tm_year} * 400 + t.tm_yday; }
 int64_t WeekKey(const struct tm& t) {
   // ISO 8601: the week-numbering year (%G) and week (%V).
-  char buf[16];
+  // At most 13 characters: the year's digits (perhaps after a sign), then two.
+  char buf[16] = {};
   strftime(buf, sizeof(buf), "%G%V", &t);
-  return std::atoll(buf);
+  return std::atoll(buf);  // NOLINT(cert-err34-c): the digits of strftime above
 }
 int64_t MonthKey(const struct tm& t) { return int64_t{t.tm_year} * 12 + t.tm_mon; }
 int64_t YearKey(const struct tm& t) { return t.tm_year; }
@@ -114,7 +115,7 @@ std::vector<RetentionDecision> ApplyRetention(const RetentionPolicy& policy,
   out.reserve(snapshots.size());
   for (const RetentionCandidate& s : snapshots) {
     RetentionDecision d{s.snapshot_id, s.time_unix_ns, false, {}};
-    if (s.is_protected) d.reasons.push_back("protected");
+    if (s.is_protected) d.reasons.emplace_back("protected");
     const struct tm local = LocalTime(s.time_unix_ns).tm;
     for (Rule& r : rules) {
       if (r.count == 0) continue;
@@ -122,9 +123,9 @@ std::vector<RetentionDecision> ApplyRetention(const RetentionPolicy& policy,
       if (key == r.last_key) continue;
       r.last_key = key;
       if (r.count > 0) --r.count;
-      d.reasons.push_back(r.name);
+      d.reasons.emplace_back(r.name);
     }
-    if (within && s.time_unix_ns >= cutoff) d.reasons.push_back("within");
+    if (within && s.time_unix_ns >= cutoff) d.reasons.emplace_back("within");
     d.keep = !d.reasons.empty();
     out.push_back(std::move(d));
   }

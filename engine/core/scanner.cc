@@ -126,7 +126,7 @@ Status Scanner::StartPage(uint64_t page_index) {
 }
 
 // Takes the next extent of the stripe for `buffer`: fills its ScanRead (the
-// op's length and offset included) and opens its page. *read is null at the
+// op's length and offset included) and opens its page. *out is null at the
 // end of the stripe.
 Status Scanner::NextRead(unsigned buffer, ScanRead** out) {
   *out = nullptr;

@@ -176,7 +176,7 @@ class Scanner {
   Status Loop();
   bool NextExtent(uint64_t* first_block, uint32_t* nblocks);
   Status StartPage(uint64_t page_index);
-  Status NextRead(unsigned buffer, ScanRead** read);
+  Status NextRead(unsigned buffer, ScanRead** out);
   Status QueueRead(unsigned buffer);
   unsigned Fill(Status* first_error, bool may_block);
   Status OnRead(ScanRead* read);

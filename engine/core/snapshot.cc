@@ -104,19 +104,21 @@ uint64_t NowUnixNs() {
   return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
 }
 
-Result<uint32_t> ChooseBlockSize(const std::string& volume, uint32_t bs, const Manifest* parent) {
-  if (bs == 0) return parent ? parent->block_size : kDefaultBlockSize;
-  if (bs < kMinBlockSize || bs > kMaxBlockSize || (bs & (bs - 1)) != 0) {
-    return Status::InvalidArgument("block size " + std::to_string(bs) +
+Result<uint32_t> ChooseBlockSize(const std::string& volume, uint32_t requested,
+                                 const Manifest* parent) {
+  if (requested == 0) return parent ? parent->block_size : kDefaultBlockSize;
+  if (requested < kMinBlockSize || requested > kMaxBlockSize ||
+      (requested & (requested - 1)) != 0) {
+    return Status::InvalidArgument("block size " + std::to_string(requested) +
                                    " must be a power of two from 4096 to 4194304");
   }
-  if (parent && parent->block_size != bs) {
+  if (parent && parent->block_size != requested) {
     return Status::InvalidArgument(
         "volume '" + volume + "' was backed up with block size " +
-        std::to_string(parent->block_size) + "; --block-size " + std::to_string(bs) +
+        std::to_string(parent->block_size) + "; --block-size " + std::to_string(requested) +
         " differs (a chain keeps one block size: use another volume name for a new chain)");
   }
-  return bs;
+  return requested;
 }
 
 // ---- SnapshotBuilder ----

@@ -128,6 +128,8 @@ int TcpWmemMax() {
     int low = 0, def = 0, max = 0;
     FILE* f = std::fopen("/proc/sys/net/ipv4/tcp_wmem", "r");
     if (f != nullptr) {
+      // The kernel prints this file from ints (proc_dointvec), which %d holds.
+      // NOLINTNEXTLINE(cert-err34-c)
       if (std::fscanf(f, "%d %d %d", &low, &def, &max) != 3) max = 0;
       std::fclose(f);
     }

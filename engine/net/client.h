@@ -65,7 +65,7 @@ class RemoteRepository {
   Result<BackupResult> Backup(const BackupOptions& options);
   // An operation of the repository's life cycle run by the server (ADMIN:
   // "forget", "protect", "unprotect"; admins only) and its JSON report.
-  Result<Json> Admin(const std::string& op, const Json& args, const JobControl& control);
+  Result<Json> Admin(const std::string& op, const Json& args, const JobControl& job);
 
   // A fresh authenticated connection (for stripes and reconnects).
   Result<std::unique_ptr<Conn>> OpenConnection() const;

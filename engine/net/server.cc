@@ -1077,8 +1077,8 @@ Status Server::Run() {
     log_.Info("retention", {{"file", o_.retention_file}, {"rules", schedule_->rules.size()},
                             {"every_seconds", schedule_->every.count()}});
   }
-  ctx_.reset(new ServerContext{*repo_, o_, log_, backups_, stopping_,
-                               [this] { return Clients(); }});
+  ctx_ = std::make_unique<ServerContext>(
+      ServerContext{*repo_, o_, log_, backups_, stopping_, [this] { return Clients(); }});
   DP420_RETURN_IF_ERROR(Listen());
   try {
     watcher_ = std::thread([this] { WatchClients(); });

@@ -77,7 +77,7 @@ class BackupSession {
                 uint32_t stripes, BackupLimits limits)
       : registry_(ctx.backups), who_(std::move(who)), lock_(std::move(lock)),
         builder_(std::move(builder)), parent_(std::move(parent)), stripes_(stripes),
-        limits_(std::move(limits)) {
+        limits_(limits) {
     if (parent_) {
       present_packs_ = ListReadablePackIds(ctx.repo);
       damage_ = LoadDamage(ctx.repo);

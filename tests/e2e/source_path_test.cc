@@ -3,7 +3,9 @@
 // restores it bit-exact; the manifest records the name escaped as
 // docs/FORMAT.md (`source.path`) describes. Before the escaping, the backup
 // failed with "internal error" (the manifest's JSON dump threw).
-// The same over the network: cli_remote_test.cc.
+// The same over the network: cli_remote_test.cc. With --json, a repository
+// path that is not UTF-8 is printed with U+FFFD in its place; before, the
+// command's own JSON dump threw and the command aborted (exit code 134).
 
 #include <gtest/gtest.h>
 
@@ -40,6 +42,21 @@ TEST(SourcePathTest, NameNotUtf8BacksUpAndRestoresBitExact) {
   EXPECT_EQ(Sha256File(target), Sha256File(source)) << "restored bytes differ";
   Result verify = Cli({"verify", "--repo", repo, "--read-data", "--json"});
   DP420_EXPECT_EXIT(verify, kExitOk);
+}
+
+TEST(SourcePathTest, RepositoryPathNotUtf8PrintsItsJsonDocument) {
+  TempDir dir;
+  Result init = Cli({"init", "--json", dir / "repo-\xff"});
+  DP420_ASSERT_EXIT(init, kExitOk);
+  EXPECT_EQ(ParseJson(init).at("repository"), dir.path() + "/repo-\xef\xbf\xbd");
+
+  Result missing = Cli({"snapshots", "--json", "--repo", dir / "missing-\xff"});
+  DP420_ASSERT_EXIT(missing, kExitNotFound);
+  Json error = ParseJson(missing).at("error");
+  EXPECT_EQ(error.at("exit_code"), kExitNotFound) << error.dump();
+  EXPECT_NE(error.at("message").get<std::string>().find("missing-\xef\xbf\xbd"),
+            std::string::npos)
+      << error.dump();
 }
 
 }  // namespace
