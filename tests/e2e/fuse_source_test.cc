@@ -338,6 +338,38 @@ TEST_F(FuseSourceTest, LoopDeviceWithDirectIoOnEioFileFailsNamingTheOffset) {
   EioThenClean(loop->device());
 }
 
+// EIO in every extent in turn, each time at another position in it (its first byte,
+// its last, between): every backup fails naming the read that holds the byte, with no
+// signal and nothing committed; the first snapshot still verifies and restores.
+TEST_F(FuseSourceTest, EioInEveryExtentInTurnFailsNamingEachAndCommitsNothing) {
+  std::string source = fuse_->volume();
+  std::string sha1 = ShaOf(source);
+  Result full = BackupOf(source);
+  DP420_ASSERT_EXIT(full, kExitOk);
+  std::string first = ParseJson(full).at("snapshot_id").get<std::string>();
+  fuse_->Control("seed 2");
+  for (uint64_t extent = 0; extent < kVolumeBytes / kExtent; ++extent) {
+    uint64_t within = extent % 3 == 0 ? 0 : extent % 3 == 1 ? kExtent - 1 : extent * 40503 % kExtent;
+    uint64_t byte = extent * kExtent + within;
+    SCOPED_TRACE("EIO at byte " + std::to_string(byte));
+    fuse_->Control("eio " + std::to_string(byte));
+    Result failed = BackupOf(source);
+    fuse_->Control("clear");
+    DP420_EXPECT_EXIT(failed, kExitFailed);
+    EXPECT_EQ(failed.term_signal, 0) << failed.Describe();
+    EXPECT_TRUE(ContainsIgnoringCase(failed.All(), "Input/output error")) << failed.Describe();
+    int64_t named = NamedOffset(failed.All());
+    EXPECT_GE(named, 0) << failed.Describe();
+    EXPECT_LE(uint64_t(named), byte) << failed.Describe();
+    EXPECT_LT(byte, uint64_t(named) + kExtent) << failed.Describe();
+    if (::testing::Test::HasFailure()) break;
+  }
+  EXPECT_GE(fuse_->Status("eio"), long(kVolumeBytes / kExtent)) << "a fault was never reached";
+  EXPECT_EQ(SnapshotIds(repo_), std::vector<std::string>{first}) << "nothing committed";
+  ExpectVerifyClean();
+  ExpectRestores(first, sha1);
+}
+
 // A source whose read never answers: the signal is acknowledged at once, and once the
 // server answers the held read the backup ends as interrupted, nothing committed.
 TEST_F(FuseSourceTest, SigtermOnBlockedReadEndsWhenTheServerAnswers) {
