@@ -13,16 +13,15 @@
 #   nights   night 0: a cold full backup of the work image (the "cold full" yardstick).
 #            Nights 1..N: `perf/volume.py mutate` rewrites P % (default 1) of the image's
 #            non-zero 64 KiB pieces in place with random data (seed = night), then, cold:
-#            `dp420 backup`, then `dp420 forget --keep-last K --prune --json` (K = 7).
-#            One snapshot per night, so --keep-last 7 keeps what --keep-daily 7 would keep
-#            on real nights (the snapshots' times cannot be faked for dp420: libfaketime
-#            hangs it). After each night: `du -sb` of the repository, `dp420 stats --json`
+#            `dp420 backup --time DATE` (DATE = 2026-01-01T03:00:00Z + night), then
+#            `dp420 forget --keep-daily K --prune --json` (K = 7), with TZ=UTC.
+#            After each night: `du -sb` of the repository, `dp420 stats --json`
 #            and the unique data of the kept snapshots, counted independently of dp420:
 #            non-zero 64 KiB pieces of the image (constant, mutate rewrites data in place)
 #            + the pieces each kept night after the oldest kept one wrote.
 #            Nights 0..M (default 12) also for restic 0.14: `restic backup --time DATE
-#            --compression off` of a hard link to the image (DATE = 2026-01-01 + night),
-#            then `restic forget --keep-last K --prune` (each + sync), cold. dp420 and restic
+#            --compression off` of a hard link to the image (the same DATE),
+#            then `restic forget --keep-daily K --prune` (each + sync, TZ=UTC), cold. dp420 and restic
 #            swap order every night.
 #   sweep    a copy of dp420's repository after night 7's backup (a week of snapshots,
 #            nothing forgotten yet), copied once per --max-unused value (100 50 25 10 5 0)
@@ -153,6 +152,9 @@ python3 "${VOLUME_PY}" mutate "${IMG}" --percent 0 --chunk-kib "${PIECE_KIB}" --
   >"${RUN_DIR}/night-0-mutate.json" 2>/dev/null || true
 data_pieces="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["data_pieces"])' "${RUN_DIR}/night-0-mutate.json")"
 
+# night_date NIGHT FORMAT: the night's snapshot time, 2026-01-01 03:00 UTC + NIGHT days.
+night_date() { date -u -d "2026-01-01 03:00:00 UTC + $1 days" "$2"; }
+
 dp420_night() {  # dp420_night NIGHT
   local n="$1" out op=incremental
   ((n == 0)) && op=full
@@ -160,7 +162,8 @@ dp420_night() {  # dp420_night NIGHT
   cold
   measure "dp420:${op}:night${n}" "{\"tool\":\"dp420\",\"op\":\"${op}\",\"night\":${n}}" \
     --stdout "${out}" --parse dp420 --du "${REPO}" -- \
-    env DP420_STATE_DIR="${STATE}" "${DP420}" backup --repo "${REPO}" --volume vol --json "${IMG}"
+    env DP420_STATE_DIR="${STATE}" "${DP420}" backup --repo "${REPO}" --volume vol --json \
+    --time "$(night_date "${n}" '+%Y-%m-%dT%H:%M:%SZ')" "${IMG}"
   if ((n == SWEEP_NIGHT && with_sweep)); then
     # A week of snapshots, nothing forgotten yet: the sweep's starting point.
     cp -a "${REPO}" "${SWEEP_SRC}"
@@ -171,8 +174,8 @@ dp420_night() {  # dp420_night NIGHT
     cold
     measure "dp420:forget-prune:night${n}" "{\"tool\":\"dp420\",\"op\":\"forget-prune\",\"night\":${n}}" \
       --stdout "${out}" --parse dp420 --du "${REPO}" -- \
-      env DP420_STATE_DIR="${STATE}" "${DP420}" forget --repo "${REPO}" --volume vol --keep-last "${keep}" \
-      --prune --json
+      env TZ=UTC DP420_STATE_DIR="${STATE}" "${DP420}" forget --repo "${REPO}" --volume vol \
+      --keep-daily "${keep}" --prune --json
   fi
   out="$(out_file dp420-stats)"
   if dp "${STATE}" stats --repo "${REPO}" --json >"${out}"; then
@@ -189,17 +192,17 @@ PY
 restic_night() {  # restic_night NIGHT
   local n="$1" date op=incremental
   ((n == 0)) && op=full
-  date="$(date -u -d "2026-01-01 03:00:00 UTC + ${n} days" '+%Y-%m-%d %H:%M:%S')"
+  date="$(night_date "${n}" '+%Y-%m-%d %H:%M:%S')"
   cold
   # shellcheck disable=SC2016 # the inner bash expands $1 and $2
   measure "restic:${op}:night${n}" "{\"tool\":\"restic\",\"op\":\"${op}\",\"night\":${n}}" \
-    --du "${R_REPO}" -- bash -c 'restic backup -q --compression off --host perf --time "$1" "$2" && sync' _ \
+    --du "${R_REPO}" -- env TZ=UTC bash -c 'restic backup -q --compression off --host perf --time "$1" "$2" && sync' _ \
     "${date}" "${R_SRC}"
   if ((n > 0)); then
     cold
     # shellcheck disable=SC2016 # the inner bash expands $1 and $2
     measure "restic:forget-prune:night${n}" "{\"tool\":\"restic\",\"op\":\"forget-prune\",\"night\":${n}}" \
-      --du "${R_REPO}" -- bash -c 'restic forget -q --keep-last "$1" --prune && sync' _ "${keep}"
+      --du "${R_REPO}" -- env TZ=UTC bash -c 'restic forget -q --keep-daily "$1" --prune && sync' _ "${keep}"
   fi
   record "{\"label\":\"restic:state:night${n}\",\"tool\":\"restic\",\"op\":\"state\",\"night\":${n},\"repo_bytes\":$(du -sb "${R_REPO}" | cut -f1)}"
 }

@@ -27,6 +27,7 @@
 #include "engine/core/repo.h"
 #include "engine/core/repair.h"
 #include "engine/core/restore.h"
+#include "engine/core/snapshot.h"
 #include "engine/core/upgrade.h"
 #include "engine/core/verify.h"
 #include "engine/net/auth.h"
@@ -133,6 +134,9 @@ using dp420::Status;
 
 // dp420_backup_result_t up to registered_buffers: what callers built before
 // the network counters were appended pass this struct_size.
+// dp420_backup_opts_t before its time.
+constexpr size_t kBackupOptsV1Size = offsetof(dp420_backup_opts_t, time);
+static_assert(kBackupOptsV1Size == 32);
 constexpr size_t kBackupResultV1Size = offsetof(dp420_backup_result_t, bytes_sent);
 static_assert(kBackupResultV1Size == 208);
 constexpr size_t kBackupResultV2Size = offsetof(dp420_backup_result_t, blocks_healed);
@@ -377,7 +381,7 @@ void dp420_backup_opts_init(dp420_backup_opts_t* opts) {
 int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t* opts,
                  dp420_backup_result_t* result) {
   return Guard(ctx, [&] {
-    if (!repo || !opts || opts->struct_size < sizeof(dp420_backup_opts_t)) {
+    if (!repo || !opts || opts->struct_size < kBackupOptsV1Size) {
       return Fail(ctx, Status::InvalidArgument("dp420_backup: bad arguments"));
     }
     if (Missing(opts->volume)) return Fail(ctx, Status::InvalidArgument("no volume name given"));
@@ -387,6 +391,16 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
     o.source_path = dp420::control::AbsolutePath(opts->source);
     o.block_size = opts->block_size;
     o.threads = opts->threads;
+    if (opts->struct_size >= sizeof(dp420_backup_opts_t) && !Missing(opts->time)) {
+      if (repo->remote) {
+        return Fail(ctx, Status::InvalidArgument(
+                             "the backup time can be given for a local repository only: the "
+                             "server stamps a remote snapshot with its own clock"));
+      }
+      auto t = dp420::ParseRfc3339(opts->time);
+      if (!t.ok()) return Fail(ctx, t.status().Prefix("backup time"));
+      o.time_unix_ns = *t;
+    }
     o.node_topology = dp420::control::LocalTopology(o.volume, o.source_path);
     o.tool_version = std::string("dp420 ") + dp420_version_string();
     o.control = Control(ctx);

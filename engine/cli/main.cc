@@ -151,11 +151,15 @@ void PrintNetworkSummary(const dp420_backup_result_t& r) {
 }
 
 struct BackupArgs {
-  std::string volume, source;
+  std::string volume, source, time;
   uint32_t block_size = 0, threads = 0;
 };
 
 int CmdBackup(const Common& c, const BackupArgs& a) {
+  if (!a.time.empty() && !c.remote.empty()) {
+    return UsageError(c, "backup", "--time is for a local repository only: the server stamps a "
+                                   "remote snapshot with its own clock");
+  }
   return WithRepo(c, "backup", [&](dp420_repo_t* repo) -> int {
     dp420_backup_opts_t o;
     dp420_backup_opts_init(&o);
@@ -163,6 +167,7 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
     o.source = a.source.c_str();
     o.block_size = a.block_size;
     o.threads = a.threads;
+    o.time = a.time.c_str();
     dp420_backup_result_t r{};
     r.struct_size = sizeof(r);
     dp420cli::ProgressBar bar(ShowProgress(c));
@@ -842,6 +847,9 @@ int Run(int argc, char** argv) {
               PowerOfTwo());
   backup->add_option("--threads", b.threads, "Worker threads (default: CPUs available)")
       ->check(CLI::Range(1u, unsigned{DP420_MAX_THREADS}));
+  backup->add_option("--time", b.time,
+                     "The snapshot's time instead of now, RFC 3339 (2026-12-01T03:00:00Z); "
+                     "local repositories only, not before the volume's newest snapshot");
 
   auto* snaps = app.add_subcommand("snapshots", "List snapshots");
   AddRepoOptions(snaps, &c);

@@ -277,6 +277,10 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   m.source_kind = source.block_device() ? "block-device" : "file";
   m.node_topology = o.node_topology;
   m.tool_version = o.tool_version;
+  if (o.time_unix_ns != 0) {
+    m.created_unix_ns = o.time_unix_ns;
+    m.created = Rfc3339(o.time_unix_ns);
+  }
 
   std::atomic<bool> failed{false};
   std::atomic<uint64_t> blocks_written{0};
@@ -378,6 +382,9 @@ Result<BackupResult> RunBackup(const Repository& repo, const BackupOptions& o) {
   DP420_ASSIGN_OR_RETURN(VolumeLock lock,
                          repo.LockVolume(o.volume, kBriefLockWait, o.control.cancel));
   DP420_ASSIGN_OR_RETURN(std::optional<Manifest> parent, ParentOfNextBackup(repo, o.volume));
+  if (o.time_unix_ns != 0) {
+    DP420_RETURN_IF_ERROR(CheckBackupTime(o.time_unix_ns, parent ? &*parent : nullptr));
+  }
   return Backup(repo, o, parent ? &*parent : nullptr);
 }
 

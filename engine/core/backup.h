@@ -26,6 +26,10 @@ struct BackupOptions {
   unsigned threads = 0;       // 0: DefaultThreads()
   Json node_topology = Json::object();
   std::string tool_version;
+  // The snapshot's time in Unix ns (0: now). Not in the future, not before the
+  // parent's (CheckBackupTime); for a local repository only: a server stamps a remote
+  // snapshot with its own clock.
+  uint64_t time_unix_ns = 0;
   JobControl control;
 };
 

@@ -98,6 +98,119 @@ std::string Rfc3339(uint64_t unix_ns) {
   return buf;
 }
 
+namespace {
+
+// Reads the fields of an RFC 3339 time from `s`; false when the text is not one.
+struct TimeFields {
+  int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
+  uint64_t fraction_ns = 0;
+  int64_t offset_s = 0;  // east of UTC
+};
+
+class TimeReader {
+ public:
+  explicit TimeReader(const std::string& s) : s_(s) {}
+  bool Number(int digits, int* out) {
+    if (i_ + size_t(digits) > s_.size()) return false;
+    int v = 0;
+    for (int k = 0; k < digits; ++k) {
+      char c = s_[i_ + size_t(k)];
+      if (c < '0' || c > '9') return false;
+      v = v * 10 + (c - '0');
+    }
+    *out = v;
+    i_ += size_t(digits);
+    return true;
+  }
+  bool Literal(char c) {
+    if (i_ >= s_.size() || s_[i_] != c) return false;
+    ++i_;
+    return true;
+  }
+  bool Fraction(uint64_t* ns) {
+    uint64_t scale = 100000000;
+    size_t digits = 0;
+    for (; i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9'; ++i_, ++digits) {
+      *ns += uint64_t(s_[i_] - '0') * scale;
+      scale /= 10;  // digits past the ninth add 0
+    }
+    return digits > 0;
+  }
+  bool AtEnd() const { return i_ == s_.size(); }
+
+ private:
+  const std::string& s_;
+  size_t i_ = 0;
+};
+
+bool ReadTimeFields(const std::string& s, TimeFields* f) {
+  TimeReader r(s);
+  if (!(r.Number(4, &f->year) && r.Literal('-') && r.Number(2, &f->month) && r.Literal('-') &&
+        r.Number(2, &f->day))) {
+    return false;
+  }
+  if (!(r.Literal('T') || r.Literal('t') || r.Literal(' '))) return false;
+  if (!(r.Number(2, &f->hour) && r.Literal(':') && r.Number(2, &f->minute) && r.Literal(':') &&
+        r.Number(2, &f->second))) {
+    return false;
+  }
+  if (r.Literal('.') && !r.Fraction(&f->fraction_ns)) return false;
+  if (!r.Literal('Z') && !r.Literal('z')) {
+    int sign = r.Literal('+') ? 1 : r.Literal('-') ? -1 : 0;
+    int hours = 0, minutes = 0;
+    if (sign == 0 || !(r.Number(2, &hours) && r.Literal(':') && r.Number(2, &minutes)) ||
+        hours > 23 || minutes > 59) {
+      return false;
+    }
+    f->offset_s = sign * (hours * 3600 + minutes * 60);
+  }
+  return r.AtEnd();
+}
+
+}  // namespace
+
+Result<uint64_t> ParseRfc3339(const std::string& text) {
+  auto bad = [&](const std::string& why) {
+    return Status::InvalidArgument("'" + text + "' " + why);
+  };
+  TimeFields f;
+  if (!ReadTimeFields(text, &f)) {
+    return bad("is not a time like 2026-12-01T03:00:00Z (RFC 3339: date, time to the second, "
+               "Z or an offset like +01:00)");
+  }
+  struct tm tm {};
+  tm.tm_year = f.year - 1900;
+  tm.tm_mon = f.month - 1;
+  tm.tm_mday = f.day;
+  tm.tm_hour = f.hour;
+  tm.tm_min = f.minute;
+  tm.tm_sec = f.second;
+  time_t local = timegm(&tm);
+  // timegm normalises (February 30 becomes March 2): a field out of range shows there.
+  if (tm.tm_year != f.year - 1900 || tm.tm_mon != f.month - 1 || tm.tm_mday != f.day ||
+      tm.tm_hour != f.hour || tm.tm_min != f.minute || tm.tm_sec != f.second) {
+    return bad("is not a date and time that exists");
+  }
+  int64_t unix_s = int64_t(local) - f.offset_s;
+  if (unix_s < 0) return bad("is before 1970");
+  return uint64_t(unix_s) * 1000000000ull + f.fraction_ns;
+}
+
+Status CheckBackupTime(uint64_t unix_ns, const Manifest* parent) {
+  uint64_t now = NowUnixNs();
+  if (unix_ns > now) {
+    return Status::InvalidArgument("the backup time " + Rfc3339(unix_ns) +
+                                   " is in the future (now " + Rfc3339(now) + ")");
+  }
+  if (parent && unix_ns < parent->created_unix_ns) {
+    return Status::InvalidArgument(
+        "the backup time " + Rfc3339(unix_ns) + " is before that of the volume's newest "
+        "snapshot " + parent->snapshot_id + " (" + parent->created + "): a volume's snapshots "
+        "are in time order");
+  }
+  return Status::Ok();
+}
+
 uint64_t NowUnixNs() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);

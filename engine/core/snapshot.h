@@ -158,5 +158,12 @@ Result<uint32_t> ChooseBlockSize(const std::string& volume, uint32_t requested,
 // CLOCK_REALTIME in Unix ns, and as RFC 3339 UTC with microseconds.
 uint64_t NowUnixNs();
 std::string Rfc3339(uint64_t unix_ns);
+// A time as a user writes it, in Unix ns: RFC 3339 with seconds, an optional
+// fraction and Z or an offset ("2026-12-01T03:00:00Z", "2026-12-01 04:00:00+01:00");
+// kInvalidArgument naming the text when it is not one, or before 1970.
+Result<uint64_t> ParseRfc3339(const std::string& text);
+// The time a backup gives its snapshot (`dp420 backup --time`) checked against the
+// chain: not in the future, not before the parent's; kInvalidArgument otherwise.
+Status CheckBackupTime(uint64_t unix_ns, const Manifest* parent);
 
 }  // namespace dp420

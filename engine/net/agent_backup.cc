@@ -733,6 +733,10 @@ Result<io::File> RemoteRepository::OpenParentCache(const Manifest& parent,
 // starts over, while reconnecting is allowed (retry_for); the bytes sent by
 // the lost attempt count as resent.
 Result<BackupResult> RemoteRepository::Backup(const BackupOptions& o) {
+  if (o.time_unix_ns != 0) {
+    return Status::InvalidArgument("the backup time can be given for a local repository only: "
+                                   "the server stamps a remote snapshot with its own clock");
+  }
   auto start = Clock::now();
   uint64_t resent = 0, reconnects = 0;
   bool healing = false;

@@ -132,6 +132,72 @@ TEST_F(ForgetCliTest, PrintsEveryDecisionAndExitsByWhatHappened) {
   EXPECT_EQ(Check(base_), "");
 }
 
+// `backup --time`: each snapshot carries the time it was given; --keep-daily keeps the
+// newest of each day; a time the chain cannot take (before the newest, in the future,
+// not a time, a remote repository) is refused with exit 2, nothing committed.
+TEST_F(ForgetCliTest, BackupTimeDatesSnapshotsAndKeepDailyKeepsTheNewestOfEachDay) {
+  std::string repo = base_ + "/repo";
+  std::string source = base_ + "/w.img";
+  WritePatternFile(source, 128 * 1024, 5);
+  struct Night {
+    const char* given;
+    const char* created;  // as `snapshots --json` shows it
+  };
+  const std::vector<Night> nights = {
+      {"2026-11-01T01:00:00Z", "2026-11-01T01:00:00.000000Z"},
+      {"2026-11-01T23:30:00+01:00", "2026-11-01T22:30:00.000000Z"},  // the same UTC day
+      {"2026-11-02T01:00:00Z", "2026-11-02T01:00:00.000000Z"},
+      {"2026-11-03 01:00:00.5Z", "2026-11-03T01:00:00.500000Z"}};
+  std::vector<std::string> ids;
+  for (size_t i = 0; i < nights.size(); ++i) {
+    OverwriteRange(source, i * 4096, 4096, 50 + i);
+    Result r = In(base_, {"backup", "--repo", repo, "--volume", "w", source, "--time",
+                          nights[i].given, "--json"});
+    ASSERT_EQ(r.exit_code, kExitOk) << r.Describe();
+    ids.push_back(Json::parse(r.out)["snapshot_id"].get<std::string>());
+  }
+  Result listed = In(base_, {"snapshots", "--repo", repo, "--volume", "w", "--json"});
+  ASSERT_EQ(listed.exit_code, kExitOk) << listed.Describe();
+  std::map<std::string, std::string> created;
+  for (const auto& s : Json::parse(listed.out)) created[s["snapshot_id"]] = s["created"];
+  for (size_t i = 0; i < nights.size(); ++i) EXPECT_EQ(created[ids[i]], nights[i].created);
+
+  auto refused = [&](const std::vector<std::string>& extra, const std::string& named) {
+    std::vector<std::string> args = {"backup", "--volume", "w", source, "--time"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Result r = In(base_, args);
+    EXPECT_EQ(r.exit_code, kExitUsage) << r.Describe();
+    EXPECT_NE(r.err.find(named), std::string::npos) << r.Describe();
+  };
+  refused({"2026-11-02T12:00:00Z", "--repo", repo}, "before");
+  refused({"2999-01-01T00:00:00Z", "--repo", repo}, "future");
+  refused({"yesterday", "--repo", repo}, "'yesterday'");
+  refused({"2026-11-31T00:00:00Z", "--repo", repo}, "'2026-11-31T00:00:00Z'");
+  refused({"2026-11-04T00:00:00Z", "--remote", "127.0.0.1:9", "--client", "c", "--key-file",
+           base_ + "/no-such-key"},
+          "local repository only");
+  Result after = In(base_, {"snapshots", "--repo", repo, "--volume", "w", "--json"});
+  EXPECT_EQ(Json::parse(after.out).size(), nights.size()) << "nothing committed";
+
+  // Days are calendar days of the local time zone: UTC here, as the times above.
+  Result kept = In(base_, {"forget", "--repo", repo, "--volume", "w", "--keep-daily", "2",
+                           "--json"},
+                   {{"TZ", "UTC"}});
+  ASSERT_EQ(kept.exit_code, kExitOk) << kept.Describe();
+  Json forgot = Json::parse(kept.out);
+  std::map<std::string, Json> by_id;
+  for (const auto& s : forgot["snapshots"]) by_id[s["snapshot_id"]] = s;
+  EXPECT_EQ(by_id[ids[3]]["reasons"], Json::array({"daily"}));
+  EXPECT_EQ(by_id[ids[2]]["reasons"], Json::array({"daily"}));
+  EXPECT_EQ(by_id[ids[1]]["keep"], false) << "the newest of 1 November, but only 2 days kept";
+  EXPECT_EQ(by_id[ids[0]]["keep"], false);
+  Result left = In(base_, {"snapshots", "--repo", repo, "--volume", "w", "--json"});
+  std::vector<std::string> left_ids;
+  for (const auto& s : Json::parse(left.out)) left_ids.push_back(s["snapshot_id"]);
+  EXPECT_EQ(left_ids, (std::vector<std::string>{ids[2], ids[3]}));
+  EXPECT_EQ(In(base_, {"verify", "--repo", repo, "--read-data"}).exit_code, kExitOk);
+}
+
 TEST_F(ForgetCliTest, KillAtEveryIoOfAForgetLeavesAHistoryThatVerifies) {
   const std::vector<std::string> forget{"forget", "--keep-last", "2", "-q"};
   auto args_for = [&](const std::string& root) {

@@ -169,6 +169,12 @@ typedef struct dp420_backup_opts {
   const char* source;     /* required: regular file or block device */
   uint32_t block_size;    /* 0: the chain's, or 65536 for a new volume */
   uint32_t threads;       /* 0: the CPUs available; see DP420_MAX_THREADS */
+  /* The snapshot's time, RFC 3339 ("2026-12-01T03:00:00Z", an offset like
+   * +01:00 instead of Z, a fraction of a second allowed); NULL or "" for now.
+   * Read only when struct_size covers it. Not in the future and not before the
+   * volume's newest snapshot; a local repository only: a server stamps a remote
+   * snapshot with its own clock. DP420_EINVAL otherwise. */
+  const char* time;
 } dp420_backup_opts_t;
 
 typedef struct dp420_backup_result {
