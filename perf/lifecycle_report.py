@@ -71,7 +71,8 @@ def main(argv):
     p("")
     p(f"Volume: {ctx['volume_bytes'] / GIB:.2f} GiB image, {data_bytes / GIB:.2f} GiB in non-zero "
       f"{piece >> 10} KiB pieces; each night rewrites {ctx['percent']} % of them in place; "
-      f"forget keeps the last {keep} snapshots.")
+      f"forget keeps the newest snapshot of each of the last {keep} days "
+      f"(`--keep-daily {keep}`, one backup a night).")
     p("")
     if failed:
         p(f"**Failed steps:** {', '.join(failed)}")
