@@ -391,12 +391,8 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
     o.source_path = dp420::control::AbsolutePath(opts->source);
     o.block_size = opts->block_size;
     o.threads = opts->threads;
+    // A remote repository refuses a time (RemoteRepository::Backup).
     if (opts->struct_size >= sizeof(dp420_backup_opts_t) && !Missing(opts->time)) {
-      if (repo->remote) {
-        return Fail(ctx, Status::InvalidArgument(
-                             "the backup time can be given for a local repository only: the "
-                             "server stamps a remote snapshot with its own clock"));
-      }
       auto t = dp420::ParseRfc3339(opts->time);
       if (!t.ok()) return Fail(ctx, t.status().Prefix("backup time"));
       o.time_unix_ns = *t;

@@ -809,8 +809,8 @@ Status RunWorkers(RestoreJob& job) {
   }
   threads.reserve(workers.size());
   for (auto& w : workers) {
-    threads.emplace_back([&] {
-      w->Run();
+    threads.emplace_back([&job, &mu, &all_done, &finished, worker = w.get()] {
+      worker->Run();
       std::lock_guard<std::mutex> lock(mu);
       if (++finished == job.threads) all_done.notify_one();
     });
