@@ -33,6 +33,7 @@
 
 #include "engine/core/manifest.h"
 #include "engine/core/repo.h"
+#include "engine/core/snapshot.h"
 #include "engine/net/auth.h"
 #include "engine/net/client.h"
 #include "engine/net/volumes.h"
@@ -342,6 +343,27 @@ TEST_F(AttackTest, RelayPassesTrafficUnchanged) {
   EXPECT_GE(relay_.FramesSeen(Direction::kAgentToServer, testnet::kWireBlocks), 2u);
   EXPECT_GE(relay_.FramesSeen(Direction::kServerToAgent, testnet::kWireRestoreData), 1u);
   EXPECT_GE(relay_.connections_accepted(), 4u);  // control and stripe, twice; restore
+}
+
+// A client with valid keys cannot date its snapshot: a backup asking for a time is
+// refused before anything is sent (the protocol has no field for one), and the
+// snapshot that follows carries the server's clock.
+TEST_F(AttackTest, ClientCannotDateItsSnapshot) {
+  auto remote = RemoteRepository::Connect(Direct());
+  ASSERT_TRUE(remote.ok()) << remote.status().ToString();
+  BackupOptions dated = BackupOf("vol1", source_);
+  dated.time_unix_ns = 1000000000ull;  // 1970-01-01T00:00:01Z
+  Result<BackupResult> refused = (*remote)->Backup(dated);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Code::kInvalidArgument) << refused.status().ToString();
+  EXPECT_TRUE(Snapshots().empty()) << "nothing committed";
+
+  uint64_t before = NowUnixNs();
+  Result<BackupResult> full = (*remote)->Backup(BackupOf("vol1", source_));
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  EXPECT_GE(full->manifest.created_unix_ns, before);
+  EXPECT_LE(full->manifest.created_unix_ns, NowUnixNs());
+  EXPECT_EQ(Snapshots(), std::vector<std::string>{full->manifest.snapshot_id});
 }
 
 // ---- data the agent sends ----
