@@ -571,7 +571,7 @@ ssize_t Transfer(Op op, int fd, size_t len, Call call) {
     errno = a.error;
     return -1;
   }
-  return call(a.shorten && len > 1 ? len / 2 : len);
+  return call(a.shorten ? inject::ShortLength(len) : len);
 }
 
 // A rename of `from` to `to` through `call`: the file it replaces is stashed

@@ -48,8 +48,18 @@ enum class Op : uint8_t {
 // What Before() asks of the I/O about to run.
 struct Action {
   int error = 0;         // > 0: fail the I/O with this errno without running it
-  bool shorten = false;  // transfer at most half of the bytes (at least one)
+  bool shorten = false;  // transfer ShortLength() of the bytes
 };
+
+// The bytes a shortened transfer of `len` moves: half of them (at least
+// one); a transfer of whole 4 KiB blocks, which may be O_DIRECT, keeps whole
+// blocks (half rounded down to 4 KiB; a single block is not shortened), as
+// the kernel would.
+inline size_t ShortLength(size_t len) {
+  constexpr size_t kBlock = 4096;
+  if (len % kBlock == 0) return len / 2 / kBlock * kBlock > 0 ? len / 2 / kBlock * kBlock : len;
+  return len > 1 ? len / 2 : len;
+}
 
 extern bool g_on;          // any of the variables above is set
 extern bool g_powerloss;   // DP420_POWERLOSS_AT_IO is set

@@ -597,7 +597,9 @@ bool Ring::InjectIndex(IoOp* op) {
     injected_.push_back(op);
     return false;
   }
-  if (action.shorten && op->len > 1) op->short_cap = op->len / 2;
+  if (action.shorten && inject::ShortLength(op->len) < op->len) {
+    op->short_cap = uint32_t(inject::ShortLength(op->len));
+  }
   if (inject::g_powerloss && !op->fixed_file) {
     if (op->kind == IoOp::kWrite) inject::NoteWrite(op->fd, op->offset, op->len);
     if (op->kind == IoOp::kFsync) op->sync_ticket = inject::SyncTicket();

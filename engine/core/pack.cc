@@ -16,19 +16,14 @@
 
 namespace dp420 {
 
-namespace {
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-using AlignedBuf = std::unique_ptr<uint8_t, FreeDeleter>;
-
 AlignedBuf AllocAligned(size_t bytes) {
   void* p = nullptr;
   if (posix_memalign(&p, kRecordAlign, bytes) != 0) return nullptr;
   std::memset(p, 0, bytes);
   return AlignedBuf(static_cast<uint8_t*>(p));
 }
+
+namespace {
 
 uint32_t RandomPackId() {
   uint32_t id = 0;
@@ -229,7 +224,13 @@ bool Adjacent(const ObjRef& ref, const ObjRef& next) {
   return next.offset_bytes() == ref.offset_bytes() + RoundUp(ref.stored_len, kRecordAlign);
 }
 
-Status PackReader::ReadRunBytes(const ObjRef* refs, size_t count, uint8_t* buf) const {
+void PackReader::OpenDirect() {
+  auto direct = io::File::OpenRead(path(), true);
+  if (direct.ok() && direct->direct()) direct_ = std::move(direct).value();
+}
+
+Result<PackReader::RunRead> PackReader::PlanRunRead(const ObjRef* refs, size_t count,
+                                                    const uint8_t* buf) const {
   DP420_ASSERT(count > 0);
   for (size_t i = 1; i < count; ++i) DP420_ASSERT(Adjacent(refs[i - 1], refs[i]));
   uint64_t start = refs[0].offset_bytes();
@@ -239,12 +240,27 @@ Status PackReader::ReadRunBytes(const ObjRef* refs, size_t count, uint8_t* buf) 
                               std::to_string(refs[count - 1].offset_bytes()) +
                               " runs past the end of the pack (truncated?)");
   }
-  DP420_RETURN_IF_ERROR(file_.ReadAt(start, buf, end - start));
+  uint64_t padded_end = start + RunBytes(refs, count);
+  if (direct_.direct() && padded_end <= size_bytes() &&
+      reinterpret_cast<uintptr_t>(buf) % kRecordAlign == 0) {
+    return RunRead{direct_.fd(), start, padded_end - start};
+  }
+  return RunRead{file_.fd(), start, end - start};
+}
+
+void PackReader::ZeroPadding(const ObjRef* refs, size_t count, uint8_t* buf) {
   for (size_t i = 0; i < count; ++i) {
-    uint8_t* bytes = buf + (refs[i].offset_bytes() - start);
+    uint8_t* bytes = buf + (refs[i].offset_bytes() - refs[0].offset_bytes());
     std::memset(bytes + refs[i].stored_len, 0,
                 RoundUp(refs[i].stored_len, kRecordAlign) - refs[i].stored_len);
   }
+}
+
+Status PackReader::ReadRunBytes(const ObjRef* refs, size_t count, uint8_t* buf) const {
+  DP420_ASSIGN_OR_RETURN(RunRead read, PlanRunRead(refs, count, buf));
+  const io::File& file = read.fd == direct_.fd() ? direct_ : file_;
+  DP420_RETURN_IF_ERROR(file.ReadAt(read.offset, buf, read.len));
+  ZeroPadding(refs, count, buf);
   return Status::Ok();
 }
 

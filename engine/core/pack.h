@@ -13,7 +13,9 @@
 // Thread safety: one thread per writer/reader object.
 #pragma once
 
+#include <cstdlib>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,6 +24,14 @@
 #include "io/status.h"
 
 namespace dp420 {
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+// A zeroed buffer aligned to kRecordAlign (what O_DIRECT transfers need);
+// nullptr when memory runs out.
+using AlignedBuf = std::unique_ptr<uint8_t, FreeDeleter>;
+AlignedBuf AllocAligned(size_t bytes);
 
 class PackWriter {
  public:
@@ -78,9 +88,22 @@ class PackReader {
   // Reads `count` records that lie back to back in the pack (each at the
   // 4 KiB boundary after the one before) with one read into `buf`, record i
   // at buf + refs[i].offset_bytes() - refs[0].offset_bytes(), and zeroes the
-  // padding after each. Nothing is checked: the caller runs CheckRecord on
+  // padding after each (read from the device after OpenDirect() when `buf`
+  // is 4 KiB-aligned). Nothing is checked: the caller runs CheckRecord on
   // each (e.g. on another thread). `buf` holds at least RunBytes(refs, count).
   Status ReadRunBytes(const ObjRef* refs, size_t count, uint8_t* buf) const;
+  // ReadRunBytes' read, for a caller that issues it itself (through
+  // io_uring): the descriptor (OpenDirect()'s when `buf` is 4 KiB-aligned and
+  // the last record's padding lies inside the pack), offset and length.
+  // kCorruption when the run lies past the end of the pack.
+  struct RunRead {
+    int fd;
+    uint64_t offset;
+    uint64_t len;
+  };
+  Result<RunRead> PlanRunRead(const ObjRef* refs, size_t count, const uint8_t* buf) const;
+  // Zeroes the padding after each record of a run read into `buf`.
+  static void ZeroPadding(const ObjRef* refs, size_t count, uint8_t* buf);
   // Checks `bytes` (ref.stored_len of them) against ref's SHA-256; kCorruption
   // names the pack and the offset. Thread-safe.
   Status CheckRecord(const ObjRef& ref, const uint8_t* bytes) const;
@@ -88,12 +111,19 @@ class PackReader {
   Status ReadBytes(uint64_t offset, uint8_t* buf, size_t len) const {
     return file_.ReadAt(offset, buf, len);
   }
+  // Opens a second, O_DIRECT descriptor of the pack (when its file system
+  // allows it; else nothing changes) for ReadRunBytes and PlanRunRead into
+  // 4 KiB-aligned buffers: a copy that reads a pack once bypasses the page
+  // cache.
+  void OpenDirect();
+  bool direct() const { return direct_.direct(); }
   uint64_t size_bytes() const { return file_.info().size_bytes; }
   const std::string& path() const { return file_.path(); }
   int fd() const { return file_.fd(); }
 
  private:
   io::File file_;
+  io::File direct_;  // OpenDirect()'s, when open
   uint32_t pack_id_ = 0;
 };
 

@@ -18,8 +18,10 @@
 #include "engine/core/pack.h"
 #include "engine/core/relocate.h"
 #include "engine/core/table.h"
+#include "io/assert.h"
 #include "io/file.h"
 #include "io/inject.h"
+#include "io/ring.h"
 #include "simd/simd.h"
 
 namespace dp420 {
@@ -295,20 +297,57 @@ void MergeEntries(const Copy* copies, size_t count, Relocation* r) {
 }
 
 // Live records are copied in runs: records back to back in the old pack
-// (the usual case) are read with one read of up to kRunBytes, checked and
-// written with one write.
-constexpr uint64_t kRunBytes = 8 << 20;
-// What a new pack has written is handed to the kernel's writeback every
-// kWritebackBytes (sync_file_range), so the disk writes while the next runs
-// are read and the fdatasync that closes the pack waits for little.
+// (the usual case) are read with one read each. Runs are gathered into
+// batches of at most kBatchBytes and kBatchRuns, whose reads are in flight
+// together (io_uring, from the device itself when the file system allows
+// O_DIRECT); a batch is written to the new pack with one write while the next
+// batch is read and this one's records are checked on a second thread.
+constexpr uint64_t kBatchBytes = 8 << 20;
+constexpr size_t kBatchRuns = 64;
+// What a new pack written through the page cache has written is handed to
+// the kernel's writeback every kWritebackBytes (sync_file_range), so the disk
+// writes while the next runs are read and the closing fdatasync waits for
+// little. (A pack written with O_DIRECT needs no such hint.)
 constexpr uint64_t kWritebackBytes = 32 << 20;
 
 // The longest prefix of refs[0, count) that lies back to back and fits in
-// kRunBytes (at least one record).
+// kBatchBytes (at least one record).
 size_t RunLength(const ObjRef* refs, size_t count) {
   size_t n = 1;
-  while (n < count && Adjacent(refs[n - 1], refs[n]) && RunBytes(refs, n + 1) <= kRunBytes) ++n;
+  while (n < count && Adjacent(refs[n - 1], refs[n]) && RunBytes(refs, n + 1) <= kBatchBytes) ++n;
   return n;
+}
+
+// The records live[first, first + count) back to back in their pack.
+struct RecordRun {
+  size_t first = 0, count = 0;
+};
+
+// A pack's live records cut into runs, and the runs into batches (the first
+// run of each batch, and the number of runs as the last entry).
+struct RunPlan {
+  std::vector<RecordRun> runs;
+  std::vector<size_t> batch_starts;
+  size_t batches() const { return batch_starts.size() - 1; }
+};
+
+RunPlan PlanRuns(const std::vector<ObjRef>& live) {
+  RunPlan plan;
+  uint64_t batch_bytes = 0;
+  for (size_t i = 0, n = 0; i < live.size(); i += n) {
+    n = RunLength(&live[i], live.size() - i);
+    uint64_t bytes = RunBytes(&live[i], n);
+    bool full = plan.batch_starts.empty() || batch_bytes + bytes > kBatchBytes ||
+                plan.runs.size() - plan.batch_starts.back() >= kBatchRuns;
+    if (full) {
+      plan.batch_starts.push_back(plan.runs.size());
+      batch_bytes = 0;
+    }
+    plan.runs.push_back({i, n});
+    batch_bytes += bytes;
+  }
+  plan.batch_starts.push_back(plan.runs.size());
+  return plan;
 }
 
 // The repack: live records of `victims` copied into new packs (journalled
@@ -319,6 +358,7 @@ class Repacker {
   Repacker(const Repository& repo, const Packs& packs, const PruneOptions& o, PruneReport* r)
       : repo_(repo), packs_(packs), o_(o), report_(r) {}
   ~Repacker() {
+    ring_.reset();  // before the buffers its reads fill
     if (journal_fd_ >= 0) close(journal_fd_);
   }
   Status Run(const std::vector<uint32_t>& victims);
@@ -329,20 +369,43 @@ class Repacker {
   uint64_t new_overhead = 0;  // bytes of the new packs beyond their records
 
  private:
+  // One batch of runs of the pack being copied: its reads, then its check.
+  struct Batch {
+    AlignedBuf buf;  // kBatchBytes, aligned for O_DIRECT
+    uint64_t used = 0;
+    size_t first_run = 0, end_run = 0;
+    std::vector<io::IoOp> reads;
+    std::vector<std::pair<ObjRef, uint64_t>> records;  // and where each is in buf
+    std::future<Status> checked;
+  };
+  // The pack being copied.
+  struct Source {
+    uint32_t pack_id;
+    const PackReader* reader;
+    const std::vector<ObjRef>* live;
+    RunPlan plan;
+  };
   Status CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes_total);
+  Status CopyBatches(const Source& src, std::vector<Copy>* copies, uint64_t* bytes_done,
+                     uint64_t bytes_total);
+  Status QueueReads(const Source& src, size_t batch, Batch* b);
+  Status WaitReads(const Source& src, Batch* b);
+  Status AppendBatch(const Source& src, const Batch& b, std::vector<Copy>* copies);
   Status AppendRun(const uint8_t* data, const ObjRef* refs, size_t count, Copy* copies);
   Status WritePending();
   Status NewWriter();
   Status FinishWriter();
   Status ReadBack();
   Status Journal(uint32_t pack_id);
+  void CheckBatch(const PackReader& reader, Batch* b);
+  Status Settle(Batch* b);
   const Repository& repo_;
   const Packs& packs_;
   const PruneOptions& o_;
   PruneReport* report_;
   int journal_fd_ = -1;
   std::unique_ptr<PackWriter> writer_;
-  // Bytes of the current run not yet written: `pending_len_` bytes from
+  // Bytes of the current batch not yet written: `pending_len_` bytes from
   // `pending_` to the writer's offset `pending_at_`.
   const uint8_t* pending_ = nullptr;
   uint64_t pending_at_ = 0, pending_len_ = 0;
@@ -356,18 +419,8 @@ class Repacker {
   std::vector<Written> written_;
   std::vector<Copy> copies_;
   std::set<uint32_t> done_;
-  std::vector<uint8_t> buf_;  // the read-back's
-  // Runs are read into one batch while the other's records are checked
-  // against their SHA-256 on a second thread (CheckBatch).
-  struct Batch {
-    std::vector<uint8_t> buf;
-    uint64_t used = 0;
-    std::vector<std::pair<ObjRef, uint64_t>> records;  // and where each is in buf
-    std::future<Status> checked;
-  };
   Batch batches_[2];
-  void CheckBatch(const PackReader& reader, Batch* b);
-  Status Settle(Batch* b);
+  std::unique_ptr<io::Ring> ring_;  // the reads of a batch
 };
 
 Status Repacker::Journal(uint32_t pack_id) {
@@ -390,6 +443,10 @@ Status Repacker::Journal(uint32_t pack_id) {
   return Status::Ok();
 }
 
+// New packs are written through the page cache, their writeback started as
+// they grow (WritePending): the disk writes while the next batches are read,
+// and the read-back finds the bytes there. (With O_DIRECT writes, each write
+// of a batch would wait for the device, and the copies ran slower.)
 Status Repacker::NewWriter() {
   DP420_ASSIGN_OR_RETURN(PackWriter w,
                          PackWriter::Create(repo_.PacksDir(), repo_.repo_id(), false,
@@ -400,8 +457,9 @@ Status Repacker::NewWriter() {
   return Status::Ok();
 }
 
-// Writes the pending bytes; starts the writeback of every kWritebackBytes
-// (a hint: its failure is left to the fdatasync of Finish to report).
+// Writes the pending bytes; through the page cache, starts the writeback of
+// every kWritebackBytes (a hint: its failure is left to the fdatasync of
+// Finish to report).
 Status Repacker::WritePending() {
   if (pending_len_ == 0) return Status::Ok();
   DP420_RETURN_IF_ERROR(writer_->WriteReserved(pending_at_, pending_, pending_len_));
@@ -409,7 +467,7 @@ Status Repacker::WritePending() {
                       simd::Crc32c(0, pending_, pending_len_)});
   written_end_ = pending_at_ + pending_len_;
   pending_len_ = 0;
-  if (written_end_ - writeback_from_ >= kWritebackBytes) {
+  if (!writer_->direct() && written_end_ - writeback_from_ >= kWritebackBytes) {
     (void)sync_file_range(writer_->fd(), off_t(writeback_from_),
                           off_t(written_end_ - writeback_from_), SYNC_FILE_RANGE_WRITE);
     writeback_from_ = written_end_;
@@ -417,9 +475,10 @@ Status Repacker::WritePending() {
   return Status::Ok();
 }
 
-// Appends the `count` records `refs` laid out back to back in `data` (as
-// ReadRunBytes left them) to the new packs, filling copies[i]'s new place; a
-// run that does not fit the current pack continues in the next.
+// Places the `count` records `refs` laid out back to back in `data` (as
+// ReadRunBytes left them) in the new packs, filling copies[i]'s new place;
+// they are written with the rest of their batch (WritePending), and a run
+// that does not fit the current pack continues in the next.
 Status Repacker::AppendRun(const uint8_t* data, const ObjRef* refs, size_t count, Copy* copies) {
   for (size_t i = 0; i < count; ++i) {
     uint64_t padded = RoundUp(refs[i].stored_len, kRecordAlign);
@@ -437,9 +496,10 @@ Status Repacker::AppendRun(const uint8_t* data, const ObjRef* refs, size_t count
       pending_ = bytes;
       pending_at_ = copy.offset_bytes();
     }
+    DP420_ASSERT(pending_ + pending_len_ == bytes && pending_at_ + pending_len_ == copy.offset_bytes());
     pending_len_ += padded;
   }
-  return WritePending();
+  return Status::Ok();
 }
 
 Status Repacker::FinishWriter() {
@@ -458,7 +518,7 @@ void Repacker::CheckBatch(const PackReader& reader, Batch* b) {
   if (b->records.empty()) return;
   b->checked = std::async(std::launch::async, [&reader, b] {
     for (const auto& [ref, at] : b->records) {
-      DP420_RETURN_IF_ERROR(reader.CheckRecord(ref, b->buf.data() + at));
+      DP420_RETURN_IF_ERROR(reader.CheckRecord(ref, b->buf.get() + at));
     }
     return Status::Ok();
   });
@@ -472,10 +532,97 @@ Status Repacker::Settle(Batch* b) {
   return s;
 }
 
-// Copies the live records of `pack_id` in runs, each written as soon as it
-// is read; the SHA-256 checks run a batch behind on a second thread. A pack
-// whose index, a read or a check fails is left alone (not done): what was
-// copied of it stays unused in the new pack.
+// Queues the reads of batch `batch` of `src` into `b` (one per run).
+Status Repacker::QueueReads(const Source& src, size_t batch, Batch* b) {
+  if (!b->buf && !(b->buf = AllocAligned(kBatchBytes))) return Status::NoMemory("repack buffer");
+  b->first_run = src.plan.batch_starts[batch];
+  b->end_run = src.plan.batch_starts[batch + 1];
+  b->reads.assign(b->end_run - b->first_run, io::IoOp{});
+  b->used = 0;
+  for (size_t r = b->first_run; r < b->end_run; ++r) {
+    const RecordRun& run = src.plan.runs[r];
+    const ObjRef* refs = &(*src.live)[run.first];
+    uint8_t* at = b->buf.get() + b->used;
+    DP420_ASSIGN_OR_RETURN(PackReader::RunRead read,
+                           src.reader->PlanRunRead(refs, run.count, at));
+    io::IoOp& op = b->reads[r - b->first_run];
+    op.kind = io::IoOp::kRead;
+    op.fd = read.fd;
+    op.buf = at;
+    op.len = uint32_t(read.len);
+    op.offset = read.offset;
+    b->used += RunBytes(refs, run.count);
+    DP420_ASSERT(b->used <= kBatchBytes);
+  }
+  for (io::IoOp& op : b->reads) ring_->Queue(&op);
+  return ring_->Submit();
+}
+
+// Waits for every read of `b` and zeroes each record's padding; the first
+// read that failed names the pack.
+Status Repacker::WaitReads(const Source& src, Batch* b) {
+  std::vector<io::IoOp*> done;
+  while (ring_->in_flight() > 0) DP420_RETURN_IF_ERROR(ring_->Wait(1, &done));
+  for (const io::IoOp& op : b->reads) {
+    DP420_RETURN_IF_ERROR(io::IoOpStatus(op, src.reader->path()));
+  }
+  for (size_t r = b->first_run; r < b->end_run; ++r) {
+    const RecordRun& run = src.plan.runs[r];
+    const ObjRef* refs = &(*src.live)[run.first];
+    PackReader::ZeroPadding(refs, run.count, b->reads[r - b->first_run].buf);
+  }
+  return Status::Ok();
+}
+
+// Places batch `b`'s records in the new packs and writes them (one write,
+// or two when a new pack begins inside the batch).
+Status Repacker::AppendBatch(const Source& src, const Batch& b, std::vector<Copy>* copies) {
+  for (size_t r = b.first_run; r < b.end_run; ++r) {
+    const RecordRun& run = src.plan.runs[r];
+    DP420_RETURN_IF_ERROR(AppendRun(b.reads[r - b.first_run].buf, &(*src.live)[run.first],
+                                    run.count, &(*copies)[run.first]));
+  }
+  return WritePending();
+}
+
+// Copies the batches of `src`: batch k is written while batch k + 1 is read
+// and batch k's records are checked on a second thread. Returns the first
+// read or check that failed (the pack is then left alone), or an error that
+// ends the repack (a write).
+Status Repacker::CopyBatches(const Source& src, std::vector<Copy>* copies, uint64_t* bytes_done,
+                             uint64_t bytes_total) {
+  const std::vector<ObjRef>& live = *src.live;
+  Status failed = QueueReads(src, 0, &batches_[0]);
+  if (failed.ok()) failed = WaitReads(src, &batches_[0]);
+  for (size_t k = 0; k < src.plan.batches() && failed.ok(); ++k) {
+    if (o_.control.Canceled()) return Status::Canceled("prune canceled");
+    Batch* b = &batches_[k % 2];
+    Batch* next = &batches_[(k + 1) % 2];
+    for (size_t r = b->first_run; r < b->end_run; ++r) {
+      const RecordRun& run = src.plan.runs[r];
+      uint64_t at = uint64_t(b->reads[r - b->first_run].buf - b->buf.get());
+      for (size_t i = run.first; i < run.first + run.count; ++i) {
+        (*copies)[i] = Copy{src.pack_id, live[i].offset_4k, 0, 0};
+        b->records.emplace_back(live[i], at + (live[i].offset_bytes() - live[run.first].offset_bytes()));
+        *bytes_done += live[i].stored_len;
+      }
+    }
+    CheckBatch(*src.reader, b);
+    bool more = k + 1 < src.plan.batches();
+    if (more) {  // the buffer of batch k - 1, once checked, takes batch k + 1
+      failed = Settle(next);
+      if (failed.ok()) failed = QueueReads(src, k + 1, next);
+    }
+    DP420_RETURN_IF_ERROR(AppendBatch(src, *b, copies));
+    if (more && failed.ok()) failed = WaitReads(src, next);
+    if (o_.control.progress) o_.control.progress({"repack", *bytes_done, bytes_total});
+  }
+  return failed;
+}
+
+// Copies the live records of `pack_id`. A pack whose index, a read or a
+// check fails is left alone (not done): what was copied of it stays unused
+// in the new pack.
 Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes_total) {
   const PackInfo& info = packs_.at(pack_id);
   auto reader = PackReader::Open(repo_.PackPath(pack_id), pack_id);
@@ -491,53 +638,24 @@ Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes
   }
   std::sort(live.begin(), live.end(),
             [](const ObjRef& a, const ObjRef& b) { return a.offset_4k < b.offset_4k; });
-  (void)posix_fadvise(reader->fd(), 0, 0, POSIX_FADV_SEQUENTIAL);
-  // No check of this pack outlives its reader, whatever the way out.
+  if (live.empty()) {
+    done_.insert(pack_id);
+    return Status::Ok();
+  }
+  reader->OpenDirect();  // read once: past the page cache where the file system allows
+  Source src{pack_id, &*reader, &live, PlanRuns(live)};
+  // No read or check of this pack outlives its reader, whatever the way out.
   struct SettleAll {
     Repacker* r;
     ~SettleAll() {
+      std::vector<io::IoOp*> done;
+      while (r->ring_->in_flight() > 0 && r->ring_->Wait(1, &done).ok()) {
+      }
       for (Batch& b : r->batches_) (void)r->Settle(&b);
     }
   } settle_all{this};
   std::vector<Copy> copies(live.size());
-  Status failed;  // the first read or check that failed
-  int cur = 0;
-  // n: the records of the run at i; next: of the one after it.
-  size_t n = live.empty() ? 0 : RunLength(live.data(), live.size()), next = 0;
-  for (size_t i = 0; i < live.size(); i += n, n = next) {
-    if (o_.control.Canceled()) {
-      failed = Status::Canceled("prune canceled");
-      break;
-    }
-    uint64_t bytes = RunBytes(&live[i], n);
-    next = 0;
-    if (i + n < live.size()) {  // the next run is read ahead while this one is copied
-      next = RunLength(&live[i + n], live.size() - i - n);
-      (void)posix_fadvise(reader->fd(), off_t(live[i + n].offset_bytes()),
-                          off_t(RunBytes(&live[i + n], next)), POSIX_FADV_WILLNEED);
-    }
-    Batch* b = &batches_[cur];
-    if (b->used > 0 && b->used + bytes > kRunBytes) {  // full: check it, fill the other
-      CheckBatch(*reader, b);
-      cur ^= 1;
-      b = &batches_[cur];
-      if (Status s = Settle(b); !s.ok() && failed.ok()) failed = s;
-    }
-    if (b->buf.size() < b->used + bytes) b->buf.resize(std::max(b->used + bytes, kRunBytes));
-    uint8_t* at = b->buf.data() + b->used;
-    if (failed.ok()) failed = reader->ReadRunBytes(&live[i], n, at);
-    if (!failed.ok()) break;  // a read, or the check of the batch before
-    for (size_t k = 0; k < n; ++k) {
-      copies[i + k] = Copy{pack_id, live[i + k].offset_4k, 0, 0};
-      b->records.emplace_back(live[i + k], b->used + (live[i + k].offset_bytes() -
-                                                       live[i].offset_bytes()));
-      *bytes_done += live[i + k].stored_len;
-    }
-    b->used += bytes;
-    DP420_RETURN_IF_ERROR(AppendRun(at, &live[i], n, &copies[i]));
-    if (o_.control.progress) o_.control.progress({"repack", *bytes_done, bytes_total});
-  }
-  CheckBatch(*reader, &batches_[cur]);
+  Status failed = CopyBatches(src, &copies, bytes_done, bytes_total);
   for (Batch& b : batches_) {
     if (Status s = Settle(&b); !s.ok() && failed.ok()) failed = s;
   }
@@ -558,6 +676,8 @@ Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes
 // written (each record's SHA-256 was checked when it was read from its old
 // pack, right before).
 Status Repacker::ReadBack() {
+  for (Batch& b : batches_) b.buf.reset();
+  std::vector<uint8_t> buf;
   std::map<uint32_t, std::unique_ptr<PackReader>> readers;
   for (const Written& w : written_) {
     auto& reader = readers[w.pack_id];
@@ -567,10 +687,10 @@ Status Repacker::ReadBack() {
       if (!s.ok()) return s.Prefix("prune: a repacked pack does not read back");
       reader = std::make_unique<PackReader>(std::move(opened).value());
     }
-    buf_.resize(w.len);
-    DP420_RETURN_IF_ERROR(reader->ReadBytes(w.offset, buf_.data(), w.len)
+    buf.resize(w.len);
+    DP420_RETURN_IF_ERROR(reader->ReadBytes(w.offset, buf.data(), w.len)
                               .Prefix("prune: a repacked pack does not read back"));
-    if (simd::Crc32c(0, buf_.data(), w.len) != w.crc32c) {
+    if (simd::Crc32c(0, buf.data(), w.len) != w.crc32c) {
       return Status::Corruption("prune: " + reader->path() + " does not read back the " +
                                 std::to_string(w.len) + " bytes written at offset " +
                                 std::to_string(w.offset));
@@ -580,6 +700,7 @@ Status Repacker::ReadBack() {
 }
 
 Status Repacker::Run(const std::vector<uint32_t>& victims) {
+  DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = kBatchRuns}));
   uint64_t total = 0, done = 0;
   for (uint32_t id : victims) total += packs_.at(id).live_slots * kSlot;
   for (uint32_t id : victims) DP420_RETURN_IF_ERROR(CopyPack(id, &done, total));
