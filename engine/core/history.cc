@@ -318,9 +318,19 @@ Result<VolumeHistory> LoadHistory(const Repository& repo, const std::string& vol
   if (std::string path = AnchorPath(repo, volume); !path.empty()) {
     auto read = ReadAnchor(path);
     if (read.ok()) anchor = read.value();
+    // An anchor that does not read now is an error, not an anchor to forget.
+    if (!read.ok() && !IsDamage(read.status())) return read.status();
   }
   auto head = ReadHead(repo, volume);
+  if (!head.ok() && head.status().code() != Code::kNotFound && !IsDamage(head.status())) {
+    return head.status();
+  }
   DP420_RETURN_IF_ERROR(repo.ListManifests(volume, &h.manifests, &h.damaged));
+  // A manifest or link that does not read now (EIO ...) leaves the history
+  // unknown: the operation ends with that I/O error, and nothing is concluded.
+  for (const auto& d : h.damaged) {
+    if (!IsDamage(d.status)) return d.status;
+  }
   if (head.ok()) {
     h.head = head.value();
     h.head_present = true;

@@ -50,6 +50,14 @@ struct DamagedFile {
   Status status;
 };
 
+// Whether a file that did not read is damaged (its bytes are wrong:
+// kCorruption, or kVersion for a format this build does not know) rather than
+// unreadable just now (EIO, EMFILE, EACCES ...). Damage is reported as
+// damage; the rest as what it is, and nothing is concluded from the file.
+inline bool IsDamage(const Status& s) {
+  return s.code() == Code::kCorruption || s.code() == Code::kVersion;
+}
+
 class Repository {
  public:
   // Creates a repository at `path` (an absent or empty directory). kExists

@@ -21,6 +21,9 @@ Result<Ownership> OwnerOf(const Repository& repo, const std::string& repo_volume
   std::vector<Manifest> manifests;
   std::vector<DamagedFile> damaged;
   DP420_RETURN_IF_ERROR(repo.ListManifests(repo_volume, &manifests, &damaged));
+  for (const DamagedFile& d : damaged) {
+    if (!IsDamage(d.status)) return d.status;  // unreadable now: it tells no owner
+  }
   Ownership o;
   o.exists = !manifests.empty() || !damaged.empty();
   for (size_t i = 0; i < manifests.size(); ++i) {

@@ -831,6 +831,51 @@ TEST(IoIndexTest, FaultOfEveryKindAtEveryIndexEndsCleanly) {
   Report("local faults at I/O index", trials.size(), failures);
 }
 
+// The server's reads of a volume's history (its manifests, links and head)
+// during an undisturbed remote backup of `sc`, from the server's I/O trace.
+std::vector<uint64_t> ServerHistoryReads(const Scenario& sc, const std::string& root) {
+  if (std::string f = CopyTree(sc.base, root); !f.empty()) Fail(f);
+  {
+    Serve server(root, {{"DP420_IO_TRACE_FILE", root + "/serve.trace"}});
+    if (server.address().empty()) Fail("serve did not start: " + server.Log());
+    Result r = CliIn(root, RemoteBackupArgs(root, server.address(), sc.base + "/v2.img"));
+    if (r.exit_code != kExitOk) Fail("undisturbed remote backup failed: " + r.Describe());
+    server.Stop();
+  }
+  std::istringstream in(ReadFile(root + "/serve.trace"));
+  std::vector<uint64_t> indices;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    uint64_t index = 0;
+    std::string op, path;
+    fields >> index >> op >> path;
+    if (op == "read" && path.find("/repo/snapshots/") != std::string::npos) indices.push_back(index);
+  }
+  fs::remove_all(root);
+  return indices;
+}
+
+// An EIO while the server reads a volume's history (which tells it, among
+// other things, whose volume it is) is an I/O error naming the failure, never
+// a volume "it cannot attribute" or damage: the long mode's every-index run
+// found it refusing the backup as a permission matter.
+TEST(IoIndexTest, ServerEioReadingAVolumesHistoryIsAnIoError) {
+  TempDir dir;
+  Scenario sc = RemoteBackup(dir / "remote", 1000);
+  std::vector<uint64_t> indices = ServerHistoryReads(sc, dir / "trace");
+  ASSERT_FALSE(indices.empty()) << "the server read no manifest";
+  std::vector<Planned> trials;
+  PlanScenario(sc, 1000, indices,
+               [](uint64_t i) {
+                 return std::vector<Disturbance>{
+                     {"DP420_FAULT_AT_IO", std::to_string(i) + ":EIO", "EIO"}};
+               },
+               &trials);
+  std::vector<std::string> failures = RunTrials(dir / "work", trials);
+  Report("EIO at the server's history reads", trials.size(), failures);
+}
+
 // Power cuts: dropped (no seed) and torn (seeded) unsynced writes.
 Disturb PowerLossAt(uint64_t seeds) {
   return [seeds](uint64_t i) {
