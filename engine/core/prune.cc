@@ -304,6 +304,9 @@ void MergeEntries(const Copy* copies, size_t count, Relocation* r) {
 // batch is read and this one's records are checked on a second thread.
 constexpr uint64_t kBatchBytes = 8 << 20;
 constexpr size_t kBatchRuns = 64;
+// Batches at once: the one being written and checked, and the reads of the
+// next ones (the device reads ahead while the page cache takes the writes).
+constexpr size_t kBatchesInFlight = 4;
 // What a new pack written through the page cache has written is handed to
 // the kernel's writeback every kWritebackBytes (sync_file_range), so the disk
 // writes while the next runs are read and the closing fdatasync waits for
@@ -375,6 +378,7 @@ class Repacker {
     uint64_t used = 0;
     size_t first_run = 0, end_run = 0;
     std::vector<io::IoOp> reads;
+    size_t reading = 0;  // reads in flight
     std::vector<std::pair<ObjRef, uint64_t>> records;  // and where each is in buf
     std::future<Status> checked;
   };
@@ -419,7 +423,7 @@ class Repacker {
   std::vector<Written> written_;
   std::vector<Copy> copies_;
   std::set<uint32_t> done_;
-  Batch batches_[2];
+  Batch batches_[kBatchesInFlight];
   std::unique_ptr<io::Ring> ring_;  // the reads of a batch
 };
 
@@ -546,6 +550,7 @@ Status Repacker::QueueReads(const Source& src, size_t batch, Batch* b) {
     DP420_ASSIGN_OR_RETURN(PackReader::RunRead read,
                            src.reader->PlanRunRead(refs, run.count, at));
     io::IoOp& op = b->reads[r - b->first_run];
+    op.owner = b;
     op.kind = io::IoOp::kRead;
     op.fd = read.fd;
     op.buf = at;
@@ -555,6 +560,7 @@ Status Repacker::QueueReads(const Source& src, size_t batch, Batch* b) {
     DP420_ASSERT(b->used <= kBatchBytes);
   }
   for (io::IoOp& op : b->reads) ring_->Queue(&op);
+  b->reading = b->reads.size();
   return ring_->Submit();
 }
 
@@ -562,7 +568,11 @@ Status Repacker::QueueReads(const Source& src, size_t batch, Batch* b) {
 // read that failed names the pack.
 Status Repacker::WaitReads(const Source& src, Batch* b) {
   std::vector<io::IoOp*> done;
-  while (ring_->in_flight() > 0) DP420_RETURN_IF_ERROR(ring_->Wait(1, &done));
+  while (b->reading > 0) {
+    done.clear();
+    DP420_RETURN_IF_ERROR(ring_->Wait(1, &done));
+    for (io::IoOp* op : done) --static_cast<Batch*>(op->owner)->reading;
+  }
   for (const io::IoOp& op : b->reads) {
     DP420_RETURN_IF_ERROR(io::IoOpStatus(op, src.reader->path()));
   }
@@ -585,19 +595,23 @@ Status Repacker::AppendBatch(const Source& src, const Batch& b, std::vector<Copy
   return WritePending();
 }
 
-// Copies the batches of `src`: batch k is written while batch k + 1 is read
-// and batch k's records are checked on a second thread. Returns the first
-// read or check that failed (the pack is then left alone), or an error that
-// ends the repack (a write).
+// Copies the batches of `src`: batch k is written while the next
+// kBatchesInFlight - 1 are read and batch k's records are checked on a second
+// thread. Returns the first read or check that failed (the pack is then left
+// alone), or an error that ends the repack (a write).
 Status Repacker::CopyBatches(const Source& src, std::vector<Copy>* copies, uint64_t* bytes_done,
                              uint64_t bytes_total) {
   const std::vector<ObjRef>& live = *src.live;
-  Status failed = QueueReads(src, 0, &batches_[0]);
-  if (failed.ok()) failed = WaitReads(src, &batches_[0]);
-  for (size_t k = 0; k < src.plan.batches() && failed.ok(); ++k) {
+  const size_t batches = src.plan.batches();
+  Status failed;
+  size_t queued = 0;  // batches whose reads are queued
+  for (; queued < std::min(batches, kBatchesInFlight - 1) && failed.ok(); ++queued) {
+    failed = QueueReads(src, queued, &batches_[queued % kBatchesInFlight]);
+  }
+  for (size_t k = 0; k < batches && failed.ok(); ++k) {
     if (o_.control.Canceled()) return Status::Canceled("prune canceled");
-    Batch* b = &batches_[k % 2];
-    Batch* next = &batches_[(k + 1) % 2];
+    Batch* b = &batches_[k % kBatchesInFlight];
+    if (failed = WaitReads(src, b); !failed.ok()) break;
     for (size_t r = b->first_run; r < b->end_run; ++r) {
       const RecordRun& run = src.plan.runs[r];
       uint64_t at = uint64_t(b->reads[r - b->first_run].buf - b->buf.get());
@@ -608,13 +622,12 @@ Status Repacker::CopyBatches(const Source& src, std::vector<Copy>* copies, uint6
       }
     }
     CheckBatch(*src.reader, b);
-    bool more = k + 1 < src.plan.batches();
-    if (more) {  // the buffer of batch k - 1, once checked, takes batch k + 1
-      failed = Settle(next);
-      if (failed.ok()) failed = QueueReads(src, k + 1, next);
+    if (queued < batches) {  // batch k - 1's buffer, once checked, takes the next reads
+      Batch* free = &batches_[queued % kBatchesInFlight];
+      failed = Settle(free);
+      if (failed.ok()) failed = QueueReads(src, queued++, free);
     }
     DP420_RETURN_IF_ERROR(AppendBatch(src, *b, copies));
-    if (more && failed.ok()) failed = WaitReads(src, next);
     if (o_.control.progress) o_.control.progress({"repack", *bytes_done, bytes_total});
   }
   return failed;
@@ -700,7 +713,8 @@ Status Repacker::ReadBack() {
 }
 
 Status Repacker::Run(const std::vector<uint32_t>& victims) {
-  DP420_ASSIGN_OR_RETURN(ring_, io::Ring::Create({.depth = kBatchRuns}));
+  DP420_ASSIGN_OR_RETURN(ring_,
+                         io::Ring::Create({.depth = kBatchRuns * (kBatchesInFlight - 1)}));
   uint64_t total = 0, done = 0;
   for (uint32_t id : victims) total += packs_.at(id).live_slots * kSlot;
   for (uint32_t id : victims) DP420_RETURN_IF_ERROR(CopyPack(id, &done, total));
