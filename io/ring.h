@@ -25,6 +25,10 @@
 // fsync and undoes unsynced directory operations before killing it, and
 // DP420_IO_COUNT_FILE=PATH / DP420_IO_TRACE_FILE=PATH report the I/Os made.
 //
+// Create() tries a setup the kernel answers with ENOMEM again after short pauses
+// (seen while the page cache filled RAM, with memory reclaimable); DP420_RING_SETUP_ENOMEM=N fails the
+// first N setups of the process that way, for tests.
+//
 // Thread safety: none; one Ring per thread (IORING_SETUP_SINGLE_ISSUER).
 #pragma once
 

@@ -195,6 +195,35 @@ TEST_F(BadInputTest, InjectedReadEioExits1AndLeavesRepositoryClean) {
   ExpectRepositoryUntouched();
 }
 
+// io_uring_setup can answer ENOMEM while RAM is full of page cache (the ring's pages are
+// allocated without waiting for reclaim). DP420_RING_SETUP_ENOMEM=N fails the first N
+// ring setups of the process: a few are retried and the backup goes through; when it
+// persists, the backup ends with a clear error that blames the memlock limit only when
+// the limit applies (root has CAP_IPC_LOCK), and the repository is left alone.
+TEST_F(BadInputTest, RingSetupOutOfMemoryIsRetriedThenAClearError) {
+  std::string img = dir_ / "small.raw";
+  WritePatternFile(img, 4 << 20, 75);
+  Result passing = Cli({"backup", "--repo", repo_, "--volume", "nomem", "--json", img},
+                       {{"DP420_RING_SETUP_ENOMEM", "3"}});
+  DP420_ASSERT_EXIT(passing, kExitOk);
+  std::string target = dir_ / "small.out";
+  DP420_ASSERT_EXIT(Restore(repo_, "nomem", "latest", target), kExitOk);
+  EXPECT_EQ(Sha256File(target), Sha256File(img));
+
+  std::vector<std::string> before = SnapshotIds(repo_);
+  Result failing = Cli({"backup", "--repo", repo_, "--volume", "nomem", img},
+                       {{"DP420_RING_SETUP_ENOMEM", "1000000"}});
+  ExpectCleanExit(failing, kExitFailed);
+  EXPECT_NE(failing.All().find("io_uring_queue_init: Cannot allocate memory"), std::string::npos)
+      << failing.Describe();
+  if (IsRoot()) {
+    EXPECT_NE(failing.All().find("RLIMIT_MEMLOCK does not apply"), std::string::npos)
+        << failing.Describe();
+  }
+  EXPECT_EQ(SnapshotIds(repo_), before);
+  DP420_EXPECT_EXIT(Cli({"verify", "--repo", repo_, "--read-data"}), kExitOk);
+}
+
 // A real full file system: a 40 MiB tmpfs holds the repository.
 TEST(EnospcTest, FullRepositoryFileSystemExits10AndKeepsEarlierSnapshots) {
   if (!IsRoot()) GTEST_SKIP() << "mounting a tmpfs needs root";
