@@ -23,6 +23,7 @@ const char* CodeName(Code code) {
     case Code::kInternal: return "internal error";
     case Code::kNetwork: return "network error";
     case Code::kClockSkew: return "clock skew";
+    case Code::kBadKey: return "wrong key";
   }
   return "error";
 }

@@ -30,7 +30,11 @@ enum class Code : int {
   kInternal = 12,        // a bug: an invariant did not hold
   kNetwork = 13,         // a peer unreachable, lost, or speaking the protocol wrong
   kClockSkew = 14,       // this clock and the server's differ beyond the allowed skew
+  kBadKey = 15,          // a passphrase or key file that opens none of the repository's key slots
 };
+// The highest code: a code read from outside (a peer's ERROR frame, a report) is
+// one from kInvalidArgument to this.
+inline constexpr Code kLastCode = Code::kBadKey;
 
 class [[nodiscard]] Status {
  public:
@@ -50,6 +54,7 @@ class [[nodiscard]] Status {
   static Status Internal(std::string m) { return Status(Code::kInternal, std::move(m)); }
   static Status Network(std::string m) { return Status(Code::kNetwork, std::move(m)); }
   static Status ClockSkew(std::string m) { return Status(Code::kClockSkew, std::move(m)); }
+  static Status BadKey(std::string m) { return Status(Code::kBadKey, std::move(m)); }
 
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }

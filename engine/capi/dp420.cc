@@ -70,6 +70,7 @@ int ErrorCode(Code code) {
     case Code::kInternal: return DP420_EINTERNAL;
     case Code::kNetwork: return DP420_ENET;
     case Code::kClockSkew: return DP420_ESKEW;
+    case Code::kBadKey: return DP420_EKEY;
   }
   return DP420_EINTERNAL;
 }
@@ -262,6 +263,7 @@ const char* dp420_strerror(int code) {
     case DP420_EINTERNAL: return "internal error";
     case DP420_ENET: return "network error";
     case DP420_ESKEW: return "clock skew too large";
+    case DP420_EKEY: return "wrong passphrase or key file";
   }
   return "unknown error";
 }

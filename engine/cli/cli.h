@@ -28,6 +28,7 @@ enum Exit : int {
   kExitNetwork = 8,
   kExitClockSkew = 9,
   kExitNoSpace = 10,
+  kExitBadKey = 11,
   kExitInterrupted = 130,
 };
 

@@ -27,6 +27,7 @@ int ExitFor(int rc) {
     case DP420_ENET: return kExitNetwork;
     case DP420_ESKEW: return kExitClockSkew;
     case DP420_ENOSPC: return kExitNoSpace;
+    case DP420_EKEY: return kExitBadKey;
     default: return kExitFailed;
   }
 }

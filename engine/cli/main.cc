@@ -7,6 +7,7 @@
 //   8 network error (server unreachable, connection lost, protocol error)
 //   9 clock skew against the server beyond --max-clock-skew
 //  10 no space: a device is full, or a quota or limit of the server is reached
+//  11 wrong key: a passphrase or key file that opens none of the key slots
 //   130 interrupted
 #include <dp420/dp420.h>
 #include <signal.h>

@@ -334,7 +334,7 @@ Result<ForgetReport> ForgetReportFromJson(const Json& j) {
     }
     for (const auto& e : j.at("errors")) {
       int code = e.at("code").get<int>();
-      if (code <= 0 || code > static_cast<int>(Code::kClockSkew)) code = int(Code::kInternal);
+      if (code <= 0 || code > static_cast<int>(kLastCode)) code = int(Code::kInternal);
       r.errors.push_back({e.at("volume").get<std::string>(),
                           Status::Make(static_cast<Code>(code), e.at("message").get<std::string>())});
     }

@@ -48,7 +48,7 @@ struct ClientLimits {
   static uint64_t Bound(const std::optional<uint64_t>& v);
 };
 
-// A registered client. The key lives in a SecretKey (channel.h): on a page
+// A registered client. The key lives in a SecretKey (engine/crypto/secret.h): on a page
 // excluded from core dumps and cleansed when this or any copy goes away.
 struct ClientKey {
   std::string name;

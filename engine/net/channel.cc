@@ -3,12 +3,9 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
-#include <cstdlib>
+#include <algorithm>
 #include <cstring>
-#include <new>
 
 #include "io/assert.h"
 #include "io/random.h"
@@ -17,11 +14,6 @@
 namespace dp420::net {
 
 namespace {
-
-size_t PageBytes() {
-  static const size_t bytes = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  return bytes;
-}
 
 // An EVP_PKEY that frees itself.
 struct PkeyFree {
@@ -42,40 +34,6 @@ void Hmac(const uint8_t* key, size_t key_len, const uint8_t* msg, size_t msg_len
 }
 
 }  // namespace
-
-void Cleanse(void* data, size_t len) { OPENSSL_cleanse(data, len); }
-
-void ExcludeFromCoreDumps(const void* data, size_t len) {
-  if (len == 0) return;
-  uintptr_t page = PageBytes();
-  uintptr_t start = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
-  uintptr_t end = (reinterpret_cast<uintptr_t>(data) + len + page - 1) & ~(page - 1);
-  (void)madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTDUMP);
-}
-
-// ---- SecretKey ----
-
-void SecretKey::PageFree::operator()(uint8_t* p) const {
-  Cleanse(p, SecretKey::size());
-  std::free(p);
-}
-
-SecretKey::SecretKey() {
-  void* p = std::aligned_alloc(PageBytes(), PageBytes());
-  if (p == nullptr) throw std::bad_alloc();
-  std::memset(p, 0, PageBytes());
-  ExcludeFromCoreDumps(p, PageBytes());
-  bytes_.reset(static_cast<uint8_t*>(p));
-}
-
-SecretKey::~SecretKey() = default;
-
-SecretKey::SecretKey(const SecretKey& o) : SecretKey() { std::memcpy(data(), o.data(), size()); }
-
-SecretKey& SecretKey::operator=(const SecretKey& o) {
-  if (this != &o) std::memcpy(data(), o.data(), size());
-  return *this;
-}
 
 // ---- ServerIdentity ----
 

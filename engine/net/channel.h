@@ -19,6 +19,7 @@
 #include <span>
 #include <string>
 
+#include "engine/crypto/secret.h"
 #include "engine/net/frame.h"
 #include "io/status.h"
 
@@ -39,30 +40,11 @@ inline constexpr uint32_t kMaxPlainBytes = kMaxPayloadBytes - kTagBytes;
 // never share one.
 enum class ChannelDir : uint32_t { kAgentToServer = 1, kServerToAgent = 2 };
 
-// Overwrites `len` bytes so the compiler cannot drop it (OPENSSL_cleanse).
-void Cleanse(void* data, size_t len);
-// Excludes [data, data+len) from core dumps (MADV_DONTDUMP on the pages it
-// covers; best effort: a failure is ignored).
-void ExcludeFromCoreDumps(const void* data, size_t len);
-
-// A 32-byte secret that is cleansed when it goes away and never dumped.
-class SecretKey {
- public:
-  SecretKey();
-  ~SecretKey();
-  SecretKey(const SecretKey& o);
-  SecretKey& operator=(const SecretKey& o);
-  uint8_t* data() { return bytes_.get(); }
-  const uint8_t* data() const { return bytes_.get(); }
-  static constexpr size_t size() { return 32; }
-
- private:
-  // A page of its own: MADV_DONTDUMP works on whole pages.
-  struct PageFree {
-    void operator()(uint8_t* p) const;
-  };
-  std::unique_ptr<uint8_t, PageFree> bytes_;
-};
+// The secrets of the channel live where every secret of dp420 does
+// (engine/crypto/secret.h).
+using crypto::Cleanse;
+using crypto::ExcludeFromCoreDumps;
+using crypto::SecretKey;
 
 // The server's long-term signing key. Its fingerprint (SHA-256 of the public
 // key, 64 hex digits) is written into each client's key file by client-add,

@@ -500,7 +500,7 @@ Status StatusFromError(const Frame& frame, const std::string& peer) {
   std::string message;
   Status s = ParseError(frame.payload, &code, &message);
   if (!s.ok()) return Malformed(frame, peer, s);
-  if (code == 0 || code > uint16_t(Code::kClockSkew)) {
+  if (code == 0 || code > uint16_t(kLastCode)) {
     return Status::Network(peer + " sent an ERROR with unknown code " + std::to_string(code) +
                            ": " + message);
   }

@@ -581,6 +581,7 @@ int main(int argc, char** argv) {
   CHECK(strcmp(dp420_strerror(-DP420_ECORRUPT), "damaged data") == 0);
   CHECK(strstr(dp420_strerror(-DP420_ENET), "network") != NULL);
   CHECK(strstr(dp420_strerror(DP420_ESKEW), "clock") != NULL);
+  CHECK(strcmp(dp420_strerror(-DP420_EKEY), "wrong passphrase or key file") == 0);
   CHECK(dp420_repo_clock_offset_ns(repo) == 0);
   TestClients(ctx, work);
   TestBounds(ctx, repo, src, work);

@@ -61,7 +61,8 @@ enum {
   DP420_ECANCELED = 11,/* dp420_cancel() was called */
   DP420_EINTERNAL = 12,/* a bug in dp420 */
   DP420_ENET = 13,     /* network: peer unreachable, connection lost, protocol error */
-  DP420_ESKEW = 14     /* this clock and the server's differ beyond the allowed skew */
+  DP420_ESKEW = 14,    /* this clock and the server's differ beyond the allowed skew */
+  DP420_EKEY = 15      /* a passphrase or key file that opens none of the repository's key slots */
 };
 
 typedef struct dp420_ctx dp420_ctx_t;
