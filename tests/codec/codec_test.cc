@@ -204,14 +204,16 @@ std::vector<CodecSpec> RoundTripSpecs(size_t block_bytes) {
 
 // Whether `content` must pay at this size with this codec: nothing of 4 KiB or less,
 // nothing random; the rest from 64 KiB up, and zstd's text and zero blocks from 4 KiB
-// up (LZ4 does not halve 8 KiB of text, which an 8 KiB block needs to save a slot).
+// up (LZ4 does not halve 8 KiB of text, which an 8 KiB block needs to save a slot);
+// machine code but with LZ4's faster accelerations (lz4:64 hardly compresses it).
 bool MustPay(Content content, size_t block_bytes, const CodecSpec& spec) {
   if (spec.codec == Codec::kNone || block_bytes <= 4 * kKiB) return false;
   switch (content) {
     case Content::kRandom: return false;
     case Content::kZeroButOneByte: return true;
     case Content::kText: return spec.codec == Codec::kZstd || block_bytes >= 64 * kKiB;
-    case Content::kReal: return block_bytes >= 64 * kKiB;
+    case Content::kReal:
+      return block_bytes >= 64 * kKiB && (spec.codec == Codec::kZstd || spec.level == 1);
   }
   return false;
 }

@@ -1,13 +1,18 @@
 // engine/codec/codec.h, BlockDecompressor: whatever a record holds, it fills a buffer of
 // exactly the block's raw length or returns kCorruption naming what was wrong, and
-// never writes outside that buffer (every output buffer here is a vector of exactly
-// the raw length, so that ASan sees any write past it).
+// never writes outside that buffer. The output buffers of the refusals sit between two
+// inaccessible pages, so that a write past either end faults even when it comes from
+// libzstd or liblz4 (which ASan does not instrument).
+#include <sys/mman.h>
+
 #include <gtest/gtest.h>
 #include <lz4.h>
 #include <zstd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -44,6 +49,34 @@ std::vector<uint8_t> Lz4Block(const std::vector<uint8_t>& raw) {
   return out;
 }
 
+// `bytes` (a multiple of 4096) of read-write memory between two PROT_NONE pages.
+class GuardedBuffer {
+ public:
+  explicit GuardedBuffer(size_t bytes) : bytes_(bytes) {
+    void* map = mmap(nullptr, bytes + 2 * kPage, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) std::abort();
+    base_ = static_cast<uint8_t*>(map);
+    if (mprotect(base_ + kPage, bytes, PROT_READ | PROT_WRITE) != 0) std::abort();
+  }
+  ~GuardedBuffer() { munmap(base_, bytes_ + 2 * kPage); }
+  GuardedBuffer(const GuardedBuffer&) = delete;
+  GuardedBuffer& operator=(const GuardedBuffer&) = delete;
+  std::span<uint8_t> span() { return {base_ + kPage, bytes_}; }
+
+ private:
+  static constexpr size_t kPage = 4096;
+  size_t bytes_;
+  uint8_t* base_;
+};
+
+TEST(GuardedBufferTest, TheGuardPagesFault) {
+  GuardedBuffer buffer(4096);
+  buffer.span()[0] = 1;
+  buffer.span()[4095] = 1;
+  EXPECT_DEATH(buffer.span().data()[4096] = 1, "");
+  EXPECT_DEATH(buffer.span().data()[-1] = 1, "");
+}
+
 class DecompressTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -52,10 +85,10 @@ class DecompressTest : public ::testing::Test {
     decompressor_ = std::make_unique<BlockDecompressor>(std::move(made).value());
   }
 
-  // Decompresses into a fresh vector of exactly `raw_bytes`.
+  // Decompresses into a fresh guarded buffer of exactly `raw_bytes`.
   Status Decompress(Codec codec, const std::vector<uint8_t>& stored, size_t raw_bytes = kBlock) {
-    std::vector<uint8_t> raw(raw_bytes);
-    return decompressor_->Decompress(codec, stored, raw);
+    GuardedBuffer raw(raw_bytes);
+    return decompressor_->Decompress(codec, stored, raw.span());
   }
 
   // Expects kCorruption whose message holds `words`.
