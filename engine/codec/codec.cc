@@ -23,15 +23,15 @@ Result<int> ParseLevel(std::string_view text, std::string_view digits, std::stri
     return Status::InvalidArgument("compression '" + std::string(text) + "': the " +
                                    std::string(what) + " after ':' is missing (" + bounds + ")");
   }
+  if (digits.find_first_not_of("0123456789") != std::string_view::npos) {
+    return Status::InvalidArgument("compression '" + std::string(text) + "': " +
+                                   std::string(what) + " '" + std::string(digits) +
+                                   "' is not a decimal number (" + bounds + ")");
+  }
   int value = 0;
   for (char c : digits) {
-    if (c < '0' || c > '9') {
-      return Status::InvalidArgument("compression '" + std::string(text) + "': " +
-                                     std::string(what) + " '" + std::string(digits) +
-                                     "' is not a decimal number (" + bounds + ")");
-    }
     value = value * 10 + (c - '0');
-    if (value > max) break;  // no overflow: out of range already
+    if (value > max) break;  // out of range already; no overflow
   }
   if (value < min || value > max) {
     return Status::InvalidArgument("compression '" + std::string(text) + "': " +

@@ -56,6 +56,7 @@ TEST(ParseCodecTest, RefusesWithTheReason) {
       {"zstd:+3", "zstd level '+3' is not a decimal number"},
       {"zstd: 3", "zstd level ' 3' is not a decimal number"},
       {"zstd:3x", "zstd level '3x' is not a decimal number"},
+      {"zstd:99x", "zstd level '99x' is not a decimal number"},
       {"zstd:3:4", "zstd level '3:4' is not a decimal number"},
       {"lz4:0", "compression 'lz4:0': lz4 acceleration 0 is out of range (1-64)"},
       {"lz4:65", "lz4 acceleration 65 is out of range (1-64)"},
@@ -73,7 +74,9 @@ TEST(ParseCodecTest, RefusesWithTheReason) {
 
 TEST(ParseCodecTest, CodecNameReadsBack) {
   std::vector<CodecSpec> specs = {{Codec::kNone, 0}};
-  for (int a = kLz4MinAcceleration; a <= kLz4MaxAcceleration; ++a) specs.push_back({Codec::kLz4, a});
+  for (int a = kLz4MinAcceleration; a <= kLz4MaxAcceleration; ++a) {
+    specs.push_back({Codec::kLz4, a});
+  }
   for (int l = kZstdMinLevel; l <= kZstdMaxLevel; ++l) specs.push_back({Codec::kZstd, l});
   for (const CodecSpec& spec : specs) {
     Result<CodecSpec> parsed = ParseCodec(CodecName(spec));
