@@ -1,8 +1,11 @@
 // `--compression auto`: calibration and choice (see auto.h).
 #include "engine/codec/auto.h"
 
+#include <time.h>
+
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "io/assert.h"
 
@@ -22,8 +25,21 @@ int Strength(const CodecSpec& spec) {
   return 0;
 }
 
-double SecondsSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+// CPU time of the calling thread: what a codec costs, whatever else runs on the machine.
+double ThreadCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// A step near 0.618 `blocks` that is coprime with it: i -> (i + step) % blocks visits
+// every block once, each far from the one before.
+size_t CoprimeStride(size_t blocks) {
+  if (blocks <= 2) return 1;
+  for (size_t step = static_cast<size_t>(static_cast<double>(blocks) * 0.618); step > 1; --step) {
+    if (std::gcd(step, blocks) == 1) return step;
+  }
+  return 1;
 }
 
 struct Tally {
@@ -39,17 +55,17 @@ struct Tally {
 Status MeasureBlock(BlockCompressor& compressor, BlockDecompressor& decompressor,
                     std::span<const uint8_t> raw, std::vector<uint8_t>& stored,
                     std::vector<uint8_t>& back, Tally* tally) {
-  auto start = std::chrono::steady_clock::now();
+  double start_s = ThreadCpuSeconds();
   DP420_ASSIGN_OR_RETURN(size_t n, compressor.Compress(raw, stored));
-  tally->compress_s += SecondsSince(start);
+  tally->compress_s += ThreadCpuSeconds() - start_s;
   tally->raw_bytes += raw.size();
   tally->slots_without += SlotRoundUp(raw.size());
   tally->slots_with += SlotRoundUp(n == kStoreRaw ? raw.size() : n);
   if (n == kStoreRaw) return Status::Ok();
-  start = std::chrono::steady_clock::now();
+  start_s = ThreadCpuSeconds();
   const std::span<uint8_t> out(back.data(), raw.size());
   Status status = decompressor.Decompress(compressor.spec().codec, {stored.data(), n}, out);
-  tally->decompress_s += SecondsSince(start);
+  tally->decompress_s += ThreadCpuSeconds() - start_s;
   if (!status.ok() || std::memcmp(out.data(), raw.data(), raw.size()) != 0) {
     return Status::Internal("calibrating " + CodecName(compressor.spec()) +
                             ": a block does not decompress to itself (" + status.ToString() +
@@ -72,8 +88,9 @@ Result<CodecRate> MeasureCodec(const CodecSpec& spec, std::span<const uint8_t> s
   Tally warm_up;  // the contexts' first allocation and page faults, not counted
   DP420_RETURN_IF_ERROR(MeasureBlock(compressor, decompressor, block(0), stored, back, &warm_up));
   Tally tally;
+  const size_t stride = CoprimeStride(blocks);
   const auto start = std::chrono::steady_clock::now();
-  for (size_t i = 0; i < blocks; ++i) {
+  for (size_t k = 0, i = 0; k < blocks; ++k, i = (i + stride) % blocks) {
     DP420_RETURN_IF_ERROR(MeasureBlock(compressor, decompressor, block(i), stored, back, &tally));
     if (std::chrono::steady_clock::now() - start >= budget) break;
   }
@@ -96,6 +113,19 @@ double PipelineBytesPerS(double hash_bytes_per_s, double codec_bytes_per_s,
   double seconds_per_byte = 1.0 / hash_bytes_per_s;
   if (codec_bytes_per_s > 0) seconds_per_byte += 1.0 / codec_bytes_per_s;
   return worker_threads / seconds_per_byte;
+}
+
+std::vector<uint64_t> CalibrationSampleOffsets(uint64_t volume_bytes, size_t block_bytes,
+                                               unsigned count) {
+  DP420_ASSERT(block_bytes >= 1 && count >= 1);
+  const uint64_t blocks = (volume_bytes + block_bytes - 1) / block_bytes;
+  std::vector<uint64_t> offsets;
+  for (unsigned part = 0; part < count; ++part) {
+    const uint64_t block = blocks * part / count;  // the first block of this part
+    if (block >= blocks || (!offsets.empty() && offsets.back() == block * block_bytes)) continue;
+    offsets.push_back(block * block_bytes);
+  }
+  return offsets;
 }
 
 CodecSpec ChooseAutoCodec(double device_read_bytes_per_s, unsigned worker_threads,

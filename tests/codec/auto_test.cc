@@ -160,5 +160,50 @@ TEST(CalibrateCodecsTest, TakesTheCandidatesItIsGiven) {
             Code::kInvalidArgument);
 }
 
+// Block 5 of 8 pays, the rest are random: with time to spare, every block is measured
+// once (7 blocks raw + one 4 KiB slot, over 8 blocks).
+TEST(CalibrateCodecsTest, VisitsEveryBlockOnceWithTimeToSpare) {
+  constexpr size_t kBlock = 64 * 1024;
+  for (size_t blocks : {1u, 2u, 3u, 8u, 13u}) {
+    std::vector<uint8_t> sample = testing::RandomBytes(blocks * kBlock, blocks);
+    const size_t paying = blocks / 2;
+    std::fill(sample.begin() + paying * kBlock, sample.begin() + (paying + 1) * kBlock, 0);
+    CalibrationOptions options;
+    options.budget = std::chrono::seconds(60);
+    Result<CodecRates> rates = CalibrateCodecs(sample, kBlock, 1 * kGB, options);
+    ASSERT_TRUE(rates.ok());
+    for (const CodecRate& rate : rates->codecs) {
+      EXPECT_DOUBLE_EQ(rate.stored_fraction, ((blocks - 1) * 16.0 + 1) / (blocks * 16.0))
+          << CodecName(rate.spec) << ", " << blocks << " blocks";
+    }
+  }
+}
+
+TEST(CalibrationSampleOffsetsTest, FirstBlockOfEachPart) {
+  constexpr uint64_t kGiB = uint64_t{1} << 30;
+  std::vector<uint64_t> expected;
+  for (uint64_t i = 0; i < 16; ++i) expected.push_back(i * kGiB / 4);
+  EXPECT_EQ(CalibrationSampleOffsets(4 * kGiB, 65536), expected);
+  // 16385 blocks in 3 parts: blocks 0, 5461, 10923.
+  EXPECT_EQ(CalibrationSampleOffsets(kGiB + 1, 65536, 3),
+            (std::vector<uint64_t>{0, 5461ull * 65536, 10923ull * 65536}));
+  // Fewer blocks than parts: each block once.
+  EXPECT_EQ(CalibrationSampleOffsets(100 * 1024, 65536), (std::vector<uint64_t>{0, 65536}));
+  EXPECT_EQ(CalibrationSampleOffsets(4096, 65536), (std::vector<uint64_t>{0}));
+  EXPECT_TRUE(CalibrationSampleOffsets(0, 65536).empty());
+  // Aligned, ascending, inside the volume, for odd sizes.
+  for (uint64_t volume : {uint64_t{12345678901}, uint64_t{1} << 40, uint64_t{999999}}) {
+    const std::vector<uint64_t> offsets = CalibrationSampleOffsets(volume, 1 << 20, 16);
+    ASSERT_FALSE(offsets.empty());
+    for (size_t i = 0; i < offsets.size(); ++i) {
+      EXPECT_EQ(offsets[i] % (1 << 20), 0u);
+      EXPECT_LT(offsets[i], volume);
+      if (i > 0) {
+        EXPECT_GT(offsets[i], offsets[i - 1]);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace dp420
