@@ -42,6 +42,14 @@ size_t CoprimeStride(size_t blocks) {
   return 1;
 }
 
+// A fixed pseudo-random number for `x` (SplitMix64's finalizer).
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
 struct Tally {
   double compress_s = 0;
   double decompress_s = 0;
@@ -121,9 +129,10 @@ std::vector<uint64_t> CalibrationSampleOffsets(uint64_t volume_bytes, size_t blo
   const uint64_t blocks = (volume_bytes + block_bytes - 1) / block_bytes;
   std::vector<uint64_t> offsets;
   for (unsigned part = 0; part < count; ++part) {
-    const uint64_t block = blocks * part / count;  // the first block of this part
-    if (block >= blocks || (!offsets.empty() && offsets.back() == block * block_bytes)) continue;
-    offsets.push_back(block * block_bytes);
+    const uint64_t first = blocks * part / count;
+    const uint64_t end = blocks * (part + 1) / count;
+    if (first == end) continue;  // more parts than blocks
+    offsets.push_back((first + SplitMix64(part) % (end - first)) * block_bytes);
   }
   return offsets;
 }

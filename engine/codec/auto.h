@@ -79,16 +79,18 @@ struct CalibrationOptions {
 };
 
 // Where to take a calibration sample from a volume of `volume_bytes`: the byte offsets
-// of up to `count` blocks of `block_bytes`, the first block of each of `count` equal
-// parts of the volume (block-aligned, ascending, distinct; fewer when the volume has
-// fewer blocks). The caller reads them and drops the zero blocks.
+// of up to `count` blocks of `block_bytes`, one in each of `count` equal parts of the
+// volume, at a fixed pseudo-random place within its part (block-aligned, ascending,
+// distinct; fewer when the volume has fewer blocks than parts). The caller reads them
+// and drops the zero blocks.
 //
 // The sample must be spread so: a volume's first blocks are not its data. On a 4 GiB
 // ext4 image of real files (bench/codec_scan.cc), the first 1 MiB of non-zero 64 KiB
-// blocks (superblock, group descriptors, bitmaps, inode tables) compressed 4 to 10
-// times faster than the image's data did (zstd:3 2.3 GB/s against 0.21 GB/s), which
-// would have chosen zstd:3 for a 1 GB/s device that it slows to 0.35 GB/s; one block
-// from each 16th of the image measured within 20 % of the whole image's rates.
+// blocks (superblock, group descriptors, bitmaps, inode tables) compressed 10 times
+// faster than the image's data did (zstd:3 2.3-5 GB/s against 0.21 GB/s), which would
+// have chosen zstd:3 for a 1 GB/s device that it slows to 0.36 GB/s. Nor is it taken
+// at round offsets within the parts, which on a file system are where its block groups
+// start, with their metadata.
 std::vector<uint64_t> CalibrationSampleOffsets(uint64_t volume_bytes, size_t block_bytes,
                                                unsigned count = 16);
 

@@ -179,30 +179,49 @@ TEST(CalibrateCodecsTest, VisitsEveryBlockOnceWithTimeToSpare) {
   }
 }
 
-TEST(CalibrationSampleOffsetsTest, FirstBlockOfEachPart) {
+TEST(CalibrationSampleOffsetsTest, OneBlockInEachPart) {
   constexpr uint64_t kGiB = uint64_t{1} << 30;
-  std::vector<uint64_t> expected;
-  for (uint64_t i = 0; i < 16; ++i) expected.push_back(i * kGiB / 4);
-  EXPECT_EQ(CalibrationSampleOffsets(4 * kGiB, 65536), expected);
-  // 16385 blocks in 3 parts: blocks 0, 5461, 10923.
-  EXPECT_EQ(CalibrationSampleOffsets(kGiB + 1, 65536, 3),
-            (std::vector<uint64_t>{0, 5461ull * 65536, 10923ull * 65536}));
-  // Fewer blocks than parts: each block once.
-  EXPECT_EQ(CalibrationSampleOffsets(100 * 1024, 65536), (std::vector<uint64_t>{0, 65536}));
-  EXPECT_EQ(CalibrationSampleOffsets(4096, 65536), (std::vector<uint64_t>{0}));
-  EXPECT_TRUE(CalibrationSampleOffsets(0, 65536).empty());
-  // Aligned, ascending, inside the volume, for odd sizes.
-  for (uint64_t volume : {uint64_t{12345678901}, uint64_t{1} << 40, uint64_t{999999}}) {
-    const std::vector<uint64_t> offsets = CalibrationSampleOffsets(volume, 1 << 20, 16);
-    ASSERT_FALSE(offsets.empty());
-    for (size_t i = 0; i < offsets.size(); ++i) {
-      EXPECT_EQ(offsets[i] % (1 << 20), 0u);
-      EXPECT_LT(offsets[i], volume);
+  struct Case {
+    uint64_t volume_bytes;
+    size_t block_bytes;
+    unsigned count;
+    size_t expected;
+  };
+  const Case cases[] = {
+      {4 * kGiB, 65536, 16, 16},       {kGiB + 1, 65536, 3, 3},  {12345678901, 1 << 20, 16, 16},
+      {uint64_t{1} << 40, 4096, 64, 64}, {100 * 1024, 65536, 16, 2}, {4096, 65536, 16, 1},
+      {0, 65536, 16, 0},               {5 * 65536, 65536, 5, 5},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::to_string(c.volume_bytes) + " bytes, " + std::to_string(c.count) +
+                 " parts");
+    const std::vector<uint64_t> offsets =
+        CalibrationSampleOffsets(c.volume_bytes, c.block_bytes, c.count);
+    ASSERT_EQ(offsets.size(), c.expected);
+    const uint64_t blocks = (c.volume_bytes + c.block_bytes - 1) / c.block_bytes;
+    size_t part = 0;
+    for (size_t i = 0; i < offsets.size(); ++i, ++part) {
+      EXPECT_EQ(offsets[i] % c.block_bytes, 0u);
+      // In its own part, when every part has a block.
+      const uint64_t block = offsets[i] / c.block_bytes;
+      if (blocks >= c.count) {
+        EXPECT_GE(block, blocks * part / c.count);
+        EXPECT_LT(block, blocks * (part + 1) / c.count);
+      }
+      EXPECT_LT(block, blocks);
       if (i > 0) {
         EXPECT_GT(offsets[i], offsets[i - 1]);
       }
     }
+    // A pure function of its arguments.
+    EXPECT_EQ(offsets, CalibrationSampleOffsets(c.volume_bytes, c.block_bytes, c.count));
   }
+  // Not at round places: on 4 GiB in 16 parts, most samples are off the parts' starts.
+  int at_start = 0;
+  for (uint64_t offset : CalibrationSampleOffsets(4 * kGiB, 65536, 16)) {
+    at_start += offset % (kGiB / 4) == 0;
+  }
+  EXPECT_LE(at_start, 1);
 }
 
 }  // namespace
