@@ -3,24 +3,26 @@
 //
 // CalibrateCodecs measures, in a few milliseconds on a sample of the volume's blocks
 // taken before the backup starts (CalibrationSampleOffsets: spread over the volume,
-// never just its first blocks), each candidate codec's compress and decompress rate on
-// one core and how much it saves under the 4 KiB slot rule (codec.h). ChooseAutoCodec, a pure
-// function of those rates, the device's read rate and the number of worker threads,
-// then picks:
+// never just its first blocks), each candidate codec's compress and decompress rate
+// on one core and how much it saves under the 4 KiB slot rule (codec.h).
+// ChooseAutoCodec, a pure function of those rates, the device's read rate and the
+// number of worker threads, then picks:
 //
-//   A worker spends 1/hash + 1/compress seconds per byte (hash: everything else it does
-//   to a block, per core: zero detection, the keyed hash, SHA-256), so W workers
-//   process W / (1/hash + 1/compress) bytes per second. A codec keeps up when that is
-//   at least kAutoMargin (1.25) times the device's read rate. The choice is the
-//   strongest codec that keeps up, strongest first: zstd by level (higher first), then
-//   LZ4 by acceleration (lower first); none when no codec keeps up (including when
-//   hashing alone does not).
+//   A worker spends 1/hash + 1/compress seconds per byte (hash: everything else it
+//   does to a block, per core: zero detection, the keyed hash, SHA-256), so W workers
+//   process W / (1/hash + 1/compress) bytes per second (counting every byte read as
+//   stored: zero and unchanged blocks, neither compressed nor SHA-256'd, only make
+//   the workers faster). A codec keeps up when that is at least kAutoMargin (1.25)
+//   times the device's read rate. The choice is the strongest codec that keeps up,
+//   strongest first: zstd by level (higher first), then LZ4 by acceleration (lower
+//   first); none when no codec keeps up (including when hashing alone does not).
 //
 // Rates are raw bytes per CPU-second of the measuring thread (CLOCK_THREAD_CPUTIME_ID),
 // so other load on the machine does not distort them; a machine whose cores are busy
 // with other work has fewer to give, which the worker count should say. The margin
-// covers what a calibration of a few milliseconds on the first blocks cannot see:
-// later data that compresses more slowly, and the workers' other costs.
+// covers what a calibration of a few milliseconds on a sample cannot see: data that
+// compresses more slowly than the sample did (measured: within 20 % on a real image,
+// bench/codec_scan.cc), and the workers' other costs.
 //
 // Thread safety: ChooseAutoCodec is pure. CalibrateCodecs runs on the calling thread,
 // with its own compressors; concurrent calls do not share state.
