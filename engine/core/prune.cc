@@ -726,6 +726,10 @@ Status Repacker::ReadBack() {
 }
 
 Status Repacker::Run(const std::vector<uint32_t>& victims) {
+  // Only the copies read through the ring: a prune that repacks nothing
+  // (it may still delete packs) needs none, and works where io_uring cannot
+  // be set up.
+  if (victims.empty()) return Status::Ok();
   DP420_ASSIGN_OR_RETURN(ring_,
                          io::Ring::Create({.depth = kBatchRuns * (kBatchesInFlight - 1)}));
   uint64_t total = 0, done = 0;
