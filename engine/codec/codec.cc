@@ -194,9 +194,16 @@ namespace {
 
 std::string Bytes(size_t n) { return std::to_string(n) + " bytes"; }
 
-// One zstd frame declaring exactly raw.size() bytes, and nothing after it.
+// One zstd frame declaring exactly raw.size() bytes, and nothing after it. Only
+// the current frame format: libzstd also decodes pre-1.0 ("legacy") frames, with
+// decoders of their own that allocate, and no writer of this format makes one.
 Status DecompressZstd(ZSTD_DCtx* dctx, std::span<const uint8_t> stored,
                       std::span<uint8_t> raw) {
+  uint32_t magic = 0;  // little-endian in the frame
+  for (size_t i = 0; i < 4 && i < stored.size(); ++i) magic |= uint32_t{stored[i]} << (8 * i);
+  if (stored.size() < 4 || magic != ZSTD_MAGICNUMBER) {
+    return Status::Corruption("not a zstd frame (bad magic number)");
+  }
   const unsigned long long declared = ZSTD_getFrameContentSize(stored.data(), stored.size());
   if (declared == ZSTD_CONTENTSIZE_ERROR) {
     return Status::Corruption("not a zstd frame (bad magic number or a truncated or damaged "

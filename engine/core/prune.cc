@@ -391,9 +391,9 @@ class Repacker {
   };
   Status CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes_total);
   Status CopyBatches(const Source& src, std::vector<Copy>* copies, uint64_t* bytes_done,
-                     uint64_t bytes_total);
-  Status QueueReads(const Source& src, size_t batch, Batch* b);
-  Status WaitReads(const Source& src, Batch* b);
+                     uint64_t bytes_total, Status* failed);
+  Status QueueReads(const Source& src, size_t batch, Batch* b, Status* failed);
+  Status WaitReads(const Source& src, Batch* b, Status* failed);
   Status AppendBatch(const Source& src, const Batch& b, std::vector<Copy>* copies);
   Status AppendRun(const uint8_t* data, const ObjRef* refs, size_t count, Copy* copies);
   Status WritePending();
@@ -536,9 +536,14 @@ Status Repacker::Settle(Batch* b) {
   return s;
 }
 
-// Queues the reads of batch `batch` of `src` into `b` (one per run).
-Status Repacker::QueueReads(const Source& src, size_t batch, Batch* b) {
-  if (!b->buf && !(b->buf = AllocAligned(kBatchBytes))) return Status::NoMemory("repack buffer");
+// Queues the reads of batch `batch` of `src` into `b` (one per run). A run
+// that cannot be read goes to `*failed` (nothing is queued); the ring's own
+// failure is returned.
+Status Repacker::QueueReads(const Source& src, size_t batch, Batch* b, Status* failed) {
+  if (!b->buf && !(b->buf = AllocAligned(kBatchBytes))) {
+    *failed = Status::NoMemory("repack buffer");
+    return Status::Ok();
+  }
   b->first_run = src.plan.batch_starts[batch];
   b->end_run = src.plan.batch_starts[batch + 1];
   b->reads.assign(b->end_run - b->first_run, io::IoOp{});
@@ -547,15 +552,18 @@ Status Repacker::QueueReads(const Source& src, size_t batch, Batch* b) {
     const RecordRun& run = src.plan.runs[r];
     const ObjRef* refs = &(*src.live)[run.first];
     uint8_t* at = b->buf.get() + b->used;
-    DP420_ASSIGN_OR_RETURN(PackReader::RunRead read,
-                           src.reader->PlanRunRead(refs, run.count, at));
+    Result<PackReader::RunRead> read = src.reader->PlanRunRead(refs, run.count, at);
+    if (!read.ok()) {
+      *failed = read.status();
+      return Status::Ok();
+    }
     io::IoOp& op = b->reads[r - b->first_run];
     op.owner = b;
     op.kind = io::IoOp::kRead;
-    op.fd = read.fd;
+    op.fd = read->fd;
     op.buf = at;
-    op.len = uint32_t(read.len);
-    op.offset = read.offset;
+    op.len = uint32_t(read->len);
+    op.offset = read->offset;
     b->used += RunBytes(refs, run.count);
     DP420_ASSERT(b->used <= kBatchBytes);
   }
@@ -565,8 +573,9 @@ Status Repacker::QueueReads(const Source& src, size_t batch, Batch* b) {
 }
 
 // Waits for every read of `b` and zeroes each record's padding; the first
-// read that failed names the pack.
-Status Repacker::WaitReads(const Source& src, Batch* b) {
+// read that failed, naming the pack, goes to `*failed`. The ring's own
+// failure is returned: reads may then still be in flight.
+Status Repacker::WaitReads(const Source& src, Batch* b, Status* failed) {
   std::vector<io::IoOp*> done;
   while (b->reading > 0) {
     done.clear();
@@ -574,7 +583,10 @@ Status Repacker::WaitReads(const Source& src, Batch* b) {
     for (io::IoOp* op : done) --static_cast<Batch*>(op->owner)->reading;
   }
   for (const io::IoOp& op : b->reads) {
-    DP420_RETURN_IF_ERROR(io::IoOpStatus(op, src.reader->path()));
+    if (Status s = io::IoOpStatus(op, src.reader->path()); !s.ok()) {
+      *failed = s;
+      return Status::Ok();
+    }
   }
   for (size_t r = b->first_run; r < b->end_run; ++r) {
     const RecordRun& run = src.plan.runs[r];
@@ -597,21 +609,22 @@ Status Repacker::AppendBatch(const Source& src, const Batch& b, std::vector<Copy
 
 // Copies the batches of `src`: batch k is written while the next
 // kBatchesInFlight - 1 are read and batch k's records are checked on a second
-// thread. Returns the first read or check that failed (the pack is then left
-// alone), or an error that ends the repack (a write).
+// thread. The first read or check that fails goes to `*failed` (the pack is
+// then left alone); an error that ends the repack is returned: a write, the
+// ring's own failure, or cancellation.
 Status Repacker::CopyBatches(const Source& src, std::vector<Copy>* copies, uint64_t* bytes_done,
-                             uint64_t bytes_total) {
+                             uint64_t bytes_total, Status* failed) {
   const std::vector<ObjRef>& live = *src.live;
   const size_t batches = src.plan.batches();
-  Status failed;
   size_t queued = 0;  // batches whose reads are queued
-  for (; queued < std::min(batches, kBatchesInFlight - 1) && failed.ok(); ++queued) {
-    failed = QueueReads(src, queued, &batches_[queued % kBatchesInFlight]);
+  for (; queued < std::min(batches, kBatchesInFlight - 1) && failed->ok(); ++queued) {
+    DP420_RETURN_IF_ERROR(QueueReads(src, queued, &batches_[queued % kBatchesInFlight], failed));
   }
-  for (size_t k = 0; k < batches && failed.ok(); ++k) {
+  for (size_t k = 0; k < batches && failed->ok(); ++k) {
     if (o_.control.Canceled()) return Status::Canceled("prune canceled");
     Batch* b = &batches_[k % kBatchesInFlight];
-    if (failed = WaitReads(src, b); !failed.ok()) break;
+    DP420_RETURN_IF_ERROR(WaitReads(src, b, failed));
+    if (!failed->ok()) break;
     for (size_t r = b->first_run; r < b->end_run; ++r) {
       const RecordRun& run = src.plan.runs[r];
       uint64_t at = uint64_t(b->reads[r - b->first_run].buf - b->buf.get());
@@ -624,13 +637,13 @@ Status Repacker::CopyBatches(const Source& src, std::vector<Copy>* copies, uint6
     CheckBatch(*src.reader, b);
     if (queued < batches) {  // batch k - 1's buffer, once checked, takes the next reads
       Batch* free = &batches_[queued % kBatchesInFlight];
-      failed = Settle(free);
-      if (failed.ok()) failed = QueueReads(src, queued++, free);
+      *failed = Settle(free);
+      if (failed->ok()) DP420_RETURN_IF_ERROR(QueueReads(src, queued++, free, failed));
     }
     DP420_RETURN_IF_ERROR(AppendBatch(src, *b, copies));
     if (o_.control.progress) o_.control.progress({"repack", *bytes_done, bytes_total});
   }
-  return failed;
+  return Status::Ok();
 }
 
 // Copies the live records of `pack_id`. A pack whose index, a read or a
@@ -668,11 +681,11 @@ Status Repacker::CopyPack(uint32_t pack_id, uint64_t* bytes_done, uint64_t bytes
     }
   } settle_all{this};
   std::vector<Copy> copies(live.size());
-  Status failed = CopyBatches(src, &copies, bytes_done, bytes_total);
+  Status failed;  // the first read or check that failed: the pack is left alone
+  DP420_RETURN_IF_ERROR(CopyBatches(src, &copies, bytes_done, bytes_total, &failed));
   for (Batch& b : batches_) {
     if (Status s = Settle(&b); !s.ok() && failed.ok()) failed = s;
   }
-  if (failed.code() == Code::kCanceled) return failed;
   if (!failed.ok()) {
     report_->warnings.push_back("packs/" + PackName(pack_id) + ".pack kept, not repacked: " +
                                 failed.message());
@@ -713,6 +726,10 @@ Status Repacker::ReadBack() {
 }
 
 Status Repacker::Run(const std::vector<uint32_t>& victims) {
+  // Only the copies read through the ring: a prune that repacks nothing
+  // (it may still delete packs) needs none, and works where io_uring cannot
+  // be set up.
+  if (victims.empty()) return Status::Ok();
   DP420_ASSIGN_OR_RETURN(ring_,
                          io::Ring::Create({.depth = kBatchRuns * (kBatchesInFlight - 1)}));
   uint64_t total = 0, done = 0;

@@ -355,10 +355,28 @@ Result<KeySlot> KeySlotFromJson(std::string_view text) {
                               " bytes, more than a key slot holds (" +
                               std::to_string(kMaxKeySlotJsonBytes) + ")");
   }
+  // The parser ends the text at a NUL byte: what follows would go unread.
+  if (text.find('\0') != std::string_view::npos) {
+    return Status::Corruption("key slot: a NUL byte in the text");
+  }
   try {
-    const Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+    // The parser keeps the last of a field given twice: such a slot is refused.
+    std::string repeated;
+    std::set<std::string> names;
+    const Json::parser_callback_t note_names = [&](int depth, Json::parse_event_t event,
+                                                   Json& parsed) {
+      if (event == Json::parse_event_t::key && depth == 1 && repeated.empty() &&
+          !names.insert(parsed.get<std::string>()).second) {
+        repeated = parsed.get<std::string>();
+      }
+      return true;
+    };
+    const Json j = Json::parse(text, note_names, /*allow_exceptions=*/false);
     if (j.is_discarded() || !j.is_object()) {
       return Status::Corruption("key slot: not a JSON object");
+    }
+    if (!repeated.empty()) {
+      return Status::Corruption("key slot: field '" + repeated + "' is given twice");
     }
     return ReadSlot(j);
   } catch (const std::exception& e) {  // nothing above should throw; never let it escape

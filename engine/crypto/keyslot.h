@@ -123,7 +123,8 @@ Result<MasterKey> UnwrapWithKeyFile(const KeySlot& slot, const RepoId& repo_id,
 // The slot as one line of JSON (the header above), without a newline.
 std::string KeySlotToJson(const KeySlot& slot);
 // Parses a slot strictly: kCorruption naming the field that is missing,
-// unknown, of the wrong type, length or range; kVersion for a newer
+// unknown, given twice, of the wrong type, length or range (or for a NUL byte
+// anywhere in `text`); kVersion for a newer
 // format_version. Refuses text longer than kMaxKeySlotJsonBytes unparsed.
 Result<KeySlot> KeySlotFromJson(std::string_view text);
 

@@ -152,6 +152,24 @@ TEST_F(DecompressTest, ZstdFrameExpandingPastItsDeclaredSizeIsRefused) {
   ExpectCorruption(Codec::kZstd, frame, "the zstd frame does not decode");
 }
 
+// A frame of zstd's pre-1.0 format v0.7 (magic 0xFD2FB527), which libzstd still
+// decodes through its legacy decoders (and their own allocations): no writer of
+// this format makes one, so it is refused before it reaches them. Header
+// descriptor 0xA0: single segment, 4-byte content size; block header: 3 bytes
+// big-endian, bits 23-22 the type (2 = RLE), bits 18-0 the size; 0xC00000 ends
+// the frame.
+TEST_F(DecompressTest, LegacyZstdFrameIsRefused) {
+  std::vector<uint8_t> frame;
+  AppendLe(&frame, 0xFD2FB527, 4);
+  frame.push_back(0xA0);
+  AppendLe(&frame, kBlock, 4);
+  const uint32_t rle = (2u << 22) | kBlock;  // the block header, big-endian
+  for (int shift : {16, 8, 0}) frame.push_back(static_cast<uint8_t>(rle >> shift));
+  frame.push_back(0x42);
+  for (uint8_t b : {0xC0, 0x00, 0x00}) frame.push_back(b);
+  ExpectCorruption(Codec::kZstd, frame, "not a zstd frame");
+}
+
 TEST_F(DecompressTest, ZstdFrameWithoutContentSizeIsRefused) {
   std::vector<uint8_t> frame = ZstdHeader(0x00);  // no content size, window descriptor
   frame.push_back(0x58);                          // window 2^(10 + 11) = 2 MiB

@@ -334,6 +334,21 @@ TEST(KeySlotParseTest, TruncatedOrNotJsonIsRefused) {
   EXPECT_NE(s.message().find("more than a key slot holds"), std::string::npos) << s.message();
 }
 
+// A field given twice is damage (the parser would keep the last value, which a
+// reader that kept the first would read differently), and so is anything after a
+// NUL byte (the parser stops at it).
+TEST(KeySlotParseTest, RepeatedFieldsAndBytesAfterANulAreRefused) {
+  const std::string text = kKeyFileSlot;
+  ASSERT_TRUE(KeySlotFromJson(text).ok());
+  Status twice = KeySlotFromJson(text.substr(0, text.size() - 1) + ",\"slot_id\":7}").status();
+  EXPECT_EQ(twice.code(), Code::kCorruption) << twice.ToString();
+  EXPECT_NE(twice.message().find("field 'slot_id' is given twice"), std::string::npos)
+      << twice.message();
+  Status nul = KeySlotFromJson(text + std::string(1, '\0') + "{\"pad\":1}").status();
+  EXPECT_EQ(nul.code(), Code::kCorruption) << nul.ToString();
+  EXPECT_NE(nul.message().find("NUL"), std::string::npos) << nul.message();
+}
+
 long MaxRssKib() {
   struct rusage usage;
   getrusage(RUSAGE_SELF, &usage);

@@ -115,6 +115,30 @@ TEST_F(PruneCliTest, StatsAndPruneReportAndReclaim) {
   EXPECT_LT(after["bytes_reclaimable"].get<uint64_t>(), 64u * 1024) << after.dump();
 }
 
+// Only the repack reads through io_uring: a prune that repacks nothing needs no
+// ring, and deletes what is unreferenced when no ring can be set up
+// (DP420_RING_SETUP_ENOMEM fails every setup); one that must repack ends with
+// the ring's error, the repository left as it was.
+TEST_F(PruneCliTest, DeletingAloneNeedsNoRing) {
+  const Env no_ring = {{"DP420_RING_SETUP_ENOMEM", "1000000"}};
+  std::vector<std::string> packs = ListPacks(repo_);
+  Result repack = Cli({"prune", "--repo", repo_, "--max-unused", "0"}, no_ring);
+  DP420_EXPECT_EXIT(repack, kExitFailed);
+  EXPECT_NE(repack.All().find("io_uring_queue_init"), std::string::npos) << repack.Describe();
+  EXPECT_EQ(ListPacks(repo_), packs);
+
+  Result deleting = Cli({"prune", "--repo", repo_, "--max-unused", "100", "--json"}, no_ring);
+  DP420_ASSERT_EXIT(deleting, kExitOk);
+  Json j = ParseJson(deleting);
+  EXPECT_EQ(j["packs_rewritten"].get<uint64_t>(), 0u) << j.dump();
+  EXPECT_GE(j["packs_deleted"].get<uint64_t>(), 2u) << j.dump();
+  EXPECT_LT(ListPacks(repo_).size(), packs.size());
+  DP420_EXPECT_EXIT(Cli({"verify", "--repo", repo_, "--read-data"}), kExitOk);
+  std::string target = dir_ / "s2.img";
+  DP420_ASSERT_EXIT(Restore(repo_, "a", s2_, target), kExitOk);
+  EXPECT_EQ(Sha256File(target), s2_sha_);
+}
+
 TEST_F(PruneCliTest, ExitCodes) {
   DP420_EXPECT_EXIT(Cli({"prune", "--repo", repo_, "--max-unused", "150"}), kExitUsage);
   DP420_EXPECT_EXIT(Cli({"prune"}), kExitUsage);

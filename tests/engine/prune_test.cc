@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -323,6 +324,49 @@ TEST_F(PruneTest, MarksMorePacksThanTheOpenFileLimitLeavesRoomFor) {
   EXPECT_EQ(starved.status().code(), Code::kIOError) << starved.status().ToString();
   EXPECT_NE(starved.status().message().find("Too many open files"), std::string::npos)
       << starved.status().ToString();
+  ExpectClean();
+}
+
+// A write to the new pack that fails ends the repack: it is not taken for a
+// victim that cannot be read (left alone while the repack goes on to the next
+// victim, the failed write still pending). RLIMIT_FSIZE at the size of a pack
+// header makes the first write of records fail (EFBIG) and nothing else: two
+// victims, each a volume's half-used data pack.
+TEST_F(PruneTest, WriteErrorInTheRepackEndsIt) {
+  std::set<uint32_t> packs_of_s1;
+  HalfUsedPack(&packs_of_s1);
+  Backup("b", {}, 7);
+  std::vector<uint32_t> changed;
+  for (uint32_t b = 0; b < kBlocks; b += 2) changed.push_back(b);
+  Backup("b", changed, 8);
+  DropOldest("b");
+  ASSERT_EQ(Prune(kDefaultMaxUnused, true).packs_rewritten, 2u);  // a dry run
+  std::set<uint32_t> all = Packs();
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  rlimit low = old;
+  low.rlim_cur = sizeof(PackHeader);
+  struct sigaction ignore {}, saved {};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(sigaction(SIGXFSZ, &ignore, &saved), 0);
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &low), 0);
+  auto r = RunPrune(*repo_, PruneOptions{});
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+  ASSERT_EQ(sigaction(SIGXFSZ, &saved, nullptr), 0);
+  ASSERT_FALSE(r.ok()) << "warnings: " << (r.ok() && !r->warnings.empty() ? r->warnings[0] : "");
+  EXPECT_EQ(r.status().code(), Code::kIOError) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("File too large"), std::string::npos)
+      << r.status().ToString();
+  for (uint32_t id : all) EXPECT_TRUE(Exists(repo_->PackPath(id))) << PackName(id);
+  EXPECT_TRUE(ListRelocations(*repo_).empty());
+  ExpectRestores("a");
+  ExpectRestores("b");
+  // The next prune takes the half-written pack away and repacks both.
+  PruneReport again = Prune();
+  EXPECT_EQ(again.packs_rewritten, 2u);
+  EXPECT_TRUE(again.warnings.empty()) << again.warnings[0];
+  ExpectRestores("a");
+  ExpectRestores("b");
   ExpectClean();
 }
 
