@@ -49,18 +49,26 @@ bool HasIpcLock() {
   return ((data[CAP_IPC_LOCK / 32].effective >> (CAP_IPC_LOCK % 32)) & 1) != 0;
 }
 
-std::string MemlockHint() {
+std::string MemlockLimit() {
+  struct rlimit limit = {};
+  if (getrlimit(RLIMIT_MEMLOCK, &limit) != 0) return "unknown";
+  return limit.rlim_cur == RLIM_INFINITY ? "unlimited" : std::to_string(limit.rlim_cur) + " bytes";
+}
+
+// Why `what` may have met ENOMEM. Registered buffers and files are pinned and
+// count against RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK; the ring
+// itself did so only before Linux 5.12, and is charged to the memory cgroup
+// since.
+std::string NoMemoryHint(const std::string& what) {
   if (HasIpcLock()) {
     return "the kernel found no memory for it (RLIMIT_MEMLOCK does not apply: the process has "
            "CAP_IPC_LOCK); memory is short or too fragmented";
   }
-  struct rlimit limit = {};
-  std::string current = "unknown";
-  if (getrlimit(RLIMIT_MEMLOCK, &limit) == 0) {
-    current = limit.rlim_cur == RLIM_INFINITY ? "unlimited"
-                                              : std::to_string(limit.rlim_cur) + " bytes";
+  if (what == "io_uring_queue_init") {
+    return "memory is short or too fragmented (before Linux 5.12 the ring also counted against "
+           "RLIMIT_MEMLOCK, soft limit " + MemlockLimit() + ")";
   }
-  return "io_uring memory counts against RLIMIT_MEMLOCK (soft limit " + current +
+  return "pinned io_uring memory counts against RLIMIT_MEMLOCK (soft limit " + MemlockLimit() +
          "); raise it (ulimit -l, LimitMEMLOCK=) or run with CAP_IPC_LOCK";
 }
 
@@ -71,7 +79,7 @@ constexpr const char* kWrongThread =
 
 Status UringError(const std::string& what, int err) {
   if (err == ENOMEM) {
-    return Status::NoMemory(what + ": " + std::strerror(err) + "; " + MemlockHint());
+    return Status::NoMemory(what + ": " + std::strerror(err) + "; " + NoMemoryHint(what));
   }
   if (err == EEXIST) return Status::IOError(what + ": " + kWrongThread);
   return PosixError(what, err);
