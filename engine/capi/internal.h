@@ -12,6 +12,7 @@
 
 #include "dp420/dp420.h"
 #include "engine/core/job.h"
+#include "engine/core/keystore.h"
 #include "engine/core/repo.h"
 #include "engine/net/client.h"
 #include "io/status.h"
@@ -24,6 +25,8 @@ struct dp420_ctx {
   // The cancel flag of the remote repository the running operation uses (its
   // RemoteOptions.control points there), or null. dp420_cancel sets both.
   std::atomic<std::atomic<bool>*> linked_cancel{nullptr};
+  // What opens an encrypted repository (dp420_ctx_set_passphrase_file, ...).
+  dp420::KeySource key_source;
 };
 
 // Exactly one of `repo` (local) and `remote` is set.
