@@ -1,6 +1,7 @@
 #include "engine/crypto/aead.h"
 
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -80,17 +81,10 @@ void PutU32(uint8_t* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
 }
 
-std::string PackHex(uint32_t pack_id) {
-  char name[9];
-  std::snprintf(name, sizeof(name), "%08x", pack_id);
-  return name;
-}
-
-// "record at offset_4k 12 of pack 0000002a (data block, 4096 bytes)"
+// "data block record (65536 bytes, key 812)"
 std::string DescribeRecord(const RecordId& id) {
-  return "record at offset_4k " + std::to_string(id.offset_4k) + " of pack " +
-         PackHex(id.pack_id) + " (" + ObjectKindName(id.kind) + ", " +
-         std::to_string(id.plain_len_bytes) + " bytes)";
+  return std::string(ObjectKindName(id.kind)) + " record (" + std::to_string(id.raw_len) +
+         " bytes, key " + std::to_string(id.key_id) + ")";
 }
 
 // "manifest file 'vol1/0000000003-...'"
@@ -182,13 +176,23 @@ bool AesGcmOpen(std::span<const uint8_t, kAesKeyBytes> key,
 
 // ---- Pack records ----
 
-Status DerivePackKey(const SecretKey& object_key, const RepoId& repo_id, uint32_t pack_id,
-                     const PackSalt& salt, SecretKey* out) {
-  uint8_t context[kRepoIdBytes + 4 + kPackSaltBytes];
+Status DeriveRecordKey(const SecretKey& object_key, const RepoId& repo_id, uint16_t key_id,
+                       SecretKey* out) {
+  DP420_ASSERT(key_id != 0);
+  uint8_t context[kRepoIdBytes + 2];
   std::memcpy(context, repo_id.data(), kRepoIdBytes);
-  PutU32(context + kRepoIdBytes, pack_id);
-  std::memcpy(context + kRepoIdBytes + 4, salt.data(), kPackSaltBytes);
-  return DeriveKey(object_key.span(), kPackKeyLabel, context, out->span());
+  context[kRepoIdBytes] = static_cast<uint8_t>(key_id);
+  context[kRepoIdBytes + 1] = static_cast<uint8_t>(key_id >> 8);
+  return DeriveKey(object_key.span(), kRecordKeyLabel, context, out->span());
+}
+
+Result<uint16_t> RandomKeyId() {
+  for (;;) {
+    uint8_t bytes[2];
+    DP420_RETURN_IF_ERROR(io::FillRandom(bytes, sizeof(bytes)));
+    uint16_t id = static_cast<uint16_t>(bytes[0] | (bytes[1] << 8));
+    if (id != 0) return id;
+  }
 }
 
 void RecordAad(const RepoId& repo_id, const RecordId& id,
@@ -196,16 +200,13 @@ void RecordAad(const RepoId& repo_id, const RecordId& id,
   uint8_t* p = out.data();
   std::memset(p, 0, kRecordAadBytes);
   std::memcpy(p, repo_id.data(), kRepoIdBytes);
-  PutU32(p + 16, id.pack_id);
-  PutU32(p + 20, id.offset_4k);
-  p[24] = static_cast<uint8_t>(id.kind);
-  PutU32(p + 28, id.plain_len_bytes);
+  p[16] = static_cast<uint8_t>(id.kind);
+  p[17] = id.codec;
+  p[18] = static_cast<uint8_t>(id.key_id);
+  p[19] = static_cast<uint8_t>(id.key_id >> 8);
+  PutU32(p + 20, id.raw_len);
+  PutU32(p + 24, id.plain_len_bytes);
   std::memcpy(p + 32, id.sha256.data(), kSha256Bytes);
-}
-
-void RecordNonce(uint32_t offset_4k, std::span<uint8_t, kGcmNonceBytes> out) {
-  std::memset(out.data(), 0, kGcmNonceBytes);
-  PutU32(out.data(), offset_4k);
 }
 
 RecordSealer::RecordSealer(const SecretKey& object_key, const RepoId& repo_id)
@@ -218,42 +219,37 @@ RecordSealer::~RecordSealer() { EVP_CIPHER_CTX_free(ctx_); }
 
 size_t RecordSealer::Victim() const {
   size_t pick = 0;
-  for (size_t i = 0; i < kCachedPacks; ++i) {
+  for (size_t i = 0; i < kCachedKeys; ++i) {
     if (!cache_[i].valid) return i;
     if (cache_[i].last_use < cache_[pick].last_use) pick = i;
   }
   return pick;
 }
 
-Status RecordSealer::SelectPack(const RecordId& id) {
+Status RecordSealer::SelectKey(uint16_t key_id) {
   ++uses_;
-  auto matches = [&id](const CachedPack& c) {
-    return c.valid && c.pack_id == id.pack_id && c.salt == id.pack_salt;
-  };
-  if (current_ < kCachedPacks && matches(cache_[current_])) {
+  if (current_ < kCachedKeys && cache_[current_].key_id == key_id) {
     cache_[current_].last_use = uses_;
     return Status::Ok();
   }
-  size_t pick = kCachedPacks;
-  for (size_t i = 0; i < kCachedPacks && pick == kCachedPacks; ++i) {
-    if (matches(cache_[i])) pick = i;
+  size_t pick = kCachedKeys;
+  for (size_t i = 0; i < kCachedKeys && pick == kCachedKeys; ++i) {
+    if (cache_[i].valid && cache_[i].key_id == key_id) pick = i;
   }
-  if (pick == kCachedPacks) {  // derive it into a free entry, else the least recently used
+  if (pick == kCachedKeys) {  // derive it into a free entry, else the least recently used
     pick = Victim();
-    CachedPack& entry = cache_[pick];
+    CachedKey& entry = cache_[pick];
     entry.valid = false;
-    if (current_ == pick) current_ = kCachedPacks;
-    DP420_RETURN_IF_ERROR(DerivePackKey(object_key_, repo_id_, id.pack_id, id.pack_salt,
-                                        &entry.key));
+    if (current_ == pick) current_ = kCachedKeys;
+    DP420_RETURN_IF_ERROR(DeriveRecordKey(object_key_, repo_id_, key_id, &entry.key));
     ++derived_;
     entry.valid = true;
-    entry.pack_id = id.pack_id;
-    entry.salt = id.pack_salt;
+    entry.key_id = key_id;
   }
   cache_[pick].last_use = uses_;
   if (EVP_CipherInit_ex(ctx_, nullptr, nullptr, cache_[pick].key.data(), nullptr, -1) != 1) {
-    current_ = kCachedPacks;
-    return Status::Internal("OpenSSL failed: AES-256-GCM key of pack " + PackHex(id.pack_id));
+    current_ = kCachedKeys;
+    return Status::Internal("OpenSSL failed: AES-256-GCM record key " + std::to_string(key_id));
   }
   current_ = pick;
   return Status::Ok();
@@ -261,19 +257,26 @@ Status RecordSealer::SelectPack(const RecordId& id) {
 
 Status RecordSealer::SealRecord(const RecordId& id, std::span<const uint8_t> plain,
                                 std::span<uint8_t> out) {
+  DP420_ASSERT(id.key_id != 0);
   DP420_ASSERT(plain.size() == id.plain_len_bytes);
   DP420_ASSERT(id.plain_len_bytes <= kMaxRecordPlainBytes);
-  DP420_ASSERT(out.size() == plain.size() + kGcmTagBytes);
-  DP420_ASSERT(SafeOverlap(plain.data(), out.data(), plain.size()));
-  DP420_RETURN_IF_ERROR(SelectPack(id));
+  DP420_ASSERT(out.size() == plain.size() + kRecordOverheadBytes);
+  uint8_t* cipher = out.data() + kGcmNonceBytes;
+  DP420_ASSERT(SafeOverlap(plain.data(), cipher, plain.size()));
+  DP420_ASSERT(cipher == plain.data() ||
+               SafeOverlap(plain.data(), out.data(), kGcmNonceBytes + plain.size()));
+  DP420_RETURN_IF_ERROR(SelectKey(id.key_id));
   uint8_t aad[kRecordAadBytes];
   uint8_t nonce[kGcmNonceBytes];
   RecordAad(repo_id_, id, aad);
-  RecordNonce(id.offset_4k, nonce);
-  if (!GcmRun(ctx_, true, nonce, aad, plain.data(), out.data(), plain.size(),
-              out.data() + plain.size())) {
-    return Status::Internal("OpenSSL failed: AES-256-GCM seal of the " + DescribeRecord(id));
+  if (RAND_bytes(nonce, sizeof(nonce)) != 1) {
+    return Status::Internal("OpenSSL failed: no random nonce for a " + DescribeRecord(id));
   }
+  if (!GcmRun(ctx_, true, nonce, aad, plain.data(), cipher, plain.size(),
+              cipher + plain.size())) {
+    return Status::Internal("OpenSSL failed: AES-256-GCM seal of a " + DescribeRecord(id));
+  }
+  std::memcpy(out.data(), nonce, kGcmNonceBytes);
   return Status::Ok();
 }
 
@@ -282,23 +285,26 @@ Status RecordSealer::OpenRecord(const RecordId& id, std::span<const uint8_t> sea
   DP420_ASSERT(plain.size() == id.plain_len_bytes);
   auto fail = [&](const std::string& why) {
     if (!plain.empty()) std::memset(plain.data(), 0, plain.size());
-    return Status::Corruption(DescribeRecord(id) + ": " + why);
+    return Status::Corruption("the " + DescribeRecord(id) + ": " + why);
   };
   if (id.plain_len_bytes > kMaxRecordPlainBytes) return fail("longer than a pack can hold");
-  if (sealed.size() != size_t{id.plain_len_bytes} + kGcmTagBytes) {
+  if (id.key_id == 0) return fail("key id 0 names no key");
+  if (sealed.size() != size_t{id.plain_len_bytes} + kRecordOverheadBytes) {
     return fail("stored length " + std::to_string(sealed.size()) +
-                " is not the plaintext's plus the 16-byte tag (authentication failed)");
+                " is not the plaintext's plus the nonce and tag (authentication failed)");
   }
-  DP420_ASSERT(SafeOverlap(sealed.data(), plain.data(), plain.size()));
-  DP420_RETURN_IF_ERROR(SelectPack(id));
+  const uint8_t* cipher = sealed.data() + kGcmNonceBytes;
+  DP420_ASSERT(SafeOverlap(cipher, plain.data(), plain.size()));
+  DP420_RETURN_IF_ERROR(SelectKey(id.key_id));
   uint8_t aad[kRecordAadBytes];
   uint8_t nonce[kGcmNonceBytes];
   uint8_t tag[kGcmTagBytes];
   RecordAad(repo_id_, id, aad);
-  RecordNonce(id.offset_4k, nonce);
-  std::memcpy(tag, sealed.data() + plain.size(), kGcmTagBytes);  // before an in-place open
-  if (!GcmRun(ctx_, false, nonce, aad, sealed.data(), plain.data(), plain.size(), tag)) {
-    return fail("authentication failed (wrong key, or the record was altered, moved or swapped)");
+  std::memcpy(nonce, sealed.data(), kGcmNonceBytes);              // before an in-place open
+  std::memcpy(tag, cipher + plain.size(), kGcmTagBytes);
+  if (!GcmRun(ctx_, false, nonce, aad, cipher, plain.data(), plain.size(), tag)) {
+    return fail("authentication failed (wrong key, another repository's record, or altered or "
+                "swapped)");
   }
   return Status::Ok();
 }

@@ -1,41 +1,48 @@
 // Sealing of stored objects with AES-256-GCM (encryption at rest).
 //
 // Every object a repository stores is sealed on the client with an AEAD
-// whose associated data binds it to the repository and to its identity and
-// position, so that a record moved to another offset, pack or repository,
-// swapped with another, or presented as another kind or length fails to open.
+// whose associated data binds it to the repository and to its identity (a
+// record: its kind, lengths, codec and the SHA-256 of its raw bytes; a small
+// file: its kind and name), so that a record or file from another repository,
+// swapped for another, or presented as another kind or length fails to open.
 //
 // ## Pack records
 //
-// Each pack gets a random 32-byte salt when it is created, stored in its
-// header. Its key is
+// A record is bound to what it is, not to where it lies, so that records can
+// be placed by whoever stores them (the server of a remote backup, which
+// holds no key) and copied unchanged to other packs by prune. Its key is one
+// of 65,535 record keys, chosen at random by the writer for each pack:
 //
-//   pack_key = HKDF-SHA-256(IKM = object key (keys.h), salt = empty,
-//                           info = "dp420 pack key v1" (17 bytes) || repo_id (16 bytes)
-//                                  || pack_id (u32 LE) || pack salt (32 bytes))
+//   record_key = HKDF-SHA-256(IKM = object key (keys.h), salt = empty,
+//                             info = "dp420 record key v1" (19 bytes) || repo_id (16 bytes)
+//                                    || key_id (u16 LE))
 //
-// and the 96-bit GCM nonce of a record is its offset in the pack in 4 KiB
-// units (offset_4k), as 12 bytes: offset_4k as u32 little-endian, then 8 zero
-// bytes. A pack is written once, append-only, by one writer, so no two records
-// of a pack share an offset and no nonce repeats under a pack key; a pack
-// written again (a rewrite, or a pack id reused after a crash) draws a new
-// salt and so has a new key. A pack holds at most 2^18 records (1 GiB of
-// 4 KiB units), far below GCM's limits for one key.
+// and its 96-bit GCM nonce is drawn for every record from OpenSSL's RAND_bytes
+// (a DRBG seeded by the kernel) and stored in front of it:
+//
+//   sealed record = nonce (12 bytes) || ciphertext (as long as the plaintext) || tag (16 bytes)
+//
+// Nonces never repeat but by chance: for n records sealed under one record
+// key the probability of any repeat is below n^2 / 2^97; the writers' random
+// choice of key_id spreads a repository's records over 2^16 keys, so that
+// even 2^36 records (4 PiB of 64 KiB blocks) leave it below 2^-33.
 //
 // The associated data of a record is 64 bytes:
 //
 //   offset  size  field
 //   0       16    repo_id
-//   16      4     pack_id (u32 LE)
-//   20      4     offset_4k (u32 LE)
-//   24      1     object kind: 1 data block, 2 leaf table page, 3 inner table page, 4 manifest
-//   25      3     zero
-//   28      4     plaintext length in bytes (u32 LE): the bytes sealed
-//   32      32    the SHA-256 the object's reference carries (ObjRef::sha256: of the
-//                 object's raw bytes)
+//   16      1     object kind: 1 data block, 2 leaf table page, 3 inner table page, 4 manifest
+//   17      1     codec of the sealed plaintext: 0 none, 1 zstd, 2 lz4
+//   18      2     key_id (u16 LE)
+//   20      4     raw length in bytes (u32 LE): the object's length once decoded
+//   24      4     plaintext length in bytes (u32 LE): the bytes sealed
+//   28      4     zero
+//   32      32    the SHA-256 of the object's raw bytes (what its reference carries)
 //
-// A sealed record is ciphertext (as long as the plaintext) || 16-byte tag.
-//
+// A record opened for a reference that expects other content (another SHA-256,
+// kind, length or codec), or from another repository, fails; one copied to
+// another place opens as the same object, which is what the reference asks for.
+
 // ## Small files (manifests, heads, config payloads)
 //
 // A small file is sealed as one object under a key of its own:
@@ -82,21 +89,18 @@ namespace dp420::crypto {
 inline constexpr size_t kAesKeyBytes = 32;
 inline constexpr size_t kGcmNonceBytes = 12;
 inline constexpr size_t kGcmTagBytes = 16;
-inline constexpr size_t kPackSaltBytes = 32;
 inline constexpr size_t kFileSaltBytes = 32;
 inline constexpr size_t kSha256Bytes = 32;
 inline constexpr size_t kRecordAadBytes = 64;
 // What sealing adds to a small file: its salt and the tag.
 inline constexpr size_t kFileOverheadBytes = kFileSaltBytes + kGcmTagBytes;
-// The largest record: a pack is closed past 1 GiB.
+// The largest record sealed: a pack is closed past 1 GiB.
 inline constexpr uint32_t kMaxRecordPlainBytes = uint32_t{1} << 30;
 // The largest small file sealed or opened (a manifest is a few KiB).
 inline constexpr size_t kMaxFilePlainBytes = size_t{64} << 20;
 
-inline constexpr char kPackKeyLabel[] = "dp420 pack key v1";
 inline constexpr char kFileKeyLabel[] = "dp420 file key v1";
 
-using PackSalt = std::array<uint8_t, kPackSaltBytes>;
 using Sha256Digest = std::array<uint8_t, kSha256Bytes>;
 
 // What a pack record holds; part of its associated data.
@@ -136,31 +140,35 @@ Status AesGcmSeal(std::span<const uint8_t, kAesKeyBytes> key,
 
 // ---- Pack records ----
 
-// The key of pack `pack_id` with `salt` (the header above).
-Status DerivePackKey(const SecretKey& object_key, const RepoId& repo_id, uint32_t pack_id,
-                     const PackSalt& salt, SecretKey* out);
+inline constexpr char kRecordKeyLabel[] = "dp420 record key v1";
+// What sealing adds to a record: the nonce in front, the tag behind.
+inline constexpr size_t kRecordOverheadBytes = kGcmNonceBytes + kGcmTagBytes;
 
-// Where a record lives and what it is: everything its tag binds besides the
-// repository.
+// The record key `key_id` (1 to 65535).
+Status DeriveRecordKey(const SecretKey& object_key, const RepoId& repo_id, uint16_t key_id,
+                       SecretKey* out);
+
+// A random key id from 1 to 65535 (a writer draws one for each pack).
+Result<uint16_t> RandomKeyId();
+
+// What a record is: everything its tag binds besides the repository.
 struct RecordId {
-  uint32_t pack_id = 0;
-  PackSalt pack_salt{};
-  uint32_t offset_4k = 0;
+  uint16_t key_id = 0;  // 1 .. 65535
   ObjectKind kind = ObjectKind::kDataBlock;
-  uint32_t plain_len_bytes = 0;  // the plaintext sealed (stored length - kGcmTagBytes)
-  Sha256Digest sha256{};         // the reference's SHA-256 of the object's raw bytes
+  uint8_t codec = 0;             // 0 none, 1 zstd, 2 lz4: how the sealed bytes decode
+  uint32_t raw_len = 0;          // the object's bytes once decoded
+  uint32_t plain_len_bytes = 0;  // the bytes sealed (stored length - kRecordOverheadBytes)
+  Sha256Digest sha256{};         // of the object's raw bytes
 };
 
 // The 64 bytes of a record's associated data (the table above).
 void RecordAad(const RepoId& repo_id, const RecordId& id,
                std::span<uint8_t, kRecordAadBytes> out);
-// The 12-byte nonce of the record at `offset_4k`.
-void RecordNonce(uint32_t offset_4k, std::span<uint8_t, kGcmNonceBytes> out);
 
 // Seals and opens the records of one repository. It owns one cipher context
-// and caches the keys of the last few packs it used, so that sealing a pack's
+// and caches the last few record keys it used, so that sealing a pack's
 // records one after another, or reading records of a handful of packs in
-// turn, derives each pack key once and allocates nothing.
+// turn, derives each key once and allocates nothing.
 class RecordSealer {
  public:
   RecordSealer(const SecretKey& object_key, const RepoId& repo_id);
@@ -169,37 +177,37 @@ class RecordSealer {
   RecordSealer& operator=(const RecordSealer&) = delete;
 
   // Seals `plain` (id.plain_len_bytes long) into `out` (plain.size() +
-  // kGcmTagBytes: ciphertext, then the tag). `out` may start where `plain`
-  // does (in place), not elsewhere inside it.
+  // kRecordOverheadBytes: nonce, ciphertext, tag) with a fresh random nonce.
+  // `out` may lie kGcmNonceBytes before `plain` (in place), else apart from it.
   Status SealRecord(const RecordId& id, std::span<const uint8_t> plain, std::span<uint8_t> out);
-  // Opens `sealed` (as read from the pack) into `plain` (id.plain_len_bytes
-  // long; may start where `sealed` does). kCorruption naming the record when
-  // `sealed` is not id.plain_len_bytes + kGcmTagBytes long or its tag does
-  // not match; `plain` is then zeroed.
+
+  // Opens `sealed` (as stored) into `plain` (id.plain_len_bytes long; may start
+  // kGcmNonceBytes after `sealed`, else apart from it). kCorruption when
+  // `sealed` is not id.plain_len_bytes + kRecordOverheadBytes long or its tag
+  // does not match; `plain` is then zeroed.
   Status OpenRecord(const RecordId& id, std::span<const uint8_t> sealed, std::span<uint8_t> plain);
 
-  // Pack keys derived so far (a measure of the cache's use).
-  uint64_t pack_keys_derived() const { return derived_; }
+  // Record keys derived so far (a measure of the cache's use).
+  uint64_t keys_derived() const { return derived_; }
 
  private:
-  static constexpr size_t kCachedPacks = 8;
-  struct CachedPack {
+  static constexpr size_t kCachedKeys = 16;
+  struct CachedKey {
     bool valid = false;
-    uint32_t pack_id = 0;
-    PackSalt salt{};
+    uint16_t key_id = 0;
     uint64_t last_use = 0;
     SecretKey key;
   };
-  // Makes the pack of `id` the context's key (from the cache, or derived).
-  Status SelectPack(const RecordId& id);
-  // The entry a new pack key goes into: a free one, else the least recently used.
+  // Makes record key `key_id` the context's key (from the cache, or derived).
+  Status SelectKey(uint16_t key_id);
+  // The entry a new key goes into: a free one, else the least recently used.
   size_t Victim() const;
 
   EVP_CIPHER_CTX* ctx_ = nullptr;
   SecretKey object_key_;
   RepoId repo_id_;
-  std::array<CachedPack, kCachedPacks> cache_;
-  size_t current_ = kCachedPacks;  // the cache entry whose key the context holds
+  std::array<CachedKey, kCachedKeys> cache_;
+  size_t current_ = kCachedKeys;  // the cache entry whose key the context holds
   uint64_t uses_ = 0;
   uint64_t derived_ = 0;
 };

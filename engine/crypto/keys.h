@@ -16,7 +16,7 @@
 //                     (simd::kHashSecretBytes)
 //
 // repo_id is the repository's 16-byte id. The labels of every derivation of
-// dp420 (these and aead.h's "dp420 pack key v1", "dp420 file key v1") differ
+// dp420 (these and aead.h's "dp420 record key v1", "dp420 file key v1") differ
 // in their seventh byte, so no derivation's info is another's.
 //
 // Thread safety: values and pure functions, safe from any thread.
