@@ -137,6 +137,8 @@ using dp420::Status;
 // the network counters were appended pass this struct_size.
 // dp420_backup_opts_t before its time.
 constexpr size_t kBackupOptsV1Size = offsetof(dp420_backup_opts_t, time);
+constexpr size_t kBackupOptsV2Size = offsetof(dp420_backup_opts_t, compression);
+constexpr size_t kBackupResultV3Size = offsetof(dp420_backup_result_t, blocks_compressed);
 static_assert(kBackupOptsV1Size == 32);
 constexpr size_t kBackupResultV1Size = offsetof(dp420_backup_result_t, bytes_sent);
 static_assert(kBackupResultV1Size == 208);
@@ -394,7 +396,18 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
     o.block_size = opts->block_size;
     o.threads = opts->threads;
     // A remote repository refuses a time (RemoteRepository::Backup).
-    if (opts->struct_size >= sizeof(dp420_backup_opts_t) && !Missing(opts->time)) {
+    if (opts->struct_size >= sizeof(dp420_backup_opts_t) && !Missing(opts->compression)) {
+      auto c = dp420::ParseCodec(opts->compression);
+      if (!c.ok()) return Fail(ctx, c.status().Prefix("--compression"));
+      if (repo->remote && c->codec != dp420::Codec::kNone) {
+        return Fail(ctx, Status::InvalidArgument(
+                             "--compression: backups to a remote repository are not compressed "
+                             "yet; leave it off"));
+      }
+      o.compression = *c;
+    }
+    if (opts->struct_size >= kBackupOptsV2Size &&
+        !Missing(opts->time)) {
       auto t = dp420::ParseRfc3339(opts->time);
       if (!t.ok()) return Fail(ctx, t.status().Prefix("backup time"));
       o.time_unix_ns = *t;
@@ -424,8 +437,11 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
       result->direct_io = r->direct_io;
       result->registered_buffers = r->registered_buffers;
     }
-    if (result && result->struct_size >= sizeof(dp420_backup_result_t)) {
+    if (result && result->struct_size >= kBackupResultV3Size) {
       result->blocks_healed = r->blocks_healed;
+    }
+    if (result && result->struct_size >= sizeof(dp420_backup_result_t)) {
+      result->blocks_compressed = r->blocks_compressed;
     }
     if (result && result->struct_size >= kBackupResultV2Size) {
       result->bytes_sent = r->bytes_sent;

@@ -152,7 +152,7 @@ void PrintNetworkSummary(const dp420_backup_result_t& r) {
 }
 
 struct BackupArgs {
-  std::string volume, source, time;
+  std::string volume, source, time, compression;
   uint32_t block_size = 0, threads = 0;
 };
 
@@ -169,6 +169,7 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
     o.block_size = a.block_size;
     o.threads = a.threads;
     o.time = a.time.c_str();
+    o.compression = a.compression.c_str();
     dp420_backup_result_t r{};
     r.struct_size = sizeof(r);
     dp420cli::ProgressBar bar(ShowProgress(c));
@@ -194,7 +195,8 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
                 {"threads", r.threads},
                 {"direct_io", bool(r.direct_io)},
                 {"registered_buffers", bool(r.registered_buffers)},
-                {"blocks_healed", r.blocks_healed}};
+                {"blocks_healed", r.blocks_healed},
+                {"blocks_compressed", r.blocks_compressed}};
       if (!c.remote.empty()) {
         j["bytes_sent"] = r.bytes_sent;
         j["bytes_sent_zerocopy"] = r.bytes_sent_zerocopy;
@@ -851,6 +853,9 @@ int Run(int argc, char** argv) {
   backup->add_option("--time", b.time,
                      "The snapshot's time instead of now, RFC 3339 (2026-12-01T03:00:00Z); "
                      "local repositories only, not before the volume's newest snapshot");
+  backup->add_option("--compression", b.compression,
+                     "off (default), lz4[:ACCEL] or zstd[:LEVEL]: changed blocks stored "
+                     "compressed when it saves a 4 KiB slot (format-3 repositories)");
 
   auto* snaps = app.add_subcommand("snapshots", "List snapshots");
   AddRepoOptions(snaps, &c);

@@ -79,8 +79,9 @@ using Clock = std::chrono::steady_clock;
 // pages go to the snapshot builder.
 class PackSink : public ScanSink {
  public:
-  PackSink(SnapshotBuilder& builder, std::atomic<uint64_t>& blocks_written)
-      : builder_(builder), blocks_written_(blocks_written) {}
+  PackSink(SnapshotBuilder& builder, std::atomic<uint64_t>& blocks_written,
+           const CodecSpec& compression)
+      : builder_(builder), blocks_written_(blocks_written), compression_(compression) {}
 
   unsigned OpsPerBuffer(uint32_t blocks_per_extent) const override {
     // Every block may need its own write (changed and unchanged blocks alternating).
@@ -91,15 +92,29 @@ class PackSink : public ScanSink {
   unsigned FileWorkers() const override { return 1; }
   Status Setup(Scanner& scanner) override {
     scanner_ = &scanner;
-    writes_.resize(size_t{scanner.buffers()} * scanner.ctx().geo.blocks_per_extent);
+    const uint32_t per_extent = scanner.ctx().geo.blocks_per_extent;
+    writes_.resize(size_t{scanner.buffers()} * per_extent);
     for (auto& w : writes_) free_writes_.push_back(&w);
+    DP420_ASSIGN_OR_RETURN(codec_, builder_.repo().NewRecordCodec(compression_));
+    if (codec_->transforms()) {
+      // Each read buffer's encoded blocks, laid out as they go into the pack.
+      const uint64_t slot = RoundUp(MaxEncodedBytes(scanner.ctx().geo.block_size), kRecordAlign);
+      staging_.resize(scanner.buffers());
+      staging_used_.assign(scanner.buffers(), 0);
+      for (auto& buf : staging_) {
+        if (!(buf = AllocAligned(slot * per_extent))) return Status::NoMemory("encoding buffers");
+      }
+    }
     return Status::Ok();
   }
   Status ParentLeaf(uint64_t page, Entry* out, uint32_t* count) override;
   Status Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& entry) override;
-  Status ReadDone(ScanRead&) override {
+  Status ReadDone(ScanRead& read) override {
     if (open_write_) scanner_->QueueSinkOp(&open_write_->op);
     open_write_ = nullptr;
+    // The buffer's encoded blocks stay until their writes complete; the next
+    // read into the buffer (after they did) encodes from the start again.
+    if (!staging_.empty()) staging_used_[read.buffer] = 0;
     return Status::Ok();
   }
   Status PageDone(std::unique_ptr<LeafPage> page) override {
@@ -130,6 +145,7 @@ class PackSink : public ScanSink {
     damage_ = damage;
   }
   uint64_t bytes_written() const { return bytes_written_; }
+  uint64_t blocks_compressed() const { return codec_ ? codec_->records_compressed() : 0; }
   uint64_t blocks_healed() const { return blocks_healed_; }
 
  private:
@@ -147,8 +163,19 @@ class PackSink : public ScanSink {
   Status EnsurePack(uint32_t len);
   Status FinishClosedPacks(bool all);
 
+  // The bytes block `index` of `read` is stored as (encoded into the read
+  // buffer's staging area when the repository transforms records), with
+  // entry.ref's stored_len and flags set; `*registered` when they lie in
+  // the read buffer itself.
+  Result<uint8_t*> Encode(ScanRead& read, uint32_t index, uint32_t len, Entry& entry,
+                          bool* registered);
+
   SnapshotBuilder& builder_;
   std::atomic<uint64_t>& blocks_written_;  // all workers: the crash test hook counts them
+  CodecSpec compression_;
+  std::unique_ptr<RecordCodec> codec_;
+  std::vector<AlignedBuf> staging_;     // per read buffer, when records are transformed
+  std::vector<uint64_t> staging_used_;  // bytes of each staging area in use
   Scanner* scanner_ = nullptr;
   std::unique_ptr<TableReader> parent_;
   std::vector<WriteSlot> writes_;
@@ -194,17 +221,37 @@ Status PackSink::EnsurePack(uint32_t len) {
   return Status::Ok();
 }
 
+Result<uint8_t*> PackSink::Encode(ScanRead& read, uint32_t index, uint32_t len, Entry& entry,
+                                  bool* registered) {
+  uint8_t* raw = read.data + uint64_t{index} * scanner_->ctx().geo.block_size;
+  *registered = true;
+  entry.ref.stored_len = len;
+  if (staging_.empty()) return raw;
+  uint8_t* out = staging_[read.buffer].get() + staging_used_[read.buffer];
+  DP420_ASSIGN_OR_RETURN(const uint8_t* stored, codec_->Encode({raw, len}, &entry.ref, out));
+  if (stored == raw) return raw;
+  *registered = false;
+  uint64_t padded = RoundUp(entry.ref.stored_len, kRecordAlign);
+  std::memset(out + entry.ref.stored_len, 0, padded - entry.ref.stored_len);
+  staging_used_[read.buffer] += padded;
+  return out;
+}
+
 // Appends a changed block to the open pack, extending the open write when
 // the block directly follows the previous one in both the buffer and the pack.
 Status PackSink::Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& entry) {
-  DP420_RETURN_IF_ERROR(EnsurePack(len));
+  bool registered = true;
+  DP420_ASSIGN_OR_RETURN(uint8_t* data, Encode(read, index, len, entry, &registered));
+  const uint32_t stored_len = entry.ref.stored_len;
+  DP420_RETURN_IF_ERROR(EnsurePack(stored_len));
   PackSlot* pack = packs_.back().get();
-  uint8_t* data = read.data + uint64_t{index} * scanner_->ctx().geo.block_size;
-  uint32_t padded = static_cast<uint32_t>(RoundUp(len, kRecordAlign));
-  if (padded != len) std::memset(data + len, 0, padded - len);
-  pack->writer.Reserve(len, &entry.ref);
+  uint32_t padded = static_cast<uint32_t>(RoundUp(stored_len, kRecordAlign));
+  if (padded != stored_len) std::memset(data + stored_len, 0, padded - stored_len);
+  pack->writer.Reserve(stored_len, &entry.ref, data);
+  const int buf_index =
+      registered && scanner_->pool().registered() ? int(read.buffer) : -1;
   WriteSlot* w = open_write_;
-  if (w && w->pack == pack && w->op.buf + w->op.len == data &&
+  if (w && w->pack == pack && w->op.buf + w->op.len == data && w->op.buf_index == buf_index &&
       w->op.offset + w->op.len == entry.ref.offset_bytes()) {
     w->op.len += padded;
     ++w->nblocks;
@@ -221,7 +268,7 @@ Status PackSink::Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& en
   w->op.kind = io::IoOp::kWrite;
   w->op.fd = pack->writer.fd();
   w->op.buf = data;
-  w->op.buf_index = scanner_->pool().registered() ? int(read.buffer) : -1;
+  w->op.buf_index = buf_index;
   w->op.len = padded;
   w->op.offset = entry.ref.offset_bytes();
   w->op.owner = w;
@@ -271,6 +318,7 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   DP420_ASSIGN_OR_RETURN(auto builder,
                          SnapshotBuilder::Start(repo, o.volume, parent, o.block_size,
                                                 source.size(), DefaultPageWindow(threads)));
+  DP420_RETURN_IF_ERROR(builder->SetCompression(o.compression));
   Manifest& m = builder->manifest();
   // A file name may be any bytes; the manifest is JSON (docs/FORMAT.md).
   m.source_path = EscapeBytes(o.source_path);
@@ -311,7 +359,7 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
       parent ? ListReadablePackIds(repo) : std::vector<uint32_t>();
   const DamageRecord damage = parent ? LoadDamage(repo) : DamageRecord();
   for (unsigned i = 0; i < threads; ++i) {
-    sinks.push_back(std::make_unique<PackSink>(*builder, blocks_written));
+    sinks.push_back(std::make_unique<PackSink>(*builder, blocks_written, o.compression));
     sinks.back()->SetParent(parent, &present, &damage);
     scanners.push_back(std::make_unique<Scanner>(ctx, i, sinks.back().get()));
   }
@@ -347,7 +395,9 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
 
   SnapshotStats stats;
   uint64_t healed = 0;
+  uint64_t compressed = 0;
   for (unsigned i = 0; i < threads; ++i) {
+    compressed += sinks[i]->blocks_compressed();
     stats.blocks_changed += scanners[i]->stats.blocks_changed;
     stats.blocks_zero += scanners[i]->stats.blocks_zero;
     stats.blocks_stored += scanners[i]->stats.blocks_stored;
@@ -364,6 +414,7 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   r.table_pages_written = builder->table_pages_written();
   r.table_pages_reused = builder->table_pages_reused();
   r.blocks_healed = healed;
+  r.blocks_compressed = compressed;
   r.threads = threads;
   r.direct_io = source.direct.direct();
   r.registered_buffers = ctx.registered.load();

@@ -30,6 +30,9 @@ struct BackupOptions {
   // parent's (CheckBackupTime); for a local repository only: a server stamps a remote
   // snapshot with its own clock.
   uint64_t time_unix_ns = 0;
+  // How changed blocks and new table pages are compressed (format-3
+  // repositories; a block is stored compressed only when that saves a 4 KiB slot).
+  CodecSpec compression;
   JobControl control;
 };
 
@@ -42,6 +45,7 @@ struct BackupResult {
   // Blocks the parent held in packs that are gone from the repository, read
   // again from the source and stored anew (never referenced missing).
   uint64_t blocks_healed = 0;
+  uint64_t blocks_compressed = 0;  // changed blocks stored compressed
   double seconds = 0;
   unsigned threads = 0;
   bool direct_io = false;     // the source was read with O_DIRECT

@@ -26,11 +26,20 @@ namespace dp420 {
 
 static_assert(std::endian::native == std::endian::little, "dp420 formats are little-endian");
 
-// Repository (config, manifests, heads) format. Version 2 seals them with a
-// keyed MAC and adds the volume heads; version 1 repositories are upgraded in
-// place by `dp420 upgrade`.
+// Version of the sealed JSON documents (manifests, heads, links). Version 2
+// seals them with a keyed MAC and adds the volume heads; version 1
+// repositories are upgraded in place by `dp420 upgrade`.
 inline constexpr uint32_t kFormatVersion = 2;
-inline constexpr uint32_t kPackFormatVersion = 1;  // pack header and footer
+// Version of a repository (its config): 2 stores every record as its raw
+// bytes in packs of version 1; 3 stores records encoded (compressed when it
+// pays, sealed when the repository is encrypted: ObjFlags) in packs of
+// version 2, whose trailer index holds digests of the stored bytes. This
+// build writes format 3 into new repositories and keeps writing format 2 into
+// a format-2 repository (`dp420 upgrade` brings it to 3).
+inline constexpr uint32_t kRepoFormatVersion = 3;
+inline constexpr uint32_t kPackVersionRaw = 1;      // records stored raw; trailer: raw SHA-256
+inline constexpr uint32_t kPackVersionEncoded = 2;  // records encoded; trailer: stored XXH3-128
+inline constexpr uint32_t kPackFormatVersion = kPackVersionEncoded;  // the newest
 inline constexpr uint32_t kRecordAlign = 4096;  // every pack record starts on 4 KiB
 inline constexpr uint32_t kPageEntries = 256;   // entries per table page
 inline constexpr uint64_t kPackMaxBytes = 1ull << 30;  // a pack is closed past 1 GiB
@@ -40,18 +49,20 @@ enum ObjFlags : uint16_t {
   kObjZero = 1u << 0,       // an all-zero block: not stored, restored as a hole
   kObjTableLeaf = 1u << 1,  // a table page of block entries
   kObjTableInner = 1u << 2, // a table page of child page entries
-  kObjZstd = 1u << 8,       // reserved: record compressed with zstd
-  kObjAesGcm = 1u << 9,     // reserved: record encrypted (AES-256-GCM, key_id)
+  kObjZstd = 1u << 8,       // record compressed with zstd (format 3)
+  kObjAesGcm = 1u << 9,     // record sealed with AES-256-GCM under record key key_id (format 3)
+  kObjLz4 = 1u << 10,       // record compressed with LZ4 (format 3)
 };
+inline constexpr uint16_t kObjEncodingFlags = kObjZstd | kObjAesGcm | kObjLz4;
 
 // Where an object lives and what it must hash to. 48 bytes.
 struct ObjRef {
   uint8_t sha256[32];    // SHA-256 of the object's raw (uncompressed, plain) bytes
   uint32_t pack_id;      // 0 when not stored (kObjZero)
   uint32_t offset_4k;    // record offset in the pack, in 4 KiB units
-  uint32_t stored_len;   // bytes stored in the pack (== raw length while uncompressed)
+  uint32_t stored_len;   // bytes stored in the pack (the raw length unless encoded)
   uint16_t flags;        // ObjFlags
-  uint16_t key_id;       // reserved for encryption; 0
+  uint16_t key_id;       // the record key of a sealed record (kObjAesGcm); else 0
   uint64_t offset_bytes() const { return uint64_t{offset_4k} * kRecordAlign; }
   bool stored() const { return pack_id != 0; }
 };

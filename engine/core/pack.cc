@@ -14,6 +14,8 @@
 #include "io/random.h"
 #include "simd/simd.h"
 
+#include <xxhash.h>
+
 namespace dp420 {
 
 AlignedBuf AllocAligned(size_t bytes) {
@@ -41,14 +43,23 @@ uint64_t NowNs() {
 
 }  // namespace
 
+void StoredDigest(const uint8_t* bytes, size_t len, uint8_t out[32]) {
+  XXH128_hash_t h = XXH3_128bits(bytes, len);
+  std::memset(out, 0, 32);
+  std::memcpy(out, &h.low64, 8);
+  std::memcpy(out + 8, &h.high64, 8);
+}
+
 bool FooterValid(const PackFooter& footer) {
   if (std::memcmp(footer.magic, kFooterMagic, 8) != 0) return false;
-  if (footer.version != kPackFormatVersion) return false;
+  if (footer.version != kPackVersionRaw && footer.version != kPackVersionEncoded) return false;
   return simd::Crc32c(0, reinterpret_cast<const uint8_t*>(&footer), 60) == footer.crc32c;
 }
 
 Result<PackWriter> PackWriter::Create(const std::string& packs_dir, const uint8_t repo_id[16],
-                                      bool direct, const OnCreate& on_create) {
+                                      bool direct, const OnCreate& on_create,
+                                      uint32_t version) {
+  DP420_ASSERT(version == kPackVersionRaw || version == kPackVersionEncoded);
   for (int attempt = 0; attempt < 64; ++attempt) {
     uint32_t id = RandomPackId();
     std::string path = packs_dir + "/" + PackName(id) + ".pack";
@@ -62,11 +73,12 @@ Result<PackWriter> PackWriter::Create(const std::string& packs_dir, const uint8_
     PackWriter writer;
     writer.file_ = std::move(file).value();
     writer.pack_id_ = id;
+    writer.version_ = version;
     AlignedBuf header_buf = AllocAligned(sizeof(PackHeader));
     if (!header_buf) return Status::NoMemory("pack header buffer");
     auto* header = reinterpret_cast<PackHeader*>(header_buf.get());
     std::memcpy(header->magic, kPackMagic, 8);
-    header->version = kPackFormatVersion;
+    header->version = version;
     header->pack_id = id;
     std::memcpy(header->repo_id, repo_id, 16);
     header->created_unix_ns = NowNs();
@@ -82,17 +94,18 @@ Result<PackWriter> PackWriter::Create(const std::string& packs_dir, const uint8_
   return Status::IOError("could not find a free pack id in " + packs_dir);
 }
 
-void PackWriter::Reserve(uint32_t stored_len, ObjRef* ref) {
+void PackWriter::Reserve(uint32_t stored_len, ObjRef* ref, const uint8_t* stored) {
   DP420_ASSERT(next_offset_ % kRecordAlign == 0);
   ref->pack_id = pack_id_;
   ref->offset_4k = static_cast<uint32_t>(next_offset_ / kRecordAlign);
   ref->stored_len = stored_len;
   next_offset_ += RoundUp(stored_len, kRecordAlign);
   index_.push_back(*ref);
+  if (version_ == kPackVersionEncoded && stored) StoredDigest(stored, stored_len, index_.back().sha256);
 }
 
 Status PackWriter::WriteRecord(const uint8_t* data, uint32_t len, ObjRef* ref) {
-  Reserve(len, ref);
+  Reserve(len, ref, data);
   size_t padded = RoundUp(len, kRecordAlign);
   AlignedBuf buf = AllocAligned(padded);
   if (!buf) return Status::NoMemory("pack record buffer");
@@ -115,7 +128,7 @@ Status PackWriter::Finish() {
   if (index_bytes) std::memcpy(buf.get(), index_.data(), index_bytes);
   auto* footer = reinterpret_cast<PackFooter*>(buf.get() + total - sizeof(PackFooter));
   std::memcpy(footer->magic, kFooterMagic, 8);
-  footer->version = kPackFormatVersion;
+  footer->version = version_;
   footer->pack_id = pack_id_;
   footer->index_offset = index_offset;
   footer->record_count = static_cast<uint32_t>(index_.size());
@@ -148,7 +161,7 @@ Result<PackReader> PackReader::Open(const std::string& path, uint32_t expected_i
   if (std::memcmp(header.magic, kPackMagic, 8) != 0 || crc != header.crc32c) {
     return Status::Corruption(path + ": pack header is damaged");
   }
-  if (header.version > kPackFormatVersion) {
+  if (header.version > kPackFormatVersion || header.version == 0) {
     return Status::Version(path + ": pack format version " + std::to_string(header.version) +
                            " is newer than this dp420 supports (" +
                            std::to_string(kPackFormatVersion) + ")");
@@ -159,6 +172,7 @@ Result<PackReader> PackReader::Open(const std::string& path, uint32_t expected_i
   PackReader reader;
   reader.file_ = std::move(file);
   reader.pack_id_ = expected_id;
+  reader.version_ = header.version;
   return reader;
 }
 
@@ -170,7 +184,7 @@ Result<std::vector<ObjRef>> PackReader::ReadIndex() const {
                               " is not a multiple of 4096)");
   }
   DP420_RETURN_IF_ERROR(file_.ReadAt(size - sizeof(footer), &footer, sizeof(footer)));
-  if (!FooterValid(footer) || footer.pack_id != pack_id_ || footer.index_offset > size ||
+  if (!FooterValid(footer) || footer.version != version_ || footer.pack_id != pack_id_ || footer.index_offset > size ||
       footer.index_offset % kRecordAlign != 0 || footer.data_end != footer.index_offset) {
     return Status::Corruption(path() + ": pack footer is missing or damaged (truncated?)");
   }
@@ -197,22 +211,26 @@ Result<std::vector<ObjRef>> PackReader::ReadIndex() const {
 
 Status PackReader::CheckRecord(const ObjRef& ref, const uint8_t* bytes) const {
   uint8_t digest[32];
-  simd::Sha256(bytes, ref.stored_len, digest);
+  if (version_ == kPackVersionEncoded) {
+    StoredDigest(bytes, ref.stored_len, digest);
+  } else {
+    simd::Sha256(bytes, ref.stored_len, digest);
+  }
   if (std::memcmp(digest, ref.sha256, 32) != 0) {
     return Status::Corruption(path() + ": record at offset " + std::to_string(ref.offset_bytes()) +
-                              " fails its SHA-256");
+                              (version_ == kPackVersionEncoded ? " fails its stored digest"
+                                                               : " fails its SHA-256"));
   }
   return Status::Ok();
 }
 
-Status PackReader::ReadRecord(const ObjRef& ref, uint8_t* buf) const {
+Status PackReader::ReadStored(const ObjRef& ref, uint8_t* buf) const {
   uint64_t offset = ref.offset_bytes();
   if (offset + ref.stored_len > size_bytes()) {
     return Status::Corruption(path() + ": record at offset " + std::to_string(offset) +
                               " runs past the end of the pack (truncated?)");
   }
-  DP420_RETURN_IF_ERROR(file_.ReadAt(offset, buf, ref.stored_len));
-  return CheckRecord(ref, buf);
+  return file_.ReadAt(offset, buf, ref.stored_len);
 }
 
 uint64_t RunBytes(const ObjRef* refs, size_t count) {

@@ -39,8 +39,10 @@ class PackWriter {
   using OnCreate = std::function<Status(uint32_t pack_id)>;
 
   // Creates packs_dir/XXXXXXXX.pack with its header. `direct`: try O_DIRECT.
+  // `version`: kPackVersionRaw (a format-2 repository) or kPackVersionEncoded.
   static Result<PackWriter> Create(const std::string& packs_dir, const uint8_t repo_id[16],
-                                   bool direct, const OnCreate& on_create);
+                                   bool direct, const OnCreate& on_create,
+                                   uint32_t version = kPackFormatVersion);
 
   uint32_t pack_id() const { return pack_id_; }
   int fd() const { return file_.fd(); }
@@ -52,8 +54,12 @@ class PackWriter {
   bool Full(uint64_t more_bytes) const { return next_offset_ + more_bytes > kPackMaxBytes; }
 
   // Allocates room for a record of `stored_len` bytes; fills ref->pack_id,
-  // offset_4k and stored_len and records it in the trailer index.
-  void Reserve(uint32_t stored_len, ObjRef* ref);
+  // offset_4k and stored_len and records it in the trailer index. In a pack of
+  // version 2 the trailer's digest is the XXH3-128 of `stored` (the bytes that
+  // will be written there) when given, else ref->sha256 as the caller set it
+  // (a record copied with its trailer entry); in a pack of version 1 it is
+  // ref->sha256 (the raw SHA-256).
+  void Reserve(uint32_t stored_len, ObjRef* ref, const uint8_t* stored = nullptr);
   // Reserve() + a synchronous write of `data` (padded to 4 KiB).
   Status WriteRecord(const uint8_t* data, uint32_t len, ObjRef* ref);
   // A synchronous write of `len` bytes at `offset`, all of them reserved
@@ -69,6 +75,7 @@ class PackWriter {
  private:
   io::File file_;
   uint32_t pack_id_ = 0;
+  uint32_t version_ = kPackFormatVersion;
   uint64_t next_offset_ = 0;
   uint64_t final_size_ = 0;
   std::vector<ObjRef> index_;
@@ -81,10 +88,9 @@ class PackReader {
 
   // Reads the footer and trailer index (kCorruption when truncated/damaged).
   Result<std::vector<ObjRef>> ReadIndex() const;
-  // Reads the record `ref` into `buf` (at least RoundUp(stored_len, 4096)
-  // bytes when direct) and checks its SHA-256. kCorruption names the pack,
-  // the offset and what failed.
-  Status ReadRecord(const ObjRef& ref, uint8_t* buf) const;
+  // Reads the stored bytes of record `ref` (ref.stored_len of them) into `buf`;
+  // nothing is checked. kCorruption when the record runs past the end.
+  Status ReadStored(const ObjRef& ref, uint8_t* buf) const;
   // Reads `count` records that lie back to back in the pack (each at the
   // 4 KiB boundary after the one before) with one read into `buf`, record i
   // at buf + refs[i].offset_bytes() - refs[0].offset_bytes(), and zeroes the
@@ -104,9 +110,12 @@ class PackReader {
   Result<RunRead> PlanRunRead(const ObjRef* refs, size_t count, const uint8_t* buf) const;
   // Zeroes the padding after each record of a run read into `buf`.
   static void ZeroPadding(const ObjRef* refs, size_t count, uint8_t* buf);
-  // Checks `bytes` (ref.stored_len of them) against ref's SHA-256; kCorruption
-  // names the pack and the offset. Thread-safe.
+  // Checks `bytes` (ref.stored_len of them) against the trailer entry `ref`
+  // (its SHA-256 in a pack of version 1, the stored bytes' XXH3-128 in version
+  // 2); kCorruption names the pack and the offset. Thread-safe.
   Status CheckRecord(const ObjRef& ref, const uint8_t* bytes) const;
+  // The header's version: kPackVersionRaw or kPackVersionEncoded.
+  uint32_t version() const { return version_; }
   // Reads `len` bytes at `offset` as they are (nothing checked).
   Status ReadBytes(uint64_t offset, uint8_t* buf, size_t len) const {
     return file_.ReadAt(offset, buf, len);
@@ -125,7 +134,12 @@ class PackReader {
   io::File file_;
   io::File direct_;  // OpenDirect()'s, when open
   uint32_t pack_id_ = 0;
+  uint32_t version_ = kPackVersionRaw;
 };
+
+// The trailer digest of `len` stored bytes in a pack of version 2: XXH3-128
+// (unkeyed, little-endian low half first) in the first 16 bytes, 16 zero bytes.
+void StoredDigest(const uint8_t* bytes, size_t len, uint8_t out[32]);
 
 // The bytes from the first record's start to the 4 KiB boundary after the
 // last record of a back-to-back run (PackReader::ReadRunBytes).

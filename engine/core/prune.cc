@@ -190,9 +190,8 @@ Status TableWalker::Page(uint32_t level, uint64_t index, ObjRef ref) {
   if (!page_(ref)) return Status::Ok();
   std::vector<Entry>& page = bufs_[level];
   page.resize(RoundUp(count * sizeof(Entry), kSlot) / sizeof(Entry));
-  auto pack = cache_.Get(ref.pack_id);
-  Status s = pack.ok() ? pack.value()->ReadRecord(ref, reinterpret_cast<uint8_t*>(page.data()))
-                       : pack.status();
+  Status s = cache_.ReadResolved(
+      ref, {reinterpret_cast<uint8_t*>(page.data()), count * sizeof(Entry)});
   if (!s.ok()) {
     // The operating system refused (no file descriptors, EIO): not damage,
     // and never a reason to leave what the page references unmarked.
@@ -395,7 +394,8 @@ class Repacker {
   Status QueueReads(const Source& src, size_t batch, Batch* b, Status* failed);
   Status WaitReads(const Source& src, Batch* b, Status* failed);
   Status AppendBatch(const Source& src, const Batch& b, std::vector<Copy>* copies);
-  Status AppendRun(const uint8_t* data, const ObjRef* refs, size_t count, Copy* copies);
+  Status AppendRun(const uint8_t* data, const ObjRef* refs, size_t count, Copy* copies,
+                   bool raw_source);
   Status WritePending();
   Status NewWriter();
   Status FinishWriter();
@@ -454,7 +454,8 @@ Status Repacker::Journal(uint32_t pack_id) {
 Status Repacker::NewWriter() {
   DP420_ASSIGN_OR_RETURN(PackWriter w,
                          PackWriter::Create(repo_.PacksDir(), repo_.repo_id(), false,
-                                            [this](uint32_t id) { return Journal(id); }));
+                                            [this](uint32_t id) { return Journal(id); },
+                                            repo_.pack_version()));
   writer_ = std::make_unique<PackWriter>(std::move(w));
   new_packs.push_back(writer_->pack_id());
   written_end_ = writeback_from_ = writer_->size_bytes();
@@ -483,7 +484,11 @@ Status Repacker::WritePending() {
 // ReadRunBytes left them) in the new packs, filling copies[i]'s new place;
 // they are written with the rest of their batch (WritePending), and a run
 // that does not fit the current pack continues in the next.
-Status Repacker::AppendRun(const uint8_t* data, const ObjRef* refs, size_t count, Copy* copies) {
+// `raw_source`: the records come from a pack of version 1, whose trailer
+// holds their raw SHA-256; a pack of version 2 takes their stored bytes'
+// digest instead.
+Status Repacker::AppendRun(const uint8_t* data, const ObjRef* refs, size_t count, Copy* copies,
+                           bool raw_source) {
   for (size_t i = 0; i < count; ++i) {
     uint64_t padded = RoundUp(refs[i].stored_len, kRecordAlign);
     if (writer_ && writer_->size_bytes() > sizeof(PackHeader) &&
@@ -492,10 +497,10 @@ Status Repacker::AppendRun(const uint8_t* data, const ObjRef* refs, size_t count
     }
     if (!writer_) DP420_RETURN_IF_ERROR(NewWriter());
     ObjRef copy = refs[i];
-    writer_->Reserve(refs[i].stored_len, &copy);
+    const uint8_t* bytes = data + (refs[i].offset_bytes() - refs[0].offset_bytes());
+    writer_->Reserve(refs[i].stored_len, &copy, raw_source ? bytes : nullptr);
     copies[i].new_pack = copy.pack_id;
     copies[i].new_offset_4k = copy.offset_4k;
-    const uint8_t* bytes = data + (refs[i].offset_bytes() - refs[0].offset_bytes());
     if (pending_len_ == 0) {
       pending_ = bytes;
       pending_at_ = copy.offset_bytes();
@@ -602,7 +607,8 @@ Status Repacker::AppendBatch(const Source& src, const Batch& b, std::vector<Copy
   for (size_t r = b.first_run; r < b.end_run; ++r) {
     const RecordRun& run = src.plan.runs[r];
     DP420_RETURN_IF_ERROR(AppendRun(b.reads[r - b.first_run].buf, &(*src.live)[run.first],
-                                    run.count, &(*copies)[run.first]));
+                                    run.count, &(*copies)[run.first],
+                                    src.reader->version() == kPackVersionRaw));
   }
   return WritePending();
 }

@@ -130,7 +130,7 @@ Status Repository::Init(const std::string& path) {
   simd::Sha256(key, sizeof(key), key_digest);
   Json config;
   config["format"] = "dp420-repository";
-  config["format_version"] = kFormatVersion;
+  config["format_version"] = kRepoFormatVersion;
   config["repo_id"] = simd::ToHex(repo_id, 16);
   config["created"] = UtcNow();
   config["block_hash"] = "xxh3-128-keyed";
@@ -222,11 +222,11 @@ Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
       return Status::Corruption(what + ": not a dp420 repository config");
     }
     repo->format_version_ = JsonUint<uint32_t>(c.at("format_version"));
-    if (repo->format_version_ > kFormatVersion) {
+    if (repo->format_version_ > kRepoFormatVersion) {
       return Status::Version(path + ": repository format version " +
                              std::to_string(repo->format_version_) +
                              " is newer than this dp420 supports (" +
-                             std::to_string(kFormatVersion) + "); upgrade dp420");
+                             std::to_string(kRepoFormatVersion) + "); upgrade dp420");
     }
     if ((repo->format_version_ < 2) != plain_seal) {
       return Status::Corruption(what + ": its seal does not fit its format version");
@@ -235,7 +235,7 @@ Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
       return Status::Version(path + ": repository format " +
                              std::to_string(repo->format_version_) +
                              " (seals without a key); run `dp420 upgrade " + path +
-                             "` once to bring it to format " + std::to_string(kFormatVersion));
+                             "` once to bring it to format " + std::to_string(kRepoFormatVersion));
     }
     if (!simd::FromHex(c.at("repo_id").get<std::string>(), repo->repo_id_, 16)) {
       return Status::Corruption(what + ": bad repo_id");
@@ -251,6 +251,17 @@ Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
 }
 
 std::string Repository::repo_id_hex() const { return simd::ToHex(repo_id_, 16); }
+
+crypto::RepoId Repository::repo_id_array() const {
+  crypto::RepoId id;
+  std::memcpy(id.data(), repo_id_, id.size());
+  return id;
+}
+
+Result<std::unique_ptr<RecordCodec>> Repository::NewRecordCodec(const CodecSpec& compression) const {
+  if (format_version_ < 3) return RecordCodec::Create(nullptr, repo_id_array(), CodecSpec{});
+  return RecordCodec::Create(keys_ ? &keys_->object_key : nullptr, repo_id_array(), compression);
+}
 
 std::vector<uint32_t> Repository::ListPackIds() const {
   std::vector<uint32_t> ids;

@@ -21,7 +21,10 @@
 #include <utility>
 #include <vector>
 
+#include "engine/codec/codec.h"
 #include "engine/core/manifest.h"
+#include "engine/core/record.h"
+#include "engine/crypto/keys.h"
 #include "io/status.h"
 #include "simd/simd.h"
 
@@ -71,6 +74,17 @@ class Repository {
   // checking its config's plain seal; a current one opens as with Open().
   static Result<std::unique_ptr<Repository>> OpenForUpgrade(const std::string& path);
   uint32_t format_version() const { return format_version_; }
+  // The version of the packs this repository writes (format.h).
+  uint32_t pack_version() const {
+    return format_version_ >= 3 ? kPackVersionEncoded : kPackVersionRaw;
+  }
+  // Whether its records, table pages and manifests are sealed (AES-256-GCM).
+  bool encrypted() const { return keys_ != nullptr; }
+  // A record codec of this repository for one thread: sealing when it is
+  // encrypted, compressing with `compression` (ignored in format 2, whose
+  // records are stored raw).
+  Result<std::unique_ptr<RecordCodec>> NewRecordCodec(const CodecSpec& compression = {}) const;
+  crypto::RepoId repo_id_array() const;
 
   const std::string& path() const { return path_; }
   const uint8_t* repo_id() const { return repo_id_; }
@@ -138,6 +152,7 @@ class Repository {
   SealKey seal_key_;
   uint8_t repo_id_[16] = {};
   std::array<uint8_t, simd::kHashSecretBytes> hash_key_{};  // cleansed on destruction
+  std::unique_ptr<crypto::RepositoryKeys> keys_;  // an encrypted repository's subkeys
 };
 
 // Journal of an unfinished backup: tmp/VOL.journal lists the snapshot being

@@ -130,6 +130,11 @@ class RestoreWorker {
     uint32_t home[kPageEntries];    // buffer offset of block b (stored blocks)
     uint32_t landed[kPageEntries];  // where b's read puts it: home, or spare room
     const uint8_t* from_line[kPageEntries];  // or b's bytes in a line (else null)
+    // A window holding an encoded record (record.h) reads every record into
+    // its encoded area, packed in read order, and decodes each into its home.
+    bool encoded = false;
+    uint32_t enc_next = 0;              // next free byte of the encoded area
+    uint32_t enc_at[kPageEntries];      // where b's stored bytes land there
   };
   struct Op {
     io::IoOp op;
@@ -194,6 +199,10 @@ class RestoreWorker {
   uint32_t Padded(uint64_t block) const {
     return static_cast<uint32_t>(RoundUp(job_.m.BlockLen(block), kRecordAlign));
   }
+  // Bytes of each block's room in a window's encoded area.
+  uint64_t EncodedRoom() const { return RoundUp(MaxEncodedBytes(job_.m.block_size), kRecordAlign); }
+  Status PlanEncodedReads(Slot& slot);
+  Status DecodeBlock(const Slot& slot, uint32_t b, uint8_t* home);
 
   RestoreJob& job_;
   unsigned id_;
@@ -222,6 +231,8 @@ class RestoreWorker {
   uint64_t ahead_next_page_ = 0;
   std::vector<Lone> lone_;  // lone records of the pages ahead, by (pack, offset)
   std::vector<Line> lines_;  // empty when windows are too small to have lone records
+  std::vector<AlignedBuf> encoded_;     // each slot's encoded area, made when first needed
+  std::unique_ptr<RecordCodec> codec_;
   uint32_t line_bytes_ = 0;
   int line_buffer_ = -1;
 };
@@ -251,6 +262,8 @@ Status RestoreWorker::Setup() {
     }
     line_buffer_ = int(line_buffer);
   }
+  encoded_.resize(buffers);
+  DP420_ASSIGN_OR_RETURN(codec_, job_.repo.NewRecordCodec());
   ahead_.resize(lines ? kAheadPages + 1 : 1);
   lone_.reserve(ahead_.size() * kPageEntries);
   next_page_ = id_;
@@ -315,7 +328,9 @@ void RestoreWorker::IndexLoneRecords() {
       CountPacks(p.entries + w, n);
       for (uint32_t b = w; b < w + n; ++b) {
         const ObjRef& ref = p.entries[b].ref;
-        if (!ref.stored() || PackBlocks(ref.pack_id) != 1) continue;
+        if (!ref.stored() || PackBlocks(ref.pack_id) != 1 || (ref.flags & kObjEncodingFlags)) {
+          continue;
+        }
         lone_.push_back({ref.pack_id, ref.offset_4k, p.page * kPageEntries + b});
       }
     }
@@ -388,15 +403,21 @@ Status RestoreWorker::StartWindow(unsigned buffer, bool* started) {
 Status RestoreWorker::PlaceBlocks(Slot& slot) {
   const uint32_t bs = job_.m.block_size;
   uint32_t k = 0;
+  slot.encoded = false;
+  slot.enc_next = 0;
   for (uint32_t b = 0; b < slot.nblocks; ++b) {
     const ObjRef& ref = slot.entries[b].ref;
     if (!ref.stored()) continue;
     uint32_t len = job_.m.BlockLen(slot.first_block + b);
-    if (ref.stored_len != len || ref.flags & (kObjZstd | kObjAesGcm)) {
+    const bool encoded = ref.flags & kObjEncodingFlags;
+    if ((encoded ? ref.stored_len > MaxEncodedBytes(len) || ref.stored_len == 0
+                 : ref.stored_len != len) ||
+        (ref.flags & (kObjTableLeaf | kObjTableInner))) {
       return Status::Corruption("snapshot " + job_.m.snapshot_id + ": block " +
                                 std::to_string(slot.first_block + b) +
                                 " has a table entry of the wrong size or kind");
     }
+    slot.encoded = slot.encoded || encoded;
     slot.home[b] = k * bs;
     slot.landed[b] = slot.home[b];
     slot.from_line[b] = nullptr;
@@ -405,13 +426,17 @@ Status RestoreWorker::PlaceBlocks(Slot& slot) {
   }
   slot.stored = k;
   slot.spare_next = k * bs;
+  if (slot.encoded && !encoded_[slot.buffer]) {
+    encoded_[slot.buffer] = AllocAligned(EncodedRoom() * job_.window_blocks);
+    if (!encoded_[slot.buffer]) return Status::NoMemory("restore: buffers for encoded records");
+  }
   return Status::Ok();
 }
 
 // Takes the window's records that a line holds, and starts a line for each
 // lone record with lone records of windows ahead after it in its pack.
 Status RestoreWorker::TakeFromLines(Slot& slot) {
-  if (lines_.empty()) return Status::Ok();
+  if (lines_.empty() || slot.encoded) return Status::Ok();
   for (uint32_t b = 0; b < slot.nblocks; ++b) {
     const ObjRef& ref = slot.entries[b].ref;
     if (!ref.stored()) continue;
@@ -528,6 +553,7 @@ void RestoreWorker::FreeDoneLines() {
 // home once every read of the window is back. Every read's memory is disjoint
 // from every other's: it covers homes of its own blocks and of displaced ones.
 Status RestoreWorker::PlanReads(Slot& slot) {
+  if (slot.encoded) return PlanEncodedReads(slot);
   order_.clear();
   for (uint32_t k = 0; k < slot.stored; ++k) {
     uint32_t b = home_block_[k];
@@ -566,6 +592,62 @@ Status RestoreWorker::PlanReads(Slot& slot) {
   }
   if (open) ring_->Queue(&open->op);
   return Status::Ok();
+}
+
+// PlanReads for a window with encoded records: every record is read into the
+// window's encoded area, in (pack, offset) order, one read for records that
+// lie back to back in a pack (no stale bytes read through).
+Status RestoreWorker::PlanEncodedReads(Slot& slot) {
+  order_.clear();
+  for (uint32_t k = 0; k < slot.stored; ++k) {
+    uint32_t b = home_block_[k];
+    const ObjRef& ref = slot.entries[b].ref;
+    order_.push_back({0, ref.pack_id, ref.offset_4k, b});
+  }
+  std::sort(order_.begin(), order_.end(), [](const Planned& a, const Planned& b) {
+    if (a.pack_id != b.pack_id) return a.pack_id < b.pack_id;
+    if (a.offset_4k != b.offset_4k) return a.offset_4k < b.offset_4k;
+    return a.block < b.block;
+  });
+  uint8_t* area = encoded_[slot.buffer].get();
+  Op* open = nullptr;
+  for (const Planned& p : order_) {
+    const ObjRef& ref = slot.entries[p.block].ref;
+    const uint32_t padded = static_cast<uint32_t>(RoundUp(ref.stored_len, kRecordAlign));
+    DP420_ASSIGN_OR_RETURN(int fd, PackFd(ref.pack_id));
+    slot.enc_at[p.block] = slot.enc_next;
+    uint8_t* dst = area + slot.enc_next;
+    slot.enc_next += padded;
+    if (open && open->op.fd == fd && open->op.offset + open->op.len == ref.offset_bytes() &&
+        open->op.buf + open->op.len == dst && open->op.len + padded <= kReadBytesMax) {
+      open->op.len += padded;
+      continue;
+    }
+    if (open) ring_->Queue(&open->op);
+    open = NewOp(&slot);
+    open->op.kind = io::IoOp::kRead;
+    open->op.fd = fd;
+    open->op.buf = dst;
+    open->op.buf_index = -1;
+    open->op.len = padded;
+    open->op.offset = ref.offset_bytes();
+    job_.pack_reads.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (open) ring_->Queue(&open->op);
+  return Status::Ok();
+}
+
+// Decodes block b of an encoded window into `home` (record.h): kCorruption
+// naming the snapshot, the block and the record when it does not open,
+// decompress or hash to its reference.
+Status RestoreWorker::DecodeBlock(const Slot& slot, uint32_t b, uint8_t* home) {
+  const ObjRef& ref = slot.entries[b].ref;
+  const uint64_t block = slot.first_block + b;
+  return codec_->Decode(ref, encoded_[slot.buffer].get() + slot.enc_at[b],
+                        {home, job_.m.BlockLen(block)},
+                        "snapshot " + job_.m.snapshot_id + " is damaged: block " +
+                            std::to_string(block) + " (packs/" + PackName(ref.pack_id) +
+                            ".pack at offset " + std::to_string(ref.offset_bytes()) + ")");
 }
 
 // Whether `read` can grow to end with the record at pack `offset` (`len`
@@ -619,7 +701,7 @@ void RestoreWorker::OnReadsDone(Slot* slot) {
   const uint32_t bs = job_.m.block_size;
   slot->writing = true;
   slot->verify_next = 0;
-  for (uint32_t b = 0; b < slot->nblocks; ++b) {
+  for (uint32_t b = 0; b < slot->nblocks && !slot->encoded; ++b) {
     if (!slot->entries[b].ref.stored()) continue;
     uint32_t len = job_.m.BlockLen(slot->first_block + b);
     if (slot->from_line[b]) {
@@ -651,7 +733,10 @@ Status RestoreWorker::VerifySome(Slot* slot) {
          (!stored || run_bytes < kWriteBytesMax)) {
     uint64_t block = slot->first_block + end;
     uint32_t len = job_.m.BlockLen(block);
-    if (stored) {
+    if (stored && slot->encoded) {
+      DP420_DASSERT(slot->home[end] == slot->home[b] + run_bytes);
+      DP420_RETURN_IF_ERROR(DecodeBlock(*slot, end, base + slot->home[end]));
+    } else if (stored) {
       DP420_DASSERT(slot->home[end] == slot->home[b] + run_bytes);
       uint8_t digest[32];
       simd::Sha256(base + slot->home[end], len, digest);

@@ -270,6 +270,7 @@ Result<std::unique_ptr<SnapshotBuilder>> SnapshotBuilder::Start(const Repository
 
   DP420_ASSIGN_OR_RETURN(b->journal_, BackupJournal::Start(repo, volume, m.snapshot_id));
   if (parent) b->parent_reader_ = std::make_unique<TableReader>(repo, *parent);
+  DP420_RETURN_IF_ERROR(b->SetCompression(CodecSpec{}));
   SnapshotBuilder* self = b.get();
   b->builder_ = std::make_unique<TableBuilder>(
       TableShape::For(m.blocks_total), b->parent_reader_.get(),
@@ -286,10 +287,18 @@ SnapshotBuilder::~SnapshotBuilder() {
 uint32_t SnapshotBuilder::BlockLen(uint64_t block) const { return m_.BlockLen(block); }
 
 Result<PackWriter> SnapshotBuilder::NewPack(bool direct) {
-  return PackWriter::Create(repo_.PacksDir(), repo_.repo_id(), direct, [&](uint32_t id) {
-    std::lock_guard lock(journal_mu_);
-    return journal_.AddPack(id);
-  });
+  return PackWriter::Create(
+      repo_.PacksDir(), repo_.repo_id(), direct,
+      [&](uint32_t id) {
+        std::lock_guard lock(journal_mu_);
+        return journal_.AddPack(id);
+      },
+      repo_.pack_version());
+}
+
+Status SnapshotBuilder::SetCompression(const CodecSpec& compression) {
+  DP420_ASSIGN_OR_RETURN(page_codec_, repo_.NewRecordCodec(compression));
+  return Status::Ok();
 }
 
 Status SnapshotBuilder::WritePage(const uint8_t* bytes, uint32_t len, ObjRef* ref) {
@@ -297,7 +306,11 @@ Status SnapshotBuilder::WritePage(const uint8_t* bytes, uint32_t len, ObjRef* re
     DP420_ASSIGN_OR_RETURN(PackWriter w, NewPack(false));
     table_pack_ = std::make_unique<PackWriter>(std::move(w));
   }
-  return table_pack_->WriteRecord(bytes, len, ref);
+  if (!page_codec_->transforms()) return table_pack_->WriteRecord(bytes, len, ref);
+  page_buf_.resize(MaxEncodedBytes(len));
+  DP420_ASSIGN_OR_RETURN(const uint8_t* stored, page_codec_->Encode({bytes, len}, ref,
+                                                                     page_buf_.data()));
+  return table_pack_->WriteRecord(stored, ref->stored_len, ref);
 }
 
 Status SnapshotBuilder::Consume(const std::function<bool()>& stopped,

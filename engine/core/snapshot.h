@@ -125,6 +125,9 @@ class SnapshotBuilder {
   void Rollback();
 
   uint64_t table_pages_written() const { return builder_->pages_written(); }
+  // The codec table pages are compressed with (none until set); they are
+  // sealed in an encrypted repository either way.
+  Status SetCompression(const CodecSpec& compression);
   uint64_t table_pages_reused() const { return builder_->pages_reused(); }
 
  private:
@@ -146,6 +149,8 @@ class SnapshotBuilder {
   std::unique_ptr<simd::BlockHasher> hasher_;
   std::unique_ptr<TableBuilder> builder_;
   std::unique_ptr<PackWriter> table_pack_;
+  std::unique_ptr<RecordCodec> page_codec_;
+  std::vector<uint8_t> page_buf_;
   simd::Sha256Stream volume_sha_;
   uint64_t consumed_ = 0;
   bool empty_done_ = false;

@@ -40,11 +40,31 @@ Result<const PackReader*> PackCache::Get(uint32_t pack_id) {
   return open.reader.get();
 }
 
-Status PackCache::ReadRecord(const ObjRef& ref, uint8_t* buf) {
+Status PackCache::ReadObject(const ObjRef& ref, std::span<uint8_t> raw) {
   ObjRef at = ref;
   DP420_RETURN_IF_ERROR(relocator_.Resolve(&at));
+  return ReadResolved(at, raw);
+}
+
+Status PackCache::ReadResolved(const ObjRef& at, std::span<uint8_t> raw) {
   DP420_ASSIGN_OR_RETURN(const PackReader* pack, Get(at.pack_id));
-  return pack->ReadRecord(at, buf);
+  if (!codec_) {
+    DP420_ASSIGN_OR_RETURN(codec_, repo_.NewRecordCodec());
+  }
+  const std::string where =
+      pack->path() + ": record at offset " + std::to_string(at.offset_bytes());
+  if (!(at.flags & kObjEncodingFlags)) {
+    if (at.stored_len != raw.size()) return Status::Corruption(where + ": wrong length");
+    DP420_RETURN_IF_ERROR(pack->ReadStored(at, raw.data()));
+    return codec_->Decode(at, raw.data(), raw, where);
+  }
+  if (at.stored_len > MaxEncodedBytes(static_cast<uint32_t>(raw.size()))) {
+    return Status::Corruption(where + ": stored length " + std::to_string(at.stored_len) +
+                              " exceeds what the object's encoding can take");
+  }
+  stored_.resize(at.stored_len);
+  DP420_RETURN_IF_ERROR(pack->ReadStored(at, stored_.data()));
+  return codec_->Decode(at, stored_.data(), raw, where);
 }
 
 TableReader::TableReader(const Repository& repo, const Manifest& manifest)
@@ -56,8 +76,8 @@ Status TableReader::ReadPage(const ObjRef& ref, uint32_t count, std::vector<Entr
   uint32_t want = count * sizeof(Entry);
   std::string where = "table page in packs/" + PackName(ref.pack_id) + ".pack at offset " +
                       std::to_string(ref.offset_bytes());
-  if (ref.stored_len != want || !(ref.flags & (kObjTableLeaf | kObjTableInner))) {
-    return Status::Corruption(where + ": wrong size or kind");
+  if (!(ref.flags & (kObjTableLeaf | kObjTableInner))) {
+    return Status::Corruption(where + ": wrong kind");
   }
   out->resize(count);
   uint8_t* bytes = reinterpret_cast<uint8_t*>(out->data());
@@ -68,7 +88,7 @@ Status TableReader::ReadPage(const ObjRef& ref, uint32_t count, std::vector<Entr
     if (std::memcmp(digest, ref.sha256, 32) != 0) return Status::Corruption(where + ": bad digest");
     return Status::Ok();
   }
-  return packs_.ReadRecord(ref, bytes);
+  return packs_.ReadObject(ref, {bytes, want});
 }
 
 Result<const std::vector<Entry>*> TableReader::Page(uint32_t level, uint64_t index) {

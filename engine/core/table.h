@@ -42,12 +42,18 @@ class PackCache {
   size_t open_packs() const { return packs_.size(); }
   // Where `ref`'s record is now (Relocator::Resolve).
   Status Resolve(ObjRef* ref) { return relocator_.Resolve(ref); }
-  // Resolves `ref` and reads its record into `buf`, checking its SHA-256.
-  Status ReadRecord(const ObjRef& ref, uint8_t* buf);
+  // Resolves `ref` and reads its object into `raw` (its raw length), decoding
+  // it (record.h) and checking it against the reference. kCorruption names the
+  // pack and offset.
+  Status ReadObject(const ObjRef& ref, std::span<uint8_t> raw);
+  // As ReadObject, for a reference already resolved (no relocation followed).
+  Status ReadResolved(const ObjRef& ref, std::span<uint8_t> raw);
 
  private:
   const Repository& repo_;
   Relocator relocator_;
+  std::unique_ptr<RecordCodec> codec_;  // made on first use
+  std::vector<uint8_t> stored_;         // an encoded record's stored bytes
   struct Open {
     std::unique_ptr<PackReader> reader;
     uint64_t last_use = 0;

@@ -1,5 +1,7 @@
 #include "engine/core/table_check.h"
 
+#include "engine/core/record.h"
+
 #include <cctype>
 #include <cstring>
 #include <vector>
@@ -29,7 +31,11 @@ std::string EntryChecker::Defect(const Manifest& m, const Entry& e, uint64_t blo
     what = "names no pack and is not a zero block";
   } else if (ref.flags & (kObjTableLeaf | kObjTableInner)) {
     what = "points to a table page";
-  } else if (ref.stored_len != len) {
+  } else if ((ref.flags & kObjEncodingFlags) &&
+             (ref.stored_len == 0 || ref.stored_len > MaxEncodedBytes(len))) {
+    what = "has stored_len " + std::to_string(ref.stored_len) + ", more than a " +
+           std::to_string(len) + "-byte block takes encoded";
+  } else if (!(ref.flags & kObjEncodingFlags) && ref.stored_len != len) {
     what =
         "has stored_len " + std::to_string(ref.stored_len) + " instead of " + std::to_string(len);
   }

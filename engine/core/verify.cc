@@ -75,7 +75,11 @@ size_t PaddedLen(uint32_t stored_len) {
   return (size_t{stored_len} + kRecordAlign - 1) / kRecordAlign * kRecordAlign;
 }
 
-std::string ReadChecked(const PackReader& pack, const ObjRef& ref, uint8_t* buf) {
+// Reads the record `ref` (padding included) into `buf` and checks it: a raw
+// record against its SHA-256, an encoded one (record.h) by decoding it into
+// `raw` (raw_len bytes). "" when good, else what is wrong.
+std::string ReadChecked(const PackReader& pack, const ObjRef& ref, uint32_t raw_len,
+                        uint8_t* buf, RecordCodec& codec, uint8_t* raw) {
   uint64_t offset = ref.offset_bytes();
   const size_t padded = PaddedLen(ref.stored_len);
   if (offset + padded > pack.size_bytes()) return "runs past the end (truncated)";
@@ -89,12 +93,17 @@ std::string ReadChecked(const PackReader& pack, const ObjRef& ref, uint8_t* buf)
     if (n == 0) return "runs past the end (truncated)";
     done += size_t(n);
   }
-  uint8_t digest[simd::kSha256Bytes];
-  simd::Sha256(buf, ref.stored_len, digest);
-  if (std::memcmp(digest, ref.sha256, sizeof(digest)) != 0) return "fails its SHA-256";
   if (!std::all_of(buf + ref.stored_len, buf + padded, [](uint8_t b) { return b == 0; })) {
     return "has non-zero bytes in its padding";
   }
+  if (ref.flags & kObjEncodingFlags) {
+    Status s = codec.Decode(ref, buf, {raw, raw_len}, "record");
+    return s.ok() ? "" : "does not decode: " + s.message().substr(std::string("record: ").size());
+  }
+  uint8_t digest[simd::kSha256Bytes];
+  simd::Sha256(buf, ref.stored_len, digest);
+  if (std::memcmp(digest, ref.sha256, sizeof(digest)) != 0) return "fails its SHA-256";
+  if (raw && raw != buf) std::memcpy(raw, buf, ref.stored_len);
   return "";
 }
 
@@ -134,6 +143,9 @@ class Problems {
 struct Record {
   uint32_t offset_4k = 0;
   uint32_t stored_len = 0;
+  uint32_t raw_len = 0;
+  uint16_t flags = 0;
+  uint16_t key_id = 0;
   uint8_t sha256[32] = {};
   uint64_t offset_bytes() const { return uint64_t{offset_4k} * kRecordAlign; }
   bool operator<(const Record& o) const {
@@ -204,7 +216,8 @@ class Verifier {
   size_t CheckPage(uint32_t level, const ObjRef& ref, uint32_t count, std::vector<Entry>* page);
   void CheckEntries(const Manifest& m, const Entry* e, uint32_t count, uint64_t page,
                     const ObjRef& page_ref);
-  void Collect(const Entry* e, uint32_t count, const std::string& snapshot_id);
+  void Collect(const Manifest& m, const Entry* e, uint32_t count, uint64_t page,
+               const std::string& snapshot_id);
   bool Resolve(ObjRef* ref, const std::string& snapshot_id);
   void CheckRelocations();
 
@@ -212,7 +225,7 @@ class Verifier {
   Status CheckPack(uint32_t pack_id, const std::vector<Record>& records);
   void CheckBounds(uint32_t pack_id, const PackReader& pack, const std::vector<Record>& records,
                    std::vector<const Record*>* in_file);
-  void CheckIndex(uint32_t pack_id, std::vector<ObjRef> index,
+  void CheckIndex(uint32_t pack_id, uint32_t version, std::vector<ObjRef> index,
                   const std::vector<const Record*>& records);
   Status ReadRecords(uint32_t pack_id, const PackReader& pack,
                      const std::vector<const Record*>& records);
@@ -241,11 +254,14 @@ class Verifier {
   EntryChecker entries_;  // shared with restore: one verdict on entries
   Relocator relocator_;   // references to repacked packs, to where they are now
   std::vector<uint8_t> buf_;
+  std::vector<uint8_t> raw_;            // a decoded record
+  std::unique_ptr<RecordCodec> codec_;  // decodes encoded records
   uint64_t bytes_total_ = 0;
   Clock::time_point last_tick_;
 };
 
 Result<VerifyReport> Verifier::Run() {
+  DP420_ASSIGN_OR_RETURN(codec_, repo_.NewRecordCodec());
   DP420_RETURN_IF_ERROR(Select());
   report_.snapshots_checked = selected_.size();
   if (options_.check_history) {
@@ -470,7 +486,7 @@ Status Verifier::CheckTable(const Manifest& m) {
   Walk w(m, [&](const Entry* e, uint32_t count, uint64_t page, const ObjRef& ref, bool first) {
     volume_sha.Add(e, count);
     CheckEntries(m, e, count, page, ref);
-    if (first) Collect(e, count, m.snapshot_id);
+    if (first) Collect(m, e, count, page, m.snapshot_id);
   });
   DP420_RETURN_IF_ERROR(WalkPage(w, w.shape.levels - 1, 0, m.table_root));
   if (!w.complete) return Status::Ok();  // broken by a page; no checksum to compare
@@ -545,12 +561,19 @@ size_t Verifier::CheckPage(uint32_t level, const ObjRef& page_ref, uint32_t coun
   page_packs_.insert(ref.pack_id);
   std::string at = "table page at offset " + std::to_string(ref.offset_bytes()) + " ";
   uint16_t kind = level == 0 ? kObjTableLeaf : kObjTableInner;
-  if (ref.stored_len != count * sizeof(Entry) || !(ref.flags & kind)) {
+  const uint32_t raw_len = count * uint32_t{sizeof(Entry)};
+  const bool encoded = ref.flags & kObjEncodingFlags;
+  if ((encoded ? ref.stored_len == 0 || ref.stored_len > MaxEncodedBytes(raw_len)
+               : ref.stored_len != raw_len) ||
+      !(ref.flags & kind)) {
     return problems_.Add(PackObject(ref.pack_id), at + "has the wrong size or kind");
   }
   const PackState& pack = OpenPack(ref.pack_id);
   if (!pack.reader) return pack.problem;
-  std::string what = ReadChecked(*pack.reader, ref, reinterpret_cast<uint8_t*>(page->data()));
+  auto* bytes = reinterpret_cast<uint8_t*>(page->data());
+  if (encoded && buf_.size() < PaddedLen(ref.stored_len)) buf_.resize(PaddedLen(ref.stored_len));
+  std::string what = ReadChecked(*pack.reader, ref, raw_len, encoded ? buf_.data() : bytes,
+                                 *codec_, bytes);
   if (!what.empty()) return problems_.Add(PackObject(ref.pack_id), at + what);
   return kNone;
 }
@@ -582,7 +605,8 @@ bool Verifier::Resolve(ObjRef* ref, const std::string& snapshot_id) {
   return false;
 }
 
-void Verifier::Collect(const Entry* e, uint32_t count, const std::string& snapshot_id) {
+void Verifier::Collect(const Manifest& m, const Entry* e, uint32_t count, uint64_t page,
+                       const std::string& snapshot_id) {
   std::vector<Record>* list = nullptr;  // neighbouring blocks mostly share a pack
   uint32_t list_pack = 0;
   for (uint32_t i = 0; i < count; ++i) {
@@ -596,6 +620,9 @@ void Verifier::Collect(const Entry* e, uint32_t count, const std::string& snapsh
     Record r;
     r.offset_4k = ref.offset_4k;
     r.stored_len = ref.stored_len;
+    r.raw_len = m.BlockLen(page * kPageEntries + i);
+    r.flags = ref.flags;
+    r.key_id = ref.key_id;
     std::memcpy(r.sha256, ref.sha256, 32);
     list->push_back(r);
   }
@@ -640,7 +667,7 @@ Status Verifier::CheckPack(uint32_t pack_id, const std::vector<Record>& records)
   std::vector<const Record*> in_file;
   CheckBounds(pack_id, pack, records, &in_file);
   if (options_.read_data) return ReadRecords(pack_id, pack, in_file);
-  if (index.ok()) CheckIndex(pack_id, std::move(index).value(), in_file);
+  if (index.ok()) CheckIndex(pack_id, pack.version(), std::move(index).value(), in_file);
   return Status::Ok();
 }
 
@@ -669,7 +696,7 @@ void Verifier::CheckBounds(uint32_t pack_id, const PackReader& pack,
 
 // Without reading data: every record must be in the pack's trailer index,
 // with the same length and SHA-256.
-void Verifier::CheckIndex(uint32_t pack_id, std::vector<ObjRef> index,
+void Verifier::CheckIndex(uint32_t pack_id, uint32_t version, std::vector<ObjRef> index,
                           const std::vector<const Record*>& records) {
   auto by_offset = [](const ObjRef& a, const ObjRef& b) { return a.offset_4k < b.offset_4k; };
   std::sort(index.begin(), index.end(), by_offset);
@@ -681,7 +708,9 @@ void Verifier::CheckIndex(uint32_t pack_id, std::vector<ObjRef> index,
     std::string message;
     if (it == index.end() || it->offset_4k != r->offset_4k) {
       message = at + " is not in the pack's index";
-    } else if (it->stored_len != r->stored_len || std::memcmp(it->sha256, r->sha256, 32) != 0) {
+    } else if (it->stored_len != r->stored_len ||
+               (version == kPackVersionRaw ? std::memcmp(it->sha256, r->sha256, 32) != 0
+                                           : it->flags != r->flags || it->key_id != r->key_id)) {
       message = at + " does not match the pack's index";
     } else {
       continue;
@@ -701,7 +730,10 @@ Status Verifier::ReadRecords(uint32_t pack_id, const PackReader& pack,
     ref.pack_id = pack_id;
     ref.offset_4k = r->offset_4k;
     ref.stored_len = r->stored_len;
-    std::string what = ReadChecked(pack, ref, buf_.data());
+    ref.flags = r->flags;
+    ref.key_id = r->key_id;
+    if (raw_.size() < r->raw_len) raw_.resize(r->raw_len);
+    std::string what = ReadChecked(pack, ref, r->raw_len, buf_.data(), *codec_, raw_.data());
     ++report_.blocks_checked;
     report_.bytes_read += r->stored_len;
     Tick(false);

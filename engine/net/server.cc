@@ -287,12 +287,11 @@ struct RestoreStream {
       const ObjRef& ref = entries[i].ref;
       uint64_t block = first + i;
       uint32_t len = m.BlockLen(block);
-      if (ref.stored_len != len || (ref.flags & (kObjZstd | kObjAesGcm))) {
+      if (ref.flags & (kObjTableLeaf | kObjTableInner)) {
         return Status::Corruption("snapshot " + m.snapshot_id + ": block " +
-                                  std::to_string(block) +
-                                  " has a table entry of the wrong size or kind");
+                                  std::to_string(block) + " has a table entry of the wrong kind");
       }
-      Status s = packs.ReadRecord(ref, data + bytes);
+      Status s = packs.ReadObject(ref, {data + bytes, len});
       if (!s.ok()) {
         return Status::Corruption("snapshot " + m.snapshot_id + " is damaged: block " +
                                   std::to_string(block) + ": " + s.message());

@@ -1081,9 +1081,11 @@ Status StripeReceiver::OnBlocks(const FrameHeader& h) {
     return packed;
   }
   uint64_t pack_offset = 0;
+  uint64_t at = 0;
   for (uint32_t i = 0; i < n; ++i) {
     uint32_t len = b.BlockLen(first + i);
-    st_.pack->Reserve(len, &entries[i].ref);
+    st_.pack->Reserve(len, &entries[i].ref, data + at);
+    at += len;
     if (i == 0) pack_offset = entries[i].ref.offset_bytes();
     uint32_t k = static_cast<uint32_t>((first + i) % kPageEntries);
     received_count_ += have_[k] ? 0 : 1;

@@ -176,6 +176,12 @@ typedef struct dp420_backup_opts {
    * volume's newest snapshot; a local repository only: a server stamps a remote
    * snapshot with its own clock. DP420_EINVAL otherwise. */
   const char* time;
+  /* How changed blocks are compressed: "off" (NULL or ""), "lz4", "lz4:ACCEL"
+   * (1-64), "zstd" (level 3) or "zstd:LEVEL" (1-19). A block is stored
+   * compressed only when that saves a 4 KiB slot. Format-3 repositories; a
+   * format-2 repository stores every block raw. Read only when struct_size
+   * covers it; local repositories only (DP420_EINVAL with a remote one). */
+  const char* compression;
 } dp420_backup_opts_t;
 
 typedef struct dp420_backup_result {
@@ -207,6 +213,8 @@ typedef struct dp420_backup_result {
    * from the source and stored anew (local backups). Filled only when
    * struct_size covers it. */
   uint64_t blocks_healed;
+  /* Changed blocks stored compressed. Filled only when struct_size covers it. */
+  uint64_t blocks_compressed;
 } dp420_backup_result_t;
 
 DP420_EXPORT void dp420_backup_opts_init(dp420_backup_opts_t* opts);
