@@ -361,7 +361,8 @@ void BM_PackReadRecord(benchmark::State& state, bool cold) {
   Loop(state, [&] {
     if (cold) DP420_RETURN_IF_ERROR(Untimed(state, [&] { return DropCache(fixture.path); }));
     for (const ObjRef& ref : fixture.index) {
-      DP420_RETURN_IF_ERROR(reader->ReadRecord(ref, buf.get()));
+      DP420_RETURN_IF_ERROR(reader->ReadStored(ref, buf.get()));
+      DP420_RETURN_IF_ERROR(reader->CheckRecord(ref, buf.get()));
     }
     return Status::Ok();
   });

@@ -263,8 +263,8 @@ Status RecordSealer::SealRecord(const RecordId& id, std::span<const uint8_t> pla
   DP420_ASSERT(out.size() == plain.size() + kRecordOverheadBytes);
   uint8_t* cipher = out.data() + kGcmNonceBytes;
   DP420_ASSERT(SafeOverlap(plain.data(), cipher, plain.size()));
-  DP420_ASSERT(cipher == plain.data() ||
-               SafeOverlap(plain.data(), out.data(), kGcmNonceBytes + plain.size()));
+  DP420_ASSERT(cipher == plain.data() || out.data() + out.size() <= plain.data() ||
+               plain.data() + plain.size() <= out.data());
   DP420_RETURN_IF_ERROR(SelectKey(id.key_id));
   uint8_t aad[kRecordAadBytes];
   uint8_t nonce[kGcmNonceBytes];

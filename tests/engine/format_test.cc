@@ -119,10 +119,13 @@ TEST(PackTest, WriteReadIndexAndDetectDamage) {
   TempDir dir;
   uint8_t repo_id[16] = {1, 2, 3};
   std::vector<uint32_t> created;
-  auto w = PackWriter::Create(dir.path(), repo_id, true, [&](uint32_t id) {
-    created.push_back(id);
-    return Status::Ok();
-  });
+  auto w = PackWriter::Create(
+      dir.path(), repo_id, true,
+      [&](uint32_t id) {
+        created.push_back(id);
+        return Status::Ok();
+      },
+      kPackVersionRaw);
   ASSERT_TRUE(w.ok()) << w.status().ToString();
   std::vector<uint8_t> a(10000, 0xab), b(4096, 0xcd);
   ObjRef ra{}, rb{};
@@ -145,7 +148,9 @@ TEST(PackTest, WriteReadIndexAndDetectDamage) {
   ASSERT_EQ(index->size(), 2u);
   EXPECT_EQ(std::memcmp((*index)[1].sha256, rb.sha256, 32), 0);
   std::vector<uint8_t> buf(12288);
-  EXPECT_TRUE(r->ReadRecord(ra, buf.data()).ok());
+  EXPECT_EQ(r->version(), kPackVersionRaw);
+  EXPECT_TRUE(r->ReadStored(ra, buf.data()).ok());
+  EXPECT_TRUE(r->CheckRecord((*index)[0], buf.data()).ok());
   EXPECT_FALSE(PackReader::Open(path, id + 1).ok());  // header names another pack
 
   // A flipped byte in a record, then a truncated trailer.
@@ -154,7 +159,8 @@ TEST(PackTest, WriteReadIndexAndDetectDamage) {
   WriteAll(path, bytes);
   auto r2 = PackReader::Open(path, id);
   ASSERT_TRUE(r2.ok());
-  Status s = r2->ReadRecord(ra, buf.data());
+  ASSERT_TRUE(r2->ReadStored(ra, buf.data()).ok());
+  Status s = r2->CheckRecord((*index)[0], buf.data());
   EXPECT_EQ(s.code(), Code::kCorruption);
   EXPECT_NE(s.message().find("offset 4096"), std::string::npos);
   ASSERT_EQ(truncate(path.c_str(), off_t(bytes.size() - 4096)), 0);
@@ -163,13 +169,56 @@ TEST(PackTest, WriteReadIndexAndDetectDamage) {
   EXPECT_EQ(r3->ReadIndex().status().code(), Code::kCorruption);
 }
 
+// A pack of version 2 (format 3): the trailer holds each record's stored
+// bytes' XXH3-128 (not the raw SHA-256 the reference keeps, which in an
+// encrypted repository would tell what a block holds), and CheckRecord checks
+// a record against it without any key.
+TEST(PackTest, VersionTwoTrailerHoldsStoredDigestsAndCatchesDamage) {
+  TempDir dir;
+  uint8_t repo_id[16] = {4, 5, 6};
+  auto w = PackWriter::Create(dir.path(), repo_id, false, [](uint32_t) { return Status::Ok(); },
+                              kPackVersionEncoded);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  std::vector<uint8_t> a(6000, 0x5a), b(4096, 0xa5);
+  ObjRef ra{}, rb{};
+  simd::Sha256(a.data(), a.size(), ra.sha256);
+  simd::Sha256(b.data(), b.size(), rb.sha256);
+  ra.flags = kObjLz4;
+  ASSERT_TRUE(w->WriteRecord(a.data(), uint32_t(a.size()), &ra).ok());
+  ASSERT_TRUE(w->WriteRecord(b.data(), uint32_t(b.size()), &rb).ok());
+  uint32_t id = w->pack_id();
+  ASSERT_TRUE(w->Finish().ok());
+  std::string path = dir.path() + "/" + PackName(id) + ".pack";
+  auto r = PackReader::Open(path, id);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->version(), kPackVersionEncoded);
+  auto index = r->ReadIndex();
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  ASSERT_EQ(index->size(), 2u);
+  uint8_t expect[32];
+  StoredDigest(a.data(), a.size(), expect);
+  EXPECT_EQ(std::memcmp((*index)[0].sha256, expect, 32), 0);
+  EXPECT_NE(std::memcmp((*index)[0].sha256, ra.sha256, 32), 0);  // the raw SHA-256 stays out
+  EXPECT_EQ((*index)[0].flags, kObjLz4);
+  EXPECT_EQ(std::memcmp(ra.sha256, expect, 32) == 0, false);
+  std::vector<uint8_t> buf(8192);
+  ASSERT_TRUE(r->ReadStored((*index)[0], buf.data()).ok());
+  EXPECT_TRUE(r->CheckRecord((*index)[0], buf.data()).ok());
+  buf[100] ^= 0x10;
+  Status s = r->CheckRecord((*index)[0], buf.data());
+  EXPECT_EQ(s.code(), Code::kCorruption);
+  EXPECT_NE(s.message().find("stored digest"), std::string::npos) << s.message();
+}
+
 // Three records back to back, read with one ReadRunBytes: the padding after
 // each zeroed whatever the file held there, each passing CheckRecord; a
 // flipped byte in the middle one fails it, named by its offset.
 TEST(PackTest, ReadRunChecksBackToBackRecordsAndZeroesTheirPadding) {
   TempDir dir;
   uint8_t repo_id[16] = {4, 5, 6};
-  auto w = PackWriter::Create(dir.path(), repo_id, false, [](uint32_t) { return Status::Ok(); });
+  // Version 1: CheckRecord checks the refs' own SHA-256 (their trailer entries).
+  auto w = PackWriter::Create(dir.path(), repo_id, false, [](uint32_t) { return Status::Ok(); },
+                              kPackVersionRaw);
   ASSERT_TRUE(w.ok()) << w.status().ToString();
   std::vector<std::vector<uint8_t>> records = {std::vector<uint8_t>(10000, 0x11),
                                                std::vector<uint8_t>(4096, 0x22),

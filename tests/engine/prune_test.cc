@@ -288,7 +288,7 @@ TEST_F(PruneTest, DamagedLiveRecordKeepsItsPackUnrepacked) {
   EXPECT_TRUE(Exists(repo_->PackPath(victim)));
   ASSERT_EQ(r->warnings.size(), 1u);
   EXPECT_NE(r->warnings[0].find(PackName(victim)), std::string::npos) << r->warnings[0];
-  EXPECT_NE(r->warnings[0].find("offset " + std::to_string(damaged_at) + " fails its SHA-256"),
+  EXPECT_NE(r->warnings[0].find("offset " + std::to_string(damaged_at) + " fails its stored digest"),
             std::string::npos)
       << r->warnings[0];
   EXPECT_TRUE(ListRelocations(*repo_).empty());
@@ -503,7 +503,8 @@ uint32_t MovePack(const Repository& repo, uint32_t from) {
   std::vector<uint8_t> buf;
   for (const ObjRef& ref : index.value()) {
     buf.resize(RoundUp(ref.stored_len, 4096));
-    EXPECT_TRUE(reader->ReadRecord(ref, buf.data()).ok());
+    EXPECT_TRUE(reader->ReadStored(ref, buf.data()).ok());
+    EXPECT_TRUE(reader->CheckRecord(ref, buf.data()).ok());
     ObjRef moved = ref;
     EXPECT_TRUE(writer->WriteRecord(buf.data(), ref.stored_len, &moved).ok());
     rel.entries.push_back({ref.offset_4k, moved.pack_id, moved.offset_4k});
