@@ -297,9 +297,29 @@ void dp420_cancel(dp420_ctx_t* ctx) {
 }
 
 int dp420_repo_init(dp420_ctx_t* ctx, const char* path) {
+  return dp420_repo_init_with(ctx, path, nullptr);
+}
+
+void dp420_init_opts_init(dp420_init_opts_t* opts) {
+  std::memset(opts, 0, sizeof(*opts));
+  opts->struct_size = sizeof(*opts);
+}
+
+int dp420_repo_init_with(dp420_ctx_t* ctx, const char* path, const dp420_init_opts_t* opts) {
   return Guard(ctx, [&] {
     if (Missing(path)) return Fail(ctx, Status::InvalidArgument("repository path is empty"));
-    Status s = dp420::Repository::Init(dp420::control::AbsolutePath(path));
+    if (opts && opts->struct_size < sizeof(dp420_init_opts_t)) {
+      return Fail(ctx, Status::InvalidArgument("dp420_repo_init_with: bad arguments"));
+    }
+    dp420::InitOptions o;
+    const std::string encryption = opts && !Missing(opts->encryption) ? opts->encryption : "none";
+    if (encryption != "none" && encryption != "aes-256-gcm") {
+      return Fail(ctx, Status::InvalidArgument("--encryption is '" + encryption +
+                                               "'; use aes-256-gcm or none"));
+    }
+    o.encrypted = encryption == "aes-256-gcm";
+    o.key_source = ctx->key_source;
+    Status s = dp420::Repository::Init(dp420::control::AbsolutePath(path), o);
     return s.ok() ? Ok(ctx) : Fail(ctx, s);
   });
 }
@@ -309,7 +329,7 @@ int dp420_repo_open(dp420_ctx_t* ctx, const char* path, dp420_repo_t** out) {
     if (Missing(path) || !out) {
       return Fail(ctx, Status::InvalidArgument("repository path is empty"));
     }
-    auto repo = dp420::Repository::Open(dp420::control::AbsolutePath(path));
+    auto repo = dp420::Repository::Open(dp420::control::AbsolutePath(path), ctx->key_source);
     if (!repo.ok()) return Fail(ctx, repo.status());
     *out = new dp420_repo{std::move(repo).value()};
     return Ok(ctx);

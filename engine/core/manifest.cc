@@ -9,6 +9,7 @@
 #include <openssl/hmac.h>
 
 #include "engine/core/job.h"
+#include "engine/crypto/aead.h"
 #include "io/assert.h"
 #include "simd/simd.h"
 
@@ -74,8 +75,96 @@ std::string SealKey::Mac(const std::string& bytes) const {
   return simd::ToHex(mac, 32);
 }
 
+void SealKey::SetCipher(const crypto::SecretKey& object_key, const crypto::RepoId& repo_id) {
+  auto cipher = std::make_shared<Cipher>();
+  cipher->object_key = object_key;
+  cipher->repo_id = repo_id;
+  cipher_ = std::move(cipher);
+}
+
+namespace {
+
+constexpr char kSealedFormat[] = "dp420-sealed";
+
+// The file kind of a sealed document, by its "format".
+crypto::FileKind FileKindOf(const std::string& format) {
+  if (format == "dp420-manifest") return crypto::FileKind::kManifest;
+  if (format == "dp420-head") return crypto::FileKind::kHead;
+  if (format == "dp420-link") return crypto::FileKind::kLink;
+  return crypto::FileKind::kConfig;
+}
+
+Result<crypto::FileKind> FileKindNamed(const std::string& name) {
+  for (crypto::FileKind kind : {crypto::FileKind::kConfig, crypto::FileKind::kManifest,
+                                crypto::FileKind::kHead, crypto::FileKind::kLink}) {
+    if (name == crypto::FileKindName(kind)) return kind;
+  }
+  return Status::Corruption("unknown kind '" + name + "'");
+}
+
+std::string Base64(const std::string& bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(bytes.data()),
+                          static_cast<int>(bytes.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+Result<std::string> Unbase64(const std::string& text) {
+  if (text.size() % 4 != 0 || text.size() > (size_t{96} << 20)) {
+    return Status::Corruption("bad base64 length");
+  }
+  std::string out(text.size() / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(text.data()),
+                          static_cast<int>(text.size()));
+  if (n < 0) return Status::Corruption("bad base64");
+  size_t pad = 0;
+  if (!text.empty() && text.back() == '=') pad = text.size() >= 2 && text[text.size() - 2] == '=' ? 2 : 1;
+  out.resize(static_cast<size_t>(n) - pad);
+  return out;
+}
+
+// The line an encrypted repository's key seals for `doc`.
+std::string EncryptedLine(const Json& doc, const SealKey::Cipher& cipher) {
+  const crypto::FileKind kind =
+      FileKindOf(doc.is_object() && doc.contains("format") && doc["format"].is_string()
+                     ? doc["format"].get<std::string>()
+                     : "");
+  auto sealed = crypto::SealFile(cipher.object_key, cipher.repo_id, kind, "", doc.dump());
+  // Only an OpenSSL failure (out of memory) fails here; a document is never
+  // written in the clear instead.
+  DP420_ASSERT(sealed.ok());
+  Json outer = {{"format", kSealedFormat},
+                {"kind", crypto::FileKindName(kind)},
+                {"data", Base64(sealed.value())}};
+  return outer.dump() + "\n";
+}
+
+// The document inside an encrypted line `j`.
+Result<Json> DecryptLine(const Json& j, const SealKey::Cipher& cipher, const std::string& what) {
+  if (!j.contains("kind") || !j["kind"].is_string() || !j.contains("data") ||
+      !j["data"].is_string() || j.size() != 3) {
+    return Status::Corruption(what + ": malformed encrypted document");
+  }
+  auto kind = FileKindNamed(j["kind"].get<std::string>());
+  if (!kind.ok()) return kind.status().Prefix(what);
+  auto bytes = Unbase64(j["data"].get<std::string>());
+  if (!bytes.ok()) return bytes.status().Prefix(what);
+  auto plain = crypto::OpenFile(cipher.object_key, cipher.repo_id, *kind, "", *bytes);
+  if (!plain.ok()) return Status::Corruption(what + ": " + plain.status().message());
+  Json inner = Json::parse(*plain, nullptr, false);
+  if (inner.is_discarded() || !inner.is_object()) {
+    return Status::Corruption(what + ": not valid JSON inside");
+  }
+  return inner;
+}
+
+}  // namespace
+
 std::string SealJson(const Json& doc, const SealKey& key, std::string* seal_hex) {
-  std::string line = doc.dump() + "\n";
+  std::string line = key.cipher() ? EncryptedLine(doc, *key.cipher()) : doc.dump() + "\n";
   std::string hex = key.Mac(line);
   if (seal_hex) *seal_hex = hex;
   return line + kKeyedTag + hex + "\n";
@@ -95,6 +184,16 @@ Result<Json> UnsealJson(const std::string& text, const std::string& what, const 
     return Status::Corruption(what + ": seal mismatch (the file was edited, damaged or forged)");
   }
   DP420_ASSIGN_OR_RETURN(Json j, ParseLine(line, what));
+  const bool encrypted = j.contains("format") && j["format"] == kSealedFormat;
+  if (encrypted && !(key && key->cipher())) {
+    return Status::Corruption(what + ": encrypted, and this reader holds no key to open it");
+  }
+  if (!encrypted && key && key->cipher()) {
+    return Status::Corruption(what + ": not encrypted in an encrypted repository");
+  }
+  if (encrypted) {
+    DP420_ASSIGN_OR_RETURN(j, DecryptLine(j, *key->cipher(), what));
+  }
   if (seal_hex) *seal_hex = hex;
   return j;
 }
@@ -116,6 +215,16 @@ Result<Json> UnsealJsonPlain(const std::string& text, const std::string& what,
     return Status::Corruption(what + ": checksum mismatch (the file was edited or damaged)");
   }
   DP420_ASSIGN_OR_RETURN(Json j, ParseLine(line, what));
+  const bool encrypted = j.contains("format") && j["format"] == kSealedFormat;
+  if (encrypted && !(key && key->cipher())) {
+    return Status::Corruption(what + ": encrypted, and this reader holds no key to open it");
+  }
+  if (!encrypted && key && key->cipher()) {
+    return Status::Corruption(what + ": not encrypted in an encrypted repository");
+  }
+  if (encrypted) {
+    DP420_ASSIGN_OR_RETURN(j, DecryptLine(j, *key->cipher(), what));
+  }
   if (seal_hex) *seal_hex = hex;
   return j;
 }

@@ -18,12 +18,15 @@
 #include <array>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "engine/core/format.h"
 #include "engine/core/text.h"  // EscapeBytes: how source_path is written
+#include "engine/crypto/keys.h"
+#include "engine/crypto/secret.h"
 #include "io/status.h"
 
 namespace dp420 {
@@ -33,6 +36,12 @@ using Json = nlohmann::ordered_json;
 // The key that seals a repository's JSON files: HMAC-SHA-256 under
 // "dp420 seals v1" of keys/hash.key, so the repository keeps one secret.
 // Cleansed on destruction.
+//
+// In an encrypted repository the seal key also carries the object key:
+// what it seals is encrypted first (crypto::SealFile, the file kind taken
+// from the document's "format"), and the sealed line is then
+//   {"format":"dp420-sealed","kind":"manifest","data":"<base64 of salt || ciphertext || tag>"}
+// under the same HMAC. Such a key opens only encrypted documents.
 class SealKey {
  public:
   static constexpr size_t kBytes = 32;
@@ -40,13 +49,23 @@ class SealKey {
   static SealKey Derive(const uint8_t* repo_key, size_t len);
   SealKey() = default;
   ~SealKey();
-  SealKey(const SealKey& o) : key_(o.key_) {}
+  SealKey(const SealKey& o) : key_(o.key_), cipher_(o.cipher_) {}
   SealKey& operator=(const SealKey& o) = default;
   // Hex HMAC-SHA-256 of `bytes` under this key.
   std::string Mac(const std::string& bytes) const;
+  // Makes this key encrypt what it seals (an encrypted repository's).
+  void SetCipher(const crypto::SecretKey& object_key, const crypto::RepoId& repo_id);
+  bool encrypts() const { return cipher_ != nullptr; }
+
+  struct Cipher {
+    crypto::SecretKey object_key;
+    crypto::RepoId repo_id{};
+  };
+  const Cipher* cipher() const { return cipher_.get(); }
 
  private:
   std::array<uint8_t, kBytes> key_{};
+  std::shared_ptr<const Cipher> cipher_;
 };
 
 // Serializes `doc` as a file sealed under `key`; `seal_hex` (optional)

@@ -115,7 +115,48 @@ VolumeLock& VolumeLock::operator=(VolumeLock&& o) noexcept {
   return *this;
 }
 
-Status Repository::Init(const std::string& path) {
+namespace {
+
+Json NewConfig(const uint8_t repo_id[16], const char* encryption) {
+  Json config;
+  config["format"] = "dp420-repository";
+  config["format_version"] = kRepoFormatVersion;
+  config["repo_id"] = simd::ToHex(repo_id, 16);
+  config["created"] = UtcNow();
+  config["block_hash"] = "xxh3-128-keyed";
+  config["encryption"] = encryption;
+  return config;
+}
+
+}  // namespace
+
+// An encrypted repository: no key file in the repository, only key slots
+// wrapping a random master key; every key in use is derived from it.
+Status Repository::InitEncrypted(const std::string& path, const KeySource& key_source) {
+  if (!key_source.given()) {
+    return Status::InvalidArgument(
+        "an encrypted repository needs a secret for its first key slot: --passphrase-file FILE "
+        "(or DP420_PASSPHRASE_FILE), --repo-key-file FILE (or DP420_REPO_KEY_FILE), a "
+        "passphrase typed on a terminal, or --encryption none");
+  }
+  DP420_ASSIGN_OR_RETURN(io::File lock, LockForInit(path));
+  chmod(path.c_str(), 0700);
+  for (const char* sub : kSubdirs) DP420_RETURN_IF_ERROR(io::MakeDirs(path + "/" + sub));
+  crypto::RepoId repo_id;
+  DP420_RETURN_IF_ERROR(io::FillRandom(repo_id.data(), repo_id.size()));
+  DP420_ASSIGN_OR_RETURN(crypto::MasterKey master, crypto::MasterKey::Generate());
+  crypto::RepositoryKeys keys;
+  DP420_RETURN_IF_ERROR(crypto::DeriveRepositoryKeys(master, repo_id, &keys));
+  DP420_RETURN_IF_ERROR(CreateFirstSlot(path, repo_id, master, key_source));
+  Json config = NewConfig(repo_id.data(), "aes-256-gcm");
+  // The config is written last: its presence is what makes a repository.
+  SealKey seal_key = SealKey::Derive(keys.seal_key.data(), keys.seal_key.size());
+  DP420_RETURN_IF_ERROR(io::WriteFileAtomic(path + "/config", SealJson(config, seal_key)));
+  return io::SyncDir(path);
+}
+
+Status Repository::Init(const std::string& path, const InitOptions& options) {
+  if (options.encrypted) return InitEncrypted(path, options.key_source);
   // Held until the config is durable; released when `lock` closes.
   DP420_ASSIGN_OR_RETURN(io::File lock, LockForInit(path));
   chmod(path.c_str(), 0700);
@@ -128,12 +169,7 @@ Status Repository::Init(const std::string& path) {
       path + "/keys/hash.key", std::string(reinterpret_cast<char*>(key), sizeof(key))));
   uint8_t key_digest[32];
   simd::Sha256(key, sizeof(key), key_digest);
-  Json config;
-  config["format"] = "dp420-repository";
-  config["format_version"] = kRepoFormatVersion;
-  config["repo_id"] = simd::ToHex(repo_id, 16);
-  config["created"] = UtcNow();
-  config["block_hash"] = "xxh3-128-keyed";
+  Json config = NewConfig(repo_id, "none");
   config["key_sha256"] = simd::ToHex(key_digest, 32);
   // The config is written last: its presence is what makes a repository.
   SealKey seal_key = SealKey::Derive(key, sizeof(key));
@@ -171,12 +207,24 @@ std::unique_ptr<simd::BlockHasher> Repository::VolumeHasher(const std::string& v
   return hasher;
 }
 
-Result<std::unique_ptr<Repository>> Repository::Open(const std::string& path) {
-  return OpenAny(path, false);
+Result<std::unique_ptr<Repository>> Repository::Open(const std::string& path,
+                                                     const KeySource& key_source) {
+  return OpenAny(path, false, key_source);
 }
 
 Result<std::unique_ptr<Repository>> Repository::OpenForUpgrade(const std::string& path) {
-  return OpenAny(path, true);
+  return OpenAny(path, true, KeySource{});
+}
+
+// An encrypted repository's keys, from the master key a key slot opens.
+Status Repository::Unlock(const KeySource& key_source) {
+  DP420_ASSIGN_OR_RETURN(UnlockedKey unlocked, dp420::Unlock(path_, repo_id_array(), key_source));
+  keys_ = std::make_unique<crypto::RepositoryKeys>();
+  DP420_RETURN_IF_ERROR(crypto::DeriveRepositoryKeys(unlocked.master, repo_id_array(), keys_.get()));
+  static_assert(crypto::kBlockIdSecretBytes == simd::kHashSecretBytes);
+  std::memcpy(hash_key_.data(), keys_->block_id_secret.data(), hash_key_.size());
+  seal_key_ = SealKey::Derive(keys_->seal_key.data(), keys_->seal_key.size());
+  return Status::Ok();
 }
 
 // Reads keys/hash.key, checks it against the config's key_sha256 and derives
@@ -199,7 +247,8 @@ Status Repository::LoadKey(const Json& config) {
 }
 
 Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
-                                                        bool legacy_ok) {
+                                                        bool legacy_ok,
+                                                        const KeySource& key_source) {
   const std::string what = path + "/config";
   auto text = io::ReadFile(what);
   if (!text.ok()) {
@@ -216,6 +265,7 @@ Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
   if (!config.ok()) return config.status();
   std::unique_ptr<Repository> repo(new Repository());
   repo->path_ = path;
+  std::string encryption;
   try {
     const Json& c = config.value();
     if (c.at("format").get<std::string>() != "dp420-repository") {
@@ -240,13 +290,25 @@ Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
     if (!simd::FromHex(c.at("repo_id").get<std::string>(), repo->repo_id_, 16)) {
       return Status::Corruption(what + ": bad repo_id");
     }
-    DP420_RETURN_IF_ERROR(repo->LoadKey(c));
+    encryption = c.contains("encryption") ? c.at("encryption").get<std::string>() : "none";
+    if (encryption != "none" && encryption != "aes-256-gcm") {
+      return Status::Version(path + ": encryption '" + encryption +
+                             "' is unknown to this dp420; upgrade dp420");
+    }
+    if (encryption != "none" && repo->format_version_ < 3) {
+      return Status::Corruption(what + ": encryption in a repository of format " +
+                                std::to_string(repo->format_version_));
+    }
+    if (encryption == "none") DP420_RETURN_IF_ERROR(repo->LoadKey(c));
   } catch (const std::exception& e) {
     return Status::Corruption(what + ": malformed (" + e.what() + ")");
   }
+  if (encryption != "none") DP420_RETURN_IF_ERROR(repo->Unlock(key_source));
   if (!plain_seal) {
     DP420_RETURN_IF_ERROR(UnsealJson(text.value(), what, &repo->seal_key_).status());
   }
+  // From here on, what the seal key seals in an encrypted repository is encrypted too.
+  if (repo->keys_) repo->seal_key_.SetCipher(repo->keys_->object_key, repo->repo_id_array());
   return repo;
 }
 

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "engine/codec/codec.h"
+#include "engine/core/keystore.h"
 #include "engine/core/manifest.h"
 #include "engine/core/record.h"
 #include "engine/crypto/keys.h"
@@ -61,15 +62,26 @@ inline bool IsDamage(const Status& s) {
   return s.code() == Code::kCorruption || s.code() == Code::kVersion;
 }
 
+struct InitOptions {
+  // AES-256-GCM at rest (docs/FORMAT.md "Encryption"): a random master key
+  // wrapped by a first key slot under `key_source`.
+  bool encrypted = false;
+  KeySource key_source;
+};
+
 class Repository {
  public:
-  // Creates a repository at `path` (an absent or empty directory). kExists
-  // when `path` already holds files.
-  static Status Init(const std::string& path);
+  // Creates a repository of format 3 at `path` (an absent or empty
+  // directory). kExists when `path` already holds files; for an encrypted
+  // one, kInvalidArgument when `options.key_source` gives no secret.
+  static Status Init(const std::string& path, const InitOptions& options = {});
   // Opens and checks config and key. kNotFound when `path` is not a
   // repository; kVersion when its format is newer than this build, or is
   // format 1 (unkeyed seals), which `dp420 upgrade` brings to this format.
-  static Result<std::unique_ptr<Repository>> Open(const std::string& path);
+  // An encrypted repository is unlocked with `key_source` (keystore.h:
+  // kBadKey when it opens no key slot, kInvalidArgument when it gives nothing).
+  static Result<std::unique_ptr<Repository>> Open(const std::string& path,
+                                                   const KeySource& key_source = {});
   // Opens a format-1 repository for UpgradeRepository (engine/core/upgrade.h),
   // checking its config's plain seal; a current one opens as with Open().
   static Result<std::unique_ptr<Repository>> OpenForUpgrade(const std::string& path);
@@ -145,8 +157,11 @@ class Repository {
 
  private:
   Repository() = default;
-  static Result<std::unique_ptr<Repository>> OpenAny(const std::string& path, bool legacy_ok);
+  static Result<std::unique_ptr<Repository>> OpenAny(const std::string& path, bool legacy_ok,
+                                                      const KeySource& key_source);
+  static Status InitEncrypted(const std::string& path, const KeySource& key_source);
   Status LoadKey(const Json& config);
+  Status Unlock(const KeySource& key_source);
   std::string path_;
   uint32_t format_version_ = kFormatVersion;
   SealKey seal_key_;

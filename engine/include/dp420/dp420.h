@@ -92,8 +92,23 @@ DP420_EXPORT void dp420_set_progress(dp420_ctx_t* ctx, dp420_progress_fn fn, voi
  * and leaves the repository as it was. Async-signal-safe. */
 DP420_EXPORT void dp420_cancel(dp420_ctx_t* ctx);
 
-/* Repositories. `path` is made absolute. */
+/* Repositories. `path` is made absolute. An encrypted repository is opened
+ * (and, at init, its first key slot made) with the context's key source:
+ * dp420_ctx_set_passphrase_file, dp420_ctx_set_repo_key_file or
+ * dp420_ctx_set_passphrase_prompt (-DP420_EKEY when it opens no key slot,
+ * -DP420_EINVAL when none is set). */
 DP420_EXPORT int dp420_repo_init(dp420_ctx_t* ctx, const char* path);
+
+typedef struct dp420_init_opts {
+  size_t struct_size;
+  /* "aes-256-gcm" or "none" (NULL or ""): records, table pages and manifests
+   * encrypted at rest with a random master key wrapped by key slots. */
+  const char* encryption;
+} dp420_init_opts_t;
+
+DP420_EXPORT void dp420_init_opts_init(dp420_init_opts_t* opts);
+DP420_EXPORT int dp420_repo_init_with(dp420_ctx_t* ctx, const char* path,
+                                      const dp420_init_opts_t* opts);
 DP420_EXPORT int dp420_repo_open(dp420_ctx_t* ctx, const char* path, dp420_repo_t** out);
 DP420_EXPORT void dp420_repo_close(dp420_repo_t* repo);
 /* Brings a format-1 repository (seals without a key) to the current format:
