@@ -768,7 +768,9 @@ Result<crypto::MasterKey> ParsePaperForm(const std::string& text, const crypto::
   }
   if (!title) return Status::InvalidArgument(std::string("no '") + kPaperTitle + "' line");
   for (size_t n = 1; n <= kPaperLines; ++n) {
-    if (!seen[n]) return Status::InvalidArgument("line " + std::to_string(n) + " of the key is missing");
+    if (!seen[n]) {
+      return Status::InvalidArgument("line " + std::to_string(n) + " of the key is missing");
+    }
   }
   std::string lower;
   if (!OnlyHex(repo_hex, &lower) || lower != Hex(repo_id.data(), repo_id.size())) {
