@@ -595,7 +595,8 @@ DP420_EXPORT int dp420_client_set_limits2(dp420_ctx_t* ctx, const char* clients_
  *   dp420_ctx_set_passphrase_prompt: allow (1) or not (0, the default)
  *     asking for the passphrase on the process's terminal (/dev/tty, echo
  *     off) when neither file is set.
- * A NULL or empty path clears that source. Secrets are never passed as
+ * A NULL or empty path clears that source; setting both files is refused
+ * (-DP420_EINVAL) by the next key function. Secrets are never passed as
  * strings. At most 8 slots of the source's kind are tried, in slot id order.
  *
  * Every key function first opens the repository's master key with the key
@@ -637,7 +638,9 @@ typedef struct dp420_key_list {
   dp420_key_slot_t* slots;  /* by slot id; dp420_key_list_free */
 } dp420_key_list_t;
 
-/* Every slot file of the repository at `repo_path`, the damaged ones too. */
+/* Every slot file of the repository at `repo_path`, the damaged ones too.
+ * Set result->struct_size = sizeof(dp420_key_list_t) first; release the
+ * slots with dp420_key_list_free. */
 DP420_EXPORT int dp420_key_list(dp420_ctx_t* ctx, const char* repo_path,
                                 dp420_key_list_t* result);
 DP420_EXPORT void dp420_key_list_free(dp420_key_list_t* result);
