@@ -63,7 +63,8 @@ class Passphrase {
   }
   // Drops one trailing "\n" or "\r\n".
   void StripNewline() {
-    if (size_ > 0 && bytes_.data()[size_ - 1] == '\n') --size_;
+    if (size_ == 0 || bytes_.data()[size_ - 1] != '\n') return;
+    --size_;
     if (size_ > 0 && bytes_.data()[size_ - 1] == '\r') --size_;
   }
 

@@ -78,7 +78,9 @@ TEST_F(KeyStoreTest, FirstSlotOpensByPassphrase) {
     EXPECT_EQ(k->slot_id, 1u);
     EXPECT_TRUE(SameMaster(*k));
   }
-  EXPECT_EQ(Unlock(repo_, repo_id_, ByPassphrase("pass one\n\n")).status().code(), Code::kBadKey);
+  for (const char* text : {"pass one\n\n", "pass one\r", "pass one "}) {
+    EXPECT_EQ(Unlock(repo_, repo_id_, ByPassphrase(text)).status().code(), Code::kBadKey) << text;
+  }
   // A second first slot is refused.
   EXPECT_EQ(CreateFirstSlot(repo_, repo_id_, master(), ByPassphrase("x"), kFast).code(),
             Code::kExists);
