@@ -37,8 +37,8 @@ readonly TSAN_DIR="${DP420_TSAN_BUILD_DIR:-${ROOT}/build-tsan}"
 readonly SUPPRESSIONS="${ROOT}/scripts/sanitizers"
 # The targets of the ASan+UBSan build (--long builds them all): the unit test binaries
 # and the e2e binary with the dp420 it runs (and tests/tools/fuse_volume).
-readonly ASAN_TARGETS=(dp420_cli simd_test io_test crypto_test codec_test engine_test
-  engine_threads_test capi_test e2e_test fuzz_all)
+readonly ASAN_TARGETS=(dp420_cli simd_test io_test crypto_test keystore_test key_cli_test
+  codec_test engine_test engine_threads_test capi_test e2e_test fuzz_all)
 # What asan-ubsan:unit leaves out (--long runs them): the binaries it does not build;
 # install_consumers, which builds a program of its own against the installed (here
 # sanitized) library, with no sanitizer runtime of its own (it tests the install, which

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "engine/cli/cli.h"
+#include "engine/cli/key_cmd.h"
 #include "engine/cli/lifecycle_cmd.h"
 #include "engine/cli/progress.h"
 
@@ -794,7 +795,7 @@ CLI::App* AddBenchCommand(CLI::App* app, Common* c, BenchArgs* a) {
   return bench;
 }
 
-// A key on the command line would show in ps(1) and shell histories: say so
+// A key or passphrase on the command line would show in ps(1) and shell histories: say so
 // instead of a generic "unexpected argument".
 bool KeyOnCommandLine(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
@@ -802,6 +803,11 @@ bool KeyOnCommandLine(int argc, char** argv) {
     if (arg == "--key" || arg.rfind("--key=", 0) == 0) {
       std::fprintf(stderr, "dp420: a key is never accepted on the command line: pass its file "
                            "with --key-file KEYFILE or DP420_KEY_FILE\n");
+      return true;
+    }
+    if (arg == "--passphrase" || arg.rfind("--passphrase=", 0) == 0) {
+      std::fprintf(stderr, "dp420: a passphrase is never accepted on the command line: pass its "
+                           "file with --passphrase-file FILE or DP420_PASSPHRASE_FILE\n");
       return true;
     }
   }
@@ -887,6 +893,8 @@ int Run(int argc, char** argv) {
   CLI::App* client_remove = nullptr;
   CLI::App* client_set = nullptr;
   AddClientCommands(&app, &c, &cl, &client_add, &client_remove, &client_set);
+  KeyArgs ka;
+  KeyCommands keys = AddKeyCommands(&app, &c, &ka);
 
   if (KeyOnCommandLine(argc, argv)) return kExitUsage;
   try {
@@ -911,6 +919,7 @@ int Run(int argc, char** argv) {
   if (*restore) code = CmdRestore(c, r);
   if (*verify) code = CmdVerify(c, v);
   (void)RunLifecycleCommand(c, lc, lifecycle, &code);
+  (void)RunKeyCommand(c, ka, keys, &code);
   if (*bench) code = CmdBench(c, bn);
   if (*serve) code = CmdServe(&sv);
   if (*client_add) code = CmdClientAdd(c, cl);

@@ -84,6 +84,82 @@ static int Exists(const char* path) {
   return stat(path, &st) == 0;
 }
 
+static void WriteFile(const char* path, const char* text, mode_t mode) {
+  FILE* f = fopen(path, "wb");
+  if (f) {
+    fputs(text, f);
+    fclose(f);
+  }
+  chmod(path, mode);
+}
+
+/* A passphrase slot made by a separate implementation (Python: hashlib.scrypt,
+ * the cryptography package's AESGCM) of engine/crypto/keyslot.h's scheme:
+ * master key bytes 0x40..0x5f, passphrase "capi passphrase", N = 1024. */
+static const char kCapiRepoId[] = "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf";
+static const char kCapiSlot[] =
+    "{\"format\":\"dp420-key-slot\",\"format_version\":1,\"slot_id\":1,\"kind\":\"passphrase\","
+    "\"repo_id\":\"c0c1c2c3c4c5c6c7c8c9cacbcccdcecf\",\"kdf\":\"scrypt\",\"scrypt_n\":1024,"
+    "\"scrypt_r\":8,\"scrypt_p\":1,\"kdf_salt\":"
+    "\"0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20\","
+    "\"cipher\":\"aes-256-gcm\",\"nonce\":\"707172737475767778797a7b\",\"wrapped_key\":"
+    "\"6084e9720f2abaf02e4a20d0d6b6186a7f4eed3c07d40b586bbde3c0acb41d30\","
+    "\"tag\":\"074a9d6196999b4cf0790346567bf120\"}\n";
+
+/* The keys of an encrypted repository: a repository folder laid out by hand
+ * with the slot above, then list, add, export, remove through the C API. */
+static void TestKeys(dp420_ctx_t* ctx, const char* work) {
+  char repo[1024], path[1200], pass[1100], wrong[1100], key[1100], cmd[2600];
+  snprintf(repo, sizeof(repo), "%s/keys-repo", work);
+  snprintf(cmd, sizeof(cmd), "mkdir -p '%s/keys' '%s/locks'", repo, repo);
+  CHECK(system(cmd) == 0);
+  snprintf(path, sizeof(path), "%s/config", repo);
+  snprintf(cmd, sizeof(cmd), "{\"format\":\"dp420-repository\",\"format_version\":3,"
+           "\"repo_id\":\"%s\"}\n{}\n", kCapiRepoId);
+  WriteFile(path, cmd, 0600);
+  snprintf(path, sizeof(path), "%s/keys/slot-00000001.json", repo);
+  WriteFile(path, kCapiSlot, 0600);
+  snprintf(pass, sizeof(pass), "%s/capi.pass", work);
+  WriteFile(pass, "capi passphrase\n", 0600);
+  snprintf(wrong, sizeof(wrong), "%s/wrong.pass", work);
+  WriteFile(wrong, "not it\n", 0600);
+  snprintf(key, sizeof(key), "%s/capi.key", work);
+
+  dp420_key_list_t list;
+  memset(&list, 0, sizeof(list));
+  list.struct_size = sizeof(list);
+  CHECK(dp420_key_list(ctx, repo, &list) == -DP420_EINVAL); /* no key source */
+  CHECK(strstr(dp420_errmsg(ctx), "--passphrase-file") != NULL);
+  CHECK(dp420_ctx_set_passphrase_file(ctx, wrong) == 0);
+  CHECK(dp420_key_list(ctx, repo, &list) == -DP420_EKEY);
+  CHECK(dp420_ctx_set_passphrase_file(ctx, pass) == 0);
+  CHECK(dp420_key_list(ctx, repo, &list) == 0);
+  CHECK(list.slot_count == 1 && list.slots[0].slot_id == 1);
+  CHECK(list.slot_count == 1 && list.slots[0].kind == DP420_KEY_SLOT_PASSPHRASE);
+  CHECK(list.slot_count == 1 && list.slots[0].scrypt_n == 1024 && list.slots[0].opened == 1);
+  dp420_key_list_free(&list);
+
+  uint32_t id = 0;
+  CHECK(dp420_key_add(ctx, repo, NULL, key, 0, &id) == 0);
+  CHECK(id == 2 && Mode(key) == 0600);
+  CHECK(dp420_key_add(ctx, repo, pass, key, 0, &id) == -DP420_EINVAL); /* two new secrets */
+  char* paper = NULL;
+  CHECK(dp420_key_export_paper(ctx, repo, &paper) == 0);
+  CHECK(paper != NULL && strstr(paper, "1: 4041 4243 4445 4647") != NULL);
+  dp420_free(paper);
+
+  CHECK(dp420_ctx_set_passphrase_file(ctx, NULL) == 0);
+  CHECK(dp420_ctx_set_repo_key_file(ctx, key) == 0);
+  CHECK(dp420_key_remove(ctx, repo, 1) == 0);
+  CHECK(dp420_key_remove(ctx, repo, 2) == -DP420_EINVAL); /* the last slot */
+  CHECK(dp420_key_list(ctx, repo, &list) == 0);
+  CHECK(list.slot_count == 1 && list.slots[0].kind == DP420_KEY_SLOT_KEY_FILE);
+  dp420_key_list_free(&list);
+  list.struct_size = sizeof(list) - 1;
+  CHECK(dp420_key_list(ctx, repo, &list) == -DP420_EINVAL);
+  CHECK(dp420_ctx_set_repo_key_file(ctx, NULL) == 0);
+}
+
 /* Limits of client db2, through the first limits struct and through the one
  * with a struct_size (max_sessions). */
 static void TestClientLimits(dp420_ctx_t* ctx, const char* clients) {
@@ -584,6 +660,7 @@ int main(int argc, char** argv) {
   CHECK(strcmp(dp420_strerror(-DP420_EKEY), "wrong passphrase or key file") == 0);
   CHECK(dp420_repo_clock_offset_ns(repo) == 0);
   TestClients(ctx, work);
+  TestKeys(ctx, work);
   TestBounds(ctx, repo, src, work);
   TestConnectRefusals(ctx, work);
   TestServer(ctx, work, repo_path);

@@ -603,6 +603,92 @@ DP420_EXPORT void dp420_client_limits2_init(dp420_client_limits2_t* limits);
 DP420_EXPORT int dp420_client_set_limits2(dp420_ctx_t* ctx, const char* clients_file,
                                           const char* name, const dp420_client_limits2_t* limits);
 
+/* ==== Keys of encrypted repositories (since 0.5) =============================
+ * An encrypted repository's master key is kept only wrapped in key slots,
+ * REPO/keys/slot-NNNNNNNN.json, each under a passphrase or a key file (a
+ * file of 32 random bytes, mode 0600). These functions work on a local
+ * repository path.
+ *
+ * The secret that opens it is the context's key source, set with:
+ *   dp420_ctx_set_passphrase_file: a file whose whole content is the
+ *     passphrase (one trailing "\n" or "\r\n" is not part of it; empty is
+ *     refused); tried on passphrase slots only.
+ *   dp420_ctx_set_repo_key_file: a key file; tried on key-file slots only;
+ *     refused (-DP420_EPERM) when group or others may read or write it.
+ *   dp420_ctx_set_passphrase_prompt: allow (1) or not (0, the default)
+ *     asking for the passphrase on the process's terminal (/dev/tty, echo
+ *     off) when neither file is set.
+ * A NULL or empty path clears that source; setting both files is refused
+ * (-DP420_EINVAL) by the next key function. Secrets are never passed as
+ * strings. At most 8 slots of the source's kind are tried, in slot id order.
+ *
+ * Every key function first opens the repository's master key with the key
+ * source: -DP420_EKEY when the secret opens no slot (nothing is written),
+ * -DP420_EINVAL when the context has no key source (the message names the
+ * options), -DP420_ENOENT when the path is not a repository or has no slots,
+ * -DP420_ECORRUPT when no slot could be tried because the slot files of the
+ * source's kind are damaged. Changes hold an exclusive lock on
+ * REPO/locks/.keys.lock (-DP420_EBUSY after 10 s of waiting for it).
+ *
+ * New secrets (dp420_key_add, dp420_key_passwd): exactly one of
+ * new_passphrase_file, new_key_file (created with 32 random bytes, mode
+ * 0600, when it does not exist) and new_prompt (asks twice on the terminal;
+ * the two must match). */
+DP420_EXPORT int dp420_ctx_set_passphrase_file(dp420_ctx_t* ctx, const char* path);
+DP420_EXPORT int dp420_ctx_set_repo_key_file(dp420_ctx_t* ctx, const char* path);
+DP420_EXPORT int dp420_ctx_set_passphrase_prompt(dp420_ctx_t* ctx, int allow);
+
+#define DP420_KEY_SLOT_PASSPHRASE 1
+#define DP420_KEY_SLOT_KEY_FILE 2
+#define DP420_KEY_SLOT_DAMAGED 0
+
+/* One slot of dp420_key_list (no secret). */
+typedef struct dp420_key_slot {
+  uint32_t slot_id;
+  int kind;            /* DP420_KEY_SLOT_PASSPHRASE, _KEY_FILE, or _DAMAGED */
+  uint64_t scrypt_n;   /* passphrase slots: scrypt's cost parameters */
+  uint32_t scrypt_r;
+  uint32_t scrypt_p;
+  char created[32];    /* the slot file's mtime, RFC 3339 UTC ("2026-12-07T15:17:20Z") */
+  char file[40];       /* "keys/slot-NNNNNNNN.json" */
+  char damage[256];    /* damaged slots: what is wrong (may be cut short); else "" */
+  int opened;          /* 1 for the slot the key source opened */
+} dp420_key_slot_t;
+
+typedef struct dp420_key_list {
+  size_t struct_size;  /* sizeof(dp420_key_list_t) */
+  size_t slot_count;
+  dp420_key_slot_t* slots;  /* by slot id; dp420_key_list_free */
+} dp420_key_list_t;
+
+/* Every slot file of the repository at `repo_path`, the damaged ones too.
+ * Set result->struct_size = sizeof(dp420_key_list_t) first; release the
+ * slots with dp420_key_list_free. */
+DP420_EXPORT int dp420_key_list(dp420_ctx_t* ctx, const char* repo_path,
+                                dp420_key_list_t* result);
+DP420_EXPORT void dp420_key_list_free(dp420_key_list_t* result);
+/* Adds a slot under a new secret; *slot_id_out (may be NULL) receives its id.
+ * -DP420_EINVAL when that kind already has 8 slots. */
+DP420_EXPORT int dp420_key_add(dp420_ctx_t* ctx, const char* repo_path,
+                               const char* new_passphrase_file, const char* new_key_file,
+                               int new_prompt, uint32_t* slot_id_out);
+/* Removes slot `slot_id`; -DP420_EINVAL when there is no such slot or no
+ * other intact slot would be left. */
+DP420_EXPORT int dp420_key_remove(dp420_ctx_t* ctx, const char* repo_path, uint32_t slot_id);
+/* Changes the passphrase of passphrase slot `slot_id` (0: the slot the key
+ * source opened) to a new one, atomically (the slot file is replaced by a
+ * rename); *slot_id_out (may be NULL) receives the id changed.
+ * -DP420_EINVAL for a key-file slot. */
+DP420_EXPORT int dp420_key_passwd(dp420_ctx_t* ctx, const char* repo_path, uint32_t slot_id,
+                                  const char* new_passphrase_file, int new_prompt,
+                                  uint32_t* slot_id_out);
+/* The master key as a printable recovery form (see docs/SECURITY.md):
+ * *text_out is NUL-terminated text the caller frees with dp420_free (it holds
+ * the key: overwrite it first). */
+DP420_EXPORT int dp420_key_export_paper(dp420_ctx_t* ctx, const char* repo_path,
+                                        char** text_out);
+/* ==== End of keys of encrypted repositories ================================= */
+
 #ifdef __cplusplus
 }
 #endif
