@@ -50,6 +50,9 @@ struct Common {
   double heartbeat_seconds = 5;
   double retry_seconds = 60;
   std::string cache_dir;     // "" = $DP420_CACHE_DIR or the default
+  // What opens an encrypted repository (key_cmd.h, ApplyKeySource).
+  std::string passphrase_file;  // "" = $DP420_PASSPHRASE_FILE
+  std::string repo_key_file;    // "" = $DP420_REPO_KEY_FILE
 };
 
 // Seconds from the command line as milliseconds, at least 1.
@@ -75,6 +78,8 @@ int OpenRepo(const Common& c, dp420_repo_t** repo);
 void AddCommon(CLI::App* cmd, Common* c);
 // --repo, or --remote with the client's credentials and the network knobs
 // (checked by CheckRepoChoice: the two exclude each other).
+// --passphrase-file and --repo-key-file (an encrypted repository).
+void AddRepoKeyOptions(CLI::App* cmd, Common* c);
 void AddRepoOptions(CLI::App* cmd, Common* c);
 
 // Opens (or connects to) the repository, runs `body`, closes it.

@@ -118,9 +118,18 @@ void AddCommon(CLI::App* cmd, Common* c) {
 
 // --repo, or --remote with the client's credentials and the network knobs
 // (checked by CheckRepoChoice: the two exclude each other).
+void AddRepoKeyOptions(CLI::App* cmd, Common* c) {
+  cmd->add_option("--passphrase-file", c->passphrase_file,
+                  "File holding the passphrase of an encrypted repository (default: "
+                  "$DP420_PASSPHRASE_FILE, else asked on a terminal)");
+  cmd->add_option("--repo-key-file", c->repo_key_file,
+                  "Key file of an encrypted repository, mode 0600 (default: $DP420_REPO_KEY_FILE)");
+}
+
 void AddRepoOptions(CLI::App* cmd, Common* c) {
   AddCommon(cmd, c);
   cmd->add_option("--repo", c->repo, "Repository directory (or --remote)");
+  AddRepoKeyOptions(cmd, c);
   auto* g = cmd->add_option_group("remote", "A repository served by `dp420 serve`");
   g->add_option("--remote", c->remote, "Server address HOST:PORT (instead of --repo)");
   g->add_option("--client", c->client, "Client name registered on the server");

@@ -65,13 +65,18 @@ void OnSignal(int sig) {
 
 double Mbps(uint64_t bytes, double secs) { return secs > 0 ? double(bytes) / secs / 1e6 : 0; }
 
-int CmdInit(const Common& c) {
-  int rc = dp420_repo_init(g_ctx, c.repo.c_str());
+int CmdInit(const Common& c, const std::string& encryption) {
+  dp420_init_opts_t o;
+  dp420_init_opts_init(&o);
+  o.encryption = encryption.c_str();
+  int rc = dp420_repo_init_with(g_ctx, c.repo.c_str(), &o);
   if (rc != 0) return Report(c, "init", rc);
   if (c.json) {
-    PrintJson(Json{{"repository", c.repo}, {"created", true}});
+    PrintJson(Json{{"repository", c.repo}, {"created", true}, {"encryption", encryption}});
   } else if (!c.quiet) {
-    std::cout << "created dp420 repository at " << c.repo << std::endl;
+    std::cout << "created dp420 repository at " << c.repo
+              << (encryption == "none" ? " (not encrypted)" : " (encrypted, " + encryption + ")")
+              << std::endl;
   }
   return kExitOk;
 }
@@ -833,6 +838,12 @@ int Run(int argc, char** argv) {
 
   auto* init = app.add_subcommand("init", "Create a repository");
   init->add_option("REPO", c.repo, "Repository directory")->required();
+  std::string encryption = "none";
+  init->add_option("--encryption", encryption,
+                   "aes-256-gcm: blocks, tables and manifests encrypted at rest under a master "
+                   "key that a passphrase or key file opens; none (default)")
+      ->check(CLI::IsMember({"aes-256-gcm", "none"}));
+  AddRepoKeyOptions(init, &c);
   AddCommon(init, &c);
 
   auto* upgrade = app.add_subcommand("upgrade", "Bring a format-1 repository to this format");
@@ -911,7 +922,12 @@ int Run(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   int code = kExitUsage;
-  if (*init) code = CmdInit(c);
+  if (std::string why = ApplyKeySource({c.passphrase_file, c.repo_key_file}); !why.empty()) {
+    std::fprintf(stderr, "dp420: %s\n", why.c_str());
+    dp420_ctx_free(g_ctx);
+    return kExitUsage;
+  }
+  if (*init) code = CmdInit(c, encryption);
   if (*upgrade) code = CmdUpgrade(c);
   if (*repair) code = CmdRepair(c, rp);
   if (*backup) code = CmdBackup(c, b);

@@ -729,7 +729,10 @@ std::string PaperForm(const crypto::MasterKey& master, const crypto::RepoId& rep
     const uint8_t* bytes = key + (line - 1) * kPaperLineBytes;
     std::string hex = Hex(bytes, kPaperLineBytes);
     text += std::to_string(line) + ":";
-    for (size_t g = 0; g < hex.size(); g += 4) text += " " + hex.substr(g, 4);
+    for (size_t g = 0; g < hex.size(); g += 4) {
+      text += ' ';
+      text.append(hex, g, 4);
+    }
     text += "  " + LineCheck(line, bytes) + "\n";
     crypto::Cleanse(hex.data(), hex.size());
   }

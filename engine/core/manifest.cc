@@ -215,16 +215,6 @@ Result<Json> UnsealJsonPlain(const std::string& text, const std::string& what,
     return Status::Corruption(what + ": checksum mismatch (the file was edited or damaged)");
   }
   DP420_ASSIGN_OR_RETURN(Json j, ParseLine(line, what));
-  const bool encrypted = j.contains("format") && j["format"] == kSealedFormat;
-  if (encrypted && !(key && key->cipher())) {
-    return Status::Corruption(what + ": encrypted, and this reader holds no key to open it");
-  }
-  if (!encrypted && key && key->cipher()) {
-    return Status::Corruption(what + ": not encrypted in an encrypted repository");
-  }
-  if (encrypted) {
-    DP420_ASSIGN_OR_RETURN(j, DecryptLine(j, *key->cipher(), what));
-  }
   if (seal_hex) *seal_hex = hex;
   return j;
 }
