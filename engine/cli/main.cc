@@ -87,14 +87,15 @@ int CmdUpgrade(const Common& c) {
   int rc = dp420_repo_upgrade(g_ctx, c.repo.c_str(), &from, &resealed);
   if (rc != 0) return Report(c, "upgrade", rc);
   if (c.json) {
-    PrintJson(Json{{"repository", c.repo}, {"from_version", from},
+    PrintJson(Json{{"repository", c.repo}, {"from_version", from}, {"to_version", 3},
                    {"manifests_resealed", resealed}});
   } else if (!c.quiet) {
-    if (resealed == 0 && from != 1) {
-      std::cout << c.repo << " is already at the current format" << std::endl;
+    if (from >= 3) {
+      std::cout << c.repo << " is already at the current format (3)" << std::endl;
     } else {
-      std::cout << "upgraded " << c.repo << " from format " << from << ": " << resealed
-                << " manifest(s) re-sealed with the repository key" << std::endl;
+      std::cout << "upgraded " << c.repo << " from format " << from << " to 3";
+      if (from == 1) std::cout << ": " << resealed << " manifest(s) re-sealed with the repository key";
+      std::cout << "; new backups may be compressed (--compression)" << std::endl;
     }
   }
   return kExitOk;
@@ -846,7 +847,9 @@ int Run(int argc, char** argv) {
   AddRepoKeyOptions(init, &c);
   AddCommon(init, &c);
 
-  auto* upgrade = app.add_subcommand("upgrade", "Bring a format-1 repository to this format");
+  auto* upgrade = app.add_subcommand(
+      "upgrade", "Bring a repository of format 1 or 2 to format 3 (compression; packs of "
+                 "version 2)");
   upgrade->add_option("REPO", c.repo, "Repository directory")->required();
   AddCommon(upgrade, &c);
 

@@ -212,6 +212,13 @@ Result<std::unique_ptr<Repository>> Repository::Open(const std::string& path,
   return OpenAny(path, false, key_source);
 }
 
+Result<bool> Repository::IsEncrypted(const std::string& path) {
+  DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(path + "/config"));
+  Json j = Json::parse(text.substr(0, text.find('\n')), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Status::Corruption(path + "/config: not JSON");
+  return j.contains("encryption") && j["encryption"].is_string() && j["encryption"] != "none";
+}
+
 Result<std::unique_ptr<Repository>> Repository::OpenForUpgrade(const std::string& path) {
   return OpenAny(path, true, KeySource{});
 }

@@ -82,6 +82,9 @@ class Repository {
   // kBadKey when it opens no key slot, kInvalidArgument when it gives nothing).
   static Result<std::unique_ptr<Repository>> Open(const std::string& path,
                                                    const KeySource& key_source = {});
+  // Whether the repository at `path` says it is encrypted (its config, read
+  // without the key; only for choosing what to do: Open checks everything).
+  static Result<bool> IsEncrypted(const std::string& path);
   // Opens a format-1 repository for UpgradeRepository (engine/core/upgrade.h),
   // checking its config's plain seal; a current one opens as with Open().
   static Result<std::unique_ptr<Repository>> OpenForUpgrade(const std::string& path);

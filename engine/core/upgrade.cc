@@ -84,50 +84,70 @@ Result<Manifest> UpgradeVolume(const Repository& repo, const std::string& volume
   return list.back().m;
 }
 
-Status RewriteConfig(const Repository& repo) {
+// The config at format 3 (not encrypted: an existing repository keeps its
+// key file), sealed with the repository key; a format-1 config is read
+// under its plain seal.
+Status RewriteConfig(const Repository& repo, bool plain_seal) {
   std::string path = repo.path() + "/config";
   DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(path));
-  DP420_ASSIGN_OR_RETURN(Json config, UnsealJsonPlain(text, path));
-  config["format_version"] = kFormatVersion;
+  DP420_ASSIGN_OR_RETURN(Json config, plain_seal ? UnsealJsonPlain(text, path)
+                                                 : UnsealJson(text, path, &repo.seal_key()));
+  config["format_version"] = kRepoFormatVersion;
+  config["encryption"] = "none";
   return io::WriteFileAtomic(path, SealJson(config, repo.seal_key()));
+}
+
+// Format 1 to 2: every manifest re-sealed with the repository key, and the
+// volumes' heads written.
+Status UpgradeFromFormat1(Repository& repo, UpgradeReport* r) {
+  const std::string& path = repo.path();
+  // Anchors exist only for volumes seen at format 2 or later: each must
+  // already be upgraded (an interrupted run), or the config was put back.
+  for (const auto& volume : AnchoredVolumes(repo)) {
+    if (!ReadHead(repo, volume).ok()) {
+      return Status::Corruption(path + ": this machine has seen volume '" + volume +
+                                "' of this repository at format " +
+                                std::to_string(kFormatVersion) + " (" + AnchorDir(repo) +
+                                "), yet the config says format " +
+                                std::to_string(r->from_version) + ": downgraded; refusing");
+    }
+  }
+  std::vector<VolumeLock> locks;
+  for (const auto& volume : repo.ListVolumes()) {
+    DP420_ASSIGN_OR_RETURN(VolumeLock lock, repo.LockVolume(volume));
+    locks.push_back(std::move(lock));
+  }
+  for (const auto& volume : repo.ListVolumes()) {
+    // A head is written once a volume is fully re-sealed: an interrupted
+    // upgrade left it done. Anything plain-sealed there now is refused by
+    // every reader as a forgery.
+    if (ReadHead(repo, volume).ok()) continue;
+    auto newest = UpgradeVolume(repo, volume, &r->manifests_resealed);
+    if (!newest.ok() && newest.status().code() == Code::kNotFound) continue;
+    if (!newest.ok()) return newest.status();
+    DP420_RETURN_IF_ERROR(AdvanceHead(repo, volume, &newest.value()));
+    ++r->volumes;
+  }
+  return Status::Ok();
 }
 
 }  // namespace
 
 Result<UpgradeReport> UpgradeRepository(const std::string& path) {
-  DP420_ASSIGN_OR_RETURN(std::unique_ptr<Repository> repo, Repository::OpenForUpgrade(path));
   UpgradeReport r;
+  // Only format 3 is encrypted: nothing to do (and no key to ask for).
+  if (auto encrypted = Repository::IsEncrypted(path); encrypted.ok() && *encrypted) {
+    r.from_version = r.to_version = kRepoFormatVersion;
+    return r;
+  }
+  DP420_ASSIGN_OR_RETURN(std::unique_ptr<Repository> repo, Repository::OpenForUpgrade(path));
   r.from_version = repo->format_version();
-  r.to_version = kFormatVersion;
-  if (r.from_version == kFormatVersion) return r;
-  // Anchors exist only for volumes seen at the current format: each must
-  // already be upgraded (an interrupted run), or the config was put back.
-  for (const auto& volume : AnchoredVolumes(*repo)) {
-    if (!ReadHead(*repo, volume).ok()) {
-      return Status::Corruption(path + ": this machine has seen volume '" + volume +
-                                "' of this repository at format " +
-                                std::to_string(kFormatVersion) + " (" + AnchorDir(*repo) +
-                                "), yet the config says format " +
-                                std::to_string(r.from_version) + ": downgraded; refusing");
-    }
-  }
-  std::vector<VolumeLock> locks;
-  for (const auto& volume : repo->ListVolumes()) {
-    DP420_ASSIGN_OR_RETURN(VolumeLock lock, repo->LockVolume(volume));
-    locks.push_back(std::move(lock));
-  }
-  for (const auto& volume : repo->ListVolumes()) {
-    // A head is written once a volume is fully re-sealed: an interrupted
-    // upgrade left it done. Anything plain-sealed there now is refused by
-    // every reader as a forgery.
-    if (ReadHead(*repo, volume).ok()) continue;
-    auto newest = UpgradeVolume(*repo, volume, &r.manifests_resealed);
-    if (!newest.ok() && newest.status().code() == Code::kNotFound) continue;
-    if (!newest.ok()) return newest.status();
-    DP420_RETURN_IF_ERROR(AdvanceHead(*repo, volume, &newest.value()));
-    ++r.volumes;
-  }
-  DP420_RETURN_IF_ERROR(RewriteConfig(*repo));
+  r.to_version = kRepoFormatVersion;
+  if (r.from_version == kRepoFormatVersion) return r;
+  if (r.from_version < 2) DP420_RETURN_IF_ERROR(UpgradeFromFormat1(*repo, &r));
+  // Format 2 to 3 changes only the config: packs of version 1 stay as they
+  // are and are read as before; new packs are of version 2.
+  DP420_RETURN_IF_ERROR(RewriteConfig(*repo, r.from_version < 2));
   return r;
 }
 

@@ -1068,6 +1068,12 @@ void Server::Drain() {
 }
 
 Status Server::Run() {
+  auto encrypted = Repository::IsEncrypted(o_.repo_path);
+  if (encrypted.ok() && *encrypted) {
+    return Status::Version(o_.repo_path + " is an encrypted repository: dp420 serve does not "
+                           "serve encrypted repositories yet (it would need their key); back up "
+                           "to it locally, or serve a repository made with --encryption none");
+  }
   DP420_ASSIGN_OR_RETURN(repo_, Repository::Open(o_.repo_path));
   DP420_RETURN_IF_ERROR(LoadClients());
   if (!o_.retention_file.empty()) {

@@ -93,9 +93,12 @@ class EncryptionTest : public testing::Test {
     if (r.exit_code != kExitOk) Fail(r.Describe());
     return repo;
   }
+  // With the key file `key` ("" for a repository without encryption).
   Result Run(std::vector<std::string> args, const std::string& key) {
-    args.push_back("--repo-key-file");
-    args.push_back(key);
+    if (!key.empty()) {
+      args.push_back("--repo-key-file");
+      args.push_back(key);
+    }
     return Cli(args);
   }
   Json BackupJson(const std::string& repo, const std::string& key, const std::string& volume,
@@ -284,6 +287,67 @@ TEST_F(EncryptionTest, EncryptedInitWithoutASecretIsAUsageError) {
   EXPECT_NE(r.err.find("--passphrase-file"), std::string::npos) << r.Describe();
   EXPECT_NE(r.err.find("--encryption none"), std::string::npos) << r.Describe();
   EXPECT_FALSE(Exists(repo + "/config"));
+}
+
+// A repository of format 2 (made before format 3: raw records in packs of version 1)
+// keeps being written as format 2; after `dp420 upgrade` its chain goes on with
+// compressed records in packs of version 2, and every snapshot of the mixed chain
+// restores bit-exact — also after prune copied the old raw records into new packs.
+TEST_F(EncryptionTest, Format2ChainGoesOnCompressedAfterTheUpgrade) {
+  std::string repo = InitRepo(dir_);
+  EditSignedFile(repo, repo + "/config", [](std::string* line) {
+    Json j = Json::parse(*line);
+    j["format_version"] = 2;
+    j.erase("encryption");
+    *line = j.dump();
+  }, Reseal::kRepositoryKey);
+  std::string vol = dir_ / "vol.img";
+  WritePatternFile(vol, 16 << 20, 21, 4);
+  std::string text;
+  while (text.size() < (4u << 20)) text += "a compressible line of text, again and again\n";
+  auto put_text = [&](uint64_t at) {
+    std::fstream f(vol, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(std::streamoff(at));
+    f.write(text.data(), std::streamsize(text.size()));
+  };
+  put_text(0);
+  std::vector<std::pair<std::string, std::string>> snaps;
+  auto take = [&](const std::vector<std::string>& extra) {
+    Json b = Backup(repo, "v", vol, extra);
+    snaps.push_back({b["snapshot_id"].get<std::string>(), Sha256File(vol)});
+    return b;
+  };
+  // Format 2: --compression changes nothing, packs are of version 1.
+  EXPECT_EQ(take({"--compression", "lz4"})["blocks_compressed"].get<uint64_t>(), 0u);
+  OverwriteRange(vol, 6 << 20, 1 << 20, 22);
+  take({});
+  for (const auto& p : ListPacks(repo)) {
+    EXPECT_EQ(ReadFile(repo + "/packs/" + p).substr(8, 1), std::string(1, '\x01')) << p;
+  }
+  Result up = Cli({"upgrade", repo, "--json"});
+  ASSERT_EQ(up.exit_code, kExitOk) << up.Describe();
+  EXPECT_EQ(ParseJson(up)["from_version"].get<int>(), 2);
+  put_text(8 << 20);
+  EXPECT_GT(take({"--compression", "zstd:1"})["blocks_compressed"].get<uint64_t>(), 0u);
+  OverwriteRange(vol, 1 << 20, 256 << 10, 23);
+  take({"--compression", "lz4"});
+  Result v = Cli({"verify", "--repo", repo, "--read-data"});
+  EXPECT_EQ(v.exit_code, kExitOk) << v.Describe();
+  for (const auto& [id, sha] : snaps) {
+    EXPECT_EQ(RestoreAndCompare(repo, "", "v", id, sha), kExitOk) << id;
+  }
+  // The full (format 2) forgotten, every pack rewritten: raw records of version-1
+  // packs copied into packs of version 2.
+  ASSERT_EQ(Cli({"forget", "--repo", repo, "--volume", "v", "--snapshot", snaps[0].first}).exit_code,
+            kExitOk);
+  Result pr = Cli({"prune", "--repo", repo, "--max-unused", "0", "--json"});
+  ASSERT_EQ(pr.exit_code, kExitOk) << pr.Describe();
+  EXPECT_GT(ParseJson(pr)["packs_rewritten"].get<uint64_t>(), 0u) << pr.out;
+  v = Cli({"verify", "--repo", repo, "--read-data"});
+  EXPECT_EQ(v.exit_code, kExitOk) << v.Describe();
+  for (size_t i = 1; i < snaps.size(); ++i) {
+    EXPECT_EQ(RestoreAndCompare(repo, "", "v", snaps[i].first, snaps[i].second), kExitOk);
+  }
 }
 
 // Tampering with stored records, each on a fresh copy of one repository: found by

@@ -169,7 +169,7 @@ TEST_F(HistoryTest, Format1RepositoryIsRefusedThenUpgradedIntact) {
   EXPECT_TRUE(report->problems.empty()) << report->problems[0].message;
   auto again = UpgradeRepository(repo_path_);
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ(again->from_version, kFormatVersion);
+  EXPECT_EQ(again->from_version, kRepoFormatVersion);
   EXPECT_EQ(again->manifests_resealed, 0u);
 }
 
