@@ -278,6 +278,43 @@ TEST_F(EncryptionTest, WrongKeyOrPassphraseIsRefusedAndChangesNothing) {
   EXPECT_NE(none.err.find("--passphrase-file"), std::string::npos) << none.Describe();
 }
 
+// A manifest of an encrypted repository edited (one character of its encrypted
+// text) or replaced by the plaintext manifest of a repository without encryption
+// sealed under that repository's own key: refused, and restore of it fails.
+TEST_F(EncryptionTest, EditedOrPlaintextManifestIsRefused) {
+  std::string repo = NewRepo("repo", key_);
+  std::string vol = dir_ / "vol.img";
+  WritePatternFile(vol, 4 << 20, 9);
+  std::string id = BackupJson(repo, key_, "v", vol)["snapshot_id"].get<std::string>();
+  std::string manifest = FindManifest(repo, "v", id);
+  ASSERT_FALSE(manifest.empty());
+  std::string original = ReadFile(manifest);
+  ASSERT_EQ(original.rfind("{\"format\":\"dp420-sealed\"", 0), 0u) << original;
+
+  std::string edited = original;
+  size_t at = edited.find("\"data\":\"") + 20;
+  edited[at] = edited[at] == 'A' ? 'B' : 'A';
+  WriteFile(manifest, edited);
+  Result r = Run({"restore", "--repo", repo, "--volume", "v", "--snapshot", id, dir_ / "t1"}, key_);
+  EXPECT_EQ(r.exit_code, kExitDamage) << r.Describe();
+  EXPECT_FALSE(Exists(dir_ / "t1"));
+  Result v = Run({"verify", "--repo", repo}, key_);
+  EXPECT_EQ(v.exit_code, kExitDamage) << v.Describe();
+
+  // The plaintext manifest of the same volume from a repository without
+  // encryption, under the same file name.
+  std::string plain = dir_ / "plain";
+  ASSERT_EQ(Cli({"init", plain}).exit_code, kExitOk);
+  std::string pid = Backup(plain, "v", vol)["snapshot_id"].get<std::string>();
+  WriteFile(manifest, ReadFile(FindManifest(plain, "v", pid)));
+  r = Run({"restore", "--repo", repo, "--volume", "v", "--snapshot", id, dir_ / "t2"}, key_);
+  EXPECT_EQ(r.exit_code, kExitDamage) << r.Describe();
+  EXPECT_FALSE(Exists(dir_ / "t2"));
+
+  WriteFile(manifest, original);
+  EXPECT_EQ(RestoreAndCompare(repo, key_, "v", id, Sha256File(vol)), kExitOk);
+}
+
 // An encrypted init with no secret at all stops with a usage error naming the
 // options, and leaves no repository behind.
 TEST_F(EncryptionTest, EncryptedInitWithoutASecretIsAUsageError) {
