@@ -80,6 +80,12 @@ size_t PaddedLen(uint32_t stored_len) {
 // `raw` (raw_len bytes). "" when good, else what is wrong.
 std::string ReadChecked(const PackReader& pack, const ObjRef& ref, uint32_t raw_len,
                         uint8_t* buf, RecordCodec& codec, uint8_t* raw) {
+  // A raw record is its object's bytes: any other length is damage (and more
+  // than raw_len bytes would not fit `raw`).
+  if (!(ref.flags & kObjEncodingFlags) && ref.stored_len != raw_len) {
+    return "has stored_len " + std::to_string(ref.stored_len) + " instead of its object's " +
+           std::to_string(raw_len) + " bytes";
+  }
   uint64_t offset = ref.offset_bytes();
   const size_t padded = PaddedLen(ref.stored_len);
   if (offset + padded > pack.size_bytes()) return "runs past the end (truncated)";

@@ -9,9 +9,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -462,6 +464,74 @@ TEST_F(TamperTest, TruncatedPackIsCaught) {
   auto records = DataRecords(incr);
   Truncate(incr, uint64_t(records[0].offset_4k) * 4096 + 4096);
   ExpectCaught("a truncated pack");
+}
+
+// What someone holding keys/hash.key of a repository without encryption can write:
+// the leaf entries of snapshot `snapshot` (its table's root, the only leaf page, stored
+// raw: a volume of at most 256 blocks backed up with --compression off) changed by
+// `edit`, which gets their references; the page's
+// SHA-256, the manifest and the head made to match and sealed with the repository key.
+void RewriteLeafEntries(const std::string& repo, const std::string& volume,
+                        const std::string& snapshot,
+                        const std::function<void(std::vector<TrailerEntry>*)>& edit) {
+  const std::string manifest = FindManifest(repo, volume, snapshot);
+  const std::string text = ReadFile(manifest);
+  const Json root = Json::parse(text.substr(0, text.find('\n')))["table"]["root"];
+  if (root["flags"].get<uint32_t>() & 0x700) Fail("the root page is encoded");
+  const std::string pack = repo + "/packs/" + root["pack"].get<std::string>() + ".pack";
+  const uint64_t offset = root["offset_4k"].get<uint64_t>() * 4096;
+  const size_t len = root["stored_len"].get<size_t>();
+  std::string bytes = ReadFile(pack);
+  std::string page = bytes.substr(offset, len);
+  std::vector<TrailerEntry> refs(len / 64);
+  for (size_t i = 0; i < refs.size(); ++i) {
+    std::memcpy(&refs[i], page.data() + 64 * i + 16, sizeof(TrailerEntry));
+  }
+  edit(&refs);
+  for (size_t i = 0; i < refs.size(); ++i) {
+    std::memcpy(page.data() + 64 * i + 16, &refs[i], sizeof(TrailerEntry));
+  }
+  bytes.replace(offset, len, page);
+  WriteFile(pack, bytes);
+  const std::string sha = Sha256Hex(page);
+  ResealManifest(manifest, [&](std::string* line) {
+    Json j = Json::parse(*line);
+    j["table"]["root"]["sha256"] = sha;
+    *line = j.dump();
+  });
+}
+
+// A raw (unencoded) entry claiming a record longer than its block, with the SHA-256 of
+// that many bytes of its pack: verify --read-data reports it (it copied the record into
+// a buffer of the block's length, past its end: a crash) and restore refuses it.
+TEST_F(EncryptionTest, RawEntryLongerThanItsBlockIsDamageNotACrash) {
+  std::string repo = InitRepo(dir_);
+  std::string vol = dir_ / "vol.img";
+  WritePatternFile(vol, 4 << 20, 31);
+  Json b = Backup(repo, "v", vol, {"--compression", "off"});
+  const std::string id = b["snapshot_id"].get<std::string>();
+  uint64_t offset = 0;
+  RewriteLeafEntries(repo, "v", id, [&](std::vector<TrailerEntry>* refs) {
+    TrailerEntry* ref = &(*refs)[0];
+    offset = uint64_t(ref->offset_4k) * 4096;
+    ref->stored_len = 3u << 20;
+    char pack[16];
+    std::snprintf(pack, sizeof(pack), "%08x", ref->pack_id);
+    std::string bytes = ReadFile(repo + "/packs/" + pack + ".pack");
+    ASSERT_GE(bytes.size(), offset + ref->stored_len);
+    std::string sha = Sha256Hex(bytes.substr(offset, ref->stored_len));
+    for (size_t i = 0; i < 32; ++i) {
+      ref->digest[i] = static_cast<uint8_t>(std::stoi(sha.substr(2 * i, 2), nullptr, 16));
+    }
+  });
+  Result v = Cli({"verify", "--repo", repo, "--read-data"});
+  EXPECT_EQ(v.term_signal, 0) << v.Describe();
+  EXPECT_EQ(v.exit_code, kExitDamage) << v.Describe();
+  // The record itself is named (not only the entry): it was taken as good.
+  EXPECT_NE(v.All().find("record at offset " + std::to_string(offset) + " has stored_len 3145728"),
+            std::string::npos)
+      << v.Describe();
+  EXPECT_EQ(RestoreAndCompare(repo, "", "v", id, Sha256File(vol)), kExitDamage);
 }
 
 }  // namespace
