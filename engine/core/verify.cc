@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -154,14 +155,15 @@ struct Record {
   uint16_t key_id = 0;
   uint8_t sha256[32] = {};
   uint64_t offset_bytes() const { return uint64_t{offset_4k} * kRecordAlign; }
+  // Every field: one record read as two different things (another length,
+  // codec or key) is checked as each of them, not as whichever sorts first.
+  auto Key() const { return std::tie(offset_4k, stored_len, raw_len, flags, key_id); }
   bool operator<(const Record& o) const {
-    if (offset_4k != o.offset_4k) return offset_4k < o.offset_4k;
-    if (stored_len != o.stored_len) return stored_len < o.stored_len;
+    if (Key() != o.Key()) return Key() < o.Key();
     return std::memcmp(sha256, o.sha256, 32) < 0;
   }
   bool operator==(const Record& o) const {
-    return offset_4k == o.offset_4k && stored_len == o.stored_len &&
-           std::memcmp(sha256, o.sha256, 32) == 0;
+    return Key() == o.Key() && std::memcmp(sha256, o.sha256, 32) == 0;
   }
 };
 

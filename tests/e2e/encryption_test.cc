@@ -534,5 +534,29 @@ TEST_F(EncryptionTest, RawEntryLongerThanItsBlockIsDamageNotACrash) {
   EXPECT_EQ(RestoreAndCompare(repo, "", "v", id, Sha256File(vol)), kExitDamage);
 }
 
+// Two entries of one snapshot naming the same record (two equal blocks), one of them
+// claiming it is LZ4-compressed: restore refuses the snapshot, and so must verify
+// --read-data, which used to check the record only as whichever entry sorted first
+// (and then said the repository was fine).
+TEST_F(EncryptionTest, RecordNamedAsTwoThingsIsCheckedAsEach) {
+  std::string repo = InitRepo(dir_);
+  std::string vol = dir_ / "vol.img";
+  WritePatternFile(vol, 2 << 20, 51);
+  CopyBytes(vol, 0, vol, 64 << 10, 64 << 10);  // block 1 = block 0
+  Json b = Backup(repo, "v", vol, {"--compression", "off"});
+  const std::string id = b["snapshot_id"].get<std::string>();
+  RewriteLeafEntries(repo, "v", id, [](std::vector<TrailerEntry>* refs) {
+    TrailerEntry& first = (*refs)[0];
+    const TrailerEntry& second = (*refs)[1];
+    ASSERT_EQ(std::memcmp(first.digest, second.digest, 32), 0);
+    first.offset_4k = second.offset_4k;  // block 0 read from block 1's record...
+    first.flags |= 1u << 10;             // ...as LZ4
+  });
+  EXPECT_EQ(RestoreAndCompare(repo, "", "v", id, Sha256File(vol)), kExitDamage);
+  Result v = Cli({"verify", "--repo", repo, "--read-data"});
+  EXPECT_EQ(v.exit_code, kExitDamage) << v.Describe();
+  EXPECT_NE(v.All().find("does not decode"), std::string::npos) << v.Describe();
+}
+
 }  // namespace
 }  // namespace dp420::e2e
