@@ -558,5 +558,44 @@ TEST_F(EncryptionTest, RecordNamedAsTwoThingsIsCheckedAsEach) {
   EXPECT_NE(v.All().find("does not decode"), std::string::npos) << v.Describe();
 }
 
+// Someone who cannot read an encrypted repository puts the config (and keys/hash.key)
+// of a repository without encryption in its place, so that the next backup would be
+// written in the clear: every command given the repository's key file refuses it
+// (exit 11) and writes nothing; it used to back up a new volume in the clear.
+TEST_F(EncryptionTest, ConfigReplacedByOneWithoutEncryptionIsRefused) {
+  std::string repo = NewRepo("repo", key_);
+  std::string vol = dir_ / "vol.img";
+  WritePatternFile(vol, 4 << 20, 41);
+  BackupJson(repo, key_, "v", vol);
+  std::string plain = InitRepo(dir_, "plain");
+  WriteFile(repo + "/config", ReadFile(plain + "/config"));
+  WriteFile(repo + "/keys/hash.key", ReadFile(plain + "/keys/hash.key"));
+  const auto before = Files(repo);
+  std::vector<std::vector<std::string>> commands = {
+      {"backup", "--repo", repo, "--volume", "w", vol},
+      {"backup", "--repo", repo, "--volume", "v", vol},
+      {"snapshots", "--repo", repo},
+      {"restore", "--repo", repo, "--volume", "v", dir_ / "target"},
+      {"verify", "--repo", repo},
+      {"prune", "--repo", repo}};
+  for (const auto& args : commands) {
+    Result r = Run(args, key_);
+    EXPECT_EQ(r.exit_code, kExitBadKey) << r.Describe();
+    EXPECT_NE(r.err.find("not an encrypted repository"), std::string::npos) << r.Describe();
+  }
+  EXPECT_FALSE(Exists(dir_ / "target"));
+  EXPECT_TRUE(Files(repo) == before) << "a refused command changed the repository";
+  EXPECT_FALSE(Exists(repo + "/snapshots/w"));
+  // So is a genuine repository without encryption given a key, and init does not make
+  // one while a secret is given (it made it, and ignored the secret).
+  Result plain_with_key = Run({"snapshots", "--repo", plain}, key_);
+  EXPECT_EQ(plain_with_key.exit_code, kExitBadKey) << plain_with_key.Describe();
+  EXPECT_EQ(Cli({"snapshots", "--repo", plain}).exit_code, kExitOk);
+  Result init = Run({"init", dir_ / "other"}, key_);
+  EXPECT_EQ(init.exit_code, kExitUsage) << init.Describe();
+  EXPECT_NE(init.err.find("--encryption aes-256-gcm"), std::string::npos) << init.Describe();
+  EXPECT_FALSE(Exists(dir_ / "other/config"));
+}
+
 }  // namespace
 }  // namespace dp420::e2e
