@@ -319,6 +319,16 @@ int dp420_repo_init_with(dp420_ctx_t* ctx, const char* path, const dp420_init_op
     }
     o.encrypted = encryption == "aes-256-gcm";
     o.key_source = ctx->key_source;
+    // A secret for a repository made without encryption would be ignored, and
+    // every later command given it refuses the repository (Repository::Open).
+    if (!o.encrypted &&
+        (!o.key_source.passphrase_file.empty() || !o.key_source.key_file.empty())) {
+      return Fail(ctx, Status::InvalidArgument(
+                           "a passphrase or key file was given for a repository without "
+                           "encryption: add --encryption aes-256-gcm, or leave out "
+                           "--passphrase-file and --repo-key-file (and DP420_PASSPHRASE_FILE, "
+                           "DP420_REPO_KEY_FILE)"));
+    }
     Status s = dp420::Repository::Init(dp420::control::AbsolutePath(path), o);
     return s.ok() ? Ok(ctx) : Fail(ctx, s);
   });

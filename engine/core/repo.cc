@@ -306,6 +306,19 @@ Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
       return Status::Corruption(what + ": encryption in a repository of format " +
                                 std::to_string(repo->format_version_));
     }
+    // A secret given for a repository whose config says it is not encrypted:
+    // the config may have been replaced by someone who cannot read the
+    // repository, so that what is written next lands in the clear. Refused,
+    // never ignored.
+    if (encryption == "none" &&
+        (!key_source.passphrase_file.empty() || !key_source.key_file.empty())) {
+      return Status::BadKey(
+          path + " is not an encrypted repository (its config says encryption none), yet a " +
+          (key_source.key_file.empty() ? "passphrase" : "key") +
+          " file was given: refused, in case its config was replaced to have data written in "
+          "the clear; leave out --passphrase-file and --repo-key-file (and "
+          "DP420_PASSPHRASE_FILE, DP420_REPO_KEY_FILE) for a repository without encryption");
+    }
     if (encryption == "none") DP420_RETURN_IF_ERROR(repo->LoadKey(c));
   } catch (const std::exception& e) {
     return Status::Corruption(what + ": malformed (" + e.what() + ")");

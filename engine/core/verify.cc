@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -80,6 +81,12 @@ size_t PaddedLen(uint32_t stored_len) {
 // `raw` (raw_len bytes). "" when good, else what is wrong.
 std::string ReadChecked(const PackReader& pack, const ObjRef& ref, uint32_t raw_len,
                         uint8_t* buf, RecordCodec& codec, uint8_t* raw) {
+  // A raw record is its object's bytes: any other length is damage (and more
+  // than raw_len bytes would not fit `raw`).
+  if (!(ref.flags & kObjEncodingFlags) && ref.stored_len != raw_len) {
+    return "has stored_len " + std::to_string(ref.stored_len) + " instead of its object's " +
+           std::to_string(raw_len) + " bytes";
+  }
   uint64_t offset = ref.offset_bytes();
   const size_t padded = PaddedLen(ref.stored_len);
   if (offset + padded > pack.size_bytes()) return "runs past the end (truncated)";
@@ -148,14 +155,15 @@ struct Record {
   uint16_t key_id = 0;
   uint8_t sha256[32] = {};
   uint64_t offset_bytes() const { return uint64_t{offset_4k} * kRecordAlign; }
+  // Every field: one record read as two different things (another length,
+  // codec or key) is checked as each of them, not as whichever sorts first.
+  auto Key() const { return std::tie(offset_4k, stored_len, raw_len, flags, key_id); }
   bool operator<(const Record& o) const {
-    if (offset_4k != o.offset_4k) return offset_4k < o.offset_4k;
-    if (stored_len != o.stored_len) return stored_len < o.stored_len;
+    if (Key() != o.Key()) return Key() < o.Key();
     return std::memcmp(sha256, o.sha256, 32) < 0;
   }
   bool operator==(const Record& o) const {
-    return offset_4k == o.offset_4k && stored_len == o.stored_len &&
-           std::memcmp(sha256, o.sha256, 32) == 0;
+    return Key() == o.Key() && std::memcmp(sha256, o.sha256, 32) == 0;
   }
 };
 

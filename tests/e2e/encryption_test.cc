@@ -9,9 +9,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -499,6 +501,137 @@ TEST_F(TamperTest, TruncatedPackIsCaught) {
   auto records = DataRecords(incr);
   Truncate(incr, uint64_t(records[0].offset_4k) * 4096 + 4096);
   ExpectCaught("a truncated pack");
+}
+
+// What someone holding keys/hash.key of a repository without encryption can write:
+// the leaf entries of snapshot `snapshot` (its table's root, the only leaf page, stored
+// raw: a volume of at most 256 blocks backed up with --compression off) changed by
+// `edit`, which gets their references; the page's
+// SHA-256, the manifest and the head made to match and sealed with the repository key.
+void RewriteLeafEntries(const std::string& repo, const std::string& volume,
+                        const std::string& snapshot,
+                        const std::function<void(std::vector<TrailerEntry>*)>& edit) {
+  const std::string manifest = FindManifest(repo, volume, snapshot);
+  const std::string text = ReadFile(manifest);
+  const Json root = Json::parse(text.substr(0, text.find('\n')))["table"]["root"];
+  if (root["flags"].get<uint32_t>() & 0x700) Fail("the root page is encoded");
+  const std::string pack = repo + "/packs/" + root["pack"].get<std::string>() + ".pack";
+  const uint64_t offset = root["offset_4k"].get<uint64_t>() * 4096;
+  const size_t len = root["stored_len"].get<size_t>();
+  std::string bytes = ReadFile(pack);
+  std::string page = bytes.substr(offset, len);
+  std::vector<TrailerEntry> refs(len / 64);
+  for (size_t i = 0; i < refs.size(); ++i) {
+    std::memcpy(&refs[i], page.data() + 64 * i + 16, sizeof(TrailerEntry));
+  }
+  edit(&refs);
+  for (size_t i = 0; i < refs.size(); ++i) {
+    std::memcpy(page.data() + 64 * i + 16, &refs[i], sizeof(TrailerEntry));
+  }
+  bytes.replace(offset, len, page);
+  WriteFile(pack, bytes);
+  const std::string sha = Sha256Hex(page);
+  ResealManifest(manifest, [&](std::string* line) {
+    Json j = Json::parse(*line);
+    j["table"]["root"]["sha256"] = sha;
+    *line = j.dump();
+  });
+}
+
+// A raw (unencoded) entry claiming a record longer than its block, with the SHA-256 of
+// that many bytes of its pack: verify --read-data reports it (it copied the record into
+// a buffer of the block's length, past its end: a crash) and restore refuses it.
+TEST_F(EncryptionTest, RawEntryLongerThanItsBlockIsDamageNotACrash) {
+  std::string repo = InitRepo(dir_);
+  std::string vol = dir_ / "vol.img";
+  WritePatternFile(vol, 4 << 20, 31);
+  Json b = Backup(repo, "v", vol, {"--compression", "off"});
+  const std::string id = b["snapshot_id"].get<std::string>();
+  uint64_t offset = 0;
+  RewriteLeafEntries(repo, "v", id, [&](std::vector<TrailerEntry>* refs) {
+    TrailerEntry* ref = &(*refs)[0];
+    offset = uint64_t(ref->offset_4k) * 4096;
+    ref->stored_len = 3u << 20;
+    char pack[16];
+    std::snprintf(pack, sizeof(pack), "%08x", ref->pack_id);
+    std::string bytes = ReadFile(repo + "/packs/" + pack + ".pack");
+    ASSERT_GE(bytes.size(), offset + ref->stored_len);
+    std::string sha = Sha256Hex(bytes.substr(offset, ref->stored_len));
+    for (size_t i = 0; i < 32; ++i) {
+      ref->digest[i] = static_cast<uint8_t>(std::stoi(sha.substr(2 * i, 2), nullptr, 16));
+    }
+  });
+  Result v = Cli({"verify", "--repo", repo, "--read-data"});
+  EXPECT_EQ(v.term_signal, 0) << v.Describe();
+  EXPECT_EQ(v.exit_code, kExitDamage) << v.Describe();
+  // The record itself is named (not only the entry): it was taken as good.
+  EXPECT_NE(v.All().find("record at offset " + std::to_string(offset) + " has stored_len 3145728"),
+            std::string::npos)
+      << v.Describe();
+  EXPECT_EQ(RestoreAndCompare(repo, "", "v", id, Sha256File(vol)), kExitDamage);
+}
+
+// Two entries of one snapshot naming the same record (two equal blocks), one of them
+// claiming it is LZ4-compressed: restore refuses the snapshot, and so must verify
+// --read-data, which used to check the record only as whichever entry sorted first
+// (and then said the repository was fine).
+TEST_F(EncryptionTest, RecordNamedAsTwoThingsIsCheckedAsEach) {
+  std::string repo = InitRepo(dir_);
+  std::string vol = dir_ / "vol.img";
+  WritePatternFile(vol, 2 << 20, 51);
+  CopyBytes(vol, 0, vol, 64 << 10, 64 << 10);  // block 1 = block 0
+  Json b = Backup(repo, "v", vol, {"--compression", "off"});
+  const std::string id = b["snapshot_id"].get<std::string>();
+  RewriteLeafEntries(repo, "v", id, [](std::vector<TrailerEntry>* refs) {
+    TrailerEntry& first = (*refs)[0];
+    const TrailerEntry& second = (*refs)[1];
+    ASSERT_EQ(std::memcmp(first.digest, second.digest, 32), 0);
+    first.offset_4k = second.offset_4k;  // block 0 read from block 1's record...
+    first.flags |= 1u << 10;             // ...as LZ4
+  });
+  EXPECT_EQ(RestoreAndCompare(repo, "", "v", id, Sha256File(vol)), kExitDamage);
+  Result v = Cli({"verify", "--repo", repo, "--read-data"});
+  EXPECT_EQ(v.exit_code, kExitDamage) << v.Describe();
+  EXPECT_NE(v.All().find("does not decode"), std::string::npos) << v.Describe();
+}
+
+// Someone who cannot read an encrypted repository puts the config (and keys/hash.key)
+// of a repository without encryption in its place, so that the next backup would be
+// written in the clear: every command given the repository's key file refuses it
+// (exit 11) and writes nothing; it used to back up a new volume in the clear.
+TEST_F(EncryptionTest, ConfigReplacedByOneWithoutEncryptionIsRefused) {
+  std::string repo = NewRepo("repo", key_);
+  std::string vol = dir_ / "vol.img";
+  WritePatternFile(vol, 4 << 20, 41);
+  BackupJson(repo, key_, "v", vol);
+  std::string plain = InitRepo(dir_, "plain");
+  WriteFile(repo + "/config", ReadFile(plain + "/config"));
+  WriteFile(repo + "/keys/hash.key", ReadFile(plain + "/keys/hash.key"));
+  const auto before = Files(repo);
+  std::vector<std::vector<std::string>> commands = {
+      {"backup", "--repo", repo, "--volume", "w", vol},
+      {"backup", "--repo", repo, "--volume", "v", vol},
+      {"snapshots", "--repo", repo},
+      {"restore", "--repo", repo, "--volume", "v", dir_ / "target"},
+      {"verify", "--repo", repo},
+      {"prune", "--repo", repo}};
+  for (const auto& args : commands) {
+    Result r = Run(args, key_);
+    EXPECT_EQ(r.exit_code, kExitBadKey) << r.Describe();
+    EXPECT_NE(r.err.find("not an encrypted repository"), std::string::npos) << r.Describe();
+  }
+  EXPECT_FALSE(Exists(dir_ / "target"));
+  EXPECT_TRUE(Files(repo) == before) << "a refused command changed the repository";
+  EXPECT_FALSE(Exists(repo + "/snapshots/w"));
+  // So is a genuine repository without encryption given a key, and init does not make
+  // one while a secret is given (it made it, and ignored the secret).
+  Result plain_with_key = Run({"snapshots", "--repo", plain}, key_);
+  EXPECT_EQ(plain_with_key.exit_code, kExitBadKey) << plain_with_key.Describe();
+  EXPECT_EQ(Cli({"snapshots", "--repo", plain}).exit_code, kExitOk);
+  Result init = Run({"init", dir_ / "other"}, key_);
+  EXPECT_EQ(init.exit_code, kExitUsage) << init.Describe();
+  EXPECT_NE(init.err.find("--encryption aes-256-gcm"), std::string::npos) << init.Describe();
+  EXPECT_FALSE(Exists(dir_ / "other/config"));
 }
 
 }  // namespace
