@@ -46,12 +46,10 @@ crypto::RecordId IdOf(const ObjRef& ref, uint32_t raw_len, uint32_t plain_len) {
   return id;
 }
 
-Status CheckSha256(const ObjRef& ref, std::span<const uint8_t> raw, const std::string& where) {
+Status CheckSha256(const ObjRef& ref, std::span<const uint8_t> raw) {
   uint8_t digest[32];
   simd::Sha256(raw.data(), raw.size(), digest);
-  if (std::memcmp(digest, ref.sha256, 32) != 0) {
-    return Status::Corruption(where + ": fails its SHA-256");
-  }
+  if (std::memcmp(digest, ref.sha256, 32) != 0) return Status::Corruption("fails its SHA-256");
   return Status::Ok();
 }
 
@@ -121,51 +119,47 @@ Result<const uint8_t*> RecordCodec::Encode(std::span<const uint8_t> raw, ObjRef*
   return out;
 }
 
-Status RecordCodec::Decode(const ObjRef& ref, const uint8_t* stored, std::span<uint8_t> raw,
-                           const std::string& where) {
+Status RecordCodec::Decode(const ObjRef& ref, const uint8_t* stored, std::span<uint8_t> raw) {
   const Codec codec = CodecOf(ref.flags);
   if ((ref.flags & kObjZstd) && (ref.flags & kObjLz4)) {
-    return Status::Corruption(where + ": flags name two codecs");
+    return Status::Corruption("flags name two codecs");
   }
-  if (!(ref.flags & kObjAesGcm)) {
-    if (sealer_) {
-      return Status::Corruption(where + ": an unsealed record in an encrypted repository");
-    }
-    if (codec == Codec::kNone) {
-      if (ref.stored_len != raw.size()) return Status::Corruption(where + ": wrong length");
-      if (stored != raw.data()) std::memcpy(raw.data(), stored, raw.size());
-      return CheckSha256(ref, raw, where);
-    }
-    Status s = decompressor_->Decompress(codec, {stored, ref.stored_len}, raw);
-    if (!s.ok()) return Status::Corruption(where + ": " + s.message());
-    return CheckSha256(ref, raw, where);
-  }
-  if (!sealer_) {
-    return Status::Corruption(where + ": a sealed record in a repository that is not encrypted");
-  }
-  if (ref.stored_len < crypto::kRecordOverheadBytes ||
-      ref.stored_len - crypto::kRecordOverheadBytes > raw.size()) {
-    return Status::Corruption(where + ": stored length " + std::to_string(ref.stored_len) +
+  if (!StoredLengthFits(ref, static_cast<uint32_t>(raw.size()))) {
+    return Status::Corruption("stored length " + std::to_string(ref.stored_len) +
                               " does not fit the object's " + std::to_string(raw.size()) +
                               " bytes");
   }
+  const bool sealed = ref.flags & kObjAesGcm;
+  if (sealed != (sealer_ != nullptr)) {
+    return Status::Corruption(sealed ? "a sealed record in a repository that is not encrypted"
+                                     : "an unsealed record in an encrypted repository");
+  }
+  if (!sealed) {
+    if (codec == Codec::kNone) {
+      if (stored != raw.data()) std::memcpy(raw.data(), stored, raw.size());
+      return CheckSha256(ref, raw);
+    }
+    DP420_RETURN_IF_ERROR(decompressor_->Decompress(codec, {stored, ref.stored_len}, raw));
+    return CheckSha256(ref, raw);
+  }
+  if (ref.stored_len < crypto::kRecordOverheadBytes) {
+    return Status::Corruption("stored length " + std::to_string(ref.stored_len) +
+                              " is shorter than a sealed record's nonce and tag");
+  }
   const uint32_t plain_len = ref.stored_len - static_cast<uint32_t>(crypto::kRecordOverheadBytes);
   const crypto::RecordId id = IdOf(ref, static_cast<uint32_t>(raw.size()), plain_len);
-  std::span<const uint8_t> sealed{stored, ref.stored_len};
+  std::span<const uint8_t> sealed_bytes{stored, ref.stored_len};
   if (codec == Codec::kNone) {
-    if (plain_len != raw.size()) return Status::Corruption(where + ": wrong length");
-    Status s = sealer_->OpenRecord(id, sealed, raw);
-    return s.ok() ? s : Status::Corruption(where + ": " + s.message());
+    if (plain_len != raw.size()) return Status::Corruption("wrong length");
+    return sealer_->OpenRecord(id, sealed_bytes, raw);
   }
   if (scratch_bytes_ < plain_len) {
     scratch_.reset(new uint8_t[plain_len]);
     scratch_bytes_ = plain_len;
   }
   std::span<uint8_t> plain{scratch_.get(), plain_len};
-  Status s = sealer_->OpenRecord(id, sealed, plain);
-  if (!s.ok()) return Status::Corruption(where + ": " + s.message());
-  s = decompressor_->Decompress(codec, plain, raw);
-  return s.ok() ? s : Status::Corruption(where + ": " + s.message());
+  DP420_RETURN_IF_ERROR(sealer_->OpenRecord(id, sealed_bytes, plain));
+  return decompressor_->Decompress(codec, plain, raw);
 }
 
 }  // namespace dp420

@@ -39,6 +39,17 @@ inline uint32_t MaxEncodedBytes(uint32_t raw_len) {
   return raw_len + static_cast<uint32_t>(crypto::kRecordOverheadBytes);
 }
 
+// Whether `ref`'s stored length fits an object of `raw_len` bytes: exactly
+// raw_len for a raw record, 1 to MaxEncodedBytes(raw_len) for an encoded one.
+// Every reader checks it before it reads, so a hostile reference can neither
+// make it read more than the object's encoding takes nor decode into the
+// wrong length.
+inline bool StoredLengthFits(const ObjRef& ref, uint32_t raw_len) {
+  return (ref.flags & kObjEncodingFlags)
+             ? ref.stored_len > 0 && ref.stored_len <= MaxEncodedBytes(raw_len)
+             : ref.stored_len == raw_len;
+}
+
 // What kind of object `ref` locates (from its flags).
 crypto::ObjectKind KindOf(const ObjRef& ref);
 
@@ -68,10 +79,11 @@ class RecordCodec {
   Result<const uint8_t*> Encode(std::span<const uint8_t> raw, ObjRef* ref, uint8_t* out);
 
   // Decodes the ref.stored_len bytes `stored` of `ref` into `raw` (the
-  // object's raw length). kCorruption naming `where` when the record does not
+  // object's raw length). kCorruption saying what is wrong (the caller names
+  // the record: Status::Prefix, only on failure) when the record does not
   // open, decompress or hash to the reference; `raw` is then not to be used.
-  Status Decode(const ObjRef& ref, const uint8_t* stored, std::span<uint8_t> raw,
-                const std::string& where);
+  // `stored` may be raw.data() only for a raw record.
+  Status Decode(const ObjRef& ref, const uint8_t* stored, std::span<uint8_t> raw);
 
   // Records sealed and compressed by Encode so far.
   uint64_t records_sealed() const { return sealed_count_; }

@@ -410,9 +410,7 @@ Status RestoreWorker::PlaceBlocks(Slot& slot) {
     if (!ref.stored()) continue;
     uint32_t len = job_.m.BlockLen(slot.first_block + b);
     const bool encoded = ref.flags & kObjEncodingFlags;
-    if ((encoded ? ref.stored_len > MaxEncodedBytes(len) || ref.stored_len == 0
-                 : ref.stored_len != len) ||
-        (ref.flags & (kObjTableLeaf | kObjTableInner))) {
+    if (!StoredLengthFits(ref, len) || (ref.flags & (kObjTableLeaf | kObjTableInner))) {
       return Status::Corruption("snapshot " + job_.m.snapshot_id + ": block " +
                                 std::to_string(slot.first_block + b) +
                                 " has a table entry of the wrong size or kind");
@@ -643,11 +641,12 @@ Status RestoreWorker::PlanEncodedReads(Slot& slot) {
 Status RestoreWorker::DecodeBlock(const Slot& slot, uint32_t b, uint8_t* home) {
   const ObjRef& ref = slot.entries[b].ref;
   const uint64_t block = slot.first_block + b;
-  return codec_->Decode(ref, encoded_[slot.buffer].get() + slot.enc_at[b],
-                        {home, job_.m.BlockLen(block)},
-                        "snapshot " + job_.m.snapshot_id + " is damaged: block " +
-                            std::to_string(block) + " (packs/" + PackName(ref.pack_id) +
-                            ".pack at offset " + std::to_string(ref.offset_bytes()) + ")");
+  Status s = codec_->Decode(ref, encoded_[slot.buffer].get() + slot.enc_at[b],
+                            {home, job_.m.BlockLen(block)});
+  if (s.ok()) return s;
+  return s.Prefix("snapshot " + job_.m.snapshot_id + " is damaged: block " +
+                  std::to_string(block) + " (packs/" + PackName(ref.pack_id) +
+                  ".pack at offset " + std::to_string(ref.offset_bytes()) + ")");
 }
 
 // Whether `read` can grow to end with the record at pack `offset` (`len`

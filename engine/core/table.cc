@@ -51,20 +51,21 @@ Status PackCache::ReadResolved(const ObjRef& at, std::span<uint8_t> raw) {
   if (!codec_) {
     DP420_ASSIGN_OR_RETURN(codec_, repo_.NewRecordCodec());
   }
-  const std::string where =
-      pack->path() + ": record at offset " + std::to_string(at.offset_bytes());
-  if (!(at.flags & kObjEncodingFlags)) {
-    if (at.stored_len != raw.size()) return Status::Corruption(where + ": wrong length");
-    DP420_RETURN_IF_ERROR(pack->ReadStored(at, raw.data()));
-    return codec_->Decode(at, raw.data(), raw, where);
+  auto where = [&] { return pack->path() + ": record at offset " + std::to_string(at.offset_bytes()); };
+  if (!StoredLengthFits(at, static_cast<uint32_t>(raw.size()))) {
+    return Status::Corruption(where() + ": stored length " + std::to_string(at.stored_len) +
+                              " does not fit the object's " + std::to_string(raw.size()) +
+                              " bytes");
   }
-  if (at.stored_len > MaxEncodedBytes(static_cast<uint32_t>(raw.size()))) {
-    return Status::Corruption(where + ": stored length " + std::to_string(at.stored_len) +
-                              " exceeds what the object's encoding can take");
+  // A raw record is read straight into `raw`; an encoded one next to it.
+  uint8_t* stored = raw.data();
+  if (at.flags & kObjEncodingFlags) {
+    stored_.resize(at.stored_len);
+    stored = stored_.data();
   }
-  stored_.resize(at.stored_len);
-  DP420_RETURN_IF_ERROR(pack->ReadStored(at, stored_.data()));
-  return codec_->Decode(at, stored_.data(), raw, where);
+  DP420_RETURN_IF_ERROR(pack->ReadStored(at, stored));
+  Status s = codec_->Decode(at, stored, raw);
+  return s.ok() ? s : s.Prefix(where());
 }
 
 TableReader::TableReader(const Repository& repo, const Manifest& manifest)

@@ -31,13 +31,9 @@ std::string EntryChecker::Defect(const Manifest& m, const Entry& e, uint64_t blo
     what = "names no pack and is not a zero block";
   } else if (ref.flags & (kObjTableLeaf | kObjTableInner)) {
     what = "points to a table page";
-  } else if ((ref.flags & kObjEncodingFlags) &&
-             (ref.stored_len == 0 || ref.stored_len > MaxEncodedBytes(len))) {
-    what = "has stored_len " + std::to_string(ref.stored_len) + ", more than a " +
-           std::to_string(len) + "-byte block takes encoded";
-  } else if (!(ref.flags & kObjEncodingFlags) && ref.stored_len != len) {
-    what =
-        "has stored_len " + std::to_string(ref.stored_len) + " instead of " + std::to_string(len);
+  } else if (!StoredLengthFits(ref, len)) {
+    what = "has stored_len " + std::to_string(ref.stored_len) + ", which a " +
+           std::to_string(len) + "-byte block cannot take";
   }
   if (what.empty()) return what;
   return "entry of block " + std::to_string(block) + " " + what;

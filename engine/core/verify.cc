@@ -83,9 +83,9 @@ std::string ReadChecked(const PackReader& pack, const ObjRef& ref, uint32_t raw_
                         uint8_t* buf, RecordCodec& codec, uint8_t* raw) {
   // A raw record is its object's bytes: any other length is damage (and more
   // than raw_len bytes would not fit `raw`).
-  if (!(ref.flags & kObjEncodingFlags) && ref.stored_len != raw_len) {
-    return "has stored_len " + std::to_string(ref.stored_len) + " instead of its object's " +
-           std::to_string(raw_len) + " bytes";
+  if (!StoredLengthFits(ref, raw_len)) {
+    return "has stored_len " + std::to_string(ref.stored_len) + ", which its object's " +
+           std::to_string(raw_len) + " bytes cannot take";
   }
   uint64_t offset = ref.offset_bytes();
   const size_t padded = PaddedLen(ref.stored_len);
@@ -104,8 +104,8 @@ std::string ReadChecked(const PackReader& pack, const ObjRef& ref, uint32_t raw_
     return "has non-zero bytes in its padding";
   }
   if (ref.flags & kObjEncodingFlags) {
-    Status s = codec.Decode(ref, buf, {raw, raw_len}, "record");
-    return s.ok() ? "" : "does not decode: " + s.message().substr(std::string("record: ").size());
+    Status s = codec.Decode(ref, buf, {raw, raw_len});
+    return s.ok() ? "" : "does not decode: " + s.message();
   }
   uint8_t digest[simd::kSha256Bytes];
   simd::Sha256(buf, ref.stored_len, digest);
@@ -571,9 +571,7 @@ size_t Verifier::CheckPage(uint32_t level, const ObjRef& page_ref, uint32_t coun
   uint16_t kind = level == 0 ? kObjTableLeaf : kObjTableInner;
   const uint32_t raw_len = count * uint32_t{sizeof(Entry)};
   const bool encoded = ref.flags & kObjEncodingFlags;
-  if ((encoded ? ref.stored_len == 0 || ref.stored_len > MaxEncodedBytes(raw_len)
-               : ref.stored_len != raw_len) ||
-      !(ref.flags & kind)) {
+  if (!StoredLengthFits(ref, raw_len) || !(ref.flags & kind)) {
     return problems_.Add(PackObject(ref.pack_id), at + "has the wrong size or kind");
   }
   const PackState& pack = OpenPack(ref.pack_id);

@@ -42,11 +42,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ref.offset_4k = 1;
   // As every reader does before it decodes: a stored length the object's
   // encoding cannot take is refused first.
-  if ((ref.flags & dp420::kObjEncodingFlags) ? ref.stored_len > dp420::MaxEncodedBytes(raw_len)
-                                             : ref.stored_len != raw_len) {
-    return 0;
-  }
+  if (!dp420::StoredLengthFits(ref, raw_len)) return 0;
   std::vector<uint8_t> raw(raw_len, 0xee);
-  (void)Codec(data[0] & 1)->Decode(ref, stored, raw, "record");
+  (void)Codec(data[0] & 1)->Decode(ref, stored, raw);
   return 0;
 }
