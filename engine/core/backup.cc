@@ -231,10 +231,8 @@ Result<uint8_t*> PackSink::Encode(ScanRead& read, uint32_t index, uint32_t len, 
   DP420_ASSIGN_OR_RETURN(const uint8_t* stored, codec_->Encode({raw, len}, &entry.ref, out));
   if (stored == raw) return raw;
   *registered = false;
-  uint64_t padded = RoundUp(entry.ref.stored_len, kRecordAlign);
-  std::memset(out + entry.ref.stored_len, 0, padded - entry.ref.stored_len);
-  staging_used_[read.buffer] += padded;
-  return out;
+  staging_used_[read.buffer] += RoundUp(entry.ref.stored_len, kRecordAlign);
+  return out;  // Changed() zeroes the padding, as it does a raw block's
 }
 
 // Appends a changed block to the open pack, extending the open write when
