@@ -58,15 +58,11 @@ std::vector<char*> Pointers(std::vector<std::string>& strings) {
   return p;
 }
 
-class KeyCliTest : public ::testing::Test {
+class KeyCliTest : public keystest::RepoWithMasterKey {
  protected:
   void SetUp() override {
-    repo_ = dir_.path() + "/repo";
-    repo_id_ = keystest::RandomRepoId();
-    keystest::MakeRepoDir(repo_, repo_id_);
-    auto m = crypto::MasterKey::Generate();
-    ASSERT_TRUE(m.ok());
-    master_.emplace(std::move(m).value());
+    keystest::RepoWithMasterKey::SetUp();
+    if (HasFatalFailure()) return;
     alpha_ = PassFile("alpha", "alpha passphrase\n");
     KeySource s;
     s.passphrase_file = alpha_;
@@ -117,10 +113,6 @@ class KeyCliTest : public ::testing::Test {
     return a;
   }
 
-  keystest::ScratchDir dir_;
-  std::string repo_;
-  crypto::RepoId repo_id_{};
-  std::optional<crypto::MasterKey> master_;
   std::string alpha_;
 };
 

@@ -11,33 +11,18 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 
 #include "engine/core/keystore.h"
+#include "tests/crypto/crypto_test_util.h"
 #include "simd/simd.h"
 
 namespace dp420::keystest {
 
 // A folder under /var/tmp, removed with everything in it.
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string tmpl = "/var/tmp/dp420-keys-test-XXXXXX";
-    if (mkdtemp(tmpl.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed";
-    path_ = tmpl;
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ScratchDir = crypto::testing::ScratchDir;
 
 // Cheap scrypt parameters (1 MiB), so that the tests run fast.
 inline constexpr crypto::ScryptParams kFast{1024, 8, 1};
@@ -78,5 +63,23 @@ inline std::map<std::string, std::string> Files(const std::string& dir) {
   }
   return out;
 }
+
+// A repository folder (MakeRepoDir) with a random id, and a fresh master key.
+class RepoWithMasterKey : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    repo_ = dir_.path() + "/repo";
+    repo_id_ = RandomRepoId();
+    MakeRepoDir(repo_, repo_id_);
+    auto m = crypto::MasterKey::Generate();
+    ASSERT_TRUE(m.ok());
+    master_.emplace(std::move(m).value());
+  }
+
+  ScratchDir dir_;
+  std::string repo_;
+  crypto::RepoId repo_id_{};
+  std::optional<crypto::MasterKey> master_;
+};
 
 }  // namespace dp420::keystest

@@ -20,16 +20,8 @@ using keystest::kFast;
 using keystest::ReadText;
 using keystest::WriteText;
 
-class KeyStoreTest : public ::testing::Test {
+class KeyStoreTest : public keystest::RepoWithMasterKey {
  protected:
-  void SetUp() override {
-    repo_ = dir_.path() + "/repo";
-    repo_id_ = keystest::RandomRepoId();
-    keystest::MakeRepoDir(repo_, repo_id_);
-    auto m = crypto::MasterKey::Generate();
-    ASSERT_TRUE(m.ok());
-    master_.emplace(std::move(m).value());
-  }
 
   // A passphrase file holding `text`; returns its path.
   std::string PassFile(const std::string& text, const std::string& name = "") {
@@ -57,10 +49,6 @@ class KeyStoreTest : public ::testing::Test {
     return repo_ + name;
   }
 
-  keystest::ScratchDir dir_;
-  std::string repo_;
-  crypto::RepoId repo_id_{};
-  std::optional<crypto::MasterKey> master_;
   int files_ = 0;
 };
 
