@@ -5,6 +5,8 @@
 #include "engine/core/keystore.h"
 
 #include <gtest/gtest.h>
+
+#include <array>
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -295,22 +297,45 @@ TEST_F(KeyStoreTest, PaperFormRoundTrip) {
             Code::kInvalidArgument);
 }
 
-TEST_F(KeyStoreTest, PaperFormNamesTheMistypedLine) {
-  const std::string form = PaperForm(master(), repo_id_);
+// A fixed key and repository, so that what each typo meets is the same on
+// every run (a line's check value is one byte: 1 typo in 256 passes it, and is
+// then caught by the whole key's check instead).
+TEST(PaperFormTest, EveryTypoIsRefusedAndMostNameTheirLine) {
+  std::array<uint8_t, 32> bytes;
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = uint8_t(0x30 + 7 * i);
+  const crypto::MasterKey master = crypto::MasterKey::FromBytes(bytes);
+  crypto::RepoId repo_id;
+  for (size_t i = 0; i < repo_id.size(); ++i) repo_id[i] = uint8_t(0xa0 + i);
+  const std::string form = PaperForm(master, repo_id);
+  auto parsed = ParsePaperForm(form, repo_id);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  int named = 0, by_whole_key = 0;
   for (int line = 1; line <= 4; ++line) {
-    std::string typo = form;
-    size_t at = typo.find("\n" + std::to_string(line) + ": ") + 4;
-    typo[at] = typo[at] == '0' ? '1' : '0';  // one digit of its first group
-    auto r = ParsePaperForm(typo, repo_id_);
-    EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
-    EXPECT_NE(r.status().message().find("line " + std::to_string(line) + " of the key"),
-              std::string::npos)
-        << r.status().message();
+    const size_t start = form.find("\n" + std::to_string(line) + ": ") + 4;
+    for (size_t at = start; at < start + 19; ++at) {  // four groups of 4 digits and spaces
+      if (form[at] == ' ') continue;
+      for (char digit : std::string("0123456789abcdef")) {
+        if (digit == form[at]) continue;
+        std::string typo = form;
+        typo[at] = digit;
+        auto r = ParsePaperForm(typo, repo_id);
+        ASSERT_EQ(r.status().code(), Code::kInvalidArgument) << "line " << line << " at " << at;
+        const std::string& m = r.status().message();
+        if (m.find("line " + std::to_string(line) + " of the key") != std::string::npos) {
+          ++named;
+        } else {
+          EXPECT_NE(m.find("check value"), std::string::npos) << m;
+          ++by_whole_key;
+        }
+      }
+    }
   }
+  EXPECT_EQ(named + by_whole_key, 4 * 16 * 15);
+  EXPECT_GT(named, 4 * 16 * 15 * 9 / 10);  // about 255 in 256 name their line
   std::string missing = form;
   size_t at = missing.find("\n3: ");
   missing.erase(at, missing.find('\n', at + 1) - at);
-  EXPECT_NE(ParsePaperForm(missing, repo_id_).status().message().find("line 3"),
+  EXPECT_NE(ParsePaperForm(missing, repo_id).status().message().find("line 3"),
             std::string::npos);
 }
 
