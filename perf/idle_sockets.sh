@@ -67,7 +67,7 @@ rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 threads() { ls "/proc/$1/task" | wc -l; }
 now_ns() { date +%s%N; }
 
-"${DP420}" init "${WORK}/repo" >/dev/null
+"${DP420}" init --encryption none "${WORK}/repo" >/dev/null
 "${DP420}" client-add --clients "${WORK}/clients.json" --client perf --key-out "${WORK}/perf.key" -q >&2
 log "writing a ${size_mib} MiB random file"
 head -c "$((size_mib << 20))" /dev/urandom >"${WORK}/vol.img"

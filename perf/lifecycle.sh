@@ -140,7 +140,7 @@ e2e_add_cleanup clean_work
 mkdir -p "${WORK}" "${STATE}"
 t_start="$(e2e_now)"
 cp --sparse=never "${BASE}" "${IMG}"
-dp "${STATE}" init "${REPO}" >/dev/null
+dp "${STATE}" init --encryption none "${REPO}" >/dev/null
 if ((with_restic)); then
   mkdir -p "${R_SRC}" "${R_HOME}"
   ln -f "${IMG}" "${R_SRC}/volume.img"
@@ -250,7 +250,7 @@ fi
 # --- prune's memory against repository size ----------------------------------------------
 if ((with_memory)); then
   mkdir -p "${MEM_STATE}"
-  dp "${MEM_STATE}" init "${MEM_REPO}" >/dev/null
+  dp "${MEM_STATE}" init --encryption none "${MEM_REPO}" >/dev/null
   cp --sparse=never "${BASE}" "${MEM_IMG}"
   for ((v = 1; v <= mem_volumes; v++)); do
     # A different image per volume (10 % of its pieces rewritten): little to share.

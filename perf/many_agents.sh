@@ -72,7 +72,7 @@ for ((i = 0; i <= agents; i++)); do
 done
 cat "${SRC}"/*.img >/dev/null  # every source in the page cache
 
-"${DP420}" init "${REPO}" >/dev/null
+"${DP420}" init --encryption none "${REPO}" >/dev/null
 for ((i = 0; i <= agents; i++)); do
   "${DP420}" client-add --clients "${WORK}/clients.json" --client "agent${i}" \
     --key-out "${KEYS}/agent${i}.key" >/dev/null 2>&1 ||

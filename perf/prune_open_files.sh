@@ -28,7 +28,7 @@ mkdir -p "${W}/state"
 e2e_add_cleanup "rm -rf '${W}'"
 export DP420_STATE_DIR="${W}/state"
 head -c $((1 << 20)) /dev/urandom >"${W}/volume.img"
-"${DP420}" init "${W}/repo" >/dev/null
+"${DP420}" init --encryption none "${W}/repo" >/dev/null
 e2e_log "${n} backups"
 for ((i = 1; i <= n; i++)); do
   dd if=/dev/urandom of="${W}/volume.img" bs=64k count=1 seek=$((i % 16)) conv=notrunc status=none

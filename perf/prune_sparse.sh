@@ -49,7 +49,7 @@ IMG="${W}/volume.img" REPO="${W}/repo"
 
 python3 "${VOLUME_PY}" make-sparse "${IMG}" --size "${size}" --data-mib "${data_mib}" --seed 1
 python3 "${VOLUME_PY}" mutate "${IMG}" --percent 0 --chunk-kib 64 --slots "${W}/slots" --seed 0 >/dev/null
-"${DP420}" init "${REPO}" >/dev/null
+"${DP420}" init --encryption none "${REPO}" >/dev/null
 
 # timed LOG CMD...: runs CMD with its stdout in LOG.out; "wall rss_kib" in LOG.time.
 timed() {

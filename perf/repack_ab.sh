@@ -52,7 +52,7 @@ since() { python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.arg
 # The baseline: full, rewrite, incremental, forget the full (nothing pruned yet).
 export DP420_STATE_DIR="${W}/state.base"
 head -c $((size_mib << 20)) /dev/urandom >"${W}/vol.img"
-"${D}" init "${W}/base" >/dev/null
+"${D}" init --encryption none "${W}/base" >/dev/null
 "${D}" backup --repo "${W}/base" --volume v -q "${W}/vol.img" >/dev/null
 python3 - "${W}/vol.img" "${percent}" <<'PY'
 import os, random, sys

@@ -376,7 +376,7 @@ core_pair() {
   cpy="$(meta phase=core tool=cp op=copy-base mode=cold pair="${p}")"
   restore="$(meta phase=core tool=dp420 op=restore mode=cold pair="${p}")"
   rm -rf "${REPO}" "${RESTORED}" "${YARDSTICK_COPY}"
-  "${DP420}" init "${REPO}" >/dev/null
+  "${DP420}" init --encryption none "${REPO}" >/dev/null
   do_full() { cold; dp420_backup "${full}" "${REPO}" "${BASE}"; }
   do_incr() { cold; dp420_backup "${incr}" "${REPO}" "${CHANGED}"; }
   do_cp() {
@@ -407,7 +407,7 @@ core_pair() {
   rm -rf "${REPO}" "${RESTORED}"
 
   # Warm input: the image is in the page cache.
-  "${DP420}" init "${REPO}" >/dev/null
+  "${DP420}" init --encryption none "${REPO}" >/dev/null
   do_xxh() {
     warm "${CHANGED}"
     measure "$(meta phase=core tool=xxh128sum op=hash-changed mode=warm pair="${p}")" -- \
@@ -510,7 +510,7 @@ chain_phase() {
   rm -rf "${CHAIN_DIR}"
   mkdir -p "${CHAIN_DIR}"
   cp --sparse=never "${BASE}" "${img}"
-  "${DP420}" init "${repo}" >/dev/null
+  "${DP420}" init --encryption none "${repo}" >/dev/null
   for ((i = 1; i <= chain_len; i++)); do
     if ((i > 1)); then
       python3 "${VOLUME_PY}" patch "${img}" --mib "${chain_step_mib}" --chunk-kib 64 \
@@ -571,7 +571,7 @@ big_phase() {
   cp --sparse=always "${BIG_BASE}" "${changed}"
   python3 "${VOLUME_PY}" patch "${changed}" --mib "${CHANGE_MIB}" --chunk-kib "${CHANGE_PIECE_KIB}" \
     --span "${CHANGE_SPAN}" --seed "${CHANGE_SEED}"
-  "${DP420}" init "${repo}" >/dev/null
+  "${DP420}" init --encryption none "${repo}" >/dev/null
   cold
   dp420_backup "$(meta phase=big tool=dp420 op=full mode=cold pair=1)" "${repo}" "${BIG_BASE}"
   cold
@@ -591,7 +591,7 @@ sweep_phase() {
   local n=${#BLOCK_SIZES[@]} k p bs m_fio m_incr
   for bs in "${BLOCK_SIZES[@]}"; do
     rm -rf "${SWEEP_REPO}-${bs}"
-    "${DP420}" init "${SWEEP_REPO}-${bs}" >/dev/null
+    "${DP420}" init --encryption none "${SWEEP_REPO}-${bs}" >/dev/null
     cold
     dp420_backup "$(meta phase=sweep tool=dp420 op=full mode=cold block_size="${bs}" pair=1)" \
       "${SWEEP_REPO}-${bs}" "${BASE}" --block-size "${bs}"
@@ -652,8 +652,8 @@ remote_pair() {  # remote_pair PAIR: false when the server cannot start
   local p="$1"
   stop_server
   rm -rf "${REMOTE_SERVER_REPO}" "${REMOTE_LOCAL_REPO}" "${REMOTE_CACHE}"
-  "${DP420}" init "${REMOTE_SERVER_REPO}" >/dev/null
-  "${DP420}" init "${REMOTE_LOCAL_REPO}" >/dev/null
+  "${DP420}" init --encryption none "${REMOTE_SERVER_REPO}" >/dev/null
+  "${DP420}" init --encryption none "${REMOTE_LOCAL_REPO}" >/dev/null
   start_server "${REMOTE_SERVER_REPO}" "${RUN_DIR}/serve-${p}.log" || return 1
   do_local() {
     cold

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Demonstrates dp420 end to end on a realistic volume:
-#   a 1 GiB ext4 image of real files (made without root by mkfs.ext4 -d), a full backup,
+#   a 1 GiB ext4 image of real files (made without root by mkfs.ext4 -d), an encrypted
+#   repository (the default; its passphrase in a file of the work dir), a full backup,
 #   a change of ~1 % of its files, an incremental backup, a restore of the latest snapshot
 #   compared bit for bit with the source, e2fsck of the restored image, verify --read-data,
 #   and a summary table.
@@ -43,6 +44,9 @@ readonly IMAGE="${DEMO_DIR}/volume.img"
 readonly REPO="${DEMO_DIR}/repo"
 readonly RESTORED="${DEMO_DIR}/restored.img"
 rm -rf "${STAGING}" "${REPO}" "${IMAGE}" "${RESTORED}" "${DEMO_DIR}"/*.json "${DEMO_DIR}"/*.txt
+# Every command below opens the repository with this passphrase (never on a command line).
+export DP420_PASSPHRASE_FILE="${DEMO_DIR}/passphrase"
+(umask 077 && head -c 24 /dev/urandom | base64 >"${DP420_PASSPHRASE_FILE}")
 
 e2e_log "step 3/9: ${VOLUME_SIZE} ext4 volume with ~${REAL_MIB} MiB of real files and ${RANDOM_MIB} MiB of random files"
 t0="$(e2e_now)"
@@ -52,7 +56,7 @@ e2e_log "volume ready in $(e2e_elapsed "${t0}" "$(e2e_now)") s: ${IMAGE}"
 # Without root the staging tree is the only way to know the image's files (debugfs mode).
 if e2e_can_loop; then rm -rf "${STAGING}"; fi
 
-e2e_log "step 4/9: dp420 init and full backup"
+e2e_log "step 4/9: dp420 init (encrypted, passphrase in ${DP420_PASSPHRASE_FILE}) and full backup"
 "${DP420}" init "${REPO}"
 "${DP420}" backup --repo "${REPO}" --volume demo --json "${IMAGE}" >"${DEMO_DIR}/backup-full.json"
 cat "${DEMO_DIR}/backup-full.json" >&2

@@ -8,6 +8,7 @@
 #include "engine/capi/internal.h"
 #include "engine/control/topology.h"
 #include "engine/core/keystore.h"
+#include "engine/core/repo.h"
 
 using namespace dp420capi;  // NOLINT(google-build-using-namespace): this library's own helpers
 
@@ -173,6 +174,31 @@ int dp420_key_export_paper(dp420_ctx_t* ctx, const char* repo_path, char** text_
     *text_out = CopyOut(form);
     dp420::crypto::Cleanse(form.data(), form.size());
     if (!*text_out) return Fail(ctx, Status::NoMemory("out of memory"));
+    return Ok(ctx);
+  });
+}
+
+int dp420_key_recover(dp420_ctx_t* ctx, const char* repo_path, const char* paper_text,
+                      const char* new_passphrase_file, const char* new_key_file, int new_prompt,
+                      uint32_t* slot_id_out) {
+  return Guard(ctx, [&] {
+    if (Missing(repo_path)) return Fail(ctx, Status::InvalidArgument("repository path is empty"));
+    if (Missing(paper_text)) return Fail(ctx, Status::InvalidArgument("the recovery form is empty"));
+    auto source = NewSource(new_passphrase_file, new_key_file, new_prompt);
+    if (!source.ok()) return Fail(ctx, source.status());
+    if (!source->key_file.empty()) {
+      source->key_file = dp420::control::AbsolutePath(source->key_file);
+    }
+    const std::string path = dp420::control::AbsolutePath(repo_path);
+    auto id = dp420::PeekRepoId(path);
+    if (!id.ok()) return Fail(ctx, id.status());
+    auto master = dp420::ParsePaperForm(paper_text, *id);
+    if (!master.ok()) return Fail(ctx, master.status());
+    Status s = dp420::Repository::CheckMasterKey(path, *id, *master);
+    if (!s.ok()) return Fail(ctx, s);
+    auto slot = dp420::AddSlot(path, *id, *master, *source);
+    if (!slot.ok()) return Fail(ctx, slot.status());
+    if (slot_id_out) *slot_id_out = *slot;
     return Ok(ctx);
   });
 }

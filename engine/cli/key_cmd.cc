@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -147,6 +148,12 @@ int CmdPasswd(const Common& c, const KeyArgs& a) {
   return kExitOk;
 }
 
+// Overwrites a secret (through volatile, so the stores are not dropped).
+void Wipe(char* p, size_t n) {
+  volatile char* v = p;
+  for (size_t i = 0; i < n; ++i) v[i] = 0;
+}
+
 int CmdExport(const Common& c, const KeyArgs& a) {
   if (!a.paper) return UsageError(c, "key export", "give --paper (the one form there is)");
   char* text = nullptr;
@@ -154,10 +161,57 @@ int CmdExport(const Common& c, const KeyArgs& a) {
   if (rc != 0) return Report(c, "key export", rc);
   std::fputs(text, stdout);
   std::fflush(stdout);
-  // The form holds the master key.
-  volatile char* p = text;
-  for (size_t i = 0, n = std::strlen(text); i < n; ++i) p[i] = 0;
+  Wipe(text, std::strlen(text));  // the form holds the master key
   dp420_free(text);
+  return kExitOk;
+}
+
+// The recovery form's text from `path` ("-": standard input), at most 64 KiB
+// (a form is about 300 bytes; comments may be added by hand).
+bool ReadForm(const std::string& path, std::string* out, std::string* why) {
+  std::FILE* f = path == "-" ? stdin : std::fopen(path.c_str(), "rb");
+  if (!f) {
+    *why = "cannot open the recovery form " + path + ": " + std::strerror(errno);
+    return false;
+  }
+  char buf[4096];
+  size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0 && out->size() <= (64u << 10)) {
+    out->append(buf, n);
+  }
+  const bool failed = std::ferror(f) != 0;
+  if (f != stdin) std::fclose(f);
+  Wipe(buf, sizeof(buf));
+  if (failed) *why = "cannot read the recovery form " + path;
+  if (out->size() > (64u << 10)) *why = "the recovery form " + path + " is larger than 64 KiB";
+  return why->empty();
+}
+
+int CmdRecover(const Common& c, const KeyArgs& a) {
+  bool prompt = false;
+  std::string wrong = NewSecretChoice(a, true, &prompt);
+  std::string form;
+  if (wrong.empty() && a.paper_file == "-" && prompt) {
+    wrong = "the recovery form comes from standard input: give the new secret with "
+            "--new-passphrase-file FILE or --new-key-file FILE";
+  }
+  if (wrong.empty()) ReadForm(a.paper_file, &form, &wrong);
+  if (!wrong.empty()) {
+    Wipe(form.data(), form.size());
+    return UsageError(c, "key recover", wrong);
+  }
+  uint32_t id = 0;
+  int rc = dp420_key_recover(g_ctx, c.repo.c_str(), form.c_str(), OrNull(a.new_passphrase_file),
+                             OrNull(a.new_key_file), prompt ? 1 : 0, &id);
+  Wipe(form.data(), form.size());
+  if (rc != 0) return Report(c, "key recover", rc);
+  const char* kind = a.new_key_file.empty() ? "passphrase" : "key-file";
+  if (c.json) {
+    PrintJson({{"repo", c.repo}, {"slot_id", id}, {"kind", kind}});
+  } else if (!c.quiet) {
+    std::printf("recovered %s: added key slot %u (%s) with the key of the recovery form\n",
+                c.repo.c_str(), id, kind);
+  }
   return kExitOk;
 }
 
@@ -223,12 +277,23 @@ KeyCommands AddKeyCommands(CLI::App* app, Common* c, KeyArgs* a) {
                        "File holding the new passphrase (default: asked twice on the terminal)");
   k.exp = AddKeySub(key, "export", "Print the master key as a recovery form", c, a, false);
   k.exp->add_flag("--paper", a->paper, "A printable form with a check value on each line");
+  k.recover = AddKeySub(key, "recover",
+                        "Add a key slot with the master key of a recovery form (export --paper)",
+                        c, a, true);
+  k.recover->add_option("--paper-file", a->paper_file,
+                        "The recovery form, as printed and typed back in (-: standard input)")
+      ->required();
+  k.recover->add_option("--new-passphrase-file", a->new_passphrase_file,
+                        "File holding the new passphrase (default: asked twice on the terminal)");
+  k.recover->add_option("--new-key-file", a->new_key_file,
+                        "Key file of the new slot (created, mode 0600, when absent)");
   return k;
 }
 
 bool RunKeyCommand(const Common& c, const KeyArgs& a, const KeyCommands& cmds, int* exit_code) {
   const char* what = *cmds.list ? "key list" : *cmds.add ? "key add" : *cmds.remove ? "key remove"
-                     : *cmds.passwd ? "key passwd" : *cmds.exp ? "key export" : nullptr;
+                     : *cmds.passwd ? "key passwd" : *cmds.exp ? "key export"
+                     : *cmds.recover ? "key recover" : nullptr;
   if (what == nullptr) return false;
   std::string wrong = ApplyKeySource(a.source);
   if (!wrong.empty()) {
@@ -240,6 +305,7 @@ bool RunKeyCommand(const Common& c, const KeyArgs& a, const KeyCommands& cmds, i
   if (*cmds.remove) *exit_code = CmdRemove(c, a);
   if (*cmds.passwd) *exit_code = CmdPasswd(c, a);
   if (*cmds.exp) *exit_code = CmdExport(c, a);
+  if (*cmds.recover) *exit_code = CmdRecover(c, a);
   return true;
 }
 

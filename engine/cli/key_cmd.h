@@ -37,6 +37,7 @@ struct KeyArgs {
   std::string new_key_file;
   uint32_t slot = 0;  // remove: required; passwd: 0 = the slot that opened
   bool paper = false;
+  std::string paper_file;  // recover: the recovery form ("-": standard input)
 };
 
 struct KeyCommands {
@@ -45,6 +46,7 @@ struct KeyCommands {
   CLI::App* remove = nullptr;
   CLI::App* passwd = nullptr;
   CLI::App* exp = nullptr;
+  CLI::App* recover = nullptr;
 };
 
 // Adds `dp420 key` and its subcommands to `app`, parsing into `c` and `a`.

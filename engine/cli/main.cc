@@ -839,10 +839,10 @@ int Run(int argc, char** argv) {
 
   auto* init = app.add_subcommand("init", "Create a repository");
   init->add_option("REPO", c.repo, "Repository directory")->required();
-  std::string encryption = "none";
+  std::string encryption = "aes-256-gcm";
   init->add_option("--encryption", encryption,
-                   "aes-256-gcm: blocks, tables and manifests encrypted at rest under a master "
-                   "key that a passphrase or key file opens; none (default)")
+                   "aes-256-gcm (default): blocks, tables and manifests encrypted at rest under "
+                   "a master key that a passphrase or key file opens; none: stored in the clear")
       ->check(CLI::IsMember({"aes-256-gcm", "none"}));
   AddRepoKeyOptions(init, &c);
   AddCommon(init, &c);

@@ -133,6 +133,10 @@ Json NewConfig(const uint8_t repo_id[16], const char* encryption) {
 // An encrypted repository: no key file in the repository, only key slots
 // wrapping a random master key; every key in use is derived from it.
 Status Repository::InitEncrypted(const std::string& path, const KeySource& key_source) {
+  // A repository that is there already is the error to report, not the missing secret.
+  if (struct stat st; stat((path + "/config").c_str(), &st) == 0) {
+    return Status::Exists(path + " already exists and is not empty (a repository already)");
+  }
   if (!key_source.given()) {
     return Status::InvalidArgument(
         "an encrypted repository needs a secret for its first key slot: --passphrase-file FILE "
@@ -231,6 +235,21 @@ Status Repository::Unlock(const KeySource& key_source) {
   static_assert(crypto::kBlockIdSecretBytes == simd::kHashSecretBytes);
   std::memcpy(hash_key_.data(), keys_->block_id_secret.data(), hash_key_.size());
   seal_key_ = SealKey::Derive(keys_->seal_key.data(), keys_->seal_key.size());
+  return Status::Ok();
+}
+
+Status Repository::CheckMasterKey(const std::string& path, const crypto::RepoId& repo_id,
+                                  const crypto::MasterKey& master) {
+  const std::string what = path + "/config";
+  DP420_ASSIGN_OR_RETURN(std::string text, io::ReadFile(what));
+  crypto::RepositoryKeys keys;
+  DP420_RETURN_IF_ERROR(crypto::DeriveRepositoryKeys(master, repo_id, &keys));
+  SealKey seal_key = SealKey::Derive(keys.seal_key.data(), keys.seal_key.size());
+  if (!UnsealJson(text, what, &seal_key).ok()) {
+    return Status::BadKey("the key does not open " + path + ": the seal of its config does "
+                          "not check under it (a key of another repository, or a damaged "
+                          "config); nothing was written");
+  }
   return Status::Ok();
 }
 

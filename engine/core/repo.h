@@ -85,6 +85,12 @@ class Repository {
   // Whether the repository at `path` says it is encrypted (its config, read
   // without the key; only for choosing what to do: Open checks everything).
   static Result<bool> IsEncrypted(const std::string& path);
+  // Whether `master` is the master key of the encrypted repository at `path`
+  // (id `repo_id`): the config's seal checks under the seal key it derives.
+  // kBadKey when it does not (another repository's key, a mistyped recovery
+  // form that still passed its check values, or a damaged config).
+  static Status CheckMasterKey(const std::string& path, const crypto::RepoId& repo_id,
+                               const crypto::MasterKey& master);
   // Opens a format-1 repository for UpgradeRepository (engine/core/upgrade.h),
   // checking its config's plain seal; a current one opens as with Open().
   static Result<std::unique_ptr<Repository>> OpenForUpgrade(const std::string& path);

@@ -232,7 +232,7 @@ TEST(EnospcTest, FullRepositoryFileSystemExits10AndKeepsEarlierSnapshots) {
   auto mount = Mount::Create("tmpfs", dir / "small-fs", "tmpfs", "size=40m,mode=0700", &why);
   if (!mount) GTEST_SKIP() << "cannot mount a tmpfs: " << why;
   std::string repo = mount->target() + "/repo";
-  Result init = Cli({"init", repo});
+  Result init = Cli({"init", repo, "--encryption", "none"});
   DP420_ASSERT_EXIT(init, kExitOk);
   std::string small = dir / "small.raw";
   WritePatternFile(small, 8 << 20, 81, 4);

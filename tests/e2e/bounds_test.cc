@@ -261,7 +261,7 @@ TEST(InitRaceTest, ConcurrentInitsOfOnePathLeaveOneValidRepository) {
     SCOPED_TRACE("round " + std::to_string(round));
     std::string repo = dir / ("repo" + std::to_string(round));
     std::vector<std::unique_ptr<Process>> inits;
-    for (int i = 0; i < 8; ++i) inits.push_back(Process::Start({CliPath(), "init", repo}));
+    for (int i = 0; i < 8; ++i) inits.push_back(Process::Start({CliPath(), "init", repo, "--encryption", "none"}));
     int ok = 0;
     for (auto& p : inits) {
       Result r = p->Wait();
@@ -291,7 +291,7 @@ TEST(InitRaceTest, InitAfterAKilledInitSucceeds) {
     std::filesystem::create_directories(repo + "/" + sub);
   }
   WriteFile(repo + "/keys/hash.key.tmp.0123456789abcdef", "half");
-  Result r = Cli({"init", repo});
+  Result r = Cli({"init", repo, "--encryption", "none"});
   DP420_ASSERT_EXIT(r, kExitOk);
   EXPECT_EQ(TempFiles(repo), std::vector<std::string>{});
   DP420_EXPECT_EXIT(Cli({"verify", "--repo", repo}), kExitOk);
@@ -299,7 +299,7 @@ TEST(InitRaceTest, InitAfterAKilledInitSucceeds) {
   std::string other = dir / "other";
   std::filesystem::create_directories(other + "/packs");
   WriteFile(other + "/notes.txt", "mine\n");
-  Result refused = Cli({"init", other});
+  Result refused = Cli({"init", other, "--encryption", "none"});
   DP420_EXPECT_EXIT(refused, kExitRefused);
   EXPECT_EQ(ReadFile(other + "/notes.txt"), "mine\n");
 }

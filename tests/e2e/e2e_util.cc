@@ -569,7 +569,7 @@ std::string MutateExt4Volume(const Ext4Volume& volume, const TempDir& dir, int s
 
 std::string InitRepo(const TempDir& dir, const std::string& name) {
   std::string repo = dir / name;
-  Result r = Cli({"init", repo});
+  Result r = Cli({"init", repo, "--encryption", "none"});
   if (r.exit_code != 0) Fail("dp420 init failed:\n" + r.Describe());
   return repo;
 }

@@ -163,7 +163,7 @@ TEST_F(EncryptionTest, MarkerNeverAppearsInAnyRepositoryFile) {
   }
 
   std::string plain = dir_ / "plain";
-  ASSERT_EQ(Cli({"init", plain}).exit_code, kExitOk);
+  ASSERT_EQ(Cli({"init", plain, "--encryption", "none"}).exit_code, kExitOk);
   Backup(plain, "v", image);
   EXPECT_FALSE(FilesHolding(plain, marker).empty());
   EXPECT_FALSE(FilesHolding(plain, "vol-" + name_marker).empty());  // the manifest's path
@@ -354,7 +354,7 @@ TEST_F(EncryptionTest, EditedOrPlaintextManifestIsRefused) {
   // The plaintext manifest of the same volume from a repository without
   // encryption, under the same file name.
   std::string plain = dir_ / "plain";
-  ASSERT_EQ(Cli({"init", plain}).exit_code, kExitOk);
+  ASSERT_EQ(Cli({"init", plain, "--encryption", "none"}).exit_code, kExitOk);
   std::string pid = Backup(plain, "v", vol)["snapshot_id"].get<std::string>();
   WriteFile(manifest, ReadFile(FindManifest(plain, "v", pid)));
   r = Run({"restore", "--repo", repo, "--volume", "v", "--snapshot", id, dir_ / "t2"}, key_);
@@ -366,14 +366,34 @@ TEST_F(EncryptionTest, EditedOrPlaintextManifestIsRefused) {
 }
 
 // An encrypted init with no secret at all stops with a usage error naming the
-// options, and leaves no repository behind.
+// options, and leaves no repository behind; encryption is what `init` does unless
+// told `--encryption none`.
 TEST_F(EncryptionTest, EncryptedInitWithoutASecretIsAUsageError) {
+  for (bool by_default : {true, false}) {
+    SCOPED_TRACE(by_default ? "no --encryption" : "--encryption aes-256-gcm");
+    std::string repo = dir_ / (by_default ? "default" : "explicit");
+    std::vector<std::string> argv = {"init", repo};
+    if (!by_default) argv.insert(argv.end(), {"--encryption", "aes-256-gcm"});
+    Result r = Cli(argv);
+    EXPECT_EQ(r.exit_code, kExitUsage) << r.Describe();
+    EXPECT_NE(r.err.find("--passphrase-file"), std::string::npos) << r.Describe();
+    EXPECT_NE(r.err.find("--encryption none"), std::string::npos) << r.Describe();
+    EXPECT_FALSE(Exists(repo + "/config"));
+  }
+}
+
+// `init` with only a key file makes an encrypted repository: its config says so,
+// and a command without the key is refused.
+TEST_F(EncryptionTest, InitEncryptsByDefault) {
   std::string repo = dir_ / "repo";
-  Result r = Cli({"init", repo, "--encryption", "aes-256-gcm"});
-  EXPECT_EQ(r.exit_code, kExitUsage) << r.Describe();
-  EXPECT_NE(r.err.find("--passphrase-file"), std::string::npos) << r.Describe();
-  EXPECT_NE(r.err.find("--encryption none"), std::string::npos) << r.Describe();
-  EXPECT_FALSE(Exists(repo + "/config"));
+  Result init = Cli({"init", "--json", repo, "--repo-key-file", key_});
+  ASSERT_EQ(init.exit_code, kExitOk) << init.Describe();
+  EXPECT_EQ(ParseJson(init).at("encryption"), "aes-256-gcm");
+  EXPECT_NE(ReadFile(repo + "/config").find("\"encryption\":\"aes-256-gcm\""), std::string::npos)
+      << "the config (readable without the key) names the cipher";
+  Result open = Cli({"snapshots", "--repo", repo});
+  EXPECT_EQ(open.exit_code, kExitUsage) << open.Describe();
+  EXPECT_EQ(Run({"snapshots", "--repo", repo}, key_).exit_code, kExitOk);
 }
 
 // A repository of format 2 (made before format 3: raw records in packs of version 1)
@@ -680,6 +700,86 @@ TEST_F(EncryptionTest, ConfigReplacedByOneWithoutEncryptionIsRefused) {
   EXPECT_EQ(init.exit_code, kExitUsage) << init.Describe();
   EXPECT_NE(init.err.find("--encryption aes-256-gcm"), std::string::npos) << init.Describe();
   EXPECT_FALSE(Exists(dir_ / "other/config"));
+}
+
+// A recovery form made with only a repository id and check values that hold:
+// the lines of `key` (32 bytes) with their check digits and the whole-key check.
+std::string ForgeRecoveryForm(const std::string& repo_id_hex, const std::string& key) {
+  std::string form = "dp420 recovery key v1\nrepository " + repo_id_hex + "\n";
+  for (int line = 1; line <= 4; ++line) {
+    std::string bytes = key.substr(8 * (line - 1), 8);
+    std::string hex;
+    static const char* kDigits = "0123456789abcdef";
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      if (i > 0 && i % 2 == 0) hex += ' ';
+      hex += kDigits[uint8_t(bytes[i]) >> 4];
+      hex += kDigits[uint8_t(bytes[i]) & 15];
+    }
+    std::string check = Sha256Hex(std::string(1, char(line)) + bytes).substr(0, 2);
+    form += std::to_string(line) + ": " + hex + "  " + check + "\n";
+  }
+  std::string id_bytes;
+  for (size_t i = 0; i < repo_id_hex.size(); i += 2) {
+    id_bytes += char(std::stoi(repo_id_hex.substr(i, 2), nullptr, 16));
+  }
+  return form + "check " + Sha256Hex(id_bytes + key).substr(0, 8) + "\n";
+}
+
+// Every secret lost: the printed recovery form, typed back in, adds a new slot, and the
+// backups restore with it. A mistyped form, another repository's form, and a form
+// forged with valid check values but another key are refused, and add no slot.
+TEST_F(EncryptionTest, RecoveryFormRestoresAccessAndForgedFormsAreRefused) {
+  std::string repo = NewRepo("repo", key_);
+  std::string vol = dir_ / "vol.raw";
+  WritePatternFile(vol, 3 << 20, 71, 3);
+  BackupJson(repo, key_, "v", vol);
+  Result exported = Run({"key", "export", "--repo", repo, "--paper"}, key_);
+  ASSERT_EQ(exported.exit_code, kExitOk) << exported.Describe();
+  std::string form = dir_ / "form.txt";
+  WriteFile(form, exported.out);
+  std::string other = NewRepo("other", dir_ / "other.key");
+  Result other_form = Run({"key", "export", "--repo", other, "--paper"}, dir_ / "other.key");
+  ASSERT_EQ(other_form.exit_code, kExitOk);
+  std::filesystem::remove(key_);  // every secret of `repo` is gone
+  auto slots = [&] {
+    size_t n = 0;
+    for (const auto& e : std::filesystem::directory_iterator(repo + "/keys")) {
+      n += e.path().filename().string().rfind("slot-", 0) == 0;
+    }
+    return n;
+  };
+  const size_t before = slots();
+
+  std::string typo = exported.out;
+  size_t line2 = typo.find("\n2: ") + 4;
+  typo[line2] = typo[line2] == '0' ? '1' : '0';
+  std::string id_line = exported.out.substr(exported.out.find("\nrepository ") + 1, 43);
+  std::string foreign = other_form.out;
+  foreign.replace(foreign.find("\nrepository ") + 1, 43, id_line);
+  std::string forged = ForgeRecoveryForm(id_line.substr(11), std::string(32, '\x5a'));
+  struct Case { const char* what; std::string text; int exit_code; const char* says; };
+  for (const Case& c : {Case{"typo", typo, kExitUsage, "line 2"},
+                        Case{"foreign", other_form.out, kExitUsage, "repository"},
+                        Case{"foreign, id line replaced", foreign, kExitUsage, "check"},
+                        Case{"forged", forged, kExitBadKey, "does not open"}}) {
+    SCOPED_TRACE(c.what);
+    WriteFile(dir_ / "bad-form.txt", c.text);
+    Result r = Cli({"key", "recover", "--repo", repo, "--paper-file", dir_ / "bad-form.txt",
+                    "--new-key-file", dir_ / "never.key"});
+    EXPECT_EQ(r.exit_code, c.exit_code) << r.Describe();
+    EXPECT_TRUE(ContainsIgnoringCase(r.err, c.says)) << r.Describe();
+    EXPECT_EQ(slots(), before);
+    EXPECT_FALSE(Exists(dir_ / "never.key")) << "a refused recovery leaves no key file";
+  }
+
+  std::string fresh = dir_ / "fresh.key";
+  Result ok = Sh("cat " + ShellQuote(form) + " | " + ShellQuote(CliPath()) +
+                 " key recover --json --repo " + ShellQuote(repo) + " --paper-file - --new-key-file " +
+                 ShellQuote(fresh));
+  ASSERT_EQ(ok.exit_code, kExitOk) << ok.Describe();
+  EXPECT_EQ(slots(), before + 1);
+  EXPECT_EQ(RestoreAndCompare(repo, fresh, "v", "latest", Sha256File(vol)), kExitOk);
+  EXPECT_EQ(Run({"verify", "--repo", repo, "--read-data"}, fresh).exit_code, kExitOk);
 }
 
 }  // namespace

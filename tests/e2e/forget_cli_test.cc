@@ -29,7 +29,7 @@ class ForgetCliTest : public ::testing::Test {
   void SetUp() override {
     base_ = dir_ / "base";
     fs::create_directories(base_);
-    ASSERT_EQ(In(base_, {"init", base_ + "/repo"}).exit_code, kExitOk);
+    ASSERT_EQ(In(base_, {"init", base_ + "/repo", "--encryption", "none"}).exit_code, kExitOk);
     std::string source = base_ + "/source.img";
     WritePatternFile(source, kVolumeBytes, 11);
     for (int i = 0; i < kSnapshots; ++i) {

@@ -67,7 +67,7 @@ class Harness {
  public:
   Harness(const std::string& root, uint64_t seed) : root_(root), rng_(seed) {
     repo_ = root_ + "/repo";
-    Expect(Run({"init", repo_}).exit_code == kExitOk, "init");
+    Expect(Run({"init", repo_, "--encryption", "none"}).exit_code == kExitOk, "init");
     for (const char* v : kVolumes) {
       std::string source = Source(v);
       WritePatternFile(source, kVolumeBytes, seed + v[0]);

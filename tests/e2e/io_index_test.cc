@@ -150,7 +150,7 @@ void MakeSources(const std::string& dir, uint64_t seed) {
   OverwriteRange(dir + "/v2.img", 8192, 12288, seed + 1);
   OverwriteRange(dir + "/v2.img", kVolumeBytes - 20000, 9000, seed + 2);
   fs::create_directories(dir + "/out");
-  Result r = CliIn(dir, {"init", RepoOf(dir)});
+  Result r = CliIn(dir, {"init", RepoOf(dir), "--encryption", "none"});
   if (r.exit_code != 0) Fail("init failed: " + r.Describe());
 }
 

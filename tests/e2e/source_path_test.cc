@@ -46,7 +46,7 @@ TEST(SourcePathTest, NameNotUtf8BacksUpAndRestoresBitExact) {
 
 TEST(SourcePathTest, RepositoryPathNotUtf8PrintsItsJsonDocument) {
   TempDir dir;
-  Result init = Cli({"init", "--json", dir / "repo-\xff"});
+  Result init = Cli({"init", "--json", "--encryption", "none", dir / "repo-\xff"});
   DP420_ASSERT_EXIT(init, kExitOk);
   EXPECT_EQ(ParseJson(init).at("repository"), dir.path() + "/repo-\xef\xbf\xbd");
 

@@ -31,7 +31,7 @@ trap cleanup EXIT
 export DP420_STATE_DIR="${work}/state" DP420_CACHE_DIR="${work}/cache"
 
 repo="${work}/repo"
-"${DP420}" init "${repo}" >/dev/null
+"${DP420}" init --encryption none "${repo}" >/dev/null
 # 40 KiB: data, a zero block, data; 4 KiB blocks keep packs small.
 src="${work}/src.img"
 head -c 16384 /dev/urandom >"${src}"

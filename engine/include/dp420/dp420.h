@@ -687,6 +687,17 @@ DP420_EXPORT int dp420_key_passwd(dp420_ctx_t* ctx, const char* repo_path, uint3
  * the key: overwrite it first). */
 DP420_EXPORT int dp420_key_export_paper(dp420_ctx_t* ctx, const char* repo_path,
                                         char** text_out);
+/* Adds a slot under a new secret with the master key read from a recovery
+ * form (`paper_text`, as dp420_key_export_paper printed it, typed back in):
+ * for when every secret that opened a slot is lost. Needs no key source.
+ * -DP420_EINVAL naming the line of a form that does not read (a mistyped
+ * digit, a missing line) or that belongs to another repository; -DP420_EKEY
+ * when the key it holds does not open this repository; nothing is written
+ * then. *slot_id_out (may be NULL) receives the new slot's id. */
+DP420_EXPORT int dp420_key_recover(dp420_ctx_t* ctx, const char* repo_path,
+                                   const char* paper_text, const char* new_passphrase_file,
+                                   const char* new_key_file, int new_prompt,
+                                   uint32_t* slot_id_out);
 /* ==== End of keys of encrypted repositories ================================= */
 
 #ifdef __cplusplus
