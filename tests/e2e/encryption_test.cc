@@ -691,12 +691,12 @@ TEST_F(EncryptionTest, ConfigReplacedByOneWithoutEncryptionIsRefused) {
   EXPECT_FALSE(Exists(dir_ / "target"));
   EXPECT_TRUE(Files(repo) == before) << "a refused command changed the repository";
   EXPECT_FALSE(Exists(repo + "/snapshots/w"));
-  // So is a genuine repository without encryption given a key, and init does not make
-  // one while a secret is given (it made it, and ignored the secret).
+  // So is a genuine repository without encryption given a key, and `init --encryption
+  // none` does not make one while a secret is given (it made it, and ignored the secret).
   Result plain_with_key = Run({"snapshots", "--repo", plain}, key_);
   EXPECT_EQ(plain_with_key.exit_code, kExitBadKey) << plain_with_key.Describe();
   EXPECT_EQ(Cli({"snapshots", "--repo", plain}).exit_code, kExitOk);
-  Result init = Run({"init", dir_ / "other"}, key_);
+  Result init = Run({"init", dir_ / "other", "--encryption", "none"}, key_);
   EXPECT_EQ(init.exit_code, kExitUsage) << init.Describe();
   EXPECT_NE(init.err.find("--encryption aes-256-gcm"), std::string::npos) << init.Describe();
   EXPECT_FALSE(Exists(dir_ / "other/config"));
