@@ -14,7 +14,7 @@ DEFAULT_PACKAGES=(
   liburing-dev libisal-dev libxxhash-dev libjemalloc-dev libssl-dev libzstd-dev liblz4-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
   e2fsprogs util-linux mount diffutils coreutils fio xxhash python3 time
-  iproute2 nftables fuse3 libfuse3-dev
+  iproute2 nftables fuse3 libfuse3-dev xfsprogs btrfs-progs
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/control/pit.h"
 #include "engine/control/topology.h"
 #include "engine/core/backup.h"
 #include "engine/core/bench.h"
@@ -143,6 +144,108 @@ static_assert(kBackupOptsV1Size == 32);
 constexpr size_t kBackupResultV1Size = offsetof(dp420_backup_result_t, bytes_sent);
 static_assert(kBackupResultV1Size == 208);
 constexpr size_t kBackupResultV2Size = offsetof(dp420_backup_result_t, blocks_healed);
+// Whether a caller's struct of `size` bytes holds `field` of T.
+#define DP420_COVERS(size, T, field) \
+  ((size) >= offsetof(T, field) + sizeof(static_cast<T*>(nullptr)->field))
+
+Status ReadPointInTimeOpts(const dp420_backup_opts_t& opts, dp420::control::PitOptions* pit) {
+  if (!DP420_COVERS(opts.struct_size, dp420_backup_opts_t, post_hook)) {
+    pit->method = dp420::control::PitMethod::kNone;  // an older caller: the live source
+    return Status::Ok();
+  }
+  if (!Missing(opts.snapshot_source)) {
+    DP420_ASSIGN_OR_RETURN(pit->method, dp420::control::ParsePitMethod(opts.snapshot_source));
+  }
+  if (!Missing(opts.freeze_mount)) {
+    pit->freeze_mount = dp420::control::AbsolutePath(opts.freeze_mount);
+  }
+  if (opts.max_freeze_ms) pit->max_freeze = std::chrono::milliseconds(opts.max_freeze_ms);
+  if (opts.hook_timeout_ms) pit->hook_timeout = std::chrono::milliseconds(opts.hook_timeout_ms);
+  if (!Missing(opts.pre_hook)) pit->pre_hook = opts.pre_hook;
+  if (!Missing(opts.post_hook)) pit->post_hook = opts.post_hook;
+  return Status::Ok();
+}
+
+Status ReadBackupOpts(const dp420_backup_opts_t& opts, bool remote, dp420::BackupOptions* o,
+                      dp420::control::PitOptions* pit) {
+  if (Missing(opts.volume)) return Status::InvalidArgument("no volume name given");
+  if (Missing(opts.source)) return Status::InvalidArgument("no source given");
+  o->volume = opts.volume;
+  o->source_path = dp420::control::AbsolutePath(opts.source);
+  o->block_size = opts.block_size;
+  o->threads = opts.threads;
+  // A remote repository refuses a time (RemoteRepository::Backup).
+  if (DP420_COVERS(opts.struct_size, dp420_backup_opts_t, compression) &&
+      !Missing(opts.compression)) {
+    auto c = dp420::ParseCodec(opts.compression);
+    if (!c.ok()) return c.status().Prefix("--compression");
+    if (remote && c->codec != dp420::Codec::kNone) {
+      return Status::InvalidArgument(
+          "--compression: backups to a remote repository are not compressed yet; leave it off");
+    }
+    o->compression = *c;
+  }
+  if (opts.struct_size >= kBackupOptsV2Size && !Missing(opts.time)) {
+    auto t = dp420::ParseRfc3339(opts.time);
+    if (!t.ok()) return t.status().Prefix("backup time");
+    o->time_unix_ns = *t;
+  }
+  return ReadPointInTimeOpts(opts, pit);
+}
+
+// The point-in-time record goes into the manifest's topology, in the member
+// of this volume; the manifest names the source's kind, not its copy's.
+void RecordPointInTime(const dp420::control::PitRecord& record, const std::string& source,
+                       dp420::Manifest* m) {
+  dp420::Json& members = m->node_topology["members"];
+  if (members.is_array() && !members.empty()) members[0]["point_in_time"] = record.ToJson();
+  struct stat st;
+  if (stat(source.c_str(), &st) == 0) m->source_kind = S_ISBLK(st.st_mode) ? "block-device" : "file";
+}
+
+void FillBackupResult(const dp420::BackupResult& r, const dp420::control::PitRecord& pit,
+                      dp420_backup_result_t* result) {
+  if (!result || result->struct_size < kBackupResultV1Size) return;
+  const size_t size = result->struct_size;
+  const dp420::Manifest& m = r.manifest;
+  CopyId(result->snapshot_id, sizeof(result->snapshot_id), m.snapshot_id);
+  CopyId(result->parent, sizeof(result->parent), m.parent);
+  CopyId(result->checksum_sha256, sizeof(result->checksum_sha256), m.checksum_sha256);
+  result->sequence = m.sequence;
+  result->volume_size = m.volume_size;
+  result->block_size = m.block_size;
+  result->bytes_read = r.bytes_read;
+  result->blocks_total = m.blocks_total;
+  result->blocks_changed = m.blocks_changed;
+  result->blocks_zero = m.blocks_zero;
+  result->blocks_stored = m.blocks_stored;
+  result->bytes_written = r.bytes_written;
+  result->seconds = r.seconds;
+  result->threads = r.threads;
+  result->direct_io = r.direct_io;
+  result->registered_buffers = r.registered_buffers;
+  if (DP420_COVERS(size, dp420_backup_result_t, reconnects)) {
+    result->bytes_sent = r.bytes_sent;
+    result->bytes_sent_zerocopy = r.bytes_sent_zerocopy;
+    result->bytes_zerocopy_copied = r.bytes_zerocopy_copied;
+    result->bytes_resent = r.bytes_resent;
+    result->reconnects = r.reconnects;
+  }
+  if (DP420_COVERS(size, dp420_backup_result_t, blocks_healed)) {
+    result->blocks_healed = r.blocks_healed;
+  }
+  if (DP420_COVERS(size, dp420_backup_result_t, blocks_compressed)) {
+    result->blocks_compressed = r.blocks_compressed;
+  }
+  if (DP420_COVERS(size, dp420_backup_result_t, hold_ms)) {
+    dp420::Json j = pit.ToJson();
+    CopyId(result->consistency, sizeof(result->consistency), j["consistency"].get<std::string>());
+    CopyId(result->snapshot_source, sizeof(result->snapshot_source), j["method"].get<std::string>());
+    result->source_changed = pit.point_in_time ? 0 : !pit.change_known ? -1 : pit.source_changed;
+    result->hold_ms = pit.hold_ms;
+  }
+}
+
 // dp420_restore_opts_t before read_through was appended.
 constexpr size_t kRestoreOptsV1Size = offsetof(dp420_restore_opts_t, read_through);
 // dp420_serve_opts_t before its limits were appended.
@@ -418,68 +521,39 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
     if (!repo || !opts || opts->struct_size < kBackupOptsV1Size) {
       return Fail(ctx, Status::InvalidArgument("dp420_backup: bad arguments"));
     }
-    if (Missing(opts->volume)) return Fail(ctx, Status::InvalidArgument("no volume name given"));
-    if (Missing(opts->source)) return Fail(ctx, Status::InvalidArgument("no source given"));
     dp420::BackupOptions o;
-    o.volume = opts->volume;
-    o.source_path = dp420::control::AbsolutePath(opts->source);
-    o.block_size = opts->block_size;
-    o.threads = opts->threads;
-    // A remote repository refuses a time (RemoteRepository::Backup).
-    if (opts->struct_size >= sizeof(dp420_backup_opts_t) && !Missing(opts->compression)) {
-      auto c = dp420::ParseCodec(opts->compression);
-      if (!c.ok()) return Fail(ctx, c.status().Prefix("--compression"));
-      if (repo->remote && c->codec != dp420::Codec::kNone) {
-        return Fail(ctx, Status::InvalidArgument(
-                             "--compression: backups to a remote repository are not compressed "
-                             "yet; leave it off"));
-      }
-      o.compression = *c;
-    }
-    if (opts->struct_size >= kBackupOptsV2Size &&
-        !Missing(opts->time)) {
-      auto t = dp420::ParseRfc3339(opts->time);
-      if (!t.ok()) return Fail(ctx, t.status().Prefix("backup time"));
-      o.time_unix_ns = *t;
+    dp420::control::PitOptions pit_options;
+    if (Status s = ReadBackupOpts(*opts, repo->remote != nullptr, &o, &pit_options); !s.ok()) {
+      return Fail(ctx, s);
     }
     o.node_topology = dp420::control::LocalTopology(o.volume, o.source_path);
     o.tool_version = std::string("dp420 ") + dp420_version_string();
     o.control = Control(ctx);
+    auto pit = dp420::control::PointInTime::Take(o.source_path, o.volume, pit_options);
+    if (!pit.ok()) return Fail(ctx, pit.status());
+    o.read_path = (*pit)->read_path();
+    dp420::control::PitRecord record;
+    o.before_commit = [&](dp420::Manifest& m) -> Status {
+      DP420_ASSIGN_OR_RETURN(record, (*pit)->Finish());
+      RecordPointInTime(record, o.source_path, &m);
+      return Status::Ok();
+    };
+    if (repo->remote) {
+      // The server writes the manifest: the record goes in the topology sent
+      // at the start (whether a live source changed is known to --json only).
+      o.before_commit = nullptr;
+      auto provisional = (*pit)->Provisional();
+      o.node_topology["members"][0]["point_in_time"] = provisional.ToJson();
+    }
     RemoteLink link(ctx, repo);
     auto r = repo->remote ? repo->remote->Backup(o) : dp420::RunBackup(*repo->repo, o);
     if (!r.ok()) return Fail(ctx, r.status());
-    if (result && result->struct_size >= kBackupResultV1Size) {
-      const dp420::Manifest& m = r->manifest;
-      CopyId(result->snapshot_id, sizeof(result->snapshot_id), m.snapshot_id);
-      CopyId(result->parent, sizeof(result->parent), m.parent);
-      CopyId(result->checksum_sha256, sizeof(result->checksum_sha256), m.checksum_sha256);
-      result->sequence = m.sequence;
-      result->volume_size = m.volume_size;
-      result->block_size = m.block_size;
-      result->bytes_read = r->bytes_read;
-      result->blocks_total = m.blocks_total;
-      result->blocks_changed = m.blocks_changed;
-      result->blocks_zero = m.blocks_zero;
-      result->blocks_stored = m.blocks_stored;
-      result->bytes_written = r->bytes_written;
-      result->seconds = r->seconds;
-      result->threads = r->threads;
-      result->direct_io = r->direct_io;
-      result->registered_buffers = r->registered_buffers;
+    if (repo->remote) {
+      auto finished = (*pit)->Finish();
+      if (!finished.ok()) return Fail(ctx, finished.status());
+      record = *finished;
     }
-    if (result && result->struct_size >= kBackupResultV3Size) {
-      result->blocks_healed = r->blocks_healed;
-    }
-    if (result && result->struct_size >= sizeof(dp420_backup_result_t)) {
-      result->blocks_compressed = r->blocks_compressed;
-    }
-    if (result && result->struct_size >= kBackupResultV2Size) {
-      result->bytes_sent = r->bytes_sent;
-      result->bytes_sent_zerocopy = r->bytes_sent_zerocopy;
-      result->bytes_zerocopy_copied = r->bytes_zerocopy_copied;
-      result->bytes_resent = r->bytes_resent;
-      result->reconnects = r->reconnects;
-    }
+    FillBackupResult(*r, record, result);
     return Ok(ctx);
   });
 }

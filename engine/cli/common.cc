@@ -89,6 +89,12 @@ std::string CheckRepoChoice(const Common& c) {
     return "";
   }
   if (c.client.empty()) return "--remote needs --client NAME";
+  // The key of an encrypted repository opens a local one; a served repository is not
+  // encrypted, and a secret must never look used when it is not.
+  if (!c.passphrase_file.empty() || !c.repo_key_file.empty()) {
+    return "--passphrase-file and --repo-key-file open a local repository (--repo); a "
+           "repository served by `dp420 serve` is not encrypted: leave them out with --remote";
+  }
   const char* env = std::getenv("DP420_KEY_FILE");
   if (c.key_file.empty() && (env == nullptr || *env == '\0')) {
     return "--remote needs --key-file KEYFILE (or DP420_KEY_FILE in the environment); "

@@ -161,7 +161,77 @@ void PrintNetworkSummary(const dp420_backup_result_t& r) {
 struct BackupArgs {
   std::string volume, source, time, compression;
   uint32_t block_size = 0, threads = 0;
+  std::string snapshot_source = "auto", freeze_mount, pre_hook, post_hook;
+  double max_freeze_s = 7, hook_timeout_s = 300;
 };
+
+// How the source was read: the `point_in_time` of --json.
+Json PointInTimeJson(const dp420_backup_result_t& r) {
+  Json j = {{"consistency", r.consistency}, {"method", r.snapshot_source}};
+  if (std::string(r.snapshot_source) != "none") j["hold_ms"] = r.hold_ms;
+  if (std::string(r.consistency) == "live") {
+    j["source_changed"] = r.source_changed < 0 ? Json(nullptr) : Json(r.source_changed == 1);
+  }
+  return j;
+}
+
+void PrintBackupJson(const Common& c, const BackupArgs& a, const dp420_backup_result_t& r) {
+  Json j = {{"snapshot_id", r.snapshot_id},
+            {"parent", r.parent[0] ? Json(r.parent) : Json(nullptr)},
+            {"volume", a.volume},
+            {"sequence", r.sequence},
+            {"volume_size", r.volume_size},
+            {"block_size", r.block_size},
+            {"bytes_read", r.bytes_read},
+            {"blocks_total", r.blocks_total},
+            {"blocks_changed", r.blocks_changed},
+            {"blocks_zero", r.blocks_zero},
+            {"blocks_stored", r.blocks_stored},
+            {"bytes_written", r.bytes_written},
+            {"seconds", r.seconds},
+            {"checksum_sha256", r.checksum_sha256},
+            {"threads", r.threads},
+            {"direct_io", bool(r.direct_io)},
+            {"registered_buffers", bool(r.registered_buffers)},
+            {"blocks_healed", r.blocks_healed},
+            {"blocks_compressed", r.blocks_compressed},
+            {"consistency", r.consistency},
+            {"point_in_time", PointInTimeJson(r)}};
+  if (!c.remote.empty()) {
+    j["bytes_sent"] = r.bytes_sent;
+    j["bytes_sent_zerocopy"] = r.bytes_sent_zerocopy;
+    j["bytes_zerocopy_copied"] = r.bytes_zerocopy_copied;
+    j["bytes_resent"] = r.bytes_resent;
+    j["reconnects"] = r.reconnects;
+  }
+  PrintJson(j);
+}
+
+void PrintBackupText(const Common& c, const BackupArgs& a, const dp420_backup_result_t& r) {
+  char rd[32], wr[32];
+  std::printf("snapshot %s of %s (%s, parent %s)\n", r.snapshot_id, a.volume.c_str(),
+              r.parent[0] ? "incremental" : "full", r.parent[0] ? r.parent : "none");
+  std::printf("  read %s in %.2f s (%.0f MB/s), %llu of %llu blocks changed, %llu zero,"
+              " wrote %s\n",
+              dp420cli::HumanBytes(r.bytes_read, rd, sizeof(rd)), r.seconds,
+              Mbps(r.bytes_read, r.seconds), (unsigned long long)r.blocks_changed,
+              (unsigned long long)r.blocks_total, (unsigned long long)r.blocks_zero,
+              dp420cli::HumanBytes(r.bytes_written, wr, sizeof(wr)));
+  if (std::string(r.consistency) == "live") {
+    std::printf("  read live (%s)%s\n", r.snapshot_source,
+                r.source_changed == 1 ? ": the source CHANGED while it was read; the snapshot "
+                                        "may be torn"
+                : r.source_changed < 0 ? ": whether it changed meanwhile is unknown"
+                                       : ": it did not change while read");
+  } else {
+    std::printf("  point in time by %s (writes held %.1f ms)\n", r.snapshot_source, r.hold_ms);
+  }
+  if (r.blocks_healed) {
+    std::printf("  healed %llu blocks: their copies were missing from the repository and "
+                "were stored again from the source\n", (unsigned long long)r.blocks_healed);
+  }
+  if (!c.remote.empty()) PrintNetworkSummary(r);
+}
 
 int CmdBackup(const Common& c, const BackupArgs& a) {
   if (!a.time.empty() && !c.remote.empty()) {
@@ -177,6 +247,12 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
     o.threads = a.threads;
     o.time = a.time.c_str();
     o.compression = a.compression.c_str();
+    o.snapshot_source = a.snapshot_source.c_str();
+    o.freeze_mount = a.freeze_mount.c_str();
+    o.max_freeze_ms = static_cast<uint32_t>(a.max_freeze_s * 1000);
+    o.hook_timeout_ms = static_cast<uint32_t>(a.hook_timeout_s * 1000);
+    o.pre_hook = a.pre_hook.c_str();
+    o.post_hook = a.post_hook.c_str();
     dp420_backup_result_t r{};
     r.struct_size = sizeof(r);
     dp420cli::ProgressBar bar(ShowProgress(c));
@@ -185,50 +261,11 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
     bar.Finish();
     if (rc != 0) return Report(c, "backup", rc);
     if (c.json) {
-      Json j = {{"snapshot_id", r.snapshot_id},
-                {"parent", r.parent[0] ? Json(r.parent) : Json(nullptr)},
-                {"volume", a.volume},
-                {"sequence", r.sequence},
-                {"volume_size", r.volume_size},
-                {"block_size", r.block_size},
-                {"bytes_read", r.bytes_read},
-                {"blocks_total", r.blocks_total},
-                {"blocks_changed", r.blocks_changed},
-                {"blocks_zero", r.blocks_zero},
-                {"blocks_stored", r.blocks_stored},
-                {"bytes_written", r.bytes_written},
-                {"seconds", r.seconds},
-                {"checksum_sha256", r.checksum_sha256},
-                {"threads", r.threads},
-                {"direct_io", bool(r.direct_io)},
-                {"registered_buffers", bool(r.registered_buffers)},
-                {"blocks_healed", r.blocks_healed},
-                {"blocks_compressed", r.blocks_compressed}};
-      if (!c.remote.empty()) {
-        j["bytes_sent"] = r.bytes_sent;
-        j["bytes_sent_zerocopy"] = r.bytes_sent_zerocopy;
-        j["bytes_zerocopy_copied"] = r.bytes_zerocopy_copied;
-        j["bytes_resent"] = r.bytes_resent;
-        j["reconnects"] = r.reconnects;
-      }
-      PrintJson(j);
+      PrintBackupJson(c, a, r);
     } else if (c.quiet) {
       std::cout << r.snapshot_id << std::endl;
     } else {
-      char rd[32], wr[32];
-      std::printf("snapshot %s of %s (%s, parent %s)\n", r.snapshot_id, a.volume.c_str(),
-                  r.parent[0] ? "incremental" : "full", r.parent[0] ? r.parent : "none");
-      std::printf("  read %s in %.2f s (%.0f MB/s), %llu of %llu blocks changed, %llu zero,"
-                  " wrote %s\n",
-                  dp420cli::HumanBytes(r.bytes_read, rd, sizeof(rd)), r.seconds,
-                  Mbps(r.bytes_read, r.seconds), (unsigned long long)r.blocks_changed,
-                  (unsigned long long)r.blocks_total, (unsigned long long)r.blocks_zero,
-                  dp420cli::HumanBytes(r.bytes_written, wr, sizeof(wr)));
-      if (r.blocks_healed) {
-        std::printf("  healed %llu blocks: their copies were missing from the repository and "
-                    "were stored again from the source\n", (unsigned long long)r.blocks_healed);
-      }
-      if (!c.remote.empty()) PrintNetworkSummary(r);
+      PrintBackupText(c, a, r);
     }
     return kExitOk;
   });
@@ -876,6 +913,22 @@ int Run(int argc, char** argv) {
   backup->add_option("--compression", b.compression,
                      "off (default), lz4[:ACCEL] or zstd[:LEVEL]: changed blocks stored "
                      "compressed when it saves a 4 KiB slot (format-3 repositories)");
+  backup->add_option("--snapshot-source", b.snapshot_source,
+                     "How the source is read at one point in time: auto (default), reflink, "
+                     "fsfreeze, hook, or none (the live source)")
+      ->check(CLI::IsMember({"auto", "reflink", "fsfreeze", "hook", "none"}));
+  backup->add_option("--freeze-mount", b.freeze_mount,
+                     "fsfreeze: the mount point of the file system on the source block device");
+  backup->add_option("--max-freeze", b.max_freeze_s,
+                     "Longest freeze in seconds, whatever hangs (default 7)")
+      ->check(CLI::Range(0.001, 600.0));
+  backup->add_option("--pre-hook", b.pre_hook,
+                     "Command (/bin/sh -c) run before the point in time is taken");
+  backup->add_option("--post-hook", b.post_hook,
+                     "Command run after it (always, once the pre hook ran)");
+  backup->add_option("--hook-timeout", b.hook_timeout_s,
+                     "Seconds each hook may run before it is killed (default 300)")
+      ->check(CLI::Range(0.001, 86400.0));
 
   auto* snaps = app.add_subcommand("snapshots", "List snapshots");
   AddRepoOptions(snaps, &c);

@@ -312,7 +312,8 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   uint32_t bs = o.block_size ? o.block_size : parent ? parent->block_size : kDefaultBlockSize;
   DP420_ASSIGN_OR_RETURN(unsigned threads,
                          ResolveThreads(o.threads, std::min(bs, kMaxBlockSize)));
-  DP420_ASSIGN_OR_RETURN(ScanSource source, ScanSource::Open(o.source_path));
+  DP420_ASSIGN_OR_RETURN(ScanSource source,
+                         ScanSource::Open(o.read_path.empty() ? o.source_path : o.read_path));
   DP420_ASSIGN_OR_RETURN(auto builder,
                          SnapshotBuilder::Start(repo, o.volume, parent, o.block_size,
                                                 source.size(), DefaultPageWindow(threads)));
@@ -403,6 +404,7 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
     healed += sinks[i]->blocks_healed();
   }
   stats.bytes_read = ctx.bytes_read.load();
+  if (o.before_commit) DP420_RETURN_IF_ERROR(o.before_commit(m));
   m.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   DP420_ASSIGN_OR_RETURN(Manifest committed, builder->Commit(stats));
   BackupResult r;

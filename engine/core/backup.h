@@ -11,6 +11,7 @@
 // Thread safety: RunBackup is re-entrant; it takes the volume's lock.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "engine/core/job.h"
@@ -22,6 +23,9 @@ namespace dp420 {
 struct BackupOptions {
   std::string volume;
   std::string source_path;    // absolute
+  // What is read, when not the source itself: its point-in-time copy
+  // (engine/control/pit.h). The manifest still names source_path.
+  std::string read_path;
   uint32_t block_size = 0;    // 0: the parent's, or kDefaultBlockSize
   unsigned threads = 0;       // 0: DefaultThreads()
   Json node_topology = Json::object();
@@ -34,6 +38,10 @@ struct BackupOptions {
   // repositories; a block is stored compressed only when that saves a 4 KiB slot).
   CodecSpec compression;
   JobControl control;
+  // Runs after the last block was read and before the commit, with the draft
+  // manifest (local backups): ends the point in time and records it. An error
+  // fails the backup.
+  std::function<Status(Manifest&)> before_commit;
 };
 
 struct BackupResult {

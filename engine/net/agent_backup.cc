@@ -791,7 +791,8 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
                              " ms; fix the clocks or raise --max-clock-skew)");
   }
   DP420_ASSIGN_OR_RETURN(unsigned threads, AgentThreads(o));
-  DP420_ASSIGN_OR_RETURN(ScanSource source, ScanSource::Open(o.source_path));
+  DP420_ASSIGN_OR_RETURN(ScanSource source,
+                         ScanSource::Open(o.read_path.empty() ? o.source_path : o.read_path));
   Millis timeout = options_.LossTimeout();
   DP420_RETURN_IF_ERROR(EnsureControl());
 

@@ -12,10 +12,6 @@
 namespace dp420::e2e {
 namespace {
 
-bool Mentions(const Result& r, const std::string& what) {
-  return r.All().find(what) != std::string::npos;
-}
-
 void ExpectCleanExit(const Result& r, int code) {
   EXPECT_EQ(r.exit_code, code) << r.Describe();
   EXPECT_EQ(r.term_signal, 0) << "no crash\n" << r.Describe();

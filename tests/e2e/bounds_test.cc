@@ -21,10 +21,6 @@
 namespace dp420::e2e {
 namespace {
 
-bool Mentions(const Result& r, const std::string& what) {
-  return r.All().find(what) != std::string::npos;
-}
-
 // Files under `dir` whose names mark them temporary (WriteFileAtomic's
 // NAME.tmp.RANDOM, restore's TARGET.dp420-partial, a journal).
 std::vector<std::string> TempFiles(const std::string& dir) {

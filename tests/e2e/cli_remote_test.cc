@@ -342,6 +342,13 @@ TEST(CliRemoteTest, RepoAndRemoteExcludeEachOther) {
   DP420_EXPECT_EXIT(no_client, kExitUsage);
   Result local_client = Cli({"snapshots", "--repo", repo, "--client", "db1"});
   DP420_EXPECT_EXIT(local_client, kExitUsage);
+  // A repository secret given with --remote would look used and is not: refused.
+  WriteFile(dir / "pass", "a passphrase\n");
+  for (const char* option : {"--passphrase-file", "--repo-key-file"}) {
+    Result secret = Cli(Join({"snapshots", option, dir / "pass"}, remote));
+    DP420_EXPECT_EXIT(secret, kExitUsage);
+    EXPECT_NE(secret.err.find("--remote"), std::string::npos) << secret.Describe();
+  }
 }
 
 TEST(CliRemoteTest, AKeyIsNeverTakenFromTheCommandLine) {

@@ -19,10 +19,6 @@ struct Snap {
   std::string sha256;
 };
 
-bool Mentions(const Result& r, const std::string& what) {
-  return r.All().find(what) != std::string::npos;
-}
-
 // Changes one hex digit of the manifest's checksum_sha256; the JSON stays valid.
 void ChangeChecksumDigit(std::string* line) {
   size_t key = line->find("\"checksum_sha256\"");

@@ -84,6 +84,10 @@ Result Cli(const std::vector<std::string>& args, const Env& env = {});
 std::string CliPath();
 std::string SourceDir();
 
+// True when the command's stdout or stderr contains `what`.
+inline bool Mentions(const Result& r, const std::string& what) {
+  return r.All().find(what) != std::string::npos;
+}
 // True when `text` contains `needle`, ignoring ASCII case.
 bool ContainsIgnoringCase(const std::string& text, const std::string& needle);
 // True for 64 lower-case hex digits (a SHA-256 in hex).

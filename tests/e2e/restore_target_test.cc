@@ -74,10 +74,6 @@ std::ostream& operator<<(std::ostream& os, const Identity& id) {
             << std::dec << ", rdev " << id.rdev << ", size " << id.size << "}";
 }
 
-bool Mentions(const Result& r, const std::string& what) {
-  return r.All().find(what) != std::string::npos;
-}
-
 // A unix socket bound at `path` (the file stays after the descriptor closes).
 void MakeSocket(const std::string& path) {
   int fd = socket(AF_UNIX, SOCK_STREAM, 0);

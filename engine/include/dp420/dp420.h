@@ -197,6 +197,16 @@ typedef struct dp420_backup_opts {
    * format-2 repository stores every block raw. Read only when struct_size
    * covers it; local repositories only (DP420_EINVAL with a remote one). */
   const char* compression;
+  /* How the source is read at one point in time: "auto" (NULL or ""),
+   * "reflink", "fsfreeze", "hook" or "none" (the live source); see the
+   * README, "Point in time". Read only when struct_size covers them; an
+   * older caller's backups read the live source. */
+  const char* snapshot_source;
+  const char* freeze_mount;   /* fsfreeze: the mount point of the file system on the source */
+  uint32_t max_freeze_ms;     /* longest freeze; 0: 7000 */
+  uint32_t hook_timeout_ms;   /* longest run of each hook; 0: 300000 */
+  const char* pre_hook;       /* run with /bin/sh -c before the point in time; NULL: none */
+  const char* post_hook;      /* after it; runs whenever the pre hook ran */
 } dp420_backup_opts_t;
 
 typedef struct dp420_backup_result {
@@ -230,6 +240,15 @@ typedef struct dp420_backup_result {
   uint64_t blocks_healed;
   /* Changed blocks stored compressed. Filled only when struct_size covers it. */
   uint64_t blocks_compressed;
+  /* How the source was read (filled only when struct_size covers them):
+   * "point-in-time" or "live"; the method used ("reflink", "fsfreeze",
+   * "hook", "none"); for a live read whether the source changed while it was
+   * read (1), did not (0), or nothing could tell (-1); how long writes were
+   * held, in ms. */
+  char consistency[16];
+  char snapshot_source[16];
+  int source_changed;
+  double hold_ms;
 } dp420_backup_result_t;
 
 DP420_EXPORT void dp420_backup_opts_init(dp420_backup_opts_t* opts);

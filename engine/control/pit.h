@@ -1,0 +1,117 @@
+// Point in time of one source: how a backup reads a volume that is in use
+// without tearing it (`backup --snapshot-source`).
+//
+//   reflink   a file volume on a file system that shares extents (XFS, btrfs):
+//             an instant FICLONE copy next to it, read, then removed. The copy
+//             is named `.NAME.dp420-pit` in the source's folder and held under
+//             flock() while in use; a copy nobody holds is a dead backup's and
+//             is removed by the next one.
+//   fsfreeze  a block device whose file system is mounted (`--freeze-mount DIR`):
+//             FIFREEZE flushes the file system and holds its writes. When the
+//             device is a loop device backed by a file on a file system that
+//             shares extents, the backing file is cloned while frozen and the
+//             clone is read (frozen for milliseconds); otherwise the device is
+//             read while frozen, and when `--max-freeze` ends first the file
+//             system is thawed and the rest of the read is live (reported so).
+//             Never frozen longer than max_freeze, whatever hangs: a watchdog
+//             thread thaws at the deadline.
+//   hook      `--pre-hook CMD` before and `--post-hook CMD` after the read
+//             (e.g. a database's backup start and stop); with reflink or
+//             fsfreeze, around taking the point in time instead. The post hook
+//             runs whenever the pre hook ran, also after a failure.
+//   none      the live source. Its write counters (block devices) or change
+//             and modification times and size (files) before and after the
+//             read tell whether it changed while read.
+//   auto      reflink for a file where the file system shares extents, then
+//             fsfreeze when --freeze-mount is given, then hook when a hook is
+//             given, else none; what it chose and why is recorded.
+//
+// The record (PitRecord::ToJson) goes into the snapshot's node_topology, in
+// the member of the volume (docs/FORMAT.md): consistency "point-in-time" or
+// "live", the method, how long writes were held, and for live reads whether
+// the source changed.
+//
+// Thread safety: a PointInTime belongs to one thread; its watchdog thread
+// only thaws.
+#pragma once
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "engine/core/manifest.h"
+#include "io/status.h"
+
+namespace dp420::control {
+
+enum class PitMethod : uint8_t { kAuto, kReflink, kFsfreeze, kHook, kNone };
+
+Result<PitMethod> ParsePitMethod(std::string_view text);
+const char* PitMethodName(PitMethod method);
+
+inline constexpr std::chrono::milliseconds kDefaultMaxFreeze{7000};
+inline constexpr std::chrono::milliseconds kDefaultHookTimeout{300000};
+
+struct PitOptions {
+  PitMethod method = PitMethod::kAuto;
+  std::string freeze_mount;  // fsfreeze: the mount point of the file system on the source
+  std::chrono::milliseconds max_freeze = kDefaultMaxFreeze;
+  std::string pre_hook;      // run with /bin/sh -c; exit 0 expected
+  std::string post_hook;
+  std::chrono::milliseconds hook_timeout = kDefaultHookTimeout;
+};
+
+// How the source was read, for the manifest and --json.
+struct PitRecord {
+  PitMethod method = PitMethod::kNone;
+  bool point_in_time = false;   // false: live
+  double hold_ms = 0;           // writes held: freeze (fsfreeze) or pre to post hook
+  bool source_changed = false;  // a live read of a source that changed meanwhile
+  bool change_known = true;     // false when nothing could tell (reported as unknown)
+  std::string note;             // why auto chose what it did, why a freeze ended early
+  Json ToJson() const;
+};
+
+class PointInTime {
+ public:
+  // Takes the point in time of `source` (absolute path of a file or block
+  // device) for `volume`. Errors name what did not work (kInvalidArgument for
+  // a method that does not apply, kUnavailable for a hook that failed or
+  // timed out); nothing is left frozen or behind.
+  static Result<std::unique_ptr<PointInTime>> Take(const std::string& source,
+                                                   const std::string& volume,
+                                                   const PitOptions& options);
+  ~PointInTime();  // thaws, runs the post hook, removes the copy (when Finish did not)
+  PointInTime(const PointInTime&) = delete;
+  PointInTime& operator=(const PointInTime&) = delete;
+
+  // What the backup reads: the source or its copy.
+  const std::string& read_path() const { return read_path_; }
+  // After the read: ends the point in time (thaw, post hook, copy removed)
+  // and completes the record. An error of the post hook fails the backup.
+  Result<PitRecord> Finish();
+  // The record as known before the read (method, consistency, note): what a
+  // remote backup sends with its start.
+  PitRecord Provisional() const;
+
+ private:
+  PointInTime() = default;
+  Status Begin(PitMethod method, bool automatic, const std::string& volume,
+               const struct stat& st);
+  Status BeginFreeze(const std::string& volume, const struct stat& st);
+  struct State;
+  std::string source_;
+  std::string read_path_;
+  std::unique_ptr<State> state_;
+};
+
+// Removes a dead backup's copy of `source` for `volume` (nobody holds it).
+// Exposed for tests; Take calls it first.
+void RemoveStaleCopy(const std::string& source, const std::string& volume);
+// The copy's path (`.NAME.VOLUME.dp420-pit` beside `source`).
+std::string CopyPathFor(const std::string& source, const std::string& volume);
+
+}  // namespace dp420::control
