@@ -415,6 +415,11 @@ TEST(CliRemoteTest, BackupRestoreRoundTripOverTheNetwork) {
   Json snaps = ParseJson(list);
   ASSERT_EQ(snaps.size(), 1u) << snaps.dump();
   EXPECT_EQ(snaps[0].at("snapshot_id"), b.at("snapshot_id"));
+  // How the source was read reaches the manifest the server wrote (this file is on
+  // ext4: read live) and --json says whether it changed meanwhile.
+  EXPECT_EQ(snaps[0]["node_topology"]["members"][0]["point_in_time"]["consistency"], "live")
+      << snaps[0].dump();
+  EXPECT_EQ(b["point_in_time"]["source_changed"], false) << b.dump();
 
   std::string target = dir / "restored.img";
   Result restore = Cli(Join({"restore", "--volume", "vol1", "--json", target}, remote), env);

@@ -197,6 +197,16 @@ TEST_F(PitTest, StaleCopyIsRemovedAndAHeldOneIsBusy) {
   EXPECT_TRUE(Exists(copy));
   holder->Kill(SIGKILL);
   holder->Wait();
+  // A symbolic link planted under the copy's name is never followed: not removed, not
+  // written through; the backup is refused and the link's target is untouched.
+  fs::remove(copy);
+  std::string victim = dir_ / "victim";
+  WriteFile(victim, "not to be cloned over");
+  fs::create_symlink(victim, copy);
+  Result planted = Backup(src, {"--snapshot-source", "reflink"});
+  EXPECT_NE(planted.exit_code, kExitOk) << planted.Describe();
+  EXPECT_EQ(ReadFile(victim), "not to be cloned over");
+  EXPECT_TRUE(fs::is_symlink(copy));
 }
 
 // fsfreeze of ext4 on a loop device whose backing file is on XFS: the backing file is
