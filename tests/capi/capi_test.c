@@ -653,6 +653,29 @@ int main(int argc, char** argv) {
   CHECK(dp420_backup(ctx, repo, &bo, old) == 0);
   CHECK(old->reconnects == 0);
   CHECK(old_result[offsetof(dp420_backup_result_t, blocks_healed)] == 0xAB);
+  /* ... and one built before the point-in-time fields: its struct ends at
+   * blocks_compressed, and nothing after it is written. */
+  memset(old_result, 0xAB, sizeof(old_result));
+  old->struct_size = offsetof(dp420_backup_result_t, consistency);
+  CHECK(dp420_backup(ctx, repo, &bo, old) == 0);
+  CHECK(old_result[offsetof(dp420_backup_result_t, consistency)] == 0xAB);
+  /* A current caller learns how the source was read: a file on a file system
+   * without reflink, read live and quiet. */
+  CHECK(dp420_backup(ctx, repo, &bo, &br) == 0);
+  CHECK(strcmp(br.consistency, "live") == 0);
+  CHECK(strcmp(br.snapshot_source, "none") == 0 || strcmp(br.snapshot_source, "reflink") == 0);
+  CHECK(br.source_changed == 0);
+  /* Options an old caller's struct does not reach are not read: a bogus
+   * method past its end changes nothing. */
+  unsigned char old_opts[sizeof(dp420_backup_opts_t)];
+  memcpy(old_opts, &bo, sizeof(bo));
+  dp420_backup_opts_t* oo = (dp420_backup_opts_t*)old_opts;
+  oo->snapshot_source = "bogus";
+  oo->struct_size = offsetof(dp420_backup_opts_t, snapshot_source);
+  CHECK(dp420_backup(ctx, repo, oo, &br) == 0);
+  oo->struct_size = sizeof(dp420_backup_opts_t);
+  CHECK(dp420_backup(ctx, repo, oo, &br) == -DP420_EINVAL);
+  CHECK(strstr(dp420_errmsg(ctx), "--snapshot-source") != NULL);
 
   CHECK(strcmp(dp420_strerror(-DP420_ECORRUPT), "damaged data") == 0);
   CHECK(strstr(dp420_strerror(-DP420_ENET), "network") != NULL);
