@@ -29,6 +29,7 @@
 #include "engine/core/repair.h"
 #include "engine/core/restore.h"
 #include "engine/core/snapshot.h"
+#include "engine/core/stored_check.h"
 #include "engine/core/upgrade.h"
 #include "engine/core/verify.h"
 #include "engine/net/auth.h"
@@ -243,6 +244,28 @@ void FillBackupResult(const dp420::BackupResult& r, const dp420::control::PitRec
     CopyId(result->snapshot_source, sizeof(result->snapshot_source), j["method"].get<std::string>());
     result->source_changed = pit.point_in_time ? 0 : !pit.change_known ? -1 : pit.source_changed;
     result->hold_ms = pit.hold_ms;
+  }
+}
+
+// Hands verify's problems to the caller's callback and fills its result.
+void ReportVerify(const dp420::VerifyReport& r, const dp420_verify_opts_t& opts,
+                  dp420_verify_result_t* result) {
+  if (opts.on_problem) {
+    for (const auto& p : r.problems) {
+      std::string snaps;
+      for (const auto& id : p.snapshots) snaps += (snaps.empty() ? "" : ",") + id;
+      opts.on_problem(opts.user, p.object.c_str(), p.message.c_str(), snaps.c_str());
+    }
+  }
+  if (result && result->struct_size >= sizeof(dp420_verify_result_t)) {
+    result->snapshots_checked = r.snapshots_checked;
+    result->packs_checked = r.packs_checked;
+    result->pages_checked = r.pages_checked;
+    result->blocks_checked = r.blocks_checked;
+    result->bytes_read = r.bytes_read;
+    result->unreferenced_packs = r.unreferenced_packs;
+    result->problems_found = r.problems.size();
+    result->snapshots_broken = r.broken_snapshots.size();
   }
 }
 
@@ -713,23 +736,26 @@ int dp420_verify(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_verify_opts_t
     RemoteLink link(ctx, repo);
     auto r = repo->remote ? repo->remote->Verify(o) : dp420::RunVerify(*repo->repo, o);
     if (!r.ok()) return Fail(ctx, r.status());
-    if (opts->on_problem) {
-      for (const auto& p : r->problems) {
-        std::string snaps;
-        for (const auto& id : p.snapshots) snaps += (snaps.empty() ? "" : ",") + id;
-        opts->on_problem(opts->user, p.object.c_str(), p.message.c_str(), snaps.c_str());
-      }
+    ReportVerify(*r, *opts, result);
+    return Ok(ctx);
+  });
+}
+
+int dp420_verify_stored(dp420_ctx_t* ctx, const char* repo_path, const dp420_verify_opts_t* opts,
+                        dp420_verify_result_t* result) {
+  return Guard(ctx, [&] {
+    if (Missing(repo_path) || !opts || opts->struct_size < sizeof(dp420_verify_opts_t)) {
+      return Fail(ctx, Status::InvalidArgument("dp420_verify_stored: bad arguments"));
     }
-    if (result && result->struct_size >= sizeof(dp420_verify_result_t)) {
-      result->snapshots_checked = r->snapshots_checked;
-      result->packs_checked = r->packs_checked;
-      result->pages_checked = r->pages_checked;
-      result->blocks_checked = r->blocks_checked;
-      result->bytes_read = r->bytes_read;
-      result->unreferenced_packs = r->unreferenced_packs;
-      result->problems_found = r->problems.size();
-      result->snapshots_broken = r->broken_snapshots.size();
+    if (!Missing(opts->volume) || !Missing(opts->snapshot)) {
+      return Fail(ctx, Status::InvalidArgument(
+                           "--stored-only checks every pack of the repository: it takes no "
+                           "--volume or --snapshot (records are not tied to snapshots without "
+                           "the key)"));
     }
+    auto r = dp420::RunStoredCheck(dp420::control::AbsolutePath(repo_path), Control(ctx));
+    if (!r.ok()) return Fail(ctx, r.status());
+    ReportVerify(*r, *opts, result);
     return Ok(ctx);
   });
 }

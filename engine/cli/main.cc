@@ -355,6 +355,7 @@ int CmdRestore(const Common& c, const RestoreArgs& a) {
 struct VerifyArgs {
   std::string volume, snapshot;
   bool read_data = false;
+  bool stored_only = false;
 };
 
 void OnProblem(void* user, const char* object, const char* message, const char* snapshots) {
@@ -369,7 +370,74 @@ void OnProblem(void* user, const char* object, const char* message, const char* 
   static_cast<Json*>(user)->push_back(p);
 }
 
+int PrintVerify(const Common& c, const VerifyArgs& a, const dp420_verify_result_t& r,
+                const Json& problems) {
+  const bool ok = r.problems_found == 0;
+  if (c.json) {
+    Json j = {{"ok", ok}, {"read_data", a.read_data || a.stored_only},
+              {"snapshots_checked", r.snapshots_checked}, {"packs_checked", r.packs_checked},
+              {"pages_checked", r.pages_checked}, {"blocks_checked", r.blocks_checked},
+              {"bytes_read", r.bytes_read}, {"unreferenced_packs", r.unreferenced_packs},
+              {"problems", problems}, {"snapshots_broken", r.snapshots_broken}};
+    if (a.stored_only) j["stored_only"] = true;
+    PrintJson(j);
+    return ok ? kExitOk : kExitDamage;
+  }
+  for (const auto& p : problems) {
+    std::string snaps;
+    for (const auto& s : p["snapshots"]) snaps += (snaps.empty() ? "" : ", ") + s.get<std::string>();
+    std::printf("damaged: %s: %s%s%s\n", p["object"].get<std::string>().c_str(),
+                p["message"].get<std::string>().c_str(),
+                snaps.empty() ? "" : " — breaks snapshot(s) ", snaps.c_str());
+  }
+  if (c.quiet && ok) return kExitOk;
+  if (a.stored_only) {
+    std::printf("%s: %llu pack(s), %llu record(s) checked against their stored digests, without "
+                "the key; %llu problem(s)\n",
+                ok ? "ok" : "DAMAGED", (unsigned long long)r.packs_checked,
+                (unsigned long long)r.blocks_checked, (unsigned long long)r.problems_found);
+    return ok ? kExitOk : kExitDamage;
+  }
+  std::printf("%s: %llu snapshot(s), %llu pack(s), %llu table page(s)%s checked; "
+              "%llu problem(s), %llu snapshot(s) broken",
+              ok ? "ok" : "DAMAGED", (unsigned long long)r.snapshots_checked,
+              (unsigned long long)r.packs_checked, (unsigned long long)r.pages_checked,
+              a.read_data ? ", every stored block re-hashed" : "",
+              (unsigned long long)r.problems_found, (unsigned long long)r.snapshots_broken);
+  if (r.unreferenced_packs) {
+    std::printf("; %llu pack(s) no snapshot references (`dp420 prune` reclaims them)",
+                (unsigned long long)r.unreferenced_packs);
+  }
+  std::printf("\n");
+  return ok ? kExitOk : kExitDamage;
+}
+
+// --stored-only: no key, no snapshot; every pack against its own trailer.
+int CmdVerifyStored(const Common& c, const VerifyArgs& a) {
+  if (!c.remote.empty() || c.repo.empty()) {
+    return UsageError(c, "verify", "--stored-only checks a local repository (--repo)");
+  }
+  if (!a.volume.empty() || !a.snapshot.empty()) {
+    return UsageError(c, "verify", "--stored-only checks every pack: it takes no --volume or "
+                                   "--snapshot");
+  }
+  Json problems = Json::array();
+  dp420_verify_opts_t o;
+  dp420_verify_opts_init(&o);
+  o.on_problem = OnProblem;
+  o.user = &problems;
+  dp420_verify_result_t r{};
+  r.struct_size = sizeof(r);
+  dp420cli::ProgressBar bar(ShowProgress(c));
+  dp420_set_progress(g_ctx, OnProgress, &bar);
+  int rc = dp420_verify_stored(g_ctx, c.repo.c_str(), &o, &r);
+  bar.Finish();
+  if (rc != 0) return Report(c, "verify", rc);
+  return PrintVerify(c, a, r, problems);
+}
+
 int CmdVerify(const Common& c, const VerifyArgs& a) {
+  if (a.stored_only) return CmdVerifyStored(c, a);
   return WithRepo(c, "verify", [&](dp420_repo_t* repo) -> int {
     Json problems = Json::array();
     dp420_verify_opts_t o;
@@ -386,40 +454,7 @@ int CmdVerify(const Common& c, const VerifyArgs& a) {
     int rc = dp420_verify(g_ctx, repo, &o, &r);
     bar.Finish();
     if (rc != 0) return Report(c, "verify", rc);
-    bool ok = r.problems_found == 0;
-    if (c.json) {
-      Json j = {{"ok", ok}, {"read_data", a.read_data},
-                {"snapshots_checked", r.snapshots_checked}, {"packs_checked", r.packs_checked},
-                {"pages_checked", r.pages_checked}, {"blocks_checked", r.blocks_checked},
-                {"bytes_read", r.bytes_read}, {"unreferenced_packs", r.unreferenced_packs},
-                {"problems", problems}, {"snapshots_broken", r.snapshots_broken}};
-      PrintJson(j);
-    } else {
-      for (const auto& p : problems) {
-        std::string snaps;
-        for (const auto& s : p["snapshots"]) {
-          snaps += (snaps.empty() ? "" : ", ") + s.get<std::string>();
-        }
-        std::printf("damaged: %s: %s%s%s\n", p["object"].get<std::string>().c_str(),
-                    p["message"].get<std::string>().c_str(),
-                    snaps.empty() ? "" : " — breaks snapshot(s) ", snaps.c_str());
-      }
-      if (!c.quiet || !ok) {
-        std::printf("%s: %llu snapshot(s), %llu pack(s), %llu table page(s)%s checked; "
-                    "%llu problem(s), %llu snapshot(s) broken",
-                    ok ? "ok" : "DAMAGED", (unsigned long long)r.snapshots_checked,
-                    (unsigned long long)r.packs_checked, (unsigned long long)r.pages_checked,
-                    a.read_data ? ", every stored block re-hashed" : "",
-                    (unsigned long long)r.problems_found,
-                    (unsigned long long)r.snapshots_broken);
-        if (r.unreferenced_packs) {
-          std::printf("; %llu pack(s) no snapshot references (`dp420 prune` reclaims them)",
-                      (unsigned long long)r.unreferenced_packs);
-        }
-        std::printf("\n");
-      }
-    }
-    return ok ? kExitOk : kExitDamage;
+    return PrintVerify(c, a, r, problems);
   });
 }
 
@@ -952,6 +987,9 @@ int Run(int argc, char** argv) {
   verify->add_option("--volume", v.volume, "Only this volume");
   verify->add_option("--snapshot", v.snapshot, "Only this snapshot");
   verify->add_flag("--read-data", v.read_data, "Re-read and re-hash every stored block");
+  verify->add_flag("--stored-only", v.stored_only,
+                   "Without the key: read every pack back against its own trailer (digests of "
+                   "the stored bytes); says nothing of snapshots");
   LifecycleArgs lc;
   LifecycleCommands lifecycle = AddLifecycleCommands(&app, &c, &lc);
   auto* bench = AddBenchCommand(&app, &c, &bn);

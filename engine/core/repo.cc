@@ -272,9 +272,14 @@ Status Repository::LoadKey(const Json& config) {
   return Status::Ok();
 }
 
+Result<std::unique_ptr<Repository>> Repository::OpenWithoutKey(const std::string& path) {
+  return OpenAny(path, false, KeySource{}, true);
+}
+
 Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
                                                         bool legacy_ok,
-                                                        const KeySource& key_source) {
+                                                        const KeySource& key_source,
+                                                        bool keyless) {
   const std::string what = path + "/config";
   auto text = io::ReadFile(what);
   if (!text.ok()) {
@@ -342,6 +347,7 @@ Result<std::unique_ptr<Repository>> Repository::OpenAny(const std::string& path,
   } catch (const std::exception& e) {
     return Status::Corruption(what + ": malformed (" + e.what() + ")");
   }
+  if (keyless && encryption != "none") return repo;
   if (encryption != "none") DP420_RETURN_IF_ERROR(repo->Unlock(key_source));
   if (!plain_seal) {
     DP420_RETURN_IF_ERROR(UnsealJson(text.value(), what, &repo->seal_key_).status());

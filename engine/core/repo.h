@@ -85,6 +85,11 @@ class Repository {
   // Whether the repository at `path` says it is encrypted (its config, read
   // without the key; only for choosing what to do: Open checks everything).
   static Result<bool> IsEncrypted(const std::string& path);
+  // Opens without any secret, for the checks a holder of the files alone can
+  // make (stored_check.h): the config's format is checked, not its seal, and
+  // an encrypted repository's keys are not loaded. Only the pack-level API
+  // (PackPath, ListPackIds, LockRepository, repo_id) may be used on it.
+  static Result<std::unique_ptr<Repository>> OpenWithoutKey(const std::string& path);
   // Whether `master` is the master key of the encrypted repository at `path`
   // (id `repo_id`): the config's seal checks under the seal key it derives.
   // kBadKey when it does not (another repository's key, a mistyped recovery
@@ -167,7 +172,8 @@ class Repository {
  private:
   Repository() = default;
   static Result<std::unique_ptr<Repository>> OpenAny(const std::string& path, bool legacy_ok,
-                                                      const KeySource& key_source);
+                                                    const KeySource& key_source,
+                                                    bool keyless = false);
   static Status InitEncrypted(const std::string& path, const KeySource& key_source);
   Status LoadKey(const Json& config);
   Status Unlock(const KeySource& key_source);

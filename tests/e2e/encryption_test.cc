@@ -499,6 +499,10 @@ class TamperTest : public EncryptionTest {
   void ExpectCaught(const std::string& what) {
     Result v = Run({"verify", "--repo", repo_, "--read-data"}, key_);
     EXPECT_EQ(v.exit_code, kExitDamage) << what << ": " << v.Describe();
+    // Without the key too: the stored bytes no longer match their pack's trailer.
+    Result keyless = Cli({"verify", "--repo", repo_, "--stored-only", "--json"});
+    EXPECT_EQ(keyless.exit_code, kExitDamage) << what << ": " << keyless.Describe();
+    EXPECT_TRUE(Mentions(keyless, "packs/")) << keyless.Describe();
     EXPECT_EQ(RestoreAndCompare(repo_, key_, "v", second_.first, second_.second), kExitDamage)
         << what;
     EXPECT_EQ(RestoreAndCompare(repo_, key_, "other", other_snap_.first, other_snap_.second),
@@ -510,6 +514,29 @@ class TamperTest : public EncryptionTest {
   std::vector<std::string> packs_first_;
   std::pair<std::string, std::string> first_, second_, other_snap_;
 };
+
+// The check without a key reads every record of an intact encrypted repository back
+// against its pack's trailer and finds nothing; a pack of another repository planted
+// among this one's is named.
+TEST_F(TamperTest, StoredOnlyCheckNeedsNoKey) {
+  Result r = Cli({"verify", "--repo", repo_, "--stored-only", "--json"});
+  ASSERT_EQ(r.exit_code, kExitOk) << r.Describe();
+  Json j = ParseJson(r);
+  EXPECT_EQ(j["stored_only"], true);
+  EXPECT_EQ(j["packs_checked"].get<uint64_t>(), ListPacks(repo_).size());
+  EXPECT_GT(j["blocks_checked"].get<uint64_t>(), 64u);  // the full backup's blocks and pages
+  Result scoped = Cli({"verify", "--repo", repo_, "--stored-only", "--volume", "v"});
+  EXPECT_EQ(scoped.exit_code, kExitUsage) << scoped.Describe();
+
+  std::string other_repo = NewRepo("repo2", dir_ / "repo2.key");
+  BackupJson(other_repo, dir_ / "repo2.key", "v", vol_, {"--compression", "off"});
+  const std::string name = ListPacks(other_repo).front();
+  ASSERT_FALSE(Exists(PackPath(name)));
+  std::filesystem::copy_file(other_repo + "/packs/" + name, PackPath(name));
+  Result swapped = Cli({"verify", "--repo", repo_, "--stored-only"});
+  EXPECT_EQ(swapped.exit_code, kExitDamage) << swapped.Describe();
+  EXPECT_TRUE(Mentions(swapped, "another repository")) << swapped.Describe();
+}
 
 TEST_F(TamperTest, FlippedBitIsCaught) {
   std::string pack = PackPath(FirstDataPack());

@@ -326,6 +326,18 @@ typedef struct dp420_verify_result {
 DP420_EXPORT void dp420_verify_opts_init(dp420_verify_opts_t* opts);
 DP420_EXPORT int dp420_verify(dp420_ctx_t* ctx, dp420_repo_t* repo,
                               const dp420_verify_opts_t* opts, dp420_verify_result_t* result);
+/* The check that needs no key (`dp420 verify --stored-only`): every pack of
+ * the local repository at `repo_path` read back against its own trailer
+ * (header, footer and index CRCs, record bounds, each record's stored bytes
+ * against the trailer's digest), an encrypted repository's without its key.
+ * It cannot tell which snapshots a record belongs to, nor whether a record
+ * opens under the key: the keyed dp420_verify with read_data does. `opts`
+ * gives on_problem and user (volume, snapshot and read_data must be unset);
+ * result: packs_checked, blocks_checked (every record), bytes_read,
+ * problems_found. */
+DP420_EXPORT int dp420_verify_stored(dp420_ctx_t* ctx, const char* repo_path,
+                                     const dp420_verify_opts_t* opts,
+                                     dp420_verify_result_t* result);
 
 /* Repair (local repositories). Brings a volume whose history cannot be
  * trusted (a missing, damaged or rolled-back newest snapshot, a fork, a
