@@ -552,7 +552,14 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
     o.node_topology = dp420::control::LocalTopology(o.volume, o.source_path);
     o.tool_version = std::string("dp420 ") + dp420_version_string();
     o.control = Control(ctx);
-    auto pit = dp420::control::PointInTime::Take(o.source_path, o.volume, pit_options);
+    // Before any hook runs or anything is frozen: a volume name the backup refuses.
+    if (!dp420::ValidVolumeName(o.volume)) {
+      return Fail(ctx, Status::InvalidArgument("invalid volume name '" + o.volume +
+                                               "' (1-64 characters of A-Z a-z 0-9 . _ -)"));
+    }
+    pit_options.cancel = o.control.cancel;
+    if (!repo->remote) pit_options.repo_path = repo->repo->path();
+    auto pit = dp420::control::PointInTime::Take(o.source_path, pit_options);
     if (!pit.ok()) return Fail(ctx, pit.status());
     o.read_path = (*pit)->read_path();
     dp420::control::PitRecord record;

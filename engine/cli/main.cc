@@ -238,6 +238,9 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
     return UsageError(c, "backup", "--time is for a local repository only: the server stamps a "
                                    "remote snapshot with its own clock");
   }
+  if (!std::isfinite(a.max_freeze_s) || !std::isfinite(a.hook_timeout_s)) {
+    return UsageError(c, "backup", "--max-freeze and --hook-timeout are numbers of seconds");
+  }
   return WithRepo(c, "backup", [&](dp420_repo_t* repo) -> int {
     dp420_backup_opts_t o;
     dp420_backup_opts_init(&o);
@@ -249,8 +252,8 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
     o.compression = a.compression.c_str();
     o.snapshot_source = a.snapshot_source.c_str();
     o.freeze_mount = a.freeze_mount.c_str();
-    o.max_freeze_ms = static_cast<uint32_t>(a.max_freeze_s * 1000);
-    o.hook_timeout_ms = static_cast<uint32_t>(a.hook_timeout_s * 1000);
+    o.max_freeze_ms = static_cast<uint32_t>(std::lround(a.max_freeze_s * 1000));
+    o.hook_timeout_ms = static_cast<uint32_t>(std::lround(a.hook_timeout_s * 1000));
     o.pre_hook = a.pre_hook.c_str();
     o.post_hook = a.post_hook.c_str();
     dp420_backup_result_t r{};
@@ -412,50 +415,41 @@ int PrintVerify(const Common& c, const VerifyArgs& a, const dp420_verify_result_
   return ok ? kExitOk : kExitDamage;
 }
 
-// --stored-only: no key, no snapshot; every pack against its own trailer.
-int CmdVerifyStored(const Common& c, const VerifyArgs& a) {
-  if (!c.remote.empty() || c.repo.empty()) {
-    return UsageError(c, "verify", "--stored-only checks a local repository (--repo)");
-  }
-  if (!a.volume.empty() || !a.snapshot.empty()) {
-    return UsageError(c, "verify", "--stored-only checks every pack: it takes no --volume or "
-                                   "--snapshot");
-  }
+// Runs one verify (keyed on `repo`, or --stored-only on the path when `repo` is
+// null) with the progress bar and prints its report.
+int RunVerify(const Common& c, const VerifyArgs& a, dp420_repo_t* repo) {
   Json problems = Json::array();
   dp420_verify_opts_t o;
   dp420_verify_opts_init(&o);
+  o.volume = a.volume.empty() ? nullptr : a.volume.c_str();
+  o.snapshot = a.snapshot.empty() ? nullptr : a.snapshot.c_str();
+  o.read_data = a.read_data;
   o.on_problem = OnProblem;
   o.user = &problems;
   dp420_verify_result_t r{};
   r.struct_size = sizeof(r);
   dp420cli::ProgressBar bar(ShowProgress(c));
   dp420_set_progress(g_ctx, OnProgress, &bar);
-  int rc = dp420_verify_stored(g_ctx, c.repo.c_str(), &o, &r);
+  int rc = repo ? dp420_verify(g_ctx, repo, &o, &r)
+                : dp420_verify_stored(g_ctx, c.repo.c_str(), &o, &r);
   bar.Finish();
   if (rc != 0) return Report(c, "verify", rc);
   return PrintVerify(c, a, r, problems);
 }
 
 int CmdVerify(const Common& c, const VerifyArgs& a) {
-  if (a.stored_only) return CmdVerifyStored(c, a);
-  return WithRepo(c, "verify", [&](dp420_repo_t* repo) -> int {
-    Json problems = Json::array();
-    dp420_verify_opts_t o;
-    dp420_verify_opts_init(&o);
-    o.volume = a.volume.empty() ? nullptr : a.volume.c_str();
-    o.snapshot = a.snapshot.empty() ? nullptr : a.snapshot.c_str();
-    o.read_data = a.read_data;
-    o.on_problem = OnProblem;
-    o.user = &problems;
-    dp420_verify_result_t r{};
-    r.struct_size = sizeof(r);
-    dp420cli::ProgressBar bar(ShowProgress(c));
-    dp420_set_progress(g_ctx, OnProgress, &bar);
-    int rc = dp420_verify(g_ctx, repo, &o, &r);
-    bar.Finish();
-    if (rc != 0) return Report(c, "verify", rc);
-    return PrintVerify(c, a, r, problems);
-  });
+  if (!a.stored_only) {
+    return WithRepo(c, "verify", [&](dp420_repo_t* repo) { return RunVerify(c, a, repo); });
+  }
+  // --stored-only: no key, no snapshot; every pack against its own trailer.
+  if (!c.remote.empty() || c.repo.empty()) {
+    return UsageError(c, "verify", "--stored-only checks a local repository (--repo)");
+  }
+  if (!a.volume.empty() || !a.snapshot.empty() || a.read_data) {
+    return UsageError(c, "verify", "--stored-only reads every pack: it takes no --volume, "
+                                   "--snapshot or --read-data");
+  }
+  return RunVerify(c, a, nullptr);
 }
 
 // ---- serve, client-add, client-remove, client-set ----

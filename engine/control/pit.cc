@@ -2,28 +2,27 @@
 
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/loop.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "engine/core/text.h"
 #include "io/file.h"
+#include "simd/simd.h"
 
 namespace dp420::control {
 
@@ -37,46 +36,60 @@ double MsSince(Clock::time_point t) {
 
 std::string Errno(int err) { return std::strerror(err); }
 
+// Waits for `pid` to end, up to `deadline`, polling `cancel`; false on timeout
+// or cancel (the process is still running then).
+bool WaitFor(pid_t pid, Clock::time_point deadline, const std::atomic<bool>* cancel) {
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  bool ended = false;
+  while (!ended) {
+    if (Clock::now() >= deadline || (cancel && cancel->load())) break;
+    if (pidfd >= 0) {
+      pollfd p{pidfd, POLLIN, 0};
+      ended = poll(&p, 1, 100) > 0;
+    } else {
+      int status = 0;
+      ended = waitpid(pid, &status, WNOHANG) == pid;  // reaped: the caller's waitpid fails
+      if (!ended) usleep(20000);
+    }
+  }
+  if (pidfd >= 0) close(pidfd);
+  return ended;
+}
+
 // Runs `command` with /bin/sh -c in its own process group, stdin from
 // /dev/null and stdout to stderr (dp420's stdout may be a JSON document);
-// kills the group at `timeout`.
-Status RunHook(const char* which, const std::string& command, std::chrono::milliseconds timeout) {
+// kills the group at `timeout` or when `cancel` turns true.
+Status RunHook(const char* which, const std::string& command, std::chrono::milliseconds timeout,
+               const std::atomic<bool>* cancel) {
   pid_t pid = fork();
   if (pid < 0) return PosixError(std::string("fork for the ") + which, errno);
   if (pid == 0) {
     setpgid(0, 0);
     int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (null >= 0) dup2(null, STDIN_FILENO);
-    dup2(STDERR_FILENO, STDOUT_FILENO);
+    if (fcntl(STDERR_FILENO, F_GETFD) >= 0) {
+      dup2(STDERR_FILENO, STDOUT_FILENO);
+    } else {
+      dup2(null, STDOUT_FILENO);  // never onto dp420's stdout
+    }
     execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   setpgid(pid, pid);
-  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  const auto deadline = Clock::now() + timeout;
-  bool timed_out = false;
-  while (pidfd >= 0) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    if (left.count() <= 0) {
-      timed_out = true;
-      break;
-    }
-    pollfd p{pidfd, POLLIN, 0};
-    int n = poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
-    if (n > 0) break;
-  }
-  if (pidfd >= 0) close(pidfd);
-  if (timed_out) kill(-pid, SIGKILL);
+  const bool ended = WaitFor(pid, Clock::now() + timeout, cancel);
+  if (!ended) kill(-pid, SIGKILL);
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  pid_t reaped = 0;
+  while ((reaped = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
   }
   std::string what = std::string("the ") + which + " `" + EscapeBytes(command) + "`";
-  if (timed_out) {
-    return Status::IOError(what + " did not finish within " +
-                           std::to_string(timeout.count() / 1000.0).substr(0, 6) +
-                           " s (killed)");
+  if (!ended && cancel && cancel->load()) return Status::Canceled(what + " was stopped");
+  if (!ended) {
+    char secs[32];
+    std::snprintf(secs, sizeof(secs), "%.3g", timeout.count() / 1000.0);
+    return Status::IOError(what + " did not finish within " + secs + " s (killed)");
   }
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return Status::Ok();
+  if (reaped != pid || (WIFEXITED(status) && WEXITSTATUS(status) == 0)) return Status::Ok();
   if (WIFEXITED(status)) {
     return Status::IOError(what + " exited with status " + std::to_string(WEXITSTATUS(status)));
   }
@@ -114,47 +127,158 @@ std::string Fingerprint(const std::string& path) {
          std::to_string(st.st_ctim.tv_sec) + "." + std::to_string(st.st_ctim.tv_nsec);
 }
 
-// Where the record of a freeze in progress is kept (one per machine, as a
-// freeze is), so that a later dp420 thaws a file system a killed one left frozen.
+// ---- Notes of freezes in progress (/run/dp420/frozen) ----
+//
+// One file per freeze, "<hex of the mount path>.<pid>", holding the mount's
+// device number and path, so that a later dp420 thaws what a backup killed
+// together with its watchdog left frozen, and only that file system.
+
 std::string FreezeStateDir() { return "/run/dp420/frozen"; }
 
-std::string FreezeMarker(const std::string& mount) {
-  std::string name;
-  for (char c : mount) name += (c == '/') ? '%' : c;
-  return FreezeStateDir() + "/" + name;
+std::string FreezeNote(const std::string& mount, pid_t pid) {
+  return FreezeStateDir() + "/" +
+         simd::ToHex(reinterpret_cast<const uint8_t*>(mount.data()), mount.size()) + "." +
+         std::to_string(pid);
 }
 
-// Thaws every file system whose freezer (pid in its marker) is gone.
+Status WriteFreezeNote(const std::string& note, dev_t dev, const std::string& mount) {
+  DP420_RETURN_IF_ERROR(io::MakeDirs(FreezeStateDir()));
+  int fd = open(note.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return PosixError("create " + note, errno);
+  std::string text = std::to_string(static_cast<unsigned long long>(dev)) + "\n" + mount + "\n";
+  ssize_t n = write(fd, text.data(), text.size());
+  int err = errno;
+  close(fd);
+  if (n != static_cast<ssize_t>(text.size())) {
+    unlink(note.c_str());
+    return PosixError("write " + note, n < 0 ? err : EIO);
+  }
+  return Status::Ok();
+}
+
+// Thaws every file system whose freezing dp420 (the pid in its note's name)
+// is gone, when the mount still holds the device the note names.
 void ThawAbandoned() {
   const std::string dir = FreezeStateDir();
   for (const std::string& name : io::ListDir(dir)) {
-    auto pid_text = io::ReadFile(dir + "/" + name);
-    if (pid_text.ok()) {
-      pid_t pid = static_cast<pid_t>(std::atol(pid_text->c_str()));
-      if (pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)) continue;  // still alive
-    }
-    std::string mount;
-    for (char c : name) mount += (c == '%') ? '/' : c;
-    int fd = open(mount.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-      if (ioctl(fd, FITHAW, 0) == 0) {
+    size_t dot = name.rfind('.');
+    if (dot == std::string::npos) continue;
+    pid_t pid = static_cast<pid_t>(std::atol(name.c_str() + dot + 1));
+    if (pid <= 0 || pid == getpid() || kill(pid, 0) == 0 || errno == EPERM) continue;
+    auto text = io::ReadFile(dir + "/" + name);
+    if (text.ok()) {
+      size_t nl = text->find('\n');
+      unsigned long long dev = std::strtoull(text->c_str(), nullptr, 10);
+      std::string mount = nl == std::string::npos ? "" : text->substr(nl + 1);
+      while (!mount.empty() && mount.back() == '\n') mount.pop_back();
+      int fd = open(mount.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      struct stat st;
+      if (fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == dev && ioctl(fd, FITHAW, 0) == 0) {
         std::fprintf(stderr, "dp420: thawed %s, left frozen by a backup that ended without "
                      "thawing it\n", EscapeBytes(mount).c_str());
       }
-      close(fd);
+      if (fd >= 0) close(fd);
     }
     unlink((dir + "/" + name).c_str());
   }
 }
 
-// The file behind a loop device ("" for any other device).
-std::string LoopBackingFile(const struct stat& st) {
+// The watchdog: a process forked right after FIFREEZE that thaws when the
+// deadline passes or when its pipe from dp420 closes (dp420 asked, or ended
+// in any way). Only async-signal-safe calls in the child. Its exit code: 0
+// thawed when asked, 1 thawed at the deadline, 3 found it thawed already
+// (someone else thawed), 4 FITHAW failed otherwise.
+pid_t StartWatchdog(int mount_fd, int pipe_r, int pipe_w, std::chrono::milliseconds max) {
+  pid_t pid = fork();
+  if (pid > 0) setpgid(pid, pid);  // before dp420 goes on: no group kill reaches it then
+  if (pid != 0) return pid;
+  close(pipe_w);
+  // Out of dp420's process group and deaf to the signals that end it, so that
+  // what stops dp420 (Ctrl-C, a group kill) leaves the watchdog to thaw.
+  setpgid(0, 0);
+  for (int sig : {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGPIPE, SIGUSR1, SIGUSR2}) signal(sig, SIG_IGN);
+  // Nothing else of dp420's stays open here (locks, sockets, rings).
+  int keep_lo = std::min(mount_fd, pipe_r), keep_hi = std::max(mount_fd, pipe_r);
+  if (keep_lo > 3) syscall(SYS_close_range, 3u, unsigned(keep_lo - 1), 0u);
+  if (keep_hi - keep_lo > 1) syscall(SYS_close_range, unsigned(keep_lo + 1), unsigned(keep_hi - 1), 0u);
+  syscall(SYS_close_range, unsigned(keep_hi + 1), ~0u, 0u);
+  timespec start{}, now{};
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  const int64_t max_ms = max.count();
+  bool deadline = false;
+  for (;;) {
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t spent = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+    if (spent >= max_ms) {
+      deadline = true;
+      break;
+    }
+    pollfd p{pipe_r, POLLIN, 0};
+    int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(max_ms - spent, 1000)));
+    if (r > 0) break;  // EOF or a byte: thaw now
+  }
+  if (ioctl(mount_fd, FITHAW, 0) != 0) _exit(errno == EINVAL ? 3 : 4);
+  _exit(deadline ? 1 : 0);
+}
+
+// A loop device's backing file, when the device maps all of it (no offset,
+// no size limit) and the file is the one the loop driver holds; else "".
+std::string WholeBackingFile(const struct stat& st) {
   auto text = io::ReadFile("/sys/dev/block/" + std::to_string(major(st.st_rdev)) + ":" +
                            std::to_string(minor(st.st_rdev)) + "/loop/backing_file");
   if (!text.ok()) return "";
   std::string path = *text;
   while (!path.empty() && path.back() == '\n') path.pop_back();
   return path;
+}
+
+bool LoopMapsWholeFile(const std::string& device, const std::string& backing) {
+  int fd = open(device.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  loop_info64 info{};
+  bool ok = ioctl(fd, LOOP_GET_STATUS64, &info) == 0;
+  close(fd);
+  struct stat bs;
+  return ok && info.lo_offset == 0 && info.lo_sizelimit == 0 && stat(backing.c_str(), &bs) == 0 &&
+         bs.st_ino == info.lo_inode && bs.st_dev == info.lo_device;
+}
+
+// Clones `from` into an unnamed file of its folder (O_TMPFILE); returns its fd.
+Result<int> CloneUnnamed(const std::string& from) {
+  size_t slash = from.rfind('/');
+  std::string dir = slash == std::string::npos || slash == 0 ? "/" : from.substr(0, slash);
+  int src = open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (src < 0) return PosixError("open " + EscapeBytes(from), errno);
+  int dst = open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  int err = dst < 0 ? errno : 0;
+  if (dst >= 0 && ioctl(dst, FICLONE, src) != 0) {
+    err = errno;
+    close(dst);
+    dst = -1;
+  }
+  close(src);
+  if (dst >= 0) return dst;
+  const bool unsupported = err == EOPNOTSUPP || err == EINVAL || err == EXDEV || err == ENOTTY ||
+                           err == EISDIR;
+  return Status::InvalidArgument(
+      "FICLONE " + EscapeBytes(from) + " into an unnamed file of " + EscapeBytes(dir) + ": " +
+      Errno(err) +
+      (unsupported ? " (the file system does not share extents: reflink needs XFS with reflink "
+                     "or btrfs)"
+                   : ""));
+}
+
+// Test-only crash points while frozen (engine/core/test_hooks.h): "frozen"
+// SIGKILLs dp420, "frozen-orphaned" its watchdog first, then dp420.
+void FrozenCrashPoint(pid_t watchdog) {
+  const char* point = std::getenv("DP420_TEST_CRASH");
+  if (point == nullptr) return;
+  const bool orphaned = std::strcmp(point, "frozen-orphaned") == 0;
+  if (orphaned && watchdog > 0) {
+    kill(watchdog, SIGKILL);
+    waitpid(watchdog, nullptr, 0);
+  }
+  if (orphaned || std::strcmp(point, "frozen") == 0) raise(SIGKILL);
 }
 
 }  // namespace
@@ -184,180 +308,103 @@ Json PitRecord::ToJson() const {
   Json j = {{"consistency", point_in_time ? "point-in-time" : "live"},
             {"method", PitMethodName(method)}};
   if (method != PitMethod::kNone) j["hold_ms"] = std::round(hold_ms * 1000) / 1000;
-  if (!point_in_time) {
-    if (change_known) {
-      j["source_changed"] = source_changed;
-    } else {
-      j["source_changed"] = nullptr;
-    }
-  }
+  if (!point_in_time) j["source_changed"] = change_known ? Json(source_changed) : Json(nullptr);
   if (!note.empty()) j["note"] = note;
   return j;
-}
-
-std::string CopyPathFor(const std::string& source, const std::string& volume) {
-  size_t slash = source.rfind('/');
-  std::string dir = slash == std::string::npos ? "." : source.substr(0, slash);
-  std::string name = slash == std::string::npos ? source : source.substr(slash + 1);
-  return dir + "/." + name + "." + volume + ".dp420-pit";
-}
-
-void RemoveStaleCopy(const std::string& source, const std::string& volume) {
-  const std::string copy = CopyPathFor(source, volume);
-  int fd = open(copy.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) return;
-  struct stat st;
-  // Only a regular file nobody holds: a copy in use is held under LOCK_EX.
-  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0) {
-    unlink(copy.c_str());
-  }
-  close(fd);
 }
 
 struct PointInTime::State {
   PitOptions options;
   PitRecord record;
   std::string source_fingerprint;  // live reads: before the read
-  std::string copy;                // the reflink copy, removed at the end
-  int copy_fd = -1;                // held under LOCK_EX while the copy is in use
+  int copy_fd = -1;                // the unnamed copy being read
   bool pre_hook_ran = false;
   bool post_hook_ran = false;
   Clock::time_point hold_start;
 
   // fsfreeze
-  std::mutex mu;
-  std::condition_variable cv;
   int mount_fd = -1;
-  std::string mount;
-  bool frozen = false;
-  bool thawed_by_watchdog = false;
-  bool stop_watchdog = false;
-  std::thread watchdog;
+  std::string note;                // the freeze's note in /run/dp420/frozen
+  pid_t watchdog = -1;
+  int watchdog_pipe = -1;          // closing it asks the watchdog to thaw
   Clock::time_point frozen_at;
   double frozen_ms = 0;
+  int thaw_outcome = -1;           // the watchdog's exit code (StartWatchdog)
 
   ~State() {
     Thaw();
-    if (watchdog.joinable()) watchdog.join();
     if (mount_fd >= 0) close(mount_fd);
-    RemoveCopy();
+    if (copy_fd >= 0) close(copy_fd);
   }
 
-  void RemoveCopy() {
-    if (copy_fd < 0) return;
-    unlink(copy.c_str());
-    close(copy_fd);
-    copy_fd = -1;
-  }
-
-  // Thaws once (by the read's end, the watchdog or a failure); true when it
-  // was frozen.
-  bool Thaw() {
-    std::lock_guard lock(mu);
-    stop_watchdog = true;
-    cv.notify_all();
-    if (!frozen) return false;
-    frozen = false;
-    frozen_ms = MsSince(frozen_at);
-    if (ioctl(mount_fd, FITHAW, 0) != 0) {
-      std::fprintf(stderr, "dp420: FITHAW %s: %s\n", EscapeBytes(mount).c_str(),
-                   Errno(errno).c_str());
+  // Ends the freeze (once): asks the watchdog to thaw and learns how it went.
+  void Thaw() {
+    if (watchdog <= 0) return;
+    close(watchdog_pipe);
+    watchdog_pipe = -1;
+    int status = 0;
+    while (waitpid(watchdog, &status, 0) < 0 && errno == EINTR) {
     }
-    unlink(FreezeMarker(mount).c_str());
-    return true;
+    watchdog = -1;
+    frozen_ms = MsSince(frozen_at);
+    thaw_outcome = WIFEXITED(status) ? WEXITSTATUS(status) : 4;
+    if (thaw_outcome == 4 && ioctl(mount_fd, FITHAW, 0) == 0) thaw_outcome = 0;
+    unlink(note.c_str());
   }
 
   Status Freeze(const std::string& dir, std::chrono::milliseconds max) {
-    mount = dir;
     mount_fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (mount_fd < 0) return PosixError("--freeze-mount " + EscapeBytes(dir), errno);
-    DP420_RETURN_IF_ERROR(io::MakeDirs(FreezeStateDir()));
-    DP420_RETURN_IF_ERROR(io::WriteFileAtomic(FreezeMarker(dir), std::to_string(getpid())));
+    struct stat st;
+    if (fstat(mount_fd, &st) != 0) return PosixError("--freeze-mount " + EscapeBytes(dir), errno);
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) return PosixError("pipe for the freeze watchdog", errno);
+    note = FreezeNote(dir, getpid());
+    if (Status s = WriteFreezeNote(note, st.st_dev, dir); !s.ok()) {
+      close(p[0]);
+      close(p[1]);
+      return s;
+    }
     if (ioctl(mount_fd, FIFREEZE, 0) != 0) {
       int err = errno;
-      unlink(FreezeMarker(dir).c_str());
-      return PosixError("FIFREEZE " + EscapeBytes(dir) +
-                            (err == EBUSY ? " (frozen already by someone else)" : ""),
-                        err);
+      unlink(note.c_str());
+      close(p[0]);
+      close(p[1]);
+      if (err == EBUSY) return Status::Busy(EscapeBytes(dir) + " is frozen already by someone else");
+      return PosixError("FIFREEZE " + EscapeBytes(dir), err);
     }
-    {
-      std::lock_guard lock(mu);
-      frozen = true;
-      frozen_at = Clock::now();
+    frozen_at = Clock::now();
+    watchdog = StartWatchdog(mount_fd, p[0], p[1], max);
+    close(p[0]);
+    watchdog_pipe = p[1];
+    if (watchdog < 0) {
+      ioctl(mount_fd, FITHAW, 0);
+      unlink(note.c_str());
+      close(p[1]);
+      return PosixError("fork the freeze watchdog", errno);
     }
-    watchdog = std::thread([this, max] {
-      std::unique_lock lock(mu);
-      if (cv.wait_for(lock, max, [this] { return stop_watchdog; })) return;
-      lock.unlock();
-      if (Thaw()) {
-        std::lock_guard again(mu);
-        thawed_by_watchdog = true;
-      }
-    });
     return Status::Ok();
   }
 };
 
 // A point in time that did not Finish (a failed backup): thawed first, then the
-// post hook when the pre hook ran, then the copy removed (~State).
+// post hook when the pre hook ran, then the copy dropped (~State).
 PointInTime::~PointInTime() {
   if (!state_) return;
   state_->Thaw();
   if (state_->pre_hook_ran && !state_->post_hook_ran && !state_->options.post_hook.empty()) {
     state_->post_hook_ran = true;
-    Status s = RunHook("post-hook", state_->options.post_hook, state_->options.hook_timeout);
+    Status s = RunHook("post-hook", state_->options.post_hook, state_->options.hook_timeout,
+                       nullptr);
     if (!s.ok()) std::fprintf(stderr, "dp420: %s\n", s.message().c_str());
   }
 }
 
 namespace {
 
-// Clones `from` to `to` (created, 0600, held under LOCK_EX); returns its fd.
-Result<int> Clone(const std::string& from, const std::string& to) {
-  int src = open(from.c_str(), O_RDONLY | O_CLOEXEC);
-  if (src < 0) return PosixError("open " + EscapeBytes(from), errno);
-  int dst = open(to.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (dst < 0) {
-    int err = errno;
-    close(src);
-    if (err == EEXIST) {
-      return Status::Busy("the point-in-time copy " + EscapeBytes(to) +
-                          " is in use by another backup of this source and volume");
-    }
-    return PosixError("create the point-in-time copy " + EscapeBytes(to), err);
-  }
-  int err = 0;
-  if (flock(dst, LOCK_EX | LOCK_NB) != 0 || ioctl(dst, FICLONE, src) != 0) err = errno;
-  close(src);
-  if (err != 0) {
-    unlink(to.c_str());
-    close(dst);
-    std::string why = err == EOPNOTSUPP || err == EINVAL || err == EXDEV || err == ENOTTY
-                          ? " (the file system does not share extents: reflink needs XFS with "
-                            "reflink or btrfs)"
-                          : "";
-    return Status::InvalidArgument("FICLONE " + EscapeBytes(from) + ": " + Errno(err) + why);
-  }
-  return dst;
-}
-
-}  // namespace
-
-Result<std::unique_ptr<PointInTime>> PointInTime::Take(const std::string& source,
-                                                        const std::string& volume,
-                                                        const PitOptions& o) {
-  ThawAbandoned();
-  std::unique_ptr<PointInTime> pit(new PointInTime());
-  pit->source_ = source;
-  pit->read_path_ = source;
-  pit->state_ = std::make_unique<State>();
-  State& s = *pit->state_;
-  s.options = o;
-  struct stat st;
-  if (stat(source.c_str(), &st) != 0) return PosixError("source " + EscapeBytes(source), errno);
-  const bool file = S_ISREG(st.st_mode);
+Status CheckOptions(const std::string& source, const struct stat& st, const PitOptions& o) {
   const bool hooks = !o.pre_hook.empty() || !o.post_hook.empty();
-  PitMethod m = o.method;
+  const PitMethod m = o.method;
   if (m == PitMethod::kNone && hooks) {
     return Status::InvalidArgument("--pre-hook and --post-hook need --snapshot-source hook, "
                                    "reflink, fsfreeze or auto, not none");
@@ -365,7 +412,7 @@ Result<std::unique_ptr<PointInTime>> PointInTime::Take(const std::string& source
   if (m == PitMethod::kHook && !hooks) {
     return Status::InvalidArgument("--snapshot-source hook needs --pre-hook CMD or --post-hook CMD");
   }
-  if (m == PitMethod::kReflink && !file) {
+  if (m == PitMethod::kReflink && !S_ISREG(st.st_mode)) {
     return Status::InvalidArgument("--snapshot-source reflink needs a file volume; " +
                                    EscapeBytes(source) + " is not a regular file (for a block "
                                    "device holding a mounted file system: fsfreeze --freeze-mount DIR)");
@@ -375,104 +422,129 @@ Result<std::unique_ptr<PointInTime>> PointInTime::Take(const std::string& source
         "--snapshot-source fsfreeze needs a block device as the source and --freeze-mount DIR, "
         "the mount point of the file system on it");
   }
-  if (!o.freeze_mount.empty() && m != PitMethod::kFsfreeze && m != PitMethod::kAuto) {
+  if (o.freeze_mount.empty()) return Status::Ok();
+  if (m != PitMethod::kFsfreeze && m != PitMethod::kAuto) {
     return Status::InvalidArgument("--freeze-mount goes with --snapshot-source fsfreeze or auto");
   }
-  if (!o.freeze_mount.empty()) {
-    struct stat mt;
-    if (stat(o.freeze_mount.c_str(), &mt) != 0) {
-      return PosixError("--freeze-mount " + EscapeBytes(o.freeze_mount), errno);
-    }
-    if (!S_ISBLK(st.st_mode) || mt.st_dev != st.st_rdev) {
-      return Status::InvalidArgument("--freeze-mount " + EscapeBytes(o.freeze_mount) +
-                                     " is not a mount of the file system on " + EscapeBytes(source));
-    }
+  struct stat mt;
+  if (stat(o.freeze_mount.c_str(), &mt) != 0) {
+    return PosixError("--freeze-mount " + EscapeBytes(o.freeze_mount), errno);
   }
+  if (!S_ISBLK(st.st_mode) || mt.st_dev != st.st_rdev) {
+    return Status::InvalidArgument("--freeze-mount " + EscapeBytes(o.freeze_mount) +
+                                   " is not a mount of the file system on " + EscapeBytes(source));
+  }
+  struct stat rt;
+  if (!o.repo_path.empty() && stat(o.repo_path.c_str(), &rt) == 0 && rt.st_dev == mt.st_dev) {
+    return Status::InvalidArgument("the repository " + EscapeBytes(o.repo_path) +
+                                   " is on the file system --freeze-mount would freeze: the "
+                                   "backup could not write to it; keep the repository elsewhere");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<PointInTime>> PointInTime::Take(const std::string& source,
+                                                        const PitOptions& o) {
+  ThawAbandoned();
+  struct stat st;
+  if (stat(source.c_str(), &st) != 0) return PosixError("source " + EscapeBytes(source), errno);
+  DP420_RETURN_IF_ERROR(CheckOptions(source, st, o));
+  std::unique_ptr<PointInTime> pit(new PointInTime());
+  pit->source_ = source;
+  pit->read_path_ = source;
+  pit->state_ = std::make_unique<State>();
+  pit->state_->options = o;
+  const bool hooks = !o.pre_hook.empty() || !o.post_hook.empty();
+  PitMethod m = o.method;
   if (m == PitMethod::kAuto) {
-    if (file) {
+    if (S_ISREG(st.st_mode)) {
       m = PitMethod::kReflink;
     } else if (!o.freeze_mount.empty()) {
       m = PitMethod::kFsfreeze;
     } else {
       m = hooks ? PitMethod::kHook : PitMethod::kNone;
-      if (S_ISBLK(st.st_mode)) {
-        s.record.note = "a block device without --freeze-mount: read live";
-      }
+      if (S_ISBLK(st.st_mode)) pit->state_->record.note = "a block device without --freeze-mount";
     }
   }
-  DP420_RETURN_IF_ERROR(pit->Begin(m, o.method == PitMethod::kAuto, volume, st));
+  DP420_RETURN_IF_ERROR(pit->Begin(m, o.method == PitMethod::kAuto, st));
   return pit;
 }
 
-Status PointInTime::Begin(PitMethod m, bool automatic, const std::string& volume,
-                          const struct stat& st) {
+Status PointInTime::Begin(PitMethod m, bool automatic, const struct stat& st) {
   State& s = *state_;
   const PitOptions& o = s.options;
   s.hold_start = Clock::now();
   if (!o.pre_hook.empty()) {
     s.pre_hook_ran = true;  // the post hook runs even when the pre hook failed half-way
-    DP420_RETURN_IF_ERROR(RunHook("pre-hook", o.pre_hook, o.hook_timeout));
+    DP420_RETURN_IF_ERROR(RunHook("pre-hook", o.pre_hook, o.hook_timeout, o.cancel));
   }
   if (m == PitMethod::kReflink) {
-    RemoveStaleCopy(source_, volume);
-    s.copy = CopyPathFor(source_, volume);
-    auto start = Clock::now();
-    auto fd = Clone(source_, s.copy);
+    auto fd = CloneUnnamed(source_);
     if (fd.ok()) {
       s.copy_fd = *fd;
-      read_path_ = s.copy;
+      read_path_ = "/proc/self/fd/" + std::to_string(*fd);
       s.record.method = PitMethod::kReflink;
       s.record.point_in_time = true;
-      s.record.hold_ms = MsSince(start);
-    } else if (!automatic || fd.status().code() == Code::kBusy) {
+      s.record.hold_ms = MsSince(s.hold_start);
+    } else if (!automatic) {
       return fd.status();
     } else {
-      s.record.note = "reflink not possible (" + fd.status().message() + "): read live";
+      s.record.note = "reflink not possible: " + fd.status().message();
       m = !o.pre_hook.empty() || !o.post_hook.empty() ? PitMethod::kHook : PitMethod::kNone;
     }
   }
-  if (m == PitMethod::kFsfreeze) DP420_RETURN_IF_ERROR(BeginFreeze(volume, st));
+  if (m == PitMethod::kFsfreeze) DP420_RETURN_IF_ERROR(BeginFreeze(st));
   if (m == PitMethod::kHook) {
     s.record.method = PitMethod::kHook;
-    s.record.point_in_time = true;  // the application vouches for the read between its hooks
+    // The application vouches for the read between its hooks; without a pre
+    // hook nothing quiesced it.
+    s.record.point_in_time = !o.pre_hook.empty();
+    if (!s.record.point_in_time) s.record.note = "no --pre-hook: nothing quiesced the source";
   }
-  if (m == PitMethod::kNone) {
-    s.record.method = PitMethod::kNone;
-    s.source_fingerprint = Fingerprint(source_);
-  }
-  // With a copy or a freeze the point in time is taken: the post hook runs now.
-  if ((m == PitMethod::kReflink || s.record.method == PitMethod::kFsfreeze) &&
-      !o.post_hook.empty()) {
+  if (!s.record.point_in_time) s.source_fingerprint = Fingerprint(source_);
+  // With a copy, the point in time is taken: the post hook runs now.
+  if (s.copy_fd >= 0 && !o.post_hook.empty()) {
     s.post_hook_ran = true;
-    DP420_RETURN_IF_ERROR(RunHook("post-hook", o.post_hook, o.hook_timeout));
+    DP420_RETURN_IF_ERROR(RunHook("post-hook", o.post_hook, o.hook_timeout, o.cancel));
   }
   return Status::Ok();
 }
 
-Status PointInTime::BeginFreeze(const std::string& volume, const struct stat& st) {
+Status PointInTime::BeginFreeze(const struct stat& st) {
   State& s = *state_;
   const PitOptions& o = s.options;
   s.record.method = PitMethod::kFsfreeze;
   s.record.point_in_time = true;
+  // A loop device over a whole file on a file system that shares extents:
+  // that file is cloned while frozen and the clone is read.
+  std::string backing = WholeBackingFile(st);
+  const bool whole = !backing.empty() && LoopMapsWholeFile(source_, backing);
   DP420_RETURN_IF_ERROR(s.Freeze(o.freeze_mount, o.max_freeze));
-  // A loop device's backing file on a file system that shares extents: cloned
-  // while frozen, and the clone is read; the freeze lasts milliseconds.
-  std::string backing = LoopBackingFile(st);
-  if (!backing.empty()) {
-    RemoveStaleCopy(backing, volume);
-    s.copy = CopyPathFor(backing, volume);
-    auto fd = Clone(backing, s.copy);
+  if (whole) {
+    auto fd = CloneUnnamed(backing);
     if (fd.ok()) {
       s.copy_fd = *fd;
-      read_path_ = s.copy;
+      read_path_ = "/proc/self/fd/" + std::to_string(*fd);
       s.Thaw();
       s.record.hold_ms = s.frozen_ms;
-      s.record.note = "loop device: its backing file cloned while frozen";
+      if (s.thaw_outcome == 0) {
+        s.record.note = "loop device: its backing file cloned while frozen";
+        return Status::Ok();
+      }
+      s.record.point_in_time = false;  // thawed early by someone else, or at the deadline
+      s.record.note = "the freeze ended before the clone was taken";
       return Status::Ok();
     }
     s.record.note = "loop device: its backing file could not be cloned (" +
                     fd.status().message() + "): read while frozen";
+  } else if (!backing.empty()) {
+    s.record.note = "loop device with an offset or size limit: read while frozen";
   }
+  FrozenCrashPoint(s.watchdog);
+  // The post hook runs after the thaw (Finish): one that writes to the frozen
+  // file system would stall until the deadline.
   s.source_fingerprint = Fingerprint(source_);  // in case the freeze ends before the read
   return Status::Ok();
 }
@@ -480,6 +552,12 @@ Status PointInTime::BeginFreeze(const std::string& volume, const struct stat& st
 PitRecord PointInTime::Provisional() const {
   PitRecord r = state_->record;
   r.change_known = false;
+  // A freeze read in place can still end early: claim no more than a live read.
+  if (r.method == PitMethod::kFsfreeze && state_->copy_fd < 0) {
+    r.point_in_time = false;
+    r.note = "read while frozen; whether the freeze held for the whole read is known to the "
+             "agent only";
+  }
   return r;
 }
 
@@ -489,23 +567,24 @@ Result<PitRecord> PointInTime::Finish() {
   if (r.method == PitMethod::kFsfreeze && s.copy_fd < 0) {
     s.Thaw();
     r.hold_ms = s.frozen_ms;
-    bool early = false;
-    {
-      std::lock_guard lock(s.mu);
-      early = s.thawed_by_watchdog;
-    }
-    if (early) {
+    if (s.thaw_outcome != 0) {
       // Part of the device was read after the thaw: live, and said so.
       r.point_in_time = false;
-      r.note = "the read outlasted --max-freeze (" +
-               std::to_string(s.options.max_freeze.count()) +
-               " ms): thawed then, the rest read live";
+      r.note = s.thaw_outcome == 1
+                   ? "the read outlasted --max-freeze (" +
+                         std::to_string(s.options.max_freeze.count()) +
+                         " ms): thawed then, the rest read live"
+                   : "the file system was thawed by someone else during the read";
     }
   }
-  s.RemoveCopy();
+  if (s.copy_fd >= 0) {
+    close(s.copy_fd);
+    s.copy_fd = -1;
+  }
   if (!s.post_hook_ran && !s.options.post_hook.empty()) {
     s.post_hook_ran = true;
-    DP420_RETURN_IF_ERROR(RunHook("post-hook", s.options.post_hook, s.options.hook_timeout));
+    DP420_RETURN_IF_ERROR(
+        RunHook("post-hook", s.options.post_hook, s.options.hook_timeout, s.options.cancel));
   }
   if (r.method == PitMethod::kHook) r.hold_ms = MsSince(s.hold_start);
   if (!r.point_in_time) {

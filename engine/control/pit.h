@@ -2,26 +2,33 @@
 // without tearing it (`backup --snapshot-source`).
 //
 //   reflink   a file volume on a file system that shares extents (XFS, btrfs):
-//             an instant FICLONE copy next to it, read, then removed. The copy
-//             is named `.NAME.dp420-pit` in the source's folder and held under
-//             flock() while in use; a copy nobody holds is a dead backup's and
-//             is removed by the next one.
+//             an instant FICLONE copy into an unnamed file (O_TMPFILE) of the
+//             source's folder, read through /proc/self/fd. It has no name, so
+//             nothing can be planted under it and nothing is left after a crash:
+//             its blocks are freed when the descriptor closes, however dp420 ends.
 //   fsfreeze  a block device whose file system is mounted (`--freeze-mount DIR`):
 //             FIFREEZE flushes the file system and holds its writes. When the
-//             device is a loop device backed by a file on a file system that
-//             shares extents, the backing file is cloned while frozen and the
-//             clone is read (frozen for milliseconds); otherwise the device is
-//             read while frozen, and when `--max-freeze` ends first the file
-//             system is thawed and the rest of the read is live (reported so).
-//             Never frozen longer than max_freeze, whatever hangs: a watchdog
-//             thread thaws at the deadline.
+//             device is a loop device over a whole file (no offset, no size
+//             limit) on a file system that shares extents, that file is cloned
+//             while frozen and the clone is read (frozen for milliseconds);
+//             otherwise the device is read while frozen (with O_DIRECT: its page
+//             cache may be older than the file system's writes), and when
+//             `--max-freeze` ends first the file system is thawed and the rest
+//             of the read is live (reported so). The thaw at the deadline is
+//             done by a watchdog process forked after the freeze: it thaws when
+//             the deadline passes or when dp420 ends in any way (its pipe from
+//             dp420 closes). A note in /run/dp420/frozen (the mount, its device)
+//             lets the next backup thaw what a SIGKILL of both left frozen.
 //   hook      `--pre-hook CMD` before and `--post-hook CMD` after the read
 //             (e.g. a database's backup start and stop); with reflink or
-//             fsfreeze, around taking the point in time instead. The post hook
-//             runs whenever the pre hook ran, also after a failure.
+//             fsfreeze, around taking the point in time instead (for a freeze
+//             read in place, the post hook runs after the thaw). The post hook
+//             runs whenever the pre hook ran, also after a failure. Without a
+//             pre hook nothing quiesces the source: recorded live.
 //   none      the live source. Its write counters (block devices) or change
 //             and modification times and size (files) before and after the
-//             read tell whether it changed while read.
+//             read tell whether it changed while read (stores through a shared
+//             mapping into pages already dirty change no time: not seen).
 //   auto      reflink for a file where the file system shares extents, then
 //             fsfreeze when --freeze-mount is given, then hook when a hook is
 //             given, else none; what it chose and why is recorded.
@@ -31,12 +38,12 @@
 // "live", the method, how long writes were held, and for live reads whether
 // the source changed.
 //
-// Thread safety: a PointInTime belongs to one thread; its watchdog thread
-// only thaws.
+// Thread safety: a PointInTime belongs to one thread.
 #pragma once
 
 #include <sys/stat.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -62,6 +69,11 @@ struct PitOptions {
   std::string pre_hook;      // run with /bin/sh -c; exit 0 expected
   std::string post_hook;
   std::chrono::milliseconds hook_timeout = kDefaultHookTimeout;
+  // The repository, when local: a freeze of the file system it lives on would
+  // stall the backup's own writes, and is refused.
+  std::string repo_path;
+  // Set when the backup is asked to stop: a running hook is killed.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 // How the source was read, for the manifest and --json.
@@ -78,13 +90,12 @@ struct PitRecord {
 class PointInTime {
  public:
   // Takes the point in time of `source` (absolute path of a file or block
-  // device) for `volume`. Errors name what did not work (kInvalidArgument for
+  // device). Errors name what did not work (kInvalidArgument for
   // a method that does not apply, kUnavailable for a hook that failed or
   // timed out); nothing is left frozen or behind.
   static Result<std::unique_ptr<PointInTime>> Take(const std::string& source,
-                                                   const std::string& volume,
                                                    const PitOptions& options);
-  ~PointInTime();  // thaws, runs the post hook, removes the copy (when Finish did not)
+  ~PointInTime();  // thaws, runs the post hook, drops the copy (when Finish did not)
   PointInTime(const PointInTime&) = delete;
   PointInTime& operator=(const PointInTime&) = delete;
 
@@ -99,19 +110,13 @@ class PointInTime {
 
  private:
   PointInTime() = default;
-  Status Begin(PitMethod method, bool automatic, const std::string& volume,
-               const struct stat& st);
-  Status BeginFreeze(const std::string& volume, const struct stat& st);
+  Status Begin(PitMethod method, bool automatic, const struct stat& st);
+  Status BeginFreeze(const struct stat& st);
   struct State;
   std::string source_;
   std::string read_path_;
   std::unique_ptr<State> state_;
 };
 
-// Removes a dead backup's copy of `source` for `volume` (nobody holds it).
-// Exposed for tests; Take calls it first.
-void RemoveStaleCopy(const std::string& source, const std::string& volume);
-// The copy's path (`.NAME.VOLUME.dp420-pit` beside `source`).
-std::string CopyPathFor(const std::string& source, const std::string& volume);
 
 }  // namespace dp420::control

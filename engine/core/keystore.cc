@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cctype>
 #include <cstring>
 #include <ctime>
 #include <nlohmann/json.hpp>
@@ -766,8 +767,12 @@ Result<crypto::MasterKey> ParsePaperForm(const std::string& text, const crypto::
       DP420_RETURN_IF_ERROR(ParseKeyLine(number, line.substr(2), key.data()));
       seen[number] = true;
     } else {
-      return Status::InvalidArgument("not a line of a dp420 recovery key: '" +
-                                     std::string(line.substr(0, 40)) + "'");
+      // A mangled key line holds key digits: never quoted back.
+      const bool digits = !line.empty() && std::isxdigit(static_cast<unsigned char>(line[0]));
+      return Status::InvalidArgument(
+          digits ? "a line of the recovery form is neither a key line (\"N: xxxx xxxx xxxx "
+                   "xxxx  cc\", N from 1 to 4) nor one of its other lines"
+                 : "not a line of a dp420 recovery key: '" + std::string(line.substr(0, 40)) + "'");
     }
   }
   if (!title) return Status::InvalidArgument(std::string("no '") + kPaperTitle + "' line");

@@ -29,11 +29,14 @@ constexpr double kWarmFraction = 0.5;
 Result<ScanSource> ScanSource::Open(const std::string& path) {
   ScanSource s;
   // Warm input (mostly in the page cache) is not read with O_DIRECT, which
-  // would fetch it from the device again.
+  // would fetch it from the device again. Never a block device: its page cache
+  // can hold blocks older than what a file system mounted on it wrote since
+  // (the file system's data writes go around it).
   bool warm = false;
   {
     DP420_ASSIGN_OR_RETURN(io::File probe, io::File::OpenRead(path, false));
-    warm = io::CachedFraction(probe.fd(), probe.info().size_bytes) >= kWarmFraction;
+    warm = !probe.info().is_block_device &&
+           io::CachedFraction(probe.fd(), probe.info().size_bytes) >= kWarmFraction;
   }
   DP420_ASSIGN_OR_RETURN(s.direct, io::File::OpenRead(path, !warm));
   DP420_ASSIGN_OR_RETURN(s.buffered, io::File::OpenRead(path, false));

@@ -4,7 +4,10 @@
 // Points: "after-data:N" (the N-th stored data block's write has completed),
 // "before-table", "before-manifest", "before-rename", "after-rename"; in a
 // restore, "restore-writing" (a write to the target has completed) and
-// "restore-before-rename" (a named partial file is about to become TARGET).
+// "restore-before-rename" (a named partial file is about to become TARGET);
+// in a backup's freeze read in place (engine/control/pit.cc), "frozen" (the
+// file system is frozen) and "frozen-orphaned" (the same, its watchdog
+// process killed first).
 // Unset (the normal case), each check is one predictable branch.
 #pragma once
 

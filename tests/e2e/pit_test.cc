@@ -11,7 +11,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <signal.h>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,6 +53,11 @@ bool Frozen(const std::string& dir) {
   }
   close(fd);
   return frozen;
+}
+
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
 }
 
 // Thaws `dir` at the end of its scope, whatever a failed test left.
@@ -128,7 +135,11 @@ class PitTest : public ::testing::Test {
   }
   // A write to the ext4 file system finishes (it is not frozen).
   void ExpectWritable() {
-    EXPECT_FALSE(Frozen(dir_ / "ext4"));
+    if (Frozen(dir_ / "ext4")) {
+      ADD_FAILURE() << "the file system is still frozen";
+      ThawGuard{dir_ / "ext4"};  // a touch would wait for the thaw uninterruptibly
+      return;
+    }
     Result r = Sh("timeout 20 touch " + ShellQuote(dir_ / "ext4/after"));
     EXPECT_EQ(r.exit_code, 0) << r.Describe();
   }
@@ -177,36 +188,48 @@ TEST_F(PitTest, ReflinkIsOneInstantOfAFileBeingWritten) {
   EXPECT_EQ(ParseJson(a)["point_in_time"]["method"], "reflink");
 }
 
-// A copy a killed backup left is removed by the next one; a copy another backup holds
-// makes this one wait its turn (busy, exit 5), and is left alone.
-TEST_F(PitTest, StaleCopyIsRemovedAndAHeldOneIsBusy) {
+// The reflink copy has no name (O_TMPFILE): while it is read the source's folder holds
+// nothing new, nothing can be planted under its name, two backups of one source at once
+// (into two repositories) each get their own, and a backup killed while reading leaves
+// nothing behind.
+TEST_F(PitTest, ReflinkCopyHasNoNameAndLeavesNothing) {
   std::string xfs = MountXfs();
   ASSERT_FALSE(HasFailure());
   std::string src = xfs + "/vm.img";
-  WritePatternFile(src, 4 << 20, 4);
-  std::string copy = xfs + "/.vm.img.v.dp420-pit";
-  WriteFile(copy, "left by a backup that was killed");
-  Result r = Backup(src, {"--snapshot-source", "reflink"});
+  WritePatternFile(src, 16 << 20, 4);
+  auto names = [&] {
+    std::vector<std::string> v;
+    for (const auto& e : fs::directory_iterator(xfs)) v.push_back(e.path().filename());
+    std::sort(v.begin(), v.end());
+    return v;
+  };
+  const auto before = names();
+  std::string listing = dir_ / "during.txt";
+  Result r = Backup(src, {"--snapshot-source", "reflink", "--post-hook",
+                          "ls -A " + ShellQuote(xfs) + " > " + ShellQuote(listing)});
   ASSERT_EQ(r.exit_code, kExitOk) << r.Describe();
-  EXPECT_FALSE(Exists(copy));
-  auto holder = Process::Start({"flock", copy, "sleep", "60"});
-  for (int i = 0; i < 100 && !Exists(copy); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  Result busy = Backup(src, {"--snapshot-source", "reflink"});
-  EXPECT_EQ(busy.exit_code, kExitBusy) << busy.Describe();
-  EXPECT_TRUE(Mentions(busy, "in use")) << busy.Describe();
-  EXPECT_TRUE(Exists(copy));
-  holder->Kill(SIGKILL);
-  holder->Wait();
-  // A symbolic link planted under the copy's name is never followed: not removed, not
-  // written through; the backup is refused and the link's target is untouched.
-  fs::remove(copy);
-  std::string victim = dir_ / "victim";
-  WriteFile(victim, "not to be cloned over");
-  fs::create_symlink(victim, copy);
-  Result planted = Backup(src, {"--snapshot-source", "reflink"});
-  EXPECT_NE(planted.exit_code, kExitOk) << planted.Describe();
-  EXPECT_EQ(ReadFile(victim), "not to be cloned over");
-  EXPECT_TRUE(fs::is_symlink(copy));
+  EXPECT_EQ(ParseJson(r)["point_in_time"]["method"], "reflink");
+  std::string during = ReadFile(listing);
+  for (const auto& n : before) EXPECT_NE(during.find(n), std::string::npos);
+  EXPECT_EQ(std::count(during.begin(), during.end(), '\n'), long(before.size())) << during;
+
+  std::string repo2 = dir_ / "repo2";
+  ASSERT_EQ(Cli({"init", repo2, "--encryption", "none"}).exit_code, kExitOk);
+  auto other = Process::Start({CliPath(), "backup", "--repo", repo2, "--volume", "v", src,
+                               "--snapshot-source", "reflink"});
+  Result mine = Backup(src, {"--snapshot-source", "reflink"});
+  Result theirs = other->Wait();
+  EXPECT_EQ(mine.exit_code, kExitOk) << mine.Describe();
+  EXPECT_EQ(theirs.exit_code, kExitOk) << theirs.Describe();
+
+  std::string flag = dir_ / "cloned";
+  auto killed = Process::Start({CliPath(), "backup", "--repo", repo_, "--volume", "v", src,
+                                "--snapshot-source", "reflink", "--post-hook",
+                                "touch " + ShellQuote(flag) + "; sleep 60"});
+  for (int i = 0; i < 500 && !Exists(flag); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  killed->Kill(SIGKILL);
+  killed->Wait();
+  EXPECT_EQ(names(), before);
 }
 
 // fsfreeze of ext4 on a loop device whose backing file is on XFS: the backing file is
@@ -249,6 +272,15 @@ TEST_F(PitTest, FreezeIsBoundedAndAHangingHookStillThaws) {
   EXPECT_NE(ManifestRecord(j["snapshot_id"]).value("note", "").find("max-freeze"), std::string::npos);
   ExpectWritable();
 
+  // The post hook of a freeze read in place runs after the thaw: one that writes to the
+  // file system does not stall it.
+  Result writes = Backup(device, {"--snapshot-source", "fsfreeze", "--freeze-mount",
+                                  dir_ / "ext4", "--max-freeze", "30", "--post-hook",
+                                  "date > " + ShellQuote(dir_ / "ext4/stamp")});
+  ASSERT_EQ(writes.exit_code, kExitOk) << writes.Describe();
+  EXPECT_EQ(ParseJson(writes)["consistency"], "point-in-time");
+  EXPECT_TRUE(Exists(dir_ / "ext4/stamp"));
+
   Result hung = Backup(device, {"--snapshot-source", "fsfreeze", "--freeze-mount", dir_ / "ext4",
                                 "--post-hook", "sleep 60", "--hook-timeout", "1"});
   EXPECT_EQ(hung.exit_code, 1) << hung.Describe();
@@ -256,26 +288,84 @@ TEST_F(PitTest, FreezeIsBoundedAndAHangingHookStillThaws) {
   ExpectWritable();
 }
 
-// A backup killed while the file system is frozen leaves it frozen; the next dp420
-// backup thaws it (and says so) before it does anything else.
-TEST_F(PitTest, NextBackupThawsWhatAKilledOneLeftFrozen) {
+// A backup killed while the file system is frozen does not leave it frozen: its
+// watchdog process thaws as soon as dp420 is gone. When the watchdog is killed too,
+// the next dp420 backup thaws it, and says so.
+TEST_F(PitTest, AKilledBackupNeverLeavesTheFileSystemFrozen) {
   std::string device = MountExt4OnLoop(dir_ / "disk.img", 32 << 20);
   ASSERT_FALSE(HasFailure());
-  std::string flag = dir_ / "frozen-now";
-  auto p = Process::Start({CliPath(), "backup", "--repo", repo_, "--volume", "v", device,
-                           "--snapshot-source", "fsfreeze", "--freeze-mount", dir_ / "ext4",
-                           "--max-freeze", "600", "--post-hook", "touch " + ShellQuote(flag) + "; sleep 60"});
-  for (int i = 0; i < 500 && !Exists(flag); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  ASSERT_TRUE(Exists(flag));
-  p->Kill(SIGKILL);
-  p->Wait();
-  EXPECT_TRUE(Frozen(dir_ / "ext4")) << "a SIGKILL leaves the freeze";
+  auto killed_while_frozen = [&](const char* point) {
+    Result r = Cli({"backup", "--repo", repo_, "--volume", "v", device, "--snapshot-source",
+                    "fsfreeze", "--freeze-mount", dir_ / "ext4", "--max-freeze", "600"},
+                   {{"DP420_TEST_CRASH", point}});
+    EXPECT_EQ(r.term_signal, SIGKILL) << r.Describe();
+  };
+  killed_while_frozen("frozen");
+  for (int i = 0; i < 300 && Frozen(dir_ / "ext4"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  {
+    SCOPED_TRACE("dp420 killed, its watchdog alive");
+    ExpectWritable();
+  }
+
+  killed_while_frozen("frozen-orphaned");
+  EXPECT_TRUE(Frozen(dir_ / "ext4")) << "nothing was left to thaw it";
   std::string other = dir_ / "other.img";
   WritePatternFile(other, 1 << 20, 9);
   Result next = Cli({"backup", "--repo", repo_, "--volume", "w", other, "--snapshot-source", "none"});
   EXPECT_EQ(next.exit_code, kExitOk) << next.Describe();
   EXPECT_TRUE(Mentions(next, "thawed")) << next.Describe();
   ExpectWritable();
+}
+
+// What a frozen block device's read must not be: the device's page cache, older than
+// what the file system wrote since (its data writes go around that cache). A file
+// written, cached through the device, then overwritten in place: the snapshot holds
+// the new bytes.
+TEST_F(PitTest, FrozenDeviceIsNotReadFromItsStalePageCache) {
+  std::string device = MountExt4OnLoop(dir_ / "disk.img", 32 << 20);
+  ASSERT_FALSE(HasFailure());
+  std::string file = dir_ / "ext4/data";
+  WriteFile(file, std::string(1 << 20, 'O'));
+  ASSERT_EQ(Sh("sync && dd if=" + device + " of=/dev/null bs=1M status=none").exit_code, 0);
+  ASSERT_EQ(Sh("dd if=/dev/zero bs=1M count=1 status=none | tr '\\0' N | dd of=" +
+               ShellQuote(file) + " conv=notrunc,fsync status=none").exit_code, 0);
+  Result r = Backup(device, {"--snapshot-source", "fsfreeze", "--freeze-mount", dir_ / "ext4"});
+  ASSERT_EQ(r.exit_code, kExitOk) << r.Describe();
+  std::string restored = Restore(ParseJson(r)["snapshot_id"]);
+  std::string bytes = ReadFile(restored);
+  EXPECT_NE(bytes.find(std::string(4096, 'N')), std::string::npos);
+  EXPECT_EQ(bytes.find(std::string(4096, 'O')), std::string::npos) << "stale blocks read";
+}
+
+// A loop device that maps part of its file (an offset, a size limit) is never read
+// through a clone of the whole file: the snapshot is the device, not the file.
+TEST_F(PitTest, PartialLoopDeviceIsReadAsTheDevice) {
+  std::string xfs = MountXfs();
+  ASSERT_FALSE(HasFailure());
+  std::string image = xfs + "/part.img";
+  WriteFile(image, "");
+  Truncate(image, 40 << 20);
+  Result attach = RunCommand({"losetup", "-f", "--show", "-o", "1048576", "--sizelimit",
+                              std::to_string(32 << 20), image});
+  ASSERT_EQ(attach.exit_code, 0) << attach.Describe();
+  std::string device = Trim(attach.out);
+  struct Detach {
+    std::string d;
+    ~Detach() { RunCommand({"losetup", "-d", d}); }
+  } detach{device};
+  ASSERT_EQ(RunCommand({"mkfs.ext4", "-q", "-F", device}).exit_code, 0);
+  std::string why;
+  auto mount = Mount::Create(device, dir_ / "part", "ext4", "", &why);
+  ASSERT_TRUE(mount) << why;
+  ThawGuard guard{dir_ / "part"};
+  Result r = Backup(device, {"--freeze-mount", dir_ / "part"});
+  ASSERT_EQ(r.exit_code, kExitOk) << r.Describe();
+  Json j = ParseJson(r);
+  EXPECT_EQ(j["volume_size"].get<uint64_t>(), 32u << 20);
+  EXPECT_EQ(j["point_in_time"]["method"], "fsfreeze");
+  EXPECT_EQ(RunCommand({"e2fsck", "-fn", Restore(j["snapshot_id"])}).exit_code, 0);
 }
 
 // A live read says whether the source changed while it was read: a file a writer
@@ -326,6 +416,10 @@ TEST_F(PitTest, MethodsThatDoNotApplyAreRefused) {
     EXPECT_TRUE(Mentions(r, c.says)) << r.Describe();
   }
   EXPECT_FALSE(Exists(ran));
+  // A post hook alone quiesces nothing: recorded live.
+  Result post_only = Backup(file, {"--snapshot-source", "hook", "--post-hook", "true"});
+  ASSERT_EQ(post_only.exit_code, kExitOk) << post_only.Describe();
+  EXPECT_EQ(ParseJson(post_only)["consistency"], "live");
   // A failing pre hook fails the backup; the post hook still runs.
   std::string post = dir_ / "post-ran";
   Result r = Backup(file, {"--pre-hook", "exit 3", "--post-hook", "touch " + ShellQuote(post)});
