@@ -249,8 +249,14 @@ bool PackSink::Deduplicate(Entry& entry) {
   std::optional<DedupSlot> slot = dedup_->index->Find(entry.ref.sha256);
   if (!slot) return false;
   std::optional<ObjRef> ref = dedup_->check->Find(*slot);
-  // A record verify found damaged is not referenced again: the block is stored anew.
-  if (!ref || (damage_ && damage_->Holds(*ref))) return false;
+  if (!ref) return false;
+  // A record verify found damaged is not referenced again: the block is
+  // stored anew. Verify records a damaged copy of a repacked record under
+  // the reference the table holds, which is what the slot names.
+  ObjRef named{};
+  named.pack_id = slot->pack_id;
+  named.offset_4k = slot->offset_4k;
+  if (damage_ && (damage_->Holds(*ref) || damage_->Holds(named))) return false;
   std::memcpy(ref->sha256, entry.ref.sha256, sizeof(ref->sha256));
   entry.ref = *ref;
   ++blocks_deduplicated_;

@@ -9,10 +9,9 @@
 #include <cstring>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 #include "engine/core/pack.h"
+#include "engine/core/relocate.h"
 #include "engine/core/table.h"
 #include "io/assert.h"
 #include "io/inject.h"
@@ -24,18 +23,39 @@ std::string DedupIndexPath(const Repository& repo) { return repo.path() + "/inde
 
 // ---- DedupKey ----
 
-DedupKey::DedupKey(const Repository& repo) { repo.DedupIndexKey(key_); }
-DedupKey::~DedupKey() { OPENSSL_cleanse(key_, sizeof(key_)); }
+DedupKey::DedupKey(const Repository& repo) {
+  uint8_t key[32];
+  repo.DedupIndexKey(key);
+  // HMAC-SHA-256 (RFC 2104) with the padded key blocks kept: a tag costs two
+  // short SHA-256 runs, no context set up per call.
+  std::memset(ipad_, 0x36, sizeof(ipad_));
+  std::memset(opad_, 0x5c, sizeof(opad_));
+  for (size_t i = 0; i < sizeof(key); ++i) {
+    ipad_[i] ^= key[i];
+    opad_[i] ^= key[i];
+  }
+  OPENSSL_cleanse(key, sizeof(key));
+}
 
-namespace {
+DedupKey::~DedupKey() {
+  OPENSSL_cleanse(ipad_, sizeof(ipad_));
+  OPENSSL_cleanse(opad_, sizeof(opad_));
+}
 
-void Hmac16(const uint8_t key[32], const uint8_t* msg, size_t len, uint8_t out[16]) {
+void DedupKey::Hmac16(const uint8_t* msg, size_t len, uint8_t out[16]) const {
+  uint8_t inner[64 + kMaxMessage];
+  DP420_ASSERT(len <= kMaxMessage);
+  std::memcpy(inner, ipad_, 64);
+  std::memcpy(inner + 64, msg, len);
+  uint8_t outer[64 + 32];
+  std::memcpy(outer, opad_, 64);
+  simd::Sha256(inner, 64 + len, outer + 64);
   uint8_t full[32];
-  unsigned n = 0;
-  uint8_t* r = HMAC(EVP_sha256(), key, 32, msg, len, full, &n);
-  DP420_ASSERT(r != nullptr && n == 32);
+  simd::Sha256(outer, sizeof(outer), full);
   std::memcpy(out, full, 16);
 }
+
+namespace {
 
 uint64_t Home(const uint8_t tag[16], uint64_t buckets) {
   uint64_t v;
@@ -50,7 +70,7 @@ bool Empty(const DedupSlot& s) { return s.pack_id == 0; }
 void DedupKey::Tag(const uint8_t sha256[32], uint8_t out[16]) const {
   uint8_t msg[4 + 32] = {'t', 'a', 'g', 0};
   std::memcpy(msg + 4, sha256, 32);
-  Hmac16(key_, msg, sizeof(msg), out);
+  Hmac16(msg, sizeof(msg), out);
 }
 
 void DedupKey::Mac(const uint8_t sha256[32], const DedupSlot& slot, uint8_t out[16]) const {
@@ -60,12 +80,12 @@ void DedupKey::Mac(const uint8_t sha256[32], const DedupSlot& slot, uint8_t out[
   uint8_t msg[4 + 32 + 32] = {'m', 'a', 'c', 0};
   std::memcpy(msg + 4, sha256, 32);
   std::memcpy(msg + 36, reinterpret_cast<const uint8_t*>(&slot) + offsetof(DedupSlot, pack_id), 32);
-  Hmac16(key_, msg, sizeof(msg), out);
+  Hmac16(msg, sizeof(msg), out);
 }
 
 void DedupKey::Check(uint8_t out[16]) const {
   static constexpr uint8_t kMsg[] = {'c', 'h', 'e', 'c', 'k'};
-  Hmac16(key_, kMsg, sizeof(kMsg), out);
+  Hmac16(kMsg, sizeof(kMsg), out);
 }
 
 DedupSlot DedupKey::MakeSlot(const uint8_t sha256[32], const ObjRef& ref,
@@ -230,6 +250,9 @@ Status Writer::Start(bool rebuild) {
       return Status::Ok();
     }
     if (!IsDamage(t.status()) && t.status().code() != Code::kNotFound) return t.status();
+    // Missing or damaged: a table of this backup's slots alone would hide
+    // every other block from later backups; the next open rebuilds it whole.
+    return Status::NotFound(DedupIndexPath(repo_) + ": " + t.status().message());
   }
   DP420_ASSIGN_OR_RETURN(table_, Table::Create(TempPath(repo_, temps_++), repo_, key_,
                                                kDedupMinBuckets));
@@ -288,7 +311,7 @@ Result<std::unique_ptr<DedupIndex>> DedupIndex::Open(const Repository& repo) {
       return index;
     }
     if (!IsDamage(t.status()) && t.status().code() != Code::kNotFound) return t.status();
-    if (attempt == 0) DP420_RETURN_IF_ERROR(RebuildDedupIndex(repo).status());
+    if (attempt == 0) DP420_RETURN_IF_ERROR(RebuildDedupIndex(repo, true).status());
   }
   return Status::Corruption(DedupIndexPath(repo) + ": does not read after a rebuild");
 }
@@ -358,18 +381,24 @@ std::optional<ObjRef> RecordCheck::TrailerEntry(uint32_t pack_id, uint32_t offse
 }
 
 std::optional<ObjRef> RecordCheck::Find(const DedupSlot& slot) {
-  std::optional<ObjRef> t = TrailerEntry(slot.pack_id, slot.offset_4k);
-  if (!t || t->stored_len != slot.stored_len || (t->flags & ~kObjEncodingFlags) != 0 ||
-      t->flags != slot.flags || t->key_id != slot.key_id ||
-      std::memcmp(t->sha256, slot.digest, 16) != 0) {
-    return std::nullopt;
-  }
   ObjRef ref{};
   ref.pack_id = slot.pack_id;
   ref.offset_4k = slot.offset_4k;
   ref.stored_len = slot.stored_len;
   ref.flags = slot.flags;
   ref.key_id = slot.key_id;
+  if (!std::binary_search(committed_.begin(), committed_.end(), ref.pack_id)) {
+    // Repacked by prune: its copy, byte for byte (the same stored digest),
+    // is where the relocation file says; the new entry names the copy.
+    std::lock_guard lock(mu_);
+    if (!relocator_.Resolve(&ref).ok() || ref.pack_id == slot.pack_id) return std::nullopt;
+  }
+  std::optional<ObjRef> t = TrailerEntry(ref.pack_id, ref.offset_4k);
+  if (!t || t->stored_len != slot.stored_len || (t->flags & ~kObjEncodingFlags) != 0 ||
+      t->flags != slot.flags || t->key_id != slot.key_id ||
+      std::memcmp(t->sha256, slot.digest, 16) != 0) {
+    return std::nullopt;
+  }
   return ref;
 }
 
@@ -415,7 +444,9 @@ Status AddToDedupIndex(const Repository& repo, const std::string& slots_path) {
   DP420_ASSIGN_OR_RETURN(VolumeLock lock, LockDedup(repo));
   DedupKey key(repo);
   Writer w(repo, key);
-  DP420_RETURN_IF_ERROR(w.Start(false));
+  Status started = w.Start(false);
+  if (started.code() == Code::kNotFound) return Status::Ok();  // rebuilt at the next open
+  DP420_RETURN_IF_ERROR(started);
   DP420_ASSIGN_OR_RETURN(io::File in, io::File::OpenRead(slots_path, false));
   std::vector<DedupSlot> buf(1024);
   const uint64_t count = in.info().size_bytes / sizeof(DedupSlot);
@@ -446,7 +477,10 @@ Status AddSnapshot(const Repository& repo, const Manifest& m, const DedupKey& ke
       if (!reader.Resolve(&ref).ok()) continue;
       uint8_t digest[16];
       if (!check.Digest(ref, digest)) continue;
-      DP420_RETURN_IF_ERROR(w.Put(key.MakeSlot(e.ref.sha256, ref, digest)));
+      // The slot names the reference as the table holds it (a lookup follows
+      // relocations as the table's readers do), so that verify's damage
+      // record, kept under that reference, applies to it.
+      DP420_RETURN_IF_ERROR(w.Put(key.MakeSlot(e.ref.sha256, e.ref, digest)));
       ++*added;
     }
   }
@@ -455,9 +489,14 @@ Status AddSnapshot(const Repository& repo, const Manifest& m, const DedupKey& ke
 
 }  // namespace
 
-Result<uint64_t> RebuildDedupIndex(const Repository& repo) {
+Result<uint64_t> RebuildDedupIndex(const Repository& repo, bool only_if_unreadable) {
   DP420_ASSIGN_OR_RETURN(VolumeLock lock, LockDedup(repo));
   DedupKey key(repo);
+  if (only_if_unreadable) {
+    // Another backup may have rebuilt it while this one waited for the lock.
+    auto t = Table::OpenExisting(DedupIndexPath(repo), repo, key, false);
+    if (t.ok()) return t->entries();
+  }
   Writer w(repo, key);
   DP420_RETURN_IF_ERROR(w.Start(true));
   RecordCheck check(repo, CommittedPackIds(repo));

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "engine/core/format.h"
+#include "engine/core/relocate.h"
 #include "engine/core/repo.h"
 #include "io/file.h"
 #include "io/status.h"
@@ -93,7 +94,10 @@ class DedupKey {
   DedupSlot MakeSlot(const uint8_t sha256[32], const ObjRef& ref, const uint8_t digest[16]) const;
 
  private:
-  uint8_t key_[32];
+  static constexpr size_t kMaxMessage = 4 + 32 + 32;
+  void Hmac16(const uint8_t* msg, size_t len, uint8_t out[16]) const;
+  uint8_t ipad_[64];  // the key XOR 0x36, zero-padded to SHA-256's block
+  uint8_t opad_[64];  // ... XOR 0x5c
 };
 
 // The index, opened for lookups.
@@ -121,8 +125,9 @@ class RecordCheck {
  public:
   static constexpr uint64_t kTrailerCacheBytes = 32ull << 20;
   RecordCheck(const Repository& repo, std::vector<uint32_t> committed)
-      : repo_(repo), committed_(std::move(committed)) {}
-  // The reference of the slot's record when its pack is committed and its
+      : repo_(repo), committed_(std::move(committed)), relocator_(repo) {}
+  // The reference of the slot's record when its pack (or, for a pack prune
+  // repacked, the pack its relocation file names) is committed and its
   // trailer holds a record at that offset with the same stored length,
   // encoding flags, key id and digest; else nullopt. Thread-safe.
   std::optional<ObjRef> Find(const DedupSlot& slot);
@@ -138,6 +143,7 @@ class RecordCheck {
   const Repository& repo_;
   std::vector<uint32_t> committed_;
   std::mutex mu_;
+  Relocator relocator_;  // under mu_
   std::list<std::pair<uint32_t, Trailer>> lru_;  // front: most recent; null: unreadable
   std::unordered_map<uint32_t, std::list<std::pair<uint32_t, Trailer>>::iterator> map_;
   uint64_t bytes_ = 0;
@@ -154,6 +160,8 @@ Status AddToDedupIndex(const Repository& repo, const std::string& slots_path);
 // Writes a new index from the newest snapshot of every volume (`dp420
 // repair`, and Open when the index is missing or damaged). Returns the slots
 // written.
-Result<uint64_t> RebuildDedupIndex(const Repository& repo);
+// With `only_if_unreadable`, does nothing when the index opens once the lock
+// is held (another process rebuilt it meanwhile).
+Result<uint64_t> RebuildDedupIndex(const Repository& repo, bool only_if_unreadable = false);
 
 }  // namespace dp420

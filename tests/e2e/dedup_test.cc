@@ -75,8 +75,9 @@ class DedupTest : public testing::Test {
   std::string Template(const std::string& name, bool text = false) {
     std::string path = dir_ / name;
     if (text) {
-      Result r = Sh("base64 -w 0 < /dev/urandom | head -c " + std::to_string(kVolumeBytes) +
-                    " > " + ShellQuote(path));
+      // 48 MiB of random bytes are 64 MiB of base64 (no pipe cut short).
+      Result r = Sh("head -c " + std::to_string(kVolumeBytes / 4 * 3) +
+                    " /dev/urandom | base64 -w 0 > " + ShellQuote(path));
       if (r.exit_code != 0) Fail(r.Describe());
     } else {
       WritePatternFile(path, kVolumeBytes, 420);
@@ -137,12 +138,18 @@ TEST_P(DedupCloneTest, CloneChangedByOnePercentAddsAtMostFivePercent) {
   std::string tmpl = Template("template.img", c.text);
   Json a = BackupOf("a", tmpl, {"--compression", c.compression});
   EXPECT_EQ(a["blocks_deduplicated"], 0u);
+  // base64 text compresses (a 64 KiB block saves several 4 KiB slots): the
+  // records shared below are compressed ones.
+  if (c.text) {
+    EXPECT_GT(a["blocks_compressed"].get<uint64_t>(), 1000u) << a.dump();
+  }
   const uint64_t before = RepoBytes(repo_);
   Json b = CloneBackup(tmpl, "b", 1, {"--compression", c.compression});
   const uint64_t growth = RepoBytes(repo_) - before;
   EXPECT_LE(growth, kVolumeBytes / 20) << "grew by " << growth << " bytes";
-  // 1 % changed in ten unaligned ranges: at most 20 of the 1,024 blocks differ.
-  EXPECT_GE(b["blocks_deduplicated"].get<uint64_t>(), 1024u - 20u) << b.dump();
+  // 1 % changed in ten unaligned ranges of 67,108 bytes: each touches at most
+  // 3 blocks, so at most 30 of the 1,024 blocks differ.
+  EXPECT_GE(b["blocks_deduplicated"].get<uint64_t>(), 1024u - 30u) << b.dump();
   EXPECT_EQ(b["blocks_stored"].get<uint64_t>() + b["blocks_deduplicated"].get<uint64_t>(),
             b["blocks_changed"].get<uint64_t>());
   ExpectRestores("a", a["snapshot_id"], tmpl);
@@ -158,7 +165,7 @@ INSTANTIATE_TEST_SUITE_P(Repositories, DedupCloneTest,
                          testing::Values(CloneCase{false, false, "off"},
                                          CloneCase{true, false, "off"},
                                          CloneCase{false, true, "zstd"},
-                                         CloneCase{true, true, "lz4"}),
+                                         CloneCase{true, true, "zstd:1"}),
                          [](const testing::TestParamInfo<CloneCase>& info) {
                            return std::string(info.param.encrypted ? "Encrypted" : "Plain") +
                                   (info.param.text ? "Compressed" : "Raw");
@@ -176,7 +183,8 @@ TEST_F(DedupTest, SharedRecordOutlivesTheSnapshotThatStoredIt) {
   std::string other = dir_ / "other.img";
   WritePatternFile(other, kVolumeBytes, 77);
   BackupOf("a", other);
-  Result forget = Run({"forget", "--repo", repo_, "--volume", "a", a1["snapshot_id"]});
+  Result forget =
+      Run({"forget", "--repo", repo_, "--volume", "a", "--snapshot", a1["snapshot_id"]});
   ASSERT_EQ(forget.exit_code, kExitOk) << forget.Describe();
   Result prune = Run({"prune", "--repo", repo_, "--max-unused", "0", "--json"});
   ASSERT_EQ(prune.exit_code, kExitOk) << prune.Describe();
@@ -186,9 +194,12 @@ TEST_F(DedupTest, SharedRecordOutlivesTheSnapshotThatStoredIt) {
   EXPECT_LT(p["bytes_freed"].get<uint64_t>(), kVolumeBytes / 10) << p.dump();
   ExpectRestores("b", b["snapshot_id"], dir_ / "b.img");
   ExpectVerifies();
+  // The template's records were repacked (their packs had dead records):
+  // the index's slots name the old packs, whose relocation files lead to
+  // the copies, which the third clone references.
   Json c = CloneBackup(tmpl, "c", 3);
+  EXPECT_GE(c["blocks_deduplicated"].get<uint64_t>(), 1024u - 60u) << c.dump();
   ExpectVerifies();
-  (void)c;
 }
 
 // The index is a cache: every way of breaking it ends in a backup that
@@ -213,14 +224,15 @@ TEST_F(DedupTest, DamagedOrForgedIndexNeverYieldsAWrongSnapshot) {
       {"truncated", true, [&] { Truncate(index, FileSize(index) / 2); }},
       {"header flipped", true, [&] { FlipBit(index, 40, 3); }},
       {"zeroed", true, [&] { WriteFile(index, std::string(pristine.size(), '\0')); }},
-      {"locations swapped between slots", false,
+      {"locations rotated between slots", false,
        [&] {
-         // A forger without the key moves each slot's location (and digest)
-         // to its neighbour's tag: every hash now names another block's record.
+         // A forger without the key gives each slot its neighbour's location
+         // (and digest): every hash now names another block's record.
          std::string bytes = pristine;
          std::vector<size_t> used = UsedSlots(index);
-         for (size_t i = 0; i + 1 < used.size(); i += 2) {
-           for (size_t k = 16; k < 48; ++k) std::swap(bytes[used[i] + k], bytes[used[i + 1] + k]);
+         for (size_t i = 0; i < used.size(); ++i) {
+           const size_t from = used[(i + 1) % used.size()];
+           bytes.replace(used[i] + 16, 32, pristine, from + 16, 32);
          }
          WriteFile(index, bytes);
        }},
@@ -235,10 +247,11 @@ TEST_F(DedupTest, DamagedOrForgedIndexNeverYieldsAWrongSnapshot) {
   for (const Damage& d : damages) {
     WriteFile(index, pristine);
     d.apply();
-    const std::string volume = "v" + std::to_string(n);
+    std::string volume = "v";
+    volume += std::to_string(n);
     Json j = CloneBackup(tmpl, volume, 10 + n);
     if (d.rebuilt) {
-      EXPECT_GE(j["blocks_deduplicated"].get<uint64_t>(), 1000u) << d.name << ": " << j.dump();
+      EXPECT_GE(j["blocks_deduplicated"].get<uint64_t>(), 1024u - 30u) << d.name << ": " << j.dump();
     } else {
       EXPECT_EQ(j["blocks_deduplicated"].get<uint64_t>(), 0u) << d.name << ": " << j.dump();
     }
@@ -264,8 +277,8 @@ TEST_F(DedupTest, ConcurrentBackupsOfTwoClones) {
   ASSERT_EQ(rb.exit_code, kExitOk) << rb.Describe();
   ASSERT_EQ(rc.exit_code, kExitOk) << rc.Describe();
   Json jb = ParseJson(rb), jc = ParseJson(rc);
-  EXPECT_GE(jb["blocks_deduplicated"].get<uint64_t>(), 1000u);
-  EXPECT_GE(jc["blocks_deduplicated"].get<uint64_t>(), 1000u);
+  EXPECT_GE(jb["blocks_deduplicated"].get<uint64_t>(), 1024u - 30u);
+  EXPECT_GE(jc["blocks_deduplicated"].get<uint64_t>(), 1024u - 30u);
   ExpectRestores("b", jb["snapshot_id"], b);
   ExpectRestores("c", jc["snapshot_id"], c);
   ExpectVerifies();

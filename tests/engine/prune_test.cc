@@ -592,6 +592,7 @@ TEST_F(PruneTest, ReaderMakesDeletePhaseWaitAndSecondPruneIsBusy) {
   Backup("a");
   Backup("b", {}, 5);
   DropVolume("b");
+  std::set<uint32_t> before = Packs();
   std::optional<VolumeLock> reader;
   {
     auto lock = repo_->LockRepository(false);  // as a running restore holds it
