@@ -75,9 +75,10 @@ class DedupTest : public testing::Test {
   std::string Template(const std::string& name, bool text = false) {
     std::string path = dir_ / name;
     if (text) {
-      // 48 MiB of random bytes are 64 MiB of base64 (no pipe cut short).
-      Result r = Sh("head -c " + std::to_string(kVolumeBytes / 4 * 3) +
-                    " /dev/urandom | base64 -w 0 > " + ShellQuote(path));
+      // 48 MiB of random bytes are kVolumeBytes (64 MiB) of base64 (no pipe cut short).
+      std::string script = "head -c 50331648 /dev/urandom | base64 -w 0 > ";
+      script += ShellQuote(path);
+      Result r = Sh(script);
       if (r.exit_code != 0) Fail(r.Describe());
     } else {
       WritePatternFile(path, kVolumeBytes, 420);
