@@ -39,6 +39,8 @@ class DedupIndexTest : public ::testing::Test {
     setenv("DP420_STATE_DIR", (dir_.path() + "/state").c_str(), 1);
     repo_ = testing::NewRepository(dir_.path() + "/repo");
     ASSERT_NE(repo_, nullptr);
+    // As a backup's start does: no index yet, so an empty one is built.
+    ASSERT_TRUE(DedupIndex::Open(*repo_).ok());
   }
   // An empty file packs/ID.pack: enough for the table to keep the pack's slots.
   void FakePack(uint32_t id) {
