@@ -116,8 +116,10 @@ class Table {
   bool TooFull() const {
     return (entries_ + 1) * 4 > buckets_ * kDedupSlotsPerBucket * 3;
   }
-  Status ReadBucket(uint64_t b, DedupSlot* out) const {
-    return file_.ReadAt(sizeof(DedupHeader) + b * kDedupBucketBytes, out, kDedupBucketBytes);
+  Status ReadBucket(uint64_t b, DedupSlot* out) const { return ReadBuckets(b, 1, out); }
+  Status ReadBuckets(uint64_t first, uint64_t count, DedupSlot* out) const {
+    return file_.ReadAt(sizeof(DedupHeader) + first * kDedupBucketBytes, out,
+                        count * kDedupBucketBytes);
   }
   Status WriteHeader();
   const std::string& path() const { return file_.path(); }
@@ -265,10 +267,14 @@ Status Writer::Grow() {
   if (present_.empty()) present_ = repo_.ListPackIds();
   DP420_ASSIGN_OR_RETURN(Table bigger, Table::Create(TempPath(repo_, temps_++), repo_, key_,
                                                      table_.buckets() * 2 + 1));
-  std::vector<DedupSlot> page(kDedupSlotsPerBucket);
-  for (uint64_t b = 0; b < table_.buckets(); ++b) {
-    DP420_RETURN_IF_ERROR(table_.ReadBucket(b, page.data()));
-    for (const DedupSlot& s : page) {
+  // The old table is read 64 buckets (256 KiB) at a time, in order.
+  constexpr uint64_t kRun = 64;
+  std::vector<DedupSlot> run(kRun * kDedupSlotsPerBucket);
+  for (uint64_t b = 0; b < table_.buckets(); b += kRun) {
+    const uint64_t n = std::min(kRun, table_.buckets() - b);
+    DP420_RETURN_IF_ERROR(table_.ReadBuckets(b, n, run.data()));
+    for (uint64_t i = 0; i < n * kDedupSlotsPerBucket; ++i) {
+      const DedupSlot& s = run[i];
       if (Empty(s) || !std::binary_search(present_.begin(), present_.end(), s.pack_id)) continue;
       DP420_RETURN_IF_ERROR(bigger.Insert(s).status());  // a slot that finds no room is dropped
     }
