@@ -9,9 +9,10 @@
 #   perf/dedup_clone.sh [--rounds N (1)] [--check]
 #
 # Per round, cold caches before each backup: the template, then the clone with and
-# without the index in alternating order. Prints each backup's seconds, peak RSS
-# (/usr/bin/time -v) and the repository's growth, then the growth ratio (growth /
-# clone size) and the speed ratio (yardstick seconds / clone seconds). --check
+# without the index in alternating order. Prints each backup's seconds, CPU seconds
+# (user + system) and peak RSS (/usr/bin/time -v) and the repository's growth, then
+# the growth ratio (growth / clone size) and the speed ratio (yardstick seconds /
+# clone seconds). --check
 # restores the clone and compares it with changed.img. Needs root (drops caches).
 set -euo pipefail
 
@@ -61,7 +62,8 @@ backup() {
 import json, re, sys
 label, out, timing, growth = sys.argv[1], json.load(open(sys.argv[2])), open(sys.argv[3]).read(), sys.argv[4]
 rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timing).group(1)
-print(f"{label} seconds={out['seconds']:.3f} rss_kib={rss} growth={growth} "
+cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", timing).group(1)) for k in ("User", "System"))
+print(f"{label} seconds={out['seconds']:.3f} rss_kib={rss} growth={growth} cpu={cpu:.2f} "
       f"dedup={out.get('blocks_deduplicated', 0)} stored={out['blocks_stored']}")
 EOF
 }
@@ -91,12 +93,13 @@ import re, sys
 lines, size = open(sys.argv[1]).read().splitlines(), int(sys.argv[2])
 rows = {}
 for line in lines:
-    m = re.match(r"round (\d+) (\w+) seconds=(\S+) rss_kib=(\d+) growth=(\d+)", line)
+    m = re.match(r"round (\d+) (\w+) seconds=(\S+) rss_kib=(\d+) growth=(\d+) cpu=(\S+)", line)
     if m:
-        rows.setdefault(int(m[1]), {})[m[2]] = (float(m[3]), int(m[4]), int(m[5]))
-print("round  clone s  yardstick s  speed ratio  clone growth %  yardstick growth %  clone RSS MiB")
+        rows.setdefault(int(m[1]), {})[m[2]] = (float(m[3]), int(m[4]), int(m[5]), float(m[6]))
+print("round  clone s  yardstick s  speed ratio  clone CPU s  yardstick CPU s"
+      "  clone growth %  yardstick growth %  clone RSS MiB")
 for r, v in sorted(rows.items()):
     c, y = v["clone"], v["yardstick"]
-    print(f"{r:5}  {c[0]:7.2f}  {y[0]:11.2f}  {y[0] / c[0]:11.2f}  {100 * c[2] / size:14.2f}"
-          f"  {100 * y[2] / size:18.2f}  {c[1] / 1024:13.1f}")
+    print(f"{r:5}  {c[0]:7.2f}  {y[0]:11.2f}  {y[0] / c[0]:11.2f}  {c[3]:11.2f}  {y[3]:15.2f}"
+          f"  {100 * c[2] / size:14.2f}  {100 * y[2] / size:18.2f}  {c[1] / 1024:13.1f}")
 EOF
