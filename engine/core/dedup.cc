@@ -104,7 +104,7 @@ DedupSlot DedupKey::MakeSlot(const uint8_t sha256[32], const ObjRef& ref,
 
 namespace {
 
-// An index file opened for writing (under locks/.dedup.lock).
+// An index file: opened for writing under locks/.dedup.lock, or for reading.
 class Table {
  public:
   static Result<Table> Create(const std::string& path, const Repository& repo,
