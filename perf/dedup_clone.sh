@@ -70,7 +70,7 @@ EOF
 
 for ((r = 1; r <= rounds; r++)); do
   repo="${W}/repo-${r}"
-  "${D}" init "${repo}" >/dev/null
+  "${D}" init "${repo}" --encryption none >/dev/null
   backup "round ${r} template" "${repo}" tmpl "${DATA}/base.img"
   if ((r % 2 == 1)); then
     backup "round ${r} clone" "${repo}" clone "${DATA}/changed.img"

@@ -55,7 +55,7 @@ class DedupTest : public testing::Test {
     encrypted_ = encrypted;
     Result r = encrypted ? Cli({"init", repo_, "--encryption", "aes-256-gcm", "--repo-key-file",
                                 key_})
-                         : Cli({"init", repo_});
+                         : Cli({"init", repo_, "--encryption", "none"});
     if (r.exit_code != kExitOk) Fail(r.Describe());
   }
   std::vector<std::string> KeyArgs() const {
