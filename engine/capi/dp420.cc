@@ -191,6 +191,7 @@ Status ReadBackupOpts(const dp420_backup_opts_t& opts, bool remote, dp420::Backu
     if (!t.ok()) return t.status().Prefix("backup time");
     o->time_unix_ns = *t;
   }
+  if (DP420_COVERS(opts.struct_size, dp420_backup_opts_t, no_dedup)) o->dedup = opts.no_dedup == 0;
   return ReadPointInTimeOpts(opts, pit);
 }
 
@@ -244,6 +245,9 @@ void FillBackupResult(const dp420::BackupResult& r, const dp420::control::PitRec
     CopyId(result->snapshot_source, sizeof(result->snapshot_source), j["method"].get<std::string>());
     result->source_changed = pit.point_in_time ? 0 : !pit.change_known ? -1 : pit.source_changed;
     result->hold_ms = pit.hold_ms;
+  }
+  if (DP420_COVERS(size, dp420_backup_result_t, blocks_deduplicated)) {
+    result->blocks_deduplicated = r.blocks_deduplicated;
   }
 }
 

@@ -160,6 +160,7 @@ void PrintNetworkSummary(const dp420_backup_result_t& r) {
 
 struct BackupArgs {
   std::string volume, source, time, compression;
+  bool no_dedup = false;
   uint32_t block_size = 0, threads = 0;
   std::string snapshot_source = "auto", freeze_mount, pre_hook, post_hook;
   double max_freeze_s = 7, hook_timeout_s = 300;
@@ -195,6 +196,7 @@ void PrintBackupJson(const Common& c, const BackupArgs& a, const dp420_backup_re
             {"registered_buffers", bool(r.registered_buffers)},
             {"blocks_healed", r.blocks_healed},
             {"blocks_compressed", r.blocks_compressed},
+            {"blocks_deduplicated", r.blocks_deduplicated},
             {"consistency", r.consistency},
             {"point_in_time", PointInTimeJson(r)}};
   if (!c.remote.empty()) {
@@ -226,6 +228,10 @@ void PrintBackupText(const Common& c, const BackupArgs& a, const dp420_backup_re
   } else {
     std::printf("  point in time by %s (writes held %.1f ms)\n", r.snapshot_source, r.hold_ms);
   }
+  if (r.blocks_deduplicated) {
+    std::printf("  %llu changed blocks were stored already (this or another volume) and are "
+                "shared, not stored again\n", (unsigned long long)r.blocks_deduplicated);
+  }
   if (r.blocks_healed) {
     std::printf("  healed %llu blocks: their copies were missing from the repository and "
                 "were stored again from the source\n", (unsigned long long)r.blocks_healed);
@@ -256,6 +262,7 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
     o.hook_timeout_ms = static_cast<uint32_t>(std::lround(a.hook_timeout_s * 1000));
     o.pre_hook = a.pre_hook.c_str();
     o.post_hook = a.post_hook.c_str();
+    o.no_dedup = a.no_dedup ? 1 : 0;
     dp420_backup_result_t r{};
     r.struct_size = sizeof(r);
     dp420cli::ProgressBar bar(ShowProgress(c));
@@ -958,6 +965,9 @@ int Run(int argc, char** argv) {
   backup->add_option("--hook-timeout", b.hook_timeout_s,
                      "Seconds each hook may run before it is killed (default 300)")
       ->check(CLI::Range(0.001, 86400.0));
+  backup->add_flag("--no-dedup", b.no_dedup,
+                   "Store changed blocks even when another snapshot (of any volume) stores "
+                   "them already, and add nothing to the dedup index");
 
   auto* snaps = app.add_subcommand("snapshots", "List snapshots");
   AddRepoOptions(snaps, &c);

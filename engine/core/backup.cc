@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "engine/core/damage.h"
+#include "engine/core/dedup.h"
 #include "engine/core/history.h"
 #include "engine/core/pack.h"
 #include "engine/core/scanner.h"
@@ -25,6 +26,7 @@
 #include "io/assert.h"
 #include "io/buffer_pool.h"
 #include "io/file.h"
+#include "io/inject.h"
 #include "io/random.h"
 #include "io/ring.h"
 #include "simd/simd.h"
@@ -73,6 +75,45 @@ Result<unsigned> ResolveThreads(unsigned requested, uint32_t block_size) {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// The slots of the blocks a backup stores, appended by every worker to
+// tmp/VOLUME.dedup and added to the dedup index once the snapshot is
+// committed (never before: a rolled-back backup's records must not be
+// offered). On disk, not in memory, whatever the volume's size.
+class SlotLog {
+ public:
+  static Result<std::unique_ptr<SlotLog>> Create(const std::string& path) {
+    auto log = std::unique_ptr<SlotLog>(new SlotLog());
+    DP420_ASSIGN_OR_RETURN(log->file_,
+                           io::File::OpenWrite(path, O_WRONLY | O_CREAT | O_TRUNC, false));
+    return log;
+  }
+  ~SlotLog() {
+    std::string path = file_.path();
+    file_.Close();
+    if (!path.empty()) io::sys::Unlink(path.c_str());
+  }
+  Status Append(const std::vector<DedupSlot>& slots) {
+    std::lock_guard lock(mu_);
+    DP420_RETURN_IF_ERROR(file_.WriteAt(size_, slots.data(), slots.size() * sizeof(DedupSlot)));
+    size_ += slots.size() * sizeof(DedupSlot);
+    return Status::Ok();
+  }
+  const std::string& path() const { return file_.path(); }
+
+ private:
+  SlotLog() = default;
+  std::mutex mu_;
+  io::File file_;
+  uint64_t size_ = 0;
+};
+
+// What the workers share for deduplication (all null: off).
+struct DedupContext {
+  std::unique_ptr<DedupIndex> index;
+  std::unique_ptr<RecordCheck> check;
+  std::unique_ptr<SlotLog> log;
+};
 
 // The local sink: changed blocks are appended to this worker's own packs
 // with write_fixed straight from the buffer they were read into; finished
@@ -128,6 +169,7 @@ class PackSink : public ScanSink {
       if (p->pending > 0) return false;  // writes still in flight
     }
     DP420_RETURN_IF_ERROR(FinishClosedPacks(true));
+    DP420_RETURN_IF_ERROR(FlushSlots());
     return true;
   }
   // After a failure: deletes this worker's unfinished packs.
@@ -147,6 +189,8 @@ class PackSink : public ScanSink {
   uint64_t bytes_written() const { return bytes_written_; }
   uint64_t blocks_compressed() const { return codec_ ? codec_->records_compressed() : 0; }
   uint64_t blocks_healed() const { return blocks_healed_; }
+  uint64_t blocks_deduplicated() const { return blocks_deduplicated_; }
+  void SetDedup(const DedupContext* dedup) { dedup_ = dedup && dedup->index ? dedup : nullptr; }
 
  private:
   struct PackSlot {
@@ -162,6 +206,15 @@ class PackSink : public ScanSink {
   static constexpr uint64_t kTagWrite = 2;
   Status EnsurePack(uint32_t len);
   Status FinishClosedPacks(bool all);
+  // Whether the block of `entry` (its SHA-256 set) is stored already under
+  // a dedup slot whose record is still there; if so, entry.ref references it.
+  bool Deduplicate(Entry& entry);
+  Status FlushSlots() {
+    if (slots_.empty()) return Status::Ok();
+    Status s = dedup_->log->Append(slots_);
+    slots_.clear();
+    return s;
+  }
 
   // The bytes block `index` of `read` is stored as (encoded into the read
   // buffer's staging area when the repository transforms records), with
@@ -186,7 +239,29 @@ class PackSink : public ScanSink {
   const std::vector<uint32_t>* present_ = nullptr;
   const DamageRecord* damage_ = nullptr;
   uint64_t blocks_healed_ = 0;
+  const DedupContext* dedup_ = nullptr;
+  std::vector<DedupSlot> slots_;  // for the slot log, written in batches
+  uint64_t blocks_deduplicated_ = 0;
 };
+
+bool PackSink::Deduplicate(Entry& entry) {
+  if (!dedup_) return false;
+  std::optional<DedupSlot> slot = dedup_->index->Find(entry.ref.sha256);
+  if (!slot) return false;
+  std::optional<ObjRef> ref = dedup_->check->Find(*slot);
+  if (!ref) return false;
+  // A record verify found damaged is not referenced again: the block is
+  // stored anew. Verify records a damaged copy of a repacked record under
+  // the reference the table holds, which is what the slot names.
+  ObjRef named{};
+  named.pack_id = slot->pack_id;
+  named.offset_4k = slot->offset_4k;
+  if (damage_ && (damage_->Holds(*ref) || damage_->Holds(named))) return false;
+  std::memcpy(ref->sha256, entry.ref.sha256, sizeof(ref->sha256));
+  entry.ref = *ref;
+  ++blocks_deduplicated_;
+  return true;
+}
 
 Status PackSink::ParentLeaf(uint64_t page, Entry* out, uint32_t* count) {
   *count = 0;
@@ -238,6 +313,7 @@ Result<uint8_t*> PackSink::Encode(ScanRead& read, uint32_t index, uint32_t len, 
 // Appends a changed block to the open pack, extending the open write when
 // the block directly follows the previous one in both the buffer and the pack.
 Status PackSink::Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& entry) {
+  if (Deduplicate(entry)) return Status::Ok();
   bool registered = true;
   DP420_ASSIGN_OR_RETURN(uint8_t* data, Encode(read, index, len, entry, &registered));
   const uint32_t stored_len = entry.ref.stored_len;
@@ -246,6 +322,11 @@ Status PackSink::Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& en
   uint32_t padded = static_cast<uint32_t>(RoundUp(stored_len, kRecordAlign));
   if (padded != stored_len) std::memset(data + stored_len, 0, padded - stored_len);
   pack->writer.Reserve(stored_len, &entry.ref, data);
+  if (dedup_) {
+    slots_.push_back(dedup_->index->key().MakeSlot(entry.ref.sha256, entry.ref,
+                                                   pack->writer.last_reserved().sha256));
+    if (slots_.size() >= 1024) DP420_RETURN_IF_ERROR(FlushSlots());
+  }
   const int buf_index =
       registered && scanner_->pool().registered() ? int(read.buffer) : -1;
   WriteSlot* w = open_write_;
@@ -304,6 +385,28 @@ Status PackSink::FinishClosedPacks(bool all) {
   return Status::Ok();
 }
 
+// The dedup index, the committed packs its slots may name, and the slot log
+// of this backup; all null (dedup off for this run) when the index cannot be
+// opened, with the reason in `*warning`.
+DedupContext OpenDedup(const Repository& repo, const std::string& volume,
+                       std::string* warning) {
+  DedupContext d;
+  auto index = DedupIndex::Open(repo);
+  if (!index.ok()) {
+    *warning = "deduplication off for this backup: " + index.status().message();
+    return d;
+  }
+  auto log = SlotLog::Create(repo.path() + "/tmp/" + volume + ".dedup");
+  if (!log.ok()) {
+    *warning = "deduplication off for this backup: " + log.status().message();
+    return d;
+  }
+  d.index = std::move(index).value();
+  d.check = std::make_unique<RecordCheck>(repo, CommittedPackIds(repo));
+  d.log = std::move(log).value();
+  return d;
+}
+
 Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
                             const Manifest* parent) {
   auto start = Clock::now();
@@ -356,10 +459,15 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   std::vector<std::unique_ptr<Scanner>> scanners;
   const std::vector<uint32_t> present =
       parent ? ListReadablePackIds(repo) : std::vector<uint32_t>();
-  const DamageRecord damage = parent ? LoadDamage(repo) : DamageRecord();
+  std::string dedup_warning;
+  // After SnapshotBuilder::Start took the repository lock: the packs listed
+  // now stay until this backup ends.
+  DedupContext dedup = o.dedup ? OpenDedup(repo, o.volume, &dedup_warning) : DedupContext();
+  const DamageRecord damage = parent || dedup.index ? LoadDamage(repo) : DamageRecord();
   for (unsigned i = 0; i < threads; ++i) {
     sinks.push_back(std::make_unique<PackSink>(*builder, blocks_written, o.compression));
     sinks.back()->SetParent(parent, &present, &damage);
+    sinks.back()->SetDedup(&dedup);
     scanners.push_back(std::make_unique<Scanner>(ctx, i, sinks.back().get()));
   }
   std::vector<std::thread> pool;
@@ -395,14 +503,17 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   SnapshotStats stats;
   uint64_t healed = 0;
   uint64_t compressed = 0;
+  uint64_t deduplicated = 0;
   for (unsigned i = 0; i < threads; ++i) {
     compressed += sinks[i]->blocks_compressed();
+    deduplicated += sinks[i]->blocks_deduplicated();
     stats.blocks_changed += scanners[i]->stats.blocks_changed;
     stats.blocks_zero += scanners[i]->stats.blocks_zero;
     stats.blocks_stored += scanners[i]->stats.blocks_stored;
     stats.bytes_written += sinks[i]->bytes_written();
     healed += sinks[i]->blocks_healed();
   }
+  stats.blocks_stored -= deduplicated;  // referenced, not written
   stats.bytes_read = ctx.bytes_read.load();
   if (o.before_commit) DP420_RETURN_IF_ERROR(o.before_commit(m));
   m.seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -415,6 +526,14 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   r.table_pages_reused = builder->table_pages_reused();
   r.blocks_healed = healed;
   r.blocks_compressed = compressed;
+  r.blocks_deduplicated = deduplicated;
+  if (dedup.log) {
+    // Committed: its records may be offered to other backups now. A failure
+    // costs later backups dedup opportunities, never this snapshot.
+    Status added = AddToDedupIndex(repo, dedup.log->path());
+    if (!added.ok()) dedup_warning = "the dedup index was not updated: " + added.message();
+  }
+  r.dedup_warning = dedup_warning;
   r.threads = threads;
   r.direct_io = source.direct.direct();
   r.registered_buffers = ctx.registered.load();

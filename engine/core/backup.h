@@ -37,6 +37,10 @@ struct BackupOptions {
   // How changed blocks and new table pages are compressed (format-3
   // repositories; a block is stored compressed only when that saves a 4 KiB slot).
   CodecSpec compression;
+  // Changed blocks are looked up in the repository's dedup index (dedup.h)
+  // and referenced where another snapshot, of any volume, stores them; the
+  // blocks this backup stores are added to it. False: neither.
+  bool dedup = true;
   JobControl control;
   // Runs after the last block was read and before the commit, with the draft
   // manifest (local backups): ends the point in time and records it. An error
@@ -54,6 +58,10 @@ struct BackupResult {
   // again from the source and stored anew (never referenced missing).
   uint64_t blocks_healed = 0;
   uint64_t blocks_compressed = 0;  // changed blocks stored compressed
+  // Changed blocks found in the dedup index and referenced, not stored.
+  uint64_t blocks_deduplicated = 0;
+  // Why the dedup index was not used or not updated ("" when it was).
+  std::string dedup_warning;
   double seconds = 0;
   unsigned threads = 0;
   bool direct_io = false;     // the source was read with O_DIRECT

@@ -60,6 +60,8 @@ class PackWriter {
   // (a record copied with its trailer entry); in a pack of version 1 it is
   // ref->sha256 (the raw SHA-256).
   void Reserve(uint32_t stored_len, ObjRef* ref, const uint8_t* stored = nullptr);
+  // The trailer entry of the record Reserve() placed last (its digest).
+  const ObjRef& last_reserved() const { return index_.back(); }
   // Reserve() + a synchronous write of `data` (padded to 4 KiB).
   Status WriteRecord(const uint8_t* data, uint32_t len, ObjRef* ref);
   // A synchronous write of `len` bytes at `offset`, all of them reserved

@@ -811,15 +811,64 @@ Plan MakePlan(const Packs& packs, double max_unused, PruneReport* report) {
   return plan;
 }
 
+// Under the exclusive lock no backup runs, so the snapshots listed now are
+// every snapshot that will reference the packs prune deletes. One committed
+// after the listing of step 3 may reference a record the mark found dead: a
+// dedup hit (dedup.h) on a record of another volume whose snapshots were
+// forgotten meanwhile. Such packs are kept (a repacked one with its old
+// file: its relocation goes, its copies are reclaimed by the next prune).
+// Pages the mark walked are skipped: everything under them was kept.
+Status KeepWhatNewSnapshotsReference(const Repository& repo,
+                                     const std::vector<Manifest>& marked, Packs* packs,
+                                     std::vector<uint32_t>* dead, std::set<uint32_t>* repacked,
+                                     PruneReport* report) {
+  std::vector<Manifest> now;
+  std::vector<DamagedFile> damaged;
+  DP420_RETURN_IF_ERROR(repo.ListManifests("", &now, &damaged));
+  if (!damaged.empty()) {
+    return Status::Corruption("prune deletes nothing: " + damaged.front().status.message() +
+                              " (a snapshot committed while prune ran does not read)");
+  }
+  std::set<std::pair<std::string, std::string>> seen;
+  for (const Manifest& m : marked) seen.emplace(m.volume, m.snapshot_id);
+  std::set<uint32_t> candidates(dead->begin(), dead->end());
+  candidates.insert(repacked->begin(), repacked->end());
+  std::set<uint32_t> keep;
+  auto check = [&](const ObjRef& ref) {
+    if (candidates.count(ref.pack_id)) keep.insert(ref.pack_id);
+  };
+  TableWalker walker(
+      repo,
+      [&](const ObjRef& ref) {
+        check(ref);
+        return MarkRecord(packs, ref);
+      },
+      check);
+  JobControl none;
+  for (const Manifest& m : now) {
+    if (seen.count({m.volume, m.snapshot_id})) continue;
+    DP420_RETURN_IF_ERROR(walker.Walk(m, true, none));
+  }
+  for (uint32_t id : keep) {
+    std::erase(*dead, id);
+    repacked->erase(id);
+    report->warnings.push_back("kept packs/" + PackName(id) +
+                               ".pack: a snapshot committed while prune ran references it");
+  }
+  return Status::Ok();
+}
+
 // The delete phase, under the repository lock held exclusively: the dead
 // and the repacked packs, then the relocation files no reference needs.
-Status DeletePhase(const Repository& repo, const PruneOptions& o, const Plan& plan,
-                   const std::set<uint32_t>& repacked, const std::set<uint32_t>& used,
-                   const Packs& packs, PruneReport* report) {
+Status DeletePhase(const Repository& repo, const PruneOptions& o, Plan plan,
+                   std::set<uint32_t> repacked, const std::set<uint32_t>& used, Packs& packs,
+                   const std::vector<Manifest>& marked, PruneReport* report) {
   if (o.before_delete) o.before_delete();
   DP420_ASSIGN_OR_RETURN(VolumeLock lock, repo.LockRepository(true, [&] {
     if (o.notice) o.notice("waiting for running backups, restores and verifies to finish");
   }));
+  DP420_RETURN_IF_ERROR(
+      KeepWhatNewSnapshotsReference(repo, marked, &packs, &plan.dead, &repacked, report));
   uint64_t removed = 0;
   auto remove = [&](uint32_t id) {
     if (io::sys::Unlink(repo.PackPath(id).c_str()) == 0 || errno == ENOENT) {
@@ -907,7 +956,7 @@ Result<PruneReport> Prune(const Repository& repo, const PruneOptions& o) {
                               "); only unreferenced packs were deleted: run prune again");
     repacked.clear();
   }
-  DP420_RETURN_IF_ERROR(DeletePhase(repo, o, plan, repacked, used, packs, &report));
+  DP420_RETURN_IF_ERROR(DeletePhase(repo, o, plan, repacked, used, packs, manifests, &report));
   io::sys::Unlink((repo.path() + kPruneJournal).c_str());
   uint64_t after = 0;
   for (uint32_t id : repo.ListPackIds()) {

@@ -202,6 +202,14 @@ void Repository::VolumeSecret(const std::string& volume, uint8_t* out) const {
   }
 }
 
+void Repository::DedupIndexKey(uint8_t out[32]) const {
+  static constexpr char kLabel[] = "dp420 dedup index v1";
+  unsigned len = 0;
+  uint8_t* r = HMAC(EVP_sha256(), hash_key_.data(), static_cast<int>(hash_key_.size()),
+                    reinterpret_cast<const uint8_t*>(kLabel), sizeof(kLabel), out, &len);
+  DP420_ASSERT(r != nullptr && len == 32);
+}
+
 std::unique_ptr<simd::BlockHasher> Repository::VolumeHasher(const std::string& volume) const {
   std::array<uint8_t, simd::kHashSecretBytes> secret;
   VolumeSecret(volume, secret.data());

@@ -127,6 +127,11 @@ class Repository {
   // That volume's secret (simd::kHashSecretBytes bytes).
   void VolumeSecret(const std::string& volume, uint8_t* out) const;
 
+  // The key of the dedup index's tags and MACs (dedup.h): HMAC-SHA-256 under
+  // the block-id secret (keys/hash.key, or the master key's subkey in an
+  // encrypted repository) of a label, so the index names no plaintext hash.
+  void DedupIndexKey(uint8_t out[32]) const;
+
   // The key that seals config, manifests and heads (derived from keys/hash.key).
   const SealKey& seal_key() const { return seal_key_; }
 

@@ -676,6 +676,25 @@ int main(int argc, char** argv) {
   oo->struct_size = sizeof(dp420_backup_opts_t);
   CHECK(dp420_backup(ctx, repo, oo, &br) == -DP420_EINVAL);
   CHECK(strstr(dp420_errmsg(ctx), "--snapshot-source") != NULL);
+  /* ... and one built before blocks_deduplicated: it ends at hold_ms. */
+  memset(old_result, 0xAB, sizeof(old_result));
+  old->struct_size = offsetof(dp420_backup_result_t, blocks_deduplicated);
+  CHECK(dp420_backup(ctx, repo, &bo, old) == 0);
+  CHECK(old->blocks_compressed == 0);
+  CHECK(old_result[offsetof(dp420_backup_result_t, blocks_deduplicated)] == 0xAB);
+  /* The same source as another volume: every non-zero block is shared through
+   * the dedup index, none stored; with no_dedup, every one is stored. */
+  bo.volume = "vol1-clone";
+  CHECK(dp420_backup(ctx, repo, &bo, &br) == 0);
+  CHECK(br.blocks_deduplicated == br.blocks_total - br.blocks_zero);
+  CHECK(br.blocks_stored == 0);
+  bo.volume = "vol1-copy";
+  bo.no_dedup = 1;
+  CHECK(dp420_backup(ctx, repo, &bo, &br) == 0);
+  CHECK(br.blocks_deduplicated == 0);
+  CHECK(br.blocks_stored == br.blocks_total - br.blocks_zero);
+  bo.no_dedup = 0;
+  bo.volume = "vol1";
 
   CHECK(strcmp(dp420_strerror(-DP420_ECORRUPT), "damaged data") == 0);
   CHECK(strstr(dp420_strerror(-DP420_ENET), "network") != NULL);

@@ -74,7 +74,12 @@ class CorruptionTrials : public ::testing::Test {
     ASSERT_NO_FATAL_FAILURE(Backup("db", source, &other));
     for (const auto& e : fs::recursive_directory_iterator(pristine_)) {
       std::string rel = fs::relative(e.path(), pristine_).string();
-      if (e.is_regular_file() && rel.rfind("locks/", 0) != 0) files_.push_back(rel);
+      // index/dedup.idx is a cache nothing trusts (engine/core/dedup.h): its
+      // damage is not a repository's damage, and DedupTest.DamagedOrForgedIndex*
+      // shows that no damage to it yields a wrong snapshot.
+      if (e.is_regular_file() && rel.rfind("locks/", 0) != 0 && rel.rfind("index/", 0) != 0) {
+        files_.push_back(rel);
+      }
     }
   }
 

@@ -670,3 +670,57 @@ TEST_F(PruneTest, ChunkReReferencedDuringGcIsNotDeleted) {
 
 }  // namespace
 }  // namespace dp420
+
+namespace dp420 {
+namespace {
+
+// Dedup across volumes (engine/core/dedup.h) and prune: a record two volumes
+// share is kept while any snapshot of either references it.
+TEST_F(PruneTest, RecordSharedByAnotherVolumeOutlivesTheVolumeThatStoredIt) {
+  Manifest a = Backup("a");
+  // "b" holds the same bytes as "a": every block is referenced, none stored.
+  std::filesystem::copy_file(Source("a"), Source("b"));
+  Manifest b = Backup("b");
+  EXPECT_EQ(b.blocks_stored, 0u);
+  DropVolume("a");
+  images_.erase(a.snapshot_id);
+  PruneReport r = Prune(0);
+  EXPECT_EQ(r.packs_deleted, 1u);  // only "a"'s table pack: "b" uses all of its data
+  EXPECT_EQ(r.packs_rewritten, 0u);
+  ExpectRestores("b");
+  ExpectClean();
+}
+
+// The race the delete phase closes: "a" is dropped before prune marks, so
+// the mark finds "a"'s data packs dead; then, before the delete phase, a
+// backup of "b" with the same bytes finds them through the dedup index (the
+// packs are still there) and commits. The delete phase sees that snapshot
+// and keeps the packs it references; "b" restores and verifies.
+TEST_F(PruneTest, DedupHitBetweenMarkAndDeleteKeepsThePack) {
+  Backup("a");
+  std::set<uint32_t> a_packs = Packs();
+  DropVolume("a");
+  std::filesystem::copy_file(Source("a"), Source("b"));
+  PruneOptions o;
+  o.max_unused = 0;
+  std::optional<Manifest> b;
+  o.before_delete = [&] { b = Backup("b"); };
+  auto r = RunPrune(*repo_, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->blocks_stored, 0u);  // every block found in "a"'s packs
+  EXPECT_FALSE(r->warnings.empty());
+  size_t kept = 0;
+  for (uint32_t id : a_packs) kept += Exists(repo_->PackPath(id)) ? 1 : 0;
+  EXPECT_GE(kept, 1u);  // the data pack; "a"'s table pack may go
+  ExpectRestores("b");
+  ExpectClean();
+  // Nothing more to do: what "b" references stays, the rest went.
+  PruneReport again = Prune(0);
+  EXPECT_EQ(again.packs_rewritten, 0u);
+  ExpectRestores("b");
+  ExpectClean();
+}
+
+}  // namespace
+}  // namespace dp420

@@ -207,6 +207,10 @@ typedef struct dp420_backup_opts {
   uint32_t hook_timeout_ms;   /* longest run of each hook; 0: 300000 */
   const char* pre_hook;       /* run with /bin/sh -c before the point in time; NULL: none */
   const char* post_hook;      /* after it; runs whenever the pre hook ran */
+  /* Nonzero: do not look changed blocks up in the repository's dedup index
+   * (blocks another volume stores already are stored again) and add nothing
+   * to it. Read only when struct_size covers it; local repositories only. */
+  int no_dedup;
 } dp420_backup_opts_t;
 
 typedef struct dp420_backup_result {
@@ -249,6 +253,10 @@ typedef struct dp420_backup_result {
   char snapshot_source[16];
   int source_changed;
   double hold_ms;
+  /* Changed blocks found stored already (by this or another volume, through
+   * the dedup index) and referenced instead of stored; not counted in
+   * blocks_stored. Filled only when struct_size covers it. */
+  uint64_t blocks_deduplicated;
 } dp420_backup_result_t;
 
 DP420_EXPORT void dp420_backup_opts_init(dp420_backup_opts_t* opts);
