@@ -37,6 +37,9 @@ struct BackupOptions {
   // How changed blocks and new table pages are compressed (format-3
   // repositories; a block is stored compressed only when that saves a 4 KiB slot).
   CodecSpec compression;
+  // `--compression auto`: measure, choose and step down (auto_compression.h);
+  // `compression` is then ignored.
+  bool compression_auto = false;
   JobControl control;
   // Runs after the last block was read and before the commit, with the draft
   // manifest (local backups): ends the point in time and records it. An error
