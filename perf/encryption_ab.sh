@@ -6,7 +6,11 @@
 #   perf/encryption_ab.sh [--rounds N (1)] [--no-restic] [CONFIG...]
 #
 # CONFIG: plain (no encryption, no compression), enc (aes-256-gcm, no compression),
-# enc-lz4, enc-zstd1 (default: all four). For each, cold caches before every step:
+# enc-lz4, enc-zstd1, auto (no encryption, --compression auto), enc-auto (aes-256-gcm,
+# --compression auto), enc-auto-misled (enc-auto told the device reads 0.5 GB/s with the
+# test hook DP420_TEST_AUTO_DEVICE_BPS: what the step-down saves when the measurement
+# misleads) (default: the first four). After each backup with auto, the
+# codec it chose and why (from the manifest). For each, cold caches before every step:
 # a full backup of base.img, an incremental of changed.img (same source path), and a
 # restore of the incremental to a file; then the repository's bytes. Yardsticks in the
 # same run: fio's cold O_DIRECT read of changed.img (1 MiB, QD 32) and the non-zero
@@ -27,7 +31,7 @@ while (($# > 0)); do
     --rounds) [[ $# -ge 2 ]] || usage; rounds="$2"; shift ;;
     --no-restic) with_restic=0 ;;
     -h | --help) usage ;;
-    plain | enc | enc-lz4 | enc-zstd1) configs+=("$1") ;;
+    plain | enc | enc-lz4 | enc-zstd1 | auto | enc-auto | enc-auto-misled) configs+=("$1") ;;
     *) e2e_die "unknown argument: $1" ;;
   esac
   shift
@@ -49,15 +53,32 @@ export DP420_STATE_DIR="${W}/state"
 cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 3))" "$1" "$(now)"; }
-# timed LABEL COMMAND...: cold caches, then the command and a sync; prints "LABEL SECONDS".
+# timed LABEL COMMAND...: cold caches, then the command and a sync; prints "LABEL SECONDS"
+# and the command's CPU seconds (user + system).
 timed() {
-  local label="$1" t
+  local label="$1" t cpu
   shift
   cold
   t="$(now)"
-  "$@" >/dev/null
+  /usr/bin/time -f '%U %S' -o "${W}/cpu" "$@" >/dev/null
   sync
-  echo "${label} $(since "${t}")"
+  cpu="$(awk '{ print $1 + $2 }' "${W}/cpu")"
+  echo "${label} $(since "${t}") cpu ${cpu}"
+}
+
+# auto_choice LABEL REPO [KEY OPTIONS...]: the codec `auto` chose for the latest snapshot, and why.
+auto_choice() {
+  local label="$1" repo="$2"
+  shift 2
+  "${D}" snapshots --repo "${repo}" "$@" --volume v --json | python3 -c '
+import json, sys
+m = json.load(sys.stdin)[-1]
+c = m.get("compression_measured", {})
+print(sys.argv[1], "auto_chose", m.get("compression"), "|", c.get("reason"),
+      "| stepped_down_to", c.get("stepped_down_to", "-"), "| device", c.get("device_read"),
+      "| hash_bytes_per_s", c.get("hash_bytes_per_s"), "| codecs",
+      [(x["codec"], x["compress_bytes_per_s"], x["stored_fraction"]) for x in c.get("codecs", [])])
+' "${label}"
 }
 
 nonzero="$(python3 - "${DATA}/base.img" <<'PY'
@@ -89,19 +110,25 @@ for round in $(seq 1 "${rounds}"); do
   for c in "${configs[@]}"; do
     repo="${W}/repo-${c}" key="${W}/${c}.key"
     rm -rf "${repo}" "${key}" "${DP420_STATE_DIR}"
-    comp=off enc=(--encryption none) open=()
+    comp=off enc=(--encryption none) open=() hook=()
     case "${c}" in
       enc) enc=(--encryption aes-256-gcm --repo-key-file "${key}") open=(--repo-key-file "${key}") ;;
       enc-lz4) enc=(--encryption aes-256-gcm --repo-key-file "${key}") open=(--repo-key-file "${key}") comp=lz4 ;;
       enc-zstd1) enc=(--encryption aes-256-gcm --repo-key-file "${key}") open=(--repo-key-file "${key}") comp=zstd:1 ;;
+      auto) comp=auto ;;
+      enc-auto) enc=(--encryption aes-256-gcm --repo-key-file "${key}") open=(--repo-key-file "${key}") comp=auto ;;
+      enc-auto-misled) enc=(--encryption aes-256-gcm --repo-key-file "${key}") open=(--repo-key-file "${key}") comp=auto
+        hook=(DP420_TEST_AUTO_DEVICE_BPS=5e8) ;;
     esac
     "${D}" init "${repo}" "${enc[@]}" >/dev/null
     ln -f "${DATA}/base.img" "${W}/src/volume.img"
-    timed "round ${round} ${c} full" "${D}" backup --repo "${repo}" "${open[@]}" --volume v \
+    timed "round ${round} ${c} full" env "${hook[@]}" "${D}" backup --repo "${repo}" "${open[@]}" --volume v \
       --compression "${comp}" -q "${W}/src/volume.img"
+    [[ "${comp}" != auto ]] || auto_choice "round ${round} ${c} full" "${repo}" "${open[@]}"
     ln -f "${DATA}/changed.img" "${W}/src/volume.img"
-    timed "round ${round} ${c} incremental" "${D}" backup --repo "${repo}" "${open[@]}" --volume v \
+    timed "round ${round} ${c} incremental" env "${hook[@]}" "${D}" backup --repo "${repo}" "${open[@]}" --volume v \
       --compression "${comp}" -q "${W}/src/volume.img"
+    [[ "${comp}" != auto ]] || auto_choice "round ${round} ${c} incremental" "${repo}" "${open[@]}"
     rm -f "${W}/restored.img"
     timed "round ${round} ${c} restore" "${D}" restore --repo "${repo}" "${open[@]}" --volume v \
       -q "${W}/restored.img"

@@ -167,7 +167,8 @@ Status ReadPointInTimeOpts(const dp420_backup_opts_t& opts, dp420::control::PitO
   return Status::Ok();
 }
 
-Status ReadBackupOpts(const dp420_backup_opts_t& opts, bool remote, dp420::BackupOptions* o,
+Status ReadBackupOpts(const dp420_backup_opts_t& opts, bool remote, bool* auto_asked,
+                      dp420::BackupOptions* o,
                       dp420::control::PitOptions* pit) {
   if (Missing(opts.volume)) return Status::InvalidArgument("no volume name given");
   if (Missing(opts.source)) return Status::InvalidArgument("no source given");
@@ -176,16 +177,22 @@ Status ReadBackupOpts(const dp420_backup_opts_t& opts, bool remote, dp420::Backu
   o->block_size = opts.block_size;
   o->threads = opts.threads;
   // A remote repository refuses a time (RemoteRepository::Backup).
+  // Compression: auto unless the caller's struct names another.
+  dp420::CompressionOption compression{.automatic = true};
   if (DP420_COVERS(opts.struct_size, dp420_backup_opts_t, compression) &&
       !Missing(opts.compression)) {
-    auto c = dp420::ParseCodec(opts.compression);
+    auto c = dp420::ParseCompressionOption(opts.compression);
     if (!c.ok()) return c.status().Prefix("--compression");
-    if (remote && c->codec != dp420::Codec::kNone) {
-      return Status::InvalidArgument(
-          "--compression: backups to a remote repository are not compressed yet; leave it off");
-    }
-    o->compression = *c;
+    compression = *c;
   }
+  if (remote && compression.spec.codec != dp420::Codec::kNone) {
+    return Status::InvalidArgument(
+        "--compression: backups to a remote repository are not compressed yet; use auto or off");
+  }
+  // Remote: auto means off (records go over the network raw).
+  o->compression = compression.spec;
+  o->compression_auto = compression.automatic && !remote;
+  *auto_asked = compression.automatic;
   if (opts.struct_size >= kBackupOptsV2Size && !Missing(opts.time)) {
     auto t = dp420::ParseRfc3339(opts.time);
     if (!t.ok()) return t.status().Prefix("backup time");
@@ -249,6 +256,25 @@ void FillBackupResult(const dp420::BackupResult& r, const dp420::control::PitRec
   if (DP420_COVERS(size, dp420_backup_result_t, blocks_deduplicated)) {
     result->blocks_deduplicated = r.blocks_deduplicated;
   }
+}
+
+// What compression the backup used, and with auto what it measured (the string
+// lives in the context until its next call).
+void FillCompressionResult(dp420_ctx_t* ctx, const dp420::BackupResult& r, bool auto_asked,
+                           bool remote, dp420_backup_result_t* result) {
+  if (!result || !DP420_COVERS(result->struct_size, dp420_backup_result_t,
+                               compression_measured)) {
+    return;
+  }
+  CopyId(result->compression, sizeof(result->compression),
+         remote ? "off" : r.manifest.compression);
+  result->compression_auto = auto_asked;
+  ctx->compression_measured =
+      !auto_asked ? ""
+      : remote    ? dp420::Json{{"reason", "remote repository: records go over the network raw"}}
+                        .dump()
+                  : r.manifest.compression_measured.dump();
+  result->compression_measured = ctx->compression_measured.c_str();
 }
 
 // Hands verify's problems to the caller's callback and fills its result.
@@ -550,7 +576,9 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
     }
     dp420::BackupOptions o;
     dp420::control::PitOptions pit_options;
-    if (Status s = ReadBackupOpts(*opts, repo->remote != nullptr, &o, &pit_options); !s.ok()) {
+    bool auto_asked = false;
+    if (Status s = ReadBackupOpts(*opts, repo->remote != nullptr, &auto_asked, &o, &pit_options);
+        !s.ok()) {
       return Fail(ctx, s);
     }
     o.node_topology = dp420::control::LocalTopology(o.volume, o.source_path);
@@ -588,6 +616,7 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
       record = *finished;
     }
     FillBackupResult(*r, record, result);
+    FillCompressionResult(ctx, *r, auto_asked, repo->remote != nullptr, result);
     return Ok(ctx);
   });
 }

@@ -27,6 +27,8 @@ struct dp420_ctx {
   std::atomic<std::atomic<bool>*> linked_cancel{nullptr};
   // What opens an encrypted repository (dp420_ctx_set_passphrase_file, ...).
   dp420::KeySource key_source;
+  // dp420_backup_result_t.compression_measured of the last backup.
+  std::string compression_measured;
 };
 
 // Exactly one of `repo` (local) and `remote` is set.

@@ -176,6 +176,18 @@ Json PointInTimeJson(const dp420_backup_result_t& r) {
   return j;
 }
 
+// `--compression auto`: what it chose and why.
+void PrintAutoCompression(const dp420_backup_result_t& r) {
+  const Json m = Json::parse(r.compression_measured);
+  std::printf("  compression %s, chosen by auto: %s", r.compression,
+              m.value("reason", std::string("?")).c_str());
+  if (m.contains("stepped_down_to")) {
+    std::printf("; stepped down to %s (compressing held the workers back)",
+                m["stepped_down_to"].get<std::string>().c_str());
+  }
+  std::printf("\n");
+}
+
 void PrintBackupJson(const Common& c, const BackupArgs& a, const dp420_backup_result_t& r) {
   Json j = {{"snapshot_id", r.snapshot_id},
             {"parent", r.parent[0] ? Json(r.parent) : Json(nullptr)},
@@ -198,7 +210,10 @@ void PrintBackupJson(const Common& c, const BackupArgs& a, const dp420_backup_re
             {"blocks_compressed", r.blocks_compressed},
             {"blocks_deduplicated", r.blocks_deduplicated},
             {"consistency", r.consistency},
-            {"point_in_time", PointInTimeJson(r)}};
+            {"point_in_time", PointInTimeJson(r)},
+            {"compression", r.compression},
+            {"compression_auto", bool(r.compression_auto)}};
+  if (r.compression_auto) j["compression_measured"] = Json::parse(r.compression_measured);
   if (!c.remote.empty()) {
     j["bytes_sent"] = r.bytes_sent;
     j["bytes_sent_zerocopy"] = r.bytes_sent_zerocopy;
@@ -237,6 +252,7 @@ void PrintBackupText(const Common& c, const BackupArgs& a, const dp420_backup_re
                 "were stored again from the source\n", (unsigned long long)r.blocks_healed);
   }
   if (!c.remote.empty()) PrintNetworkSummary(r);
+  if (r.compression_auto) PrintAutoCompression(r);
 }
 
 int CmdBackup(const Common& c, const BackupArgs& a) {
@@ -947,8 +963,10 @@ int Run(int argc, char** argv) {
                      "The snapshot's time instead of now, RFC 3339 (2026-12-01T03:00:00Z); "
                      "local repositories only, not before the volume's newest snapshot");
   backup->add_option("--compression", b.compression,
-                     "off (default), lz4[:ACCEL] or zstd[:LEVEL]: changed blocks stored "
-                     "compressed when it saves a 4 KiB slot (format-3 repositories)");
+                     "auto (default: the strongest codec that keeps up with the device, by "
+                     "measurement), off, lz4[:ACCEL] or zstd[:LEVEL]: changed blocks stored "
+                     "compressed when it saves a 4 KiB slot (format-3 repositories; auto is off "
+                     "with --remote)");
   backup->add_option("--snapshot-source", b.snapshot_source,
                      "How the source is read at one point in time: auto (default), reflink, "
                      "fsfreeze, hook, or none (the live source)")

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <thread>
 
+#include "engine/core/auto_compression.h"
 #include "engine/core/damage.h"
 #include "engine/core/dedup.h"
 #include "engine/core/history.h"
@@ -163,7 +164,16 @@ class PackSink : public ScanSink {
     return Status::Ok();
   }
   Status OnOp(io::IoOp* op) override;
-  Status Turn() override { return FinishClosedPacks(false); }
+  Status Turn() override {
+    if (watch_) DP420_RETURN_IF_ERROR(FollowLadder());
+    return FinishClosedPacks(false);
+  }
+  // `--compression auto`: this worker watches whether compressing makes it the
+  // backup's bottleneck, and follows the ladder's steps down.
+  void SetAutoLadder(AutoLadder* ladder) {
+    if (ladder) watch_ = std::make_unique<AutoWatch>(ladder);
+    ladder_ = ladder;
+  }
   Result<bool> Finish() override {
     for (const auto& p : packs_) {
       if (p->pending > 0) return false;  // writes still in flight
@@ -215,6 +225,7 @@ class PackSink : public ScanSink {
     slots_.clear();
     return s;
   }
+  Status FollowLadder();
 
   // The bytes block `index` of `read` is stored as (encoded into the read
   // buffer's staging area when the repository transforms records), with
@@ -227,6 +238,9 @@ class PackSink : public ScanSink {
   std::atomic<uint64_t>& blocks_written_;  // all workers: the crash test hook counts them
   CodecSpec compression_;
   std::unique_ptr<RecordCodec> codec_;
+  AutoLadder* ladder_ = nullptr;
+  std::unique_ptr<AutoWatch> watch_;
+  size_t rung_ = 0;  // of ladder_, in use
   std::vector<AlignedBuf> staging_;     // per read buffer, when records are transformed
   std::vector<uint64_t> staging_used_;  // bytes of each staging area in use
   Scanner* scanner_ = nullptr;
@@ -374,6 +388,15 @@ Status PackSink::OnOp(io::IoOp* op) {
   return s;
 }
 
+Status PackSink::FollowLadder() {
+  const ScanStats& stats = scanner_->stats;
+  const size_t rung = watch_->Check(stats.busy_ns, stats.read_wait_ns, codec_->compress_ns());
+  if (rung == rung_) return Status::Ok();
+  rung_ = rung;
+  // Between batches no block is being encoded; the staging areas fit any codec.
+  return codec_->SetCompression(ladder_->spec(rung));
+}
+
 // Closes every pack that is full (all but the open one) or, with `all`, every
 // pack, once its writes have completed.
 Status PackSink::FinishClosedPacks(bool all) {
@@ -407,6 +430,27 @@ DedupContext OpenDedup(const Repository& repo, const std::string& volume,
   return d;
 }
 
+// The codec the backup starts with, recorded in the manifest: the option's, or
+// with `auto` the one measured (and `*ladder` to step down, unless that is off).
+Result<CodecSpec> ChooseCompression(const Repository& repo, const BackupOptions& o,
+                                    const ScanSource& source, unsigned threads,
+                                    SnapshotBuilder& builder, std::unique_ptr<AutoLadder>* ladder) {
+  Manifest& m = builder.manifest();
+  // A format-2 repository stores every record raw, whatever was asked.
+  CodecSpec compression = repo.format_version() >= 3 ? o.compression : CodecSpec{};
+  if (o.compression_auto) {
+    DP420_ASSIGN_OR_RETURN(AutoDecision d,
+                           DecideAutoCompression({&repo, &source, m.block_size, threads,
+                                                  &builder.hasher(), o.control}));
+    compression = d.ladder.front();
+    m.compression_auto = true;
+    m.compression_measured = std::move(d.measured);
+    if (d.ladder.size() > 1) *ladder = std::make_unique<AutoLadder>(std::move(d.ladder));
+  }
+  m.compression = CodecName(compression);
+  return compression;
+}
+
 Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
                             const Manifest* parent) {
   auto start = Clock::now();
@@ -420,8 +464,12 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   DP420_ASSIGN_OR_RETURN(auto builder,
                          SnapshotBuilder::Start(repo, o.volume, parent, o.block_size,
                                                 source.size(), DefaultPageWindow(threads)));
-  DP420_RETURN_IF_ERROR(builder->SetCompression(o.compression));
   Manifest& m = builder->manifest();
+  std::unique_ptr<AutoLadder> ladder;
+  DP420_ASSIGN_OR_RETURN(
+      const CodecSpec compression,
+      ChooseCompression(repo, o, source, threads, *builder, &ladder));
+  DP420_RETURN_IF_ERROR(builder->SetCompression(compression));
   // A file name may be any bytes; the manifest is JSON (docs/FORMAT.md).
   m.source_path = EscapeBytes(o.source_path);
   m.source_kind = source.block_device() ? "block-device" : "file";
@@ -465,7 +513,8 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   DedupContext dedup = o.dedup ? OpenDedup(repo, o.volume, &dedup_warning) : DedupContext();
   const DamageRecord damage = parent || dedup.index ? LoadDamage(repo) : DamageRecord();
   for (unsigned i = 0; i < threads; ++i) {
-    sinks.push_back(std::make_unique<PackSink>(*builder, blocks_written, o.compression));
+    sinks.push_back(std::make_unique<PackSink>(*builder, blocks_written, compression));
+    sinks.back()->SetAutoLadder(ladder.get());
     sinks.back()->SetParent(parent, &present, &damage);
     sinks.back()->SetDedup(&dedup);
     scanners.push_back(std::make_unique<Scanner>(ctx, i, sinks.back().get()));
@@ -517,6 +566,9 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   stats.bytes_read = ctx.bytes_read.load();
   if (o.before_commit) DP420_RETURN_IF_ERROR(o.before_commit(m));
   m.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  if (ladder && ladder->rung() > 0) {
+    m.compression_measured["stepped_down_to"] = CodecName(ladder->spec(ladder->rung()));
+  }
   DP420_ASSIGN_OR_RETURN(Manifest committed, builder->Commit(stats));
   BackupResult r;
   r.manifest = committed;

@@ -41,6 +41,9 @@ struct BackupOptions {
   // and referenced where another snapshot, of any volume, stores them; the
   // blocks this backup stores are added to it. False: neither.
   bool dedup = true;
+  // `--compression auto`: measure, choose and step down (auto_compression.h);
+  // `compression` is then ignored.
+  bool compression_auto = false;
   JobControl control;
   // Runs after the last block was read and before the commit, with the draft
   // manifest (local backups): ends the point in time and records it. An error

@@ -1076,6 +1076,18 @@ Result<Json> Bench::Run() {
 
 }  // namespace
 
+Result<double> MeasureReadBytesPerS(const io::File& file, unsigned qd, uint32_t request_bytes,
+                                    double seconds, uint64_t seed, const JobControl& control) {
+  const uint64_t span = file.info().size_bytes / request_bytes * request_bytes;
+  if (span == 0) {
+    return Status::InvalidArgument(file.path() + " is smaller than one " +
+                                   std::to_string(request_bytes) + "-byte read request");
+  }
+  IoPointRunner runner(IoTarget{file.fd(), false, span, file.path()}, control, qd, request_bytes);
+  DP420_ASSIGN_OR_RETURN(IoPointResult r, runner.Run(seconds, seed));
+  return r.seconds > 0 ? static_cast<double>(r.bytes) / r.seconds : 0.0;
+}
+
 Result<Json> RunBench(const BenchOptions& options) {
   Bench bench(options);
   return bench.Run();

@@ -26,6 +26,7 @@
 
 #include "engine/core/job.h"
 #include "engine/core/manifest.h"
+#include "io/file.h"
 
 namespace dp420 {
 
@@ -60,5 +61,15 @@ inline constexpr double kBenchDefaultSecondsPerPoint = 0.5;
 // kNotFound (source, or the scratch file's directory), kExists (the scratch
 // file exists), kNoSpace, kIOError, kNoMemory, kCanceled.
 Result<Json> RunBench(const BenchOptions& options);
+
+// One point of the read grid above, for a caller that needs the device's read rate
+// (`backup --compression auto`): `qd` O_DIRECT reads (buffered when `file` is not
+// direct) of `request_bytes` in flight, sequential from an aligned start chosen by
+// `seed` and wrapping, for `seconds` or one pass over the file, whichever ends
+// first. Returns bytes per second. kInvalidArgument when the file is smaller than
+// one request; read errors as kIOError naming the file. `request_bytes` must be a
+// multiple of 4096 (and of the file's O_DIRECT alignment).
+Result<double> MeasureReadBytesPerS(const io::File& file, unsigned qd, uint32_t request_bytes,
+                                    double seconds, uint64_t seed, const JobControl& control);
 
 }  // namespace dp420

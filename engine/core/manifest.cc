@@ -3,6 +3,7 @@
 #include <cctype>
 #include <cstdio>
 #include <cstring>
+#include <stdexcept>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -288,6 +289,11 @@ Json Manifest::ToJson() const {
   j["node_topology"] = node_topology;
   j["tool_version"] = tool_version;
   if (!client.empty()) j["client"] = client;
+  if (!compression.empty()) j["compression"] = compression;
+  if (compression_auto) {
+    j["compression_auto"] = true;
+    j["compression_measured"] = compression_measured;
+  }
   return j;
 }
 
@@ -333,6 +339,12 @@ Result<Manifest> Manifest::FromJson(const Json& j, const std::string& what) {
     m.node_topology = j.at("node_topology");
     m.tool_version = j.value("tool_version", "");
     m.client = j.value("client", "");
+    m.compression = j.value("compression", "");
+    m.compression_auto = j.value("compression_auto", false);
+    if (j.contains("compression_measured")) {
+      m.compression_measured = j.at("compression_measured");
+      if (!m.compression_measured.is_object()) throw std::invalid_argument("compression_measured");
+    }
   } catch (const std::exception& e) {
     return Status::Corruption(what + ": missing or malformed field (" + e.what() + ")");
   }

@@ -125,6 +125,12 @@ struct Manifest {
   Json node_topology = Json::object();
   std::string tool_version;
   std::string client;              // the server client that owns the volume ("" local)
+  // How the backup compressed changed blocks ("off", "lz4", "zstd:3"; "" when
+  // not recorded: older writers, remote backups), whether `auto` chose it, and
+  // what auto measured (auto_compression.h; empty unless auto).
+  std::string compression;
+  bool compression_auto = false;
+  Json compression_measured = Json::object();
 
   // Derived when read:
   std::string seal;                // the seal of this manifest's JSON line (hex)

@@ -1,5 +1,6 @@
 #include "engine/core/record.h"
 
+#include <chrono>
 #include <cstring>
 #include <string>
 
@@ -65,11 +66,7 @@ Result<std::unique_ptr<RecordCodec>> RecordCodec::Create(const crypto::SecretKey
                                                          const crypto::RepoId& repo_id,
                                                          const CodecSpec& compression) {
   std::unique_ptr<RecordCodec> codec(new RecordCodec());
-  codec->compression_ = compression;
-  if (compression.codec != Codec::kNone) {
-    DP420_ASSIGN_OR_RETURN(BlockCompressor c, BlockCompressor::Create(compression));
-    codec->compressor_ = std::make_unique<BlockCompressor>(std::move(c));
-  }
+  DP420_RETURN_IF_ERROR(codec->SetCompression(compression));
   DP420_ASSIGN_OR_RETURN(BlockDecompressor d, BlockDecompressor::Create());
   codec->decompressor_ = std::make_unique<BlockDecompressor>(std::move(d));
   if (object_key) {
@@ -80,6 +77,17 @@ Result<std::unique_ptr<RecordCodec>> RecordCodec::Create(const crypto::SecretKey
 }
 
 RecordCodec::~RecordCodec() = default;
+
+Status RecordCodec::SetCompression(const CodecSpec& compression) {
+  std::unique_ptr<BlockCompressor> compressor;
+  if (compression.codec != Codec::kNone) {
+    DP420_ASSIGN_OR_RETURN(BlockCompressor c, BlockCompressor::Create(compression));
+    compressor = std::make_unique<BlockCompressor>(std::move(c));
+  }
+  compressor_ = std::move(compressor);
+  compression_ = compression;
+  return Status::Ok();
+}
 
 Status RecordCodec::NextKeyId() {
   DP420_ASSIGN_OR_RETURN(key_id_, crypto::RandomKeyId());
@@ -96,7 +104,12 @@ Result<const uint8_t*> RecordCodec::Encode(std::span<const uint8_t> raw, ObjRef*
   std::span<const uint8_t> body = raw;
   if (compressor_) {
     const size_t room = MaxPayingBytes(raw.size());
-    DP420_ASSIGN_OR_RETURN(size_t n, compressor_->Compress(raw, {out + prefix, room}));
+    const auto start = std::chrono::steady_clock::now();
+    Result<size_t> compressed = compressor_->Compress(raw, {out + prefix, room});
+    compress_ns_ += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                              std::chrono::steady_clock::now() - start)
+                                              .count());
+    DP420_ASSIGN_OR_RETURN(size_t n, std::move(compressed));
     if (n != kStoreRaw) {
       body = {out + prefix, n};
       ref->flags = static_cast<uint16_t>(ref->flags | CodecFlag(compressor_->spec().codec));

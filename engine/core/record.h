@@ -88,6 +88,15 @@ class RecordCodec {
   // Records sealed and compressed by Encode so far.
   uint64_t records_sealed() const { return sealed_count_; }
   uint64_t records_compressed() const { return compressed_count_; }
+  // Wall nanoseconds Encode spent compressing so far (what `--compression auto`
+  // weighs when it decides whether to step down to a faster codec).
+  uint64_t compress_ns() const { return compress_ns_; }
+
+  // Compresses the records encoded from now on with `compression` (a writer's
+  // codec may change between records: each record's flags name its own).
+  // Errors: those of BlockCompressor::Create. A format-2 repository's codec
+  // must stay at kNone (Repository::NewRecordCodec): its readers know no flags.
+  Status SetCompression(const CodecSpec& compression);
 
  private:
   RecordCodec() = default;
@@ -103,6 +112,7 @@ class RecordCodec {
   uint64_t under_key_ = 0;  // records sealed under key_id_
   uint64_t sealed_count_ = 0;
   uint64_t compressed_count_ = 0;
+  uint64_t compress_ns_ = 0;
 };
 
 }  // namespace dp420

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <utility>
 
@@ -220,6 +221,15 @@ Status Scanner::MappedRead(unsigned buffer) {
 }
 
 Status Scanner::OnRead(ScanRead* read) {
+  const auto start = std::chrono::steady_clock::now();
+  Status status = ProcessRead(read);
+  stats.busy_ns += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                             std::chrono::steady_clock::now() - start)
+                                             .count());
+  return status;
+}
+
+Status Scanner::ProcessRead(ScanRead* read) {
   --reads_in_flight_;
   if (read->op.result != 0) {
     pool_.Release(read->buffer);
@@ -351,6 +361,19 @@ Status Scanner::Drain() {
   return Status::Ok();
 }
 
+// Waits for at least one completion; the wait counts as waiting for the device
+// (stats.read_wait_ns) when reads are in flight.
+Status Scanner::WaitForCompletions() {
+  if (reads_in_flight_ == 0) return ring_->Wait(1, &done_);
+  const auto start = std::chrono::steady_clock::now();
+  Status status = ring_->Wait(1, &done_);
+  stats.read_wait_ns += static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
+                                                           start)
+          .count());
+  return status;
+}
+
 Status Scanner::Loop() {
   Status first_error;
   for (;;) {
@@ -380,7 +403,7 @@ Status Scanner::Loop() {
       break;
     }
     done_.clear();
-    DP420_RETURN_IF_ERROR(ring_->Wait(1, &done_));
+    DP420_RETURN_IF_ERROR(WaitForCompletions());
     for (io::IoOp* op : done_) {
       Status s = op->tag == kTagRead ? OnRead(static_cast<ScanRead*>(op->owner))
                                      : sink_->OnOp(op);

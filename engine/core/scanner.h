@@ -148,6 +148,12 @@ struct ScanStats {
   uint64_t blocks_changed = 0;
   uint64_t blocks_zero = 0;
   uint64_t blocks_stored = 0;
+  // Wall time spent on completed reads (zero check, hash, diff, the sink's
+  // Changed and ReadDone), and waiting for completions while reads were in
+  // flight: a worker that is busy nearly all of the two cannot keep up with the
+  // device (what `--compression auto` watches).
+  uint64_t busy_ns = 0;
+  uint64_t read_wait_ns = 0;
 };
 
 class Scanner {
@@ -179,10 +185,12 @@ class Scanner {
   Status NextRead(unsigned buffer, ScanRead** out);
   Status QueueRead(unsigned buffer);
   unsigned Fill(Status* first_error, bool may_block);
-  Status OnRead(ScanRead* read);
+  Status OnRead(ScanRead* read);  // ProcessRead, timed into stats.busy_ns
+  Status ProcessRead(ScanRead* read);
   // Mapped source: "reads" the extent from the mapping (no I/O).
   Status MappedRead(unsigned buffer);
   Status Drain();
+  Status WaitForCompletions();
   void Restart(uint64_t page);
 
   ScanContext& ctx_;

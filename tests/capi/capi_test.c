@@ -448,6 +448,14 @@ static void TestRemoteOperations(dp420_ctx_t* ctx, dp420_repo_t* remote, const c
   CHECK(br.volume_size == 2 * 1024 * 1024 + 300);
   CHECK(br.bytes_sent > 0);
   CHECK(br.reconnects == 0);
+  /* The default compression is auto, which is off on a remote backup (not refused). */
+  CHECK(br.compression_auto == 1 && strcmp(br.compression, "off") == 0);
+  CHECK(br.compression_measured != NULL && strstr(br.compression_measured, "remote") != NULL);
+  /* A codec is refused there: records go over the network raw. */
+  bo.compression = "zstd";
+  CHECK(dp420_backup(ctx, remote, &bo, &br) == -DP420_EINVAL);
+  CHECK(strstr(dp420_errmsg(ctx), "remote") != NULL);
+  bo.compression = NULL;
 
   rc = dp420_snapshots(ctx, remote, "netvol", &list);
   CHECK(rc == 0);
@@ -647,6 +655,21 @@ int main(int argc, char** argv) {
   CHECK(dp420_backup(ctx, repo, &bo, &br) == 0);
   CHECK(br.bytes_sent == 0 && br.reconnects == 0);
   CHECK(br.blocks_healed == 0);
+  /* The default is auto: it names its codec and says why. */
+  CHECK(br.compression_auto == 1 && br.compression[0] != '\0');
+  CHECK(br.compression_measured != NULL && strstr(br.compression_measured, "\"reason\"") != NULL);
+  /* ... and a caller built before the compression fields: they stay untouched. */
+  memset(old_result, 0xAB, sizeof(old_result));
+  old->struct_size = offsetof(dp420_backup_result_t, compression);
+  CHECK(dp420_backup(ctx, repo, &bo, old) == 0);
+  CHECK(old->blocks_compressed == 0);
+  CHECK(old_result[offsetof(dp420_backup_result_t, compression)] == 0xAB);
+  CHECK(old_result[sizeof(old_result) - 1] == 0xAB);
+  bo.compression = "off";
+  CHECK(dp420_backup(ctx, repo, &bo, &br) == 0);
+  CHECK(br.compression_auto == 0 && strcmp(br.compression, "off") == 0);
+  CHECK(br.compression_measured != NULL && br.compression_measured[0] == '\0');
+  bo.compression = NULL;
   /* ... and one built before blocks_healed: its struct ends at reconnects. */
   memset(old_result, 0xAB, sizeof(old_result));
   old->struct_size = offsetof(dp420_backup_result_t, blocks_healed);

@@ -81,7 +81,8 @@ TEST(SealedJsonTest, ForgedSealsAreRefused) {
   EXPECT_EQ(read, seal);
 }
 
-TEST(ManifestTest, JsonRoundTripAndNewerVersionRefused) {
+// A manifest of a 301-block volume whose fields are all valid.
+Manifest SampleManifest() {
   Manifest m;
   m.repo_id = std::string(32, 'a');
   m.snapshot_id = "0123456789abcdef";
@@ -94,6 +95,11 @@ TEST(ManifestTest, JsonRoundTripAndNewerVersionRefused) {
   m.table_root.pack_id = 0x1234;
   m.table_root.flags = kObjTableInner;
   m.checksum_sha256 = std::string(64, 'f');
+  return m;
+}
+
+TEST(ManifestTest, JsonRoundTripAndNewerVersionRefused) {
+  const Manifest m = SampleManifest();
   auto back = Manifest::FromJson(m.ToJson(), "m");
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   EXPECT_EQ(back->FileName(), "0000000007-0123456789abcdef.manifest");
@@ -104,6 +110,36 @@ TEST(ManifestTest, JsonRoundTripAndNewerVersionRefused) {
   Json inconsistent = m.ToJson();
   inconsistent["blocks_total"] = 5;
   EXPECT_EQ(Manifest::FromJson(inconsistent, "m").status().code(), Code::kCorruption);
+}
+
+// What `--compression auto` chose (auto_compression.h) survives a round trip; a
+// manifest of an older dp420 has none of it; a malformed field is refused.
+TEST(ManifestTest, CompressionChoiceRoundTripAndMalformedRefused) {
+  Manifest m = SampleManifest();
+  m.compression = "zstd:1";
+  m.compression_auto = true;
+  m.compression_measured = Json{{"reason", "why"}, {"device_read_bytes_per_s", 1e9}};
+  Json j = m.ToJson();
+  EXPECT_EQ(j["compression"], "zstd:1");
+  auto back = Manifest::FromJson(j, "m");
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->compression, "zstd:1");
+  EXPECT_TRUE(back->compression_auto);
+  EXPECT_EQ(back->compression_measured, m.compression_measured);
+  j.erase("compression");
+  j.erase("compression_auto");
+  j.erase("compression_measured");
+  back = Manifest::FromJson(j, "m");
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->compression, "");
+  EXPECT_FALSE(back->compression_auto);
+  EXPECT_FALSE(back->ToJson().contains("compression"));
+  for (const Json& bad : {Json{{"compression_auto", "yes"}}, Json{{"compression", 3}},
+                          Json{{"compression_measured", "fast"}}}) {
+    Json k = m.ToJson();
+    k.update(bad);
+    EXPECT_EQ(Manifest::FromJson(k, "m").status().code(), Code::kCorruption) << bad.dump();
+  }
 }
 
 TEST(VolumeNameTest, Validation) {

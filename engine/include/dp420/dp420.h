@@ -191,11 +191,16 @@ typedef struct dp420_backup_opts {
    * volume's newest snapshot; a local repository only: a server stamps a remote
    * snapshot with its own clock. DP420_EINVAL otherwise. */
   const char* time;
-  /* How changed blocks are compressed: "off" (NULL or ""), "lz4", "lz4:ACCEL"
+  /* How changed blocks are compressed: "auto" (the default: NULL, "", or a
+   * struct_size that does not cover this field), "off", "lz4", "lz4:ACCEL"
    * (1-64), "zstd" (level 3) or "zstd:LEVEL" (1-19). A block is stored
-   * compressed only when that saves a 4 KiB slot. Format-3 repositories; a
-   * format-2 repository stores every block raw. Read only when struct_size
-   * covers it; local repositories only (DP420_EINVAL with a remote one). */
+   * compressed only when that saves a 4 KiB slot. "auto" measures the device's
+   * read rate and the codecs on a sample of the volume, picks the strongest
+   * codec that keeps up with the device (none when none does), and steps down
+   * during the backup when compressing holds the workers back (the result says
+   * what it chose and why). Format-3 repositories; a format-2 repository stores
+   * every block raw. With a remote repository, "auto" means "off" and a codec
+   * is refused (DP420_EINVAL): records go over the network raw. */
   const char* compression;
   /* How the source is read at one point in time: "auto" (NULL or ""),
    * "reflink", "fsfreeze", "hook" or "none" (the live source); see the
@@ -257,6 +262,15 @@ typedef struct dp420_backup_result {
    * the dedup index) and referenced instead of stored; not counted in
    * blocks_stored. Filled only when struct_size covers it. */
   uint64_t blocks_deduplicated;
+  /* The codec the backup started with ("off", "lz4", "zstd:3", ...), whether
+   * "auto" chose it, and what "auto" measured and why it chose so: a JSON
+   * object (reason, device_read_bytes_per_s, device_read, workers,
+   * hash_bytes_per_s, sample_blocks, codecs, stepped_down_to when compressing
+   * held the workers back), "" unless auto, owned by the context and valid
+   * until the next call on it. Filled only when struct_size covers them. */
+  char compression[16];
+  int compression_auto;
+  const char* compression_measured;
 } dp420_backup_result_t;
 
 DP420_EXPORT void dp420_backup_opts_init(dp420_backup_opts_t* opts);
