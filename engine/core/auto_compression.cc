@@ -167,7 +167,16 @@ Result<AutoDecision> DecideAutoCompression(const AutoInputs& in) {
   }
   Json m;
   std::string how;
-  DP420_ASSIGN_OR_RETURN(const double device, DeviceRate(in, &how));
+  // A source that fails a read here fails the backup's own read too, which
+  // names it and the offset as a backup does: measuring gives way.
+  auto measured_rate = DeviceRate(in, &how);
+  if (!measured_rate.ok() && measured_rate.status().code() == Code::kCanceled) {
+    return measured_rate.status();
+  }
+  if (!measured_rate.ok()) {
+    return Off("the source failed a read while measuring: compression off", std::move(m));
+  }
+  const double device = *measured_rate;
   m["device_read"] = how;
   if (device <= 0) {
     return Off("the volume is in the page cache: read faster than any codec compresses",
@@ -175,10 +184,13 @@ Result<AutoDecision> DecideAutoCompression(const AutoInputs& in) {
   }
   m["device_read_bytes_per_s"] = Round3(device);
   m["workers"] = in.workers;
-  DP420_ASSIGN_OR_RETURN(std::vector<uint8_t> sample, ReadSample(in, 16));
-  if (sample.size() < 4 * uint64_t{in.block_size}) {
-    DP420_ASSIGN_OR_RETURN(sample, ReadSample(in, 64));
+  auto read = ReadSample(in, 16);
+  if (read.ok() && read->size() < 4 * uint64_t{in.block_size}) read = ReadSample(in, 64);
+  if (!read.ok()) {
+    if (read.status().code() == Code::kCanceled) return read.status();
+    return Off("the source failed a read while sampling: compression off", std::move(m));
   }
+  std::vector<uint8_t> sample = std::move(read).value();
   const size_t blocks = (sample.size() + in.block_size - 1) / in.block_size;
   m["sample_blocks"] = blocks;
   if (sample.empty()) return Off("the sample is all zero: nothing to measure", std::move(m));

@@ -284,6 +284,16 @@ class PtyRun {
       }
     }
     waited_ = true;
+    // What it wrote just before it ended is still in the terminal: read it too
+    // (once the child is gone, a read returns what is left, then fails).
+    for (;;) {
+      pollfd p{master_, POLLIN, 0};
+      if (poll(&p, 1, 0) <= 0) break;
+      char buf[512];
+      ssize_t n = read(master_, buf, sizeof(buf));
+      if (n <= 0) break;
+      screen_.append(buf, size_t(n));
+    }
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
   const std::string& screen() const { return screen_; }
