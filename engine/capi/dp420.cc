@@ -135,16 +135,14 @@ namespace {
 using dp420::Code;
 using dp420::Status;
 
-// dp420_backup_result_t up to registered_buffers: what callers built before
-// the network counters were appended pass this struct_size.
-// dp420_backup_opts_t before its time.
+// dp420_backup_opts_t before its time; dp420_backup_result_t up to
+// registered_buffers (what callers built before the network counters were
+// appended pass this struct_size). Later fields: DP420_COVERS.
 constexpr size_t kBackupOptsV1Size = offsetof(dp420_backup_opts_t, time);
 constexpr size_t kBackupOptsV2Size = offsetof(dp420_backup_opts_t, compression);
-constexpr size_t kBackupResultV3Size = offsetof(dp420_backup_result_t, blocks_compressed);
 static_assert(kBackupOptsV1Size == 32);
 constexpr size_t kBackupResultV1Size = offsetof(dp420_backup_result_t, bytes_sent);
 static_assert(kBackupResultV1Size == 208);
-constexpr size_t kBackupResultV2Size = offsetof(dp420_backup_result_t, blocks_healed);
 // Whether a caller's struct of `size` bytes holds `field` of T.
 #define DP420_COVERS(size, T, field) \
   ((size) >= offsetof(T, field) + sizeof(static_cast<T*>(nullptr)->field))
