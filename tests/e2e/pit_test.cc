@@ -137,7 +137,7 @@ class PitTest : public ::testing::Test {
   void ExpectWritable() {
     if (Frozen(dir_ / "ext4")) {
       ADD_FAILURE() << "the file system is still frozen";
-      ThawGuard{dir_ / "ext4"};  // a touch would wait for the thaw uninterruptibly
+      ThawGuard thaw{dir_ / "ext4"};  // a touch would wait for the thaw uninterruptibly
       return;
     }
     Result r = Sh("timeout 20 touch " + ShellQuote(dir_ / "ext4/after"));
