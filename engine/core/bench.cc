@@ -1083,7 +1083,9 @@ Result<double> MeasureReadBytesPerS(const io::File& file, unsigned qd, uint32_t 
     return Status::InvalidArgument(file.path() + " is smaller than one " +
                                    std::to_string(request_bytes) + "-byte read request");
   }
-  IoPointRunner runner(IoTarget{file.fd(), false, span, file.path()}, control, qd, request_bytes);
+  // The runner keeps a reference to its target: a named one, alive as long as it.
+  const IoTarget target{file.fd(), false, span, file.path()};
+  IoPointRunner runner(target, control, qd, request_bytes);
   DP420_ASSIGN_OR_RETURN(IoPointResult r, runner.Run(seconds, seed));
   return r.seconds > 0 ? static_cast<double>(r.bytes) / r.seconds : 0.0;
 }
