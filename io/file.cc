@@ -5,6 +5,7 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -284,6 +285,11 @@ void RemoveStaleTemps(const std::string& path) {
 }
 
 }  // namespace
+
+std::string SysBlockPath(dev_t rdev, const std::string& leaf) {
+  return "/sys/dev/block/" + std::to_string(major(rdev)) + ":" + std::to_string(minor(rdev)) +
+         "/" + leaf;
+}
 
 std::vector<std::string> ListDir(const std::string& dir) {
   std::vector<std::string> names;

@@ -106,6 +106,8 @@ class TempFileGuard {
 // refuse it.
 Result<std::string> ReadFile(const std::string& path,
                              const std::function<Status(const struct stat&)>& check = nullptr);
+// The sysfs file `leaf` of block device `rdev`: /sys/dev/block/MAJ:MIN/LEAF.
+std::string SysBlockPath(dev_t rdev, const std::string& leaf);
 // Names in `dir` (without "." and ".."), sorted; empty when it cannot be read.
 std::vector<std::string> ListDir(const std::string& dir);
 // fsync of a directory.

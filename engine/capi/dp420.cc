@@ -200,16 +200,6 @@ Status ReadBackupOpts(const dp420_backup_opts_t& opts, bool remote, bool* auto_a
   return ReadPointInTimeOpts(opts, pit);
 }
 
-// The point-in-time record goes into the manifest's topology, in the member
-// of this volume; the manifest names the source's kind, not its copy's.
-void RecordPointInTime(const dp420::control::PitRecord& record, const std::string& source,
-                       dp420::Manifest* m) {
-  dp420::Json& members = m->node_topology["members"];
-  if (members.is_array() && !members.empty()) members[0]["point_in_time"] = record.ToJson();
-  struct stat st;
-  if (stat(source.c_str(), &st) == 0) m->source_kind = S_ISBLK(st.st_mode) ? "block-device" : "file";
-}
-
 void FillBackupResult(const dp420::BackupResult& r, const dp420::control::PitRecord& pit,
                       dp420_backup_result_t* result) {
   if (!result || result->struct_size < kBackupResultV1Size) return;
@@ -245,9 +235,9 @@ void FillBackupResult(const dp420::BackupResult& r, const dp420::control::PitRec
     result->blocks_compressed = r.blocks_compressed;
   }
   if (DP420_COVERS(size, dp420_backup_result_t, hold_ms)) {
-    dp420::Json j = pit.ToJson();
-    CopyId(result->consistency, sizeof(result->consistency), j["consistency"].get<std::string>());
-    CopyId(result->snapshot_source, sizeof(result->snapshot_source), j["method"].get<std::string>());
+    CopyId(result->consistency, sizeof(result->consistency), pit.consistency());
+    CopyId(result->snapshot_source, sizeof(result->snapshot_source),
+           dp420::control::PitMethodName(pit.method));
     result->source_changed = pit.point_in_time ? 0 : !pit.change_known ? -1 : pit.source_changed;
     result->hold_ms = pit.hold_ms;
   }
@@ -592,27 +582,20 @@ int dp420_backup(dp420_ctx_t* ctx, dp420_repo_t* repo, const dp420_backup_opts_t
     auto pit = dp420::control::PointInTime::Take(o.source_path, pit_options);
     if (!pit.ok()) return Fail(ctx, pit.status());
     o.read_path = (*pit)->read_path();
+    // A remote backup's manifest is written by the server from the topology
+    // sent at the start: what is known then (Provisional).
+    if (repo->remote) {
+      dp420::control::SetPointInTime(&o.node_topology, (*pit)->Provisional().ToJson());
+    }
     dp420::control::PitRecord record;
-    o.before_commit = [&](dp420::Manifest& m) -> Status {
+    o.end_point_in_time = [&](dp420::Json* topology) -> Status {
       DP420_ASSIGN_OR_RETURN(record, (*pit)->Finish());
-      RecordPointInTime(record, o.source_path, &m);
+      dp420::control::SetPointInTime(topology, record.ToJson());
       return Status::Ok();
     };
-    if (repo->remote) {
-      // The server writes the manifest: the record goes in the topology sent
-      // at the start (whether a live source changed is known to --json only).
-      o.before_commit = nullptr;
-      auto provisional = (*pit)->Provisional();
-      o.node_topology["members"][0]["point_in_time"] = provisional.ToJson();
-    }
     RemoteLink link(ctx, repo);
     auto r = repo->remote ? repo->remote->Backup(o) : dp420::RunBackup(*repo->repo, o);
     if (!r.ok()) return Fail(ctx, r.status());
-    if (repo->remote) {
-      auto finished = (*pit)->Finish();
-      if (!finished.ok()) return Fail(ctx, finished.status());
-      record = *finished;
-    }
     FillBackupResult(*r, record, result);
     FillCompressionResult(ctx, *r, auto_asked, repo->remote != nullptr, result);
     return Ok(ctx);

@@ -7,7 +7,6 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -18,6 +17,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <sstream>
 #include <vector>
 
 #include "engine/core/text.h"
@@ -103,24 +104,13 @@ std::string Fingerprint(const std::string& path) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0) return "";
   if (S_ISBLK(st.st_mode)) {
-    auto text = io::ReadFile("/sys/dev/block/" + std::to_string(major(st.st_rdev)) + ":" +
-                             std::to_string(minor(st.st_rdev)) + "/stat");
+    auto text = io::ReadFile(io::SysBlockPath(st.st_rdev, "stat"));
     if (!text.ok()) return "";
-    // Fields 5-8: writes, merged, sectors, ticks; 12-15: discards (kernel's iostats.rst).
-    std::vector<std::string> f;
-    size_t pos = 0;
-    const std::string& t = *text;
-    while (pos < t.size()) {
-      size_t start = t.find_first_not_of(" \n", pos);
-      if (start == std::string::npos) break;
-      size_t end = t.find_first_of(" \n", start);
-      f.push_back(t.substr(start, end - start));
-      pos = end == std::string::npos ? t.size() : end;
-    }
+    // Fields 5-8: writes, merged, sectors, ticks; 12-15: discards (the kernel's iostats.rst).
+    std::istringstream fields(*text);
+    std::vector<std::string> f{std::istream_iterator<std::string>(fields), {}};
     if (f.size() < 7) return "";
-    std::string fp = f[4] + "/" + f[6];
-    if (f.size() >= 14) fp += "/" + f[11] + "/" + f[13];
-    return fp;
+    return f[4] + "/" + f[6] + (f.size() >= 14 ? "/" + f[11] + "/" + f[13] : "");
   }
   return std::to_string(st.st_ino) + "/" + std::to_string(st.st_size) + "/" +
          std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + "/" +
@@ -221,26 +211,22 @@ pid_t StartWatchdog(int mount_fd, int pipe_r, int pipe_w, std::chrono::milliseco
   _exit(deadline ? 1 : 0);
 }
 
-// A loop device's backing file, when the device maps all of it (no offset,
-// no size limit) and the file is the one the loop driver holds; else "".
-std::string WholeBackingFile(const struct stat& st) {
-  auto text = io::ReadFile("/sys/dev/block/" + std::to_string(major(st.st_rdev)) + ":" +
-                           std::to_string(minor(st.st_rdev)) + "/loop/backing_file");
+// The file behind loop device `device` when the device maps all of it (no
+// offset, no size limit) and it is the file the loop driver holds; else "".
+std::string WholeBackingFile(const std::string& device, const struct stat& st) {
+  auto text = io::ReadFile(io::SysBlockPath(st.st_rdev, "loop/backing_file"));
   if (!text.ok()) return "";
   std::string path = *text;
   while (!path.empty() && path.back() == '\n') path.pop_back();
-  return path;
-}
-
-bool LoopMapsWholeFile(const std::string& device, const std::string& backing) {
   int fd = open(device.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
+  if (fd < 0) return "";
   loop_info64 info{};
   bool ok = ioctl(fd, LOOP_GET_STATUS64, &info) == 0;
   close(fd);
   struct stat bs;
-  return ok && info.lo_offset == 0 && info.lo_sizelimit == 0 && stat(backing.c_str(), &bs) == 0 &&
-         bs.st_ino == info.lo_inode && bs.st_dev == info.lo_device;
+  ok = ok && info.lo_offset == 0 && info.lo_sizelimit == 0 && stat(path.c_str(), &bs) == 0 &&
+       bs.st_ino == info.lo_inode && bs.st_dev == info.lo_device;
+  return ok ? path : "";
 }
 
 // Clones `from` into an unnamed file of its folder (O_TMPFILE); returns its fd.
@@ -305,7 +291,7 @@ const char* PitMethodName(PitMethod method) {
 }
 
 Json PitRecord::ToJson() const {
-  Json j = {{"consistency", point_in_time ? "point-in-time" : "live"},
+  Json j = {{"consistency", consistency()},
             {"method", PitMethodName(method)}};
   if (method != PitMethod::kNone) j["hold_ms"] = std::round(hold_ms * 1000) / 1000;
   if (!point_in_time) j["source_changed"] = change_known ? Json(source_changed) : Json(nullptr);
@@ -519,10 +505,9 @@ Status PointInTime::BeginFreeze(const struct stat& st) {
   s.record.point_in_time = true;
   // A loop device over a whole file on a file system that shares extents:
   // that file is cloned while frozen and the clone is read.
-  std::string backing = WholeBackingFile(st);
-  const bool whole = !backing.empty() && LoopMapsWholeFile(source_, backing);
+  const std::string backing = WholeBackingFile(source_, st);
   DP420_RETURN_IF_ERROR(s.Freeze(o.freeze_mount, o.max_freeze));
-  if (whole) {
+  if (!backing.empty()) {
     auto fd = CloneUnnamed(backing);
     if (fd.ok()) {
       s.copy_fd = *fd;
@@ -539,8 +524,6 @@ Status PointInTime::BeginFreeze(const struct stat& st) {
     }
     s.record.note = "loop device: its backing file could not be cloned (" +
                     fd.status().message() + "): read while frozen";
-  } else if (!backing.empty()) {
-    s.record.note = "loop device with an offset or size limit: read while frozen";
   }
   FrozenCrashPoint(s.watchdog);
   // The post hook runs after the thaw (Finish): one that writes to the frozen

@@ -84,6 +84,7 @@ struct PitRecord {
   bool source_changed = false;  // a live read of a source that changed meanwhile
   bool change_known = true;     // false when nothing could tell (reported as unknown)
   std::string note;             // why auto chose what it did, why a freeze ended early
+  const char* consistency() const { return point_in_time ? "point-in-time" : "live"; }
   Json ToJson() const;
 };
 

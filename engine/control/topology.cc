@@ -33,6 +33,11 @@ Json LocalTopology(const std::string& volume, const std::string& source_path) {
               {"members", Json::array({member})}};
 }
 
+void SetPointInTime(Json* topology, const Json& record) {
+  Json& members = (*topology)["members"];
+  if (members.is_array() && !members.empty()) members[0]["point_in_time"] = record;
+}
+
 std::string AbsolutePath(const std::string& path) {
   std::string full = path;
   if (full.empty() || full[0] != '/') {

@@ -15,6 +15,10 @@ namespace dp420::control {
 // escaped into UTF-8 with EscapeBytes (engine/core/text.h).
 Json LocalTopology(const std::string& volume, const std::string& source_path);
 
+// Records how this node's volume was read (engine/control/pit.h) in its
+// member entry of `topology` (made by LocalTopology).
+void SetPointInTime(Json* topology, const Json& record);
+
 // Makes `path` absolute against the working directory and removes "." and
 // ".." components and duplicate slashes (without resolving symlinks).
 std::string AbsolutePath(const std::string& path);

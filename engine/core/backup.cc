@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -472,7 +473,7 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   DP420_RETURN_IF_ERROR(builder->SetCompression(compression));
   // A file name may be any bytes; the manifest is JSON (docs/FORMAT.md).
   m.source_path = EscapeBytes(o.source_path);
-  m.source_kind = source.block_device() ? "block-device" : "file";
+  m.source_kind = SourceKind(o, source);
   m.node_topology = o.node_topology;
   m.tool_version = o.tool_version;
   if (o.time_unix_ns != 0) {
@@ -564,7 +565,7 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   }
   stats.blocks_stored -= deduplicated;  // referenced, not written
   stats.bytes_read = ctx.bytes_read.load();
-  if (o.before_commit) DP420_RETURN_IF_ERROR(o.before_commit(m));
+  if (o.end_point_in_time) DP420_RETURN_IF_ERROR(o.end_point_in_time(&m.node_topology));
   m.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   if (ladder && ladder->rung() > 0) {
     m.compression_measured["stepped_down_to"] = CodecName(ladder->spec(ladder->rung()));
@@ -595,6 +596,15 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
 }
 
 }  // namespace
+
+const char* SourceKind(const BackupOptions& o, const ScanSource& read) {
+  bool block = read.block_device();
+  struct stat st;
+  if (!o.read_path.empty() && o.read_path != o.source_path) {
+    block = stat(o.source_path.c_str(), &st) == 0 && S_ISBLK(st.st_mode);
+  }
+  return block ? "block-device" : "file";
+}
 
 Result<BackupResult> RunBackup(const Repository& repo, const BackupOptions& o) {
   if (!ValidVolumeName(o.volume)) {

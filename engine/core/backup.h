@@ -20,6 +20,8 @@
 
 namespace dp420 {
 
+struct ScanSource;
+
 struct BackupOptions {
   std::string volume;
   std::string source_path;    // absolute
@@ -45,11 +47,18 @@ struct BackupOptions {
   // `compression` is then ignored.
   bool compression_auto = false;
   JobControl control;
-  // Runs after the last block was read and before the commit, with the draft
-  // manifest (local backups): ends the point in time and records it. An error
-  // fails the backup.
-  std::function<Status(Manifest&)> before_commit;
+  // Ends the point in time (engine/control/pit.h: thaw, post hook, copy
+  // dropped), after the last block was read and before the commit, local and
+  // remote alike: an error fails the backup and nothing is committed. It may
+  // record how the source was read in the node topology it is given: the
+  // manifest's for a local backup; a remote one sent its topology at the start,
+  // and what is written then is dropped.
+  std::function<Status(Json* node_topology)> end_point_in_time;
 };
+
+// "block-device" or "file": what the source is, also when `read` is its
+// point-in-time copy (a file, also for a block device's).
+const char* SourceKind(const BackupOptions& options, const ScanSource& read);
 
 struct BackupResult {
   Manifest manifest;          // the committed snapshot

@@ -809,7 +809,7 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     w.U64(source.size());
     w.U32(threads);
     w.String(EscapeBytes(o.source_path));  // the manifest's form: valid UTF-8
-    w.String(source.block_device() ? "block-device" : "file");
+    w.String(SourceKind(o, source));
     w.String(o.node_topology.dump());
     w.String(o.tool_version);
     w.String(resume);
@@ -993,6 +993,17 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
     if (control_) (void)SendError(*control_, job.error, timeout);
     io::sys::Unlink(job.new_cache_path.c_str());
     return job.error;
+  }
+
+  // The point in time ends before the commit: a post hook that fails, or a
+  // freeze that could not be ended, commits nothing.
+  if (o.end_point_in_time) {
+    Json sent_at_start;
+    if (Status ended = o.end_point_in_time(&sent_at_start); !ended.ok()) {
+      if (control_) (void)SendError(*control_, ended, timeout);
+      io::sys::Unlink(job.new_cache_path.c_str());
+      return ended;
+    }
   }
 
   // Commit: the server builds the table and writes the manifest.

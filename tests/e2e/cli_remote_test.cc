@@ -465,6 +465,30 @@ TEST(CliRemoteTest, SourceNameNotUtf8BacksUpOverTheNetwork) {
   DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
 }
 
+// The point in time ends before the commit over the network as locally: a post hook
+// that fails fails the backup, and the server has committed nothing.
+TEST(CliRemoteTest, FailingPostHookCommitsNothingOnTheServer) {
+  TempDir dir;
+  std::string repo = InitRepo(dir);
+  std::string key = AddClient(dir, "db1");
+  Server server(dir, repo);
+  Env env = {{"DP420_CACHE_DIR", dir / "cache"}};
+  std::string source = dir / "v.img";
+  WritePatternFile(source, 2 << 20, 17);
+  std::string ran = dir / "post-ran";
+  Result backup = Cli(Join({"backup", "--volume", "v", source, "--snapshot-source", "hook",
+                            "--pre-hook", "true", "--post-hook",
+                            "touch " + ShellQuote(ran) + "; exit 4"},
+                           Remote(server, "db1", key)),
+                      env);
+  DP420_EXPECT_EXIT(backup, 1) << server.Log();
+  EXPECT_TRUE(Mentions(backup, "exited with status 4")) << backup.Describe();
+  EXPECT_TRUE(Exists(ran));
+  EXPECT_EQ(SnapshotIds(repo), std::vector<std::string>{}) << server.Log();
+  Result stopped = server.Stop();
+  DP420_EXPECT_EXIT(stopped, kExitOk) << server.Log();
+}
+
 // Restore over the network keeps the local target rules (RestoreTarget): a
 // FIFO and a socket are refused and untouched, a symbolic link needs --force,
 // a user's file named like the old partial file survives, and a restore
