@@ -25,13 +25,6 @@ int Strength(const CodecSpec& spec) {
   return 0;
 }
 
-// CPU time of the calling thread: what a codec costs, whatever else runs on the machine.
-double ThreadCpuSeconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
 // A step near 0.618 `blocks` that is coprime with it: i -> (i + step) % blocks visits
 // every block once, each far from the one before.
 size_t CoprimeStride(size_t blocks) {
@@ -114,6 +107,12 @@ Result<CodecRate> MeasureCodec(const CodecSpec& spec, std::span<const uint8_t> s
 }
 
 }  // namespace
+
+double ThreadCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
 
 double PipelineBytesPerS(double hash_bytes_per_s, double codec_bytes_per_s,
                          unsigned worker_threads) {

@@ -60,6 +60,10 @@ struct CodecRates {
 inline constexpr CodecSpec kAutoCandidates[] = {
     {Codec::kLz4, kLz4DefaultAcceleration}, {Codec::kZstd, 1}, {Codec::kZstd, 3}};
 
+// CPU seconds of the calling thread (CLOCK_THREAD_CPUTIME_ID): what work costs,
+// whatever else runs on the machine.
+double ThreadCpuSeconds();
+
 // Bytes per second that `worker_threads` workers reach with `codec_bytes_per_s` per
 // core of compression after `hash_bytes_per_s` per core of hashing; a
 // `codec_bytes_per_s` of 0 means no compression.

@@ -23,15 +23,9 @@ constexpr uint32_t kTimedReadRequest = 1u << 20;
 constexpr uint64_t kMinTimedVolume = 64 * 1024;
 constexpr double kMinSaving = 0.02;  // of the sample's slots, for the best candidate
 constexpr double kHashCpuSeconds = 0.002;
-constexpr double kSaturatedBusy = 0.95;
+constexpr double kSaturatedBusy = 0.9;  // of the window's wall time
 constexpr double kCompressShare = 0.05;
 constexpr auto kDefaultWindow = std::chrono::milliseconds(250);
-
-double ThreadCpuSeconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
 
 // A positive number from the environment variable `name`, or 0.
 double EnvNumber(const char* name) {
@@ -43,11 +37,7 @@ double EnvNumber(const char* name) {
 }
 
 // Three significant digits: enough to say why, short in a manifest.
-double Round3(double v) {
-  if (v <= 0 || !std::isfinite(v)) return v;
-  const double unit = std::pow(10.0, std::floor(std::log10(v)) - 2);
-  return std::round(v / unit) * unit;
-}
+double Round3(double v) { return RoundSignificant(v, 3); }
 
 std::string Rate(double bytes_per_s) {
   char text[32];
@@ -228,15 +218,14 @@ AutoWatch::AutoWatch(AutoLadder* ladder) : ladder_(ladder), window_(kDefaultWind
   if (ms > 0) window_ = std::chrono::nanoseconds(static_cast<int64_t>(ms * 1e6));
 }
 
-size_t AutoWatch::Check(uint64_t busy_ns, uint64_t read_wait_ns, uint64_t compress_ns) {
-  const auto now = std::chrono::steady_clock::now();
+size_t AutoWatch::Check(Clock::time_point now, uint64_t busy_ns, uint64_t compress_ns) {
   if (started_ && ladder_->rung() == rung_) {
-    if (now - start_ < window_) return rung_;
+    const auto elapsed = now - start_;
+    if (elapsed < window_) return rung_;
     const double busy = static_cast<double>(busy_ns - busy_start_);
-    const double waited = static_cast<double>(read_wait_ns - read_wait_start_);
     const double compressing = static_cast<double>(compress_ns - compress_start_);
-    if (busy > 0 && busy >= kSaturatedBusy * (busy + waited) &&
-        compressing >= kCompressShare * busy) {
+    const double wall = static_cast<double>(std::chrono::nanoseconds(elapsed).count());
+    if (busy >= kSaturatedBusy * wall && compressing >= kCompressShare * busy) {
       ladder_->StepDownFrom(rung_);
     }
   }
@@ -244,7 +233,6 @@ size_t AutoWatch::Check(uint64_t busy_ns, uint64_t read_wait_ns, uint64_t compre
   started_ = true;
   start_ = now;
   busy_start_ = busy_ns;
-  read_wait_start_ = read_wait_ns;
   compress_start_ = compress_ns;
   rung_ = ladder_->rung();
   return rung_;

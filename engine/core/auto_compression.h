@@ -22,13 +22,15 @@
 // slots (incompressible data: compressing it only costs CPU).
 //
 // During the backup each worker weighs, over windows of 250 ms, the time it spent
-// on its completed reads (ScanStats::busy_ns) against the time it waited for the
-// device with reads in flight (ScanStats::read_wait_ns); waits for its writes or for
-// the committer count as neither. A worker busy 95 % of the two or more has the
-// device waiting for it: it, not the device, sets the pace. When compressing
-// (RecordCodec::compress_ns) took 5 % of its busy time or more, it steps the whole
-// backup down one rung of the ladder (the weaker candidates, then off), and every
-// worker switches at its next turn. So a sample that misled, a device the timed read
+// on its completed reads (ScanStats::busy_ns) against the window's wall time. A
+// worker busy 90 % of the window sets the pace itself: the device (or the
+// repository's writes, or the committer) is not what it waits for. When
+// compressing (RecordCodec::compress_ns) took 5 % of its busy time or more, it
+// steps the whole backup down one rung of the ladder (the weaker candidates, then
+// off), and every worker switches at its next turn. A worker waiting on slow
+// writes is busy a small share of the window and never steps down: a weaker codec
+// would only send more bytes to the device that is the bottleneck. So a sample
+// that misled, a device the timed read
 // underrated, or cores taken by other work cost at most a few windows of the slower
 // codec; a step is never undone. A snapshot may thus hold blocks of several codecs
 // (each record's flags name its own).
@@ -96,18 +98,19 @@ class AutoLadder {
 // One worker's view of the ladder (PackSink::Turn calls Check).
 class AutoWatch {
  public:
+  using Clock = std::chrono::steady_clock;
   explicit AutoWatch(AutoLadder* ladder);
-  // With the worker's busy, read-wait and compressing time so far (ns): steps
+  // At `now`, with the worker's busy and compressing time so far (ns): steps
   // the ladder down when a window ended with the worker saturated and
   // compressing. Returns the rung the worker is to use now.
-  size_t Check(uint64_t busy_ns, uint64_t read_wait_ns, uint64_t compress_ns);
+  size_t Check(Clock::time_point now, uint64_t busy_ns, uint64_t compress_ns);
+  std::chrono::nanoseconds window() const { return window_; }
 
  private:
   AutoLadder* ladder_;
   std::chrono::nanoseconds window_;
-  std::chrono::steady_clock::time_point start_;
+  Clock::time_point start_;
   uint64_t busy_start_ = 0;
-  uint64_t read_wait_start_ = 0;
   uint64_t compress_start_ = 0;
   size_t rung_ = 0;  // the rung this window measures
   bool started_ = false;

@@ -391,7 +391,8 @@ Status PackSink::OnOp(io::IoOp* op) {
 
 Status PackSink::FollowLadder() {
   const ScanStats& stats = scanner_->stats;
-  const size_t rung = watch_->Check(stats.busy_ns, stats.read_wait_ns, codec_->compress_ns());
+  const size_t rung =
+      watch_->Check(AutoWatch::Clock::now(), stats.busy_ns, codec_->compress_ns());
   if (rung == rung_) return Status::Ok();
   rung_ = rung;
   // Between batches no block is being encoded; the staging areas fit any codec.

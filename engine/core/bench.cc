@@ -1,10 +1,8 @@
 #include "engine/core/bench.h"
 
 #include <fcntl.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/codec/auto.h"
 #include "engine/core/format.h"
 #include "io/assert.h"
 #include "io/buffer_pool.h"
@@ -69,19 +68,7 @@ double Gbps(uint64_t bytes, double seconds) {
 
 // Rounds to `digits` significant digits, so that JSON stays readable and small
 // values stay positive.
-double RoundSig(double v, int digits = 4) {
-  if (v == 0 || !std::isfinite(v)) return 0;
-  int magnitude = int(std::ceil(std::log10(std::fabs(v))));
-  double scale = std::pow(10.0, digits - magnitude);
-  return std::round(v * scale) / scale;
-}
-
-double ThreadCpuSeconds() {
-  rusage ru = {};
-  getrusage(RUSAGE_THREAD, &ru);
-  auto secs = [](const timeval& tv) { return double(tv.tv_sec) + double(tv.tv_usec) / 1e6; };
-  return secs(ru.ru_utime) + secs(ru.ru_stime);
-}
+double RoundSig(double v, int digits = 4) { return RoundSignificant(v, digits); }
 
 // Time this thread was runnable but waited for a CPU (other load), from
 // /proc/thread-self/schedstat; 0 where the kernel does not provide it.
@@ -1001,8 +988,7 @@ Json Verdict(const Measured& m) {
 bool CachedLoopDevice(int fd) {
   struct stat st;
   if (fstat(fd, &st) != 0 || !S_ISBLK(st.st_mode)) return false;
-  std::string path = "/sys/dev/block/" + std::to_string(major(st.st_rdev)) + ":" +
-                     std::to_string(minor(st.st_rdev)) + "/loop/dio";
+  std::string path = io::SysBlockPath(st.st_rdev, "loop/dio");
   int dio = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (dio < 0) return false;
   char c = 0;
@@ -1075,6 +1061,13 @@ Result<Json> Bench::Run() {
 }
 
 }  // namespace
+
+double RoundSignificant(double v, int digits) {
+  if (v == 0 || !std::isfinite(v)) return 0;
+  int magnitude = int(std::ceil(std::log10(std::fabs(v))));
+  double scale = std::pow(10.0, digits - magnitude);
+  return std::round(v * scale) / scale;
+}
 
 Result<double> MeasureReadBytesPerS(const io::File& file, unsigned qd, uint32_t request_bytes,
                                     double seconds, uint64_t seed, const JobControl& control) {

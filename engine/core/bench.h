@@ -62,6 +62,10 @@ inline constexpr double kBenchDefaultSecondsPerPoint = 0.5;
 // file exists), kNoSpace, kIOError, kNoMemory, kCanceled.
 Result<Json> RunBench(const BenchOptions& options);
 
+// `v` rounded to `digits` significant digits (0 for 0 and non-finite values): what
+// reports and manifests show of a measured rate.
+double RoundSignificant(double v, int digits);
+
 // One point of the read grid above, for a caller that needs the device's read rate
 // (`backup --compression auto`): `qd` O_DIRECT reads (buffered when `file` is not
 // direct) of `request_bytes` in flight, sequential from an aligned start chosen by

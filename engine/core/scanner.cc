@@ -361,19 +361,6 @@ Status Scanner::Drain() {
   return Status::Ok();
 }
 
-// Waits for at least one completion; the wait counts as waiting for the device
-// (stats.read_wait_ns) when reads are in flight.
-Status Scanner::WaitForCompletions() {
-  if (reads_in_flight_ == 0) return ring_->Wait(1, &done_);
-  const auto start = std::chrono::steady_clock::now();
-  Status status = ring_->Wait(1, &done_);
-  stats.read_wait_ns += static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
-                                                           start)
-          .count());
-  return status;
-}
-
 Status Scanner::Loop() {
   Status first_error;
   for (;;) {
@@ -403,7 +390,7 @@ Status Scanner::Loop() {
       break;
     }
     done_.clear();
-    DP420_RETURN_IF_ERROR(WaitForCompletions());
+    DP420_RETURN_IF_ERROR(ring_->Wait(1, &done_));
     for (io::IoOp* op : done_) {
       Status s = op->tag == kTagRead ? OnRead(static_cast<ScanRead*>(op->owner))
                                      : sink_->OnOp(op);

@@ -149,11 +149,9 @@ struct ScanStats {
   uint64_t blocks_zero = 0;
   uint64_t blocks_stored = 0;
   // Wall time spent on completed reads (zero check, hash, diff, the sink's
-  // Changed and ReadDone), and waiting for completions while reads were in
-  // flight: a worker that is busy nearly all of the two cannot keep up with the
-  // device (what `--compression auto` watches).
+  // Changed and ReadDone): a worker busy nearly all the time sets the pace
+  // itself (what `--compression auto` watches).
   uint64_t busy_ns = 0;
-  uint64_t read_wait_ns = 0;
 };
 
 class Scanner {
@@ -190,7 +188,6 @@ class Scanner {
   // Mapped source: "reads" the extent from the mapping (no I/O).
   Status MappedRead(unsigned buffer);
   Status Drain();
-  Status WaitForCompletions();
   void Restart(uint64_t page);
 
   ScanContext& ctx_;
