@@ -23,6 +23,7 @@ constexpr uint32_t kTimedReadRequest = 1u << 20;
 constexpr uint64_t kMinTimedVolume = 64 * 1024;
 constexpr double kMinSaving = 0.02;  // of the sample's slots, for the best candidate
 constexpr double kHashCpuSeconds = 0.002;
+constexpr size_t kMaxSampleBytes = size_t{8} << 20;
 constexpr double kSaturatedBusy = 0.9;  // of the window's wall time
 constexpr double kCompressShare = 0.05;
 constexpr auto kDefaultWindow = std::chrono::milliseconds(250);
@@ -74,18 +75,19 @@ Result<double> DeviceRate(const AutoInputs& in, std::string* how) {
   return rate;
 }
 
-// The non-zero blocks at `count` places spread over the volume, one after the other.
+// The non-zero blocks at `count` places spread over the volume, one after the
+// other (offsets ascend: a shorter last block comes last, as CalibrateCodecs
+// expects), at most kMaxSampleBytes of them (and one block).
 Result<std::vector<uint8_t>> ReadSample(const AutoInputs& in, unsigned count) {
   const uint64_t size = in.source->size();
   std::vector<uint8_t> sample;
   std::vector<uint8_t> block(in.block_size);
   for (uint64_t offset : CalibrationSampleOffsets(size, in.block_size, count)) {
+    if (!sample.empty() && sample.size() + in.block_size > kMaxSampleBytes) break;
     const size_t len = static_cast<size_t>(std::min<uint64_t>(in.block_size, size - offset));
     DP420_RETURN_IF_ERROR(in.source->buffered.ReadAt(offset, block.data(), len));
     if (simd::IsZero(block.data(), len)) continue;
-    // A shorter last block goes last, as CalibrateCodecs expects.
     sample.insert(sample.end(), block.begin(), block.begin() + static_cast<ptrdiff_t>(len));
-    if (len < in.block_size) break;
   }
   return sample;
 }
@@ -99,19 +101,19 @@ Result<double> HashRate(const AutoInputs& in, std::span<const uint8_t> sample) {
   uint64_t bytes = 0;
   const double start = ThreadCpuSeconds();
   double spent = 0;
-  do {
-    for (size_t at = 0; at < sample.size(); at += in.block_size) {
-      const size_t len = std::min<size_t>(in.block_size, sample.size() - at);
-      const uint8_t* data = sample.data() + at;
-      sink = sink + simd::IsZero(data, len);
-      sink = sink + in.hasher->Hash(data, len).lo;
-      ObjRef ref{};
-      simd::Sha256(data, len, ref.sha256);
-      if (sealer->sealed()) DP420_RETURN_IF_ERROR(sealer->Encode({data, len}, &ref, out.data()).status());
-      bytes += len;
-    }
+  // Block after block, round the sample, until kHashCpuSeconds are spent (one
+  // block at least): large blocks do not make it a pass over the whole sample.
+  for (size_t at = 0; spent < kHashCpuSeconds; at = (at + in.block_size) % sample.size()) {
+    const size_t len = std::min<size_t>(in.block_size, sample.size() - at);
+    const uint8_t* data = sample.data() + at;
+    sink = sink + simd::IsZero(data, len);
+    sink = sink + in.hasher->Hash(data, len).lo;
+    ObjRef ref{};
+    simd::Sha256(data, len, ref.sha256);
+    if (sealer->sealed()) DP420_RETURN_IF_ERROR(sealer->Encode({data, len}, &ref, out.data()).status());
+    bytes += len;
     spent = ThreadCpuSeconds() - start;
-  } while (spent < kHashCpuSeconds);
+  }
   return static_cast<double>(bytes) / std::max(spent, 1e-9);
 }
 

@@ -11,7 +11,8 @@
 //     the error goes the safe way. A device the timed read underrates (its first
 //     requests slower than its stream) is what the step-down below is for;
 //   - a sample of the volume's blocks (CalibrationSampleOffsets; zero blocks
-//     dropped; 64 more places when 16 found fewer than 4 with data);
+//     dropped; 64 places instead when 16 found fewer than 4 with data; at most
+//     8 MiB);
 //   - per core, the rest of a worker's per-block work on that sample: zero check,
 //     keyed hash, SHA-256, and sealing when the repository is encrypted;
 //   - each candidate codec on the sample (CalibrateCodecs),
@@ -105,6 +106,9 @@ class AutoWatch {
   // compressing. Returns the rung the worker is to use now.
   size_t Check(Clock::time_point now, uint64_t busy_ns, uint64_t compress_ns);
   std::chrono::nanoseconds window() const { return window_; }
+  // The rung the worker uses (the last Check's; 0 before the first), and a rung's codec.
+  size_t rung() const { return rung_; }
+  const CodecSpec& spec(size_t rung) const { return ladder_->spec(rung); }
 
  private:
   AutoLadder* ladder_;
@@ -112,7 +116,7 @@ class AutoWatch {
   Clock::time_point start_;
   uint64_t busy_start_ = 0;
   uint64_t compress_start_ = 0;
-  size_t rung_ = 0;  // the rung this window measures
+  size_t rung_ = 0;  // the rung this window measures, and the worker uses
   bool started_ = false;
 };
 

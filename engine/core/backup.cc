@@ -173,7 +173,6 @@ class PackSink : public ScanSink {
   // backup's bottleneck, and follows the ladder's steps down.
   void SetAutoLadder(AutoLadder* ladder) {
     if (ladder) watch_ = std::make_unique<AutoWatch>(ladder);
-    ladder_ = ladder;
   }
   Result<bool> Finish() override {
     for (const auto& p : packs_) {
@@ -239,9 +238,7 @@ class PackSink : public ScanSink {
   std::atomic<uint64_t>& blocks_written_;  // all workers: the crash test hook counts them
   CodecSpec compression_;
   std::unique_ptr<RecordCodec> codec_;
-  AutoLadder* ladder_ = nullptr;
   std::unique_ptr<AutoWatch> watch_;
-  size_t rung_ = 0;  // of ladder_, in use
   std::vector<AlignedBuf> staging_;     // per read buffer, when records are transformed
   std::vector<uint64_t> staging_used_;  // bytes of each staging area in use
   Scanner* scanner_ = nullptr;
@@ -391,12 +388,12 @@ Status PackSink::OnOp(io::IoOp* op) {
 
 Status PackSink::FollowLadder() {
   const ScanStats& stats = scanner_->stats;
+  const size_t in_use = watch_->rung();
   const size_t rung =
       watch_->Check(AutoWatch::Clock::now(), stats.busy_ns, codec_->compress_ns());
-  if (rung == rung_) return Status::Ok();
-  rung_ = rung;
+  if (rung == in_use) return Status::Ok();
   // Between batches no block is being encoded; the staging areas fit any codec.
-  return codec_->SetCompression(ladder_->spec(rung));
+  return codec_->SetCompression(watch_->spec(rung));
 }
 
 // Closes every pack that is full (all but the open one) or, with `all`, every

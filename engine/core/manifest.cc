@@ -3,7 +3,6 @@
 #include <cctype>
 #include <cstdio>
 #include <cstring>
-#include <stdexcept>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -341,9 +340,10 @@ Result<Manifest> Manifest::FromJson(const Json& j, const std::string& what) {
     m.client = j.value("client", "");
     m.compression = j.value("compression", "");
     m.compression_auto = j.value("compression_auto", false);
-    if (j.contains("compression_measured")) {
-      m.compression_measured = j.at("compression_measured");
-      if (!m.compression_measured.is_object()) throw std::invalid_argument("compression_measured");
+    // What auto measured only informs: readers ignore it (docs/FORMAT.md), and
+    // take nothing of it but an object.
+    if (auto it = j.find("compression_measured"); it != j.end() && it->is_object()) {
+      m.compression_measured = *it;
     }
   } catch (const std::exception& e) {
     return Status::Corruption(what + ": missing or malformed field (" + e.what() + ")");
