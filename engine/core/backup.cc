@@ -412,19 +412,19 @@ Status PackSink::FinishClosedPacks(bool all) {
 // opened, with the reason in `*warning`.
 DedupContext OpenDedup(const Repository& repo, const std::string& volume,
                        std::string* warning) {
-  DedupContext d;
+  auto off = [&](const Status& why) {
+    *warning = "deduplication off for this backup: " + why.message();
+    return DedupContext();
+  };
   auto index = DedupIndex::Open(repo);
-  if (!index.ok()) {
-    *warning = "deduplication off for this backup: " + index.status().message();
-    return d;
-  }
+  if (!index.ok()) return off(index.status());
+  auto committed = CommittedPackIds(repo);
+  if (!committed.ok()) return off(committed.status());
   auto log = SlotLog::Create(repo.path() + "/tmp/" + volume + ".dedup");
-  if (!log.ok()) {
-    *warning = "deduplication off for this backup: " + log.status().message();
-    return d;
-  }
+  if (!log.ok()) return off(log.status());
+  DedupContext d;
   d.index = std::move(index).value();
-  d.check = std::make_unique<RecordCheck>(repo, CommittedPackIds(repo));
+  d.check = std::make_unique<RecordCheck>(repo, std::move(committed).value());
   d.log = std::move(log).value();
   return d;
 }

@@ -418,26 +418,11 @@ bool RecordCheck::Digest(const ObjRef& ref, uint8_t out[16]) {
   return true;
 }
 
-std::vector<uint32_t> CommittedPackIds(const Repository& repo) {
+Result<std::vector<uint32_t>> CommittedPackIds(const Repository& repo) {
   std::vector<uint32_t> packs = repo.ListPackIds();
   // After the listing, as prune reads them: a pack of a backup not committed
   // then is named by its journal now, or its manifest was renamed meanwhile.
-  std::vector<uint32_t> journalled;
-  for (const std::string& name : io::ListDir(repo.path() + "/tmp")) {
-    if (name.size() < 9 || name.compare(name.size() - 8, 8, ".journal") != 0) continue;
-    auto text = io::ReadFile(repo.path() + "/tmp/" + name);
-    if (!text.ok()) return {};  // unknown: dedup against nothing
-    size_t pos = 0;
-    const std::string& t = text.value();
-    while ((pos = t.find("pack ", pos)) != std::string::npos) {
-      std::string hex = t.substr(pos + 5, 8);
-      pos += 5;
-      if (hex.size() == 8 && hex.find_first_not_of("0123456789abcdef") == std::string::npos) {
-        journalled.push_back(static_cast<uint32_t>(std::stoul(hex, nullptr, 16)));
-      }
-    }
-  }
-  std::sort(journalled.begin(), journalled.end());
+  DP420_ASSIGN_OR_RETURN(std::vector<uint32_t> journalled, JournalledPackIds(repo));
   std::erase_if(packs, [&](uint32_t id) {
     return std::binary_search(journalled.begin(), journalled.end(), id);
   });
@@ -505,7 +490,8 @@ Result<uint64_t> RebuildDedupIndex(const Repository& repo, bool only_if_unreadab
   }
   Writer w(repo, key);
   DP420_RETURN_IF_ERROR(w.Start(true));
-  RecordCheck check(repo, CommittedPackIds(repo));
+  DP420_ASSIGN_OR_RETURN(std::vector<uint32_t> committed, CommittedPackIds(repo));
+  RecordCheck check(repo, std::move(committed));
   uint64_t added = 0;
   for (const std::string& volume : repo.ListVolumes()) {
     auto m = repo.FindSnapshot(volume, "latest");

@@ -150,8 +150,9 @@ class RecordCheck {
 };
 
 // The packs of packs/ that no backup's journal names (listed in that order, as
-// prune does): committed, so never rolled back. Sorted.
-std::vector<uint32_t> CommittedPackIds(const Repository& repo);
+// prune does): committed, so never rolled back. Sorted. Errors: a journal
+// that does not read (JournalledPackIds).
+Result<std::vector<uint32_t>> CommittedPackIds(const Repository& repo);
 
 // Adds the slots in the file `slots_path` (DedupSlot after DedupSlot) to the
 // index, under locks/.dedup.lock; creates or grows the table as needed.

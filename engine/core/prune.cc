@@ -59,27 +59,19 @@ Packs ListPacks(const Repository& repo) {
 
 // Step 2: the packs of backups running, awaiting resume or dead (the next
 // backup of their volume rolls those back).
-void MarkJournalled(const Repository& repo, Packs* packs, PruneReport* report) {
-  for (const std::string& name : io::ListDir(repo.path() + "/tmp")) {
-    if (name.size() < 9 || name.compare(name.size() - 8, 8, ".journal") != 0) continue;
-    if (name[0] == '.') continue;  // prune's own journal: its packs are judged by the mark
-    auto text = io::ReadFile(repo.path() + "/tmp/" + name);
-    if (!text.ok()) continue;
-    size_t pos = 0;
-    const std::string& t = text.value();
-    while (pos < t.size()) {
-      size_t nl = t.find('\n', pos);
-      std::string line = t.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-      pos = nl == std::string::npos ? t.size() : nl + 1;
-      if (line.rfind("pack ", 0) != 0 || line.size() != 13) continue;
-      if (line.find_first_not_of("0123456789abcdef", 5) != std::string::npos) continue;
-      auto it = packs->find(uint32_t(std::stoul(line.substr(5), nullptr, 16)));
-      if (it != packs->end() && !it->second.in_progress) {
-        it->second.in_progress = true;
-        ++report->packs_in_progress;
-      }
+// Packs a backup's journal names are in progress (or a dead backup's, rolled
+// back by the volume's next writer): never deleted. A journal that does not
+// read makes prune refuse, rather than guess.
+Status MarkJournalled(const Repository& repo, Packs* packs, PruneReport* report) {
+  DP420_ASSIGN_OR_RETURN(std::vector<uint32_t> journalled, JournalledPackIds(repo));
+  for (uint32_t id : journalled) {
+    auto it = packs->find(id);
+    if (it != packs->end() && !it->second.in_progress) {
+      it->second.in_progress = true;
+      ++report->packs_in_progress;
     }
   }
+  return Status::Ok();
 }
 
 // Every relocation file must read: the records it maps could not be found
@@ -927,7 +919,7 @@ Result<PruneReport> Prune(const Repository& repo, const PruneOptions& o) {
   Packs packs = ListPacks(repo);
   report.packs_before = packs.size();
   for (const auto& [id, p] : packs) report.pack_bytes_before += p.size;
-  MarkJournalled(repo, &packs, &report);
+  DP420_RETURN_IF_ERROR(MarkJournalled(repo, &packs, &report));
   DP420_RETURN_IF_ERROR(CheckRelocationFiles(repo));
   std::vector<Manifest> manifests;
   size_t strict = 0;

@@ -553,26 +553,49 @@ BackupJournal::~BackupJournal() {
   if (fd_ >= 0) close(fd_);
 }
 
+std::vector<uint32_t> JournalPackIds(const std::string& t) {
+  std::vector<uint32_t> packs;
+  size_t pos = 0;
+  while (pos < t.size()) {
+    size_t nl = t.find('\n', pos);
+    if (nl == std::string::npos) break;  // a torn last line names nothing durable
+    std::string_view line(t.data() + pos, nl - pos);
+    pos = nl + 1;
+    if (line.size() != 13 || line.substr(0, 5) != "pack ") continue;
+    if (line.find_first_not_of("0123456789abcdef", 5) != std::string_view::npos) continue;
+    const uint32_t id = static_cast<uint32_t>(std::strtoul(std::string(line.substr(5)).c_str(),
+                                                           nullptr, 16));
+    if (id != 0) packs.push_back(id);
+  }
+  return packs;
+}
+
+Result<std::vector<uint32_t>> JournalledPackIds(const Repository& repo) {
+  std::vector<uint32_t> packs;
+  const std::string dir = repo.path() + "/tmp";
+  for (const std::string& name : io::ListDir(dir)) {
+    if (name.size() < 9 || name.compare(name.size() - 8, 8, ".journal") != 0) continue;
+    if (name[0] == '.') continue;  // prune's own journal
+    auto text = io::ReadFile(dir + "/" + name);
+    if (!text.ok() && text.status().code() == Code::kNotFound) continue;
+    if (!text.ok()) return text.status();
+    for (uint32_t id : JournalPackIds(*text)) packs.push_back(id);
+  }
+  std::sort(packs.begin(), packs.end());
+  return packs;
+}
+
 Status BackupJournal::Recover(const Repository& repo, const std::string& volume) {
   std::string path = repo.path() + "/tmp/" + volume + ".journal";
   auto text = io::ReadFile(path);
   if (!text.ok()) return Status::Ok();  // no journal: nothing to roll back
   std::string snapshot_id;
-  std::vector<uint32_t> packs;
-  size_t pos = 0;
   const std::string& t = text.value();
-  while (pos < t.size()) {
-    size_t nl = t.find('\n', pos);
-    if (nl == std::string::npos) break;  // a torn last line names nothing durable
-    std::string line = t.substr(pos, nl - pos);
-    pos = nl + 1;
-    if (line.rfind("snapshot ", 0) == 0) snapshot_id = line.substr(9);
-    if (line.rfind("pack ", 0) == 0 && line.size() == 13) {
-      char* end = nullptr;
-      unsigned long id = std::strtoul(line.c_str() + 5, &end, 16);
-      if (end == line.c_str() + 13 && id != 0) packs.push_back(uint32_t(id));
-    }
+  // The snapshot line comes first, whole before any pack is created.
+  if (t.rfind("snapshot ", 0) == 0 && t.find('\n') != std::string::npos) {
+    snapshot_id = t.substr(9, t.find('\n') - 9);
   }
+  const std::vector<uint32_t> packs = JournalPackIds(t);
   bool committed = false;
   for (const auto& name : io::ListDir(repo.SnapshotsDir(volume))) {
     if (!snapshot_id.empty() && name.find("-" + snapshot_id + ".manifest") != std::string::npos) {

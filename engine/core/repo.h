@@ -190,6 +190,15 @@ class Repository {
   std::unique_ptr<crypto::RepositoryKeys> keys_;  // an encrypted repository's subkeys
 };
 
+// The packs named by the "pack XXXXXXXX" lines of a journal's `text` (a torn
+// last line names nothing).
+std::vector<uint32_t> JournalPackIds(const std::string& text);
+// The packs every backup's journal (tmp/VOL.journal; not prune's own,
+// tmp/.prune.journal) names now, sorted: backups in progress, or dead ones not
+// yet rolled back. A journal that went meanwhile (its backup committed or
+// rolled back) names nothing; one that does not read is an error.
+Result<std::vector<uint32_t>> JournalledPackIds(const Repository& repo);
+
 // Journal of an unfinished backup: tmp/VOL.journal lists the snapshot being
 // made and every pack created for it, each line durable before the pack is.
 class BackupJournal {

@@ -204,6 +204,28 @@ TEST_F(PruneTest, DeletesUnreferencedPacks) {
   EXPECT_EQ(Packs(), kept);
 }
 
+// A backup's journal names packs that are in progress. One that does not read
+// (here a folder under a journal's name) makes prune refuse and delete nothing,
+// rather than take its packs for garbage; one whose pack lines are whole keeps them.
+TEST_F(PruneTest, AJournalThatDoesNotReadMakesPruneRefuse) {
+  Backup("a");
+  Backup("b", {}, 7);
+  const std::set<uint32_t> all = Packs();
+  DropVolume("b");
+  std::filesystem::create_directories(dir_ + "/repo/tmp/c.journal");
+  auto refused = RunPrune(*repo_, PruneOptions{});
+  EXPECT_FALSE(refused.ok());
+  EXPECT_EQ(Packs(), all);
+  std::filesystem::remove(dir_ + "/repo/tmp/c.journal");
+  // Every pack named by a journal (a torn last line names nothing) stays.
+  std::string text = "snapshot 0123456789abcdef\n";
+  for (uint32_t id : all) text += "pack " + PackName(id) + "\n";
+  ASSERT_TRUE(io::WriteFileAtomic(dir_ + "/repo/tmp/c.journal", text + "pack 0000").ok());
+  PruneReport kept = Prune();
+  EXPECT_EQ(kept.packs_deleted, 0u);
+  EXPECT_EQ(Packs(), all);
+}
+
 TEST_F(PruneTest, RepacksHalfUsedPackAndReadersFollowTheRelocation) {
   std::set<uint32_t> s1_packs;
   HalfUsedPack(&s1_packs);
