@@ -216,9 +216,10 @@ class PackSink : public ScanSink {
   static constexpr uint64_t kTagWrite = 2;
   Status EnsurePack(uint32_t len);
   Status FinishClosedPacks(bool all);
-  // Whether the block of `entry` (its SHA-256 set) is stored already under
-  // a dedup slot whose record is still there; if so, entry.ref references it.
-  bool Deduplicate(Entry& entry);
+  // Whether the block of `entry` (its SHA-256 set) is stored already under a
+  // dedup slot whose record is still there; if so, entry.ref references it.
+  // `tag` receives the block's tag (for its slot when it is stored).
+  bool Deduplicate(Entry& entry, uint8_t tag[16]);
   Status FlushSlots() {
     if (slots_.empty()) return Status::Ok();
     Status s = dedup_->log->Append(slots_);
@@ -256,19 +257,17 @@ class PackSink : public ScanSink {
   uint64_t blocks_deduplicated_ = 0;
 };
 
-bool PackSink::Deduplicate(Entry& entry) {
-  if (!dedup_) return false;
-  std::optional<DedupSlot> slot = dedup_->index->Find(entry.ref.sha256);
+bool PackSink::Deduplicate(Entry& entry, uint8_t tag[16]) {
+  std::optional<DedupSlot> slot = dedup_->index->Find(entry.ref.sha256, tag);
   if (!slot) return false;
   std::optional<ObjRef> ref = dedup_->check->Find(*slot);
   if (!ref) return false;
   // A record verify found damaged is not referenced again: the block is
   // stored anew. Verify records a damaged copy of a repacked record under
   // the reference the table holds, which is what the slot names.
-  ObjRef named{};
-  named.pack_id = slot->pack_id;
-  named.offset_4k = slot->offset_4k;
-  if (damage_ && (damage_->Holds(*ref) || damage_->Holds(named))) return false;
+  if (damage_ && (damage_->Holds(*ref) || damage_->HoldsAt(slot->pack_id, slot->offset_4k))) {
+    return false;
+  }
   std::memcpy(ref->sha256, entry.ref.sha256, sizeof(ref->sha256));
   entry.ref = *ref;
   ++blocks_deduplicated_;
@@ -325,7 +324,8 @@ Result<uint8_t*> PackSink::Encode(ScanRead& read, uint32_t index, uint32_t len, 
 // Appends a changed block to the open pack, extending the open write when
 // the block directly follows the previous one in both the buffer and the pack.
 Status PackSink::Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& entry) {
-  if (Deduplicate(entry)) return Status::Ok();
+  uint8_t tag[16];
+  if (dedup_ && Deduplicate(entry, tag)) return Status::Ok();
   bool registered = true;
   DP420_ASSIGN_OR_RETURN(uint8_t* data, Encode(read, index, len, entry, &registered));
   const uint32_t stored_len = entry.ref.stored_len;
@@ -335,7 +335,7 @@ Status PackSink::Changed(ScanRead& read, uint32_t index, uint32_t len, Entry& en
   if (padded != stored_len) std::memset(data + stored_len, 0, padded - stored_len);
   pack->writer.Reserve(stored_len, &entry.ref, data);
   if (dedup_) {
-    slots_.push_back(dedup_->index->key().MakeSlot(entry.ref.sha256, entry.ref,
+    slots_.push_back(dedup_->index->key().MakeSlot(tag, entry.ref.sha256, entry.ref,
                                                    pack->writer.last_reserved().sha256));
     if (slots_.size() >= 1024) DP420_RETURN_IF_ERROR(FlushSlots());
   }

@@ -25,8 +25,14 @@ class Repository;
 
 struct DamageRecord {
   std::set<uint64_t> records;  // (pack id << 32) | offset_4k, as the tables hold them
-  static uint64_t Key(const ObjRef& ref) { return uint64_t{ref.pack_id} << 32 | ref.offset_4k; }
-  bool Holds(const ObjRef& ref) const { return !records.empty() && records.count(Key(ref)); }
+  static uint64_t Key(uint32_t pack_id, uint32_t offset_4k) {
+    return uint64_t{pack_id} << 32 | offset_4k;
+  }
+  static uint64_t Key(const ObjRef& ref) { return Key(ref.pack_id, ref.offset_4k); }
+  bool HoldsAt(uint32_t pack_id, uint32_t offset_4k) const {
+    return !records.empty() && records.count(Key(pack_id, offset_4k));
+  }
+  bool Holds(const ObjRef& ref) const { return HoldsAt(ref.pack_id, ref.offset_4k); }
   bool empty() const { return records.empty(); }
 };
 

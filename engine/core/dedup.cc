@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
+#include <span>
 
 #include <openssl/crypto.h>
 
@@ -90,8 +91,15 @@ void DedupKey::Check(uint8_t out[16]) const {
 
 DedupSlot DedupKey::MakeSlot(const uint8_t sha256[32], const ObjRef& ref,
                              const uint8_t digest[16]) const {
+  uint8_t tag[16];
+  Tag(sha256, tag);
+  return MakeSlot(tag, sha256, ref, digest);
+}
+
+DedupSlot DedupKey::MakeSlot(const uint8_t tag[16], const uint8_t sha256[32], const ObjRef& ref,
+                             const uint8_t digest[16]) const {
   DedupSlot s{};
-  Tag(sha256, s.tag);
+  std::memcpy(s.tag, tag, 16);
   s.pack_id = ref.pack_id;
   s.offset_4k = ref.offset_4k;
   s.stored_len = ref.stored_len;
@@ -261,10 +269,11 @@ Status Writer::Start(bool rebuild) {
   return Status::Ok();
 }
 
-// A table twice as large holding the slots of the current one whose pack is
-// still there (the stale ones of deleted packs go).
+// A table twice as large holding the slots of the current one whose pack can
+// still be read from: a pack file, or a pack prune repacked, whose slots a
+// lookup follows through its relocation file (the stale ones of deleted packs go).
 Status Writer::Grow() {
-  if (present_.empty()) present_ = repo_.ListPackIds();
+  if (present_.empty()) present_ = ListReadablePackIds(repo_);
   DP420_ASSIGN_OR_RETURN(Table bigger, Table::Create(TempPath(repo_, temps_++), repo_, key_,
                                                      table_.buckets() * 2 + 1));
   // The old table is read 64 buckets (256 KiB) at a time, in order.
@@ -313,18 +322,19 @@ Result<std::unique_ptr<DedupIndex>> DedupIndex::Open(const Repository& repo) {
     auto t = Table::OpenExisting(DedupIndexPath(repo), repo, index->key_, false);
     if (t.ok()) {
       index->buckets_ = t->buckets();
+      index->entries_ = t->entries();
       index->file_ = std::move(t->file());
       return index;
     }
     if (!IsDamage(t.status()) && t.status().code() != Code::kNotFound) return t.status();
-    if (attempt == 0) DP420_RETURN_IF_ERROR(RebuildDedupIndex(repo, true).status());
+    if (attempt == 0) DP420_RETURN_IF_ERROR(RebuildDedupIndex(repo));
   }
   return Status::Corruption(DedupIndexPath(repo) + ": does not read after a rebuild");
 }
 
-std::optional<DedupSlot> DedupIndex::Find(const uint8_t sha256[32]) const {
-  uint8_t tag[16];
+std::optional<DedupSlot> DedupIndex::Find(const uint8_t sha256[32], uint8_t tag[16]) const {
   key_.Tag(sha256, tag);
+  if (entries_ == 0) return std::nullopt;  // a first backup: nothing to read
   DedupSlot page[kDedupSlotsPerBucket];
   const uint64_t home = Home(tag, buckets_);
   for (uint32_t i = 0; i < kDedupProbe && i < buckets_; ++i) {
@@ -386,6 +396,15 @@ std::optional<ObjRef> RecordCheck::TrailerEntry(uint32_t pack_id, uint32_t offse
   return *it;
 }
 
+namespace {
+
+// Whether the trailer entry `t` is the record of that length, encoding and key.
+bool SameRecord(const ObjRef& t, uint32_t stored_len, uint16_t flags, uint16_t key_id) {
+  return t.stored_len == stored_len && t.flags == flags && t.key_id == key_id;
+}
+
+}  // namespace
+
 std::optional<ObjRef> RecordCheck::Find(const DedupSlot& slot) {
   ObjRef ref{};
   ref.pack_id = slot.pack_id;
@@ -400,8 +419,8 @@ std::optional<ObjRef> RecordCheck::Find(const DedupSlot& slot) {
     if (!relocator_.Resolve(&ref).ok() || ref.pack_id == slot.pack_id) return std::nullopt;
   }
   std::optional<ObjRef> t = TrailerEntry(ref.pack_id, ref.offset_4k);
-  if (!t || t->stored_len != slot.stored_len || (t->flags & ~kObjEncodingFlags) != 0 ||
-      t->flags != slot.flags || t->key_id != slot.key_id ||
+  // The slot's flags are encoding flags alone (its MAC held), so the trailer's are too.
+  if (!t || !SameRecord(*t, slot.stored_len, slot.flags, slot.key_id) ||
       std::memcmp(t->sha256, slot.digest, 16) != 0) {
     return std::nullopt;
   }
@@ -410,8 +429,7 @@ std::optional<ObjRef> RecordCheck::Find(const DedupSlot& slot) {
 
 bool RecordCheck::Digest(const ObjRef& ref, uint8_t out[16]) {
   std::optional<ObjRef> t = TrailerEntry(ref.pack_id, ref.offset_4k);
-  if (!t || t->stored_len != ref.stored_len || t->flags != (ref.flags & kObjEncodingFlags) ||
-      t->key_id != ref.key_id) {
+  if (!t || !SameRecord(*t, ref.stored_len, ref.flags & kObjEncodingFlags, ref.key_id)) {
     return false;
   }
   std::memcpy(out, t->sha256, 16);
@@ -455,14 +473,13 @@ namespace {
 // Inserts the data records of `m`'s table (resolved through relocations),
 // each with its trailer digest.
 Status AddSnapshot(const Repository& repo, const Manifest& m, const DedupKey& key,
-                   RecordCheck& check, Writer& w, uint64_t* added) {
+                   RecordCheck& check, Writer& w) {
   TableReader reader(repo, m);
   const uint64_t pages = m.blocks_total ? reader.shape().PagesAt(0) : 0;
   for (uint64_t p = 0; p < pages; ++p) {
     uint32_t count = 0;
     DP420_ASSIGN_OR_RETURN(const Entry* entries, reader.Leaf(p, &count));
-    std::vector<Entry> copy(entries, entries + count);
-    for (const Entry& e : copy) {
+    for (const Entry& e : std::span<const Entry>(entries, count)) {
       ObjRef ref = e.ref;
       if (!ref.stored() || (ref.flags & ~kObjEncodingFlags) != 0) continue;
       if (!reader.Resolve(&ref).ok()) continue;
@@ -472,7 +489,6 @@ Status AddSnapshot(const Repository& repo, const Manifest& m, const DedupKey& ke
       // relocations as the table's readers do), so that verify's damage
       // record, kept under that reference, applies to it.
       DP420_RETURN_IF_ERROR(w.Put(key.MakeSlot(e.ref.sha256, e.ref, digest)));
-      ++*added;
     }
   }
   return Status::Ok();
@@ -480,27 +496,22 @@ Status AddSnapshot(const Repository& repo, const Manifest& m, const DedupKey& ke
 
 }  // namespace
 
-Result<uint64_t> RebuildDedupIndex(const Repository& repo, bool only_if_unreadable) {
+Status RebuildDedupIndex(const Repository& repo) {
   DP420_ASSIGN_OR_RETURN(VolumeLock lock, LockDedup(repo));
   DedupKey key(repo);
-  if (only_if_unreadable) {
-    // Another backup may have rebuilt it while this one waited for the lock.
-    auto t = Table::OpenExisting(DedupIndexPath(repo), repo, key, false);
-    if (t.ok()) return t->entries();
-  }
+  // Another backup may have rebuilt it while this one waited for the lock.
+  if (Table::OpenExisting(DedupIndexPath(repo), repo, key, false).ok()) return Status::Ok();
   Writer w(repo, key);
   DP420_RETURN_IF_ERROR(w.Start(true));
   DP420_ASSIGN_OR_RETURN(std::vector<uint32_t> committed, CommittedPackIds(repo));
   RecordCheck check(repo, std::move(committed));
-  uint64_t added = 0;
   for (const std::string& volume : repo.ListVolumes()) {
     auto m = repo.FindSnapshot(volume, "latest");
     if (!m.ok()) continue;  // a volume whose history does not read: its blocks are not offered
-    Status s = AddSnapshot(repo, *m, key, check, w, &added);
+    Status s = AddSnapshot(repo, *m, key, check, w);
     if (!s.ok() && !IsDamage(s)) return s;  // a damaged table: what was read is offered
   }
-  DP420_RETURN_IF_ERROR(w.Finish());
-  return added;
+  return w.Finish();
 }
 
 }  // namespace dp420

@@ -90,8 +90,11 @@ class DedupKey {
   void Mac(const uint8_t sha256[32], const DedupSlot& slot, uint8_t out[16]) const;
   void Check(uint8_t out[16]) const;
   // A slot for the record `ref` of a block whose raw SHA-256 is `sha256`;
-  // `digest`: the first 16 bytes of the record's trailer digest.
+  // `digest`: the first 16 bytes of the record's trailer digest. With `tag`,
+  // the block's tag computed already (DedupIndex::Find gives it).
   DedupSlot MakeSlot(const uint8_t sha256[32], const ObjRef& ref, const uint8_t digest[16]) const;
+  DedupSlot MakeSlot(const uint8_t tag[16], const uint8_t sha256[32], const ObjRef& ref,
+                     const uint8_t digest[16]) const;
 
  private:
   static constexpr size_t kMaxMessage = 4 + 32 + 32;
@@ -107,8 +110,9 @@ class DedupIndex {
   // made with another key). Errors only when the file system refuses.
   static Result<std::unique_ptr<DedupIndex>> Open(const Repository& repo);
   // The slot of the block whose raw SHA-256 is `sha256` whose MAC holds, if
-  // any (a read error is a miss). Thread-safe.
-  std::optional<DedupSlot> Find(const uint8_t sha256[32]) const;
+  // any (a read error is a miss); `tag` receives the block's tag either way.
+  // An index that held no slot when opened is not read. Thread-safe.
+  std::optional<DedupSlot> Find(const uint8_t sha256[32], uint8_t tag[16]) const;
   const DedupKey& key() const { return key_; }
 
  private:
@@ -116,6 +120,7 @@ class DedupIndex {
   DedupKey key_;
   io::File file_;
   uint64_t buckets_ = 0;
+  uint64_t entries_ = 0;  // when opened
 };
 
 // Checks a slot's location against the pack's trailer, for packs that were
@@ -158,11 +163,9 @@ Result<std::vector<uint32_t>> CommittedPackIds(const Repository& repo);
 // index, under locks/.dedup.lock; creates or grows the table as needed.
 Status AddToDedupIndex(const Repository& repo, const std::string& slots_path);
 
-// Writes a new index from the newest snapshot of every volume (`dp420
-// repair`, and Open when the index is missing or damaged). Returns the slots
-// written.
-// With `only_if_unreadable`, does nothing when the index opens once the lock
+// Writes a new index from the newest snapshot of every volume (DedupIndex::Open,
+// when the index is missing or damaged), unless the index opens once the lock
 // is held (another process rebuilt it meanwhile).
-Result<uint64_t> RebuildDedupIndex(const Repository& repo, bool only_if_unreadable = false);
+Status RebuildDedupIndex(const Repository& repo);
 
 }  // namespace dp420

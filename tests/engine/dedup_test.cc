@@ -4,6 +4,7 @@
 // exists and drops those whose pack is gone; a slot whose MAC does not hold
 // for the SHA-256 asked about is never returned.
 #include "engine/core/dedup.h"
+#include "engine/core/relocate.h"
 
 #include <fcntl.h>
 
@@ -99,7 +100,8 @@ TEST_F(DedupIndexTest, GrownTableFindsEverySlotOfAPackThatExists) {
   ASSERT_TRUE(index.ok()) << index.status().ToString();
   uint32_t found_gone = 0;
   for (uint32_t i = 0; i < 40000; ++i) {
-    auto s = (*index)->Find(Sha(i).data());
+    uint8_t tag[16];
+    auto s = (*index)->Find(Sha(i).data(), tag);
     bool gone = i >= 20000 && i < 25000;
     if (gone) {
       found_gone += s ? 1 : 0;
@@ -112,10 +114,33 @@ TEST_F(DedupIndexTest, GrownTableFindsEverySlotOfAPackThatExists) {
   }
   // The doubling after they were added kept only slots of packs present.
   EXPECT_LT(found_gone, 5000u);
-  EXPECT_FALSE((*index)->Find(Sha(40001).data()).has_value());
+  uint8_t tag[16], want[16];
+  EXPECT_FALSE((*index)->Find(Sha(40001).data(), tag).has_value());
+  DedupKey(*repo_).Tag(Sha(40001).data(), want);
+  EXPECT_EQ(std::memcmp(tag, want, 16), 0) << "a miss gives the tag too";
   struct stat st;
   ASSERT_EQ(stat(DedupIndexPath(*repo_).c_str(), &st), 0);
   EXPECT_GT(uint64_t(st.st_size), (kDedupMinBuckets * 4 + 1) * kDedupBucketBytes);
+}
+
+// A pack prune repacked has no file but a relocation file, which a lookup follows:
+// a doubling of the table keeps its slots, and drops those of a pack that is gone.
+TEST_F(DedupIndexTest, GrowingKeepsTheSlotsOfARepackedPack) {
+  FakePack(0x11111111);
+  Relocation moved;
+  moved.pack_id = 0x33333333;
+  moved.entries.push_back({Location(0, 0).offset_4k, 0x11111111, 1});
+  ASSERT_TRUE(WriteRelocation(*repo_, moved).ok());
+  Add(0, 100, 0x33333333);     // repacked: a relocation file, no pack file
+  Add(100, 100, 0x22222222);   // gone: neither
+  Add(1000, 20000, 0x11111111);  // past 3/4 of 255 buckets: the table doubles
+  auto index = DedupIndex::Open(*repo_);
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  uint8_t tag[16];
+  for (uint32_t i = 0; i < 100; ++i) {
+    EXPECT_TRUE((*index)->Find(Sha(i).data(), tag).has_value()) << i;
+    EXPECT_FALSE((*index)->Find(Sha(100 + i).data(), tag).has_value()) << 100 + i;
+  }
 }
 
 TEST_F(DedupIndexTest, SlotWhoseMacFailsIsNotReturned) {
@@ -131,7 +156,10 @@ TEST_F(DedupIndexTest, SlotWhoseMacFailsIsNotReturned) {
   testing::WriteAll(DedupIndexPath(*repo_), bytes);
   auto index = DedupIndex::Open(*repo_);
   ASSERT_TRUE(index.ok());
-  for (uint32_t i = 0; i < 100; ++i) EXPECT_FALSE((*index)->Find(Sha(i).data()).has_value()) << i;
+  uint8_t tag[16];
+  for (uint32_t i = 0; i < 100; ++i) {
+    EXPECT_FALSE((*index)->Find(Sha(i).data(), tag).has_value()) << i;
+  }
 }
 
 }  // namespace
