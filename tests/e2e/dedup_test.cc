@@ -5,12 +5,15 @@
 // volume that stored it through forget and prune; a damaged, edited, forged,
 // truncated or deleted dedup index (REPO/index/dedup.idx) never yields a
 // wrong snapshot, at most a lost dedup; backups of two clones running at once
-// both hold.
+// both hold; records of a killed backup, of a pack a journal names, or that
+// verify found damaged are never shared.
 
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -289,6 +292,62 @@ TEST_F(DedupTest, ConcurrentBackupsOfTwoClones) {
   Json jd = BackupOf("d", d);
   EXPECT_EQ(jd["blocks_stored"].get<uint64_t>(), 0u) << jd.dump();
   ExpectRestores("d", jd["snapshot_id"], d);
+  std::string e = dir_ / "e.img";
+  std::filesystem::copy_file(c, e);
+  Json je = BackupOf("e", e);
+  EXPECT_EQ(je["blocks_stored"].get<uint64_t>(), 0u) << je.dump();
+  ExpectRestores("e", je["snapshot_id"], e);
+}
+
+// Only records that are committed, and not known damaged, are ever shared:
+//  - a backup killed half-way offers nothing (its records are rolled back);
+//  - a committed pack that a journal names (a planted tmp/*.journal, as a backup
+//    in progress would) is not used until no journal names it;
+//  - a record verify found damaged is stored anew by the next clone, which then
+//    restores bit-exact and verifies clean, while the template reports its damage.
+TEST_F(DedupTest, OnlyCommittedUndamagedRecordsAreShared) {
+  Init(false);
+  std::string tmpl = Template("template.img");
+  Result killed = Cli({"backup", "--repo", repo_, "--volume", "a", tmpl},
+                      {{"DP420_TEST_CRASH", "after-data:500"}});
+  ASSERT_EQ(killed.term_signal, SIGKILL) << killed.Describe();
+  auto packs = [&] {
+    std::set<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(repo_ + "/packs")) {
+      names.insert(e.path());
+    }
+    return names;
+  };
+  Json b = CloneBackup(tmpl, "b", 1);
+  EXPECT_EQ(b["blocks_deduplicated"], 0u) << b.dump();
+
+  std::string journal;
+  for (const auto& e : std::filesystem::directory_iterator(repo_ + "/packs")) {
+    journal += "pack " + e.path().stem().string() + "\n";
+  }
+  WriteFile(repo_ + "/tmp/zz.journal", "snapshot 0123456789abcdef\n" + journal);
+  const std::set<std::string> before_c = packs();
+  Json c = CloneBackup(tmpl, "c", 2, {"--threads", "1"});  // one data pack, in volume order
+  EXPECT_EQ(c["blocks_deduplicated"], 0u) << c.dump();
+  std::filesystem::remove(repo_ + "/tmp/zz.journal");
+  Json d = CloneBackup(tmpl, "d", 3);
+  EXPECT_GE(d["blocks_deduplicated"].get<uint64_t>(), 1024u - 30u) << d.dump();
+
+  // Block 5 of "c" (its sixth raw 64 KiB record, from 4 KiB on in its data pack, the
+  // largest it made; no clone changes it), which the index now names (the newest
+  // slot of a block wins) and "d" shares, damaged and found.
+  std::string largest;
+  for (const std::string& p : packs()) {
+    if (before_c.count(p)) continue;
+    if (largest.empty() || FileSize(p) > FileSize(largest)) largest = p;
+  }
+  FlipBit(largest, 4096 + 5 * 65536 + 100, 2);
+  Result found = Run({"verify", "--repo", repo_, "--read-data"});
+  ASSERT_EQ(found.exit_code, kExitDamage) << found.Describe();
+  Json e = CloneBackup(tmpl, "e", 4);  // restores bit-exact: nothing damaged is referenced
+  EXPECT_LT(e["blocks_deduplicated"].get<uint64_t>(), 1024u) << e.dump();
+  Result clean = Run({"verify", "--repo", repo_, "--read-data", "--volume", "e"});
+  EXPECT_EQ(clean.exit_code, kExitOk) << clean.Describe();
 }
 
 }  // namespace
