@@ -119,10 +119,14 @@ class Table {
                               const DedupKey& key, uint64_t buckets);
   static Result<Table> OpenExisting(const std::string& path, const Repository& repo,
                                     const DedupKey& key, bool write);
-  // False when no slot is free within kDedupProbe buckets of the tag's home.
-  Result<bool> Insert(const DedupSlot& s);
-  bool TooFull() const {
-    return (entries_ + 1) * 4 > buckets_ * kDedupSlotsPerBucket * 3;
+  // Inserts `slots`, a run at a time: the slots whose home buckets lie
+  // within kRunBuckets of each other are placed with one read and one write of
+  // the buckets they probe. The slots that find no free slot within
+  // kDedupProbe buckets of their home go to `*left`.
+  Status InsertAll(std::vector<DedupSlot> slots, std::vector<DedupSlot>* left);
+  // Whether `more` slots would fill more than 3/4 of the table.
+  bool TooFull(uint64_t more) const {
+    return (entries_ + more) * 4 > buckets_ * kDedupSlotsPerBucket * 3;
   }
   Status ReadBucket(uint64_t b, DedupSlot* out) const { return ReadBuckets(b, 1, out); }
   Status ReadBuckets(uint64_t first, uint64_t count, DedupSlot* out) const {
@@ -136,10 +140,12 @@ class Table {
   io::File& file() { return file_; }
 
  private:
+  Status InsertWrapped(std::vector<DedupSlot>* left);
   io::File file_;
   DedupHeader header_{};
   uint64_t buckets_ = 0;
   uint64_t entries_ = 0;
+  std::vector<DedupSlot> wrapped_;  // InsertAll's slots whose probe wraps
 };
 
 Result<Table> Table::Create(const std::string& path, const Repository& repo,
@@ -193,23 +199,75 @@ Status Table::WriteHeader() {
   return file_.WriteAt(0, &header_, sizeof(header_));
 }
 
-Result<bool> Table::Insert(const DedupSlot& s) {
-  DedupSlot page[kDedupSlotsPerBucket];
-  const uint64_t home = Home(s.tag, buckets_);
-  for (uint32_t i = 0; i < kDedupProbe && i < buckets_; ++i) {
-    const uint64_t b = (home + i) % buckets_;
-    DP420_RETURN_IF_ERROR(ReadBucket(b, page));
-    for (DedupSlot& slot : page) {
-      bool same = std::memcmp(slot.tag, s.tag, 16) == 0;
-      if (!Empty(slot) && !same) continue;
-      if (Empty(slot)) ++entries_;
-      slot = s;  // the same tag: the newer location replaces a stale one
-      const uint64_t at = sizeof(DedupHeader) + b * kDedupBucketBytes;
-      DP420_RETURN_IF_ERROR(file_.WriteAt(at, page, kDedupBucketBytes));
+// Places `s` in the buckets [first, first + count) held in `pages` (probing
+// from its home on, as a lookup reads them): false when it finds no room there.
+bool Place(const DedupSlot& s, uint64_t home, uint64_t first, uint64_t count, DedupSlot* pages,
+           uint64_t* entries) {
+  for (uint64_t b = home; b < home + kDedupProbe && b < first + count; ++b) {
+    for (DedupSlot* slot = pages + (b - first) * kDedupSlotsPerBucket;
+         slot != pages + (b - first + 1) * kDedupSlotsPerBucket; ++slot) {
+      const bool same = std::memcmp(slot->tag, s.tag, 16) == 0;
+      if (!Empty(*slot) && !same) continue;
+      if (Empty(*slot)) ++*entries;
+      *slot = s;  // the same tag: the newer location replaces a stale one
       return true;
     }
   }
   return false;
+}
+
+// Slots whose homes lie within this many buckets of the run's first go in one
+// read and one write (256 KiB, with the probe's spill).
+constexpr uint64_t kRunBuckets = 64;
+
+Status Table::InsertAll(std::vector<DedupSlot> slots, std::vector<DedupSlot>* left) {
+  std::sort(slots.begin(), slots.end(), [&](const DedupSlot& a, const DedupSlot& b) {
+    return Home(a.tag, buckets_) < Home(b.tag, buckets_);
+  });
+  std::vector<DedupSlot> pages((kRunBuckets + kDedupProbe) * kDedupSlotsPerBucket);
+  for (size_t i = 0; i < slots.size();) {
+    const uint64_t first = Home(slots[i].tag, buckets_);
+    size_t end = i;
+    while (end < slots.size() && Home(slots[end].tag, buckets_) < first + kRunBuckets) ++end;
+    const uint64_t last = Home(slots[end - 1].tag, buckets_);
+    // The probe wraps past the last bucket: those slots read the front too.
+    const uint64_t count = std::min(last + kDedupProbe, buckets_) - first;
+    DP420_RETURN_IF_ERROR(ReadBuckets(first, count, pages.data()));
+    for (; i < end; ++i) {
+      const uint64_t home = Home(slots[i].tag, buckets_);
+      if (!Place(slots[i], home, first, count, pages.data(), &entries_)) {
+        if (home + kDedupProbe <= buckets_) {
+          left->push_back(slots[i]);
+        } else {
+          wrapped_.push_back(slots[i]);
+        }
+      }
+    }
+    DP420_RETURN_IF_ERROR(file_.WriteAt(sizeof(DedupHeader) + first * kDedupBucketBytes,
+                                        pages.data(), count * kDedupBucketBytes));
+  }
+  return InsertWrapped(left);
+}
+
+// The slots near the end whose probe wraps to the first buckets: the last
+// and the first kDedupProbe buckets, as one ring.
+Status Table::InsertWrapped(std::vector<DedupSlot>* left) {
+  if (wrapped_.empty()) return Status::Ok();
+  const uint64_t tail = std::min<uint64_t>(kDedupProbe, buckets_);
+  const uint64_t head = std::min<uint64_t>(kDedupProbe, buckets_ - tail);
+  std::vector<DedupSlot> ring((tail + head) * kDedupSlotsPerBucket);
+  DP420_RETURN_IF_ERROR(ReadBuckets(buckets_ - tail, tail, ring.data()));
+  DP420_RETURN_IF_ERROR(ReadBuckets(0, head, ring.data() + tail * kDedupSlotsPerBucket));
+  for (const DedupSlot& s : wrapped_) {
+    // Ring bucket k is table bucket (buckets_ - tail + k) % buckets_.
+    const uint64_t home = Home(s.tag, buckets_) - (buckets_ - tail);
+    if (!Place(s, home, 0, tail + head, ring.data(), &entries_)) left->push_back(s);
+  }
+  wrapped_.clear();
+  DP420_RETURN_IF_ERROR(file_.WriteAt(sizeof(DedupHeader) + (buckets_ - tail) * kDedupBucketBytes,
+                                      ring.data(), tail * kDedupBucketBytes));
+  return file_.WriteAt(sizeof(DedupHeader), ring.data() + tail * kDedupSlotsPerBucket,
+                       head * kDedupBucketBytes);
 }
 
 // Locks locks/.dedup.lock exclusively, waiting for the holder.
@@ -233,12 +291,16 @@ class Writer {
  public:
   Writer(const Repository& repo, const DedupKey& key) : repo_(repo), key_(key) {}
   Status Start(bool rebuild);
-  // Inserts `s`, growing the table when it is too full.
+  // Inserts `s` (with the others put, kBatch at a time), growing the table
+  // when it is too full.
   Status Put(const DedupSlot& s);
   Status Finish();
 
  private:
+  static constexpr size_t kBatch = 65536;  // 4 MiB of slots
+  Status Flush();
   Status Grow();
+  std::vector<DedupSlot> batch_;
   const Repository& repo_;
   const DedupKey& key_;
   Table table_;
@@ -279,35 +341,53 @@ Status Writer::Grow() {
   // The old table is read 64 buckets (256 KiB) at a time, in order.
   constexpr uint64_t kRun = 64;
   std::vector<DedupSlot> run(kRun * kDedupSlotsPerBucket);
+  std::vector<DedupSlot> live, dropped;  // a slot that finds no room is dropped
   for (uint64_t b = 0; b < table_.buckets(); b += kRun) {
     const uint64_t n = std::min(kRun, table_.buckets() - b);
     DP420_RETURN_IF_ERROR(table_.ReadBuckets(b, n, run.data()));
     for (uint64_t i = 0; i < n * kDedupSlotsPerBucket; ++i) {
       const DedupSlot& s = run[i];
-      if (Empty(s) || !std::binary_search(present_.begin(), present_.end(), s.pack_id)) continue;
-      DP420_RETURN_IF_ERROR(bigger.Insert(s).status());  // a slot that finds no room is dropped
+      if (!Empty(s) && std::binary_search(present_.begin(), present_.end(), s.pack_id)) {
+        live.push_back(s);
+      }
+    }
+    if (live.size() >= kBatch) {
+      DP420_RETURN_IF_ERROR(bigger.InsertAll(std::move(live), &dropped));
+      live.clear();
     }
   }
+  DP420_RETURN_IF_ERROR(bigger.InsertAll(std::move(live), &dropped));
   if (table_.path() != DedupIndexPath(repo_)) io::sys::Unlink(table_.path().c_str());
   table_ = std::move(bigger);
   return Status::Ok();
 }
 
 Status Writer::Put(const DedupSlot& s) {
-  if (table_.TooFull()) DP420_RETURN_IF_ERROR(Grow());
-  DP420_ASSIGN_OR_RETURN(bool placed, table_.Insert(s));
-  if (placed) return Status::Ok();
+  batch_.push_back(s);
+  return batch_.size() >= kBatch ? Flush() : Status::Ok();
+}
+
+Status Writer::Flush() {
+  while (table_.TooFull(batch_.size())) DP420_RETURN_IF_ERROR(Grow());
+  std::vector<DedupSlot> left;
+  DP420_RETURN_IF_ERROR(table_.InsertAll(std::move(batch_), &left));
+  batch_.clear();
+  if (left.empty()) return Status::Ok();
+  // Some found no room within their probe: once more in a table twice as large;
+  // no room even then: dropped (a lost dedup, no more).
   DP420_RETURN_IF_ERROR(Grow());
-  return table_.Insert(s).status();  // no room even then: dropped (a lost dedup, no more)
+  std::vector<DedupSlot> dropped;
+  return table_.InsertAll(std::move(left), &dropped);
 }
 
 Status Writer::Finish() {
+  DP420_RETURN_IF_ERROR(Flush());
   DP420_RETURN_IF_ERROR(table_.WriteHeader());
   if (table_.path() == DedupIndexPath(repo_)) return Status::Ok();
   // A cache: no fsync. A crash leaves an old, a torn or no index; each slot
   // is checked before use and a damaged header makes the next open rebuild.
   if (io::sys::Rename(table_.path().c_str(), DedupIndexPath(repo_).c_str()) != 0) {
-    return Status::IOError(table_.path() + ": rename: " + std::strerror(errno));
+    return PosixError(table_.path() + ": rename", errno);
   }
   return Status::Ok();
 }
@@ -457,12 +537,12 @@ Status AddToDedupIndex(const Repository& repo, const std::string& slots_path) {
   if (started.code() == Code::kNotFound) return Status::Ok();  // rebuilt at the next open
   DP420_RETURN_IF_ERROR(started);
   DP420_ASSIGN_OR_RETURN(io::File in, io::File::OpenRead(slots_path, false));
-  std::vector<DedupSlot> buf(1024);
+  std::vector<DedupSlot> buf(4096);
   const uint64_t count = in.info().size_bytes / sizeof(DedupSlot);
   for (uint64_t done = 0; done < count;) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), count - done));
     DP420_RETURN_IF_ERROR(in.ReadAt(done * sizeof(DedupSlot), buf.data(), n * sizeof(DedupSlot)));
-    for (size_t i = 0; i < n; ++i) DP420_RETURN_IF_ERROR(w.Put(buf[i]));
+    for (size_t i = 0; i < n; ++i) DP420_RETURN_IF_ERROR(w.Put(buf[i]));  // batched by Writer
     done += n;
   }
   return w.Finish();

@@ -92,14 +92,15 @@ TEST_F(DedupIndexTest, TagAndMacAreHmacSha256UnderTheIndexKey) {
 
 TEST_F(DedupIndexTest, GrownTableFindsEverySlotOfAPackThatExists) {
   FakePack(0x11111111);
-  // 40,000 slots: past 3/4 of 255 buckets of 64 twice, so the table doubles twice.
+  // 55,000 slots: past 3/4 of 255 buckets of 64 three times, so the table doubles
+  // three times, the last after the missing pack's slots were added.
   Add(0, 20000, 0x11111111);
   Add(20000, 5000, 0x22222222);  // a pack that is not there (deleted by prune)
-  Add(25000, 15000, 0x11111111);
+  Add(25000, 30000, 0x11111111);
   auto index = DedupIndex::Open(*repo_);
   ASSERT_TRUE(index.ok()) << index.status().ToString();
   uint32_t found_gone = 0;
-  for (uint32_t i = 0; i < 40000; ++i) {
+  for (uint32_t i = 0; i < 55000; ++i) {
     uint8_t tag[16];
     auto s = (*index)->Find(Sha(i).data(), tag);
     bool gone = i >= 20000 && i < 25000;
@@ -113,14 +114,14 @@ TEST_F(DedupIndexTest, GrownTableFindsEverySlotOfAPackThatExists) {
     EXPECT_EQ(s->digest[0], uint8_t(i));
   }
   // The doubling after they were added kept only slots of packs present.
-  EXPECT_LT(found_gone, 5000u);
+  EXPECT_EQ(found_gone, 0u);
   uint8_t tag[16], want[16];
-  EXPECT_FALSE((*index)->Find(Sha(40001).data(), tag).has_value());
-  DedupKey(*repo_).Tag(Sha(40001).data(), want);
+  EXPECT_FALSE((*index)->Find(Sha(55001).data(), tag).has_value());
+  DedupKey(*repo_).Tag(Sha(55001).data(), want);
   EXPECT_EQ(std::memcmp(tag, want, 16), 0) << "a miss gives the tag too";
   struct stat st;
   ASSERT_EQ(stat(DedupIndexPath(*repo_).c_str(), &st), 0);
-  EXPECT_GT(uint64_t(st.st_size), (kDedupMinBuckets * 4 + 1) * kDedupBucketBytes);
+  EXPECT_GT(uint64_t(st.st_size), (kDedupMinBuckets * 8 + 1) * kDedupBucketBytes);
 }
 
 // A pack prune repacked has no file but a relocation file, which a lookup follows:
@@ -141,6 +142,40 @@ TEST_F(DedupIndexTest, GrowingKeepsTheSlotsOfARepackedPack) {
     EXPECT_TRUE((*index)->Find(Sha(i).data(), tag).has_value()) << i;
     EXPECT_FALSE((*index)->Find(Sha(100 + i).data(), tag).has_value()) << 100 + i;
   }
+}
+
+// Slots whose probe runs past the last bucket go on at the first ones, as a lookup
+// reads them: 8 buckets' worth of slots all homed at the last bucket (a probe is 8
+// buckets long) fill it and the first seven, and none is lost.
+TEST_F(DedupIndexTest, ProbesThatRunPastTheLastBucketWrapToTheFirst) {
+  std::vector<uint8_t> bytes;
+  const uint32_t n = kDedupProbe * kDedupSlotsPerBucket;
+  for (uint32_t i = 0; i < n; ++i) {
+    DedupSlot slot{};
+    const uint64_t home = (kDedupMinBuckets - 1) + uint64_t{i} * kDedupMinBuckets;
+    std::memcpy(slot.tag, &home, 8);  // every tag's home: the last bucket
+    std::memcpy(slot.tag + 8, &i, 4);
+    slot.pack_id = 0x11111111;
+    slot.offset_4k = i + 1;
+    const auto* p = reinterpret_cast<const uint8_t*>(&slot);
+    bytes.insert(bytes.end(), p, p + sizeof(slot));
+  }
+  testing::WriteAll(dir_.path() + "/slots", bytes);
+  ASSERT_TRUE(AddToDedupIndex(*repo_, dir_.path() + "/slots").ok());
+  std::vector<uint8_t> file = testing::ReadAll(DedupIndexPath(*repo_));
+  ASSERT_EQ(file.size(), sizeof(DedupHeader) + kDedupMinBuckets * kDedupBucketBytes);
+  auto used_in = [&](uint64_t bucket) {
+    uint32_t used = 0;
+    for (uint32_t k = 0; k < kDedupSlotsPerBucket; ++k) {
+      DedupSlot slot;
+      std::memcpy(&slot, &file[sizeof(DedupHeader) + bucket * kDedupBucketBytes + k * 64], 64);
+      used += slot.pack_id != 0;
+    }
+    return used;
+  };
+  EXPECT_EQ(used_in(kDedupMinBuckets - 1), kDedupSlotsPerBucket);
+  for (uint64_t b = 0; b < kDedupProbe - 1; ++b) EXPECT_EQ(used_in(b), kDedupSlotsPerBucket) << b;
+  EXPECT_EQ(used_in(kDedupProbe - 1), 0u);
 }
 
 TEST_F(DedupIndexTest, SlotWhoseMacFailsIsNotReturned) {
