@@ -443,32 +443,42 @@ RecordCheck::Trailer RecordCheck::Load(uint32_t pack_id) {
   auto index = reader->ReadIndex();
   if (!index.ok()) return nullptr;
   std::vector<ObjRef> refs = std::move(index).value();
-  std::sort(refs.begin(), refs.end(),
-            [](const ObjRef& a, const ObjRef& b) { return a.offset_4k < b.offset_4k; });
+  // Writers append records in offset order, and their trailers list them so.
+  auto by_offset = [](const ObjRef& a, const ObjRef& b) { return a.offset_4k < b.offset_4k; };
+  if (!std::is_sorted(refs.begin(), refs.end(), by_offset)) {
+    std::sort(refs.begin(), refs.end(), by_offset);
+  }
   return std::make_shared<const std::vector<ObjRef>>(std::move(refs));
 }
 
-std::optional<ObjRef> RecordCheck::TrailerEntry(uint32_t pack_id, uint32_t offset_4k) {
-  Trailer trailer;
-  {
-    std::lock_guard lock(mu_);
-    auto it = map_.find(pack_id);
-    if (it != map_.end()) {
-      lru_.splice(lru_.begin(), lru_, it->second);
-      trailer = it->second->second;
-    } else {
-      trailer = Load(pack_id);  // under the lock: a pack's trailer is read once
-      lru_.emplace_front(pack_id, trailer);
-      map_[pack_id] = lru_.begin();
-      bytes_ += trailer ? trailer->size() * sizeof(ObjRef) : 0;
-      while (bytes_ > kTrailerCacheBytes && lru_.size() > 1) {
-        auto& [id, t] = lru_.back();
-        bytes_ -= t ? t->size() * sizeof(ObjRef) : 0;
-        map_.erase(id);
-        lru_.pop_back();
-      }
-    }
+std::optional<RecordCheck::Trailer> RecordCheck::Cached(uint32_t pack_id) {
+  std::lock_guard lock(mu_);
+  auto it = map_.find(pack_id);
+  if (it == map_.end()) return std::nullopt;
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return it->second->second;
+}
+
+RecordCheck::Trailer RecordCheck::Remember(uint32_t pack_id, Trailer trailer) {
+  std::lock_guard lock(mu_);
+  if (auto it = map_.find(pack_id); it != map_.end()) return it->second->second;
+  lru_.emplace_front(pack_id, trailer);
+  map_[pack_id] = lru_.begin();
+  bytes_ += trailer ? trailer->size() * sizeof(ObjRef) : 0;
+  while (bytes_ > kTrailerCacheBytes && lru_.size() > 1) {
+    auto& [id, t] = lru_.back();
+    bytes_ -= t ? t->size() * sizeof(ObjRef) : 0;
+    map_.erase(id);
+    lru_.pop_back();
   }
+  return trailer;
+}
+
+std::optional<ObjRef> RecordCheck::TrailerEntry(uint32_t pack_id, uint32_t offset_4k) {
+  std::optional<Trailer> cached = Cached(pack_id);
+  // Read outside the lock: the other workers go on meanwhile. Two that miss
+  // the same pack at once read it twice; the first one cached is kept.
+  const Trailer trailer = cached ? *cached : Remember(pack_id, Load(pack_id));
   if (!trailer) return std::nullopt;
   auto it = std::lower_bound(trailer->begin(), trailer->end(), offset_4k,
                              [](const ObjRef& r, uint32_t off) { return r.offset_4k < off; });

@@ -142,9 +142,13 @@ class RecordCheck {
   bool Digest(const ObjRef& ref, uint8_t out[16]);
 
  private:
-  std::optional<ObjRef> TrailerEntry(uint32_t pack_id, uint32_t offset_4k);
   using Trailer = std::shared_ptr<const std::vector<ObjRef>>;  // sorted by offset
-  Trailer Load(uint32_t pack_id);
+  std::optional<ObjRef> TrailerEntry(uint32_t pack_id, uint32_t offset_4k);
+  // The cached trailer of `pack_id` (null: unreadable), or nullopt when none is.
+  std::optional<Trailer> Cached(uint32_t pack_id);
+  // Caches `trailer` unless another thread did first; returns the cached one.
+  Trailer Remember(uint32_t pack_id, Trailer trailer);
+  Trailer Load(uint32_t pack_id);  // no lock held
   const Repository& repo_;
   std::vector<uint32_t> committed_;
   std::mutex mu_;
