@@ -1,7 +1,6 @@
 #include "engine/core/dedup.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -270,18 +269,6 @@ Status Table::InsertWrapped(std::vector<DedupSlot>* left) {
                        head * kDedupBucketBytes);
 }
 
-// Locks locks/.dedup.lock exclusively, waiting for the holder.
-Result<VolumeLock> LockDedup(const Repository& repo) {
-  std::string path = repo.path() + "/locks/.dedup.lock";
-  int fd = io::sys::Open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) return Status::IOError(path + ": " + std::strerror(errno));
-  VolumeLock lock(fd);
-  while (flock(fd, LOCK_EX) != 0) {
-    if (errno != EINTR) return Status::IOError(path + ": flock: " + std::strerror(errno));
-  }
-  return lock;
-}
-
 std::string TempPath(const Repository& repo, unsigned n) {
   return DedupIndexPath(repo) + ".tmp." + std::to_string(n);
 }
@@ -540,7 +527,7 @@ Result<std::vector<uint32_t>> CommittedPackIds(const Repository& repo) {
 // ---- writing ----
 
 Status AddToDedupIndex(const Repository& repo, const std::string& slots_path) {
-  DP420_ASSIGN_OR_RETURN(VolumeLock lock, LockDedup(repo));
+  DP420_ASSIGN_OR_RETURN(VolumeLock lock, repo.LockDedupIndex());
   DedupKey key(repo);
   Writer w(repo, key);
   Status started = w.Start(false);
@@ -587,7 +574,7 @@ Status AddSnapshot(const Repository& repo, const Manifest& m, const DedupKey& ke
 }  // namespace
 
 Status RebuildDedupIndex(const Repository& repo) {
-  DP420_ASSIGN_OR_RETURN(VolumeLock lock, LockDedup(repo));
+  DP420_ASSIGN_OR_RETURN(VolumeLock lock, repo.LockDedupIndex());
   DedupKey key(repo);
   // Another backup may have rebuilt it while this one waited for the lock.
   if (Table::OpenExisting(DedupIndexPath(repo), repo, key, false).ok()) return Status::Ok();

@@ -536,6 +536,17 @@ Result<VolumeLock> Repository::LockPrune() const {
   return lock;
 }
 
+Result<VolumeLock> Repository::LockDedupIndex() const {
+  std::string path = path_ + "/locks/.dedup.lock";
+  int fd = io::sys::Open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return PosixError(path, errno);
+  VolumeLock lock(fd);
+  while (flock(fd, LOCK_EX) != 0) {
+    if (errno != EINTR) return PosixError(path, errno);
+  }
+  return lock;
+}
+
 BackupJournal::BackupJournal(BackupJournal&& o) noexcept { *this = std::move(o); }
 
 BackupJournal& BackupJournal::operator=(BackupJournal&& o) noexcept {

@@ -173,6 +173,9 @@ class Repository {
                                     const std::function<void()>& on_wait = nullptr) const;
   // locks/.prune.lock, exclusively: one prune at a time (kBusy otherwise).
   Result<VolumeLock> LockPrune() const;
+  // locks/.dedup.lock, exclusively, waiting for its holder: one writer of the
+  // dedup index at a time (dedup.h).
+  Result<VolumeLock> LockDedupIndex() const;
 
  private:
   Repository() = default;
