@@ -450,6 +450,96 @@ Result<CodecSpec> ChooseCompression(const Repository& repo, const BackupOptions&
   return compression;
 }
 
+// The draft manifest's fields that come from the options and the source.
+void DraftManifest(const BackupOptions& o, const ScanSource& source, Manifest* m) {
+  // A file name may be any bytes; the manifest is JSON (docs/FORMAT.md).
+  m->source_path = EscapeBytes(o.source_path);
+  m->source_kind = SourceKind(o, source);
+  m->node_topology = o.node_topology;
+  m->tool_version = o.tool_version;
+  if (o.time_unix_ns != 0) {
+    m->created_unix_ns = o.time_unix_ns;
+    m->created = Rfc3339(o.time_unix_ns);
+  }
+}
+
+// One backup's workers: a scanner and its sink per thread.
+struct Workers {
+  std::vector<std::unique_ptr<PackSink>> sinks;
+  std::vector<std::unique_ptr<Scanner>> scanners;
+};
+
+// What the workers did, summed once every thread is done.
+struct WorkerTotals {
+  SnapshotStats stats;
+  uint64_t healed = 0;
+  uint64_t compressed = 0;
+  uint64_t deduplicated = 0;
+};
+
+WorkerTotals SumWorkers(const Workers& w, const ScanContext& ctx) {
+  WorkerTotals t;
+  for (size_t i = 0; i < w.sinks.size(); ++i) {
+    const PackSink& sink = *w.sinks[i];
+    const ScanStats& scanned = w.scanners[i]->stats;
+    t.compressed += sink.blocks_compressed();
+    t.deduplicated += sink.blocks_deduplicated();
+    t.healed += sink.blocks_healed();
+    t.stats.blocks_changed += scanned.blocks_changed;
+    t.stats.blocks_zero += scanned.blocks_zero;
+    // The scanner counts every changed block it handed the sink; the sink
+    // referenced the deduplicated ones instead of storing them.
+    t.stats.blocks_stored += scanned.blocks_stored - sink.blocks_deduplicated();
+    t.stats.bytes_written += sink.bytes_written();
+  }
+  t.stats.bytes_read = ctx.bytes_read.load();
+  return t;
+}
+
+// Runs every scanner on its own thread while this one hands the builder its
+// pages; the first error stops them all (and the builder rolls back).
+Status RunWorkers(Workers& w, SnapshotBuilder& builder, ScanContext& ctx,
+                  const JobControl& control, std::atomic<bool>& failed) {
+  std::mutex mu;
+  Status error;
+  auto fail = [&](Status s) {
+    {
+      std::lock_guard lock(mu);
+      if (error.ok()) error = std::move(s);
+    }
+    failed.store(true);
+    builder.queue().Abort();
+  };
+  std::vector<std::thread> pool;
+  for (size_t i = 0; i < w.scanners.size(); ++i) {
+    pool.emplace_back([&, i] {
+      Status s = w.scanners[i]->Run();
+      if (!s.ok()) {
+        w.sinks[i]->Abandon();
+        fail(s);
+      }
+    });
+  }
+  auto last = Clock::now() - std::chrono::seconds(1);
+  Status consumed = builder.Consume(
+      [&] { return failed.load(); },
+      [&] {
+        auto now = Clock::now();
+        if (!control.progress || now - last < std::chrono::milliseconds(200)) return;
+        last = now;
+        control.progress({"backup", ctx.bytes_read.load(), ctx.geo.volume_size});
+      });
+  if (!consumed.ok()) fail(consumed);
+  for (auto& t : pool) t.join();
+  if (control.Canceled() && error.code() != Code::kCanceled) {
+    // Asked to stop: that is the outcome, also when a read the kernel held until then
+    // failed on the way out (a hung source whose connection was aborted).
+    error = Status::Canceled(error.ok() ? "backup canceled"
+                                        : "backup canceled (then: " + error.message() + ")");
+  }
+  return error;
+}
+
 Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
                             const Manifest* parent) {
   auto start = Clock::now();
@@ -469,15 +559,7 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
       const CodecSpec compression,
       ChooseCompression(repo, o, source, threads, *builder, &ladder));
   DP420_RETURN_IF_ERROR(builder->SetCompression(compression));
-  // A file name may be any bytes; the manifest is JSON (docs/FORMAT.md).
-  m.source_path = EscapeBytes(o.source_path);
-  m.source_kind = SourceKind(o, source);
-  m.node_topology = o.node_topology;
-  m.tool_version = o.tool_version;
-  if (o.time_unix_ns != 0) {
-    m.created_unix_ns = o.time_unix_ns;
-    m.created = Rfc3339(o.time_unix_ns);
-  }
+  DraftManifest(o, source, &m);
 
   std::atomic<bool> failed{false};
   std::atomic<uint64_t> blocks_written{0};
@@ -492,18 +574,6 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   ctx.control = o.control;
   ctx.stop = &failed;
 
-  std::mutex mu;
-  Status error;
-  auto fail = [&](Status s) {
-    {
-      std::lock_guard lock(mu);
-      if (error.ok()) error = std::move(s);
-    }
-    failed.store(true);
-    builder->queue().Abort();
-  };
-  std::vector<std::unique_ptr<PackSink>> sinks;
-  std::vector<std::unique_ptr<Scanner>> scanners;
   const std::vector<uint32_t> present =
       parent ? ListReadablePackIds(repo) : std::vector<uint32_t>();
   std::string dedup_warning;
@@ -511,79 +581,38 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   // now stay until this backup ends.
   DedupContext dedup = o.dedup ? OpenDedup(repo, o.volume, &dedup_warning) : DedupContext();
   const DamageRecord damage = parent || dedup.index ? LoadDamage(repo) : DamageRecord();
+  Workers w;
   for (unsigned i = 0; i < threads; ++i) {
-    sinks.push_back(std::make_unique<PackSink>(*builder, blocks_written, compression));
-    sinks.back()->SetAutoLadder(ladder.get());
-    sinks.back()->SetParent(parent, &present, &damage);
-    sinks.back()->SetDedup(&dedup);
-    scanners.push_back(std::make_unique<Scanner>(ctx, i, sinks.back().get()));
+    w.sinks.push_back(std::make_unique<PackSink>(*builder, blocks_written, compression));
+    w.sinks.back()->SetAutoLadder(ladder.get());
+    w.sinks.back()->SetParent(parent, &present, &damage);
+    w.sinks.back()->SetDedup(&dedup);
+    w.scanners.push_back(std::make_unique<Scanner>(ctx, i, w.sinks.back().get()));
   }
-  std::vector<std::thread> pool;
-  for (unsigned i = 0; i < threads; ++i) {
-    pool.emplace_back([&, i] {
-      Status s = scanners[i]->Run();
-      if (!s.ok()) {
-        sinks[i]->Abandon();
-        fail(s);
-      }
-    });
-  }
-  auto last = Clock::now() - std::chrono::seconds(1);
-  Status consumed = builder->Consume(
-      [&] { return failed.load(); },
-      [&] {
-        auto now = Clock::now();
-        if (!o.control.progress || now - last < std::chrono::milliseconds(200)) return;
-        last = now;
-        o.control.progress({"backup", ctx.bytes_read.load(), ctx.geo.volume_size});
-      });
-  if (!consumed.ok()) fail(consumed);
-  for (auto& t : pool) t.join();
-  if (o.control.Canceled() && error.code() != Code::kCanceled) {
-    // Asked to stop: that is the outcome, also when a read the kernel held until then
-    // failed on the way out (a hung source whose connection was aborted).
-    error = Status::Canceled(error.ok() ? "backup canceled"
-                                        : "backup canceled (then: " + error.message() + ")");
-  }
-  if (!error.ok()) return error;  // the builder rolls back
+  DP420_RETURN_IF_ERROR(RunWorkers(w, *builder, ctx, o.control, failed));
   DP420_RETURN_IF_ERROR(source.CheckSize());
-
-  SnapshotStats stats;
-  uint64_t healed = 0;
-  uint64_t compressed = 0;
-  uint64_t deduplicated = 0;
-  for (unsigned i = 0; i < threads; ++i) {
-    compressed += sinks[i]->blocks_compressed();
-    deduplicated += sinks[i]->blocks_deduplicated();
-    stats.blocks_changed += scanners[i]->stats.blocks_changed;
-    stats.blocks_zero += scanners[i]->stats.blocks_zero;
-    stats.blocks_stored += scanners[i]->stats.blocks_stored;
-    stats.bytes_written += sinks[i]->bytes_written();
-    healed += sinks[i]->blocks_healed();
-  }
-  stats.blocks_stored -= deduplicated;  // referenced, not written
-  stats.bytes_read = ctx.bytes_read.load();
+  const WorkerTotals totals = SumWorkers(w, ctx);
   if (o.end_point_in_time) DP420_RETURN_IF_ERROR(o.end_point_in_time(&m.node_topology));
   m.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   if (ladder && ladder->rung() > 0) {
     m.compression_measured["stepped_down_to"] = CodecName(ladder->spec(ladder->rung()));
   }
-  DP420_ASSIGN_OR_RETURN(Manifest committed, builder->Commit(stats));
-  BackupResult r;
-  r.manifest = committed;
-  r.bytes_read = committed.bytes_read;
-  r.bytes_written = committed.bytes_written;
-  r.table_pages_written = builder->table_pages_written();
-  r.table_pages_reused = builder->table_pages_reused();
-  r.blocks_healed = healed;
-  r.blocks_compressed = compressed;
-  r.blocks_deduplicated = deduplicated;
+  DP420_ASSIGN_OR_RETURN(Manifest committed, builder->Commit(totals.stats));
   if (dedup.log) {
     // Committed: its records may be offered to other backups now. A failure
     // costs later backups dedup opportunities, never this snapshot.
     Status added = AddToDedupIndex(repo, dedup.log->path());
     if (!added.ok()) dedup_warning = "the dedup index was not updated: " + added.message();
   }
+  BackupResult r;
+  r.manifest = committed;
+  r.bytes_read = committed.bytes_read;
+  r.bytes_written = committed.bytes_written;
+  r.table_pages_written = builder->table_pages_written();
+  r.table_pages_reused = builder->table_pages_reused();
+  r.blocks_healed = totals.healed;
+  r.blocks_compressed = totals.compressed;
+  r.blocks_deduplicated = totals.deduplicated;
   r.dedup_warning = dedup_warning;
   r.threads = threads;
   r.direct_io = source.direct.direct();
