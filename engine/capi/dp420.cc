@@ -246,8 +246,8 @@ void FillBackupResult(const dp420::BackupResult& r, const dp420::control::PitRec
   }
 }
 
-// What compression the backup used, and with auto what it measured (the string
-// lives in the context until its next call).
+// What compression the backup used, with auto what it measured, and what went
+// wrong without failing it (the strings live in the context until its next call).
 void FillCompressionResult(dp420_ctx_t* ctx, const dp420::BackupResult& r, bool auto_asked,
                            bool remote, dp420_backup_result_t* result) {
   if (!result || !DP420_COVERS(result->struct_size, dp420_backup_result_t,
@@ -263,6 +263,10 @@ void FillCompressionResult(dp420_ctx_t* ctx, const dp420::BackupResult& r, bool 
                         .dump()
                   : r.manifest.compression_measured.dump();
   result->compression_measured = ctx->compression_measured.c_str();
+  if (DP420_COVERS(result->struct_size, dp420_backup_result_t, warning)) {
+    ctx->backup_warning = r.dedup_warning;
+    result->warning = ctx->backup_warning.c_str();
+  }
 }
 
 // Hands verify's problems to the caller's callback and fills its result.

@@ -29,6 +29,8 @@ struct dp420_ctx {
   dp420::KeySource key_source;
   // dp420_backup_result_t.compression_measured of the last backup.
   std::string compression_measured;
+  // dp420_backup_result_t.warning of the last backup.
+  std::string backup_warning;
 };
 
 // Exactly one of `repo` (local) and `remote` is set.

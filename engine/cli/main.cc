@@ -214,6 +214,7 @@ void PrintBackupJson(const Common& c, const BackupArgs& a, const dp420_backup_re
             {"compression", r.compression},
             {"compression_auto", bool(r.compression_auto)}};
   if (r.compression_auto) j["compression_measured"] = Json::parse(r.compression_measured);
+  j["warnings"] = r.warning && r.warning[0] ? Json::array({r.warning}) : Json::array();
   if (!c.remote.empty()) {
     j["bytes_sent"] = r.bytes_sent;
     j["bytes_sent_zerocopy"] = r.bytes_sent_zerocopy;
@@ -286,6 +287,9 @@ int CmdBackup(const Common& c, const BackupArgs& a) {
     int rc = dp420_backup(g_ctx, repo, &o, &r);
     bar.Finish();
     if (rc != 0) return Report(c, "backup", rc);
+    // Said also with --quiet and --json: the snapshot is whole, but the
+    // operator should know why blocks were not shared.
+    if (r.warning && r.warning[0]) std::fprintf(stderr, "dp420 backup: warning: %s\n", r.warning);
     if (c.json) {
       PrintBackupJson(c, a, r);
     } else if (c.quiet) {

@@ -254,6 +254,7 @@ TEST_F(DedupTest, DamagedOrForgedIndexNeverYieldsAWrongSnapshot) {
     std::string volume = "v";
     volume += std::to_string(n);
     Json j = CloneBackup(tmpl, volume, 10 + n);
+    EXPECT_EQ(j["warnings"], Json::array()) << d.name << ": a readable index, rebuilt or not";
     if (d.rebuilt) {
       EXPECT_GE(j["blocks_deduplicated"].get<uint64_t>(), 1024u - 30u) << d.name << ": " << j.dump();
     } else {
@@ -261,6 +262,30 @@ TEST_F(DedupTest, DamagedOrForgedIndexNeverYieldsAWrongSnapshot) {
     }
     ++n;
   }
+  ExpectVerifies();
+}
+
+// An index that cannot be opened at all (here a folder stands in its place):
+// the backup goes on without dedup, commits a whole snapshot, and says why it
+// shared nothing, on stderr and in --json, also with --quiet.
+TEST_F(DedupTest, AnIndexThatCannotBeOpenedIsAWarningNotAFailure) {
+  Init(false);
+  std::string tmpl = Template("template.img");
+  BackupOf("a", tmpl);
+  const std::string index = IndexPath(repo_);
+  std::filesystem::remove(index);
+  std::filesystem::create_directory(index);
+  Json j = CloneBackup(tmpl, "b", 1);
+  EXPECT_EQ(j["blocks_deduplicated"].get<uint64_t>(), 0u) << j.dump();
+  ASSERT_EQ(j["warnings"].size(), 1u) << j.dump();
+  const std::string warning = j["warnings"][0].get<std::string>();
+  EXPECT_NE(warning.find("deduplication off"), std::string::npos) << warning;
+  EXPECT_NE(warning.find("dedup.idx"), std::string::npos) << "names the index: " << warning;
+  Result quiet = Run({"backup", "--repo", repo_, "--volume", "c", "--quiet", tmpl});
+  ASSERT_EQ(quiet.exit_code, kExitOk) << quiet.Describe();
+  EXPECT_NE(quiet.err.find("warning: deduplication off"), std::string::npos) << quiet.Describe();
+  std::string id = quiet.out.substr(0, quiet.out.find('\n'));
+  ExpectRestores("c", id, tmpl);
   ExpectVerifies();
 }
 

@@ -8,9 +8,11 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <csignal>
 #include <fstream>
 #include <functional>
@@ -112,6 +114,13 @@ class FuseVolume {
     std::string out = "fuse_volume (pid " + std::to_string(process_->pid()) + "): ";
     std::string stat = ReadWithTimeout("/proc/" + std::to_string(process_->pid()) + "/stat");
     out += stat.empty() ? "gone" : "state " + stat.substr(stat.rfind(')') + 2, 1);
+    // How it ended, if it did: read without reaping it (the destructor reaps).
+    siginfo_t info{};
+    if (waitid(P_PID, id_t(process_->pid()), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+        info.si_pid == process_->pid()) {
+      out += info.si_code == CLD_EXITED ? ", exited with " + std::to_string(info.si_status)
+                                        : std::string(", killed by ") + strsignal(info.si_status);
+    }
     out += "; stderr: [" + ReadWithTimeout(err_log_) + "]; kernel: [";
     out += RunCommand({"bash", "-c", "dmesg | grep -iE 'fuse|killed process|segfault' | tail -n 5"},
                       {}, seconds(10)).out;

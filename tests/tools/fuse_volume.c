@@ -250,5 +250,9 @@ int main(int argc, char** argv) {
   if (g.size == 0 || fuse_argc < 3) return usage();
   fuse_argv[fuse_argc++] = "-oallow_other,default_permissions,fsname=fuse_volume";
   fuse_argv[fuse_argc] = NULL;
-  return fuse_main(fuse_argc, fuse_argv, &kOps, NULL);
+  int result = fuse_main(fuse_argc, fuse_argv, &kOps, NULL);
+  // Said, so that a test that finds the server gone knows it ended on its own (an
+  // unmount, an aborted connection, SIGHUP/SIGINT/SIGTERM) and not by a crash.
+  fprintf(stderr, "fuse_volume: fuse_main returned %d\n", result);
+  return result;
 }

@@ -271,6 +271,11 @@ typedef struct dp420_backup_result {
   char compression[16];
   int compression_auto;
   const char* compression_measured;
+  /* What went wrong without failing the backup, "" when nothing did: the
+   * dedup index could not be opened or updated (this or later backups then
+   * share fewer blocks; the snapshot is whole either way). Owned by the context and valid until
+   * the next call on it. Filled only when struct_size covers it. */
+  const char* warning;
 } dp420_backup_result_t;
 
 DP420_EXPORT void dp420_backup_opts_init(dp420_backup_opts_t* opts);
