@@ -6,6 +6,7 @@
 #include <map>
 
 #include "engine/core/repo.h"
+#include "engine/core/test_hooks.h"
 #include "io/file.h"
 
 namespace dp420 {
@@ -149,6 +150,7 @@ Status ApplyLinks(const Repository& repo, const std::string& volume,
                   LinkScan* scan) {
   std::vector<std::string> names = io::ListDir(repo.SnapshotsDir(volume));
   std::map<std::string, ChainLink> links;
+  PausePoint("links-listed");
   DP420_RETURN_IF_ERROR(ReadLinks(repo, volume, names, damaged, &links));
   std::vector<const ChainLink*> ranges;
   ranges.reserve(links.size());

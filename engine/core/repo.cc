@@ -412,10 +412,23 @@ Status Repository::ListManifests(const std::string& volume, std::vector<Manifest
   for (const auto& vol : volumes) {
     std::vector<Manifest> listed;
     std::vector<DamagedFile> bad;
-    std::vector<DamagedFile>* bad_or_null = damaged ? &bad : nullptr;
-    DP420_RETURN_IF_ERROR(ListVolumeManifests(vol, &listed, bad_or_null));
-    if (format_version_ >= 2) {
-      DP420_RETURN_IF_ERROR(ApplyLinks(*this, vol, &listed, bad_or_null, nullptr));
+    // The manifests are read before the links: a forget that runs meanwhile
+    // (it writes its links, then deletes what they cover) can leave a
+    // manifest read before its deletion without the link read after it, a
+    // parent that looks missing. The volume is read again while its folder's
+    // names changed during the read; a read between no changes is one state.
+    std::vector<std::string> before = io::ListDir(SnapshotsDir(vol));
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      listed.clear();
+      bad.clear();
+      std::vector<DamagedFile>* bad_or_null = damaged ? &bad : nullptr;
+      DP420_RETURN_IF_ERROR(ListVolumeManifests(vol, &listed, bad_or_null));
+      if (format_version_ >= 2) {
+        DP420_RETURN_IF_ERROR(ApplyLinks(*this, vol, &listed, bad_or_null, nullptr));
+      }
+      std::vector<std::string> after = io::ListDir(SnapshotsDir(vol));
+      if (after == before) break;
+      before = std::move(after);
     }
     for (auto& m : listed) out->push_back(std::move(m));
     if (damaged) damaged->insert(damaged->end(), bad.begin(), bad.end());

@@ -2,8 +2,10 @@
 
 #include <signal.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 
 namespace dp420 {
@@ -33,6 +35,21 @@ const CrashSpec& Spec() {
   std::abort();
 }
 }  // namespace
+
+namespace {
+std::atomic<std::function<void(const char*)>*> g_pause_hook{nullptr};
+}  // namespace
+
+void PausePoint(const char* point) {
+  if (auto* hook = g_pause_hook.load(std::memory_order_acquire)) (*hook)(point);
+}
+
+void SetPausePointHookForTest(std::function<void(const char*)> hook) {
+  static std::unique_ptr<std::function<void(const char*)>> held;
+  auto next = hook ? std::make_unique<std::function<void(const char*)>>(std::move(hook)) : nullptr;
+  g_pause_hook.store(next.get(), std::memory_order_release);
+  held = std::move(next);
+}
 
 void CrashPoint(const char* point) {
   const CrashSpec& s = Spec();

@@ -12,8 +12,17 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 namespace dp420 {
+
+// A moment an in-process test can act at (run another writer's step exactly
+// there: a race made deterministic). Points: "links-listed" (ApplyLinks has
+// listed a volume's folder and is about to read its links). Nothing happens
+// unless a test set a hook; then it is one atomic load.
+void PausePoint(const char* point);
+// Sets (or, with nullptr, clears) the hook; not while PausePoint may run.
+void SetPausePointHookForTest(std::function<void(const char*)> hook);
 
 // Kills the process if DP420_TEST_CRASH equals `point`.
 void CrashPoint(const char* point);

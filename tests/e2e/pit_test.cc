@@ -34,10 +34,14 @@ fd = os.open(sys.argv[1], os.O_WRONLY | (os.O_DIRECT if dev else 0))
 size = int(sys.argv[2]) if dev else os.fstat(fd).st_size
 buf = mmap.mmap(-1, 4096)
 r = random.Random(7)
+ready = sys.argv[3] if len(sys.argv) > 3 else None
 while True:
     buf.seek(0)
     buf.write(os.urandom(4096))
     os.pwrite(fd, buf, r.randrange(0, size // 4096) * 4096)
+    if ready:
+        open(ready, 'w').close()
+        ready = None
 )";
 
 // Whether the file system mounted at `dir` is frozen: FIFREEZE says EBUSY when it is
@@ -387,8 +391,15 @@ TEST_F(PitTest, LiveReadsSayWhetherTheSourceChanged) {
   ASSERT_TRUE(loop) << why;
   for (const std::string& source : {busy, loop->device()}) {
     SCOPED_TRACE(source);
-    auto writer = Process::Start({"python3", "-c", kWriter, source, std::to_string(64 << 20)});
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    // The backup starts once the writer has written (a loaded machine can take
+    // longer than any fixed wait to start it).
+    std::string ready = dir_ / "writer-ready";
+    std::filesystem::remove(ready);
+    auto writer = Process::Start({"python3", "-c", kWriter, source, std::to_string(64 << 20), ready});
+    for (int i = 0; i < 1000 && !Exists(ready); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_TRUE(Exists(ready)) << "the writer did not write within 10 s";
     Result r = Cli({"backup", "--repo", repo_, "--volume", "b", source, "--json", "--snapshot-source", "none"});
     writer->Kill(SIGKILL);
     writer->Wait();

@@ -16,6 +16,7 @@
 #include "engine/core/history.h"
 #include "engine/core/links.h"
 #include "engine/core/restore.h"
+#include "engine/core/test_hooks.h"
 #include "engine/core/verify.h"
 #include "io/file.h"
 #include "tests/engine/engine_test_util.h"
@@ -346,6 +347,34 @@ TEST_F(ForgetTest, EveryVolumeAtOnceReportsTheOneItCannotChange) {
   std::vector<Manifest> vm2;
   ASSERT_TRUE(repo_->ListManifests("vm2", &vm2, nullptr).ok());
   EXPECT_EQ(vm2.size(), 3u);
+}
+
+// A reader lists a volume while forget removes a snapshot from it: the
+// listing is one state of the volume, in which each snapshot's parent is
+// listed too. The forget runs at the worst moment: after the reader read the
+// manifests and listed the folder, before it read the links (it once made a
+// kept snapshot's parent look deleted to a verify running beside a forget).
+TEST_F(ForgetTest, AListingDuringAForgetIsOneStateOfTheVolume) {
+  ForgetIds({ids_[3]});  // ids_[4] has a link now: its parent is ids_[2]
+  bool forgot = false;
+  SetPausePointHookForTest([&](const char* point) {
+    if (forgot || std::string(point) != "links-listed") return;
+    forgot = true;  // the forget lists the volume too: only the first time
+    ForgetIds({ids_[4]});  // writes ids_[5]'s link, deletes ids_[4] and its link
+  });
+  std::vector<Manifest> list;
+  Status listed = repo_->ListManifests("vm1", &list, nullptr);
+  SetPausePointHookForTest(nullptr);
+  ASSERT_TRUE(listed.ok()) << listed.ToString();
+  ASSERT_TRUE(forgot);
+  std::set<std::string> ids;
+  for (const auto& m : list) ids.insert(m.snapshot_id);
+  EXPECT_EQ(ids.count(ids_[4]), 0u) << "a forgotten snapshot is listed";
+  for (size_t i = 1; i < list.size(); ++i) {
+    EXPECT_EQ(ids.count(list[i].chain_parent), 1u)
+        << list[i].snapshot_id << "'s parent " << list[i].chain_parent << " is not listed";
+  }
+  EXPECT_EQ(Problems(Verify()), "");
 }
 
 }  // namespace
