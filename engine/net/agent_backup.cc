@@ -23,11 +23,14 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
 #include <openssl/crypto.h>
 
+#include "engine/control/clock.h"
+#include "engine/control/liveness.h"
 #include "engine/core/scanner.h"
 #include "engine/net/client.h"
 #include "engine/net/id_cache.h"
@@ -775,112 +778,185 @@ Result<BackupResult> RemoteRepository::Backup(const BackupOptions& o) {
   }
 }
 
-Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, bool* session_lost,
-                                                     uint64_t* bytes_sent,
-                                                     uint64_t* reconnects) {
-  auto start = Clock::now();
-  if (!ValidVolumeName(o.volume)) {
-    return Status::InvalidArgument("invalid volume name '" + o.volume +
+// One try of a remote backup, step by step: the checks before anything is
+// sent, the session (BEGIN, READY, the hasher's key), the parent's ids and
+// this snapshot's cache, the workers with the control connection kept alive
+// (and reconnected), the commit (retried across a reconnect), the check of
+// what the server committed against what this host read, and the caches
+// kept for the next backup.
+class AgentAttempt {
+ public:
+  AgentAttempt(RemoteRepository& remote, const BackupOptions& o)
+      : remote_(remote),
+        o_(o),
+        job_(remote, o),
+        timeout_(remote.options().LossTimeout()),
+        liveness_(control::SystemClock(), Nanos(remote.options().heartbeat_interval),
+                  Nanos(timeout_), kHeartbeatJitterPercent, uint64_t(getpid()) ^ WallClockNs()) {}
+
+  Result<BackupResult> Run(bool* session_lost, uint64_t* bytes_sent, uint64_t* reconnects);
+
+ private:
+  // Beats of the control connection: ± 10 %, so agents started together
+  // (a nightly schedule) do not beat in step.
+  static constexpr unsigned kHeartbeatJitterPercent = 10;
+  static int64_t Nanos(Millis ms) { return std::chrono::nanoseconds(ms).count(); }
+
+  Status Preflight();
+  Result<Frame> Begin(const std::string& resume);
+  Status OpenSession();
+  Status PrepareCaches();
+  void PrepareScan();
+  Status RunWorkers();
+  Status KeepControl(bool readable);
+  Status Reconnect(const Status& why);
+  Status Abandon(const Status& why);
+  Result<Manifest> Commit();
+  Result<Manifest> CommitOnce(Status* sent);
+  Result<Manifest> CheckAgainstCaches(Result<Manifest> committed);
+  void KeepCaches(const Manifest& committed);
+  BackupResult MakeResult(const Manifest& committed, uint64_t reconnects) const;
+
+  RemoteRepository& remote_;
+  const BackupOptions& o_;
+  AgentJob job_;
+  Millis timeout_;
+  control::Liveness liveness_;
+  Clock::time_point start_ = Clock::now();
+  unsigned threads_ = 1;
+  std::optional<ScanSource> source_;
+  std::string snapshot_id_;
+  uint32_t block_size_ = 0;
+  std::string parent_text_;
+  std::unique_ptr<simd::BlockHasher> hasher_;
+  std::unique_ptr<Manifest> parent_;
+  std::string cache_path_;
+  io::File parent_cache_;
+  io::File new_cache_;
+  std::optional<io::TempFileGuard> new_cache_guard_;
+  ScanContext ctx_;
+};
+
+Status AgentAttempt::Preflight() {
+  if (!ValidVolumeName(o_.volume)) {
+    return Status::InvalidArgument("invalid volume name '" + o_.volume +
                                    "' (1-64 characters of A-Z a-z 0-9 . _ -)");
   }
-  int64_t skew_ms = clock_.offset_ns / 1000000;
-  if (std::llabs(clock_.offset_ns) > std::chrono::nanoseconds(options_.max_clock_skew).count()) {
+  const RemoteOptions& ro = remote_.options();
+  const int64_t offset_ns = remote_.clock().offset_ns;
+  if (std::llabs(offset_ns) > std::chrono::nanoseconds(ro.max_clock_skew).count()) {
     return Status::ClockSkew("this host's clock differs from the server's by " +
-                             std::to_string(skew_ms) + " ms (more than the allowed " +
-                             std::to_string(options_.max_clock_skew.count()) +
+                             std::to_string(offset_ns / 1000000) + " ms (more than the allowed " +
+                             std::to_string(ro.max_clock_skew.count()) +
                              " ms; fix the clocks or raise --max-clock-skew)");
   }
-  DP420_ASSIGN_OR_RETURN(unsigned threads, AgentThreads(o));
+  DP420_ASSIGN_OR_RETURN(threads_, AgentThreads(o_));
   DP420_ASSIGN_OR_RETURN(ScanSource source,
-                         ScanSource::Open(o.read_path.empty() ? o.source_path : o.read_path));
-  Millis timeout = options_.LossTimeout();
-  DP420_RETURN_IF_ERROR(EnsureControl());
-
-  AgentJob job(*this, o);
+                         ScanSource::Open(o_.read_path.empty() ? o_.source_path : o_.read_path));
+  source_.emplace(std::move(source));
+  DP420_RETURN_IF_ERROR(remote_.EnsureControl());
   // DP420_NO_ZEROCOPY=1: plain sends (a copy each) instead of send_zc.
   if (const char* no_zc = std::getenv("DP420_NO_ZEROCOPY"); no_zc && *no_zc == '1') {
-    job.zc_unsupported.store(true);
+    job_.zc_unsupported.store(true);
   }
-  job.stripes = threads;
-  auto begin = [&](const std::string& resume) -> Result<Frame> {
-    PayloadWriter w;
-    w.String(o.volume);
-    w.U32(o.block_size);
-    w.U64(source.size());
-    w.U32(threads);
-    w.String(EscapeBytes(o.source_path));  // the manifest's form: valid UTF-8
-    w.String(SourceKind(o, source));
-    w.String(o.node_topology.dump());
-    w.String(o.tool_version);
-    w.String(resume);
-    DP420_RETURN_IF_ERROR(control_->Send(FrameType::kBackupBegin, 0, w.bytes(), timeout));
-    DP420_ASSIGN_OR_RETURN(Frame f, control_->Recv(timeout));
-    DP420_RETURN_IF_ERROR(ExpectFrame(f, FrameType::kBackupReady, control_->peer()));
-    return f;
-  };
-  DP420_ASSIGN_OR_RETURN(Frame ready, begin(""));
+  job_.stripes = threads_;
+  return Status::Ok();
+}
+
+// BEGIN (`resume`: the token of the backup to take up again after a
+// reconnect, "" for a new one) and its READY.
+Result<Frame> AgentAttempt::Begin(const std::string& resume) {
+  PayloadWriter w;
+  w.String(o_.volume);
+  w.U32(o_.block_size);
+  w.U64(source_->size());
+  w.U32(threads_);
+  w.String(EscapeBytes(o_.source_path));  // the manifest's form: valid UTF-8
+  w.String(SourceKind(o_, *source_));
+  w.String(o_.node_topology.dump());
+  w.String(o_.tool_version);
+  w.String(resume);
+  Conn& control = *remote_.control_;
+  DP420_RETURN_IF_ERROR(control.Send(FrameType::kBackupBegin, 0, w.bytes(), timeout_));
+  DP420_ASSIGN_OR_RETURN(Frame f, control.Recv(timeout_));
+  DP420_RETURN_IF_ERROR(ExpectFrame(f, FrameType::kBackupReady, control.peer()));
+  return f;
+}
+
+// The session: the server's snapshot id, block size, parent and the key of
+// this backup's block ids (cleansed once the hasher holds it).
+Status AgentAttempt::OpenSession() {
+  DP420_ASSIGN_OR_RETURN(Frame ready, Begin(""));
   auto msg = std::make_unique<BackupReadyMsg>();  // cleanses the key when it goes
   DP420_RETURN_IF_ERROR(ParseBackupReady(ready.payload, msg.get()));
-  job.token = msg->token;
-  std::string snapshot_id = msg->snapshot_id;
-  uint32_t block_size = msg->block_size;
-  std::string parent_text = std::move(msg->parent_text);
+  job_.token = msg->token;
+  snapshot_id_ = msg->snapshot_id;
+  block_size_ = msg->block_size;
+  parent_text_ = std::move(msg->parent_text);
   uint8_t key[simd::kHashSecretBytes];
   std::memcpy(key, msg->key, sizeof(key));
   msg.reset();
-  if (Result<unsigned> fits = ResolveThreads(threads, block_size); !fits.ok()) {
+  if (Result<unsigned> fits = ResolveThreads(threads_, block_size_); !fits.ok()) {
     OPENSSL_cleanse(key, sizeof(key));
-    (void)SendError(*control_, fits.status(), timeout);  // the server rolls back
+    (void)SendError(*remote_.control_, fits.status(), timeout_);  // the server rolls back
     return fits.status();
   }
-  simd::BlockHasher hasher(std::span<const uint8_t, simd::kHashSecretBytes>(key, sizeof(key)));
-
+  hasher_ = std::make_unique<simd::BlockHasher>(
+      std::span<const uint8_t, simd::kHashSecretBytes>(key, sizeof(key)));
   OPENSSL_cleanse(key, sizeof(key));
+  return Status::Ok();
+}
 
-  // The parent's ids: the cache when its seal matches, else fetched.
-  std::unique_ptr<Manifest> parent;
-  std::string cache_path = CachePath(*this, o.volume);
-  io::File parent_cache;
-  std::string dir = cache_path.substr(0, cache_path.find_last_of('/'));
+// The parent's ids (the cache when its seal matches, else fetched), the
+// check that the server's history did not go back, and the new cache.
+Status AgentAttempt::PrepareCaches() {
+  cache_path_ = CachePath(remote_, o_.volume);
+  std::string dir = cache_path_.substr(0, cache_path_.find_last_of('/'));
   DP420_RETURN_IF_ERROR(io::MakeDirs(dir).Prefix("parent id cache (--cache-dir)"));
-  if (!parent_text.empty()) {
-    DP420_ASSIGN_OR_RETURN(Manifest pm, Manifest::Parse(parent_text, "parent manifest", nullptr));
-    parent = std::make_unique<Manifest>(std::move(pm));
+  if (!parent_text_.empty()) {
+    DP420_ASSIGN_OR_RETURN(Manifest pm, Manifest::Parse(parent_text_, "parent manifest", nullptr));
+    parent_ = std::make_unique<Manifest>(std::move(pm));
   }
-  if (Status seen = CheckNotRolledBack(SeenPath(cache_path), parent.get()); !seen.ok()) {
-    (void)SendError(*control_, seen, timeout);  // the server rolls back its side
+  if (Status seen = CheckNotRolledBack(SeenPath(cache_path_), parent_.get()); !seen.ok()) {
+    (void)SendError(*remote_.control_, seen, timeout_);  // the server rolls back its side
     return seen;
   }
-  if (parent) {
-    DP420_ASSIGN_OR_RETURN(parent_cache, OpenParentCache(*parent, cache_path, timeout));
-    job.parent_cache_fd = parent_cache.fd();
-    job.parent_blocks = parent->blocks_total;
+  if (parent_) {
+    DP420_ASSIGN_OR_RETURN(parent_cache_, remote_.OpenParentCache(*parent_, cache_path_, timeout_));
+    job_.parent_cache_fd = parent_cache_.fd();
+    job_.parent_blocks = parent_->blocks_total;
   }
-  job.new_cache_path = cache_path + ".new";
+  job_.new_cache_path = cache_path_ + ".new";
   // Renamed over the cache once the snapshot is committed; removed on every
-  // other way out of this function.
-  io::TempFileGuard new_cache_guard(job.new_cache_path);
-  DP420_ASSIGN_OR_RETURN(io::File new_cache,
-                         io::File::OpenWrite(job.new_cache_path, O_CREAT | O_TRUNC | O_RDWR,
-                                             false));
-  job.new_cache_fd = new_cache.fd();
+  // other way out.
+  new_cache_guard_.emplace(job_.new_cache_path);
+  DP420_ASSIGN_OR_RETURN(new_cache_, io::File::OpenWrite(job_.new_cache_path,
+                                                         O_CREAT | O_TRUNC | O_RDWR, false));
+  job_.new_cache_fd = new_cache_.fd();
+  return Status::Ok();
+}
 
-  ScanContext ctx;
-  ctx.geo = ScanGeometry::For(source.size(), block_size);
-  ctx.source = &source;
-  ctx.hasher = &hasher;
-  ctx.zero_full = ZeroBlockEntry(hasher, block_size);
-  ctx.zero_tail = ZeroBlockEntry(hasher, ctx.geo.blocks ? ctx.geo.BlockLen(ctx.geo.blocks - 1) : 0);
-  ctx.threads = threads;
-  ctx.control = o.control;
-  ctx.stop = &job.failed;
-  DP420_RETURN_IF_ERROR(new_cache.Truncate(kCacheHeader + ctx.geo.blocks * kCacheRecord));
+void AgentAttempt::PrepareScan() {
+  ctx_.geo = ScanGeometry::For(source_->size(), block_size_);
+  ctx_.source = &*source_;
+  ctx_.hasher = hasher_.get();
+  ctx_.zero_full = ZeroBlockEntry(*hasher_, block_size_);
+  ctx_.zero_tail =
+      ZeroBlockEntry(*hasher_, ctx_.geo.blocks ? ctx_.geo.BlockLen(ctx_.geo.blocks - 1) : 0);
+  ctx_.threads = threads_;
+  ctx_.control = o_.control;
+  ctx_.stop = &job_.failed;
+}
 
+// The workers scan and send on their stripes while this thread keeps the
+// control connection alive; the first failure is the job's.
+Status AgentAttempt::RunWorkers() {
+  DP420_RETURN_IF_ERROR(new_cache_.Truncate(kCacheHeader + ctx_.geo.blocks * kCacheRecord));
   std::vector<std::unique_ptr<NetSink>> sinks;
   std::vector<std::unique_ptr<Scanner>> scanners;
-  for (unsigned i = 0; i < threads; ++i) {
-    sinks.push_back(std::make_unique<NetSink>(job, i));
-    scanners.push_back(std::make_unique<Scanner>(ctx, i, sinks.back().get()));
+  for (unsigned i = 0; i < threads_; ++i) {
+    sinks.push_back(std::make_unique<NetSink>(job_, i));
+    scanners.push_back(std::make_unique<Scanner>(ctx_, i, sinks.back().get()));
   }
   std::atomic<unsigned> finished{0};
   // A worker that ends wakes the control loop at once: the commit follows the
@@ -889,227 +965,270 @@ Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, boo
   if (wake_fd < 0) return PosixError("eventfd", errno);
   io::File wake = io::File::Adopt(wake_fd, "eventfd", false);
   std::vector<std::thread> pool;
-  for (unsigned i = 0; i < threads; ++i) {
+  for (unsigned i = 0; i < threads_; ++i) {
     pool.emplace_back([&, i] {
       Status s = scanners[i]->Run();
-      if (!s.ok()) job.Fail(s);
+      if (!s.ok()) job_.Fail(s);
       finished.fetch_add(1);
       uint64_t one = 1;
       (void)!write(wake.fd(), &one, sizeof(one));
     });
   }
-
-  // The control connection: heartbeats both ways while the workers send.
-  auto last_rx = Clock::now();
-  auto last_tx = Clock::now();
+  liveness_.Restart();
   auto last_progress = Clock::now() - std::chrono::seconds(1);
-  auto reconnect = [&](const Status& why) -> Status {
-    job.sockets.ShutdownAll();  // the stripes reconnect on their own
-    Clock::time_point deadline = job.RetryDeadline();
-    Status last = why;
-    for (unsigned attempt = 0; Clock::now() < deadline; ++attempt) {
-      if (!PauseBeforeReconnect(attempt, deadline,
-                                [&] { return job.failed.load() || o.control.Canceled(); })) {
-        break;
-      }
-      auto conn = OpenConnection();
-      if (!conn.ok()) {
-        last = conn.status();
-        if (last.code() != Code::kNetwork) return last;
-        continue;
-      }
-      control_ = std::move(conn).value();
-      auto resumed = begin(job.token);
-      if (resumed.ok()) {
-        job.reconnects.fetch_add(1);
-        job.retry_deadline_ns.store(0);
-        last_rx = last_tx = Clock::now();
-        return Status::Ok();
-      }
-      last = resumed.status();
-      control_.reset();
-      if (last.code() == Code::kNotFound) job.session_lost.store(true);
-      if (last.code() != Code::kNetwork) return last;
-    }
-    return Status::Network("server " + options_.address + " lost (" + why.message() +
-                           "); reconnecting for " +
-                           std::to_string(options_.retry_for.count() / 1000) +
-                           " s failed: " + last.message());
-  };
-  while (finished.load() < threads) {
-    if (o.control.progress && Clock::now() - last_progress > std::chrono::milliseconds(200)) {
+  while (finished.load() < threads_) {
+    if (o_.control.progress && Clock::now() - last_progress > std::chrono::milliseconds(200)) {
       last_progress = Clock::now();
-      o.control.progress({"backup", ctx.bytes_read.load(), ctx.geo.volume_size});
+      o_.control.progress({"backup", ctx_.bytes_read.load(), ctx_.geo.volume_size});
     }
     // Once the job failed, only the workers' ends matter (the control
     // connection may be gone).
-    bool failed = job.failed.load();
-    pollfd pfd[2] = {{wake.fd(), POLLIN, 0}, {failed ? -1 : control_->fd(), POLLIN, 0}};
+    bool failed = job_.failed.load();
+    pollfd pfd[2] = {{wake.fd(), POLLIN, 0}, {failed ? -1 : remote_.control_->fd(), POLLIN, 0}};
     (void)poll(pfd, 2, 100);
     if (pfd[0].revents & POLLIN) {
       uint64_t count = 0;
       (void)!read(wake.fd(), &count, sizeof(count));
     }
     if (failed) continue;
-    Status lost;
-    if (pfd[1].revents != 0) {
-      auto f = control_->Recv(timeout);
-      if (!f.ok()) {
-        lost = f.status();
-      } else {
-        last_rx = Clock::now();
-        if (f->type() == FrameType::kPing) {
-          lost = AnswerPing(*control_, *f, timeout);
-        } else if (f->type() == FrameType::kError) {
-          job.Fail(StatusFromError(*f, "server " + control_->peer()));
-        }
-      }
-    }
-    if (lost.ok() && Clock::now() - last_tx >= options_.heartbeat_interval) {
-      PayloadWriter ping;
-      ping.U64(WallClockNs());
-      lost = control_->Send(FrameType::kPing, 0, ping.bytes(), timeout);
-      last_tx = Clock::now();
-    }
-    if (lost.ok() && Clock::now() - last_rx > timeout) {
-      lost = Status::Network("no answer from server " + options_.address + " for " +
-                             std::to_string(timeout.count() / 1000.0).substr(0, 4) + " s");
-    }
+    Status lost = KeepControl(pfd[1].revents != 0);
     if (!lost.ok() && lost.code() == Code::kNetwork) {
-      Status s = reconnect(lost);
-      if (!s.ok()) job.Fail(s);
+      Status s = Reconnect(lost);
+      if (!s.ok()) job_.Fail(s);
     } else if (!lost.ok()) {
-      job.Fail(lost);
+      job_.Fail(lost);
     }
   }
   for (auto& t : pool) t.join();
-  if (job.error.ok()) job.error = source.CheckSize();
-  *session_lost = job.session_lost.load();
-  *bytes_sent = job.bytes_zc.load();
-  *reconnects += job.reconnects.load();
-  if (!job.error.ok() && o.control.Canceled()) job.error = Status::Canceled("backup canceled");
-  if (!job.error.ok()) {
-    // Tell the server to roll back now rather than wait for this agent.
-    if (control_) (void)SendError(*control_, job.error, timeout);
-    io::sys::Unlink(job.new_cache_path.c_str());
-    return job.error;
-  }
+  if (job_.error.ok()) job_.error = source_->CheckSize();
+  return job_.error;
+}
 
-  // The point in time ends before the commit: a post hook that fails, or a
-  // freeze that could not be ended, commits nothing.
-  if (o.end_point_in_time) {
-    Json sent_at_start;
-    if (Status ended = o.end_point_in_time(&sent_at_start); !ended.ok()) {
-      if (control_) (void)SendError(*control_, ended, timeout);
-      io::sys::Unlink(job.new_cache_path.c_str());
-      return ended;
+// One turn of the control connection: what the server sent (a PING
+// answered, an ERROR fails the job), a heartbeat when one is due, and the
+// loss of a server silent for the loss timeout.
+Status AgentAttempt::KeepControl(bool readable) {
+  Conn& control = *remote_.control_;
+  Status lost;
+  if (readable) {
+    auto f = control.Recv(timeout_);
+    if (!f.ok()) {
+      lost = f.status();
+    } else {
+      liveness_.Heard();
+      if (f->type() == FrameType::kPing) {
+        lost = AnswerPing(control, *f, timeout_);
+      } else if (f->type() == FrameType::kError) {
+        job_.Fail(StatusFromError(*f, "server " + control.peer()));
+      }
     }
   }
+  if (lost.ok() && liveness_.BeatDue()) {
+    PayloadWriter ping;
+    ping.U64(WallClockNs());
+    lost = control.Send(FrameType::kPing, 0, ping.bytes(), timeout_);
+    liveness_.Sent();
+  }
+  if (lost.ok() && liveness_.Lost()) {
+    lost = Status::Network("no answer from server " + remote_.options().address + " for " +
+                           std::to_string(timeout_.count() / 1000.0).substr(0, 4) + " s");
+  }
+  return lost;
+}
 
-  // Commit: the server builds the table and writes the manifest.
+// A new control connection that takes the backup up again (its token), with
+// backoff, within the reconnect window the stripes share.
+Status AgentAttempt::Reconnect(const Status& why) {
+  job_.sockets.ShutdownAll();  // the stripes reconnect on their own
+  Clock::time_point deadline = job_.RetryDeadline();
+  Status last = why;
+  for (unsigned attempt = 0; Clock::now() < deadline; ++attempt) {
+    if (!PauseBeforeReconnect(attempt, deadline,
+                              [&] { return job_.failed.load() || o_.control.Canceled(); })) {
+      break;
+    }
+    auto conn = remote_.OpenConnection();
+    if (!conn.ok()) {
+      last = conn.status();
+      if (last.code() != Code::kNetwork) return last;
+      continue;
+    }
+    remote_.control_ = std::move(conn).value();
+    auto resumed = Begin(job_.token);
+    if (resumed.ok()) {
+      job_.reconnects.fetch_add(1);
+      job_.retry_deadline_ns.store(0);
+      liveness_.Restart();
+      return Status::Ok();
+    }
+    last = resumed.status();
+    remote_.control_.reset();
+    if (last.code() == Code::kNotFound) job_.session_lost.store(true);
+    if (last.code() != Code::kNetwork) return last;
+  }
+  return Status::Network("server " + remote_.options().address + " lost (" + why.message() +
+                         "); reconnecting for " +
+                         std::to_string(remote_.options().retry_for.count() / 1000) +
+                         " s failed: " + last.message());
+}
+
+// Ends the attempt without a snapshot: the server is told to roll back now
+// (rather than wait for this agent), and the new cache goes.
+Status AgentAttempt::Abandon(const Status& why) {
+  if (remote_.control_) (void)SendError(*remote_.control_, why, timeout_);
+  io::sys::Unlink(job_.new_cache_path.c_str());
+  return why;
+}
+
+// COMMIT and its COMMITTED (the server builds the table and writes the
+// manifest); `*sent` is how the exchange itself ended.
+Result<Manifest> AgentAttempt::CommitOnce(Status* sent) {
+  Conn& control = *remote_.control_;
+  PayloadWriter counters;  // for the server's log
+  counters.U64(job_.bytes_sent.load());
+  counters.U64(job_.bytes_zc.load());
+  counters.U64(job_.bytes_zc_copied.load());
+  counters.U64(job_.bytes_resent.load());
+  *sent = control.Send(FrameType::kCommit, 9, counters.bytes(), timeout_);
+  while (sent->ok()) {
+    auto f = control.Recv(timeout_);
+    if (!f.ok()) {
+      *sent = f.status();
+      break;
+    }
+    if (f->type() == FrameType::kPing) {
+      *sent = AnswerPing(control, *f, timeout_);
+      continue;
+    }
+    if (f->type() == FrameType::kPong) continue;
+    Status expected = ExpectFrame(*f, FrameType::kCommitted, control.peer());
+    if (!expected.ok()) {
+      *sent = expected;
+      return expected;
+    }
+    std::string text;
+    DP420_RETURN_IF_ERROR(ParseText(f->payload, 1 << 20, "COMMITTED", &text));
+    return Manifest::Parse(text, "committed manifest", nullptr);
+  }
+  return *sent;
+}
+
+// The commit, tried again after a reconnect; a connection lost during it may
+// have lost only the answer: the snapshot is then looked for by its id.
+Result<Manifest> AgentAttempt::Commit() {
   Result<Manifest> committed = Status::Network("no answer to COMMIT");
   for (unsigned attempt = 0; attempt < 3; ++attempt) {
-    PayloadWriter counters;  // for the server's log
-    counters.U64(job.bytes_sent.load());
-    counters.U64(job.bytes_zc.load());
-    counters.U64(job.bytes_zc_copied.load());
-    counters.U64(job.bytes_resent.load());
-    Status sent = control_->Send(FrameType::kCommit, 9, counters.bytes(), timeout);
-    while (sent.ok()) {
-      auto f = control_->Recv(timeout);
-      if (!f.ok()) {
-        sent = f.status();
-        break;
-      }
-      if (f->type() == FrameType::kPing) {
-        sent = AnswerPing(*control_, *f, timeout);
-        continue;
-      }
-      if (f->type() == FrameType::kPong) continue;
-      Status expected = ExpectFrame(*f, FrameType::kCommitted, control_->peer());
-      if (!expected.ok()) {
-        io::sys::Unlink(job.new_cache_path.c_str());
-        return expected;
-      }
-      std::string text;
-      DP420_RETURN_IF_ERROR(ParseText(f->payload, 1 << 20, "COMMITTED", &text));
-      committed = Manifest::Parse(text, "committed manifest", nullptr);
-      break;
-    }
-    if (committed.ok() || sent.code() != Code::kNetwork) {
-      if (!sent.ok() && !committed.ok()) committed = sent;
-      break;
-    }
-    // Lost during the commit: the snapshot may exist already.
-    Status back = reconnect(sent);
+    Status sent;
+    committed = CommitOnce(&sent);
+    if (committed.ok() || sent.code() != Code::kNetwork) break;
+    Status back = Reconnect(sent);
     if (!back.ok()) {
       std::vector<Manifest> list;
-      if (EnsureControl().ok() && ListManifests(o.volume, &list).ok()) {
+      if (remote_.EnsureControl().ok() && remote_.ListManifests(o_.volume, &list).ok()) {
         for (const Manifest& m : list) {
-          if (m.snapshot_id == snapshot_id) committed = m;
+          if (m.snapshot_id == snapshot_id_) committed = m;
         }
       }
       if (!committed.ok()) committed = back;
       break;
     }
   }
-  if (committed.ok()) {
-    SentSnapshot sent{options_.client, o.volume, snapshot_id,
-                      parent ? parent->snapshot_id : "", block_size, source.size(),
-                      ctx.geo.blocks};
-    Status checked = CheckCommitted(*committed, sent, new_cache.fd(), job.parent_cache_fd,
-                                    job.parent_blocks);
-    if (!checked.ok() && checked.code() == Code::kIOError) {
-      // This host could not read its caches: nothing is known to differ, and
-      // the cache is kept.
-      committed = checked.Prefix("checking the committed snapshot " + snapshot_id +
-                                 " against this agent's block id caches (new: " +
-                                 job.new_cache_path + ", parent's: " +
-                                 (parent ? cache_path : std::string("none")) + ")");
-    } else if (!checked.ok()) {
-      // Either side may be wrong: the server, or this host's cache of the
-      // parent. The cache goes, so the next backup fetches the parent's records.
-      if (parent) io::sys::Unlink(cache_path.c_str());
-      committed = Status::Corruption(
-          checked.message() + (parent ? " (the local id cache " + cache_path +
-                                            " was removed: if the next backup passes this "
-                                            "check, that cache had been damaged)"
-                                      : ""));
-    }
+  return committed;
+}
+
+// What the server committed, checked against what this host read and sent
+// (id_cache.h CheckCommitted).
+Result<Manifest> AgentAttempt::CheckAgainstCaches(Result<Manifest> committed) {
+  if (!committed.ok()) return committed;
+  SentSnapshot sent{remote_.options().client, o_.volume, snapshot_id_,
+                    parent_ ? parent_->snapshot_id : "", block_size_, source_->size(),
+                    ctx_.geo.blocks};
+  Status checked = CheckCommitted(*committed, sent, new_cache_.fd(), job_.parent_cache_fd,
+                                  job_.parent_blocks);
+  if (checked.ok()) return committed;
+  if (checked.code() == Code::kIOError) {
+    // This host could not read its caches: nothing is known to differ, and
+    // the cache is kept.
+    return checked.Prefix("checking the committed snapshot " + snapshot_id_ +
+                          " against this agent's block id caches (new: " + job_.new_cache_path +
+                          ", parent's: " + (parent_ ? cache_path_ : std::string("none")) + ")");
   }
-  if (!committed.ok()) {
-    io::sys::Unlink(job.new_cache_path.c_str());
-    return committed.status();
-  }
-  // This agent's anchor: the newest it committed (checked above).
-  (void)io::WriteFileAtomic(SeenPath(cache_path), std::to_string(committed->sequence) + " " +
-                                                      committed->snapshot_id + "\n");
-  // The new snapshot's ids become the cache for the next backup.
-  CacheHeader h = MakeCacheHeader(*committed);
+  // Either side may be wrong: the server, or this host's cache of the
+  // parent. The cache goes, so the next backup fetches the parent's records.
+  if (parent_) io::sys::Unlink(cache_path_.c_str());
+  return Status::Corruption(checked.message() +
+                            (parent_ ? " (the local id cache " + cache_path_ +
+                                           " was removed: if the next backup passes this "
+                                           "check, that cache had been damaged)"
+                                     : ""));
+}
+
+// This agent's anchor (the newest it committed) and the new snapshot's ids
+// as the cache of the next backup.
+void AgentAttempt::KeepCaches(const Manifest& committed) {
+  (void)io::WriteFileAtomic(SeenPath(cache_path_), std::to_string(committed.sequence) + " " +
+                                                       committed.snapshot_id + "\n");
+  CacheHeader h = MakeCacheHeader(committed);
   // Made durable before the rename, as a fetched cache is; if that fails the
   // next backup fetches the parent's ids again.
-  if (WriteAll(new_cache.fd(), 0, &h, sizeof(h), job.new_cache_path).ok() &&
-      new_cache.Sync().ok() &&
-      io::sys::Rename(job.new_cache_path.c_str(), cache_path.c_str()) == 0) {
-    new_cache_guard.Keep();
+  if (WriteAll(new_cache_.fd(), 0, &h, sizeof(h), job_.new_cache_path).ok() &&
+      new_cache_.Sync().ok() &&
+      io::sys::Rename(job_.new_cache_path.c_str(), cache_path_.c_str()) == 0) {
+    new_cache_guard_->Keep();
   }
+}
 
+BackupResult AgentAttempt::MakeResult(const Manifest& committed, uint64_t reconnects) const {
   BackupResult result;
-  result.manifest = *committed;
-  result.bytes_read = ctx.bytes_read.load();
-  result.bytes_written = committed->bytes_written;
-  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  result.threads = threads;
-  result.direct_io = source.direct.direct();
-  result.registered_buffers = ctx.registered.load();
-  result.bytes_sent = job.bytes_sent.load();
-  result.bytes_sent_zerocopy = job.bytes_zc.load();
-  result.bytes_zerocopy_copied = job.bytes_zc_copied.load();
-  result.bytes_resent = job.bytes_resent.load();
-  result.blocks_healed = job.blocks_healed.load();
-  result.reconnects = *reconnects;
-  if (o.control.progress) o.control.progress({"backup", ctx.geo.volume_size, ctx.geo.volume_size});
+  result.manifest = committed;
+  result.bytes_read = ctx_.bytes_read.load();
+  result.bytes_written = committed.bytes_written;
+  result.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
+  result.threads = threads_;
+  result.direct_io = source_->direct.direct();
+  result.registered_buffers = ctx_.registered.load();
+  result.bytes_sent = job_.bytes_sent.load();
+  result.bytes_sent_zerocopy = job_.bytes_zc.load();
+  result.bytes_zerocopy_copied = job_.bytes_zc_copied.load();
+  result.bytes_resent = job_.bytes_resent.load();
+  result.blocks_healed = job_.blocks_healed.load();
+  result.reconnects = reconnects;
   return result;
+}
+
+Result<BackupResult> AgentAttempt::Run(bool* session_lost, uint64_t* bytes_sent,
+                                       uint64_t* reconnects) {
+  DP420_RETURN_IF_ERROR(Preflight());
+  DP420_RETURN_IF_ERROR(OpenSession());
+  DP420_RETURN_IF_ERROR(PrepareCaches());
+  PrepareScan();
+  Status ran = RunWorkers();
+  *session_lost = job_.session_lost.load();
+  *bytes_sent = job_.bytes_zc.load();
+  *reconnects += job_.reconnects.load();
+  if (!ran.ok() && o_.control.Canceled()) ran = Status::Canceled("backup canceled");
+  if (!ran.ok()) return Abandon(ran);
+  // The point in time ends before the commit: a post hook that fails, or a
+  // freeze that could not be ended, commits nothing.
+  if (o_.end_point_in_time) {
+    Json sent_at_start;
+    if (Status ended = o_.end_point_in_time(&sent_at_start); !ended.ok()) return Abandon(ended);
+  }
+  Result<Manifest> committed = CheckAgainstCaches(Commit());
+  if (!committed.ok()) {
+    io::sys::Unlink(job_.new_cache_path.c_str());
+    return committed.status();
+  }
+  KeepCaches(*committed);
+  if (o_.control.progress) o_.control.progress({"backup", ctx_.geo.volume_size, ctx_.geo.volume_size});
+  return MakeResult(*committed, *reconnects);
+}
+
+Result<BackupResult> RemoteRepository::BackupAttempt(const BackupOptions& o, bool* session_lost,
+                                                     uint64_t* bytes_sent,
+                                                     uint64_t* reconnects) {
+  AgentAttempt attempt(*this, o);
+  return attempt.Run(session_lost, bytes_sent, reconnects);
 }
 
 }  // namespace dp420::net

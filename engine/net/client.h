@@ -76,6 +76,7 @@ class RemoteRepository {
   Status ReconnectControl();
 
  private:
+  friend class AgentAttempt;  // one remote backup try (agent_backup.cc)
   RemoteRepository() = default;
   // One try of Backup(); `session_lost` when the server forgot the backup.
   Result<BackupResult> BackupAttempt(const BackupOptions& options, bool* session_lost,

@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/control/clock.h"
+#include "engine/control/liveness.h"
 #include "engine/net/conn.h"
 #include "engine/net/payloads.h"
 #include "engine/net/server.h"
@@ -29,12 +31,12 @@ struct Request {
   uint64_t id() const { return frame.header.request_id; }
   Millis timeout() const { return ctx.options.LossTimeout(); }
   Status Send(FrameType type, const PayloadWriter& w) {
-    last_send = std::chrono::steady_clock::now();
+    liveness.Sent();
     return conn.Send(type, id(), w.bytes(), timeout());
   }
   // A PING when nothing went out for a heartbeat interval.
   Status Tick() {
-    if (std::chrono::steady_clock::now() - last_send < ctx.options.heartbeat_interval) return Status::Ok();
+    if (!liveness.BeatDue()) return Status::Ok();
     PayloadWriter w;
     w.U64(WallClockNs());
     return Send(FrameType::kPing, w);
@@ -44,7 +46,11 @@ struct Request {
     w.String(Dump(summary));
     return Send(FrameType::kDone, w);
   }
-  std::chrono::steady_clock::time_point last_send = std::chrono::steady_clock::now();
+  // Beats out (a PING after a silent heartbeat interval) and the agent's
+  // loss (silent for the loss timeout): engine/control/liveness.h.
+  control::Liveness liveness{control::SystemClock(),
+                             std::chrono::nanoseconds(ctx.options.heartbeat_interval).count(),
+                             std::chrono::nanoseconds(ctx.options.LossTimeout()).count()};
 };
 
 // Keeps the connection alive while `done` is false: PINGs after a silent

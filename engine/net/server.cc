@@ -47,7 +47,7 @@ std::string Dump(const nlohmann::ordered_json& j) {
 // protocol.
 Status KeepAliveUntil(Request& rq, const std::atomic<bool>& done) {
   const ServerOptions& o = rq.ctx.options;
-  auto last_heard = std::chrono::steady_clock::now();
+  rq.liveness.Heard();
   // Wake often enough to PING on time, and to see the worker finish.
   int slice_ms = int(std::clamp<int64_t>(o.heartbeat_interval.count() / 2, 1, 50));
   while (!done.load()) {
@@ -56,7 +56,7 @@ Status KeepAliveUntil(Request& rq, const std::atomic<bool>& done) {
     if (r < 0 && errno != EINTR) return PosixError("poll " + rq.conn.peer(), errno);
     if (r > 0) {
       DP420_ASSIGN_OR_RETURN(Frame f, rq.conn.Recv(o.LossTimeout()));
-      last_heard = std::chrono::steady_clock::now();
+      rq.liveness.Heard();
       if (f.type() == FrameType::kPing) {
         DP420_RETURN_IF_ERROR(AnswerPing(rq.conn, f, o.LossTimeout()));
       } else if (f.type() != FrameType::kPong) {
@@ -64,7 +64,7 @@ Status KeepAliveUntil(Request& rq, const std::atomic<bool>& done) {
                                " while its request was running");
       }
     }
-    if (std::chrono::steady_clock::now() - last_heard > o.LossTimeout()) {
+    if (rq.liveness.Lost()) {
       return Status::Network("agent " + rq.conn.peer() + " stopped answering heartbeats");
     }
     DP420_RETURN_IF_ERROR(rq.Tick());
@@ -302,7 +302,7 @@ struct RestoreStream {
     uint8_t* prefix = data - kPrefixBytes;
     std::memcpy(prefix, &first, 8);
     std::memcpy(prefix + 8, &n, 4);
-    rq.last_send = Clock::now();
+    rq.liveness.Sent();
     size_t capacity = buffer.buffer_bytes() - (kDataOffset - kPrefixBytes);
     return rq.conn.SendInPlace(FrameType::kRestoreData, rq.id(), prefix, kPrefixBytes + bytes,
                                capacity, rq.timeout());

@@ -15,6 +15,8 @@
 
 #include <openssl/crypto.h>
 
+#include "engine/control/clock.h"
+#include "engine/control/liveness.h"
 #include "engine/core/damage.h"
 #include "engine/core/history.h"
 #include "engine/core/snapshot.h"
@@ -528,7 +530,9 @@ Status CheckStillAllowed(ServerContext& ctx, BackupSession& s) {
 // when the backup is aborted, the agent hangs up or pages never come.
 Status AwaitConsumed(ServerContext& ctx, Conn& conn, BackupSession& s, Millis timeout) {
   auto deadline = Clock::now() + ctx.options.LossTimeout() * 4;
-  auto last_ping = Clock::now();
+  control::Liveness beats(control::SystemClock(),
+                          std::chrono::nanoseconds(ctx.options.heartbeat_interval).count(),
+                          std::chrono::nanoseconds(ctx.options.LossTimeout()).count());
   for (;;) {
     DP420_ASSIGN_OR_RETURN(bool done, s.WaitConsumed(std::min<Millis>(
                                           ctx.options.heartbeat_interval, Millis(200))));
@@ -542,8 +546,8 @@ Status AwaitConsumed(ServerContext& ctx, Conn& conn, BackupSession& s, Millis ti
     if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
       return Status::Network("the agent closed the connection while its COMMIT waited");
     }
-    if (Clock::now() - last_ping < ctx.options.heartbeat_interval) continue;
-    last_ping = Clock::now();
+    if (!beats.BeatDue()) continue;
+    beats.Sent();
     PayloadWriter ping;
     ping.U64(WallClockNs());
     DP420_RETURN_IF_ERROR(conn.Send(FrameType::kPing, 0, ping.bytes(), timeout));
