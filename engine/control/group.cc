@@ -1,17 +1,20 @@
 #include "engine/control/group.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <utility>
 
 namespace dp420::control {
 namespace {
 
-uint64_t SplitMix(uint64_t* state) {
-  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+// a - b, clamped to int64 (the operands may come from a peer).
+int64_t SaturatingSub(int64_t a, int64_t b) {
+  const __int128 d = __int128(a) - __int128(b);
+  if (d > std::numeric_limits<int64_t>::max()) return std::numeric_limits<int64_t>::max();
+  if (d < std::numeric_limits<int64_t>::min() + 1) return std::numeric_limits<int64_t>::min() + 1;
+  return int64_t(d);
 }
 
 std::string Seconds(int64_t ns) {
@@ -38,6 +41,28 @@ const char* GroupMsgName(GroupMsgKind kind) {
   return "?";
 }
 
+Status GroupTimeouts::Validate() const {
+  constexpr int64_t kMs = 1'000'000, kDay = 86'400'000 * kMs;
+  struct Bound {
+    const char* name;
+    int64_t value, max;
+  };
+  for (const Bound& b : {Bound{"prepare", prepare_ns, kDay}, Bound{"cut", cut_ns, kDay},
+                         Bound{"resend", resend_ns, kDay}, Bound{"heartbeat", heartbeat_ns, kDay},
+                         Bound{"max_hold", max_hold_ns, 3'600'000 * kMs},
+                         Bound{"max_skew", max_skew_ns, kDay}}) {
+    if (b.value < kMs || b.value > b.max) {
+      return Status::InvalidArgument(std::string("group timeout ") + b.name + " is " +
+                                     Seconds(b.value) + "; allowed 0.001 s to " + Seconds(b.max));
+    }
+  }
+  if (loss_beats < 1 || loss_beats > 100) {
+    return Status::InvalidArgument("loss_beats is " + std::to_string(loss_beats) +
+                                   "; allowed 1 to 100");
+  }
+  return Status::Ok();
+}
+
 // ---- GroupMember ----
 
 GroupMember::GroupMember(std::string name, const Clock& clock, GroupTransport& transport,
@@ -49,7 +74,7 @@ GroupMember::GroupMember(std::string name, const Clock& clock, GroupTransport& t
       volume_(volume),
       t_(t),
       persist_(std::move(persist)),
-      jitter_(jitter_seed),
+      beats_(clock, t.heartbeat_ns, std::numeric_limits<int64_t>::max() / 2, 20, jitter_seed),
       highest_(highest_epoch) {}
 
 void GroupMember::OnMessage(const GroupMsg& msg) {
@@ -67,7 +92,7 @@ void GroupMember::OnMessage(const GroupMsg& msg) {
 // older epoch is answered FENCED, a newer PREPARE ends the attempt before
 // (persisted first), and an epoch this member lost (it restarted) is FAIL.
 bool GroupMember::Admit(const GroupMsg& msg) {
-  if (msg.member != name_) return false;
+  if (msg.member != name_ || msg.epoch == 0) return false;  // epochs start at 1
   const bool asks = msg.kind == GroupMsgKind::kPrepare || msg.kind == GroupMsgKind::kCut;
   auto answer = [&](GroupMsgKind kind, uint64_t epoch, std::string detail) {
     transport_.Send("", GroupMsg::Make(kind, msg.group, epoch, name_, std::move(detail)));
@@ -77,14 +102,14 @@ bool GroupMember::Admit(const GroupMsg& msg) {
     return false;
   }
   if (msg.epoch > highest_) {
-    if (!asks) return false;
     if (msg.kind == GroupMsgKind::kCut) {
       answer(GroupMsgKind::kFail, msg.epoch, "a CUT for an epoch it never held for");
       return false;
     }
+    if (!asks && msg.kind != GroupMsgKind::kAbort) return false;
     Status saved = persist_(msg.epoch);
     if (!saved.ok()) {
-      answer(GroupMsgKind::kFail, msg.epoch, "cannot record the epoch: " + saved.message());
+      if (asks) answer(GroupMsgKind::kFail, msg.epoch, "cannot record the epoch: " + saved.message());
       return false;
     }
     if (epoch_ != 0) EndAttempt(State::kFailed);  // fenced by the newer coordinator
@@ -92,6 +117,12 @@ bool GroupMember::Admit(const GroupMsg& msg) {
     group_ = msg.group;
     state_ = State::kIdle;
     why_.clear();
+    if (msg.kind == GroupMsgKind::kAbort) {
+      // It overtook its PREPARE: that epoch is over before this member held.
+      state_ = State::kFailed;
+      why_ = "aborted before this member was prepared: " + msg.detail;
+      return false;
+    }
     return true;
   }
   if (epoch_ != msg.epoch) {  // this epoch's attempt was lost (a restart)
@@ -111,9 +142,14 @@ void GroupMember::OnPrepare(const GroupMsg& msg) {
       if (!held.ok()) return Fail("hold: " + held.message());
       state_ = State::kQuiet;
       hold_until_ = start + t_.max_hold_ns;
+      ScheduleResend(clock_.MonotonicNs());
       return Reply(GroupMsgKind::kQuiet, "", &msg);
     }
-    case State::kQuiet: return Reply(GroupMsgKind::kQuiet, "", &msg);  // a resend: new clocks
+    case State::kQuiet:  // a resend: answered with this PREPARE's probe
+      if (clock_.MonotonicNs() >= hold_until_) {
+        return Fail("the hold reached --max-freeze before every member held");
+      }
+      return Reply(GroupMsgKind::kQuiet, "", &msg);
     case State::kTransferring: return Reply(GroupMsgKind::kCutDone);
     case State::kDurable: return Reply(GroupMsgKind::kDurable, manifest_hash_);
     case State::kFailed: return Reply(GroupMsgKind::kFail, why_);
@@ -132,7 +168,7 @@ void GroupMember::OnCut(const GroupMsg&) {
       if (!cut.ok()) return Fail("cut: " + cut.message());
       state_ = State::kTransferring;
       volume_.StartTransfer(epoch_);
-      ScheduleBeat(now);
+      beats_.Sent();
       return Reply(GroupMsgKind::kCutDone);
     }
     case State::kTransferring: return Reply(GroupMsgKind::kCutDone);
@@ -164,13 +200,20 @@ void GroupMember::Tick() {
     return Fail("the hold reached --max-freeze (" + Seconds(t_.max_hold_ns) +
                 ") before every member held");
   }
-  if ((state_ == State::kTransferring || state_ == State::kDurable) && now >= next_send_) {
-    if (state_ == State::kTransferring) {
-      Reply(GroupMsgKind::kHeartbeat);
+  if (state_ == State::kTransferring && beats_.BeatDue()) {
+    Reply(GroupMsgKind::kHeartbeat);
+    beats_.Sent();
+  }
+  // Held or durable, it says so again until the outcome comes: a lost ABORT
+  // is answered again, and the hold ends then, not at its deadline. (QUIET
+  // without a probe is no clock sample.)
+  if ((state_ == State::kQuiet || state_ == State::kDurable) && now >= next_send_) {
+    if (state_ == State::kQuiet) {
+      Reply(GroupMsgKind::kQuiet);
     } else {
-      Reply(GroupMsgKind::kDurable, manifest_hash_);  // until COMMITTED or ABORT
+      Reply(GroupMsgKind::kDurable, manifest_hash_);
     }
-    ScheduleBeat(now);
+    ScheduleResend(now);
   }
 }
 
@@ -179,7 +222,7 @@ void GroupMember::OnTransferDone(uint64_t epoch, const Result<std::string>& mani
   if (!manifest_hash.ok()) return Fail("transfer: " + manifest_hash.status().message());
   manifest_hash_ = manifest_hash.value();
   state_ = State::kDurable;
-  ScheduleBeat(clock_.MonotonicNs());
+  ScheduleResend(clock_.MonotonicNs());
   Reply(GroupMsgKind::kDurable, manifest_hash_);
 }
 
@@ -197,20 +240,13 @@ void GroupMember::Fail(const std::string& why) {
 
 void GroupMember::Reply(GroupMsgKind kind, std::string detail, const GroupMsg* echo) {
   GroupMsg m = GroupMsg::Make(kind, group_, epoch_, name_, std::move(detail));
-  if (echo != nullptr) {
-    m.echo_mono_ns = echo->echo_mono_ns;
-    m.echo_wall_ns = echo->echo_wall_ns;
-    m.wall_ns = clock_.WallNs();
-  }
+  if (kind == GroupMsgKind::kQuiet) m.wall_ns = clock_.WallNs();
+  if (echo != nullptr) m.probe = echo->probe;
   transport_.Send("", m);
 }
 
-// The next heartbeat (± 20 %: members started together do not beat together)
-// or, once durable, the next DURABLE.
-void GroupMember::ScheduleBeat(int64_t now) {
-  const int64_t every = state_ == State::kDurable ? t_.resend_ns : t_.heartbeat_ns;
-  next_send_ = now + every / 100 * int64_t(80 + SplitMix(&jitter_) % 41);
-}
+// The next QUIET or DURABLE said again.
+void GroupMember::ScheduleResend(int64_t now) { next_send_ = now + t_.resend_ns; }
 
 // ---- GroupCoordinator ----
 
@@ -230,6 +266,8 @@ GroupCoordinator::GroupCoordinator(std::string group, std::vector<std::string> m
 }
 
 void GroupCoordinator::Start() {
+  if (started_) return;
+  started_ = true;
   phase_ = Phase::kPreparing;
   phase_start_ = clock_.MonotonicNs();
   Broadcast(GroupMsgKind::kPrepare, false);
@@ -247,9 +285,9 @@ void GroupCoordinator::OnMessage(const GroupMsg& msg) {
     }
     return;
   }
-  if (msg.epoch != epoch_) return;
+  if (msg.epoch != epoch_ || !started_) return;
   Member& m = members_[i];
-  m.last_heard = clock_.MonotonicNs();
+  if (m.heard) m.heard->Heard();
   // After the end, every message of the epoch is answered with the outcome.
   if (phase_ == Phase::kCommitted) return SendTo(i, GroupMsgKind::kCommitted);
   if (phase_ == Phase::kAborted) return SendTo(i, GroupMsgKind::kAbort);
@@ -273,12 +311,17 @@ void GroupCoordinator::OnMessage(const GroupMsg& msg) {
 // the round trip) the group does not go on. A member that goes on is within
 // twice max_skew whatever the network did.
 void GroupCoordinator::OnQuiet(const GroupMsg& msg, Member& m, GroupMemberResult& r) {
-  const int64_t rtt = clock_.MonotonicNs() - msg.echo_mono_ns;
-  if (msg.echo_mono_ns == 0 || rtt < 0) return;  // not an answer to a PREPARE sent
-  // Over a round trip longer than the bound the clock cannot be told within
-  // it: not counted; the PREPARE sent again measures anew.
-  if (rtt > t_.max_skew_ns) return;
-  r.skew_ns = msg.wall_ns - (msg.echo_wall_ns + rtt / 2);
+  const Probe* p = FindProbe(m, msg.probe);
+  if (p == nullptr) return;  // a QUIET said again, or one whose PREPARE is long gone
+  const int64_t mono = clock_.MonotonicNs() - p->mono;
+  const int64_t wall = SaturatingSub(clock_.WallNs(), p->wall);
+  // The server's two clocks disagree about how long the round trip took (a
+  // suspend stops the monotonic clock, the wall clock was stepped): no
+  // sample; the PREPARE sent again measures anew. So is one over a round
+  // trip longer than the bound, where the clock cannot be told within it.
+  const int64_t rtt = std::max(mono, wall);
+  if (std::llabs(SaturatingSub(wall, mono)) > t_.max_skew_ns / 2 || rtt > t_.max_skew_ns) return;
+  r.skew_ns = SaturatingSub(msg.wall_ns, p->wall + rtt / 2);
   r.skew_error_ns = rtt / 2;
   if (std::llabs(r.skew_ns) - r.skew_error_ns > t_.max_skew_ns) {
     return Abort(Status::ClockSkew("member " + msg.member + ": its clock is " +
@@ -289,11 +332,23 @@ void GroupCoordinator::OnQuiet(const GroupMsg& msg, Member& m, GroupMemberResult
   m.quiet = true;
 }
 
+const GroupCoordinator::Probe* GroupCoordinator::FindProbe(const Member& m, uint64_t id) const {
+  if (id == 0) return nullptr;
+  for (const Probe& p : m.probes) {
+    if (p.id == id) return &p;
+  }
+  return nullptr;
+}
+
 // DURABLE is checked against the repository: a member's word does not make
 // its data durable.
 void GroupCoordinator::OnDurable(const GroupMsg& msg, Member& m, GroupMemberResult& r) {
   if (phase_ == Phase::kPreparing) return;  // no CUT was sent: nothing can be durable
-  std::optional<std::string> staged = store_.Staged(group_, epoch_, msg.member);
+  Result<std::optional<std::string>> read = store_.Staged(group_, epoch_, msg.member);
+  if (!read.ok()) {
+    return Abort(read.status().Prefix("reading what member " + msg.member + " staged"));
+  }
+  const std::optional<std::string>& staged = read.value();
   if (!staged || *staged != msg.detail) {
     return Abort(Status::Corruption("member " + msg.member +
                                     " reports its snapshot durable, but the repository holds " +
@@ -320,14 +375,19 @@ void GroupCoordinator::Advance() {
   if (phase_ == Phase::kCutting && all(&Member::cut)) {
     phase_ = Phase::kTransferring;
     phase_start_ = now;
-    for (Member& m : members_) m.last_heard = now;
+    // Beats come every heartbeat + 20 % at the latest.
+    const int64_t lost_after = t_.loss_beats * (t_.heartbeat_ns / 100 * 120);
+    for (Member& m : members_) m.heard.emplace(clock_, t_.heartbeat_ns, lost_after);
   }
   if (phase_ == Phase::kTransferring && all(&Member::durable)) Commit();
 }
 
 void GroupCoordinator::Commit() {
   Status committed = store_.Commit(GroupCommit{group_, epoch_, results_});
-  if (!committed.ok()) return Abort(committed.Prefix("group commit"));
+  // An error may come after the commit became durable: the repository says.
+  if (!committed.ok() && store_.State(group_, epoch_) != GroupStore::EpochState::kCommitted) {
+    return Abort(committed.Prefix("group commit"));
+  }
   phase_ = Phase::kCommitted;
   Broadcast(GroupMsgKind::kCommitted, false);
 }
@@ -340,7 +400,7 @@ void GroupCoordinator::Abort(Status why) {
 }
 
 void GroupCoordinator::Tick() {
-  if (done()) return;
+  if (!started_ || done()) return;
   const int64_t now = clock_.MonotonicNs();
   CheckDeadlines(now);
   if (done()) return;
@@ -362,13 +422,11 @@ void GroupCoordinator::CheckDeadlines(int64_t now) {
                                  Seconds(t_.cut_ns) + ": " + late));
   }
   if (phase_ != Phase::kTransferring) return;
-  // Beats come every heartbeat + 20 % at the latest.
-  const int64_t lost_after = t_.loss_beats * (t_.heartbeat_ns / 100 * 120);
   for (size_t i = 0; i < members_.size(); ++i) {
     const Member& m = members_[i];
-    if (!m.durable && now - m.last_heard > lost_after) {
+    if (!m.durable && m.heard && m.heard->Lost()) {
       return Abort(Status::Network("member " + names_[i] + " lost: silent for " +
-                                   Seconds(now - m.last_heard)));
+                                   Seconds(m.heard->SilentNs())));
     }
   }
 }
@@ -396,15 +454,32 @@ void GroupCoordinator::SendTo(size_t i, GroupMsgKind kind) {
   GroupMsg m = GroupMsg::Make(kind, group_, epoch_, names_[i]);
   const int64_t now = clock_.MonotonicNs();
   if (kind == GroupMsgKind::kPrepare) {
-    m.echo_mono_ns = now;
-    m.echo_wall_ns = clock_.WallNs();
+    m.probe = ++probes_sent_;
+    members_[i].probes[m.probe % members_[i].probes.size()] = {m.probe, now, clock_.WallNs()};
   }
   if (kind == GroupMsgKind::kAbort) m.detail = why_.message();
   members_[i].last_sent = now;
   transport_.Send(names_[i], m);
 }
 
+void GroupRouter::Remove(const GroupCoordinator* c) {
+  running_.erase(std::remove(running_.begin(), running_.end(), c), running_.end());
+}
+
+std::vector<GroupCoordinator*> GroupRouter::Targets(const GroupMsg& msg) const {
+  std::vector<GroupCoordinator*> out;
+  for (GroupCoordinator* c : running_) {
+    if (c->group() != msg.group) continue;
+    const bool fenced = msg.kind == GroupMsgKind::kFenced;
+    if (fenced ? c->epoch() < msg.epoch : c->epoch() == msg.epoch) out.push_back(c);
+  }
+  return out;
+}
+
 void AnswerForEndedEpoch(GroupStore& store, GroupTransport& transport, const GroupMsg& msg) {
+  // FENCED names the member's newest epoch, not the one it answers: it is
+  // for a coordinator only (aborting "its" epoch could end a live one).
+  if (msg.kind == GroupMsgKind::kFenced || msg.epoch == 0) return;
   GroupMsg answer = GroupMsg::Make(GroupMsgKind::kAbort, msg.group, msg.epoch, msg.member);
   if (store.State(msg.group, msg.epoch) == GroupStore::EpochState::kCommitted) {
     answer.kind = GroupMsgKind::kCommitted;

@@ -38,6 +38,7 @@
 // Thread safety: none; each object is driven by one thread (or a lock).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -46,13 +47,14 @@
 #include <vector>
 
 #include "engine/control/clock.h"
+#include "engine/control/liveness.h"
 #include "io/status.h"
 
 namespace dp420::control {
 
 enum class GroupMsgKind : uint8_t {
   kPrepare = 1,  // coordinator → member: hold the source for this epoch
-  kQuiet,        // member → coordinator: holding (echo_*, wall_ns)
+  kQuiet,        // member → coordinator: holding (probe, wall_ns); repeated while it holds
   kCut,          // coordinator → member: every member holds: take the point in time
   kCutDone,      // member → coordinator: taken and released
   kHeartbeat,    // member → coordinator: transferring (every heartbeat ± 20 %)
@@ -69,8 +71,7 @@ struct GroupMsg {
   std::string group;
   uint64_t epoch = 0;
   std::string member;       // the member it is from or for
-  int64_t echo_mono_ns = 0;  // PREPARE: the coordinator's clocks when sent; QUIET echoes them
-  int64_t echo_wall_ns = 0;
+  uint64_t probe = 0;        // PREPARE: its number; QUIET: the PREPARE it answers (0: none)
   int64_t wall_ns = 0;       // QUIET: the member's wall clock
   std::string detail;        // DURABLE: manifest hash; FAIL, ABORT: why
 
@@ -90,7 +91,8 @@ class GroupTransport {
  public:
   virtual ~GroupTransport() = default;
   // Best effort: a message may be lost, duplicated or delayed. `to` is a
-  // member's name, or "" for the coordinator.
+  // member's name, or "" for the coordinator. Never delivers before it
+  // returns (the state machines are not re-entered from their own sends).
   virtual void Send(const std::string& to, const GroupMsg& msg) = 0;
 };
 
@@ -102,6 +104,9 @@ struct GroupTimeouts {
   int loss_beats = 3;                   // silent this many beats: lost
   int64_t max_hold_ns = 7'000'000'000;  // a member's hold, never longer (--max-freeze)
   int64_t max_skew_ns = 500'000'000;    // a member's wall clock against the server's
+
+  // Each duration 1 ms - 1 day (max_hold up to 1 h), loss_beats 1-100.
+  Status Validate() const;
 };
 
 // ---- member ----
@@ -154,7 +159,7 @@ class GroupMember {
   void EndAttempt(State to);
   void Fail(const std::string& why);
   void Reply(GroupMsgKind kind, std::string detail = "", const GroupMsg* echo = nullptr);
-  void ScheduleBeat(int64_t now);
+  void ScheduleResend(int64_t now);
 
   std::string name_;
   const Clock& clock_;
@@ -162,7 +167,7 @@ class GroupMember {
   MemberVolume& volume_;
   GroupTimeouts t_;
   std::function<Status(uint64_t)> persist_;
-  uint64_t jitter_;
+  Liveness beats_;  // heartbeats while transferring (± 20 %)
   uint64_t highest_ = 0;
   uint64_t epoch_ = 0;  // the attempt this member is in (0: none)
   std::string group_;
@@ -197,12 +202,14 @@ class GroupStore {
   // group: a member is fenced by the newest it has seen), durable before it
   // returns.
   virtual Result<uint64_t> BeginEpoch(const std::string& group) = 0;
-  // The manifest hash `member` staged under (group, epoch), if it did.
-  virtual std::optional<std::string> Staged(const std::string& group, uint64_t epoch,
-                                            const std::string& member) const = 0;
+  // The manifest hash `member` staged under (group, epoch), if it did; an
+  // error when the repository cannot tell.
+  virtual Result<std::optional<std::string>> Staged(const std::string& group, uint64_t epoch,
+                                                    const std::string& member) const = 0;
   // Publishes every member's snapshot and the group manifest at once, or
-  // nothing: refused unless c.epoch is the group's newest, still open, and
-  // every member staged the hash named.
+  // nothing: refused unless c.epoch is the newest, still open, and every
+  // member staged the hash named. An error may come after the commit became
+  // durable: State tells.
   virtual Status Commit(const GroupCommit& c) = 0;
   // Drops what the epoch staged; a committed epoch is left as it is, one
   // never begun is not touched.
@@ -219,11 +226,13 @@ class GroupCoordinator {
                    const Clock& clock, GroupTransport& transport, GroupStore& store,
                    GroupTimeouts t);
 
+  // Sends the first PREPAREs; once (later calls do nothing).
   void Start();
   void OnMessage(const GroupMsg& msg);
   // Deadlines, loss and resends; call at least every resend interval.
   void Tick();
 
+  const std::string& group() const { return group_; }
   Phase phase() const { return phase_; }
   bool done() const { return phase_ == Phase::kCommitted || phase_ == Phase::kAborted; }
   uint64_t epoch() const { return epoch_; }
@@ -231,10 +240,17 @@ class GroupCoordinator {
   const std::vector<GroupMemberResult>& results() const { return results_; }
 
  private:
+  // A PREPARE sent: its number and the server's clocks then. The round
+  // trip is measured on these, never on times a member sends back.
+  struct Probe {
+    uint64_t id = 0;
+    int64_t mono = 0, wall = 0;
+  };
   struct Member {
     bool quiet = false, cut = false, durable = false;
-    int64_t last_heard = 0;
     int64_t last_sent = 0;
+    std::array<Probe, 8> probes{};
+    std::optional<Liveness> heard;  // while transferring: its heartbeats
   };
   void OnQuiet(const GroupMsg& msg, Member& m, GroupMemberResult& r);
   void OnDurable(const GroupMsg& msg, Member& m, GroupMemberResult& r);
@@ -245,6 +261,7 @@ class GroupCoordinator {
   void SendTo(size_t i, GroupMsgKind kind);
   bool Answered(const Member& m) const;
   void CheckDeadlines(int64_t now);
+  const Probe* FindProbe(const Member& m, uint64_t id) const;
 
   std::string group_;
   std::vector<std::string> names_;
@@ -254,10 +271,26 @@ class GroupCoordinator {
   GroupStore& store_;
   GroupTimeouts t_;
   Phase phase_ = Phase::kPreparing;
+  bool started_ = false;
+  uint64_t probes_sent_ = 0;
   int64_t phase_start_ = 0;
   std::vector<Member> members_;
   std::vector<GroupMemberResult> results_;
   Status why_;
+};
+
+// Which running coordinator a member's message is for (the server's side):
+// the one of its group and epoch; for FENCED (which names the member's
+// newest epoch, not the coordinator's) every one of its group older than
+// that. None: no coordinator runs that epoch any more (AnswerForEndedEpoch).
+class GroupRouter {
+ public:
+  void Add(GroupCoordinator* c) { running_.push_back(c); }
+  void Remove(const GroupCoordinator* c);
+  std::vector<GroupCoordinator*> Targets(const GroupMsg& msg) const;
+
+ private:
+  std::vector<GroupCoordinator*> running_;
 };
 
 // The server's answer to a member's message for an epoch no live coordinator

@@ -25,6 +25,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
@@ -90,13 +91,13 @@ class SimStore final : public GroupStore {
     it->second.staged[member] = hash;
     return Status::Ok();
   }
-  std::optional<std::string> Staged(const std::string& group, uint64_t epoch,
-                                    const std::string& member) const override {
+  Result<std::optional<std::string>> Staged(const std::string& group, uint64_t epoch,
+                                            const std::string& member) const override {
     auto it = epochs_.find(epoch);
-    if (it == epochs_.end() || it->second.group != group) return std::nullopt;
+    if (it == epochs_.end() || it->second.group != group) return std::optional<std::string>();
     auto s = it->second.staged.find(member);
-    if (s == it->second.staged.end()) return std::nullopt;
-    return s->second;
+    if (s == it->second.staged.end()) return std::optional<std::string>();
+    return std::optional<std::string>(s->second);
   }
   Status Commit(const GroupCommit& c) override {
     auto it = epochs_.find(c.epoch);
@@ -158,6 +159,7 @@ struct History {
   std::map<std::pair<std::string, uint64_t>, std::string> transferred;  // what each staged
   std::vector<std::pair<uint64_t, bool>> coordinator_said;  // epoch, committed
   std::vector<std::pair<std::string, uint64_t>> member_done;  // member saw COMMITTED
+  std::map<uint64_t, int64_t> ended_at;  // epoch -> when it aborted (coordinator, crash)
   const SimStore* store = nullptr;
 };
 
@@ -203,6 +205,12 @@ void CheckCommitted(const History& h, uint64_t epoch, const SimStore::Epoch& e,
 std::vector<std::string> CheckHistory(const History& h) {
   std::vector<std::string> out;
   for (const auto& [epoch, e] : h.store->epochs()) {
+    if (e.state == GroupStore::EpochState::kOpen) {
+      out.push_back("epoch " + std::to_string(epoch) + " is still open at the end");
+    }
+    if (e.state == GroupStore::EpochState::kAborted && !e.staged.empty()) {
+      out.push_back("epoch " + std::to_string(epoch) + " aborted with its staging kept");
+    }
     if (e.state == GroupStore::EpochState::kCommitted) CheckCommitted(h, epoch, e, &out);
     if (e.state != GroupStore::EpochState::kCommitted && !e.published.empty()) {
       out.push_back("epoch " + std::to_string(epoch) + " published members without a commit");
@@ -346,6 +354,8 @@ class Sim {
   }
   GroupMember* member(size_t m) { return members_[m]->sm.get(); }
   SimStore& mutable_store() { return store_; }
+  // A test's own losses: true drops the message.
+  std::function<bool(const std::string& from, const std::string& to, const GroupMsg&)> drop;
   void Log(const std::string& line) {
     if (tracing_) trace_ << now_ / 1000 << " us: " << line << "\n";
   }
@@ -417,6 +427,7 @@ class Sim {
   Transport server_transport_;
   bool server_up_ = true;
   std::map<uint64_t, CoordinatorNode> coordinators_;
+  GroupRouter router_;
   std::vector<std::unique_ptr<MemberNode>> members_;
   std::vector<std::tuple<std::string, int64_t, int64_t>> partitions_;  // member, from, to
 };
@@ -488,6 +499,7 @@ uint64_t Sim::StartAttempt() {
   CoordinatorNode& node = coordinators_[epoch];
   node.sm = std::make_unique<GroupCoordinator>(h_.group, h_.members, epoch, *server_clock_,
                                                server_transport_, store_, c_.t);
+  router_.Add(node.sm.get());
   Log("attempt with epoch " + std::to_string(epoch));
   node.sm->Start();
   return epoch;
@@ -505,6 +517,7 @@ void Sim::Report() {
       node.reported = true;
       const bool committed = node.sm->phase() == GroupCoordinator::Phase::kCommitted;
       h_.coordinator_said.push_back({epoch, committed});
+      if (!committed) h_.ended_at.emplace(epoch, now_);
       Log("coordinator " + std::to_string(epoch) + ": " +
           (committed ? "committed" : "aborted: " + node.sm->outcome().message()));
     }
@@ -522,6 +535,7 @@ void Sim::Send(const std::string& from, const std::string& to, const GroupMsg& m
   Log(from + " -> " + to + ": " + GroupMsgName(msg.kind) + " e" + std::to_string(msg.epoch) +
       (msg.detail.empty() ? "" : " (" + msg.detail + ")"));
   const std::string member = from == "server" ? to : from;
+  if (drop && drop(from, to, msg)) return Log("  (lost, by the test)");
   if (Partitioned(member, "server") || rng_.Chance(c_.loss)) return;
   const int copies = rng_.Chance(c_.dup) ? 2 : 1;
   for (int i = 0; i < copies; ++i) {
@@ -549,28 +563,24 @@ void Sim::Deliver(const std::string& to, const GroupMsg& msg) {
 
 void Sim::DeliverToServer(const GroupMsg& msg) {
   if (!server_up_) return;
-  if (msg.kind == GroupMsgKind::kFenced) {
-    for (auto& [epoch, node] : coordinators_) {
-      if (epoch >= msg.epoch || !node.sm) continue;
-      if (node.paused_until > now_) {
-        const uint64_t e = epoch;
-        At(node.paused_until, [this, e, msg] {
-          if (GroupCoordinator* c = coordinator(e)) c->OnMessage(msg);
-        });
-      } else {
-        node.sm->OnMessage(msg);
-      }
-    }
+  std::vector<GroupCoordinator*> targets = router_.Targets(msg);
+  if (targets.empty()) {
+    // FENCED is for a coordinator only; anything else is answered from the
+    // repository.
+    if (msg.kind != GroupMsgKind::kFenced) AnswerForEndedEpoch(store_, server_transport_, msg);
     return;
   }
-  auto it = coordinators_.find(msg.epoch);
-  if (it == coordinators_.end() || !it->second.sm) {
-    return AnswerForEndedEpoch(store_, server_transport_, msg);
+  for (GroupCoordinator* c : targets) {
+    CoordinatorNode& node = coordinators_.at(c->epoch());
+    if (node.paused_until > now_) {
+      const uint64_t e = c->epoch();
+      At(node.paused_until, [this, e, msg] {
+        if (GroupCoordinator* again = coordinator(e)) again->OnMessage(msg);
+      });
+    } else {
+      c->OnMessage(msg);
+    }
   }
-  if (it->second.paused_until > now_) {
-    return At(it->second.paused_until, [this, msg] { DeliverToServer(msg); });
-  }
-  it->second.sm->OnMessage(msg);
 }
 
 void Sim::TickMember(size_t m) {
@@ -718,9 +728,13 @@ void Sim::CrashMember(size_t m, int64_t down_for) {
 void Sim::CrashServer(int64_t down_for) {
   Log("server crashes");
   server_up_ = false;
+  router_ = GroupRouter();
   coordinators_.clear();  // their outcome was never said
   At(now_ + down_for, [this] {
     server_up_ = true;
+    for (const auto& [epoch, e] : store_.epochs()) {
+      if (e.state == GroupStore::EpochState::kOpen) h_.ended_at.emplace(epoch, now_);
+    }
     store_.Recover();
     Log("server restarts");
     if (rng_.Chance(0.5)) StartAttempt();  // the admin tries again
@@ -859,8 +873,8 @@ TEST(GroupSimTest, AStalledOlderCoordinatorCannotCommit) {
       << sim.trace();
   sim.PauseCoordinator(old_epoch, 60 * kS);
   sim.RunUntil(10 * kS);  // the members stage and say DURABLE to the stalled one
-  ASSERT_TRUE(sim.store().Staged("g", old_epoch, "node0:vol").has_value()) << sim.trace();
-  ASSERT_TRUE(sim.store().Staged("g", old_epoch, "node1:vol").has_value()) << sim.trace();
+  ASSERT_TRUE(sim.store().Staged("g", old_epoch, "node0:vol").value().has_value()) << sim.trace();
+  ASSERT_TRUE(sim.store().Staged("g", old_epoch, "node1:vol").value().has_value()) << sim.trace();
   const uint64_t new_epoch = sim.StartAttempt();
   sim.RunUntil(80 * kS);
   EXPECT_EQ(sim.coordinator(old_epoch)->phase(), GroupCoordinator::Phase::kAborted)
@@ -920,7 +934,7 @@ TEST(GroupSimTest, AMemberThatLiesAboutDurabilityGetsNoCommit) {
       [&] { return sim.coordinator(epoch)->phase() == GroupCoordinator::Phase::kTransferring; },
       5 * kS))
       << sim.trace();
-  ASSERT_FALSE(sim.store().Staged("g", epoch, "node1:vol").has_value()) << sim.trace();
+  ASSERT_FALSE(sim.store().Staged("g", epoch, "node1:vol").value().has_value()) << sim.trace();
   GroupMsg lie = GroupMsg::Make(GroupMsgKind::kDurable, "g", epoch, "node1:vol",
                                 "node1:vol@" + std::to_string(epoch));
   sim.coordinator(epoch)->OnMessage(lie);
@@ -960,6 +974,223 @@ TEST(GroupSimTest, ASlowAnswerDoesNotHideASkewedClock) {
   sim.RunUntil(40 * kS);
   EXPECT_EQ(sim.coordinator(epoch)->outcome().code(), Code::kClockSkew)
       << sim.coordinator(epoch)->outcome().ToString();
+  EXPECT_TRUE(CheckHistory(sim.history()).empty());
+}
+
+// ---- the state machines alone, on a clock the test moves ----
+
+struct ManualClock final : Clock {
+  int64_t mono = 1000 * kS, wall = kWallBase;
+  int64_t MonotonicNs() const override { return mono; }
+  int64_t WallNs() const override { return wall; }
+  void Advance(int64_t ns) {
+    mono += ns;
+    wall += ns;
+  }
+};
+struct Outbox final : GroupTransport {
+  std::vector<std::pair<std::string, GroupMsg>> sent;
+  void Send(const std::string& to, const GroupMsg& m) override { sent.push_back({to, m}); }
+  // The newest message of `kind` to `to`.
+  GroupMsg Last(GroupMsgKind kind, const std::string& to) const {
+    for (auto it = sent.rbegin(); it != sent.rend(); ++it) {
+      if (it->first == to && it->second.kind == kind) return it->second;
+    }
+    return GroupMsg();
+  }
+};
+struct CountingVolume final : MemberVolume {
+  int holds = 0;
+  Status Hold(uint64_t, int64_t) override {
+    ++holds;
+    return Status::Ok();
+  }
+  Status Cut(uint64_t) override { return Status::Ok(); }
+  void Release(uint64_t) override {}
+  void StartTransfer(uint64_t) override {}
+  void Discard(uint64_t) override {}
+};
+// Its commit becomes durable, then reports an error (an fsync of the folder
+// failed after the rename).
+struct LateErrorStore final : GroupStore {
+  bool committed = false;
+  Result<uint64_t> BeginEpoch(const std::string&) override { return uint64_t(1); }
+  Result<std::optional<std::string>> Staged(const std::string&, uint64_t,
+                                            const std::string& m) const override {
+    return std::optional<std::string>(m + "@1");
+  }
+  Status Commit(const GroupCommit&) override {
+    committed = true;
+    return Status::IOError("fsync of the folder: Input/output error");
+  }
+  void Abort(const std::string&, uint64_t) override {}
+  EpochState State(const std::string&, uint64_t) const override {
+    return committed ? EpochState::kCommitted : EpochState::kOpen;
+  }
+};
+
+GroupMsg QuietFor(const GroupMsg& prepare, int64_t member_wall) {
+  GroupMsg q = GroupMsg::Make(GroupMsgKind::kQuiet, prepare.group, prepare.epoch, prepare.member);
+  q.probe = prepare.probe;
+  q.wall_ns = member_wall;
+  return q;
+}
+
+// A commit whose error came after it became durable is reported committed,
+// as the repository holds it; COMMITTED goes out, not ABORT.
+TEST(GroupStateTest, ACommitThatFailedLateIsReportedAsTheRepositoryHoldsIt) {
+  ManualClock clock;
+  Outbox net;
+  LateErrorStore store;
+  GroupCoordinator c("g", {"a"}, 1, clock, net, store, GroupTimeouts{});
+  c.Start();
+  clock.Advance(kMs);
+  c.OnMessage(QuietFor(net.Last(GroupMsgKind::kPrepare, "a"), clock.wall));
+  c.OnMessage(GroupMsg::Make(GroupMsgKind::kCutDone, "g", 1, "a"));
+  c.OnMessage(GroupMsg::Make(GroupMsgKind::kDurable, "g", 1, "a", "a@1"));
+  ASSERT_TRUE(store.committed);
+  EXPECT_EQ(c.phase(), GroupCoordinator::Phase::kCommitted) << c.outcome().ToString();
+  EXPECT_EQ(net.sent.back().second.kind, GroupMsgKind::kCommitted);
+}
+
+// Start() once; Tick() before it does nothing (no deadline counted from 0).
+TEST(GroupStateTest, StartIsOnceAndTickBeforeItDoesNothing) {
+  ManualClock clock;
+  Outbox net;
+  LateErrorStore store;
+  GroupCoordinator c("g", {"a"}, 1, clock, net, store, GroupTimeouts{});
+  c.Tick();
+  EXPECT_FALSE(c.done()) << c.outcome().ToString();
+  EXPECT_TRUE(net.sent.empty());
+  c.Start();
+  clock.Advance(kMs);
+  c.OnMessage(QuietFor(net.Last(GroupMsgKind::kPrepare, "a"), clock.wall));
+  ASSERT_EQ(c.phase(), GroupCoordinator::Phase::kCutting);
+  c.Start();
+  EXPECT_EQ(c.phase(), GroupCoordinator::Phase::kCutting) << "started over";
+}
+
+// Epoch 0 is no epoch: a fresh member does not hold for it.
+TEST(GroupStateTest, EpochZeroIsNoEpoch) {
+  ManualClock clock;
+  Outbox net;
+  CountingVolume volume;
+  GroupMember m("a", clock, net, volume, GroupTimeouts{}, 0, [](uint64_t) { return Status::Ok(); },
+                1);
+  m.OnMessage(GroupMsg::Make(GroupMsgKind::kPrepare, "g", 0, "a"));
+  EXPECT_EQ(volume.holds, 0);
+  EXPECT_TRUE(net.sent.empty());
+}
+
+// An ABORT that overtook its PREPARE ends the epoch for the member: the
+// PREPARE, arriving after, is answered FAIL and nothing is held.
+TEST(GroupStateTest, AnAbortThatOvertookItsPrepareEndsTheEpoch) {
+  ManualClock clock;
+  Outbox net;
+  CountingVolume volume;
+  uint64_t persisted = 0;
+  GroupMember m("a", clock, net, volume, GroupTimeouts{}, 0,
+                [&](uint64_t e) {
+                  persisted = e;
+                  return Status::Ok();
+                },
+                1);
+  m.OnMessage(GroupMsg::Make(GroupMsgKind::kAbort, "g", 3, "a", "deadline"));
+  EXPECT_EQ(persisted, 3u);
+  GroupMsg prepare = GroupMsg::Make(GroupMsgKind::kPrepare, "g", 3, "a");
+  prepare.probe = 1;
+  m.OnMessage(prepare);
+  EXPECT_EQ(volume.holds, 0);
+  EXPECT_EQ(m.state(), GroupMember::State::kFailed);
+  EXPECT_EQ(net.Last(GroupMsgKind::kFail, "").epoch, 3u);
+}
+
+// The server suspended between sending a PREPARE and reading its answer:
+// CLOCK_MONOTONIC stood still, the wall clock ran on. The two disagree, so
+// the answer is no clock sample, and a member 9.5 s behind is not let
+// through on a round trip that looked 20 ms long.
+TEST(GroupStateTest, ASuspendedServerDoesNotHideASkewedClock) {
+  ManualClock clock;
+  Outbox net;
+  LateErrorStore store;
+  GroupCoordinator c("g", {"a"}, 1, clock, net, store, GroupTimeouts{});
+  c.Start();
+  const GroupMsg prepare = net.Last(GroupMsgKind::kPrepare, "a");
+  clock.mono += 10 * kMs;
+  clock.wall += 10 * kS;  // suspended
+  c.OnMessage(QuietFor(prepare, clock.wall - 9500 * kMs));
+  clock.Advance(10 * kMs);
+  EXPECT_EQ(c.phase(), GroupCoordinator::Phase::kPreparing) << "a counted as quiet";
+  // The PREPARE sent again measures it: beyond the bound, the group stops.
+  clock.Advance(300 * kMs);
+  c.Tick();
+  const GroupMsg again = net.Last(GroupMsgKind::kPrepare, "a");
+  ASSERT_NE(again.probe, prepare.probe);
+  clock.Advance(5 * kMs);
+  c.OnMessage(QuietFor(again, clock.wall - 9500 * kMs));
+  EXPECT_EQ(c.outcome().code(), Code::kClockSkew) << c.outcome().ToString();
+}
+
+// A QUIET whose clocks are forged to the ends of int64 (a member holding
+// valid credentials): no overflow, no probe the server sent, no sample.
+TEST(GroupStateTest, ForgedQuietClocksAreNoSample) {
+  ManualClock clock;
+  Outbox net;
+  LateErrorStore store;
+  GroupCoordinator c("g", {"a", "b"}, 1, clock, net, store, GroupTimeouts{});
+  c.Start();
+  for (uint64_t probe : {uint64_t(0), uint64_t(99), ~uint64_t(0)}) {
+    GroupMsg q = GroupMsg::Make(GroupMsgKind::kQuiet, "g", 1, "a");
+    q.probe = probe;
+    q.wall_ns = INT64_MIN;
+    c.OnMessage(q);
+  }
+  GroupMsg real = QuietFor(net.Last(GroupMsgKind::kPrepare, "a"), INT64_MIN);
+  clock.Advance(kMs);
+  c.OnMessage(real);  // its probe, a clock at the end of int64: far off, no overflow
+  EXPECT_EQ(c.outcome().code(), Code::kClockSkew) << c.outcome().ToString();
+}
+
+TEST(GroupStateTest, TimeoutsOutOfRangeAreRefused) {
+  EXPECT_TRUE(GroupTimeouts{}.Validate().ok());
+  GroupTimeouts t;
+  t.loss_beats = 0;
+  EXPECT_NE(t.Validate().message().find("loss_beats"), std::string::npos);
+  t = GroupTimeouts{};
+  t.heartbeat_ns = 50;
+  EXPECT_NE(t.Validate().message().find("heartbeat"), std::string::npos);
+  t = GroupTimeouts{};
+  t.max_hold_ns = INT64_MAX;
+  EXPECT_NE(t.Validate().message().find("max_hold"), std::string::npos);
+}
+
+// One ABORT lost on its way to a holding member: the member says QUIET again
+// every resend interval, is answered ABORT again, and releases then, not at
+// its deadline seconds later.
+TEST(GroupSimTest, ALostAbortIsAnsweredAgainAndTheHoldEndsThen) {
+  SimConfig c = Calm(2);
+  c.t.max_hold_ns = 7 * kS;
+  c.t.prepare_ns = 3 * kS;
+  Sim sim(21, c, true);
+  sim.PauseMember(1, 20 * kS);  // never QUIET in time: the prepare deadline aborts
+  bool lost = false;
+  sim.drop = [&](const std::string&, const std::string& to, const GroupMsg& m) {
+    if (lost || to != "node0:vol" || m.kind != GroupMsgKind::kAbort) return false;
+    return lost = true;
+  };
+  const uint64_t epoch = sim.StartAttempt();
+  sim.RunUntil(30 * kS);
+  ASSERT_TRUE(lost);
+  ASSERT_EQ(sim.coordinator(epoch)->phase(), GroupCoordinator::Phase::kAborted);
+  const int64_t aborted = sim.history().ended_at.at(epoch);
+  int held = 0;
+  for (const Hold& h : sim.history().holds) {
+    if (h.member != "node0:vol" || h.epoch != epoch) continue;
+    ++held;
+    EXPECT_LT(h.end - aborted, 1 * kS) << "held " << (h.end - aborted) / kMs
+                                       << " ms after the abort\n" << sim.trace();
+  }
+  EXPECT_EQ(held, 1);
   EXPECT_TRUE(CheckHistory(sim.history()).empty());
 }
 
