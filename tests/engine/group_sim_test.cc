@@ -861,12 +861,14 @@ TEST(GroupSimTest, TheCheckerCatchesWhatBreaksAPromise) {
   worse.coordinator_said.push_back({e, false});
   worse.member_done.push_back({"a", e + 1});
   worse.true_skew_ns["b"] = 2 * kS;
+  ASSERT_EQ(store.BeginEpoch("g").value(), e + 1);  // and an epoch never ended
   const std::string all = [&] {
     std::string s;
     for (const std::string& b : CheckHistory(worse)) s += b + "\n";
     return s;
   }();
   for (const char* want : {"held 2 times", "still held", "held for 3000 ms", "said aborted",
+                           "still open at the end",
                            "was told epoch", "clock 2000 ms off"}) {
     EXPECT_NE(all.find(want), std::string::npos) << want << " not in:\n" << all;
   }
