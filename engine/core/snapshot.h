@@ -124,6 +124,18 @@ class SnapshotBuilder {
   // Deletes what this snapshot wrote (also done by the destructor).
   void Rollback();
 
+  // A member of a consistency group (group_repo.h): as Commit, but the
+  // manifest goes into groups/GROUP/EPOCH/VOL.manifest instead of the
+  // volume's folder, and the journal is kept, marked with the group and
+  // epoch. kBusy when the epoch is not open. The builder (and the volume
+  // lock its owner holds) must live on until the group's outcome: then
+  // Publish (the group committed) or Rollback (it did not).
+  Result<Manifest> Stage(const SnapshotStats& stats, const std::string& group, uint64_t epoch);
+  // After the group manifest is durable: the staged manifest renamed into
+  // the volume's folder, the head advanced, the journal removed. Idempotent.
+  Status Publish();
+  bool staged() const { return !stage_group_.empty(); }
+
   uint64_t table_pages_written() const { return builder_->pages_written(); }
   // The codec table pages are compressed with (none until set); they are
   // sealed in an encrypted repository either way.
@@ -155,6 +167,8 @@ class SnapshotBuilder {
   uint64_t consumed_ = 0;
   bool empty_done_ = false;
   bool committed_ = false;
+  std::string stage_group_;  // Stage()d under (group, epoch)
+  uint64_t stage_epoch_ = 0;
 };
 
 // Checks `requested` (0: the parent's, or kDefaultBlockSize) against the chain.

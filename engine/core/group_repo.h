@@ -1,0 +1,128 @@
+// Consistency groups in the repository: epochs (the fencing tokens), member
+// snapshots staged under an epoch, the group manifest that publishes every
+// member at once, and the roll-forward after a crash. The protocol that
+// drives them is engine/control/group.h; the server wires the two
+// (engine/net/group_serve.cc).
+//
+//   REPO/groups/.lock                    flock()ed around every change below
+//   REPO/groups/.epoch                   newest epoch issued, of any group (sealed)
+//   REPO/groups/GROUP/EPOCH.open         the epoch is open (begun, not ended)
+//   REPO/groups/GROUP/EPOCH/VOL.manifest a member's staged manifest (sealed text)
+//   REPO/groups/GROUP/EPOCH-ID.group     the committed group manifest (sealed)
+//
+// EPOCH is 20 decimal digits. A member snapshot is staged by its backup
+// (SnapshotBuilder::Stage): data and table durable, its journal kept and
+// marked with the group and epoch, its manifest written into the epoch's
+// folder, the volume lock still held by the builder. CommitGroup is the one
+// atomic step: the group manifest's rename. Then each member is published
+// (SnapshotBuilder::Publish, or RecoverGroups after a crash): its staged
+// manifest renamed into snapshots/VOL/, the head advanced, the journal
+// removed. Before the rename nothing of the epoch is visible; after it the
+// members are published or will be by the next writer (roll-forward): a
+// torn group is never visible.
+//
+// Thread safety: functions over a Repository; changes serialize on
+// groups/.lock (also between processes).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/core/manifest.h"
+#include "engine/core/repo.h"
+#include "engine/core/verify.h"
+#include "io/status.h"
+
+namespace dp420 {
+
+// A group name: 1-64 of [A-Za-z0-9._-], not starting with '.'.
+bool ValidGroupName(const std::string& name);
+
+struct GroupMemberRecord {
+  std::string member;          // as the coordinator names it: "CLIENT:VOLUME"
+  std::string volume;          // the repository volume
+  std::string snapshot_id;
+  std::string manifest_seal;   // the member manifest's seal (hex): its hash
+  int64_t skew_ns = 0;         // the member's wall clock minus the server's
+  int64_t skew_error_ns = 0;
+};
+
+struct GroupManifest {
+  uint32_t format_version = kFormatVersion;
+  std::string repo_id;            // hex
+  std::string group;
+  std::string group_snapshot_id;  // 16 hex digits
+  uint64_t epoch = 0;             // the fencing token it was committed under
+  std::string created;            // RFC 3339, UTC
+  uint64_t created_unix_ns = 0;
+  std::vector<GroupMemberRecord> members;  // sorted by member
+  // {"members": [every member manifest's node_topology members: node_id,
+  // host, volume, device, point_in_time]}.
+  Json node_topology = Json::object();
+  std::string tool_version;
+  // Derived when read:
+  std::string seal;
+  std::string file_name;  // "EPOCH-ID.group"
+  Json ToJson() const;
+};
+
+enum class GroupEpochState { kOpen, kCommitted, kAborted };
+
+// A new epoch, newer than every epoch issued before in this repository (of
+// any group), durable before it returns; `group`'s EPOCH.open is created.
+// kInvalidArgument for an invalid group name.
+Result<uint64_t> BeginGroupEpoch(const Repository& repo, const std::string& group);
+
+// kCommitted when the group manifest of (group, epoch) exists; kOpen while
+// its EPOCH.open does; else kAborted (also never begun). An error when the
+// repository cannot tell (unreadable folder).
+Result<GroupEpochState> GroupEpochStateOf(const Repository& repo, const std::string& group,
+                                          uint64_t epoch);
+
+// The seal of `volume`'s manifest staged under (group, epoch), if any.
+Result<std::optional<std::string>> StagedSeal(const Repository& repo, const std::string& group,
+                                              uint64_t epoch, const std::string& volume);
+
+// The atomic commit: refused unless `epoch` is the newest issued, still
+// open, and every member's staged manifest has the seal named (kBusy: "epoch
+// E of GROUP is not the newest (N): fenced", "... is not open";
+// kInvalidArgument: "member M staged nothing", "member M staged seal S, not
+// T"). Writes the group manifest (fsync, rename, fsync of the folder), then
+// ends the epoch (EPOCH.open removed). After an OK return, or after an
+// error once the rename happened (GroupEpochStateOf tells), the caller
+// publishes each member (SnapshotBuilder::Publish), or RecoverGroups does.
+Result<GroupManifest> CommitGroup(const Repository& repo, const std::string& group,
+                                  uint64_t epoch, std::vector<GroupMemberRecord> members,
+                                  const std::string& tool_version);
+
+// Ends an open epoch without a commit: EPOCH.open removed, the staged
+// manifests removed. A committed epoch is left as it is; one never begun is
+// not touched. The staged packs are rolled back by their builders (or by
+// the next writer of the volume: BackupJournal sees the epoch aborted).
+Status AbortGroupEpoch(const Repository& repo, const std::string& group, uint64_t epoch);
+
+// After a crash, under groups/.lock and each member volume's lock (waiting
+// up to `lock_wait` for it): every committed epoch whose members are not
+// all published is rolled forward (staged manifest into snapshots/VOL/,
+// head advanced, journal removed); with `abort_open`, every open epoch is
+// aborted (the server at start: no coordinator outlives its server). What
+// it did goes to `log` lines when given.
+Status RecoverGroups(const Repository& repo, bool abort_open, std::chrono::milliseconds lock_wait,
+                     std::vector<std::string>* log = nullptr);
+
+// Group manifests of `group` ("" every group), oldest epoch first. Damaged
+// ones go to `damaged` when given, else the first fails the call.
+Status ListGroupManifests(const Repository& repo, const std::string& group,
+                          std::vector<GroupManifest>* out,
+                          std::vector<DamagedFile>* damaged = nullptr);
+
+// Verify's part: every group manifest's seal, repository id, and each
+// member: its snapshot exists with the seal recorded (a member forgotten
+// since is not a problem; a member manifest with another seal, or missing
+// while not forgotten, is). Problems are added to `report`.
+Status VerifyGroups(const Repository& repo, VerifyReport* report);
+
+}  // namespace dp420
