@@ -270,6 +270,7 @@ void GroupCoordinator::Start() {
   started_ = true;
   phase_ = Phase::kPreparing;
   phase_start_ = clock_.MonotonicNs();
+  timeline_.started = phase_start_;
   Broadcast(GroupMsgKind::kPrepare, false);
 }
 
@@ -370,11 +371,13 @@ void GroupCoordinator::Advance() {
   if (phase_ == Phase::kPreparing && all(&Member::quiet)) {
     phase_ = Phase::kCutting;
     phase_start_ = now;
+    timeline_.all_quiet = now;
     Broadcast(GroupMsgKind::kCut, false);
   }
   if (phase_ == Phase::kCutting && all(&Member::cut)) {
     phase_ = Phase::kTransferring;
     phase_start_ = now;
+    timeline_.all_cut = now;
     // Beats come every heartbeat + 20 % at the latest.
     const int64_t lost_after = t_.loss_beats * (t_.heartbeat_ns / 100 * 120);
     for (Member& m : members_) m.heard.emplace(clock_, t_.heartbeat_ns, lost_after);
@@ -389,14 +392,21 @@ void GroupCoordinator::Commit() {
     return Abort(committed.Prefix("group commit"));
   }
   phase_ = Phase::kCommitted;
+  timeline_.ended = clock_.MonotonicNs();
   Broadcast(GroupMsgKind::kCommitted, false);
 }
 
 void GroupCoordinator::Abort(Status why) {
   why_ = std::move(why);
   phase_ = Phase::kAborted;
+  timeline_.ended = clock_.MonotonicNs();
   store_.Abort(group_, epoch_);
   Broadcast(GroupMsgKind::kAbort, false);
+}
+
+void GroupCoordinator::Cancel(Status why) {
+  if (done()) return;
+  Abort(std::move(why));
 }
 
 void GroupCoordinator::Tick() {

@@ -150,6 +150,8 @@ class GroupMember {
   State state() const { return state_; }
   uint64_t epoch() const { return epoch_; }
   uint64_t highest_epoch() const { return highest_; }
+  const std::string& group() const { return group_; }
+  const std::string& why() const { return why_; }  // why it failed
 
  private:
   void OnPrepare(const GroupMsg& msg);
@@ -231,11 +233,20 @@ class GroupCoordinator {
   void OnMessage(const GroupMsg& msg);
   // Deadlines, loss and resends; call at least every resend interval.
   void Tick();
+  // Aborts unless it ended already (the operator gave up, the server stops).
+  void Cancel(Status why);
+
+  // When each phase began, on the monotonic clock (0: not reached).
+  struct Timeline {
+    int64_t started = 0, all_quiet = 0, all_cut = 0, ended = 0;
+  };
+  const Timeline& timeline() const { return timeline_; }
 
   const std::string& group() const { return group_; }
   Phase phase() const { return phase_; }
   bool done() const { return phase_ == Phase::kCommitted || phase_ == Phase::kAborted; }
   uint64_t epoch() const { return epoch_; }
+  const std::vector<std::string>& members() const { return names_; }
   const Status& outcome() const { return why_; }  // why it aborted
   const std::vector<GroupMemberResult>& results() const { return results_; }
 
@@ -277,6 +288,7 @@ class GroupCoordinator {
   std::vector<Member> members_;
   std::vector<GroupMemberResult> results_;
   Status why_;
+  Timeline timeline_;
 };
 
 // Which running coordinator a member's message is for (the server's side):

@@ -466,6 +466,9 @@ Status PointInTime::Begin(PitMethod m, bool automatic, const struct stat& st) {
     s.pre_hook_ran = true;  // the post hook runs even when the pre hook failed half-way
     DP420_RETURN_IF_ERROR(RunHook("pre-hook", o.pre_hook, o.hook_timeout, o.cancel));
   }
+  // A freeze holds once frozen (BeginFreeze); every other method once the
+  // pre hook ran.
+  if (m != PitMethod::kFsfreeze && o.at_hold) DP420_RETURN_IF_ERROR(o.at_hold());
   if (m == PitMethod::kReflink) {
     auto fd = CloneUnnamed(source_);
     if (fd.ok()) {
@@ -507,6 +510,7 @@ Status PointInTime::BeginFreeze(const struct stat& st) {
   // that file is cloned while frozen and the clone is read.
   const std::string backing = WholeBackingFile(source_, st);
   DP420_RETURN_IF_ERROR(s.Freeze(o.freeze_mount, o.max_freeze));
+  if (o.at_hold) DP420_RETURN_IF_ERROR(o.at_hold());  // thawed by ~State on an error
   if (!backing.empty()) {
     auto fd = CloneUnnamed(backing);
     if (fd.ok()) {

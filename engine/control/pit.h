@@ -45,6 +45,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -74,6 +75,12 @@ struct PitOptions {
   std::string repo_path;
   // Set when the backup is asked to stop: a running hook is killed.
   const std::atomic<bool>* cancel = nullptr;
+  // Called once the source is held (the pre hook ran, the file system is
+  // frozen) and before the point in time is taken (the copy made): a
+  // member of a consistency group answers QUIET there and waits for the
+  // coordinator's CUT. An error ends the hold (thaw, post hook) and fails
+  // Take with it.
+  std::function<Status()> at_hold;
 };
 
 // How the source was read, for the manifest and --json.
