@@ -56,6 +56,11 @@ struct BackupOptions {
   // manifest's for a local backup; a remote one sent its topology at the start,
   // and what is written then is dropped.
   std::function<Status(Json* node_topology)> end_point_in_time;
+  // A member of a consistency group (remote only, engine/control/group.h):
+  // the snapshot is staged under (group, group_epoch) and published by the
+  // group's commit, or never.
+  std::string group;
+  uint64_t group_epoch = 0;
 };
 
 // "block-device" or "file": what the source is, also when `read` is its
@@ -85,6 +90,9 @@ struct BackupResult {
   uint64_t bytes_sent_zerocopy = 0;    // block bytes sent with send_zc
   uint64_t bytes_zerocopy_copied = 0;  // ... of which the kernel copied anyway
   uint64_t bytes_resent = 0;           // block bytes sent again after a reconnect
+  // A group member's: this host's anchor of the volume (id_cache.h), to be
+  // written once the group is published (a staged snapshot may never be).
+  std::string anchor_path, anchor_text;
   uint64_t reconnects = 0;
 };
 

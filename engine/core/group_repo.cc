@@ -1036,4 +1036,9 @@ Status VerifyGroups(const Repository& repo, VerifyReport* report) {
   return Status::Ok();
 }
 
+std::string StagedManifestPath(const Repository& repo, const std::string& group, uint64_t epoch,
+                               const std::string& volume) {
+  return repo.path() + "/" + StagedRel(group, epoch, volume);
+}
+
 }  // namespace dp420

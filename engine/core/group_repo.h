@@ -175,6 +175,10 @@ Status RecoverMemberJournal(const Repository& repo, const std::string& volume,
                             const std::string& group, uint64_t epoch,
                             const std::string& snapshot_id, bool* rolled_forward);
 
+// Where `volume`'s manifest staged under (group, epoch) is (or was).
+std::string StagedManifestPath(const Repository& repo, const std::string& group, uint64_t epoch,
+                               const std::string& volume);
+
 // Every manifest staged in groups/ that reads (prune marks what they
 // reference: a committed one is published by the roll-forward).
 void ListStagedManifests(const Repository& repo, std::vector<Manifest>* out);

@@ -4,7 +4,9 @@
 #include <chrono>
 
 #include "engine/core/forget.h"
+#include "engine/core/group_repo.h"
 #include "engine/core/prune.h"
+#include "engine/net/group_serve.h"
 #include "engine/net/volumes.h"
 
 namespace dp420::net {
@@ -63,6 +65,30 @@ Status HandleProtect(Request& rq, const Json& args, bool protect) {
   return rq.Done({{"snapshot_id", id}, {"protected", protect}});
 }
 
+// "groups": the group snapshots of one group (args.group) or of all, with
+// their damaged files. Admins only: a group names every member's node.
+Status HandleGroups(Request& rq, const Json& args) {
+  std::string group;
+  if (args.contains("group")) {
+    if (!args.at("group").is_string()) return Status::InvalidArgument("groups: group is not text");
+    group = args.at("group").get<std::string>();
+    if (!group.empty() && !ValidGroupName(group)) {
+      return Status::InvalidArgument("invalid group name '" + EscapeBytes(group) + "'");
+    }
+  }
+  std::vector<GroupManifest> groups;
+  std::vector<DamagedFile> damaged;
+  DP420_RETURN_IF_ERROR(ListGroupManifests(rq.ctx.repo, group, &groups, &damaged));
+  OJson out = OJson::object();
+  out["groups"] = OJson::array();
+  for (const auto& g : groups) out["groups"].push_back(OJson::parse(g.ToJson().dump()));
+  out["damaged"] = OJson::array();
+  for (const auto& d : damaged) {
+    out["damaged"].push_back({{"file", d.path}, {"problem", d.status.message()}});
+  }
+  return rq.Done(out);
+}
+
 Status HandlePrune(Request& rq, const Json& args) {
   PruneOptions o;
   try {
@@ -115,13 +141,18 @@ Status HandleAdmin(Request& rq) {
   }
   DP420_RETURN_IF_ERROR(CheckTextField("operation", req.op, kAdminOpMax));
   if (rq.who.role != "admin") {
+    const bool group = req.op == "group-backup" || req.op == "groups";
     return Status::Make(Code::kPermission,
                         req.op + " needs an admin client: client '" + rq.who.client +
-                            "' may add snapshots, never remove them");
+                            (group ? "' may back up its own volumes, not coordinate or list "
+                                     "groups of every node's"
+                                   : "' may add snapshots, never remove them"));
   }
   if (req.op == "forget") return HandleForget(rq, req.args);
   if (req.op == "prune") return HandlePrune(rq, req.args);
   if (req.op == "stats") return HandleStats(rq, req.args);
+  if (req.op == "group-backup") return rq.ctx.groups->RunGroupBackup(rq, req.args);
+  if (req.op == "groups") return HandleGroups(rq, req.args);
   if (req.op == "protect" || req.op == "unprotect") {
     return HandleProtect(rq, req.args, req.op == "protect");
   }

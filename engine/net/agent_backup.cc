@@ -831,6 +831,7 @@ class AgentAttempt {
   std::unique_ptr<simd::BlockHasher> hasher_;
   std::unique_ptr<Manifest> parent_;
   std::string cache_path_;
+  std::string anchor_path_, anchor_text_;  // KeepCaches: this host's anchor of the volume
   io::File parent_cache_;
   io::File new_cache_;
   std::optional<io::TempFileGuard> new_cache_guard_;
@@ -876,6 +877,10 @@ Result<Frame> AgentAttempt::Begin(const std::string& resume) {
   w.String(o_.node_topology.dump());
   w.String(o_.tool_version);
   w.String(resume);
+  if (!o_.group.empty()) {
+    w.String(o_.group);
+    w.U64(o_.group_epoch);
+  }
   Conn& control = *remote_.control_;
   DP420_RETURN_IF_ERROR(control.Send(FrameType::kBackupBegin, 0, w.bytes(), timeout_));
   DP420_ASSIGN_OR_RETURN(Frame f, control.Recv(timeout_));
@@ -1166,8 +1171,11 @@ Result<Manifest> AgentAttempt::CheckAgainstCaches(Result<Manifest> committed) {
 // This agent's anchor (the newest it committed) and the new snapshot's ids
 // as the cache of the next backup.
 void AgentAttempt::KeepCaches(const Manifest& committed) {
-  (void)io::WriteFileAtomic(SeenPath(cache_path_), std::to_string(committed.sequence) + " " +
-                                                       committed.snapshot_id + "\n");
+  // A group member's snapshot is only staged: the anchor moves once the
+  // group is published (BackupResult::anchor_*, written by the agent).
+  anchor_path_ = SeenPath(cache_path_);
+  anchor_text_ = std::to_string(committed.sequence) + " " + committed.snapshot_id + "\n";
+  if (o_.group.empty()) (void)io::WriteFileAtomic(anchor_path_, anchor_text_);
   CacheHeader h = MakeCacheHeader(committed);
   // Made durable before the rename, as a fetched cache is; if that fails the
   // next backup fetches the parent's ids again.
@@ -1193,6 +1201,10 @@ BackupResult AgentAttempt::MakeResult(const Manifest& committed, uint64_t reconn
   result.bytes_resent = job_.bytes_resent.load();
   result.blocks_healed = job_.blocks_healed.load();
   result.reconnects = reconnects;
+  if (!o_.group.empty()) {
+    result.anchor_path = anchor_path_;
+    result.anchor_text = anchor_text_;
+  }
   return result;
 }
 

@@ -132,7 +132,8 @@ std::string FrameTypeName(uint16_t type) {
       "PING",      "PONG",        "LIST",         "SNAPSHOT",    "DONE",      "VERIFY",
       "PROBLEM",   "RESTORE",     "RESTORE_PAGE", "RESTORE_DATA", "BACKUP_BEGIN",
       "BACKUP_READY", "PARENT_REQ", "PARENT_PAGE", "STRIPE_JOIN", "STRIPE_READY", "BLOCKS",
-      "PAGE",      "ACK",         "COMMIT",       "COMMITTED",   "ADMIN"};
+      "PAGE",      "ACK",         "COMMIT",       "COMMITTED",   "ADMIN",
+      "GROUP_JOIN", "GROUP_MSG"};
   static_assert(std::size(kNames) == size_t(FrameType::kMaxType) + 1);
   if (type == 0 || type > uint16_t(FrameType::kMaxType)) return "type " + std::to_string(type);
   return kNames[type];

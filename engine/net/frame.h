@@ -54,7 +54,10 @@ enum class FrameType : uint16_t {
   kCommit = 25,       // a -> s: every stripe is acknowledged; commit the snapshot
   kCommitted = 26,    // s -> a: string sealed manifest text of the new snapshot
   kAdmin = 27,        // a -> s: string operation, string JSON arguments (admins only)
-  kMaxType = 27,
+  // Consistency groups (engine/control/group.h, docs/PROTOCOL.md "Groups").
+  kGroupJoin = 28,    // a -> s: u32 n, n x string volume: this connection answers for them
+  kGroupMsg = 29,     // either way: one group protocol message (payloads.h ParseGroupMsg)
+  kMaxType = 29,
 };
 
 // The 32 bytes before every payload, little-endian.

@@ -2,7 +2,10 @@
 
 #include <openssl/crypto.h>
 
+#include <set>
+
 #include "engine/core/format.h"
+#include "engine/core/group_repo.h"
 #include "engine/core/text.h"
 #include "engine/net/id_cache.h"
 
@@ -181,13 +184,77 @@ Result<BeginRequest> ParseBegin(Payload p) {
   b.topology_text = r.String(kMaxPayloadBytes);
   b.tool_version = r.String(kMaxPayloadBytes);
   b.resume_token = r.String(kMaxPayloadBytes);
+  if (r.ok() && !r.done()) {
+    b.group = r.String(kRequestStringMax);
+    b.group_epoch = r.U64();
+  }
   DP420_RETURN_IF_ERROR(r.Finish("BACKUP_BEGIN"));
+  if (!b.group.empty() && (!ValidGroupName(b.group) || b.group_epoch == 0)) {
+    return Status::InvalidArgument("BACKUP_BEGIN refused: invalid group '" +
+                                   EscapeBytes(b.group) + "' or epoch 0");
+  }
   DP420_RETURN_IF_ERROR(CheckBeginFields(&b).Prefix("BACKUP_BEGIN refused"));
   if (b.stripes == 0 || b.stripes > kMaxStripes) {
     return Status::InvalidArgument("BACKUP_BEGIN: " + std::to_string(b.stripes) +
                                    " stripes (1.." + std::to_string(kMaxStripes) + ")");
   }
   return b;
+}
+
+void WriteGroupMsg(const control::GroupMsg& m, PayloadWriter* w) {
+  w->U8(static_cast<uint8_t>(m.kind));
+  w->String(m.group);
+  w->U64(m.epoch);
+  w->String(m.member);
+  w->U64(m.probe);
+  w->U64(static_cast<uint64_t>(m.wall_ns));
+  w->String(m.detail);
+}
+
+Status ParseGroupMsg(Payload p, control::GroupMsg* out) {
+  PayloadReader r(p);
+  uint8_t kind = r.U8();
+  out->group = r.String(kRequestStringMax);
+  out->epoch = r.U64();
+  out->member = r.String(kRequestStringMax);
+  out->probe = r.U64();
+  out->wall_ns = static_cast<int64_t>(r.U64());
+  out->detail = r.String(kGroupDetailMax);
+  DP420_RETURN_IF_ERROR(r.Finish("GROUP_MSG"));
+  if (kind < uint8_t(control::GroupMsgKind::kPrepare) ||
+      kind > uint8_t(control::GroupMsgKind::kCommitted)) {
+    return Status::Corruption("GROUP_MSG: unknown kind " + std::to_string(kind));
+  }
+  out->kind = static_cast<control::GroupMsgKind>(kind);
+  if (!ValidGroupName(out->group)) {
+    return Status::Corruption("GROUP_MSG: invalid group name '" + EscapeBytes(out->group) + "'");
+  }
+  size_t colon = out->member.find(':');
+  if (colon == std::string::npos || colon == 0 || !ValidVolumeName(out->member.substr(colon + 1))) {
+    return Status::Corruption("GROUP_MSG: member '" + EscapeBytes(out->member) +
+                              "' is not CLIENT:VOLUME");
+  }
+  return CheckTextField("GROUP_MSG detail", out->detail, kGroupDetailMax);
+}
+
+Status ParseGroupJoin(Payload p, std::vector<std::string>* volumes) {
+  PayloadReader r(p);
+  uint32_t n = r.U32();
+  if (r.ok() && (n == 0 || n > kGroupJoinMax)) {
+    return Status::Corruption("GROUP_JOIN: " + std::to_string(n) + " volumes (1.." +
+                              std::to_string(kGroupJoinMax) + ")");
+  }
+  volumes->clear();
+  for (uint32_t i = 0; i < n && r.ok(); ++i) volumes->push_back(r.String(kRequestStringMax));
+  DP420_RETURN_IF_ERROR(r.Finish("GROUP_JOIN"));
+  std::set<std::string> seen;
+  for (const auto& v : *volumes) {
+    if (!ValidVolumeName(v)) {
+      return Status::Corruption("GROUP_JOIN: invalid volume name '" + EscapeBytes(v) + "'");
+    }
+    if (!seen.insert(v).second) return Status::Corruption("GROUP_JOIN: volume '" + v + "' twice");
+  }
+  return Status::Ok();
 }
 
 void ParsePage(Payload p, size_t tail, const char* what, PageMsg* out) {

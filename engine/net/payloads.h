@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/control/group.h"
 #include "engine/core/manifest.h"  // Json
 #include "engine/core/verify.h"    // VerifyProblem
 #include "engine/net/channel.h"    // kEphemeralBytes
@@ -103,8 +104,24 @@ struct BeginRequest {
   Json topology;
   std::string tool_version;
   std::string resume_token;
+  // A member of a consistency group: staged under (group, epoch), published
+  // by the group's commit (engine/core/group_repo.h). Optional trailing
+  // fields: absent for a backup of its own.
+  std::string group;
+  uint64_t group_epoch = 0;
 };
 Result<BeginRequest> ParseBegin(Payload p);
+
+// GROUP_MSG: one message of the group protocol (engine/control/group.h):
+// u8 kind, string group, u64 epoch, string member, u64 probe, u64 wall_ns
+// (two's complement), string detail (at most 4096 bytes). Kinds, group and
+// member names are checked (the member "CLIENT:VOLUME").
+inline constexpr size_t kGroupDetailMax = 4096;
+void WriteGroupMsg(const control::GroupMsg& m, PayloadWriter* w);
+Status ParseGroupMsg(Payload p, control::GroupMsg* out);
+// GROUP_JOIN: u32 n (1..64), n x string volume (valid volume names, no repeats).
+inline constexpr uint32_t kGroupJoinMax = 64;
+Status ParseGroupJoin(Payload p, std::vector<std::string>* volumes);
 
 // PAGE (u8 verdict, id[16] per block) and RESTORE_PAGE (u8 kind,
 // sha256[32] per block): u64 page, u32 count, then `count` entries of a byte

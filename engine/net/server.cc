@@ -21,13 +21,15 @@
 #include <thread>
 #include <unordered_map>
 
+#include "engine/core/group_repo.h"
 #include "engine/core/table.h"
 #include "engine/core/text.h"
 #include "engine/core/verify.h"
-#include "engine/net/admin.h"
 #include "engine/net/payloads.h"
 #include "engine/net/request.h"
 #include "engine/net/retention_schedule.h"
+#include "engine/net/admin.h"
+#include "engine/net/group_serve.h"
 #include "engine/net/store.h"
 #include "engine/net/volumes.h"
 #include "io/assert.h"
@@ -461,12 +463,14 @@ class Server {
   void RunRetention();
   void Revoke(const ClientRegistry& clients);
   bool Stopping() const { return o_.stop && o_.stop->load(); }
+  Status RecoverGroupsAtStart();
 
   const ServerOptions& o_;
   Logger log_;
   WarnLimiter warn_{log_};  // the accept loop's
   std::unique_ptr<Repository> repo_;
   BackupRegistry backups_;
+  std::unique_ptr<GroupService> groups_;
   std::atomic<bool> stopping_{false};
   std::unique_ptr<ServerContext> ctx_;
   int listen_fd_ = -1;
@@ -986,6 +990,21 @@ void Server::RequestLoop(ServerContext& ctx, Session& s, const SessionInfo& who)
                               {"request", op}, {"seconds", seconds}});
         continue;
       }
+      case FrameType::kGroupJoin: {
+        // The connection is the agent's group channel from now on.
+        s.busy.store(true);
+        Request rq{ctx, conn, who, f};
+        bool threw = false;
+        st = RunGuarded("group", [&] {
+          if (o_.on_session_point) o_.on_session_point("group");
+          return ctx.groups->ServeMembers(rq);
+        }, &threw);
+        s.busy.store(false);
+        if (!st.ok() && !stopping_.load()) return Fail(s, who, "group", st, threw);
+        log_.Info("group channel closed", {{"peer", who.peer}, {"session", s.id},
+                                           {"client", who.client}});
+        return;
+      }
       case FrameType::kBackupBegin:
       case FrameType::kStripeJoin: {
         s.busy.store(true);
@@ -1032,6 +1051,7 @@ void Server::Reap(bool all) {
 // their request, then every connection is shut down.
 void Server::Drain() {
   stopping_.store(true);
+  if (groups_) groups_->StopAll();
   if (watcher_.joinable()) watcher_.join();
   if (retention_.joinable()) retention_.join();
   size_t count = 0;
@@ -1067,6 +1087,17 @@ void Server::Drain() {
   Reap(true);
 }
 
+// No coordinator outlives its server: every group epoch left open is
+// aborted, and every committed one whose members were not all published is
+// rolled forward, before any agent is served (engine/core/group_repo.h).
+Status Server::RecoverGroupsAtStart() {
+  std::vector<std::string> done;
+  Status s = RecoverGroups(*repo_, /*abort_open=*/true, std::chrono::seconds(30), &done);
+  for (const auto& line : done) log_.Info("group recovery", {{"done", line}});
+  if (!s.ok()) return s.Prefix("recovering consistency groups");
+  return Status::Ok();
+}
+
 Status Server::Run() {
   auto encrypted = Repository::IsEncrypted(o_.repo_path);
   if (encrypted.ok() && *encrypted) {
@@ -1082,8 +1113,11 @@ Status Server::Run() {
     log_.Info("retention", {{"file", o_.retention_file}, {"rules", schedule_->rules.size()},
                             {"every_seconds", schedule_->every.count()}});
   }
+  DP420_RETURN_IF_ERROR(RecoverGroupsAtStart());
+  groups_ = std::make_unique<GroupService>(*repo_, log_, o_.tool_version);
   ctx_ = std::make_unique<ServerContext>(
       ServerContext{*repo_, o_, log_, backups_, stopping_, [this] { return Clients(); }});
+  ctx_->groups = groups_.get();
   DP420_RETURN_IF_ERROR(Listen());
   try {
     watcher_ = std::thread([this] { WatchClients(); });

@@ -67,6 +67,8 @@ struct ServerOptions {
   // Retention policies the server applies on a schedule (retention_schedule.h);
   // "" = none.
   std::string retention_file;
+  // Stamped into the group manifests this server commits ("dp420 X.Y.Z").
+  std::string tool_version = "dp420";
   bool json_log = false;
   Millis heartbeat_interval{5000};
   unsigned heartbeat_misses = 3;          // an agent is lost after this many silent intervals
@@ -106,6 +108,7 @@ struct SessionInfo {
 };
 
 class BackupRegistry;  // engine/net/store.h
+class GroupService;    // engine/net/group_serve.h
 
 // What request handlers share.
 struct ServerContext {
@@ -117,6 +120,8 @@ struct ServerContext {
   // The clients file as of now (reloaded when it changed): limits, and the
   // authorization check repeated before a commit.
   std::function<std::shared_ptr<const ClientRegistry>()> clients;
+  // Consistency groups: coordinators, member channels, staged members.
+  GroupService* groups = nullptr;
 };
 
 // Runs `body` and returns what it returns; an exception becomes kInternal

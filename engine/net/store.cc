@@ -21,6 +21,7 @@
 #include "engine/core/history.h"
 #include "engine/core/snapshot.h"
 #include "engine/core/text.h"
+#include "engine/net/group_serve.h"
 #include "engine/net/id_cache.h"
 #include "engine/net/payloads.h"
 #include "engine/net/volumes.h"
@@ -71,7 +72,7 @@ struct BackupLimits {
   uint64_t committed_bytes = 0;
 };
 
-class BackupSession {
+class BackupSession : public std::enable_shared_from_this<BackupSession> {
  public:
   // Takes over a backup slot already taken for who.client (TakeSlot).
   BackupSession(ServerContext& ctx, SessionInfo who, VolumeLock lock,
@@ -119,6 +120,10 @@ class BackupSession {
   StripeState& stripe(uint32_t i) { return *stripe_[i]; }
   bool aborted() const { return aborted_.load(); }
   std::string token;
+  // A member of a consistency group: staged under (group, group_epoch) as
+  // member "CLIENT:VOLUME", held by the GroupService until the outcome.
+  std::string group, member;
+  uint64_t group_epoch = 0;
 
   // Ends the session (its packs are rolled back when the last reference
   // goes). A non-OK `why` is sent to the agent's control connection first,
@@ -444,6 +449,15 @@ Result<std::string> SealedText(const Repository& repo, const Manifest& m) {
   return io::ReadFile(repo.SnapshotsDir(m.volume) + "/" + m.file_name);
 }
 
+// The text COMMIT answers with: a group member's staged manifest while its
+// group is open, the published one after.
+Result<std::string> CommittedText(const Repository& repo, const BackupSession& s,
+                                  const Manifest& m) {
+  if (s.group.empty()) return SealedText(repo, m);
+  auto staged = io::ReadFile(StagedManifestPath(repo, s.group, s.group_epoch, m.volume));
+  return staged.ok() ? staged : SealedText(repo, m);
+}
+
 Status SendReady(ServerContext& ctx, Conn& conn, BackupSession& s, Millis timeout) {
   const Manifest& m = s.builder().manifest();
   std::string parent_text;
@@ -577,6 +591,25 @@ Result<SnapshotStats> CloseStripes(ServerContext& ctx, BackupSession& s) {
   return stats;
 }
 
+// A group member's COMMIT (under commit_mu): the snapshot staged under its
+// epoch, and the session (builder and volume lock) handed to the group
+// service, which publishes it with the group or drops it (rolled back).
+Result<Manifest> StageOnce(ServerContext& ctx, BackupSession& s, const SnapshotStats& stats) {
+  if (ctx.groups == nullptr) return Status::Internal("this server runs no consistency groups");
+  DP420_RETURN_IF_ERROR(ctx.groups->CheckStaging(s.group, s.group_epoch, s.member));
+  Result<Manifest> staged = s.builder().Stage(stats, s.group, s.group_epoch);
+  if (!staged.ok()) {
+    s.commit_failed = staged.status();
+    return staged.status();
+  }
+  s.committed = staged.value();
+  std::shared_ptr<BackupSession> held = s.shared_from_this();
+  BackupSession* raw = held.get();
+  ctx.groups->AddStaged(s.group, s.group_epoch, s.member,
+                        StagedMember{[raw] { return raw->builder().Publish(); }, held});
+  return staged;
+}
+
 // Commits the snapshot once. An agent whose control connection was lost
 // during its COMMIT resumes on a new one and sends COMMIT again, possibly
 // while the first still runs: the repeat gets the committed manifest
@@ -592,6 +625,7 @@ Result<Manifest> CommitOnce(ServerContext& ctx, BackupSession& s, const Snapshot
   }
   if (s.aborted()) return Status::Network("backup aborted");
   DP420_RETURN_IF_ERROR(CheckStillAllowed(ctx, s));
+  if (!s.group.empty()) return StageOnce(ctx, s, stats);
   Result<Manifest> built = s.builder().Commit(stats);
   if (!built.ok()) {
     s.commit_failed = built.status();
@@ -612,7 +646,7 @@ Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, 
   DP420_RETURN_IF_ERROR(ParseCommit(f.payload, &counters));
   bool repeated = false;
   DP420_ASSIGN_OR_RETURN(Manifest committed, CommitOnce(ctx, s, stats, &repeated));
-  DP420_ASSIGN_OR_RETURN(std::string text, SealedText(ctx.repo, committed));
+  DP420_ASSIGN_OR_RETURN(std::string text, CommittedText(ctx.repo, s, committed));
   if (repeated) {
     ctx.log.Info("backup COMMIT repeated, answered with the committed snapshot",
                  {{"client", s.who().client},
@@ -716,6 +750,10 @@ struct SlotGuard {
 Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const SessionInfo& who,
                                                     const BeginRequest& b) {
   DP420_ASSIGN_OR_RETURN(ResolvedVolume vol, ResolveVolume(ctx.repo, who, b.volume, true));
+  if (!b.group.empty()) {
+    if (ctx.groups == nullptr) return Status::Internal("this server runs no consistency groups");
+    DP420_RETURN_IF_ERROR(ctx.groups->CheckStaging(b.group, b.group_epoch, who.client + ":" + b.volume));
+  }
   DP420_ASSIGN_OR_RETURN(BackupLimits limits, CheckLimits(ctx, who, vol));
   DP420_RETURN_IF_ERROR(
       ctx.backups.TakeSlot(who.client, ClientLimits::Bound(limits.limits.max_backups)));
@@ -748,6 +786,11 @@ Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const Se
   m.node_topology = b.topology;
   auto session = std::make_shared<BackupSession>(ctx, who, std::move(lock), std::move(builder),
                                                  std::move(parent), b.stripes, limits);
+  if (!b.group.empty()) {
+    session->group = b.group;
+    session->group_epoch = b.group_epoch;
+    session->member = who.client + ":" + b.volume;
+  }
   slot.held = false;
   session->token = NewToken();
   ctx.backups.Add(session->token, session);

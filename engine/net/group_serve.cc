@@ -1,0 +1,428 @@
+#include "engine/net/group_serve.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <set>
+#include <thread>
+
+#include "engine/core/text.h"
+#include "engine/net/payloads.h"
+#include "engine/net/volumes.h"
+
+namespace dp420::net {
+
+namespace {
+
+using OJson = nlohmann::ordered_json;
+using control::GroupMsg;
+using control::GroupMsgKind;
+
+constexpr Millis kGroupSendTimeout{1000};  // best effort: a message may be lost anyway
+constexpr Millis kCoordinatorTurn{20};
+constexpr size_t kMaxGroupMembers = 64;
+
+// Splits "CLIENT:VOLUME"; false when it is not one.
+bool SplitMember(const std::string& member, std::string* client, std::string* volume) {
+  size_t colon = member.find(':');
+  if (colon == std::string::npos || colon == 0 || colon > kClientNameMax) return false;
+  *client = member.substr(0, colon);
+  *volume = member.substr(colon + 1);
+  return ValidVolumeName(*volume);
+}
+
+int64_t MsField(const Json& args, const char* name, int64_t fallback_ns) {
+  if (!args.contains(name)) return fallback_ns;
+  const Json& v = args.at(name);
+  if (!v.is_number_unsigned()) return -1;  // refused by Validate
+  return int64_t(std::min<uint64_t>(v.get<uint64_t>(), uint64_t{1} << 40)) * 1'000'000;
+}
+
+}  // namespace
+
+std::string MemberVolume(const Repository& repo, const std::string& member) {
+  std::string client, volume;
+  if (!SplitMember(member, &client, &volume)) return "";
+  SessionInfo as{client, "append", "", 0, ""};
+  auto v = ResolveVolume(repo, as, volume, /*for_backup=*/true);
+  return v.ok() && v->owner == client ? v->repo : "";
+}
+
+Result<GroupBackupRequest> ParseGroupBackupRequest(const Json& args) {
+  GroupBackupRequest r;
+  if (!args.contains("group") || !args.at("group").is_string()) {
+    return Status::InvalidArgument("group-backup needs a group name");
+  }
+  r.group = args.at("group").get<std::string>();
+  if (!ValidGroupName(r.group)) {
+    return Status::InvalidArgument("invalid group name '" + EscapeBytes(r.group) +
+                                   "' (1-64 characters of A-Z a-z 0-9 . _ -, not starting with .)");
+  }
+  if (!args.contains("members") || !args.at("members").is_array() ||
+      args.at("members").empty() || args.at("members").size() > kMaxGroupMembers) {
+    return Status::InvalidArgument("group-backup needs 1 to " + std::to_string(kMaxGroupMembers) +
+                                   " members CLIENT:VOLUME");
+  }
+  std::set<std::string> seen;
+  for (const auto& m : args.at("members")) {
+    std::string client, volume;
+    std::string name = m.is_string() ? m.get<std::string>() : "";
+    if (!SplitMember(name, &client, &volume) || CheckTextField("member", name, 128).code() != Code::kOk) {
+      return Status::InvalidArgument("member '" + EscapeBytes(name) + "' is not CLIENT:VOLUME");
+    }
+    if (!seen.insert(name).second) {
+      return Status::InvalidArgument("member '" + name + "' is named twice");
+    }
+  }
+  r.members.assign(seen.begin(), seen.end());
+  control::GroupTimeouts& t = r.timeouts;
+  t.prepare_ns = MsField(args, "prepare_ms", t.prepare_ns);
+  t.cut_ns = MsField(args, "cut_ms", t.cut_ns);
+  t.heartbeat_ns = MsField(args, "heartbeat_ms", t.heartbeat_ns);
+  t.max_skew_ns = MsField(args, "max_skew_ms", t.max_skew_ns);
+  DP420_RETURN_IF_ERROR(t.Validate().Prefix("group-backup"));
+  if (t.heartbeat_ns < 1'000'000'000) {
+    // Agents beat every second: a shorter bound would call them lost.
+    return Status::InvalidArgument("group-backup: heartbeat_ms below 1000");
+  }
+  return r;
+}
+
+// ---- the repository's side, under GroupService::mu_ ----
+
+class GroupService::Store : public control::GroupStore {
+ public:
+  explicit Store(GroupService& s) : s_(s) {}
+
+  Result<uint64_t> BeginEpoch(const std::string& group) override {
+    return BeginGroupEpoch(s_.repo_, group);
+  }
+
+  Result<std::optional<std::string>> Staged(const std::string& group, uint64_t epoch,
+                                            const std::string& member) const override {
+    // Held here (its builder and volume lock alive) and on disk with a seal.
+    if (!s_.staged_.count(Key{group, epoch, member})) return std::optional<std::string>();
+    std::string volume = MemberVolume(s_.repo_, member);
+    if (volume.empty()) return std::optional<std::string>();
+    return StagedSeal(s_.repo_, group, epoch, volume);
+  }
+
+  Status Commit(const control::GroupCommit& c) override {
+    std::vector<GroupMemberRecord> records;
+    for (const auto& m : c.members) {
+      GroupMemberRecord r;
+      r.member = m.member;
+      r.volume = MemberVolume(s_.repo_, m.member);
+      r.manifest_seal = m.manifest_hash;
+      r.skew_ns = m.skew_ns;
+      r.skew_error_ns = m.skew_error_ns;
+      records.push_back(std::move(r));
+    }
+    auto committed = CommitGroup(s_.repo_, c.group, c.epoch, std::move(records),
+                                 s_.tool_version_);
+    if (!committed.ok() && State(c.group, c.epoch) != EpochState::kCommitted) {
+      return committed.status();
+    }
+    if (committed.ok()) s_.committed_[{c.group, c.epoch}] = *committed;
+    // Durable: publish each member now (what fails here the next writer of
+    // the volume, or the server's next start, rolls forward).
+    Status published = PublishAll(c.group, c.epoch);
+    return committed.ok() ? published : committed.status();
+  }
+
+  void Abort(const std::string& group, uint64_t epoch) override {
+    Status s = AbortGroupEpoch(s_.repo_, group, epoch);
+    if (!s.ok()) {
+      s_.log_.Warn("group abort", {{"group", group}, {"epoch", epoch}, {"error", s.ToString()}});
+    }
+    if (State(group, epoch) == EpochState::kCommitted) return;
+    // Dropping the sessions rolls their staged snapshots back.
+    std::erase_if(s_.staged_, [&](const auto& kv) {
+      return std::get<0>(kv.first) == group && std::get<1>(kv.first) == epoch;
+    });
+  }
+
+  EpochState State(const std::string& group, uint64_t epoch) const override {
+    auto st = GroupEpochStateOf(s_.repo_, group, epoch);
+    if (!st.ok()) return EpochState::kOpen;  // cannot tell: neither committed nor ended
+    switch (*st) {
+      case GroupEpochState::kOpen: return EpochState::kOpen;
+      case GroupEpochState::kCommitted: return EpochState::kCommitted;
+      case GroupEpochState::kAborted: return EpochState::kAborted;
+    }
+    return EpochState::kOpen;
+  }
+
+ private:
+  Status PublishAll(const std::string& group, uint64_t epoch) {
+    Status first;
+    for (auto it = s_.staged_.begin(); it != s_.staged_.end();) {
+      if (std::get<0>(it->first) != group || std::get<1>(it->first) != epoch) {
+        ++it;
+        continue;
+      }
+      Status p = it->second.publish();
+      if (!p.ok()) {
+        s_.log_.Warn("group member not published", {{"group", group}, {"epoch", epoch},
+                                                    {"member", std::get<2>(it->first)},
+                                                    {"error", p.ToString()}});
+        if (first.ok()) first = p;
+      }
+      it = s_.staged_.erase(it);
+    }
+    return first;
+  }
+
+  GroupService& s_;
+};
+
+// ---- messages to members, under GroupService::mu_ ----
+
+class GroupService::Transport : public control::GroupTransport {
+ public:
+  explicit Transport(GroupService& s) : s_(s) {}
+  void Send(const std::string& to, const GroupMsg& msg) override {
+    auto it = s_.channels_.find(to);
+    if (it == s_.channels_.end()) return;  // not connected: lost, as on a network
+    PayloadWriter w;
+    WriteGroupMsg(msg, &w);
+    (void)it->second.conn->Send(FrameType::kGroupMsg, 0, w.bytes(), kGroupSendTimeout);
+  }
+
+ private:
+  GroupService& s_;
+};
+
+GroupService::GroupService(const Repository& repo, Logger& log, std::string tool_version)
+    : repo_(repo), log_(log), tool_version_(std::move(tool_version)), store_(std::make_unique<Store>(*this)),
+      transport_(std::make_unique<Transport>(*this)) {}
+
+GroupService::~GroupService() = default;
+
+void GroupService::StopAll() {
+  std::lock_guard lock(mu_);
+  stopping_ = true;
+}
+
+Status GroupService::CheckStaging(const std::string& group, uint64_t epoch,
+                                  const std::string& member) {
+  std::lock_guard lock(mu_);
+  auto it = running_.find(group);
+  if (it == running_.end() || it->second->epoch() != epoch || it->second->done()) {
+    return Status::Busy("group '" + group + "' epoch " + std::to_string(epoch) +
+                        " is not running on this server (ended, or fenced by a newer one)");
+  }
+  if (it->second->phase() != control::GroupCoordinator::Phase::kTransferring &&
+      it->second->phase() != control::GroupCoordinator::Phase::kCutting) {
+    return Status::Busy("group '" + group + "' epoch " + std::to_string(epoch) +
+                        " has not cut yet");
+  }
+  const auto& names = it->second->members();
+  if (!std::binary_search(names.begin(), names.end(), member)) {
+    return Status::Make(Code::kPermission, "'" + member + "' is not a member of group '" + group +
+                                               "' epoch " + std::to_string(epoch));
+  }
+  return Status::Ok();
+}
+
+void GroupService::AddStaged(const std::string& group, uint64_t epoch, const std::string& member,
+                             StagedMember staged) {
+  std::unique_lock lock(mu_);
+  auto it = running_.find(group);
+  if (it == running_.end() || it->second->epoch() != epoch || it->second->done()) {
+    lock.unlock();
+    staged.hold.reset();  // ended meanwhile: rolled back (outside the lock)
+    return;
+  }
+  staged_[Key{group, epoch, member}] = std::move(staged);
+}
+
+void GroupService::OnMemberMessage(const GroupMsg& msg) {
+  auto targets = router_.Targets(msg);
+  if (targets.empty()) {
+    control::AnswerForEndedEpoch(*store_, *transport_, msg);
+    return;
+  }
+  for (auto* c : targets) c->OnMessage(msg);
+}
+
+Status GroupService::ServeMembers(Request& rq) {
+  std::vector<std::string> volumes;
+  if (Status s = ParseGroupJoin(rq.frame.payload, &volumes); !s.ok()) {
+    return Status::Network("malformed GROUP_JOIN: " + s.message());
+  }
+  std::set<std::string> mine;
+  for (const auto& v : volumes) {
+    std::string member = rq.who.client + ":" + v;
+    if (MemberVolume(repo_, member).empty()) {
+      return Status::InvalidArgument("volume '" + v + "' cannot be client '" + rq.who.client +
+                                     "''s (its name is too long, or it holds another client's "
+                                     "snapshots)");
+    }
+    mine.insert(member);
+  }
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& m : mine) channels_[m] = Channel{&rq.conn, rq.who.session_id};
+  }
+  rq.ctx.log.Info("group members joined", {{"client", rq.who.client}, {"session", rq.who.session_id},
+                                          {"volumes", volumes}});
+  OJson joined = OJson::object();
+  joined["members"] = std::vector<std::string>(mine.begin(), mine.end());
+  Status served = rq.Done(joined);
+  rq.liveness.Heard();
+  while (served.ok() && !rq.ctx.stopping.load()) {
+    pollfd p{rq.conn.fd(), POLLIN, 0};
+    int r = poll(&p, 1, 50);
+    if (r < 0 && errno != EINTR) {
+      served = PosixError("poll " + rq.conn.peer(), errno);
+      break;
+    }
+    if (r > 0) {
+      auto f = rq.conn.Recv(rq.timeout());
+      if (!f.ok()) {
+        served = f.status();
+        break;
+      }
+      rq.liveness.Heard();
+      if (f->type() == FrameType::kPing) {
+        served = AnswerPing(rq.conn, *f, rq.timeout());
+      } else if (f->type() == FrameType::kGroupMsg) {
+        GroupMsg msg;
+        served = ParseGroupMsg(f->payload, &msg);
+        if (served.ok() && !mine.count(msg.member)) {
+          served = Status::Make(Code::kPermission, "GROUP_MSG for member '" + msg.member +
+                                      "', which this connection did not join as");
+        }
+        if (served.ok()) {
+          std::lock_guard lock(mu_);
+          OnMemberMessage(msg);
+        }
+      } else if (f->type() != FrameType::kPong) {
+        served = Status::Network("agent sent " + FrameTypeName(f->header.type) +
+                                 " on its group channel");
+      }
+    }
+    if (served.ok() && rq.liveness.Lost()) {
+      served = Status::Network("agent " + rq.conn.peer() + " stopped answering heartbeats");
+    }
+    if (served.ok()) served = rq.Tick();
+  }
+  std::lock_guard lock(mu_);
+  for (const auto& m : mine) {
+    auto it = channels_.find(m);
+    if (it != channels_.end() && it->second.conn == &rq.conn) channels_.erase(it);
+  }
+  return served;
+}
+
+Status GroupService::RunGroupBackup(Request& rq, const Json& args) {
+  if (rq.who.role != "admin") {
+    return Status::Make(Code::kPermission, "group-backup needs an admin client: client '" + rq.who.client +
+                              "' is not one");
+  }
+  DP420_ASSIGN_OR_RETURN(GroupBackupRequest req, ParseGroupBackupRequest(args));
+  std::atomic<bool> cancel{false};
+  Result<OJson> summary = Status::Internal("group backup did not run");
+  DP420_RETURN_IF_ERROR(RunKeptAlive(rq, cancel, [&] {
+    summary = RunGuarded("group backup", [&] { return RunCoordinator(rq, req, cancel); });
+  }));
+  DP420_RETURN_IF_ERROR(summary.status());
+  return rq.Done(*summary);
+}
+
+Status GroupService::CheckMembers(const GroupBackupRequest& req) const {
+  if (stopping_) return Status::Busy("the server is stopping");
+  if (auto it = running_.find(req.group); it != running_.end()) {
+    return Status::Busy("group '" + req.group + "' is backing up already (epoch " +
+                        std::to_string(it->second->epoch()) + ")");
+  }
+  for (const auto& m : req.members) {
+    if (MemberVolume(repo_, m).empty()) {
+      return Status::InvalidArgument("member '" + m + "': no such client volume can be "
+                                     "backed up (its name is too long, or the volume holds "
+                                     "another client's snapshots)");
+    }
+    if (!channels_.count(m)) {
+      std::string client = m.substr(0, m.find(':'));
+      return Status::NotFound("member '" + m + "' is not connected: no dp420 agent of client '" +
+                              client + "' serves volume '" + m.substr(m.find(':') + 1) + "'");
+    }
+  }
+  return Status::Ok();
+}
+
+// Runs one coordinator to its end, turning it every kCoordinatorTurn; the
+// summary DONE reports.
+Result<OJson> GroupService::RunCoordinator(Request& rq, const GroupBackupRequest& req,
+                                           const std::atomic<bool>& cancel) {
+  std::unique_lock lock(mu_);
+  DP420_RETURN_IF_ERROR(CheckMembers(req));
+  DP420_ASSIGN_OR_RETURN(uint64_t epoch, store_->BeginEpoch(req.group));
+  control::GroupCoordinator c(req.group, req.members, epoch, control::SystemClock(), *transport_,
+                              *store_, req.timeouts);
+  running_[req.group] = &c;
+  router_.Add(&c);
+  rq.ctx.log.Info("group backup started", {{"client", rq.who.client}, {"group", req.group},
+                                           {"epoch", epoch}, {"members", req.members}});
+  c.Start();
+  while (!c.done()) {
+    lock.unlock();
+    std::this_thread::sleep_for(kCoordinatorTurn);
+    lock.lock();
+    if (cancel.load()) c.Cancel(Status::Canceled("the admin that asked for it was lost"));
+    if (stopping_) c.Cancel(Status::Canceled("the server is stopping"));
+    c.Tick();
+  }
+  router_.Remove(&c);
+  running_.erase(req.group);
+  OJson summary = Summary(c);
+  committed_.erase({req.group, epoch});
+  lock.unlock();
+  rq.ctx.log.Info(c.phase() == control::GroupCoordinator::Phase::kCommitted ? "group committed"
+                                                                           : "group aborted",
+                  summary);
+  return summary;
+}
+
+// What DONE says of a coordinator that ended (under mu_).
+nlohmann::ordered_json GroupService::Summary(const control::GroupCoordinator& c) const {
+  const bool ok = c.phase() == control::GroupCoordinator::Phase::kCommitted;
+  const auto& t = c.timeline();
+  auto ms = [](int64_t from, int64_t to) -> OJson {
+    return from > 0 && to > 0 ? OJson(double(to - from) / 1e6) : OJson(nullptr);
+  };
+  OJson j;
+  j["group"] = c.group();
+  j["epoch"] = c.epoch();
+  j["outcome"] = ok ? "committed" : "aborted";
+  if (!ok) {
+    j["error"] = c.outcome().message();
+    j["code"] = int(c.outcome().code());
+  }
+  j["prepare_ms"] = ms(t.started, t.all_quiet);  // PREPARE to every member holding
+  j["cut_ms"] = ms(t.started, t.all_cut);        // PREPARE to every member cut
+  j["total_ms"] = ms(t.started, t.ended);
+  auto it = committed_.find({c.group(), c.epoch()});
+  if (ok && it != committed_.end()) {
+    j["group_snapshot_id"] = it->second.group_snapshot_id;
+    j["file"] = "groups/" + c.group() + "/" + it->second.file_name;
+  }
+  OJson members = OJson::array();
+  for (const auto& r : c.results()) {
+    OJson m = {{"member", r.member}, {"volume", QualifiedName(MemberVolume(repo_, r.member))}};
+    if (ok && it != committed_.end()) {
+      for (const auto& rec : it->second.members) {
+        if (rec.member == r.member) m["snapshot_id"] = rec.snapshot_id;
+      }
+    }
+    m["manifest_sha256"] = r.manifest_hash;
+    m["skew_ms"] = double(r.skew_ns) / 1e6;
+    m["skew_error_ms"] = double(r.skew_error_ns) / 1e6;
+    members.push_back(std::move(m));
+  }
+  j["members"] = std::move(members);
+  return j;
+}
+
+}  // namespace dp420::net
