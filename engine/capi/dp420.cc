@@ -513,30 +513,44 @@ void dp420_remote_opts_init(dp420_remote_opts_t* opts) {
   opts->struct_size = sizeof(*opts);
 }
 
+}  // extern "C"
+
+namespace dp420capi {
+
+dp420::Result<dp420::net::RemoteOptions> ReadRemoteOpts(const dp420_remote_opts_t& opts) {
+  if (Missing(opts.address)) return Status::InvalidArgument("no address given");
+  if (Missing(opts.client)) return Status::InvalidArgument("no client name given");
+  DP420_ASSIGN_OR_RETURN(std::string key_file, KeyFilePath(&opts));
+  // Refuse a missing or loosely protected key before touching the network.
+  uint8_t key[dp420::net::kKeyBytes];
+  uint8_t server_id[dp420::net::kFingerprintBytes];
+  Status key_ok = dp420::net::ReadKeyFile(key_file, key, server_id);
+  dp420::net::Cleanse(key, sizeof(key));
+  DP420_RETURN_IF_ERROR(key_ok);
+  dp420::net::RemoteOptions o;
+  o.address = opts.address;
+  o.client = opts.client;
+  o.key_file = key_file;
+  o.heartbeat_interval = MillisOr(opts.heartbeat_interval_ms, 5000);
+  o.max_clock_skew = MillisOr(opts.max_clock_skew_ms, 500);
+  o.retry_for = MillisOr(opts.retry_ms, 60000);
+  if (!Missing(opts.cache_dir)) o.cache_dir = dp420::control::AbsolutePath(opts.cache_dir);
+  return o;
+}
+
+}  // namespace dp420capi
+
+extern "C" {
+
 int dp420_repo_connect(dp420_ctx_t* ctx, const dp420_remote_opts_t* opts, dp420_repo_t** out) {
   return Guard(ctx, [&] {
     if (!opts || !out || opts->struct_size < sizeof(dp420_remote_opts_t)) {
       return Fail(ctx, Status::InvalidArgument("dp420_repo_connect: bad arguments"));
     }
-    if (Missing(opts->address)) return Fail(ctx, Status::InvalidArgument("no address given"));
-    if (Missing(opts->client)) return Fail(ctx, Status::InvalidArgument("no client name given"));
-    auto key_file = KeyFilePath(opts);
-    if (!key_file.ok()) return Fail(ctx, key_file.status());
-    // Refuse a missing or loosely protected key before touching the network.
-    uint8_t key[dp420::net::kKeyBytes];
-    uint8_t server_id[dp420::net::kFingerprintBytes];
-    Status key_ok = dp420::net::ReadKeyFile(*key_file, key, server_id);
-    dp420::net::Cleanse(key, sizeof(key));
-    if (!key_ok.ok()) return Fail(ctx, key_ok);
+    auto read = ReadRemoteOpts(*opts);
+    if (!read.ok()) return Fail(ctx, read.status());
+    dp420::net::RemoteOptions o = std::move(read).value();
     auto handle = std::make_unique<dp420_repo>();
-    dp420::net::RemoteOptions o;
-    o.address = opts->address;
-    o.client = opts->client;
-    o.key_file = *key_file;
-    o.heartbeat_interval = MillisOr(opts->heartbeat_interval_ms, 5000);
-    o.max_clock_skew = MillisOr(opts->max_clock_skew_ms, 500);
-    o.retry_for = MillisOr(opts->retry_ms, 60000);
-    if (!Missing(opts->cache_dir)) o.cache_dir = dp420::control::AbsolutePath(opts->cache_dir);
     o.control = HandleControl(handle.get());
     ctx->cancel.store(false);
     handle->active = ctx;
@@ -890,6 +904,7 @@ int dp420_serve(dp420_ctx_t* ctx, const dp420_serve_opts_t* opts) {
     if (Missing(opts->listen)) return Fail(ctx, Status::InvalidArgument("no listen address given"));
     if (Missing(opts->clients)) return Fail(ctx, Status::InvalidArgument("no clients file given"));
     dp420::net::ServerOptions o;
+    o.tool_version = std::string("dp420 ") + dp420_version_string();
     o.repo_path = dp420::control::AbsolutePath(opts->repo);
     o.listen = opts->listen;
     o.clients_file = dp420::control::AbsolutePath(opts->clients);

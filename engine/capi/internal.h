@@ -50,6 +50,9 @@ int Fail(dp420_ctx_t* ctx, const dp420::Status& s);
 int Ok(dp420_ctx_t* ctx);
 // The job control of an operation on `ctx`: its cancel flag and progress.
 dp420::JobControl Control(dp420_ctx_t* ctx);
+// The options of dp420_remote_opts_t, checked, the key file read and checked
+// (never kept); control left for the caller.
+dp420::Result<dp420::net::RemoteOptions> ReadRemoteOpts(const dp420_remote_opts_t& opts);
 // Copies `src` into the fixed-size field `dst` of `cap` bytes, NUL-terminated.
 void CopyId(char* dst, size_t cap, const std::string& src);
 bool Missing(const char* s);

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "engine/cli/cli.h"
+#include "engine/cli/group_cmd.h"
 #include "engine/cli/key_cmd.h"
 #include "engine/cli/lifecycle_cmd.h"
 #include "engine/cli/progress.h"
@@ -993,7 +994,14 @@ int Run(int argc, char** argv) {
 
   auto* snaps = app.add_subcommand("snapshots", "List snapshots");
   AddRepoOptions(snaps, &c);
-  snaps->add_option("--volume", list_volume, "Only this volume");
+  auto* by_volume = snaps->add_option("--volume", list_volume, "Only this volume");
+  std::string list_group;
+  bool list_groups = false;
+  auto* by_group = snaps->add_option("--group", list_group,
+                                     "The group snapshots of this consistency group");
+  auto* all_groups = snaps->add_flag("--groups", list_groups, "The group snapshots of every group");
+  by_group->excludes(by_volume)->excludes(all_groups);
+  all_groups->excludes(by_volume);
 
   auto* restore = app.add_subcommand("restore", "Restore a snapshot to a file or block device");
   AddRepoOptions(restore, &c);
@@ -1026,6 +1034,8 @@ int Run(int argc, char** argv) {
   AddClientCommands(&app, &c, &cl, &client_add, &client_remove, &client_set);
   KeyArgs ka;
   KeyCommands keys = AddKeyCommands(&app, &c, &ka);
+  GroupArgs ga;
+  GroupCommands groups = AddGroupCommands(&app, &c, &ga);
 
   if (KeyOnCommandLine(argc, argv)) return kExitUsage;
   try {
@@ -1038,7 +1048,7 @@ int Run(int argc, char** argv) {
   if (!g_ctx) return kExitFailed;
   struct sigaction sa = {};
   sa.sa_handler = OnSignal;
-  g_announce_signal = *serve ? 0 : 1;
+  g_announce_signal = *serve || *groups.agent ? 0 : 1;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   int code = kExitUsage;
@@ -1051,7 +1061,11 @@ int Run(int argc, char** argv) {
   if (*upgrade) code = CmdUpgrade(c);
   if (*repair) code = CmdRepair(c, rp);
   if (*backup) code = CmdBackup(c, b);
-  if (*snaps) code = CmdSnapshots(c, list_volume);
+  if (*snaps) {
+    code = !list_group.empty() || list_groups ? CmdGroupSnapshots(c, list_group)
+                                              : CmdSnapshots(c, list_volume);
+  }
+  (void)RunGroupCommand(c, ga, groups, &code);
   if (*restore) code = CmdRestore(c, r);
   if (*verify) code = CmdVerify(c, v);
   (void)RunLifecycleCommand(c, lc, lifecycle, &code);

@@ -758,6 +758,64 @@ DP420_EXPORT int dp420_key_recover(dp420_ctx_t* ctx, const char* repo_path,
                                    uint32_t* slot_id_out);
 /* ==== End of keys of encrypted repositories ================================= */
 
+/* ---- Consistency groups (since 0.6) ------------------------------------------
+ * One point in time across volumes of several nodes, published by one commit
+ * or not at all (docs/ARCHITECTURE.md "Consistency groups").
+ *
+ * dp420_agent runs a member on this node (`dp420 agent`): it connects to the
+ * server as `remote`'s client, answers for its volumes ("NAME=SOURCE[,KEY=
+ * VALUE]...": snapshot-source, freeze-mount, max-freeze (ms), pre-hook,
+ * post-hook, hook-timeout (ms), block-size, threads), reconnects after a loss,
+ * and blocks until dp420_cancel(ctx); then every hold ends and 0 is returned.
+ * on_event (may be NULL) gets one line per event ("connected ...", "holding
+ * GROUP epoch E CLIENT:VOLUME", "cut ...", "staged ...", "committed ...",
+ * "aborted ...: WHY", "lost: WHY"), on the agent's thread. state_dir (NULL: a
+ * per-client folder under the cache folder) keeps the newest epoch each
+ * volume saw.
+ * Errors: -DP420_EINVAL (options), -DP420_EPERM (key file, or the server
+ * refused the client or a volume), -DP420_ENOENT (key file), -DP420_ECORRUPT
+ * (a damaged state file). */
+typedef struct dp420_agent_opts {
+  size_t struct_size;
+  const dp420_remote_opts_t* remote;  /* required */
+  const char* const* volumes;         /* required: volume_count specs */
+  size_t volume_count;                /* 1..64 */
+  const char* state_dir;              /* NULL: the default */
+  void (*on_event)(void* user, const char* line);
+  void* user;
+} dp420_agent_opts_t;
+
+DP420_EXPORT void dp420_agent_opts_init(dp420_agent_opts_t* opts);
+DP420_EXPORT int dp420_agent(dp420_ctx_t* ctx, const dp420_agent_opts_t* opts);
+
+/* dp420_group_backup asks the server `repo` (a remote handle of an admin
+ * client) for one group backup of `members` ("CLIENT:VOLUME", each served by
+ * a connected agent): prepare, cut, transfer, one commit. It returns when the
+ * group committed (0) or aborted (the reason's code: -DP420_ENET for a member
+ * lost, -DP420_EBUSY for a deadline or a fenced epoch, ...); either way
+ * *summary_json (may be NULL; free with dp420_free) receives the server's
+ * report: group, epoch, outcome, error, group_snapshot_id, prepare_ms, cut_ms,
+ * total_ms, and per member its snapshot_id, manifest_sha256 and clock skew.
+ * Timeouts of 0 take the defaults (prepare 10 s, cut 5 s, heartbeat 5 s,
+ * skew 500 ms). */
+typedef struct dp420_group_backup_opts {
+  size_t struct_size;
+  const char* group;                /* required: 1-64 of A-Z a-z 0-9 . _ - */
+  const char* const* members;       /* required: member_count "CLIENT:VOLUME" */
+  size_t member_count;              /* 1..64 */
+  uint32_t prepare_ms, cut_ms, heartbeat_ms, max_skew_ms;
+} dp420_group_backup_opts_t;
+
+DP420_EXPORT void dp420_group_backup_opts_init(dp420_group_backup_opts_t* opts);
+DP420_EXPORT int dp420_group_backup(dp420_ctx_t* ctx, dp420_repo_t* repo,
+                                    const dp420_group_backup_opts_t* opts, char** summary_json);
+/* The group snapshots of `group` (NULL or "": every group) of a local
+ * repository, or of a remote one for an admin client: *json (free with
+ * dp420_free) is {"groups": [group manifests, oldest epoch first],
+ * "damaged": [{"file", "problem"}]}. */
+DP420_EXPORT int dp420_group_snapshots(dp420_ctx_t* ctx, dp420_repo_t* repo, const char* group,
+                                       char** json);
+
 #ifdef __cplusplus
 }
 #endif
