@@ -128,6 +128,100 @@ TEST(PayloadsTest, BeginRefusesStripesOutOfRangeAndANonObjectTopology) {
   EXPECT_FALSE(begin(2, std::string(20, '[') + std::string(20, ']')).ok());
 }
 
+TEST(PayloadsTest, BeginCarriesAGroupAndEpochOnlyWhenBothAreValid) {
+  auto begin = [](const std::string* group, uint64_t epoch) {
+    PayloadWriter w;
+    w.String("vm1");
+    w.U32(65536);
+    w.U64(1 << 20);
+    w.U32(1);
+    w.String("/dev/sda");
+    w.String("block-device");
+    w.String("{}");
+    w.String("0.1.0");
+    w.String("");
+    if (group) {
+      w.String(*group);
+      w.U64(epoch);
+    }
+    return ParseBegin(w.bytes());
+  };
+  ASSERT_TRUE(begin(nullptr, 0).ok());
+  EXPECT_TRUE(begin(nullptr, 0)->group.empty());
+  std::string db = "db";
+  ASSERT_TRUE(begin(&db, 7).ok());
+  EXPECT_EQ(begin(&db, 7)->group, "db");
+  EXPECT_EQ(begin(&db, 7)->group_epoch, 7u);
+  EXPECT_FALSE(begin(&db, 0).ok());  // epoch 0 is never issued
+  std::string dot = ".x", slash = "a/b";
+  EXPECT_FALSE(begin(&dot, 1).ok());
+  EXPECT_FALSE(begin(&slash, 1).ok());
+}
+
+TEST(PayloadsTest, GroupMessagesRoundTripAndRefuseWhatIsNotOne) {
+  control::GroupMsg m = control::GroupMsg::Make(control::GroupMsgKind::kDurable, "db", 42,
+                                                "node1:disk", "ab12");
+  m.probe = 3;
+  m.wall_ns = -5;  // a clock before 1970 is carried as it is
+  PayloadWriter w;
+  WriteGroupMsg(m, &w);
+  control::GroupMsg back;
+  ASSERT_TRUE(ParseGroupMsg(w.bytes(), &back).ok());
+  EXPECT_EQ(back.kind, m.kind);
+  EXPECT_EQ(back.group, "db");
+  EXPECT_EQ(back.epoch, 42u);
+  EXPECT_EQ(back.member, "node1:disk");
+  EXPECT_EQ(back.probe, 3u);
+  EXPECT_EQ(back.wall_ns, -5);
+  EXPECT_EQ(back.detail, "ab12");
+  auto refused = [](control::GroupMsg bad) {
+    PayloadWriter w;
+    WriteGroupMsg(bad, &w);
+    control::GroupMsg out;
+    return !ParseGroupMsg(w.bytes(), &out).ok();
+  };
+  control::GroupMsg bad = m;
+  bad.kind = static_cast<control::GroupMsgKind>(0);
+  EXPECT_TRUE(refused(bad));
+  bad = m;
+  bad.kind = static_cast<control::GroupMsgKind>(11);
+  EXPECT_TRUE(refused(bad));
+  bad = m;
+  bad.member = "node1";  // not CLIENT:VOLUME
+  EXPECT_TRUE(refused(bad));
+  bad = m;
+  bad.member = ":disk";
+  EXPECT_TRUE(refused(bad));
+  bad = m;
+  bad.group = "";
+  EXPECT_TRUE(refused(bad));
+  bad = m;
+  bad.detail = std::string("\xff\xfe");  // not UTF-8: never logged as it is
+  EXPECT_TRUE(refused(bad));
+  std::vector<uint8_t> cut(w.bytes().begin(), w.bytes().end() - 1);
+  control::GroupMsg out;
+  EXPECT_FALSE(ParseGroupMsg(cut, &out).ok());
+}
+
+TEST(PayloadsTest, GroupJoinNamesOneToSixtyFourDistinctValidVolumes) {
+  auto join = [](const std::vector<std::string>& volumes) {
+    PayloadWriter w;
+    w.U32(uint32_t(volumes.size()));
+    for (const auto& v : volumes) w.String(v);
+    std::vector<std::string> out;
+    return ParseGroupJoin(w.bytes(), &out).ok();
+  };
+  EXPECT_TRUE(join({"disk", "db"}));
+  EXPECT_FALSE(join({}));
+  EXPECT_FALSE(join({"disk", "disk"}));
+  EXPECT_FALSE(join({"a/b"}));
+  std::vector<std::string> many;
+  for (int i = 0; i < 65; ++i) many.push_back("v" + std::to_string(i));
+  EXPECT_FALSE(join(many));
+  many.pop_back();
+  EXPECT_TRUE(join(many));
+}
+
 TEST(PayloadsTest, ProblemSplitsItsSnapshotList) {
   PayloadWriter w;
   w.String("packs/00000001.pack");

@@ -1,7 +1,8 @@
 // Every payload the server parses (engine/net/payloads.h): the handshake's
 // HELLO and AUTH, PING and PONG, the requests LIST, VERIFY, RESTORE,
 // BACKUP_BEGIN, PARENT_REQ, COMMIT, ADMIN (and its forget arguments),
-// STRIPE_JOIN and a stripe's PAGE. The
+// STRIPE_JOIN and a stripe's PAGE, the group channel's GROUP_JOIN and
+// GROUP_MSG (which the agent parses too). The
 // first byte chooses the frame, the rest is its payload. What parses must
 // encode back to the same bytes.
 #include <algorithm>
@@ -102,6 +103,30 @@ void Backup(uint8_t which, Payload p) {
   }
 }
 
+void Groups(uint8_t which, Payload p) {
+  if (which == 0) {
+    std::vector<std::string> volumes;
+    if (ParseGroupJoin(p, &volumes).ok()) {
+      FUZZ_CHECK(!volumes.empty() && volumes.size() <= kGroupJoinMax);
+      PayloadWriter w;
+      w.U32(uint32_t(volumes.size()));
+      for (const auto& v : volumes) {
+        FUZZ_CHECK(ValidVolumeName(v));
+        w.String(v);
+      }
+      FUZZ_CHECK(Same(w, p));
+    }
+    return;
+  }
+  control::GroupMsg m;
+  if (ParseGroupMsg(p, &m).ok()) {
+    FUZZ_CHECK(m.member.find(':') != std::string::npos && m.detail.size() <= kGroupDetailMax);
+    PayloadWriter w;
+    WriteGroupMsg(m, &w);
+    FUZZ_CHECK(Same(w, p));
+  }
+}
+
 void Handshake(uint8_t which, Payload p) {
   switch (which) {
     case 0: {
@@ -139,10 +164,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   dp420::net::Payload p(data + 1, size - 1);
   uint8_t which = data[0];
-  switch (which % 3) {
-    case 0: dp420::net::Handshake(which / 3 % 4, p); break;
-    case 1: dp420::net::Requests(which / 3 % 6, p); break;
-    default: dp420::net::Backup(which / 3 % 3, p);
+  switch (which % 4) {
+    case 0: dp420::net::Handshake(which / 4 % 4, p); break;
+    case 1: dp420::net::Requests(which / 4 % 6, p); break;
+    case 2: dp420::net::Backup(which / 4 % 3, p); break;
+    default: dp420::net::Groups(which / 4 % 2, p);
   }
   return 0;
 }

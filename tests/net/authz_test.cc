@@ -27,6 +27,7 @@
 #include "engine/net/auth.h"
 #include "engine/net/client.h"
 #include "engine/net/conn.h"
+#include "engine/net/payloads.h"
 #include "engine/net/server.h"
 #include "engine/net/volumes.h"
 #include "io/file.h"
@@ -692,6 +693,107 @@ TEST_F(AuthzTest, IdleStripesCannotPinMoreThanTheClientsBufferBound) {
   stripes.clear();
   control.reset();
   ASSERT_TRUE(BackUp("bob", "db", MakeVolume(1 << 20, 12)).ok());
+}
+
+
+// ---- consistency groups: what a client holding valid credentials may not do ----
+
+// GROUP_JOIN with `volumes`; OK at its DONE, else the server's answer.
+Status JoinGroups(Conn& conn, const std::vector<std::string>& volumes) {
+  PayloadWriter w;
+  w.U32(uint32_t(volumes.size()));
+  for (const auto& v : volumes) w.String(v);
+  DP420_RETURN_IF_ERROR(conn.Send(FrameType::kGroupJoin, 1, w.bytes(), kTimeout));
+  for (;;) {
+    DP420_ASSIGN_OR_RETURN(Frame f, conn.Recv(kTimeout));
+    if (f.type() == FrameType::kPing) {
+      DP420_RETURN_IF_ERROR(AnswerPing(conn, f, kTimeout));
+    } else if (f.type() == FrameType::kError) {
+      return StatusFromError(f, "server");
+    } else {
+      return ExpectFrame(f, FrameType::kDone, "server");
+    }
+  }
+}
+
+TEST_F(AuthzTest, AGroupMessageForAnotherClientsMemberEndsTheChannel) {
+  StartServer();
+  auto alice = Authenticated("alice");
+  ASSERT_NE(alice, nullptr);
+  ASSERT_TRUE(JoinGroups(*alice, {"disk"}).ok());
+  // alice speaks for bob's volume: a forged QUIET or DURABLE of bob's would
+  // let a group commit without bob.
+  control::GroupMsg forged =
+      control::GroupMsg::Make(control::GroupMsgKind::kDurable, "db", 1, "bob:disk", "00");
+  PayloadWriter w;
+  WriteGroupMsg(forged, &w);
+  ASSERT_TRUE(alice->Send(FrameType::kGroupMsg, 0, w.bytes(), kTimeout).ok());
+  auto answer = Next(*alice);
+  ASSERT_FALSE(answer.ok()) << "the channel went on after a forged member";
+  EXPECT_EQ(answer.status().code(), Code::kPermission) << answer.status().ToString();
+  EXPECT_NE(answer.status().message().find("bob:disk"), std::string::npos);
+  EXPECT_LT(SecondsUntilClosed(*alice, 5000ms), 5.0);
+}
+
+TEST_F(AuthzTest, JoiningWithANameThatIsNotAVolumeIsRefused) {
+  StartServer();
+  auto alice = Authenticated("alice");
+  ASSERT_NE(alice, nullptr);
+  Status refused = JoinGroups(*alice, {"../bob"});
+  EXPECT_FALSE(refused.ok());
+  auto again = Authenticated("alice");
+  ASSERT_NE(again, nullptr);
+  EXPECT_FALSE(JoinGroups(*again, {"disk", "disk"}).ok());
+}
+
+TEST_F(AuthzTest, AMemberBackupForAnEpochNoCoordinatorRunsIsRefusedAndWritesNothing) {
+  StartServer();
+  auto alice = Authenticated("alice");
+  ASSERT_NE(alice, nullptr);
+  PayloadWriter w;
+  w.String("disk");
+  w.U32(0);
+  w.U64(1 << 20);
+  w.U32(1);
+  w.String("/dev/test");
+  w.String("file");
+  w.String("{}");
+  w.String("dp420 test");
+  w.String("");
+  w.String("db");
+  w.U64(7);  // never begun: a stale or invented epoch
+  ASSERT_TRUE(alice->Send(FrameType::kBackupBegin, 1, w.bytes(), kTimeout).ok());
+  auto answer = Next(*alice);
+  ASSERT_FALSE(answer.ok());
+  EXPECT_EQ(answer.status().code(), Code::kBusy) << answer.status().ToString();
+  EXPECT_NE(answer.status().message().find("not running"), std::string::npos)
+      << answer.status().ToString();
+  EXPECT_EQ(LocalSnapshots(NamespacedVolume("alice", "disk")), 0u);
+  ExpectTmpEmpty();
+}
+
+TEST_F(AuthzTest, GroupBackupsAndGroupListsNeedAnAdminClient) {
+  StartServer();
+  auto remote = RemoteRepository::Connect(Remote("alice"));
+  ASSERT_TRUE(remote.ok()) << remote.status().ToString();
+  JobControl job;
+  auto backup = (*remote)->Admin("group-backup", {{"group", "db"}, {"members", {"alice:disk"}}},
+                                 job);
+  ASSERT_FALSE(backup.ok());
+  EXPECT_EQ(backup.status().code(), Code::kPermission) << backup.status().ToString();
+  auto again = RemoteRepository::Connect(Remote("alice"));
+  ASSERT_TRUE(again.ok());
+  auto groups = (*again)->Admin("groups", Json::object(), job);
+  ASSERT_FALSE(groups.ok());
+  EXPECT_EQ(groups.status().code(), Code::kPermission);
+  // An admin asking for a member no agent serves gets told which.
+  auto root = RemoteRepository::Connect(Remote("root"));
+  ASSERT_TRUE(root.ok());
+  auto missing = (*root)->Admin("group-backup", {{"group", "db"}, {"members", {"alice:disk"}}},
+                                job);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), Code::kNotFound) << missing.status().ToString();
+  EXPECT_NE(missing.status().message().find("alice:disk"), std::string::npos);
 }
 
 }  // namespace
