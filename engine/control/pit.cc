@@ -269,6 +269,8 @@ void FrozenCrashPoint(pid_t watchdog) {
 
 }  // namespace
 
+void ThawLeftFrozen() { ThawAbandoned(); }
+
 Result<PitMethod> ParsePitMethod(std::string_view text) {
   if (text == "auto") return PitMethod::kAuto;
   if (text == "reflink") return PitMethod::kReflink;

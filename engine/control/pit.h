@@ -95,6 +95,11 @@ struct PitRecord {
   Json ToJson() const;
 };
 
+// Thaws every file system a dp420 that is gone left frozen (a SIGKILL of it
+// and of its watchdog: the notes in /run/dp420/frozen). Take does it first;
+// `dp420 agent` at its start.
+void ThawLeftFrozen();
+
 class PointInTime {
  public:
   // Takes the point in time of `source` (absolute path of a file or block

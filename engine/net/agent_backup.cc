@@ -832,6 +832,7 @@ class AgentAttempt {
   std::unique_ptr<Manifest> parent_;
   std::string cache_path_;
   std::string anchor_path_, anchor_text_;  // KeepCaches: this host's anchor of the volume
+  std::string final_point_in_time_;        // the point-in-time record after the read (JSON)
   io::File parent_cache_;
   io::File new_cache_;
   std::optional<io::TempFileGuard> new_cache_guard_;
@@ -1094,6 +1095,7 @@ Result<Manifest> AgentAttempt::CommitOnce(Status* sent) {
   counters.U64(job_.bytes_zc.load());
   counters.U64(job_.bytes_zc_copied.load());
   counters.U64(job_.bytes_resent.load());
+  if (!final_point_in_time_.empty()) counters.String(final_point_in_time_);
   *sent = control.Send(FrameType::kCommit, 9, counters.bytes(), timeout_);
   while (sent->ok()) {
     auto f = control.Recv(timeout_);
@@ -1222,9 +1224,16 @@ Result<BackupResult> AgentAttempt::Run(bool* session_lost, uint64_t* bytes_sent,
   if (!ran.ok()) return Abandon(ran);
   // The point in time ends before the commit: a post hook that fails, or a
   // freeze that could not be ended, commits nothing.
+  // How the source was read is known only now (a freeze that held for the
+  // whole read, a live source that changed): it goes with COMMIT, and the
+  // server writes it into the manifest in place of what BACKUP_BEGIN said.
   if (o_.end_point_in_time) {
-    Json sent_at_start;
-    if (Status ended = o_.end_point_in_time(&sent_at_start); !ended.ok()) return Abandon(ended);
+    Json topology = o_.node_topology;
+    if (Status ended = o_.end_point_in_time(&topology); !ended.ok()) return Abandon(ended);
+    if (topology.contains("members") && topology["members"].is_array() &&
+        !topology["members"].empty() && topology["members"][0].contains("point_in_time")) {
+      final_point_in_time_ = topology["members"][0]["point_in_time"].dump();
+    }
   }
   Result<Manifest> committed = CheckAgainstCaches(Commit());
   if (!committed.ok()) {

@@ -248,7 +248,11 @@ void PitVolume::Transfer(uint64_t epoch) {
     o.control.cancel = &cancel_;
     o.group = group_of_(epoch);
     o.group_epoch = epoch;
-    o.end_point_in_time = [this](Json*) { return pit_->Finish().status(); };
+    o.end_point_in_time = [this](Json* topology) -> Status {
+      DP420_ASSIGN_OR_RETURN(control::PitRecord record, pit_->Finish());
+      control::SetPointInTime(topology, record.ToJson());
+      return Status::Ok();
+    };
     return remote->Backup(o);
   });
   done_(epoch, std::move(result));
@@ -406,6 +410,9 @@ Status Agent::Init() {
   state_dir_ = o_.state_dir.empty() ? DefaultCacheDir() + "/agent-" + o_.remote.client
                                     : o_.state_dir;
   DP420_RETURN_IF_ERROR(io::MakeDirs(state_dir_).Prefix("agent state folder"));
+  // What an agent killed with its freeze watchdog left frozen is thawed now,
+  // not at the next group backup.
+  control::ThawLeftFrozen();
   std::random_device rd;
   for (size_t i = 0; i < o_.volumes.size(); ++i) DP420_RETURN_IF_ERROR(AddMember(i, rd));
   for (auto& m : members_) {

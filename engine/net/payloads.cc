@@ -157,7 +157,18 @@ Status ParseCommit(Payload p, CommitCounters* out) {
   out->zerocopy = r.U64();
   out->copied = r.U64();
   out->resent = r.U64();
-  return r.Finish("COMMIT");
+  out->point_in_time = nullptr;
+  std::string record;
+  if (r.ok() && !r.done()) record = r.String(kPointInTimeMax);
+  DP420_RETURN_IF_ERROR(r.Finish("COMMIT"));
+  if (record.empty()) return Status::Ok();
+  DP420_RETURN_IF_ERROR(CheckTextField("COMMIT point_in_time", record, kPointInTimeMax));
+  if (JsonNestingDepth(record) > 4) return Status::Corruption("COMMIT point_in_time nests too deep");
+  out->point_in_time = Json::parse(record, nullptr, /*allow_exceptions=*/false);
+  if (out->point_in_time.is_discarded() || !out->point_in_time.is_object()) {
+    return Status::Corruption("COMMIT point_in_time is not a JSON object");
+  }
+  return Status::Ok();
 }
 
 Status ParseStripeJoin(Payload p, std::string* token, uint32_t* stripe) {

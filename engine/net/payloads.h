@@ -81,9 +81,15 @@ struct AdminRequestMsg {
 inline constexpr size_t kAdminOpMax = 32;
 inline constexpr size_t kAdminArgsMax = 64 * 1024;
 Status ParseAdminRequest(Payload p, AdminRequestMsg* out);
-// COMMIT: the agent's send counters, for the log.
+// COMMIT: the agent's send counters, for the log, and (optional) how the
+// source was read as known after the read: a point-in-time record (pit.h
+// PitRecord::ToJson), a JSON object of at most 4 KiB.
+inline constexpr size_t kPointInTimeMax = 4096;
+// Its implicit members move a Json; they do not throw.
+// NOLINTNEXTLINE(bugprone-exception-escape)
 struct CommitCounters {
   uint64_t sent = 0, zerocopy = 0, copied = 0, resent = 0;
+  Json point_in_time;  // null when not sent
 };
 Status ParseCommit(Payload p, CommitCounters* out);
 // STRIPE_JOIN: the session token (checked as text) and the stripe number.

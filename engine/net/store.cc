@@ -17,6 +17,7 @@
 
 #include "engine/control/clock.h"
 #include "engine/control/liveness.h"
+#include "engine/control/topology.h"
 #include "engine/core/damage.h"
 #include "engine/core/history.h"
 #include "engine/core/snapshot.h"
@@ -644,6 +645,14 @@ Status Commit(ServerContext& ctx, Conn& conn, BackupSession& s, const Frame& f, 
   DP420_ASSIGN_OR_RETURN(SnapshotStats stats, CloseStripes(ctx, s));
   CommitCounters counters;  // the agent's send counters, for the log
   DP420_RETURN_IF_ERROR(ParseCommit(f.payload, &counters));
+  if (counters.point_in_time.is_object()) {
+    // How the agent read its source, known after the read; under commit_mu:
+    // a COMMIT repeated after the snapshot was written changes nothing.
+    std::lock_guard commit_lock(s.commit_mu());
+    if (!s.committed) {
+      control::SetPointInTime(&s.builder().manifest().node_topology, counters.point_in_time);
+    }
+  }
   bool repeated = false;
   DP420_ASSIGN_OR_RETURN(Manifest committed, CommitOnce(ctx, s, stats, &repeated));
   DP420_ASSIGN_OR_RETURN(std::string text, CommittedText(ctx.repo, s, committed));

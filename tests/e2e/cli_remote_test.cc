@@ -349,6 +349,10 @@ TEST(CliRemoteTest, BackupRestoreRoundTripOverTheNetwork) {
   EXPECT_EQ(snaps[0]["node_topology"]["members"][0]["point_in_time"]["consistency"], "live")
       << snaps[0].dump();
   EXPECT_EQ(b["point_in_time"]["source_changed"], false) << b.dump();
+  // What the agent learned after the read (here: the source did not change) reached
+  // the manifest with COMMIT, not only the record it sent when it began.
+  EXPECT_EQ(snaps[0]["node_topology"]["members"][0]["point_in_time"]["source_changed"], false)
+      << snaps[0].dump();
 
   std::string target = dir / "restored.img";
   Result restore = Cli(Join({"restore", "--volume", "vol1", "--json", target}, remote), env);

@@ -5,3 +5,9 @@ if(DEFINED e2e_test_TESTS AND NOT "${e2e_test_TESTS}" STREQUAL "")
     RUN_SERIAL TRUE
     RESOURCE_LOCK loopdev)
 endif()
+if(DEFINED group_real_test_TESTS AND NOT "${group_real_test_TESTS}" STREQUAL "")
+  set_tests_properties(${group_real_test_TESTS} PROPERTIES
+    LABELS "e2e;serial;net"
+    RUN_SERIAL TRUE
+    RESOURCE_LOCK loopdev)
+endif()

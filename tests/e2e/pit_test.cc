@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "e2e_util.h"
+#include "freeze_util.h"
 
 namespace dp420::e2e {
 namespace {
@@ -44,37 +45,11 @@ while True:
         ready = None
 )";
 
-// Whether the file system mounted at `dir` is frozen: FIFREEZE says EBUSY when it is
-// (and when it was not, freezes it, so it is thawed again at once).
-bool Frozen(const std::string& dir) {
-  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return false;
-  bool frozen = false;
-  if (ioctl(fd, FIFREEZE, 0) == 0) {
-    ioctl(fd, FITHAW, 0);
-  } else {
-    frozen = errno == EBUSY;
-  }
-  close(fd);
-  return frozen;
-}
-
 std::string Trim(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   return s;
 }
 
-// Thaws `dir` at the end of its scope, whatever a failed test left.
-struct ThawGuard {
-  std::string dir;
-  ~ThawGuard() {
-    int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-      ioctl(fd, FITHAW, 0);
-      close(fd);
-    }
-  }
-};
 
 class PitTest : public ::testing::Test {
  protected:

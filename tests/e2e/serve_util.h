@@ -32,17 +32,20 @@ inline std::string AddClient(const TempDir& dir, const std::string& name,
 class Server {
  public:
   // `flags`: more options of serve, shell words.
+  // `listen`: HOST:PORT (port 0: one the kernel picks); `log` the log's name in dir.
   Server(const TempDir& dir, const std::string& repo, const std::string& run_as = "",
-         const std::string& flags = "")
-      : log_(dir / "serve.log") {
+         const std::string& flags = "", const std::string& listen = "127.0.0.1:0",
+         const std::string& log = "serve.log")
+      : log_(dir / log), host_(listen.substr(0, listen.rfind(':'))) {
     std::string command = "exec " + run_as + ShellQuote(CliPath()) + " serve --repo " +
-                          ShellQuote(repo) + " --listen 127.0.0.1:0 --clients " +
+                          ShellQuote(repo) + " --listen " + listen + " --clients " +
                           ShellQuote(dir / "clients.json") + " --heartbeat-interval 1 " + flags +
                           " 2>" + ShellQuote(log_);
     process_ = Process::Start({"bash", "-c", command});
     WaitListening();
   }
   const std::string& address() const { return address_; }
+  const std::string& port() const { return port_; }
   pid_t pid() const { return process_->pid(); }
   std::string Log() const { return Exists(log_) ? ReadFile(log_) : ""; }
 
@@ -60,8 +63,9 @@ class Server {
       std::smatch m;
       std::string log = Log();
       if (std::regex_search(log, m, kListening)) {
-        EXPECT_EQ(m[1].str(), "127.0.0.1") << log;
+        EXPECT_EQ(m[1].str(), host_) << log;
         EXPECT_NE(m[2].str(), "0") << "the resolved port, not the requested one: " << log;
+        port_ = m[2].str();
         address_ = m[1].str() + ":" + m[2].str();
         return;
       }
@@ -72,7 +76,8 @@ class Server {
   }
 
   std::string log_;
-  std::string address_;
+  std::string host_;
+  std::string address_, port_;
   std::unique_ptr<Process> process_;
 };
 
