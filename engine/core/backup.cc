@@ -18,6 +18,7 @@
 #include "engine/core/auto_compression.h"
 #include "engine/core/damage.h"
 #include "engine/core/dedup.h"
+#include "engine/core/group_repo.h"
 #include "engine/core/history.h"
 #include "engine/core/pack.h"
 #include "engine/core/scanner.h"
@@ -540,8 +541,16 @@ Status RunWorkers(Workers& w, SnapshotBuilder& builder, ScanContext& ctx,
   return error;
 }
 
+// Where a backup's snapshot goes: committed (null), or staged under a group's
+// epoch, its builder handed to the caller.
+struct StageTo {
+  std::string group;
+  uint64_t epoch = 0;
+  std::unique_ptr<SnapshotBuilder>* builder = nullptr;
+};
+
 Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
-                            const Manifest* parent) {
+                            const Manifest* parent, const StageTo* stage = nullptr) {
   auto start = Clock::now();
   // The chain's block size decides the buffers per thread (an invalid
   // --block-size is refused by SnapshotBuilder::Start with its own message).
@@ -597,8 +606,10 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   if (ladder && ladder->rung() > 0) {
     m.compression_measured["stepped_down_to"] = CodecName(ladder->spec(ladder->rung()));
   }
-  DP420_ASSIGN_OR_RETURN(Manifest committed, builder->Commit(totals.stats));
-  if (dedup.log) {
+  DP420_ASSIGN_OR_RETURN(Manifest committed,
+                         stage ? builder->Stage(totals.stats, stage->group, stage->epoch)
+                               : builder->Commit(totals.stats));
+  if (dedup.log && !stage) {
     // Committed: its records may be offered to other backups now. A failure
     // costs later backups dedup opportunities, never this snapshot.
     Status added = AddToDedupIndex(repo, dedup.log->path());
@@ -619,7 +630,25 @@ Result<BackupResult> Backup(const Repository& repo, const BackupOptions& o,
   r.registered_buffers = ctx.registered.load();
   r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   if (o.control.progress) o.control.progress({"backup", ctx.geo.volume_size, ctx.geo.volume_size});
+  if (stage) *stage->builder = std::move(builder);
   return r;
+}
+
+// Takes the volume's lock, recovers what a dead writer left (which may
+// publish a group member: before the parent is chosen) and finds the parent.
+Status LockAndFindParent(const Repository& repo, const BackupOptions& o, VolumeLock* lock,
+                         std::optional<Manifest>* parent) {
+  if (!ValidVolumeName(o.volume)) {
+    return Status::InvalidArgument("invalid volume name '" + o.volume +
+                                   "' (1-64 characters of A-Z a-z 0-9 . _ -)");
+  }
+  DP420_ASSIGN_OR_RETURN(*lock, repo.LockVolume(o.volume, kBriefLockWait, o.control.cancel));
+  DP420_RETURN_IF_ERROR(BackupJournal::Recover(repo, o.volume));
+  DP420_ASSIGN_OR_RETURN(*parent, ParentOfNextBackup(repo, o.volume));
+  if (o.time_unix_ns != 0) {
+    DP420_RETURN_IF_ERROR(CheckBackupTime(o.time_unix_ns, *parent ? &**parent : nullptr));
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -634,17 +663,25 @@ const char* SourceKind(const BackupOptions& o, const ScanSource& read) {
 }
 
 Result<BackupResult> RunBackup(const Repository& repo, const BackupOptions& o) {
-  if (!ValidVolumeName(o.volume)) {
-    return Status::InvalidArgument("invalid volume name '" + o.volume +
-                                   "' (1-64 characters of A-Z a-z 0-9 . _ -)");
-  }
-  DP420_ASSIGN_OR_RETURN(VolumeLock lock,
-                         repo.LockVolume(o.volume, kBriefLockWait, o.control.cancel));
-  DP420_ASSIGN_OR_RETURN(std::optional<Manifest> parent, ParentOfNextBackup(repo, o.volume));
-  if (o.time_unix_ns != 0) {
-    DP420_RETURN_IF_ERROR(CheckBackupTime(o.time_unix_ns, parent ? &*parent : nullptr));
-  }
+  VolumeLock lock;
+  std::optional<Manifest> parent;
+  DP420_RETURN_IF_ERROR(LockAndFindParent(repo, o, &lock, &parent));
   return Backup(repo, o, parent ? &*parent : nullptr);
+}
+
+Result<StagedBackup> StageBackup(const Repository& repo, const BackupOptions& o,
+                                 const std::string& group, uint64_t epoch) {
+  DP420_ASSIGN_OR_RETURN(GroupEpochState state, GroupEpochStateOf(repo, group, epoch));
+  if (state != GroupEpochState::kOpen) {
+    return Status::Busy("epoch " + std::to_string(epoch) + " of group '" + group +
+                        "' is not open: nothing is staged under it");
+  }
+  StagedBackup staged;
+  std::optional<Manifest> parent;
+  DP420_RETURN_IF_ERROR(LockAndFindParent(repo, o, &staged.lock, &parent));
+  StageTo to{group, epoch, &staged.builder};
+  DP420_ASSIGN_OR_RETURN(staged.result, Backup(repo, o, parent ? &*parent : nullptr, &to));
+  return staged;
 }
 
 }  // namespace dp420

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "engine/core/job.h"
@@ -21,6 +22,7 @@
 namespace dp420 {
 
 struct ScanSource;
+class SnapshotBuilder;
 
 struct BackupOptions {
   std::string volume;
@@ -87,5 +89,20 @@ struct BackupResult {
 };
 
 Result<BackupResult> RunBackup(const Repository& repo, const BackupOptions& options);
+
+// A member of a consistency group backed up from this machine
+// (group_repo.h): as RunBackup, but the snapshot is staged under (group,
+// epoch) (SnapshotBuilder::Stage), not committed; kBusy when the epoch is
+// not open. The StagedBackup holds the volume lock and the builder until its
+// group's outcome: `builder->Publish()` once CommitGroup succeeded; dropping
+// it rolls the snapshot back (publishes it when its group committed). The
+// blocks it stores are not added to the dedup index.
+struct StagedBackup {
+  VolumeLock lock;  // first: released after the builder is done
+  std::unique_ptr<SnapshotBuilder> builder;
+  BackupResult result;  // result.manifest: the staged manifest, seal set
+};
+Result<StagedBackup> StageBackup(const Repository& repo, const BackupOptions& options,
+                                 const std::string& group, uint64_t epoch);
 
 }  // namespace dp420

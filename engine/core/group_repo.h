@@ -44,7 +44,8 @@ bool ValidGroupName(const std::string& name);
 struct GroupMemberRecord {
   std::string member;          // as the coordinator names it: "CLIENT:VOLUME"
   std::string volume;          // the repository volume
-  std::string snapshot_id;
+  std::string snapshot_id;     // filled by CommitGroup from the staged manifest
+  uint64_t sequence = 0;       // likewise: with snapshot_id, the manifest's file name
   std::string manifest_seal;   // the member manifest's seal (hex): its hash
   int64_t skew_ns = 0;         // the member's wall clock minus the server's
   int64_t skew_error_ns = 0;
@@ -67,6 +68,12 @@ struct GroupManifest {
   std::string seal;
   std::string file_name;  // "EPOCH-ID.group"
   Json ToJson() const;
+  static Result<GroupManifest> FromJson(const Json& j, const std::string& what);
+  // A sealed group manifest's text, unsealed under `key` and parsed, with
+  // seal and file_name set; kCorruption naming `what` when anything is wrong.
+  static Result<GroupManifest> Parse(const std::string& sealed, const std::string& what,
+                                     const SealKey* key);
+  std::string FileName() const;  // "%020llu-<group_snapshot_id>.group"
 };
 
 enum class GroupEpochState { kOpen, kCommitted, kAborted };
@@ -124,5 +131,52 @@ Status ListGroupManifests(const Repository& repo, const std::string& group,
 // since is not a problem; a member manifest with another seal, or missing
 // while not forgotten, is). Problems are added to `report`.
 Status VerifyGroups(const Repository& repo, VerifyReport* report);
+
+// ---- the member's side: SnapshotBuilder (snapshot.cc) and BackupJournal (repo.cc) ----
+
+// Writes a member's sealed manifest text into groups/GROUP/EPOCH/VOL.manifest
+// (tmp/ID.manifest.tmp, fsync, rename, fsync of the folder), under
+// groups/.lock; kBusy when the epoch is not open. The journal of the
+// snapshot is marked with (group, epoch) before. Requires the volume lock.
+Status StageManifest(const Repository& repo, const std::string& group, uint64_t epoch,
+                     const std::string& volume, const std::string& snapshot_id,
+                     const std::string& sealed_text);
+
+// Whether (group, epoch) is committed with `member` (its volume and seal)
+// among the group manifest's members.
+Result<bool> GroupCommittedWith(const Repository& repo, const std::string& group, uint64_t epoch,
+                                const GroupMemberRecord& member);
+
+// A staged member that is to be rolled back: under groups/.lock, when the
+// epoch is committed with it, `*committed` is set and nothing is removed
+// (a committed member is published, never rolled back); otherwise its staged
+// manifest is removed, so that no commit can name it any more, and its packs
+// may go. An error when the repository cannot tell (keep everything then).
+Status UnstageManifest(const Repository& repo, const std::string& group, uint64_t epoch,
+                       const GroupMemberRecord& member, bool* committed);
+
+// Publishes a member of a committed epoch: its staged manifest (checked
+// against member.manifest_seal) renamed into snapshots/VOL/, the folder
+// fsynced, the head advanced unless it is there already. Idempotent: when
+// the staged manifest is gone, the published one must be there with that
+// seal. Returns the published manifest. Requires the volume lock; the
+// caller removes the journal.
+Result<Manifest> PublishStaged(const Repository& repo, const std::string& group, uint64_t epoch,
+                               const GroupMemberRecord& member);
+
+// The journal's recovery of a dead member (BackupJournal::Recover, under the
+// volume lock): when (group, epoch) is committed with `snapshot_id` of
+// `volume`, every member of the epoch is published (this volume's first; the
+// others' whose lock comes within kBriefLockWait) and `*rolled_forward` is
+// set: the packs stay. Otherwise the epoch is aborted when still open (the
+// member's stager is dead: the epoch cannot commit whole) and the staged
+// manifest removed: the caller rolls the packs back.
+Status RecoverMemberJournal(const Repository& repo, const std::string& volume,
+                            const std::string& group, uint64_t epoch,
+                            const std::string& snapshot_id, bool* rolled_forward);
+
+// Every manifest staged in groups/ that reads (prune marks what they
+// reference: a committed one is published by the roll-forward).
+void ListStagedManifests(const Repository& repo, std::vector<Manifest>* out);
 
 }  // namespace dp420

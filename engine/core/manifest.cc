@@ -91,12 +91,14 @@ crypto::FileKind FileKindOf(const std::string& format) {
   if (format == "dp420-manifest") return crypto::FileKind::kManifest;
   if (format == "dp420-head") return crypto::FileKind::kHead;
   if (format == "dp420-link") return crypto::FileKind::kLink;
+  if (format == "dp420-group" || format == "dp420-group-epoch") return crypto::FileKind::kGroup;
   return crypto::FileKind::kConfig;
 }
 
 Result<crypto::FileKind> FileKindNamed(const std::string& name) {
   for (crypto::FileKind kind : {crypto::FileKind::kConfig, crypto::FileKind::kManifest,
-                                crypto::FileKind::kHead, crypto::FileKind::kLink}) {
+                                crypto::FileKind::kHead, crypto::FileKind::kLink,
+                                crypto::FileKind::kGroup}) {
     if (name == crypto::FileKindName(kind)) return kind;
   }
   return Status::Corruption("unknown kind '" + name + "'");

@@ -15,6 +15,7 @@
 #include <unordered_set>
 
 #include "engine/core/format.h"
+#include "engine/core/group_repo.h"
 #include "engine/core/pack.h"
 #include "engine/core/relocate.h"
 #include "engine/core/table.h"
@@ -110,6 +111,10 @@ void ListQuarantined(const Repository& repo, std::vector<Manifest>* out) {
 // Step 3: every manifest. A damaged one in snapshots/ makes prune refuse:
 // its references are unknown.
 Status LoadManifests(const Repository& repo, std::vector<Manifest>* live, size_t* strict) {
+  // Before snapshots/: a member published meanwhile (renamed from groups/
+  // into snapshots/) is seen in one of them.
+  std::vector<Manifest> staged;
+  ListStagedManifests(repo, &staged);
   std::vector<DamagedFile> damaged;
   DP420_RETURN_IF_ERROR(repo.ListManifests("", live, &damaged));
   if (!damaged.empty()) {
@@ -122,6 +127,10 @@ Status LoadManifests(const Repository& repo, std::vector<Manifest>* live, size_t
   *strict = live->size();
   // After snapshots/: a manifest repair moves meanwhile is seen in one of them.
   ListQuarantined(repo, live);
+  // Staged members of consistency groups: their own packs are journalled,
+  // and what they reference besides (parent pages, dedup hits) is kept for
+  // the roll-forward that may publish them.
+  for (Manifest& m : staged) live->push_back(std::move(m));
   return Status::Ok();
 }
 
@@ -814,6 +823,8 @@ Status KeepWhatNewSnapshotsReference(const Repository& repo,
                                      const std::vector<Manifest>& marked, Packs* packs,
                                      std::vector<uint32_t>* dead, std::set<uint32_t>* repacked,
                                      PruneReport* report) {
+  std::vector<Manifest> staged;  // first: see LoadManifests
+  ListStagedManifests(repo, &staged);
   std::vector<Manifest> now;
   std::vector<DamagedFile> damaged;
   DP420_RETURN_IF_ERROR(repo.ListManifests("", &now, &damaged));
@@ -840,6 +851,10 @@ Status KeepWhatNewSnapshotsReference(const Repository& repo,
   for (const Manifest& m : now) {
     if (seen.count({m.volume, m.snapshot_id})) continue;
     DP420_RETURN_IF_ERROR(walker.Walk(m, true, none));
+  }
+  for (const Manifest& m : staged) {
+    if (seen.count({m.volume, m.snapshot_id})) continue;
+    DP420_RETURN_IF_ERROR(walker.Walk(m, false, none));
   }
   for (uint32_t id : keep) {
     std::erase(*dead, id);

@@ -1,9 +1,9 @@
 // Prune and stats: reclaiming the space no snapshot needs, and measuring it.
 //
 // Prune marks what is live by walking the block table of every manifest in
-// snapshots/ and quarantine/ (table pages only, never block data), keeping a
-// bitmap of live 4 KiB slots per pack that doubles as the visited set of
-// shared pages. Packs with no live slot are deleted; packs whose unused share
+// snapshots/, quarantine/ and staged in groups/ (table pages only, never
+// block data), keeping a bitmap of live 4 KiB slots per pack that doubles as
+// the visited set of shared pages. Packs with no live slot are deleted; packs whose unused share
 // exceeds max_unused are repacked: their live records are copied into new
 // packs, read back and checked, and a relocation file (relocate.h) maps the
 // old references to the copies before the old pack is deleted. The order of

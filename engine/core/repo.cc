@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <thread>
@@ -15,6 +16,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "engine/core/group_repo.h"
 #include "engine/core/history.h"
 #include "engine/core/links.h"
 #include "io/inject.h"
@@ -594,6 +596,29 @@ std::vector<uint32_t> JournalPackIds(const std::string& t) {
   return packs;
 }
 
+bool JournalGroupMark(const std::string& t, std::string* group, uint64_t* epoch) {
+  static constexpr std::string_view kTag = "group ";
+  size_t pos = 0;
+  while (pos < t.size()) {
+    size_t nl = t.find('\n', pos);
+    if (nl == std::string::npos) return false;  // torn: the staged manifest was not written
+    std::string_view line(t.data() + pos, nl - pos);
+    pos = nl + 1;
+    if (line.substr(0, kTag.size()) != kTag) continue;
+    const size_t space = line.rfind(' ');
+    const std::string_view name = line.substr(kTag.size(), space - kTag.size());
+    const std::string_view digits = line.substr(space + 1);
+    if (space <= kTag.size() || digits.empty() || digits.size() > 20 ||
+        digits.find_first_not_of("0123456789") != std::string_view::npos) {
+      return false;
+    }
+    *group = std::string(name);
+    *epoch = std::strtoull(std::string(digits).c_str(), nullptr, 10);
+    return ValidGroupName(*group) && *epoch != 0;
+  }
+  return false;
+}
+
 Result<std::vector<uint32_t>> JournalledPackIds(const Repository& repo) {
   std::vector<uint32_t> packs;
   const std::string dir = repo.path() + "/tmp";
@@ -609,7 +634,9 @@ Result<std::vector<uint32_t>> JournalledPackIds(const Repository& repo) {
   return packs;
 }
 
-Status BackupJournal::Recover(const Repository& repo, const std::string& volume) {
+Status BackupJournal::Recover(const Repository& repo, const std::string& volume,
+                              bool* rolled_forward) {
+  if (rolled_forward) *rolled_forward = false;
   std::string path = repo.path() + "/tmp/" + volume + ".journal";
   auto text = io::ReadFile(path);
   if (!text.ok()) return Status::Ok();  // no journal: nothing to roll back
@@ -618,6 +645,17 @@ Status BackupJournal::Recover(const Repository& repo, const std::string& volume)
   // The snapshot line comes first, whole before any pack is created.
   if (t.rfind("snapshot ", 0) == 0 && t.find('\n') != std::string::npos) {
     snapshot_id = t.substr(9, t.find('\n') - 9);
+  }
+  std::string group;
+  uint64_t epoch = 0;
+  if (!snapshot_id.empty() && JournalGroupMark(t, &group, &epoch)) {
+    bool forward = false;
+    DP420_RETURN_IF_ERROR(RecoverMemberJournal(repo, volume, group, epoch, snapshot_id, &forward));
+    if (forward) {  // published: its packs are referenced
+      if (rolled_forward) *rolled_forward = true;
+      io::sys::Unlink(path.c_str());
+      return io::SyncDir(repo.path() + "/tmp");
+    }
   }
   const std::vector<uint32_t> packs = JournalPackIds(t);
   bool committed = false;
@@ -657,7 +695,13 @@ Status AppendDurably(int fd, const std::string& line, const std::string& path) {
 
 Result<BackupJournal> BackupJournal::Start(const Repository& repo, const std::string& volume,
                                            const std::string& snapshot_id) {
-  DP420_RETURN_IF_ERROR(Recover(repo, volume));
+  bool rolled_forward = false;
+  DP420_RETURN_IF_ERROR(Recover(repo, volume, &rolled_forward));
+  if (rolled_forward) {
+    return Status::Busy("a consistency group's snapshot of volume '" + volume + "' was published "
+                        "as this backup began (the roll-forward of a committed group): the "
+                        "backup's parent is not the newest snapshot any more; start it again");
+  }
   BackupJournal j;
   j.repo_ = &repo;
   j.path_ = repo.path() + "/tmp/" + volume + ".journal";
@@ -667,6 +711,12 @@ Result<BackupJournal> BackupJournal::Start(const Repository& repo, const std::st
   DP420_RETURN_IF_ERROR(AppendDurably(j.fd_, line, j.path_));
   DP420_RETURN_IF_ERROR(io::SyncDir(repo.path() + "/tmp"));
   return j;
+}
+
+Status BackupJournal::MarkGroup(const std::string& group, uint64_t epoch) {
+  char digits[32];
+  std::snprintf(digits, sizeof(digits), "%020llu", static_cast<unsigned long long>(epoch));
+  return AppendDurably(fd_, "group " + group + " " + digits + "\n", path_);
 }
 
 Status BackupJournal::AddPack(uint32_t pack_id) {

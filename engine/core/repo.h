@@ -194,8 +194,13 @@ class Repository {
 };
 
 // The packs named by the "pack XXXXXXXX" lines of a journal's `text` (a torn
-// last line names nothing).
+// last line names nothing; other lines, "snapshot ID" and "group GROUP
+// EPOCH", name no pack).
 std::vector<uint32_t> JournalPackIds(const std::string& text);
+// The consistency group and epoch a journal's "group GROUP EPOCH" line marks
+// it staged under (SnapshotBuilder::Stage); false when it has none (or only
+// a torn one: the staged manifest is written after that line is durable).
+bool JournalGroupMark(const std::string& text, std::string* group, uint64_t* epoch);
 // The packs every backup's journal (tmp/VOL.journal; not prune's own,
 // tmp/.prune.journal) names now, sorted: backups in progress, or dead ones not
 // yet rolled back. A journal that went meanwhile (its backup committed or
@@ -203,12 +208,22 @@ std::vector<uint32_t> JournalPackIds(const std::string& text);
 Result<std::vector<uint32_t>> JournalledPackIds(const Repository& repo);
 
 // Journal of an unfinished backup: tmp/VOL.journal lists the snapshot being
-// made and every pack created for it, each line durable before the pack is.
+// made and every pack created for it, each line durable before the pack is;
+// a member of a consistency group adds "group GROUP EPOCH" when it stages.
 class BackupJournal {
  public:
-  // Rolls back what a dead backup of `volume` left (its packs, unless its
-  // manifest exists), then starts a journal for `snapshot_id`. Requires the
-  // volume lock.
+  // What a dead backup of `volume` left: its packs are deleted unless its
+  // manifest exists; a member staged under a group epoch is rolled forward
+  // (published, with the group's other members) when the epoch committed
+  // with it (`*rolled_forward` then: the volume's newest snapshot changed),
+  // else the epoch is aborted if still open and the packs deleted
+  // (group_repo.h). Requires the volume lock; call it before choosing the
+  // parent of a backup.
+  static Status Recover(const Repository& repo, const std::string& volume,
+                        bool* rolled_forward = nullptr);
+  // Recovers (kBusy when that rolled a group member forward: the parent
+  // chosen before is not the newest any more), then starts a journal for
+  // `snapshot_id`. Requires the volume lock.
   static Result<BackupJournal> Start(const Repository& repo, const std::string& volume,
                                      const std::string& snapshot_id);
   BackupJournal() = default;
@@ -216,13 +231,14 @@ class BackupJournal {
   BackupJournal& operator=(BackupJournal&& o) noexcept;
   ~BackupJournal();
   Status AddPack(uint32_t pack_id);
+  // Before a staged manifest is written: "group GROUP EPOCH", durable.
+  Status MarkGroup(const std::string& group, uint64_t epoch);
   // After the manifest is durable: removes the journal.
   void Commit();
   // After a failed backup: deletes the packs it created and the journal.
   void Rollback();
 
  private:
-  static Status Recover(const Repository& repo, const std::string& volume);
   const Repository* repo_ = nullptr;
   std::string path_;
   int fd_ = -1;

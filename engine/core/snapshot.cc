@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "engine/core/group_repo.h"
 #include "engine/core/history.h"
 #include "engine/core/scanner.h"
 #include "engine/core/test_hooks.h"
@@ -76,16 +77,12 @@ uint64_t DefaultPageWindow(unsigned threads) {
 
 // ---- helpers ----
 
-namespace {
-
 std::string NewSnapshotId() {
   uint8_t raw[8] = {};
   while (!io::FillRandom(raw, sizeof(raw)).ok()) {
   }
   return simd::ToHex(raw, sizeof(raw));
 }
-
-}  // namespace
 
 std::string Rfc3339(uint64_t unix_ns) {
   time_t secs = static_cast<time_t>(unix_ns / 1000000000ull);
@@ -375,8 +372,7 @@ Status SnapshotBuilder::WriteManifest(bool* renamed) {
   return Status::Ok();
 }
 
-Result<Manifest> SnapshotBuilder::Commit(const SnapshotStats& stats) {
-  DP420_ASSERT(!committed_);
+Status SnapshotBuilder::FinishData(const SnapshotStats& stats) {
   if (!complete()) return Status::Internal("commit before every leaf page was consumed");
   CrashPoint("before-table");
   DP420_ASSIGN_OR_RETURN(m_.table_root, builder_->Finish());
@@ -395,6 +391,13 @@ Result<Manifest> SnapshotBuilder::Commit(const SnapshotStats& stats) {
   m_.blocks_stored = stats.blocks_stored;
   m_.bytes_written = stats.bytes_written + table_bytes;
   m_.bytes_read = stats.bytes_read;
+  return Status::Ok();
+}
+
+Result<Manifest> SnapshotBuilder::Commit(const SnapshotStats& stats) {
+  DP420_ASSERT(!committed_);
+  DP420_ASSERT(!staged());
+  DP420_RETURN_IF_ERROR(FinishData(stats));
   bool renamed = false;
   Status written = WriteManifest(&renamed);
   if (renamed) {
@@ -408,9 +411,99 @@ Result<Manifest> SnapshotBuilder::Commit(const SnapshotStats& stats) {
 void SnapshotBuilder::Rollback() {
   if (committed_) return;
   queue_.Abort();
+  if (staged() && !Unstage()) return;
   if (table_pack_) table_pack_->Abandon();
   table_pack_.reset();
   journal_.Rollback();
+}
+
+// ---- a member of a consistency group ----
+
+GroupMemberRecord SnapshotBuilder::SelfRecord() const {
+  GroupMemberRecord r;
+  r.volume = m_.volume;
+  r.snapshot_id = m_.snapshot_id;
+  r.sequence = m_.sequence;
+  r.manifest_seal = m_.seal;
+  return r;
+}
+
+// The volume lock is held from Start on, so the parent drafted then is still
+// the volume's newest; a head past it means a writer did not hold the lock.
+Status SnapshotBuilder::CheckStillNewest() const {
+  auto head = ReadHead(repo_, m_.volume);
+  if (head.ok() && head->sequence >= m_.sequence) {
+    return Status::Busy("volume '" + m_.volume + "' gained snapshot " + head->snapshot_id +
+                        " (sequence " + std::to_string(head->sequence) + ") while snapshot " +
+                        m_.snapshot_id + " was taken: not staged");
+  }
+  return Status::Ok();
+}
+
+Result<Manifest> SnapshotBuilder::Stage(const SnapshotStats& stats, const std::string& group,
+                                        uint64_t epoch) {
+  DP420_ASSERT(!committed_);
+  DP420_ASSERT(!staged());
+  if (!ValidGroupName(group) || epoch == 0) {
+    return Status::InvalidArgument("invalid group '" + group + "' or epoch " +
+                                   std::to_string(epoch));
+  }
+  DP420_RETURN_IF_ERROR(FinishData(stats));
+  DP420_RETURN_IF_ERROR(CheckStillNewest());
+  {
+    std::lock_guard lock(journal_mu_);
+    DP420_RETURN_IF_ERROR(journal_.MarkGroup(group, epoch));
+  }
+  // From here on a rollback also removes the staged manifest.
+  stage_group_ = group;
+  stage_epoch_ = epoch;
+  const std::string text = SealJson(m_.ToJson(), repo_.seal_key(), &m_.seal);
+  m_.file_name = m_.FileName();
+  DP420_RETURN_IF_ERROR(StageManifest(repo_, group, epoch, m_.volume, m_.snapshot_id, text));
+  return m_;
+}
+
+Status SnapshotBuilder::Publish() {
+  if (committed_) return Status::Ok();
+  const std::string what = "snapshot " + m_.snapshot_id + " of volume '" + m_.volume + "'";
+  if (!staged()) return Status::InvalidArgument(what + " was not staged: nothing to publish");
+  const std::string epoch = "epoch " + std::to_string(stage_epoch_) + " of group '" +
+                            stage_group_ + "'";
+  DP420_ASSIGN_OR_RETURN(GroupEpochState state,
+                         GroupEpochStateOf(repo_, stage_group_, stage_epoch_));
+  if (state == GroupEpochState::kOpen) {
+    return Status::Busy(epoch + " is not committed yet: " + what + " stays staged");
+  }
+  if (state == GroupEpochState::kAborted) {
+    return Status::InvalidArgument(epoch + " was aborted: " + what + " is not published");
+  }
+  DP420_ASSIGN_OR_RETURN(bool member, GroupCommittedWith(repo_, stage_group_, stage_epoch_,
+                                                         SelfRecord()));
+  if (!member) {
+    return Status::InvalidArgument(epoch + " was committed without " + what);
+  }
+  auto published = PublishStaged(repo_, stage_group_, stage_epoch_, SelfRecord());
+  const bool visible =
+      published.ok() || io::ReadFile(repo_.SnapshotsDir(m_.volume) + "/" + m_.file_name).ok();
+  if (visible) {
+    committed_ = true;
+    journal_.Commit();  // referenced now: never delete these packs
+  }
+  return published.status();
+}
+
+bool SnapshotBuilder::Unstage() {
+  bool committed = false;
+  // Cannot tell: the packs stay, the volume's next writer decides (BackupJournal).
+  if (!UnstageManifest(repo_, stage_group_, stage_epoch_, SelfRecord(), &committed).ok()) {
+    return false;
+  }
+  if (committed) {
+    (void)Publish();
+    return false;
+  }
+  stage_group_.clear();
+  return true;
 }
 
 }  // namespace dp420

@@ -31,6 +31,8 @@
 
 namespace dp420 {
 
+struct GroupMemberRecord;  // group_repo.h
+
 // What a block of a leaf page is, relative to the parent snapshot.
 enum BlockVerdict : uint8_t { kUnchanged = 0, kZero = 1, kData = 2 };
 
@@ -121,20 +123,27 @@ class SnapshotBuilder {
   // After every data pack is finished and durable: writes the table and the
   // manifest. The snapshot is committed once this returns OK.
   Result<Manifest> Commit(const SnapshotStats& stats);
-  // Deletes what this snapshot wrote (also done by the destructor).
+  // Deletes what this snapshot wrote (also done by the destructor). A staged
+  // snapshot whose group committed with it is published instead, never
+  // deleted (or, when that fails, left to the volume's next writer).
   void Rollback();
 
   // A member of a consistency group (group_repo.h): as Commit, but the
   // manifest goes into groups/GROUP/EPOCH/VOL.manifest instead of the
   // volume's folder, and the journal is kept, marked with the group and
-  // epoch. kBusy when the epoch is not open. The builder (and the volume
-  // lock its owner holds) must live on until the group's outcome: then
-  // Publish (the group committed) or Rollback (it did not).
+  // epoch (durably, before the manifest is written). kBusy when the epoch is
+  // not open. The builder (and the volume lock its owner holds) must live on
+  // until the group's outcome: then Publish (the group committed) or
+  // Rollback (it did not). Returns the manifest, its seal set: the staged
+  // file's bytes are the ones Publish puts into the volume's folder.
   Result<Manifest> Stage(const SnapshotStats& stats, const std::string& group, uint64_t epoch);
   // After the group manifest is durable: the staged manifest renamed into
-  // the volume's folder, the head advanced, the journal removed. Idempotent.
+  // the volume's folder, the head advanced, the journal removed. kBusy while
+  // the epoch is open, kInvalidArgument when it was aborted or committed
+  // without this snapshot. Idempotent (also after RecoverGroups published it).
   Status Publish();
   bool staged() const { return !stage_group_.empty(); }
+  bool committed() const { return committed_; }
 
   uint64_t table_pages_written() const { return builder_->pages_written(); }
   // The codec table pages are compressed with (none until set); they are
@@ -145,7 +154,14 @@ class SnapshotBuilder {
  private:
   SnapshotBuilder(const Repository& repo, uint64_t window) : repo_(repo), queue_(window) {}
   Status WritePage(const uint8_t* bytes, uint32_t len, ObjRef* ref);
+  // Table and packs durable, checksum and counters into the manifest.
+  Status FinishData(const SnapshotStats& stats);
   Status WriteManifest(bool* renamed);
+  Status CheckStillNewest() const;
+  // Removes the staged manifest unless the group committed with it; false
+  // when the packs must stay (committed, or the repository cannot tell).
+  bool Unstage();
+  GroupMemberRecord SelfRecord() const;
 
   const Repository& repo_;
   // The repository lock, shared: held from Start() on, so prune deletes
@@ -171,6 +187,8 @@ class SnapshotBuilder {
   uint64_t stage_epoch_ = 0;
 };
 
+// A new snapshot id (or group snapshot id): 16 hex digits, 64 random bits.
+std::string NewSnapshotId();
 // Checks `requested` (0: the parent's, or kDefaultBlockSize) against the chain.
 Result<uint32_t> ChooseBlockSize(const std::string& volume, uint32_t requested,
                                  const Manifest* parent);

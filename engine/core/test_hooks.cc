@@ -51,9 +51,22 @@ void SetPausePointHookForTest(std::function<void(const char*)> hook) {
   held = std::move(next);
 }
 
+namespace {
+std::atomic<const std::string*> g_crash_point{nullptr};
+}  // namespace
+
+void SetCrashPointForTest(const char* point) {
+  static std::string held;
+  g_crash_point.store(nullptr, std::memory_order_release);
+  held = point ? point : "";
+  g_crash_point.store(&held, std::memory_order_release);
+}
+
 void CrashPoint(const char* point) {
   const CrashSpec& s = Spec();
   if (!s.point.empty() && s.point == point) Die();
+  const std::string* set = g_crash_point.load(std::memory_order_acquire);
+  if (set != nullptr && *set == point) Die();
 }
 
 void CrashAfterData(uint64_t blocks_written) {

@@ -7,7 +7,11 @@
 // "restore-before-rename" (a named partial file is about to become TARGET);
 // in a backup's freeze read in place (engine/control/pit.cc), "frozen" (the
 // file system is frozen) and "frozen-orphaned" (the same, its watchdog
-// process killed first).
+// process killed first); in a consistency group's commit (group_repo.cc),
+// "group-stage-before-rename", "group-stage-after-rename" (a member's staged
+// manifest), "group-before-rename", "group-after-rename" (the group
+// manifest), "group-before-publish", "group-after-publish" (a member's
+// manifest renamed into its volume's folder).
 // Unset (the normal case), each check is one predictable branch.
 #pragma once
 
@@ -24,8 +28,11 @@ void PausePoint(const char* point);
 // Sets (or, with nullptr, clears) the hook; not while PausePoint may run.
 void SetPausePointHookForTest(std::function<void(const char*)> hook);
 
-// Kills the process if DP420_TEST_CRASH equals `point`.
+// Kills the process if DP420_TEST_CRASH (or the point set below) equals `point`.
 void CrashPoint(const char* point);
+// Sets the crash point of this process in place of DP420_TEST_CRASH (which
+// is read once): for a test's forked child, before it does what is to die.
+void SetCrashPointForTest(const char* point);
 // Kills the process once `blocks_written` reaches N of "after-data:N".
 void CrashAfterData(uint64_t blocks_written);
 // True when DP420_TEST_NO_TMPFILE=1: a restore writes its file under a

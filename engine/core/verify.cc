@@ -19,6 +19,7 @@
 
 #include "engine/core/damage.h"
 #include "engine/core/format.h"
+#include "engine/core/group_repo.h"
 #include "engine/core/history.h"
 #include "engine/core/pack.h"
 #include "engine/core/table.h"
@@ -818,7 +819,12 @@ Result<VerifyReport> RunVerify(const Repository& repo, const VerifyOptions& opti
   // Shared: prune deletes no pack or relocation file while verify runs.
   DP420_ASSIGN_OR_RETURN(VolumeLock repo_lock, repo.LockRepository(false));
   Verifier verifier(repo, options);
-  return verifier.Run();
+  DP420_ASSIGN_OR_RETURN(VerifyReport report, verifier.Run());
+  // The whole repository: its consistency groups too.
+  if (options.volume.empty() && options.snapshot.empty()) {
+    DP420_RETURN_IF_ERROR(VerifyGroups(repo, &report));
+  }
+  return report;
 }
 
 }  // namespace dp420

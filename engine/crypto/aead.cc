@@ -139,6 +139,7 @@ const char* FileKindName(FileKind kind) {
     case FileKind::kManifest: return "manifest";
     case FileKind::kHead: return "head";
     case FileKind::kLink: return "link";
+    case FileKind::kGroup: return "group";
   }
   return "unknown";
 }

@@ -119,8 +119,9 @@ enum class FileKind : uint8_t {
   kManifest = 2,
   kHead = 3,
   kLink = 4,
+  kGroup = 5,  // a consistency group's manifest and the epoch counter
 };
-// "config", "manifest", "head", "link".
+// "config", "manifest", "head", "link", "group".
 const char* FileKindName(FileKind kind);
 
 // ---- AES-256-GCM, one shot ----

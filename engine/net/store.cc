@@ -726,6 +726,9 @@ Result<std::shared_ptr<BackupSession>> StartSession(ServerContext& ctx, const Se
   if (again.repo != vol.repo || again.owner != who.client) {
     return Status::Busy("volume '" + vol.shown + "' changed while the backup began: retry");
   }
+  // What a dead writer left first: it may publish a group member, which
+  // changes the newest snapshot.
+  DP420_RETURN_IF_ERROR(BackupJournal::Recover(ctx.repo, vol.repo));
   auto newest = ParentOfNextBackup(ctx.repo, vol.repo);
   if (!newest.ok()) {
     return Status::Make(newest.status().code(), newest.status().message() +
