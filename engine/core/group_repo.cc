@@ -705,9 +705,12 @@ Result<Manifest> PublishStaged(const Repository& repo, const std::string& group,
   if (!synced.ok()) synced = io::SyncDir(dir);
   DP420_RETURN_IF_ERROR(synced.Prefix("snapshot " + m.snapshot_id + " was published but its "
                                       "folder could not be made durable"));
-  // Only tidiness rests on this one: a staged name that comes back is
-  // published again, to the same name with the same bytes.
-  (void)io::SyncDir(StagingDir(repo, group, epoch));
+  // Only tidiness rests on these: a staged name that comes back is
+  // published again, to the same name with the same bytes. The last member
+  // published removes the staging folder (nothing is staged once committed).
+  const std::string staging = StagingDir(repo, group, epoch);
+  (void)io::SyncDir(staging);
+  if (io::sys::Rmdir(staging.c_str()) == 0) (void)io::SyncDir(GroupDir(repo, group));
   DP420_RETURN_IF_ERROR(AdvanceHeadTo(repo, m).Prefix(
       "snapshot " + m.snapshot_id + " was published but the volume's head could not be advanced"));
   return m;
