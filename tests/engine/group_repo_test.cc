@@ -61,6 +61,20 @@ class GroupRepoTest : public ::testing::Test {
   }
   void TearDown() override { unsetenv("DP420_STATE_DIR"); }
 
+  // Replaces the repository with an encrypted one (a passphrase slot).
+  void UseEncryptedRepository() {
+    const std::string passphrase = dir_.path() + "/passphrase";
+    WriteAll(passphrase, {'g', 'r', 'o', 'u', 'p', 's', '\n'});
+    InitOptions init;
+    init.encrypted = true;
+    init.key_source.passphrase_file = passphrase;
+    repo_path_ = dir_.path() + "/encrypted";
+    ASSERT_TRUE(Repository::Init(repo_path_, init).ok());
+    auto repo = Repository::Open(repo_path_, init.key_source);
+    ASSERT_TRUE(repo.ok()) << repo.status().ToString();
+    repo_ = std::move(repo).value();
+  }
+
   std::string Source(const std::string& volume) const {
     return dir_.path() + "/" + volume + ".img";
   }
@@ -266,6 +280,32 @@ TEST_F(GroupRepoTest, StagedMembersAreInvisibleUntilCommittedAndPublishedAndRest
   ASSERT_TRUE(b2.builder->Publish().ok());
   EXPECT_EQ(Restore("a", "latest"), images_["a"]);
   EXPECT_EQ(Groups().size(), 2u);
+  ExpectClean();
+}
+
+// In an encrypted repository the group manifest and the epoch file are
+// encrypted (kind "group") and read back; the members restore.
+TEST_F(GroupRepoTest, AnEncryptedRepositoryEncryptsGroupFiles) {
+  UseEncryptedRepository();
+  StagedBackup a, b;
+  const uint64_t epoch = StageAndCommit(&a, &b);
+  ASSERT_TRUE(a.builder->Publish().ok());
+  ASSERT_TRUE(b.builder->Publish().ok());
+  a = StagedBackup();
+  b = StagedBackup();
+  const std::vector<GroupManifest> groups = Groups();
+  ASSERT_EQ(groups.size(), 1u);
+  EXPECT_EQ(groups[0].epoch, epoch);
+  for (const std::string& file : {GroupDir() + "/" + groups[0].file_name,
+                                  repo_path_ + "/groups/.epoch"}) {
+    auto text = io::ReadFile(file);
+    ASSERT_TRUE(text.ok());
+    EXPECT_EQ(text->rfind("{\"format\":\"dp420-sealed\",\"kind\":\"group\"", 0), 0u) << *text;
+    EXPECT_EQ(text->find("\"epoch\""), std::string::npos);  // no field in the clear
+  }
+  EXPECT_EQ(Begin(), epoch + 1);
+  EXPECT_EQ(Restore("a", "latest"), images_["a"]);
+  EXPECT_EQ(Restore("b", "latest"), images_["b"]);
   ExpectClean();
 }
 
