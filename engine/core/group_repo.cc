@@ -612,6 +612,13 @@ Status StageManifest(const Repository& repo, const std::string& group, uint64_t 
                         "begun): snapshot " + snapshot_id + " of volume '" + volume +
                         "' is not staged");
   }
+  // Only the newest epoch can commit: staging under an older one is refused
+  // as its commit would be.
+  DP420_ASSIGN_OR_RETURN(uint64_t newest, ReadNewestEpoch(repo));
+  if (epoch != newest) {
+    return Status::Busy(What(group, epoch) + " is not the newest (" + std::to_string(newest) +
+                        "): fenced; snapshot " + snapshot_id + " is not staged");
+  }
   const std::string dir = StagingDir(repo, group, epoch);
   DP420_RETURN_IF_ERROR(io::MakeDirs(dir));
   return WriteRenamed(repo.path() + "/tmp/" + snapshot_id + ".manifest.tmp",

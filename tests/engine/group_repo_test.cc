@@ -339,7 +339,13 @@ TEST_F(GroupRepoTest, RefusedCommitsPublishNothing) {
   auto fenced = CommitGroup(*repo_, kGroup, old_epoch, {Record("a", sa), Record("b", sb)}, "t");
   EXPECT_EQ(fenced.status().code(), Code::kBusy);
   EXPECT_NE(fenced.status().message().find("fenced"), std::string::npos);
+  // Nor is anything staged under it any more.
+  Write("c", 1 << 20, 3);
+  auto c = StageBackup(*repo_, Options("c"), kGroup, old_epoch);
+  EXPECT_EQ(c.status().code(), Code::kBusy);
+  EXPECT_NE(c.status().message().find("fenced"), std::string::npos) << c.status().ToString();
   expect_nothing(old_epoch);
+  EXPECT_TRUE(Listed("c").empty());
   // An aborted epoch.
   ASSERT_TRUE(AbortGroupEpoch(*repo_, "other", newer).ok());
   const uint64_t aborted = Begin();
