@@ -712,15 +712,18 @@ Result<Manifest> PublishStaged(const Repository& repo, const std::string& group,
   if (!synced.ok()) synced = io::SyncDir(dir);
   DP420_RETURN_IF_ERROR(synced.Prefix("snapshot " + m.snapshot_id + " was published but its "
                                       "folder could not be made durable"));
-  // Only tidiness rests on these: a staged name that comes back is
-  // published again, to the same name with the same bytes. The last member
-  // published removes the staging folder (nothing is staged once committed).
-  const std::string staging = StagingDir(repo, group, epoch);
-  (void)io::SyncDir(staging);
-  if (io::sys::Rmdir(staging.c_str()) == 0) (void)io::SyncDir(GroupDir(repo, group));
+  // Only tidiness rests on this one: a staged name that comes back is
+  // published again, to the same name with the same bytes.
+  (void)io::SyncDir(StagingDir(repo, group, epoch));
   DP420_RETURN_IF_ERROR(AdvanceHeadTo(repo, m).Prefix(
       "snapshot " + m.snapshot_id + " was published but the volume's head could not be advanced"));
   return m;
+}
+
+void RemoveStagingIfEmpty(const Repository& repo, const std::string& group, uint64_t epoch) {
+  if (io::sys::Rmdir(StagingDir(repo, group, epoch).c_str()) == 0) {
+    (void)io::SyncDir(GroupDir(repo, group));
+  }
 }
 
 // ---- the roll-forward ----
@@ -769,6 +772,7 @@ Status PublishOne(const Repository& repo, const GroupManifest& gm, const std::st
   }
   DP420_ASSIGN_OR_RETURN(Manifest m, PublishStaged(repo, gm.group, gm.epoch, *r));
   DP420_RETURN_IF_ERROR(RemoveJournalOf(repo, volume, m.snapshot_id));
+  RemoveStagingIfEmpty(repo, gm.group, gm.epoch);
   Log(log, "published snapshot " + m.snapshot_id + " of volume '" + volume + "' (" +
                What(gm.group, gm.epoch) + ")");
   return Status::Ok();

@@ -179,6 +179,11 @@ Status UnstageManifest(const Repository& repo, const std::string& group, uint64_
 Result<Manifest> PublishStaged(const Repository& repo, const std::string& group, uint64_t epoch,
                                const GroupMemberRecord& member);
 
+// After a published member's journal is removed: the staging folder of
+// (group, epoch) goes when nothing is left in it. Until then a crash leaves
+// the folder, which RecoverGroups looks at.
+void RemoveStagingIfEmpty(const Repository& repo, const std::string& group, uint64_t epoch);
+
 // The journal's recovery of a dead member (BackupJournal::Recover, under the
 // volume lock): when (group, epoch) is committed with `snapshot_id` of
 // `volume`, every member of the epoch is published (this volume's first; the
