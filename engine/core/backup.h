@@ -14,10 +14,12 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "engine/core/job.h"
 #include "engine/core/manifest.h"
 #include "engine/core/repo.h"
+#include "engine/core/snapshot.h"
 
 namespace dp420 {
 
@@ -106,7 +108,19 @@ Result<BackupResult> RunBackup(const Repository& repo, const BackupOptions& opti
 // it rolls the snapshot back (publishes it when its group committed). The
 // blocks it stores are not added to the dedup index.
 struct StagedBackup {
-  VolumeLock lock;  // first: released after the builder is done
+  StagedBackup() = default;
+  StagedBackup(StagedBackup&&) = default;
+  // The builder this one held is done (rolled back or published) before
+  // the volume lock it held goes.
+  StagedBackup& operator=(StagedBackup&& o) noexcept {
+    builder.reset();
+    builder = std::move(o.builder);
+    lock = std::move(o.lock);
+    result = std::move(o.result);
+    return *this;
+  }
+
+  VolumeLock lock;  // first: released after the builder is destroyed
   std::unique_ptr<SnapshotBuilder> builder;
   BackupResult result;  // result.manifest: the staged manifest, seal set
 };

@@ -612,6 +612,13 @@ Status StageManifest(const Repository& repo, const std::string& group, uint64_t 
                         "begun): snapshot " + snapshot_id + " of volume '" + volume +
                         "' is not staged");
   }
+  // Only the newest epoch can commit: staging under an older one is refused
+  // as its commit would be.
+  DP420_ASSIGN_OR_RETURN(uint64_t newest, ReadNewestEpoch(repo));
+  if (epoch != newest) {
+    return Status::Busy(What(group, epoch) + " is not the newest (" + std::to_string(newest) +
+                        "): fenced; snapshot " + snapshot_id + " is not staged");
+  }
   const std::string dir = StagingDir(repo, group, epoch);
   DP420_RETURN_IF_ERROR(io::MakeDirs(dir));
   return WriteRenamed(repo.path() + "/tmp/" + snapshot_id + ".manifest.tmp",
@@ -713,6 +720,12 @@ Result<Manifest> PublishStaged(const Repository& repo, const std::string& group,
   return m;
 }
 
+void RemoveStagingIfEmpty(const Repository& repo, const std::string& group, uint64_t epoch) {
+  if (io::sys::Rmdir(StagingDir(repo, group, epoch).c_str()) == 0) {
+    (void)io::SyncDir(GroupDir(repo, group));
+  }
+}
+
 // ---- the roll-forward ----
 
 namespace {
@@ -759,6 +772,7 @@ Status PublishOne(const Repository& repo, const GroupManifest& gm, const std::st
   }
   DP420_ASSIGN_OR_RETURN(Manifest m, PublishStaged(repo, gm.group, gm.epoch, *r));
   DP420_RETURN_IF_ERROR(RemoveJournalOf(repo, volume, m.snapshot_id));
+  RemoveStagingIfEmpty(repo, gm.group, gm.epoch);
   Log(log, "published snapshot " + m.snapshot_id + " of volume '" + volume + "' (" +
                What(gm.group, gm.epoch) + ")");
   return Status::Ok();

@@ -18,11 +18,19 @@
 // (SnapshotBuilder::Publish, or RecoverGroups after a crash): its staged
 // manifest renamed into snapshots/VOL/, the head advanced, the journal
 // removed. Before the rename nothing of the epoch is visible; after it the
-// members are published or will be by the next writer (roll-forward): a
-// torn group is never visible.
+// members are published, or will be by the roll-forward after a crash
+// (RecoverGroups, or the journal recovery of any member volume's next
+// writer, which publishes the other members too): a group is published in
+// part only between its members' publishes, never for good. The order of
+// each step, and what every crash leaves: docs/FORMAT.md "Consistency groups".
 //
-// Thread safety: functions over a Repository; changes serialize on
-// groups/.lock (also between processes).
+// Locks: changes serialize on groups/.lock (flock, also between processes,
+// held for short steps). A volume's writer takes it while holding the
+// volume's lock; no one waits for a volume lock while holding it, and waits
+// for volume locks are bounded (lock_wait): a second flock of a volume this
+// process holds already would wait for itself.
+//
+// Thread safety: functions over a Repository, callable from any thread.
 #pragma once
 
 #include <chrono>
@@ -111,12 +119,16 @@ Result<GroupManifest> CommitGroup(const Repository& repo, const std::string& gro
 // the next writer of the volume: BackupJournal sees the epoch aborted).
 Status AbortGroupEpoch(const Repository& repo, const std::string& group, uint64_t epoch);
 
-// After a crash, under groups/.lock and each member volume's lock (waiting
-// up to `lock_wait` for it): every committed epoch whose members are not
-// all published is rolled forward (staged manifest into snapshots/VOL/,
-// head advanced, journal removed); with `abort_open`, every open epoch is
-// aborted (the server at start: no coordinator outlives its server). What
-// it did goes to `log` lines when given.
+// After a crash, each member under its volume's lock (waiting up to
+// `lock_wait` for it), groups/.lock for short steps: every committed epoch
+// whose members are not all published is rolled forward (staged manifest
+// into snapshots/VOL/, head advanced, journal removed, then EPOCH.open and
+// the staging folder removed), also one whose EPOCH.open is gone; with
+// `abort_open`, every open epoch is aborted and the journals of its staged
+// members rolled back (the server at start: no coordinator outlives its
+// server); what an abort left is removed. What it did goes to `log` lines
+// when given. A volume it could not lock (kBusy) or recover does not stop
+// the others: the first such error is returned at the end.
 Status RecoverGroups(const Repository& repo, bool abort_open, std::chrono::milliseconds lock_wait,
                      std::vector<std::string>* log = nullptr);
 
@@ -128,15 +140,18 @@ Status ListGroupManifests(const Repository& repo, const std::string& group,
 
 // Verify's part: every group manifest's seal, repository id, and each
 // member: its snapshot exists with the seal recorded (a member forgotten
-// since is not a problem; a member manifest with another seal, or missing
-// while not forgotten, is). Problems are added to `report`.
+// since is not a problem, nor one still staged with that seal; a member
+// manifest with another seal, or missing while not forgotten, is). Problems
+// are added to `report`, named "groups/GROUP/EPOCH-ID.group". RunVerify
+// calls it when it verifies the whole repository.
 Status VerifyGroups(const Repository& repo, VerifyReport* report);
 
 // ---- the member's side: SnapshotBuilder (snapshot.cc) and BackupJournal (repo.cc) ----
 
 // Writes a member's sealed manifest text into groups/GROUP/EPOCH/VOL.manifest
 // (tmp/ID.manifest.tmp, fsync, rename, fsync of the folder), under
-// groups/.lock; kBusy when the epoch is not open. The journal of the
+// groups/.lock; kBusy when the epoch is not open, or not the newest
+// (fenced: it could not commit). The journal of the
 // snapshot is marked with (group, epoch) before. Requires the volume lock.
 Status StageManifest(const Repository& repo, const std::string& group, uint64_t epoch,
                      const std::string& volume, const std::string& snapshot_id,
@@ -163,6 +178,11 @@ Status UnstageManifest(const Repository& repo, const std::string& group, uint64_
 // caller removes the journal.
 Result<Manifest> PublishStaged(const Repository& repo, const std::string& group, uint64_t epoch,
                                const GroupMemberRecord& member);
+
+// After a published member's journal is removed: the staging folder of
+// (group, epoch) goes when nothing is left in it. Until then a crash leaves
+// the folder, which RecoverGroups looks at.
+void RemoveStagingIfEmpty(const Repository& repo, const std::string& group, uint64_t epoch);
 
 // The journal's recovery of a dead member (BackupJournal::Recover, under the
 // volume lock): when (group, epoch) is committed with `snapshot_id` of

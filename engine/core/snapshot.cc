@@ -489,7 +489,9 @@ Status SnapshotBuilder::Publish() {
     committed_ = true;
     journal_.Commit();  // referenced now: never delete these packs
   }
-  return published.status();
+  DP420_RETURN_IF_ERROR(published.status());
+  RemoveStagingIfEmpty(repo_, stage_group_, stage_epoch_);
+  return Status::Ok();
 }
 
 bool SnapshotBuilder::Unstage() {

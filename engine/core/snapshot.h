@@ -132,7 +132,7 @@ class SnapshotBuilder {
   // manifest goes into groups/GROUP/EPOCH/VOL.manifest instead of the
   // volume's folder, and the journal is kept, marked with the group and
   // epoch (durably, before the manifest is written). kBusy when the epoch is
-  // not open. The builder (and the volume lock its owner holds) must live on
+  // not open, or not the newest (fenced). The builder (and the volume lock its owner holds) must live on
   // until the group's outcome: then Publish (the group committed) or
   // Rollback (it did not). Returns the manifest, its seal set: the staged
   // file's bytes are the ones Publish puts into the volume's folder.
