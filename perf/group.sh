@@ -102,7 +102,7 @@ volumes() {
     local f="$BASE/xfs/$method-$i.img"
     if [[ "$method" == reflink ]]; then
       dd if=/dev/urandom of="$f" bs=1M count="$size_mib" status=none
-      echo "$f $f snapshot-source=reflink"
+      echo "$f $f snapshot-source=reflink,pre-hook=true"
     else
       truncate -s "${size_mib}M" "$f"
       local l; l=$(losetup --find --show "$f"); loops+=("$l")

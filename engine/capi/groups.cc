@@ -40,6 +40,7 @@ dp420::Result<dp420::Json> GroupBackupArgs(const dp420_group_backup_opts_t& in) 
   if (in.cut_ms) args["cut_ms"] = in.cut_ms;
   if (in.heartbeat_ms) args["heartbeat_ms"] = in.heartbeat_ms;
   if (in.max_skew_ms) args["max_skew_ms"] = in.max_skew_ms;
+  if (in.transfer_ms) args["transfer_ms"] = in.transfer_ms;
   return args;
 }
 

@@ -78,6 +78,7 @@ int CmdGroupBackup(const Common& c, const GroupArgs& a) {
     o.cut_ms = MillisOrZero(a.cut_s);
     o.heartbeat_ms = MillisOrZero(a.member_heartbeat_s);
     o.max_skew_ms = MillisOrZero(a.max_skew_s);
+    o.transfer_ms = MillisOrZero(a.transfer_s);
     char* text = nullptr;
     int rc = dp420_group_backup(g_ctx, repo, &o, &text);
     Json summary = text ? Json::parse(text, nullptr, false) : Json();
@@ -160,6 +161,11 @@ GroupCommands AddGroupCommands(CLI::App* app, Common* c, GroupArgs* a) {
                                 "Seconds between a transferring member's heartbeats; lost "
                                 "after 3 missed (default 5; agents beat every second)")
       ->check(CLI::Range(1.0, 86400.0));
+  cmds.group_backup->add_option("--transfer-timeout", a->transfer_s,
+                                "Seconds from the cut for every member's data to be durable "
+                                "(default 86400): a member that only beats holds the others' "
+                                "volumes no longer")
+      ->check(CLI::Range(1.0, 604800.0));
   cmds.group_backup->add_option("--max-member-skew", a->max_skew_s,
                                 "Largest clock skew of a member against the server, seconds "
                                 "(default 0.5)")

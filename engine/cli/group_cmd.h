@@ -22,7 +22,7 @@ struct GroupArgs {
   // group-backup
   std::string group;
   std::vector<std::string> members;  // CLIENT:VOLUME
-  double prepare_s = 0, cut_s = 0, member_heartbeat_s = 0, max_skew_s = 0;
+  double prepare_s = 0, cut_s = 0, member_heartbeat_s = 0, max_skew_s = 0, transfer_s = 0;
 };
 
 struct GroupCommands {

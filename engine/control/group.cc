@@ -50,7 +50,8 @@ Status GroupTimeouts::Validate() const {
   for (const Bound& b : {Bound{"prepare", prepare_ns, kDay}, Bound{"cut", cut_ns, kDay},
                          Bound{"resend", resend_ns, kDay}, Bound{"heartbeat", heartbeat_ns, kDay},
                          Bound{"max_hold", max_hold_ns, 3'600'000 * kMs},
-                         Bound{"max_skew", max_skew_ns, kDay}}) {
+                         Bound{"max_skew", max_skew_ns, kDay},
+                         Bound{"transfer", transfer_ns, 7 * kDay}}) {
     if (b.value < kMs || b.value > b.max) {
       return Status::InvalidArgument(std::string("group timeout ") + b.name + " is " +
                                      Seconds(b.value) + "; allowed 0.001 s to " + Seconds(b.max));
@@ -345,6 +346,8 @@ const GroupCoordinator::Probe* GroupCoordinator::FindProbe(const Member& m, uint
 // its data durable.
 void GroupCoordinator::OnDurable(const GroupMsg& msg, Member& m, GroupMemberResult& r) {
   if (phase_ == Phase::kPreparing) return;  // no CUT was sent: nothing can be durable
+  // Said again until the outcome: checked once (the repository read is not free).
+  if (m.durable && r.manifest_hash == msg.detail) return;
   Result<std::optional<std::string>> read = store_.Staged(group_, epoch_, msg.member);
   if (!read.ok()) {
     return Abort(read.status().Prefix("reading what member " + msg.member + " staged"));
@@ -432,6 +435,12 @@ void GroupCoordinator::CheckDeadlines(int64_t now) {
                                  Seconds(t_.cut_ns) + ": " + late));
   }
   if (phase_ != Phase::kTransferring) return;
+  // A member that beats but never becomes durable holds the others' volumes
+  // (their staged snapshots keep their locks): not for longer than this.
+  if (now - phase_start_ > t_.transfer_ns) {
+    return Abort(Status::Network("not every member's data was durable within " +
+                                 Seconds(t_.transfer_ns) + " of the cut: " + late));
+  }
   for (size_t i = 0; i < members_.size(); ++i) {
     const Member& m = members_[i];
     if (!m.durable && m.heard && m.heard->Lost()) {
@@ -445,6 +454,7 @@ bool GroupCoordinator::Answered(const Member& m) const {
   switch (phase_) {
     case Phase::kPreparing: return m.quiet;
     case Phase::kCutting: return m.cut;
+    case Phase::kTransferring: return m.durable;
     default: return true;
   }
 }

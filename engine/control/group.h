@@ -104,8 +104,10 @@ struct GroupTimeouts {
   int loss_beats = 3;                   // silent this many beats: lost
   int64_t max_hold_ns = 7'000'000'000;  // a member's hold, never longer (--max-freeze)
   int64_t max_skew_ns = 500'000'000;    // a member's wall clock against the server's
+  int64_t transfer_ns = 86'400'000'000'000;  // every member DURABLE within this of the cut
 
-  // Each duration 1 ms - 1 day (max_hold up to 1 h), loss_beats 1-100.
+  // Each duration 1 ms - 1 day (max_hold up to 1 h, transfer up to 7 days),
+  // loss_beats 1-100.
   Status Validate() const;
 };
 

@@ -469,8 +469,18 @@ Status PointInTime::Begin(PitMethod m, bool automatic, const struct stat& st) {
     DP420_RETURN_IF_ERROR(RunHook("pre-hook", o.pre_hook, o.hook_timeout, o.cancel));
   }
   // A freeze holds once frozen (BeginFreeze); every other method once the
-  // pre hook ran.
-  if (m != PitMethod::kFsfreeze && o.at_hold) DP420_RETURN_IF_ERROR(o.at_hold());
+  // pre hook ran, and without one nothing holds: a caller that needs a hold
+  // (a group member) is refused rather than told it holds.
+  if (m != PitMethod::kFsfreeze && o.at_hold) {
+    if (o.pre_hook.empty()) {
+      return Status::InvalidArgument(
+          std::string("nothing holds ") + EscapeBytes(source_) + " (snapshot-source " +
+          PitMethodName(m) + " without a pre hook" +
+          (s.record.note.empty() ? "" : "; " + s.record.note) +
+          "): a group member needs fsfreeze with freeze-mount=DIR, or a pre-hook");
+    }
+    DP420_RETURN_IF_ERROR(o.at_hold());
+  }
   if (m == PitMethod::kReflink) {
     auto fd = CloneUnnamed(source_);
     if (fd.ok()) {

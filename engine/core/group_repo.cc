@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -67,8 +68,10 @@ bool ParseEpochPrefix(const std::string& name, const std::string& suffix, uint64
       name.compare(kEpochDigits, suffix.size(), suffix) != 0) {
     return false;
   }
-  *epoch = std::stoull(name.substr(0, kEpochDigits));
-  return *epoch != 0;
+  // 20 digits can be past 2^64: such a name is no epoch (from_chars, not stoull,
+  // which would throw).
+  auto [end, ec] = std::from_chars(name.data(), name.data() + kEpochDigits, *epoch);
+  return ec == std::errc() && end == name.data() + kEpochDigits && *epoch != 0;
 }
 
 // "EPOCH-ID.group": its epoch and group snapshot id.

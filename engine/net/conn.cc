@@ -294,7 +294,9 @@ Status Conn::Send(FrameType type, uint64_t request_id, std::span<const uint8_t> 
   send_cipher_->Update(payload.data(), send_scratch_.data(), payload.size());
   send_cipher_->Seal(send_scratch_.data() + payload.size());
   iovec iov[2] = {{&header, sizeof(header)}, {send_scratch_.data(), send_scratch_.size()}};
-  return SendIov(iov, 2, Clock::now() + timeout, timeout, true);
+  // The frame took a nonce of this direction: unsent, the next one would not
+  // open at the peer. A timeout before its first byte breaks the stream too.
+  return SendIov(iov, 2, Clock::now() + timeout, timeout, false);
 }
 
 Status Conn::SendInPlace(FrameType type, uint64_t request_id, uint8_t* payload, size_t len,
@@ -313,7 +315,7 @@ Status Conn::SendInPlace(FrameType type, uint64_t request_id, uint8_t* payload, 
   send_cipher_->Update(payload, payload, len);
   send_cipher_->Seal(payload + len);
   iovec iov[2] = {{&header, sizeof(header)}, {payload, len + kTagBytes}};
-  return SendIov(iov, 2, Clock::now() + timeout, timeout, true);
+  return SendIov(iov, 2, Clock::now() + timeout, timeout, false);  // a nonce was taken (Send)
 }
 
 FrameHeader Conn::BeginSeal(FrameType type, uint64_t request_id, uint32_t plain_len) {

@@ -117,7 +117,8 @@ class Conn {
   void Shutdown();
   // True once the transport failed (reset, end of stream, shutdown, a timeout
   // in the middle of a frame): nothing more can be exchanged on this
-  // connection. A timeout before a frame's first byte leaves it usable.
+  // connection. A timeout before a frame's first byte leaves it usable, except
+  // a sealed frame's send: its nonce was taken, so the stream breaks.
   bool broken() const { return broken_.load(); }
   // True once a receive met the end of the stream (the peer closed).
   bool closed_by_peer() const { return closed_by_peer_.load(); }

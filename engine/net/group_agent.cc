@@ -70,6 +70,22 @@ Status SetVolumeOption(AgentVolume* v, const std::string& key, const std::string
 
 }  // namespace
 
+// A member must hold its source while the others do (one instant across the
+// group): a freeze of the file system on it, or a pre hook that quiesces the
+// application. Copying (reflink) or reading live alone holds nothing.
+Status CheckHolds(const AgentVolume& v) {
+  using control::PitMethod;
+  const bool freeze = (v.pit.method == PitMethod::kFsfreeze || v.pit.method == PitMethod::kAuto) &&
+                      !v.pit.freeze_mount.empty();
+  if (freeze || !v.pit.pre_hook.empty()) return Status::Ok();
+  return Status::InvalidArgument(
+      "--volume " + v.name + ": a group member must hold its source while the other members "
+      "do: give freeze-mount=DIR (fsfreeze of the file system on a block device; a loop device "
+      "over a file on XFS or btrfs is cloned while frozen), or pre-hook=CMD that quiesces the "
+      "application; snapshot-source=" + control::PitMethodName(v.pit.method) +
+      " alone holds nothing");
+}
+
 Result<AgentVolume> ParseAgentVolume(const std::string& spec) {
   AgentVolume v;
   size_t eq = spec.find('=');
@@ -99,6 +115,7 @@ Result<AgentVolume> ParseAgentVolume(const std::string& spec) {
     }
     DP420_RETURN_IF_ERROR(SetVolumeOption(&v, parts[i].substr(0, e), parts[i].substr(e + 1)));
   }
+  DP420_RETURN_IF_ERROR(CheckHolds(v));
   return v;
 }
 
@@ -251,6 +268,12 @@ void PitVolume::Transfer(uint64_t epoch) {
     o.end_point_in_time = [this](Json* topology) -> Status {
       DP420_ASSIGN_OR_RETURN(control::PitRecord record, pit_->Finish());
       control::SetPointInTime(topology, record.ToJson());
+      // A freeze that ended before the read did (its deadline) is no point in
+      // time: the member fails rather than stage a live read in the group.
+      if (!record.point_in_time) {
+        return Status::Busy("the point in time did not hold for the whole read (" +
+                            record.note + "): nothing staged");
+      }
       return Status::Ok();
     };
     return remote->Backup(o);

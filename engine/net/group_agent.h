@@ -43,7 +43,9 @@ struct AgentVolume {
 // "NAME=SOURCE[,KEY=VALUE]...": snapshot-source=auto|reflink|fsfreeze|hook|none,
 // freeze-mount=DIR, max-freeze=MS, pre-hook=CMD, post-hook=CMD,
 // hook-timeout=MS, block-size=BYTES, threads=N (a command holding a comma
-// goes in a script). kInvalidArgument naming what is wrong.
+// goes in a script). kInvalidArgument naming what is wrong, also for a volume
+// that would hold nothing (no freeze-mount, no pre-hook): a member holds its
+// source while the others do.
 Result<AgentVolume> ParseAgentVolume(const std::string& spec);
 
 struct AgentOptions {

@@ -1,8 +1,11 @@
 #include "engine/net/group_serve.h"
 
 #include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <deque>
 #include <set>
 #include <thread>
 
@@ -18,7 +21,6 @@ using OJson = nlohmann::ordered_json;
 using control::GroupMsg;
 using control::GroupMsgKind;
 
-constexpr Millis kGroupSendTimeout{1000};  // best effort: a message may be lost anyway
 constexpr Millis kCoordinatorTurn{20};
 constexpr size_t kMaxGroupMembers = 64;
 
@@ -80,6 +82,7 @@ Result<GroupBackupRequest> ParseGroupBackupRequest(const Json& args) {
   t.cut_ns = MsField(args, "cut_ms", t.cut_ns);
   t.heartbeat_ns = MsField(args, "heartbeat_ms", t.heartbeat_ns);
   t.max_skew_ns = MsField(args, "max_skew_ms", t.max_skew_ns);
+  t.transfer_ns = MsField(args, "transfer_ms", t.transfer_ns);
   DP420_RETURN_IF_ERROR(t.Validate().Prefix("group-backup"));
   if (t.heartbeat_ns < 1'000'000'000) {
     // Agents beat every second: a shorter bound would call them lost.
@@ -176,6 +179,35 @@ class GroupService::Store : public control::GroupStore {
   GroupService& s_;
 };
 
+// Frames for one member channel, queued by the coordinators (under mu_) and
+// sent by the channel's own session thread: no socket is written under mu_,
+// so an agent that stops reading stalls only its own channel.
+struct GroupService::Outbox {
+  static constexpr size_t kMax = 1024;  // beyond: dropped, as a network would
+  std::mutex mu;
+  std::deque<std::vector<uint8_t>> frames;
+  int wake = -1;  // eventfd: the session thread polls it beside its socket
+  Outbox() : wake(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+  ~Outbox() {
+    if (wake >= 0) close(wake);
+  }
+  void Push(std::vector<uint8_t> frame) {
+    {
+      std::lock_guard lock(mu);
+      if (frames.size() >= kMax) return;
+      frames.push_back(std::move(frame));
+    }
+    uint64_t one = 1;
+    (void)!write(wake, &one, sizeof(one));
+  }
+  std::deque<std::vector<uint8_t>> Take() {
+    uint64_t n = 0;
+    (void)!read(wake, &n, sizeof(n));
+    std::lock_guard lock(mu);
+    return std::exchange(frames, {});
+  }
+};
+
 // ---- messages to members, under GroupService::mu_ ----
 
 class GroupService::Transport : public control::GroupTransport {
@@ -186,7 +218,7 @@ class GroupService::Transport : public control::GroupTransport {
     if (it == s_.channels_.end()) return;  // not connected: lost, as on a network
     PayloadWriter w;
     WriteGroupMsg(msg, &w);
-    (void)it->second.conn->Send(FrameType::kGroupMsg, 0, w.bytes(), kGroupSendTimeout);
+    it->second.out->Push(w.bytes());
   }
 
  private:
@@ -237,16 +269,27 @@ void GroupService::AddStaged(const std::string& group, uint64_t epoch, const std
   staged_[Key{group, epoch, member}] = std::move(staged);
 }
 
-void GroupService::OnMemberMessage(const GroupMsg& msg) {
-  auto targets = router_.Targets(msg);
-  if (targets.empty()) {
-    control::AnswerForEndedEpoch(*store_, *transport_, msg);
-    return;
+// Answers to messages of epochs no coordinator runs, per channel: each is a
+// repository read under mu_, so a member cannot make the server do them
+// without bound.
+class EndedEpochBudget {
+ public:
+  bool Take() {
+    auto now = std::chrono::steady_clock::now();
+    if (now - since_ > std::chrono::seconds(1)) {
+      since_ = now;
+      used_ = 0;
+    }
+    return ++used_ <= kPerSecond;
   }
-  for (auto* c : targets) c->OnMessage(msg);
-}
 
-Status GroupService::ServeMembers(Request& rq) {
+ private:
+  static constexpr int kPerSecond = 20;
+  std::chrono::steady_clock::time_point since_{};
+  int used_ = 0;
+};
+
+Result<std::set<std::string>> GroupService::JoinMembers(Request& rq) {
   std::vector<std::string> volumes;
   if (Status s = ParseGroupJoin(rq.frame.payload, &volumes); !s.ok()) {
     return Status::Network("malformed GROUP_JOIN: " + s.message());
@@ -261,57 +304,83 @@ Status GroupService::ServeMembers(Request& rq) {
     }
     mine.insert(member);
   }
-  {
-    std::lock_guard lock(mu_);
-    for (const auto& m : mine) channels_[m] = Channel{&rq.conn, rq.who.session_id};
-  }
-  rq.ctx.log.Info("group members joined", {{"client", rq.who.client}, {"session", rq.who.session_id},
-                                          {"volumes", volumes}});
+  rq.ctx.log.Info("group members joined", {{"client", rq.who.client},
+                                          {"session", rq.who.session_id}, {"volumes", volumes}});
   OJson joined = OJson::object();
   joined["members"] = std::vector<std::string>(mine.begin(), mine.end());
-  Status served = rq.Done(joined);
+  // Answered before anything of the protocol can reach the agent.
+  DP420_RETURN_IF_ERROR(rq.Done(joined));
+  return mine;
+}
+
+// One frame from the agent on its channel.
+Status GroupService::OnChannelFrame(Request& rq, const std::set<std::string>& mine,
+                                    EndedEpochBudget& budget) {
+  DP420_ASSIGN_OR_RETURN(Frame f, rq.conn.Recv(rq.timeout()));
   rq.liveness.Heard();
-  while (served.ok() && !rq.ctx.stopping.load()) {
-    pollfd p{rq.conn.fd(), POLLIN, 0};
-    int r = poll(&p, 1, 50);
-    if (r < 0 && errno != EINTR) {
-      served = PosixError("poll " + rq.conn.peer(), errno);
-      break;
+  if (f.type() == FrameType::kPing) return AnswerPing(rq.conn, f, rq.timeout());
+  if (f.type() == FrameType::kPong) return Status::Ok();
+  if (f.type() != FrameType::kGroupMsg) {
+    return Status::Network("agent sent " + FrameTypeName(f.header.type) + " on its group channel");
+  }
+  GroupMsg msg;
+  DP420_RETURN_IF_ERROR(ParseGroupMsg(f.payload, &msg));
+  if (!mine.count(msg.member)) {
+    return Status::Make(Code::kPermission, "GROUP_MSG for member '" + msg.member +
+                                               "', which this connection did not join as");
+  }
+  std::lock_guard lock(mu_);
+  auto targets = router_.Targets(msg);
+  if (targets.empty()) {
+    if (budget.Take()) control::AnswerForEndedEpoch(*store_, *transport_, msg);
+    return Status::Ok();
+  }
+  for (auto* c : targets) c->OnMessage(msg);
+  return Status::Ok();
+}
+
+Status GroupService::ServeMembers(Request& rq) {
+  DP420_ASSIGN_OR_RETURN(std::set<std::string> mine, JoinMembers(rq));
+  auto out = std::make_shared<Outbox>();
+  if (out->wake < 0) return PosixError("eventfd for a group channel", errno);
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& m : mine) channels_[m] = Channel{out, rq.who.session_id};
+  }
+  // Whatever ends this channel (an error, an exception) unregisters it.
+  struct Unregister {
+    GroupService& s;
+    const std::set<std::string>& mine;
+    const Outbox* out;
+    ~Unregister() {
+      std::lock_guard lock(s.mu_);
+      for (const auto& m : mine) {
+        auto it = s.channels_.find(m);
+        if (it != s.channels_.end() && it->second.out.get() == out) s.channels_.erase(it);
+      }
     }
-    if (r > 0) {
-      auto f = rq.conn.Recv(rq.timeout());
-      if (!f.ok()) {
-        served = f.status();
-        break;
+  } unregister{*this, mine, out.get()};
+  EndedEpochBudget budget;
+  rq.liveness.Heard();
+  Status served;
+  while (served.ok() && !rq.ctx.stopping.load()) {
+    pollfd p[2] = {{rq.conn.fd(), POLLIN, 0}, {out->wake, POLLIN, 0}};
+    int r = poll(p, 2, 50);
+    if (r < 0 && errno != EINTR) return PosixError("poll " + rq.conn.peer(), errno);
+    if (r > 0 && (p[1].revents & POLLIN)) {
+      for (const auto& frame : out->Take()) {
+        served = rq.conn.Send(FrameType::kGroupMsg, 0, frame, rq.timeout());
+        if (!served.ok()) break;
+        rq.liveness.Sent();
       }
-      rq.liveness.Heard();
-      if (f->type() == FrameType::kPing) {
-        served = AnswerPing(rq.conn, *f, rq.timeout());
-      } else if (f->type() == FrameType::kGroupMsg) {
-        GroupMsg msg;
-        served = ParseGroupMsg(f->payload, &msg);
-        if (served.ok() && !mine.count(msg.member)) {
-          served = Status::Make(Code::kPermission, "GROUP_MSG for member '" + msg.member +
-                                      "', which this connection did not join as");
-        }
-        if (served.ok()) {
-          std::lock_guard lock(mu_);
-          OnMemberMessage(msg);
-        }
-      } else if (f->type() != FrameType::kPong) {
-        served = Status::Network("agent sent " + FrameTypeName(f->header.type) +
-                                 " on its group channel");
-      }
+    }
+    if (served.ok() && r > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+      served = OnChannelFrame(rq, mine, budget);
     }
     if (served.ok() && rq.liveness.Lost()) {
       served = Status::Network("agent " + rq.conn.peer() + " stopped answering heartbeats");
     }
     if (served.ok()) served = rq.Tick();
-  }
-  std::lock_guard lock(mu_);
-  for (const auto& m : mine) {
-    auto it = channels_.find(m);
-    if (it != channels_.end() && it->second.conn == &rq.conn) channels_.erase(it);
   }
   return served;
 }
@@ -333,9 +402,13 @@ Status GroupService::RunGroupBackup(Request& rq, const Json& args) {
 
 Status GroupService::CheckMembers(const GroupBackupRequest& req) const {
   if (stopping_) return Status::Busy("the server is stopping");
-  if (auto it = running_.find(req.group); it != running_.end()) {
-    return Status::Busy("group '" + req.group + "' is backing up already (epoch " +
-                        std::to_string(it->second->epoch()) + ")");
+  // One at a time: epochs fence across groups (the repository commits only the
+  // newest), so a second group would abort the first at its commit.
+  if (!running_.empty()) {
+    const auto& [group, c] = *running_.begin();
+    return Status::Busy("group '" + group + "' is backing up (epoch " +
+                        std::to_string(c->epoch()) + "): one group backup at a time on a "
+                        "server; try again when it ended");
   }
   for (const auto& m : req.members) {
     if (MemberVolume(repo_, m).empty()) {
@@ -363,6 +436,17 @@ Result<OJson> GroupService::RunCoordinator(Request& rq, const GroupBackupRequest
                               *store_, req.timeouts);
   running_[req.group] = &c;
   router_.Add(&c);
+  // Unregistered on every way out (an exception too), under mu_.
+  struct Unregister {
+    GroupService& s;
+    control::GroupCoordinator& c;
+    std::unique_lock<std::mutex>& lock;
+    ~Unregister() {
+      if (!lock.owns_lock()) lock.lock();
+      s.router_.Remove(&c);
+      s.running_.erase(c.group());
+    }
+  } unregister{*this, c, lock};
   rq.ctx.log.Info("group backup started", {{"client", rq.who.client}, {"group", req.group},
                                            {"epoch", epoch}, {"members", req.members}});
   c.Start();
@@ -374,11 +458,8 @@ Result<OJson> GroupService::RunCoordinator(Request& rq, const GroupBackupRequest
     if (stopping_) c.Cancel(Status::Canceled("the server is stopping"));
     c.Tick();
   }
-  router_.Remove(&c);
-  running_.erase(req.group);
   OJson summary = Summary(c);
   committed_.erase({req.group, epoch});
-  lock.unlock();
   rq.ctx.log.Info(c.phase() == control::GroupCoordinator::Phase::kCommitted ? "group committed"
                                                                            : "group aborted",
                   summary);

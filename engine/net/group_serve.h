@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <tuple>
 
@@ -51,6 +52,8 @@ struct GroupBackupRequest {
 // "heartbeat_ms", "max_skew_ms"}; kInvalidArgument naming what is wrong.
 Result<GroupBackupRequest> ParseGroupBackupRequest(const Json& args);
 
+class EndedEpochBudget;  // group_serve.cc
+
 class GroupService {
  public:
   GroupService(const Repository& repo, Logger& log, std::string tool_version);
@@ -78,12 +81,15 @@ class GroupService {
  private:
   class Store;
   class Transport;
+  struct Outbox;
   struct Channel {
-    Conn* conn = nullptr;
+    std::shared_ptr<Outbox> out;  // drained by the channel's session thread
     uint64_t session = 0;
   };
   using Key = std::tuple<std::string, uint64_t, std::string>;  // group, epoch, member
-  void OnMemberMessage(const control::GroupMsg& msg);
+  Result<std::set<std::string>> JoinMembers(Request& rq);
+  Status OnChannelFrame(Request& rq, const std::set<std::string>& mine,
+                        EndedEpochBudget& budget);
   Status CheckMembers(const GroupBackupRequest& req) const;
   nlohmann::ordered_json Summary(const control::GroupCoordinator& c) const;
   Result<nlohmann::ordered_json> RunCoordinator(Request& rq, const GroupBackupRequest& req,

@@ -1094,7 +1094,10 @@ Status Server::RecoverGroupsAtStart() {
   std::vector<std::string> done;
   Status s = RecoverGroups(*repo_, /*abort_open=*/true, std::chrono::seconds(30), &done);
   for (const auto& line : done) log_.Info("group recovery", {{"done", line}});
-  if (!s.ok()) return s.Prefix("recovering consistency groups");
+  // One group that could not be recovered (damaged, a volume locked by another
+  // process) must not keep every client out: its volumes' next writers, or the
+  // next start, finish it.
+  if (!s.ok()) log_.Warn("group recovery", {{"error", s.ToString()}});
   return Status::Ok();
 }
 

@@ -50,7 +50,9 @@ class GroupTest : public ::testing::Test {
   }
 
   // `extra`: ",KEY=VALUE..." after the source.
-  void StartAgent(Node& n, const std::string& extra = ",snapshot-source=none") {
+  // A member must hold its source: on these file volumes (ext4, no freeze) a
+  // pre hook stands for the application's quiesce.
+  void StartAgent(Node& n, const std::string& extra = ",snapshot-source=hook,pre-hook=true") {
     // A log of its own per start: a restarted agent's "connected" is its own.
     n.log = dir_ / (n.client + ".agent" + std::to_string(++starts_) + ".log");
     std::string command =
@@ -198,6 +200,36 @@ TEST_F(GroupTest, AMemberKilledDuringTheGroupPublishesNothingAndTheNextGroupComm
   Result again = GroupBackup();
   DP420_ASSERT_EXIT(again, kExitOk) << Logs();
   EXPECT_EQ(SnapshotCount(), 3u);
+}
+
+// A member that would hold nothing (a live read, a copy with nothing quiescing
+// the source) is refused when the agent starts: it could not share an instant.
+TEST_F(GroupTest, AnAgentWhoseVolumeHoldsNothingIsRefusedAtStart) {
+  for (const char* opts : {",snapshot-source=none", ",snapshot-source=reflink", ""}) {
+    Result r = Cli({"agent", "--remote", server_->address(), "--client", "node1", "--key-file",
+                    nodes_[0].key, "--volume", "disk=" + nodes_[0].source + opts});
+    EXPECT_EQ(r.exit_code, 2) << opts << ": " << r.Describe();
+    EXPECT_TRUE(Mentions(r, "must hold its source")) << r.Describe();
+  }
+}
+
+// One group backup at a time on a server: a second one, even of other members,
+// is refused naming the running one (its newer epoch would fence the first).
+TEST_F(GroupTest, ASecondGroupWhileOneRunsIsRefusedNamingIt) {
+  StartAgent(nodes_[0], ",snapshot-source=hook,pre-hook=sleep 2");
+  StartAgent(nodes_[1]);
+  std::vector<std::string> first = {"group-backup", "--group", "slow", "--member", "node1:disk"};
+  auto slow = Process::Start(Join(Join({CliPath()}, first), AdminRemote()));
+  WaitFor(nodes_[0], "holding slow epoch");
+  Result second = Cli(Join({"group-backup", "--group", "quick", "--member", "node2:disk"},
+                           AdminRemote()));
+  EXPECT_EQ(second.exit_code, 5) << second.Describe();
+  EXPECT_TRUE(Mentions(second, "'slow'")) << second.Describe();
+  Result done = slow->Wait(std::chrono::seconds(60));
+  DP420_EXPECT_EXIT(done, kExitOk) << Logs();
+  Result after = Cli(Join({"group-backup", "--group", "quick", "--member", "node2:disk"},
+                          AdminRemote()));
+  DP420_EXPECT_EXIT(after, kExitOk) << Logs();
 }
 
 TEST_F(GroupTest, RefusalsNameWhatIsWrong) {

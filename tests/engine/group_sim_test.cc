@@ -1077,6 +1077,54 @@ TEST(GroupStateTest, ACommitThatFailedLateIsReportedAsTheRepositoryHoldsIt) {
   EXPECT_EQ(net.sent.back().second.kind, GroupMsgKind::kCommitted);
 }
 
+// A member that keeps beating but never becomes durable does not hold the
+// group (and the others' staged volumes) open: the transfer has a deadline.
+// A durable member repeating DURABLE is read from the repository once.
+TEST(GroupStateTest, ATransferThatNeverEndsIsAbortedAtItsDeadline) {
+  ManualClock clock;
+  Outbox net;
+  struct CountingStore final : GroupStore {
+    mutable int staged_reads = 0;
+    bool aborted = false;
+    Result<uint64_t> BeginEpoch(const std::string&) override { return uint64_t(1); }
+    Result<std::optional<std::string>> Staged(const std::string&, uint64_t,
+                                              const std::string& m) const override {
+      ++staged_reads;
+      return std::optional<std::string>(m + "@1");
+    }
+    Status Commit(const GroupCommit&) override { return Status::Internal("not reached"); }
+    void Abort(const std::string&, uint64_t) override { aborted = true; }
+    EpochState State(const std::string&, uint64_t) const override {
+      return aborted ? EpochState::kAborted : EpochState::kOpen;
+    }
+  } store;
+  GroupTimeouts t;
+  t.transfer_ns = 60 * kS;
+  GroupCoordinator c("g", {"a", "b"}, 1, clock, net, store, t);
+  c.Start();
+  clock.Advance(kMs);
+  for (const char* m : {"a", "b"}) c.OnMessage(QuietFor(net.Last(GroupMsgKind::kPrepare, m), clock.wall));
+  for (const char* m : {"a", "b"}) c.OnMessage(GroupMsg::Make(GroupMsgKind::kCutDone, "g", 1, m));
+  ASSERT_EQ(c.phase(), GroupCoordinator::Phase::kTransferring);
+  for (int i = 0; i < 5; ++i) c.OnMessage(GroupMsg::Make(GroupMsgKind::kDurable, "g", 1, "a", "a@1"));
+  EXPECT_EQ(store.staged_reads, 1);
+  // b beats every second for 59 s: still going; past 60 s: aborted, naming b.
+  for (int s = 0; s < 59; ++s) {
+    clock.Advance(kS);
+    c.OnMessage(GroupMsg::Make(GroupMsgKind::kHeartbeat, "g", 1, "b"));
+    c.Tick();
+  }
+  EXPECT_EQ(c.phase(), GroupCoordinator::Phase::kTransferring);
+  clock.Advance(2 * kS);
+  c.OnMessage(GroupMsg::Make(GroupMsgKind::kHeartbeat, "g", 1, "b"));
+  c.Tick();
+  ASSERT_EQ(c.phase(), GroupCoordinator::Phase::kAborted);
+  EXPECT_TRUE(store.aborted);
+  EXPECT_NE(c.outcome().message().find("durable within"), std::string::npos)
+      << c.outcome().ToString();
+  EXPECT_NE(c.outcome().message().find("b"), std::string::npos);
+}
+
 // Start() once; Tick() before it does nothing (no deadline counted from 0).
 TEST(GroupStateTest, StartIsOnceAndTickBeforeItDoesNothing) {
   ManualClock clock;

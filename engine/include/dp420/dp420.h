@@ -796,14 +796,17 @@ DP420_EXPORT int dp420_agent(dp420_ctx_t* ctx, const dp420_agent_opts_t* opts);
  * *summary_json (may be NULL; free with dp420_free) receives the server's
  * report: group, epoch, outcome, error, group_snapshot_id, prepare_ms, cut_ms,
  * total_ms, and per member its snapshot_id, manifest_sha256 and clock skew.
- * Timeouts of 0 take the defaults (prepare 10 s, cut 5 s, heartbeat 5 s,
- * skew 500 ms). */
+ * Timeouts of 0 take the defaults (prepare 10 s, cut 5 s, heartbeat 5 s
+ * (at least 1 s: agents beat every second), skew 500 ms, transfer 1 day).
+ * One group backup at a time per server: another one meanwhile gets
+ * -DP420_EBUSY naming the running group. */
 typedef struct dp420_group_backup_opts {
   size_t struct_size;
   const char* group;                /* required: 1-64 of A-Z a-z 0-9 . _ - */
   const char* const* members;       /* required: member_count "CLIENT:VOLUME" */
   size_t member_count;              /* 1..64 */
   uint32_t prepare_ms, cut_ms, heartbeat_ms, max_skew_ms;
+  uint32_t transfer_ms;             /* every member durable within this of the cut; 0: 1 day */
 } dp420_group_backup_opts_t;
 
 DP420_EXPORT void dp420_group_backup_opts_init(dp420_group_backup_opts_t* opts);
