@@ -60,7 +60,7 @@ readonly TSAN_TARGETS=(io_test engine_threads_test conn_test remote_test robustn
 # sessions ended from another thread (a client removed, an exception on a session, a
 # flood of idle sockets). Not the single-threaded parsers and formats, which ASan+UBSan
 # checks, nor the test harness's own (net_test, the tamper relay of attack_test).
-readonly TSAN_TESTS='^((Ring|RingRead|RingEof|RingFault|BufferPool)Test\.|(Backup|RestoreWindow|Verify|CommitCheck|Prune)Test\.|(Conn|Handshake|Remote|BackupNet|StaleCache)Test\.|AuthzTest\.(RemovingAClientEndsItsSessionsWithinASecondAndCommitsNothing|ChangingAClientsKeyOrRoleEndsItsSessions)$|RobustnessTest\.ExceptionOnASessionEndsOnlyThatSession$|PreAuthTest\.IdleAndHalfOpenFloodNeitherCostsThreadsNorKeepsAgentsOut$)'
+readonly TSAN_TESTS='^((Ring|RingRead|RingEof|RingFault|BufferPool)Test\.|(Backup|RestoreWindow|Verify|CommitCheck|Prune)Test\.|(Conn|Handshake|Remote|BackupNet|StaleCache)Test\.|AuthzTest\.(RemovingAClientEndsItsSessionsWithinASecondAndCommitsNothing|ChangingAClientsKeyOrRoleEndsItsSessions|AGroupMessageForAnotherClientsMemberEndsTheChannel|GroupBackupsAndGroupListsNeedAnAdminClient)$|RobustnessTest\.ExceptionOnASessionEndsOnlyThatSession$|PreAuthTest\.IdleAndHalfOpenFloodNeitherCostsThreadsNorKeepsAgentsOut$)'
 # Of those, what the tsan pass leaves to --long: tests that only move more data through
 # the same threads (a 300 MiB sparse volume, volumes grown and shrunk, a chain restored
 # at four block sizes and thread counts, hundreds of fuzzed streams, a prune over more
@@ -71,12 +71,13 @@ readonly TSAN_TESTS='^((Ring|RingRead|RingEof|RingFault|BufferPool)Test\.|(Backu
 readonly TSAN_SKIP='(_NOT_BUILT$|^BackupTest\.(ManySmallBlocksMultiLevelTable|GrowShrinkAndEmptyVolumes)$|^PruneTest\.MarksMorePacksThanTheOpenFileLimitLeavesRoomFor$|^RestoreWindowTest\.ChainRestoresBitExact$|^RemoteTest\.(Fuzzed.*|LongVerifyKeepsTheAgentAlive)$|^BackupNetTest\.(TwentySecondPartitionMidBackupResumes|ServerRestartMidBackupThenANewBackupSucceeds)$)'
 # The e2e tests run against the ASan+UBSan dp420 in CI: one of each kind of run (full
 # and incremental chains, bad input and injected faults, restore targets, crashes,
-# damaged repositories, the network commands, FUSE sources). --long runs all of them.
+# damaged repositories, the network commands, consistency groups (server, agents and
+# coordinator threads), FUSE sources). --long runs all of them.
 # FuseSourceTest's two signal tests are left to --long here: once in three whole runs
 # the FUSE server of SigtermOnBlockedRead... was gone ("Transport endpoint is not
 # connected") before the test released its held read, with no sanitizer report; 12 runs
 # of the two alone passed (docs/RELIABILITY.md, "Sanitizers"). The plain pass runs them.
-readonly SANITIZER_E2E='^(ChainTest|BadInputTest|RestoreTargetTest|CrashPointTest|CliRemoteTest)\.|^FuseSourceTest\.(FileWith|LoopDevice)'
+readonly SANITIZER_E2E='^(ChainTest|BadInputTest|RestoreTargetTest|CrashPointTest|CliRemoteTest|GroupTest)\.|^FuseSourceTest\.(FileWith|LoopDevice)'
 
 log() { printf 'test: %s\n' "$*" >&2; }
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2; }

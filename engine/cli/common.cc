@@ -137,7 +137,10 @@ void AddRepoOptions(CLI::App* cmd, Common* c) {
   cmd->add_option("--repo", c->repo, "Repository directory (or --remote)");
   AddRepoKeyOptions(cmd, c);
   auto* g = cmd->add_option_group("remote", "A repository served by `dp420 serve`");
-  g->add_option("--remote", c->remote, "Server address HOST:PORT (instead of --repo)");
+  g->add_option("--remote", c->remote,
+                "Server address HOST:PORT (instead of --repo), or several paths to the same "
+                "server, HOST:PORT,HOST:PORT...: one that fails gives way to the next, also in "
+                "the middle of a backup");
   g->add_option("--client", c->client, "Client name registered on the server");
   g->add_option("--key-file", c->key_file,
                 "The client's key file, mode 0600 (default: $DP420_KEY_FILE)");

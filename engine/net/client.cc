@@ -138,15 +138,55 @@ Result<Manifest> ParseManifest(const Frame& f, const std::string& server,
   return m;
 }
 
-// Connects and authenticates within options.connect_timeout.
-Result<std::unique_ptr<Conn>> Dial(const RemoteOptions& o, const uint8_t key[kKeyBytes],
-                                   const uint8_t server_id[kFingerprintBytes],
-                                   uint8_t repo_id[16]) {
+// Connects to `address` and authenticates within options.connect_timeout.
+Result<std::unique_ptr<Conn>> DialOne(const RemoteOptions& o, const std::string& address,
+                                      const uint8_t key[kKeyBytes],
+                                      const uint8_t server_id[kFingerprintBytes],
+                                      uint8_t repo_id[16]) {
   auto deadline = Clock::now() + o.connect_timeout;
-  DP420_ASSIGN_OR_RETURN(std::unique_ptr<Conn> conn, Conn::Connect(o.address, o.connect_timeout));
+  DP420_ASSIGN_OR_RETURN(std::unique_ptr<Conn> conn, Conn::Connect(address, o.connect_timeout));
   auto left = std::max(std::chrono::ceil<Millis>(deadline - Clock::now()), Millis(1));
   DP420_RETURN_IF_ERROR(ClientHandshake(*conn, o.client, key, server_id, left, nullptr, repo_id));
   return conn;
+}
+
+}  // namespace
+
+std::vector<std::string> SplitAddresses(const std::string& addresses) {
+  std::vector<std::string> out;
+  for (size_t at = 0;;) {
+    size_t comma = addresses.find(',', at);
+    out.push_back(addresses.substr(at, comma == std::string::npos ? comma : comma - at));
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return out;
+}
+
+namespace {
+
+// The paths to the server in turn, starting with the one that worked last
+// (`*preferred`, updated): a path that fails gives way to the next, for a
+// new connection as for a reconnect in the middle of a backup. Only a
+// network failure moves on (a refused key does not get better elsewhere).
+Result<std::unique_ptr<Conn>> Dial(const RemoteOptions& o, std::atomic<size_t>* preferred,
+                                   const uint8_t key[kKeyBytes],
+                                   const uint8_t server_id[kFingerprintBytes],
+                                   uint8_t repo_id[16]) {
+  const std::vector<std::string> paths = SplitAddresses(o.address);
+  const size_t first = preferred->load() % paths.size();
+  Status last;
+  for (size_t k = 0; k < paths.size(); ++k) {
+    const size_t i = (first + k) % paths.size();
+    auto conn = DialOne(o, paths[i], key, server_id, repo_id);
+    if (conn.ok()) {
+      preferred->store(i);
+      return conn;
+    }
+    last = conn.status();
+    if (last.code() != Code::kNetwork) break;
+  }
+  return last;
 }
 
 }  // namespace
@@ -169,6 +209,9 @@ std::string DefaultCacheDir() {
 
 Result<std::unique_ptr<RemoteRepository>> RemoteRepository::Connect(const RemoteOptions& options) {
   if (options.address.empty()) return Status::InvalidArgument("no server address given");
+  for (const std::string& a : SplitAddresses(options.address)) {
+    if (a.empty()) return Status::InvalidArgument("an empty address in '" + options.address + "'");
+  }
   DP420_RETURN_IF_ERROR(CheckRange("heartbeat_interval", options.heartbeat_interval.count(),
                                    kMinHeartbeatMs, kMaxHeartbeatMs, "ms"));
   DP420_RETURN_IF_ERROR(CheckRange("heartbeat_misses", options.heartbeat_misses, 1, 100));
@@ -180,7 +223,7 @@ Result<std::unique_ptr<RemoteRepository>> RemoteRepository::Connect(const Remote
   r->options_ = options;
   DP420_RETURN_IF_ERROR(ReadKeyFile(options.key_file, r->key_, r->server_id_));
   uint8_t id[16];
-  DP420_ASSIGN_OR_RETURN(r->control_, Dial(options, r->key_, r->server_id_, id));
+  DP420_ASSIGN_OR_RETURN(r->control_, Dial(options, &r->path_, r->key_, r->server_id_, id));
   r->repo_id_ = simd::ToHex(id, sizeof(id));
   DP420_ASSIGN_OR_RETURN(r->clock_,
                          MeasureClockOffset(*r->control_, kClockSamples, options.LossTimeout()));
@@ -191,7 +234,7 @@ RemoteRepository::~RemoteRepository() = default;
 
 Result<std::unique_ptr<Conn>> RemoteRepository::OpenConnection() const {
   uint8_t id[16];
-  DP420_ASSIGN_OR_RETURN(std::unique_ptr<Conn> conn, Dial(options_, key_, server_id_, id));
+  DP420_ASSIGN_OR_RETURN(std::unique_ptr<Conn> conn, Dial(options_, &path_, key_, server_id_, id));
   if (!repo_id_.empty() && simd::ToHex(id, sizeof(id)) != repo_id_) {
     return Status::Network("server " + options_.address + " now serves repository " +
                            simd::ToHex(id, sizeof(id)) + ", not " + repo_id_);

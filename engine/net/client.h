@@ -6,6 +6,7 @@
 // Thread safety: one thread per object (a backup starts its own threads).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -21,7 +22,7 @@
 namespace dp420::net {
 
 struct RemoteOptions {
-  std::string address;    // HOST:PORT
+  std::string address;    // HOST:PORT, or several "A,B,..." (paths to one server, tried in turn)
   std::string client;     // client name registered on the server
   std::string key_file;   // the client's key (mode 0600)
   Millis connect_timeout{10000};
@@ -34,6 +35,9 @@ struct RemoteOptions {
   // The peer is declared lost after heartbeat_interval * heartbeat_misses of silence.
   Millis LossTimeout() const { return heartbeat_interval * heartbeat_misses; }
 };
+
+// "A,B,..." as its addresses (one for a plain "HOST:PORT").
+std::vector<std::string> SplitAddresses(const std::string& addresses);
 
 // $DP420_CACHE_DIR, else /var/cache/dp420 for root, else
 // $XDG_CACHE_HOME/dp420, else $HOME/.cache/dp420.
@@ -95,6 +99,9 @@ class RemoteRepository {
   uint8_t key_[kKeyBytes] = {};
   uint8_t server_id_[kFingerprintBytes] = {};  // the pinned server identity
   std::unique_ptr<Conn> control_;
+  // The path (of options_.address) that connected last; a failed one gives
+  // way to the next (OpenConnection may run on stripe threads).
+  mutable std::atomic<size_t> path_{0};
   ClockOffset clock_;
   std::string repo_id_;
 };

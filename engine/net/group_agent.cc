@@ -165,7 +165,7 @@ class PitVolume : public control::MemberVolume {
   AgentVolume v_;
   const AgentOptions& agent_;
   GroupOf group_of_;
-  Address address_;  // the server's address the agent is connected to now
+  Address address_;  // the paths to the server, the one the agent uses now first
   Done done_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -422,12 +422,9 @@ Status Agent::Init() {
       return Status::InvalidArgument("--volume " + v.name + " is given twice");
     }
   }
-  for (size_t at = 0;;) {
-    size_t comma = o_.remote.address.find(',', at);
-    addresses_.push_back(o_.remote.address.substr(at, comma == std::string::npos ? comma : comma - at));
-    if (addresses_.back().empty()) return Status::InvalidArgument("--remote: an empty address");
-    if (comma == std::string::npos) break;
-    at = comma + 1;
+  addresses_ = SplitAddresses(o_.remote.address);
+  for (const auto& a : addresses_) {
+    if (a.empty()) return Status::InvalidArgument("--remote: an empty address");
   }
   address_ = addresses_[0];
   state_dir_ = o_.state_dir.empty() ? DefaultCacheDir() + "/agent-" + o_.remote.client
@@ -458,8 +455,14 @@ Status Agent::AddMember(size_t i, std::random_device& rd) {
   m->volume = std::make_unique<PitVolume>(
       v, o_, [this](uint64_t e) { return GroupOf(e); },
       [this] {
+        // Every path, the one in use first: a transfer whose path fails
+        // moves to the next and resumes (RemoteRepository's reconnect).
         std::lock_guard lock(mu_);
-        return address_;
+        std::string all = address_;
+        for (const auto& a : addresses_) {
+          if (a != address_) all += "," + a;
+        }
+        return all;
       },
       [slot](uint64_t epoch, Result<BackupResult> r) {
         std::lock_guard lock(slot->mu);

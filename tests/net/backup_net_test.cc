@@ -998,6 +998,45 @@ TEST_F(BackupNetTest, TwentySecondPartitionMidBackupResumes) {
   ASSERT_NO_FATAL_FAILURE(ExpectRepositoryClean());
 }
 
+// Several paths to one server ("A,B"): path A (through a proxy) dies in the
+// middle of the backup and refuses new connections; the agent moves to path B
+// and resumes the same backup there, not starting it over.
+TEST_F(BackupNetTest, APathThatFailsMidBackupGivesWayToTheNextWithoutStartingOver) {
+  constexpr uint64_t kBlocks = 1024;
+  ServerOptions so = ServerDefaults();
+  so.resume_grace = 60s;
+  ServerThread server;
+  testnet::DelayProxy proxy;
+  ASSERT_NO_FATAL_FAILURE(StartBehindThrottledProxy(server, so, proxy));
+  RemoteOptions ro = RemoteDefaults(
+      "alice", Loopback(proxy.port()) + "," + Loopback(server.port()));
+  ro.retry_for = 30s;
+  std::unique_ptr<RemoteRepository> remote = Connect(ro);
+  ASSERT_NE(remote, nullptr);
+  std::string source = Path("vol1");
+  ASSERT_NO_FATAL_FAILURE(WriteVolume(source, kBlocks, 14));
+  AsyncBackup backup(*remote, BackupOf("vol1", source, kSmallBlockBytes));
+  ASSERT_NO_FATAL_FAILURE(WaitForwarded(proxy, backup, 12 * kMiB));
+  proxy.Kill();  // path A: connections reset, new ones refused
+  ASSERT_TRUE(backup.Wait(60s)) << "backup hung after its first path failed";
+  Result<BackupResult>& result = backup.result();
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_GE(result->reconnects, 1u);
+  uint64_t data_bytes = 0;
+  for (uint64_t b = 0; b < kBlocks; ++b) data_bytes += ZeroAtStart(b) ? 0 : kBlockBytes;
+  EXPECT_LT(result->bytes_resent, data_bytes) << "the backup started over on path B";
+  RemoteOptions direct = RemoteDefaults("alice", Loopback(server.port()));
+  ASSERT_NO_FATAL_FAILURE(ExpectRestoresBitExact(&direct, result->manifest, source));
+  ASSERT_NO_FATAL_FAILURE(ExpectSnapshots("vol1", {result->manifest.snapshot_id}));
+}
+
+TEST_F(BackupNetTest, AnEmptyPathIsRefusedBeforeAnythingIsDialed) {
+  RemoteOptions ro = RemoteDefaults("alice", "127.0.0.1:1,");
+  auto r = RemoteRepository::Connect(ro);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << r.status().ToString();
+}
+
 // ---- 5. a peer that never answers again ----
 
 TEST_F(BackupNetTest, SilentPeerEndsTheBackupWithNetworkErrorInBoundedTime) {
