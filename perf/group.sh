@@ -12,8 +12,9 @@
 #
 # Setup: a `dp420 serve` on 127.0.0.1 with its repository on the root file system,
 # three clients and an admin, and three `dp420 agent`s, one volume each:
-#   reflink   a file of M MiB on a loop-mounted XFS (reflink=1): the agent clones it
-#             at the cut (snapshot-source=reflink);
+#   reflink   a file of M MiB on a loop-mounted XFS (reflink=1): the agent holds it
+#             with a pre hook (`true`, standing for an application's quiesce: a
+#             member must hold) and clones it at the cut (snapshot-source=reflink);
 #   fsfreeze  a loop device over a file of M MiB on that XFS, holding an ext4 that
 #             is mounted: the agent freezes it at PREPARE and, since the loop device
 #             is over a whole file on XFS, clones that file at the cut and thaws

@@ -216,9 +216,12 @@ TEST_F(GroupTest, AnAgentWhoseVolumeHoldsNothingIsRefusedAtStart) {
 // One group backup at a time on a server: a second one, even of other members,
 // is refused naming the running one (its newer epoch would fence the first).
 TEST_F(GroupTest, ASecondGroupWhileOneRunsIsRefusedNamingIt) {
-  StartAgent(nodes_[0], ",snapshot-source=hook,pre-hook=sleep 2");
+  // "slow" runs while node1 holds and node3's pre hook takes 3 s.
+  StartAgent(nodes_[0]);
   StartAgent(nodes_[1]);
-  std::vector<std::string> first = {"group-backup", "--group", "slow", "--member", "node1:disk"};
+  StartAgent(nodes_[2], ",snapshot-source=hook,pre-hook=sleep 3");
+  std::vector<std::string> first = {"group-backup", "--group", "slow", "--member", "node1:disk",
+                                    "--member", "node3:disk"};
   auto slow = Process::Start(Join(Join({CliPath()}, first), AdminRemote()));
   WaitFor(nodes_[0], "holding slow epoch");
   Result second = Cli(Join({"group-backup", "--group", "quick", "--member", "node2:disk"},
@@ -230,6 +233,67 @@ TEST_F(GroupTest, ASecondGroupWhileOneRunsIsRefusedNamingIt) {
   Result after = Cli(Join({"group-backup", "--group", "quick", "--member", "node2:disk"},
                           AdminRemote()));
   DP420_EXPECT_EXIT(after, kExitOk) << Logs();
+}
+
+// The reflink case, checked bit for bit: a writer keeps writing a file volume on
+// XFS; the member's pre hook stops it (the application's quiesce), the cut clones
+// the file, and the post hook (which runs right after the clone) takes the test's
+// own copy of the file before it lets the writer go on. The restored member is
+// that copy, byte for byte; the writer was writing before and after the cut.
+TEST_F(GroupTest, AReflinkMemberIsTheFileAtTheCutBitForBit) {
+  std::string why;
+  if (!CanUseLoop(&why)) GTEST_SKIP() << "skipped: needs loop devices and mounts (" << why << ")";
+  std::string image = dir_ / "xfs.img";
+  WriteFile(image, "");
+  Truncate(image, 512ull << 20);
+  Result mk = RunCommand({"mkfs.xfs", "-q", "-m", "reflink=1", image});
+  ASSERT_EQ(mk.exit_code, 0) << mk.Describe();
+  auto xfs = Mount::Create(image, dir_ / "xfs", "xfs", "loop", &why);
+  ASSERT_NE(xfs, nullptr) << why;
+  Node& n = nodes_[0];
+  n.source = dir_ / "xfs/vm.img";
+  WritePatternFile(n.source, 32ull << 20, 77);
+  const char kWriter[] = R"(
+import os, random, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+size = os.fstat(fd).st_size
+r = random.Random(5)
+while True:
+    os.pwrite(fd, os.urandom(4096), r.randrange(0, size // 4096) * 4096)
+)";
+  auto writer = Process::Start({"python3", "-c", kWriter, n.source});
+  std::string pid = std::to_string(writer->pid());
+  // Until it has written (python starts slowly on a busy machine).
+  const std::string pattern = Sha256File(n.source);
+  for (int i = 0; i < 200 && Sha256File(n.source) == pattern; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::string copy = dir_ / "xfs/at-cut.img";
+  StartAgent(n, ",snapshot-source=reflink,pre-hook=kill -STOP " + pid +
+                    ",post-hook=cp --reflink=always " + n.source + " " + copy + " && kill -CONT " +
+                    pid);
+  std::string before = Sha256File(n.source);
+  for (int i = 0; i < 200 && Sha256File(n.source) == before; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  Result r = Cli(Join({"group-backup", "--group", "vm", "--member", n.client + ":" + n.volume,
+                       "--json"},
+                      AdminRemote()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // and goes on after the cut
+  writer->Kill(SIGKILL);
+  (void)writer->Wait();
+  DP420_ASSERT_EXIT(r, kExitOk) << Logs();
+  ASSERT_TRUE(Exists(copy)) << "the post hook did not run: " << AgentLog(n);
+  EXPECT_NE(Sha256File(n.source), Sha256File(copy)) << "the writer stopped writing: this proves nothing";
+  EXPECT_NE(before, Sha256File(copy)) << "the writer did not write before the cut";
+  std::string target = dir_ / "vm.restored";
+  Result restore = Cli(Join({"restore", "--volume", n.volume, "--snapshot",
+                             ParseJson(r)["members"][0]["snapshot_id"].get<std::string>(), target},
+                            Remote(*server_, n.client, n.key)),
+                       {{"DP420_CACHE_DIR", dir_ / (n.client + ".cache")}});
+  DP420_ASSERT_EXIT(restore, kExitOk) << Logs();
+  EXPECT_EQ(Sha256File(target), Sha256File(copy)) << "the member is not the file at its cut";
+  StopAgent(n);
 }
 
 TEST_F(GroupTest, RefusalsNameWhatIsWrong) {
