@@ -74,6 +74,8 @@ int UsageError(const Common& c, const char* what, const std::string& msg);
 // Returns "" when the choice is valid, else what is wrong.
 std::string CheckRepoChoice(const Common& c);
 int OpenRepo(const Common& c, dp420_repo_t** repo);
+// The --remote options of `c` (its strings must outlive `o`).
+void FillRemoteOpts(const Common& c, dp420_remote_opts_t* o);
 // --json and --quiet.
 void AddCommon(CLI::App* cmd, Common* c);
 // --repo, or --remote with the client's credentials and the network knobs

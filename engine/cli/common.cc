@@ -106,15 +106,19 @@ std::string CheckRepoChoice(const Common& c) {
 int OpenRepo(const Common& c, dp420_repo_t** repo) {
   if (c.remote.empty()) return dp420_repo_open(g_ctx, c.repo.c_str(), repo);
   dp420_remote_opts_t o;
-  dp420_remote_opts_init(&o);
-  o.address = c.remote.c_str();
-  o.client = c.client.c_str();
-  o.key_file = c.key_file.empty() ? nullptr : c.key_file.c_str();
-  o.heartbeat_interval_ms = Millis(c.heartbeat_seconds);
-  o.max_clock_skew_ms = c.max_clock_skew_ms;
-  o.retry_ms = Millis(c.retry_seconds);
-  o.cache_dir = c.cache_dir.empty() ? nullptr : c.cache_dir.c_str();
+  FillRemoteOpts(c, &o);
   return dp420_repo_connect(g_ctx, &o, repo);
+}
+
+void FillRemoteOpts(const Common& c, dp420_remote_opts_t* o) {
+  dp420_remote_opts_init(o);
+  o->address = c.remote.c_str();
+  o->client = c.client.c_str();
+  o->key_file = c.key_file.empty() ? nullptr : c.key_file.c_str();
+  o->heartbeat_interval_ms = Millis(c.heartbeat_seconds);
+  o->max_clock_skew_ms = c.max_clock_skew_ms;
+  o->retry_ms = Millis(c.retry_seconds);
+  o->cache_dir = c.cache_dir.empty() ? nullptr : c.cache_dir.c_str();
 }
 
 void AddCommon(CLI::App* cmd, Common* c) {

@@ -23,14 +23,7 @@ int CmdAgent(const Common& c, const GroupArgs& a) {
   if (c.client.empty()) return UsageError(c, "agent", "--client NAME is required");
   if (a.volumes.empty()) return UsageError(c, "agent", "at least one --volume NAME=SOURCE is required");
   dp420_remote_opts_t r;
-  dp420_remote_opts_init(&r);
-  r.address = c.remote.c_str();
-  r.client = c.client.c_str();
-  r.key_file = c.key_file.empty() ? nullptr : c.key_file.c_str();
-  r.heartbeat_interval_ms = Millis(c.heartbeat_seconds);
-  r.max_clock_skew_ms = c.max_clock_skew_ms;
-  r.retry_ms = Millis(c.retry_seconds);
-  r.cache_dir = c.cache_dir.empty() ? nullptr : c.cache_dir.c_str();
+  FillRemoteOpts(c, &r);
   std::vector<const char*> volumes;
   for (const auto& v : a.volumes) volumes.push_back(v.c_str());
   dp420_agent_opts_t o;

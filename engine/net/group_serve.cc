@@ -345,7 +345,7 @@ Status GroupService::ServeMembers(Request& rq) {
   if (out->wake < 0) return PosixError("eventfd for a group channel", errno);
   {
     std::lock_guard lock(mu_);
-    for (const auto& m : mine) channels_[m] = Channel{out, rq.who.session_id};
+    for (const auto& m : mine) channels_[m] = Channel{out};
   }
   // Whatever ends this channel (an error, an exception) unregisters it.
   struct Unregister {

@@ -84,7 +84,6 @@ class GroupService {
   struct Outbox;
   struct Channel {
     std::shared_ptr<Outbox> out;  // drained by the channel's session thread
-    uint64_t session = 0;
   };
   using Key = std::tuple<std::string, uint64_t, std::string>;  // group, epoch, member
   Result<std::set<std::string>> JoinMembers(Request& rq);
